@@ -1,0 +1,40 @@
+# capsim: two commands on a fresh machine.
+#   make run    create .venv, install, run the flagship scenario
+#   make test   create .venv, install with dev extras, run the tests
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+SCENARIO ?= scenarios/order_support.yaml
+
+.PHONY: run test test-long bench calibration clean venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/capsim run $(SCENARIO); rc=$$?; [ $$rc -le 1 ] || [ $$rc -eq 3 ] || exit $$rc
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-long: $(STAMP)
+	CAPSIM_LONG=1 $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_engine.py
+
+calibration: $(STAMP)
+	$(BIN)/capsim calibrate retrieval --docs 5000,20000,50000 --dim 768 --top-k 5 \
+	  --ef 10,20,50,100,200 --nprobe 1,4,8,16,32 --threads 1,2 --queries 500 \
+	  --out sim/data/retrieval_calibration.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

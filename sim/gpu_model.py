@@ -1,0 +1,129 @@
+"""Pure formulas for an LLM on GPUs: bytes, FLOPs and the roofline step time.
+
+Nothing here knows about SimPy.  Every function is a formula with its units in
+its name, checked in ``tests/test_gpu_model.py`` against hand-computed values.
+
+The cost of one forward step of a transformer decoder that processes
+``new_tokens`` tokens (prompt tokens being prefilled plus one token for every
+sequence being decoded) while attending over ``context_tokens`` cached tokens
+is modelled by the roofline::
+
+    bytes  = weights_bytes + kv_bytes_per_token * context_tokens
+    flops  = 2 * params * new_tokens + attention_flops
+    step_s = max(bytes / (hbm_bandwidth * bw_efficiency),
+                 flops / (peak_flops * mfu)) + step_overhead_s
+
+Decode steps (one new token per sequence) read every weight and every cached
+KV byte to produce a handful of tokens, so they sit far left of the ridge point
+and are memory-bound; prefill of a long prompt does ~``2 * params`` FLOPs per
+token for one read of the weights and is compute-bound.
+
+Bandwidths are in GB/s (10^9 bytes per second) as datasheets quote them, peak
+compute in TFLOPS (10^12 FLOP/s), memory in GB (10^9 bytes).
+"""
+
+from __future__ import annotations
+
+import math
+
+GB = 1e9
+TFLOP = 1e12
+
+
+def weights_bytes(params: float, dtype_bytes: float) -> float:
+    """Bytes of the weights: ``params * dtype_bytes``."""
+    return float(params) * dtype_bytes
+
+
+def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes: float) -> float:
+    """KV-cache bytes one token occupies: ``2 * layers * kv_heads * head_dim * kv_dtype_bytes``.
+
+    The 2 is one key and one value vector per layer and KV head.  For the
+    article's model (8 layers, 32 heads of 128, fp16) this is 131,072 bytes,
+    so 1,024 tokens take 134,217,728 bytes (128 MiB), not the article's 8.4 MB.
+    """
+    return 2.0 * layers * kv_heads * head_dim * kv_dtype_bytes
+
+
+def kv_bytes(tokens: float, layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes: float) -> float:
+    """KV-cache bytes of ``tokens`` tokens."""
+    return tokens * kv_bytes_per_token(layers, kv_heads, head_dim, kv_dtype_bytes)
+
+
+def transfer_time_s(n_bytes: float, bandwidth_gbps: float, efficiency: float = 1.0) -> float:
+    """Seconds to move ``n_bytes`` at ``bandwidth_gbps`` GB/s times ``efficiency``.
+
+    180 MB at 3.35 TB/s: 180e6 / 3.35e12 = 53.7 microseconds.
+    """
+    return n_bytes / (bandwidth_gbps * GB * efficiency)
+
+
+def compute_time_s(flops: float, peak_tflops: float, mfu: float = 1.0) -> float:
+    """Seconds to do ``flops`` at ``peak_tflops`` times ``mfu``."""
+    return flops / (peak_tflops * TFLOP * mfu)
+
+
+def linear_flops(params: float, new_tokens: float) -> float:
+    """FLOPs of the weight matmuls: ``2 * params * new_tokens`` (one multiply-add per weight per token)."""
+    return 2.0 * params * new_tokens
+
+
+def attention_flops(layers: int, heads: int, head_dim: int, new_tokens: float, past_tokens: float = 0.0) -> float:
+    """FLOPs of attention scores and the weighted sum of values, causal.
+
+    Each new token ``i`` attends to the ``past_tokens`` already cached plus the
+    new tokens up to itself.  Per layer, per head and per attended position it
+    does a q.k dot product and a p.v accumulation of ``head_dim`` multiply-adds
+    each: 4 * head_dim FLOPs.  Summed::
+
+        4 * layers * heads * head_dim * (new * past + new * (new + 1) / 2)
+
+    A 1,024-token prompt on the article's model: 4*8*32*128*(1024*1025/2)
+    = 68,786,585,600 FLOPs.
+    """
+    pairs = new_tokens * past_tokens + new_tokens * (new_tokens + 1) / 2.0
+    return 4.0 * layers * heads * head_dim * pairs
+
+
+def ring_allreduce_time_s(n_bytes: float, gpus: int, interconnect_gbps: float) -> float:
+    """Ring all-reduce of ``n_bytes`` over ``gpus`` GPUs: ``2 (g - 1) / g * n_bytes / bw``.
+
+    Each GPU sends and receives ``(g - 1) / g`` of the buffer twice (reduce-
+    scatter then all-gather) at ``interconnect_gbps`` GB/s per direction.
+    """
+    if gpus <= 1:
+        return 0.0
+    return 2.0 * (gpus - 1) / gpus * n_bytes / (interconnect_gbps * GB)
+
+
+def ridge_point_flops_per_byte(peak_tflops: float, hbm_bandwidth_gbps: float,
+                               mfu: float = 1.0, bw_efficiency: float = 1.0) -> float:
+    """Arithmetic intensity (FLOP/byte) above which a step is compute-bound."""
+    return (peak_tflops * TFLOP * mfu) / (hbm_bandwidth_gbps * GB * bw_efficiency)
+
+
+def sum_linear(a: float, b: float, s0: int, s1: int) -> float:
+    """``sum(a + b*s for s in range(s0, s1))`` in closed form."""
+    n = s1 - s0
+    if n <= 0:
+        return 0.0
+    return n * a + b * (s0 + s1 - 1) * n / 2.0
+
+
+def sum_max_linear(a1: float, b1: float, a2: float, b2: float, k: int) -> float:
+    """``sum(max(a1 + b1*s, a2 + b2*s) for s in range(k))`` in closed form.
+
+    The two lines cross at most once, so the range splits into one part where
+    the first is larger and one where the second is, each an arithmetic sum.
+    """
+    if k <= 0:
+        return 0.0
+    if b1 == b2:
+        return sum_linear(max(a1, a2), b1, 0, k)
+    # d(s) = (a1 - a2) + (b1 - b2) s; line 1 wins where d >= 0.
+    x = (a2 - a1) / (b1 - b2)
+    if b1 > b2:  # line 1 wins for s >= x
+        split = min(max(math.ceil(x), 0), k)
+        return sum_linear(a2, b2, 0, split) + sum_linear(a1, b1, split, k)
+    split = min(max(math.floor(x) + 1, 0), k)  # line 1 wins for s <= x
+    return sum_linear(a1, b1, 0, split) + sum_linear(a2, b2, split, k)

@@ -1,0 +1,131 @@
+"""Everything the program writes: tables, JSON, Parquet.
+
+Only this module (and the calibration writer) touches the disk.  Files are
+written to a temporary name in the target folder and renamed into place, so
+an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from .runner import Result
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def to_json(doc: Any) -> str:
+    return json.dumps(_clean(doc), indent=2)
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "item") and callable(x.item):  # numpy scalars
+        return _clean(x.item())
+    return x
+
+
+def write_run(result: Result, out_dir: str | Path) -> list[Path]:
+    """Write the resolved scenario(s), the summary JSON and the Parquet records."""
+    out = Path(out_dir)
+    written = []
+    scenarios = [p.scenario.model_dump(mode="json") for p in result.points]
+    resolved = scenarios[0] if len(scenarios) == 1 else {"points": [
+        {"params": p.params, "scenario": s} for p, s in zip(result.points, scenarios)]}
+    atomic_write_text(out / "scenario.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    written.append(out / "scenario.resolved.yaml")
+    atomic_write_text(out / "summary.json", to_json(result.summary))
+    written.append(out / "summary.json")
+    df = result.records
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(out / "records.parquet", buf.getvalue())
+    written.append(out / "records.parquet")
+    return written
+
+
+def _fmt(m: dict | None, stat: str) -> str:
+    if m is None or m.get(stat) is None:
+        return "-"
+    v = m[stat]
+    lo, hi = m["ci"][stat]
+    if lo is None or hi is None:
+        return f"{v:,.0f}"
+    return f"{v:,.0f} ± {(hi - lo) / 2:,.0f}"
+
+
+def run_table(result: Result) -> Table:
+    pts = result.points
+    keys = list(pts[0].params) if pts else []
+    t = Table(title=f"{result.name}: latency in ms (value ± half-width of the "
+                    f"{pts[0].scenario.run.confidence:.0%} interval)" if pts else result.name)
+    for k in keys:
+        t.add_column(k.split(".")[-1], justify="right")
+    for col in ("e2e p50", "e2e p95", "e2e p99", "ttft p95", "answers/s", "cache hit",
+                "retrieval util", "gpu util", "SLA"):
+        t.add_column(col, justify="right")
+    for p in pts:
+        s = p.summary
+        e2e, ttft = s["metrics"].get("e2e_ms"), s["metrics"].get("ttft_ms")
+        verdicts = []
+        for v in s["sla"]:
+            mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "inconclusive": "[yellow]?[/]"}[v["verdict"]]
+            verdicts.append(f"{v['metric'].removesuffix('_ms')} {v['stat']}≤{v['threshold']:g}: {mark}")
+        if not s["stability"]["stable"]:
+            verdicts.append("[red]unstable[/]")
+        u = s["utilization"]
+        t.add_row(
+            *[str(p.params[k]) for k in keys],
+            _fmt(e2e, "p50"), _fmt(e2e, "p95"), _fmt(e2e, "p99"), _fmt(ttft, "p95"),
+            f"{s['throughput_per_s']:.1f}",
+            "-" if s["cache_hit_rate"] is None else f"{s['cache_hit_rate']:.0%}",
+            "-" if "retrieval" not in u else f"{u['retrieval']:.0%}",
+            "-" if "gpu" not in u else f"{u['gpu']:.0%}",
+            "\n".join(verdicts) or "-",
+        )
+    return t
+
+
+def print_run(result: Result, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(run_table(result))
+    for p in result.points:
+        s = p.summary
+        where = ", ".join(f"{k}={v}" for k, v in p.params.items()) or "the scenario"
+        if not s["stability"]["stable"]:
+            console.print(f"[red]unstable[/] at {where}: {s['stability']['note']}")
+        for v in s["sla"]:
+            if v.get("hint") and v["verdict"] == "inconclusive":
+                console.print(f"[yellow]inconclusive[/] {v['metric']} {v['stat']} at {where}: {v['hint']}")

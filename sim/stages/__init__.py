@@ -1,0 +1,1 @@
+"""One SimPy stage per module: its queue, its servers, the timestamps it stamps."""

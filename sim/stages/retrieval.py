@@ -1,0 +1,65 @@
+"""Retrieval: a pool of CPU workers with one FIFO queue in front.
+
+A request that misses the cache waits for a free worker, then holds it for
+one search (its service time drawn from the configured or calibrated
+distribution, plus per-request overhead outside the search).
+
+When more workers than CPU cores are configured (``cpu_cores < workers``),
+busy workers share the cores: a search started while ``b`` workers are busy
+runs ``max(1, b / cpu_cores)`` times slower.  This is the processor-sharing
+slowdown seen at the moment the search starts, a first-order model that is
+exact when the pool stays saturated.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+import simpy
+
+
+class WorkerPool:
+    """``workers`` servers, FIFO queue; callers ``yield pool.acquire()``."""
+
+    __slots__ = ("env", "workers", "cpu_cores", "busy", "_queue", "busy_s", "_window", "served")
+
+    def __init__(self, env: simpy.Environment, workers: int, cpu_cores: int | None,
+                 window: tuple[float, float]):
+        self.env = env
+        self.workers = workers
+        self.cpu_cores = cpu_cores or workers
+        self.busy = 0
+        self._queue: deque[simpy.Event] = deque()
+        self.busy_s = 0.0  # busy worker-seconds inside the measurement window
+        self._window = window
+        self.served = 0
+
+    def acquire(self) -> simpy.Event:
+        ev = self.env.event()
+        if self.busy < self.workers:
+            self.busy += 1
+            ev.succeed()
+        else:
+            self._queue.append(ev)
+        return ev
+
+    def slowdown(self) -> float:
+        """Factor by which a search started now is stretched by core sharing."""
+        return max(1.0, self.busy / self.cpu_cores)
+
+    def release(self, start_s: float, end_s: float) -> None:
+        lo, hi = self._window
+        a, b = max(start_s, lo), min(end_s, hi)
+        if b > a:
+            self.busy_s += b - a
+        self.served += 1
+        if self._queue:
+            self._queue.popleft().succeed()  # hand the worker straight over
+        else:
+            self.busy -= 1
+
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+
