@@ -1,0 +1,151 @@
+"""The `capsim run` command: JSON, --set, --out, exit codes and bad input."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sim.cli import app
+from tests.helpers import small_scenario
+
+runner = CliRunner()
+
+
+def write(tmp_path, data, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_json_document_has_the_contract_keys(tmp_path):
+    p = write(tmp_path, small_scenario(sweep={"workload.users": [10, 20]}))
+    r = invoke("run", p, "--json", "--jobs", "1")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["scenario"] == "small"
+    assert [pt["params"] for pt in doc["points"]] == [{"workload.users": 10}, {"workload.users": 20}]
+    pt = doc["points"][0]
+    for key in ("metrics", "throughput_per_s", "cache_hit_rate", "utilization", "completed", "sla"):
+        assert key in pt
+    for m in ("e2e_ms", "ttft_ms", "retrieval_wait_ms", "retrieval_service_ms", "llm_wait_ms",
+              "prefill_ms", "decode_ms"):
+        assert set(pt["metrics"][m]) >= {"mean", "p50", "p90", "p95", "p99", "max", "ci"}
+    assert set(pt["utilization"]) == {"retrieval", "gpu"}
+    assert set(pt["sla"][0]) >= {"metric", "stat", "threshold", "value", "verdict"}
+
+
+def test_set_overrides_and_exit_code_1_on_failed_sla(tmp_path):
+    p = write(tmp_path, small_scenario())
+    r = invoke("run", p, "--json", "--jobs", "1", "--set", "sla.e2e_ms.p95=1")
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.stdout)
+    assert doc["points"][0]["sla"][0]["verdict"] == "fail"
+
+
+def test_no_sla_exits_zero_and_table_prints(tmp_path):
+    p = write(tmp_path, small_scenario(sla={}))
+    r = invoke("run", p, "--jobs", "1", "--replications", "1")
+    assert r.exit_code == 0, r.output
+    assert "e2e p95" in r.stdout
+
+
+def test_out_writes_resolved_scenario_summary_and_records(tmp_path):
+    import pandas as pd
+
+    p = write(tmp_path, small_scenario())
+    out = tmp_path / "out"
+    r = invoke("run", p, "--jobs", "1", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    resolved = yaml.safe_load((out / "scenario.resolved.yaml").read_text())
+    assert resolved["llm"]["gpu"]["hbm_bandwidth_gbps"] == 3350  # catalog name resolved inline
+    assert json.loads((out / "summary.json").read_text()) == json.loads(r.stdout)
+    df = pd.read_parquet(out / "records.parquet")
+    for col in ("request", "replication", "user", "arrival_s", "query_key", "cache_hit",
+                "retrieval_wait_ms", "retrieval_service_ms", "prompt_tokens", "output_tokens",
+                "replica", "ttft_ms", "e2e_ms"):
+        assert col in df.columns
+    assert set(df["replication"]) == {0, 1}
+
+
+def test_same_seed_same_records_different_seed_differs():
+    import sim
+
+    a = sim.simulate(small_scenario()).records
+    b = sim.simulate(small_scenario()).records
+    c = sim.simulate(small_scenario(), seed=8).records
+    assert a.equals(b)
+    assert not a["e2e_ms"].equals(c["e2e_ms"])
+
+
+BAD = [
+    ({"workload": {"mode": "closed", "usres": 5, "think_s": 1}}, "workload.usres: unknown key (did you mean 'users'?"),
+    ({"llm": {"replicas": "two"}}, "llm.replicas:"),
+    ({"llm": {"replicas": 0}}, "llm.replicas: input should be greater than or equal to 1"),
+    ({"retrieval": {"workers": -1}}, "retrieval.workers:"),
+    ({"workload": {"mode": "closed", "users": 5, "think_s": 1, "queries": {"hot_fraction": 1.5, "hot_keys": 3}}},
+     "workload.queries.hot_fraction: input should be less than or equal to 1"),
+    ({"workload": {"mode": "closed", "users": 5, "think_s": {"dist": "lognormal", "mean": 3}}},
+     "workload.think_s.cv: is required"),
+    ({"workload": {"mode": "closed", "users": 5, "think_s": {"dist": "weibull", "mean": 3}}},
+     "workload.think_s: Value error, unknown dist 'weibull'"),
+    ({"llm": {"model": "llama-3-70b", "gpu": "l4"}}, "llm: model weights (141.1 GB"),
+    ({"llm": {"gpu": "h100"}}, "llm.gpu: unknown GPU 'h100' (did you mean 'h100-sxm'?"),
+    ({"llm": {"model": "llama3"}}, "llm.model: unknown model 'llama3'"),
+    ({"sla": {"e2e": {"p95": 800}}}, "sla: Value error, unknown SLA metric 'e2e' (did you mean 'e2e_ms'?"),
+    ({"sla": {"e2e_ms": {"p97": 800}}}, "unknown statistic 'p97'"),
+    ({"run": {"duration_s": 10, "warmup_s": 20}}, "run: Value error, warmup_s (20.0) must be < duration_s"),
+]
+
+
+@pytest.mark.parametrize("patch,message", BAD, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(BAD)])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, patch, message):
+    data = small_scenario()
+    for section, val in patch.items():
+        if isinstance(val, dict) and isinstance(data.get(section), dict) and section != "workload":
+            data[section] = {**data[section], **val}
+        else:
+            data[section] = val
+    p = write(tmp_path, data)
+    out = tmp_path / "out"
+    r = invoke("run", p, "--out", out)
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in r.output
+    assert message.replace("Value error, ", "") in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "llm.replicass=2"], "llm.replicass: unknown key (did you mean 'replicas'?"),
+    (["--set", "nonsense"], "expected KEY=VALUE"),
+    (["--set", "llm.model.layers=3"], "llm.model is 'article-8l'"),
+    (["--replications", "0"], "--replications: must be >= 1"),
+])
+def test_bad_flags_exit_2(tmp_path, args, message):
+    p = write(tmp_path, small_scenario())
+    r = invoke("run", p, *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    r = invoke("run", tmp_path / "nope.yaml")
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workload: [unclosed\n")
+    r = invoke("run", bad)
+    assert r.exit_code == 2 and "not valid YAML" in r.stderr
+
+
+def test_extends_merges_over_base(tmp_path):
+    import sim
+
+    write(tmp_path, small_scenario(), "base.yaml")
+    child = write(tmp_path, {"extends": "base.yaml", "llm": {"replicas": 3}}, "child.yaml")
+    scn = sim.load_scenario(child)
+    assert scn.llm.replicas == 3 and scn.llm.gpu.name == "h100-sxm" and scn.workload.users == 30
