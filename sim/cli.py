@@ -136,12 +136,15 @@ def _mount() -> None:
         mod.register(app)
 
 
-_mount()
-
-
 def main() -> None:
     app()
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m sim.cli`: the sub-command modules import `sim.cli`, so run the
+    # importable module rather than mounting them on this `__main__` copy.
+    from sim.cli import main as _main
+
+    _main()
+else:
+    _mount()

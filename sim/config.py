@@ -150,6 +150,12 @@ class RunConfig(Strict):
     max_replications: Annotated[int, Field(ge=1)] = 30
     drain_s: Optional[NonNegFloat] = None
 
+    @property
+    def drain_seconds(self) -> float:
+        """How long in-flight requests may finish after arrivals stop: ``drain_s``,
+        or by default max(30 s, a quarter of ``duration_s``)."""
+        return self.drain_s if self.drain_s is not None else max(30.0, 0.25 * self.duration_s)
+
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
         if isinstance(self.warmup_s, float) and self.warmup_s >= self.duration_s:
@@ -314,6 +320,11 @@ class LLMConfig(Strict):
     mfu: Annotated[float, Field(gt=0, le=1)] = 0.5
     step_overhead_ms: NonNegFloat = 1.0
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    tensor_parallel: Annotated[int, Field(ge=1)] = 1
+    kv_block_tokens: Annotated[int, Field(ge=1)] = 16
+    max_batched_tokens: Annotated[int, Field(ge=1)] = 8192
+    chunked_prefill: bool = True
+    prefix_caching: Optional[bool] = None  # None: on when prompt_tokens has system_tokens
     prompt_tokens: PromptSpec = 1000  # type: ignore[assignment]
     output_tokens: DistSpec = 100  # type: ignore[assignment]
 
@@ -321,26 +332,75 @@ class LLMConfig(Strict):
 
     @property
     def weights_bytes(self) -> float:
+        """Bytes of the whole model's weights (all ``tensor_parallel`` GPUs together)."""
         return gpu_model.weights_bytes(self.model.param_count, self.dtype_bytes)
 
     @property
     def kv_bytes_per_token(self) -> float:
+        """KV bytes of one token for the whole model (all GPUs together)."""
         m = self.model
         return gpu_model.kv_bytes_per_token(m.layers, m.kv_heads, m.head_dim, self.kv_dtype_bytes)
 
     @property
+    def kv_bytes_per_token_per_gpu(self) -> float:
+        """KV bytes of one token on each GPU of the replica (KV heads split, or replicated when tp > kv_heads)."""
+        m = self.model
+        return gpu_model.kv_bytes_per_token_per_gpu(m.layers, m.kv_heads, m.head_dim, self.kv_dtype_bytes,
+                                                    self.tensor_parallel)
+
+    @property
     def kv_budget_bytes(self) -> float:
-        """HBM left for KV cache: memory * gpu_memory_utilization - weights."""
-        return self.gpu.memory_gb * gpu_model.GB * self.gpu_memory_utilization - self.weights_bytes
+        """HBM left for KV cache on each GPU: memory * gpu_memory_utilization - weights / tensor_parallel."""
+        return (self.gpu.memory_gb * gpu_model.GB * self.gpu_memory_utilization
+                - self.weights_bytes / self.tensor_parallel)
+
+    @property
+    def kv_blocks(self) -> int:
+        """KV-cache blocks of ``kv_block_tokens`` tokens one replica holds."""
+        return gpu_model.kv_blocks(self.kv_budget_bytes, self.kv_bytes_per_token_per_gpu, self.kv_block_tokens)
+
+    @property
+    def prefix_caching_enabled(self) -> bool:
+        """``prefix_caching``, or by default: on when the prompt is a composition with system_tokens."""
+        if self.prefix_caching is not None:
+            return self.prefix_caching
+        return isinstance(self.prompt_tokens, PromptComposition) and self.prompt_tokens.system_tokens > 0
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens of the shared system prompt held once per replica: its *full* blocks (0 when off)."""
+        if not self.prefix_caching_enabled or not isinstance(self.prompt_tokens, PromptComposition):
+            return 0
+        b = self.kv_block_tokens
+        return (self.prompt_tokens.system_tokens // b) * b
 
     @model_validator(mode="after")
     def _fits(self) -> "LLMConfig":
-        if self.enabled and self.kv_budget_bytes <= 0:
+        if not self.enabled:
+            return self
+        tp, m = self.tensor_parallel, self.model
+        if tp > 1 and self.gpu.interconnect_gbps is None:
+            raise ValueError(f"tensor_parallel {tp} needs llm.gpu.interconnect_gbps (GPU-to-GPU GB/s)")
+        if m.heads % tp:
+            raise ValueError(f"tensor_parallel ({tp}) must divide the model's heads ({m.heads}); "
+                             f"set llm.tensor_parallel to a divisor of {m.heads}")
+        if m.kv_heads % tp and tp % m.kv_heads:
+            raise ValueError(f"tensor_parallel ({tp}) and kv_heads ({m.kv_heads}) must divide one another; "
+                             f"change llm.tensor_parallel")
+        mem = self.gpu.memory_gb * self.gpu_memory_utilization
+        per_gpu = self.weights_bytes / tp / gpu_model.GB
+        if self.kv_blocks < 1:
+            what = "do not fit" if per_gpu >= mem else "leave no room for one KV block"
             raise ValueError(
-                f"model weights ({self.weights_bytes / 1e9:.1f} GB at dtype_bytes {self.dtype_bytes:g}) do not fit in "
+                f"model weights ({self.weights_bytes / 1e9:.1f} GB at dtype_bytes {self.dtype_bytes:g}, "
+                f"{per_gpu:.1f} GB per GPU over llm.tensor_parallel {tp}) {what} in "
                 f"{self.gpu.name or 'the GPU'}'s {self.gpu.memory_gb:g} GB x gpu_memory_utilization "
-                f"{self.gpu_memory_utilization:g}; use a bigger GPU, lower dtype_bytes or tensor_parallel"
+                f"{self.gpu_memory_utilization:g}; raise llm.tensor_parallel, use a bigger GPU or lower dtype_bytes"
             )
+        if self.max_batched_tokens < self.max_batch:
+            raise ValueError(f"max_batched_tokens ({self.max_batched_tokens}) must be >= max_batch "
+                             f"({self.max_batch}) so every running sequence can decode in one step; "
+                             f"raise llm.max_batched_tokens")
         return self
 
 
@@ -363,6 +423,25 @@ def _check_sla(v: Any) -> Any:
 SLAConfig = Annotated[dict[str, dict[str, PosFloat]], BeforeValidator(_check_sla)]
 
 
+class CostConfig(Strict):
+    """Prices in USD per hour (see :mod:`sim.cost`): every replica's GPUs and every retrieval worker."""
+
+    gpu_per_hour: NonNegFloat = 0.0
+    cpu_worker_per_hour: NonNegFloat = 0.0
+
+
+class Expectation(Strict):
+    """What the scenario's author expects at some sweep points (see :mod:`sim.testing`).
+
+    ``params`` selects the points whose swept values match (a subset of the
+    swept keys; ``{}`` is every point); ``verdict`` is what every SLA there
+    should come out as.  Points that no expectation names are not asserted.
+    """
+
+    params: dict[str, Any] = {}
+    verdict: Literal["pass", "fail"] = "pass"
+
+
 class Scenario(Strict):
     name: str = "scenario"
     description: Optional[str] = None
@@ -372,10 +451,19 @@ class Scenario(Strict):
     retrieval: RetrievalConfig = RetrievalConfig()
     llm: LLMConfig = LLMConfig()
     sla: SLAConfig = {}
+    cost: Optional[CostConfig] = None
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    expect: list[Expectation] = []
 
     @model_validator(mode="after")
     def _check(self) -> "Scenario":
+        if self.expect and not self.sla:
+            raise ValueError("expect: needs an sla section to judge the points against")
+        for i, e in enumerate(self.expect):
+            unknown = [k for k in e.params if k not in self.sweep]
+            if self.sweep and unknown:
+                raise ValueError(f"expect[{i}].params: {unknown[0]!r} is not a swept key "
+                                 f"(swept: {', '.join(self.sweep)})")
         return self
 
 

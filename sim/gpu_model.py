@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 GB = 1e9
 TFLOP = 1e12
 
@@ -48,6 +50,76 @@ def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes
 def kv_bytes(tokens: float, layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes: float) -> float:
     """KV-cache bytes of ``tokens`` tokens."""
     return tokens * kv_bytes_per_token(layers, kv_heads, head_dim, kv_dtype_bytes)
+
+
+def kv_heads_per_gpu(kv_heads: int, tensor_parallel: int) -> int:
+    """KV heads each GPU stores under tensor parallelism: ``ceil(kv_heads / tp)``.
+
+    With ``tp <= kv_heads`` the heads are split (Llama-3-8B, 8 KV heads on 4
+    GPUs: 2 each); with ``tp > kv_heads`` each head is replicated so every GPU
+    still holds one (MQA on 8 GPUs: 1 each, the KV is not split at all).
+    """
+    return -(-kv_heads // tensor_parallel)
+
+
+def kv_bytes_per_token_per_gpu(layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes: float,
+                               tensor_parallel: int = 1) -> float:
+    """KV bytes one token occupies on each GPU: ``2 * layers * ceil(kv_heads / tp) * head_dim * kv_dtype_bytes``."""
+    return kv_bytes_per_token(layers, kv_heads_per_gpu(kv_heads, tensor_parallel), head_dim, kv_dtype_bytes)
+
+
+def kv_blocks(budget_bytes: float, kv_bytes_per_token: float, block_tokens: int) -> int:
+    """Paged-KV blocks that fit: ``floor(budget_bytes / (kv_bytes_per_token * block_tokens))`` (0 if none).
+
+    Per GPU budget and per GPU bytes give the replica's block count: every GPU
+    of a tensor-parallel replica holds its shard of the same blocks.
+    """
+    if budget_bytes <= 0:
+        return 0
+    return int(budget_bytes // (kv_bytes_per_token * block_tokens))
+
+
+def blocks_for_tokens(tokens: int, block_tokens: int) -> int:
+    """Blocks that hold ``tokens`` tokens: ``ceil(tokens / block_tokens)``."""
+    return -(-tokens // block_tokens) if tokens > 0 else 0
+
+
+def tp_allreduce_time_s(new_tokens: float, layers: int, hidden: int, dtype_bytes: float,
+                        tensor_parallel: int, interconnect_gbps: float | None) -> float:
+    """Tensor-parallel communication of one step: ``2 * layers`` ring all-reduces.
+
+    Megatron-style tensor parallelism all-reduces the attention output and the
+    MLP output of every layer, each ``new_tokens * hidden * dtype_bytes``::
+
+        2 * layers * ring_allreduce_time_s(new_tokens * hidden * dtype_bytes, tp, interconnect)
+
+    Zero for ``tp == 1``.  Bandwidth only (no per-call latency), added to the
+    step (not overlapped with compute).
+    """
+    if tensor_parallel <= 1:
+        return 0.0
+    if not interconnect_gbps:
+        raise ValueError("tensor_parallel > 1 needs interconnect_gbps")
+    return 2.0 * layers * ring_allreduce_time_s(new_tokens * hidden * dtype_bytes, tensor_parallel,
+                                                interconnect_gbps)
+
+
+def roofline_step_time_s(n_bytes, flops, hbm_bandwidth_gbps: float, peak_tflops: float,
+                         bw_efficiency: float = 1.0, mfu: float = 1.0, overhead_s: float = 0.0,
+                         comm_s=0.0):
+    """One step on one GPU: ``max(bytes / (bw * bw_eff), flops / (peak * mfu)) + overhead + comm``.
+
+    Works element-wise on numpy arrays (the GPU calibration fits it).
+    """
+    mem = np.asarray(n_bytes, dtype=float) / (hbm_bandwidth_gbps * GB * bw_efficiency)
+    comp = np.asarray(flops, dtype=float) / (peak_tflops * TFLOP * mfu)
+    out = np.maximum(mem, comp) + overhead_s + comm_s
+    return float(out) if out.ndim == 0 else out
+
+
+def arithmetic_intensity(flops: float, n_bytes: float) -> float:
+    """FLOPs per byte moved: ``flops / bytes``; compare with :func:`ridge_point_flops_per_byte`."""
+    return flops / n_bytes if n_bytes > 0 else math.inf
 
 
 def transfer_time_s(n_bytes: float, bandwidth_gbps: float, efficiency: float = 1.0) -> float:

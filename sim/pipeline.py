@@ -59,9 +59,15 @@ def retrieval_service_distribution(scn: Scenario) -> tuple[D.Distribution, dict]
 
 
 class TokenCounts:
-    """Prompt and output token counts for one request, drawn with one generator."""
+    """Prompt and output token counts for one request.
 
-    def __init__(self, scn: Scenario, rng: np.random.Generator, block: int = 256):
+    Prompt parts are drawn with ``rng``, output lengths with ``output_rng``
+    (default ``rng``): with separate streams the output lengths stay the same
+    when ``retrieval.top_k`` changes how many document lengths a prompt draws.
+    """
+
+    def __init__(self, scn: Scenario, rng: np.random.Generator, block: int = 256,
+                 output_rng: np.random.Generator | None = None):
         llm = scn.llm
         self.top_k = scn.retrieval.top_k if scn.retrieval.enabled else 0
         if isinstance(llm.prompt_tokens, PromptComposition):
@@ -72,7 +78,7 @@ class TokenCounts:
             self._prompt = None
         else:
             self._prompt = D.Sampler(build_distribution(llm.prompt_tokens), rng, block)
-        self._output = D.Sampler(build_distribution(llm.output_tokens), rng, block)
+        self._output = D.Sampler(build_distribution(llm.output_tokens), output_rng or rng, block)
 
     def __call__(self) -> tuple[int, int]:
         if self._prompt is not None:
@@ -91,6 +97,9 @@ class Replication:
     records: dict[str, np.ndarray]
     window_s: tuple[float, float]
     counters: dict[str, float] = field(default_factory=dict)
+    # Sampled state (see Model.monitor): t_s, retrieval_queue, retrieval_busy, and per LLM
+    # replica (arrays of shape samples x replicas) llm_waiting, llm_running, kv_tokens.
+    timeseries: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Model:
@@ -104,7 +113,7 @@ class Model:
         warm = 0.0 if run.warmup_s == "auto" else float(run.warmup_s)
         self.window = (warm, float(run.duration_s))
         self.end_arrivals_s = float(run.duration_s)
-        self.drain_s = run.drain_s if run.drain_s is not None else max(30.0, 0.25 * run.duration_s)
+        self.drain_s = run.drain_seconds
         seed = run.seed
         self.recorder = Recorder(replication)
         self.popularity = Popularity(scn.workload.queries)
@@ -148,7 +157,7 @@ class Model:
             r_wait, r_service = t2 - t1, t3 - t2
             if self.cache is not None:
                 self.cache.insert(key)
-        replica = -1
+        replica = preemptions = -1
         l_wait = prefill = decode = 0.0
         t_first = env.now
         if self.llm is not None:
@@ -158,18 +167,22 @@ class Model:
             prefill = seq.t_first - seq.t_admitted
             decode = seq.t_last - seq.t_first
             t_first = seq.t_first
+            preemptions = seq.preemptions
         t_end = env.now
         rec.add(user, t0, key, hit, t_cache, r_wait, r_service, l_wait, prefill, decode,
-                prompt, output, replica, t_first - t0, t_end - t0)
+                prompt, output, replica, t_first - t0, t_end - t0, preemptions)
 
     # ------------------------------------------------------------------ workload
     def closed_user(self, uid: int):
         env = self.env
         scn = self.scn
-        rng = stream(scn.run.seed, self.rep, "user", uid)
-        think = D.Sampler(build_distribution(scn.workload.think_s), rng, 64)
-        keys = QueryKeys(self.popularity, rng, 64)
-        tokens = TokenCounts(scn, rng, 64)
+        # One stream per purpose per user: what user ``uid`` thinks, asks and how long the
+        # prompt is do not depend on each other's draws (nor on the system under test).
+        seed = scn.run.seed
+        think = D.Sampler(build_distribution(scn.workload.think_s), stream(seed, self.rep, "user", uid), 64)
+        keys = QueryKeys(self.popularity, stream(seed, self.rep, "query", uid), 64)
+        tokens = TokenCounts(scn, stream(seed, self.rep, "tokens", uid), 64,
+                             stream(seed, self.rep, "output_tokens", uid))
         end = self.end_arrivals_s
         while True:
             yield env.timeout(think())
@@ -184,9 +197,9 @@ class Model:
         mean_gap = 1.0 / w.rate_per_s
         gap_dist = D.Exponential(mean_gap) if w.arrival == "poisson" else D.Gamma(mean_gap, w.cv)
         gaps = D.Sampler(gap_dist, stream(scn.run.seed, self.rep, "arrivals"))
-        rng = stream(scn.run.seed, self.rep, "requests")
-        keys = QueryKeys(self.popularity, rng)
-        tokens = TokenCounts(scn, rng)
+        keys = QueryKeys(self.popularity, stream(scn.run.seed, self.rep, "query"))
+        tokens = TokenCounts(scn, stream(scn.run.seed, self.rep, "tokens"),
+                             output_rng=stream(scn.run.seed, self.rep, "output_tokens"))
         end = self.end_arrivals_s
         i = 0
         while True:
@@ -197,9 +210,38 @@ class Model:
             env.process(self.request(-1, keys(), prompt, output))
             i += 1
 
+    # ------------------------------------------------------------------ monitor
+    MONITOR_SAMPLES = 200
+
+    def monitor(self, out: dict):
+        """Sample the state every ``duration / 200`` s (one event per sample, 201 samples).
+
+        Reads only: retrieval queue length and busy workers, and per LLM replica the
+        waiting queue, the running batch and the KV tokens reserved.  It draws no random
+        numbers and changes no state, so records are the same with or without it.
+        """
+        env, n = self.env, self.MONITOR_SAMPLES
+        dt = self.end_arrivals_s / n
+        pool, llm = self.pool, self.llm
+        reps = llm.replicas if llm is not None else []
+        t, rq, rb, lw, lr, kv = [], [], [], [], [], []
+        out.update(t_s=t, retrieval_queue=rq, retrieval_busy=rb, llm_waiting=lw, llm_running=lr, kv_tokens=kv,
+                   kv_capacity_tokens=llm.kv_capacity_tokens if llm is not None else 0)
+        for i in range(n + 1):
+            if i:
+                yield env.timeout(max(0.0, i * dt - env.now))
+            t.append(env.now)
+            rq.append(pool.queue_length() if pool is not None else 0)
+            rb.append(pool.busy if pool is not None else 0)
+            lw.append([len(r.waiting) for r in reps])
+            lr.append([r.batch for r in reps])
+            kv.append([r.reserved_tokens for r in reps])
+
     # ------------------------------------------------------------------ run
     def run(self) -> Replication:
         env, scn = self.env, self.scn
+        sampled: dict = {}
+        env.process(self.monitor(sampled))
         if scn.workload.mode == "closed":
             for uid in range(scn.workload.users):
                 env.process(self.closed_user(uid))
@@ -223,12 +265,14 @@ class Model:
                 gpu_steps=sum(r.steps for r in reps),
                 gpu_steps_memory_bound=sum(r.steps_memory_bound for r in reps),
                 gpu_batch_step_sum=sum(r.batch_step_sum for r in reps),
-                gpu_kv_token_seconds=sum(r.kv_token_seconds for r in reps),
-                gpu_kv_capacity_tokens=self.llm.kv_capacity_tokens,
+                gpu_kv_block_seconds=sum(r.kv_block_seconds_at(env.now) for r in reps),
+                gpu_kv_blocks=self.llm.kv_blocks,
+                gpu_preemptions=sum(r.preemptions for r in reps),
                 llm_queue_at_end=sum(len(r.waiting) for r in reps),
                 llm_running_at_end=sum(r.batch for r in reps),
             )
-        return Replication(self.rep, records, (lo, hi), counters)
+        timeseries = {k: (v if k == "kv_capacity_tokens" else np.asarray(v, dtype=float)) for k, v in sampled.items()}
+        return Replication(self.rep, records, (lo, hi), counters, timeseries)
 
 
 def run_replication(scn: Scenario, replication: int) -> Replication:

@@ -12,11 +12,12 @@ import numpy as np
 COLUMNS = (
     "request", "replication", "user", "arrival_s", "query_key", "cache_hit", "cache_ms",
     "retrieval_wait_ms", "retrieval_service_ms", "llm_wait_ms", "prefill_ms", "decode_ms",
-    "prompt_tokens", "output_tokens", "replica", "ttft_ms", "e2e_ms",
+    "prompt_tokens", "output_tokens", "replica", "ttft_ms", "e2e_ms", "preemptions",
 )
 _MS = {"cache_ms", "retrieval_wait_ms", "retrieval_service_ms", "llm_wait_ms", "prefill_ms",
        "decode_ms", "ttft_ms", "e2e_ms"}
-_INT = {"request", "replication", "user", "query_key", "prompt_tokens", "output_tokens", "replica"}
+_INT = {"request", "replication", "user", "query_key", "prompt_tokens", "output_tokens", "replica",
+        "preemptions"}
 
 
 class Recorder:
@@ -27,9 +28,10 @@ class Recorder:
         self.rows: list[tuple] = []
 
     def add(self, user, arrival_s, key, hit, cache_s, r_wait_s, r_service_s, l_wait_s, prefill_s,
-            decode_s, prompt, output, replica, ttft_s, e2e_s) -> None:
+            decode_s, prompt, output, replica, ttft_s, e2e_s, preemptions=-1) -> None:
+        """``preemptions``: times the LLM preempted the request (-1 when the LLM stage is off)."""
         self.rows.append((user, arrival_s, key, hit, cache_s, r_wait_s, r_service_s, l_wait_s,
-                          prefill_s, decode_s, prompt, output, replica, ttft_s, e2e_s))
+                          prefill_s, decode_s, prompt, output, replica, ttft_s, e2e_s, preemptions))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Column arrays sorted by arrival time, ms at the edges."""

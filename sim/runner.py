@@ -123,8 +123,8 @@ class Result:
 
 def _needs_more(summary: dict, scn: Scenario) -> bool:
     target = scn.run.target_precision
-    if target is None:
-        return False
+    if target is None or not summary["stability"]["stable"]:
+        return False  # more replications cannot make an unstable point's percentiles converge
     for s in summary["sla"]:
         lo, hi = s["ci"]
         v = s["value"]

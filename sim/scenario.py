@@ -140,10 +140,10 @@ def expand(source: str | Path | Mapping | Scenario, overrides: Mapping[str, Any]
         raise ConfigError("sweep: expected a mapping of dotted key -> list of values")
     sweep.update(grid or {})
     # Validate the base first so an error names the real key, not a sweep point.
-    validate_scenario({**base, "sweep": {}})
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{key}: expected a non-empty list of values")
+    validate_scenario({**base, "sweep": sweep})
     keys = list(sweep)
     points: list[Point] = []
     for combo in itertools.product(*(sweep[k] for k in keys)):

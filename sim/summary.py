@@ -6,14 +6,23 @@ For every metric (a column of the records, in ms) and every statistic
 * ``value``: the mean over replications of the per-replication statistic
   (with one replication, the statistic itself);
 * ``ci``: a Student t interval over the per-replication statistics, or, with
-  one replication, a batch-means interval over that run;
+  one replication, a batch-means half-width around the whole-run statistic
+  (none for ``max``, nor for a percentile with too few values per batch);
+  ``max`` too is the mean of the per-replication maxima, so every value lies
+  inside its interval;
 
 and each SLA gets a verdict from :func:`sim.stats.sla_verdict`: ``pass`` when
 the whole interval is at or under the threshold, ``fail`` when the whole
 interval is above it, ``inconclusive`` otherwise.
 
 Warm-up: ``run.warmup_s`` cuts by arrival time; ``warmup: auto`` picks the
-cut per replication with MSER-5 on the e2e series and reports it.
+cut per replication with MSER-5 on the e2e series and reports it
+(``warmup: {method, cut_s, cut_s_by_replication, dropped_fraction}``).
+
+Stability (:func:`_stability`) says whether a steady state exists for the
+percentiles to estimate; an ``analytic`` entry (:mod:`sim.crosscheck`) puts
+Erlang C or MVA beside the simulated values where the scenario is exactly
+analysable.
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from . import stats
+from . import crosscheck, stats
 from .config import STATS, Scenario
+from .cost import point_cost
 from .pipeline import Replication
 
 METRICS = (
@@ -64,6 +74,27 @@ def _finite(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+_BATCHES = 20
+# Least values per batch for a batch percentile to be nearly unbiased: 5 / (1 - q).
+_MIN_PER_BATCH = {"mean": 10, "p50": 10, "p90": 50, "p95": 100, "p99": 500}
+
+
+def _one_run_interval(values: np.ndarray, stat: str, value: float, conf: float) -> tuple[float, float]:
+    """Batch-means interval for one replication, centred on the whole-run value.
+
+    The half-width comes from the spread of 20 batch statistics; the centre is
+    the statistic of the whole run (a batch percentile is biased towards the
+    centre, so the batch average is not).  Percentiles need batches holding
+    at least ``5 / (1 - q)`` values, else there is no interval; the maximum of
+    one run has none (the batch maxima estimate a shorter run's maximum).
+    """
+    if stat == "max" or len(values) < _BATCHES * _MIN_PER_BATCH[stat]:
+        return float("nan"), float("nan")
+    lo, hi = stats.batch_means_interval(values, stat, conf, _BATCHES)
+    half = (hi - lo) / 2
+    return value - half, value + half
+
+
 def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, Any] | None = None) -> dict:
     conf = scn.run.confidence
     windowed = [window(r, scn) for r in reps]
@@ -79,14 +110,11 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
         for st in STATS:
             per = np.array([stats.stat_value(v, st) if len(v) else np.nan for v in per_rep])
             per = per[np.isfinite(per)]
-            if st == "max":
-                val = float(per.max()) if len(per) else float("nan")
-            else:
-                val = float(per.mean()) if len(per) else float("nan")
+            val = float(per.mean()) if len(per) else float("nan")
             if len(per) >= 2:
                 lo, hi = stats.t_interval(per, conf)
             elif len(per) == 1:
-                lo, hi = stats.batch_means_interval(next(v for v in per_rep if len(v)), st, conf)
+                lo, hi = _one_run_interval(next(v for v in per_rep if len(v)), st, val, conf)
             else:
                 lo = hi = float("nan")
             values[st] = _finite(val)
@@ -95,7 +123,9 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
 
     lengths = [r.window_s[1] - c for r, c in zip(reps, cuts)]
     completed = [len(r["e2e_ms"]) for r in recs]
-    throughput = float(np.mean([n / L for n, L in zip(completed, lengths) if L > 0])) if reps else 0.0
+    per_rep_x = np.array([n / L for n, L in zip(completed, lengths) if L > 0])
+    throughput = float(per_rep_x.mean()) if len(per_rep_x) else 0.0
+    x_ci = [_finite(b) for b in stats.t_interval(per_rep_x, conf)] if len(per_rep_x) >= 2 else [None, None]
     hits = sum(int(r["cache_hit"].sum()) for r in recs)
     total = sum(len(r["cache_hit"]) for r in recs)
     util: dict[str, float] = {}
@@ -108,49 +138,169 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
         util["gpu"] = float(np.mean([c["gpu_busy_s"] / (c["gpu_replicas"] * s) for c, s in zip(c0, span)]))
     gpu: dict[str, float | None] = {}
     if scn.llm.enabled:
+        # Per step: memory- or compute-bound, batch size; KV occupancy is blocks in use over
+        # blocks available, time-weighted over the window (idle time included).
         steps = sum(c["gpu_steps"] for c in c0)
-        busy = sum(c["gpu_busy_s"] for c in c0)
+        block_time = sum(c["gpu_kv_blocks"] * c["gpu_replicas"] * s for c, s in zip(c0, span))
+        n_req = sum(len(r["e2e_ms"]) for r in recs)
+        pre = [r["preemptions"] for r in recs if "preemptions" in r]
+        tpot = metrics.get("tpot_ms", {})
         gpu = {
             "steps": steps,
             "memory_bound_share": _finite(sum(c["gpu_steps_memory_bound"] for c in c0) / steps) if steps else None,
             "mean_batch": _finite(sum(c["gpu_batch_step_sum"] for c in c0) / steps) if steps else None,
-            "kv_occupancy": _finite(sum(c["gpu_kv_token_seconds"] for c in c0) / busy / c0[0]["gpu_kv_capacity_tokens"])
-            if busy else None,
+            "kv_occupancy": _finite(sum(c["gpu_kv_block_seconds"] for c in c0) / block_time) if block_time else None,
+            "kv_blocks": int(c0[0]["gpu_kv_blocks"]) if c0 else None,
+            "preemptions": int(sum(c["gpu_preemptions"] for c in c0)),
+            "preempted_share": _finite(sum(int((p > 0).sum()) for p in pre) / n_req) if n_req and pre else None,
+            "tpot_ms": {st: tpot.get(st) for st in ("p50", "p90", "p95", "p99")} if tpot else None,
         }
     started = sum(int(c["started_in_window"]) for c in c0)
     finished_in_window = sum(int(((r.records["arrival_s"] >= r.window_s[0]) &
                                   (r.records["arrival_s"] < r.window_s[1])).sum()) for r in reps)
     incomplete = max(0, started - finished_in_window)
-    stability = _stability(scn, started, incomplete, util)
+    hit_rate = (hits / total) if (scn.cache.enabled and total) else None
+    offered = crosscheck.offered_load(scn, hit_rate)
+    stability = _stability(scn, started, incomplete, util, offered, _trend(recs, cuts, reps, conf))
     point: dict[str, Any] = {
         "params": dict(params or {}),
         "metrics": metrics,
         "throughput_per_s": throughput,
-        "cache_hit_rate": (hits / total) if (scn.cache.enabled and total) else None,
+        "throughput_ci": x_ci,
+        "cache_hit_rate": hit_rate,
         "utilization": util,
         "gpu": gpu,
         "completed": int(sum(completed)),
         "incomplete": incomplete,
         "replications": len(reps),
         "warmup_s": cuts[0] if len(set(cuts)) == 1 else cuts,
+        "warmup": _warmup_entry(scn, reps, recs, cuts),
         "stability": stability,
     }
+    model = crosscheck.exact_model(scn)
+    if model is not None:
+        p_wait = crosscheck.waited_fraction(recs, conf) if model["model"] != "MVA" else None
+        model["compare"] = crosscheck.compare(model, metrics, (throughput, x_ci), p_wait)
+        point["analytic"] = model
+    point["cost"] = point_cost(scn, recs, lengths)
     point["sla"] = sla_verdicts(scn, metrics, stability)
+    if scn.run.target_precision is not None:
+        point["precision"] = _precision(scn, point["sla"], len(reps))
     return point
 
 
-def _stability(scn: Scenario, started: int, incomplete: int, util: dict[str, float]) -> dict:
+def _warmup_entry(scn: Scenario, reps: list[Replication], recs: list[dict], cuts: list[float]) -> dict:
+    """What was cut: ``method`` (``fixed`` or ``mser5``), the cut per replication, the share dropped."""
+    before = sum(int((r.records["arrival_s"] < r.window_s[1]).sum()) for r in reps)
+    kept = sum(len(r["e2e_ms"]) for r in recs)
+    return {
+        "method": "mser5" if scn.run.warmup_s == "auto" else "fixed",
+        "cut_s": float(np.mean(cuts)) if cuts else 0.0,
+        "cut_s_by_replication": [float(c) for c in cuts],
+        "dropped_fraction": (1 - kept / before) if before else 0.0,
+    }
+
+
+def _precision(scn: Scenario, sla: list[dict], n_reps: int) -> dict:
+    """How close the SLA statistics came to ``run.target_precision`` (half-width / value)."""
+    target = scn.run.target_precision
+    worst = 0.0
+    for s in sla:
+        lo, hi = s["ci"]
+        v = s["value"]
+        r = math.inf if (v is None or lo is None or hi is None) else stats.ci_half_width_ratio(lo, hi, v)
+        worst = max(worst, r)
+    reached = worst <= target
+    out = {"target": target, "worst": _finite(worst), "reached": reached, "replications": n_reps,
+           "max_replications": scn.run.max_replications}
+    if not sla:
+        out["note"] = "no SLA statistic to target: run.target_precision added no replications"
+    elif not reached and n_reps >= scn.run.max_replications:
+        out["note"] = (f"stopped at run.max_replications = {scn.run.max_replications} before every SLA "
+                       f"statistic's half-width was within {target:.1%} of its value")
+    return out
+
+
+def _trend(recs: list[dict], cuts: list[float], reps: list[Replication], conf: float) -> dict:
+    """Does e2e latency keep rising through the measurement window?
+
+    Each replication's window (after the warm-up cut) is split into four equal
+    spans of arrival time; ``growth`` is the mean over replications of
+    ``(last-quarter mean - first-quarter mean) / overall mean``.  The series is
+    called growing when growth exceeds 25 %, the four quarter means (averaged
+    over replications) rise monotonically, and, with two or more
+    replications, the t interval of the per-replication growth lies above 0.
+    A steady system passes all three only by a rare accident; a queue that
+    grows without bound (or has not filled yet) fails all three.
+    """
+    quarters = []
+    for rec, cut, rep in zip(recs, cuts, reps):
+        t, y = rec["arrival_s"], rec["e2e_ms"]
+        if len(y) < 40:
+            continue
+        edges = np.linspace(cut, rep.window_s[1], 5)
+        idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, 3)
+        counts = np.bincount(idx, minlength=4)
+        if (counts < 10).any():
+            continue
+        quarters.append(np.bincount(idx, weights=y, minlength=4) / counts)
+    if not quarters:
+        return {"quarter_means_ms": None, "growth": None, "growing": False}
+    q = np.array(quarters)
+    level = float(q.mean())
+    g = (q[:, 3] - q[:, 0]) / level if level > 0 else np.zeros(len(q))
+    avg = q.mean(axis=0)
+    growth = float(g.mean())
+    significant = len(g) < 2 or stats.t_interval(g, conf)[0] > 0
+    growing = growth > 0.25 and bool(np.all(np.diff(avg) > 0)) and significant
+    return {"quarter_means_ms": [float(v) for v in avg], "growth": growth, "growing": bool(growing)}
+
+
+def _stability(scn: Scenario, started: int, incomplete: int, util: dict[str, float],
+               offered: dict[str, dict] | None = None, trend: dict | None = None) -> dict:
+    """Is there a steady state whose percentiles the run estimated?
+
+    ``kind`` is ``"overloaded"`` when arrivals outpace a stage (open workload
+    with offered load ``λ·E[S]/c ≥ 1``, see :func:`sim.crosscheck.offered_load`;
+    or over 1 % of the window's requests unfinished after the drain; or a
+    stage busy all the time while requests are left unfinished), and
+    ``"not_steady"`` when e2e latency still rises through the window
+    (:func:`_trend`).  Either way the percentiles depend on the run length.
+    """
+    offered = offered or {}
     frac = incomplete / started if started else 0.0
-    reasons = []
+    overload = []
+    for stage, o in offered.items():
+        if o["offered_load"] >= 1:
+            overload.append(f"{stage} offered load {o['offered_load']:.2f} ≥ 1 "
+                            f"({o['arrival_rate_per_s']:.3g}/s x {o['service_mean_ms']:.3g} ms "
+                            f"/ {o['servers']} servers)")
     if frac > 0.01:
-        reasons.append(f"{frac:.0%} of the requests that arrived in the window had not finished "
-                       f"{scn.run.drain_s if scn.run.drain_s is not None else 'the drain time'} s after it")
+        overload.append(f"{frac:.0%} of the requests that arrived in the window had not finished "
+                        f"{scn.run.drain_seconds:g} s after it")
     busy = [k for k, u in util.items() if u > 0.985]
     if busy and frac > 0.001:
-        reasons.append(f"{', '.join(busy)} busy {max(util[k] for k in busy):.1%} of the time")
-    return {"stable": not reasons, "incomplete_fraction": frac,
-            "note": ("; ".join(reasons) + ": queues grow without bound, so its percentiles depend on "
-                     "the run length") if reasons else ""}
+        overload.append(f"{', '.join(busy)} busy {max(util[k] for k in busy):.1%} of the time")
+    growing = bool(trend and trend.get("growing"))
+    notes = []
+    kind = None
+    if overload:
+        kind = "overloaded"
+        notes.append("; ".join(overload) + ": queues grow without bound, so its percentiles depend on "
+                     "the run length (they are not steady-state values)")
+    if growing and kind is None:
+        kind = "not_steady"
+        qm = trend["quarter_means_ms"]
+        notes.append(f"e2e latency rises through the window (mean {qm[0]:,.0f} ms in the first quarter, "
+                     f"{qm[-1]:,.0f} ms in the last): queues are still growing, so percentiles depend on "
+                     f"the run length; lengthen run.duration_s or the warm-up")
+    if kind is None:
+        near = [f"{k} offered load {o['offered_load']:.2f}" for k, o in offered.items() if o["offered_load"] >= 0.95]
+        if near:
+            notes.append(", ".join(near) + ": near saturation, percentiles converge slowly (check the intervals)")
+    return {"stable": kind is None, "kind": kind, "incomplete_fraction": frac,
+            "offered_load": {k: o["offered_load"] for k, o in offered.items()},
+            "trend": trend or {}, "note": "; ".join(notes)}
 
 
 def sla_verdicts(scn: Scenario, metrics: dict, stability: dict | None = None) -> list[dict]:
@@ -172,8 +322,13 @@ def sla_verdicts(scn: Scenario, metrics: dict, stability: dict | None = None) ->
                 thr,
             )
             hint = ""
-            if stability is not None and not stability["stable"] and verdict != "fail":
-                verdict, hint = "fail", "the system is unstable at this load"
+            if stability is not None and not stability["stable"]:
+                if stability.get("kind") == "not_steady" and verdict == "pass":
+                    verdict = "inconclusive"
+                elif stability.get("kind") != "not_steady":
+                    verdict = "fail"
+                hint = ("latency still rises through the run: lengthen run.duration_s or the warm-up"
+                        if stability.get("kind") == "not_steady" else "the system is unstable at this load")
             elif verdict == "inconclusive":
                 hint = ("the interval straddles the threshold: add replications (--replications) "
                         "or lengthen run.duration_s")

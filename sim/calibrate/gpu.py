@@ -1,0 +1,315 @@
+"""Fit the GPU roofline's efficiencies to steps that really ran.
+
+Input: a CSV with one row per forward step measured on a real server (for
+example from vLLM's step timing), columns
+
+* ``batch_size``      sequences in the step,
+* ``context_tokens``  KV tokens the step reads (all sequences together),
+* ``new_tokens``      tokens it processes (decode: one per sequence; prefill: the chunk),
+* ``step_ms``         its wall time.
+
+Given the model and GPU (from a scenario, or ``--model``/``--gpu``), each
+row's bytes and FLOPs per GPU follow from :mod:`sim.gpu_model`::
+
+    bytes = weights / tp + kv_bytes_per_token_per_gpu * context_tokens
+    flops = (2 * params * new_tokens + 4 * layers * heads * head_dim * pairs) / tp
+
+with ``pairs`` the attention pairs of ``batch_size`` equal sequences, each
+with ``q = new / batch`` new tokens and ``c = context / batch`` context:
+``batch * (q c - q (q - 1) / 2)`` (decode: ``context``; one prefill of
+``n``: ``n (n + 1) / 2``).  The model of a step is::
+
+    step_ms = 1e3 * (max(bytes / (bw * bw_efficiency), flops / (peak * mfu)) + all-reduce) + step_overhead_ms
+
+and ``bw_efficiency``, ``mfu`` (both in (0, 1]) and ``step_overhead_ms``
+(>= 0) are fitted by bounded least squares on the milliseconds
+(:func:`scipy.optimize.least_squares`, several starts, best kept).  A
+parameter only the other regime sees is not identified (``mfu`` without
+compute-bound rows, ``bw_efficiency`` without memory-bound ones): the fit
+says so.
+
+The result is a scenario fragment ``{llm: {bw_efficiency, mfu,
+step_overhead_ms}}`` to ``extends:`` or merge into a scenario.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import typer
+
+from .. import gpu_model as gm
+from ..config import LLMConfig
+from ..errors import CalibrationError
+
+COLUMNS = ("batch_size", "context_tokens", "new_tokens", "step_ms")
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def read_measurements(path: str | Path) -> dict[str, np.ndarray]:
+    """The four columns as float arrays; bad input raises :class:`CalibrationError` with one line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise CalibrationError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CalibrationError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
+    return parse_measurements(text, str(path))
+
+
+def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.ndarray]:
+    reader = csv.reader(io.StringIO(text))
+    rows = [r for r in reader if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
+    if not rows:
+        raise CalibrationError(f"{name}: empty; need a header {','.join(COLUMNS)} and one row per step")
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise CalibrationError(f"{name}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                               f"(need {', '.join(COLUMNS)}; found {', '.join(header) or 'none'})")
+    idx = {c: header.index(c) for c in COLUMNS}
+    data: dict[str, list[float]] = {c: [] for c in COLUMNS}
+    for lineno, row in enumerate(rows[1:], start=2):
+        for c in COLUMNS:
+            i = idx[c]
+            raw = row[i].strip() if i < len(row) else ""
+            try:
+                v = float(raw)
+            except ValueError:
+                raise CalibrationError(f"{name}: row {lineno}: {c} {raw!r} is not a number") from None
+            if not math.isfinite(v):
+                raise CalibrationError(f"{name}: row {lineno}: {c} {raw!r} is not a finite number")
+            if c == "context_tokens" and v < 0:
+                raise CalibrationError(f"{name}: row {lineno}: context_tokens must be >= 0, got {raw}")
+            if c != "context_tokens" and v <= 0:
+                raise CalibrationError(f"{name}: row {lineno}: {c} must be > 0, got {raw}")
+            data[c].append(v)
+    n = len(data["step_ms"])
+    if n < 3:
+        raise CalibrationError(f"{name}: {n} row{'s' if n != 1 else ''}; need at least 3 steps to fit "
+                               f"3 parameters (more, and both decode and prefill steps, are better)")
+    return {c: np.asarray(v, dtype=float) for c, v in data.items()}
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """Per-GPU bytes, FLOPs and all-reduce seconds of each measured step."""
+
+    bytes: np.ndarray
+    flops: np.ndarray
+    comm_s: np.ndarray
+    bandwidth_gbps: float
+    peak_tflops: float
+
+
+def step_work(cfg: LLMConfig, batch: np.ndarray, context: np.ndarray, new: np.ndarray) -> StepWork:
+    m, g, tp = cfg.model, cfg.gpu, cfg.tensor_parallel
+    batch, context, new = (np.asarray(a, dtype=float) for a in (batch, context, new))
+    q, c = new / batch, context / batch
+    pairs = batch * (q * c - q * (q - 1.0) / 2.0)
+    n_bytes = cfg.weights_bytes / tp + cfg.kv_bytes_per_token_per_gpu * context
+    flops = (gm.linear_flops(m.param_count, new) + 4.0 * m.layers * m.heads * m.head_dim * pairs) / tp
+    comm = gm.tp_allreduce_time_s(new, m.layers, m.hidden, cfg.dtype_bytes, tp, g.interconnect_gbps) \
+        if tp > 1 else np.zeros_like(new)
+    return StepWork(n_bytes, flops, np.asarray(comm, dtype=float), g.hbm_bandwidth_gbps, g.peak_tflops)
+
+
+def predict_ms(work: StepWork, bw_efficiency: float, mfu: float, step_overhead_ms: float) -> np.ndarray:
+    """Modelled step times in ms (the simulator's roofline)."""
+    s = gm.roofline_step_time_s(work.bytes, work.flops, work.bandwidth_gbps, work.peak_tflops,
+                                bw_efficiency, mfu, 0.0, work.comm_s)
+    return np.asarray(s) * 1e3 + step_overhead_ms
+
+
+@dataclass
+class GPUFit:
+    bw_efficiency: float
+    mfu: float
+    step_overhead_ms: float
+    rows: int
+    rmse_ms: float
+    max_rel_error: float
+    memory_bound_rows: int
+    compute_bound_rows: int
+    stderr: dict[str, float | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def fragment(self) -> dict[str, Any]:
+        return {"llm": {"bw_efficiency": round(self.bw_efficiency, 4), "mfu": round(self.mfu, 4),
+                        "step_overhead_ms": round(self.step_overhead_ms, 4)}}
+
+
+LOWER = (1e-3, 1e-3, 0.0)
+MIN_REGIME_ROWS = 3  # fewer steps than this on one side of the ridge leave its parameter unidentified
+UPPER = (1.0, 1.0, np.inf)
+
+
+def fit_gpu(cfg: LLMConfig, data: dict[str, np.ndarray]) -> GPUFit:
+    """Bounded least squares of the roofline on the measured ms (best of several starts)."""
+    from scipy.optimize import least_squares
+
+    work = step_work(cfg, data["batch_size"], data["context_tokens"], data["new_tokens"])
+    y = data["step_ms"]
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        return predict_ms(work, theta[0], theta[1], theta[2]) - y
+
+    best = None
+    ovh0 = float(max(0.0, np.min(y) * 0.1))
+    for e0 in (0.3, 0.6, 0.9):
+        for m0 in (0.2, 0.5, 0.8):
+            res = least_squares(residuals, x0=[e0, m0, ovh0], bounds=(LOWER, UPPER), x_scale=[0.1, 0.1, 1.0],
+                                method="trf", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000)
+            if best is None or res.cost < best.cost:
+                best = res
+    e, mfu, ovh = (float(v) for v in best.x)
+    pred = predict_ms(work, e, mfu, ovh)
+    mem = work.bytes / (work.bandwidth_gbps * gm.GB * e) >= work.flops / (work.peak_tflops * gm.TFLOP * mfu)
+    notes = []
+    if (~mem).sum() < MIN_REGIME_ROWS:
+        notes.append(f"only {int((~mem).sum())} compute-bound steps: mfu is not identified (add prefill steps)")
+    if mem.sum() < MIN_REGIME_ROWS:
+        notes.append(f"only {int(mem.sum())} memory-bound steps: bw_efficiency is not identified (add decode steps)")
+    # Standard errors from the Jacobian at the optimum: cov = s^2 (J'J)^-1, s^2 = RSS / (n - 3).
+    stderr: dict[str, float | None] = {k: None for k in ("bw_efficiency", "mfu", "step_overhead_ms")}
+    if len(y) > 3:
+        jac = np.asarray(best.jac, dtype=float)
+        s2 = float(np.sum(best.fun ** 2)) / (len(y) - 3)
+        cov = np.linalg.pinv(jac.T @ jac) * s2
+        stderr = {k: float(math.sqrt(max(cov[i, i], 0.0))) for i, k in enumerate(stderr)}
+    return GPUFit(
+        bw_efficiency=e, mfu=mfu, step_overhead_ms=ovh, rows=int(len(y)),
+        rmse_ms=float(np.sqrt(np.mean((pred - y) ** 2))),
+        max_rel_error=float(np.max(np.abs(pred - y) / y)),
+        memory_bound_rows=int(mem.sum()), compute_bound_rows=int((~mem).sum()), stderr=stderr, notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def synthetic_measurements(cfg: LLMConfig, bw_efficiency: float, mfu: float, step_overhead_ms: float,
+                           rng: np.random.Generator, n: int = 200, noise_cv: float = 0.02) -> dict[str, np.ndarray]:
+    """SYNTHETIC steps from known parameters with multiplicative noise (tests only, never a measurement).
+
+    Three quarters decode steps (batch 1..256, 200..4,000 tokens each), one
+    quarter single-sequence prefills of 64..4,096 tokens.
+    """
+    n_dec = (3 * n) // 4
+    batch = np.concatenate([rng.integers(1, 257, n_dec), np.ones(n - n_dec, dtype=int)]).astype(float)
+    per_seq = rng.integers(200, 4001, n).astype(float)
+    prompt = rng.integers(64, 4097, n - n_dec).astype(float)
+    new = np.concatenate([batch[:n_dec], prompt])
+    context = np.concatenate([batch[:n_dec] * per_seq[:n_dec], prompt])
+    work = step_work(cfg, batch, context, new)
+    clean = predict_ms(work, bw_efficiency, mfu, step_overhead_ms)
+    noisy = clean * np.exp(rng.normal(0.0, noise_cv, n))
+    return {"batch_size": batch, "context_tokens": context, "new_tokens": new, "step_ms": noisy}
+
+
+def to_csv(data: dict[str, np.ndarray]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for i in range(len(data["step_ms"])):
+        w.writerow([int(data["batch_size"][i]), int(data["context_tokens"][i]), int(data["new_tokens"][i]),
+                    f"{data['step_ms'][i]:.6f}"])
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------- command
+
+
+def _scenario_llm(scenario: Optional[Path], overrides: dict, model: Optional[str], gpu: Optional[str],
+                  dtype_bytes: Optional[float]) -> LLMConfig:
+    from ..scenario import load_scenario
+
+    over = dict(overrides)
+    if scenario is None:
+        base: dict[str, Any] = {"workload": {"mode": "open", "rate_per_s": 1.0},
+                                "llm": {"model": model or "article-8l", "gpu": gpu or "h100-sxm",
+                                        "dtype_bytes": 2.0 if dtype_bytes is None else dtype_bytes}}
+        return load_scenario(base, over).llm
+    for key, val in (("llm.model", model), ("llm.gpu", gpu), ("llm.dtype_bytes", dtype_bytes)):
+        if val is not None:
+            over.setdefault(key, val)
+    return load_scenario(scenario, over).llm
+
+
+def run_gpu_calibration(measurements: Path, out: Optional[Path], set_: list[str], scenario: Optional[Path],
+                        model: Optional[str], gpu: Optional[str], dtype_bytes: Optional[float],
+                        json_: bool) -> GPUFit:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..report import atomic_write_text, to_json
+    from ..scenario import parse_overrides
+
+    cfg = _scenario_llm(scenario, parse_overrides(set_), model, gpu, dtype_bytes)
+    data = read_measurements(measurements)
+    fit = fit_gpu(cfg, data)
+    if out is not None:
+        import yaml
+
+        head = (f"# capsim calibrate gpu: fitted from {Path(measurements).name} ({fit.rows} steps)\n"
+                f"# model {cfg.model.name or 'inline'}, GPU {cfg.gpu.name or 'inline'}, "
+                f"tensor_parallel {cfg.tensor_parallel}, dtype_bytes {cfg.dtype_bytes:g}, "
+                f"kv_dtype_bytes {cfg.kv_dtype_bytes:g}\n"
+                f"# fit: RMSE {fit.rmse_ms:.4g} ms, max relative error {fit.max_rel_error:.2%}\n")
+        atomic_write_text(out, head + yaml.safe_dump(fit.fragment(), sort_keys=False))
+    if json_:
+        doc = {**asdict(fit), "fragment": fit.fragment(), "model": cfg.model.name, "gpu": cfg.gpu.name,
+               "out": str(out) if out is not None else None}
+        typer.echo(to_json(doc))
+        return fit
+    console = Console() if Console().is_terminal else Console(width=120)
+    t = Table(title=f"GPU roofline fit: {cfg.model.name or 'model'} on {cfg.gpu.name or 'GPU'} "
+                    f"(tp {cfg.tensor_parallel}), {fit.rows} steps")
+    t.add_column("parameter")
+    t.add_column("value", justify="right")
+    def pm(k: str) -> str:
+        se = fit.stderr.get(k)
+        return "" if se is None else f" ± {se:.2g}"
+
+    t.add_row("bw_efficiency", f"{fit.bw_efficiency:.4f}{pm('bw_efficiency')}")
+    t.add_row("mfu", f"{fit.mfu:.4f}{pm('mfu')}")
+    t.add_row("step_overhead_ms", f"{fit.step_overhead_ms:.4f}{pm('step_overhead_ms')}")
+    t.add_row("RMSE (ms)", f"{fit.rmse_ms:.4g}")
+    t.add_row("max relative error", f"{fit.max_rel_error:.2%}")
+    t.add_row("memory-/compute-bound steps", f"{fit.memory_bound_rows} / {fit.compute_bound_rows}")
+    console.print(t)
+    for note in fit.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+    if out is not None:
+        console.print(f"wrote {out}", markup=False, highlight=False)
+    return fit
+
+
+def gpu_command(
+    measurements: Path = typer.Argument(..., help="CSV of measured steps: batch_size, context_tokens, "
+                                                  "new_tokens, step_ms (one row per step)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write {llm: {bw_efficiency, mfu, step_overhead_ms}} "
+                                                           "as a YAML scenario fragment here."),
+    set_: list[str] = typer.Option([], "--set", help="Override a dotted key of the scenario: --set llm.tensor_parallel=2"),
+    scenario: Optional[Path] = typer.Option(None, "--scenario", help="Take model, GPU and dtypes from this scenario."),
+    model: Optional[str] = typer.Option(None, "--model", help="Catalog model (default article-8l without --scenario)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Catalog GPU (default h100-sxm without --scenario)."),
+    dtype_bytes: Optional[float] = typer.Option(None, "--dtype-bytes", help="Bytes per weight (default 2)."),
+    json_: bool = typer.Option(False, "--json", help="Print the fit as JSON."),
+) -> None:
+    """Fit bw_efficiency, mfu and step_overhead_ms to measured GPU steps."""
+    from ..cli import user_errors
+
+    user_errors(run_gpu_calibration)(measurements, out, set_, scenario, model, gpu, dtype_bytes, json_)

@@ -1,0 +1,985 @@
+"""Measure real retrieval indexes and write a calibration file.
+
+Picture: for each corpus size N we build four real indexes over the same
+L2-normalised vectors, then ask them the same held-out queries one at a time
+and time every call with ``time.perf_counter_ns``:
+
+* ``hnsw``          hnswlib HNSW graph, inner-product space (cosine on unit
+                    vectors); knob ``ef`` (``ef_search``).
+* ``linear_numpy``  exact scan: one matrix-vector product + ``np.argpartition``.
+* ``linear_python`` exact scan written as the plain Python loop of the
+                    article (``sum(a*b for a, b in zip(q, d))`` per document,
+                    ``heapq.nlargest``).  Too slow for big N, so it is timed
+                    on a subsample of at most ``linear_python_docs`` documents
+                    and every latency is scaled by ``N / subsample`` (the scan
+                    is O(N)); the record says so (``scaled_from_docs``).
+* ``ivf``           faiss ``IndexIVFFlat`` with inner product; knob
+                    ``nprobe``; ``nlist`` defaults to ``round(4*sqrt(N))``
+                    capped at ``N // 39`` so k-means has >= 39 points per list.
+
+Concurrency: for each thread count T the index is built once in this process,
+then T worker processes are forked, each limited to one BLAS/OpenMP thread.
+Each worker loads its own private copy of the index (hnswlib file, faiss
+serialized bytes, a copied numpy matrix, fresh Python lists) -- like separate
+server processes -- so concurrent workers compete for memory bandwidth and
+cache as they would, without the flattering effect of two lock-step scans
+sharing one copy in cache (measured here: a shared 150 MB matrix made two
+workers *faster* than one).  Workers warm up, start together at a barrier and
+time their own queries; the T x n_queries samples form one record.
+
+Records keep the latency distribution as quantiles at ``PROBS`` (0, 0.01, ...,
+0.99, 1), enough to rebuild it by inverse-CDF sampling
+(:func:`sim.calibrate.profile.sample_quantiles`).  With several corpus sizes,
+each (index, knob, threads) series gets a scaling law fitted for the mean and
+for every quantile: ``y = a + b * x`` with ``x = law_x(...)``:
+
+* linear scans: ``x = N``
+* hnsw:         ``x = ln N``
+* ivf:          ``x = nlist + N / nlist * nprobe``: the vectors an IVF query
+                compares with (all centroids, then the probed lists).  With a
+                fixed ``nlist`` this is the textbook ``a + b*N/nlist*nprobe``;
+                with the default ``nlist ~ 4*sqrt(N)`` the centroid scan is
+                the larger term at small nprobe and must be counted (without
+                it the fit on 5k/20k/50k x 768 had r2 0.77-0.87).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as _dt
+import hashlib
+import heapq
+import json
+import math
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.errors import CalibrationError
+
+VERSION = 1
+KIND = "capsim.retrieval_calibration"
+INDEXES: tuple[str, ...] = ("hnsw", "linear_numpy", "linear_python", "ivf")
+#: Quantile probabilities stored for every record: 0 (min), 0.01 .. 0.99, 1 (max).
+PROBS: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(101))
+#: Which knob each index family has.
+KNOBS: dict[str, str | None] = {
+    "hnsw": "ef",
+    "ivf": "nprobe",
+    "linear_numpy": None,
+    "linear_python": None,
+}
+LAWS: dict[str, str] = {
+    "hnsw": "a + b*ln(N)",
+    "linear_numpy": "a + b*N",
+    "linear_python": "a + b*N",
+    "ivf": "a + b*(nlist + N/nlist*nprobe)",
+}
+MIN_POINTS_PER_LIST = 39
+WARMUP_QUERIES = 5
+
+Progress = Callable[[int, int, str], None]
+
+
+# --------------------------------------------------------------------------
+# scaling laws
+
+
+def auto_nlist(docs: int) -> int:
+    """Default IVF list count: ``round(4*sqrt(N))`` capped at ``N // 39``, >= 1."""
+    return max(1, min(int(round(4 * math.sqrt(docs))), docs // MIN_POINTS_PER_LIST))
+
+
+def law_x(index: str, docs: int | float, *, nlist: int | None = None, nprobe: int | None = None) -> float:
+    """The regressor ``x`` of the scaling law ``y = a + b*x`` for ``index``.
+
+    linear scans: ``x = N``; hnsw: ``x = ln N``; ivf: ``x = nlist + N / nlist * nprobe``
+    (vectors compared per query: centroids, then the probed lists).
+    """
+    if index in ("linear_numpy", "linear_python"):
+        return float(docs)
+    if index == "hnsw":
+        return math.log(float(docs))
+    if index == "ivf":
+        if not nlist or not nprobe:
+            raise CalibrationError("ivf scaling law needs nlist and nprobe (positive integers)")
+        return float(nlist) + float(docs) / float(nlist) * float(nprobe)
+    raise CalibrationError(f"index {index!r} is not one of {', '.join(INDEXES)}")
+
+
+def fit_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """Least-squares fit of ``y = a + b*x``; returns ``a``, ``b``, ``r2``, ``max_rel_err``.
+
+    With a single distinct ``x`` the slope is 0 and ``a`` is the mean.  ``r2`` is
+    1 - SS_res/SS_tot (1.0 when ``y`` is constant and fitted exactly);
+    ``max_rel_err`` is max |fit - y| / |y| over the points.
+    """
+    xa = np.asarray(x, dtype=float)
+    ya = np.asarray(y, dtype=float)
+    if xa.shape != ya.shape or xa.ndim != 1 or xa.size == 0:
+        raise ValueError("fit_law needs two 1-D sequences of the same non-zero length")
+    if np.unique(xa).size < 2:
+        a, b = float(ya.mean()), 0.0
+    else:
+        A = np.column_stack([np.ones_like(xa), xa])
+        (a, b), *_ = np.linalg.lstsq(A, ya, rcond=None)
+        a, b = float(a), float(b)
+    fit = a + b * xa
+    ss_res = float(np.sum((ya - fit) ** 2))
+    ss_tot = float(np.sum((ya - ya.mean()) ** 2))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res < 1e-18 else 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.abs(fit - ya) / np.abs(ya)
+    rel = rel[np.isfinite(rel)]
+    return {"a": a, "b": b, "r2": r2, "max_rel_err": float(rel.max()) if rel.size else 0.0}
+
+
+# --------------------------------------------------------------------------
+# thread limiting (workers get one BLAS / OpenMP thread each)
+
+
+def _openblas_setters() -> list[Any]:
+    """ctypes setters of every OpenBLAS loaded in this process (fallback when
+    threadpoolctl is not installed)."""
+    setters = []
+    try:
+        with open("/proc/self/maps") as fh:
+            libs = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return setters
+    for lib in sorted(libs):
+        if not lib.startswith("/"):
+            continue
+        try:
+            handle = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        for name in (
+            "scipy_openblas_set_num_threads64_",
+            "scipy_openblas_set_num_threads",
+            "openblas_set_num_threads64_",
+            "openblas_set_num_threads",
+        ):
+            fn = getattr(handle, name, None)
+            if fn is not None:
+                setters.append(fn)
+                break
+    return setters
+
+
+def _openblas_info() -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    try:
+        with open("/proc/self/maps") as fh:
+            libs = sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line})
+    except OSError:
+        return info
+    for lib in libs:
+        try:
+            handle = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        for cfg, nth in (
+            ("scipy_openblas_get_config64_", "scipy_openblas_get_num_threads64_"),
+            ("openblas_get_config64_", "openblas_get_num_threads64_"),
+            ("openblas_get_config", "openblas_get_num_threads"),
+        ):
+            f = getattr(handle, cfg, None)
+            if f is None:
+                continue
+            f.restype = ctypes.c_char_p
+            info = {"library": os.path.basename(lib), "config": f().decode(errors="replace")}
+            g = getattr(handle, nth, None)
+            if g is not None:
+                g.restype = ctypes.c_int
+                info["num_threads"] = int(g())
+            return info
+    return info
+
+
+def limit_threads(n: int = 1) -> Callable[[], None]:
+    """Limit BLAS (threadpoolctl if installed, else OpenBLAS via ctypes) and
+    faiss OpenMP to ``n`` threads in this process; return a function that
+    restores the previous limits."""
+    undo: list[Callable[[], None]] = []
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-not-found]
+
+        lim = threadpool_limits(n)
+        undo.append(lim.restore_original_limits)
+    except ImportError:
+        before = _openblas_info().get("num_threads")
+        for fn in _openblas_setters():
+            with contextlib.suppress(Exception):
+                fn(ctypes.c_int(n))
+                if before:
+                    undo.append(lambda fn=fn, b=before: fn(ctypes.c_int(b)))
+    env = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    for var in env:
+        os.environ[var] = str(n)
+
+    def _env_back() -> None:
+        for var, val in env.items():
+            if val is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = val
+
+    undo.append(_env_back)
+    try:
+        import faiss  # type: ignore[import-untyped]
+
+        omp = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(n)
+        undo.append(lambda: faiss.omp_set_num_threads(omp))
+    except ImportError:
+        pass
+
+    def restore() -> None:
+        for f in reversed(undo):
+            with contextlib.suppress(Exception):
+                f()
+
+    return restore
+
+
+# --------------------------------------------------------------------------
+# machine and corpus description
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _blas_description() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        cfg = np.show_config(mode="dicts")  # numpy >= 1.25
+        blas = cfg.get("Build Dependencies", {}).get("blas", {})
+        out["numpy_build"] = {k: blas.get(k) for k in ("name", "version", "openblas configuration") if k in blas}
+    except Exception:  # pragma: no cover - very old numpy
+        pass
+    try:
+        from threadpoolctl import threadpool_info  # type: ignore[import-not-found]
+
+        out["threadpools"] = [
+            {k: p.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer", "architecture")}
+            for p in threadpool_info()
+        ]
+    except ImportError:
+        runtime = _openblas_info()
+        if runtime:
+            out["runtime"] = runtime
+    return out
+
+
+def machine_description() -> dict[str, Any]:
+    """CPU model, cores, BLAS, library versions (numpy, hnswlib, faiss, python)."""
+    versions: dict[str, str | None] = {"python": platform.python_version(), "numpy": np.__version__}
+    try:
+        import importlib.metadata as md
+
+        versions["hnswlib"] = md.version("hnswlib")
+    except Exception:
+        versions["hnswlib"] = None
+    try:
+        import faiss  # type: ignore[import-untyped]
+
+        versions["faiss"] = getattr(faiss, "__version__", None)
+    except ImportError:
+        versions["faiss"] = None
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity_count": affinity,
+        "platform": platform.platform(),
+        "blas": _blas_description(),
+        "versions": versions,
+    }
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_vectors(path: str | os.PathLike[str], dim: int | None = None) -> np.ndarray:
+    """Load a user's ``.npy`` (float16/32/64, shape (n, d)), check it, return
+    float32 L2-normalised rows.  Bad input -> :class:`CalibrationError`."""
+    p = Path(path)
+    name = p.name
+    if not p.is_file():
+        raise CalibrationError(f"--vectors {path}: no such file")
+    try:
+        arr = np.load(p, allow_pickle=False, mmap_mode="r")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's
+        raise CalibrationError(f"--vectors {name}: not a readable .npy file ({type(exc).__name__})") from None
+    if arr.ndim != 2:
+        raise CalibrationError(f"--vectors {name}: shape {tuple(arr.shape)} must be 2-D (n, d)")
+    if arr.dtype.kind != "f":
+        raise CalibrationError(f"--vectors {name}: dtype {arr.dtype} must be float16, float32 or float64")
+    if arr.shape[0] < 2 or arr.shape[1] < 1:
+        raise CalibrationError(f"--vectors {name}: shape {tuple(arr.shape)} needs at least 2 rows and 1 column")
+    if dim is not None and arr.shape[1] != dim:
+        raise CalibrationError(f"--vectors {name}: vectors have dim {arr.shape[1]} but --dim is {dim}")
+    x = np.asarray(arr, dtype=np.float32)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        raise CalibrationError(f"--vectors {name}: {bad} row(s) contain NaN or inf; all values must be finite")
+    norms = np.linalg.norm(x, axis=1)
+    if (norms <= 0).any():
+        raise CalibrationError(f"--vectors {name}: {int((norms <= 0).sum())} row(s) are all zero; cannot normalise")
+    return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------
+# indexes
+
+
+def _exact_topk(docs: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    out = np.empty((queries.shape[0], k), dtype=np.int64)
+    for s in range(0, queries.shape[0], 256):
+        sc = queries[s : s + 256] @ docs.T
+        part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sc, part, axis=1), axis=1)
+        out[s : s + 256] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
+    return hits / (k * truth.shape[0])
+
+
+def _python_scan(q: list[float], docs: list[list[float]], k: int) -> list[int]:
+    """The article's pure-Python exact scan: a dot product per document in a
+    Python loop, then the k best with heapq."""
+    scores = []
+    for i, d in enumerate(docs):
+        scores.append((sum(a * b for a, b in zip(q, d)), i))
+    return [i for _, i in heapq.nlargest(k, scores)]
+
+
+def _numpy_scan(q: np.ndarray, docs: np.ndarray, k: int) -> np.ndarray:
+    s = docs @ q
+    part = np.argpartition(-s, k - 1)[:k]
+    return part[np.argsort(-s[part])]
+
+
+def _build_hnsw(docs: np.ndarray, M: int, ef_construction: int, seed: int, save_to: str) -> tuple[float, int]:
+    """Build, save to ``save_to`` (workers load private copies); return (build_s, bytes)."""
+    import hnswlib  # type: ignore[import-untyped]
+
+    t0 = time.perf_counter_ns()
+    idx = hnswlib.Index(space="ip", dim=docs.shape[1])
+    idx.init_index(max_elements=docs.shape[0], M=M, ef_construction=ef_construction, random_seed=seed)
+    idx.add_items(docs, np.arange(docs.shape[0]), num_threads=1)
+    build_s = (time.perf_counter_ns() - t0) / 1e9
+    idx.save_index(save_to)
+    return build_s, os.path.getsize(save_to)
+
+
+def _load_hnsw(path: str, dim: int, n: int, ef: int) -> Any:
+    import hnswlib  # type: ignore[import-untyped]
+
+    idx = hnswlib.Index(space="ip", dim=dim)
+    idx.load_index(path, max_elements=n)
+    idx.set_ef(ef)
+    idx.set_num_threads(1)
+    return idx
+
+
+def _build_ivf(docs: np.ndarray, nlist: int, seed: int) -> tuple[np.ndarray, float, int]:
+    """Train and fill; return (serialized index, build_s, bytes)."""
+    import faiss  # type: ignore[import-untyped]
+
+    t0 = time.perf_counter_ns()
+    quant = faiss.IndexFlatIP(docs.shape[1])
+    idx = faiss.IndexIVFFlat(quant, docs.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    idx.cp.seed = seed
+    idx.cp.min_points_per_centroid = 1  # we already guarantee >= 39 per list by default
+    idx.train(docs)
+    idx.add(docs)
+    build_s = (time.perf_counter_ns() - t0) / 1e9
+    blob = faiss.serialize_index(idx)
+    return blob, build_s, int(blob.size)
+
+
+def _load_ivf(blob: np.ndarray, nprobe: int) -> Any:
+    import faiss  # type: ignore[import-untyped]
+
+    idx = faiss.deserialize_index(blob)
+    idx.nprobe = nprobe
+    return idx
+
+
+def _python_list_bytes(rows: list[list[float]]) -> int:
+    if not rows:
+        return 0
+    one = sys.getsizeof(rows[0]) + sum(sys.getsizeof(v) for v in rows[0])
+    return sys.getsizeof(rows) + one * len(rows)
+
+
+# --------------------------------------------------------------------------
+# concurrent timing in forked workers
+
+
+def _worker(
+    make_search: Callable[[], Callable[[int], Any]],
+    n_queries: int,
+    offset: int,
+    barrier: Any,
+    conn: Any,
+) -> None:
+    try:
+        limit_threads(1)
+        search = make_search()  # this worker's private copy of the index
+        order = [(offset + i) % n_queries for i in range(n_queries)]
+        for i in order[: min(WARMUP_QUERIES, n_queries)]:
+            search(i)
+        lat = np.empty(n_queries, dtype=np.int64)
+        ids: list[Any] = [None] * n_queries
+        barrier.wait(timeout=600)
+        for j, i in enumerate(order):
+            t0 = time.perf_counter_ns()
+            r = search(i)
+            lat[j] = time.perf_counter_ns() - t0
+            ids[i] = r
+        conn.send(("ok", lat, np.asarray(ids, dtype=np.int64)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        with contextlib.suppress(Exception):
+            conn.send(("err", f"{type(exc).__name__}: {exc}", None))
+    finally:
+        conn.close()
+
+
+def time_queries(
+    make_search: Callable[[], Callable[[int], Any]], n_queries: int, threads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fork ``threads`` workers; each calls ``make_search()`` to get its own
+    private copy of the index (like separate server processes: memory
+    bandwidth and caches are shared as on the real machine, the index pages are
+    not), warms up, waits at a barrier, then answers all ``n_queries`` queries
+    one at a time, starting at a different offset.  Returns (latencies_ns of
+    all workers, top-k ids from worker 0)."""
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(threads)
+    procs = []
+    conns = []
+    for w in range(threads):
+        parent, child = ctx.Pipe(duplex=False)
+        offset = (w * n_queries) // threads
+        p = ctx.Process(target=_worker, args=(make_search, n_queries, offset, barrier, child), daemon=True)
+        p.start()
+        child.close()
+        procs.append(p)
+        conns.append(parent)
+    results = []
+    try:
+        for c in conns:
+            try:
+                results.append(c.recv())
+            except EOFError:
+                results.append(("err", "worker died without an answer", None))
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    errs = [r[1] for r in results if r[0] != "ok"]
+    if errs:
+        raise RuntimeError(f"calibration worker failed: {errs[0]}")
+    lat = np.concatenate([r[1] for r in results])
+    return lat, results[0][2]
+
+
+# --------------------------------------------------------------------------
+# the calibration run
+
+
+def _record(
+    *,
+    index: str,
+    docs: int,
+    dim: int,
+    top_k: int,
+    knob_value: int | None,
+    threads: int,
+    lat_ns: np.ndarray,
+    scale: float,
+    recall: float,
+    build_s: float,
+    memory_bytes: int,
+    params: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    ms = lat_ns.astype(np.float64) / 1e6 * scale
+    rec: dict[str, Any] = {
+        "index": index,
+        "docs": int(docs),
+        "dim": int(dim),
+        "top_k": int(top_k),
+        "knob": KNOBS[index],
+        "knob_value": None if knob_value is None else int(knob_value),
+        "threads": int(threads),
+        "samples": int(ms.size),
+        "mean_ms": float(ms.mean()),
+        "values_ms": [float(f"{v:.6g}") for v in np.quantile(ms, PROBS)],
+        "recall": float(round(recall, 6)),
+        "build_s": float(round(build_s, 4)),
+        "memory_bytes": int(memory_bytes),
+        "params": params,
+    }
+    if extra:
+        rec.update(extra)
+    return rec
+
+
+def _parse_int_list(name: str, values: Sequence[int]) -> list[int]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise CalibrationError(f"{name}: {v!r} is not a positive integer")
+        out.append(int(v))
+    if not out:
+        raise CalibrationError(f"{name}: needs at least one value")
+    return sorted(set(out))
+
+
+def validate_settings(
+    *,
+    docs: list[int] | None,
+    dim: int | None,
+    top_k: int,
+    n_queries: int,
+    indexes: list[str],
+    M: int,
+    ef_construction: int,
+    ef: list[int],
+    nlist: int | None,
+    nprobe: list[int],
+    threads: list[int],
+) -> dict[str, Any]:
+    """Check every option before any work; return the normalised settings."""
+    bad = [i for i in indexes if i not in INDEXES]
+    if bad or not indexes:
+        raise CalibrationError(f"--index: {bad[0] if bad else 'nothing'!r} is not one of {', '.join(INDEXES)}")
+    for name, v in (("--top-k", top_k), ("--queries", n_queries), ("--M", M), ("--ef-construction", ef_construction)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise CalibrationError(f"{name}: {v!r} is not a positive integer")
+    if dim is not None and (not isinstance(dim, (int, np.integer)) or dim <= 0):
+        raise CalibrationError(f"--dim: {dim!r} is not a positive integer")
+    if M < 2:
+        raise CalibrationError("--M: must be at least 2")
+    if n_queries < 2:
+        raise CalibrationError("--queries: must be at least 2")
+    out: dict[str, Any] = {
+        "indexes": [i for i in INDEXES if i in indexes],
+        "ef": _parse_int_list("--ef", ef) if "hnsw" in indexes else [],
+        "nprobe": _parse_int_list("--nprobe", nprobe) if "ivf" in indexes else [],
+        "threads": _parse_int_list("--threads", threads),
+        "docs": None if docs is None else _parse_int_list("--docs", docs),
+    }
+    if nlist is not None and (isinstance(nlist, bool) or not isinstance(nlist, (int, np.integer)) or nlist <= 0):
+        raise CalibrationError(f"--nlist: {nlist!r} is not a positive integer")
+    if out["docs"] is not None:
+        small = [d for d in out["docs"] if d <= top_k]
+        if small:
+            raise CalibrationError(f"--docs: {small[0]} must be larger than --top-k {top_k}")
+    cores = os.cpu_count() or 1
+    if max(out["threads"]) > 4 * cores:
+        raise CalibrationError(f"--threads: {max(out['threads'])} is more than 4x this machine's {cores} cores")
+    return out
+
+
+def _check_ivf(docs: list[int], nlist: int | None, nprobe: list[int]) -> dict[int, int]:
+    lists = {}
+    for n in docs:
+        nl = auto_nlist(n) if nlist is None else nlist
+        if nl > n:
+            raise CalibrationError(f"--nlist: {nl} is more than the {n} documents of --docs {n}")
+        if max(nprobe) > nl:
+            raise CalibrationError(
+                f"--nprobe: {max(nprobe)} is more than nlist={nl} used at --docs {n}; allowed 1..{nl}"
+            )
+        lists[n] = nl
+    return lists
+
+
+def run_calibration(
+    *,
+    docs: list[int] | None,
+    dim: int | None,
+    top_k: int,
+    n_queries: int,
+    indexes: list[str],
+    M: int,
+    ef_construction: int,
+    ef: list[int],
+    nlist: int | None,
+    nprobe: list[int],
+    vectors: np.ndarray | str | os.PathLike[str] | None,
+    threads: list[int],
+    seed: int,
+    progress: Progress | None = None,
+    linear_python_docs: int = 2000,
+    linear_python_queries: int = 50,
+    generator_params: dict[str, Any] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Measure the requested indexes and return the calibration document.
+
+    ``vectors`` is ``None`` (synthetic corpus from :func:`make_corpus`), an
+    (n, d) float array, or a path to a ``.npy`` file.  Queries are held out:
+    never in any index.  ``docs=None`` with vectors means "all rows left after
+    the queries".  ``progress(done, total, message)`` is called as work goes.
+    Raises :class:`CalibrationError` for bad input before measuring anything.
+    """
+    from sim.calibrate.corpus import GENERATOR_DEFAULTS
+
+    s = validate_settings(
+        docs=docs, dim=dim, top_k=top_k, n_queries=n_queries, indexes=indexes, M=M,
+        ef_construction=ef_construction, ef=ef, nlist=nlist, nprobe=nprobe, threads=threads,
+    )
+    load_start = _loadavg()
+    started = _dt.datetime.now(_dt.timezone.utc)
+
+    # ---- corpus
+    source: dict[str, Any]
+    if vectors is not None:
+        if isinstance(vectors, (str, os.PathLike)):
+            vpath = Path(vectors)
+            allv = load_vectors(vpath, dim)
+            source = {"source": "vectors", "file": vpath.name, "sha256": _sha256(vpath)}
+        else:
+            arr = np.asarray(vectors)
+            if arr.ndim != 2 or arr.dtype.kind != "f":
+                raise CalibrationError("vectors: must be a 2-D float array (n, d)")
+            if not np.isfinite(arr).all():
+                raise CalibrationError("vectors: contain NaN or inf; all values must be finite")
+            if dim is not None and arr.shape[1] != dim:
+                raise CalibrationError(f"vectors: dim {arr.shape[1]} but --dim is {dim}")
+            allv = arr.astype(np.float32)
+            nrm = np.linalg.norm(allv, axis=1)
+            if (nrm <= 0).any():
+                raise CalibrationError("vectors: some rows are all zero; cannot normalise")
+            allv /= nrm[:, None]
+            source = {"source": "vectors", "file": None, "sha256": hashlib.sha256(allv.tobytes()).hexdigest()}
+        rows, dim = allv.shape
+        source.update(rows=int(rows), dim=int(dim), normalised=True)
+        avail = rows - n_queries
+        if avail <= top_k:
+            raise CalibrationError(
+                f"--vectors: {rows} rows leave {avail} documents after --queries {n_queries}; "
+                f"need more than --top-k {top_k}"
+            )
+        if s["docs"] is None:
+            s["docs"] = [avail]
+        elif max(s["docs"]) > avail:
+            raise CalibrationError(
+                f"--docs: {max(s['docs'])} plus --queries {n_queries} needs {max(s['docs']) + n_queries} rows "
+                f"but --vectors has {rows}; use --docs at most {avail} or fewer --queries"
+            )
+        perm = np.random.default_rng(seed).permutation(rows)
+        queries = allv[perm[:n_queries]]
+        pool = allv[perm[n_queries:]]
+        source["queries"] = "held out: first --queries rows of a seeded permutation; docs are prefixes of the rest"
+    else:
+        if dim is None:
+            raise CalibrationError("--dim: required without --vectors (e.g. --dim 768)")
+        if s["docs"] is None:
+            raise CalibrationError("--docs: required without --vectors (e.g. --docs 5000,20000)")
+        gp = dict(GENERATOR_DEFAULTS)
+        if generator_params:
+            unknown = sorted(set(generator_params) - set(gp))
+            if unknown:
+                raise CalibrationError(f"generator parameter {unknown[0]!r} is not one of {', '.join(sorted(gp))}")
+            gp.update(generator_params)
+        pool = None
+        queries = None  # drawn per corpus size: the topic count grows with N
+        source = {
+            "source": "synthetic",
+            "generator": "sim.calibrate.corpus.make_corpus",
+            "seed": int(seed),
+            "params": gp,
+            "queries": "held out: sim.calibrate.corpus.make_queries(docs=N): same mixture as each corpus, separate stream",
+        }
+    lists = _check_ivf(s["docs"], nlist, s["nprobe"]) if "ivf" in s["indexes"] else {}
+
+    # ---- plan the steps for the progress bar
+    per_n = 1
+    for ix in s["indexes"]:
+        knobs = len(s["ef"]) if ix == "hnsw" else len(s["nprobe"]) if ix == "ivf" else 1
+        per_n += 1 + knobs * len(s["threads"])
+    total = per_n * len(s["docs"])
+    done = 0
+
+    def tick(msg: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, msg)
+
+    if progress is not None:
+        progress(0, total, "starting")
+
+    restore_threads = limit_threads(1)  # builds single-threaded (deterministic); workers inherit it
+    try:
+        records = _measure_all(
+            s=s, pool=pool, queries=queries, source=source, dim=dim, top_k=top_k, n_queries=n_queries, M=M,
+            ef_construction=ef_construction, seed=seed, lists=lists, tick=tick,
+            linear_python_docs=linear_python_docs, linear_python_queries=linear_python_queries,
+        )
+    finally:
+        restore_threads()
+    fits = fit_records(records)
+    finished = _dt.datetime.now(_dt.timezone.utc)
+    machine = machine_description()
+    machine["loadavg_start"] = load_start
+    machine["loadavg_end"] = _loadavg()
+    return {
+        "version": VERSION,
+        "kind": KIND,
+        "created_utc": started.isoformat(timespec="seconds"),
+        "finished_utc": finished.isoformat(timespec="seconds"),
+        "duration_s": round((finished - started).total_seconds(), 1),
+        "command": command,
+        "machine": machine,
+        "corpus": source,
+        "settings": {
+            "docs": s["docs"],
+            "dim": int(dim),
+            "top_k": int(top_k),
+            "n_queries": int(n_queries),
+            "indexes": s["indexes"],
+            "M": int(M),
+            "ef_construction": int(ef_construction),
+            "ef": s["ef"],
+            "nlist": nlist,
+            "nlist_rule": "fixed" if nlist is not None else f"round(4*sqrt(N)) capped at N//{MIN_POINTS_PER_LIST}",
+            "nlist_by_docs": {str(k): v for k, v in lists.items()},
+            "nprobe": s["nprobe"],
+            "threads": s["threads"],
+            "seed": int(seed),
+            "linear_python_docs": int(linear_python_docs),
+            "linear_python_queries": int(linear_python_queries),
+            "timer": "time.perf_counter_ns around one search call (query already in memory)",
+            "workers": "forked processes, each with a private copy of the index (like separate server "
+            "processes), 1 BLAS/OpenMP thread each, started together at a barrier; "
+            f"{WARMUP_QUERIES} untimed warm-up queries each",
+            "build_threads": 1,
+        },
+        "probs": list(PROBS),
+        "laws": LAWS,
+        "records": records,
+        "fits": fits,
+    }
+
+
+def _measure_all(
+    *,
+    s: dict[str, Any],
+    pool: np.ndarray | None,
+    queries: np.ndarray | None,
+    source: dict[str, Any],
+    dim: int,
+    top_k: int,
+    n_queries: int,
+    M: int,
+    ef_construction: int,
+    seed: int,
+    lists: dict[int, int],
+    tick: Callable[[str], None],
+    linear_python_docs: int,
+    linear_python_queries: int,
+) -> list[dict[str, Any]]:
+    from sim.calibrate.corpus import make_corpus, make_queries
+
+    records: list[dict[str, Any]] = []
+    py_cache: dict[tuple[int, int], tuple[np.ndarray, float, int, int]] = {}
+    nq = n_queries
+    for n in s["docs"]:
+        if pool is not None:
+            corpus = np.ascontiguousarray(pool[:n], dtype=np.float32)
+        else:
+            corpus = make_corpus(n, dim, seed, **source["params"])
+            queries = make_queries(n_queries, dim, seed, docs=n, **source["params"])
+        if queries is None:  # pragma: no cover - internal invariant
+            raise RuntimeError("no queries")
+        truth = _exact_topk(corpus, queries, top_k)
+        tick(f"N={n}: corpus and exact top-{top_k}")
+        for ix in s["indexes"]:
+            if ix == "linear_numpy":
+                def numpy_factory(_d=corpus, _q=queries) -> Callable[[int], Any]:
+                    d = _d.copy()
+                    return lambda i: _numpy_scan(_q[i], d, top_k)
+
+                tick(f"N={n}: linear_numpy ready")
+                for T in s["threads"]:
+                    lat, ids = time_queries(numpy_factory, nq, T)
+                    records.append(_record(
+                        index=ix, docs=n, dim=dim, top_k=top_k, knob_value=None, threads=T, lat_ns=lat, scale=1.0,
+                        recall=_recall(ids, truth), build_s=0.0, memory_bytes=corpus.nbytes, params={},
+                    ))
+                    tick(f"N={n}: linear_numpy threads={T}")
+            elif ix == "linear_python":
+                sub = min(n, linear_python_docs)
+                pq = min(nq, linear_python_queries)
+                t0 = time.perf_counter_ns()
+                sub_rows = corpus[:sub].tolist()
+                conv_s = (time.perf_counter_ns() - t0) / 1e9
+                mem = int(_python_list_bytes(sub_rows) * n / sub)
+                del sub_rows
+                qrows = queries[:pq].tolist()
+                sub_truth = _exact_topk(corpus[:sub], queries[:pq], top_k)
+
+                def python_factory(_d=corpus[:sub], _q=qrows) -> Callable[[int], Any]:
+                    rows = _d.tolist()  # private Python lists of floats
+                    return lambda i: _python_scan(_q[i], rows, top_k)
+
+                tick(f"N={n}: linear_python ready (subsample {sub})")
+                for T in s["threads"]:
+                    key = (sub, T)
+                    if key not in py_cache:
+                        lat, ids = time_queries(python_factory, pq, T)
+                        py_cache[key] = (lat, _recall(ids, sub_truth), sub, pq)
+                    lat, rc, _, _ = py_cache[key]
+                    records.append(_record(
+                        index=ix, docs=n, dim=dim, top_k=top_k, knob_value=None, threads=T, lat_ns=lat,
+                        scale=n / sub, recall=rc, build_s=conv_s * n / sub, memory_bytes=mem, params={},
+                        extra={
+                            "scaled_from_docs": sub,
+                            "scale_factor": n / sub,
+                            "note": (
+                                f"timed once per thread count on a {sub}-document subsample with {pq} queries "
+                                f"(reused for every N >= {sub}); every latency multiplied by N/{sub} (O(N) scan); "
+                                "recall measured on the subsample; build_s is the tolist() conversion scaled the same way"
+                            ) if sub < n else f"timed on all {n} documents with {pq} queries",
+                        },
+                    ))
+                    tick(f"N={n}: linear_python threads={T}")
+            elif ix == "hnsw":
+                with tempfile.TemporaryDirectory(prefix="capsim-hnsw-") as td:
+                    path = os.path.join(td, "index.bin")
+                    build_s, mem = _build_hnsw(corpus, M, ef_construction, seed, path)
+                    tick(f"N={n}: hnsw built in {build_s:.1f}s")
+                    for e in s["ef"]:
+                        def hnsw_factory(_e=e, _q=queries, _n=n) -> Callable[[int], Any]:
+                            x = _load_hnsw(path, dim, _n, _e)
+                            return lambda i: x.knn_query(_q[i : i + 1], k=top_k, num_threads=1)[0][0]
+
+                        for T in s["threads"]:
+                            lat, ids = time_queries(hnsw_factory, nq, T)
+                            records.append(_record(
+                                index=ix, docs=n, dim=dim, top_k=top_k, knob_value=e, threads=T, lat_ns=lat,
+                                scale=1.0, recall=_recall(ids, truth), build_s=build_s, memory_bytes=mem,
+                                params={"M": M, "ef_construction": ef_construction, "space": "ip"},
+                            ))
+                            tick(f"N={n}: hnsw ef={e} threads={T}")
+            elif ix == "ivf":
+                nl = lists[n]
+                blob, build_s, mem = _build_ivf(corpus, nl, seed)
+                tick(f"N={n}: ivf nlist={nl} built in {build_s:.1f}s")
+                for p in s["nprobe"]:
+                    def ivf_factory(_p=p, _q=queries, _b=blob) -> Callable[[int], Any]:
+                        x = _load_ivf(_b, _p)
+                        return lambda i: x.search(_q[i : i + 1], top_k)[1][0]
+
+                    for T in s["threads"]:
+                        lat, ids = time_queries(ivf_factory, nq, T)
+                        records.append(_record(
+                            index=ix, docs=n, dim=dim, top_k=top_k, knob_value=p, threads=T, lat_ns=lat, scale=1.0,
+                            recall=_recall(ids, truth), build_s=build_s, memory_bytes=mem,
+                            params={"nlist": nl, "metric": "inner_product"},
+                        ))
+                        tick(f"N={n}: ivf nprobe={p} threads={T}")
+                del blob
+
+    return records
+
+
+def fit_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One scaling-law fit per (index, knob_value, threads) series with >= 2 corpus sizes."""
+    groups: dict[tuple[str, int | None, int], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["index"], r["knob_value"], r["threads"]), []).append(r)
+    fits = []
+    for (ix, kv, T), recs in sorted(groups.items(), key=lambda t: (t[0][0], t[0][1] or 0, t[0][2])):
+        recs = sorted(recs, key=lambda r: r["docs"])
+        if len({r["docs"] for r in recs}) < 2:
+            continue
+        x = [
+            law_x(ix, r["docs"], nlist=r["params"].get("nlist"), nprobe=r["knob_value"]) for r in recs
+        ]
+        mean = fit_law(x, [r["mean_ms"] for r in recs])
+        vals = np.array([r["values_ms"] for r in recs])
+        qf = [fit_law(x, vals[:, j]) for j in range(vals.shape[1])]
+        fits.append({
+            "index": ix,
+            "knob": KNOBS[ix],
+            "knob_value": kv,
+            "threads": T,
+            "law": LAWS[ix],
+            "docs": [r["docs"] for r in recs],
+            "x": [round(v, 6) for v in x],
+            "mean": {k: float(f"{v:.6g}") for k, v in mean.items()},
+            "a": [float(f"{f['a']:.6g}") for f in qf],
+            "b": [float(f"{f['b']:.6g}") for f in qf],
+            "r2": [round(f["r2"], 4) for f in qf],
+            "max_rel_err": [round(f["max_rel_err"], 4) for f in qf],
+        })
+    return fits
+
+
+def write_calibration(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``data`` as JSON atomically (temp file in the same folder, then
+    ``os.replace``): either the whole file appears or nothing changes."""
+    p = Path(path)
+    text = json.dumps(data, indent=1, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return p
