@@ -90,8 +90,9 @@ def points_table(points: list[dict[str, Any]]) -> Table:
         util = ", ".join(f"{k} {v:.0%}" for k, v in p.get("utilization", {}).items())
         sat = p.get("saturation") or {}
         mb = p.get("decode_step_ms", {})
+        at_max = mb.get(str(p["max_batch"]), mb.get(p["max_batch"])) if "max_batch" in p else None
         t.add_row(", ".join(f"{k}={v}" for k, v in p["params"].items()),
-                  _ms(list(mb.values())[-1]) if mb else "-", (p.get("bound") or {}).get("max_batch", "-"),
+                  _ms(at_max) if at_max is not None else "-", (p.get("bound") or {}).get("max_batch", "-"),
                   util, f"{sat.get('stage', '-')} at {sat.get('rate_per_s', float('nan')):,.2f} req/s" if sat else "-")
     return t
 

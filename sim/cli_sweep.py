@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
                        "workload.rate_per_s, token counts...); min: the smallest (default for resources: "
                        "llm.replicas, retrieval.workers, cache.capacity, think time)."),
         step: Optional[float] = typer.Option(None, help="Stop bisecting at this bracket width "
-                                                        "(default 1 for integers, 1% for floats)."),
+                                                        "(default 1% of the value, at least 1 for integers)."),
         set_: list[str] = typer.Option([], "--set", help="Override a dotted key: --set llm.replicas=2"),
         jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores)."),
         replications: Optional[int] = typer.Option(None, help="Override run.replications."),

@@ -179,6 +179,7 @@ def estimate(scn: Scenario) -> dict[str, Any]:
         out["max_sequences_in_memory"] = int(fit)
         batch = int(min(llm.max_batch, fit))
         out["batch_that_fits"] = batch
+        out["max_batch"] = llm.max_batch
         if fit < 1:
             notes.append("a mean request does not fit in the KV cache of one replica")
         elif fit < llm.max_batch:

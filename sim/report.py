@@ -132,7 +132,7 @@ def run_table(result: Result) -> Table:
     for k in keys:
         t.add_column(k.split(".")[-1], justify="right")
     for col in ("e2e p50", "e2e p95", "e2e p99", "ttft p95", "answers/s", "cache hit",
-                "retrieval util", "gpu util", "SLA"):
+                "retrieval util", "gpu busy", "mean batch", "SLA"):
         t.add_column(col, justify="right")
     for p in pts:
         s = p.summary
@@ -153,6 +153,7 @@ def run_table(result: Result) -> Table:
             "-" if s["cache_hit_rate"] is None else f"{s['cache_hit_rate']:.0%}",
             "-" if "retrieval" not in u else f"{u['retrieval']:.0%}",
             "-" if "gpu" not in u else f"{u['gpu']:.0%}",
+            "-" if not (s.get("gpu") or {}).get("mean_batch") else f"{s['gpu']['mean_batch']:.1f}",
             "\n".join(verdicts) or "-",
         )
     return t

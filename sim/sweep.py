@@ -729,8 +729,8 @@ def capacity(source: str | Path | Mapping | Scenario, key: str, overrides: Mappi
 
     Without ``low``/``high`` the search starts at the scenario's value and
     doubles or halves until the verdict flips (at most ``max_steps`` times),
-    then bisects until the bracket is ``step`` wide (1 for integer keys, 1 %
-    of the value for floats).  With both bounds it first tries the favourable
+    then bisects until the bracket is ``step`` wide (default 1 % of the value,
+    and at least 1 for integer keys).  With both bounds it first tries the favourable
     end (no value passes if it fails: ``capacity`` is None and ``best`` holds
     it) and the unfavourable end (the whole range passes: ``capacity`` is that
     end, with a note).  Pass means every SLA verdict is ``pass``; an
@@ -853,7 +853,9 @@ def capacity(source: str | Path | Mapping | Scenario, key: str, overrides: Mappi
     # Bisect between good (passes) and bad (does not).
     assert good is not None and bad is not None
     def tol() -> float:
-        return step if step is not None else (1 if kind is int else 0.01 * max(abs(good), abs(bad)))
+        # 1 % of the value: finer than that, replications cannot tell neighbours apart.
+        rel = 0.01 * max(abs(good), abs(bad))
+        return step if step is not None else (max(1, int(rel)) if kind is int else rel)
 
     while abs(bad - good) > tol():
         mid = cast((good + bad) / 2)
