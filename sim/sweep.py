@@ -287,25 +287,23 @@ class SweepResult(Result):
     def _dtypes(self) -> dict[str, str]:
         return _param_columns([p.params for p in self.points])
 
-    @property
-    def records(self) -> pd.DataFrame:  # type: ignore[override]
+    def _concat(self, kind: str) -> pd.DataFrame:
+        """Every point's ``kind`` frame, with the point index and swept keys as columns."""
         dt = self._dtypes()
         frames = []
         for i, p in enumerate(self.points):
-            df = _with_params(p._frame("records"), p.params, dt)
+            df = _with_params(p._frame(kind), p.params, dt)
             df.insert(0, "point", i)
             frames.append(df)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     @property
+    def records(self) -> pd.DataFrame:  # type: ignore[override]
+        return self._concat("records")
+
+    @property
     def timeseries(self) -> pd.DataFrame:
-        dt = self._dtypes()
-        frames = []
-        for i, p in enumerate(self.points):
-            df = _with_params(p._frame("timeseries"), p.params, dt)
-            df.insert(0, "point", i)
-            frames.append(df)
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return self._concat("timeseries")
 
     def table(self) -> pd.DataFrame:
         """One row per point: :func:`summary_table` of this sweep."""
