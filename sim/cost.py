@@ -62,14 +62,8 @@ def cost_figures(scn: Scenario, throughput_per_s: float, output_tokens_per_s: fl
     }
 
 
-def point_cost(scn: Scenario, recs: Sequence[dict[str, Any]], lengths_s: Sequence[float]) -> dict | None:
-    """Cost figures of one point from its windowed records (one dict per replication)
-    and the length of each replication's measurement window."""
+def point_cost(scn: Scenario, answers_per_s: float, output_tokens_per_s: float) -> dict | None:
+    """Cost figures of one point at the answers and output tokens per second it delivered."""
     if scn.cost is None:
         return None
-    pairs = [(r, L) for r, L in zip(recs, lengths_s) if L > 0]
-    if not pairs:
-        return cost_figures(scn, 0.0, 0.0)
-    answers = float(np.mean([len(r["e2e_ms"]) / L for r, L in pairs]))
-    tokens = float(np.mean([float(np.sum(r["output_tokens"])) / L for r, L in pairs]))
-    return cost_figures(scn, answers, tokens)
+    return cost_figures(scn, answers_per_s, output_tokens_per_s)

@@ -222,16 +222,12 @@ def sla_verdict(value: float, low: float, high: float, threshold: float) -> Verd
     * ``"fail"`` when ``low > threshold`` (the whole interval misses it),
     * ``"inconclusive"`` otherwise (the interval straddles the threshold).
 
-    When no interval is available (``low`` or ``high`` is NaN, e.g. a single
-    replication) the verdict is taken from the point ``value`` alone:
-    ``"pass"`` if ``value ≤ threshold`` else ``"fail"``; flagging such a
-    verdict as having no statistical backing is the caller's job.  A NaN
-    ``value`` with no interval (no data) gives ``"inconclusive"``.
+    When no interval is available (``low`` or ``high`` is NaN: too few values
+    to estimate the statistic's uncertainty) the data cannot support either
+    verdict, whatever the point ``value`` says: ``"inconclusive"``.
     """
     if math.isnan(low) or math.isnan(high):
-        if math.isnan(value):
-            return "inconclusive"
-        return "pass" if value <= threshold else "fail"
+        return "inconclusive"
     if high <= threshold:
         return "pass"
     if low > threshold:

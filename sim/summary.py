@@ -95,35 +95,84 @@ def _one_run_interval(values: np.ndarray, stat: str, value: float, conf: float) 
     return value - half, value + half
 
 
+# Least values per replication for the replication's percentile to be nearly
+# unbiased (about 10 values beyond the quantile): 10 / (1 - q).  Below that the
+# mean of per-replication percentiles is biased low and a t interval around it
+# narrows on the wrong value, so there is no interval (and no verdict).
+_MIN_PER_REPLICATION = {"mean": 2, "p50": 20, "p90": 100, "p95": 200, "p99": 1000, "max": 1}
+_Q = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
+# Requests still unfinished after the drain are the slowest of all: e2e and TTFT
+# percentiles count them as +inf (censored) instead of leaving them out.
+_CENSORED = ("e2e_ms", "ttft_ms")
+
+
+def _stat(values: np.ndarray, stat: str, unfinished: int) -> float:
+    """``stat`` of ``values`` plus ``unfinished`` values known only to be larger than all of them."""
+    if not len(values):
+        return float("nan")
+    if not unfinished or stat == "mean":
+        return stats.stat_value(values, stat)
+    if stat == "max":
+        return float("inf")
+    n, total = len(values), len(values) + unfinished
+    # The q-quantile of all `total` values sits at rank q (total - 1); ranks past n - 1 are +inf.
+    rank = _Q[stat] * (total - 1)
+    if rank > n - 1:
+        return float("inf")
+    return float(np.percentile(values, 100.0 * rank / (n - 1))) if n > 1 else float(values[0])
+
+
+def _unfinished(rep: Replication) -> int:
+    """Requests that arrived in the window and had not finished when the run ended."""
+    lo, hi = rep.window_s
+    arr = rep.records["arrival_s"]
+    return max(0, int(rep.counters.get("started_in_window", 0)) - int(((arr >= lo) & (arr < hi)).sum()))
+
+
 def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, Any] | None = None) -> dict:
     conf = scn.run.confidence
     windowed = [window(r, scn) for r in reps]
     recs = [w[0] for w in windowed]
     cuts = [w[1] for w in windowed]
+    unfinished = [_unfinished(r) for r in reps]
     metrics: dict[str, dict] = {}
     for m in METRICS:
         per_rep = [metric_values(r, m) for r in recs]
         if not any(len(v) for v in per_rep):
             continue
+        cens = unfinished if m in _CENSORED else [0] * len(reps)
         values: dict[str, float | None] = {}
         ci: dict[str, list[float | None]] = {}
         for st in STATS:
-            per = np.array([stats.stat_value(v, st) if len(v) else np.nan for v in per_rep])
-            per = per[np.isfinite(per)]
+            per = np.array([_stat(v, st, u) for v, u in zip(per_rep, cens)])
+            per = per[~np.isnan(per)]
             val = float(per.mean()) if len(per) else float("nan")
-            if len(per) >= 2:
-                lo, hi = stats.t_interval(per, conf)
-            elif len(per) == 1:
+            lo = hi = float("nan")
+            enough = min((len(v) for v in per_rep), default=0) >= _MIN_PER_REPLICATION[st]
+            if len(per) >= 2 and np.all(np.isfinite(per)):
+                if enough:
+                    lo, hi = stats.t_interval(per, conf)
+                else:  # too short for per-replication percentiles: pool them, no interval
+                    pooled = np.concatenate(per_rep)
+                    val = _stat(pooled, st, sum(cens))
+            elif len(per) == 1 and math.isfinite(val):
                 lo, hi = _one_run_interval(next(v for v in per_rep if len(v)), st, val, conf)
-            else:
-                lo = hi = float("nan")
             values[st] = _finite(val)
             ci[st] = [_finite(lo), _finite(hi)]
         metrics[m] = {**values, "ci": ci, "n": int(sum(len(v) for v in per_rep))}
 
     lengths = [r.window_s[1] - c for r, c in zip(reps, cuts)]
     completed = [len(r["e2e_ms"]) for r in recs]
-    per_rep_x = np.array([n / L for n, L in zip(completed, lengths) if L > 0])
+    # Throughput counts answers *delivered* inside the window (by end time), not
+    # requests that arrived in it and finished, which overstates a filling system.
+    delivered, delivered_tokens = [], []
+    for r, c in zip(reps, cuts):
+        end_s = r.records["arrival_s"] + r.records["e2e_ms"] / 1e3
+        done = (end_s >= c) & (end_s < r.window_s[1])
+        delivered.append(int(done.sum()))
+        delivered_tokens.append(float(r.records["output_tokens"][done].sum()))
+    per_rep_x = np.array([n / L for n, L in zip(delivered, lengths) if L > 0])
+    tokens_per_s = float(np.mean([t / L for t, L in zip(delivered_tokens, lengths) if L > 0] or [0.0]))
     throughput = float(per_rep_x.mean()) if len(per_rep_x) else 0.0
     x_ci = [_finite(b) for b in stats.t_interval(per_rep_x, conf)] if len(per_rep_x) >= 2 else [None, None]
     hits = sum(int(r["cache_hit"].sum()) for r in recs)
@@ -182,7 +231,7 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
         p_wait = crosscheck.waited_fraction(recs, conf) if model["model"] != "MVA" else None
         model["compare"] = crosscheck.compare(model, metrics, (throughput, x_ci), p_wait)
         point["analytic"] = model
-    point["cost"] = point_cost(scn, recs, lengths)
+    point["cost"] = point_cost(scn, throughput, tokens_per_s)
     point["sla"] = sla_verdicts(scn, metrics, stability)
     if scn.run.target_precision is not None:
         point["precision"] = _precision(scn, point["sla"], len(reps))
@@ -329,11 +378,14 @@ def sla_verdicts(scn: Scenario, metrics: dict, stability: dict | None = None) ->
                     verdict = "fail"
                 hint = ("latency still rises through the run: lengthen run.duration_s or the warm-up"
                         if stability.get("kind") == "not_steady" else "the system is unstable at this load")
+            elif lo is None or hi is None:
+                need = _MIN_PER_REPLICATION.get(st, 2)
+                hint = (f"no confidence interval for {st}: it needs at least 2 replications of "
+                        f"{need:,}+ requests each (or one long run); add replications or lengthen "
+                        f"run.duration_s")
             elif verdict == "inconclusive":
                 hint = ("the interval straddles the threshold: add replications (--replications) "
                         "or lengthen run.duration_s")
-            elif lo is None:
-                hint = "no confidence interval (too few requests); verdict from the point value"
             out.append({"metric": metric, "stat": st, "threshold": thr, "value": val,
                         "ci": [lo, hi], "verdict": verdict, **({"hint": hint} if hint else {})})
     return out

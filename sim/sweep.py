@@ -357,6 +357,9 @@ def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> p
     for k, dt in dtypes.items():
         if dt != "str" and k in df:
             df[k] = df[k].astype(dt)
+    for col in df.columns:  # a figure missing at every point (no interval) is still a float column
+        if col.endswith(("_ms", "_per_s")) and df[col].dtype == object:
+            df[col] = pd.to_numeric(df[col])
     return df
 
 

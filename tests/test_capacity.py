@@ -111,7 +111,7 @@ def test_capacity_when_nothing_passes_exit_1():
 
 
 def test_capacity_whole_range_passes_reports_the_end():
-    res = capacity(SMALL, "workload.users", {"run.duration_s": 40, "run.warmup_s": 5, "sla.e2e_ms.p95": 60000},
+    res = capacity(SMALL, "workload.users", {"run.duration_s": 40, "run.warmup_s": 5, "sla": {"e2e_ms": {"mean": 60000}}},
                    low=5, high=20, jobs=1)
     assert res.capacity == 20 and "at least 20" in res.note
     assert [t.value for t in res.tried] == [5, 20]

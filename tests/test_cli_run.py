@@ -23,12 +23,12 @@ def invoke(*args):
 
 
 def test_json_document_has_the_contract_keys(tmp_path):
-    p = write(tmp_path, small_scenario(sweep={"workload.users": [10, 20]}))
+    p = write(tmp_path, small_scenario(sweep={"workload.users": [30, 40]}))
     r = invoke("run", p, "--json", "--jobs", "1")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["scenario"] == "small"
-    assert [pt["params"] for pt in doc["points"]] == [{"workload.users": 10}, {"workload.users": 20}]
+    assert [pt["params"] for pt in doc["points"]] == [{"workload.users": 30}, {"workload.users": 40}]
     pt = doc["points"][0]
     for key in ("metrics", "throughput_per_s", "cache_hit_rate", "utilization", "completed", "sla"):
         assert key in pt

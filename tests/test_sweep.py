@@ -190,8 +190,10 @@ def test_cost_figures_by_hand():
     assert s["cost"]["per_hour"] == pytest.approx(per_hour)
     assert s["cost"]["per_1000_answers"] == pytest.approx(per_hour / (3600 * s["throughput_per_s"]) * 1000)
     recs = res.points[0].records
-    window = recs[recs["arrival_s"] >= 5]
-    tokens_per_s = window["output_tokens"].sum() / 35.0
+    end_s = recs["arrival_s"] + recs["e2e_ms"] / 1e3
+    delivered = recs[(end_s >= 5) & (end_s < 40)]  # answers delivered in the 35 s window
+    assert s["throughput_per_s"] == pytest.approx(len(delivered) / 35.0)
+    tokens_per_s = delivered["output_tokens"].sum() / 35.0
     assert s["cost"]["per_million_output_tokens"] == pytest.approx(per_hour / (3600 * tokens_per_s) * 1e6)
     none = sweep(SMALL, {**QUICK_OV, "run.replications": 1, "cost": None}, jobs=1)
     assert none.points[0].summary["cost"] is None

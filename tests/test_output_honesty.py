@@ -1,0 +1,58 @@
+"""Verdicts the data cannot support are inconclusive; unfinished requests count; throughput is delivered work."""
+
+import math
+
+import numpy as np
+import pytest
+
+import sim
+from sim.summary import _stat
+
+
+def mm1(**run):
+    return {"name": "mm1", "run": {"duration_s": 60, "warmup_s": 0, "replications": 1, "seed": 2, **run},
+            "workload": {"mode": "open", "rate_per_s": 2.0}, "cache": {"enabled": False},
+            "llm": {"enabled": False},
+            "retrieval": {"workers": 1, "service_ms": {"dist": "exponential", "mean": 400}}}
+
+
+def verdict(res):
+    return res.summary["points"][0]["sla"][0]
+
+
+def test_one_short_replication_gives_no_p99_verdict():
+    # ~120 requests: far too few for a p99 interval (exact p99 of M/M/1 at rho 0.8 is 9.2 s).
+    v = verdict(sim.simulate({**mm1(), "sla": {"e2e_ms": {"p99": 6000}}}))
+    assert v["verdict"] == "inconclusive" and v["ci"] == [None, None]
+    assert "no confidence interval for p99" in v["hint"]
+
+
+def test_many_tiny_replications_do_not_narrow_a_biased_p99():
+    # M/M/1 with lambda 1/s, mu 10/s, 40 replications of ~20 requests: the exact p99 of the
+    # response is ln(100) / (10 - 1) = 512 ms, and the mean of per-replication p99s is biased
+    # low with a narrow t interval around the wrong value; capsim must not call p99 <= 480 a pass.
+    d = mm1(replications=40, duration_s=20)
+    d["workload"]["rate_per_s"] = 1.0
+    d["retrieval"]["service_ms"] = {"dist": "exponential", "mean": 100}
+    v = verdict(sim.simulate({**d, "sla": {"e2e_ms": {"p99": 480}}}))
+    assert v["verdict"] == "inconclusive" and v["ci"] == [None, None]
+
+
+def test_censored_percentiles_by_hand():
+    values = np.arange(1.0, 100.0)  # 1..99
+    # With one unfinished request the 100 values are 1..99 and +inf:
+    # p95 sits at rank 0.95 * 99 = 94.05 -> 95 + 0.05 = 95.05; p99 at rank 98.01 -> past 99: inf.
+    assert _stat(values, "p95", 1) == pytest.approx(95.05)
+    assert math.isinf(_stat(values, "p99", 1)) and math.isinf(_stat(values, "max", 1))
+    assert _stat(values, "p95", 0) == pytest.approx(np.percentile(values, 95))
+    assert _stat(values, "mean", 5) == pytest.approx(50.0)
+
+
+def test_throughput_never_exceeds_the_bottleneck_while_filling():
+    # 200 users with no think time in front of one 10 ms server: at most 100 answers/s.
+    d = {"name": "fill", "run": {"duration_s": 30, "warmup_s": "auto", "replications": 2, "seed": 1},
+         "workload": {"mode": "closed", "users": 200, "think_s": {"dist": "exponential", "mean": 0.001}},
+         "cache": {"enabled": False}, "llm": {"enabled": False},
+         "retrieval": {"workers": 1, "service_ms": 10}}
+    x = sim.simulate(d).summary["points"][0]["throughput_per_s"]
+    assert 95 < x <= 100.0 + 1e-9
