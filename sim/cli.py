@@ -62,6 +62,12 @@ class progress_bar:
             self._p.__exit__(*exc)
 
 
+def check_out_dir(out: Path | None, flag: str = "--out") -> None:
+    """Refuse an output folder that cannot be one, before any work is done."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise CapsimError(f"{flag} {out}: is a file; give a folder (it is created if missing)")
+
+
 @app.command()
 @user_errors
 def run(
@@ -82,6 +88,7 @@ def run(
         raise CapsimError(f"--replications: must be >= 1, got {replications}")
     if jobs is not None and jobs < 1:
         raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
+    check_out_dir(out)
     overrides = parse_overrides(set_)
     with progress_bar("simulating") as bar:
         result = simulate(scenario, overrides, seed=seed, replications=replications, jobs=jobs, progress=bar)

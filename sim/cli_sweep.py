@@ -16,7 +16,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from .cli import err_console, progress_bar, stdout_console, user_errors
+from .cli import check_out_dir, err_console, progress_bar, stdout_console, user_errors
 from .errors import CapsimError
 
 SCHEDULER_HELP = ("Run on a Dask cluster: tcp://host:8786 (an existing scheduler; gives up after 10 s) "
@@ -97,6 +97,7 @@ def register(app: typer.Typer) -> None:
         from .sweep import SweepInterrupted, check_key, parse_grid, rank_by_cost, run_sweep
 
         _check_counts(replications, jobs)
+        check_out_dir(out)
         if rank not in (None, "cost"):
             raise CapsimError(f"--rank {rank!r}: expected cost")
         g = parse_grid(grid)
@@ -164,6 +165,7 @@ def register(app: typer.Typer) -> None:
         from .sweep import capacity as find_capacity
 
         _check_counts(replications, jobs)
+        check_out_dir(out)
         ov = parse_overrides(set_)
         for k in ov:
             check_key(k, "--set")

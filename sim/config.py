@@ -48,7 +48,7 @@ SLA_METRICS = (
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- distributions
@@ -144,7 +144,7 @@ class RunConfig(Strict):
     duration_s: PosFloat = 600.0
     warmup_s: Union[NonNegFloat, Literal["auto"]] = 60.0
     replications: Annotated[int, Field(ge=1)] = 5
-    seed: int = 1
+    seed: Annotated[int, Field(ge=0)] = 1
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
     target_precision: Optional[PosFloat] = None
     max_replications: Annotated[int, Field(ge=1)] = 30
@@ -328,7 +328,7 @@ class LLMConfig(Strict):
     prompt_tokens: PromptSpec = 1000  # type: ignore[assignment]
     output_tokens: DistSpec = 100  # type: ignore[assignment]
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     @property
     def weights_bytes(self) -> float:
@@ -442,6 +442,14 @@ class Expectation(Strict):
     verdict: Literal["pass", "fail"] = "pass"
 
 
+# The stage an SLA metric needs; e2e_ms is always measured.
+_METRIC_STAGE = {
+    "ttft_ms": "llm", "tpot_ms": "llm", "llm_wait_ms": "llm", "prefill_ms": "llm", "decode_ms": "llm",
+    "retrieval_ms": "retrieval", "retrieval_wait_ms": "retrieval", "retrieval_service_ms": "retrieval",
+    "cache_ms": "cache",
+}
+
+
 class Scenario(Strict):
     name: str = "scenario"
     description: Optional[str] = None
@@ -455,8 +463,27 @@ class Scenario(Strict):
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
     expect: list[Expectation] = []
 
+    def _takes_time(self) -> bool:
+        """Can a request take any simulated time at all?"""
+        if self.llm.enabled:
+            return True
+        if self.cache.enabled and build_distribution(self.cache.lookup_ms).mean > 0:
+            return True
+        r = self.retrieval
+        return r.enabled and (r.service_ms is None or build_distribution(r.service_ms).mean > 0
+                              or build_distribution(r.overhead_ms).mean > 0)
+
     @model_validator(mode="after")
     def _check(self) -> "Scenario":
+        for metric in self.sla:
+            stage = _METRIC_STAGE.get(metric)
+            if stage and not getattr(self, stage).enabled:
+                raise ValueError(f"sla.{metric}: the {stage} stage is disabled ({stage}.enabled: false), "
+                                 f"so no request measures {metric}")
+        w = self.workload
+        if w.mode == "closed" and build_distribution(w.think_s).mean == 0 and not self._takes_time():
+            raise ValueError("workload.think_s: zero think time and no stage that takes time: "
+                             "users would ask forever at t = 0; give think_s a positive mean")
         if self.expect and not self.sla:
             raise ValueError("expect: needs an sla section to judge the points against")
         for i, e in enumerate(self.expect):

@@ -51,6 +51,12 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p.name}: a scenario must be a mapping of sections")
+    # A calibration file named in a scenario file is relative to that file, like extends:.
+    retrieval = data.get("retrieval")
+    if isinstance(retrieval, dict) and isinstance(retrieval.get("calibration"), str):
+        cal = Path(retrieval["calibration"]).expanduser()
+        if not cal.is_absolute():
+            retrieval["calibration"] = str((p.parent / cal).resolve())
     base = data.pop("extends", None)
     if base is not None:
         if not isinstance(base, str):

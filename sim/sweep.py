@@ -72,9 +72,23 @@ class SweepInterrupted(Exception):
 
 
 def point_id(scn: Scenario) -> str:
-    """Hash of the resolved scenario: sha256 of its canonical JSON, 20 hex digits."""
-    doc = json.dumps(scn.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(doc.encode()).hexdigest()[:20]
+    """Hash of what determines a point's results, 20 hex digits: sha256 of the resolved
+    scenario's canonical JSON, capsim's version and, when retrieval times come from a
+    calibration file, that file's contents (a re-measured file makes stale points miss)."""
+    import sim
+
+    doc = {"scenario": scn.model_dump(mode="json"), "capsim": sim.__version__}
+    r = scn.retrieval
+    if r.enabled and r.service_ms is None:
+        from .calibrate.profile import default_calibration_path
+
+        path = Path(r.calibration) if r.calibration else default_calibration_path()
+        try:
+            doc["calibration_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            doc["calibration_sha256"] = None  # the run itself reports the missing file
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def check_key(key: str, flag: str = "--grid") -> None:

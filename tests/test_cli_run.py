@@ -149,3 +149,44 @@ def test_extends_merges_over_base(tmp_path):
     child = write(tmp_path, {"extends": "base.yaml", "llm": {"replicas": 3}}, "child.yaml")
     scn = sim.load_scenario(child)
     assert scn.llm.replicas == 3 and scn.llm.gpu.name == "h100-sxm" and scn.workload.users == 30
+
+
+@pytest.mark.parametrize("patch,message", [
+    ({"run": {"duration_s": float("inf")}}, "run.duration_s: input should be a finite number"),
+    ({"run": {"seed": -1}}, "run.seed: input should be greater than or equal to 0"),
+    ({"llm": {"enabled": False}, "sla": {"decode_ms": {"p95": 10}}},
+     "sla.decode_ms: the llm stage is disabled (llm.enabled: false), so no request measures decode_ms"),
+    ({"retrieval": {"enabled": False}, "sla": {"retrieval_ms": {"p95": 10}}}, "sla.retrieval_ms: the retrieval stage"),
+    ({"workload": {"mode": "closed", "users": 2, "think_s": 0}, "cache": {"enabled": False},
+      "retrieval": {"enabled": False}, "llm": {"enabled": False}, "sla": {}}, "users would ask forever"),
+])
+def test_more_bad_input_exits_2(tmp_path, patch, message):
+    data = small_scenario()
+    for section, val in patch.items():
+        data[section] = {**data[section], **val} if section in ("run", "llm", "retrieval") else val
+    r = invoke("run", write(tmp_path, data))
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_out_that_is_a_file_fails_before_simulating(tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    for cmd in (["run"], ["sweep"]):
+        r = invoke(*cmd, write(tmp_path, small_scenario()), "--out", f)
+        assert r.exit_code == 2 and "is a file" in r.stderr, r.output
+    assert f.read_text() == "x"
+
+
+def test_calibration_path_in_a_file_is_relative_to_that_file(tmp_path):
+    import shutil
+
+    import sim
+    from sim.calibrate.profile import default_calibration_path
+
+    (tmp_path / "cal").mkdir()
+    shutil.copy(default_calibration_path(), tmp_path / "cal" / "ours.json")
+    data = small_scenario()
+    data["retrieval"] = {"workers": 2, "calibration": "cal/ours.json", "ef_search": 50}
+    scn = sim.load_scenario(write(tmp_path, data))
+    assert scn.retrieval.calibration == str(tmp_path / "cal" / "ours.json")
