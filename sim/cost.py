@@ -20,9 +20,7 @@ so points of a sweep that meet the SLA can be ranked by what an answer costs.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
 
-import numpy as np
 
 from .config import Scenario
 

@@ -94,11 +94,8 @@ def lru_hit_ratio(probabilities: np.ndarray, capacity: int) -> float:
 def _decode_step(cost: StepCost, batch: int, ctx_per_seq: float) -> tuple[float, float, float, bool]:
     """(seconds, flops, bytes, memory-bound) of one decode step, per GPU."""
     ctx = batch * (ctx_per_seq + 1)
-    mem, comp = cost.terms(batch, ctx, ctx)
-    t = cost.time(batch, ctx, ctx)
-    flops = cost.flops_per_token * batch + cost.attn_coef * ctx
-    n_bytes = cost.weights_bytes + cost.kv_per_token * ctx
-    return t, flops, n_bytes, mem >= comp
+    flops, n_bytes = cost.work(batch, ctx, ctx)
+    return cost.time(batch, ctx, ctx), flops, n_bytes, cost.memory_bound(batch, ctx, ctx)
 
 
 def _prefill(cost: StepCost, tokens: float, past: float, budget: int) -> tuple[float, float, float]:
@@ -111,8 +108,9 @@ def _prefill(cost: StepCost, tokens: float, past: float, budget: int) -> tuple[f
         pairs = chunk * c0 + chunk * (chunk + 1) / 2.0
         ctx = c0 + chunk
         t += cost.time(chunk, ctx, pairs)
-        flops += cost.flops_per_token * chunk + cost.attn_coef * pairs
-        n_bytes += cost.weights_bytes + cost.kv_per_token * ctx
+        f, b = cost.work(chunk, ctx, pairs)
+        flops += f
+        n_bytes += b
         done += chunk
     return t, flops, n_bytes
 

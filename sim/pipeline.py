@@ -11,9 +11,7 @@ request, and the recorder turns finished requests into one flat row each.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import simpy
@@ -201,14 +199,12 @@ class Model:
         tokens = TokenCounts(scn, stream(scn.run.seed, self.rep, "tokens"),
                              output_rng=stream(scn.run.seed, self.rep, "output_tokens"))
         end = self.end_arrivals_s
-        i = 0
         while True:
             yield env.timeout(gaps())
             if env.now >= end:
                 return
             prompt, output = tokens()
             env.process(self.request(-1, keys(), prompt, output))
-            i += 1
 
     # ------------------------------------------------------------------ monitor
     MONITOR_SAMPLES = 200

@@ -111,11 +111,15 @@ class StepCost:
         self.comm_per_token_s = gm.tp_allreduce_time_s(1.0, m.layers, m.hidden, cfg.dtype_bytes, tp,
                                                        g.interconnect_gbps)
 
+    def work(self, new_tokens: float, ctx_tokens: float, attn_pairs: float) -> tuple[float, float]:
+        """(FLOPs, bytes) one GPU of the replica does and moves in one step."""
+        return (self.flops_per_token * new_tokens + self.attn_coef * attn_pairs,
+                self.weights_bytes + self.kv_per_token * ctx_tokens)
+
     def terms(self, new_tokens: float, ctx_tokens: float, attn_pairs: float) -> tuple[float, float]:
         """(memory time, compute time) of one step, seconds."""
-        mem = (self.weights_bytes + self.kv_per_token * ctx_tokens) * self.inv_bw
-        comp = (self.flops_per_token * new_tokens + self.attn_coef * attn_pairs) * self.inv_peak
-        return mem, comp
+        flops, n_bytes = self.work(new_tokens, ctx_tokens, attn_pairs)
+        return n_bytes * self.inv_bw, flops * self.inv_peak
 
     def time(self, new_tokens: float, ctx_tokens: float, attn_pairs: float) -> float:
         mem, comp = self.terms(new_tokens, ctx_tokens, attn_pairs)

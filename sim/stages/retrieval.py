@@ -14,7 +14,6 @@ exact when the pool stays saturated.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
 
 import simpy
 
@@ -22,7 +21,7 @@ import simpy
 class WorkerPool:
     """``workers`` servers, FIFO queue; callers ``yield pool.acquire()``."""
 
-    __slots__ = ("env", "workers", "cpu_cores", "busy", "_queue", "busy_s", "_window", "served")
+    __slots__ = ("env", "workers", "cpu_cores", "busy", "_queue", "busy_s", "_window")
 
     def __init__(self, env: simpy.Environment, workers: int, cpu_cores: int | None,
                  window: tuple[float, float]):
@@ -33,7 +32,6 @@ class WorkerPool:
         self._queue: deque[simpy.Event] = deque()
         self.busy_s = 0.0  # busy worker-seconds inside the measurement window
         self._window = window
-        self.served = 0
 
     def acquire(self) -> simpy.Event:
         ev = self.env.event()
@@ -53,7 +51,6 @@ class WorkerPool:
         a, b = max(start_s, lo), min(end_s, hi)
         if b > a:
             self.busy_s += b - a
-        self.served += 1
         if self._queue:
             self._queue.popleft().succeed()  # hand the worker straight over
         else:
