@@ -193,7 +193,8 @@ def sum_max_linear(a1: float, b1: float, a2: float, b2: float, k: int) -> float:
     if b1 == b2:
         return sum_linear(max(a1, a2), b1, 0, k)
     # d(s) = (a1 - a2) + (b1 - b2) s; line 1 wins where d >= 0.
-    x = (a2 - a1) / (b1 - b2)
+    # Clamp before rounding: nearly parallel lines put the crossing at +-inf.
+    x = min(max((a2 - a1) / (b1 - b2), -1.0), k + 1.0)
     if b1 > b2:  # line 1 wins for s >= x
         split = min(max(math.ceil(x), 0), k)
         return sum_linear(a2, b2, 0, split) + sum_linear(a1, b1, split, k)

@@ -82,9 +82,12 @@ def write_run(result: Result, out_dir: str | Path) -> list[Path]:
 
 
 def _fmt(m: dict | None, stat: str, steady: bool = True) -> str:
-    """``412 ± 18`` (value ± half-width); ``412↑`` where no steady state exists."""
-    if m is None or m.get(stat) is None:
+    """``412 ± 18`` (value ± half-width); ``412↑`` where no steady state exists;
+    ``∞`` where more requests than the percentile allows never finished (censored)."""
+    if m is None:
         return "-"
+    if m.get(stat) is None:
+        return ("∞" + ("" if steady else "↑")) if m.get("n") else "-"
     v = m[stat]
     if not steady:
         return f"{v:,.0f}↑"
@@ -131,8 +134,9 @@ def run_table(result: Result) -> Table:
                     f"{pts[0].scenario.run.confidence:.0%} interval)" if pts else result.name)
     for k in keys:
         t.add_column(k.split(".")[-1], justify="right")
+    recall = any((p.summary.get("retrieval") or {}).get("recall_at_k") is not None for p in pts)
     for col in ("e2e p50", "e2e p95", "e2e p99", "ttft p95", "answers/s", "cache hit",
-                "retrieval util", "gpu busy", "mean batch", "SLA"):
+                *(["recall@k"] if recall else []), "retrieval util", "gpu busy", "mean batch", "SLA"):
         t.add_column(col, justify="right")
     for p in pts:
         s = p.summary
@@ -151,12 +155,19 @@ def run_table(result: Result) -> Table:
             _fmt(ttft, "p95", steady),
             f"{s['throughput_per_s']:.1f}",
             "-" if s["cache_hit_rate"] is None else f"{s['cache_hit_rate']:.0%}",
+            *([_recall(s.get("retrieval"))] if recall else []),
             "-" if "retrieval" not in u else f"{u['retrieval']:.0%}",
             "-" if "gpu" not in u else f"{u['gpu']:.0%}",
             "-" if not (s.get("gpu") or {}).get("mean_batch") else f"{s['gpu']['mean_batch']:.1f}",
             "\n".join(verdicts) or "-",
         )
     return t
+
+
+def _recall(r: dict | None) -> str:
+    if not r or r.get("recall_at_k") is None:
+        return "-"
+    return f"{r['recall_at_k']:.2f}" + ("*" if r.get("extrapolated") else "")
 
 
 def print_run(result: Result, console: Console | None = None) -> None:
@@ -168,6 +179,12 @@ def print_run(result: Result, console: Console | None = None) -> None:
     if any(not p.summary["stability"]["stable"] for p in result.points):
         console.print("↑ no steady state: these percentiles grow with the run length; they are not "
                       "what the system would show if left running")
+    rets = [p.summary.get("retrieval") or {} for p in result.points]
+    if any(r.get("recall_at_k") is not None for r in rets):
+        src = next(r["source"] for r in rets if r.get("recall_at_k") is not None)
+        console.print(f"search times and recall@k measured in {Path(src).name}"
+                      + ("; * scaled beyond the measured corpus sizes by the fitted law"
+                         if any(r.get("extrapolated") for r in rets) else ""))
     warm = [p.summary.get("warmup") for p in result.points]
     if warm and all(w and w["method"] == "fixed" for w in warm):
         console.print(f"warm-up: requests that arrived before {warm[0]['cut_s']:g} s dropped "

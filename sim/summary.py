@@ -231,11 +231,27 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
         p_wait = crosscheck.waited_fraction(recs, conf) if model["model"] != "MVA" else None
         model["compare"] = crosscheck.compare(model, metrics, (throughput, x_ci), p_wait)
         point["analytic"] = model
+    if scn.retrieval.enabled:
+        point["retrieval"] = _retrieval_entry(scn)
     point["cost"] = point_cost(scn, throughput, tokens_per_s)
     point["sla"] = sla_verdicts(scn, metrics, stability)
     if scn.run.target_precision is not None:
         point["precision"] = _precision(scn, point["sla"], len(reps))
     return point
+
+
+def _retrieval_entry(scn: Scenario) -> dict:
+    """Where the search times came from and, when measured, the recall that buys them:
+    a fast answer from the wrong documents is worse than a slow right one."""
+    from .pipeline import retrieval_service_distribution
+
+    r = scn.retrieval
+    _, info = retrieval_service_distribution(scn)
+    return {"index": r.index, "top_k": r.top_k, "docs": r.docs,
+            "ef_search": r.ef_search, "nprobe": r.nprobe,
+            "recall_at_k": info.get("recall"), "mean_service_ms": info.get("mean_ms"),
+            "source": info.get("source"), "extrapolated": info.get("extrapolated", False),
+            "interpolated": info.get("interpolated", False), "description": info.get("description")}
 
 
 def _warmup_entry(scn: Scenario, reps: list[Replication], recs: list[dict], cuts: list[float]) -> dict:

@@ -16,8 +16,17 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (CI must not flake); the long
+# form explores new random examples each time, as a search for counterexamples.
+settings.register_profile("fixed", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=1000)
 
 LONG = os.environ.get("CAPSIM_LONG", "").strip() not in ("", "0", "false", "no")
+
+
+settings.load_profile("explore" if LONG else "fixed")
 
 
 class Size:

@@ -334,3 +334,22 @@ def test_shipped_calibration_covers_the_flagship():
     big = cal.profile("hnsw", docs=1_000_000, dim=768, top_k=5, ef_search=64)
     assert big.extrapolated and big.interpolated
     assert path.stat().st_size < 1_000_000
+
+
+def test_a_scenario_runs_on_a_fresh_calibration_and_reports_its_recall(small):
+    """The day-one loop: calibrate on this machine, then simulate with what was measured."""
+    import sim
+
+    path, _, cal = small
+    rec = next(r for r in json.loads(path.read_text())["records"] if r["index"] == "hnsw")
+    scn = {"name": "cal", "run": {"duration_s": 60, "warmup_s": 5, "replications": 2, "seed": 1},
+           "workload": {"mode": "open", "rate_per_s": 20}, "cache": {"enabled": False}, "llm": {"enabled": False},
+           "retrieval": {"index": "hnsw", "docs": rec["docs"], "dim": rec["dim"], "top_k": rec["top_k"],
+                         "ef_search": rec["knob_value"], "workers": 1, "calibration": str(path)}}
+    res = sim.simulate(scn)
+    point = res.summary["points"][0]
+    prof = cal.profile("hnsw", docs=rec["docs"], dim=rec["dim"], top_k=rec["top_k"], ef_search=rec["knob_value"])
+    assert point["retrieval"]["recall_at_k"] == pytest.approx(prof.recall)
+    assert point["retrieval"]["source"] == str(path)
+    # The simulated search times are the measured ones.
+    assert point["metrics"]["retrieval_service_ms"]["p50"] == pytest.approx(prof.quantile_ms(0.5), rel=0.15)

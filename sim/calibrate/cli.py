@@ -200,6 +200,9 @@ def _summary(data: dict, out: Path) -> None:
         f"wrote {out} ({len(data['records'])} records, {len(data['fits'])} scaling fits); "
         f"load average {m.get('loadavg_start')} -> {m.get('loadavg_end')}"
     )
+    if data["corpus"]["source"] == "synthetic":
+        con.print("the corpus was synthetic, generated to behave like real text embeddings (its parameters "
+                  "are in the file); your own embeddings are better still: --vectors your_vectors.npy")
 
 
 if __name__ == "__main__":  # python -m sim.calibrate.cli retrieval ...

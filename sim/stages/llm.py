@@ -152,7 +152,7 @@ class StepCost:
             return 0
         if b_m == b_c:
             return k if a_m >= a_c else 0
-        x = (a_c - a_m) / (b_m - b_c)  # mem >= comp on one side of x
+        x = min(max((a_c - a_m) / (b_m - b_c), -1.0), k + 1.0)  # mem >= comp on one side of x
         if b_m > b_c:
             first = min(max(int(np.ceil(x)), 0), k)
             return k - first
