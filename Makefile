@@ -32,9 +32,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py
 
 calibration: $(STAMP)
-	$(BIN)/capsim calibrate retrieval --docs 5000,20000,50000 --dim 768 --top-k 5 \
-	  --ef 10,20,50,100,200 --nprobe 1,4,8,16,32 --threads 1,2 --queries 500 \
-	  --out sim/data/retrieval_calibration.json
+	$(BIN)/capsim calibrate retrieval --docs 5000,20000,50000 --dim 768 --top-k 5 --queries 500 \
+	  --index hnsw,linear_numpy,linear_python,ivf --M 16 --ef-construction 100 \
+	  --ef 10,20,50,100,200 --nprobe 1,4,8,16,32 --threads 1,2 --seed 0 \
+	  --python-docs 5000 --python-queries 100 --out sim/data/retrieval_calibration.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
