@@ -441,6 +441,17 @@ class Expectation(Strict):
     verdict: Literal["pass", "fail"] = "pass"
 
 
+def _upper_bound(spec: Any) -> float | None:
+    """The largest value a bounded distribution can draw (None when unbounded)."""
+    if isinstance(spec, ConstantSpec):
+        return spec.value
+    if isinstance(spec, UniformSpec):
+        return spec.high
+    if isinstance(spec, EmpiricalSpec):
+        return max(spec.samples)
+    return None
+
+
 # The stage an SLA metric needs; e2e_ms is always measured.
 _METRIC_STAGE = {
     "ttft_ms": "llm", "tpot_ms": "llm", "llm_wait_ms": "llm", "prefill_ms": "llm", "decode_ms": "llm",
@@ -461,6 +472,32 @@ class Scenario(Strict):
     cost: Optional[CostConfig] = None
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
     expect: list[Expectation] = []
+
+    def _check_longest_request_fits(self) -> None:
+        """With bounded token distributions, the longest request must fit one replica's KV
+        memory alone (the engine checks unbounded ones when such a request shows up)."""
+        llm = self.llm
+        if not llm.enabled:
+            return
+        p = llm.prompt_tokens
+        if isinstance(p, PromptComposition):
+            top_k = self.retrieval.top_k if self.retrieval.enabled else 0
+            doc, question = _upper_bound(p.doc_tokens), _upper_bound(p.question_tokens)
+            prompt = None if doc is None or question is None else p.system_tokens + top_k * doc + question
+        else:
+            prompt = _upper_bound(p)
+        output = _upper_bound(llm.output_tokens)
+        if prompt is None or output is None:
+            return
+        B = llm.kv_block_tokens
+        need = gpu_model.blocks_for_tokens(int(round(prompt)) + int(round(output)) - 1 - llm.prefix_tokens, B)
+        room = llm.kv_blocks - llm.prefix_tokens // B
+        if need > room:
+            raise ValueError(
+                f"llm: the longest request ({int(round(prompt))} prompt + {int(round(output))} output tokens) needs "
+                f"{need} KV blocks of {B} tokens but a replica holds {room}; raise llm.tensor_parallel or "
+                f"llm.gpu_memory_utilization, use a bigger GPU or lower kv_dtype_bytes, or shorten "
+                f"llm.prompt_tokens / llm.output_tokens")
 
     def _takes_time(self) -> bool:
         """Can a request take any simulated time at all?"""
@@ -483,6 +520,7 @@ class Scenario(Strict):
         if w.mode == "closed" and build_distribution(w.think_s).mean == 0 and not self._takes_time():
             raise ValueError("workload.think_s: zero think time and no stage that takes time: "
                              "users would ask forever at t = 0; give think_s a positive mean")
+        self._check_longest_request_fits()
         if self.expect and not self.sla:
             raise ValueError("expect: needs an sla section to judge the points against")
         for i, e in enumerate(self.expect):

@@ -190,3 +190,11 @@ def test_calibration_path_in_a_file_is_relative_to_that_file(tmp_path):
     data["retrieval"] = {"workers": 2, "calibration": "cal/ours.json", "ef_search": 50}
     scn = sim.load_scenario(write(tmp_path, data))
     assert scn.retrieval.calibration == str(tmp_path / "cal" / "ours.json")
+
+
+def test_a_request_that_can_never_fit_is_refused_at_load(tmp_path):
+    # article-8l on an L4: 24 GB x 0.9 - 3.76 GB of weights leaves ~17.8 GB = ~135k tokens of KV.
+    data = small_scenario(llm={"model": "article-8l", "gpu": "l4", "prompt_tokens": 200_000, "output_tokens": 10})
+    r = invoke("run", write(tmp_path, data))
+    assert r.exit_code == 2, r.output
+    assert "llm: the longest request (200000 prompt + 10 output tokens) needs" in r.stderr
