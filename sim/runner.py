@@ -9,20 +9,18 @@ in task order whatever finishes first.
 
 from __future__ import annotations
 
-import math
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 
 from .config import Scenario
 from .pipeline import Replication, run_replication
-from .scenario import Point, expand
-from .summary import summarize_point
+from .scenario import expand
 
 Task = tuple[Scenario, int]
 
@@ -42,22 +40,31 @@ class LocalExecutor:
     def __init__(self, jobs: int | None = None):
         self.jobs = jobs or default_jobs()
 
-    def map(self, tasks: Sequence[Task], on_done: Callable[[], None] | None = None) -> list[Replication]:
+    def as_completed(self, tasks: Sequence[Task]) -> Iterator[tuple[int, Replication]]:
+        """``(task index, replication)`` as tasks finish.  Stopping early (Ctrl-C, an
+        error) cancels what has not started; a clean finish waits for the pool."""
         if self.jobs <= 1 or len(tasks) <= 1:
-            out = []
-            for t in tasks:
-                out.append(_run_task(t))
-                if on_done:
-                    on_done()
-            return out
-        with ProcessPoolExecutor(max_workers=min(self.jobs, len(tasks)), mp_context=get_context("fork")) as ex:
-            futures = [ex.submit(_run_task, t) for t in tasks]
-            out = []
-            for f in futures:
-                out.append(f.result())
-                if on_done:
-                    on_done()
-            return out
+            for i, t in enumerate(tasks):
+                yield i, _run_task(t)
+            return
+        pool = ProcessPoolExecutor(max_workers=min(self.jobs, len(tasks)), mp_context=get_context("fork"))
+        clean = False
+        try:
+            futures = {pool.submit(_run_task, t): i for i, t in enumerate(tasks)}
+            for f in as_completed(futures):
+                yield futures[f], f.result()
+            clean = True
+        finally:
+            pool.shutdown(wait=clean, cancel_futures=not clean)
+
+    def map(self, tasks: Sequence[Task], on_done: Callable[[], None] | None = None) -> list[Replication]:
+        """Every task's replication, in task order."""
+        out: list[Replication | None] = [None] * len(tasks)
+        for i, rep in self.as_completed(tasks):
+            out[i] = rep
+            if on_done:
+                on_done()
+        return out  # type: ignore[return-value]
 
 
 @dataclass
@@ -132,47 +139,6 @@ def _needs_more(summary: dict, scn: Scenario) -> bool:
     return False
 
 
-def run_points(points: Sequence[Point], replications: int | None = None, jobs: int | None = None,
-               executor: Any = None, progress: Callable[[int, int], None] | None = None) -> list[PointResult]:
-    """Run every point's replications, adding more where ``run.target_precision`` asks."""
-    ex = executor or LocalExecutor(jobs)
-    counts = [replications or p.scenario.run.replications for p in points]
-    reps: list[list[Replication]] = [[] for _ in points]
-    total = sum(counts)
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, total)
-
-    pending = list(range(len(points)))
-    results: list[PointResult | None] = [None] * len(points)
-    while pending:
-        tasks: list[Task] = []
-        owners: list[int] = []
-        for i in pending:
-            have = len(reps[i])
-            for r in range(have, counts[i]):
-                tasks.append((points[i].scenario, r))
-                owners.append(i)
-        for i, rep in zip(owners, ex.map(tasks, tick)):
-            reps[i].append(rep)
-        nxt = []
-        for i in pending:
-            p = points[i]
-            summ = summarize_point(p.scenario, reps[i], p.params)
-            results[i] = PointResult(p.params, p.scenario, reps[i], summ)
-            cap = p.scenario.run.max_replications
-            if _needs_more(summ, p.scenario) and counts[i] < cap:
-                counts[i] = min(cap, max(counts[i] + 2, math.ceil(counts[i] * 1.5)))
-                total += counts[i] - len(reps[i])
-                nxt.append(i)
-        pending = nxt
-    return [r for r in results if r is not None]
-
-
 def simulate(scenario: str | Path | Mapping | Scenario, overrides: Mapping[str, Any] | None = None, *,
              replications: int | None = None, seed: int | None = None, jobs: int | None = 1,
              grid: Mapping[str, list] | None = None, executor: Any = None,
@@ -187,7 +153,6 @@ def simulate(scenario: str | Path | Mapping | Scenario, overrides: Mapping[str, 
         ov["run.seed"] = seed
     if replications is not None:
         ov["run.replications"] = replications
-    points = expand(scenario, ov, grid)
-    name = points[0].scenario.name
-    results = run_points(points, None, jobs, executor, progress)
-    return Result(name, results)
+    from .sweep import run_sweep  # one replication loop for run and sweep alike
+
+    return run_sweep(expand(scenario, ov, grid), executor=executor, jobs=jobs, progress=progress)

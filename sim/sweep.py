@@ -39,7 +39,6 @@ import math
 import os
 import signal
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
@@ -51,7 +50,7 @@ from pydantic import BaseModel
 from .config import Scenario, _model_of
 from .errors import CapsimError, ConfigError
 from .pipeline import Replication
-from .runner import LocalExecutor, PointResult, Result, Task, _needs_more, _run_task
+from .runner import LocalExecutor, PointResult, Result, Task, _needs_more
 from .scenario import Point, apply_overrides, expand, load_raw, parse_value
 from .summary import summarize_point
 
@@ -397,27 +396,12 @@ def _executor_jobs(executor: Any) -> int:
 def iter_completed(executor: Any, tasks: Sequence[Task]) -> Iterator[tuple[int, Replication]]:
     """``(task index, replication)`` as tasks finish, whatever the executor.
 
-    Uses ``executor.as_completed`` where it exists (:class:`~sim.dask_executor.DaskExecutor`),
-    a fork-based process pool for a :class:`~sim.runner.LocalExecutor`, and for any other
-    object with ``.map`` falls back to one call for every task (results arrive at the end).
+    Uses ``executor.as_completed`` where it exists (:class:`~sim.runner.LocalExecutor`,
+    :class:`~sim.dask_executor.DaskExecutor`); any other object with ``.map`` gets one call
+    for every task (results arrive at the end).
     """
     if hasattr(executor, "as_completed"):
         yield from executor.as_completed(tasks)
-        return
-    if isinstance(executor, LocalExecutor):
-        if executor.jobs <= 1 or len(tasks) <= 1:
-            for i, t in enumerate(tasks):
-                yield i, _run_task(t)
-            return
-        pool = cf.ProcessPoolExecutor(max_workers=min(executor.jobs, len(tasks)), mp_context=get_context("fork"))
-        clean = False
-        try:
-            futures = {pool.submit(_run_task, t): i for i, t in enumerate(tasks)}
-            for f in cf.as_completed(futures):
-                yield futures[f], f.result()
-            clean = True
-        finally:
-            pool.shutdown(wait=clean, cancel_futures=not clean)
         return
     yield from enumerate(executor.map(list(tasks)))
 
@@ -433,9 +417,9 @@ def run_sweep(points: Sequence[Point], out: str | Path | None = None, *, executo
               name: str | None = None) -> SweepResult:
     """Run every point not already saved under ``out``; save each as it completes.
 
-    Replications follow ``run.replications`` (and ``run.target_precision``,
-    exactly as :func:`sim.runner.run_points` does), so a point's summary is
-    the same whether it came from ``capsim run``, this sweep, or a re-run.
+    Replications follow ``run.replications`` and ``run.target_precision``;
+    ``capsim run`` and :func:`sim.simulate` run through here too, so a point's
+    summary is the same from either, or from a re-run.
     """
     if not points:
         raise ConfigError("the sweep has no points")
