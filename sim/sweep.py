@@ -37,7 +37,6 @@ import io
 import json
 import math
 import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
@@ -54,9 +53,6 @@ from .runner import LocalExecutor, PointResult, Result, Task, _needs_more
 from .scenario import Point, apply_overrides, expand, load_raw, parse_value
 from .summary import summarize_point
 
-# Test hook: after this many points are saved, the process kills itself (SIGKILL), the way a
-# crash or an out-of-memory kill would, so tests can check that a re-run resumes.
-CRASH_AFTER_ENV = "CAPSIM_SWEEP_CRASH_AFTER"
 
 
 class SweepInterrupted(Exception):
@@ -406,12 +402,6 @@ def iter_completed(executor: Any, tasks: Sequence[Task]) -> Iterator[tuple[int, 
     yield from enumerate(executor.map(list(tasks)))
 
 
-def _crash_hook(saved: int) -> None:
-    limit = os.environ.get(CRASH_AFTER_ENV)
-    if limit and saved >= int(limit):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def run_sweep(points: Sequence[Point], out: str | Path | None = None, *, executor: Any = None,
               jobs: int | None = None, progress: Callable[[int, int], None] | None = None,
               name: str | None = None) -> SweepResult:
@@ -441,17 +431,13 @@ def run_sweep(points: Sequence[Point], out: str | Path | None = None, *, executo
     reps: dict[int, list[Replication]] = {i: [] for i in todo}
     total = sum(counts.values())
     done = 0
-    saved = 0
 
     def finish(i: int, summ: dict) -> None:
-        nonlocal saved
         pid = ids[i]
         summaries[pid] = summ
         computed[pid] = reps[i]
         if store is not None:
             store.save(pid, points[i].scenario, summ, reps[i])
-            saved += 1
-            _crash_hook(saved)
 
     pending = todo
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -149,8 +148,20 @@ def test_folder_is_readable_by_pandas(tmp_path):
 def test_resume_after_a_crash_computes_only_the_missing_points(tmp_path):
     out, ref = tmp_path / "crashed", tmp_path / "clean"
     args = ["sweep", str(SMALL), "--grid", "workload.users=10,20,30,40", "--jobs", "1", "--json", *QUICK]
-    env = {**os.environ, "CAPSIM_SWEEP_CRASH_AFTER": "2"}
-    p = subprocess.run([sys.executable, "-c", "from sim.cli import main; main()", *args, "--out", str(out)], env=env, cwd=ROOT,
+    # The child dies by SIGKILL right after saving its second point, as a crash or an
+    # out-of-memory kill would; the hook lives here, not in the package.
+    crash_after_two = (
+        "import os, signal, sim.sweep as sw\n"
+        "save, saved = sw.PointStore.save, []\n"
+        "def dying_save(self, *a, **k):\n"
+        "    save(self, *a, **k)\n"
+        "    saved.append(1)\n"
+        "    if len(saved) == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "sw.PointStore.save = dying_save\n"
+        "from sim.cli import main; main()\n"
+    )
+    p = subprocess.run([sys.executable, "-c", crash_after_two, *args, "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == -9, p.stderr  # SIGKILL, as an out-of-memory kill or a crash
     done = [d for d in (out / "points").iterdir() if (d / "summary.json").is_file()]
