@@ -18,7 +18,7 @@ import simpy
 
 from . import distributions as D
 from .config import PromptComposition, Scenario, build_distribution
-from .recorder import Recorder
+from .recorder import Bins, Recorder
 from .rng import stream
 from .stages.cache import LRUCache
 from .stages.llm import LLMStage
@@ -250,20 +250,19 @@ class Model:
         if self.cache is not None:
             c = self.cache
             counters.update(cache_hits=c.hits, cache_misses=c.misses, cache_evictions=c.evictions)
+        # Stage counters are Bins over time (sim.recorder.Bins): the summary takes their
+        # totals from the warm-up cut, fixed or chosen afterwards by MSER-5.
         if self.pool is not None:
-            counters.update(retrieval_busy_s=self.pool.busy_s, retrieval_workers=self.pool.workers,
+            counters.update(retrieval_busy_s=self.pool.busy_bins, retrieval_workers=self.pool.workers,
                             retrieval_queue_at_end=self.pool.queue_length())
         if self.llm is not None:
             reps = self.llm.replicas
+            for r in reps:
+                r.close(env.now)
             counters.update(
-                gpu_busy_s=sum(r.busy_s for r in reps),
+                {f"gpu_{k}": Bins.sum([r.bins[k] for r in reps]) for k in reps[0].bins},
                 gpu_replicas=len(reps),
-                gpu_steps=sum(r.steps for r in reps),
-                gpu_steps_memory_bound=sum(r.steps_memory_bound for r in reps),
-                gpu_batch_step_sum=sum(r.batch_step_sum for r in reps),
-                gpu_kv_block_seconds=sum(r.kv_block_seconds_at(env.now) for r in reps),
                 gpu_kv_blocks=self.llm.kv_blocks,
-                gpu_preemptions=sum(r.preemptions for r in reps),
                 llm_queue_at_end=sum(len(r.waiting) for r in reps),
                 llm_running_at_end=sum(r.batch for r in reps),
             )

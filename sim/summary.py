@@ -36,6 +36,7 @@ from . import crosscheck, stats
 from .config import STATS, Scenario
 from .cost import point_cost
 from .pipeline import Replication
+from .recorder import Bins
 
 METRICS = (
     "e2e_ms", "ttft_ms", "tpot_ms", "cache_ms", "retrieval_ms", "retrieval_wait_ms",
@@ -178,8 +179,10 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     hits = sum(int(r["cache_hit"].sum()) for r in recs)
     total = sum(len(r["cache_hit"]) for r in recs)
     util: dict[str, float] = {}
-    c0 = [r.counters for r in reps]
-    span = [r.window_s[1] - r.window_s[0] for r in reps]
+    # Stage counters from the same cut as the records (fixed, or MSER-5's per replication).
+    c0 = [{k: (v.total_from(cut) if isinstance(v, Bins) else v) for k, v in r.counters.items()}
+          for r, cut in zip(reps, cuts)]
+    span = lengths
     if scn.retrieval.enabled:
         util["retrieval"] = float(np.mean([c["retrieval_busy_s"] / (c["retrieval_workers"] * s)
                                            for c, s in zip(c0, span)]))
@@ -200,7 +203,7 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
             "mean_batch": _finite(sum(c["gpu_batch_step_sum"] for c in c0) / steps) if steps else None,
             "kv_occupancy": _finite(sum(c["gpu_kv_block_seconds"] for c in c0) / block_time) if block_time else None,
             "kv_blocks": int(c0[0]["gpu_kv_blocks"]) if c0 else None,
-            "preemptions": int(sum(c["gpu_preemptions"] for c in c0)),
+            "preemptions": int(round(sum(c["gpu_preemptions"] for c in c0))),
             "preempted_share": _finite(sum(int((p > 0).sum()) for p in pre) / n_req) if n_req and pre else None,
             "tpot_ms": {st: tpot.get(st) for st in ("p50", "p90", "p95", "p99")} if tpot else None,
         }

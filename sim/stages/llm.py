@@ -57,6 +57,7 @@ import simpy
 from .. import gpu_model as gm
 from ..config import LLMConfig
 from ..errors import ConfigError
+from ..recorder import Bins
 
 WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
 
@@ -249,15 +250,10 @@ class Replica:
         self._tie = itertools.count()
         self._wake: simpy.Event | None = None
         self._replan = False  # a step just preempted: the next boundary may admit, so stop there
-        self._window = window
         self._idle_since: float | None = 0.0
-        # counters inside the measurement window
-        self.busy_s = 0.0
-        self.steps = 0.0
-        self.steps_memory_bound = 0.0
-        self.batch_step_sum = 0.0
-        self.kv_block_seconds = 0.0  # integral of blocks in use over time
-        self.preemptions = 0
+        # counters over time (totals inside the window below; any cut later, see Bins)
+        self.bins = {k: Bins(*window) for k in
+                     ("busy_s", "steps", "steps_memory_bound", "batch_step_sum", "kv_block_seconds", "preemptions")}
         env.process(self._loop())
 
     # -- views
@@ -277,12 +273,19 @@ class Replica:
     def outstanding(self) -> int:
         return len(self.waiting) + len(self.order)
 
-    def kv_block_seconds_at(self, now: float) -> float:
-        """Block-seconds in the window up to ``now``, an idle interval still open included."""
-        extra = 0.0
+    # totals inside the measurement window
+    busy_s = property(lambda self: self.bins["busy_s"].total)
+    steps = property(lambda self: self.bins["steps"].total)
+    steps_memory_bound = property(lambda self: self.bins["steps_memory_bound"].total)
+    batch_step_sum = property(lambda self: self.bins["batch_step_sum"].total)
+    kv_block_seconds = property(lambda self: self.bins["kv_block_seconds"].total)
+    preemptions = property(lambda self: int(round(self.bins["preemptions"].total)))
+
+    def close(self, now: float) -> None:
+        """At the end of a run: count the idle interval still open (its pinned prefix blocks)."""
         if self._idle_since is not None:
-            extra = self.pinned * self._overlap(self._idle_since, now)
-        return self.kv_block_seconds + extra
+            self.bins["kv_block_seconds"].add(self._idle_since, now, self.pinned * (now - self._idle_since))
+            self._idle_since = now
 
     # -- routing
     def submit(self, seq: Sequence) -> None:
@@ -295,23 +298,15 @@ class Replica:
             w.succeed()
 
     # -- bookkeeping
-    def _overlap(self, start: float, end: float) -> float:
-        lo, hi = self._window
-        return max(0.0, min(end, hi) - max(start, lo))
-
     def _account(self, start: float, end: float, steps: int, mem_steps: int, batch: int,
                  blocks: float) -> None:
-        lo, hi = self._window
-        a, b = max(start, lo), min(end, hi)
-        if b <= a:
-            return
-        frac = (b - a) / (end - start) if end > start else 1.0
-        self.busy_s += b - a
-        n = steps * frac
-        self.steps += n
-        self.steps_memory_bound += mem_steps * frac
-        self.batch_step_sum += batch * n
-        self.kv_block_seconds += blocks * (b - a)
+        """Work of ``steps`` steps over ``[start, end)``, spread evenly across it."""
+        b = self.bins
+        b["busy_s"].add(start, end, end - start)
+        b["steps"].add(start, end, steps)
+        b["steps_memory_bound"].add(start, end, mem_steps)
+        b["batch_step_sum"].add(start, end, batch * steps)
+        b["kv_block_seconds"].add(start, end, blocks * (end - start))
 
     def _add_decoder(self, seq: Sequence) -> None:
         D = self.D
@@ -366,9 +361,7 @@ class Replica:
         seq.preemptions += 1
         del self.order[seq]
         self.waiting.appendleft(seq)
-        lo, hi = self._window
-        if lo <= self.env.now < hi:
-            self.preemptions += 1
+        self.bins["preemptions"].add(self.env.now, self.env.now, 1)
 
     def _shared_for(self, seq: Sequence) -> int:
         p = self.prefix_tokens
@@ -472,7 +465,8 @@ class Replica:
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
-                self.kv_block_seconds += self.pinned * self._overlap(self._idle_since, env.now)
+                self.bins["kv_block_seconds"].add(self._idle_since, env.now,
+                                                  self.pinned * (env.now - self._idle_since))
                 self._idle_since = None
             now = env.now
             if self.chunked:

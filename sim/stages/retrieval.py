@@ -17,11 +17,13 @@ from collections import deque
 
 import simpy
 
+from ..recorder import Bins
+
 
 class WorkerPool:
     """``workers`` servers, FIFO queue; callers ``yield pool.acquire()``."""
 
-    __slots__ = ("env", "workers", "cpu_cores", "busy", "_queue", "busy_s", "_window")
+    __slots__ = ("env", "workers", "cpu_cores", "busy", "_queue", "busy_bins")
 
     def __init__(self, env: simpy.Environment, workers: int, cpu_cores: int | None,
                  window: tuple[float, float]):
@@ -30,8 +32,7 @@ class WorkerPool:
         self.cpu_cores = cpu_cores or workers
         self.busy = 0
         self._queue: deque[simpy.Event] = deque()
-        self.busy_s = 0.0  # busy worker-seconds inside the measurement window
-        self._window = window
+        self.busy_bins = Bins(*window)  # busy worker-seconds over time
 
     def acquire(self) -> simpy.Event:
         ev = self.env.event()
@@ -47,14 +48,16 @@ class WorkerPool:
         return max(1.0, self.busy / self.cpu_cores)
 
     def release(self, start_s: float, end_s: float) -> None:
-        lo, hi = self._window
-        a, b = max(start_s, lo), min(end_s, hi)
-        if b > a:
-            self.busy_s += b - a
+        self.busy_bins.add(start_s, end_s, end_s - start_s)
         if self._queue:
             self._queue.popleft().succeed()  # hand the worker straight over
         else:
             self.busy -= 1
+
+    @property
+    def busy_s(self) -> float:
+        """Busy worker-seconds inside the measurement window."""
+        return self.busy_bins.total
 
     def queue_length(self) -> int:
         return len(self._queue)
