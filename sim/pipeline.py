@@ -213,7 +213,7 @@ class Model:
         """Sample the state every ``duration / 200`` s (one event per sample, 201 samples).
 
         Reads only: retrieval queue length and busy workers, and per LLM replica the
-        waiting queue, the running batch and the KV tokens reserved.  It draws no random
+        waiting queue, the running batch and the KV tokens in use (mid-epoch included).  It draws no random
         numbers and changes no state, so records are the same with or without it.
         """
         env, n = self.env, self.MONITOR_SAMPLES
@@ -231,7 +231,7 @@ class Model:
             rb.append(pool.busy if pool is not None else 0)
             lw.append([len(r.waiting) for r in reps])
             lr.append([r.batch for r in reps])
-            kv.append([r.reserved_tokens for r in reps])
+            kv.append([r.reserved_tokens_at(env.now) for r in reps])
 
     # ------------------------------------------------------------------ run
     def run(self) -> Replication:

@@ -6,6 +6,7 @@ bw_efficiency = mfu = 1 and no step overhead, a step that reads C context
 tokens takes (2e9 + 512 C) / 1e12 s, unless its FLOPs take longer.
 """
 
+import numpy as np
 import pytest
 
 import sim
@@ -111,3 +112,22 @@ def test_cache_hit_rate_emerges_from_capacity():
             "retrieval": {"workers": 50, "service_ms": 1}, "llm": {"enabled": False}}
     res = sim.simulate(base)
     assert res.summary["points"][0]["cache_hit_rate"] == pytest.approx(0.10, abs=0.01)
+
+
+def test_monitor_sees_kv_grow_inside_a_decode_epoch():
+    # One user, a 100-token prompt and 2,000 output tokens: one decode epoch of ~4 s
+    # (2 ms steps) in which the replica's own state does not move.  The sampled KV
+    # tokens must still grow with the steps done: 16-token blocks, one more every 32 ms.
+    scn = sim.load_scenario(exact_scenario(llm__output_tokens=2000, cache__enabled=False,
+                                           retrieval__enabled=False))
+    rep = run_replication(scn, 0)
+    t = rep.timeseries["t_s"]
+    kv = rep.timeseries["kv_tokens"][:, 0]
+    start = rep.records["arrival_s"][0]
+    inside = (t > start + 0.1) & (t < start + 3.9)
+    assert inside.sum() > 50
+    assert np.all(np.diff(kv[inside]) > 0)
+    # at time t the context is 100 + steps done; blocks are 16 tokens
+    steps_done = np.floor((t[inside] - start - step_ms(100) * MS) / (2.0 * MS))
+    expected = -(-(100 + steps_done) // 16) * 16
+    assert np.all(np.abs(kv[inside] - expected) <= 16)

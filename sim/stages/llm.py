@@ -251,6 +251,7 @@ class Replica:
         self._wake: simpy.Event | None = None
         self._replan = False  # a step just preempted: the next boundary may admit, so stop there
         self._idle_since: float | None = 0.0
+        self._epoch: tuple | None = None  # (start, lines, k, clock) of the decode epoch in progress
         # counters over time (totals inside the window below; any cut later, see Bins)
         self.bins = {k: Bins(*window) for k in
                      ("busy_s", "steps", "steps_memory_bound", "batch_step_sum", "kv_block_seconds", "preemptions")}
@@ -269,6 +270,18 @@ class Replica:
     def reserved_tokens(self) -> int:
         """KV tokens in use (block-granular: blocks in use x kv_block_tokens)."""
         return self.blocks_used() * self.B
+
+    def reserved_tokens_at(self, now: float) -> int:
+        """KV tokens in use at ``now``, counting the steps of a decode epoch already done
+        (the replica's own state only moves at epoch boundaries)."""
+        if self._epoch is None:
+            return self.reserved_tokens
+        start, lines, k, D = self._epoch
+        elapsed = now - start
+        j = self._steps_to_cover(lines, k, elapsed) if elapsed > 0 else 0
+        if j and self.cost.epoch_time(lines, j) > elapsed:
+            j -= 1  # step j is still in progress
+        return (self.pinned + self.prefill_blocks + self.dec.blocks(D + j)) * self.B
 
     def outstanding(self) -> int:
         return len(self.waiting) + len(self.order)
@@ -557,6 +570,7 @@ class Replica:
         total = cost.epoch_time(lines, k)
         start = env.now
         steps = k
+        self._epoch = (start, lines, k, D)
         if not self.waiting and len(self.order) < self.max_batch:  # an arrival could be admitted mid-epoch
             self._wake = env.event()
             yield env.any_of((env.timeout(total), self._wake))
@@ -575,6 +589,7 @@ class Replica:
         else:
             yield env.timeout(total)
         end = env.now
+        self._epoch = None
         g0 = dec.blocks(D + 1)
         self.D = D + steps
         g1 = dec.blocks(D + steps)
