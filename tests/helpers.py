@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 
+import yaml
+from typer.testing import CliRunner
+
 # A GPU and a model with round numbers, so step times can be worked by hand:
 # weights 1e9 params x 2 bytes = 2e9 bytes at 1,000 GB/s = 2 ms per step;
 # KV 2 x 1 layer x 1 head x 128 x 2 bytes = 512 bytes per token.
@@ -48,3 +51,17 @@ def small_scenario(**over) -> dict:
     }
     d.update(over)
     return d
+
+
+def write(tmp_path, data: dict, name: str = "s.yaml"):
+    """Write a scenario mapping as YAML under ``tmp_path``; return its path."""
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def invoke(*args):
+    """Run the ``capsim`` command in-process (stdout and stderr kept apart)."""
+    from sim.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])

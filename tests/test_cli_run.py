@@ -4,23 +4,8 @@ import json
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from sim.cli import app
-from tests.helpers import small_scenario
-
-runner = CliRunner()
-
-
-def write(tmp_path, data, name="s.yaml"):
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(data))
-    return p
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
+from tests.helpers import invoke, small_scenario, write
 
 def test_json_document_has_the_contract_keys(tmp_path):
     p = write(tmp_path, small_scenario(sweep={"workload.users": [30, 40]}))

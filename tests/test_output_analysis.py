@@ -9,17 +9,13 @@ import math
 
 import numpy as np
 import pytest
-import yaml
-from typer.testing import CliRunner
 
 import sim
 from sim import crosscheck
-from sim.cli import app
 from sim.errors import ConfigError
 from sim.testing import assert_sla, expected_points, parse_thresholds
-from tests.helpers import TOY_GPU, TOY_MODEL
+from tests.helpers import TOY_GPU, TOY_MODEL, invoke, write
 
-runner = CliRunner()
 
 
 def mmc(c=1, rho=0.5, mean_ms=100.0, duration_s=500.0, warmup_s=50.0, replications=4, seed=1, **over) -> dict:
@@ -33,16 +29,6 @@ def mmc(c=1, rho=0.5, mean_ms=100.0, duration_s=500.0, warmup_s=50.0, replicatio
     }
     d.update(over)
     return d
-
-
-def write(tmp_path, data, name="s.yaml"):
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(data))
-    return p
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 # ----------------------------------------------------------------------------- common random numbers
