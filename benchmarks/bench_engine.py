@@ -25,7 +25,7 @@ import numpy as np
 import simpy
 
 import sim
-from sim.pipeline import run_replication
+from sim.engine.pipeline import run_replication
 
 ROOT = Path(__file__).resolve().parents[1]
 

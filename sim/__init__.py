@@ -9,10 +9,31 @@ Public API::
     res.records          # one row per request, a pandas DataFrame
 """
 
-from .config import Scenario
-from .errors import CapsimError, ConfigError
-from .runner import PointResult, Result, simulate
-from .scenario import load_scenario
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["CapsimError", "ConfigError", "PointResult", "Result", "Scenario", "load_scenario", "simulate"]
 __version__ = "0.1.0"
+__all__ = ["CapsimError", "ConfigError", "PointResult", "Result", "Scenario", "load_scenario", "simulate"]
+
+# Loaded on first use, so `capsim --help` does not import pandas, pydantic and scipy.
+_LAZY = {
+    "Scenario": "sim.spec.schema", "CapsimError": "sim.errors", "ConfigError": "sim.errors",
+    "PointResult": "sim.run.results", "Result": "sim.run.results", "simulate": "sim.run.sweep",
+    "load_scenario": "sim.spec.scenario",
+}
+
+if TYPE_CHECKING:
+    from sim.errors import CapsimError, ConfigError
+    from sim.run.results import PointResult, Result
+    from sim.run.sweep import simulate
+    from sim.spec.scenario import load_scenario
+    from sim.spec.schema import Scenario
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sim' has no attribute {name!r}")

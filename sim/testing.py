@@ -44,10 +44,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import SLA_METRICS, STATS, Scenario
-from .errors import ConfigError
-from .runner import Result, simulate
-from .scenario import load_scenario
+from sim.spec.metrics import SLA_METRICS, STATS
+from sim.spec.schema import Scenario
+from sim.errors import ConfigError
+from sim.run.results import Result
+from sim.run.sweep import simulate
+from sim.spec.scenario import load_scenario
 
 __all__ = ["assert_sla", "expected_points", "parse_thresholds", "sla_failures"]
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sim.analytic import (
+from sim.physics.queueing import (
     closed_response_lower_bound_s,
     closed_saturation_users,
     closed_throughput_bound,

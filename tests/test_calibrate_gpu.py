@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from sim.calibrate.gpu import fit_gpu, parse_measurements, predict_ms, step_work, synthetic_measurements, to_csv
 from sim.cli import app
-from sim.config import LLMConfig
+from sim.spec.schema import LLMConfig
 from sim.errors import CalibrationError
 
 DATA = Path(__file__).parent / "data" / "gpu_steps_synthetic.csv"

@@ -14,17 +14,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sim.calibrate import (
+from sim.calibrate.retrieval import fit_law, law_x, write_calibration
+from sim.physics.retrieval import (
     Calibration,
     RetrievalProfile,
     default_calibration_path,
-    fit_law,
-    law_x,
     load_calibration,
     sample_quantiles,
-    write_calibration,
 )
-from sim.calibrate.cli import app
+from sim.cli.calibrate import calibrate_app as app
 from sim.errors import CalibrationError
 
 REAL = Path(__file__).parent / "data" / "minilm_l6_v2_4500x384_f16.npy"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sim.analytic import mva
+from sim.physics.queueing import mva
 from sim.cli import app
 from sim.errors import ConfigError
 from sim.sweep import capacity, default_direction

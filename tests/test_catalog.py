@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from sim import catalog
+from sim.spec import catalog
 from sim.errors import ConfigError
 
 URL = re.compile(r"https?://\S+")

@@ -167,7 +167,7 @@ def test_calibration_path_in_a_file_is_relative_to_that_file(tmp_path):
     import shutil
 
     import sim
-    from sim.calibrate.profile import default_calibration_path
+    from sim.physics.retrieval import default_calibration_path
 
     (tmp_path / "cal").mkdir()
     shutil.copy(default_calibration_path(), tmp_path / "cal" / "ours.json")

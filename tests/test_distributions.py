@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sim import distributions as D
-from sim.config import LognormalSpec, build_distribution
+from sim.spec.schema import LognormalSpec, build_distribution
 from sim.rng import stream
 
 

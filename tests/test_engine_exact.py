@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import sim
-from sim.pipeline import run_replication
-from sim.stages.cache import LRUCache
+from sim.engine.pipeline import run_replication
+from sim.engine.cache import LRUCache
 from tests.helpers import exact_scenario
 
 MS = 1e-3

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sim import analytic
+from sim.physics import queueing as analytic
 from sim.cli import app
-from sim.estimate import estimate, estimate_points, lru_hit_ratio
-from sim.scenario import load_scenario
+from sim.analysis.estimate import estimate, estimate_points, lru_hit_ratio
+from sim.spec.scenario import load_scenario
 
 W = 1_881_214_976 * 2          # article-8l weights, fp16
 KV = 131_072                   # article-8l KV bytes per token, fp16

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim import gpu_model as gm
-from sim.config import LLMConfig
-from sim.stages.llm import DecodeBlocks, StepCost
+from sim.physics import gpu as gm
+from sim.spec.schema import LLMConfig
+from sim.engine.llm.kv import DecodeBlocks
+from sim.physics.gpu import StepCost
 
 ARTICLE = dict(layers=8, kv_heads=32, head_dim=128, kv_dtype_bytes=2)
 

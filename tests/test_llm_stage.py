@@ -19,9 +19,15 @@ import simpy
 from typer.testing import CliRunner
 
 import sim
-from sim.config import LLMConfig
+from sim.spec.schema import LLMConfig
 from sim.errors import ConfigError
-from sim.stages.llm import LLMStage, Replica, Router
+from sim.engine.llm.replica import Replica
+from sim.engine.llm.stage import LLMStage
+from sim.registry import ROUTERS
+
+
+def Router(replicas, policy, rng):
+    return ROUTERS.load(policy)(replicas, rng)
 
 GPU = {"name": "toy", "hbm_bandwidth_gbps": 1000, "memory_gb": 100, "peak_tflops": 100,
        "interconnect_gbps": 100}
@@ -78,7 +84,7 @@ def test_pipeline_decode_step_is_weights_over_bandwidth_exactly():
     # One user, constant think time, no cache or retrieval, article-8l on H100 with
     # bw_efficiency 1 and no overhead, and a KV cache that weighs (almost) nothing: each
     # step reads only the weights, 1,881,214,976 x 2 B / 3.35e12 B/s = 1.123113 ms.
-    from sim.pipeline import run_replication
+    from sim.engine.pipeline import run_replication
 
     scn = sim.load_scenario({
         "run": {"duration_s": 3, "warmup_s": 0, "replications": 1, "drain_s": 1},

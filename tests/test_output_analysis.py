@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import sim
-from sim import crosscheck
+from sim.analysis import crosscheck
 from sim.errors import ConfigError
 from sim.testing import assert_sla, expected_points, parse_thresholds
 from tests.helpers import TOY_GPU, TOY_MODEL, invoke, write

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sim
-from sim.summary import _stat
+from sim.analysis.summary import _stat
 
 
 def mm1(**run):
@@ -59,7 +59,7 @@ def test_throughput_never_exceeds_the_bottleneck_while_filling():
 
 
 def test_bins_by_hand():
-    from sim.recorder import Bins
+    from sim.engine.records import Bins
 
     b = Bins(10, 110, n=10)  # bin 0 = [0, 10), then ten bins of 10 s
     b.add(5, 25, 20)         # 1 per second: 5 in [0,10), 10 in [10,20), 5 in [20,30)

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 import sim
 from sim.cli import app
-from sim.pipeline import Model, run_replication
-from sim.plots import knee_index, p95_vs_key, tail_breakdown, windowed
+from sim.engine.pipeline import Model, run_replication
+from sim.present.plots import knee_index, p95_vs_key, tail_breakdown, windowed
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "tests" / "data" / "rag_small.yaml"

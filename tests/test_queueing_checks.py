@@ -20,11 +20,11 @@ import yaml
 from typer.testing import CliRunner
 
 import sim
-from sim import analytic
+from sim.physics import queueing as analytic
 from sim.cli import app
-from sim.runner import LocalExecutor
-from sim.scenario import expand
-from sim.summary import summarize_point
+from sim.run.executors import LocalExecutor
+from sim.spec.scenario import expand
+from sim.analysis.summary import summarize_point
 
 
 def open_mmc(c: int, rho: float, mean_ms: float, duration_s: float, warmup_s: float | str,

@@ -22,7 +22,7 @@ import pytest
 
 import sim
 from sim.errors import CapsimError
-from sim.scenario import read_yaml
+from sim.spec.scenario import read_yaml
 from sim.testing import assert_sla, expected_points
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sim.stats import (
+from sim.analysis.stats import (
     STATS,
     batch_means_interval,
     ci_half_width_ratio,

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from sim.cli import app
 from sim.errors import CapsimError, ConfigError
-from sim.scenario import expand
+from sim.spec.scenario import expand
 from sim.sweep import (PointStore, check_key, parse_grid, point_id, rank_by_cost, run_sweep, summary_table,
                        sweep)
 
@@ -105,7 +105,7 @@ def test_sweep_json_is_the_run_document(tmp_path):
 
 
 def test_local_and_dask_give_identical_summaries():
-    from sim.dask_executor import DaskExecutor
+    from sim.run.dask import DaskExecutor
 
     grid = {"workload.users": [10, 40], "llm.replicas": [1, 2]}
     local = sweep(SMALL, QUICK_OV, grid, jobs=1)
@@ -221,7 +221,7 @@ def test_rank_by_cost_puts_passing_points_first():
 
 def test_cost_counts_every_gpu_and_worker():
     import sim
-    from sim.cost import per_hour
+    from sim.analysis.dollars import per_hour
 
     s = sim.load_scenario(SMALL, {"llm.replicas": 3, "llm.tensor_parallel": 2, "retrieval.workers": 4})
     assert per_hour(s) == pytest.approx(2.5 * 3 * 2 + 0.05 * 4)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import sim
-from sim.config import QueriesConfig
+from sim.spec.schema import QueriesConfig
 from sim.rng import stream
-from sim.workload import Popularity, QueryKeys
+from sim.engine.workload import Popularity, QueryKeys
 
 
 def test_hot_fraction_and_zipf_tail():

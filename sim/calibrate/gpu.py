@@ -9,7 +9,7 @@ example from vLLM's step timing), columns
 * ``step_ms``         its wall time.
 
 Given the model and GPU (from a scenario, or ``--model``/``--gpu``), each
-row's bytes and FLOPs per GPU follow from :mod:`sim.gpu_model`::
+row's bytes and FLOPs per GPU follow from :mod:`sim.physics.gpu`::
 
     bytes = weights / tp + kv_bytes_per_token_per_gpu * context_tokens
     flops = (2 * params * new_tokens + 4 * layers * heads * head_dim * pairs) / tp
@@ -37,16 +37,19 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import typer
+import yaml
 
-from .. import gpu_model as gm
-from ..config import LLMConfig
-from ..errors import CalibrationError
+from sim.physics import gpu as gm
+from sim.physics.gpu import StepCost
+from sim.spec.schema import LLMConfig
+from sim.errors import CalibrationError
+from sim.files import atomic_write_text
+from sim.spec.scenario import load_scenario
 
 COLUMNS = ("batch_size", "context_tokens", "new_tokens", "step_ms")
 
@@ -115,15 +118,20 @@ class StepWork:
 
 
 def step_work(cfg: LLMConfig, batch: np.ndarray, context: np.ndarray, new: np.ndarray) -> StepWork:
-    m, g, tp = cfg.model, cfg.gpu, cfg.tensor_parallel
+    """Per-GPU bytes, FLOPs and all-reduce time of each step, from the simulator's :class:`StepCost`.
+
+    ``batch`` equal sequences each process ``q = new / batch`` new tokens on a
+    context of ``c = context / batch`` tokens (the new ones included), so
+    the attention pairs are ``batch * attention_pairs(q, c - q)``.
+    """
     batch, context, new = (np.asarray(a, dtype=float) for a in (batch, context, new))
     q, c = new / batch, context / batch
-    pairs = batch * (q * c - q * (q - 1.0) / 2.0)
-    n_bytes = cfg.weights_bytes / tp + cfg.kv_bytes_per_token_per_gpu * context
-    flops = (gm.linear_flops(m.param_count, new) + 4.0 * m.layers * m.heads * m.head_dim * pairs) / tp
-    comm = gm.tp_allreduce_time_s(new, m.layers, m.hidden, cfg.dtype_bytes, tp, g.interconnect_gbps) \
-        if tp > 1 else np.zeros_like(new)
-    return StepWork(n_bytes, flops, np.asarray(comm, dtype=float), g.hbm_bandwidth_gbps, g.peak_tflops)
+    cost = StepCost(cfg)
+    flops, n_bytes = cost.work(new, context, batch * gm.attention_pairs(q, c - q))
+    comm = cost.comm_per_token_s * new
+    g = cfg.gpu
+    return StepWork(np.asarray(n_bytes, dtype=float) * np.ones_like(new), np.asarray(flops, dtype=float),
+                    np.asarray(comm, dtype=float), g.hbm_bandwidth_gbps, g.peak_tflops)
 
 
 def predict_ms(work: StepWork, bw_efficiency: float, mfu: float, step_overhead_ms: float) -> np.ndarray:
@@ -232,10 +240,8 @@ def to_csv(data: dict[str, np.ndarray]) -> str:
 # --------------------------------------------------------------------------- command
 
 
-def _scenario_llm(scenario: Optional[Path], overrides: dict, model: Optional[str], gpu: Optional[str],
+def scenario_llm(scenario: Optional[Path], overrides: dict, model: Optional[str], gpu: Optional[str],
                   dtype_bytes: Optional[float]) -> LLMConfig:
-    from ..scenario import load_scenario
-
     over = dict(overrides)
     if scenario is None:
         base: dict[str, Any] = {"workload": {"mode": "open", "rate_per_s": 1.0},
@@ -248,68 +254,11 @@ def _scenario_llm(scenario: Optional[Path], overrides: dict, model: Optional[str
     return load_scenario(scenario, over).llm
 
 
-def run_gpu_calibration(measurements: Path, out: Optional[Path], set_: list[str], scenario: Optional[Path],
-                        model: Optional[str], gpu: Optional[str], dtype_bytes: Optional[float],
-                        json_: bool) -> GPUFit:
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..report import atomic_write_text, to_json
-    from ..scenario import parse_overrides
-
-    cfg = _scenario_llm(scenario, parse_overrides(set_), model, gpu, dtype_bytes)
-    data = read_measurements(measurements)
-    fit = fit_gpu(cfg, data)
-    if out is not None:
-        import yaml
-
-        head = (f"# capsim calibrate gpu: fitted from {Path(measurements).name} ({fit.rows} steps)\n"
-                f"# model {cfg.model.name or 'inline'}, GPU {cfg.gpu.name or 'inline'}, "
-                f"tensor_parallel {cfg.tensor_parallel}, dtype_bytes {cfg.dtype_bytes:g}, "
-                f"kv_dtype_bytes {cfg.kv_dtype_bytes:g}\n"
-                f"# fit: RMSE {fit.rmse_ms:.4g} ms, max relative error {fit.max_rel_error:.2%}\n")
-        atomic_write_text(out, head + yaml.safe_dump(fit.fragment(), sort_keys=False))
-    if json_:
-        doc = {**asdict(fit), "fragment": fit.fragment(), "model": cfg.model.name, "gpu": cfg.gpu.name,
-               "out": str(out) if out is not None else None}
-        typer.echo(to_json(doc))
-        return fit
-    console = Console() if Console().is_terminal else Console(width=120)
-    t = Table(title=f"GPU roofline fit: {cfg.model.name or 'model'} on {cfg.gpu.name or 'GPU'} "
-                    f"(tp {cfg.tensor_parallel}), {fit.rows} steps")
-    t.add_column("parameter")
-    t.add_column("value", justify="right")
-    def pm(k: str) -> str:
-        se = fit.stderr.get(k)
-        return "" if se is None else f" ± {se:.2g}"
-
-    t.add_row("bw_efficiency", f"{fit.bw_efficiency:.4f}{pm('bw_efficiency')}")
-    t.add_row("mfu", f"{fit.mfu:.4f}{pm('mfu')}")
-    t.add_row("step_overhead_ms", f"{fit.step_overhead_ms:.4f}{pm('step_overhead_ms')}")
-    t.add_row("RMSE (ms)", f"{fit.rmse_ms:.4g}")
-    t.add_row("max relative error", f"{fit.max_rel_error:.2%}")
-    t.add_row("memory-/compute-bound steps", f"{fit.memory_bound_rows} / {fit.compute_bound_rows}")
-    console.print(t)
-    for note in fit.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
-    if out is not None:
-        console.print(f"wrote {out}", markup=False, highlight=False)
-    return fit
-
-
-def gpu_command(
-    measurements: Path = typer.Argument(..., help="CSV of measured steps: batch_size, context_tokens, "
-                                                  "new_tokens, step_ms (one row per step)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write {llm: {bw_efficiency, mfu, step_overhead_ms}} "
-                                                           "as a YAML scenario fragment here."),
-    set_: list[str] = typer.Option([], "--set", help="Override a dotted key of the scenario: --set llm.tensor_parallel=2"),
-    scenario: Optional[Path] = typer.Option(None, "--scenario", help="Take model, GPU and dtypes from this scenario."),
-    model: Optional[str] = typer.Option(None, "--model", help="Catalog model (default article-8l without --scenario)."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Catalog GPU (default h100-sxm without --scenario)."),
-    dtype_bytes: Optional[float] = typer.Option(None, "--dtype-bytes", help="Bytes per weight (default 2)."),
-    json_: bool = typer.Option(False, "--json", help="Print the fit as JSON."),
-) -> None:
-    """Fit bw_efficiency, mfu and step_overhead_ms to measured GPU steps."""
-    from ..cli import user_errors
-
-    user_errors(run_gpu_calibration)(measurements, out, set_, scenario, model, gpu, dtype_bytes, json_)
+def write_fragment(fit: GPUFit, cfg: LLMConfig, measurements: Path, out: Path) -> None:
+    """The fitted ``llm:`` fragment as commented YAML, written atomically."""
+    head = (f"# capsim calibrate gpu: fitted from {Path(measurements).name} ({fit.rows} steps)\n"
+            f"# model {cfg.model.name or 'inline'}, GPU {cfg.gpu.name or 'inline'}, "
+            f"tensor_parallel {cfg.tensor_parallel}, dtype_bytes {cfg.dtype_bytes:g}, "
+            f"kv_dtype_bytes {cfg.kv_dtype_bytes:g}\n"
+            f"# fit: RMSE {fit.rmse_ms:.4g} ms, max relative error {fit.max_rel_error:.2%}\n")
+    atomic_write_text(out, head + yaml.safe_dump(fit.fragment(), sort_keys=False))

@@ -29,7 +29,7 @@ time their own queries; the T x n_queries samples form one record.
 
 Records keep the latency distribution as quantiles at ``PROBS`` (0, 0.01, ...,
 0.99, 1), enough to rebuild it by inverse-CDF sampling
-(:func:`sim.calibrate.profile.sample_quantiles`).  With several corpus sizes,
+(:func:`sim.physics.retrieval.sample_quantiles`).  With several corpus sizes,
 each (index, knob, threads) series gets a scaling law fitted for the mean and
 for every quantile: ``y = a + b * x`` with ``x = law_x(...)``:
 
@@ -49,13 +49,10 @@ import contextlib
 import ctypes
 import datetime as _dt
 import hashlib
-import heapq
 import json
-import math
 import multiprocessing
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -64,27 +61,15 @@ from typing import Any
 
 import numpy as np
 
+from sim.calibrate.corpus import GENERATOR_DEFAULTS, make_corpus, make_queries
 from sim.errors import CalibrationError
+from sim.indexes import kind, kinds
+from sim.indexes.base import MIN_POINTS_PER_LIST, auto_nlist
 
 VERSION = 1
 KIND = "capsim.retrieval_calibration"
-INDEXES: tuple[str, ...] = ("hnsw", "linear_numpy", "linear_python", "ivf")
 #: Quantile probabilities stored for every record: 0 (min), 0.01 .. 0.99, 1 (max).
 PROBS: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(101))
-#: Which knob each index family has.
-KNOBS: dict[str, str | None] = {
-    "hnsw": "ef",
-    "ivf": "nprobe",
-    "linear_numpy": None,
-    "linear_python": None,
-}
-LAWS: dict[str, str] = {
-    "hnsw": "a + b*ln(N)",
-    "linear_numpy": "a + b*N",
-    "linear_python": "a + b*N",
-    "ivf": "a + b*(nlist + N/nlist*nprobe)",
-}
-MIN_POINTS_PER_LIST = 39
 WARMUP_QUERIES = 5
 
 Progress = Callable[[int, int, str], None]
@@ -94,26 +79,9 @@ Progress = Callable[[int, int, str], None]
 # scaling laws
 
 
-def auto_nlist(docs: int) -> int:
-    """Default IVF list count: ``round(4*sqrt(N))`` capped at ``N // 39``, >= 1."""
-    return max(1, min(int(round(4 * math.sqrt(docs))), docs // MIN_POINTS_PER_LIST))
-
-
 def law_x(index: str, docs: int | float, *, nlist: int | None = None, nprobe: int | None = None) -> float:
-    """The regressor ``x`` of the scaling law ``y = a + b*x`` for ``index``.
-
-    linear scans: ``x = N``; hnsw: ``x = ln N``; ivf: ``x = nlist + N / nlist * nprobe``
-    (vectors compared per query: centroids, then the probed lists).
-    """
-    if index in ("linear_numpy", "linear_python"):
-        return float(docs)
-    if index == "hnsw":
-        return math.log(float(docs))
-    if index == "ivf":
-        if not nlist or not nprobe:
-            raise CalibrationError("ivf scaling law needs nlist and nprobe (positive integers)")
-        return float(nlist) + float(docs) / float(nlist) * float(nprobe)
-    raise CalibrationError(f"index {index!r} is not one of {', '.join(INDEXES)}")
+    """The regressor ``x`` of the scaling law ``y = a + b*x`` for ``index`` (see :mod:`sim.indexes`)."""
+    return kind(index).law_x(docs, nlist=nlist, nprobe=nprobe)
 
 
 def fit_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> dict[str, float]:
@@ -382,75 +350,6 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / (k * truth.shape[0])
 
 
-def _python_scan(q: list[float], docs: list[list[float]], k: int) -> list[int]:
-    """The article's pure-Python exact scan: a dot product per document in a
-    Python loop, then the k best with heapq."""
-    scores = []
-    for i, d in enumerate(docs):
-        scores.append((sum(a * b for a, b in zip(q, d)), i))
-    return [i for _, i in heapq.nlargest(k, scores)]
-
-
-def _numpy_scan(q: np.ndarray, docs: np.ndarray, k: int) -> np.ndarray:
-    s = docs @ q
-    part = np.argpartition(-s, k - 1)[:k]
-    return part[np.argsort(-s[part])]
-
-
-def _build_hnsw(docs: np.ndarray, M: int, ef_construction: int, seed: int, save_to: str) -> tuple[float, int]:
-    """Build, save to ``save_to`` (workers load private copies); return (build_s, bytes)."""
-    import hnswlib  # type: ignore[import-untyped]
-
-    t0 = time.perf_counter_ns()
-    idx = hnswlib.Index(space="ip", dim=docs.shape[1])
-    idx.init_index(max_elements=docs.shape[0], M=M, ef_construction=ef_construction, random_seed=seed)
-    idx.add_items(docs, np.arange(docs.shape[0]), num_threads=1)
-    build_s = (time.perf_counter_ns() - t0) / 1e9
-    idx.save_index(save_to)
-    return build_s, os.path.getsize(save_to)
-
-
-def _load_hnsw(path: str, dim: int, n: int, ef: int) -> Any:
-    import hnswlib  # type: ignore[import-untyped]
-
-    idx = hnswlib.Index(space="ip", dim=dim)
-    idx.load_index(path, max_elements=n)
-    idx.set_ef(ef)
-    idx.set_num_threads(1)
-    return idx
-
-
-def _build_ivf(docs: np.ndarray, nlist: int, seed: int) -> tuple[np.ndarray, float, int]:
-    """Train and fill; return (serialized index, build_s, bytes)."""
-    import faiss  # type: ignore[import-untyped]
-
-    t0 = time.perf_counter_ns()
-    quant = faiss.IndexFlatIP(docs.shape[1])
-    idx = faiss.IndexIVFFlat(quant, docs.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-    idx.cp.seed = seed
-    idx.cp.min_points_per_centroid = 1  # we already guarantee >= 39 per list by default
-    idx.train(docs)
-    idx.add(docs)
-    build_s = (time.perf_counter_ns() - t0) / 1e9
-    blob = faiss.serialize_index(idx)
-    return blob, build_s, int(blob.size)
-
-
-def _load_ivf(blob: np.ndarray, nprobe: int) -> Any:
-    import faiss  # type: ignore[import-untyped]
-
-    idx = faiss.deserialize_index(blob)
-    idx.nprobe = nprobe
-    return idx
-
-
-def _python_list_bytes(rows: list[list[float]]) -> int:
-    if not rows:
-        return 0
-    one = sys.getsizeof(rows[0]) + sum(sys.getsizeof(v) for v in rows[0])
-    return sys.getsizeof(rows) + one * len(rows)
-
-
 # --------------------------------------------------------------------------
 # concurrent timing in forked workers
 
@@ -551,7 +450,7 @@ def _record(
         "docs": int(docs),
         "dim": int(dim),
         "top_k": int(top_k),
-        "knob": KNOBS[index],
+        "knob": kind(index).knob,
         "knob_value": None if knob_value is None else int(knob_value),
         "threads": int(threads),
         "samples": int(ms.size),
@@ -593,9 +492,9 @@ def validate_settings(
     threads: list[int],
 ) -> dict[str, Any]:
     """Check every option before any work; return the normalised settings."""
-    bad = [i for i in indexes if i not in INDEXES]
+    bad = [i for i in indexes if i not in kinds()]
     if bad or not indexes:
-        raise CalibrationError(f"--index: {bad[0] if bad else 'nothing'!r} is not one of {', '.join(INDEXES)}")
+        raise CalibrationError(f"--index: {bad[0] if bad else 'nothing'!r} is not one of {', '.join(kinds())}")
     for name, v in (("--top-k", top_k), ("--queries", n_queries), ("--M", M), ("--ef-construction", ef_construction)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
             raise CalibrationError(f"{name}: {v!r} is not a positive integer")
@@ -606,7 +505,7 @@ def validate_settings(
     if n_queries < 2:
         raise CalibrationError("--queries: must be at least 2")
     out: dict[str, Any] = {
-        "indexes": [i for i in INDEXES if i in indexes],
+        "indexes": [i for i in kinds() if i in indexes],
         "ef": _parse_int_list("--ef", ef) if "hnsw" in indexes else [],
         "nprobe": _parse_int_list("--nprobe", nprobe) if "ivf" in indexes else [],
         "threads": _parse_int_list("--threads", threads),
@@ -667,8 +566,6 @@ def run_calibration(
     the queries".  ``progress(done, total, message)`` is called as work goes.
     Raises :class:`CalibrationError` for bad input before measuring anything.
     """
-    from sim.calibrate.corpus import GENERATOR_DEFAULTS
-
     s = validate_settings(
         docs=docs, dim=dim, top_k=top_k, n_queries=n_queries, indexes=indexes, M=M,
         ef_construction=ef_construction, ef=ef, nlist=nlist, nprobe=nprobe, threads=threads,
@@ -741,7 +638,7 @@ def run_calibration(
     # ---- plan the steps for the progress bar
     per_n = 1
     for ix in s["indexes"]:
-        knobs = len(s["ef"]) if ix == "hnsw" else len(s["nprobe"]) if ix == "ivf" else 1
+        knobs = len(kind(ix).knob_values(_Settings(s)))
         per_n += 1 + knobs * len(s["threads"])
     total = per_n * len(s["docs"])
     done = 0
@@ -757,11 +654,10 @@ def run_calibration(
 
     restore_threads = limit_threads(1)  # builds single-threaded (deterministic); workers inherit it
     try:
-        records = _measure_all(
-            s=s, pool=pool, queries=queries, source=source, dim=dim, top_k=top_k, n_queries=n_queries, M=M,
-            ef_construction=ef_construction, seed=seed, lists=lists, tick=tick,
-            linear_python_docs=linear_python_docs, linear_python_queries=linear_python_queries,
-        )
+        bench = _Bench(s, dim=dim, top_k=top_k, n_queries=n_queries, M=M, ef_construction=ef_construction,
+                       seed=seed, lists=lists, tick=tick, linear_python_docs=linear_python_docs,
+                       linear_python_queries=linear_python_queries)
+        records = _measure_all(s=s, pool=pool, queries=queries, source=source, bench=bench)
     finally:
         restore_threads()
     fits = fit_records(records)
@@ -802,131 +698,65 @@ def run_calibration(
             "build_threads": 1,
         },
         "probs": list(PROBS),
-        "laws": LAWS,
+        "laws": {ix: kind(ix).law for ix in kinds()},
         "records": records,
         "fits": fits,
     }
 
 
-def _measure_all(
-    *,
-    s: dict[str, Any],
-    pool: np.ndarray | None,
-    queries: np.ndarray | None,
-    source: dict[str, Any],
-    dim: int,
-    top_k: int,
-    n_queries: int,
-    M: int,
-    ef_construction: int,
-    seed: int,
-    lists: dict[int, int],
-    tick: Callable[[str], None],
-    linear_python_docs: int,
-    linear_python_queries: int,
-) -> list[dict[str, Any]]:
-    from sim.calibrate.corpus import make_corpus, make_queries
+class _Settings:
+    """The knob lists of normalised settings, as a :class:`sim.indexes.Bench` reads them."""
 
+    def __init__(self, s: dict[str, Any]):
+        self.ef, self.nprobe, self.threads = s["ef"], s["nprobe"], s["threads"]
+
+
+class _Bench(_Settings):
+    """The harness an index kind measures itself on (:class:`sim.indexes.Bench`)."""
+
+    def __init__(self, s: dict[str, Any], *, dim: int, top_k: int, n_queries: int, M: int,
+                 ef_construction: int, seed: int, lists: dict[int, int], tick: Callable[[str], None],
+                 linear_python_docs: int, linear_python_queries: int):
+        super().__init__(s)
+        self.dim, self.top_k, self.n_queries, self.seed = dim, top_k, n_queries, seed
+        self.M, self.ef_construction, self.lists = M, ef_construction, lists
+        self.linear_python_docs, self.linear_python_queries = linear_python_docs, linear_python_queries
+        self.cache: dict[Any, Any] = {}
+        self.tick = tick  # type: ignore[assignment]
+
+    def nlist(self, docs: int) -> int:
+        return self.lists[docs]
+
+    def time(self, factory: Callable[[], Callable[[int], Any]], n_queries: int,
+             threads: int) -> tuple[np.ndarray, np.ndarray]:
+        return time_queries(factory, n_queries, threads)
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        return _record(dim=self.dim, top_k=self.top_k, **fields)
+
+    def recall(self, found: np.ndarray, truth: np.ndarray) -> float:
+        return _recall(found, truth)
+
+    def exact_topk(self, docs: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        return _exact_topk(docs, queries, self.top_k)
+
+
+def _measure_all(*, s: dict[str, Any], pool: np.ndarray | None, queries: np.ndarray | None,
+                 source: dict[str, Any], bench: _Bench) -> list[dict[str, Any]]:
+    """Every requested index kind measured at every corpus size."""
     records: list[dict[str, Any]] = []
-    py_cache: dict[tuple[int, int], tuple[np.ndarray, float, int, int]] = {}
-    nq = n_queries
     for n in s["docs"]:
         if pool is not None:
             corpus = np.ascontiguousarray(pool[:n], dtype=np.float32)
         else:
-            corpus = make_corpus(n, dim, seed, **source["params"])
-            queries = make_queries(n_queries, dim, seed, docs=n, **source["params"])
+            corpus = make_corpus(n, bench.dim, bench.seed, **source["params"])
+            queries = make_queries(bench.n_queries, bench.dim, bench.seed, docs=n, **source["params"])
         if queries is None:  # pragma: no cover - internal invariant
             raise RuntimeError("no queries")
-        truth = _exact_topk(corpus, queries, top_k)
-        tick(f"N={n}: corpus and exact top-{top_k}")
+        truth = _exact_topk(corpus, queries, bench.top_k)
+        bench.tick(f"N={n}: corpus and exact top-{bench.top_k}")
         for ix in s["indexes"]:
-            if ix == "linear_numpy":
-                def numpy_factory(_d=corpus, _q=queries) -> Callable[[int], Any]:
-                    d = _d.copy()
-                    return lambda i: _numpy_scan(_q[i], d, top_k)
-
-                tick(f"N={n}: linear_numpy ready")
-                for T in s["threads"]:
-                    lat, ids = time_queries(numpy_factory, nq, T)
-                    records.append(_record(
-                        index=ix, docs=n, dim=dim, top_k=top_k, knob_value=None, threads=T, lat_ns=lat, scale=1.0,
-                        recall=_recall(ids, truth), build_s=0.0, memory_bytes=corpus.nbytes, params={},
-                    ))
-                    tick(f"N={n}: linear_numpy threads={T}")
-            elif ix == "linear_python":
-                sub = min(n, linear_python_docs)
-                pq = min(nq, linear_python_queries)
-                t0 = time.perf_counter_ns()
-                sub_rows = corpus[:sub].tolist()
-                conv_s = (time.perf_counter_ns() - t0) / 1e9
-                mem = int(_python_list_bytes(sub_rows) * n / sub)
-                del sub_rows
-                qrows = queries[:pq].tolist()
-                sub_truth = _exact_topk(corpus[:sub], queries[:pq], top_k)
-
-                def python_factory(_d=corpus[:sub], _q=qrows) -> Callable[[int], Any]:
-                    rows = _d.tolist()  # private Python lists of floats
-                    return lambda i: _python_scan(_q[i], rows, top_k)
-
-                tick(f"N={n}: linear_python ready (subsample {sub})")
-                for T in s["threads"]:
-                    key = (sub, T)
-                    if key not in py_cache:
-                        lat, ids = time_queries(python_factory, pq, T)
-                        py_cache[key] = (lat, _recall(ids, sub_truth), sub, pq)
-                    lat, rc, _, _ = py_cache[key]
-                    records.append(_record(
-                        index=ix, docs=n, dim=dim, top_k=top_k, knob_value=None, threads=T, lat_ns=lat,
-                        scale=n / sub, recall=rc, build_s=conv_s * n / sub, memory_bytes=mem, params={},
-                        extra={
-                            "scaled_from_docs": sub,
-                            "scale_factor": n / sub,
-                            "note": (
-                                f"timed once per thread count on a {sub}-document subsample with {pq} queries "
-                                f"(reused for every N >= {sub}); every latency multiplied by N/{sub} (O(N) scan); "
-                                "recall measured on the subsample; build_s is the tolist() conversion scaled the same way"
-                            ) if sub < n else f"timed on all {n} documents with {pq} queries",
-                        },
-                    ))
-                    tick(f"N={n}: linear_python threads={T}")
-            elif ix == "hnsw":
-                with tempfile.TemporaryDirectory(prefix="capsim-hnsw-") as td:
-                    path = os.path.join(td, "index.bin")
-                    build_s, mem = _build_hnsw(corpus, M, ef_construction, seed, path)
-                    tick(f"N={n}: hnsw built in {build_s:.1f}s")
-                    for e in s["ef"]:
-                        def hnsw_factory(_e=e, _q=queries, _n=n) -> Callable[[int], Any]:
-                            x = _load_hnsw(path, dim, _n, _e)
-                            return lambda i: x.knn_query(_q[i : i + 1], k=top_k, num_threads=1)[0][0]
-
-                        for T in s["threads"]:
-                            lat, ids = time_queries(hnsw_factory, nq, T)
-                            records.append(_record(
-                                index=ix, docs=n, dim=dim, top_k=top_k, knob_value=e, threads=T, lat_ns=lat,
-                                scale=1.0, recall=_recall(ids, truth), build_s=build_s, memory_bytes=mem,
-                                params={"M": M, "ef_construction": ef_construction, "space": "ip"},
-                            ))
-                            tick(f"N={n}: hnsw ef={e} threads={T}")
-            elif ix == "ivf":
-                nl = lists[n]
-                blob, build_s, mem = _build_ivf(corpus, nl, seed)
-                tick(f"N={n}: ivf nlist={nl} built in {build_s:.1f}s")
-                for p in s["nprobe"]:
-                    def ivf_factory(_p=p, _q=queries, _b=blob) -> Callable[[int], Any]:
-                        x = _load_ivf(_b, _p)
-                        return lambda i: x.search(_q[i : i + 1], top_k)[1][0]
-
-                    for T in s["threads"]:
-                        lat, ids = time_queries(ivf_factory, nq, T)
-                        records.append(_record(
-                            index=ix, docs=n, dim=dim, top_k=top_k, knob_value=p, threads=T, lat_ns=lat, scale=1.0,
-                            recall=_recall(ids, truth), build_s=build_s, memory_bytes=mem,
-                            params={"nlist": nl, "metric": "inner_product"},
-                        ))
-                        tick(f"N={n}: ivf nprobe={p} threads={T}")
-                del blob
-
+            records += kind(ix).measure(bench, n, corpus, queries, truth)
     return records
 
 
@@ -948,10 +778,10 @@ def fit_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         qf = [fit_law(x, vals[:, j]) for j in range(vals.shape[1])]
         fits.append({
             "index": ix,
-            "knob": KNOBS[ix],
+            "knob": kind(ix).knob,
             "knob_value": kv,
             "threads": T,
-            "law": LAWS[ix],
+            "law": kind(ix).law,
             "docs": [r["docs"] for r in recs],
             "x": [round(v, 6) for v in x],
             "mean": {k: float(f"{v:.6g}") for k, v in mean.items()},

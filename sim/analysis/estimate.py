@@ -1,0 +1,264 @@
+"""The cost model on paper: what a scenario needs, instantly, without simulating.
+
+``capsim estimate`` answers the questions one asks before running anything:
+how big are the weights and the KV cache, how many sequences fit, how long
+does a prefill and a decode step take at a given batch, is a step memory- or
+compute-bound, and at what load does the first stage saturate.
+
+Every figure comes from the same pure formulas the simulator uses
+(:mod:`sim.physics.gpu`, :class:`sim.engine.llm.replica.StepCost`), per GPU of a
+``tensor_parallel`` replica.  Means stand in for distributions:
+
+* prompt = ``system_tokens + top_k * mean(doc_tokens) + mean(question_tokens)``
+  (or the mean of ``prompt_tokens``), output = mean of ``output_tokens``;
+* a decode step at batch ``b`` has every sequence at the mean prompt plus
+  half the mean output;
+* the cache hit ratio of the LRU is Che's approximation over the query
+  popularity: ``T`` solves ``sum_i (1 - exp(-p_i T)) = capacity`` and
+  ``hit = sum_i p_i (1 - exp(-p_i T))``.
+
+Capacity of the stages, per request:
+
+* retrieval: ``miss ratio * mean search time`` on ``min(workers, cpu_cores)``
+  servers;
+* GPU: a replica runs at the batch that fits, ``b = min(max_batch, sequences
+  that fit in KV memory)``; a request costs the GPU its prefill plus its share
+  of the decode steps, ``prefill + (output - 1) * step(b) / b`` seconds, so a
+  replica serves ``1 / that`` requests per second.  In the closed-network
+  model the GPU is a station of ``replicas`` servers with that demand, plus a
+  pure delay of ``(output - 1) * step(1)`` (the decode time a request takes
+  even alone on a replica) added to the think time.
+
+Utilisation at the scenario's load: open, ``rate * demand / servers``;
+closed, exact MVA (:func:`sim.physics.queueing.mva`) over those stations with the
+think time (plus the cache lookup and the GPU's delay) as the delay station.  Saturation: the
+stage with the largest ``demand / servers`` saturates first, at
+``servers / demand`` requests per second; closed, at Kleinrock's ``N*`` users
+(:func:`sim.physics.queueing.closed_saturation_users`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from sim.physics import queueing as analytic
+from sim.physics import gpu as gm
+from sim.spec.schema import PromptComposition, Scenario, build_distribution
+from sim.physics.gpu import StepCost
+
+DECODE_BATCHES = (1, 8, 32, 128)
+MVA_MAX_USERS = 20_000
+
+
+def mean_prompt_tokens(scn: Scenario) -> float:
+    p = scn.llm.prompt_tokens
+    if isinstance(p, PromptComposition):
+        top_k = scn.retrieval.top_k if scn.retrieval.enabled else 0
+        return (p.system_tokens + top_k * build_distribution(p.doc_tokens).mean
+                + build_distribution(p.question_tokens).mean)
+    return build_distribution(p).mean
+
+
+def mean_output_tokens(scn: Scenario) -> float:
+    return build_distribution(scn.llm.output_tokens).mean
+
+
+def lru_hit_ratio(probabilities: np.ndarray, capacity: int) -> float:
+    """Che's approximation of an LRU cache's hit ratio under independent requests.
+
+    The characteristic time ``T`` solves ``sum_i (1 - exp(-p_i T)) = C``;
+    then ``hit = sum_i p_i (1 - exp(-p_i T))``.  ``C >= keys`` gives 1 (every
+    key stays), ``C = 0`` gives 0.
+    """
+    p = np.asarray(probabilities, dtype=float)
+    p = p[p > 0]
+    if capacity <= 0 or p.size == 0:
+        return 0.0
+    if capacity >= p.size:
+        return 1.0
+    from scipy.optimize import brentq
+
+    def filled(t: float) -> float:
+        return float(np.sum(-np.expm1(-p * t))) - capacity
+
+    hi = 1.0
+    while filled(hi) < 0:
+        hi *= 2.0
+    t = brentq(filled, 0.0, hi, xtol=1e-12 * hi, rtol=1e-12)
+    return float(np.sum(p * -np.expm1(-p * t)))
+
+
+def _decode_step(cost: StepCost, batch: int, ctx_per_seq: float) -> tuple[float, float, float, bool]:
+    """(seconds, flops, bytes, memory-bound) of one decode step, per GPU."""
+    ctx = batch * (ctx_per_seq + 1)
+    flops, n_bytes = cost.work(batch, ctx, ctx)
+    return cost.time(batch, ctx, ctx), flops, n_bytes, cost.memory_bound(batch, ctx, ctx)
+
+
+def _prefill(cost: StepCost, tokens: float, past: float, budget: int) -> tuple[float, float, float]:
+    """(seconds, flops, bytes) of prefilling ``tokens`` after ``past`` cached ones, in chunks of ``budget``."""
+    t = flops = n_bytes = 0.0
+    done = 0.0
+    while done < tokens:
+        chunk = min(budget, tokens - done)
+        c0 = past + done
+        pairs = chunk * c0 + chunk * (chunk + 1) / 2.0
+        ctx = c0 + chunk
+        t += cost.time(chunk, ctx, pairs)
+        f, b = cost.work(chunk, ctx, pairs)
+        flops += f
+        n_bytes += b
+        done += chunk
+    return t, flops, n_bytes
+
+
+def _verdict(memory_bound: bool) -> str:
+    return "memory-bound" if memory_bound else "compute-bound"
+
+
+def estimate(scn: Scenario) -> dict[str, Any]:
+    """Every figure of ``capsim estimate --json`` for one (non-sweep) scenario."""
+    out: dict[str, Any] = {"scenario": scn.name}
+    notes: list[str] = []
+    llm = scn.llm
+    stations: dict[str, tuple[float, int]] = {}  # name -> (demand s per request, servers)
+    gpu_delay_s = 0.0  # closed model: decode time a request spends even alone on a replica
+
+    # -- retrieval and cache
+    miss = 1.0
+    if scn.cache.enabled:
+        from sim.engine.workload import Popularity
+
+        hit = lru_hit_ratio(Popularity(scn.workload.queries).probabilities(), scn.cache.capacity)
+        miss = 1.0 - hit
+        out["cache_hit_ratio"] = hit
+        cache_s = build_distribution(scn.cache.lookup_ms).mean / 1e3
+    else:
+        out["cache_hit_ratio"] = None
+        cache_s = 0.0
+    if scn.retrieval.enabled:
+        from sim.engine.pipeline import retrieval_service_distribution
+
+        dist, info = retrieval_service_distribution(scn)
+        r = scn.retrieval
+        out["retrieval_service_ms"] = dist.mean * 1e3
+        out["retrieval_source"] = info.get("source")
+        servers = min(r.workers, r.cpu_cores or r.workers)
+        stations["retrieval"] = (miss * dist.mean, servers)
+    else:
+        out["retrieval_service_ms"] = None
+
+    # -- the GPU
+    if llm.enabled:
+        cost = StepCost(llm)
+        m = llm.model
+        tp, B = llm.tensor_parallel, llm.kv_block_tokens
+        prompt, output = mean_prompt_tokens(scn), mean_output_tokens(scn)
+        prefix = llm.prefix_tokens
+        out.update(
+            model=m.name, gpu=llm.gpu.name, tensor_parallel=tp,
+            mean_prompt_tokens=prompt, mean_output_tokens=output,
+            weights_bytes=llm.weights_bytes,
+            weights_bytes_per_gpu=llm.weights_bytes / tp,
+            kv_bytes_per_token=llm.kv_bytes_per_token,
+            kv_bytes_per_token_per_gpu=llm.kv_bytes_per_token_per_gpu,
+            kv_bytes_per_request=llm.kv_bytes_per_token * (prompt + output),
+            kv_budget_bytes_per_gpu=llm.kv_budget_bytes,
+            kv_blocks=llm.kv_blocks,
+            kv_capacity_tokens=llm.kv_blocks * B,
+            prefix_cached_tokens=prefix,
+        )
+        room = llm.kv_blocks - prefix // B
+        per_req_blocks = max(1, gm.blocks_for_tokens(int(math.ceil(prompt + output - prefix)), B))
+        fit = room // per_req_blocks
+        out["max_sequences_in_memory"] = int(fit)
+        batch = int(min(llm.max_batch, fit))
+        out["batch_that_fits"] = batch
+        out["max_batch"] = llm.max_batch
+        if fit < 1:
+            notes.append("a mean request does not fit in the KV cache of one replica")
+        elif fit < llm.max_batch:
+            notes.append(f"KV memory, not max_batch ({llm.max_batch}), limits the batch to {fit}")
+
+        p_s, p_flops, p_bytes = _prefill(cost, prompt - prefix, prefix, llm.max_batched_tokens)
+        out["prefill_ms"] = p_s * 1e3
+        out["prefill_ms_uncached"] = _prefill(cost, prompt, 0.0, llm.max_batched_tokens)[0] * 1e3
+        out["prefill_bound"] = _verdict(p_bytes * cost.inv_bw >= p_flops * cost.inv_peak)
+
+        ctx = prompt + output / 2.0
+        sizes = sorted(set(DECODE_BATCHES) | {llm.max_batch})
+        steps = {b: _decode_step(cost, b, ctx) for b in sizes}
+        out["decode_context_tokens"] = ctx
+        out["decode_step_ms"] = {str(b): steps[b][0] * 1e3 for b in sizes}
+        out["decode_tokens_per_s"] = {str(b): b / steps[b][0] for b in sizes}
+        out["decode_fits"] = {str(b): b <= fit for b in sizes}
+
+        hw_ridge = gm.ridge_point_flops_per_byte(llm.gpu.peak_tflops, llm.gpu.hbm_bandwidth_gbps)
+        eff_ridge = gm.ridge_point_flops_per_byte(llm.gpu.peak_tflops, llm.gpu.hbm_bandwidth_gbps,
+                                                  llm.mfu, llm.bw_efficiency)
+        ends = {"batch_1": steps[1], "max_batch": steps[llm.max_batch]}
+        out["ridge_point_flops_per_byte"] = hw_ridge
+        out["effective_ridge_flops_per_byte"] = eff_ridge
+        out["arithmetic_intensity"] = {k: gm.arithmetic_intensity(v[1], v[2]) for k, v in ends.items()}
+        out["bound"] = {k: _verdict(v[3]) for k, v in ends.items()}
+        out["attention_flops"] = gm.attention_flops(m.layers, m.heads, m.head_dim, prompt)
+
+        if batch >= 1:
+            step_b = _decode_step(cost, batch, ctx)[0]
+            gpu_s = p_s + max(output - 1.0, 0.0) * step_b / batch  # GPU time one request costs
+            gpu_delay_s = max(output - 1.0, 0.0) * steps[1][0]
+            out["replica_capacity"] = {
+                "batch": batch, "decode_step_ms": step_b * 1e3,
+                "requests_per_s": 1.0 / gpu_s, "output_tokens_per_s": output / gpu_s,
+                "gpu_ms_per_request": gpu_s * 1e3,
+            }
+            stations["gpu"] = (gpu_s, llm.replicas)
+        else:
+            out["replica_capacity"] = None
+
+    # -- load, utilisation, saturation
+    names = list(stations)
+    demands = [stations[k][0] for k in names]
+    servers = [stations[k][1] for k in names]
+    out["demand_ms"] = {k: d * 1e3 for k, d in zip(names, demands)}
+    out["servers"] = dict(zip(names, servers))
+    w = scn.workload
+    if not names:
+        out.update(utilization={}, saturation=None, utilization_method=None)
+    elif w.mode == "open":
+        rate = w.rate_per_s
+        out["utilization_method"] = "open: rate x demand / servers"
+        out["load_rate_per_s"] = rate
+        out["utilization"] = {k: analytic.utilization(rate, d, s) for k, d, s in zip(names, demands, servers)}
+        caps = {k: analytic.saturation_rate_per_s(d, s) for k, d, s in zip(names, demands, servers)}
+        first = min(caps, key=caps.get)
+        out["saturation"] = {"stage": first, "rate_per_s": caps[first]}
+    else:
+        think = build_distribution(w.think_s).mean + cache_s + gpu_delay_s
+        q_demands, q_servers = demands, servers
+        if w.users <= MVA_MAX_USERS:
+            res = analytic.mva(w.users, think, q_demands, q_servers)
+            x = res.throughput_per_s
+            out["utilization_method"] = "closed: exact MVA (think time + cache lookup + lone decode time as the delay station)"
+            out["response_ms"] = (res.response_s + cache_s + gpu_delay_s) * 1e3  # mean, think time excluded
+        else:
+            x = analytic.closed_throughput_bound(w.users, think, q_demands, q_servers)
+            out["utilization_method"] = "closed: asymptotic throughput bound (too many users for MVA)"
+        out["load_rate_per_s"] = x
+        out["utilization"] = {k: x * d / s for k, d, s in zip(names, demands, servers)}
+        caps = {k: analytic.saturation_rate_per_s(d, s) for k, d, s in zip(names, demands, servers)}
+        first = min(caps, key=caps.get)
+        out["saturation"] = {"stage": first, "rate_per_s": caps[first],
+                             "users": analytic.closed_saturation_users(think, q_demands, q_servers)}
+    out["notes"] = notes
+    return out
+
+
+def estimate_points(source: Any, overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One estimate per sweep point (a scenario without a sweep is one point); ``params`` says which."""
+    from sim.spec.scenario import expand
+
+    return [{"params": dict(p.params), **estimate(p.scenario)} for p in expand(source, overrides)]

@@ -1,0 +1,406 @@
+"""From replications to the numbers a report prints.
+
+For every metric (a column of the records, in ms) and every statistic
+(mean, p50, p90, p95, p99, max) a point summary holds:
+
+* ``value``: the mean over replications of the per-replication statistic
+  (with one replication, the statistic itself);
+* ``ci``: a Student t interval over the per-replication statistics, or, with
+  one replication, a batch-means half-width around the whole-run statistic
+  (none for ``max``, nor for a percentile with too few values per batch);
+  ``max`` too is the mean of the per-replication maxima, so every value lies
+  inside its interval;
+
+and each SLA gets a verdict from :func:`sim.analysis.stats.sla_verdict`: ``pass`` when
+the whole interval is at or under the threshold, ``fail`` when the whole
+interval is above it, ``inconclusive`` otherwise.
+
+Warm-up: ``run.warmup_s`` cuts by arrival time; ``warmup: auto`` picks the
+cut per replication with MSER-5 on the e2e series and reports it
+(``warmup: {method, cut_s, cut_s_by_replication, dropped_fraction}``).
+
+Stability (:func:`_stability`) says whether a steady state exists for the
+percentiles to estimate; an ``analytic`` entry (:mod:`sim.analysis.crosscheck`) puts
+Erlang C or MVA beside the simulated values where the scenario is exactly
+analysable.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from sim.analysis import crosscheck
+from sim.analysis import stats
+from sim.spec.metrics import METRIC_NAMES, STATS
+from sim.spec.schema import Scenario
+from sim.analysis.dollars import point_cost
+from sim.engine.pipeline import Replication
+from sim.engine.records import Bins
+
+def metric_values(rec: dict[str, np.ndarray], metric: str) -> np.ndarray:
+    """The values of one metric in one replication's (windowed) records."""
+    if metric in ("retrieval_ms", "retrieval_wait_ms", "retrieval_service_ms"):
+        miss = ~rec["cache_hit"]
+        if metric == "retrieval_ms":
+            return (rec["retrieval_wait_ms"] + rec["retrieval_service_ms"])[miss]
+        return rec[metric][miss]
+    if metric == "tpot_ms":
+        many = rec["output_tokens"] > 1
+        return rec["decode_ms"][many] / (rec["output_tokens"][many] - 1)
+    return rec[metric]
+
+
+def window(rep: Replication, scn: Scenario) -> tuple[dict[str, np.ndarray], float]:
+    """Records that arrived inside the measurement window, and the cut used."""
+    rec = rep.records
+    if scn.run.warmup_s == "auto":
+        # MSER-5 on the e2e series in arrival order; cut by the arrival time found.
+        in_run = rec["arrival_s"] < rep.window_s[1]
+        cut_i = stats.mser5(rec["e2e_ms"][in_run]) if in_run.any() else 0
+        cut_s = float(rec["arrival_s"][in_run][cut_i]) if in_run.sum() > cut_i else 0.0
+    else:
+        cut_s = float(scn.run.warmup_s)
+    keep = (rec["arrival_s"] >= cut_s) & (rec["arrival_s"] < rep.window_s[1])
+    return {k: v[keep] for k, v in rec.items()}, cut_s
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+_BATCHES = 20
+# Least values per batch for a batch percentile to be nearly unbiased: 5 / (1 - q).
+_MIN_PER_BATCH = {"mean": 10, "p50": 10, "p90": 50, "p95": 100, "p99": 500}
+
+
+def _one_run_interval(values: np.ndarray, stat: str, value: float, conf: float) -> tuple[float, float]:
+    """Batch-means interval for one replication, centred on the whole-run value.
+
+    The half-width comes from the spread of 20 batch statistics; the centre is
+    the statistic of the whole run (a batch percentile is biased towards the
+    centre, so the batch average is not).  Percentiles need batches holding
+    at least ``5 / (1 - q)`` values, else there is no interval; the maximum of
+    one run has none (the batch maxima estimate a shorter run's maximum).
+    """
+    if stat == "max" or len(values) < _BATCHES * _MIN_PER_BATCH[stat]:
+        return float("nan"), float("nan")
+    lo, hi = stats.batch_means_interval(values, stat, conf, _BATCHES)
+    half = (hi - lo) / 2
+    return value - half, value + half
+
+
+# Least values per replication for the replication's percentile to be nearly
+# unbiased (about 10 values beyond the quantile): 10 / (1 - q).  Below that the
+# mean of per-replication percentiles is biased low and a t interval around it
+# narrows on the wrong value, so there is no interval (and no verdict).
+_MIN_PER_REPLICATION = {"mean": 2, "p50": 20, "p90": 100, "p95": 200, "p99": 1000, "max": 1}
+_Q = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
+# Requests still unfinished after the drain are the slowest of all: e2e and TTFT
+# percentiles count them as +inf (censored) instead of leaving them out.
+_CENSORED = ("e2e_ms", "ttft_ms")
+
+
+def _stat(values: np.ndarray, stat: str, unfinished: int) -> float:
+    """``stat`` of ``values`` plus ``unfinished`` values known only to be larger than all of them."""
+    if not len(values):
+        return float("nan")
+    if not unfinished or stat == "mean":
+        return stats.stat_value(values, stat)
+    if stat == "max":
+        return float("inf")
+    n, total = len(values), len(values) + unfinished
+    # The q-quantile of all `total` values sits at rank q (total - 1); ranks past n - 1 are +inf.
+    rank = _Q[stat] * (total - 1)
+    if rank > n - 1:
+        return float("inf")
+    return float(np.percentile(values, 100.0 * rank / (n - 1))) if n > 1 else float(values[0])
+
+
+def _unfinished(rep: Replication) -> int:
+    """Requests that arrived in the window and had not finished when the run ended."""
+    lo, hi = rep.window_s
+    arr = rep.records["arrival_s"]
+    return max(0, int(rep.counters.get("started_in_window", 0)) - int(((arr >= lo) & (arr < hi)).sum()))
+
+
+def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, Any] | None = None) -> dict:
+    conf = scn.run.confidence
+    windowed = [window(r, scn) for r in reps]
+    recs = [w[0] for w in windowed]
+    cuts = [w[1] for w in windowed]
+    unfinished = [_unfinished(r) for r in reps]
+    metrics: dict[str, dict] = {}
+    for m in METRIC_NAMES:
+        per_rep = [metric_values(r, m) for r in recs]
+        if not any(len(v) for v in per_rep):
+            continue
+        cens = unfinished if m in _CENSORED else [0] * len(reps)
+        values: dict[str, float | None] = {}
+        ci: dict[str, list[float | None]] = {}
+        for st in STATS:
+            per = np.array([_stat(v, st, u) for v, u in zip(per_rep, cens)])
+            per = per[~np.isnan(per)]
+            val = float(per.mean()) if len(per) else float("nan")
+            lo = hi = float("nan")
+            enough = min((len(v) for v in per_rep), default=0) >= _MIN_PER_REPLICATION[st]
+            if len(per) >= 2 and np.all(np.isfinite(per)):
+                if enough:
+                    lo, hi = stats.t_interval(per, conf)
+                else:  # too short for per-replication percentiles: pool them, no interval
+                    pooled = np.concatenate(per_rep)
+                    val = _stat(pooled, st, sum(cens))
+            elif len(per) == 1 and math.isfinite(val):
+                lo, hi = _one_run_interval(next(v for v in per_rep if len(v)), st, val, conf)
+            values[st] = _finite(val)
+            ci[st] = [_finite(lo), _finite(hi)]
+        metrics[m] = {**values, "ci": ci, "n": int(sum(len(v) for v in per_rep))}
+
+    lengths = [r.window_s[1] - c for r, c in zip(reps, cuts)]
+    completed = [len(r["e2e_ms"]) for r in recs]
+    # Throughput counts answers *delivered* inside the window (by end time), not
+    # requests that arrived in it and finished, which overstates a filling system.
+    delivered, delivered_tokens = [], []
+    for r, c in zip(reps, cuts):
+        end_s = r.records["arrival_s"] + r.records["e2e_ms"] / 1e3
+        done = (end_s >= c) & (end_s < r.window_s[1])
+        delivered.append(int(done.sum()))
+        delivered_tokens.append(float(r.records["output_tokens"][done].sum()))
+    per_rep_x = np.array([n / L for n, L in zip(delivered, lengths) if L > 0])
+    tokens_per_s = float(np.mean([t / L for t, L in zip(delivered_tokens, lengths) if L > 0] or [0.0]))
+    throughput = float(per_rep_x.mean()) if len(per_rep_x) else 0.0
+    x_ci = [_finite(b) for b in stats.t_interval(per_rep_x, conf)] if len(per_rep_x) >= 2 else [None, None]
+    hits = sum(int(r["cache_hit"].sum()) for r in recs)
+    total = sum(len(r["cache_hit"]) for r in recs)
+    util: dict[str, float] = {}
+    # Stage counters from the same cut as the records (fixed, or MSER-5's per replication).
+    c0 = [{k: (v.total_from(cut) if isinstance(v, Bins) else v) for k, v in r.counters.items()}
+          for r, cut in zip(reps, cuts)]
+    span = lengths
+    if scn.retrieval.enabled:
+        util["retrieval"] = float(np.mean([c["retrieval_busy_s"] / (c["retrieval_workers"] * s)
+                                           for c, s in zip(c0, span)]))
+    if scn.llm.enabled:
+        util["gpu"] = float(np.mean([c["gpu_busy_s"] / (c["gpu_replicas"] * s) for c, s in zip(c0, span)]))
+    gpu: dict[str, float | None] = {}
+    if scn.llm.enabled:
+        # Per step: memory- or compute-bound, batch size; KV occupancy is blocks in use over
+        # blocks available, time-weighted over the window (idle time included).
+        steps = sum(c["gpu_steps"] for c in c0)
+        block_time = sum(c["gpu_kv_blocks"] * c["gpu_replicas"] * s for c, s in zip(c0, span))
+        n_req = sum(len(r["e2e_ms"]) for r in recs)
+        pre = [r["preemptions"] for r in recs if "preemptions" in r]
+        tpot = metrics.get("tpot_ms", {})
+        gpu = {
+            "steps": steps,
+            "memory_bound_share": _finite(sum(c["gpu_steps_memory_bound"] for c in c0) / steps) if steps else None,
+            "mean_batch": _finite(sum(c["gpu_batch_step_sum"] for c in c0) / steps) if steps else None,
+            "kv_occupancy": _finite(sum(c["gpu_kv_block_seconds"] for c in c0) / block_time) if block_time else None,
+            "kv_blocks": int(c0[0]["gpu_kv_blocks"]) if c0 else None,
+            "preemptions": int(round(sum(c["gpu_preemptions"] for c in c0))),
+            "preempted_share": _finite(sum(int((p > 0).sum()) for p in pre) / n_req) if n_req and pre else None,
+            "tpot_ms": {st: tpot.get(st) for st in ("p50", "p90", "p95", "p99")} if tpot else None,
+        }
+    started = sum(int(c["started_in_window"]) for c in c0)
+    finished_in_window = sum(int(((r.records["arrival_s"] >= r.window_s[0]) &
+                                  (r.records["arrival_s"] < r.window_s[1])).sum()) for r in reps)
+    incomplete = max(0, started - finished_in_window)
+    hit_rate = (hits / total) if (scn.cache.enabled and total) else None
+    offered = crosscheck.offered_load(scn, hit_rate)
+    stability = _stability(scn, started, incomplete, util, offered, _trend(recs, cuts, reps, conf))
+    point: dict[str, Any] = {
+        "params": dict(params or {}),
+        "metrics": metrics,
+        "throughput_per_s": throughput,
+        "throughput_ci": x_ci,
+        "cache_hit_rate": hit_rate,
+        "utilization": util,
+        "gpu": gpu,
+        "completed": int(sum(completed)),
+        "incomplete": incomplete,
+        "replications": len(reps),
+        "warmup_s": cuts[0] if len(set(cuts)) == 1 else cuts,
+        "warmup": _warmup_entry(scn, reps, recs, cuts),
+        "stability": stability,
+    }
+    model = crosscheck.exact_model(scn)
+    if model is not None:
+        p_wait = crosscheck.waited_fraction(recs, conf) if model["model"] != "MVA" else None
+        model["compare"] = crosscheck.compare(model, metrics, (throughput, x_ci), p_wait)
+        point["analytic"] = model
+    if scn.retrieval.enabled:
+        point["retrieval"] = _retrieval_entry(scn)
+    point["cost"] = point_cost(scn, throughput, tokens_per_s)
+    point["sla"] = sla_verdicts(scn, metrics, stability)
+    if scn.run.target_precision is not None:
+        point["precision"] = _precision(scn, point["sla"], len(reps))
+    return point
+
+
+def _retrieval_entry(scn: Scenario) -> dict:
+    """Where the search times came from and, when measured, the recall that buys them:
+    a fast answer from the wrong documents is worse than a slow right one."""
+    from sim.engine.pipeline import retrieval_service_distribution
+
+    r = scn.retrieval
+    _, info = retrieval_service_distribution(scn)
+    return {"index": r.index, "top_k": r.top_k, "docs": r.docs,
+            "ef_search": r.ef_search, "nprobe": r.nprobe,
+            "recall_at_k": info.get("recall"), "mean_service_ms": info.get("mean_ms"),
+            "source": info.get("source"), "extrapolated": info.get("extrapolated", False),
+            "interpolated": info.get("interpolated", False), "description": info.get("description")}
+
+
+def _warmup_entry(scn: Scenario, reps: list[Replication], recs: list[dict], cuts: list[float]) -> dict:
+    """What was cut: ``method`` (``fixed`` or ``mser5``), the cut per replication, the share dropped."""
+    before = sum(int((r.records["arrival_s"] < r.window_s[1]).sum()) for r in reps)
+    kept = sum(len(r["e2e_ms"]) for r in recs)
+    return {
+        "method": "mser5" if scn.run.warmup_s == "auto" else "fixed",
+        "cut_s": float(np.mean(cuts)) if cuts else 0.0,
+        "cut_s_by_replication": [float(c) for c in cuts],
+        "dropped_fraction": (1 - kept / before) if before else 0.0,
+    }
+
+
+def _precision(scn: Scenario, sla: list[dict], n_reps: int) -> dict:
+    """How close the SLA statistics came to ``run.target_precision`` (half-width / value)."""
+    target = scn.run.target_precision
+    worst = 0.0
+    for s in sla:
+        lo, hi = s["ci"]
+        v = s["value"]
+        r = math.inf if (v is None or lo is None or hi is None) else stats.ci_half_width_ratio(lo, hi, v)
+        worst = max(worst, r)
+    reached = worst <= target
+    out = {"target": target, "worst": _finite(worst), "reached": reached, "replications": n_reps,
+           "max_replications": scn.run.max_replications}
+    if not sla:
+        out["note"] = "no SLA statistic to target: run.target_precision added no replications"
+    elif not reached and n_reps >= scn.run.max_replications:
+        out["note"] = (f"stopped at run.max_replications = {scn.run.max_replications} before every SLA "
+                       f"statistic's half-width was within {target:.1%} of its value")
+    return out
+
+
+def _trend(recs: list[dict], cuts: list[float], reps: list[Replication], conf: float) -> dict:
+    """Does e2e latency keep rising through the measurement window?
+
+    Each replication's window (after the warm-up cut) is split into four equal
+    spans of arrival time; ``growth`` is the mean over replications of
+    ``(last-quarter mean - first-quarter mean) / overall mean``.  The series is
+    called growing when growth exceeds 25 %, the four quarter means (averaged
+    over replications) rise monotonically, and, with two or more
+    replications, the t interval of the per-replication growth lies above 0.
+    A steady system passes all three only by a rare accident; a queue that
+    grows without bound (or has not filled yet) fails all three.
+    """
+    quarters = []
+    for rec, cut, rep in zip(recs, cuts, reps):
+        t, y = rec["arrival_s"], rec["e2e_ms"]
+        if len(y) < 40:
+            continue
+        edges = np.linspace(cut, rep.window_s[1], 5)
+        idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, 3)
+        counts = np.bincount(idx, minlength=4)
+        if (counts < 10).any():
+            continue
+        quarters.append(np.bincount(idx, weights=y, minlength=4) / counts)
+    if not quarters:
+        return {"quarter_means_ms": None, "growth": None, "growing": False}
+    q = np.array(quarters)
+    level = float(q.mean())
+    g = (q[:, 3] - q[:, 0]) / level if level > 0 else np.zeros(len(q))
+    avg = q.mean(axis=0)
+    growth = float(g.mean())
+    significant = len(g) < 2 or stats.t_interval(g, conf)[0] > 0
+    growing = growth > 0.25 and bool(np.all(np.diff(avg) > 0)) and significant
+    return {"quarter_means_ms": [float(v) for v in avg], "growth": growth, "growing": bool(growing)}
+
+
+def _stability(scn: Scenario, started: int, incomplete: int, util: dict[str, float],
+               offered: dict[str, dict] | None = None, trend: dict | None = None) -> dict:
+    """Is there a steady state whose percentiles the run estimated?
+
+    ``kind`` is ``"overloaded"`` when arrivals outpace a stage (open workload
+    with offered load ``λ·E[S]/c ≥ 1``, see :func:`sim.analysis.crosscheck.offered_load`;
+    or over 1 % of the window's requests unfinished after the drain; or a
+    stage busy all the time while requests are left unfinished), and
+    ``"not_steady"`` when e2e latency still rises through the window
+    (:func:`_trend`).  Either way the percentiles depend on the run length.
+    """
+    offered = offered or {}
+    frac = incomplete / started if started else 0.0
+    overload = []
+    for stage, o in offered.items():
+        if o["offered_load"] >= 1:
+            overload.append(f"{stage} offered load {o['offered_load']:.2f} ≥ 1 "
+                            f"({o['arrival_rate_per_s']:.3g}/s x {o['service_mean_ms']:.3g} ms "
+                            f"/ {o['servers']} servers)")
+    if frac > 0.01:
+        overload.append(f"{frac:.0%} of the requests that arrived in the window had not finished "
+                        f"{scn.run.drain_seconds:g} s after it")
+    busy = [k for k, u in util.items() if u > 0.985]
+    if busy and frac > 0.001:
+        overload.append(f"{', '.join(busy)} busy {max(util[k] for k in busy):.1%} of the time")
+    growing = bool(trend and trend.get("growing"))
+    notes = []
+    kind = None
+    if overload:
+        kind = "overloaded"
+        notes.append("; ".join(overload) + ": queues grow without bound, so its percentiles depend on "
+                     "the run length (they are not steady-state values)")
+    if growing and kind is None:
+        kind = "not_steady"
+        qm = trend["quarter_means_ms"]
+        notes.append(f"e2e latency rises through the window (mean {qm[0]:,.0f} ms in the first quarter, "
+                     f"{qm[-1]:,.0f} ms in the last): queues are still growing, so percentiles depend on "
+                     f"the run length; lengthen run.duration_s or the warm-up")
+    if kind is None:
+        near = [f"{k} offered load {o['offered_load']:.2f}" for k, o in offered.items() if o["offered_load"] >= 0.95]
+        if near:
+            notes.append(", ".join(near) + ": near saturation, percentiles converge slowly (check the intervals)")
+    return {"stable": kind is None, "kind": kind, "incomplete_fraction": frac,
+            "offered_load": {k: o["offered_load"] for k, o in offered.items()},
+            "trend": trend or {}, "note": "; ".join(notes)}
+
+
+def sla_verdicts(scn: Scenario, metrics: dict, stability: dict | None = None) -> list[dict]:
+    out = []
+    for metric, thresholds in scn.sla.items():
+        for st, thr in thresholds.items():
+            m = metrics.get(metric)
+            if m is None:
+                out.append({"metric": metric, "stat": st, "threshold": thr, "value": None,
+                            "ci": [None, None], "verdict": "inconclusive",
+                            "hint": f"no request produced {metric} (is its stage enabled?)"})
+                continue
+            val = m[st]
+            lo, hi = m["ci"][st]
+            verdict = stats.sla_verdict(
+                float("nan") if val is None else val,
+                float("nan") if lo is None else lo,
+                float("nan") if hi is None else hi,
+                thr,
+            )
+            hint = ""
+            if stability is not None and not stability["stable"]:
+                if stability.get("kind") == "not_steady" and verdict == "pass":
+                    verdict = "inconclusive"
+                elif stability.get("kind") != "not_steady":
+                    verdict = "fail"
+                hint = ("latency still rises through the run: lengthen run.duration_s or the warm-up"
+                        if stability.get("kind") == "not_steady" else "the system is unstable at this load")
+            elif lo is None or hi is None:
+                need = _MIN_PER_REPLICATION.get(st, 2)
+                hint = (f"no confidence interval for {st}: it needs at least 2 replications of "
+                        f"{need:,}+ requests each (or one long run); add replications or lengthen "
+                        f"run.duration_s")
+            elif verdict == "inconclusive":
+                hint = ("the interval straddles the threshold: add replications (--replications) "
+                        "or lengthen run.duration_s")
+            out.append({"metric": metric, "stat": st, "threshold": thr, "value": val,
+                        "ci": [lo, hi], "verdict": verdict, **({"hint": hint} if hint else {})})
+    return out

@@ -1,0 +1,91 @@
+"""Point summaries flattened into one row per point, and the verdict over a point's SLAs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+def param_value(v: Any) -> Any:
+    return v if isinstance(v, (bool, int, float, str)) else json.dumps(v, sort_keys=True)
+
+
+def param_columns(params: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """A dtype per swept key, the same for every point (so Parquet schemas agree)."""
+    keys: list[str] = []
+    for p in params:
+        keys += [k for k in p if k not in keys]
+    out = {}
+    for k in keys:
+        vals = [param_value(p.get(k)) for p in params]
+        if all(isinstance(v, bool) for v in vals):
+            out[k] = "bool"
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            out[k] = "int64"
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            out[k] = "float64"
+        else:
+            out[k] = "str"
+    return out
+
+
+def with_params(df: pd.DataFrame, params: Mapping[str, Any], dtypes: Mapping[str, str]) -> pd.DataFrame:
+    df = df.copy()
+    for k, dt in dtypes.items():
+        v = param_value(params.get(k))
+        df[k] = pd.Series([str(v) if dt == "str" else v] * len(df), dtype=object if dt == "str" else dt)
+    return df
+
+
+def overall_verdict(summary: dict) -> str:
+    """``pass`` / ``fail`` / ``inconclusive`` over every SLA of a point (``none`` without SLAs)."""
+    v = [s["verdict"] for s in summary.get("sla", [])]
+    if not v:
+        return "none"
+    if "fail" in v:
+        return "fail"
+    return "inconclusive" if "inconclusive" in v else "pass"
+
+
+def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Flatten point summaries (``summary["points"]``) into one row per point."""
+    dtypes = param_columns([p.get("params", {}) for p in points])
+    rows = []
+    for i, s in enumerate(points):
+        row: dict[str, Any] = {"point": i}
+        if ids is not None:
+            row["id"] = ids[i]
+        for k in dtypes:
+            row[k] = param_value(s.get("params", {}).get(k))
+        e2e = s.get("metrics", {}).get("e2e_ms") or {}
+        row["e2e_mean_ms"] = e2e.get("mean")
+        for st in ("p50", "p95", "p99"):
+            row[f"e2e_{st}_ms"] = e2e.get(st)
+            lo, hi = (e2e.get("ci", {}).get(st) or [None, None])
+            row[f"e2e_{st}_ci_low_ms"], row[f"e2e_{st}_ci_high_ms"] = lo, hi
+        ttft = s.get("metrics", {}).get("ttft_ms") or {}
+        row["ttft_p95_ms"] = ttft.get("p95")
+        row["throughput_per_s"] = s.get("throughput_per_s")
+        row["cache_hit_rate"] = s.get("cache_hit_rate")
+        u = s.get("utilization", {})
+        row["retrieval_utilization"] = u.get("retrieval")
+        row["gpu_utilization"] = u.get("gpu")
+        cost = s.get("cost") or {}
+        row["cost_per_hour"] = cost.get("per_hour")
+        row["cost_per_1000_answers"] = cost.get("per_1000_answers")
+        row["cost_per_million_output_tokens"] = cost.get("per_million_output_tokens")
+        row["replications"] = s.get("replications")
+        row["stable"] = s.get("stability", {}).get("stable")
+        row["verdict"] = overall_verdict(s)
+        for v in s.get("sla", []):
+            row[f"sla_{v['metric']}_{v['stat']}"] = v["verdict"]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for k, dt in dtypes.items():
+        if dt != "str" and k in df:
+            df[k] = df[k].astype(dt)
+    for col in df.columns:  # a figure missing at every point (no interval) is still a float column
+        if col.endswith(("_ms", "_per_s")) and df[col].dtype == object:
+            df[col] = pd.to_numeric(df[col])
+    return df

@@ -1,0 +1,276 @@
+"""``capsim calibrate``: measure this machine and write calibration files.
+
+``calibrate_app`` is mounted on the main app as ``capsim calibrate``.
+Command ``retrieval`` builds real hnswlib / numpy / faiss indexes, times
+held-out queries one at a time, and writes a JSON calibration file that
+:func:`sim.physics.retrieval.load_calibration` reads.
+
+Bad input prints ``error: <one line>`` on stderr and exits with status 2,
+writing nothing.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sim.cli.app import app, stdout_console, user_errors
+from sim.errors import CapsimError
+from sim.registry import INDEXES
+
+calibrate_app = typer.Typer(
+    help="Measure this machine and write calibration files for capsim.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DEFAULT_DOCS = "5000,20000,50000"
+
+
+@calibrate_app.callback()
+def calibrate() -> None:
+    """Measure this machine and write calibration files for capsim."""
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def parse_int_list(flag: str, text: str) -> list[int]:
+    """``"10,20, 50"`` -> ``[10, 20, 50]``; anything else -> CapsimError naming ``flag``."""
+    out = []
+    parts = [p.strip() for p in str(text).split(",")]
+    if not any(parts):
+        raise CapsimError(f"{flag}: needs at least one positive integer")
+    for p in parts:
+        if not p:
+            raise CapsimError(f"{flag}: empty value in {text!r}; use a comma list like 10,20")
+        try:
+            v = int(p.replace("_", ""))
+        except ValueError:
+            raise CapsimError(f"{flag}: {p!r} is not a positive integer") from None
+        if v <= 0:
+            raise CapsimError(f"{flag}: {p!r} is not a positive integer")
+        out.append(v)
+    return out
+
+
+def _index_list(text: str) -> list[str]:
+
+    out = []
+    for p in (s.strip() for s in text.split(",")):
+        if p not in INDEXES:
+            raise CapsimError(f"--index: {p!r} is not one of {', '.join(INDEXES.names())}")
+        out.append(p)
+    return out
+
+
+@calibrate_app.command("retrieval")
+def retrieval(
+    docs: Optional[str] = typer.Option(
+        None, "--docs", help=f"Corpus sizes, comma list [default: {DEFAULT_DOCS}; with --vectors: all rows left]"
+    ),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Vector dimension [default: 768; with --vectors: the file's]"),
+    top_k: int = typer.Option(5, "--top-k", help="Results per query (recall@k is measured at this k)"),
+    queries: int = typer.Option(500, "--queries", help="Held-out queries timed per configuration"),
+    index: str = typer.Option("hnsw,linear_numpy,linear_python,ivf", "--index", help="Comma list of indexes"),
+    M: int = typer.Option(16, "--M", help="HNSW M"),
+    ef_construction: int = typer.Option(100, "--ef-construction", help="HNSW ef_construction"),
+    ef: str = typer.Option("10,20,50,100,200", "--ef", help="HNSW ef_search values, comma list"),
+    nlist: Optional[int] = typer.Option(
+        None, "--nlist", help="IVF lists [default: round(4*sqrt(N)) capped at N//39, per N]"
+    ),
+    nprobe: str = typer.Option("1,4,8,16,32", "--nprobe", help="IVF nprobe values, comma list"),
+    vectors: Optional[Path] = typer.Option(
+        None, "--vectors", help="Your embeddings (.npy, float16/32, shape (n, d)); queries are held out from them"
+    ),
+    threads: str = typer.Option("1", "--threads", help="Concurrent query workers, comma list, e.g. 1,2"),
+    seed: int = typer.Option(0, "--seed", help="Seed for the corpus, queries and index builds"),
+    out: Path = typer.Option(Path("retrieval_calibration.json"), "--out", help="Output JSON file"),
+    python_docs: int = typer.Option(
+        2000, "--python-docs", help="linear_python is timed on at most this many docs, then scaled to N"
+    ),
+    python_queries: int = typer.Option(50, "--python-queries", help="Queries timed for linear_python"),
+) -> None:
+    """Measure real hnsw / linear_numpy / linear_python / ivf indexes and write a calibration file."""
+    from rich.console import Console
+
+    from sim.calibrate.retrieval import run_calibration, write_calibration
+
+    err = Console(stderr=True)
+    try:
+        docs_l = parse_int_list("--docs", docs) if docs is not None else None
+        if docs_l is None and vectors is None:
+            docs_l = parse_int_list("--docs", DEFAULT_DOCS)
+        if dim is None and vectors is None:
+            dim = 768
+        ef_l = parse_int_list("--ef", ef)
+        nprobe_l = parse_int_list("--nprobe", nprobe)
+        threads_l = parse_int_list("--threads", threads)
+        idx_l = _index_list(index)
+        for flag, v in (("--python-docs", python_docs), ("--python-queries", python_queries)):
+            if v <= 0:
+                raise CapsimError(f"{flag}: {v} is not a positive integer")
+        out_dir = out.parent if str(out.parent) else Path(".")
+        if not out_dir.is_dir():
+            raise CapsimError(f"--out: folder {str(out_dir)!r} does not exist")
+        if out.is_dir():
+            raise CapsimError(f"--out: {str(out)!r} is a folder; give a file name")
+    except CapsimError as exc:
+        _fail(str(exc))
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("[bold]calibrate retrieval"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task("starting", total=1)
+
+    def progress(done: int, total: int, msg: str) -> None:
+        bar.update(task, completed=done, total=total, description=msg)
+
+    parts = ["capsim", "calibrate", "retrieval"]
+    if docs_l is not None:
+        parts += ["--docs", ",".join(map(str, docs_l))]
+    if dim is not None:
+        parts += ["--dim", str(dim)]
+    parts += ["--top-k", str(top_k), "--queries", str(queries), "--index", ",".join(idx_l)]
+    if "hnsw" in idx_l:
+        parts += ["--M", str(M), "--ef-construction", str(ef_construction), "--ef", ",".join(map(str, ef_l))]
+    if "ivf" in idx_l:
+        parts += (["--nlist", str(nlist)] if nlist is not None else []) + ["--nprobe", ",".join(map(str, nprobe_l))]
+    if vectors is not None:
+        parts += ["--vectors", str(vectors)]
+    parts += ["--threads", ",".join(map(str, threads_l)), "--seed", str(seed), "--out", str(out)]
+    if "linear_python" in idx_l:
+        parts += ["--python-docs", str(python_docs), "--python-queries", str(python_queries)]
+    cmd = " ".join(shlex.quote(p) for p in parts)
+    try:
+        with bar:
+            data = run_calibration(
+                docs=docs_l, dim=dim, top_k=top_k, n_queries=queries, indexes=idx_l, M=M,
+                ef_construction=ef_construction, ef=ef_l, nlist=nlist, nprobe=nprobe_l, vectors=vectors,
+                threads=threads_l, seed=seed, progress=progress, linear_python_docs=python_docs,
+                linear_python_queries=python_queries, command=cmd,
+            )
+        write_calibration(data, out)
+    except CapsimError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"--out: cannot write {str(out)!r} ({exc.strerror or exc})")
+
+    _summary(data, out)
+
+
+def _summary(data: dict, out: Path) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    k = data["settings"]["top_k"]
+    probs = data["probs"]
+    i50, i95 = probs.index(0.5), probs.index(0.95)
+    t = Table(
+        title=f"retrieval calibration, dim {data['settings']['dim']} ({data['corpus']['source']} corpus)",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("index", "knob", "N", "threads", "p50 ms", "p95 ms", f"recall@{k}", "build s"):
+        t.add_column(col, justify="left" if col in ("index", "knob") else "right", no_wrap=True)
+    for r in data["records"]:
+        knob = "" if r["knob"] is None else f"{r['knob']}={r['knob_value']}"
+        t.add_row(
+            r["index"], knob, f"{r['docs']:,}", str(r["threads"]),
+            f"{r['values_ms'][i50]:.3g}", f"{r['values_ms'][i95]:.3g}", f"{r['recall']:.3f}", f"{r['build_s']:.2f}",
+        )
+    con = Console()
+    if not con.is_terminal:
+        con = Console(width=120)
+    con.print(t)
+    m = data["machine"]
+    con.print(
+        f"wrote {out} ({len(data['records'])} records, {len(data['fits'])} scaling fits); "
+        f"load average {m.get('loadavg_start')} -> {m.get('loadavg_end')}"
+    )
+    if data["corpus"]["source"] == "synthetic":
+        con.print("the corpus was synthetic, generated to behave like real text embeddings (its parameters "
+                  "are in the file); your own embeddings are better still: --vectors your_vectors.npy")
+
+
+if __name__ == "__main__":  # python -m sim.cli.calibrate retrieval ...
+    app()
+
+
+def run_gpu_calibration(measurements: Path, out: Optional[Path], set_: list[str], scenario: Optional[Path],
+                        model: Optional[str], gpu: Optional[str], dtype_bytes: Optional[float],
+                        json_: bool) -> None:
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    # deferred: the fit loads scipy and pydantic
+    from sim.calibrate.gpu import fit_gpu, read_measurements, scenario_llm, write_fragment
+    from sim.files import to_json
+    from sim.spec.scenario import parse_overrides
+
+    cfg = scenario_llm(scenario, parse_overrides(set_), model, gpu, dtype_bytes)
+    data = read_measurements(measurements)
+    fit = fit_gpu(cfg, data)
+    if out is not None:
+        write_fragment(fit, cfg, measurements, out)
+    if json_:
+        doc = {**asdict(fit), "fragment": fit.fragment(), "model": cfg.model.name, "gpu": cfg.gpu.name,
+               "out": str(out) if out is not None else None}
+        typer.echo(to_json(doc))
+        return
+    console = stdout_console()
+    t = Table(title=f"GPU roofline fit: {cfg.model.name or 'model'} on {cfg.gpu.name or 'GPU'} "
+                    f"(tp {cfg.tensor_parallel}), {fit.rows} steps")
+    t.add_column("parameter")
+    t.add_column("value", justify="right")
+
+    def pm(k: str) -> str:
+        se = fit.stderr.get(k)
+        return "" if se is None else f" ± {se:.2g}"
+
+    t.add_row("bw_efficiency", f"{fit.bw_efficiency:.4f}{pm('bw_efficiency')}")
+    t.add_row("mfu", f"{fit.mfu:.4f}{pm('mfu')}")
+    t.add_row("step_overhead_ms", f"{fit.step_overhead_ms:.4f}{pm('step_overhead_ms')}")
+    t.add_row("RMSE (ms)", f"{fit.rmse_ms:.4g}")
+    t.add_row("max relative error", f"{fit.max_rel_error:.2%}")
+    t.add_row("memory-/compute-bound steps", f"{fit.memory_bound_rows} / {fit.compute_bound_rows}")
+    console.print(t)
+    for note in fit.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+    if out is not None:
+        console.print(f"wrote {out}", markup=False, highlight=False)
+
+
+@calibrate_app.command("gpu")
+@user_errors
+def gpu_command(
+    measurements: Path = typer.Argument(..., help="CSV of measured steps: batch_size, context_tokens, "
+                                                  "new_tokens, step_ms (one row per step)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write {llm: {bw_efficiency, mfu, step_overhead_ms}} "
+                                                           "as a YAML scenario fragment here."),
+    set_: list[str] = typer.Option([], "--set", help="Override a dotted key of the scenario: --set llm.tensor_parallel=2"),
+    scenario: Optional[Path] = typer.Option(None, "--scenario", help="Take model, GPU and dtypes from this scenario."),
+    model: Optional[str] = typer.Option(None, "--model", help="Catalog model (default article-8l without --scenario)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Catalog GPU (default h100-sxm without --scenario)."),
+    dtype_bytes: Optional[float] = typer.Option(None, "--dtype-bytes", help="Bytes per weight (default 2)."),
+    json_: bool = typer.Option(False, "--json", help="Print the fit as JSON."),
+) -> None:
+    """Fit bw_efficiency, mfu and step_overhead_ms to measured GPU steps."""
+    run_gpu_calibration(measurements, out, set_, scenario, model, gpu, dtype_bytes, json_)
+
+
+app.add_typer(calibrate_app, name="calibrate", help="Measure real runs and write calibration files.")

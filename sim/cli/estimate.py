@@ -1,0 +1,125 @@
+"""``capsim estimate`` (the cost model on paper) and ``capsim calibrate gpu``.
+
+No model logic here: :mod:`sim.analysis.estimate` computes, this module parses and
+prints.  A scenario with a ``sweep`` is estimated at every point: the JSON
+holds the first point's figures at the top level and every point under
+``points``; the table shows the first point in full and one line per point.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sim.cli.app import app, stdout_console, user_errors
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.3f} ms"
+
+
+def _bytes(x: float) -> str:
+    for unit, f in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(x) >= f:
+            return f"{x / f:,.2f} {unit} ({x:,.0f} B)"
+    return f"{x:,.0f} B"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def estimate_table(est: dict[str, Any]) -> Table:
+    t = Table(title=f"estimate: {est.get('scenario')}" + (f" {est['params']}" if est.get("params") else ""),
+              show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    if "weights_bytes" in est:
+        t.add_row("model / GPU", f"{est['model']} on {est['gpu']} x tp {est['tensor_parallel']}")
+        t.add_row("mean prompt / output tokens", f"{est['mean_prompt_tokens']:,.0f} / {est['mean_output_tokens']:,.0f}")
+        t.add_row("weights", _bytes(est["weights_bytes"]))
+        t.add_row("KV per token", _bytes(est["kv_bytes_per_token"]))
+        t.add_row("KV per request (prompt + output)", _bytes(est["kv_bytes_per_request"]))
+        t.add_row("KV blocks per replica", f"{est['kv_blocks']:,} ({est['kv_capacity_tokens']:,} tokens)")
+        t.add_row("sequences that fit in KV memory", f"{est['max_sequences_in_memory']:,}")
+        t.add_row("prefill of the mean prompt", f"{_ms(est['prefill_ms'])} ({est['prefill_bound']})"
+                  + (f", {_ms(est['prefill_ms_uncached'])} without the cached prefix"
+                     if est["prefix_cached_tokens"] else ""))
+        for b, ms in est["decode_step_ms"].items():
+            fits = "" if est["decode_fits"][b] else "  (does not fit in KV memory)"
+            t.add_row(f"decode step at batch {b}",
+                      f"{_ms(ms)}, {est['decode_tokens_per_s'][b]:,.0f} tokens/s{fits}")
+        ai = est["arithmetic_intensity"]
+        t.add_row("ridge point (hardware / with mfu, bw_efficiency)",
+                  f"{est['ridge_point_flops_per_byte']:,.1f} / {est['effective_ridge_flops_per_byte']:,.1f} FLOP/B")
+        for k, label in (("batch_1", "batch 1"), ("max_batch", "max_batch")):
+            t.add_row(f"decode intensity at {label}", f"{ai[k]:,.1f} FLOP/B: {est['bound'][k]}")
+        t.add_row("attention FLOPs at the prompt length", f"{est['attention_flops']:,.3e}")
+        cap = est.get("replica_capacity")
+        if cap:
+            t.add_row("replica capacity", f"{cap['requests_per_s']:,.2f} req/s, {cap['output_tokens_per_s']:,.0f} "
+                      f"tokens/s at batch {cap['batch']}")
+    if est.get("retrieval_service_ms") is not None:
+        t.add_row("retrieval mean service time", _ms(est["retrieval_service_ms"]))
+    if est.get("cache_hit_ratio") is not None:
+        t.add_row("cache hit ratio (Che)", _pct(est["cache_hit_ratio"]))
+    if est.get("utilization_method"):
+        t.add_row("load", f"{est['load_rate_per_s']:,.2f} req/s ({est['utilization_method']})")
+    for stage, u in est.get("utilization", {}).items():
+        t.add_row(f"utilisation: {stage}", _pct(u))
+    sat = est.get("saturation")
+    if sat:
+        users = f", {sat['users']:,.0f} users" if sat.get("users") is not None else ""
+        t.add_row("first to saturate", f"{sat['stage']} at {sat['rate_per_s']:,.2f} req/s{users}")
+    for note in est.get("notes", []):
+        t.add_row("note", note)
+    return t
+
+
+def points_table(points: list[dict[str, Any]]) -> Table:
+    t = Table(title="every sweep point")
+    t.add_column("params")
+    t.add_column("decode @max_batch", justify="right")
+    t.add_column("bound @max_batch")
+    t.add_column("utilisation")
+    t.add_column("saturates")
+    for p in points:
+        util = ", ".join(f"{k} {v:.0%}" for k, v in p.get("utilization", {}).items())
+        sat = p.get("saturation") or {}
+        mb = p.get("decode_step_ms", {})
+        at_max = mb.get(str(p["max_batch"]), mb.get(p["max_batch"])) if "max_batch" in p else None
+        t.add_row(", ".join(f"{k}={v}" for k, v in p["params"].items()),
+                  _ms(at_max) if at_max is not None else "-", (p.get("bound") or {}).get("max_batch", "-"),
+                  util, f"{sat.get('stage', '-')} at {sat.get('rate_per_s', float('nan')):,.2f} req/s" if sat else "-")
+    return t
+
+
+@app.command("estimate")
+@user_errors
+def estimate_command(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file."),
+    set_: list[str] = typer.Option([], "--set", help="Override a dotted key: --set llm.replicas=2"),
+    json_: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """The cost model without simulating: memory, step times, roofline verdicts, utilisation, saturation."""
+    # deferred: the cost model loads pydantic and numpy
+    from sim.analysis.estimate import estimate_points
+    from sim.files import to_json
+    from sim.spec.scenario import parse_overrides
+
+    points = estimate_points(scenario, parse_overrides(set_))
+    doc = dict(points[0])
+    if len(points) > 1:
+        doc["points"] = points
+    if json_:
+        sys.stdout.write(to_json(doc) + "\n")
+        return
+    console: Console = stdout_console()
+    console.print(estimate_table(points[0]))
+    if len(points) > 1:
+        console.print(points_table(points))

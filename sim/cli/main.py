@@ -1,0 +1,63 @@
+"""``capsim run`` and ``capsim schema``.  No model logic here: parse, call, print.
+
+Exit codes: 0 every SLA passes (or none is set), 1 an SLA fails, 3 a verdict
+is inconclusive and none fails, 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sim.cli.app import app, check_out_dir, progress_bar, stdout_console, user_errors
+from sim.errors import CapsimError
+
+
+@app.command()
+@user_errors
+def run(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file."),
+    set_: list[str] = typer.Option([], "--set", help="Override a dotted key: --set llm.replicas=2"),
+    seed: Optional[int] = typer.Option(None, help="Override run.seed."),
+    replications: Optional[int] = typer.Option(None, help="Override run.replications."),
+    jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores)."),
+    out: Optional[Path] = typer.Option(None, help="Write resolved scenario, summary.json, records.parquet here."),
+    json_: bool = typer.Option(False, "--json", help="Print only the summary JSON on stdout."),
+) -> None:
+    """Simulate a scenario (every sweep point) and judge its SLAs."""
+    # deferred: the simulator loads pandas, scipy and pydantic; `capsim run --help` needs none
+    from sim.files import to_json
+    from sim.present.tables import print_run
+    from sim.run.store import write_run
+    from sim.run.sweep import simulate
+    from sim.spec.scenario import parse_overrides
+
+    if replications is not None and replications < 1:
+        raise CapsimError(f"--replications: must be >= 1, got {replications}")
+    if jobs is not None and jobs < 1:
+        raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
+    check_out_dir(out)
+    overrides = parse_overrides(set_)
+    with progress_bar("simulating") as bar:
+        result = simulate(scenario, overrides, seed=seed, replications=replications, jobs=jobs, progress=bar)
+    if out is not None:
+        write_run(result, out)
+    if json_:
+        sys.stdout.write(to_json(result.summary) + "\n")
+    else:
+        print_run(result, stdout_console())
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+@user_errors
+def schema() -> None:
+    """Print the scenario JSON Schema."""
+    import json
+
+    from sim.spec.schema import json_schema  # deferred: pydantic
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")

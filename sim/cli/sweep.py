@@ -1,0 +1,227 @@
+"""``capsim sweep``, ``capsim capacity`` and ``capsim report``: the capacity planner's workbench.
+
+No model logic: parse flags, call :mod:`sim.run.sweep` / :mod:`sim.present.plots`, print.
+Exit codes as ``capsim run`` (0 pass, 1 an SLA fails or no value meets it,
+2 bad input, 3 inconclusive), plus 4 when a worker died and 130 on Ctrl-C;
+in both of those cases every finished point is saved and the same command
+resumes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from sim.cli.app import app, check_out_dir, err_console, progress_bar, stdout_console, user_errors
+from sim.errors import CapsimError
+
+SCHEDULER_HELP = ("Run on a Dask cluster: tcp://host:8786 (an existing scheduler; gives up after 10 s) "
+                  "or local-dask (start a LocalCluster). Default: local processes.")
+
+
+def _check_counts(replications: Optional[int], jobs: Optional[int]) -> None:
+    if replications is not None and replications < 1:
+        raise CapsimError(f"--replications: must be >= 1, got {replications}")
+    if jobs is not None and jobs < 1:
+        raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
+
+
+def _executor(scheduler: Optional[str], jobs: Optional[int]) -> Any:
+    from sim.run.executors import LocalExecutor  # deferred: the simulator
+
+    if not scheduler:
+        return LocalExecutor(jobs)
+    from sim.run.dask import DaskExecutor  # deferred: dask is heavy and optional here
+
+    return DaskExecutor(scheduler, n_workers=jobs)
+
+
+def _close(ex: Any) -> None:
+    close = getattr(ex, "close", None)
+    if close:
+        close()
+
+
+def _money(x: Optional[float], digits: int = 3) -> str:
+    return "-" if x is None else f"${x:,.{digits}f}"
+
+
+def _ms(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def _interval(ci: list) -> str:
+    lo, hi = ci
+    return "" if lo is None or hi is None else f" [{lo:,.0f}, {hi:,.0f}]"
+
+
+def cost_table(table, keys: list[str], ranked: bool) -> Table:
+    t = Table(title="cost at the simulated throughput" + (" (passing points first, cheapest first)" if ranked else ""))
+    for k in keys:
+        t.add_column(k.split(".")[-1], justify="right")
+    for col in ("answers/s", "$/hour", "$/1000 answers", "$/M output tokens", "SLA"):
+        t.add_column(col, justify="right")
+    for _, r in table.iterrows():
+        mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "inconclusive": "[yellow]?[/]",
+                "none": "-"}[r["verdict"]]
+        t.add_row(*[str(r[k]) for k in keys], f"{r['throughput_per_s']:.1f}", _money(r["cost_per_hour"], 2),
+                  _money(r["cost_per_1000_answers"]), _money(r["cost_per_million_output_tokens"], 2), mark)
+    return t
+
+
+@app.command()
+@user_errors
+def sweep(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file."),
+    grid: list[str] = typer.Option([], "--grid", help="Swept key and values: --grid workload.users=50,100,200 "
+                                                      "(values read as YAML; repeat for more keys)."),
+    out: Optional[Path] = typer.Option(None, help="Save every point here as it finishes; re-running the same "
+                                                  "command computes only the missing points."),
+    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    set_: list[str] = typer.Option([], "--set", help="Override a dotted key: --set llm.replicas=2"),
+    jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores) or local-dask workers."),
+    replications: Optional[int] = typer.Option(None, help="Override run.replications."),
+    seed: Optional[int] = typer.Option(None, help="Override run.seed."),
+    rank: Optional[str] = typer.Option(None, help="'cost': list points that pass the SLA first, cheapest "
+                                                  "answer first (needs a cost: section)."),
+    json_: bool = typer.Option(False, "--json", help="Print only the summary JSON (as capsim run --json)."),
+) -> None:
+    """Run every combination of a grid (and the scenario's sweep:) x replications."""
+    # deferred: the simulator loads pandas, scipy and pydantic; `capsim sweep --help` needs none
+    from sim.analysis.dollars import rank_by_cost
+    from sim.files import to_json
+    from sim.present.tables import print_run
+    from sim.run.loop import SweepInterrupted, run_sweep
+    from sim.spec.keys import check_key, parse_grid
+    from sim.spec.scenario import expand, parse_overrides
+
+    _check_counts(replications, jobs)
+    check_out_dir(out)
+    if rank not in (None, "cost"):
+        raise CapsimError(f"--rank {rank!r}: expected cost")
+    g = parse_grid(grid)
+    ov = parse_overrides(set_)
+    for k in ov:
+        check_key(k, "--set")
+    if seed is not None:
+        ov["run.seed"] = seed
+    if replications is not None:
+        ov["run.replications"] = replications
+    points = expand(scenario, ov, g or None)
+    if rank == "cost" and points[0].scenario.cost is None:
+        raise CapsimError("--rank cost: the scenario has no cost: section "
+                          "(e.g. --set cost.gpu_per_hour=2.5 --set cost.cpu_worker_per_hour=0.05)")
+    ex = _executor(scheduler, jobs)
+    try:
+        with progress_bar(f"sweeping {len(points)} points") as bar:
+            result = run_sweep(points, out, executor=ex, progress=bar)
+    except SweepInterrupted as e:
+        err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code)
+    finally:
+        _close(ex)
+    n = len({p.id for p in result.points})
+    where = f" (saved in {out})" if out is not None else ""
+    err_console.print(f"computed {result.computed} of {n} points, reused {result.reused}{where}",
+                      markup=False, highlight=False, soft_wrap=True)
+    if json_:
+        sys.stdout.write(to_json(result.summary) + "\n")
+    else:
+        con = stdout_console()
+        print_run(result, con)
+        table = result.table()
+        if table["cost_per_hour"].notna().any():
+            if rank == "cost":
+                table = rank_by_cost(table)
+            con.print(cost_table(table, [k for k in points[0].params], rank == "cost"))
+    raise typer.Exit(result.exit_code)
+
+@app.command()
+@user_errors
+def capacity(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file (with an sla: section)."),
+    vary: str = typer.Option(..., "--vary", help="The integer or float key to search, e.g. workload.users."),
+    low: Optional[float] = typer.Option(None, help="Lowest value to consider."),
+    high: Optional[float] = typer.Option(None, help="Highest value to consider."),
+    direction: Optional[str] = typer.Option(
+        None, help="max: the largest value that meets every SLA (default for load: workload.users, "
+                   "workload.rate_per_s, token counts...); min: the smallest (default for resources: "
+                   "llm.replicas, retrieval.workers, cache.capacity, think time)."),
+    step: Optional[float] = typer.Option(None, help="Stop bisecting at this bracket width "
+                                                    "(default 1% of the value, at least 1 for integers)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a dotted key: --set llm.replicas=2"),
+    jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores)."),
+    replications: Optional[int] = typer.Option(None, help="Override run.replications."),
+    seed: Optional[int] = typer.Option(None, help="Override run.seed."),
+    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    out: Optional[Path] = typer.Option(None, help="Save (and reuse) every point tried, as capsim sweep --out."),
+    json_: bool = typer.Option(False, "--json", help="Print {key, capacity, tried: [...]} as JSON."),
+) -> None:
+    """Find the largest load (or smallest resource) at which every SLA passes."""
+    # deferred: the simulator loads pandas, scipy and pydantic
+    from sim.files import to_json
+    from sim.run.capacity import Tried
+    from sim.run.capacity import capacity as find_capacity
+    from sim.run.loop import SweepInterrupted
+    from sim.spec.keys import check_key
+    from sim.spec.scenario import parse_overrides
+
+    _check_counts(replications, jobs)
+    check_out_dir(out)
+    ov = parse_overrides(set_)
+    for k in ov:
+        check_key(k, "--set")
+    con = stdout_console()
+
+    def show(t: "Tried") -> None:
+        d = t.to_dict()
+        p95 = "-" if d["p95_e2e_ms"] is None else f"{d['p95_e2e_ms']:,.0f} ms"
+        slas = "; ".join(f"{v['metric']} {v['stat']} {_ms(v['value'])}{_interval(v['ci'])} "
+                         f"<= {v['threshold']:g}: {v['verdict']}" for v in d["verdicts"])
+        line = f"tried {vary}={t.value:g}: {t.verdict.upper()}  e2e p95 {p95}{_interval(d['ci'])}  ({slas})"
+        if json_:
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            con.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    ex = _executor(scheduler, jobs)
+    try:
+        res = find_capacity(scenario, vary, ov, low=low, high=high, direction=direction, step=step,
+                            replications=replications, seed=seed, executor=ex, out=out, on_try=show)
+    except SweepInterrupted as e:
+        err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code)
+    finally:
+        _close(ex)
+    if json_:
+        sys.stdout.write(to_json(res.to_dict()) + "\n")
+    else:
+        how = "largest" if res.direction == "max" else "smallest"
+        if res.capacity is not None:
+            con.print(f"capacity: {vary} = {res.capacity:g} ({how} value meeting every SLA; "
+                      f"{res.reason}). {res.note}", highlight=False, soft_wrap=True)
+    if res.capacity is None:
+        b = res.best.to_dict() if res.best is not None else None
+        best = "" if b is None else (f"; best tried {vary}={b['value']:g}: {b['verdict']}, e2e p95 "
+                                     f"{'-' if b['p95_e2e_ms'] is None else format(b['p95_e2e_ms'], ',.0f')} ms")
+        err_console.print(f"no value meets the SLA: {res.note}{best}", markup=False, highlight=False,
+                          soft_wrap=True)
+    raise typer.Exit(res.exit_code)
+
+@app.command("report")
+@user_errors
+def report_cmd(
+    folder: Path = typer.Argument(..., help="A folder written by capsim sweep --out (or capsim run --out)."),
+    key: Optional[str] = typer.Option(None, help="Swept key for the x axis (default: the first numeric one)."),
+    point: Optional[int] = typer.Option(None, help="Point whose time series to draw (default: highest P95)."),
+) -> None:
+    """Write PNG plots and one self-contained report.html into FOLDER."""
+    from sim.present.plots import write_report  # deferred: matplotlib, pandas
+
+    paths = write_report(folder, key=key, point=point)
+    for p in paths:
+        sys.stdout.write(f"{p}\n")

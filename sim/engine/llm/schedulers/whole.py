@@ -1,0 +1,38 @@
+"""Whole prompts (vLLM's default V0 policy): a step either prefills whole prompts
+of newly admitted requests, or decodes; prefills go first."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sim.physics.gpu import blocks_for_tokens
+
+if TYPE_CHECKING:  # annotations only
+    from sim.engine.llm.replica import Generation, Replica
+
+#: Decoders wait while a step prefills.
+DECODES_WITH_PREFILL = False
+
+
+def plan(rep: Replica, now: float) -> list[tuple[Generation, int, int]] | None:
+    """Work of the next step without chunked prefill: whole prompts, or None to decode."""
+    if not rep.waiting:
+        return None
+    B, dec = rep.B, rep.dec
+    free = rep.num_blocks - rep.pinned - rep.prefill_blocks - dec.blocks(rep.D)
+    work = []
+    tokens = 0
+    waiting, order = rep.waiting, rep.order
+    while waiting and len(order) < rep.max_batch:
+        head = waiting[0]
+        shared = rep.shared_for(head)
+        chunk = head.target - shared
+        nb = blocks_for_tokens(chunk, B)
+        rep.check_fits(head, shared)
+        if (work and tokens + chunk > rep.budget_tokens) or nb > free:
+            break
+        rep.admit(head, shared, now)
+        work.append((head, chunk, nb))
+        free -= nb
+        tokens += chunk
+    return work or None

@@ -1,0 +1,28 @@
+"""The LLM stage: a router in front of ``llm.replicas`` GPU replicas."""
+
+from __future__ import annotations
+
+import numpy as np
+import simpy
+
+from sim.engine.llm.replica import Generation, Replica
+from sim.physics.gpu import StepCost
+from sim.registry import ROUTERS
+from sim.spec.schema import LLMConfig
+
+
+class LLMStage:
+    def __init__(self, env: simpy.Environment, cfg: LLMConfig, rng: np.random.Generator,
+                 window: tuple[float, float]):
+        self.env = env
+        self.cost = StepCost(cfg)
+        self.replicas = [Replica(env, i, cfg, self.cost, window) for i in range(cfg.replicas)]
+        self.router = ROUTERS.load(cfg.router)(self.replicas, rng)
+        self._pick = self.router.pick if len(self.replicas) > 1 else (lambda: self.replicas[0])
+        self.kv_blocks = cfg.kv_blocks
+        self.kv_capacity_tokens = cfg.kv_blocks * cfg.kv_block_tokens
+
+    def submit(self, prompt: int, output: int, req: object = None) -> simpy.Event:
+        done = self.env.event()
+        self._pick().submit(Generation(prompt, output, done, req))
+        return done

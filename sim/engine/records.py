@@ -1,0 +1,133 @@
+"""Append-only per-request records: one flat row per finished request.
+
+Rows are appended as tuples (cheap inside the event loop) and turned into
+column arrays once, at the end.  Times are seconds inside the engine and
+milliseconds in the records, as everywhere at the edges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.spec.metrics import COLUMN_NAMES, COLUMNS
+
+_KIND = {c.name: c.kind for c in COLUMNS}
+
+
+class Recorder:
+    __slots__ = ("replication", "rows")
+
+    def __init__(self, replication: int):
+        self.replication = replication
+        self.rows: list[tuple] = []
+
+    def add(self, user, arrival_s, key, hit, cache_s, r_wait_s, r_service_s, l_wait_s, prefill_s,
+            decode_s, prompt, output, replica, ttft_s, e2e_s, preemptions=-1) -> None:
+        """``preemptions``: times the LLM preempted the request (-1 when the LLM stage is off)."""
+        self.rows.append((user, arrival_s, key, hit, cache_s, r_wait_s, r_service_s, l_wait_s,
+                          prefill_s, decode_s, prompt, output, replica, ttft_s, e2e_s, preemptions))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Column arrays sorted by arrival time, ms at the edges."""
+        names = COLUMN_NAMES[2:]
+        if self.rows:
+            cols = list(zip(*self.rows))
+        else:
+            cols = [()] * len(names)
+        out: dict[str, np.ndarray] = {}
+        for name, col in zip(names, cols):
+            if _KIND[name] == "bool":
+                out[name] = np.asarray(col, dtype=bool)
+            elif _KIND[name] == "int":
+                out[name] = np.asarray(col, dtype=np.int64)
+            elif _KIND[name] == "ms":
+                out[name] = np.asarray(col, dtype=float) * 1e3
+            else:
+                out[name] = np.asarray(col, dtype=float)
+        order = np.argsort(out["arrival_s"], kind="stable")
+        out = {k: v[order] for k, v in out.items()}
+        n = len(order)
+        out = {"request": np.arange(n, dtype=np.int64),
+               "replication": np.full(n, self.replication, dtype=np.int64), **out}
+        return out
+
+
+class Bins:
+    """An amount (busy seconds, steps, block-seconds, events) accumulated over time.
+
+    Kept in bins so the total after *any* cut can be taken once the run is
+    over: a fixed ``warmup_s`` or the one MSER-5 picks from the records.  Bin 0
+    is ``[0, lo)`` (the fixed warm-up), then ``n`` equal bins cover
+    ``[lo, hi)``; amounts past ``hi`` are dropped.  A total from ``lo`` is
+    exact; from a cut inside a bin, that bin is prorated (error at most one
+    bin's worth: 1/n of the window).  An amount over an interval is spread
+    uniformly across it, as a step's work is over the step.
+    """
+
+    __slots__ = ("lo", "hi", "width", "values")
+
+    def __init__(self, lo: float, hi: float, n: int = 200):
+        self.lo, self.hi = float(lo), float(hi)
+        self.width = (self.hi - self.lo) / n
+        self.values = [0.0] * (n + 1)
+
+    def _upper(self, i: int) -> float:
+        return self.lo if i == 0 else min(self.hi, self.lo + i * self.width)
+
+    def _index(self, t: float) -> int:
+        if t < self.lo:
+            return 0
+        return min(len(self.values) - 1, 1 + int((t - self.lo) / self.width))
+
+    def add(self, start: float, end: float, amount: float) -> None:
+        """Add ``amount`` spread over ``[start, end)`` (at the instant ``start`` if ``end <= start``)."""
+        if end <= start:
+            if 0.0 <= start < self.hi:
+                self.values[self._index(start)] += amount
+            return
+        a, b = max(start, 0.0), min(end, self.hi)
+        if b <= a:
+            return
+        rate = amount / (end - start)
+        i = self._index(a)
+        if b <= self._upper(i):  # the usual case: all inside one bin
+            self.values[i] += rate * (b - a)
+            return
+        while a < b:
+            seg = min(b, self._upper(i))
+            if seg > a:
+                self.values[i] += rate * (seg - a)
+                a = seg
+            i += 1
+
+    def total_from(self, cut: float) -> float:
+        """The amount at times ``>= cut`` (the bin holding ``cut`` prorated)."""
+        if cut <= 0:
+            return float(sum(self.values))
+        i = self._index(cut)
+        start = 0.0 if i == 0 else self.lo + (i - 1) * self.width
+        width = self._upper(i) - start
+        part = self.values[i] * (self._upper(i) - cut) / width if width > 0 else 0.0
+        return float(part + sum(self.values[i + 1 :]))
+
+    @property
+    def total(self) -> float:
+        """The amount inside ``[lo, hi)``: the fixed measurement window."""
+        return float(sum(self.values[1:]))
+
+    @staticmethod
+    def sum(parts: "list[Bins]") -> "Bins":
+        out = Bins.__new__(Bins)
+        first = parts[0]
+        out.lo, out.hi, out.width = first.lo, first.hi, first.width
+        out.values = [sum(v) for v in zip(*(p.values for p in parts))]
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Bins) and (self.lo, self.hi, self.values) == (other.lo, other.hi, other.values)
+
+    def __getstate__(self):
+        return (self.lo, self.hi, self.width, self.values)
+
+    def __setstate__(self, state):
+        self.lo, self.hi, self.width, self.values = state

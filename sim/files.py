@@ -1,0 +1,56 @@
+"""Files written whole or not at all, and JSON that survives NaN.
+
+Every file capsim writes goes to a temporary name in the target folder and is
+renamed into place, so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def to_json(doc: Any) -> str:
+    """``doc`` as indented JSON; NaN and infinities become ``null``, numpy scalars plain numbers."""
+    return json.dumps(clean(doc), indent=2)
+
+
+def clean(x: Any) -> Any:
+    """``x`` with every non-finite float as None and numpy scalars as Python numbers."""
+    if isinstance(x, dict):
+        return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "item") and callable(x.item):  # numpy scalars
+        return clean(x.item())
+    if hasattr(x, "to_dict") and callable(x.to_dict):  # typed summaries
+        return clean(x.to_dict())
+    return x

@@ -1,0 +1,93 @@
+"""What every retrieval index kind provides, and the bench it is timed on."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from sim.errors import CalibrationError
+from sim.registry import INDEXES
+
+#: Least training points per IVF list (faiss warns below 39).
+MIN_POINTS_PER_LIST = 39
+
+
+def auto_nlist(docs: int) -> int:
+    """Default IVF list count: ``round(4*sqrt(N))`` capped at ``N // 39``, >= 1."""
+    return max(1, min(int(round(4 * math.sqrt(docs))), docs // MIN_POINTS_PER_LIST))
+
+
+Factory = Callable[[], Callable[[int], Any]]
+
+
+class Bench(Protocol):
+    """The timing harness an index kind measures itself on (:mod:`sim.calibrate.retrieval`)."""
+
+    dim: int
+    top_k: int
+    n_queries: int
+    seed: int
+    M: int
+    ef_construction: int
+    ef: list[int]
+    nprobe: list[int]
+    threads: list[int]
+    linear_python_docs: int
+    linear_python_queries: int
+    cache: dict[Any, Any]
+
+    def nlist(self, docs: int) -> int: ...
+
+    def time(self, factory: Factory, n_queries: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """Latencies (ns) and found ids of ``n_queries`` single searches on ``threads`` workers."""
+        ...
+
+    def record(self, **fields: Any) -> dict[str, Any]: ...
+
+    def recall(self, found: np.ndarray, truth: np.ndarray) -> float: ...
+
+    def exact_topk(self, docs: np.ndarray, queries: np.ndarray) -> np.ndarray: ...
+
+    def tick(self, what: str) -> None: ...
+
+
+class IndexKind:
+    """One kind of index.  Subclasses set the class attributes and implement two methods."""
+
+    name: str = ""
+    #: The knob's short name in calibration files (``ef``, ``nprobe``) or None.
+    knob: str | None = None
+    #: The scenario key that sets the knob, and the calibration flag that measures it.
+    knob_key: str | None = None
+    knob_flag: str | None = None
+    #: The scaling law, as written in calibration files.
+    law: str = "a + b*N"
+    #: The same law, as profile notes print it.
+    law_note: str = "a+b*N"
+
+    def law_x(self, docs: float, *, nlist: int | None = None, nprobe: int | None = None) -> float:
+        """The regressor ``x`` of ``time = a + b*x``: ``N`` unless overridden."""
+        return float(docs)
+
+    def knob_values(self, bench: Bench) -> list[int | None]:
+        """The knob settings a calibration measures."""
+        return [None]
+
+    def measure(self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray,
+                truth: np.ndarray) -> list[dict[str, Any]]:
+        """Build on ``corpus`` (``docs`` rows) and time single searches: one record per knob and thread count."""
+        raise NotImplementedError
+
+
+def kind(name: str) -> IndexKind:
+    """The registered kind ``name`` (an instance); bad names raise :class:`CalibrationError`."""
+    if name not in INDEXES:
+        raise CalibrationError(f"index {name!r} is not one of {', '.join(INDEXES.names())}")
+    return INDEXES.load(name)()
+
+
+def kinds() -> tuple[str, ...]:
+    return INDEXES.names()

@@ -1,0 +1,329 @@
+"""Pure formulas for an LLM on GPUs: bytes, FLOPs and the roofline step time.
+
+Nothing here knows about SimPy.  Every function is a formula with its units in
+its name, checked in ``tests/test_gpu_model.py`` against hand-computed values.
+
+The cost of one forward step of a transformer decoder that processes
+``new_tokens`` tokens (prompt tokens being prefilled plus one token for every
+sequence being decoded) while attending over ``context_tokens`` cached tokens
+is modelled by the roofline::
+
+    bytes  = weights_bytes + kv_bytes_per_token * context_tokens
+    flops  = 2 * params * new_tokens + attention_flops
+    step_s = max(bytes / (hbm_bandwidth * bw_efficiency),
+                 flops / (peak_flops * mfu)) + step_overhead_s
+
+Decode steps (one new token per sequence) read every weight and every cached
+KV byte to produce a handful of tokens, so they sit far left of the ridge point
+and are memory-bound; prefill of a long prompt does ~``2 * params`` FLOPs per
+token for one read of the weights and is compute-bound.
+
+Bandwidths are in GB/s (10^9 bytes per second) as datasheets quote them, peak
+compute in TFLOPS (10^12 FLOP/s), memory in GB (10^9 bytes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # annotations only: physics sits below the scenario schema
+    from sim.spec.schema import LLMConfig
+
+GB = 1e9
+TFLOP = 1e12
+
+
+def weights_bytes(params: float, dtype_bytes: float) -> float:
+    """Bytes of the weights: ``params * dtype_bytes``."""
+    return float(params) * dtype_bytes
+
+
+def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes: float) -> float:
+    """KV-cache bytes one token occupies: ``2 * layers * kv_heads * head_dim * kv_dtype_bytes``.
+
+    The 2 is one key and one value vector per layer and KV head.  For the
+    article's model (8 layers, 32 heads of 128, fp16) this is 131,072 bytes,
+    so 1,024 tokens take 134,217,728 bytes (128 MiB), not the article's 8.4 MB.
+    """
+    return 2.0 * layers * kv_heads * head_dim * kv_dtype_bytes
+
+
+def kv_bytes(tokens: float, layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes: float) -> float:
+    """KV-cache bytes of ``tokens`` tokens."""
+    return tokens * kv_bytes_per_token(layers, kv_heads, head_dim, kv_dtype_bytes)
+
+
+def kv_heads_per_gpu(kv_heads: int, tensor_parallel: int) -> int:
+    """KV heads each GPU stores under tensor parallelism: ``ceil(kv_heads / tp)``.
+
+    With ``tp <= kv_heads`` the heads are split (Llama-3-8B, 8 KV heads on 4
+    GPUs: 2 each); with ``tp > kv_heads`` each head is replicated so every GPU
+    still holds one (MQA on 8 GPUs: 1 each, the KV is not split at all).
+    """
+    return -(-kv_heads // tensor_parallel)
+
+
+def kv_bytes_per_token_per_gpu(layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes: float,
+                               tensor_parallel: int = 1) -> float:
+    """KV bytes one token occupies on each GPU: ``2 * layers * ceil(kv_heads / tp) * head_dim * kv_dtype_bytes``."""
+    return kv_bytes_per_token(layers, kv_heads_per_gpu(kv_heads, tensor_parallel), head_dim, kv_dtype_bytes)
+
+
+def kv_blocks(budget_bytes: float, kv_bytes_per_token: float, block_tokens: int) -> int:
+    """Paged-KV blocks that fit: ``floor(budget_bytes / (kv_bytes_per_token * block_tokens))`` (0 if none).
+
+    Per GPU budget and per GPU bytes give the replica's block count: every GPU
+    of a tensor-parallel replica holds its shard of the same blocks.
+    """
+    if budget_bytes <= 0:
+        return 0
+    return int(budget_bytes // (kv_bytes_per_token * block_tokens))
+
+
+def blocks_for_tokens(tokens: int, block_tokens: int) -> int:
+    """Blocks that hold ``tokens`` tokens: ``ceil(tokens / block_tokens)``."""
+    return -(-tokens // block_tokens) if tokens > 0 else 0
+
+
+def tp_allreduce_time_s(new_tokens: float, layers: int, hidden: int, dtype_bytes: float,
+                        tensor_parallel: int, interconnect_gbps: float | None) -> float:
+    """Tensor-parallel communication of one step: ``2 * layers`` ring all-reduces.
+
+    Megatron-style tensor parallelism all-reduces the attention output and the
+    MLP output of every layer, each ``new_tokens * hidden * dtype_bytes``::
+
+        2 * layers * ring_allreduce_time_s(new_tokens * hidden * dtype_bytes, tp, interconnect)
+
+    Zero for ``tp == 1``.  Bandwidth only (no per-call latency), added to the
+    step (not overlapped with compute).
+    """
+    if tensor_parallel <= 1:
+        return 0.0
+    if not interconnect_gbps:
+        raise ValueError("tensor_parallel > 1 needs interconnect_gbps")
+    return 2.0 * layers * ring_allreduce_time_s(new_tokens * hidden * dtype_bytes, tensor_parallel,
+                                                interconnect_gbps)
+
+
+def roofline_step_time_s(n_bytes, flops, hbm_bandwidth_gbps: float, peak_tflops: float,
+                         bw_efficiency: float = 1.0, mfu: float = 1.0, overhead_s: float = 0.0,
+                         comm_s=0.0):
+    """One step on one GPU: ``max(bytes / (bw * bw_eff), flops / (peak * mfu)) + overhead + comm``.
+
+    Works element-wise on numpy arrays (the GPU calibration fits it).
+    """
+    mem = np.asarray(n_bytes, dtype=float) / (hbm_bandwidth_gbps * GB * bw_efficiency)
+    comp = np.asarray(flops, dtype=float) / (peak_tflops * TFLOP * mfu)
+    out = np.maximum(mem, comp) + overhead_s + comm_s
+    return float(out) if out.ndim == 0 else out
+
+
+def arithmetic_intensity(flops: float, n_bytes: float) -> float:
+    """FLOPs per byte moved: ``flops / bytes``; compare with :func:`ridge_point_flops_per_byte`."""
+    return flops / n_bytes if n_bytes > 0 else math.inf
+
+
+def transfer_time_s(n_bytes: float, bandwidth_gbps: float, efficiency: float = 1.0) -> float:
+    """Seconds to move ``n_bytes`` at ``bandwidth_gbps`` GB/s times ``efficiency``.
+
+    180 MB at 3.35 TB/s: 180e6 / 3.35e12 = 53.7 microseconds.
+    """
+    return n_bytes / (bandwidth_gbps * GB * efficiency)
+
+
+def compute_time_s(flops: float, peak_tflops: float, mfu: float = 1.0) -> float:
+    """Seconds to do ``flops`` at ``peak_tflops`` times ``mfu``."""
+    return flops / (peak_tflops * TFLOP * mfu)
+
+
+def linear_flops(params: float, new_tokens: float) -> float:
+    """FLOPs of the weight matmuls: ``2 * params * new_tokens`` (one multiply-add per weight per token)."""
+    return 2.0 * params * new_tokens
+
+
+def attention_flops(layers: int, heads: int, head_dim: int, new_tokens: float, past_tokens: float = 0.0) -> float:
+    """FLOPs of attention scores and the weighted sum of values, causal.
+
+    Each new token ``i`` attends to the ``past_tokens`` already cached plus the
+    new tokens up to itself.  Per layer, per head and per attended position it
+    does a q.k dot product and a p.v accumulation of ``head_dim`` multiply-adds
+    each: 4 * head_dim FLOPs.  Summed::
+
+        4 * layers * heads * head_dim * (new * past + new * (new + 1) / 2)
+
+    A 1,024-token prompt on the article's model: 4*8*32*128*(1024*1025/2)
+    = 68,786,585,600 FLOPs.
+    """
+    return 4.0 * layers * heads * head_dim * attention_pairs(new_tokens, past_tokens)
+
+
+def attention_pairs(new_tokens: float, past_tokens: float = 0.0) -> float:
+    """(query, key) pairs of a causal step: ``new * past + new * (new + 1) / 2``.
+
+    Each of ``new_tokens`` tokens attends to the ``past_tokens`` already cached
+    and to the new tokens up to itself.  4 new tokens after 10 cached:
+    4*10 + 4*5/2 = 50.  Works on numpy arrays.
+    """
+    return new_tokens * past_tokens + new_tokens * (new_tokens + 1) / 2.0
+
+
+def ring_allreduce_time_s(n_bytes: float, gpus: int, interconnect_gbps: float) -> float:
+    """Ring all-reduce of ``n_bytes`` over ``gpus`` GPUs: ``2 (g - 1) / g * n_bytes / bw``.
+
+    Each GPU sends and receives ``(g - 1) / g`` of the buffer twice (reduce-
+    scatter then all-gather) at ``interconnect_gbps`` GB/s per direction.
+    """
+    if gpus <= 1:
+        return 0.0
+    return 2.0 * (gpus - 1) / gpus * n_bytes / (interconnect_gbps * GB)
+
+
+def ridge_point_flops_per_byte(peak_tflops: float, hbm_bandwidth_gbps: float,
+                               mfu: float = 1.0, bw_efficiency: float = 1.0) -> float:
+    """Arithmetic intensity (FLOP/byte) above which a step is compute-bound."""
+    return (peak_tflops * TFLOP * mfu) / (hbm_bandwidth_gbps * GB * bw_efficiency)
+
+
+def sum_linear(a: float, b: float, s0: int, s1: int) -> float:
+    """``sum(a + b*s for s in range(s0, s1))`` in closed form."""
+    n = s1 - s0
+    if n <= 0:
+        return 0.0
+    return n * a + b * (s0 + s1 - 1) * n / 2.0
+
+
+def sum_max_linear(a1: float, b1: float, a2: float, b2: float, k: int) -> float:
+    """``sum(max(a1 + b1*s, a2 + b2*s) for s in range(k))`` in closed form.
+
+    The two lines cross at most once, so the range splits into one part where
+    the first is larger and one where the second is, each an arithmetic sum.
+    """
+    if k <= 0:
+        return 0.0
+    if b1 == b2:
+        return sum_linear(max(a1, a2), b1, 0, k)
+    split, first_wins_late = line_split(a1, b1, a2, b2, k)
+    if first_wins_late:
+        return sum_linear(a2, b2, 0, split) + sum_linear(a1, b1, split, k)
+    return sum_linear(a1, b1, 0, split) + sum_linear(a2, b2, split, k)
+
+
+def line_split(a1: float, b1: float, a2: float, b2: float, k: int) -> tuple[int, bool]:
+    """Where two lines over the integer steps ``0..k-1`` cross (``b1 != b2``).
+
+    Returns ``(split, late)``: with ``late`` True line 1 (``a1 + b1 s``) is at
+    least line 2 exactly for ``s >= split``; with ``late`` False exactly for
+    ``s < split``.  ``split`` is clamped to ``[0, k]``.  Lines ``1 + 2s`` and
+    ``4 + s`` over 10 steps: line 1 wins from s = 3 on, so ``(3, True)``.
+    """
+    # d(s) = (a1 - a2) + (b1 - b2) s; line 1 wins where d >= 0.
+    # Clamp before rounding: nearly parallel lines put the crossing at +-inf.
+    x = min(max((a2 - a1) / (b1 - b2), -1.0), k + 1.0)
+    if b1 > b2:  # line 1 wins for s >= x
+        return min(max(math.ceil(x), 0), k), True
+    return min(max(math.floor(x) + 1, 0), k), False  # line 1 wins for s <= x
+
+
+def request_kv_blocks(prompt_tokens: int, output_tokens: int, shared_tokens: int, block_tokens: int) -> int:
+    """Blocks a request holds at its last step: ``ceil((prompt + output - 1 - shared) / B)``.
+
+    The last generated token's KV is never written, and the ``shared`` prefix
+    tokens live in the replica's pinned blocks.  1,000 + 100 tokens, nothing
+    shared, blocks of 16: ceil(1099 / 16) = 69.
+    """
+    return blocks_for_tokens(prompt_tokens + output_tokens - 1 - shared_tokens, block_tokens)
+
+
+def kv_misfit(prompt_tokens: int, output_tokens: int, shared_tokens: int, prefix_tokens: int,
+              kv_blocks_total: int, block_tokens: int) -> str | None:
+    """None when a request can finish alone on a replica; else the one-line reason.
+
+    The replica keeps ``prefix_tokens // B`` blocks for the shared system prompt;
+    a request that needs more than the rest would be preempted and readmitted
+    forever, so the scenario is refused instead.
+    """
+    need = request_kv_blocks(prompt_tokens, output_tokens, shared_tokens, block_tokens)
+    room = kv_blocks_total - prefix_tokens // block_tokens
+    if need <= room:
+        return None
+    return (f"llm: a request of {prompt_tokens} prompt + {output_tokens} output tokens needs {need} KV "
+            f"blocks of {block_tokens} tokens but a replica holds {room}; raise llm.tensor_parallel or "
+            f"llm.gpu_memory_utilization, use a bigger GPU or lower kv_dtype_bytes, or shorten "
+            f"llm.prompt_tokens / llm.output_tokens")
+
+
+class StepCost:
+    """Roofline coefficients of one replica (per GPU), precomputed once.
+
+    ``time(new_tokens, ctx_tokens, attn_pairs)`` is one step; ``decode_lines``
+    gives the linear coefficients of a pure-decode step as a function of the
+    step offset ``j`` in an epoch.
+    """
+
+    def __init__(self, cfg: LLMConfig, bw_efficiency: float | None = None, mfu: float | None = None,
+                 step_overhead_ms: float | None = None):
+        m, g = cfg.model, cfg.gpu
+        tp = cfg.tensor_parallel
+        self.tp = tp
+        self.params = m.param_count
+        self.weights_bytes = cfg.weights_bytes / tp
+        self.kv_per_token = cfg.kv_bytes_per_token_per_gpu
+        self.inv_bw = 1.0 / (g.hbm_bandwidth_gbps * GB * cfg.bw_efficiency if bw_efficiency is None else bw_efficiency)
+        self.inv_peak = 1.0 / (g.peak_tflops * TFLOP * cfg.mfu if mfu is None else mfu)
+        self.flops_per_token = 2.0 * self.params / tp
+        self.attn_coef = 4.0 * m.layers * m.heads * m.head_dim / tp
+        self.overhead_s = (cfg.step_overhead_ms if step_overhead_ms is None else step_overhead_ms) / 1e3
+        self.comm_per_token_s = tp_allreduce_time_s(1.0, m.layers, m.hidden, cfg.dtype_bytes, tp,
+                                                       g.interconnect_gbps)
+
+    def work(self, new_tokens: float, ctx_tokens: float, attn_pairs: float) -> tuple[float, float]:
+        """(FLOPs, bytes) one GPU of the replica does and moves in one step."""
+        return (self.flops_per_token * new_tokens + self.attn_coef * attn_pairs,
+                self.weights_bytes + self.kv_per_token * ctx_tokens)
+
+    def terms(self, new_tokens: float, ctx_tokens: float, attn_pairs: float) -> tuple[float, float]:
+        """(memory time, compute time) of one step, seconds."""
+        flops, n_bytes = self.work(new_tokens, ctx_tokens, attn_pairs)
+        return n_bytes * self.inv_bw, flops * self.inv_peak
+
+    def time(self, new_tokens: float, ctx_tokens: float, attn_pairs: float) -> float:
+        mem, comp = self.terms(new_tokens, ctx_tokens, attn_pairs)
+        return (mem if mem > comp else comp) + self.overhead_s + self.comm_per_token_s * new_tokens
+
+    def times(self, new_tokens: np.ndarray, ctx_tokens: np.ndarray, attn_pairs: np.ndarray) -> np.ndarray:
+        """:meth:`time` element-wise over arrays of steps."""
+        mem, comp = self.terms(new_tokens, ctx_tokens, attn_pairs)
+        return np.maximum(mem, comp) + self.overhead_s + self.comm_per_token_s * np.asarray(new_tokens, float)
+
+    def memory_bound(self, new_tokens: float, ctx_tokens: float, attn_pairs: float) -> bool:
+        mem, comp = self.terms(new_tokens, ctx_tokens, attn_pairs)
+        return mem >= comp
+
+    def decode_lines(self, batch: int, ctx0: float) -> tuple[float, float, float, float, float]:
+        """(a_mem, b_mem, a_comp, b_comp, const): step j of a decode epoch costs
+        max(a_mem + b_mem j, a_comp + b_comp j) + const, where ``ctx0`` is the
+        batch's total context after step 0 (it grows by ``batch`` per step)."""
+        a_m = (self.weights_bytes + self.kv_per_token * ctx0) * self.inv_bw
+        b_m = self.kv_per_token * batch * self.inv_bw
+        a_c = (self.flops_per_token * batch + self.attn_coef * ctx0) * self.inv_peak
+        b_c = self.attn_coef * batch * self.inv_peak
+        return a_m, b_m, a_c, b_c, self.overhead_s + self.comm_per_token_s * batch
+
+    @staticmethod
+    def epoch_time(lines: tuple[float, float, float, float, float], k: int) -> float:
+        a_m, b_m, a_c, b_c, const = lines
+        return sum_max_linear(a_m, b_m, a_c, b_c, k) + const * k
+
+    @staticmethod
+    def memory_bound_steps(lines: tuple[float, float, float, float, float], k: int) -> int:
+        """How many of the first ``k`` decode steps are memory-bound."""
+        a_m, b_m, a_c, b_c, _ = lines
+        if k <= 0:
+            return 0
+        if b_m == b_c:
+            return k if a_m >= a_c else 0
+        split, late = line_split(a_m, b_m, a_c, b_c, k)
+        return k - split if late else split

@@ -1,0 +1,440 @@
+"""Retrieval latency profiles for the simulator, read from a calibration file.
+
+Picture: the calibration file holds, for each measured (index, knob, corpus
+size N, threads), the latency quantiles at probabilities 0, 0.01, ..., 1.
+The simulator asks for "hnsw, 1,000,000 docs, dim 768, top 5, ef 64, 2
+workers" and gets a :class:`RetrievalProfile` -- quantiles it can sample
+from with :func:`sample_quantiles` -- built by these rules:
+
+1. index, dim and top_k must be in the file exactly (no silent rescaling);
+2. ``workers`` picks the record with that many concurrent workers, or the
+   largest measured count below it (said in ``description``);
+3. a knob (``ef_search`` for hnsw, ``nprobe`` for ivf) that was measured is
+   used as is; one between two measured values is interpolated linearly
+   (quantiles, mean and recall; ``interpolated=True``); outside -> error;
+4. a measured N is used as is; any other N comes from the fitted scaling law
+   of that series (``extrapolated=True`` when N is outside the measured
+   range).  Recall at an unmeasured N is interpolated in ln N between the
+   measured sizes, or taken from the nearest measured size outside them.
+
+Anything the file cannot cover raises :class:`~sim.errors.CalibrationError`
+with one line listing what the file has and the command that would measure it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.errors import CalibrationError
+from sim.indexes import kind, kinds
+from sim.indexes.base import auto_nlist
+
+VERSION = 1
+KIND = "capsim.retrieval_calibration"
+
+
+@dataclass(frozen=True)
+class RetrievalProfile:
+    """Latency distribution of one retrieval call, as quantiles in milliseconds.
+
+    ``probs`` ascend from 0 to 1 and ``values_ms`` are non-decreasing, so
+    ``sample_quantiles(probs, values_ms, rng, n)`` draws from it.
+    """
+
+    probs: tuple[float, ...]
+    values_ms: tuple[float, ...]
+    mean_ms: float
+    recall: float | None
+    extrapolated: bool
+    interpolated: bool
+    description: str
+
+    def quantile_ms(self, p: float) -> float:
+        """Latency at probability ``p`` (linear between stored quantiles)."""
+        return float(np.interp(p, self.probs, self.values_ms))
+
+
+def sample_quantiles(
+    probs: Sequence[float] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
+    rng: np.random.Generator,
+    size: int | tuple[int, ...],
+) -> np.ndarray:
+    """Inverse-CDF sampling: ``u ~ U(0, 1)``, return ``np.interp(u, probs, values)``.
+
+    The distribution is piecewise uniform between stored quantiles, so its
+    quantiles at ``probs`` equal ``values`` exactly.
+    """
+    p = np.asarray(probs, dtype=float)
+    v = np.asarray(values, dtype=float)
+    if p.ndim != 1 or p.shape != v.shape or p.size < 2:
+        raise ValueError("probs and values must be 1-D of the same length >= 2")
+    if p[0] != 0.0 or p[-1] != 1.0 or np.any(np.diff(p) <= 0):
+        raise ValueError("probs must rise strictly from 0 to 1")
+    if np.any(np.diff(v) < 0):
+        raise ValueError("values must be non-decreasing")
+    return np.interp(rng.random(size), p, v)
+
+
+@dataclass(frozen=True, eq=False)
+class _Rec:
+    index: str
+    docs: int
+    dim: int
+    top_k: int
+    knob_value: int | None
+    threads: int
+    mean_ms: float
+    values_ms: np.ndarray
+    recall: float | None
+    nlist: int | None
+
+
+@dataclass(frozen=True, eq=False)
+class _Fit:
+    index: str
+    knob_value: int | None
+    threads: int
+    docs: tuple[int, ...]
+    mean_a: float
+    mean_b: float
+    a: np.ndarray
+    b: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """A loaded, validated calibration file."""
+
+    path: Path
+    probs: tuple[float, ...]
+    records: tuple[_Rec, ...] = field(repr=False)
+    fits: tuple[_Fit, ...] = field(repr=False)
+    settings: dict[str, Any] = field(repr=False, default_factory=dict)
+    machine: dict[str, Any] = field(repr=False, default_factory=dict)
+    corpus: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    # ---- what the file has
+    @property
+    def indexes(self) -> list[str]:
+        return sorted({r.index for r in self.records})
+
+    def _name(self) -> str:
+        return self.path.name
+
+    def _nlist_for(self, docs: int) -> int | None:
+        nl = self.settings.get("nlist")
+        if nl:
+            return int(nl)
+        by = self.settings.get("nlist_by_docs") or {}
+        if str(docs) in by:
+            return int(by[str(docs)])
+        return auto_nlist(docs)
+
+    def profile(
+        self,
+        index: str,
+        docs: int,
+        dim: int,
+        top_k: int,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        workers: int = 1,
+    ) -> RetrievalProfile:
+        """The latency profile of one ``index`` query (see the module rules).
+
+        ``ef_search`` is used only for hnsw, ``nprobe`` only for ivf.
+        """
+        name = self._name()
+        recs = [r for r in self.records if r.index == index]
+        if not recs:
+            raise CalibrationError(
+                f"retrieval.index={index!r} is not in {name}; it has {', '.join(self.indexes)}; "
+                f"measure it with: capsim calibrate retrieval --index {index}"
+            )
+        dims = sorted({r.dim for r in recs})
+        if dim not in dims:
+            raise CalibrationError(
+                f"retrieval.dim={dim} is not what {name} measured for {index} (dim {_join(dims)}); "
+                f"measure it with: capsim calibrate retrieval --dim {dim}"
+            )
+        recs = [r for r in recs if r.dim == dim]
+        ks = sorted({r.top_k for r in recs})
+        if top_k not in ks:
+            raise CalibrationError(
+                f"retrieval.top_k={top_k} is not what {name} measured for {index} (top_k {_join(ks)}); "
+                f"measure it with: capsim calibrate retrieval --top-k {top_k}"
+            )
+        recs = [r for r in recs if r.top_k == top_k]
+        if not isinstance(docs, (int, np.integer)) or isinstance(docs, bool) or docs <= top_k:
+            raise CalibrationError(f"retrieval.docs={docs!r} must be an integer larger than top_k={top_k}")
+        if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1:
+            raise CalibrationError(f"retrieval.workers={workers!r} must be a positive integer")
+
+        # ---- threads
+        ts = sorted({r.threads for r in recs})
+        usable = [t for t in ts if t <= workers]
+        if not usable:
+            raise CalibrationError(
+                f"retrieval workers={workers} is below what {name} measured for {index} (threads {_join(ts)}); "
+                f"measure it with: capsim calibrate retrieval --threads {workers}"
+            )
+        T = max(usable)
+        recs = [r for r in recs if r.threads == T]
+        notes: list[str] = []
+        if T != workers:
+            notes.append(f"{workers} workers: using the {T}-thread measurement (largest measured <= {workers})")
+
+        # ---- knob
+        ik = kind(index)
+        knob = ik.knob
+        interpolated = False
+        if knob is None:
+            pairs: list[tuple[int | None, float]] = [(None, 1.0)]
+            knob_txt = ""
+        else:
+            want = {"retrieval.ef_search": ef_search, "retrieval.nprobe": nprobe}.get(ik.knob_key or "")
+            have = sorted({r.knob_value for r in recs if r.knob_value is not None})
+            label = "ef" if knob == "ef" else "nprobe"
+            if want is None:
+                raise CalibrationError(
+                    f"{ik.knob_key} is required for {index}; {name} measured {label} {_join(have)}"
+                )
+            if not isinstance(want, (int, np.integer)) or isinstance(want, bool) or want <= 0:
+                raise CalibrationError(f"{ik.knob_key}={want!r} must be a positive integer")
+            if want in have:
+                pairs = [(int(want), 1.0)]
+            elif have and have[0] < want < have[-1]:
+                hi = next(v for v in have if v > want)
+                lo = max(v for v in have if v < want)
+                w = (want - lo) / (hi - lo)
+                pairs = [(lo, 1.0 - w), (hi, w)]
+                interpolated = True
+                notes.append(f"{label} {want} interpolated between measured {lo} and {hi}")
+            else:
+                raise CalibrationError(
+                    f"{ik.knob_key}={want} is outside what {name} measured for {index} "
+                    f"({label} {_join(have)}); measure it with: capsim calibrate retrieval {ik.knob_flag} {want}"
+                )
+            knob_txt = f" {label}={want}"
+
+        # ---- N: measured, or scaling law
+        extrapolated = False
+        values = np.zeros(len(self.probs))
+        mean = 0.0
+        recall: float | None = 0.0
+        for kv, w in pairs:
+            series = sorted((r for r in recs if r.knob_value == kv), key=lambda r: r.docs)
+            by_n = {r.docs: r for r in series}
+            if docs in by_n:
+                r = by_n[docs]
+                v, m = r.values_ms, r.mean_ms
+            else:
+                fit = next(
+                    (f for f in self.fits if f.index == index and f.knob_value == kv and f.threads == T), None
+                )
+                if fit is None:
+                    raise CalibrationError(
+                        f"retrieval.docs={docs} is not measured in {name} for {index}{_kv(knob, kv)} "
+                        f"threads={T} (docs {_join(sorted(by_n))}) and there is no scaling law (needs >= 2 sizes); "
+                        f"measure it with: capsim calibrate retrieval --docs {docs}"
+                    )
+                x = kind(index).law_x(docs, nlist=self._nlist_for(docs), nprobe=kv)
+                v = fit.a + fit.b * x
+                m = fit.mean_a + fit.mean_b * x
+                lo_n, hi_n = min(fit.docs), max(fit.docs)
+                if docs < lo_n or docs > hi_n:
+                    extrapolated = True
+            values = values + w * np.asarray(v, dtype=float)
+            mean += w * float(m)
+            rc = _recall_at(series, docs)
+            recall = None if (recall is None or rc is None) else recall + w * rc
+
+        if any(docs not in {r.docs for r in recs if r.knob_value == kv} for kv, _ in pairs):
+            measured = sorted({r.docs for r in recs})
+            law = ik.law_note
+            if extrapolated:
+                notes.append(
+                    f"N={docs} extrapolated beyond measured N {_join(measured)} with the scaling law {law}"
+                )
+            else:
+                notes.append(f"N={docs} from the scaling law {law} fitted to measured N {_join(measured)}")
+            nearest = min(measured, key=lambda n: abs(math.log(n) - math.log(docs)))
+            if docs < measured[0] or docs > measured[-1]:
+                notes.append(f"recall taken from N={nearest} (nearest measured)")
+            else:
+                notes.append("recall interpolated in ln N")
+
+        # keep the distribution valid: positive and non-decreasing
+        floor = max(1e-6, float(np.min(values[values > 0])) if np.any(values > 0) else 1e-6)
+        values = np.maximum.accumulate(np.maximum(values, floor))
+        mean = float(min(max(mean, values[0]), values[-1]))
+        desc = (
+            f"{index}{knob_txt} N={docs} dim={dim} top_k={top_k} threads={T} from {name}"
+            + (f" ({'; '.join(notes)})" if notes else " (measured)")
+        )
+        return RetrievalProfile(
+            probs=tuple(float(p) for p in self.probs),
+            values_ms=tuple(float(v) for v in values),
+            mean_ms=mean,
+            recall=None if recall is None else float(min(1.0, max(0.0, recall))),
+            extrapolated=extrapolated,
+            interpolated=interpolated,
+            description=desc,
+        )
+
+
+def _kv(knob: str | None, kv: int | None) -> str:
+    return "" if knob is None else f" {knob}={kv}"
+
+
+def _join(vals: Sequence[Any]) -> str:
+    return ", ".join(str(v) for v in vals) if vals else "none"
+
+
+def _recall_at(series: list[_Rec], docs: int) -> float | None:
+    pts = [(r.docs, r.recall) for r in series if r.recall is not None]
+    if not pts:
+        return None
+    pts.sort()
+    ns = [math.log(n) for n, _ in pts]
+    return float(np.interp(math.log(docs), ns, [rc for _, rc in pts]))
+
+
+def default_calibration_path() -> Path:
+    """The calibration shipped with capsim: ``sim/data/retrieval_calibration.json``."""
+    try:
+        from importlib.resources import files
+
+        p = Path(str(files("sim") / "data" / "retrieval_calibration.json"))
+        if p.is_file():
+            return p
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover - unusual installs
+        pass
+    return Path(__file__).resolve().parent.parent / "data" / "retrieval_calibration.json"
+
+
+def load_calibration(path: str | Path | None = None) -> Calibration:
+    """Read and validate a calibration file (default: the shipped one).
+
+    Anything wrong (missing, not JSON, wrong kind/version, bad structure) ->
+    :class:`CalibrationError` with one line naming the file.
+    """
+    p = Path(path) if path is not None else default_calibration_path()
+    name = p.name
+
+    def bad(msg: str) -> CalibrationError:
+        return CalibrationError(f"calibration file {name}: {msg}")
+
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise bad(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad(f"is not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
+    if not isinstance(doc, dict):
+        raise bad("top level must be a JSON object")
+    if doc.get("kind") != KIND:
+        raise bad(f"kind is {doc.get('kind')!r}; expected {KIND!r}")
+    if doc.get("version") != VERSION:
+        raise bad(f"version is {doc.get('version')!r}; this capsim reads version {VERSION}")
+    probs = doc.get("probs")
+    if (
+        not isinstance(probs, list)
+        or len(probs) < 2
+        or not all(isinstance(x, (int, float)) for x in probs)
+        or probs[0] != 0
+        or probs[-1] != 1
+        or any(b <= a for a, b in zip(probs, probs[1:]))
+    ):
+        raise bad("probs must be a list of numbers rising strictly from 0 to 1")
+    raw = doc.get("records")
+    if not isinstance(raw, list) or not raw:
+        raise bad("records must be a non-empty list")
+    recs = []
+    for i, r in enumerate(raw):
+        where = f"records[{i}]"
+        try:
+            index = r["index"]
+            if index not in kinds():
+                raise bad(f"{where}.index {index!r} is not one of {', '.join(kinds())}")
+            vals = np.asarray(r["values_ms"], dtype=float)
+            if vals.shape != (len(probs),) or not np.isfinite(vals).all() or np.any(np.diff(vals) < 0) or vals[0] < 0:
+                raise bad(f"{where}.values_ms must be {len(probs)} finite non-decreasing numbers >= 0")
+            mean = float(r["mean_ms"])
+            if not math.isfinite(mean) or mean < 0:
+                raise bad(f"{where}.mean_ms must be a finite number >= 0")
+            kv = r.get("knob_value")
+            if (kind(index).knob is None) != (kv is None):
+                raise bad(f"{where}.knob_value must be {'null' if kind(index).knob is None else 'an integer'} for {index}")
+            rc = r.get("recall")
+            if rc is not None and not (0.0 <= float(rc) <= 1.0):
+                raise bad(f"{where}.recall must be between 0 and 1")
+            params = r.get("params") or {}
+            recs.append(
+                _Rec(
+                    index=index,
+                    docs=_posint(r["docs"], where + ".docs", bad),
+                    dim=_posint(r["dim"], where + ".dim", bad),
+                    top_k=_posint(r["top_k"], where + ".top_k", bad),
+                    knob_value=None if kv is None else _posint(kv, where + ".knob_value", bad),
+                    threads=_posint(r["threads"], where + ".threads", bad),
+                    mean_ms=mean,
+                    values_ms=vals,
+                    recall=None if rc is None else float(rc),
+                    nlist=params.get("nlist"),
+                )
+            )
+        except CalibrationError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
+    fits = []
+    for i, f in enumerate(doc.get("fits") or []):
+        where = f"fits[{i}]"
+        try:
+            a = np.asarray(f["a"], dtype=float)
+            b = np.asarray(f["b"], dtype=float)
+            if a.shape != (len(probs),) or b.shape != (len(probs),) or not (np.isfinite(a).all() and np.isfinite(b).all()):
+                raise bad(f"{where}.a and .b must be {len(probs)} finite numbers")
+            fits.append(
+                _Fit(
+                    index=str(f["index"]),
+                    knob_value=None if f.get("knob_value") is None else int(f["knob_value"]),
+                    threads=int(f["threads"]),
+                    docs=tuple(int(n) for n in f["docs"]),
+                    mean_a=float(f["mean"]["a"]),
+                    mean_b=float(f["mean"]["b"]),
+                    a=a,
+                    b=b,
+                )
+            )
+        except CalibrationError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
+    settings = doc.get("settings") if isinstance(doc.get("settings"), dict) else {}
+    return Calibration(
+        path=p,
+        probs=tuple(float(x) for x in probs),
+        records=tuple(recs),
+        fits=tuple(fits),
+        settings=settings,
+        machine=doc.get("machine") if isinstance(doc.get("machine"), dict) else {},
+        corpus=doc.get("corpus") if isinstance(doc.get("corpus"), dict) else {},
+    )
+
+
+def _posint(v: Any, where: str, bad: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise bad(f"{where} must be a positive integer")
+    return v

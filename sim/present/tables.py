@@ -1,0 +1,144 @@
+"""Everything the program writes: tables, JSON, Parquet.
+
+Only this module (and the calibration writer) touches the disk.  Files are
+written to a temporary name in the target folder and renamed into place, so
+an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from sim.run.results import Result
+
+
+def _fmt(m: dict | None, stat: str, steady: bool = True) -> str:
+    """``412 ± 18`` (value ± half-width); ``412↑`` where no steady state exists;
+    ``∞`` where more requests than the percentile allows never finished (censored)."""
+    if m is None:
+        return "-"
+    if m.get(stat) is None:
+        return ("∞" + ("" if steady else "↑")) if m.get("n") else "-"
+    v = m[stat]
+    if not steady:
+        return f"{v:,.0f}↑"
+    lo, hi = m["ci"][stat]
+    if lo is None or hi is None:
+        return f"{v:,.0f}"
+    return f"{v:,.0f} ± {(hi - lo) / 2:,.0f}"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.{digits}f}" if abs(x) < 10 else f"{x:,.0f}"
+
+
+def analytic_table(result: Result) -> Table | None:
+    """Simulated vs formula, for points whose scenario is exactly analysable."""
+    rows = [(p, p.summary["analytic"]) for p in result.points if p.summary.get("analytic", {}).get("compare")]
+    if not rows:
+        return None
+    conf = result.points[0].scenario.run.confidence
+    keys = list(result.points[0].params)
+    t = Table(title=f"analytic cross-check (exact for these scenarios; ± half-width of the {conf:.0%} interval)")
+    for k in keys:
+        t.add_column(k.split(".")[-1], justify="right")
+    for col, just in (("model", "left"), ("quantity", "left"), ("simulated", "right"),
+                      ("analytic", "right"), ("diff", "right"), ("in CI", "center")):
+        t.add_column(col, justify=just)
+    for p, a in rows:
+        for c in a["compare"]:
+            lo, hi = c["ci"]
+            sim_txt = _num(c["simulated"]) + ("" if lo is None or hi is None else f" ± {_num((hi - lo) / 2)}")
+            inside = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[c["within_ci"]]
+            diff = "-" if c["rel_error"] is None else f"{c['rel_error']:+.1%}"
+            t.add_row(*[str(p.params[k]) for k in keys], a["model"], c["quantity"], sim_txt,
+                      _num(c["analytic"]), diff, inside)
+    return t
+
+
+def run_table(result: Result) -> Table:
+    pts = result.points
+    keys = list(pts[0].params) if pts else []
+    t = Table(title=f"{result.name}: latency in ms (value ± half-width of the "
+                    f"{pts[0].scenario.run.confidence:.0%} interval)" if pts else result.name)
+    for k in keys:
+        t.add_column(k.split(".")[-1], justify="right")
+    recall = any((p.summary.get("retrieval") or {}).get("recall_at_k") is not None for p in pts)
+    for col in ("e2e p50", "e2e p95", "e2e p99", "ttft p95", "answers/s", "cache hit",
+                *(["recall@k"] if recall else []), "retrieval util", "gpu busy", "mean batch", "SLA"):
+        t.add_column(col, justify="right")
+    for p in pts:
+        s = p.summary
+        e2e, ttft = s["metrics"].get("e2e_ms"), s["metrics"].get("ttft_ms")
+        verdicts = []
+        for v in s["sla"]:
+            mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "inconclusive": "[yellow]?[/]"}[v["verdict"]]
+            verdicts.append(f"{v['metric'].removesuffix('_ms')} {v['stat']}≤{v['threshold']:g}: {mark}")
+        if not s["stability"]["stable"]:
+            verdicts.append("[red]unstable[/]")
+        u = s["utilization"]
+        steady = s["stability"]["stable"]
+        t.add_row(
+            *[str(p.params[k]) for k in keys],
+            _fmt(e2e, "p50", steady), _fmt(e2e, "p95", steady), _fmt(e2e, "p99", steady),
+            _fmt(ttft, "p95", steady),
+            f"{s['throughput_per_s']:.1f}",
+            "-" if s["cache_hit_rate"] is None else f"{s['cache_hit_rate']:.0%}",
+            *([_recall(s.get("retrieval"))] if recall else []),
+            "-" if "retrieval" not in u else f"{u['retrieval']:.0%}",
+            "-" if "gpu" not in u else f"{u['gpu']:.0%}",
+            "-" if not (s.get("gpu") or {}).get("mean_batch") else f"{s['gpu']['mean_batch']:.1f}",
+            "\n".join(verdicts) or "-",
+        )
+    return t
+
+
+def _recall(r: dict | None) -> str:
+    if not r or r.get("recall_at_k") is None:
+        return "-"
+    return f"{r['recall_at_k']:.2f}" + ("*" if r.get("extrapolated") else "")
+
+
+def print_run(result: Result, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(run_table(result))
+    at = analytic_table(result)
+    if at is not None:
+        console.print(at)
+    if any(not p.summary["stability"]["stable"] for p in result.points):
+        console.print("↑ no steady state: these percentiles grow with the run length; they are not "
+                      "what the system would show if left running")
+    rets = [p.summary.get("retrieval") or {} for p in result.points]
+    if any(r.get("recall_at_k") is not None for r in rets):
+        src = next(r["source"] for r in rets if r.get("recall_at_k") is not None)
+        console.print(f"search times and recall@k measured in {Path(src).name}"
+                      + ("; * scaled beyond the measured corpus sizes by the fitted law"
+                         if any(r.get("extrapolated") for r in rets) else ""))
+    warm = [p.summary.get("warmup") for p in result.points]
+    if warm and all(w and w["method"] == "fixed" for w in warm):
+        console.print(f"warm-up: requests that arrived before {warm[0]['cut_s']:g} s dropped "
+                      f"(run.warmup_s; {warm[0]['dropped_fraction']:.0%} of the requests)")
+    for p in result.points:
+        s = p.summary
+        where = ", ".join(f"{k}={v}" for k, v in p.params.items()) or "the scenario"
+        w = s.get("warmup")
+        if w and w["method"] == "mser5":
+            cuts = w["cut_s_by_replication"]
+            spread = f" (per replication {min(cuts):.1f}-{max(cuts):.1f} s)" if len(cuts) > 1 else ""
+            console.print(f"warm-up at {where}: MSER-5 cut {w['cut_s']:.1f} s{spread}, "
+                          f"{w['dropped_fraction']:.0%} of the requests dropped")
+        if not s["stability"]["stable"]:
+            console.print(f"[red]unstable[/] at {where}: {s['stability']['note']}")
+        elif s["stability"].get("note"):
+            console.print(f"[yellow]note[/] at {where}: {s['stability']['note']}")
+        prec = s.get("precision")
+        if prec and prec.get("note"):
+            console.print(f"[yellow]precision[/] at {where}: {prec['note']}")
+        for v in s["sla"]:
+            if v.get("hint") and v["verdict"] == "inconclusive":
+                console.print(f"[yellow]inconclusive[/] {v['metric']} {v['stat']} at {where}: {v['hint']}")

@@ -1,0 +1,246 @@
+"""Capacity search: the largest load, or the fewest resources, at which every SLA passes.
+
+:func:`capacity` brackets then bisects on the statistical SLA verdict: the
+largest value of a load key (``workload.users``) or the smallest value of a
+resource key (``llm.replicas``) at which every SLA passes.  An inconclusive
+verdict counts as not passing (and is reported).  Every value tried uses the
+same seed (common random numbers), which keeps the verdict monotone in the
+key far more often than independent draws would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+from sim.analysis.table import overall_verdict
+from sim.errors import ConfigError
+from sim.run.executors import LocalExecutor
+from sim.run.loop import run_sweep
+from sim.spec.keys import numeric_field
+from sim.spec.scenario import apply_overrides, expand, load_raw
+from sim.spec.schema import Scenario
+
+# Direction by the key's meaning.  "max": more of it is more load, so capacity is the LARGEST
+# value that meets the SLA.  "min": more of it is more resource (or less load), so capacity is
+# the SMALLEST value that meets the SLA.  Matched on the full dotted key, then on its last part.
+MIN_KEYS = {
+    "llm.replicas", "llm.tensor_parallel", "llm.max_batch", "llm.gpu_memory_utilization",
+    "llm.bw_efficiency", "llm.mfu", "retrieval.workers", "retrieval.cpu_cores", "cache.capacity",
+    "workload.think_s.mean", "workload.think_s.value", "workload.queries.hot_fraction",
+    "llm.gpu.hbm_bandwidth_gbps", "llm.gpu.memory_gb", "llm.gpu.peak_tflops", "llm.gpu.interconnect_gbps",
+}
+MAX_KEYS = {"workload.users", "workload.rate_per_s"}
+_MIN_LAST = {"replicas", "workers", "cpu_cores", "capacity", "max_batch", "tensor_parallel"}
+
+
+def default_direction(key: str) -> tuple[Literal["max", "min"], str]:
+    """The search direction for ``key`` and why."""
+    if key in MAX_KEYS:
+        return "max", "more of it is more load"
+    if key in MIN_KEYS or key.split(".")[-1] in _MIN_LAST:
+        return "min", "more of it is more resource"
+    return "max", "taken as load (the largest value that meets the SLA); use --direction min for a resource"
+
+
+@dataclass
+class Tried:
+    value: float
+    summary: dict
+
+    @property
+    def verdict(self) -> str:
+        return overall_verdict(self.summary)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+    def to_dict(self) -> dict:
+        e2e = self.summary.get("metrics", {}).get("e2e_ms") or {}
+        return {
+            "value": self.value,
+            "verdict": self.verdict,
+            "verdicts": [{k: v[k] for k in ("metric", "stat", "threshold", "value", "ci", "verdict")}
+                         for v in self.summary.get("sla", [])],
+            "p95_e2e_ms": e2e.get("p95"),
+            "ci": (e2e.get("ci") or {}).get("p95", [None, None]),
+            "throughput_per_s": self.summary.get("throughput_per_s"),
+            "stable": self.summary.get("stability", {}).get("stable"),
+            "cost": self.summary.get("cost"),
+        }
+
+
+@dataclass
+class CapacityResult:
+    key: str
+    direction: str
+    capacity: float | None
+    tried: list[Tried] = field(default_factory=list)
+    note: str = ""
+    best: Tried | None = None  # the most favourable value tried, when none passes
+    reason: str = ""  # why this direction
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.capacity is not None else 1
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "direction": self.direction, "capacity": self.capacity,
+                "tried": [t.to_dict() for t in self.tried], "note": self.note,
+                "best": self.best.to_dict() if self.best is not None else None}
+
+
+def capacity(source: str | Path | Mapping | Scenario, key: str, overrides: Mapping[str, Any] | None = None, *,
+             low: float | None = None, high: float | None = None, direction: str | None = None,
+             step: float | None = None, replications: int | None = None, seed: int | None = None,
+             jobs: int | None = None, executor: Any = None, out: str | Path | None = None,
+             max_steps: int = 12, on_try: Callable[[Tried], None] | None = None) -> CapacityResult:
+    """The largest (``direction="max"``) or smallest (``"min"``) value of ``key`` at
+    which every SLA passes, found by bracketing then bisection.
+
+    Without ``low``/``high`` the search starts at the scenario's value and
+    doubles or halves until the verdict flips (at most ``max_steps`` times),
+    then bisects until the bracket is ``step`` wide (default 1 % of the value,
+    and at least 1 for integer keys).  With both bounds it first tries the favourable
+    end (no value passes if it fails: ``capacity`` is None and ``best`` holds
+    it) and the unfavourable end (the whole range passes: ``capacity`` is that
+    end, with a note).  Pass means every SLA verdict is ``pass``; an
+    inconclusive verdict counts as not passing.
+    """
+    ov = dict(overrides or {})
+    if seed is not None:
+        ov["run.seed"] = seed
+    if replications is not None:
+        ov["run.replications"] = replications
+    raw = apply_overrides(load_raw(source.model_dump(mode="json") if isinstance(source, Scenario) else source), ov)
+    raw.pop("sweep", None)
+    base = expand(raw)[0].scenario
+    if not base.sla:
+        raise ConfigError("capacity needs an SLA: add an sla: section or --set sla.e2e_ms.p95=800")
+    kind, lo_b, hi_b, current = numeric_field(base, key)
+    if direction is None:
+        direction, why = default_direction(key)
+    else:
+        if direction not in ("max", "min"):
+            raise ConfigError(f"--direction {direction!r}: expected max or min")
+        why = "as asked"
+    mode = base.workload.mode
+    if key == "workload.rate_per_s" and mode == "closed" or key == "workload.users" and mode == "open":
+        raise ConfigError(f"--vary {key}: the scenario's workload is {mode}; "
+                          f"vary {'workload.users' if mode == 'closed' else 'workload.rate_per_s'} instead")
+
+    def cast(v: float) -> float:
+        return int(round(v)) if kind is int else float(v)
+
+    for name, v in (("--low", low), ("--high", high)):
+        if v is not None and not (lo_b <= v <= hi_b):
+            raise ConfigError(f"{name} {v:g}: {key} must lie in [{lo_b:g}, {hi_b:g}]")
+        if v is not None and kind is int and float(v) != int(v):
+            raise ConfigError(f"{name} {v:g}: {key} is an integer key")
+    if low is not None and high is not None and low >= high:
+        raise ConfigError(f"--low {low:g} must be below --high {high:g}")
+    if step is not None and step <= 0:
+        raise ConfigError(f"--step {step:g}: must be > 0")
+    L = cast(low) if low is not None else lo_b
+    H = cast(high) if high is not None else hi_b
+    ex = executor or LocalExecutor(jobs)
+    cache: dict[float, Tried] = {}
+    res = CapacityResult(key, direction, None, reason=why)
+
+    def test(v: float) -> bool:
+        v = cast(v)
+        if v not in cache:
+            pts = expand(raw, {key: v})
+            sr = run_sweep(pts, out, executor=ex)
+            t = Tried(v, sr.points[0].summary)
+            cache[v] = t
+            res.tried.append(t)
+            if on_try:
+                on_try(t)
+        return cache[v].passed
+
+    easy, hard = (L, H) if direction == "max" else (H, L)
+
+    def grow(v: float, toward_hard: bool) -> float:
+        """The next value of a geometric bracket search, clamped to [L, H]."""
+        up = toward_hard == (direction == "max")
+        if up:
+            nv = v * 2 if v > 0 else (1 if kind is int else 1.0)
+        else:
+            nv = v / 2 if v > 0 else v - 1
+        nv = cast(nv)
+        if nv == v:
+            nv = cast(v + (1 if up else -1))
+        return min(max(nv, L), H)
+
+    good = bad = None
+    if low is not None and high is not None:
+        if not test(easy):
+            res.best = cache[cast(easy)]
+            res.note = f"even {key}={cast(easy):g}, the most favourable end of the range, does not meet the SLA"
+            return res
+        good = cast(easy)
+        if test(hard):
+            res.capacity = cast(hard)
+            res.note = f"every value in [{L:g}, {H:g}] meets the SLA; the capacity is at least {cast(hard):g}"
+            return res
+        bad = cast(hard)
+    else:
+        start = low if low is not None else high if high is not None else current
+        if start is None:
+            raise ConfigError(f"--vary {key}: the scenario sets no value for it; give --low and --high")
+        v = cast(min(max(start, L), H))
+        if test(v):
+            good = v
+            for _ in range(max_steps):
+                nv = grow(good, toward_hard=True)
+                if nv == good:
+                    break
+                if test(nv):
+                    good = nv
+                else:
+                    bad = nv
+                    break
+            if bad is None:
+                res.capacity = good
+                res.note = (f"{key}={good:g} still meets the SLA: the search stopped at "
+                            f"{'the end of the allowed range' if good in (L, H) else 'its step limit'}; "
+                            f"the capacity is at least {good:g}")
+                return res
+        else:
+            bad = v
+            for _ in range(max_steps):
+                nv = grow(bad, toward_hard=False)
+                if nv == bad:
+                    break
+                if test(nv):
+                    good = nv
+                    break
+                bad = nv
+            if good is None:
+                res.best = cache[bad]
+                res.note = f"no value of {key} tried meets the SLA (the most favourable tried: {bad:g})"
+                return res
+    # Bisect between good (passes) and bad (does not).
+    assert good is not None and bad is not None
+    def tol() -> float:
+        # 1 % of the value: finer than that, replications cannot tell neighbours apart.
+        rel = 0.01 * max(abs(good), abs(bad))
+        return step if step is not None else (max(1, int(rel)) if kind is int else rel)
+
+    while abs(bad - good) > tol():
+        mid = cast((good + bad) / 2)
+        if mid in (good, bad):
+            break
+        if test(mid):
+            good = mid
+        else:
+            bad = mid
+    res.capacity = good
+    inconc = [t.value for t in res.tried if t.verdict == "inconclusive"]
+    res.note = (f"{key}={good:g} meets every SLA; {bad:g} does not"
+                + (f" (inconclusive at {', '.join(f'{x:g}' for x in sorted(inconc))}: counted as not passing)"
+                   if inconc else ""))
+    return res

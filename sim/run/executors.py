@@ -1,0 +1,65 @@
+"""Replications, executors and the public ``simulate`` entry point.
+
+One replication is a pure function of (resolved scenario, replication index):
+its random streams come from ``SeedSequence(seed, spawn_key=(r, purpose))``.
+So the executor (this process, a local process pool, or a Dask cluster) only
+decides *where* replications run, never what they produce; results come back
+in task order whatever finishes first.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from typing import Callable, Iterator, Sequence
+
+
+from sim.spec.schema import Scenario
+from sim.engine.pipeline import Replication, run_replication
+
+Task = tuple[Scenario, int]
+
+
+def _run_task(task: Task) -> Replication:
+    scn, rep = task
+    return run_replication(scn, rep)
+
+
+def default_jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class LocalExecutor:
+    """Runs tasks in this process (jobs=1) or a fork-based process pool."""
+
+    def __init__(self, jobs: int | None = None):
+        self.jobs = jobs or default_jobs()
+
+    def as_completed(self, tasks: Sequence[Task]) -> Iterator[tuple[int, Replication]]:
+        """``(task index, replication)`` as tasks finish.  Stopping early (Ctrl-C, an
+        error) cancels what has not started; a clean finish waits for the pool."""
+        if self.jobs <= 1 or len(tasks) <= 1:
+            for i, t in enumerate(tasks):
+                yield i, _run_task(t)
+            return
+        pool = ProcessPoolExecutor(max_workers=min(self.jobs, len(tasks)), mp_context=get_context("fork"))
+        clean = False
+        try:
+            futures = {pool.submit(_run_task, t): i for i, t in enumerate(tasks)}
+            for f in as_completed(futures):
+                yield futures[f], f.result()
+            clean = True
+        finally:
+            pool.shutdown(wait=clean, cancel_futures=not clean)
+
+    def map(self, tasks: Sequence[Task], on_done: Callable[[], None] | None = None) -> list[Replication]:
+        """Every task's replication, in task order."""
+        out: list[Replication | None] = [None] * len(tasks)
+        for i, rep in self.as_completed(tasks):
+            out[i] = rep
+            if on_done:
+                on_done()
+        return out  # type: ignore[return-value]
+
+

@@ -1,0 +1,150 @@
+"""The one replication loop: ``capsim run``, ``capsim sweep`` and :func:`sim.simulate` all go through :func:`run_sweep`."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from sim.analysis.summary import summarize_point
+from sim.engine.pipeline import Replication
+from sim.errors import ConfigError
+from sim.run.executors import LocalExecutor, Task
+from sim.run.results import PointResult, SweepPoint, SweepResult
+from sim.run.store import PointStore, normalize, point_id, write_sweep
+from sim.spec.scenario import Point
+from sim.spec.schema import Scenario
+
+class SweepInterrupted(Exception):
+    """A sweep stopped before its end; what finished is saved.  ``exit_code`` for the CLI."""
+
+    def __init__(self, message: str, exit_code: int = 4):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --------------------------------------------------------------------------- keys and grids
+
+
+def needs_more(summary: dict, scn: Scenario) -> bool:
+    target = scn.run.target_precision
+    if target is None or not summary["stability"]["stable"]:
+        return False  # more replications cannot make an unstable point's percentiles converge
+    for s in summary["sla"]:
+        lo, hi = s["ci"]
+        v = s["value"]
+        if v is None or lo is None or hi is None or (hi - lo) / 2 > target * abs(v):
+            return True
+    return False
+
+
+def _executor_jobs(executor: Any) -> int:
+    return int(getattr(executor, "jobs", 1) or 1)
+
+
+def iter_completed(executor: Any, tasks: Sequence[Task]) -> Iterator[tuple[int, Replication]]:
+    """``(task index, replication)`` as tasks finish, whatever the executor.
+
+    Uses ``executor.as_completed`` where it exists (:class:`~sim.run.executors.LocalExecutor`,
+    :class:`~sim.run.dask.DaskExecutor`); any other object with ``.map`` gets one call
+    for every task (results arrive at the end).
+    """
+    if hasattr(executor, "as_completed"):
+        yield from executor.as_completed(tasks)
+        return
+    yield from enumerate(executor.map(list(tasks)))
+
+
+def run_sweep(points: Sequence[Point], out: str | Path | None = None, *, executor: Any = None,
+              jobs: int | None = None, progress: Callable[[int, int], None] | None = None,
+              name: str | None = None) -> SweepResult:
+    """Run every point not already saved under ``out``; save each as it completes.
+
+    Replications follow ``run.replications`` and ``run.target_precision``;
+    ``capsim run`` and :func:`sim.simulate` run through here too, so a point's
+    summary is the same from either, or from a re-run.
+    """
+    if not points:
+        raise ConfigError("the sweep has no points")
+    ex = executor or LocalExecutor(jobs)
+    store = PointStore(out) if out is not None else None
+    ids = [point_id(p.scenario) for p in points]
+    first: dict[str, int] = {}
+    for i, pid in enumerate(ids):
+        first.setdefault(pid, i)
+    summaries: dict[str, dict] = {}
+    computed: dict[str, list[Replication]] = {}
+    if store is not None:
+        for pid, i in first.items():
+            s = store.load_summary(pid)
+            if s is not None:
+                summaries[pid] = s
+    todo = [i for pid, i in first.items() if pid not in summaries]
+    counts = {i: points[i].scenario.run.replications for i in todo}
+    reps: dict[int, list[Replication]] = {i: [] for i in todo}
+    total = sum(counts.values())
+    done = 0
+
+    def finish(i: int, summ: dict) -> None:
+        pid = ids[i]
+        summaries[pid] = summ
+        computed[pid] = reps[i]
+        if store is not None:
+            store.save(pid, points[i].scenario, summ, reps[i])
+
+    pending = todo
+    try:
+        while pending:
+            tasks: list[Task] = []
+            owners: list[int] = []
+            for i in pending:
+                for r in range(len(reps[i]), counts[i]):
+                    tasks.append((points[i].scenario, r))
+                    owners.append(i)
+            need = {i: counts[i] - len(reps[i]) for i in pending}
+            nxt: list[int] = []
+            for j, rep in iter_completed(ex, tasks):
+                i = owners[j]
+                reps[i].append(rep)
+                done += 1
+                if progress:
+                    progress(done, total)
+                need[i] -= 1
+                if need[i]:
+                    continue
+                reps[i].sort(key=lambda r: r.replication)
+                p = points[i]
+                summ = normalize(summarize_point(p.scenario, reps[i], p.params))
+                cap = p.scenario.run.max_replications
+                if needs_more(summ, p.scenario) and counts[i] < cap:
+                    counts[i] = min(cap, max(counts[i] + 2, math.ceil(counts[i] * 1.5)))
+                    total += counts[i] - len(reps[i])
+                    nxt.append(i)
+                else:
+                    finish(i, summ)
+            pending = nxt
+    except KeyboardInterrupt:
+        raise SweepInterrupted(_stopped_message("interrupted", len(summaries), len(first), out), 130) from None
+    except cf.process.BrokenProcessPool:
+        raise SweepInterrupted(_stopped_message("a worker process died", len(summaries), len(first), out)) from None
+
+    result_points: list[PointResult] = []
+    for i, p in enumerate(points):
+        pid = ids[i]
+        s = dict(summaries[pid])
+        s["params"] = dict(p.params)  # the same scenario may be reached under other swept keys
+        fresh = pid in computed and first[pid] == i
+        keep = computed.get(pid, []) if store is None else []
+        result_points.append(SweepPoint(dict(p.params), p.scenario, keep, s, id=pid, computed=fresh,
+                                        folder=store.folder(pid) if store is not None else None))
+    res = SweepResult(name or points[0].scenario.name, result_points, out=Path(out) if out is not None else None)
+    if store is not None:
+        write_sweep(res, out)
+    return res
+
+
+def _stopped_message(why: str, have: int, total: int, out: Any) -> str:
+    if out is None:
+        return f"{why}: {have} of {total} points finished (give --out DIR to keep them across runs)"
+    return f"{why}: {have} of {total} points are saved in {out}; run the same command again to compute the rest"

@@ -1,0 +1,163 @@
+"""The point store and the files of a sweep folder (see :mod:`sim.run.sweep`)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import yaml
+
+import sim
+from sim.analysis.table import summary_table
+from sim.engine.pipeline import Replication
+from sim.errors import CapsimError
+from sim.files import atomic_write_bytes, atomic_write_text, to_json
+from sim.physics.retrieval import default_calibration_path
+from sim.analysis.table import with_params
+from sim.run.results import Result, SweepResult, rep_frame, timeseries_frame
+from sim.spec.schema import Scenario
+
+def point_id(scn: Scenario) -> str:
+    """Hash of what determines a point's results, 20 hex digits: sha256 of the resolved
+    scenario's canonical JSON, capsim's version and, when retrieval times come from a
+    calibration file, that file's contents (a re-measured file makes stale points miss)."""
+
+    doc = {"scenario": scn.model_dump(mode="json"), "capsim": sim.__version__}
+    r = scn.retrieval
+    if r.enabled and r.service_ms is None:
+
+        path = Path(r.calibration) if r.calibration else default_calibration_path()
+        try:
+            doc["calibration_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            doc["calibration_sha256"] = None  # the run itself reports the missing file
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def normalize(summary: dict) -> dict:
+    """The summary as it reads back from JSON, so fresh and reused points compare equal."""
+
+    return json.loads(to_json(summary))
+
+
+class PointStore:
+    """``out/points/<id>/``: one folder per completed point, ``summary.json`` written last."""
+
+    def __init__(self, out: str | Path):
+        self.root = Path(out)
+        self.points = self.root / "points"
+
+    def folder(self, pid: str) -> Path:
+        return self.points / pid
+
+    def has(self, pid: str) -> bool:
+        d = self.folder(pid)
+        return all((d / f).is_file() for f in ("summary.json", "records.parquet", "scenario.yaml"))
+
+    def load_summary(self, pid: str) -> dict | None:
+        if not self.has(pid):
+            return None
+        try:
+            return json.loads((self.folder(pid) / "summary.json").read_text())
+        except (OSError, ValueError):
+            return None  # unreadable: compute it again
+
+    def save(self, pid: str, scn: Scenario, summary: dict, reps: Sequence[Replication]) -> None:
+
+        d = self.folder(pid)
+        atomic_write_text(d / "scenario.yaml", yaml.safe_dump(scn.model_dump(mode="json"), sort_keys=False))
+        atomic_write_bytes(d / "records.parquet", parquet_bytes(rep_frame(reps)))
+        atomic_write_bytes(d / "timeseries.parquet", parquet_bytes(timeseries_frame(reps)))
+        atomic_write_text(d / "summary.json", to_json(summary))  # last: marks the point complete
+
+
+# --------------------------------------------------------------------------- results
+
+
+def write_sweep(result: SweepResult, out: str | Path) -> list[Path]:
+    """The folder-level files: summary.json/.csv/.parquet, records.parquet, timeseries.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+
+    out = Path(out)
+    written = []
+    atomic_write_text(out / "summary.json", to_json(result.summary))
+    table = result.table()
+    atomic_write_text(out / "summary.csv", table.to_csv(index=False))
+    atomic_write_bytes(out / "summary.parquet", parquet_bytes(table))
+    written += [out / "summary.json", out / "summary.csv", out / "summary.parquet"]
+    dtypes = result._dtypes()
+    for name in ("records", "timeseries"):
+        # Stream point by point so a big sweep never sits in memory at once.
+        tmp = out / f".{name}.parquet.tmp"
+        writer = None
+        try:
+            for i, p in enumerate(result.points):
+                df = with_params(p._frame(name), p.params, dtypes)
+                if df.empty:  # e.g. a point saved before time series existed
+                    continue
+                df.insert(0, "point", i)
+                df.insert(1, "id", p.id)
+                t = pa.Table.from_pandas(df, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, t.schema)
+                elif t.schema != writer.schema:
+                    t = t.cast(writer.schema)
+                writer.write_table(t)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is not None:
+            os.replace(tmp, out / f"{name}.parquet")
+            written.append(out / f"{name}.parquet")
+    return written
+
+
+def load_sweep(out: str | Path) -> dict:
+    """Read a sweep (or `capsim run --out`) folder: ``{"summary", "table", "records_path", ...}``."""
+    out = Path(out)
+    f = out / "summary.json"
+    if not f.is_file():
+        raise CapsimError(f"{out}: no summary.json here (expected a folder written by capsim sweep --out "
+                          f"or capsim run --out)")
+    try:
+        summary = json.loads(f.read_text())
+    except ValueError as e:
+        raise CapsimError(f"{f}: not valid JSON ({e})") from None
+    return {"summary": summary, "table": summary_table(summary.get("points", [])),
+            "records": out / "records.parquet", "timeseries": out / "timeseries.parquet"}
+
+
+# --------------------------------------------------------------------------- capacity search
+
+
+def write_run(result: Result, out_dir: str | Path) -> list[Path]:
+    """Write the resolved scenario(s), the summary JSON and the Parquet records."""
+    out = Path(out_dir)
+    written = []
+    scenarios = [p.scenario.model_dump(mode="json") for p in result.points]
+    resolved = scenarios[0] if len(scenarios) == 1 else {"points": [
+        {"params": p.params, "scenario": s} for p, s in zip(result.points, scenarios)]}
+    atomic_write_text(out / "scenario.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    written.append(out / "scenario.resolved.yaml")
+    atomic_write_text(out / "summary.json", to_json(result.summary))
+    written.append(out / "summary.json")
+    df = result.records
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(out / "records.parquet", buf.getvalue())
+    written.append(out / "records.parquet")
+    return written

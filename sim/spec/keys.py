@@ -1,0 +1,131 @@
+"""Dotted scenario keys: is ``llm.replicas`` a key, what numbers may it hold, and ``--grid`` values."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import typing
+from typing import Any, Sequence
+
+import annotated_types as at
+from pydantic import BaseModel
+
+from sim.errors import ConfigError
+from sim.spec.scenario import parse_value
+from sim.spec.schema import Scenario, model_of
+
+def check_key(key: str, flag: str = "--grid") -> None:
+    """Raise :class:`ConfigError` unless ``key`` names a field of the scenario schema.
+
+    Keys under a free-form mapping (``sla.e2e_ms.p95``) are accepted from the
+    mapping down; the values are checked when the points are validated.
+    """
+
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"{flag} {key!r}: expected a dotted key such as workload.users")
+    models: list[type[BaseModel]] = [Scenario]
+    for i, part in enumerate(parts):
+        if not models:  # below a mapping / list: free-form
+            return
+        fields: dict[str, Any] = {}
+        for m in models:
+            for name, f in m.model_fields.items():
+                fields.setdefault(name, []).append(f)
+        if part not in fields:
+            where = ".".join(parts[:i]) or "the scenario"
+            close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{flag} {key}: {where} has no key {part!r} ({hint}allowed: {', '.join(fields)})")
+        nxt: list[type[BaseModel]] = []
+        for f in fields[part]:
+            nxt += [m for m in model_of(f.annotation) if m not in nxt]
+        models = nxt
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list]:
+    """``["workload.users=50,100", "llm.gpu=h100-sxm,h200"]`` -> ``{key: [values]}``.
+
+    Each value is read as a YAML scalar (``100`` an int, ``0.5`` a float,
+    ``h200`` a string); ``KEY=[...]`` is read as one YAML list.
+    """
+    grid: dict[str, list] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. workload.users=50,100,200")
+        key, text = (s.strip() for s in item.split("=", 1))
+        check_key(key)
+        if text.startswith("["):
+            values = parse_value(text)
+            if not isinstance(values, list):
+                raise ConfigError(f"--grid {key}: {text!r} is not a YAML list")
+        else:
+            values = [parse_value(v.strip()) for v in text.split(",")]
+        if not values or any(v is None or v == "" for v in values):
+            raise ConfigError(f"--grid {key}: empty value in {text!r}; expected V1,V2,...")
+        if key in grid:
+            raise ConfigError(f"--grid {key}: given twice")
+        grid[key] = values
+    return grid
+
+
+# --------------------------------------------------------------------------- the point store
+
+
+def numeric_field(scn: Scenario, key: str) -> tuple[type, float, float, Any]:
+    """(int or float, lowest allowed, highest allowed, current value) of a dotted key."""
+
+    check_key(key, "--vary")
+    parts = key.split(".")
+    obj: Any = scn
+    for i, part in enumerate(parts[:-1]):
+        obj = getattr(obj, part, None)
+        if not isinstance(obj, BaseModel):
+            raise ConfigError(f"--vary {key}: {'.'.join(parts[: i + 1])} is not a section with numeric keys "
+                              f"in this scenario")
+    fld = type(obj).model_fields.get(parts[-1])
+    if fld is None:
+        raise ConfigError(f"--vary {key}: not a key of {'.'.join(parts[:-1])} in this scenario")
+    current = getattr(obj, parts[-1])
+    kinds: list[type] = []
+    lo, hi = -math.inf, math.inf
+    gt = False
+
+    def walk(ann: Any, meta: list) -> None:
+        nonlocal lo, hi, gt
+
+        origin = typing.get_origin(ann)
+        if origin is typing.Annotated:
+            args = typing.get_args(ann)
+            walk(args[0], meta + list(args[1:]))
+            return
+        if origin is not None and origin is not typing.Literal:
+            for a in typing.get_args(ann):
+                walk(a, meta)
+            return
+        if ann in (int, float):
+            kinds.append(ann)
+            for m in meta + list(fld.metadata):
+                for c in getattr(m, "metadata", [m]):
+                    if isinstance(c, at.Ge):
+                        lo = max(lo, float(c.ge))
+                    elif isinstance(c, at.Gt):
+                        lo, gt = max(lo, float(c.gt)), True
+                    elif isinstance(c, at.Le):
+                        hi = min(hi, float(c.le))
+                    elif isinstance(c, at.Lt):
+                        hi = min(hi, float(c.lt))
+
+    walk(fld.annotation, [])
+    if not kinds:
+        shown = f"a {type(current).__name__} section" if isinstance(current, BaseModel) else repr(current)
+        raise ConfigError(f"--vary {key}: not a numeric key (it holds {shown}); vary an integer or "
+                          f"float key such as workload.users or llm.replicas")
+    kind = int if kinds == [int] or (int in kinds and float not in kinds) else float
+    if kind is int:
+        lo = math.floor(lo) + 1 if gt else math.ceil(lo)
+    elif gt:
+        lo = lo + max(abs(lo) * 1e-9, 1e-12)
+    if math.isinf(lo):
+        lo = 0 if kind is int else 0.0
+    return kind, lo, hi, current

@@ -1,0 +1,598 @@
+"""The scenario schema: pydantic models for every section, ``extra="forbid"``.
+
+A scenario is validated once, at the border, into a frozen :class:`Scenario`;
+everything downstream trusts it.  Catalog names for ``llm.model`` and
+``llm.gpu`` are resolved here into inline specs, so the resolved scenario
+written next to results says exactly which numbers were simulated.
+
+Validation errors become one line naming the dotted key (see
+:func:`format_validation_error`), with a "did you mean" for misspelt keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+from sim import distributions as D
+from sim.physics import gpu as gpu_model
+from sim.errors import ConfigError
+from sim.registry import INDEXES, ROUTERS
+from sim.spec.metrics import METRIC_STAGE, SLA_METRICS, STATS
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# --------------------------------------------------------------------------- distributions
+
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class ConstantSpec(Strict):
+    dist: Literal["constant"]
+    value: NonNegFloat
+
+
+class ExponentialSpec(Strict):
+    dist: Literal["exponential"]
+    mean: PosFloat
+
+
+class LognormalSpec(Strict):
+    dist: Literal["lognormal"]
+    mean: PosFloat
+    cv: NonNegFloat
+
+
+class GammaSpec(Strict):
+    dist: Literal["gamma"]
+    mean: PosFloat
+    cv: NonNegFloat
+
+
+class UniformSpec(Strict):
+    dist: Literal["uniform"]
+    low: NonNegFloat
+    high: NonNegFloat
+
+    @model_validator(mode="after")
+    def _order(self) -> "UniformSpec":
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+
+class EmpiricalSpec(Strict):
+    dist: Literal["empirical"]
+    samples: Annotated[list[NonNegFloat], Field(min_length=1)]
+
+
+DIST_NAMES = ("constant", "exponential", "lognormal", "gamma", "uniform", "empirical")
+
+
+def _number_to_constant(v: Any) -> Any:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)):
+        return {"dist": "constant", "value": v}
+    if isinstance(v, dict) and "dist" not in v:
+        raise ValueError(
+            f"a distribution needs 'dist: one of {', '.join(DIST_NAMES)}' (or write a plain number)"
+        )
+    if isinstance(v, dict) and v.get("dist") not in DIST_NAMES:
+        raise ValueError(f"unknown dist {v.get('dist')!r}; allowed: {', '.join(DIST_NAMES)}")
+    return v
+
+
+DistSpec = Annotated[
+    Union[ConstantSpec, ExponentialSpec, LognormalSpec, GammaSpec, UniformSpec, EmpiricalSpec],
+    Field(discriminator="dist"),
+    BeforeValidator(_number_to_constant),
+]
+
+
+def build_distribution(spec: Any) -> D.Distribution:
+    """Turn a validated distribution spec into a sampling object."""
+    if isinstance(spec, ConstantSpec):
+        return D.Constant(spec.value)
+    if isinstance(spec, ExponentialSpec):
+        return D.Exponential(spec.mean)
+    if isinstance(spec, LognormalSpec):
+        return D.Lognormal(spec.mean, spec.cv)
+    if isinstance(spec, GammaSpec):
+        return D.Gamma(spec.mean, spec.cv)
+    if isinstance(spec, UniformSpec):
+        return D.Uniform(spec.low, spec.high)
+    if isinstance(spec, EmpiricalSpec):
+        return D.Empirical(tuple(spec.samples))
+    raise TypeError(f"not a distribution spec: {spec!r}")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class RunConfig(Strict):
+    duration_s: PosFloat = 600.0
+    warmup_s: Union[NonNegFloat, Literal["auto"]] = 60.0
+    replications: Annotated[int, Field(ge=1)] = 5
+    seed: Annotated[int, Field(ge=0)] = 1
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    target_precision: Optional[PosFloat] = None
+    max_replications: Annotated[int, Field(ge=1)] = 30
+    drain_s: Optional[NonNegFloat] = None
+
+    @property
+    def drain_seconds(self) -> float:
+        """How long in-flight requests may finish after arrivals stop: ``drain_s``,
+        or by default max(30 s, a quarter of ``duration_s``)."""
+        return self.drain_s if self.drain_s is not None else max(30.0, 0.25 * self.duration_s)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if isinstance(self.warmup_s, float) and self.warmup_s >= self.duration_s:
+            raise ValueError(f"warmup_s ({self.warmup_s}) must be < duration_s ({self.duration_s})")
+        if self.target_precision is not None and self.replications < 2:
+            raise ValueError("replications must be >= 2 when target_precision asks for an interval")
+        return self
+
+
+class QueriesConfig(Strict):
+    distinct: Annotated[int, Field(ge=1)] = 10_000
+    hot_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
+    hot_keys: Annotated[int, Field(ge=0)] = 0
+    zipf_s: NonNegFloat = 1.0
+
+    @model_validator(mode="after")
+    def _check(self) -> "QueriesConfig":
+        if self.hot_keys > self.distinct:
+            raise ValueError(f"hot_keys ({self.hot_keys}) must be <= distinct ({self.distinct})")
+        if self.hot_fraction > 0 and self.hot_keys == 0:
+            raise ValueError("hot_fraction > 0 needs hot_keys >= 1")
+        if self.hot_fraction < 1 and self.hot_keys == self.distinct and self.hot_keys > 0:
+            raise ValueError("hot_keys == distinct leaves no cold keys for the (1 - hot_fraction) share")
+        return self
+
+
+class WorkloadConfig(Strict):
+    mode: Literal["closed", "open"] = "closed"
+    users: Optional[Annotated[int, Field(ge=1)]] = None
+    think_s: Optional[DistSpec] = None
+    rate_per_s: Optional[PosFloat] = None
+    arrival: Literal["poisson", "gamma"] = "poisson"
+    cv: Optional[PosFloat] = None
+    queries: QueriesConfig = QueriesConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "WorkloadConfig":
+        if self.mode == "closed":
+            if self.users is None:
+                raise ValueError("mode closed needs users")
+            if self.think_s is None:
+                raise ValueError("mode closed needs think_s")
+        else:
+            if self.rate_per_s is None:
+                raise ValueError("mode open needs rate_per_s")
+            if self.arrival == "gamma" and self.cv is None:
+                raise ValueError("arrival gamma needs cv")
+        return self
+
+
+class CacheConfig(Strict):
+    enabled: bool = True
+    policy: Literal["lru"] = "lru"
+    capacity: Annotated[int, Field(ge=0)] = 1000
+    lookup_ms: DistSpec = ConstantSpec(dist="constant", value=1.0)
+
+
+class RetrievalConfig(Strict):
+    enabled: bool = True
+    index: Literal[INDEXES.names()] = "hnsw"  # type: ignore[valid-type]
+    docs: Annotated[int, Field(ge=1)] = 50_000
+    dim: Annotated[int, Field(ge=1)] = 768
+    top_k: Annotated[int, Field(ge=1)] = 5
+    workers: Annotated[int, Field(ge=1)] = 4
+    cpu_cores: Optional[Annotated[int, Field(ge=1)]] = None
+    service_ms: Optional[DistSpec] = None
+    calibration: Optional[str] = None
+    ef_search: Optional[Annotated[int, Field(ge=1)]] = None
+    nprobe: Optional[Annotated[int, Field(ge=1)]] = None
+    overhead_ms: DistSpec = ConstantSpec(dist="constant", value=0.0)
+
+
+class ModelSpec(Strict):
+    name: Optional[str] = None
+    layers: Annotated[int, Field(ge=1)]
+    hidden: Annotated[int, Field(ge=1)]
+    heads: Annotated[int, Field(ge=1)]
+    kv_heads: Annotated[int, Field(ge=1)]
+    head_dim: Annotated[int, Field(ge=1)]
+    vocab: Annotated[int, Field(ge=1)]
+    intermediate: Optional[Annotated[int, Field(ge=1)]] = None
+    params: Optional[PosFloat] = None
+    tied_embeddings: bool = False
+    qkv_bias: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        if self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads ({self.kv_heads}) must divide heads ({self.heads})")
+        if self.params is None and self.intermediate is None:
+            raise ValueError("give params, or intermediate so params can be computed from the shapes")
+        return self
+
+    @property
+    def param_count(self) -> float:
+        if self.params is not None:
+            return float(self.params)
+        from sim.spec.catalog import param_count
+
+        return float(
+            param_count(
+                layers=self.layers, hidden=self.hidden, heads=self.heads, kv_heads=self.kv_heads,
+                head_dim=self.head_dim, intermediate=self.intermediate, vocab=self.vocab,
+                tied_embeddings=self.tied_embeddings, qkv_bias=self.qkv_bias,
+            )
+        )
+
+
+class GPUSpec(Strict):
+    name: Optional[str] = None
+    hbm_bandwidth_gbps: PosFloat
+    memory_gb: PosFloat
+    peak_tflops: PosFloat
+    interconnect_gbps: Optional[PosFloat] = None
+
+
+class PromptComposition(Strict):
+    """``system_tokens + top_k * doc_tokens + question_tokens``."""
+
+    system_tokens: Annotated[int, Field(ge=0)] = 0
+    doc_tokens: DistSpec = ConstantSpec(dist="constant", value=0)
+    question_tokens: DistSpec = ConstantSpec(dist="constant", value=0)
+
+
+def _prompt_kind(v: Any) -> str:
+    if isinstance(v, PromptComposition) or (isinstance(v, dict) and "dist" not in v):
+        return "composition"
+    return "distribution"
+
+
+PromptSpec = Annotated[
+    Union[Annotated[PromptComposition, Tag("composition")], Annotated[DistSpec, Tag("distribution")]],
+    Discriminator(_prompt_kind),
+]
+
+
+def _catalog_entry(kind: str):
+    def convert(v: Any) -> Any:
+        if isinstance(v, str):
+            from sim.spec import catalog
+
+            entry = catalog.model(v, key="llm.model") if kind == "model" else catalog.gpu(v, key="llm.gpu")
+            return {"name": v.lower(), **entry}
+        return v
+
+    return convert
+
+
+class LLMConfig(Strict):
+    enabled: bool = True
+    model: Annotated[ModelSpec, BeforeValidator(_catalog_entry("model"))] = "article-8l"  # type: ignore[assignment]
+    gpu: Annotated[GPUSpec, BeforeValidator(_catalog_entry("gpu"))] = "h100-sxm"  # type: ignore[assignment]
+    replicas: Annotated[int, Field(ge=1)] = 1
+    router: Literal[ROUTERS.names()] = "least_outstanding"  # type: ignore[valid-type]
+    max_batch: Annotated[int, Field(ge=1)] = 256
+    dtype_bytes: PosFloat = 2.0
+    kv_dtype_bytes: PosFloat = 2.0
+    bw_efficiency: Annotated[float, Field(gt=0, le=1)] = 0.8
+    mfu: Annotated[float, Field(gt=0, le=1)] = 0.5
+    step_overhead_ms: NonNegFloat = 1.0
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    tensor_parallel: Annotated[int, Field(ge=1)] = 1
+    kv_block_tokens: Annotated[int, Field(ge=1)] = 16
+    max_batched_tokens: Annotated[int, Field(ge=1)] = 8192
+    chunked_prefill: bool = True
+    prefix_caching: Optional[bool] = None  # None: on when prompt_tokens has system_tokens
+    prompt_tokens: PromptSpec = 1000  # type: ignore[assignment]
+    output_tokens: DistSpec = 100  # type: ignore[assignment]
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @property
+    def weights_bytes(self) -> float:
+        """Bytes of the whole model's weights (all ``tensor_parallel`` GPUs together)."""
+        return gpu_model.weights_bytes(self.model.param_count, self.dtype_bytes)
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        """KV bytes of one token for the whole model (all GPUs together)."""
+        m = self.model
+        return gpu_model.kv_bytes_per_token(m.layers, m.kv_heads, m.head_dim, self.kv_dtype_bytes)
+
+    @property
+    def kv_bytes_per_token_per_gpu(self) -> float:
+        """KV bytes of one token on each GPU of the replica (KV heads split, or replicated when tp > kv_heads)."""
+        m = self.model
+        return gpu_model.kv_bytes_per_token_per_gpu(m.layers, m.kv_heads, m.head_dim, self.kv_dtype_bytes,
+                                                    self.tensor_parallel)
+
+    @property
+    def kv_budget_bytes(self) -> float:
+        """HBM left for KV cache on each GPU: memory * gpu_memory_utilization - weights / tensor_parallel."""
+        return (self.gpu.memory_gb * gpu_model.GB * self.gpu_memory_utilization
+                - self.weights_bytes / self.tensor_parallel)
+
+    @property
+    def kv_blocks(self) -> int:
+        """KV-cache blocks of ``kv_block_tokens`` tokens one replica holds."""
+        return gpu_model.kv_blocks(self.kv_budget_bytes, self.kv_bytes_per_token_per_gpu, self.kv_block_tokens)
+
+    @property
+    def prefix_caching_enabled(self) -> bool:
+        """``prefix_caching``, or by default: on when the prompt is a composition with system_tokens."""
+        if self.prefix_caching is not None:
+            return self.prefix_caching
+        return isinstance(self.prompt_tokens, PromptComposition) and self.prompt_tokens.system_tokens > 0
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens of the shared system prompt held once per replica: its *full* blocks (0 when off)."""
+        if not self.prefix_caching_enabled or not isinstance(self.prompt_tokens, PromptComposition):
+            return 0
+        b = self.kv_block_tokens
+        return (self.prompt_tokens.system_tokens // b) * b
+
+    @model_validator(mode="after")
+    def _fits(self) -> "LLMConfig":
+        if not self.enabled:
+            return self
+        tp, m = self.tensor_parallel, self.model
+        if tp > 1 and self.gpu.interconnect_gbps is None:
+            raise ValueError(f"tensor_parallel {tp} needs llm.gpu.interconnect_gbps (GPU-to-GPU GB/s)")
+        if m.heads % tp:
+            raise ValueError(f"tensor_parallel ({tp}) must divide the model's heads ({m.heads}); "
+                             f"set llm.tensor_parallel to a divisor of {m.heads}")
+        if m.kv_heads % tp and tp % m.kv_heads:
+            raise ValueError(f"tensor_parallel ({tp}) and kv_heads ({m.kv_heads}) must divide one another; "
+                             f"change llm.tensor_parallel")
+        mem = self.gpu.memory_gb * self.gpu_memory_utilization
+        per_gpu = self.weights_bytes / tp / gpu_model.GB
+        if self.kv_blocks < 1:
+            what = "do not fit" if per_gpu >= mem else "leave no room for one KV block"
+            raise ValueError(
+                f"model weights ({self.weights_bytes / 1e9:.1f} GB at dtype_bytes {self.dtype_bytes:g}, "
+                f"{per_gpu:.1f} GB per GPU over llm.tensor_parallel {tp}) {what} in "
+                f"{self.gpu.name or 'the GPU'}'s {self.gpu.memory_gb:g} GB x gpu_memory_utilization "
+                f"{self.gpu_memory_utilization:g}; raise llm.tensor_parallel, use a bigger GPU or lower dtype_bytes"
+            )
+        if self.max_batched_tokens < self.max_batch:
+            raise ValueError(f"max_batched_tokens ({self.max_batched_tokens}) must be >= max_batch "
+                             f"({self.max_batch}) so every running sequence can decode in one step; "
+                             f"raise llm.max_batched_tokens")
+        return self
+
+
+def _check_sla(v: Any) -> Any:
+    if not isinstance(v, dict):
+        return v
+    for metric, stats in v.items():
+        if metric not in SLA_METRICS:
+            close = difflib.get_close_matches(str(metric), SLA_METRICS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown SLA metric {metric!r}{hint}; allowed: {', '.join(SLA_METRICS)}")
+        if not isinstance(stats, dict):
+            raise ValueError(f"{metric}: expected a mapping statistic -> threshold, e.g. {{p95: 800}}")
+        for stat in stats:
+            if stat not in STATS:
+                raise ValueError(f"{metric}: unknown statistic {stat!r}; allowed: {', '.join(STATS)}")
+    return v
+
+
+SLAConfig = Annotated[dict[str, dict[str, PosFloat]], BeforeValidator(_check_sla)]
+
+
+class CostConfig(Strict):
+    """Prices in USD per hour (see :mod:`sim.analysis.dollars`): every replica's GPUs and every retrieval worker."""
+
+    gpu_per_hour: NonNegFloat = 0.0
+    cpu_worker_per_hour: NonNegFloat = 0.0
+
+
+class Expectation(Strict):
+    """What the scenario's author expects at some sweep points (see :mod:`sim.testing`).
+
+    ``params`` selects the points whose swept values match (a subset of the
+    swept keys; ``{}`` is every point); ``verdict`` is what every SLA there
+    should come out as.  Points that no expectation names are not asserted.
+    """
+
+    params: dict[str, Any] = {}
+    verdict: Literal["pass", "fail"] = "pass"
+
+
+def _upper_bound(spec: Any) -> float | None:
+    """The largest value a bounded distribution can draw (None when unbounded)."""
+    if isinstance(spec, ConstantSpec):
+        return spec.value
+    if isinstance(spec, UniformSpec):
+        return spec.high
+    if isinstance(spec, EmpiricalSpec):
+        return max(spec.samples)
+    return None
+
+
+class Scenario(Strict):
+    name: str = "scenario"
+    description: Optional[str] = None
+    run: RunConfig = RunConfig()
+    workload: WorkloadConfig
+    cache: CacheConfig = CacheConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    llm: LLMConfig = LLMConfig()
+    sla: SLAConfig = {}
+    cost: Optional[CostConfig] = None
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    expect: list[Expectation] = []
+
+    def _check_longest_request_fits(self) -> None:
+        """With bounded token distributions, the longest request must fit one replica's KV
+        memory alone (the engine checks unbounded ones when such a request shows up)."""
+        llm = self.llm
+        if not llm.enabled:
+            return
+        p = llm.prompt_tokens
+        if isinstance(p, PromptComposition):
+            top_k = self.retrieval.top_k if self.retrieval.enabled else 0
+            doc, question = _upper_bound(p.doc_tokens), _upper_bound(p.question_tokens)
+            prompt = None if doc is None or question is None else p.system_tokens + top_k * doc + question
+        else:
+            prompt = _upper_bound(p)
+        output = _upper_bound(llm.output_tokens)
+        if prompt is None or output is None:
+            return
+        B = llm.kv_block_tokens
+        need = gpu_model.request_kv_blocks(int(round(prompt)), int(round(output)), llm.prefix_tokens, B)
+        room = llm.kv_blocks - llm.prefix_tokens // B
+        if need > room:
+            raise ValueError(
+                f"llm: the longest request ({int(round(prompt))} prompt + {int(round(output))} output tokens) needs "
+                f"{need} KV blocks of {B} tokens but a replica holds {room}; raise llm.tensor_parallel or "
+                f"llm.gpu_memory_utilization, use a bigger GPU or lower kv_dtype_bytes, or shorten "
+                f"llm.prompt_tokens / llm.output_tokens")
+
+    def _takes_time(self) -> bool:
+        """Can a request take any simulated time at all?"""
+        if self.llm.enabled:
+            return True
+        if self.cache.enabled and build_distribution(self.cache.lookup_ms).mean > 0:
+            return True
+        r = self.retrieval
+        return r.enabled and (r.service_ms is None or build_distribution(r.service_ms).mean > 0
+                              or build_distribution(r.overhead_ms).mean > 0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Scenario":
+        for metric in self.sla:
+            stage = METRIC_STAGE.get(metric)
+            if stage and not getattr(self, stage).enabled:
+                raise ValueError(f"sla.{metric}: the {stage} stage is disabled ({stage}.enabled: false), "
+                                 f"so no request measures {metric}")
+        w = self.workload
+        if w.mode == "closed" and build_distribution(w.think_s).mean == 0 and not self._takes_time():
+            raise ValueError("workload.think_s: zero think time and no stage that takes time: "
+                             "users would ask forever at t = 0; give think_s a positive mean")
+        self._check_longest_request_fits()
+        if self.expect and not self.sla:
+            raise ValueError("expect: needs an sla section to judge the points against")
+        for i, e in enumerate(self.expect):
+            unknown = [k for k in e.params if k not in self.sweep]
+            if self.sweep and unknown:
+                raise ValueError(f"expect[{i}].params: {unknown[0]!r} is not a swept key "
+                                 f"(swept: {', '.join(self.sweep)})")
+        return self
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def model_of(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation may hold (through Optional/Union/Annotated)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return model_of(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        out: list[type[BaseModel]] = []
+        for arg in typing.get_args(annotation):
+            out += model_of(arg)
+        return out
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return []
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the model at ``loc`` (a pydantic error location)."""
+    models: list[type[BaseModel]] = [Scenario]
+    for part in loc:
+        if isinstance(part, str) and part in DIST_NAMES:  # a union tag selects one member
+            models = [m for m in models if m.model_fields.get("dist") is not None
+                      and part in typing.get_args(m.model_fields["dist"].annotation)] or models
+            continue
+        if part in ("composition", "distribution"):
+            continue
+        nxt: list[type[BaseModel]] = []
+        for m in models:
+            if isinstance(part, str) and part in m.model_fields:
+                nxt += model_of(m.model_fields[part].annotation)
+        models = nxt
+    names: list[str] = []
+    for m in models:
+        names += [n for n in m.model_fields if n not in names]
+    return names
+
+
+_TAGS = set(DIST_NAMES) | {"composition", "distribution"}
+
+
+def _dotted(loc: tuple) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in _TAGS or p.startswith("function-")))]
+    return ".".join(parts)
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line for the first error: ``dotted.key: what is wrong (what is allowed)``."""
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    key = _dotted(loc)
+    if prefix:
+        key = f"{prefix}.{key}" if key else prefix
+    kind = e["type"]
+    if kind == "extra_forbidden":
+        allowed = _fields_at(tuple(loc[:-1]))
+        bad = str(loc[-1])
+        close = difflib.get_close_matches(bad, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        msg = f"unknown key ({hint}allowed: {', '.join(allowed)})"
+    elif kind == "missing":
+        msg = "is required"
+    elif kind == "literal_error":
+        msg = f"{e['msg'][0].lower()}{e['msg'][1:]}, got {e.get('input')!r}"
+    elif kind in ("value_error", "assertion_error"):
+        msg = str(e["msg"]).removeprefix("Value error, ")
+    else:
+        m = str(e["msg"])
+        msg = f"{m[0].lower()}{m[1:]}"
+        if "input" in e and not isinstance(e["input"], (dict, list)):
+            msg += f", got {e['input']!r}"
+    extra = len(err.errors()) - 1
+    tail = f" (and {extra} more error{'s' if extra > 1 else ''})" if extra else ""
+    return f"{key}: {msg}{tail}" if key else f"{msg}{tail}"
+
+
+def validate_scenario(data: dict) -> Scenario:
+    """Validate a raw mapping; bad input raises :class:`ConfigError` with one line."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a scenario must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def json_schema() -> dict:
+    return Scenario.model_json_schema()

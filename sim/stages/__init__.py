@@ -1,1 +1,0 @@
-"""One SimPy stage per module: its queue, its servers, the timestamps it stamps."""
