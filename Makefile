@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 SCENARIO ?= scenarios/order_support.yaml
 
-.PHONY: run test test-long bench calibration clean venv
+.PHONY: run test lint test-long bench calibration clean venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,19 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/capsim run $(SCENARIO); rc=$$?; [ $$rc -le 1 ] || [ $$rc -eq 3 ] || exit $$rc
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check sim tests benchmarks
+	$(BIN)/ruff format --check sim tests benchmarks
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-long: $(STAMP)
 	CAPSIM_LONG=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_startup.py
 	$(BIN)/python benchmarks/bench_engine.py
 
 calibration: $(STAMP)

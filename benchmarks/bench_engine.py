@@ -65,28 +65,35 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    flagship = sim.load_scenario(ROOT / "scenarios/order_support.yaml",
-                                 {"workload.users": 1000, "retrieval.index": "hnsw",
-                                  "run.duration_s": 600, "run.warmup_s": 60, "sweep": {}})
+    flagship = sim.load_scenario(
+        ROOT / "scenarios/order_support.yaml",
+        {"workload.users": 1000, "retrieval.index": "hnsw", "run.duration_s": 600, "run.warmup_s": 60, "sweep": {}},
+    )
     c, lam, mu, until = 10, 9.0, 1.0, 20_000.0
-    mmc = sim.load_scenario({
-        "name": "mmc", "run": {"duration_s": until, "warmup_s": 0, "replications": 1, "drain_s": 0},
-        "workload": {"mode": "open", "rate_per_s": lam},
-        "cache": {"enabled": False}, "llm": {"enabled": False},
-        "retrieval": {"workers": c, "service_ms": {"dist": "exponential", "mean": 1000 / mu}},
-    })
+    mmc = sim.load_scenario(
+        {
+            "name": "mmc",
+            "run": {"duration_s": until, "warmup_s": 0, "replications": 1, "drain_s": 0},
+            "workload": {"mode": "open", "rate_per_s": lam},
+            "cache": {"enabled": False},
+            "llm": {"enabled": False},
+            "retrieval": {"workers": c, "service_ms": {"dist": "exponential", "mean": 1000 / mu}},
+        }
+    )
     rows = []
     for i in range(args.repeat):
-        rep, t_flag = timed(lambda: run_replication(flagship, i))
+        rep, t_flag = timed(lambda i=i: run_replication(flagship, i))
         n_flag = len(rep.records["e2e_ms"])
-        rep, t_mmc = timed(lambda: run_replication(mmc, i))
+        rep, t_mmc = timed(lambda i=i: run_replication(mmc, i))
         n_mmc = len(rep.records["e2e_ms"])
-        n_bare, t_bare = timed(lambda: bare_simpy_mmc(c, lam, mu, until, i))
+        n_bare, t_bare = timed(lambda i=i: bare_simpy_mmc(c, lam, mu, until, i))
         rows.append((n_flag / t_flag, t_flag, n_mmc / t_mmc, n_bare / t_bare))
     best = max(rows, key=lambda r: r[0])
     flag_rps, flag_s, mmc_rps, bare_rps = (float(np.median([r[k] for r in rows])) for k in range(4))
-    print(f"flagship, 1,000 users, 600 simulated s : {flag_rps:10,.0f} requests/s  "
-          f"({flag_s:.2f} s wall per replication; target < 10 s)")
+    print(
+        f"flagship, 1,000 users, 600 simulated s : {flag_rps:10,.0f} requests/s  "
+        f"({flag_s:.2f} s wall per replication; target < 10 s)"
+    )
     print(f"M/M/10 at rho=0.9 through capsim       : {mmc_rps:10,.0f} requests/s")
     print(f"M/M/10 at rho=0.9 as bare SimPy        : {bare_rps:10,.0f} requests/s")
     print(f"capsim / bare SimPy                    : {mmc_rps / bare_rps:10.2f}x  (median of {args.repeat})")

@@ -9,6 +9,7 @@ Public API::
     res.records          # one row per request, a pandas DataFrame
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -16,8 +17,12 @@ __all__ = ["CapsimError", "ConfigError", "PointResult", "Result", "Scenario", "l
 
 # Loaded on first use, so `capsim --help` does not import pandas, pydantic and scipy.
 _LAZY = {
-    "Scenario": "sim.spec.schema", "CapsimError": "sim.errors", "ConfigError": "sim.errors",
-    "PointResult": "sim.run.results", "Result": "sim.run.results", "simulate": "sim.run.sweep",
+    "Scenario": "sim.spec.schema",
+    "CapsimError": "sim.errors",
+    "ConfigError": "sim.errors",
+    "PointResult": "sim.run.results",
+    "Result": "sim.run.results",
+    "simulate": "sim.run.sweep",
     "load_scenario": "sim.spec.scenario",
 }
 
@@ -31,8 +36,6 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value

@@ -17,14 +17,16 @@ one a capacity planner thinks in:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
 
 class Distribution(Protocol):
-    mean: float
+    @property
+    def mean(self) -> float: ...
 
     @property
     def variance(self) -> float: ...
@@ -219,7 +221,7 @@ class Sampler:
     the sequence of values stays a pure function of the generator's state.
     """
 
-    __slots__ = ("_dist", "_rng", "_block", "_buf", "_i")
+    __slots__ = ("_block", "_buf", "_dist", "_i", "_rng")
 
     def __init__(self, dist: Distribution, rng: np.random.Generator, block: int = 1024):
         self._dist, self._rng, self._block = dist, rng, block

@@ -38,22 +38,32 @@ class Registry:
 
 
 #: Retrieval index kinds: build, search, knobs, scaling law (:mod:`sim.indexes`).
-INDEXES = Registry("retrieval index", {
-    "hnsw": "sim.indexes.hnsw:HNSW",
-    "linear_numpy": "sim.indexes.linear_numpy:LinearNumpy",
-    "linear_python": "sim.indexes.linear_python:LinearPython",
-    "ivf": "sim.indexes.ivf:IVF",
-})
+INDEXES = Registry(
+    "retrieval index",
+    {
+        "hnsw": "sim.indexes.hnsw:HNSW",
+        "linear_numpy": "sim.indexes.linear_numpy:LinearNumpy",
+        "linear_python": "sim.indexes.linear_python:LinearPython",
+        "ivf": "sim.indexes.ivf:IVF",
+        "flat_faiss": "sim.indexes.flat_faiss:FlatFaiss",
+    },
+)
 
 #: How a request picks an LLM replica (:mod:`sim.engine.llm.routers`).
-ROUTERS = Registry("router", {
-    "least_outstanding": "sim.engine.llm.routers.least_outstanding:LeastOutstanding",
-    "round_robin": "sim.engine.llm.routers.round_robin:RoundRobin",
-    "random": "sim.engine.llm.routers.random:Random",
-})
+ROUTERS = Registry(
+    "router",
+    {
+        "least_outstanding": "sim.engine.llm.routers.least_outstanding:LeastOutstanding",
+        "round_robin": "sim.engine.llm.routers.round_robin:RoundRobin",
+        "random": "sim.engine.llm.routers.random:Random",
+    },
+)
 
 #: How a replica fills a step (:mod:`sim.engine.llm.schedulers`).
-SCHEDULERS = Registry("batching scheduler", {
-    "chunked": "sim.engine.llm.schedulers.chunked",
-    "whole": "sim.engine.llm.schedulers.whole",
-})
+SCHEDULERS = Registry(
+    "batching scheduler",
+    {
+        "chunked": "sim.engine.llm.schedulers.chunked",
+        "whole": "sim.engine.llm.schedulers.whole",
+    },
+)

@@ -18,7 +18,23 @@ from sim.run.sweep import sweep
 from sim.spec.keys import check_key, parse_grid
 
 __all__ = [
-    "CapacityResult", "PointStore", "SweepInterrupted", "SweepPoint", "SweepResult", "Tried", "capacity",
-    "check_key", "default_direction", "iter_completed", "load_sweep", "overall_verdict", "parse_grid",
-    "point_id", "rank_by_cost", "run_sweep", "summary_table", "sweep", "write_sweep",
+    "CapacityResult",
+    "PointStore",
+    "SweepInterrupted",
+    "SweepPoint",
+    "SweepResult",
+    "Tried",
+    "capacity",
+    "check_key",
+    "default_direction",
+    "iter_completed",
+    "load_sweep",
+    "overall_verdict",
+    "parse_grid",
+    "point_id",
+    "rank_by_cost",
+    "run_sweep",
+    "summary_table",
+    "sweep",
+    "write_sweep",
 ]

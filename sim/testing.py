@@ -41,15 +41,16 @@ A scenario without ``expect:`` is expected to pass at every point.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from sim.spec.metrics import SLA_METRICS, STATS
-from sim.spec.schema import Scenario
 from sim.errors import ConfigError
 from sim.run.results import Result
 from sim.run.sweep import simulate
+from sim.spec.metrics import SLA_METRICS, STATS
 from sim.spec.scenario import load_scenario
+from sim.spec.schema import Scenario
 
 __all__ = ["assert_sla", "expected_points", "parse_thresholds", "sla_failures"]
 
@@ -62,7 +63,8 @@ def parse_thresholds(thresholds: Mapping[str, float]) -> dict[str, dict[str, flo
         if metric not in SLA_METRICS or stat not in STATS:
             raise ConfigError(
                 f"threshold {name!r}: expected <metric>_<stat> with metric one of {', '.join(SLA_METRICS)} "
-                f"and stat one of {', '.join(STATS)} (e.g. e2e_ms_p95=800)")
+                f"and stat one of {', '.join(STATS)} (e.g. e2e_ms_p95=800)"
+            )
         sla.setdefault(metric, {})[stat] = float(thr)
     return sla
 
@@ -80,24 +82,37 @@ def sla_failures(result: Result, allow_inconclusive: bool = False) -> list[str]:
     lines = []
     for p in result.points:
         conf = p.scenario.run.confidence
-        for v in p.summary["sla"]:
-            if v["verdict"] == "pass" or (v["verdict"] == "inconclusive" and allow_inconclusive):
+        for v in p.summary.sla:
+            if v.verdict == "pass" or (v.verdict == "inconclusive" and allow_inconclusive):
                 continue
-            lo, hi = v["ci"]
-            interval = (f"{conf:.0%} CI [{_ms(lo)}, {_ms(hi)}]" if lo is not None and hi is not None
-                        else "no interval")
-            rel = ("straddles" if v["verdict"] == "inconclusive"
-                   else ">" if v["value"] is not None and v["value"] > v["threshold"] else "vs")
-            hint = f"; {v['hint']}" if v.get("hint") else ""
-            lines.append(f"{v['metric']} {v['stat']} = {_ms(v['value'])} ms, {interval} {rel} "
-                         f"{_ms(v['threshold'])} ms: {v['verdict'].upper()} ({_where(p.params)}{hint})")
+            lo, hi = v.ci
+            interval = f"{conf:.0%} CI [{_ms(lo)}, {_ms(hi)}]" if lo is not None and hi is not None else "no interval"
+            rel = (
+                "straddles"
+                if v.verdict == "inconclusive"
+                else ">"
+                if v.value is not None and v.value > v.threshold
+                else "vs"
+            )
+            hint = f"; {v.hint}" if v.hint else ""
+            lines.append(
+                f"{v.metric} {v.stat} = {_ms(v.value)} ms, {interval} {rel} "
+                f"{_ms(v.threshold)} ms: {v.verdict.upper()} ({_where(p.params)}{hint})"
+            )
     return lines
 
 
-def assert_sla(scenario: str | Path | Mapping | Scenario, overrides: Mapping[str, Any] | None = None, *,
-               replications: int | None = None, jobs: int | None = 1, seed: int | None = None,
-               grid: Mapping[str, list] | None = None, allow_inconclusive: bool = False,
-               **thresholds: float) -> Result:
+def assert_sla(
+    scenario: str | Path | Mapping | Scenario,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    replications: int | None = None,
+    jobs: int | None = 1,
+    seed: int | None = None,
+    grid: Mapping[str, list] | None = None,
+    allow_inconclusive: bool = False,
+    **thresholds: float,
+) -> Result:
     """Run ``scenario`` and assert every SLA passes; return the :class:`Result`.
 
     ``thresholds`` (``e2e_ms_p95=800``) replace the scenario's ``sla:``
@@ -109,9 +124,10 @@ def assert_sla(scenario: str | Path | Mapping | Scenario, overrides: Mapping[str
     if thresholds:
         ov["sla"] = parse_thresholds(thresholds)
     result = simulate(scenario, ov, replications=replications, seed=seed, jobs=jobs, grid=grid)
-    if not any(p.summary["sla"] for p in result.points):
-        raise ConfigError("assert_sla: no SLA to check: give thresholds such as e2e_ms_p95=800 "
-                          "or an sla: section in the scenario")
+    if not any(p.summary.sla for p in result.points):
+        raise ConfigError(
+            "assert_sla: no SLA to check: give thresholds such as e2e_ms_p95=800 or an sla: section in the scenario"
+        )
     lines = sla_failures(result, allow_inconclusive)
     if lines:
         raise AssertionError("SLA not met:\n  " + "\n  ".join(lines))

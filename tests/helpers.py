@@ -11,8 +11,16 @@ from typer.testing import CliRunner
 # weights 1e9 params x 2 bytes = 2e9 bytes at 1,000 GB/s = 2 ms per step;
 # KV 2 x 1 layer x 1 head x 128 x 2 bytes = 512 bytes per token.
 TOY_GPU = {"name": "toy", "hbm_bandwidth_gbps": 1000, "memory_gb": 80, "peak_tflops": 1000}
-TOY_MODEL = {"name": "toy", "layers": 1, "hidden": 128, "heads": 1, "kv_heads": 1, "head_dim": 128,
-             "vocab": 1000, "params": 1e9}
+TOY_MODEL = {
+    "name": "toy",
+    "layers": 1,
+    "hidden": 128,
+    "heads": 1,
+    "kv_heads": 1,
+    "head_dim": 128,
+    "vocab": 1000,
+    "params": 1e9,
+}
 
 
 def exact_scenario(**over) -> dict:
@@ -20,12 +28,23 @@ def exact_scenario(**over) -> dict:
     d = {
         "name": "exact",
         "run": {"duration_s": 10, "warmup_s": 0, "replications": 1, "seed": 3, "drain_s": 5},
-        "workload": {"mode": "closed", "users": 1, "think_s": 1.0,
-                     "queries": {"distinct": 1, "hot_fraction": 0, "hot_keys": 0}},
+        "workload": {
+            "mode": "closed",
+            "users": 1,
+            "think_s": 1.0,
+            "queries": {"distinct": 1, "hot_fraction": 0, "hot_keys": 0},
+        },
         "cache": {"enabled": True, "capacity": 10, "lookup_ms": 1},
         "retrieval": {"enabled": True, "workers": 1, "service_ms": 10},
-        "llm": {"model": copy.deepcopy(TOY_MODEL), "gpu": copy.deepcopy(TOY_GPU), "bw_efficiency": 1.0,
-                "mfu": 1.0, "step_overhead_ms": 0, "prompt_tokens": 100, "output_tokens": 3},
+        "llm": {
+            "model": copy.deepcopy(TOY_MODEL),
+            "gpu": copy.deepcopy(TOY_GPU),
+            "bw_efficiency": 1.0,
+            "mfu": 1.0,
+            "step_overhead_ms": 0,
+            "prompt_tokens": 100,
+            "output_tokens": 3,
+        },
     }
     for k, v in over.items():
         node = d
@@ -41,12 +60,20 @@ def small_scenario(**over) -> dict:
     d = {
         "name": "small",
         "run": {"duration_s": 60, "warmup_s": 10, "replications": 2, "seed": 7},
-        "workload": {"mode": "closed", "users": 30, "think_s": {"dist": "exponential", "mean": 5},
-                     "queries": {"distinct": 500, "hot_fraction": 0.5, "hot_keys": 10, "zipf_s": 1.0}},
+        "workload": {
+            "mode": "closed",
+            "users": 30,
+            "think_s": {"dist": "exponential", "mean": 5},
+            "queries": {"distinct": 500, "hot_fraction": 0.5, "hot_keys": 10, "zipf_s": 1.0},
+        },
         "cache": {"capacity": 100, "lookup_ms": 1},
         "retrieval": {"workers": 2, "service_ms": {"dist": "lognormal", "mean": 20, "cv": 0.5}},
-        "llm": {"model": "article-8l", "gpu": "h100-sxm", "prompt_tokens": 800,
-                "output_tokens": {"dist": "uniform", "low": 20, "high": 60}},
+        "llm": {
+            "model": "article-8l",
+            "gpu": "h100-sxm",
+            "prompt_tokens": 800,
+            "output_tokens": {"dist": "uniform", "low": 20, "high": 60},
+        },
         "sla": {"e2e_ms": {"p95": 5000}},
     }
     d.update(over)

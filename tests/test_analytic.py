@@ -191,9 +191,7 @@ def test_mva_two_stations_hand_iterated() -> None:
     # Check: ΣQ + X·Z = (174 + 63 + 90)/109 = 3 users.
     r = mva(3, 1.0, [1.0, 0.5])
     np.testing.assert_allclose(r.throughput_per_s_by_n, [0.4, 2.0 / 3.0, 90.0 / 109.0], rtol=1e-14)
-    np.testing.assert_allclose(
-        r.station_response_s_by_n, [[1.0, 0.5], [1.4, 0.6], [29.0 / 15.0, 0.7]], rtol=1e-14
-    )
+    np.testing.assert_allclose(r.station_response_s_by_n, [[1.0, 0.5], [1.4, 0.6], [29.0 / 15.0, 0.7]], rtol=1e-14)
     np.testing.assert_allclose(r.queue_length, [174.0 / 109.0, 63.0 / 109.0], rtol=1e-14)
     assert r.response_s == pytest.approx(29.0 / 15.0 + 0.7, rel=1e-14)
     np.testing.assert_allclose(r.utilization, [90.0 / 109.0, 45.0 / 109.0], rtol=1e-14)

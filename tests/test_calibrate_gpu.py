@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from sim.calibrate.gpu import fit_gpu, parse_measurements, predict_ms, step_work, synthetic_measurements, to_csv
 from sim.cli import app
-from sim.spec.schema import LLMConfig
 from sim.errors import CalibrationError
+from sim.spec.schema import LLMConfig
 
 DATA = Path(__file__).parent / "data" / "gpu_steps_synthetic.csv"
 
@@ -39,7 +39,10 @@ def test_fit_is_exact_without_noise():
     data = synthetic_measurements(cfg, 0.85, 0.55, 2.0, np.random.default_rng(0), n=80, noise_cv=0.0)
     fit = fit_gpu(cfg, data)
     assert (fit.bw_efficiency, fit.mfu, fit.step_overhead_ms) == (
-        pytest.approx(0.85, rel=1e-6), pytest.approx(0.55, rel=1e-6), pytest.approx(2.0, rel=1e-5))
+        pytest.approx(0.85, rel=1e-6),
+        pytest.approx(0.55, rel=1e-6),
+        pytest.approx(2.0, rel=1e-5),
+    )
     assert fit.rmse_ms < 1e-6
 
 
@@ -63,8 +66,9 @@ def test_memory_bound_only_data_says_mfu_is_not_identified():
 
 def test_cli_writes_fragment_from_the_synthetic_csv(tmp_path):
     out = tmp_path / "gpu.yaml"
-    res = CliRunner().invoke(app, ["calibrate", "gpu", str(DATA), "--model", "llama-3-8b", "--gpu", "h100-sxm",
-                                   "--out", str(out), "--json"])
+    res = CliRunner().invoke(
+        app, ["calibrate", "gpu", str(DATA), "--model", "llama-3-8b", "--gpu", "h100-sxm", "--out", str(out), "--json"]
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     frag = yaml.safe_load(out.read_text())
@@ -78,21 +82,27 @@ def test_cli_writes_fragment_from_the_synthetic_csv(tmp_path):
 
 def test_cli_with_scenario_and_table(tmp_path):
     scn = tmp_path / "s.yaml"
-    scn.write_text(yaml.safe_dump({"workload": {"mode": "open", "rate_per_s": 1},
-                                   "llm": {"model": "llama-3-8b", "gpu": "h100-sxm"}}))
+    scn.write_text(
+        yaml.safe_dump(
+            {"workload": {"mode": "open", "rate_per_s": 1}, "llm": {"model": "llama-3-8b", "gpu": "h100-sxm"}}
+        )
+    )
     res = CliRunner().invoke(app, ["calibrate", "gpu", str(DATA), "--scenario", str(scn)])
     assert res.exit_code == 0, res.output
     assert "bw_efficiency" in res.stdout and "RMSE" in res.stdout
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("batch_size,context_tokens,step_ms\n1,10,5\n", "missing column new_tokens"),
-    ("batch_size,context_tokens,new_tokens,step_ms\n1,10,1,5\n1,10,1,0\n1,10,1,4\n", "row 3: step_ms must be > 0"),
-    ("batch_size,context_tokens,new_tokens,step_ms\n1,10,1,5\n1,10,1,-2\n1,10,1,4\n", "row 3: step_ms must be > 0"),
-    ("batch_size,context_tokens,new_tokens,step_ms\n1,ten,1,5\n", "row 2: context_tokens 'ten' is not a number"),
-    ("batch_size,context_tokens,new_tokens,step_ms\n1,10,1,5\n", "1 row; need at least 3"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("batch_size,context_tokens,step_ms\n1,10,5\n", "missing column new_tokens"),
+        ("batch_size,context_tokens,new_tokens,step_ms\n1,10,1,5\n1,10,1,0\n1,10,1,4\n", "row 3: step_ms must be > 0"),
+        ("batch_size,context_tokens,new_tokens,step_ms\n1,10,1,5\n1,10,1,-2\n1,10,1,4\n", "row 3: step_ms must be > 0"),
+        ("batch_size,context_tokens,new_tokens,step_ms\n1,ten,1,5\n", "row 2: context_tokens 'ten' is not a number"),
+        ("batch_size,context_tokens,new_tokens,step_ms\n1,10,1,5\n", "1 row; need at least 3"),
+        ("", "empty"),
+    ],
+)
 def test_cli_bad_csv_one_line_exit_2(tmp_path, text, expected):
     p = tmp_path / "m.csv"
     p.write_text(text)

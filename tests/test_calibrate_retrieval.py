@@ -15,6 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sim.calibrate.retrieval import fit_law, law_x, write_calibration
+from sim.cli.calibrate import calibrate_app as app
+from sim.errors import CalibrationError
 from sim.physics.retrieval import (
     Calibration,
     RetrievalProfile,
@@ -22,14 +24,31 @@ from sim.physics.retrieval import (
     load_calibration,
     sample_quantiles,
 )
-from sim.cli.calibrate import calibrate_app as app
-from sim.errors import CalibrationError
 
 REAL = Path(__file__).parent / "data" / "minilm_l6_v2_4500x384_f16.npy"
 SMALL = [
-    "--docs", "1500,3000", "--dim", "64", "--top-k", "5", "--queries", "80",
-    "--index", "hnsw,linear_numpy,linear_python,ivf", "--ef", "10,50", "--nprobe", "1,8",
-    "--threads", "1,2", "--seed", "3", "--python-docs", "300", "--python-queries", "10",
+    "--docs",
+    "1500,3000",
+    "--dim",
+    "64",
+    "--top-k",
+    "5",
+    "--queries",
+    "80",
+    "--index",
+    "hnsw,linear_numpy,linear_python,ivf",
+    "--ef",
+    "10,50",
+    "--nprobe",
+    "1,8",
+    "--threads",
+    "1,2",
+    "--seed",
+    "3",
+    "--python-docs",
+    "300",
+    "--python-queries",
+    "10",
 ]
 
 
@@ -89,8 +108,11 @@ def test_hnsw_recall_rises_with_ef_and_ivf_with_nprobe(small):
     for ix, knob in (("hnsw", [10, 50]), ("ivf", [1, 8])):
         for n in (1500, 3000):
             rc = [
-                next(r["recall"] for r in doc["records"]
-                     if r["index"] == ix and r["docs"] == n and r["knob_value"] == k and r["threads"] == 1)
+                next(
+                    r["recall"]
+                    for r in doc["records"]
+                    if r["index"] == ix and r["docs"] == n and r["knob_value"] == k and r["threads"] == 1
+                )
                 for k in knob
             ]
             assert rc == sorted(rc), (ix, n, rc)
@@ -100,8 +122,11 @@ def test_hnsw_recall_rises_with_ef_and_ivf_with_nprobe(small):
 def test_profile_exact_match(small):
     _, doc, cal = small
     p = cal.profile("hnsw", docs=3000, dim=64, top_k=5, ef_search=50)
-    r = next(r for r in doc["records"]
-             if r["index"] == "hnsw" and r["docs"] == 3000 and r["knob_value"] == 50 and r["threads"] == 1)
+    r = next(
+        r
+        for r in doc["records"]
+        if r["index"] == "hnsw" and r["docs"] == 3000 and r["knob_value"] == 50 and r["threads"] == 1
+    )
     assert isinstance(p, RetrievalProfile)
     assert p.values_ms == pytest.approx(r["values_ms"]) and p.recall == r["recall"]
     assert not p.extrapolated and not p.interpolated and "measured" in p.description
@@ -113,8 +138,11 @@ def test_profile_interpolates_between_ef(small):
     _, doc, cal = small
 
     def rec(ef):
-        return next(r for r in doc["records"]
-                    if r["index"] == "hnsw" and r["docs"] == 3000 and r["knob_value"] == ef and r["threads"] == 1)
+        return next(
+            r
+            for r in doc["records"]
+            if r["index"] == "hnsw" and r["docs"] == 3000 and r["knob_value"] == ef and r["threads"] == 1
+        )
 
     p = cal.profile("hnsw", docs=3000, dim=64, top_k=5, ef_search=20)
     w = (20 - 10) / (50 - 10)
@@ -141,7 +169,10 @@ def test_profile_scaling_law_and_workers(small):
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        (dict(index="hnsw", ef_search=500), "retrieval.ef_search=500 is outside what cal.json measured for hnsw (ef 10, 50); measure it with: capsim calibrate retrieval --ef 500"),
+        (
+            dict(index="hnsw", ef_search=500),
+            "retrieval.ef_search=500 is outside what cal.json measured for hnsw (ef 10, 50); measure it with: capsim calibrate retrieval --ef 500",
+        ),
         (dict(index="hnsw", ef_search=5), "--ef 5"),
         (dict(index="hnsw"), "retrieval.ef_search is required"),
         (dict(index="ivf", nprobe=64), "(nprobe 1, 8)"),
@@ -302,8 +333,18 @@ def test_cli_wrong_dim_and_too_few_rows(tmp_path):
 def test_cli_real_vectors(tmp_path):
     out = tmp_path / "real.json"
     res = invoke(
-        "--vectors", str(REAL), "--docs", "1000,2000", "--queries", "50", "--index", "hnsw,linear_numpy",
-        "--ef", "10,40", "--out", str(out),
+        "--vectors",
+        str(REAL),
+        "--docs",
+        "1000,2000",
+        "--queries",
+        "50",
+        "--index",
+        "hnsw,linear_numpy",
+        "--ef",
+        "10,40",
+        "--out",
+        str(out),
     )
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
@@ -340,10 +381,22 @@ def test_a_scenario_runs_on_a_fresh_calibration_and_reports_its_recall(small):
 
     path, _, cal = small
     rec = next(r for r in json.loads(path.read_text())["records"] if r["index"] == "hnsw")
-    scn = {"name": "cal", "run": {"duration_s": 60, "warmup_s": 5, "replications": 2, "seed": 1},
-           "workload": {"mode": "open", "rate_per_s": 20}, "cache": {"enabled": False}, "llm": {"enabled": False},
-           "retrieval": {"index": "hnsw", "docs": rec["docs"], "dim": rec["dim"], "top_k": rec["top_k"],
-                         "ef_search": rec["knob_value"], "workers": 1, "calibration": str(path)}}
+    scn = {
+        "name": "cal",
+        "run": {"duration_s": 60, "warmup_s": 5, "replications": 2, "seed": 1},
+        "workload": {"mode": "open", "rate_per_s": 20},
+        "cache": {"enabled": False},
+        "llm": {"enabled": False},
+        "retrieval": {
+            "index": "hnsw",
+            "docs": rec["docs"],
+            "dim": rec["dim"],
+            "top_k": rec["top_k"],
+            "ef_search": rec["knob_value"],
+            "workers": 1,
+            "calibration": str(path),
+        },
+    }
     res = sim.simulate(scn)
     point = res.summary["points"][0]
     prof = cal.profile("hnsw", docs=rec["docs"], dim=rec["dim"], top_k=rec["top_k"], ef_search=rec["knob_value"])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sim.physics.queueing import mva
 from sim.cli import app
 from sim.errors import ConfigError
+from sim.physics.queueing import mva
 from sim.sweep import capacity, default_direction
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +43,9 @@ def test_capacity_matches_exact_mva(tmp_path):
     ok = np.flatnonzero(r.response_s_by_n * 1e3 <= THRESHOLD_MS)
     exact = int(r.populations[ok[-1]])  # largest N with R(N) <= threshold
     assert exact == 18  # R(18) = 813 ms, R(19) = 907 ms
-    res = runner.invoke(app, ["capacity", str(mva_scenario(tmp_path)), "--vary", "workload.users", "--json",
-                              "--jobs", "2"])
+    res = runner.invoke(
+        app, ["capacity", str(mva_scenario(tmp_path)), "--vary", "workload.users", "--json", "--jobs", "2"]
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["key"] == "workload.users" and doc["direction"] == "max"
@@ -64,8 +65,9 @@ def test_capacity_smallest_resource(tmp_path):
     scn = mva_scenario(tmp_path)
     r_by_c = {c: mva(30, THINK_S, [SERVICE_S], servers=[c]).response_s * 1e3 for c in range(1, 6)}
     exact = min(c for c, rt in r_by_c.items() if rt <= 250)
-    res = capacity(scn, "retrieval.workers", {"workload.users": 30, "sla.e2e_ms.mean": 250,
-                                              "run.duration_s": 1000}, jobs=2)
+    res = capacity(
+        scn, "retrieval.workers", {"workload.users": 30, "sla.e2e_ms.mean": 250, "run.duration_s": 1000}, jobs=2
+    )
     assert res.direction == "min" and res.capacity == exact == 3
     assert [t.value for t in res.tried][:1] == [1]  # starts at the scenario's value and grows
     assert all(t.passed == (t.value >= exact) for t in res.tried)
@@ -82,16 +84,19 @@ def test_direction_defaults_and_override():
 QUICK = ["--set", "run.duration_s=40", "--set", "run.warmup_s=5"]
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--vary", "llm.router"], ["--vary llm.router", "not a numeric key"]),
-    (["--vary", "llm.gpu"], ["not a numeric key"]),
-    (["--vary", "workload.usrs"], ["did you mean 'users'"]),
-    (["--vary", "workload.rate_per_s"], ["closed", "workload.users"]),
-    (["--vary", "workload.users", "--low", "50", "--high", "10"], ["--low 50 must be below --high 10"]),
-    (["--vary", "workload.users", "--low", "0"], ["--low 0", "[1,"]),
-    (["--vary", "workload.users", "--direction", "up"], ["--direction", "max or min"]),
-    (["--vary", "workload.users", "--set", "sla={}"], ["needs an SLA"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--vary", "llm.router"], ["--vary llm.router", "not a numeric key"]),
+        (["--vary", "llm.gpu"], ["not a numeric key"]),
+        (["--vary", "workload.usrs"], ["did you mean 'users'"]),
+        (["--vary", "workload.rate_per_s"], ["closed", "workload.users"]),
+        (["--vary", "workload.users", "--low", "50", "--high", "10"], ["--low 50 must be below --high 10"]),
+        (["--vary", "workload.users", "--low", "0"], ["--low 0", "[1,"]),
+        (["--vary", "workload.users", "--direction", "up"], ["--direction", "max or min"]),
+        (["--vary", "workload.users", "--set", "sla={}"], ["needs an SLA"]),
+    ],
+)
 def test_capacity_bad_input_exit_2(args, words):
     r = runner.invoke(app, ["capacity", str(SMALL), *args, *QUICK])
     assert r.exit_code == 2, r.output
@@ -101,8 +106,23 @@ def test_capacity_bad_input_exit_2(args, words):
 
 
 def test_capacity_when_nothing_passes_exit_1():
-    r = runner.invoke(app, ["capacity", str(SMALL), "--vary", "workload.users", "--low", "20", "--high", "40",
-                            "--set", "sla.e2e_ms.p95=50", "--json", *QUICK])
+    r = runner.invoke(
+        app,
+        [
+            "capacity",
+            str(SMALL),
+            "--vary",
+            "workload.users",
+            "--low",
+            "20",
+            "--high",
+            "40",
+            "--set",
+            "sla.e2e_ms.p95=50",
+            "--json",
+            *QUICK,
+        ],
+    )
     assert r.exit_code == 1
     doc = json.loads(r.stdout)
     assert doc["capacity"] is None and [t["value"] for t in doc["tried"]] == [20]
@@ -111,8 +131,14 @@ def test_capacity_when_nothing_passes_exit_1():
 
 
 def test_capacity_whole_range_passes_reports_the_end():
-    res = capacity(SMALL, "workload.users", {"run.duration_s": 40, "run.warmup_s": 5, "sla": {"e2e_ms": {"mean": 60000}}},
-                   low=5, high=20, jobs=1)
+    res = capacity(
+        SMALL,
+        "workload.users",
+        {"run.duration_s": 40, "run.warmup_s": 5, "sla": {"e2e_ms": {"mean": 60000}}},
+        low=5,
+        high=20,
+        jobs=1,
+    )
     assert res.capacity == 20 and "at least 20" in res.note
     assert [t.value for t in res.tried] == [5, 20]
 

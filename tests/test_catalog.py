@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from sim.spec import catalog
 from sim.errors import ConfigError
+from sim.spec import catalog
 
 URL = re.compile(r"https?://\S+")
 
@@ -15,10 +15,23 @@ GPU_FIELDS = ("hbm_bandwidth_gbps", "memory_gb", "peak_tflops", "interconnect_gb
 MODEL_SHAPES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab")
 MODEL_NUMERIC = (*MODEL_SHAPES, "params")
 REQUIRED_GPUS = (
-    "h100-sxm", "h100-pcie", "h200", "a100-80gb", "a100-40gb", "l40s", "l4", "a10g", "mi300x",
+    "h100-sxm",
+    "h100-pcie",
+    "h200",
+    "a100-80gb",
+    "a100-40gb",
+    "l40s",
+    "l4",
+    "a10g",
+    "mi300x",
 )
 REQUIRED_MODELS = (
-    "article-8l", "llama-3-8b", "llama-3-70b", "llama-2-7b", "llama-2-70b", "mistral-7b",
+    "article-8l",
+    "llama-3-8b",
+    "llama-3-70b",
+    "llama-2-7b",
+    "llama-2-70b",
+    "mistral-7b",
     "qwen2.5-7b",
 )
 
@@ -28,6 +41,7 @@ def _shape_args(m: dict) -> dict:
 
 
 # --- presence -------------------------------------------------------------------------------
+
 
 def test_required_entries_present():
     assert set(REQUIRED_GPUS) <= set(catalog.gpu_names())
@@ -43,6 +57,7 @@ def test_names_in_natural_order():
 
 
 # --- GPUs -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", catalog.gpu_names())
 def test_gpu_has_positive_numeric_fields(name):
@@ -77,13 +92,22 @@ def test_gpu_datasheet_figures():
 def test_gpu_dense_tflops_are_half_the_sparse_headline():
     # Datasheets' "with sparsity" headline numbers; the catalog stores dense, about half.
     # (The L40S datasheet prints 362.05 dense next to 733 sparse, hence the tolerance.)
-    sparse = {"h100-sxm": 1979, "h100-pcie": 1513, "h200": 1979, "a100-80gb": 624,
-              "a100-40gb": 624, "l40s": 733, "l4": 242, "mi300x": 2614.9}
+    sparse = {
+        "h100-sxm": 1979,
+        "h100-pcie": 1513,
+        "h200": 1979,
+        "a100-80gb": 624,
+        "a100-40gb": 624,
+        "l40s": 733,
+        "l4": 242,
+        "mi300x": 2614.9,
+    }
     for name, s in sparse.items():
         assert catalog.gpu(name)["peak_tflops"] == pytest.approx(s / 2, rel=0.015), name
 
 
 # --- models ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", catalog.model_names())
 def test_model_has_positive_numeric_fields(name):
@@ -128,8 +152,7 @@ def test_param_count_hand_checked_values():
 
 def test_article_model_params_by_hand():
     m = catalog.model("article-8l")
-    assert (m["layers"], m["hidden"], m["heads"], m["kv_heads"], m["head_dim"]) == (
-        8, 4096, 32, 32, 128)
+    assert (m["layers"], m["hidden"], m["heads"], m["kv_heads"], m["head_dim"]) == (8, 4096, 32, 32, 128)
     assert (m["intermediate"], m["vocab"], m["tied_embeddings"]) == (11008, 32000, False)
     # per layer: q,o 2*4096*4096 = 33,554,432; k,v 2*4096*4096 = 33,554,432;
     # MLP 3*4096*11008 = 135,266,304; norms 2*4096 = 8,192 -> 202,383,360
@@ -160,6 +183,7 @@ def test_qwen_has_qkv_bias_and_card_size():
 
 
 # --- access behaviour -----------------------------------------------------------------------
+
 
 def test_names_are_case_insensitive():
     assert catalog.gpu("H100-SXM") == catalog.gpu("h100-sxm")

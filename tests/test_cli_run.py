@@ -7,6 +7,7 @@ import yaml
 
 from tests.helpers import invoke, small_scenario, write
 
+
 def test_json_document_has_the_contract_keys(tmp_path):
     p = write(tmp_path, small_scenario(sweep={"workload.users": [30, 40]}))
     r = invoke("run", p, "--json", "--jobs", "1")
@@ -17,8 +18,15 @@ def test_json_document_has_the_contract_keys(tmp_path):
     pt = doc["points"][0]
     for key in ("metrics", "throughput_per_s", "cache_hit_rate", "utilization", "completed", "sla"):
         assert key in pt
-    for m in ("e2e_ms", "ttft_ms", "retrieval_wait_ms", "retrieval_service_ms", "llm_wait_ms",
-              "prefill_ms", "decode_ms"):
+    for m in (
+        "e2e_ms",
+        "ttft_ms",
+        "retrieval_wait_ms",
+        "retrieval_service_ms",
+        "llm_wait_ms",
+        "prefill_ms",
+        "decode_ms",
+    ):
         assert set(pt["metrics"][m]) >= {"mean", "p50", "p90", "p95", "p99", "max", "ci"}
     assert set(pt["utilization"]) == {"retrieval", "gpu"}
     assert set(pt["sla"][0]) >= {"metric", "stat", "threshold", "value", "verdict"}
@@ -50,9 +58,21 @@ def test_out_writes_resolved_scenario_summary_and_records(tmp_path):
     assert resolved["llm"]["gpu"]["hbm_bandwidth_gbps"] == 3350  # catalog name resolved inline
     assert json.loads((out / "summary.json").read_text()) == json.loads(r.stdout)
     df = pd.read_parquet(out / "records.parquet")
-    for col in ("request", "replication", "user", "arrival_s", "query_key", "cache_hit",
-                "retrieval_wait_ms", "retrieval_service_ms", "prompt_tokens", "output_tokens",
-                "replica", "ttft_ms", "e2e_ms"):
+    for col in (
+        "request",
+        "replication",
+        "user",
+        "arrival_s",
+        "query_key",
+        "cache_hit",
+        "retrieval_wait_ms",
+        "retrieval_service_ms",
+        "prompt_tokens",
+        "output_tokens",
+        "replica",
+        "ttft_ms",
+        "e2e_ms",
+    ):
         assert col in df.columns
     assert set(df["replication"]) == {0, 1}
 
@@ -72,12 +92,18 @@ BAD = [
     ({"llm": {"replicas": "two"}}, "llm.replicas:"),
     ({"llm": {"replicas": 0}}, "llm.replicas: input should be greater than or equal to 1"),
     ({"retrieval": {"workers": -1}}, "retrieval.workers:"),
-    ({"workload": {"mode": "closed", "users": 5, "think_s": 1, "queries": {"hot_fraction": 1.5, "hot_keys": 3}}},
-     "workload.queries.hot_fraction: input should be less than or equal to 1"),
-    ({"workload": {"mode": "closed", "users": 5, "think_s": {"dist": "lognormal", "mean": 3}}},
-     "workload.think_s.cv: is required"),
-    ({"workload": {"mode": "closed", "users": 5, "think_s": {"dist": "weibull", "mean": 3}}},
-     "workload.think_s: Value error, unknown dist 'weibull'"),
+    (
+        {"workload": {"mode": "closed", "users": 5, "think_s": 1, "queries": {"hot_fraction": 1.5, "hot_keys": 3}}},
+        "workload.queries.hot_fraction: input should be less than or equal to 1",
+    ),
+    (
+        {"workload": {"mode": "closed", "users": 5, "think_s": {"dist": "lognormal", "mean": 3}}},
+        "workload.think_s.cv: is required",
+    ),
+    (
+        {"workload": {"mode": "closed", "users": 5, "think_s": {"dist": "weibull", "mean": 3}}},
+        "workload.think_s: Value error, unknown dist 'weibull'",
+    ),
     ({"llm": {"model": "llama-3-70b", "gpu": "l4"}}, "llm: model weights (141.1 GB"),
     ({"llm": {"gpu": "h100"}}, "llm.gpu: unknown GPU 'h100' (did you mean 'h100-sxm'?"),
     ({"llm": {"model": "llama3"}}, "llm.model: unknown model 'llama3'"),
@@ -105,12 +131,15 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, patch, message):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--set", "llm.replicass=2"], "llm.replicass: unknown key (did you mean 'replicas'?"),
-    (["--set", "nonsense"], "expected KEY=VALUE"),
-    (["--set", "llm.model.layers=3"], "llm.model is 'article-8l'"),
-    (["--replications", "0"], "--replications: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "llm.replicass=2"], "llm.replicass: unknown key (did you mean 'replicas'?"),
+        (["--set", "nonsense"], "expected KEY=VALUE"),
+        (["--set", "llm.model.layers=3"], "llm.model is 'article-8l'"),
+        (["--replications", "0"], "--replications: must be >= 1"),
+    ],
+)
 def test_bad_flags_exit_2(tmp_path, args, message):
     p = write(tmp_path, small_scenario())
     r = invoke("run", p, *args)
@@ -136,15 +165,31 @@ def test_extends_merges_over_base(tmp_path):
     assert scn.llm.replicas == 3 and scn.llm.gpu.name == "h100-sxm" and scn.workload.users == 30
 
 
-@pytest.mark.parametrize("patch,message", [
-    ({"run": {"duration_s": float("inf")}}, "run.duration_s: input should be a finite number"),
-    ({"run": {"seed": -1}}, "run.seed: input should be greater than or equal to 0"),
-    ({"llm": {"enabled": False}, "sla": {"decode_ms": {"p95": 10}}},
-     "sla.decode_ms: the llm stage is disabled (llm.enabled: false), so no request measures decode_ms"),
-    ({"retrieval": {"enabled": False}, "sla": {"retrieval_ms": {"p95": 10}}}, "sla.retrieval_ms: the retrieval stage"),
-    ({"workload": {"mode": "closed", "users": 2, "think_s": 0}, "cache": {"enabled": False},
-      "retrieval": {"enabled": False}, "llm": {"enabled": False}, "sla": {}}, "users would ask forever"),
-])
+@pytest.mark.parametrize(
+    "patch,message",
+    [
+        ({"run": {"duration_s": float("inf")}}, "run.duration_s: input should be a finite number"),
+        ({"run": {"seed": -1}}, "run.seed: input should be greater than or equal to 0"),
+        (
+            {"llm": {"enabled": False}, "sla": {"decode_ms": {"p95": 10}}},
+            "sla.decode_ms: the llm stage is disabled (llm.enabled: false), so no request measures decode_ms",
+        ),
+        (
+            {"retrieval": {"enabled": False}, "sla": {"retrieval_ms": {"p95": 10}}},
+            "sla.retrieval_ms: the retrieval stage",
+        ),
+        (
+            {
+                "workload": {"mode": "closed", "users": 2, "think_s": 0},
+                "cache": {"enabled": False},
+                "retrieval": {"enabled": False},
+                "llm": {"enabled": False},
+                "sla": {},
+            },
+            "users would ask forever",
+        ),
+    ],
+)
 def test_more_bad_input_exits_2(tmp_path, patch, message):
     data = small_scenario()
     for section, val in patch.items():

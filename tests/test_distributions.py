@@ -6,18 +6,21 @@ import numpy as np
 import pytest
 
 from sim import distributions as D
-from sim.spec.schema import LognormalSpec, build_distribution
 from sim.rng import stream
+from sim.spec.schema import LognormalSpec, build_distribution
 
 
-@pytest.mark.parametrize("dist,mean,var", [
-    (D.Constant(3.0), 3.0, 0.0),
-    (D.Exponential(2.0), 2.0, 4.0),
-    (D.Lognormal(10.0, 0.5), 10.0, 25.0),
-    (D.Gamma(4.0, 0.25), 4.0, 1.0),
-    (D.Uniform(2.0, 6.0), 4.0, 16 / 12),
-    (D.Empirical((1.0, 2.0, 3.0, 4.0)), 2.5, 1.25),
-])
+@pytest.mark.parametrize(
+    "dist,mean,var",
+    [
+        (D.Constant(3.0), 3.0, 0.0),
+        (D.Exponential(2.0), 2.0, 4.0),
+        (D.Lognormal(10.0, 0.5), 10.0, 25.0),
+        (D.Gamma(4.0, 0.25), 4.0, 1.0),
+        (D.Uniform(2.0, 6.0), 4.0, 16 / 12),
+        (D.Empirical((1.0, 2.0, 3.0, 4.0)), 2.5, 1.25),
+    ],
+)
 def test_sample_moments_match_exact_moments(dist, mean, var):
     x = dist.sample(np.random.default_rng(0), 400_000)
     assert dist.mean == pytest.approx(mean)

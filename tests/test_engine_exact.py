@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import sim
-from sim.engine.pipeline import run_replication
 from sim.engine.cache import LRUCache
+from sim.engine.pipeline import run_replication
 from tests.helpers import exact_scenario
 
 MS = 1e-3
@@ -76,8 +76,7 @@ def test_compute_bound_prefill_uses_flops():
 
 def test_retrieval_queue_is_fifo_with_exact_waits():
     # Two users, one worker, LLM off, cache off: both ask at t=1, the second waits 10 ms.
-    scn = sim.load_scenario(exact_scenario(
-        workload__users=2, cache__enabled=False, llm__enabled=False))
+    scn = sim.load_scenario(exact_scenario(workload__users=2, cache__enabled=False, llm__enabled=False))
     rec = run_replication(scn, 0).records
     first_two = sorted(rec["retrieval_wait_ms"][:2])
     assert first_two == pytest.approx([0.0, 10.0])
@@ -105,11 +104,18 @@ def test_lru_capacity_zero_never_hits():
 
 def test_cache_hit_rate_emerges_from_capacity():
     # Uniform popularity over 1,000 keys: an LRU of 100 entries hits about 10 %.
-    base = {"name": "lru", "run": {"duration_s": 2000, "warmup_s": 200, "replications": 1, "seed": 1},
-            "workload": {"mode": "open", "rate_per_s": 50,
-                         "queries": {"distinct": 1000, "hot_fraction": 0, "hot_keys": 0, "zipf_s": 0}},
-            "cache": {"capacity": 100, "lookup_ms": 0},
-            "retrieval": {"workers": 50, "service_ms": 1}, "llm": {"enabled": False}}
+    base = {
+        "name": "lru",
+        "run": {"duration_s": 2000, "warmup_s": 200, "replications": 1, "seed": 1},
+        "workload": {
+            "mode": "open",
+            "rate_per_s": 50,
+            "queries": {"distinct": 1000, "hot_fraction": 0, "hot_keys": 0, "zipf_s": 0},
+        },
+        "cache": {"capacity": 100, "lookup_ms": 0},
+        "retrieval": {"workers": 50, "service_ms": 1},
+        "llm": {"enabled": False},
+    }
     res = sim.simulate(base)
     assert res.summary["points"][0]["cache_hit_rate"] == pytest.approx(0.10, abs=0.01)
 
@@ -118,8 +124,7 @@ def test_monitor_sees_kv_grow_inside_a_decode_epoch():
     # One user, a 100-token prompt and 2,000 output tokens: one decode epoch of ~4 s
     # (2 ms steps) in which the replica's own state does not move.  The sampled KV
     # tokens must still grow with the steps done: 16-token blocks, one more every 32 ms.
-    scn = sim.load_scenario(exact_scenario(llm__output_tokens=2000, cache__enabled=False,
-                                           retrieval__enabled=False))
+    scn = sim.load_scenario(exact_scenario(llm__output_tokens=2000, cache__enabled=False, retrieval__enabled=False))
     rep = run_replication(scn, 0)
     t = rep.timeseries["t_s"]
     kv = rep.timeseries["kv_tokens"][:, 0]

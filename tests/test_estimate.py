@@ -9,13 +9,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sim.physics import queueing as analytic
-from sim.cli import app
 from sim.analysis.estimate import estimate, estimate_points, lru_hit_ratio
+from sim.cli import app
+from sim.physics import queueing as analytic
 from sim.spec.scenario import load_scenario
 
-W = 1_881_214_976 * 2          # article-8l weights, fp16
-KV = 131_072                   # article-8l KV bytes per token, fp16
+W = 1_881_214_976 * 2  # article-8l weights, fp16
+KV = 131_072  # article-8l KV bytes per token, fp16
 
 
 def scenario(**llm) -> dict:
@@ -24,8 +24,17 @@ def scenario(**llm) -> dict:
         "workload": {"mode": "open", "rate_per_s": 10},
         "cache": {"enabled": False},
         "retrieval": {"workers": 4, "service_ms": 20},
-        "llm": {"model": "article-8l", "gpu": "h100-sxm", "bw_efficiency": 1.0, "mfu": 1.0,
-                "step_overhead_ms": 0, "prompt_tokens": 1024, "output_tokens": 100, "max_batch": 64, **llm},
+        "llm": {
+            "model": "article-8l",
+            "gpu": "h100-sxm",
+            "bw_efficiency": 1.0,
+            "mfu": 1.0,
+            "step_overhead_ms": 0,
+            "prompt_tokens": 1024,
+            "output_tokens": 100,
+            "max_batch": 64,
+            **llm,
+        },
     }
 
 
@@ -108,7 +117,7 @@ def test_closed_load_uses_mva():
     names = list(e["demand_ms"])
     demands = [e["demand_ms"][k] / 1e3 for k in names]
     servers = [e["servers"][k] for k in names]
-    think = 2.0 + 99 * e["decode_step_ms"]["1"] / 1e3   # think + the decode time of a lone request
+    think = 2.0 + 99 * e["decode_step_ms"]["1"] / 1e3  # think + the decode time of a lone request
     x = analytic.mva(50, think, demands, servers).throughput_per_s
     assert e["load_rate_per_s"] == pytest.approx(x)
     for k, dem, s in zip(names, demands, servers):
@@ -147,8 +156,18 @@ def test_cli_json_keys(tmp_path):
     res = CliRunner().invoke(app, ["estimate", str(write(tmp_path, d)), "--json", "--set", "llm.max_batch=32"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    for key in ("weights_bytes", "kv_bytes_per_token", "kv_bytes_per_request", "max_sequences_in_memory",
-                "prefill_ms", "decode_step_ms", "bound", "attention_flops", "utilization", "saturation"):
+    for key in (
+        "weights_bytes",
+        "kv_bytes_per_token",
+        "kv_bytes_per_request",
+        "max_sequences_in_memory",
+        "prefill_ms",
+        "decode_step_ms",
+        "bound",
+        "attention_flops",
+        "utilization",
+        "saturation",
+    ):
         assert key in doc, key
     assert set(doc["decode_step_ms"]) == {"1", "8", "32", "128"}
     assert len(doc["points"]) == 2 and doc["points"][0]["params"] == {"llm.replicas": 1}
@@ -161,11 +180,26 @@ def test_cli_table(tmp_path):
         assert text in res.stdout
 
 
-@pytest.mark.parametrize("llm, expected", [
-    ({"model": "llama-3-70b"}, "raise llm.tensor_parallel"),
-    ({"model": {"layers": 2, "hidden": 64, "heads": 8, "kv_heads": 3, "head_dim": 8, "vocab": 10, "params": 1e6}},
-     "llm.model: kv_heads (3) must divide heads (8)"),
-])
+@pytest.mark.parametrize(
+    "llm, expected",
+    [
+        ({"model": "llama-3-70b"}, "raise llm.tensor_parallel"),
+        (
+            {
+                "model": {
+                    "layers": 2,
+                    "hidden": 64,
+                    "heads": 8,
+                    "kv_heads": 3,
+                    "head_dim": 8,
+                    "vocab": 10,
+                    "params": 1e6,
+                }
+            },
+            "llm.model: kv_heads (3) must divide heads (8)",
+        ),
+    ],
+)
 def test_cli_bad_input_one_line_exit_2(tmp_path, llm, expected):
     res = CliRunner().invoke(app, ["estimate", str(write(tmp_path, scenario(**llm)))])
     assert res.exit_code == 2

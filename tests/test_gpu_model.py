@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.physics import gpu as gm
-from sim.spec.schema import LLMConfig
 from sim.engine.llm.kv import DecodeBlocks
+from sim.physics import gpu as gm
 from sim.physics.gpu import StepCost
+from sim.spec.schema import LLMConfig
 
 ARTICLE = dict(layers=8, kv_heads=32, head_dim=128, kv_dtype_bytes=2)
 
@@ -19,11 +19,14 @@ ARTICLE = dict(layers=8, kv_heads=32, head_dim=128, kv_dtype_bytes=2)
 # --------------------------------------------------------------------------- bytes
 
 
-@pytest.mark.parametrize("tokens, expected", [
-    (1_024, 134_217_728),        # 2 * 8 * 32 * 128 * 2 = 131,072 B/token; x 1,024 = 128 MiB (article: 8.4 MB)
-    (8_192, 1_073_741_824),      # 1 GiB
-    (32_768, 4_294_967_296),     # 4 GiB
-])
+@pytest.mark.parametrize(
+    "tokens, expected",
+    [
+        (1_024, 134_217_728),  # 2 * 8 * 32 * 128 * 2 = 131,072 B/token; x 1,024 = 128 MiB (article: 8.4 MB)
+        (8_192, 1_073_741_824),  # 1 GiB
+        (32_768, 4_294_967_296),  # 4 GiB
+    ],
+)
 def test_article_model_kv_bytes(tokens, expected):
     assert gm.kv_bytes(tokens, **ARTICLE) == expected
 
@@ -40,10 +43,10 @@ def test_70_layer_mha_model_at_32k():
 
 
 def test_gqa_mqa_and_fp8_kv_shrink_the_cache():
-    mha = gm.kv_bytes_per_token(32, 32, 128, 2)   # 2*32*32*128*2 = 524,288
-    gqa = gm.kv_bytes_per_token(32, 8, 128, 2)    # Llama-3-8B: 131,072
-    mqa = gm.kv_bytes_per_token(32, 1, 128, 2)    # 16,384
-    fp8 = gm.kv_bytes_per_token(32, 8, 128, 1)    # 65,536
+    mha = gm.kv_bytes_per_token(32, 32, 128, 2)  # 2*32*32*128*2 = 524,288
+    gqa = gm.kv_bytes_per_token(32, 8, 128, 2)  # Llama-3-8B: 131,072
+    mqa = gm.kv_bytes_per_token(32, 1, 128, 2)  # 16,384
+    fp8 = gm.kv_bytes_per_token(32, 8, 128, 1)  # 65,536
     assert (mha, gqa, mqa, fp8) == (524_288, 131_072, 16_384, 65_536)
 
 
@@ -51,7 +54,7 @@ def test_kv_heads_per_gpu_split_and_replicate():
     assert gm.kv_heads_per_gpu(8, 1) == 8
     assert gm.kv_heads_per_gpu(8, 4) == 2
     assert gm.kv_heads_per_gpu(8, 8) == 1
-    assert gm.kv_heads_per_gpu(1, 8) == 1      # MQA: the one head is replicated
+    assert gm.kv_heads_per_gpu(1, 8) == 1  # MQA: the one head is replicated
     assert gm.kv_bytes_per_token_per_gpu(32, 8, 128, 2, 4) == 32_768
 
 
@@ -100,8 +103,7 @@ def test_decode_step_batch_1_empty_cache_is_weights_over_bandwidth():
 
 
 def test_step_cost_with_tensor_parallel_splits_work_and_adds_allreduce():
-    one = StepCost(_cfg(model="llama-3-70b", tensor_parallel=4, bw_efficiency=1.0, mfu=1.0,
-                        step_overhead_ms=0))
+    one = StepCost(_cfg(model="llama-3-70b", tensor_parallel=4, bw_efficiency=1.0, mfu=1.0, step_overhead_ms=0))
     w = 70_553_706_496 * 2
     # per GPU: weights / 4 at 3,350 GB/s, plus 2 x 80 all-reduces of 8192 x 2 bytes over 4 GPUs at 450 GB/s
     mem = w / 4 / 3.35e12
@@ -115,19 +117,23 @@ def test_fp8_kv_makes_long_context_decode_faster():
     assert fp8.kv_per_token == fp16.kv_per_token / 2
     assert fp8.time(64, 64 * 8000, 64 * 8000) < fp16.time(64, 64 * 8000, 64 * 8000)
     assert _cfg(model="llama-3-8b", kv_dtype_bytes=1).kv_blocks == pytest.approx(
-        2 * _cfg(model="llama-3-8b").kv_blocks, abs=1)
+        2 * _cfg(model="llama-3-8b").kv_blocks, abs=1
+    )
 
 
 costs = st.builds(
     lambda eff, mfu, ovh, model: StepCost(_cfg(model=model, bw_efficiency=eff, mfu=mfu, step_overhead_ms=ovh)),
-    st.floats(0.1, 1.0), st.floats(0.1, 1.0), st.floats(0.0, 5.0),
+    st.floats(0.1, 1.0),
+    st.floats(0.1, 1.0),
+    st.floats(0.0, 5.0),
     st.sampled_from(["article-8l", "llama-3-8b", "mistral-7b"]),
 )
 
 
 @settings(max_examples=60, deadline=None)
-@given(cost=costs, batch=st.integers(1, 512), ctx=st.integers(0, 200_000), db=st.integers(0, 64),
-       dc=st.integers(0, 50_000))
+@given(
+    cost=costs, batch=st.integers(1, 512), ctx=st.integers(0, 200_000), db=st.integers(0, 64), dc=st.integers(0, 50_000)
+)
 def test_step_time_never_falls_when_batch_or_context_grows(cost, batch, ctx, db, dc):
     # a decode step of `batch` sequences reading `ctx` tokens: new = batch, pairs = ctx
     t = cost.time(batch, ctx, ctx)
@@ -161,8 +167,12 @@ def test_decode_epoch_closed_form_equals_step_loop(cost, batch, ctx0, k):
 
 
 @settings(max_examples=150, deadline=None)
-@given(block=st.integers(1, 32), e=st.lists(st.integers(-200, 400), min_size=1, max_size=40),
-       x0=st.integers(0, 300), extra=st.integers(0, 2000))
+@given(
+    block=st.integers(1, 32),
+    e=st.lists(st.integers(-200, 400), min_size=1, max_size=40),
+    x0=st.integers(0, 300),
+    extra=st.integers(0, 2000),
+)
 def test_decode_blocks_closed_form_equals_brute_force(block, e, x0, extra):
     # each sequence holds e_i + x private tokens at decode clock x (never negative here)
     x0 = max(x0, -min(e))

@@ -19,20 +19,28 @@ import simpy
 from typer.testing import CliRunner
 
 import sim
-from sim.spec.schema import LLMConfig
-from sim.errors import ConfigError
 from sim.engine.llm.replica import Replica
 from sim.engine.llm.stage import LLMStage
+from sim.errors import ConfigError
 from sim.registry import ROUTERS
+from sim.spec.schema import LLMConfig
 
 
 def Router(replicas, policy, rng):
     return ROUTERS.load(policy)(replicas, rng)
 
-GPU = {"name": "toy", "hbm_bandwidth_gbps": 1000, "memory_gb": 100, "peak_tflops": 100,
-       "interconnect_gbps": 100}
-MODEL = {"name": "toy", "layers": 1, "hidden": 1000, "heads": 1, "kv_heads": 1, "head_dim": 250_000,
-         "vocab": 1, "params": 1e9}
+
+GPU = {"name": "toy", "hbm_bandwidth_gbps": 1000, "memory_gb": 100, "peak_tflops": 100, "interconnect_gbps": 100}
+MODEL = {
+    "name": "toy",
+    "layers": 1,
+    "hidden": 1000,
+    "heads": 1,
+    "kv_heads": 1,
+    "head_dim": 250_000,
+    "vocab": 1,
+    "params": 1e9,
+}
 MS = 1e-3
 
 
@@ -41,8 +49,9 @@ def step_s(new: int, ctx: int, pairs: float) -> float:
 
 
 def cfg(**kw) -> LLMConfig:
-    base = dict(model=MODEL, gpu=GPU, bw_efficiency=1.0, mfu=1.0, step_overhead_ms=0, max_batch=8,
-                max_batched_tokens=128)
+    base = dict(
+        model=MODEL, gpu=GPU, bw_efficiency=1.0, mfu=1.0, step_overhead_ms=0, max_batch=8, max_batched_tokens=128
+    )
     base.update(kw)
     return LLMConfig(**base)
 
@@ -86,13 +95,23 @@ def test_pipeline_decode_step_is_weights_over_bandwidth_exactly():
     # step reads only the weights, 1,881,214,976 x 2 B / 3.35e12 B/s = 1.123113 ms.
     from sim.engine.pipeline import run_replication
 
-    scn = sim.load_scenario({
-        "run": {"duration_s": 3, "warmup_s": 0, "replications": 1, "drain_s": 1},
-        "workload": {"mode": "closed", "users": 1, "think_s": 1.0},
-        "cache": {"enabled": False}, "retrieval": {"enabled": False},
-        "llm": {"model": "article-8l", "gpu": "h100-sxm", "bw_efficiency": 1.0, "step_overhead_ms": 0,
-                "kv_dtype_bytes": 1e-9, "prompt_tokens": 16, "output_tokens": 2},
-    })
+    scn = sim.load_scenario(
+        {
+            "run": {"duration_s": 3, "warmup_s": 0, "replications": 1, "drain_s": 1},
+            "workload": {"mode": "closed", "users": 1, "think_s": 1.0},
+            "cache": {"enabled": False},
+            "retrieval": {"enabled": False},
+            "llm": {
+                "model": "article-8l",
+                "gpu": "h100-sxm",
+                "bw_efficiency": 1.0,
+                "step_overhead_ms": 0,
+                "kv_dtype_bytes": 1e-9,
+                "prompt_tokens": 16,
+                "output_tokens": 2,
+            },
+        }
+    )
     rec = run_replication(scn, 0).records
     w_ms = 1_881_214_976 * 2 / 3.35e12 * 1e3
     assert len(rec["e2e_ms"]) == 2
@@ -140,7 +159,7 @@ def test_non_chunked_prefill_exact_timeline():
 def test_arrival_mid_epoch_is_admitted_at_the_next_step_boundary():
     # A (prompt 200, 10 tokens) decodes from 4.201 ms in steps of 2.201, 2.202, ... ms;
     # B arrives at 6 ms, inside A's first decode step (4.201 .. 6.402 ms), and joins at 6.402 ms.
-    a, b = run(cfg(max_batched_tokens=512), [(0.0, 200, 10), (6.0 * MS, 50, 2)])[0]
+    _a, b = run(cfg(max_batched_tokens=512), [(0.0, 200, 10), (6.0 * MS, 50, 2)])[0]
     t1 = 4.201 * MS
     t2 = t1 + step_s(1, 201, 201)
     assert b.t_admitted == pytest.approx(t2, rel=1e-12)
@@ -162,8 +181,9 @@ def test_prefix_caching_skips_the_system_prompt_and_shares_its_blocks():
     rep = stage.replicas[0]
     assert rep.pinned == 256 // 16 and rep.blocks_used() == 16  # the prefix stays, once
     # without prefix caching B pays the whole prefill again
-    (_, b2), _ = run(cfg(prompt_tokens=comp, max_batched_tokens=512, prefix_caching=False),
-                     [(0.0, 300, 1), (1.0, 300, 1)])
+    (_, b2), _ = run(
+        cfg(prompt_tokens=comp, max_batched_tokens=512, prefix_caching=False), [(0.0, 300, 1), (1.0, 300, 1)]
+    )
     assert b2.t_first - 1.0 == pytest.approx(6.4515 * MS, rel=1e-9)
 
 
@@ -183,7 +203,7 @@ def test_prefix_blocks_are_counted_once_across_running_sequences():
         ctx = [s.base + rep.D for s in rep.order]  # tokens with KV, per sequence
         assert rep.dec.n == 3  # (a snapshot at the start of the epoch in progress)
         used[name] = rep.blocks_used()
-        if on:   # the 64-token prefix is 4 blocks held once; each sequence holds its own tail
+        if on:  # the 64-token prefix is 4 blocks held once; each sequence holds its own tail
             assert used[name] == 4 + sum(-(-(c - 64) // 16) for c in ctx)
         else:
             assert used[name] == sum(-(-c // 16) for c in ctx)
@@ -209,9 +229,9 @@ def test_blocks_are_taken_as_sequences_grow():
     stage.submit(20, 100)
     rep = stage.replicas[0]
     env.run(until=0.001)
-    assert rep.blocks_used() == 2            # prefill step in progress: 20 tokens -> 2 blocks, not 120 tokens' 8
+    assert rep.blocks_used() == 2  # prefill step in progress: 20 tokens -> 2 blocks, not 120 tokens' 8
     env.run(until=0.2)
-    ctx = 20 + rep.D                          # tokens with KV after D decode steps
+    ctx = 20 + rep.D  # tokens with KV after D decode steps
     assert rep.blocks_used() in (-(-ctx // 16), -(-(ctx + 1) // 16))
 
 
@@ -237,7 +257,7 @@ def test_saturated_replica_preempts_and_finishes_every_request(chunked):
     assert max(peak) <= c.kv_blocks == 10
     assert all(s.t_last > s.t_first > 0 for s in seqs)
     assert sum(s.preemptions for s in seqs) == rep.preemptions > 0
-    assert seqs[0].preemptions == 0           # the oldest is never the victim
+    assert seqs[0].preemptions == 0  # the oldest is never the victim
     assert rep.blocks_used() == 0 and not rep.order and not rep.waiting
 
 
@@ -249,10 +269,16 @@ def test_request_that_can_never_fit_is_a_clear_error(tmp_path):
     from sim.cli import app
 
     path = tmp_path / "big.yaml"
-    path.write_text(yaml.safe_dump({
-        "run": {"duration_s": 20, "warmup_s": 1, "replications": 2},
-        "workload": {"mode": "open", "rate_per_s": 2}, "retrieval": {"enabled": False},
-        "llm": {"model": "article-8l", "gpu_memory_utilization": 0.048, "prompt_tokens": 4000}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "run": {"duration_s": 20, "warmup_s": 1, "replications": 2},
+                "workload": {"mode": "open", "rate_per_s": 2},
+                "retrieval": {"enabled": False},
+                "llm": {"model": "article-8l", "gpu_memory_utilization": 0.048, "prompt_tokens": 4000},
+            }
+        )
+    )
     res = CliRunner().invoke(app, ["run", str(path)])
     assert res.exit_code == 2 and "needs 257 KV blocks of 16 tokens but a replica holds 36" in res.output
 
@@ -265,8 +291,14 @@ def test_epochs_equal_a_step_by_step_loop(monkeypatch, chunked, system, seed):
     t = np.cumsum(rng.exponential(0.004, n))
     arrivals = [(float(t[i]), system + int(rng.integers(5, 90)), int(rng.integers(1, 60))) for i in range(n)]
     prompt = {"system_tokens": system, "question_tokens": 50} if system else 100
-    c = cfg(gpu={**GPU, "memory_gb": 2.25}, gpu_memory_utilization=1.0, chunked_prefill=chunked,
-            max_batch=6, max_batched_tokens=64, prompt_tokens=prompt)  # 15 blocks: preemptions happen
+    c = cfg(
+        gpu={**GPU, "memory_gb": 2.25},
+        gpu_memory_utilization=1.0,
+        chunked_prefill=chunked,
+        max_batch=6,
+        max_batched_tokens=64,
+        prompt_tokens=prompt,
+    )  # 15 blocks: preemptions happen
     assert c.prefix_tokens == (32 if system else 0)
     fast, stage = run(c, arrivals)
     monkeypatch.setattr(Replica, "epoch_cap", 1)
@@ -336,7 +368,7 @@ def test_router_policies():
 
 
 def test_least_outstanding_balances_replicas_in_the_stage():
-    seqs, stage = run(cfg(replicas=2, router="least_outstanding"), [(0.0, 50, 20)] * 4)
+    seqs, _stage = run(cfg(replicas=2, router="least_outstanding"), [(0.0, 50, 20)] * 4)
     assert sorted(s.replica for s in seqs) == [0, 0, 1, 1]
     seqs, _ = run(cfg(replicas=3, router="round_robin"), [(0.0, 50, 5)] * 6)
     assert [s.replica for s in seqs] == [0, 1, 2, 0, 1, 2]
@@ -347,12 +379,19 @@ def test_least_outstanding_balances_replicas_in_the_stage():
 
 def _open(replicas: int, seed: int = 5) -> dict:
     return {
-        "name": "open", "run": {"duration_s": 400, "warmup_s": 40, "replications": 1, "seed": seed},
+        "name": "open",
+        "run": {"duration_s": 400, "warmup_s": 40, "replications": 1, "seed": seed},
         "workload": {"mode": "open", "rate_per_s": 30},
-        "cache": {"enabled": False}, "retrieval": {"enabled": False},
-        "llm": {"model": "article-8l", "gpu": "h100-sxm", "replicas": replicas, "router": "least_outstanding",
-                "prompt_tokens": {"dist": "uniform", "low": 200, "high": 1200},
-                "output_tokens": {"dist": "gamma", "mean": 120, "cv": 0.8}},
+        "cache": {"enabled": False},
+        "retrieval": {"enabled": False},
+        "llm": {
+            "model": "article-8l",
+            "gpu": "h100-sxm",
+            "replicas": replicas,
+            "router": "least_outstanding",
+            "prompt_tokens": {"dist": "uniform", "low": 200, "high": 1200},
+            "output_tokens": {"dist": "gamma", "mean": 120, "cv": 0.8},
+        },
     }
 
 
@@ -384,12 +423,18 @@ def test_summary_reports_gpu_figures_and_preemptions_column():
 # --------------------------------------------------------------------------- bad input through the CLI
 
 
-@pytest.mark.parametrize("llm, expected", [
-    ({"model": "llama-3-70b", "gpu": "h100-sxm"}, "raise llm.tensor_parallel"),
-    ({"model": "llama-3-70b", "gpu": "h100-sxm", "tensor_parallel": 3}, "llm: tensor_parallel (3) must divide"),
-    ({"model": {**MODEL, "heads": 32, "kv_heads": 5}, "gpu": GPU}, "llm.model: kv_heads (5) must divide heads (32)"),
-    ({"max_batch": 512, "max_batched_tokens": 256}, "raise llm.max_batched_tokens"),
-])
+@pytest.mark.parametrize(
+    "llm, expected",
+    [
+        ({"model": "llama-3-70b", "gpu": "h100-sxm"}, "raise llm.tensor_parallel"),
+        ({"model": "llama-3-70b", "gpu": "h100-sxm", "tensor_parallel": 3}, "llm: tensor_parallel (3) must divide"),
+        (
+            {"model": {**MODEL, "heads": 32, "kv_heads": 5}, "gpu": GPU},
+            "llm.model: kv_heads (5) must divide heads (32)",
+        ),
+        ({"max_batch": 512, "max_batched_tokens": 256}, "raise llm.max_batched_tokens"),
+    ],
+)
 def test_bad_gpu_settings_exit_2_with_one_line(tmp_path, llm, expected):
     import yaml
 

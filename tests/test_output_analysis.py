@@ -17,7 +17,6 @@ from sim.testing import assert_sla, expected_points, parse_thresholds
 from tests.helpers import TOY_GPU, TOY_MODEL, invoke, write
 
 
-
 def mmc(c=1, rho=0.5, mean_ms=100.0, duration_s=500.0, warmup_s=50.0, replications=4, seed=1, **over) -> dict:
     d = {
         "name": "mmc",
@@ -38,21 +37,31 @@ def rag_open(**over) -> dict:
     d = {
         "name": "rag",
         "run": {"duration_s": 30, "warmup_s": 5, "replications": 2, "seed": 11},
-        "workload": {"mode": "open", "rate_per_s": 20,
-                     "queries": {"distinct": 300, "hot_fraction": 0.5, "hot_keys": 5}},
+        "workload": {
+            "mode": "open",
+            "rate_per_s": 20,
+            "queries": {"distinct": 300, "hot_fraction": 0.5, "hot_keys": 5},
+        },
         "cache": {"capacity": 50, "lookup_ms": 1},
         "retrieval": {"workers": 2, "service_ms": {"dist": "exponential", "mean": 20}},
-        "llm": {"model": copy.deepcopy(TOY_MODEL), "gpu": copy.deepcopy(TOY_GPU),
-                "prompt_tokens": {"system_tokens": 100, "doc_tokens": {"dist": "uniform", "low": 50, "high": 150},
-                                  "question_tokens": 20},
-                "output_tokens": {"dist": "uniform", "low": 10, "high": 40}},
+        "llm": {
+            "model": copy.deepcopy(TOY_MODEL),
+            "gpu": copy.deepcopy(TOY_GPU),
+            "prompt_tokens": {
+                "system_tokens": 100,
+                "doc_tokens": {"dist": "uniform", "low": 50, "high": 150},
+                "question_tokens": 20,
+            },
+            "output_tokens": {"dist": "uniform", "low": 10, "high": 40},
+        },
     }
     d.update(over)
     return d
 
 
-@pytest.mark.parametrize("key,values", [("llm.replicas", [1, 2]), ("retrieval.top_k", [2, 8]),
-                                        ("retrieval.workers", [1, 4])])
+@pytest.mark.parametrize(
+    "key,values", [("llm.replicas", [1, 2]), ("retrieval.top_k", [2, 8]), ("retrieval.workers", [1, 4])]
+)
 def test_sweep_points_share_arrivals_and_keys_per_replication(key, values):
     res = sim.simulate(rag_open(sweep={key: values}), jobs=1)
     a, b = res.points
@@ -70,8 +79,7 @@ def test_sweep_points_share_arrivals_and_keys_per_replication(key, values):
 
 
 def test_jobs_do_not_change_results_through_the_api():
-    d = rag_open(run={"duration_s": 20, "warmup_s": "auto", "replications": 3, "seed": 2},
-                 sla={"e2e_ms": {"p95": 500}})
+    d = rag_open(run={"duration_s": 20, "warmup_s": "auto", "replications": 3, "seed": 2}, sla={"e2e_ms": {"p95": 500}})
     one = sim.simulate(d, jobs=1)
     two = sim.simulate(d, jobs=2)
     assert one.summary == two.summary
@@ -82,8 +90,13 @@ def test_jobs_do_not_change_results_through_the_api():
 
 
 def test_json_has_ci_beside_every_value_and_table_shows_plus_minus(tmp_path):
-    p = write(tmp_path, mmc(sla={"retrieval_ms": {"p95": 2000}}, run={
-        "duration_s": 300, "warmup_s": 30, "replications": 3, "seed": 1, "confidence": 0.9}))
+    p = write(
+        tmp_path,
+        mmc(
+            sla={"retrieval_ms": {"p95": 2000}},
+            run={"duration_s": 300, "warmup_s": 30, "replications": 3, "seed": 1, "confidence": 0.9},
+        ),
+    )
     r = invoke("run", p, "--json", "--jobs", "1")
     assert r.exit_code == 0, r.output
     pt = json.loads(r.stdout)["points"][0]
@@ -103,10 +116,16 @@ def test_json_has_ci_beside_every_value_and_table_shows_plus_minus(tmp_path):
 
 
 def test_confidence_level_widens_the_interval():
-    lo90, hi90 = sim.simulate(mmc(run={"duration_s": 300, "warmup_s": 30, "replications": 4, "seed": 1,
-                                       "confidence": 0.9})).points[0].summary["metrics"]["e2e_ms"]["ci"]["p95"]
-    lo99, hi99 = sim.simulate(mmc(run={"duration_s": 300, "warmup_s": 30, "replications": 4, "seed": 1,
-                                       "confidence": 0.99})).points[0].summary["metrics"]["e2e_ms"]["ci"]["p95"]
+    lo90, hi90 = (
+        sim.simulate(mmc(run={"duration_s": 300, "warmup_s": 30, "replications": 4, "seed": 1, "confidence": 0.9}))
+        .points[0]
+        .summary["metrics"]["e2e_ms"]["ci"]["p95"]
+    )
+    lo99, hi99 = (
+        sim.simulate(mmc(run={"duration_s": 300, "warmup_s": 30, "replications": 4, "seed": 1, "confidence": 0.99}))
+        .points[0]
+        .summary["metrics"]["e2e_ms"]["ci"]["p95"]
+    )
     assert lo99 < lo90 < hi90 < hi99
 
 
@@ -141,9 +160,19 @@ def test_auto_warmup_is_reported_in_json_and_printed(tmp_path):
 
 
 def test_target_precision_adds_replications_until_sla_statistics_are_precise():
-    d = mmc(duration_s=300, warmup_s=30, sla={"retrieval_ms": {"mean": 1000, "p95": 2000}},
-            run={"duration_s": 300, "warmup_s": 30, "replications": 2, "seed": 1,
-                 "target_precision": 0.05, "max_replications": 30})
+    d = mmc(
+        duration_s=300,
+        warmup_s=30,
+        sla={"retrieval_ms": {"mean": 1000, "p95": 2000}},
+        run={
+            "duration_s": 300,
+            "warmup_s": 30,
+            "replications": 2,
+            "seed": 1,
+            "target_precision": 0.05,
+            "max_replications": 30,
+        },
+    )
     s = sim.simulate(d).points[0].summary
     assert s["replications"] > 2
     assert s["precision"]["reached"] and s["precision"]["worst"] <= 0.05
@@ -160,9 +189,19 @@ def test_target_precision_adds_replications_until_sla_statistics_are_precise():
 
 
 def test_target_precision_stops_at_max_replications_and_says_so():
-    d = mmc(duration_s=100, warmup_s=10, sla={"retrieval_ms": {"p99": 5000}},
-            run={"duration_s": 100, "warmup_s": 10, "replications": 2, "seed": 1,
-                 "target_precision": 0.001, "max_replications": 5})
+    d = mmc(
+        duration_s=100,
+        warmup_s=10,
+        sla={"retrieval_ms": {"p99": 5000}},
+        run={
+            "duration_s": 100,
+            "warmup_s": 10,
+            "replications": 2,
+            "seed": 1,
+            "target_precision": 0.001,
+            "max_replications": 5,
+        },
+    )
     s = sim.simulate(d).points[0].summary
     assert s["replications"] == 5
     assert not s["precision"]["reached"]
@@ -170,9 +209,20 @@ def test_target_precision_stops_at_max_replications_and_says_so():
 
 
 def test_target_precision_does_not_chase_an_unstable_point():
-    d = mmc(rho=1.3, duration_s=100, warmup_s=10, sla={"retrieval_ms": {"p95": 5000}},
-            run={"duration_s": 100, "warmup_s": 10, "replications": 2, "seed": 1,
-                 "target_precision": 0.01, "max_replications": 20})
+    d = mmc(
+        rho=1.3,
+        duration_s=100,
+        warmup_s=10,
+        sla={"retrieval_ms": {"p95": 5000}},
+        run={
+            "duration_s": 100,
+            "warmup_s": 10,
+            "replications": 2,
+            "seed": 1,
+            "target_precision": 0.01,
+            "max_replications": 20,
+        },
+    )
     s = sim.simulate(d).points[0].summary
     assert s["replications"] == 2 and not s["stability"]["stable"]
 
@@ -208,8 +258,11 @@ def test_one_failing_point_makes_exit_1_even_when_others_are_inconclusive(tmp_pa
 
 
 def test_open_workload_stable_at_rho_0_7():
-    s = sim.simulate(mmc(c=4, rho=0.7, duration_s=300, warmup_s=30, replications=3,
-                         sla={"e2e_ms": {"p95": 1000}})).points[0].summary
+    s = (
+        sim.simulate(mmc(c=4, rho=0.7, duration_s=300, warmup_s=30, replications=3, sla={"e2e_ms": {"p95": 1000}}))
+        .points[0]
+        .summary
+    )
     st = s["stability"]
     assert st["stable"] and st["kind"] is None and st["note"] == ""
     assert st["offered_load"]["retrieval"] == pytest.approx(0.7)
@@ -235,10 +288,15 @@ def test_open_workload_unstable_at_rho_1_2(tmp_path):
 
 
 def test_offered_load_uses_the_cache_miss_rate():
-    d = mmc(c=2, rho=0.9, duration_s=200, warmup_s=20, replications=2,
-            workload={"mode": "open", "rate_per_s": 30.0,
-                      "queries": {"distinct": 200, "hot_fraction": 0.8, "hot_keys": 5}},
-            cache={"capacity": 100, "lookup_ms": 1})
+    d = mmc(
+        c=2,
+        rho=0.9,
+        duration_s=200,
+        warmup_s=20,
+        replications=2,
+        workload={"mode": "open", "rate_per_s": 30.0, "queries": {"distinct": 200, "hot_fraction": 0.8, "hot_keys": 5}},
+        cache={"capacity": 100, "lookup_ms": 1},
+    )
     s = sim.simulate(d).points[0].summary
     hit = s["cache_hit_rate"]
     assert 0.5 < hit < 1
@@ -249,11 +307,15 @@ def test_offered_load_uses_the_cache_miss_rate():
 def test_closed_workload_still_filling_is_not_steady_then_steady_when_long_enough():
     # 1,000 users (Z = 20 s) on one 50 ms server: saturated, R settles at N*D - Z = 30 s
     # only after the queue has filled, tens of seconds in.
-    d = {"name": "crowd", "run": {"duration_s": 60, "warmup_s": 0, "replications": 2, "seed": 1},
-         "workload": {"mode": "closed", "users": 1000, "think_s": {"dist": "exponential", "mean": 20}},
-         "cache": {"enabled": False}, "llm": {"enabled": False},
-         "retrieval": {"workers": 1, "service_ms": {"dist": "exponential", "mean": 50}},
-         "sla": {"e2e_ms": {"p95": 200000}}}
+    d = {
+        "name": "crowd",
+        "run": {"duration_s": 60, "warmup_s": 0, "replications": 2, "seed": 1},
+        "workload": {"mode": "closed", "users": 1000, "think_s": {"dist": "exponential", "mean": 20}},
+        "cache": {"enabled": False},
+        "llm": {"enabled": False},
+        "retrieval": {"workers": 1, "service_ms": {"dist": "exponential", "mean": 50}},
+        "sla": {"e2e_ms": {"p95": 200000}},
+    }
     short = sim.simulate(d).points[0].summary
     assert not short["stability"]["stable"]
     assert short["stability"]["trend"]["growing"]
@@ -271,14 +333,17 @@ def test_exact_model_only_for_exactly_analysable_scenarios():
     scn = sim.load_scenario(mmc(c=3, rho=0.6))
     a = crosscheck.exact_model(scn)
     assert a["model"] == "M/M/3" and a["utilization"] == pytest.approx(0.6)
-    assert crosscheck.exact_model(sim.load_scenario(mmc(cache={"capacity": 0, "lookup_ms": 2})))["mean_e2e_ms"] \
-        == pytest.approx(200 + 2)
+    assert crosscheck.exact_model(sim.load_scenario(mmc(cache={"capacity": 0, "lookup_ms": 2})))[
+        "mean_e2e_ms"
+    ] == pytest.approx(200 + 2)
     for patch, why in [
         ({"retrieval": {"service_ms": {"dist": "lognormal", "mean": 100, "cv": 1}, "workers": 1}}, "not exponential"),
         ({"cache": {"capacity": 10}}, "cache can hit"),
         ({"workload": {"mode": "open", "rate_per_s": 5, "arrival": "gamma", "cv": 2}}, "not Poisson"),
-        ({"retrieval": {"service_ms": {"dist": "exponential", "mean": 100}, "workers": 2, "cpu_cores": 1}},
-         "share fewer cores"),
+        (
+            {"retrieval": {"service_ms": {"dist": "exponential", "mean": 100}, "workers": 2, "cpu_cores": 1}},
+            "share fewer cores",
+        ),
         ({"retrieval": {"service_ms": {"dist": "exponential", "mean": 100}, "overhead_ms": 1}}, "overhead"),
     ]:
         scn = sim.load_scenario({**mmc(), **patch})
@@ -327,13 +392,16 @@ def test_bad_run_settings_exit_2_one_line_nothing_written(tmp_path, patch, messa
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--set", "run.confidence=2"], "run.confidence: input should be less than 1"),
-    (["--set", "run.target_precision=0.02", "--replications", "1"], "replications must be >= 2"),
-    (["--set", "sla.e2e_ms.p96=800"], "unknown statistic 'p96'"),
-    (["--set", "sla.latency_ms.p95=800"], "unknown SLA metric 'latency_ms'"),
-    (["--set", "expect=[{params: {llm.replicas: 2}, verdict: pass}]"], "'llm.replicas' is not a swept key"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "run.confidence=2"], "run.confidence: input should be less than 1"),
+        (["--set", "run.target_precision=0.02", "--replications", "1"], "replications must be >= 2"),
+        (["--set", "sla.e2e_ms.p96=800"], "unknown statistic 'p96'"),
+        (["--set", "sla.latency_ms.p95=800"], "unknown SLA metric 'latency_ms'"),
+        (["--set", "expect=[{params: {llm.replicas: 2}, verdict: pass}]"], "'llm.replicas' is not a swept key"),
+    ],
+)
 def test_bad_flags_exit_2_nothing_written(tmp_path, args, message):
     d = mmc(sla={"e2e_ms": {"p95": 800}}, sweep={"retrieval.workers": [1, 2]})
     out = tmp_path / "out"
@@ -381,11 +449,18 @@ def test_assert_sla_bad_thresholds():
 
 
 def test_expected_points_from_the_expect_key():
-    d = mmc(sla={"e2e_ms": {"p95": 800}}, sweep={"workload.rate_per_s": [5, 12], "retrieval.workers": [1, 2]},
-            expect=[{"params": {"workload.rate_per_s": 5}, "verdict": "pass"},
-                    {"params": {"workload.rate_per_s": 12, "retrieval.workers": 1}, "verdict": "fail"}])
-    assert expected_points(d) == [({"workload.rate_per_s": [5]}, "pass"),
-                                  ({"workload.rate_per_s": [12], "retrieval.workers": [1]}, "fail")]
+    d = mmc(
+        sla={"e2e_ms": {"p95": 800}},
+        sweep={"workload.rate_per_s": [5, 12], "retrieval.workers": [1, 2]},
+        expect=[
+            {"params": {"workload.rate_per_s": 5}, "verdict": "pass"},
+            {"params": {"workload.rate_per_s": 12, "retrieval.workers": 1}, "verdict": "fail"},
+        ],
+    )
+    assert expected_points(d) == [
+        ({"workload.rate_per_s": [5]}, "pass"),
+        ({"workload.rate_per_s": [12], "retrieval.workers": [1]}, "fail"),
+    ]
     assert expected_points(mmc(sla={"e2e_ms": {"p95": 800}})) == [({}, "pass")]
     with pytest.raises(ConfigError, match="needs an sla"):
         sim.load_scenario(mmc(expect=[{"verdict": "pass"}]))

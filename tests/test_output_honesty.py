@@ -10,10 +10,14 @@ from sim.analysis.summary import _stat
 
 
 def mm1(**run):
-    return {"name": "mm1", "run": {"duration_s": 60, "warmup_s": 0, "replications": 1, "seed": 2, **run},
-            "workload": {"mode": "open", "rate_per_s": 2.0}, "cache": {"enabled": False},
-            "llm": {"enabled": False},
-            "retrieval": {"workers": 1, "service_ms": {"dist": "exponential", "mean": 400}}}
+    return {
+        "name": "mm1",
+        "run": {"duration_s": 60, "warmup_s": 0, "replications": 1, "seed": 2, **run},
+        "workload": {"mode": "open", "rate_per_s": 2.0},
+        "cache": {"enabled": False},
+        "llm": {"enabled": False},
+        "retrieval": {"workers": 1, "service_ms": {"dist": "exponential", "mean": 400}},
+    }
 
 
 def verdict(res):
@@ -50,10 +54,14 @@ def test_censored_percentiles_by_hand():
 
 def test_throughput_never_exceeds_the_bottleneck_while_filling():
     # 200 users with no think time in front of one 10 ms server: at most 100 answers/s.
-    d = {"name": "fill", "run": {"duration_s": 30, "warmup_s": "auto", "replications": 2, "seed": 1},
-         "workload": {"mode": "closed", "users": 200, "think_s": {"dist": "exponential", "mean": 0.001}},
-         "cache": {"enabled": False}, "llm": {"enabled": False},
-         "retrieval": {"workers": 1, "service_ms": 10}}
+    d = {
+        "name": "fill",
+        "run": {"duration_s": 30, "warmup_s": "auto", "replications": 2, "seed": 1},
+        "workload": {"mode": "closed", "users": 200, "think_s": {"dist": "exponential", "mean": 0.001}},
+        "cache": {"enabled": False},
+        "llm": {"enabled": False},
+        "retrieval": {"workers": 1, "service_ms": 10},
+    }
     x = sim.simulate(d).summary["points"][0]["throughput_per_s"]
     assert 95 < x <= 100.0 + 1e-9
 
@@ -62,20 +70,25 @@ def test_bins_by_hand():
     from sim.engine.records import Bins
 
     b = Bins(10, 110, n=10)  # bin 0 = [0, 10), then ten bins of 10 s
-    b.add(5, 25, 20)         # 1 per second: 5 in [0,10), 10 in [10,20), 5 in [20,30)
+    b.add(5, 25, 20)  # 1 per second: 5 in [0,10), 10 in [10,20), 5 in [20,30)
     assert b.values[:4] == [5.0, 10.0, 5.0, 0.0]
     assert b.total == 15.0 and b.total_from(0) == 20.0
     assert b.total_from(15) == pytest.approx(5.0 + 5.0)  # half of [10,20) plus [20,30)
-    b.add(50, 50, 1)          # an event at t = 50 lands in [50, 60)
-    b.add(200, 300, 7)        # past the window: dropped
+    b.add(50, 50, 1)  # an event at t = 50 lands in [50, 60)
+    b.add(200, 300, 7)  # past the window: dropped
     assert b.values[5] == 1.0 and b.total == 16.0
 
 
 def test_auto_warmup_cuts_stage_counters_where_it_cuts_records():
     """Utilisation with warmup auto equals a fixed warm-up at the cut MSER-5 chose."""
-    d = {"name": "cut", "run": {"duration_s": 400, "warmup_s": "auto", "replications": 1, "seed": 5},
-         "workload": {"mode": "open", "rate_per_s": 8.0}, "cache": {"enabled": False}, "llm": {"enabled": False},
-         "retrieval": {"workers": 1, "service_ms": {"dist": "exponential", "mean": 100}}}
+    d = {
+        "name": "cut",
+        "run": {"duration_s": 400, "warmup_s": "auto", "replications": 1, "seed": 5},
+        "workload": {"mode": "open", "rate_per_s": 8.0},
+        "cache": {"enabled": False},
+        "llm": {"enabled": False},
+        "retrieval": {"workers": 1, "service_ms": {"dist": "exponential", "mean": 100}},
+    }
     auto = sim.simulate(d).summary["points"][0]
     cut = auto["warmup"]["cut_s"]
     assert cut > 0

@@ -25,8 +25,22 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sweep")
-    r = runner.invoke(app, ["sweep", str(SMALL), "--grid", "workload.users=10,40,80,120", "--grid",
-                            "llm.replicas=1,2", "--out", str(out), "--jobs", "2", *QUICK])
+    r = runner.invoke(
+        app,
+        [
+            "sweep",
+            str(SMALL),
+            "--grid",
+            "workload.users=10,40,80,120",
+            "--grid",
+            "llm.replicas=1,2",
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+            *QUICK,
+        ],
+    )
     assert r.exit_code in (0, 1, 3), r.output
     return out
 

@@ -20,20 +20,33 @@ import yaml
 from typer.testing import CliRunner
 
 import sim
-from sim.physics import queueing as analytic
+from sim.analysis.summary import summarize_point
 from sim.cli import app
+from sim.physics import queueing as analytic
 from sim.run.executors import LocalExecutor
 from sim.spec.scenario import expand
-from sim.analysis.summary import summarize_point
 
 
-def open_mmc(c: int, rho: float, mean_ms: float, duration_s: float, warmup_s: float | str,
-             replications: int, seed: int = 1, confidence: float = 0.99) -> dict:
+def open_mmc(
+    c: int,
+    rho: float,
+    mean_ms: float,
+    duration_s: float,
+    warmup_s: float | str,
+    replications: int,
+    seed: int = 1,
+    confidence: float = 0.99,
+) -> dict:
     lam = rho * c / (mean_ms / 1e3)
     return {
         "name": f"mm{c}",
-        "run": {"duration_s": duration_s, "warmup_s": warmup_s, "replications": replications,
-                "seed": seed, "confidence": confidence},
+        "run": {
+            "duration_s": duration_s,
+            "warmup_s": warmup_s,
+            "replications": replications,
+            "seed": seed,
+            "confidence": confidence,
+        },
         "workload": {"mode": "open", "rate_per_s": lam},
         "cache": {"enabled": False},
         "llm": {"enabled": False},
@@ -41,12 +54,25 @@ def open_mmc(c: int, rho: float, mean_ms: float, duration_s: float, warmup_s: fl
     }
 
 
-def closed_one_server(users: int, think_s: float, mean_ms: float, duration_s: float, warmup_s: float | str,
-                      replications: int, seed: int = 1, confidence: float = 0.99) -> dict:
+def closed_one_server(
+    users: int,
+    think_s: float,
+    mean_ms: float,
+    duration_s: float,
+    warmup_s: float | str,
+    replications: int,
+    seed: int = 1,
+    confidence: float = 0.99,
+) -> dict:
     return {
         "name": "closed",
-        "run": {"duration_s": duration_s, "warmup_s": warmup_s, "replications": replications,
-                "seed": seed, "confidence": confidence},
+        "run": {
+            "duration_s": duration_s,
+            "warmup_s": warmup_s,
+            "replications": replications,
+            "seed": seed,
+            "confidence": confidence,
+        },
         "workload": {"mode": "closed", "users": users, "think_s": {"dist": "exponential", "mean": think_s}},
         "cache": {"enabled": False},
         "llm": {"enabled": False},
@@ -135,7 +161,7 @@ def test_nominal_95_percent_interval_covers_mm1_mean_wait(size):
     true_ms = 100.0
     covered = 0
     for e in range(k):
-        s = summarize_point(pt.scenario, reps[e * per:(e + 1) * per])
+        s = summarize_point(pt.scenario, reps[e * per : (e + 1) * per])
         c_lo, c_hi = s["metrics"]["retrieval_wait_ms"]["ci"]["mean"]
         covered += c_lo <= true_ms <= c_hi
     assert lo <= covered / k <= hi, covered / k

@@ -49,8 +49,7 @@ def _cases() -> list:
 def short_overrides(path: Path) -> dict:
     run = sim.load_scenario(path).run
     duration = min(run.duration_s, SHORT_DURATION_S)
-    ov: dict = {"run.duration_s": duration, "run.replications": SHORT_REPLICATIONS,
-                "run.target_precision": None}
+    ov: dict = {"run.duration_s": duration, "run.replications": SHORT_REPLICATIONS, "run.target_precision": None}
     if run.warmup_s != "auto":
         ov["run.warmup_s"] = min(float(run.warmup_s), duration / 4)
     return ov
@@ -62,10 +61,9 @@ def test_scenario_meets_its_sla(path, grid, verdict, size):
     if grid is None:
         pytest.fail(f"{path.name}: {verdict}")
     try:
-        if not size.long:
-            if verdict == "pass":
-                assert_sla(path, short_overrides(path), grid=grid, jobs=2, allow_inconclusive=True)
-                return
+        if not size.long and verdict == "pass":
+            assert_sla(path, short_overrides(path), grid=grid, jobs=2, allow_inconclusive=True)
+            return
 
         if verdict == "pass":
             assert_sla(path, grid=grid, jobs=None)
@@ -73,8 +71,10 @@ def test_scenario_meets_its_sla(path, grid, verdict, size):
     except AssertionError as e:
         scn = sim.load_scenario(path)
         if scn.sweep and not scn.expect:
-            raise AssertionError(f"{e}\n{path.name} sweeps {', '.join(scn.sweep)} without an expect: list, so "
-                                 "every point must pass; mark the points meant to fail (see sim/testing.py)") from None
+            raise AssertionError(
+                f"{e}\n{path.name} sweeps {', '.join(scn.sweep)} without an expect: list, so "
+                "every point must pass; mark the points meant to fail (see sim/testing.py)"
+            ) from None
         raise
     # Points meant to fail run at the scenario's own length in both forms (a failing point is
     # usually an overloaded one, cheap to simulate), with 3 replications in the short form.

@@ -38,9 +38,7 @@ def test_summarize_small_array_by_hand() -> None:
     # sorted 0, 10, 20, 30 → h = 3·q
     summary = summarize([30.0, 0.0, 20.0, 10.0])
     assert list(summary) == list(STATS)
-    assert summary == pytest.approx(
-        {"mean": 15.0, "p50": 15.0, "p90": 27.0, "p95": 28.5, "p99": 29.7, "max": 30.0}
-    )
+    assert summary == pytest.approx({"mean": 15.0, "p50": 15.0, "p90": 27.0, "p95": 28.5, "p99": 29.7, "max": 30.0})
 
 
 def test_empty_gives_nan() -> None:

@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 from sim.cli import app
 from sim.errors import CapsimError, ConfigError
 from sim.spec.scenario import expand
-from sim.sweep import (PointStore, check_key, parse_grid, point_id, rank_by_cost, run_sweep, summary_table,
-                       sweep)
+from sim.sweep import PointStore, check_key, parse_grid, point_id, rank_by_cost, run_sweep, summary_table, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "tests" / "data" / "rag_small.yaml"
@@ -32,20 +31,29 @@ def cli(*args: str, env: dict | None = None):
 
 
 def test_parse_grid_reads_yaml_scalars():
-    g = parse_grid(["workload.users=50,100", "llm.gpu=h100-sxm,h200", "llm.bw_efficiency=0.5,0.8",
-                    "cache.enabled=true,false"])
-    assert g == {"workload.users": [50, 100], "llm.gpu": ["h100-sxm", "h200"],
-                 "llm.bw_efficiency": [0.5, 0.8], "cache.enabled": [True, False]}
+    g = parse_grid(
+        ["workload.users=50,100", "llm.gpu=h100-sxm,h200", "llm.bw_efficiency=0.5,0.8", "cache.enabled=true,false"]
+    )
+    assert g == {
+        "workload.users": [50, 100],
+        "llm.gpu": ["h100-sxm", "h200"],
+        "llm.bw_efficiency": [0.5, 0.8],
+        "cache.enabled": [True, False],
+    }
     assert parse_grid(["llm.output_tokens=[50, {dist: exponential, mean: 60}]"]) == {
-        "llm.output_tokens": [50, {"dist": "exponential", "mean": 60}]}
+        "llm.output_tokens": [50, {"dist": "exponential", "mean": 60}]
+    }
 
 
-@pytest.mark.parametrize("item, words", [
-    ("workload.usrs=1,2", ["workload.usrs", "did you mean 'users'"]),
-    ("nosuch.key=1", ["nosuch", "allowed"]),
-    ("workload.users", ["KEY=V1,V2"]),
-    ("workload.users=1,,2", ["empty value"]),
-])
+@pytest.mark.parametrize(
+    "item, words",
+    [
+        ("workload.usrs=1,2", ["workload.usrs", "did you mean 'users'"]),
+        ("nosuch.key=1", ["nosuch", "allowed"]),
+        ("workload.users", ["KEY=V1,V2"]),
+        ("workload.users=1,,2", ["empty value"]),
+    ],
+)
 def test_parse_grid_rejects(item, words):
     with pytest.raises(ConfigError) as e:
         parse_grid([item])
@@ -67,14 +75,17 @@ def test_point_id_is_a_hash_of_the_resolved_scenario():
     assert point_id(c.scenario) != point_id(expand(SMALL, QUICK_OV)[0].scenario)  # the seed is in it
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--grid", "workload.usrs=1,2"], ["did you mean 'users'"]),
-    (["--grid", "workload.users=a,b"], ["workload.users", "integer", "'a'"]),
-    (["--grid", "llm.gpu=h100-sxm,h900"], ["llm.gpu", "h900"]),
-    (["--set", "workload.usres=3"], ["--set workload.usres", "did you mean 'users'"]),
-    (["--rank", "speed"], ["--rank"]),
-    (["--scheduler", "nonsense"], ["--scheduler", "tcp://host:8786"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--grid", "workload.usrs=1,2"], ["did you mean 'users'"]),
+        (["--grid", "workload.users=a,b"], ["workload.users", "integer", "'a'"]),
+        (["--grid", "llm.gpu=h100-sxm,h900"], ["llm.gpu", "h900"]),
+        (["--set", "workload.usres=3"], ["--set workload.usres", "did you mean 'users'"]),
+        (["--rank", "speed"], ["--rank"]),
+        (["--scheduler", "nonsense"], ["--scheduler", "tcp://host:8786"]),
+    ],
+)
 def test_sweep_bad_input_is_one_line_exit_2(args, words):
     r = cli("sweep", SMALL, *args)
     assert r.exit_code == 2, r.output
@@ -84,8 +95,15 @@ def test_sweep_bad_input_is_one_line_exit_2(args, words):
 
 
 def test_unreachable_scheduler_times_out_with_one_line():
-    r = cli("sweep", SMALL, "--grid", "workload.users=5,6", "--scheduler", "tcp://127.0.0.1:9",
-            env={"CAPSIM_DASK_TIMEOUT_S": "1"})
+    r = cli(
+        "sweep",
+        SMALL,
+        "--grid",
+        "workload.users=5,6",
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+        env={"CAPSIM_DASK_TIMEOUT_S": "1"},
+    )
     assert r.exit_code == 2
     assert "cannot reach the Dask scheduler within 1 s" in r.stderr
     assert r.stderr.count("\n") == 1
@@ -120,18 +138,42 @@ def test_local_and_dask_give_identical_summaries():
 
 def test_folder_is_readable_by_pandas(tmp_path):
     out = tmp_path / "sw"
-    r = cli("sweep", SMALL, "--grid", "workload.users=10,30", "--grid", "llm.gpu=h100-sxm,h200", "--out", out,
-            "--jobs", "2", "--rank", "cost", *QUICK)
+    r = cli(
+        "sweep",
+        SMALL,
+        "--grid",
+        "workload.users=10,30",
+        "--grid",
+        "llm.gpu=h100-sxm,h200",
+        "--out",
+        out,
+        "--jobs",
+        "2",
+        "--rank",
+        "cost",
+        *QUICK,
+    )
     assert r.exit_code in (0, 1, 3), r.output
     assert "$/1000 answers" in r.stdout
     table = pd.read_csv(out / "summary.csv")
     assert len(table) == 4 and table["workload.users"].tolist() == [10, 10, 30, 30]
     assert table["llm.gpu"].tolist() == ["h100-sxm", "h200", "h100-sxm", "h200"]
-    for col in ("e2e_p50_ms", "e2e_p95_ms", "e2e_p95_ci_low_ms", "e2e_p95_ci_high_ms", "e2e_p99_ms",
-                "throughput_per_s", "cost_per_hour", "cost_per_1000_answers", "verdict", "sla_e2e_ms_p95"):
+    for col in (
+        "e2e_p50_ms",
+        "e2e_p95_ms",
+        "e2e_p95_ci_low_ms",
+        "e2e_p95_ci_high_ms",
+        "e2e_p99_ms",
+        "throughput_per_s",
+        "cost_per_hour",
+        "cost_per_1000_answers",
+        "verdict",
+        "sla_e2e_ms_p95",
+    ):
         assert col in table, col
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "summary.parquet").drop(columns="id"),
-                                  table.drop(columns="id"), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "summary.parquet").drop(columns="id"), table.drop(columns="id"), check_dtype=False
+    )
     recs = pd.read_parquet(out / "records.parquet")
     assert set(recs.groupby("point")["workload.users"].first()) == {10, 30}
     assert pd.api.types.is_string_dtype(recs["llm.gpu"]) and {"e2e_ms", "arrival_s", "replication"} <= set(recs.columns)
@@ -142,7 +184,8 @@ def test_folder_is_readable_by_pandas(tmp_path):
     assert len(list((out / "points").iterdir())) == 4
     for d in (out / "points").iterdir():
         assert {"summary.json", "records.parquet", "timeseries.parquet", "scenario.yaml"} <= {
-            f.name for f in d.iterdir()}
+            f.name for f in d.iterdir()
+        }
 
 
 def test_resume_after_a_crash_computes_only_the_missing_points(tmp_path):
@@ -161,8 +204,13 @@ def test_resume_after_a_crash_computes_only_the_missing_points(tmp_path):
         "sw.PointStore.save = dying_save\n"
         "from sim.cli import main; main()\n"
     )
-    p = subprocess.run([sys.executable, "-c", crash_after_two, *args, "--out", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", crash_after_two, *args, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == -9, p.stderr  # SIGKILL, as an out-of-memory kill or a crash
     done = [d for d in (out / "points").iterdir() if (d / "summary.json").is_file()]
     assert len(done) == 2 and not (out / "summary.json").exists()
@@ -213,9 +261,14 @@ def test_cost_figures_by_hand():
 
 
 def test_rank_by_cost_puts_passing_points_first():
-    pts = [{"params": {"k": k}, "cost": {"per_1000_answers": c, "per_hour": 1.0},
-            "sla": [{"metric": "e2e_ms", "stat": "p95", "verdict": v}]}
-           for k, c, v in [(1, 0.3, "pass"), (2, 0.1, "fail"), (3, 0.2, "pass"), (4, 0.05, "inconclusive")]]
+    pts = [
+        {
+            "params": {"k": k},
+            "cost": {"per_1000_answers": c, "per_hour": 1.0},
+            "sla": [{"metric": "e2e_ms", "stat": "p95", "verdict": v}],
+        }
+        for k, c, v in [(1, 0.3, "pass"), (2, 0.1, "fail"), (3, 0.2, "pass"), (4, 0.05, "inconclusive")]
+    ]
     assert rank_by_cost(summary_table(pts))["k"].tolist() == [3, 1, 4, 2]
 
 

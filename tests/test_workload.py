@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import sim
-from sim.spec.schema import QueriesConfig
-from sim.rng import stream
 from sim.engine.workload import Popularity, QueryKeys
+from sim.rng import stream
+from sim.spec.schema import QueriesConfig
 
 
 def test_hot_fraction_and_zipf_tail():
@@ -21,25 +21,36 @@ def test_hot_fraction_and_zipf_tail():
 
 
 def test_zipf_zero_is_uniform_and_all_hot_works():
-    keys = QueryKeys(Popularity(QueriesConfig(distinct=4, hot_fraction=0, hot_keys=0, zipf_s=0)),
-                     stream(1, 0, "q")).sample(40_000)
+    keys = QueryKeys(
+        Popularity(QueriesConfig(distinct=4, hot_fraction=0, hot_keys=0, zipf_s=0)), stream(1, 0, "q")
+    ).sample(40_000)
     assert np.bincount(keys, minlength=4) / 40_000 == pytest.approx([0.25] * 4, abs=0.01)
     keys = QueryKeys(Popularity(QueriesConfig(distinct=5, hot_fraction=1, hot_keys=5)), stream(1, 0, "q")).sample(100)
     assert keys.max() < 5
 
 
 def test_open_poisson_rate_is_respected():
-    d = {"name": "open", "run": {"duration_s": 1000, "warmup_s": 0, "replications": 1},
-         "workload": {"mode": "open", "rate_per_s": 20}, "cache": {"enabled": False},
-         "retrieval": {"workers": 100, "service_ms": 1}, "llm": {"enabled": False}}
+    d = {
+        "name": "open",
+        "run": {"duration_s": 1000, "warmup_s": 0, "replications": 1},
+        "workload": {"mode": "open", "rate_per_s": 20},
+        "cache": {"enabled": False},
+        "retrieval": {"workers": 100, "service_ms": 1},
+        "llm": {"enabled": False},
+    }
     res = sim.simulate(d)
     assert res.summary["points"][0]["throughput_per_s"] == pytest.approx(20, rel=0.03)
 
 
 def test_gamma_arrivals_are_burstier_but_same_rate():
-    d = {"name": "open", "run": {"duration_s": 2000, "warmup_s": 0, "replications": 1},
-         "workload": {"mode": "open", "rate_per_s": 10, "arrival": "gamma", "cv": 3},
-         "cache": {"enabled": False}, "retrieval": {"workers": 100, "service_ms": 1}, "llm": {"enabled": False}}
+    d = {
+        "name": "open",
+        "run": {"duration_s": 2000, "warmup_s": 0, "replications": 1},
+        "workload": {"mode": "open", "rate_per_s": 10, "arrival": "gamma", "cv": 3},
+        "cache": {"enabled": False},
+        "retrieval": {"workers": 100, "service_ms": 1},
+        "llm": {"enabled": False},
+    }
     rec = sim.simulate(d).records
     gaps = np.diff(np.sort(rec["arrival_s"].to_numpy()))
     assert gaps.mean() == pytest.approx(0.1, rel=0.08)
@@ -48,10 +59,14 @@ def test_gamma_arrivals_are_burstier_but_same_rate():
 
 def test_closed_users_see_the_same_think_times_whatever_the_system():
     """Common random numbers: user u's requests and keys do not depend on the configuration."""
-    base = {"name": "crn", "run": {"duration_s": 200, "warmup_s": 0, "replications": 1, "seed": 4},
-            "workload": {"mode": "closed", "users": 5, "think_s": {"dist": "exponential", "mean": 2}},
-            "cache": {"enabled": False}, "llm": {"enabled": False},
-            "retrieval": {"workers": 1, "service_ms": 10}}
+    base = {
+        "name": "crn",
+        "run": {"duration_s": 200, "warmup_s": 0, "replications": 1, "seed": 4},
+        "workload": {"mode": "closed", "users": 5, "think_s": {"dist": "exponential", "mean": 2}},
+        "cache": {"enabled": False},
+        "llm": {"enabled": False},
+        "retrieval": {"workers": 1, "service_ms": 10},
+    }
     a = sim.simulate(base).records
     b = sim.simulate(base, {"retrieval.service_ms": 300}).records
     for u in range(5):

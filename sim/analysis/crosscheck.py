@@ -31,12 +31,14 @@ Exactness conditions (anything else gets no ``analytic`` entry):
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from sim.physics import queueing as analytic
 from sim.analysis import stats
+from sim.engine.pipeline import retrieval_service_distribution
+from sim.physics import queueing as analytic
 from sim.spec.schema import ConstantSpec, ExponentialSpec, Scenario, build_distribution
 
 
@@ -87,16 +89,23 @@ def exact_model(scn: Scenario, quantile: float = 0.95) -> dict[str, Any] | None:
         return None
     r = scn.retrieval
     c = int(r.workers)
-    mean_s = r.service_ms.mean / 1e3  # type: ignore[union-attr]
+    service = r.service_ms
+    assert isinstance(service, ExponentialSpec)  # why_not_exact checked it
+    mean_s = service.mean / 1e3
     lookup_s = _lookup_mean_s(scn)
     w = scn.workload
     pct = f"p{round(quantile * 100)}"
     if w.mode == "open":
+        assert w.rate_per_s is not None  # WorkloadConfig requires it in open mode
         lam = float(w.rate_per_s)
         rho = lam * mean_s / c
-        out: dict[str, Any] = {"model": f"M/M/{c}" if c > 1 else "M/M/1", "servers": c,
-                               "arrival_rate_per_s": lam, "service_mean_ms": mean_s * 1e3,
-                               "utilization": rho}
+        out: dict[str, Any] = {
+            "model": f"M/M/{c}" if c > 1 else "M/M/1",
+            "servers": c,
+            "arrival_rate_per_s": lam,
+            "service_mean_ms": mean_s * 1e3,
+            "utilization": rho,
+        }
         if rho >= 1:
             out.update(stable=False, note=f"offered load ρ = λ·E[S]/c = {rho:.3g} ≥ 1: no steady state")
             return out
@@ -112,12 +121,17 @@ def exact_model(scn: Scenario, quantile: float = 0.95) -> dict[str, Any] | None:
             throughput_per_s=lam,
         )
         return out
-    think_s = build_distribution(w.think_s).mean  # type: ignore[arg-type]
+    assert w.users is not None  # WorkloadConfig requires it in closed mode
+    think_s = build_distribution(w.think_s).mean
     z = think_s + lookup_s
     m = analytic.mva(int(w.users), z, [mean_s], [c])
     return {
-        "model": "MVA", "users": int(w.users), "think_s": think_s, "servers": c,
-        "service_mean_ms": mean_s * 1e3, "stable": True,
+        "model": "MVA",
+        "users": int(w.users),
+        "think_s": think_s,
+        "servers": c,
+        "service_mean_ms": mean_s * 1e3,
+        "stable": True,
         "throughput_per_s": m.throughput_per_s,
         "mean_response_ms": m.response_s * 1e3,
         "mean_wait_ms": (m.response_s - mean_s) * 1e3,
@@ -126,18 +140,19 @@ def exact_model(scn: Scenario, quantile: float = 0.95) -> dict[str, Any] | None:
     }
 
 
-def _row(quantity: str, analytic_value: float, simulated: float | None,
-         ci: Sequence[float | None] | None) -> dict[str, Any]:
+def _row(
+    quantity: str, analytic_value: float, simulated: float | None, ci: Sequence[float | None] | None
+) -> dict[str, Any]:
     lo, hi = (ci or [None, None])[:2]
-    have_ci = lo is not None and hi is not None
     return {
         "quantity": quantity,
         "analytic": analytic_value,
         "simulated": simulated,
         "ci": [lo, hi],
-        "within_ci": (lo <= analytic_value <= hi) if have_ci else None,
+        "within_ci": (lo <= analytic_value <= hi) if lo is not None and hi is not None else None,
         "rel_error": ((simulated - analytic_value) / analytic_value)
-        if simulated is not None and analytic_value else None,
+        if simulated is not None and analytic_value
+        else None,
     }
 
 
@@ -159,8 +174,13 @@ def waited_fraction(recs: Sequence[dict[str, np.ndarray]], confidence: float) ->
     return float(fr.mean()), [f(lo), f(hi)]
 
 
-def compare(model: dict[str, Any], metrics: dict, throughput: tuple[float, list],
-            p_wait: tuple[float | None, list] | None = None, quantile: float = 0.95) -> list[dict]:
+def compare(
+    model: dict[str, Any],
+    metrics: dict,
+    throughput: tuple[float, list],
+    p_wait: tuple[float | None, list] | None = None,
+    quantile: float = 0.95,
+) -> list[dict]:
     """Rows ``{quantity, analytic, simulated, ci, within_ci, rel_error}`` for a point."""
     if not model.get("stable"):
         return []
@@ -198,7 +218,6 @@ def offered_load(scn: Scenario, hit_rate: float | None) -> dict[str, dict[str, f
     """
     if scn.workload.mode != "open" or not scn.retrieval.enabled:
         return {}
-    from sim.engine.pipeline import retrieval_service_distribution
 
     try:
         dist, _ = retrieval_service_distribution(scn)
@@ -207,7 +226,15 @@ def offered_load(scn: Scenario, hit_rate: float | None) -> dict[str, dict[str, f
     r = scn.retrieval
     servers = min(r.workers, r.cpu_cores or r.workers)
     miss = 1.0 - (hit_rate or 0.0) if scn.cache.enabled else 1.0
-    lam = float(scn.workload.rate_per_s) * miss
+    rate = scn.workload.rate_per_s
+    assert rate is not None  # WorkloadConfig requires it in open mode
+    lam = float(rate) * miss
     rho = lam * dist.mean / servers
-    return {"retrieval": {"offered_load": rho, "arrival_rate_per_s": lam,
-                          "service_mean_ms": dist.mean * 1e3, "servers": servers}}
+    return {
+        "retrieval": {
+            "offered_load": rho,
+            "arrival_rate_per_s": lam,
+            "service_mean_ms": dist.mean * 1e3,
+            "servers": servers,
+        }
+    }

@@ -20,8 +20,6 @@ so points of a sweep that meet the SLA can be ranked by what an answer costs.
 
 from __future__ import annotations
 
-
-
 import pandas as pd
 
 from sim.errors import CapsimError
@@ -73,11 +71,14 @@ def point_cost(scn: Scenario, answers_per_s: float, output_tokens_per_s: float) 
 def rank_by_cost(table: pd.DataFrame) -> pd.DataFrame:
     """Points that pass every SLA first, cheapest answer first; then the rest, cheapest first."""
     if "cost_per_1000_answers" not in table or table["cost_per_1000_answers"].isna().all():
-        raise CapsimError("--rank cost: no cost figures; add a cost: section "
-                          "(e.g. --set cost.gpu_per_hour=2.5 --set cost.cpu_worker_per_hour=0.05)")
+        raise CapsimError(
+            "--rank cost: no cost figures; add a cost: section "
+            "(e.g. --set cost.gpu_per_hour=2.5 --set cost.cpu_worker_per_hour=0.05)"
+        )
     order = table.assign(_fails=table["verdict"] != "pass")
-    return order.sort_values(["_fails", "cost_per_1000_answers"], kind="stable",
-                             na_position="last").drop(columns="_fails")
+    return order.sort_values(["_fails", "cost_per_1000_answers"], kind="stable", na_position="last").drop(
+        columns="_fails"
+    )
 
 
 # --------------------------------------------------------------------------- running

@@ -40,14 +40,18 @@ stage with the largest ``demand / servers`` saturates first, at
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from sim.physics import queueing as analytic
+from sim.engine.pipeline import retrieval_service_distribution
+from sim.engine.workload import Popularity
 from sim.physics import gpu as gm
-from sim.spec.schema import PromptComposition, Scenario, build_distribution
+from sim.physics import queueing as analytic
 from sim.physics.gpu import StepCost
+from sim.spec.scenario import expand
+from sim.spec.schema import PromptComposition, Scenario, build_distribution
 
 DECODE_BATCHES = (1, 8, 32, 128)
 MVA_MAX_USERS = 20_000
@@ -57,8 +61,9 @@ def mean_prompt_tokens(scn: Scenario) -> float:
     p = scn.llm.prompt_tokens
     if isinstance(p, PromptComposition):
         top_k = scn.retrieval.top_k if scn.retrieval.enabled else 0
-        return (p.system_tokens + top_k * build_distribution(p.doc_tokens).mean
-                + build_distribution(p.question_tokens).mean)
+        return (
+            p.system_tokens + top_k * build_distribution(p.doc_tokens).mean + build_distribution(p.question_tokens).mean
+        )
     return build_distribution(p).mean
 
 
@@ -79,7 +84,6 @@ def lru_hit_ratio(probabilities: np.ndarray, capacity: int) -> float:
         return 0.0
     if capacity >= p.size:
         return 1.0
-    from scipy.optimize import brentq
 
     def filled(t: float) -> float:
         return float(np.sum(-np.expm1(-p * t))) - capacity
@@ -87,6 +91,8 @@ def lru_hit_ratio(probabilities: np.ndarray, capacity: int) -> float:
     hi = 1.0
     while filled(hi) < 0:
         hi *= 2.0
+    from scipy.optimize import brentq  # deferred: scipy.optimize is slow to import
+
     t = brentq(filled, 0.0, hi, xtol=1e-12 * hi, rtol=1e-12)
     return float(np.sum(p * -np.expm1(-p * t)))
 
@@ -130,8 +136,6 @@ def estimate(scn: Scenario) -> dict[str, Any]:
     # -- retrieval and cache
     miss = 1.0
     if scn.cache.enabled:
-        from sim.engine.workload import Popularity
-
         hit = lru_hit_ratio(Popularity(scn.workload.queries).probabilities(), scn.cache.capacity)
         miss = 1.0 - hit
         out["cache_hit_ratio"] = hit
@@ -140,14 +144,12 @@ def estimate(scn: Scenario) -> dict[str, Any]:
         out["cache_hit_ratio"] = None
         cache_s = 0.0
     if scn.retrieval.enabled:
-        from sim.engine.pipeline import retrieval_service_distribution
-
         dist, info = retrieval_service_distribution(scn)
         r = scn.retrieval
         out["retrieval_service_ms"] = dist.mean * 1e3
         out["retrieval_source"] = info.get("source")
-        servers = min(r.workers, r.cpu_cores or r.workers)
-        stations["retrieval"] = (miss * dist.mean, servers)
+        workers = min(r.workers, r.cpu_cores or r.workers)
+        stations["retrieval"] = (miss * dist.mean, workers)
     else:
         out["retrieval_service_ms"] = None
 
@@ -159,8 +161,11 @@ def estimate(scn: Scenario) -> dict[str, Any]:
         prompt, output = mean_prompt_tokens(scn), mean_output_tokens(scn)
         prefix = llm.prefix_tokens
         out.update(
-            model=m.name, gpu=llm.gpu.name, tensor_parallel=tp,
-            mean_prompt_tokens=prompt, mean_output_tokens=output,
+            model=m.name,
+            gpu=llm.gpu.name,
+            tensor_parallel=tp,
+            mean_prompt_tokens=prompt,
+            mean_output_tokens=output,
             weights_bytes=llm.weights_bytes,
             weights_bytes_per_gpu=llm.weights_bytes / tp,
             kv_bytes_per_token=llm.kv_bytes_per_token,
@@ -172,7 +177,7 @@ def estimate(scn: Scenario) -> dict[str, Any]:
             prefix_cached_tokens=prefix,
         )
         room = llm.kv_blocks - prefix // B
-        per_req_blocks = max(1, gm.blocks_for_tokens(int(math.ceil(prompt + output - prefix)), B))
+        per_req_blocks = max(1, gm.blocks_for_tokens(math.ceil(prompt + output - prefix), B))
         fit = room // per_req_blocks
         out["max_sequences_in_memory"] = int(fit)
         batch = int(min(llm.max_batch, fit))
@@ -197,8 +202,9 @@ def estimate(scn: Scenario) -> dict[str, Any]:
         out["decode_fits"] = {str(b): b <= fit for b in sizes}
 
         hw_ridge = gm.ridge_point_flops_per_byte(llm.gpu.peak_tflops, llm.gpu.hbm_bandwidth_gbps)
-        eff_ridge = gm.ridge_point_flops_per_byte(llm.gpu.peak_tflops, llm.gpu.hbm_bandwidth_gbps,
-                                                  llm.mfu, llm.bw_efficiency)
+        eff_ridge = gm.ridge_point_flops_per_byte(
+            llm.gpu.peak_tflops, llm.gpu.hbm_bandwidth_gbps, llm.mfu, llm.bw_efficiency
+        )
         ends = {"batch_1": steps[1], "max_batch": steps[llm.max_batch]}
         out["ridge_point_flops_per_byte"] = hw_ridge
         out["effective_ridge_flops_per_byte"] = eff_ridge
@@ -211,8 +217,10 @@ def estimate(scn: Scenario) -> dict[str, Any]:
             gpu_s = p_s + max(output - 1.0, 0.0) * step_b / batch  # GPU time one request costs
             gpu_delay_s = max(output - 1.0, 0.0) * steps[1][0]
             out["replica_capacity"] = {
-                "batch": batch, "decode_step_ms": step_b * 1e3,
-                "requests_per_s": 1.0 / gpu_s, "output_tokens_per_s": output / gpu_s,
+                "batch": batch,
+                "decode_step_ms": step_b * 1e3,
+                "requests_per_s": 1.0 / gpu_s,
+                "output_tokens_per_s": output / gpu_s,
                 "gpu_ms_per_request": gpu_s * 1e3,
             }
             stations["gpu"] = (gpu_s, llm.replicas)
@@ -230,35 +238,42 @@ def estimate(scn: Scenario) -> dict[str, Any]:
         out.update(utilization={}, saturation=None, utilization_method=None)
     elif w.mode == "open":
         rate = w.rate_per_s
+        assert rate is not None  # WorkloadConfig requires rate_per_s in open mode
         out["utilization_method"] = "open: rate x demand / servers"
         out["load_rate_per_s"] = rate
         out["utilization"] = {k: analytic.utilization(rate, d, s) for k, d, s in zip(names, demands, servers)}
         caps = {k: analytic.saturation_rate_per_s(d, s) for k, d, s in zip(names, demands, servers)}
-        first = min(caps, key=caps.get)
+        first = min(caps, key=caps.__getitem__)
         out["saturation"] = {"stage": first, "rate_per_s": caps[first]}
     else:
+        users = w.users
+        assert users is not None  # WorkloadConfig requires users in closed mode
         think = build_distribution(w.think_s).mean + cache_s + gpu_delay_s
         q_demands, q_servers = demands, servers
-        if w.users <= MVA_MAX_USERS:
-            res = analytic.mva(w.users, think, q_demands, q_servers)
+        if users <= MVA_MAX_USERS:
+            res = analytic.mva(users, think, q_demands, q_servers)
             x = res.throughput_per_s
-            out["utilization_method"] = "closed: exact MVA (think time + cache lookup + lone decode time as the delay station)"
+            out["utilization_method"] = (
+                "closed: exact MVA (think time + cache lookup + lone decode time as the delay station)"
+            )
             out["response_ms"] = (res.response_s + cache_s + gpu_delay_s) * 1e3  # mean, think time excluded
         else:
-            x = analytic.closed_throughput_bound(w.users, think, q_demands, q_servers)
+            x = analytic.closed_throughput_bound(users, think, q_demands, q_servers)
             out["utilization_method"] = "closed: asymptotic throughput bound (too many users for MVA)"
         out["load_rate_per_s"] = x
         out["utilization"] = {k: x * d / s for k, d, s in zip(names, demands, servers)}
         caps = {k: analytic.saturation_rate_per_s(d, s) for k, d, s in zip(names, demands, servers)}
-        first = min(caps, key=caps.get)
-        out["saturation"] = {"stage": first, "rate_per_s": caps[first],
-                             "users": analytic.closed_saturation_users(think, q_demands, q_servers)}
+        first = min(caps, key=caps.__getitem__)
+        out["saturation"] = {
+            "stage": first,
+            "rate_per_s": caps[first],
+            "users": analytic.closed_saturation_users(think, q_demands, q_servers),
+        }
     out["notes"] = notes
     return out
 
 
 def estimate_points(source: Any, overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """One estimate per sweep point (a scenario without a sweep is one point); ``params`` says which."""
-    from sim.spec.scenario import expand
 
     return [{"params": dict(p.params), **estimate(p.scenario)} for p in expand(source, overrides)]

@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats as _scipy_stats
+from scipy.special import stdtrit
 
 from sim.spec.metrics import STATS
 
@@ -127,7 +127,7 @@ def t_interval(per_replication: Sequence[float] | ArrayLike, confidence: float =
         return (math.nan, math.nan)
     centre = float(np.mean(y))
     s = float(np.std(y, ddof=1))
-    t_quantile = float(_scipy_stats.t.ppf((1.0 + confidence) / 2.0, n - 1))
+    t_quantile = float(stdtrit(n - 1, (1.0 + confidence) / 2.0))  # Student t quantile
     half_width = t_quantile * s / math.sqrt(n)
     return (centre - half_width, centre + half_width)
 

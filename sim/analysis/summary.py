@@ -28,17 +28,18 @@ analysable.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from sim.analysis import crosscheck
-from sim.analysis import stats
+from sim.analysis import crosscheck, stats
+from sim.analysis.dollars import point_cost
+from sim.engine.pipeline import Replication, retrieval_service_distribution
+from sim.engine.records import Bins
 from sim.spec.metrics import METRIC_NAMES, STATS
 from sim.spec.schema import Scenario
-from sim.analysis.dollars import point_cost
-from sim.engine.pipeline import Replication
-from sim.engine.records import Bins
+
 
 def metric_values(rec: dict[str, np.ndarray], metric: str) -> np.ndarray:
     """The values of one metric in one replication's (windowed) records."""
@@ -123,10 +124,12 @@ def _unfinished(rep: Replication) -> int:
     """Requests that arrived in the window and had not finished when the run ended."""
     lo, hi = rep.window_s
     arr = rep.records["arrival_s"]
-    return max(0, int(rep.counters.get("started_in_window", 0)) - int(((arr >= lo) & (arr < hi)).sum()))
+    started = rep.counters.get("started_in_window", 0)
+    n = started.total if isinstance(started, Bins) else started
+    return max(0, int(n) - int(((arr >= lo) & (arr < hi)).sum()))
 
 
-def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, Any] | None = None) -> dict:
+def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, Any] | None = None) -> PointSummary:
     conf = scn.run.confidence
     windowed = [window(r, scn) for r in reps]
     recs = [w[0] for w in windowed]
@@ -176,15 +179,18 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     total = sum(len(r["cache_hit"]) for r in recs)
     util: dict[str, float] = {}
     # Stage counters from the same cut as the records (fixed, or MSER-5's per replication).
-    c0 = [{k: (v.total_from(cut) if isinstance(v, Bins) else v) for k, v in r.counters.items()}
-          for r, cut in zip(reps, cuts)]
+    c0 = [
+        {k: (v.total_from(cut) if isinstance(v, Bins) else v) for k, v in r.counters.items()}
+        for r, cut in zip(reps, cuts)
+    ]
     span = lengths
     if scn.retrieval.enabled:
-        util["retrieval"] = float(np.mean([c["retrieval_busy_s"] / (c["retrieval_workers"] * s)
-                                           for c, s in zip(c0, span)]))
+        util["retrieval"] = float(
+            np.mean([c["retrieval_busy_s"] / (c["retrieval_workers"] * s) for c, s in zip(c0, span)])
+        )
     if scn.llm.enabled:
         util["gpu"] = float(np.mean([c["gpu_busy_s"] / (c["gpu_replicas"] * s) for c, s in zip(c0, span)]))
-    gpu: dict[str, float | None] = {}
+    gpu: dict[str, Any] = {}
     if scn.llm.enabled:
         # Per step: memory- or compute-bound, batch size; KV occupancy is blocks in use over
         # blocks available, time-weighted over the window (idle time included).
@@ -199,13 +205,14 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
             "mean_batch": _finite(sum(c["gpu_batch_step_sum"] for c in c0) / steps) if steps else None,
             "kv_occupancy": _finite(sum(c["gpu_kv_block_seconds"] for c in c0) / block_time) if block_time else None,
             "kv_blocks": int(c0[0]["gpu_kv_blocks"]) if c0 else None,
-            "preemptions": int(round(sum(c["gpu_preemptions"] for c in c0))),
+            "preemptions": round(sum(c["gpu_preemptions"] for c in c0)),
             "preempted_share": _finite(sum(int((p > 0).sum()) for p in pre) / n_req) if n_req and pre else None,
             "tpot_ms": {st: tpot.get(st) for st in ("p50", "p90", "p95", "p99")} if tpot else None,
         }
     started = sum(int(c["started_in_window"]) for c in c0)
-    finished_in_window = sum(int(((r.records["arrival_s"] >= r.window_s[0]) &
-                                  (r.records["arrival_s"] < r.window_s[1])).sum()) for r in reps)
+    finished_in_window = sum(
+        int(((r.records["arrival_s"] >= r.window_s[0]) & (r.records["arrival_s"] < r.window_s[1])).sum()) for r in reps
+    )
     incomplete = max(0, started - finished_in_window)
     hit_rate = (hits / total) if (scn.cache.enabled and total) else None
     offered = crosscheck.offered_load(scn, hit_rate)
@@ -236,21 +243,28 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     point["sla"] = sla_verdicts(scn, metrics, stability)
     if scn.run.target_precision is not None:
         point["precision"] = _precision(scn, point["sla"], len(reps))
-    return point
+    return PointSummary.from_dict(point)
 
 
 def _retrieval_entry(scn: Scenario) -> dict:
     """Where the search times came from and, when measured, the recall that buys them:
     a fast answer from the wrong documents is worse than a slow right one."""
-    from sim.engine.pipeline import retrieval_service_distribution
 
     r = scn.retrieval
     _, info = retrieval_service_distribution(scn)
-    return {"index": r.index, "top_k": r.top_k, "docs": r.docs,
-            "ef_search": r.ef_search, "nprobe": r.nprobe,
-            "recall_at_k": info.get("recall"), "mean_service_ms": info.get("mean_ms"),
-            "source": info.get("source"), "extrapolated": info.get("extrapolated", False),
-            "interpolated": info.get("interpolated", False), "description": info.get("description")}
+    return {
+        "index": r.index,
+        "top_k": r.top_k,
+        "docs": r.docs,
+        "ef_search": r.ef_search,
+        "nprobe": r.nprobe,
+        "recall_at_k": info.get("recall"),
+        "mean_service_ms": info.get("mean_ms"),
+        "source": info.get("source"),
+        "extrapolated": info.get("extrapolated", False),
+        "interpolated": info.get("interpolated", False),
+        "description": info.get("description"),
+    }
 
 
 def _warmup_entry(scn: Scenario, reps: list[Replication], recs: list[dict], cuts: list[float]) -> dict:
@@ -274,14 +288,22 @@ def _precision(scn: Scenario, sla: list[dict], n_reps: int) -> dict:
         v = s["value"]
         r = math.inf if (v is None or lo is None or hi is None) else stats.ci_half_width_ratio(lo, hi, v)
         worst = max(worst, r)
+    assert target is not None  # only called when run.target_precision is set
     reached = worst <= target
-    out = {"target": target, "worst": _finite(worst), "reached": reached, "replications": n_reps,
-           "max_replications": scn.run.max_replications}
+    out: dict[str, Any] = {
+        "target": target,
+        "worst": _finite(worst),
+        "reached": reached,
+        "replications": n_reps,
+        "max_replications": scn.run.max_replications,
+    }
     if not sla:
         out["note"] = "no SLA statistic to target: run.target_precision added no replications"
     elif not reached and n_reps >= scn.run.max_replications:
-        out["note"] = (f"stopped at run.max_replications = {scn.run.max_replications} before every SLA "
-                       f"statistic's half-width was within {target:.1%} of its value")
+        out["note"] = (
+            f"stopped at run.max_replications = {scn.run.max_replications} before every SLA "
+            f"statistic's half-width was within {target:.1%} of its value"
+        )
     return out
 
 
@@ -320,8 +342,14 @@ def _trend(recs: list[dict], cuts: list[float], reps: list[Replication], conf: f
     return {"quarter_means_ms": [float(v) for v in avg], "growth": growth, "growing": bool(growing)}
 
 
-def _stability(scn: Scenario, started: int, incomplete: int, util: dict[str, float],
-               offered: dict[str, dict] | None = None, trend: dict | None = None) -> dict:
+def _stability(
+    scn: Scenario,
+    started: int,
+    incomplete: int,
+    util: dict[str, float],
+    offered: dict[str, dict] | None = None,
+    trend: dict | None = None,
+) -> dict:
     """Is there a steady state whose percentiles the run estimated?
 
     ``kind`` is ``"overloaded"`` when arrivals outpace a stage (open workload
@@ -336,12 +364,16 @@ def _stability(scn: Scenario, started: int, incomplete: int, util: dict[str, flo
     overload = []
     for stage, o in offered.items():
         if o["offered_load"] >= 1:
-            overload.append(f"{stage} offered load {o['offered_load']:.2f} ≥ 1 "
-                            f"({o['arrival_rate_per_s']:.3g}/s x {o['service_mean_ms']:.3g} ms "
-                            f"/ {o['servers']} servers)")
+            overload.append(
+                f"{stage} offered load {o['offered_load']:.2f} ≥ 1 "
+                f"({o['arrival_rate_per_s']:.3g}/s x {o['service_mean_ms']:.3g} ms "
+                f"/ {o['servers']} servers)"
+            )
     if frac > 0.01:
-        overload.append(f"{frac:.0%} of the requests that arrived in the window had not finished "
-                        f"{scn.run.drain_seconds:g} s after it")
+        overload.append(
+            f"{frac:.0%} of the requests that arrived in the window had not finished "
+            f"{scn.run.drain_seconds:g} s after it"
+        )
     busy = [k for k, u in util.items() if u > 0.985]
     if busy and frac > 0.001:
         overload.append(f"{', '.join(busy)} busy {max(util[k] for k in busy):.1%} of the time")
@@ -350,21 +382,31 @@ def _stability(scn: Scenario, started: int, incomplete: int, util: dict[str, flo
     kind = None
     if overload:
         kind = "overloaded"
-        notes.append("; ".join(overload) + ": queues grow without bound, so its percentiles depend on "
-                     "the run length (they are not steady-state values)")
+        notes.append(
+            "; ".join(overload) + ": queues grow without bound, so its percentiles depend on "
+            "the run length (they are not steady-state values)"
+        )
     if growing and kind is None:
         kind = "not_steady"
+        assert trend is not None  # growing implies a trend
         qm = trend["quarter_means_ms"]
-        notes.append(f"e2e latency rises through the window (mean {qm[0]:,.0f} ms in the first quarter, "
-                     f"{qm[-1]:,.0f} ms in the last): queues are still growing, so percentiles depend on "
-                     f"the run length; lengthen run.duration_s or the warm-up")
+        notes.append(
+            f"e2e latency rises through the window (mean {qm[0]:,.0f} ms in the first quarter, "
+            f"{qm[-1]:,.0f} ms in the last): queues are still growing, so percentiles depend on "
+            f"the run length; lengthen run.duration_s or the warm-up"
+        )
     if kind is None:
         near = [f"{k} offered load {o['offered_load']:.2f}" for k, o in offered.items() if o["offered_load"] >= 0.95]
         if near:
             notes.append(", ".join(near) + ": near saturation, percentiles converge slowly (check the intervals)")
-    return {"stable": kind is None, "kind": kind, "incomplete_fraction": frac,
-            "offered_load": {k: o["offered_load"] for k, o in offered.items()},
-            "trend": trend or {}, "note": "; ".join(notes)}
+    return {
+        "stable": kind is None,
+        "kind": kind,
+        "incomplete_fraction": frac,
+        "offered_load": {k: o["offered_load"] for k, o in offered.items()},
+        "trend": trend or {},
+        "note": "; ".join(notes),
+    }
 
 
 def sla_verdicts(scn: Scenario, metrics: dict, stability: dict | None = None) -> list[dict]:
@@ -373,9 +415,17 @@ def sla_verdicts(scn: Scenario, metrics: dict, stability: dict | None = None) ->
         for st, thr in thresholds.items():
             m = metrics.get(metric)
             if m is None:
-                out.append({"metric": metric, "stat": st, "threshold": thr, "value": None,
-                            "ci": [None, None], "verdict": "inconclusive",
-                            "hint": f"no request produced {metric} (is its stage enabled?)"})
+                out.append(
+                    {
+                        "metric": metric,
+                        "stat": st,
+                        "threshold": thr,
+                        "value": None,
+                        "ci": [None, None],
+                        "verdict": "inconclusive",
+                        "hint": f"no request produced {metric} (is its stage enabled?)",
+                    }
+                )
                 continue
             val = m[st]
             lo, hi = m["ci"][st]
@@ -391,16 +441,185 @@ def sla_verdicts(scn: Scenario, metrics: dict, stability: dict | None = None) ->
                     verdict = "inconclusive"
                 elif stability.get("kind") != "not_steady":
                     verdict = "fail"
-                hint = ("latency still rises through the run: lengthen run.duration_s or the warm-up"
-                        if stability.get("kind") == "not_steady" else "the system is unstable at this load")
+                hint = (
+                    "latency still rises through the run: lengthen run.duration_s or the warm-up"
+                    if stability.get("kind") == "not_steady"
+                    else "the system is unstable at this load"
+                )
             elif lo is None or hi is None:
                 need = _MIN_PER_REPLICATION.get(st, 2)
-                hint = (f"no confidence interval for {st}: it needs at least 2 replications of "
-                        f"{need:,}+ requests each (or one long run); add replications or lengthen "
-                        f"run.duration_s")
+                hint = (
+                    f"no confidence interval for {st}: it needs at least 2 replications of "
+                    f"{need:,}+ requests each (or one long run); add replications or lengthen "
+                    f"run.duration_s"
+                )
             elif verdict == "inconclusive":
-                hint = ("the interval straddles the threshold: add replications (--replications) "
-                        "or lengthen run.duration_s")
-            out.append({"metric": metric, "stat": st, "threshold": thr, "value": val,
-                        "ci": [lo, hi], "verdict": verdict, **({"hint": hint} if hint else {})})
+                hint = (
+                    "the interval straddles the threshold: add replications (--replications) or lengthen run.duration_s"
+                )
+            out.append(
+                {
+                    "metric": metric,
+                    "stat": st,
+                    "threshold": thr,
+                    "value": val,
+                    "ci": [lo, hi],
+                    "verdict": verdict,
+                    **({"hint": hint} if hint else {}),
+                }
+            )
     return out
+
+
+# --------------------------------------------------------------------------- the typed summary
+
+
+@dataclass
+class MetricSummary:
+    """One metric's statistics (ms): value per statistic, its interval, and how many requests."""
+
+    values: dict[str, float | None]
+    ci: dict[str, list[float | None]]
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.values, "ci": self.ci, "n": self.n}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MetricSummary:
+        return cls({st: d[st] for st in STATS}, {st: list(d["ci"][st]) for st in STATS}, int(d["n"]))
+
+
+@dataclass
+class Verdict:
+    """One SLA's verdict: ``pass`` / ``fail`` / ``inconclusive`` for metric, statistic and threshold."""
+
+    metric: str
+    stat: str
+    threshold: float
+    value: float | None
+    ci: list[float | None]
+    verdict: str
+    hint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "metric": self.metric,
+            "stat": self.stat,
+            "threshold": self.threshold,
+            "value": self.value,
+            "ci": self.ci,
+            "verdict": self.verdict,
+        }
+        if self.hint:
+            d["hint"] = self.hint
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Verdict:
+        return cls(d["metric"], d["stat"], d["threshold"], d["value"], list(d["ci"]), d["verdict"], d.get("hint", ""))
+
+
+@dataclass
+class PointSummary:
+    """Everything a point's replications say, typed.  :meth:`to_dict` is the JSON document of
+    one point (``capsim run --json`` prints a list of them); :meth:`from_dict` reads it back
+    and raises ``KeyError``/``TypeError``/``ValueError`` on anything else.  ``summary["key"]``
+    reads the document too, for code written against the dictionary."""
+
+    params: dict[str, Any]
+    metrics: dict[str, MetricSummary]
+    throughput_per_s: float
+    throughput_ci: list[float | None]
+    cache_hit_rate: float | None
+    utilization: dict[str, float]
+    gpu: dict[str, Any]
+    completed: int
+    incomplete: int
+    replications: int
+    warmup_s: float | list[float]
+    warmup: dict[str, Any]
+    stability: dict[str, Any]
+    cost: dict[str, Any] | None
+    sla: list[Verdict]
+    analytic: dict[str, Any] | None = None
+    retrieval: dict[str, Any] | None = None
+    precision: dict[str, Any] | None = None
+
+    @property
+    def stable(self) -> bool:
+        return bool(self.stability["stable"])
+
+    @property
+    def verdict(self) -> str:
+        """``pass`` / ``fail`` / ``inconclusive`` over every SLA (``none`` without SLAs)."""
+        v = [s.verdict for s in self.sla]
+        if not v:
+            return "none"
+        if "fail" in v:
+            return "fail"
+        return "inconclusive" if "inconclusive" in v else "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "params": self.params,
+            "metrics": {k: m.to_dict() for k, m in self.metrics.items()},
+            "throughput_per_s": self.throughput_per_s,
+            "throughput_ci": self.throughput_ci,
+            "cache_hit_rate": self.cache_hit_rate,
+            "utilization": self.utilization,
+            "gpu": self.gpu,
+            "completed": self.completed,
+            "incomplete": self.incomplete,
+            "replications": self.replications,
+            "warmup_s": self.warmup_s,
+            "warmup": self.warmup,
+            "stability": self.stability,
+        }
+        if self.analytic is not None:
+            d["analytic"] = self.analytic
+        if self.retrieval is not None:
+            d["retrieval"] = self.retrieval
+        d["cost"] = self.cost
+        d["sla"] = [v.to_dict() for v in self.sla]
+        if self.precision is not None:
+            d["precision"] = self.precision
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PointSummary:
+        if not isinstance(d, dict):
+            raise TypeError(f"a point summary is a mapping, got {type(d).__name__}")
+        return cls(
+            params=dict(d["params"]),
+            metrics={k: MetricSummary.from_dict(m) for k, m in d["metrics"].items()},
+            throughput_per_s=d["throughput_per_s"],
+            throughput_ci=list(d["throughput_ci"]),
+            cache_hit_rate=d["cache_hit_rate"],
+            utilization=dict(d["utilization"]),
+            gpu=dict(d["gpu"]),
+            completed=int(d["completed"]),
+            incomplete=int(d["incomplete"]),
+            replications=int(d["replications"]),
+            warmup_s=d["warmup_s"],
+            warmup=dict(d["warmup"]),
+            stability=dict(d["stability"]),
+            cost=d["cost"],
+            sla=[Verdict.from_dict(v) for v in d["sla"]],
+            analytic=d.get("analytic"),
+            retrieval=d.get("retrieval"),
+            precision=d.get("precision"),
+        )
+
+    def with_params(self, params: dict[str, Any]) -> PointSummary:
+        return replace(self, params=dict(params))
+
+    # Read access by key, as the JSON document (notebooks and tests written against dicts).
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_dict()

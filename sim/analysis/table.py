@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
+
 
 def param_value(v: Any) -> Any:
     return v if isinstance(v, (bool, int, float, str)) else json.dumps(v, sort_keys=True)
@@ -62,7 +64,7 @@ def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> p
         row["e2e_mean_ms"] = e2e.get("mean")
         for st in ("p50", "p95", "p99"):
             row[f"e2e_{st}_ms"] = e2e.get(st)
-            lo, hi = (e2e.get("ci", {}).get(st) or [None, None])
+            lo, hi = e2e.get("ci", {}).get(st) or [None, None]
             row[f"e2e_{st}_ci_low_ms"], row[f"e2e_{st}_ci_high_ms"] = lo, hi
         ttft = s.get("metrics", {}).get("ttft_ms") or {}
         row["ttft_p95_ms"] = ttft.get("p95")
@@ -84,7 +86,7 @@ def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> p
     df = pd.DataFrame(rows)
     for k, dt in dtypes.items():
         if dt != "str" and k in df:
-            df[k] = df[k].astype(dt)
+            df[k] = df[k].astype(dt)  # type: ignore[call-overload]  # dt is "bool", "int64" or "float64"
     for col in df.columns:  # a figure missing at every point (no interval) is still a float column
         if col.endswith(("_ms", "_per_s")) and df[col].dtype == object:
             df[col] = pd.to_numeric(df[col])

@@ -43,13 +43,14 @@ from typing import Any, Optional
 
 import numpy as np
 import yaml
+from scipy.optimize import least_squares
 
-from sim.physics import gpu as gm
-from sim.physics.gpu import StepCost
-from sim.spec.schema import LLMConfig
 from sim.errors import CalibrationError
 from sim.files import atomic_write_text
+from sim.physics import gpu as gm
+from sim.physics.gpu import StepCost
 from sim.spec.scenario import load_scenario
+from sim.spec.schema import LLMConfig
 
 COLUMNS = ("batch_size", "context_tokens", "new_tokens", "step_ms")
 
@@ -77,8 +78,10 @@ def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.nd
     header = [h.strip() for h in rows[0]]
     missing = [c for c in COLUMNS if c not in header]
     if missing:
-        raise CalibrationError(f"{name}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                               f"(need {', '.join(COLUMNS)}; found {', '.join(header) or 'none'})")
+        raise CalibrationError(
+            f"{name}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(need {', '.join(COLUMNS)}; found {', '.join(header) or 'none'})"
+        )
     idx = {c: header.index(c) for c in COLUMNS}
     data: dict[str, list[float]] = {c: [] for c in COLUMNS}
     for lineno, row in enumerate(rows[1:], start=2):
@@ -98,8 +101,10 @@ def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.nd
             data[c].append(v)
     n = len(data["step_ms"])
     if n < 3:
-        raise CalibrationError(f"{name}: {n} row{'s' if n != 1 else ''}; need at least 3 steps to fit "
-                               f"3 parameters (more, and both decode and prefill steps, are better)")
+        raise CalibrationError(
+            f"{name}: {n} row{'s' if n != 1 else ''}; need at least 3 steps to fit "
+            f"3 parameters (more, and both decode and prefill steps, are better)"
+        )
     return {c: np.asarray(v, dtype=float) for c, v in data.items()}
 
 
@@ -130,14 +135,20 @@ def step_work(cfg: LLMConfig, batch: np.ndarray, context: np.ndarray, new: np.nd
     flops, n_bytes = cost.work(new, context, batch * gm.attention_pairs(q, c - q))
     comm = cost.comm_per_token_s * new
     g = cfg.gpu
-    return StepWork(np.asarray(n_bytes, dtype=float) * np.ones_like(new), np.asarray(flops, dtype=float),
-                    np.asarray(comm, dtype=float), g.hbm_bandwidth_gbps, g.peak_tflops)
+    return StepWork(
+        np.asarray(n_bytes, dtype=float) * np.ones_like(new),
+        np.asarray(flops, dtype=float),
+        np.asarray(comm, dtype=float),
+        g.hbm_bandwidth_gbps,
+        g.peak_tflops,
+    )
 
 
 def predict_ms(work: StepWork, bw_efficiency: float, mfu: float, step_overhead_ms: float) -> np.ndarray:
     """Modelled step times in ms (the simulator's roofline)."""
-    s = gm.roofline_step_time_s(work.bytes, work.flops, work.bandwidth_gbps, work.peak_tflops,
-                                bw_efficiency, mfu, 0.0, work.comm_s)
+    s = gm.roofline_step_time_s(
+        work.bytes, work.flops, work.bandwidth_gbps, work.peak_tflops, bw_efficiency, mfu, 0.0, work.comm_s
+    )
     return np.asarray(s) * 1e3 + step_overhead_ms
 
 
@@ -155,8 +166,13 @@ class GPUFit:
     notes: list[str] = field(default_factory=list)
 
     def fragment(self) -> dict[str, Any]:
-        return {"llm": {"bw_efficiency": round(self.bw_efficiency, 4), "mfu": round(self.mfu, 4),
-                        "step_overhead_ms": round(self.step_overhead_ms, 4)}}
+        return {
+            "llm": {
+                "bw_efficiency": round(self.bw_efficiency, 4),
+                "mfu": round(self.mfu, 4),
+                "step_overhead_ms": round(self.step_overhead_ms, 4),
+            }
+        }
 
 
 LOWER = (1e-3, 1e-3, 0.0)
@@ -166,7 +182,6 @@ UPPER = (1.0, 1.0, np.inf)
 
 def fit_gpu(cfg: LLMConfig, data: dict[str, np.ndarray]) -> GPUFit:
     """Bounded least squares of the roofline on the measured ms (best of several starts)."""
-    from scipy.optimize import least_squares
 
     work = step_work(cfg, data["batch_size"], data["context_tokens"], data["new_tokens"])
     y = data["step_ms"]
@@ -178,10 +193,20 @@ def fit_gpu(cfg: LLMConfig, data: dict[str, np.ndarray]) -> GPUFit:
     ovh0 = float(max(0.0, np.min(y) * 0.1))
     for e0 in (0.3, 0.6, 0.9):
         for m0 in (0.2, 0.5, 0.8):
-            res = least_squares(residuals, x0=[e0, m0, ovh0], bounds=(LOWER, UPPER), x_scale=[0.1, 0.1, 1.0],
-                                method="trf", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000)
+            res = least_squares(
+                residuals,
+                x0=[e0, m0, ovh0],
+                bounds=(LOWER, UPPER),
+                x_scale=[0.1, 0.1, 1.0],
+                method="trf",
+                xtol=1e-12,
+                ftol=1e-12,
+                gtol=1e-12,
+                max_nfev=2000,
+            )
             if best is None or res.cost < best.cost:
                 best = res
+    assert best is not None  # the loop above always runs
     e, mfu, ovh = (float(v) for v in best.x)
     pred = predict_ms(work, e, mfu, ovh)
     mem = work.bytes / (work.bandwidth_gbps * gm.GB * e) >= work.flops / (work.peak_tflops * gm.TFLOP * mfu)
@@ -194,22 +219,35 @@ def fit_gpu(cfg: LLMConfig, data: dict[str, np.ndarray]) -> GPUFit:
     stderr: dict[str, float | None] = {k: None for k in ("bw_efficiency", "mfu", "step_overhead_ms")}
     if len(y) > 3:
         jac = np.asarray(best.jac, dtype=float)
-        s2 = float(np.sum(best.fun ** 2)) / (len(y) - 3)
+        s2 = float(np.sum(best.fun**2)) / (len(y) - 3)
         cov = np.linalg.pinv(jac.T @ jac) * s2
         stderr = {k: float(math.sqrt(max(cov[i, i], 0.0))) for i, k in enumerate(stderr)}
     return GPUFit(
-        bw_efficiency=e, mfu=mfu, step_overhead_ms=ovh, rows=int(len(y)),
+        bw_efficiency=e,
+        mfu=mfu,
+        step_overhead_ms=ovh,
+        rows=len(y),
         rmse_ms=float(np.sqrt(np.mean((pred - y) ** 2))),
         max_rel_error=float(np.max(np.abs(pred - y) / y)),
-        memory_bound_rows=int(mem.sum()), compute_bound_rows=int((~mem).sum()), stderr=stderr, notes=notes,
+        memory_bound_rows=int(mem.sum()),
+        compute_bound_rows=int((~mem).sum()),
+        stderr=stderr,
+        notes=notes,
     )
 
 
 # --------------------------------------------------------------------------- synthetic data
 
 
-def synthetic_measurements(cfg: LLMConfig, bw_efficiency: float, mfu: float, step_overhead_ms: float,
-                           rng: np.random.Generator, n: int = 200, noise_cv: float = 0.02) -> dict[str, np.ndarray]:
+def synthetic_measurements(
+    cfg: LLMConfig,
+    bw_efficiency: float,
+    mfu: float,
+    step_overhead_ms: float,
+    rng: np.random.Generator,
+    n: int = 200,
+    noise_cv: float = 0.02,
+) -> dict[str, np.ndarray]:
     """SYNTHETIC steps from known parameters with multiplicative noise (tests only, never a measurement).
 
     Three quarters decode steps (batch 1..256, 200..4,000 tokens each), one
@@ -232,21 +270,33 @@ def to_csv(data: dict[str, np.ndarray]) -> str:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(COLUMNS)
     for i in range(len(data["step_ms"])):
-        w.writerow([int(data["batch_size"][i]), int(data["context_tokens"][i]), int(data["new_tokens"][i]),
-                    f"{data['step_ms'][i]:.6f}"])
+        w.writerow(
+            [
+                int(data["batch_size"][i]),
+                int(data["context_tokens"][i]),
+                int(data["new_tokens"][i]),
+                f"{data['step_ms'][i]:.6f}",
+            ]
+        )
     return out.getvalue()
 
 
 # --------------------------------------------------------------------------- command
 
 
-def scenario_llm(scenario: Optional[Path], overrides: dict, model: Optional[str], gpu: Optional[str],
-                  dtype_bytes: Optional[float]) -> LLMConfig:
+def scenario_llm(
+    scenario: Optional[Path], overrides: dict, model: Optional[str], gpu: Optional[str], dtype_bytes: Optional[float]
+) -> LLMConfig:
     over = dict(overrides)
     if scenario is None:
-        base: dict[str, Any] = {"workload": {"mode": "open", "rate_per_s": 1.0},
-                                "llm": {"model": model or "article-8l", "gpu": gpu or "h100-sxm",
-                                        "dtype_bytes": 2.0 if dtype_bytes is None else dtype_bytes}}
+        base: dict[str, Any] = {
+            "workload": {"mode": "open", "rate_per_s": 1.0},
+            "llm": {
+                "model": model or "article-8l",
+                "gpu": gpu or "h100-sxm",
+                "dtype_bytes": 2.0 if dtype_bytes is None else dtype_bytes,
+            },
+        }
         return load_scenario(base, over).llm
     for key, val in (("llm.model", model), ("llm.gpu", gpu), ("llm.dtype_bytes", dtype_bytes)):
         if val is not None:
@@ -256,9 +306,11 @@ def scenario_llm(scenario: Optional[Path], overrides: dict, model: Optional[str]
 
 def write_fragment(fit: GPUFit, cfg: LLMConfig, measurements: Path, out: Path) -> None:
     """The fitted ``llm:`` fragment as commented YAML, written atomically."""
-    head = (f"# capsim calibrate gpu: fitted from {Path(measurements).name} ({fit.rows} steps)\n"
-            f"# model {cfg.model.name or 'inline'}, GPU {cfg.gpu.name or 'inline'}, "
-            f"tensor_parallel {cfg.tensor_parallel}, dtype_bytes {cfg.dtype_bytes:g}, "
-            f"kv_dtype_bytes {cfg.kv_dtype_bytes:g}\n"
-            f"# fit: RMSE {fit.rmse_ms:.4g} ms, max relative error {fit.max_rel_error:.2%}\n")
+    head = (
+        f"# capsim calibrate gpu: fitted from {Path(measurements).name} ({fit.rows} steps)\n"
+        f"# model {cfg.model.name or 'inline'}, GPU {cfg.gpu.name or 'inline'}, "
+        f"tensor_parallel {cfg.tensor_parallel}, dtype_bytes {cfg.dtype_bytes:g}, "
+        f"kv_dtype_bytes {cfg.kv_dtype_bytes:g}\n"
+        f"# fit: RMSE {fit.rmse_ms:.4g} ms, max relative error {fit.max_rel_error:.2%}\n"
+    )
     atomic_write_text(out, head + yaml.safe_dump(fit.fragment(), sort_keys=False))

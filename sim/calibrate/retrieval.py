@@ -49,6 +49,7 @@ import contextlib
 import ctypes
 import datetime as _dt
 import hashlib
+import importlib.metadata as md
 import json
 import multiprocessing
 import os
@@ -118,7 +119,7 @@ def fit_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) ->
 def _openblas_setters() -> list[Any]:
     """ctypes setters of every OpenBLAS loaded in this process (fallback when
     threadpoolctl is not installed)."""
-    setters = []
+    setters: list[Any] = []
     try:
         with open("/proc/self/maps") as fh:
             libs = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
@@ -180,7 +181,7 @@ def limit_threads(n: int = 1) -> Callable[[], None]:
     restores the previous limits."""
     undo: list[Callable[[], None]] = []
     try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-not-found]
+        from threadpoolctl import threadpool_limits  # optional: the ctypes fallback below without it
 
         lim = threadpool_limits(n)
         undo.append(lim.restore_original_limits)
@@ -190,7 +191,11 @@ def limit_threads(n: int = 1) -> Callable[[], None]:
             with contextlib.suppress(Exception):
                 fn(ctypes.c_int(n))
                 if before:
-                    undo.append(lambda fn=fn, b=before: fn(ctypes.c_int(b)))
+
+                    def _reset(fn: Any = fn, b: int = before) -> None:
+                        fn(ctypes.c_int(b))
+
+                    undo.append(_reset)
     env = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     for var in env:
         os.environ[var] = str(n)
@@ -204,7 +209,7 @@ def limit_threads(n: int = 1) -> Callable[[], None]:
 
     undo.append(_env_back)
     try:
-        import faiss  # type: ignore[import-untyped]
+        import faiss  # heavy optional library: only to limit its OpenMP threads
 
         omp = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(n)
@@ -244,7 +249,7 @@ def _blas_description() -> dict[str, Any]:
     except Exception:  # pragma: no cover - very old numpy
         pass
     try:
-        from threadpoolctl import threadpool_info  # type: ignore[import-not-found]
+        from threadpoolctl import threadpool_info  # optional: the OpenBLAS probe below without it
 
         out["threadpools"] = [
             {k: p.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer", "architecture")}
@@ -261,13 +266,11 @@ def machine_description() -> dict[str, Any]:
     """CPU model, cores, BLAS, library versions (numpy, hnswlib, faiss, python)."""
     versions: dict[str, str | None] = {"python": platform.python_version(), "numpy": np.__version__}
     try:
-        import importlib.metadata as md
-
         versions["hnswlib"] = md.version("hnswlib")
     except Exception:
         versions["hnswlib"] = None
     try:
-        import faiss  # type: ignore[import-untyped]
+        import faiss  # heavy optional library: only to report its version
 
         versions["faiss"] = getattr(faiss, "__version__", None)
     except ImportError:
@@ -310,7 +313,7 @@ def load_vectors(path: str | os.PathLike[str], dim: int | None = None) -> np.nda
         raise CalibrationError(f"--vectors {path}: no such file")
     try:
         arr = np.load(p, allow_pickle=False, mmap_mode="r")
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's
+    except Exception as exc:
         raise CalibrationError(f"--vectors {name}: not a readable .npy file ({type(exc).__name__})") from None
     if arr.ndim != 2:
         raise CalibrationError(f"--vectors {name}: shape {tuple(arr.shape)} must be 2-D (n, d)")
@@ -376,7 +379,7 @@ def _worker(
             lat[j] = time.perf_counter_ns() - t0
             ids[i] = r
         conn.send(("ok", lat, np.asarray(ids, dtype=np.int64)))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+    except BaseException as exc:
         with contextlib.suppress(Exception):
             conn.send(("err", f"{type(exc).__name__}: {exc}", None))
     finally:
@@ -567,8 +570,17 @@ def run_calibration(
     Raises :class:`CalibrationError` for bad input before measuring anything.
     """
     s = validate_settings(
-        docs=docs, dim=dim, top_k=top_k, n_queries=n_queries, indexes=indexes, M=M,
-        ef_construction=ef_construction, ef=ef, nlist=nlist, nprobe=nprobe, threads=threads,
+        docs=docs,
+        dim=dim,
+        top_k=top_k,
+        n_queries=n_queries,
+        indexes=indexes,
+        M=M,
+        ef_construction=ef_construction,
+        ef=ef,
+        nlist=nlist,
+        nprobe=nprobe,
+        threads=threads,
     )
     load_start = _loadavg()
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -631,7 +643,9 @@ def run_calibration(
             "generator": "sim.calibrate.corpus.make_corpus",
             "seed": int(seed),
             "params": gp,
-            "queries": "held out: sim.calibrate.corpus.make_queries(docs=N): same mixture as each corpus, separate stream",
+            "queries": (
+                "held out: sim.calibrate.corpus.make_queries(docs=N): same mixture as each corpus, separate stream"
+            ),
         }
     lists = _check_ivf(s["docs"], nlist, s["nprobe"]) if "ivf" in s["indexes"] else {}
 
@@ -654,9 +668,19 @@ def run_calibration(
 
     restore_threads = limit_threads(1)  # builds single-threaded (deterministic); workers inherit it
     try:
-        bench = _Bench(s, dim=dim, top_k=top_k, n_queries=n_queries, M=M, ef_construction=ef_construction,
-                       seed=seed, lists=lists, tick=tick, linear_python_docs=linear_python_docs,
-                       linear_python_queries=linear_python_queries)
+        bench = _Bench(
+            s,
+            dim=dim,
+            top_k=top_k,
+            n_queries=n_queries,
+            M=M,
+            ef_construction=ef_construction,
+            seed=seed,
+            lists=lists,
+            tick=tick,
+            linear_python_docs=linear_python_docs,
+            linear_python_queries=linear_python_queries,
+        )
         records = _measure_all(s=s, pool=pool, queries=queries, source=source, bench=bench)
     finally:
         restore_threads()
@@ -705,7 +729,7 @@ def run_calibration(
 
 
 class _Settings:
-    """The knob lists of normalised settings, as a :class:`sim.indexes.Bench` reads them."""
+    """The knob lists of normalised settings (a :class:`sim.indexes.base.Knobs`)."""
 
     def __init__(self, s: dict[str, Any]):
         self.ef, self.nprobe, self.threads = s["ef"], s["nprobe"], s["threads"]
@@ -714,21 +738,34 @@ class _Settings:
 class _Bench(_Settings):
     """The harness an index kind measures itself on (:class:`sim.indexes.Bench`)."""
 
-    def __init__(self, s: dict[str, Any], *, dim: int, top_k: int, n_queries: int, M: int,
-                 ef_construction: int, seed: int, lists: dict[int, int], tick: Callable[[str], None],
-                 linear_python_docs: int, linear_python_queries: int):
+    def __init__(
+        self,
+        s: dict[str, Any],
+        *,
+        dim: int,
+        top_k: int,
+        n_queries: int,
+        M: int,
+        ef_construction: int,
+        seed: int,
+        lists: dict[int, int],
+        tick: Callable[[str], None],
+        linear_python_docs: int,
+        linear_python_queries: int,
+    ):
         super().__init__(s)
         self.dim, self.top_k, self.n_queries, self.seed = dim, top_k, n_queries, seed
         self.M, self.ef_construction, self.lists = M, ef_construction, lists
         self.linear_python_docs, self.linear_python_queries = linear_python_docs, linear_python_queries
         self.cache: dict[Any, Any] = {}
-        self.tick = tick  # type: ignore[assignment]
+        self.tick = tick
 
     def nlist(self, docs: int) -> int:
         return self.lists[docs]
 
-    def time(self, factory: Callable[[], Callable[[int], Any]], n_queries: int,
-             threads: int) -> tuple[np.ndarray, np.ndarray]:
+    def time(
+        self, factory: Callable[[], Callable[[int], Any]], n_queries: int, threads: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         return time_queries(factory, n_queries, threads)
 
     def record(self, **fields: Any) -> dict[str, Any]:
@@ -741,8 +778,9 @@ class _Bench(_Settings):
         return _exact_topk(docs, queries, self.top_k)
 
 
-def _measure_all(*, s: dict[str, Any], pool: np.ndarray | None, queries: np.ndarray | None,
-                 source: dict[str, Any], bench: _Bench) -> list[dict[str, Any]]:
+def _measure_all(
+    *, s: dict[str, Any], pool: np.ndarray | None, queries: np.ndarray | None, source: dict[str, Any], bench: _Bench
+) -> list[dict[str, Any]]:
     """Every requested index kind measured at every corpus size."""
     records: list[dict[str, Any]] = []
     for n in s["docs"]:
@@ -770,26 +808,26 @@ def fit_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         recs = sorted(recs, key=lambda r: r["docs"])
         if len({r["docs"] for r in recs}) < 2:
             continue
-        x = [
-            law_x(ix, r["docs"], nlist=r["params"].get("nlist"), nprobe=r["knob_value"]) for r in recs
-        ]
+        x = [law_x(ix, r["docs"], nlist=r["params"].get("nlist"), nprobe=r["knob_value"]) for r in recs]
         mean = fit_law(x, [r["mean_ms"] for r in recs])
         vals = np.array([r["values_ms"] for r in recs])
         qf = [fit_law(x, vals[:, j]) for j in range(vals.shape[1])]
-        fits.append({
-            "index": ix,
-            "knob": kind(ix).knob,
-            "knob_value": kv,
-            "threads": T,
-            "law": kind(ix).law,
-            "docs": [r["docs"] for r in recs],
-            "x": [round(v, 6) for v in x],
-            "mean": {k: float(f"{v:.6g}") for k, v in mean.items()},
-            "a": [float(f"{f['a']:.6g}") for f in qf],
-            "b": [float(f"{f['b']:.6g}") for f in qf],
-            "r2": [round(f["r2"], 4) for f in qf],
-            "max_rel_err": [round(f["max_rel_err"], 4) for f in qf],
-        })
+        fits.append(
+            {
+                "index": ix,
+                "knob": kind(ix).knob,
+                "knob_value": kv,
+                "threads": T,
+                "law": kind(ix).law,
+                "docs": [r["docs"] for r in recs],
+                "x": [round(v, 6) for v in x],
+                "mean": {k: float(f"{v:.6g}") for k, v in mean.items()},
+                "a": [float(f"{f['a']:.6g}") for f in qf],
+                "b": [float(f"{f['b']:.6g}") for f in qf],
+                "r2": [round(f["r2"], 4) for f in qf],
+                "max_rel_err": [round(f["max_rel_err"], 4) for f in qf],
+            }
+        )
     return fits
 
 

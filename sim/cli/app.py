@@ -9,16 +9,18 @@ command bodies, never here, so ``capsim --help`` starts in a fraction of a secon
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from sim.errors import CapsimError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Capacity simulator for retrieval-augmented LLM services.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Capacity simulator for retrieval-augmented LLM services."
+)
 err_console = Console(stderr=True)
 
 
@@ -31,7 +33,7 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except CapsimError as e:
             err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -47,10 +49,22 @@ class progress_bar:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (  # deferred: only while a bar is shown
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TimeElapsedColumn(), console=err_console, transient=True)
+            self._p = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            )
             self._p.__enter__()
             self._task = self._p.add_task(self.label, total=None)
         return self

@@ -12,6 +12,7 @@ writing nothing.
 from __future__ import annotations
 
 import shlex
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -74,7 +75,9 @@ def retrieval(
     docs: Optional[str] = typer.Option(
         None, "--docs", help=f"Corpus sizes, comma list [default: {DEFAULT_DOCS}; with --vectors: all rows left]"
     ),
-    dim: Optional[int] = typer.Option(None, "--dim", help="Vector dimension [default: 768; with --vectors: the file's]"),
+    dim: Optional[int] = typer.Option(
+        None, "--dim", help="Vector dimension [default: 768; with --vectors: the file's]"
+    ),
     top_k: int = typer.Option(5, "--top-k", help="Results per query (recall@k is measured at this k)"),
     queries: int = typer.Option(500, "--queries", help="Held-out queries timed per configuration"),
     index: str = typer.Option("hnsw,linear_numpy,linear_python,ivf", "--index", help="Comma list of indexes"),
@@ -97,9 +100,9 @@ def retrieval(
     python_queries: int = typer.Option(50, "--python-queries", help="Queries timed for linear_python"),
 ) -> None:
     """Measure real hnsw / linear_numpy / linear_python / ivf indexes and write a calibration file."""
-    from rich.console import Console
+    from rich.console import Console  # deferred: only when printing
 
-    from sim.calibrate.retrieval import run_calibration, write_calibration
+    from sim.calibrate.retrieval import run_calibration, write_calibration  # deferred: numpy, hnswlib, faiss
 
     err = Console(stderr=True)
     try:
@@ -123,7 +126,7 @@ def retrieval(
     except CapsimError as exc:
         _fail(str(exc))
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # deferred: only when printing
 
     bar = Progress(
         TextColumn("[bold]calibrate retrieval"),
@@ -158,10 +161,23 @@ def retrieval(
     try:
         with bar:
             data = run_calibration(
-                docs=docs_l, dim=dim, top_k=top_k, n_queries=queries, indexes=idx_l, M=M,
-                ef_construction=ef_construction, ef=ef_l, nlist=nlist, nprobe=nprobe_l, vectors=vectors,
-                threads=threads_l, seed=seed, progress=progress, linear_python_docs=python_docs,
-                linear_python_queries=python_queries, command=cmd,
+                docs=docs_l,
+                dim=dim,
+                top_k=top_k,
+                n_queries=queries,
+                indexes=idx_l,
+                M=M,
+                ef_construction=ef_construction,
+                ef=ef_l,
+                nlist=nlist,
+                nprobe=nprobe_l,
+                vectors=vectors,
+                threads=threads_l,
+                seed=seed,
+                progress=progress,
+                linear_python_docs=python_docs,
+                linear_python_queries=python_queries,
+                command=cmd,
             )
         write_calibration(data, out)
     except CapsimError as exc:
@@ -173,9 +189,9 @@ def retrieval(
 
 
 def _summary(data: dict, out: Path) -> None:
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
+    from rich import box  # deferred: only when printing
+    from rich.console import Console  # deferred: only when printing
+    from rich.table import Table  # deferred: only when printing
 
     k = data["settings"]["top_k"]
     probs = data["probs"]
@@ -189,8 +205,14 @@ def _summary(data: dict, out: Path) -> None:
     for r in data["records"]:
         knob = "" if r["knob"] is None else f"{r['knob']}={r['knob_value']}"
         t.add_row(
-            r["index"], knob, f"{r['docs']:,}", str(r["threads"]),
-            f"{r['values_ms'][i50]:.3g}", f"{r['values_ms'][i95]:.3g}", f"{r['recall']:.3f}", f"{r['build_s']:.2f}",
+            r["index"],
+            knob,
+            f"{r['docs']:,}",
+            str(r["threads"]),
+            f"{r['values_ms'][i50]:.3g}",
+            f"{r['values_ms'][i95]:.3g}",
+            f"{r['recall']:.3f}",
+            f"{r['build_s']:.2f}",
         )
     con = Console()
     if not con.is_terminal:
@@ -202,20 +224,28 @@ def _summary(data: dict, out: Path) -> None:
         f"load average {m.get('loadavg_start')} -> {m.get('loadavg_end')}"
     )
     if data["corpus"]["source"] == "synthetic":
-        con.print("the corpus was synthetic, generated to behave like real text embeddings (its parameters "
-                  "are in the file); your own embeddings are better still: --vectors your_vectors.npy")
+        con.print(
+            "the corpus was synthetic, generated to behave like real text embeddings (its parameters "
+            "are in the file); your own embeddings are better still: --vectors your_vectors.npy"
+        )
 
 
 if __name__ == "__main__":  # python -m sim.cli.calibrate retrieval ...
     app()
 
 
-def run_gpu_calibration(measurements: Path, out: Optional[Path], set_: list[str], scenario: Optional[Path],
-                        model: Optional[str], gpu: Optional[str], dtype_bytes: Optional[float],
-                        json_: bool) -> None:
-    from dataclasses import asdict
+def run_gpu_calibration(
+    measurements: Path,
+    out: Optional[Path],
+    set_: list[str],
+    scenario: Optional[Path],
+    model: Optional[str],
+    gpu: Optional[str],
+    dtype_bytes: Optional[float],
+    json_: bool,
+) -> None:
 
-    from rich.table import Table
+    from rich.table import Table  # deferred: only when printing
 
     # deferred: the fit loads scipy and pydantic
     from sim.calibrate.gpu import fit_gpu, read_measurements, scenario_llm, write_fragment
@@ -228,13 +258,20 @@ def run_gpu_calibration(measurements: Path, out: Optional[Path], set_: list[str]
     if out is not None:
         write_fragment(fit, cfg, measurements, out)
     if json_:
-        doc = {**asdict(fit), "fragment": fit.fragment(), "model": cfg.model.name, "gpu": cfg.gpu.name,
-               "out": str(out) if out is not None else None}
+        doc = {
+            **asdict(fit),
+            "fragment": fit.fragment(),
+            "model": cfg.model.name,
+            "gpu": cfg.gpu.name,
+            "out": str(out) if out is not None else None,
+        }
         typer.echo(to_json(doc))
         return
     console = stdout_console()
-    t = Table(title=f"GPU roofline fit: {cfg.model.name or 'model'} on {cfg.gpu.name or 'GPU'} "
-                    f"(tp {cfg.tensor_parallel}), {fit.rows} steps")
+    t = Table(
+        title=f"GPU roofline fit: {cfg.model.name or 'model'} on {cfg.gpu.name or 'GPU'} "
+        f"(tp {cfg.tensor_parallel}), {fit.rows} steps"
+    )
     t.add_column("parameter")
     t.add_column("value", justify="right")
 
@@ -258,11 +295,15 @@ def run_gpu_calibration(measurements: Path, out: Optional[Path], set_: list[str]
 @calibrate_app.command("gpu")
 @user_errors
 def gpu_command(
-    measurements: Path = typer.Argument(..., help="CSV of measured steps: batch_size, context_tokens, "
-                                                  "new_tokens, step_ms (one row per step)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write {llm: {bw_efficiency, mfu, step_overhead_ms}} "
-                                                           "as a YAML scenario fragment here."),
-    set_: list[str] = typer.Option([], "--set", help="Override a dotted key of the scenario: --set llm.tensor_parallel=2"),
+    measurements: Path = typer.Argument(
+        ..., help="CSV of measured steps: batch_size, context_tokens, new_tokens, step_ms (one row per step)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Write {llm: {bw_efficiency, mfu, step_overhead_ms}} as a YAML scenario fragment here."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a dotted key of the scenario: --set llm.tensor_parallel=2"
+    ),
     scenario: Optional[Path] = typer.Option(None, "--scenario", help="Take model, GPU and dtypes from this scenario."),
     model: Optional[str] = typer.Option(None, "--model", help="Catalog model (default article-8l without --scenario)."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Catalog GPU (default h100-sxm without --scenario)."),

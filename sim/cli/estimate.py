@@ -35,8 +35,9 @@ def _pct(x: float | None) -> str:
 
 
 def estimate_table(est: dict[str, Any]) -> Table:
-    t = Table(title=f"estimate: {est.get('scenario')}" + (f" {est['params']}" if est.get("params") else ""),
-              show_header=False)
+    t = Table(
+        title=f"estimate: {est.get('scenario')}" + (f" {est['params']}" if est.get("params") else ""), show_header=False
+    )
     t.add_column("what")
     t.add_column("value", justify="right")
     if "weights_bytes" in est:
@@ -47,23 +48,29 @@ def estimate_table(est: dict[str, Any]) -> Table:
         t.add_row("KV per request (prompt + output)", _bytes(est["kv_bytes_per_request"]))
         t.add_row("KV blocks per replica", f"{est['kv_blocks']:,} ({est['kv_capacity_tokens']:,} tokens)")
         t.add_row("sequences that fit in KV memory", f"{est['max_sequences_in_memory']:,}")
-        t.add_row("prefill of the mean prompt", f"{_ms(est['prefill_ms'])} ({est['prefill_bound']})"
-                  + (f", {_ms(est['prefill_ms_uncached'])} without the cached prefix"
-                     if est["prefix_cached_tokens"] else ""))
+        t.add_row(
+            "prefill of the mean prompt",
+            f"{_ms(est['prefill_ms'])} ({est['prefill_bound']})"
+            + (f", {_ms(est['prefill_ms_uncached'])} without the cached prefix" if est["prefix_cached_tokens"] else ""),
+        )
         for b, ms in est["decode_step_ms"].items():
             fits = "" if est["decode_fits"][b] else "  (does not fit in KV memory)"
-            t.add_row(f"decode step at batch {b}",
-                      f"{_ms(ms)}, {est['decode_tokens_per_s'][b]:,.0f} tokens/s{fits}")
+            t.add_row(f"decode step at batch {b}", f"{_ms(ms)}, {est['decode_tokens_per_s'][b]:,.0f} tokens/s{fits}")
         ai = est["arithmetic_intensity"]
-        t.add_row("ridge point (hardware / with mfu, bw_efficiency)",
-                  f"{est['ridge_point_flops_per_byte']:,.1f} / {est['effective_ridge_flops_per_byte']:,.1f} FLOP/B")
+        t.add_row(
+            "ridge point (hardware / with mfu, bw_efficiency)",
+            f"{est['ridge_point_flops_per_byte']:,.1f} / {est['effective_ridge_flops_per_byte']:,.1f} FLOP/B",
+        )
         for k, label in (("batch_1", "batch 1"), ("max_batch", "max_batch")):
             t.add_row(f"decode intensity at {label}", f"{ai[k]:,.1f} FLOP/B: {est['bound'][k]}")
         t.add_row("attention FLOPs at the prompt length", f"{est['attention_flops']:,.3e}")
         cap = est.get("replica_capacity")
         if cap:
-            t.add_row("replica capacity", f"{cap['requests_per_s']:,.2f} req/s, {cap['output_tokens_per_s']:,.0f} "
-                      f"tokens/s at batch {cap['batch']}")
+            t.add_row(
+                "replica capacity",
+                f"{cap['requests_per_s']:,.2f} req/s, {cap['output_tokens_per_s']:,.0f} "
+                f"tokens/s at batch {cap['batch']}",
+            )
     if est.get("retrieval_service_ms") is not None:
         t.add_row("retrieval mean service time", _ms(est["retrieval_service_ms"]))
     if est.get("cache_hit_ratio") is not None:
@@ -93,9 +100,13 @@ def points_table(points: list[dict[str, Any]]) -> Table:
         sat = p.get("saturation") or {}
         mb = p.get("decode_step_ms", {})
         at_max = mb.get(str(p["max_batch"]), mb.get(p["max_batch"])) if "max_batch" in p else None
-        t.add_row(", ".join(f"{k}={v}" for k, v in p["params"].items()),
-                  _ms(at_max) if at_max is not None else "-", (p.get("bound") or {}).get("max_batch", "-"),
-                  util, f"{sat.get('stage', '-')} at {sat.get('rate_per_s', float('nan')):,.2f} req/s" if sat else "-")
+        t.add_row(
+            ", ".join(f"{k}={v}" for k, v in p["params"].items()),
+            _ms(at_max) if at_max is not None else "-",
+            (p.get("bound") or {}).get("max_batch", "-"),
+            util,
+            f"{sat.get('stage', '-')} at {sat.get('rate_per_s', float('nan')):,.2f} req/s" if sat else "-",
+        )
     return t
 
 

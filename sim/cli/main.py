@@ -6,6 +6,7 @@ is inconclusive and none fails, 2 bad input (one line on stderr).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -56,7 +57,6 @@ def run(
 @user_errors
 def schema() -> None:
     """Print the scenario JSON Schema."""
-    import json
 
     from sim.spec.schema import json_schema  # deferred: pydantic
 

@@ -19,8 +19,10 @@ from rich.table import Table
 from sim.cli.app import app, check_out_dir, err_console, progress_bar, stdout_console, user_errors
 from sim.errors import CapsimError
 
-SCHEDULER_HELP = ("Run on a Dask cluster: tcp://host:8786 (an existing scheduler; gives up after 10 s) "
-                  "or local-dask (start a LocalCluster). Default: local processes.")
+SCHEDULER_HELP = (
+    "Run on a Dask cluster: tcp://host:8786 (an existing scheduler; gives up after 10 s) "
+    "or local-dask (start a LocalCluster). Default: local processes."
+)
 
 
 def _check_counts(replications: Optional[int], jobs: Optional[int]) -> None:
@@ -66,10 +68,17 @@ def cost_table(table, keys: list[str], ranked: bool) -> Table:
     for col in ("answers/s", "$/hour", "$/1000 answers", "$/M output tokens", "SLA"):
         t.add_column(col, justify="right")
     for _, r in table.iterrows():
-        mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "inconclusive": "[yellow]?[/]",
-                "none": "-"}[r["verdict"]]
-        t.add_row(*[str(r[k]) for k in keys], f"{r['throughput_per_s']:.1f}", _money(r["cost_per_hour"], 2),
-                  _money(r["cost_per_1000_answers"]), _money(r["cost_per_million_output_tokens"], 2), mark)
+        mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "inconclusive": "[yellow]?[/]", "none": "-"}[
+            r["verdict"]
+        ]
+        t.add_row(
+            *[str(r[k]) for k in keys],
+            f"{r['throughput_per_s']:.1f}",
+            _money(r["cost_per_hour"], 2),
+            _money(r["cost_per_1000_answers"]),
+            _money(r["cost_per_million_output_tokens"], 2),
+            mark,
+        )
     return t
 
 
@@ -77,17 +86,22 @@ def cost_table(table, keys: list[str], ranked: bool) -> Table:
 @user_errors
 def sweep(
     scenario: Path = typer.Argument(..., help="Scenario YAML file."),
-    grid: list[str] = typer.Option([], "--grid", help="Swept key and values: --grid workload.users=50,100,200 "
-                                                      "(values read as YAML; repeat for more keys)."),
-    out: Optional[Path] = typer.Option(None, help="Save every point here as it finishes; re-running the same "
-                                                  "command computes only the missing points."),
+    grid: list[str] = typer.Option(
+        [],
+        "--grid",
+        help="Swept key and values: --grid workload.users=50,100,200 (values read as YAML; repeat for more keys).",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, help="Save every point here as it finishes; re-running the same command computes only the missing points."
+    ),
     scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
     set_: list[str] = typer.Option([], "--set", help="Override a dotted key: --set llm.replicas=2"),
     jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores) or local-dask workers."),
     replications: Optional[int] = typer.Option(None, help="Override run.replications."),
     seed: Optional[int] = typer.Option(None, help="Override run.seed."),
-    rank: Optional[str] = typer.Option(None, help="'cost': list points that pass the SLA first, cheapest "
-                                                  "answer first (needs a cost: section)."),
+    rank: Optional[str] = typer.Option(
+        None, help="'cost': list points that pass the SLA first, cheapest answer first (needs a cost: section)."
+    ),
     json_: bool = typer.Option(False, "--json", help="Print only the summary JSON (as capsim run --json)."),
 ) -> None:
     """Run every combination of a grid (and the scenario's sweep:) x replications."""
@@ -113,21 +127,27 @@ def sweep(
         ov["run.replications"] = replications
     points = expand(scenario, ov, g or None)
     if rank == "cost" and points[0].scenario.cost is None:
-        raise CapsimError("--rank cost: the scenario has no cost: section "
-                          "(e.g. --set cost.gpu_per_hour=2.5 --set cost.cpu_worker_per_hour=0.05)")
+        raise CapsimError(
+            "--rank cost: the scenario has no cost: section "
+            "(e.g. --set cost.gpu_per_hour=2.5 --set cost.cpu_worker_per_hour=0.05)"
+        )
     ex = _executor(scheduler, jobs)
     try:
         with progress_bar(f"sweeping {len(points)} points") as bar:
             result = run_sweep(points, out, executor=ex, progress=bar)
     except SweepInterrupted as e:
         err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(e.exit_code)
+        raise typer.Exit(e.exit_code) from None
     finally:
         _close(ex)
     n = len({p.id for p in result.points})
     where = f" (saved in {out})" if out is not None else ""
-    err_console.print(f"computed {result.computed} of {n} points, reused {result.reused}{where}",
-                      markup=False, highlight=False, soft_wrap=True)
+    err_console.print(
+        f"computed {result.computed} of {n} points, reused {result.reused}{where}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     if json_:
         sys.stdout.write(to_json(result.summary) + "\n")
     else:
@@ -140,6 +160,7 @@ def sweep(
             con.print(cost_table(table, [k for k in points[0].params], rank == "cost"))
     raise typer.Exit(result.exit_code)
 
+
 @app.command()
 @user_errors
 def capacity(
@@ -148,11 +169,14 @@ def capacity(
     low: Optional[float] = typer.Option(None, help="Lowest value to consider."),
     high: Optional[float] = typer.Option(None, help="Highest value to consider."),
     direction: Optional[str] = typer.Option(
-        None, help="max: the largest value that meets every SLA (default for load: workload.users, "
-                   "workload.rate_per_s, token counts...); min: the smallest (default for resources: "
-                   "llm.replicas, retrieval.workers, cache.capacity, think time)."),
-    step: Optional[float] = typer.Option(None, help="Stop bisecting at this bracket width "
-                                                    "(default 1% of the value, at least 1 for integers)."),
+        None,
+        help="max: the largest value that meets every SLA (default for load: workload.users, "
+        "workload.rate_per_s, token counts...); min: the smallest (default for resources: "
+        "llm.replicas, retrieval.workers, cache.capacity, think time).",
+    ),
+    step: Optional[float] = typer.Option(
+        None, help="Stop bisecting at this bracket width (default 1% of the value, at least 1 for integers)."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override a dotted key: --set llm.replicas=2"),
     jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores)."),
     replications: Optional[int] = typer.Option(None, help="Override run.replications."),
@@ -177,11 +201,13 @@ def capacity(
         check_key(k, "--set")
     con = stdout_console()
 
-    def show(t: "Tried") -> None:
+    def show(t: Tried) -> None:
         d = t.to_dict()
         p95 = "-" if d["p95_e2e_ms"] is None else f"{d['p95_e2e_ms']:,.0f} ms"
-        slas = "; ".join(f"{v['metric']} {v['stat']} {_ms(v['value'])}{_interval(v['ci'])} "
-                         f"<= {v['threshold']:g}: {v['verdict']}" for v in d["verdicts"])
+        slas = "; ".join(
+            f"{v['metric']} {v['stat']} {_ms(v['value'])}{_interval(v['ci'])} <= {v['threshold']:g}: {v['verdict']}"
+            for v in d["verdicts"]
+        )
         line = f"tried {vary}={t.value:g}: {t.verdict.upper()}  e2e p95 {p95}{_interval(d['ci'])}  ({slas})"
         if json_:
             err_console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -190,11 +216,23 @@ def capacity(
 
     ex = _executor(scheduler, jobs)
     try:
-        res = find_capacity(scenario, vary, ov, low=low, high=high, direction=direction, step=step,
-                            replications=replications, seed=seed, executor=ex, out=out, on_try=show)
+        res = find_capacity(
+            scenario,
+            vary,
+            ov,
+            low=low,
+            high=high,
+            direction=direction,
+            step=step,
+            replications=replications,
+            seed=seed,
+            executor=ex,
+            out=out,
+            on_try=show,
+        )
     except SweepInterrupted as e:
         err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(e.exit_code)
+        raise typer.Exit(e.exit_code) from None
     finally:
         _close(ex)
     if json_:
@@ -202,15 +240,24 @@ def capacity(
     else:
         how = "largest" if res.direction == "max" else "smallest"
         if res.capacity is not None:
-            con.print(f"capacity: {vary} = {res.capacity:g} ({how} value meeting every SLA; "
-                      f"{res.reason}). {res.note}", highlight=False, soft_wrap=True)
+            con.print(
+                f"capacity: {vary} = {res.capacity:g} ({how} value meeting every SLA; {res.reason}). {res.note}",
+                highlight=False,
+                soft_wrap=True,
+            )
     if res.capacity is None:
         b = res.best.to_dict() if res.best is not None else None
-        best = "" if b is None else (f"; best tried {vary}={b['value']:g}: {b['verdict']}, e2e p95 "
-                                     f"{'-' if b['p95_e2e_ms'] is None else format(b['p95_e2e_ms'], ',.0f')} ms")
-        err_console.print(f"no value meets the SLA: {res.note}{best}", markup=False, highlight=False,
-                          soft_wrap=True)
+        best = (
+            ""
+            if b is None
+            else (
+                f"; best tried {vary}={b['value']:g}: {b['verdict']}, e2e p95 "
+                f"{'-' if b['p95_e2e_ms'] is None else format(b['p95_e2e_ms'], ',.0f')} ms"
+            )
+        )
+        err_console.print(f"no value meets the SLA: {res.note}{best}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(res.exit_code)
+
 
 @app.command("report")
 @user_errors

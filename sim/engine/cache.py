@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 
 class LRUCache:
-    __slots__ = ("capacity", "_d", "hits", "misses", "evictions", "inserts")
+    __slots__ = ("_d", "capacity", "evictions", "hits", "inserts", "misses")
 
     def __init__(self, capacity: int):
         self.capacity = int(capacity)

@@ -17,13 +17,14 @@ import numpy as np
 import simpy
 
 from sim import distributions as D
-from sim.spec.schema import PromptComposition, Scenario, build_distribution
-from sim.engine.records import Bins, Recorder
-from sim.rng import stream
 from sim.engine.cache import LRUCache
 from sim.engine.llm.stage import LLMStage
 from sim.engine.pool import WorkerPool
+from sim.engine.records import Bins, Recorder
 from sim.engine.workload import Popularity, QueryKeys
+from sim.physics.retrieval import default_calibration_path, load_calibration
+from sim.rng import stream
+from sim.spec.schema import PromptComposition, Scenario, build_distribution
 
 
 def retrieval_service_distribution(scn: Scenario) -> tuple[D.Distribution, dict]:
@@ -40,16 +41,24 @@ def retrieval_service_distribution(scn: Scenario) -> tuple[D.Distribution, dict]
         base = build_distribution(r.service_ms)
         info["source"] = "retrieval.service_ms"
     else:
-        from sim.physics.retrieval import default_calibration_path, load_calibration
-
         path = r.calibration or str(default_calibration_path())
         prof = load_calibration(path).profile(
-            r.index, docs=r.docs, dim=r.dim, top_k=r.top_k, ef_search=r.ef_search,
-            nprobe=r.nprobe, workers=r.workers,
+            r.index,
+            docs=r.docs,
+            dim=r.dim,
+            top_k=r.top_k,
+            ef_search=r.ef_search,
+            nprobe=r.nprobe,
+            workers=r.workers,
         )
         base = D.Quantile(tuple(prof.probs), tuple(prof.values_ms))
-        info = {"source": path, "recall": prof.recall, "extrapolated": prof.extrapolated,
-                "interpolated": prof.interpolated, "description": prof.description}
+        info = {
+            "source": path,
+            "recall": prof.recall,
+            "extrapolated": prof.extrapolated,
+            "interpolated": prof.interpolated,
+            "description": prof.description,
+        }
     overhead = build_distribution(r.overhead_ms)
     dist: D.Distribution = base if overhead.mean == 0 and overhead.variance == 0 else D.Sum((base, overhead))
     info["mean_ms"] = dist.mean
@@ -64,8 +73,9 @@ class TokenCounts:
     when ``retrieval.top_k`` changes how many document lengths a prompt draws.
     """
 
-    def __init__(self, scn: Scenario, rng: np.random.Generator, block: int = 256,
-                 output_rng: np.random.Generator | None = None):
+    def __init__(
+        self, scn: Scenario, rng: np.random.Generator, block: int = 256, output_rng: np.random.Generator | None = None
+    ):
         llm = scn.llm
         self.top_k = scn.retrieval.top_k if scn.retrieval.enabled else 0
         if isinstance(llm.prompt_tokens, PromptComposition):
@@ -84,7 +94,7 @@ class TokenCounts:
         else:
             doc = self._doc
             p = self.system + sum(doc() for _ in range(self.top_k)) + self._question()
-        return max(1, int(round(p))), max(1, int(round(self._output())))
+        return max(1, round(p)), max(1, round(self._output()))
 
 
 @dataclass
@@ -94,7 +104,8 @@ class Replication:
     replication: int
     records: dict[str, np.ndarray]
     window_s: tuple[float, float]
-    counters: dict[str, float] = field(default_factory=dict)
+    # Plain numbers, and per-stage Bins (totals taken after the warm-up cut by the summary).
+    counters: dict[str, float | Bins] = field(default_factory=dict)
     # Sampled state (see Model.monitor): t_s, retrieval_queue, retrieval_busy, and per LLM
     # replica (arrays of shape samples x replicas) llm_waiting, llm_running, kv_tokens.
     timeseries: dict[str, np.ndarray] = field(default_factory=dict)
@@ -116,8 +127,10 @@ class Model:
         self.recorder = Recorder(replication)
         self.popularity = Popularity(scn.workload.queries)
         self.cache = LRUCache(scn.cache.capacity) if scn.cache.enabled else None
-        self.cache_lookup_s = D.Sampler(D.Scaled(build_distribution(scn.cache.lookup_ms), 1e-3),
-                                        stream(seed, replication, "cache"))
+        self.cache_lookup_s = D.Sampler(
+            D.Scaled(build_distribution(scn.cache.lookup_ms), 1e-3), stream(seed, replication, "cache")
+        )
+        self.pool: WorkerPool | None
         if scn.retrieval.enabled:
             dist, self.retrieval_info = retrieval_service_distribution(scn)
             self.retrieval_s = D.Sampler(dist, stream(seed, replication, "retrieval"))
@@ -125,8 +138,7 @@ class Model:
         else:
             self.pool = None
             self.retrieval_info = {}
-        self.llm = LLMStage(env, scn.llm, stream(seed, replication, "router"), self.window) \
-            if scn.llm.enabled else None
+        self.llm = LLMStage(env, scn.llm, stream(seed, replication, "router"), self.window) if scn.llm.enabled else None
         self.in_flight = 0
         self.started_in_window = 0
 
@@ -167,8 +179,24 @@ class Model:
             t_first = seq.t_first
             preemptions = seq.preemptions
         t_end = env.now
-        rec.add(user, t0, key, hit, t_cache, r_wait, r_service, l_wait, prefill, decode,
-                prompt, output, replica, t_first - t0, t_end - t0, preemptions)
+        rec.add(
+            user,
+            t0,
+            key,
+            hit,
+            t_cache,
+            r_wait,
+            r_service,
+            l_wait,
+            prefill,
+            decode,
+            prompt,
+            output,
+            replica,
+            t_first - t0,
+            t_end - t0,
+            preemptions,
+        )
 
     # ------------------------------------------------------------------ workload
     def closed_user(self, uid: int):
@@ -179,8 +207,9 @@ class Model:
         seed = scn.run.seed
         think = D.Sampler(build_distribution(scn.workload.think_s), stream(seed, self.rep, "user", uid), 64)
         keys = QueryKeys(self.popularity, stream(seed, self.rep, "query", uid), 64)
-        tokens = TokenCounts(scn, stream(seed, self.rep, "tokens", uid), 64,
-                             stream(seed, self.rep, "output_tokens", uid))
+        tokens = TokenCounts(
+            scn, stream(seed, self.rep, "tokens", uid), 64, stream(seed, self.rep, "output_tokens", uid)
+        )
         end = self.end_arrivals_s
         while True:
             yield env.timeout(think())
@@ -196,8 +225,9 @@ class Model:
         gap_dist = D.Exponential(mean_gap) if w.arrival == "poisson" else D.Gamma(mean_gap, w.cv)
         gaps = D.Sampler(gap_dist, stream(scn.run.seed, self.rep, "arrivals"))
         keys = QueryKeys(self.popularity, stream(scn.run.seed, self.rep, "query"))
-        tokens = TokenCounts(scn, stream(scn.run.seed, self.rep, "tokens"),
-                             output_rng=stream(scn.run.seed, self.rep, "output_tokens"))
+        tokens = TokenCounts(
+            scn, stream(scn.run.seed, self.rep, "tokens"), output_rng=stream(scn.run.seed, self.rep, "output_tokens")
+        )
         end = self.end_arrivals_s
         while True:
             yield env.timeout(gaps())
@@ -220,9 +250,21 @@ class Model:
         dt = self.end_arrivals_s / n
         pool, llm = self.pool, self.llm
         reps = llm.replicas if llm is not None else []
-        t, rq, rb, lw, lr, kv = [], [], [], [], [], []
-        out.update(t_s=t, retrieval_queue=rq, retrieval_busy=rb, llm_waiting=lw, llm_running=lr, kv_tokens=kv,
-                   kv_capacity_tokens=llm.kv_capacity_tokens if llm is not None else 0)
+        t: list[float] = []
+        rq: list[int] = []
+        rb: list[int] = []
+        lw: list[list[int]] = []
+        lr: list[list[int]] = []
+        kv: list[list[int]] = []
+        out.update(
+            t_s=t,
+            retrieval_queue=rq,
+            retrieval_busy=rb,
+            llm_waiting=lw,
+            llm_running=lr,
+            kv_tokens=kv,
+            kv_capacity_tokens=llm.kv_capacity_tokens if llm is not None else 0,
+        )
         for i in range(n + 1):
             if i:
                 yield env.timeout(max(0.0, i * dt - env.now))
@@ -239,22 +281,27 @@ class Model:
         sampled: dict = {}
         env.process(self.monitor(sampled))
         if scn.workload.mode == "closed":
-            for uid in range(scn.workload.users):
+            users = scn.workload.users
+            assert users is not None  # WorkloadConfig requires it in closed mode
+            for uid in range(users):
                 env.process(self.closed_user(uid))
         else:
             env.process(self.open_arrivals())
         env.run(until=self.end_arrivals_s + self.drain_s)
         records = self.recorder.arrays()
         lo, hi = self.window
-        counters: dict[str, float] = {"sim_end_s": env.now, "started_in_window": self.started_in_window}
+        counters: dict[str, float | Bins] = {"sim_end_s": env.now, "started_in_window": self.started_in_window}
         if self.cache is not None:
             c = self.cache
             counters.update(cache_hits=c.hits, cache_misses=c.misses, cache_evictions=c.evictions)
         # Stage counters are Bins over time (sim.engine.records.Bins): the summary takes their
         # totals from the warm-up cut, fixed or chosen afterwards by MSER-5.
         if self.pool is not None:
-            counters.update(retrieval_busy_s=self.pool.busy_bins, retrieval_workers=self.pool.workers,
-                            retrieval_queue_at_end=self.pool.queue_length())
+            counters.update(
+                retrieval_busy_s=self.pool.busy_bins,
+                retrieval_workers=self.pool.workers,
+                retrieval_queue_at_end=self.pool.queue_length(),
+            )
         if self.llm is not None:
             reps = self.llm.replicas
             for r in reps:

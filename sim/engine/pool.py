@@ -23,10 +23,9 @@ from sim.engine.records import Bins
 class WorkerPool:
     """``workers`` servers, FIFO queue; callers ``yield pool.acquire()``."""
 
-    __slots__ = ("env", "workers", "cpu_cores", "busy", "_queue", "busy_bins")
+    __slots__ = ("_queue", "busy", "busy_bins", "cpu_cores", "env", "workers")
 
-    def __init__(self, env: simpy.Environment, workers: int, cpu_cores: int | None,
-                 window: tuple[float, float]):
+    def __init__(self, env: simpy.Environment, workers: int, cpu_cores: int | None, window: tuple[float, float]):
         self.env = env
         self.workers = workers
         self.cpu_cores = cpu_cores or workers
@@ -61,5 +60,3 @@ class WorkerPool:
 
     def queue_length(self) -> int:
         return len(self._queue)
-
-

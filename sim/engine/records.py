@@ -21,11 +21,46 @@ class Recorder:
         self.replication = replication
         self.rows: list[tuple] = []
 
-    def add(self, user, arrival_s, key, hit, cache_s, r_wait_s, r_service_s, l_wait_s, prefill_s,
-            decode_s, prompt, output, replica, ttft_s, e2e_s, preemptions=-1) -> None:
+    def add(
+        self,
+        user,
+        arrival_s,
+        key,
+        hit,
+        cache_s,
+        r_wait_s,
+        r_service_s,
+        l_wait_s,
+        prefill_s,
+        decode_s,
+        prompt,
+        output,
+        replica,
+        ttft_s,
+        e2e_s,
+        preemptions=-1,
+    ) -> None:
         """``preemptions``: times the LLM preempted the request (-1 when the LLM stage is off)."""
-        self.rows.append((user, arrival_s, key, hit, cache_s, r_wait_s, r_service_s, l_wait_s,
-                          prefill_s, decode_s, prompt, output, replica, ttft_s, e2e_s, preemptions))
+        self.rows.append(
+            (
+                user,
+                arrival_s,
+                key,
+                hit,
+                cache_s,
+                r_wait_s,
+                r_service_s,
+                l_wait_s,
+                prefill_s,
+                decode_s,
+                prompt,
+                output,
+                replica,
+                ttft_s,
+                e2e_s,
+                preemptions,
+            )
+        )
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Column arrays sorted by arrival time, ms at the edges."""
@@ -47,8 +82,11 @@ class Recorder:
         order = np.argsort(out["arrival_s"], kind="stable")
         out = {k: v[order] for k, v in out.items()}
         n = len(order)
-        out = {"request": np.arange(n, dtype=np.int64),
-               "replication": np.full(n, self.replication, dtype=np.int64), **out}
+        out = {
+            "request": np.arange(n, dtype=np.int64),
+            "replication": np.full(n, self.replication, dtype=np.int64),
+            **out,
+        }
         return out
 
 
@@ -64,7 +102,7 @@ class Bins:
     uniformly across it, as a step's work is over the step.
     """
 
-    __slots__ = ("lo", "hi", "width", "values")
+    __slots__ = ("hi", "lo", "values", "width")
 
     def __init__(self, lo: float, hi: float, n: int = 200):
         self.lo, self.hi = float(lo), float(hi)
@@ -116,7 +154,7 @@ class Bins:
         return float(sum(self.values[1:]))
 
     @staticmethod
-    def sum(parts: "list[Bins]") -> "Bins":
+    def sum(parts: list[Bins]) -> Bins:
         out = Bins.__new__(Bins)
         first = parts[0]
         out.lo, out.hi, out.width = first.lo, first.hi, first.width

@@ -32,6 +32,7 @@ class Popularity:
         self.hot_fraction = cfg.hot_fraction
         self.hot_keys = cfg.hot_keys
         cold = cfg.distinct - cfg.hot_keys
+        self.cold_cdf: np.ndarray | None
         if cold > 0:
             weights = np.arange(1, cold + 1, dtype=float) ** (-cfg.zipf_s)
             self.cold_cdf = np.cumsum(weights / weights.sum())

@@ -17,13 +17,21 @@ MIN_POINTS_PER_LIST = 39
 
 def auto_nlist(docs: int) -> int:
     """Default IVF list count: ``round(4*sqrt(N))`` capped at ``N // 39``, >= 1."""
-    return max(1, min(int(round(4 * math.sqrt(docs))), docs // MIN_POINTS_PER_LIST))
+    return max(1, min(round(4 * math.sqrt(docs)), docs // MIN_POINTS_PER_LIST))
 
 
 Factory = Callable[[], Callable[[int], Any]]
 
 
-class Bench(Protocol):
+class Knobs(Protocol):
+    """The knob lists a calibration measures (all :meth:`IndexKind.knob_values` reads)."""
+
+    ef: list[int]
+    nprobe: list[int]
+    threads: list[int]
+
+
+class Bench(Knobs, Protocol):
     """The timing harness an index kind measures itself on (:mod:`sim.calibrate.retrieval`)."""
 
     dim: int
@@ -32,9 +40,6 @@ class Bench(Protocol):
     seed: int
     M: int
     ef_construction: int
-    ef: list[int]
-    nprobe: list[int]
-    threads: list[int]
     linear_python_docs: int
     linear_python_queries: int
     cache: dict[Any, Any]
@@ -72,12 +77,13 @@ class IndexKind:
         """The regressor ``x`` of ``time = a + b*x``: ``N`` unless overridden."""
         return float(docs)
 
-    def knob_values(self, bench: Bench) -> list[int | None]:
+    def knob_values(self, bench: Knobs) -> list[int | None]:
         """The knob settings a calibration measures."""
         return [None]
 
-    def measure(self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray,
-                truth: np.ndarray) -> list[dict[str, Any]]:
+    def measure(
+        self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray
+    ) -> list[dict[str, Any]]:
         """Build on ``corpus`` (``docs`` rows) and time single searches: one record per knob and thread count."""
         raise NotImplementedError
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.indexes.base import Bench, IndexKind
+from sim.indexes.base import Bench, IndexKind, Knobs
 
 
 def build(docs: np.ndarray, M: int, ef_construction: int, seed: int, save_to: str) -> tuple[float, int]:
@@ -51,11 +51,12 @@ class HNSW(IndexKind):
     def law_x(self, docs: float, *, nlist: int | None = None, nprobe: int | None = None) -> float:
         return math.log(float(docs))
 
-    def knob_values(self, bench: Bench) -> list[int | None]:
+    def knob_values(self, bench: Knobs) -> list[int | None]:
         return list(bench.ef)
 
-    def measure(self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray,
-                truth: np.ndarray) -> list[dict[str, Any]]:
+    def measure(
+        self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray
+    ) -> list[dict[str, Any]]:
         out = []
         dim, k = bench.dim, bench.top_k
         with tempfile.TemporaryDirectory(prefix="capsim-hnsw-") as td:
@@ -63,15 +64,26 @@ class HNSW(IndexKind):
             build_s, mem = build(corpus, bench.M, bench.ef_construction, bench.seed, path)
             bench.tick(f"N={docs}: hnsw built in {build_s:.1f}s")
             for e in bench.ef:
+
                 def factory(_e: int = e, _q: np.ndarray = queries) -> Callable[[int], Any]:
                     x = load(path, dim, docs, _e)
                     return lambda i: x.knn_query(_q[i : i + 1], k=k, num_threads=1)[0][0]
 
                 for T in bench.threads:
                     lat, ids = bench.time(factory, bench.n_queries, T)
-                    out.append(bench.record(
-                        index=self.name, docs=docs, knob_value=e, threads=T, lat_ns=lat, scale=1.0,
-                        recall=bench.recall(ids, truth), build_s=build_s, memory_bytes=mem,
-                        params={"M": bench.M, "ef_construction": bench.ef_construction, "space": "ip"}))
+                    out.append(
+                        bench.record(
+                            index=self.name,
+                            docs=docs,
+                            knob_value=e,
+                            threads=T,
+                            lat_ns=lat,
+                            scale=1.0,
+                            recall=bench.recall(ids, truth),
+                            build_s=build_s,
+                            memory_bytes=mem,
+                            params={"M": bench.M, "ef_construction": bench.ef_construction, "space": "ip"},
+                        )
+                    )
                     bench.tick(f"N={docs}: hnsw ef={e} threads={T}")
         return out

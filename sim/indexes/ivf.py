@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import CalibrationError
-from sim.indexes.base import Bench, IndexKind
+from sim.indexes.base import Bench, IndexKind, Knobs
 
 
 def build(docs: np.ndarray, nlist: int, seed: int) -> tuple[np.ndarray, float, int]:
@@ -37,6 +37,7 @@ def load(blob: np.ndarray, nprobe: int) -> Any:
     import faiss  # heavy optional library: imported only to search
 
     idx = faiss.deserialize_index(blob)
+    assert isinstance(idx, faiss.IndexIVF)  # read_index returns the concrete (IVF-Flat) class
     idx.nprobe = nprobe
     return idx
 
@@ -54,26 +55,38 @@ class IVF(IndexKind):
             raise CalibrationError("ivf scaling law needs nlist and nprobe (positive integers)")
         return float(nlist) + float(docs) / float(nlist) * float(nprobe)
 
-    def knob_values(self, bench: Bench) -> list[int | None]:
+    def knob_values(self, bench: Knobs) -> list[int | None]:
         return list(bench.nprobe)
 
-    def measure(self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray,
-                truth: np.ndarray) -> list[dict[str, Any]]:
+    def measure(
+        self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray
+    ) -> list[dict[str, Any]]:
         out = []
         k = bench.top_k
         nl = bench.nlist(docs)
         blob, build_s, mem = build(corpus, nl, bench.seed)
         bench.tick(f"N={docs}: ivf nlist={nl} built in {build_s:.1f}s")
         for p in bench.nprobe:
+
             def factory(_p: int = p, _q: np.ndarray = queries, _b: np.ndarray = blob) -> Callable[[int], Any]:
                 x = load(_b, _p)
                 return lambda i: x.search(_q[i : i + 1], k)[1][0]
 
             for T in bench.threads:
                 lat, ids = bench.time(factory, bench.n_queries, T)
-                out.append(bench.record(
-                    index=self.name, docs=docs, knob_value=p, threads=T, lat_ns=lat, scale=1.0,
-                    recall=bench.recall(ids, truth), build_s=build_s, memory_bytes=mem,
-                    params={"nlist": nl, "metric": "inner_product"}))
+                out.append(
+                    bench.record(
+                        index=self.name,
+                        docs=docs,
+                        knob_value=p,
+                        threads=T,
+                        lat_ns=lat,
+                        scale=1.0,
+                        recall=bench.recall(ids, truth),
+                        build_s=build_s,
+                        memory_bytes=mem,
+                        params={"nlist": nl, "metric": "inner_product"},
+                    )
+                )
                 bench.tick(f"N={docs}: ivf nprobe={p} threads={T}")
         return out

@@ -20,8 +20,9 @@ class LinearNumpy(IndexKind):
     name = "linear_numpy"
     law = "a + b*N"
 
-    def measure(self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray,
-                truth: np.ndarray) -> list[dict[str, Any]]:
+    def measure(
+        self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray
+    ) -> list[dict[str, Any]]:
         k = bench.top_k
 
         def factory(_d: np.ndarray = corpus, _q: np.ndarray = queries) -> Callable[[int], Any]:
@@ -32,8 +33,19 @@ class LinearNumpy(IndexKind):
         out = []
         for T in bench.threads:
             lat, ids = bench.time(factory, bench.n_queries, T)
-            out.append(bench.record(index=self.name, docs=docs, knob_value=None, threads=T, lat_ns=lat, scale=1.0,
-                                    recall=bench.recall(ids, truth), build_s=0.0, memory_bytes=corpus.nbytes,
-                                    params={}))
+            out.append(
+                bench.record(
+                    index=self.name,
+                    docs=docs,
+                    knob_value=None,
+                    threads=T,
+                    lat_ns=lat,
+                    scale=1.0,
+                    recall=bench.recall(ids, truth),
+                    build_s=0.0,
+                    memory_bytes=corpus.nbytes,
+                    params={},
+                )
+            )
             bench.tick(f"N={docs}: linear_numpy threads={T}")
         return out

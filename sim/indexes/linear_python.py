@@ -34,8 +34,9 @@ class LinearPython(IndexKind):
     name = "linear_python"
     law = "a + b*N"
 
-    def measure(self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray,
-                truth: np.ndarray) -> list[dict[str, Any]]:
+    def measure(
+        self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray
+    ) -> list[dict[str, Any]]:
         k = bench.top_k
         sub = min(docs, bench.linear_python_docs)
         pq = min(bench.n_queries, bench.linear_python_queries)
@@ -59,13 +60,29 @@ class LinearPython(IndexKind):
                 lat, ids = bench.time(factory, pq, T)
                 bench.cache[key] = (lat, bench.recall(ids, sub_truth))
             lat, rc = bench.cache[key]
-            note = (f"timed once per thread count on a {sub}-document subsample with {pq} queries "
+            note = (
+                (
+                    f"timed once per thread count on a {sub}-document subsample with {pq} queries "
                     f"(reused for every N >= {sub}); every latency multiplied by N/{sub} (O(N) scan); "
                     "recall measured on the subsample; build_s is the tolist() conversion scaled the same way"
-                    ) if sub < docs else f"timed on all {docs} documents with {pq} queries"
-            out.append(bench.record(index=self.name, docs=docs, knob_value=None, threads=T, lat_ns=lat,
-                                    scale=docs / sub, recall=rc, build_s=conv_s * docs / sub, memory_bytes=mem,
-                                    params={}, extra={"scaled_from_docs": sub, "scale_factor": docs / sub,
-                                                      "note": note}))
+                )
+                if sub < docs
+                else f"timed on all {docs} documents with {pq} queries"
+            )
+            out.append(
+                bench.record(
+                    index=self.name,
+                    docs=docs,
+                    knob_value=None,
+                    threads=T,
+                    lat_ns=lat,
+                    scale=docs / sub,
+                    recall=rc,
+                    build_s=conv_s * docs / sub,
+                    memory_bytes=mem,
+                    params={},
+                    extra={"scaled_from_docs": sub, "scale_factor": docs / sub, "note": note},
+                )
+            )
             bench.tick(f"N={docs}: linear_python threads={T}")
         return out

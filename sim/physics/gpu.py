@@ -25,12 +25,15 @@ compute in TFLOPS (10^12 FLOP/s), memory in GB (10^9 bytes).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only: physics sits below the scenario schema
     from sim.spec.schema import LLMConfig
+
+#: One step's figures as plain numbers, or many steps' as arrays (element-wise).
+FloatOrArray = TypeVar("FloatOrArray", float, np.ndarray)
 
 GB = 1e9
 TFLOP = 1e12
@@ -66,8 +69,9 @@ def kv_heads_per_gpu(kv_heads: int, tensor_parallel: int) -> int:
     return -(-kv_heads // tensor_parallel)
 
 
-def kv_bytes_per_token_per_gpu(layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes: float,
-                               tensor_parallel: int = 1) -> float:
+def kv_bytes_per_token_per_gpu(
+    layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes: float, tensor_parallel: int = 1
+) -> float:
     """KV bytes one token occupies on each GPU: ``2 * layers * ceil(kv_heads / tp) * head_dim * kv_dtype_bytes``."""
     return kv_bytes_per_token(layers, kv_heads_per_gpu(kv_heads, tensor_parallel), head_dim, kv_dtype_bytes)
 
@@ -88,8 +92,14 @@ def blocks_for_tokens(tokens: int, block_tokens: int) -> int:
     return -(-tokens // block_tokens) if tokens > 0 else 0
 
 
-def tp_allreduce_time_s(new_tokens: float, layers: int, hidden: int, dtype_bytes: float,
-                        tensor_parallel: int, interconnect_gbps: float | None) -> float:
+def tp_allreduce_time_s(
+    new_tokens: float,
+    layers: int,
+    hidden: int,
+    dtype_bytes: float,
+    tensor_parallel: int,
+    interconnect_gbps: float | None,
+) -> float:
     """Tensor-parallel communication of one step: ``2 * layers`` ring all-reduces.
 
     Megatron-style tensor parallelism all-reduces the attention output and the
@@ -104,13 +114,19 @@ def tp_allreduce_time_s(new_tokens: float, layers: int, hidden: int, dtype_bytes
         return 0.0
     if not interconnect_gbps:
         raise ValueError("tensor_parallel > 1 needs interconnect_gbps")
-    return 2.0 * layers * ring_allreduce_time_s(new_tokens * hidden * dtype_bytes, tensor_parallel,
-                                                interconnect_gbps)
+    return 2.0 * layers * ring_allreduce_time_s(new_tokens * hidden * dtype_bytes, tensor_parallel, interconnect_gbps)
 
 
-def roofline_step_time_s(n_bytes, flops, hbm_bandwidth_gbps: float, peak_tflops: float,
-                         bw_efficiency: float = 1.0, mfu: float = 1.0, overhead_s: float = 0.0,
-                         comm_s=0.0):
+def roofline_step_time_s(
+    n_bytes,
+    flops,
+    hbm_bandwidth_gbps: float,
+    peak_tflops: float,
+    bw_efficiency: float = 1.0,
+    mfu: float = 1.0,
+    overhead_s: float = 0.0,
+    comm_s=0.0,
+):
     """One step on one GPU: ``max(bytes / (bw * bw_eff), flops / (peak * mfu)) + overhead + comm``.
 
     Works element-wise on numpy arrays (the GPU calibration fits it).
@@ -181,8 +197,9 @@ def ring_allreduce_time_s(n_bytes: float, gpus: int, interconnect_gbps: float) -
     return 2.0 * (gpus - 1) / gpus * n_bytes / (interconnect_gbps * GB)
 
 
-def ridge_point_flops_per_byte(peak_tflops: float, hbm_bandwidth_gbps: float,
-                               mfu: float = 1.0, bw_efficiency: float = 1.0) -> float:
+def ridge_point_flops_per_byte(
+    peak_tflops: float, hbm_bandwidth_gbps: float, mfu: float = 1.0, bw_efficiency: float = 1.0
+) -> float:
     """Arithmetic intensity (FLOP/byte) above which a step is compute-bound."""
     return (peak_tflops * TFLOP * mfu) / (hbm_bandwidth_gbps * GB * bw_efficiency)
 
@@ -237,8 +254,14 @@ def request_kv_blocks(prompt_tokens: int, output_tokens: int, shared_tokens: int
     return blocks_for_tokens(prompt_tokens + output_tokens - 1 - shared_tokens, block_tokens)
 
 
-def kv_misfit(prompt_tokens: int, output_tokens: int, shared_tokens: int, prefix_tokens: int,
-              kv_blocks_total: int, block_tokens: int) -> str | None:
+def kv_misfit(
+    prompt_tokens: int,
+    output_tokens: int,
+    shared_tokens: int,
+    prefix_tokens: int,
+    kv_blocks_total: int,
+    block_tokens: int,
+) -> str | None:
     """None when a request can finish alone on a replica; else the one-line reason.
 
     The replica keeps ``prefix_tokens // B`` blocks for the shared system prompt;
@@ -249,10 +272,12 @@ def kv_misfit(prompt_tokens: int, output_tokens: int, shared_tokens: int, prefix
     room = kv_blocks_total - prefix_tokens // block_tokens
     if need <= room:
         return None
-    return (f"llm: a request of {prompt_tokens} prompt + {output_tokens} output tokens needs {need} KV "
-            f"blocks of {block_tokens} tokens but a replica holds {room}; raise llm.tensor_parallel or "
-            f"llm.gpu_memory_utilization, use a bigger GPU or lower kv_dtype_bytes, or shorten "
-            f"llm.prompt_tokens / llm.output_tokens")
+    return (
+        f"llm: a request of {prompt_tokens} prompt + {output_tokens} output tokens needs {need} KV "
+        f"blocks of {block_tokens} tokens but a replica holds {room}; raise llm.tensor_parallel or "
+        f"llm.gpu_memory_utilization, use a bigger GPU or lower kv_dtype_bytes, or shorten "
+        f"llm.prompt_tokens / llm.output_tokens"
+    )
 
 
 class StepCost:
@@ -263,8 +288,13 @@ class StepCost:
     step offset ``j`` in an epoch.
     """
 
-    def __init__(self, cfg: LLMConfig, bw_efficiency: float | None = None, mfu: float | None = None,
-                 step_overhead_ms: float | None = None):
+    def __init__(
+        self,
+        cfg: LLMConfig,
+        bw_efficiency: float | None = None,
+        mfu: float | None = None,
+        step_overhead_ms: float | None = None,
+    ):
         m, g = cfg.model, cfg.gpu
         tp = cfg.tensor_parallel
         self.tp = tp
@@ -276,16 +306,21 @@ class StepCost:
         self.flops_per_token = 2.0 * self.params / tp
         self.attn_coef = 4.0 * m.layers * m.heads * m.head_dim / tp
         self.overhead_s = (cfg.step_overhead_ms if step_overhead_ms is None else step_overhead_ms) / 1e3
-        self.comm_per_token_s = tp_allreduce_time_s(1.0, m.layers, m.hidden, cfg.dtype_bytes, tp,
-                                                       g.interconnect_gbps)
+        self.comm_per_token_s = tp_allreduce_time_s(1.0, m.layers, m.hidden, cfg.dtype_bytes, tp, g.interconnect_gbps)
 
-    def work(self, new_tokens: float, ctx_tokens: float, attn_pairs: float) -> tuple[float, float]:
-        """(FLOPs, bytes) one GPU of the replica does and moves in one step."""
-        return (self.flops_per_token * new_tokens + self.attn_coef * attn_pairs,
-                self.weights_bytes + self.kv_per_token * ctx_tokens)
+    def work(
+        self, new_tokens: FloatOrArray, ctx_tokens: FloatOrArray, attn_pairs: FloatOrArray
+    ) -> tuple[FloatOrArray, FloatOrArray]:
+        """(FLOPs, bytes) one GPU of the replica does and moves in one step (or element-wise over arrays)."""
+        return (
+            self.flops_per_token * new_tokens + self.attn_coef * attn_pairs,
+            self.weights_bytes + self.kv_per_token * ctx_tokens,
+        )
 
-    def terms(self, new_tokens: float, ctx_tokens: float, attn_pairs: float) -> tuple[float, float]:
-        """(memory time, compute time) of one step, seconds."""
+    def terms(
+        self, new_tokens: FloatOrArray, ctx_tokens: FloatOrArray, attn_pairs: FloatOrArray
+    ) -> tuple[FloatOrArray, FloatOrArray]:
+        """(memory time, compute time) of one step, seconds (or element-wise over arrays)."""
         flops, n_bytes = self.work(new_tokens, ctx_tokens, attn_pairs)
         return n_bytes * self.inv_bw, flops * self.inv_peak
 

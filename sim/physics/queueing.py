@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq
 
 __all__ = [
     "MMCResult",
@@ -205,6 +204,8 @@ class MMCResult:
         high = (-math.log(target) + 1.0) / slowest_rate
         while self.response_survival(high) > target:
             high *= 2.0
+        from scipy.optimize import brentq  # deferred: scipy.optimize is slow to import
+
         root = brentq(
             lambda t: self.response_survival(t) - target,
             0.0,
@@ -293,9 +294,7 @@ def closed_throughput_bound(
     return light if d_max == 0.0 else min(light, 1.0 / d_max)
 
 
-def closed_saturation_users(
-    think_s: float, demands_s: Sequence[float], servers: Sequence[int] | None = None
-) -> float:
+def closed_saturation_users(think_s: float, demands_s: Sequence[float], servers: Sequence[int] | None = None) -> float:
     """Kleinrock's saturation population ``N* = (Z + ΣD_i) / D_max``.
 
     Where the two asymptotes of :func:`closed_throughput_bound` cross: below
@@ -314,7 +313,7 @@ def closed_response_lower_bound_s(
 ) -> float:
     """Asymptotic lower bound on closed-system response time::
 
-        R(N) ≥ max( ΣD_i,  N·D_max - Z )
+    R(N) ≥ max( ΣD_i,  N·D_max - Z )
     """
     demands, m = _closed_inputs(think_s, demands_s, servers)
     d_max = float(np.max(demands / m))

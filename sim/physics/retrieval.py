@@ -23,10 +23,12 @@ with one line listing what the file has and the command that would measure it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +191,7 @@ class Calibration:
         T = max(usable)
         recs = [r for r in recs if r.threads == T]
         notes: list[str] = []
-        if T != workers:
+        if workers != T:
             notes.append(f"{workers} workers: using the {T}-thread measurement (largest measured <= {workers})")
 
         # ---- knob
@@ -204,9 +206,7 @@ class Calibration:
             have = sorted({r.knob_value for r in recs if r.knob_value is not None})
             label = "ef" if knob == "ef" else "nprobe"
             if want is None:
-                raise CalibrationError(
-                    f"{ik.knob_key} is required for {index}; {name} measured {label} {_join(have)}"
-                )
+                raise CalibrationError(f"{ik.knob_key} is required for {index}; {name} measured {label} {_join(have)}")
             if not isinstance(want, (int, np.integer)) or isinstance(want, bool) or want <= 0:
                 raise CalibrationError(f"{ik.knob_key}={want!r} must be a positive integer")
             if want in have:
@@ -237,9 +237,7 @@ class Calibration:
                 r = by_n[docs]
                 v, m = r.values_ms, r.mean_ms
             else:
-                fit = next(
-                    (f for f in self.fits if f.index == index and f.knob_value == kv and f.threads == T), None
-                )
+                fit = next((f for f in self.fits if f.index == index and f.knob_value == kv and f.threads == T), None)
                 if fit is None:
                     raise CalibrationError(
                         f"retrieval.docs={docs} is not measured in {name} for {index}{_kv(knob, kv)} "
@@ -261,9 +259,7 @@ class Calibration:
             measured = sorted({r.docs for r in recs})
             law = ik.law_note
             if extrapolated:
-                notes.append(
-                    f"N={docs} extrapolated beyond measured N {_join(measured)} with the scaling law {law}"
-                )
+                notes.append(f"N={docs} extrapolated beyond measured N {_join(measured)} with the scaling law {law}")
             else:
                 notes.append(f"N={docs} from the scaling law {law} fitted to measured N {_join(measured)}")
             nearest = min(measured, key=lambda n: abs(math.log(n) - math.log(docs)))
@@ -276,9 +272,8 @@ class Calibration:
         floor = max(1e-6, float(np.min(values[values > 0])) if np.any(values > 0) else 1e-6)
         values = np.maximum.accumulate(np.maximum(values, floor))
         mean = float(min(max(mean, values[0]), values[-1]))
-        desc = (
-            f"{index}{knob_txt} N={docs} dim={dim} top_k={top_k} threads={T} from {name}"
-            + (f" ({'; '.join(notes)})" if notes else " (measured)")
+        desc = f"{index}{knob_txt} N={docs} dim={dim} top_k={top_k} threads={T} from {name}" + (
+            f" ({'; '.join(notes)})" if notes else " (measured)"
         )
         return RetrievalProfile(
             probs=tuple(float(p) for p in self.probs),
@@ -311,8 +306,6 @@ def _recall_at(series: list[_Rec], docs: int) -> float | None:
 def default_calibration_path() -> Path:
     """The calibration shipped with capsim: ``sim/data/retrieval_calibration.json``."""
     try:
-        from importlib.resources import files
-
         p = Path(str(files("sim") / "data" / "retrieval_calibration.json"))
         if p.is_file():
             return p
@@ -354,7 +347,7 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
         or not all(isinstance(x, (int, float)) for x in probs)
         or probs[0] != 0
         or probs[-1] != 1
-        or any(b <= a for a, b in zip(probs, probs[1:]))
+        or any(b <= a for a, b in itertools.pairwise(probs))
     ):
         raise bad("probs must be a list of numbers rising strictly from 0 to 1")
     raw = doc.get("records")
@@ -375,7 +368,9 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
                 raise bad(f"{where}.mean_ms must be a finite number >= 0")
             kv = r.get("knob_value")
             if (kind(index).knob is None) != (kv is None):
-                raise bad(f"{where}.knob_value must be {'null' if kind(index).knob is None else 'an integer'} for {index}")
+                raise bad(
+                    f"{where}.knob_value must be {'null' if kind(index).knob is None else 'an integer'} for {index}"
+                )
             rc = r.get("recall")
             if rc is not None and not (0.0 <= float(rc) <= 1.0):
                 raise bad(f"{where}.recall must be between 0 and 1")
@@ -404,7 +399,11 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
         try:
             a = np.asarray(f["a"], dtype=float)
             b = np.asarray(f["b"], dtype=float)
-            if a.shape != (len(probs),) or b.shape != (len(probs),) or not (np.isfinite(a).all() and np.isfinite(b).all()):
+            if (
+                a.shape != (len(probs),)
+                or b.shape != (len(probs),)
+                or not (np.isfinite(a).all() and np.isfinite(b).all())
+            ):
                 raise bad(f"{where}.a and .b must be {len(probs)} finite numbers")
             fits.append(
                 _Fit(
@@ -422,16 +421,21 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise bad(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
-    settings = doc.get("settings") if isinstance(doc.get("settings"), dict) else {}
     return Calibration(
         path=p,
         probs=tuple(float(x) for x in probs),
         records=tuple(recs),
         fits=tuple(fits),
-        settings=settings,
-        machine=doc.get("machine") if isinstance(doc.get("machine"), dict) else {},
-        corpus=doc.get("corpus") if isinstance(doc.get("corpus"), dict) else {},
+        settings=_section(doc, "settings"),
+        machine=_section(doc, "machine"),
+        corpus=_section(doc, "corpus"),
     )
+
+
+def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """``doc[key]`` when it is a JSON object, else an empty one."""
+    v = doc.get(key)
+    return v if isinstance(v, dict) else {}
 
 
 def _posint(v: Any, where: str, bad: Any) -> int:

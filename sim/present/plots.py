@@ -22,12 +22,19 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import math
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from sim.errors import CapsimError
+from sim.files import atomic_write_bytes, atomic_write_text
+from sim.run.store import load_sweep
 
 COMPONENTS = (
     ("cache_ms", "cache lookup"),
@@ -40,13 +47,12 @@ COMPONENTS = (
 
 
 def _setup():
-    import sys
 
-    import matplotlib
+    import matplotlib  # deferred: matplotlib is slow to import
 
     if "ipykernel" not in sys.modules:  # files only; a notebook keeps its inline backend
         matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib is slow to import
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook")
@@ -100,21 +106,21 @@ def sla_threshold(points: Sequence[Mapping[str, Any]], metric: str = "e2e_ms", s
     return None
 
 
-def knee_index(x: Sequence[float], y: Sequence[float]) -> int | None:
+def knee_index(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> int | None:
     """Kneedle: the point of an increasing curve farthest below the chord from its first
     to its last point, both axes scaled to [0, 1].  None with fewer than 3 points or a
     curve that does not bend upward."""
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    xa = np.asarray(x, dtype=float)
+    ya = np.asarray(y, dtype=float)
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[ok], ya[ok]
+    if len(xa) < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
         return None
-    xn = (x - x.min()) / np.ptp(x)
-    yn = (y - y.min()) / np.ptp(y)
+    xn = (xa - xa.min()) / np.ptp(xa)
+    yn = (ya - ya.min()) / np.ptp(ya)
     d = xn - yn
     i = int(np.argmax(d))
-    if d[i] <= 0.05 or i in (0, len(x) - 1):
+    if d[i] <= 0.05 or i in (0, len(xa) - 1):
         return None
     return int(np.flatnonzero(ok)[i])
 
@@ -122,8 +128,13 @@ def knee_index(x: Sequence[float], y: Sequence[float]) -> int | None:
 # --------------------------------------------------------------------------- figures
 
 
-def latency_cdf(records: pd.DataFrame, labels: Sequence[str], metric: str = "e2e_ms",
-                sla: float | None = None, title: str | None = None):
+def latency_cdf(
+    records: pd.DataFrame,
+    labels: Sequence[str],
+    metric: str = "e2e_ms",
+    sla: float | None = None,
+    title: str | None = None,
+):
     """ECDF of ``metric`` per point (``records`` windowed, with a ``point`` column)."""
     plt, sns = _setup()
     fig, ax = plt.subplots(figsize=(9.5, 4.8))
@@ -152,8 +163,15 @@ def latency_cdf(records: pd.DataFrame, labels: Sequence[str], metric: str = "e2e
     return fig
 
 
-def p95_vs_key(table: pd.DataFrame, key: str, hue: Sequence[str] | None = None, sla: float | None = None,
-               stat: str = "p95", capacity: Mapping[str, float] | float | None = None, title: str | None = None):
+def p95_vs_key(
+    table: pd.DataFrame,
+    key: str,
+    hue: Sequence[str] | None = None,
+    sla: float | None = None,
+    stat: str = "p95",
+    capacity: Mapping[str, float] | float | None = None,
+    title: str | None = None,
+):
     """P95 e2e (and its interval) against ``key``, one line per value of the ``hue`` keys.
 
     ``table`` is :func:`sim.sweep.summary_table` output.  ``capacity`` draws a vertical
@@ -179,25 +197,45 @@ def p95_vs_key(table: pd.DataFrame, key: str, hue: Sequence[str] | None = None, 
         if "stable" in g:
             bad = ~g["stable"].astype(bool).to_numpy()
             if bad.any():
-                ax.scatter(x[bad], y[bad], marker="x", s=80, color="black", zorder=5,
-                           label="no steady state" if c == colors[0] else None)
+                ax.scatter(
+                    x[bad],
+                    y[bad],
+                    marker="x",
+                    s=80,
+                    color="black",
+                    zorder=5,
+                    label="no steady state" if c == colors[0] else None,
+                )
         k = knee_index(x, y)
         if k is not None:
             ax.scatter([x[k]], [y[k]], s=180, facecolors="none", edgecolors=c, linewidths=2, zorder=6)
-            ax.annotate(f"knee {short(key)}={x[k]:g}", (x[k], y[k]), textcoords="offset points",
-                        xytext=(-10, 12), ha="right", color=c, fontsize=9)
+            ax.annotate(
+                f"knee {short(key)}={x[k]:g}",
+                (x[k], y[k]),
+                textcoords="offset points",
+                xytext=(-10, 12),
+                ha="right",
+                color=c,
+                fontsize=9,
+            )
         cap = capacity.get(label or "") if isinstance(capacity, Mapping) else None
         if cap is not None:
             ax.axvline(cap, color=c, ls="-.", lw=1.2)
             ax.text(cap, ax.get_ylim()[1], f" capacity {cap:g}", color=c, va="top", rotation=90, fontsize=9)
     if isinstance(capacity, (int, float)):
         ax.axvline(capacity, color="black", ls="-.", lw=1.2)
-        ax.text(capacity, 0.98, f" capacity {capacity:g}", transform=ax.get_xaxis_transform(),
-                va="top", rotation=90, fontsize=9)
+        ax.text(
+            capacity,
+            0.98,
+            f" capacity {capacity:g}",
+            transform=ax.get_xaxis_transform(),
+            va="top",
+            rotation=90,
+            fontsize=9,
+        )
     if sla is not None:
         ax.axhline(sla, color="crimson", ls="--", lw=1.2)
-        ax.text(0.01, sla, f"SLA {stat} {sla:g} ms", color="crimson", va="bottom",
-                transform=ax.get_yaxis_transform())
+        ax.text(0.01, sla, f"SLA {stat} {sla:g} ms", color="crimson", va="bottom", transform=ax.get_yaxis_transform())
         ys.append(sla)
     pos = [v for v in ys if v > 0]
     if pos and max(pos) / min(pos) > 30:
@@ -222,8 +260,9 @@ def tail_breakdown(records: pd.DataFrame, labels: Sequence[str], quantile: float
             continue
         thr = float(np.quantile(g["e2e_ms"].to_numpy(), quantile))
         tail = g[g["e2e_ms"] >= thr]
-        row = {"label": lab, **{c: float(tail[c].mean()) for c in cols}, "n": len(tail)}
-        row["other"] = max(0.0, float(tail["e2e_ms"].mean()) - sum(row[c] for c in cols))
+        means = {c: float(tail[c].mean()) for c in cols}
+        row: dict[str, object] = {"label": lab, **means, "n": len(tail)}
+        row["other"] = max(0.0, float(tail["e2e_ms"].mean()) - sum(means[c] for c in cols))
         rows.append(row)
     df = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(8.5, max(3.0, 0.45 * len(df) + 1.6)))
@@ -238,8 +277,7 @@ def tail_breakdown(records: pd.DataFrame, labels: Sequence[str], quantile: float
     ax.invert_yaxis()
     ax.set_xlabel(f"mean time (ms) of the requests with e2e ≥ the point's P{quantile * 100:g}")
     ax.set_title(title or f"Where the slowest {100 - quantile * 100:g} % of requests spend their time")
-    ax.legend(ncol=min(4, len(parts)), fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.18),
-              frameon=False)
+    ax.legend(ncol=min(4, len(parts)), fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -261,12 +299,12 @@ def timeseries(ts: pd.DataFrame, replication: int = 0, warmup_s: float | None = 
     if len(llm):
         pal = sns.color_palette("tab10")
         for r, g in llm.groupby("replica"):
+            assert isinstance(r, (int, np.integer))  # the replica column is int64
             c = pal[int(r) % 10]
             axes[1].plot(g["t_s"], g["llm_waiting"], color=c, ls="--", lw=1, label=f"replica {r} waiting")
             axes[1].plot(g["t_s"], g["llm_running"], color=c, label=f"replica {r} running batch")
             cap = g["kv_capacity_tokens"].to_numpy()
-            axes[2].plot(g["t_s"], 100 * g["kv_tokens"] / np.where(cap > 0, cap, np.nan), color=c,
-                         label=f"replica {r}")
+            axes[2].plot(g["t_s"], 100 * g["kv_tokens"] / np.where(cap > 0, cap, np.nan), color=c, label=f"replica {r}")
         axes[1].set_ylabel("sequences")
         axes[1].legend(fontsize=8, loc="upper left", ncol=2)
         axes[2].set_ylabel("KV in use (%)")
@@ -290,9 +328,8 @@ def _swept(table: pd.DataFrame) -> list[str]:
 
 
 def _png(fig) -> bytes:
-    import io
 
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib is slow to import
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -310,9 +347,6 @@ def _fmt_cell(v: Any) -> str:
 
 def write_report(folder: str | Path, key: str | None = None, point: int | None = None) -> list[Path]:
     """PNGs under ``folder/report/`` and a self-contained ``folder/report.html``."""
-    from sim.errors import CapsimError
-    from sim.files import atomic_write_bytes, atomic_write_text
-    from sim.run.store import load_sweep
 
     folder = Path(folder)
     data = load_sweep(folder)
@@ -339,19 +373,28 @@ def write_report(folder: str | Path, key: str | None = None, point: int | None =
 
     recs = data["records"]
     if recs.is_file():
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # deferred: pyarrow only to read a schema
 
         have = set(pq.read_schema(recs).names)
         cols = ["point", "arrival_s", "replication", "e2e_ms"] + [c for c, _ in COMPONENTS if c in have]
         df = windowed(pd.read_parquet(recs, columns=[c for c in cols if c in have]), points)
-        add("latency_cdf", "Latency CDF of every point, after the warm-up cut; dotted: the 95 % line.",
-            latency_cdf(df, labels, sla=sla95))
-        add("tail_breakdown", "Where the requests at or above each point's P95 spend their time.",
-            tail_breakdown(df, labels))
+        add(
+            "latency_cdf",
+            "Latency CDF of every point, after the warm-up cut; dotted: the 95 % line.",
+            latency_cdf(df, labels, sla=sla95),
+        )
+        add(
+            "tail_breakdown",
+            "Where the requests at or above each point's P95 spend their time.",
+            tail_breakdown(df, labels),
+        )
     if key is not None:
-        add(f"p95_vs_{short(key)}", f"P95 end-to-end latency against {key}, with its confidence band; "
+        add(
+            f"p95_vs_{short(key)}",
+            f"P95 end-to-end latency against {key}, with its confidence band; "
             "dashed: the SLA; circled: the knee; ×: no steady state.",
-            p95_vs_key(table, key, sla=sla95))
+            p95_vs_key(table, key, sla=sla95),
+        )
     ts_path = data["timeseries"]
     if ts_path.is_file():
         ts = pd.read_parquet(ts_path)
@@ -364,19 +407,46 @@ def write_report(folder: str | Path, key: str | None = None, point: int | None =
             d = ts[ts["point"] == point]
             cut = _cut_for(points[point])
             warm = cut if isinstance(cut, float) else cut.get(0, 0.0)
-            add("timeseries", f"Queues, GPU batch and KV occupancy over replication 0 of point {point} "
+            add(
+                "timeseries",
+                f"Queues, GPU batch and KV occupancy over replication 0 of point {point} "
                 f"({labels[point]}), sampled every duration/200 s.",
-                timeseries(d, 0, warm, title=f"State over time at {labels[point]} (replication 0)"))
-    show = [c for c in ["point"] + swept + ["e2e_p50_ms", "e2e_p95_ms", "e2e_p95_ci_low_ms",
-                                            "e2e_p95_ci_high_ms", "e2e_p99_ms", "throughput_per_s",
-                                            "cost_per_1000_answers", "stable", "verdict"] if c in table]
+                timeseries(d, 0, warm, title=f"State over time at {labels[point]} (replication 0)"),
+            )
+    show = [
+        c
+        for c in [
+            "point",
+            *swept,
+            "e2e_p50_ms",
+            "e2e_p95_ms",
+            "e2e_p95_ci_low_ms",
+            "e2e_p95_ci_high_ms",
+            "e2e_p99_ms",
+            "throughput_per_s",
+            "cost_per_1000_answers",
+            "stable",
+            "verdict",
+        ]
+        if c in table
+    ]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in show)
-    body = "".join("<tr>" + "".join(f"<td class='{html.escape(str(r['verdict']))}'>{_fmt_cell(r[c])}</td>"
-                                    if c == "verdict" else f"<td>{_fmt_cell(r[c])}</td>" for c in show) + "</tr>"
-                   for _, r in table.iterrows())
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td class='{html.escape(str(r['verdict']))}'>{_fmt_cell(r[c])}</td>"
+            if c == "verdict"
+            else f"<td>{_fmt_cell(r[c])}</td>"
+            for c in show
+        )
+        + "</tr>"
+        for _, r in table.iterrows()
+    )
     imgs = "".join(
         f"<figure><img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
-        f"<figcaption>{html.escape(c)}</figcaption></figure>" for n, c, b in figures)
+        f"<figcaption>{html.escape(c)}</figcaption></figure>"
+        for n, c, b in figures
+    )
     name = html.escape(str(summary.get("scenario", folder.name)))
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>capsim report: {name}</title>

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from sim.run.results import Result
@@ -47,8 +47,15 @@ def analytic_table(result: Result) -> Table | None:
     t = Table(title=f"analytic cross-check (exact for these scenarios; ± half-width of the {conf:.0%} interval)")
     for k in keys:
         t.add_column(k.split(".")[-1], justify="right")
-    for col, just in (("model", "left"), ("quantity", "left"), ("simulated", "right"),
-                      ("analytic", "right"), ("diff", "right"), ("in CI", "center")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("model", "left"),
+        ("quantity", "left"),
+        ("simulated", "right"),
+        ("analytic", "right"),
+        ("diff", "right"),
+        ("in CI", "center"),
+    )
+    for col, just in columns:
         t.add_column(col, justify=just)
     for p, a in rows:
         for c in a["compare"]:
@@ -56,21 +63,36 @@ def analytic_table(result: Result) -> Table | None:
             sim_txt = _num(c["simulated"]) + ("" if lo is None or hi is None else f" ± {_num((hi - lo) / 2)}")
             inside = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[c["within_ci"]]
             diff = "-" if c["rel_error"] is None else f"{c['rel_error']:+.1%}"
-            t.add_row(*[str(p.params[k]) for k in keys], a["model"], c["quantity"], sim_txt,
-                      _num(c["analytic"]), diff, inside)
+            t.add_row(
+                *[str(p.params[k]) for k in keys], a["model"], c["quantity"], sim_txt, _num(c["analytic"]), diff, inside
+            )
     return t
 
 
 def run_table(result: Result) -> Table:
     pts = result.points
     keys = list(pts[0].params) if pts else []
-    t = Table(title=f"{result.name}: latency in ms (value ± half-width of the "
-                    f"{pts[0].scenario.run.confidence:.0%} interval)" if pts else result.name)
+    t = Table(
+        title=f"{result.name}: latency in ms (value ± half-width of the {pts[0].scenario.run.confidence:.0%} interval)"
+        if pts
+        else result.name
+    )
     for k in keys:
         t.add_column(k.split(".")[-1], justify="right")
     recall = any((p.summary.get("retrieval") or {}).get("recall_at_k") is not None for p in pts)
-    for col in ("e2e p50", "e2e p95", "e2e p99", "ttft p95", "answers/s", "cache hit",
-                *(["recall@k"] if recall else []), "retrieval util", "gpu busy", "mean batch", "SLA"):
+    for col in (
+        "e2e p50",
+        "e2e p95",
+        "e2e p99",
+        "ttft p95",
+        "answers/s",
+        "cache hit",
+        *(["recall@k"] if recall else []),
+        "retrieval util",
+        "gpu busy",
+        "mean batch",
+        "SLA",
+    ):
         t.add_column(col, justify="right")
     for p in pts:
         s = p.summary
@@ -85,7 +107,9 @@ def run_table(result: Result) -> Table:
         steady = s["stability"]["stable"]
         t.add_row(
             *[str(p.params[k]) for k in keys],
-            _fmt(e2e, "p50", steady), _fmt(e2e, "p95", steady), _fmt(e2e, "p99", steady),
+            _fmt(e2e, "p50", steady),
+            _fmt(e2e, "p95", steady),
+            _fmt(e2e, "p99", steady),
             _fmt(ttft, "p95", steady),
             f"{s['throughput_per_s']:.1f}",
             "-" if s["cache_hit_rate"] is None else f"{s['cache_hit_rate']:.0%}",
@@ -111,18 +135,27 @@ def print_run(result: Result, console: Console | None = None) -> None:
     if at is not None:
         console.print(at)
     if any(not p.summary["stability"]["stable"] for p in result.points):
-        console.print("↑ no steady state: these percentiles grow with the run length; they are not "
-                      "what the system would show if left running")
+        console.print(
+            "↑ no steady state: these percentiles grow with the run length; they are not "
+            "what the system would show if left running"
+        )
     rets = [p.summary.get("retrieval") or {} for p in result.points]
     if any(r.get("recall_at_k") is not None for r in rets):
         src = next(r["source"] for r in rets if r.get("recall_at_k") is not None)
-        console.print(f"search times and recall@k measured in {Path(src).name}"
-                      + ("; * scaled beyond the measured corpus sizes by the fitted law"
-                         if any(r.get("extrapolated") for r in rets) else ""))
+        console.print(
+            f"search times and recall@k measured in {Path(src).name}"
+            + (
+                "; * scaled beyond the measured corpus sizes by the fitted law"
+                if any(r.get("extrapolated") for r in rets)
+                else ""
+            )
+        )
     warm = [p.summary.get("warmup") for p in result.points]
     if warm and all(w and w["method"] == "fixed" for w in warm):
-        console.print(f"warm-up: requests that arrived before {warm[0]['cut_s']:g} s dropped "
-                      f"(run.warmup_s; {warm[0]['dropped_fraction']:.0%} of the requests)")
+        console.print(
+            f"warm-up: requests that arrived before {warm[0]['cut_s']:g} s dropped "
+            f"(run.warmup_s; {warm[0]['dropped_fraction']:.0%} of the requests)"
+        )
     for p in result.points:
         s = p.summary
         where = ", ".join(f"{k}={v}" for k, v in p.params.items()) or "the scenario"
@@ -130,8 +163,10 @@ def print_run(result: Result, console: Console | None = None) -> None:
         if w and w["method"] == "mser5":
             cuts = w["cut_s_by_replication"]
             spread = f" (per replication {min(cuts):.1f}-{max(cuts):.1f} s)" if len(cuts) > 1 else ""
-            console.print(f"warm-up at {where}: MSER-5 cut {w['cut_s']:.1f} s{spread}, "
-                          f"{w['dropped_fraction']:.0%} of the requests dropped")
+            console.print(
+                f"warm-up at {where}: MSER-5 cut {w['cut_s']:.1f} s{spread}, "
+                f"{w['dropped_fraction']:.0%} of the requests dropped"
+            )
         if not s["stability"]["stable"]:
             console.print(f"[red]unstable[/] at {where}: {s['stability']['note']}")
         elif s["stability"].get("note"):

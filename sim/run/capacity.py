@@ -10,11 +10,12 @@ key far more often than independent draws would.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
-from sim.analysis.table import overall_verdict
+from sim.analysis.summary import PointSummary
 from sim.errors import ConfigError
 from sim.run.executors import LocalExecutor
 from sim.run.loop import run_sweep
@@ -26,10 +27,22 @@ from sim.spec.schema import Scenario
 # value that meets the SLA.  "min": more of it is more resource (or less load), so capacity is
 # the SMALLEST value that meets the SLA.  Matched on the full dotted key, then on its last part.
 MIN_KEYS = {
-    "llm.replicas", "llm.tensor_parallel", "llm.max_batch", "llm.gpu_memory_utilization",
-    "llm.bw_efficiency", "llm.mfu", "retrieval.workers", "retrieval.cpu_cores", "cache.capacity",
-    "workload.think_s.mean", "workload.think_s.value", "workload.queries.hot_fraction",
-    "llm.gpu.hbm_bandwidth_gbps", "llm.gpu.memory_gb", "llm.gpu.peak_tflops", "llm.gpu.interconnect_gbps",
+    "llm.replicas",
+    "llm.tensor_parallel",
+    "llm.max_batch",
+    "llm.gpu_memory_utilization",
+    "llm.bw_efficiency",
+    "llm.mfu",
+    "retrieval.workers",
+    "retrieval.cpu_cores",
+    "cache.capacity",
+    "workload.think_s.mean",
+    "workload.think_s.value",
+    "workload.queries.hot_fraction",
+    "llm.gpu.hbm_bandwidth_gbps",
+    "llm.gpu.memory_gb",
+    "llm.gpu.peak_tflops",
+    "llm.gpu.interconnect_gbps",
 }
 MAX_KEYS = {"workload.users", "workload.rate_per_s"}
 _MIN_LAST = {"replicas", "workers", "cpu_cores", "capacity", "max_batch", "tensor_parallel"}
@@ -47,28 +60,28 @@ def default_direction(key: str) -> tuple[Literal["max", "min"], str]:
 @dataclass
 class Tried:
     value: float
-    summary: dict
+    summary: PointSummary
 
     @property
     def verdict(self) -> str:
-        return overall_verdict(self.summary)
+        return self.summary.verdict
 
     @property
     def passed(self) -> bool:
         return self.verdict == "pass"
 
     def to_dict(self) -> dict:
-        e2e = self.summary.get("metrics", {}).get("e2e_ms") or {}
+        s = self.summary
+        e2e = s.metrics.get("e2e_ms")
         return {
             "value": self.value,
             "verdict": self.verdict,
-            "verdicts": [{k: v[k] for k in ("metric", "stat", "threshold", "value", "ci", "verdict")}
-                         for v in self.summary.get("sla", [])],
-            "p95_e2e_ms": e2e.get("p95"),
-            "ci": (e2e.get("ci") or {}).get("p95", [None, None]),
-            "throughput_per_s": self.summary.get("throughput_per_s"),
-            "stable": self.summary.get("stability", {}).get("stable"),
-            "cost": self.summary.get("cost"),
+            "verdicts": [{k: v for k, v in sla.to_dict().items() if k != "hint"} for sla in s.sla],
+            "p95_e2e_ms": e2e.values["p95"] if e2e else None,
+            "ci": e2e.ci["p95"] if e2e else [None, None],
+            "throughput_per_s": s.throughput_per_s,
+            "stable": s.stable,
+            "cost": s.cost,
         }
 
 
@@ -87,16 +100,33 @@ class CapacityResult:
         return 0 if self.capacity is not None else 1
 
     def to_dict(self) -> dict:
-        return {"key": self.key, "direction": self.direction, "capacity": self.capacity,
-                "tried": [t.to_dict() for t in self.tried], "note": self.note,
-                "best": self.best.to_dict() if self.best is not None else None}
+        return {
+            "key": self.key,
+            "direction": self.direction,
+            "capacity": self.capacity,
+            "tried": [t.to_dict() for t in self.tried],
+            "note": self.note,
+            "best": self.best.to_dict() if self.best is not None else None,
+        }
 
 
-def capacity(source: str | Path | Mapping | Scenario, key: str, overrides: Mapping[str, Any] | None = None, *,
-             low: float | None = None, high: float | None = None, direction: str | None = None,
-             step: float | None = None, replications: int | None = None, seed: int | None = None,
-             jobs: int | None = None, executor: Any = None, out: str | Path | None = None,
-             max_steps: int = 12, on_try: Callable[[Tried], None] | None = None) -> CapacityResult:
+def capacity(
+    source: str | Path | Mapping | Scenario,
+    key: str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    direction: str | None = None,
+    step: float | None = None,
+    replications: int | None = None,
+    seed: int | None = None,
+    jobs: int | None = None,
+    executor: Any = None,
+    out: str | Path | None = None,
+    max_steps: int = 12,
+    on_try: Callable[[Tried], None] | None = None,
+) -> CapacityResult:
     """The largest (``direction="max"``) or smallest (``"min"``) value of ``key`` at
     which every SLA passes, found by bracketing then bisection.
 
@@ -127,12 +157,14 @@ def capacity(source: str | Path | Mapping | Scenario, key: str, overrides: Mappi
             raise ConfigError(f"--direction {direction!r}: expected max or min")
         why = "as asked"
     mode = base.workload.mode
-    if key == "workload.rate_per_s" and mode == "closed" or key == "workload.users" and mode == "open":
-        raise ConfigError(f"--vary {key}: the scenario's workload is {mode}; "
-                          f"vary {'workload.users' if mode == 'closed' else 'workload.rate_per_s'} instead")
+    if (key == "workload.rate_per_s" and mode == "closed") or (key == "workload.users" and mode == "open"):
+        raise ConfigError(
+            f"--vary {key}: the scenario's workload is {mode}; "
+            f"vary {'workload.users' if mode == 'closed' else 'workload.rate_per_s'} instead"
+        )
 
     def cast(v: float) -> float:
-        return int(round(v)) if kind is int else float(v)
+        return round(v) if kind is int else float(v)
 
     for name, v in (("--low", low), ("--high", high)):
         if v is not None and not (lo_b <= v <= hi_b):
@@ -205,9 +237,11 @@ def capacity(source: str | Path | Mapping | Scenario, key: str, overrides: Mappi
                     break
             if bad is None:
                 res.capacity = good
-                res.note = (f"{key}={good:g} still meets the SLA: the search stopped at "
-                            f"{'the end of the allowed range' if good in (L, H) else 'its step limit'}; "
-                            f"the capacity is at least {good:g}")
+                res.note = (
+                    f"{key}={good:g} still meets the SLA: the search stopped at "
+                    f"{'the end of the allowed range' if good in (L, H) else 'its step limit'}; "
+                    f"the capacity is at least {good:g}"
+                )
                 return res
         else:
             bad = v
@@ -225,8 +259,10 @@ def capacity(source: str | Path | Mapping | Scenario, key: str, overrides: Mappi
                 return res
     # Bisect between good (passes) and bad (does not).
     assert good is not None and bad is not None
+
     def tol() -> float:
         # 1 % of the value: finer than that, replications cannot tell neighbours apart.
+        assert good is not None and bad is not None
         rel = 0.01 * max(abs(good), abs(bad))
         return step if step is not None else (max(1, int(rel)) if kind is int else rel)
 
@@ -240,7 +276,7 @@ def capacity(source: str | Path | Mapping | Scenario, key: str, overrides: Mappi
             bad = mid
     res.capacity = good
     inconc = [t.value for t in res.tried if t.verdict == "inconclusive"]
-    res.note = (f"{key}={good:g} meets every SLA; {bad:g} does not"
-                + (f" (inconclusive at {', '.join(f'{x:g}' for x in sorted(inconc))}: counted as not passing)"
-                   if inconc else ""))
+    res.note = f"{key}={good:g} meets every SLA; {bad:g} does not" + (
+        f" (inconclusive at {', '.join(f'{x:g}' for x in sorted(inconc))}: counted as not passing)" if inconc else ""
+    )
     return res

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from sim.errors import CapsimError
 from sim.engine.pipeline import Replication
+from sim.errors import CapsimError
 from sim.run.executors import Task, _run_task, default_jobs
 
 LOCAL = "local-dask"
@@ -40,10 +41,11 @@ def connect_timeout_s() -> float:
 class DaskExecutor:
     """Tasks on a Dask cluster: an existing scheduler's address, or ``"local-dask"``."""
 
-    def __init__(self, address: str = LOCAL, n_workers: int | None = None, processes: bool = True,
-                 timeout_s: float | None = None):
+    def __init__(
+        self, address: str = LOCAL, n_workers: int | None = None, processes: bool = True, timeout_s: float | None = None
+    ):
         try:
-            import distributed
+            import distributed  # deferred: dask only with --scheduler
         except ImportError:  # pragma: no cover - a declared dependency
             raise CapsimError("--scheduler needs the 'distributed' package: pip install 'dask[distributed]'") from None
         self.address = address
@@ -51,21 +53,28 @@ class DaskExecutor:
         timeout_s = connect_timeout_s() if timeout_s is None else timeout_s
         if address == LOCAL:
             self.cluster = distributed.LocalCluster(
-                n_workers=n_workers or default_jobs(), threads_per_worker=1, processes=processes,
-                dashboard_address=None, silence_logs=logging.ERROR)
+                n_workers=n_workers or default_jobs(),
+                threads_per_worker=1,
+                processes=processes,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
             self.client = distributed.Client(self.cluster, set_as_default=False)
         else:
             if "://" not in address and ":" not in address:
-                raise CapsimError(f"--scheduler {address!r}: expected a scheduler address such as "
-                                  f"tcp://host:8786, or {LOCAL!r} to start a local cluster")
+                raise CapsimError(
+                    f"--scheduler {address!r}: expected a scheduler address such as "
+                    f"tcp://host:8786, or {LOCAL!r} to start a local cluster"
+                )
             try:
                 self.client = distributed.Client(address, timeout=f"{timeout_s}s", set_as_default=False)
             except (OSError, TimeoutError, ValueError) as e:
                 why = " ".join(str(e).split()) or type(e).__name__
                 if len(why) > 160:
                     why = why[:157] + "..."
-                raise CapsimError(f"--scheduler {address}: cannot reach the Dask scheduler within "
-                                  f"{timeout_s:g} s ({why})") from None
+                raise CapsimError(
+                    f"--scheduler {address}: cannot reach the Dask scheduler within {timeout_s:g} s ({why})"
+                ) from None
 
     @property
     def jobs(self) -> int:
@@ -80,7 +89,7 @@ class DaskExecutor:
 
     def as_completed(self, tasks: Sequence[Task]) -> Iterator[tuple[int, Replication]]:
         """Yield ``(index, replication)`` in the order tasks finish."""
-        from distributed import as_completed
+        from distributed import as_completed  # deferred: dask only with --scheduler
 
         futures = self._submit(tasks)
         index = {f.key: i for i, f in enumerate(futures)}
@@ -105,7 +114,7 @@ class DaskExecutor:
             if self.cluster is not None:
                 self.cluster.close()
 
-    def __enter__(self) -> "DaskExecutor":
+    def __enter__(self) -> DaskExecutor:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,13 +10,12 @@ in task order whatever finishes first.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
-from typing import Callable, Iterator, Sequence
 
-
-from sim.spec.schema import Scenario
 from sim.engine.pipeline import Replication, run_replication
+from sim.spec.schema import Scenario
 
 Task = tuple[Scenario, int]
 
@@ -61,5 +60,3 @@ class LocalExecutor:
             if on_done:
                 on_done()
         return out  # type: ignore[return-value]
-
-

@@ -1,20 +1,23 @@
-"""The one replication loop: ``capsim run``, ``capsim sweep`` and :func:`sim.simulate` all go through :func:`run_sweep`."""
+"""The one replication loop: ``capsim run``, ``capsim sweep`` and :func:`sim.simulate`
+all go through :func:`run_sweep`."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import math
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
-from sim.analysis.summary import summarize_point
+from sim.analysis.summary import PointSummary, summarize_point
 from sim.engine.pipeline import Replication
 from sim.errors import ConfigError
 from sim.run.executors import LocalExecutor, Task
-from sim.run.results import PointResult, SweepPoint, SweepResult
+from sim.run.results import SweepPoint, SweepResult
 from sim.run.store import PointStore, normalize, point_id, write_sweep
 from sim.spec.scenario import Point
 from sim.spec.schema import Scenario
+
 
 class SweepInterrupted(Exception):
     """A sweep stopped before its end; what finished is saved.  ``exit_code`` for the CLI."""
@@ -27,13 +30,13 @@ class SweepInterrupted(Exception):
 # --------------------------------------------------------------------------- keys and grids
 
 
-def needs_more(summary: dict, scn: Scenario) -> bool:
+def needs_more(summary: PointSummary, scn: Scenario) -> bool:
     target = scn.run.target_precision
-    if target is None or not summary["stability"]["stable"]:
+    if target is None or not summary.stable:
         return False  # more replications cannot make an unstable point's percentiles converge
-    for s in summary["sla"]:
-        lo, hi = s["ci"]
-        v = s["value"]
+    for s in summary.sla:
+        lo, hi = s.ci
+        v = s.value
         if v is None or lo is None or hi is None or (hi - lo) / 2 > target * abs(v):
             return True
     return False
@@ -56,9 +59,15 @@ def iter_completed(executor: Any, tasks: Sequence[Task]) -> Iterator[tuple[int, 
     yield from enumerate(executor.map(list(tasks)))
 
 
-def run_sweep(points: Sequence[Point], out: str | Path | None = None, *, executor: Any = None,
-              jobs: int | None = None, progress: Callable[[int, int], None] | None = None,
-              name: str | None = None) -> SweepResult:
+def run_sweep(
+    points: Sequence[Point],
+    out: str | Path | None = None,
+    *,
+    executor: Any = None,
+    jobs: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    name: str | None = None,
+) -> SweepResult:
     """Run every point not already saved under ``out``; save each as it completes.
 
     Replications follow ``run.replications`` and ``run.target_precision``;
@@ -73,10 +82,10 @@ def run_sweep(points: Sequence[Point], out: str | Path | None = None, *, executo
     first: dict[str, int] = {}
     for i, pid in enumerate(ids):
         first.setdefault(pid, i)
-    summaries: dict[str, dict] = {}
+    summaries: dict[str, PointSummary] = {}
     computed: dict[str, list[Replication]] = {}
     if store is not None:
-        for pid, i in first.items():
+        for pid in first:
             s = store.load_summary(pid)
             if s is not None:
                 summaries[pid] = s
@@ -86,7 +95,7 @@ def run_sweep(points: Sequence[Point], out: str | Path | None = None, *, executo
     total = sum(counts.values())
     done = 0
 
-    def finish(i: int, summ: dict) -> None:
+    def finish(i: int, summ: PointSummary) -> None:
         pid = ids[i]
         summaries[pid] = summ
         computed[pid] = reps[i]
@@ -129,17 +138,26 @@ def run_sweep(points: Sequence[Point], out: str | Path | None = None, *, executo
     except cf.process.BrokenProcessPool:
         raise SweepInterrupted(_stopped_message("a worker process died", len(summaries), len(first), out)) from None
 
-    result_points: list[PointResult] = []
+    result_points: list[SweepPoint] = []
     for i, p in enumerate(points):
         pid = ids[i]
-        s = dict(summaries[pid])
-        s["params"] = dict(p.params)  # the same scenario may be reached under other swept keys
+        s = summaries[pid].with_params(p.params)  # the same scenario may be reached under other swept keys
         fresh = pid in computed and first[pid] == i
         keep = computed.get(pid, []) if store is None else []
-        result_points.append(SweepPoint(dict(p.params), p.scenario, keep, s, id=pid, computed=fresh,
-                                        folder=store.folder(pid) if store is not None else None))
+        result_points.append(
+            SweepPoint(
+                dict(p.params),
+                p.scenario,
+                keep,
+                s,
+                id=pid,
+                computed=fresh,
+                folder=store.folder(pid) if store is not None else None,
+            )
+        )
     res = SweepResult(name or points[0].scenario.name, result_points, out=Path(out) if out is not None else None)
     if store is not None:
+        assert out is not None
         write_sweep(res, out)
     return res
 

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from sim.analysis.summary import PointSummary
 from sim.analysis.table import param_columns, summary_table, with_params
 from sim.engine.pipeline import Replication
 from sim.spec.schema import Scenario
+
 
 @dataclass
 class PointResult:
     params: dict[str, Any]
     scenario: Scenario
     replications: list[Replication]
-    summary: dict
+    summary: PointSummary
 
     @property
     def records(self) -> pd.DataFrame:
@@ -50,11 +53,11 @@ class Result:
     @property
     def summary(self) -> dict:
         """The document ``capsim run --json`` prints."""
-        return {"scenario": self.name, **self.extras, "points": [p.summary for p in self.points]}
+        return {"scenario": self.name, **self.extras, "points": [p.summary.to_dict() for p in self.points]}
 
     @property
     def verdicts(self) -> list[str]:
-        return [s["verdict"] for p in self.points for s in p.summary["sla"]]
+        return [s.verdict for p in self.points for s in p.summary.sla]
 
     @property
     def exit_code(self) -> int:
@@ -89,17 +92,23 @@ def timeseries_frame(reps: Sequence[Replication]) -> pd.DataFrame:
         n = len(t)
         lw = np.asarray(ts["llm_waiting"], dtype=float).reshape(n, -1)
         k = max(1, lw.shape[1])
-        per = {name: (np.asarray(ts[name], dtype=float).reshape(n, -1) if lw.shape[1] else np.full((n, 1), np.nan))
-               for name in ("llm_waiting", "llm_running", "kv_tokens")}
-        frames.append(pd.DataFrame({
-            "replication": np.full(n * k, r.replication, dtype=np.int64),
-            "t_s": np.repeat(t, k),
-            "replica": np.tile(np.arange(k) if lw.shape[1] else np.array([-1]), n).astype(np.int64),
-            "retrieval_queue": np.repeat(np.asarray(ts["retrieval_queue"], dtype=float), k),
-            "retrieval_busy": np.repeat(np.asarray(ts["retrieval_busy"], dtype=float), k),
-            **{name: v.reshape(-1) for name, v in per.items()},
-            "kv_capacity_tokens": np.full(n * k, float(ts.get("kv_capacity_tokens", 0))),
-        }))
+        per = {
+            name: (np.asarray(ts[name], dtype=float).reshape(n, -1) if lw.shape[1] else np.full((n, 1), np.nan))
+            for name in ("llm_waiting", "llm_running", "kv_tokens")
+        }
+        frames.append(
+            pd.DataFrame(
+                {
+                    "replication": np.full(n * k, r.replication, dtype=np.int64),
+                    "t_s": np.repeat(t, k),
+                    "replica": np.tile(np.arange(k) if lw.shape[1] else np.array([-1]), n).astype(np.int64),
+                    "retrieval_queue": np.repeat(np.asarray(ts["retrieval_queue"], dtype=float), k),
+                    "retrieval_busy": np.repeat(np.asarray(ts["retrieval_busy"], dtype=float), k),
+                    **{name: v.reshape(-1) for name, v in per.items()},
+                    "kv_capacity_tokens": np.full(n * k, float(ts.get("kv_capacity_tokens", 0))),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -119,7 +128,7 @@ class SweepPoint(PointResult):
         return pd.DataFrame()
 
     @property
-    def records(self) -> pd.DataFrame:  # type: ignore[override]
+    def records(self) -> pd.DataFrame:
         return with_params(self._frame("records"), self.params, param_columns([self.params]))
 
     @property
@@ -131,12 +140,13 @@ class SweepPoint(PointResult):
 class SweepResult(Result):
     """:class:`sim.Result` of a sweep, plus where it was saved and how much was computed."""
 
+    points: list[SweepPoint]  # type: ignore[assignment]  # a sweep's points know their id and folder
     out: Path | None = None
 
     @property
     def computed(self) -> int:
         """Points computed by this call (the rest were read back from ``out``)."""
-        return len({p.id for p in self.points if getattr(p, "computed", False)})
+        return len({p.id for p in self.points if p.computed})
 
     @property
     def reused(self) -> int:
@@ -156,7 +166,7 @@ class SweepResult(Result):
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     @property
-    def records(self) -> pd.DataFrame:  # type: ignore[override]
+    def records(self) -> pd.DataFrame:
         return self._concat("records")
 
     @property

@@ -6,31 +6,32 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import pandas as pd
 import yaml
 
 import sim
-from sim.analysis.table import summary_table
+from sim.analysis.summary import PointSummary
+from sim.analysis.table import summary_table, with_params
 from sim.engine.pipeline import Replication
 from sim.errors import CapsimError
 from sim.files import atomic_write_bytes, atomic_write_text, to_json
 from sim.physics.retrieval import default_calibration_path
-from sim.analysis.table import with_params
 from sim.run.results import Result, SweepResult, rep_frame, timeseries_frame
 from sim.spec.schema import Scenario
+
 
 def point_id(scn: Scenario) -> str:
     """Hash of what determines a point's results, 20 hex digits: sha256 of the resolved
     scenario's canonical JSON, capsim's version and, when retrieval times come from a
     calibration file, that file's contents (a re-measured file makes stale points miss)."""
 
-    doc = {"scenario": scn.model_dump(mode="json"), "capsim": sim.__version__}
+    doc: dict[str, Any] = {"scenario": scn.model_dump(mode="json"), "capsim": sim.__version__}
     r = scn.retrieval
     if r.enabled and r.service_ms is None:
-
         path = Path(r.calibration) if r.calibration else default_calibration_path()
         try:
             doc["calibration_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -46,10 +47,10 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def normalize(summary: dict) -> dict:
+def normalize(summary: PointSummary) -> PointSummary:
     """The summary as it reads back from JSON, so fresh and reused points compare equal."""
 
-    return json.loads(to_json(summary))
+    return PointSummary.from_dict(json.loads(to_json(summary)))
 
 
 class PointStore:
@@ -66,15 +67,15 @@ class PointStore:
         d = self.folder(pid)
         return all((d / f).is_file() for f in ("summary.json", "records.parquet", "scenario.yaml"))
 
-    def load_summary(self, pid: str) -> dict | None:
+    def load_summary(self, pid: str) -> PointSummary | None:
         if not self.has(pid):
             return None
         try:
-            return json.loads((self.folder(pid) / "summary.json").read_text())
-        except (OSError, ValueError):
-            return None  # unreadable: compute it again
+            return PointSummary.from_dict(json.loads((self.folder(pid) / "summary.json").read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # unreadable or not a point summary: compute it again
 
-    def save(self, pid: str, scn: Scenario, summary: dict, reps: Sequence[Replication]) -> None:
+    def save(self, pid: str, scn: Scenario, summary: PointSummary, reps: Sequence[Replication]) -> None:
 
         d = self.folder(pid)
         atomic_write_text(d / "scenario.yaml", yaml.safe_dump(scn.model_dump(mode="json"), sort_keys=False))
@@ -88,9 +89,8 @@ class PointStore:
 
 def write_sweep(result: SweepResult, out: str | Path) -> list[Path]:
     """The folder-level files: summary.json/.csv/.parquet, records.parquet, timeseries.parquet."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    import pyarrow as pa  # deferred: pyarrow only to stream a sweep
+    import pyarrow.parquet as pq  # deferred: pyarrow only to stream a sweep
 
     out = Path(out)
     written = []
@@ -131,14 +131,19 @@ def load_sweep(out: str | Path) -> dict:
     out = Path(out)
     f = out / "summary.json"
     if not f.is_file():
-        raise CapsimError(f"{out}: no summary.json here (expected a folder written by capsim sweep --out "
-                          f"or capsim run --out)")
+        raise CapsimError(
+            f"{out}: no summary.json here (expected a folder written by capsim sweep --out or capsim run --out)"
+        )
     try:
         summary = json.loads(f.read_text())
     except ValueError as e:
         raise CapsimError(f"{f}: not valid JSON ({e})") from None
-    return {"summary": summary, "table": summary_table(summary.get("points", [])),
-            "records": out / "records.parquet", "timeseries": out / "timeseries.parquet"}
+    return {
+        "summary": summary,
+        "table": summary_table(summary.get("points", [])),
+        "records": out / "records.parquet",
+        "timeseries": out / "timeseries.parquet",
+    }
 
 
 # --------------------------------------------------------------------------- capacity search
@@ -149,8 +154,11 @@ def write_run(result: Result, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     written = []
     scenarios = [p.scenario.model_dump(mode="json") for p in result.points]
-    resolved = scenarios[0] if len(scenarios) == 1 else {"points": [
-        {"params": p.params, "scenario": s} for p, s in zip(result.points, scenarios)]}
+    resolved = (
+        scenarios[0]
+        if len(scenarios) == 1
+        else {"points": [{"params": p.params, "scenario": s} for p, s in zip(result.points, scenarios)]}
+    )
     atomic_write_text(out / "scenario.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
     written.append(out / "scenario.resolved.yaml")
     atomic_write_text(out / "summary.json", to_json(result.summary))

@@ -31,8 +31,9 @@ the verdict monotone in the key far more often than independent draws would.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from sim.run.loop import run_sweep
 from sim.run.results import Result, SweepResult
@@ -40,10 +41,19 @@ from sim.spec.keys import check_key
 from sim.spec.scenario import expand
 from sim.spec.schema import Scenario
 
-def sweep(source: str | Path | Mapping | Scenario, overrides: Mapping[str, Any] | None = None,
-          grid: Mapping[str, list] | None = None, *, out: str | Path | None = None,
-          replications: int | None = None, seed: int | None = None, jobs: int | None = None,
-          executor: Any = None, progress: Callable[[int, int], None] | None = None) -> SweepResult:
+
+def sweep(
+    source: str | Path | Mapping | Scenario,
+    overrides: Mapping[str, Any] | None = None,
+    grid: Mapping[str, list] | None = None,
+    *,
+    out: str | Path | None = None,
+    replications: int | None = None,
+    seed: int | None = None,
+    jobs: int | None = None,
+    executor: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SweepResult:
     """Expand ``source``'s ``sweep:`` plus ``grid`` and run it (see :func:`run_sweep`).
 
     ``sim.run.sweep.sweep("s.yaml", grid={"workload.users": [50, 100]}, out="runs/a")``
@@ -53,16 +63,23 @@ def sweep(source: str | Path | Mapping | Scenario, overrides: Mapping[str, Any] 
         ov["run.seed"] = seed
     if replications is not None:
         ov["run.replications"] = replications
-    for k in (grid or {}):
+    for k in grid or {}:
         check_key(k)
     points = expand(source, ov, dict(grid) if grid else None)
     return run_sweep(points, out, executor=executor, jobs=jobs, progress=progress)
 
 
-def simulate(scenario: str | Path | Mapping | Scenario, overrides: Mapping[str, Any] | None = None, *,
-             replications: int | None = None, seed: int | None = None, jobs: int | None = 1,
-             grid: Mapping[str, list] | None = None, executor: Any = None,
-             progress: Callable[[int, int], None] | None = None) -> Result:
+def simulate(
+    scenario: str | Path | Mapping | Scenario,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    replications: int | None = None,
+    seed: int | None = None,
+    jobs: int | None = 1,
+    grid: Mapping[str, list] | None = None,
+    executor: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Result:
     """Run a scenario (every sweep point) and return records and summaries.
 
     ``overrides`` are dotted keys (``{"llm.replicas": 2}``); ``seed`` and

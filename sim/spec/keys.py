@@ -5,7 +5,8 @@ from __future__ import annotations
 import difflib
 import math
 import typing
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import annotated_types as at
 from pydantic import BaseModel
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 from sim.errors import ConfigError
 from sim.spec.scenario import parse_value
 from sim.spec.schema import Scenario, model_of
+
 
 def check_key(key: str, flag: str = "--grid") -> None:
     """Raise :class:`ConfigError` unless ``key`` names a field of the scenario schema.
@@ -72,6 +74,13 @@ def parse_grid(items: Sequence[str]) -> dict[str, list]:
 # --------------------------------------------------------------------------- the point store
 
 
+def _bound(v: object) -> float:
+    """A bound of an ``annotated_types`` constraint as a float (the schema's bounds are numbers)."""
+    if not isinstance(v, (int, float)):
+        raise TypeError(f"not a numeric bound: {v!r}")
+    return float(v)
+
+
 def numeric_field(scn: Scenario, key: str) -> tuple[type, float, float, Any]:
     """(int or float, lowest allowed, highest allowed, current value) of a dotted key."""
 
@@ -81,8 +90,9 @@ def numeric_field(scn: Scenario, key: str) -> tuple[type, float, float, Any]:
     for i, part in enumerate(parts[:-1]):
         obj = getattr(obj, part, None)
         if not isinstance(obj, BaseModel):
-            raise ConfigError(f"--vary {key}: {'.'.join(parts[: i + 1])} is not a section with numeric keys "
-                              f"in this scenario")
+            raise ConfigError(
+                f"--vary {key}: {'.'.join(parts[: i + 1])} is not a section with numeric keys in this scenario"
+            )
     fld = type(obj).model_fields.get(parts[-1])
     if fld is None:
         raise ConfigError(f"--vary {key}: not a key of {'.'.join(parts[:-1])} in this scenario")
@@ -108,19 +118,21 @@ def numeric_field(scn: Scenario, key: str) -> tuple[type, float, float, Any]:
             for m in meta + list(fld.metadata):
                 for c in getattr(m, "metadata", [m]):
                     if isinstance(c, at.Ge):
-                        lo = max(lo, float(c.ge))
+                        lo = max(lo, _bound(c.ge))
                     elif isinstance(c, at.Gt):
-                        lo, gt = max(lo, float(c.gt)), True
+                        lo, gt = max(lo, _bound(c.gt)), True
                     elif isinstance(c, at.Le):
-                        hi = min(hi, float(c.le))
+                        hi = min(hi, _bound(c.le))
                     elif isinstance(c, at.Lt):
-                        hi = min(hi, float(c.lt))
+                        hi = min(hi, _bound(c.lt))
 
     walk(fld.annotation, [])
     if not kinds:
         shown = f"a {type(current).__name__} section" if isinstance(current, BaseModel) else repr(current)
-        raise ConfigError(f"--vary {key}: not a numeric key (it holds {shown}); vary an integer or "
-                          f"float key such as workload.users or llm.replicas")
+        raise ConfigError(
+            f"--vary {key}: not a numeric key (it holds {shown}); vary an integer or "
+            f"float key such as workload.users or llm.replicas"
+        )
     kind = int if kinds == [int] or (int in kinds and float not in kinds) else float
     if kind is int:
         lo = math.floor(lo) + 1 if gt else math.ceil(lo)

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
-from sim.spec.schema import Scenario, validate_scenario
 from sim.errors import ConfigError
+from sim.spec.schema import Scenario, validate_scenario
 
 
 def _deep_merge(base: dict, over: Mapping) -> dict:
@@ -61,7 +62,7 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError("extends: must be a path to another scenario file")
-        parent = read_yaml(p.parent / base, _seen + (rp,))
+        parent = read_yaml(p.parent / base, (*_seen, rp))
         data = _deep_merge(parent, data)
     return data
 
@@ -131,8 +132,11 @@ class Point:
     scenario: Scenario
 
 
-def expand(source: str | Path | Mapping | Scenario, overrides: Mapping[str, Any] | None = None,
-           grid: Mapping[str, list] | None = None) -> list[Point]:
+def expand(
+    source: str | Path | Mapping | Scenario,
+    overrides: Mapping[str, Any] | None = None,
+    grid: Mapping[str, list] | None = None,
+) -> list[Point]:
     """Every combination of the scenario's ``sweep`` (plus ``grid``), validated.
 
     ``grid`` (from ``--grid``) replaces a swept key of the same name.  Each

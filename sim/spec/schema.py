@@ -28,10 +28,13 @@ from pydantic import (
 )
 
 from sim import distributions as D
-from sim.physics import gpu as gpu_model
 from sim.errors import ConfigError
+from sim.physics import gpu as gpu_model
 from sim.registry import INDEXES, ROUTERS
+from sim.spec import catalog
+from sim.spec.catalog import param_count
 from sim.spec.metrics import METRIC_STAGE, SLA_METRICS, STATS
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -71,7 +74,7 @@ class UniformSpec(Strict):
     high: NonNegFloat
 
     @model_validator(mode="after")
-    def _order(self) -> "UniformSpec":
+    def _order(self) -> UniformSpec:
         if self.high < self.low:
             raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
         return self
@@ -91,9 +94,7 @@ def _number_to_constant(v: Any) -> Any:
     if isinstance(v, (int, float)):
         return {"dist": "constant", "value": v}
     if isinstance(v, dict) and "dist" not in v:
-        raise ValueError(
-            f"a distribution needs 'dist: one of {', '.join(DIST_NAMES)}' (or write a plain number)"
-        )
+        raise ValueError(f"a distribution needs 'dist: one of {', '.join(DIST_NAMES)}' (or write a plain number)")
     if isinstance(v, dict) and v.get("dist") not in DIST_NAMES:
         raise ValueError(f"unknown dist {v.get('dist')!r}; allowed: {', '.join(DIST_NAMES)}")
     return v
@@ -143,7 +144,7 @@ class RunConfig(Strict):
         return self.drain_s if self.drain_s is not None else max(30.0, 0.25 * self.duration_s)
 
     @model_validator(mode="after")
-    def _check(self) -> "RunConfig":
+    def _check(self) -> RunConfig:
         if isinstance(self.warmup_s, float) and self.warmup_s >= self.duration_s:
             raise ValueError(f"warmup_s ({self.warmup_s}) must be < duration_s ({self.duration_s})")
         if self.target_precision is not None and self.replications < 2:
@@ -158,7 +159,7 @@ class QueriesConfig(Strict):
     zipf_s: NonNegFloat = 1.0
 
     @model_validator(mode="after")
-    def _check(self) -> "QueriesConfig":
+    def _check(self) -> QueriesConfig:
         if self.hot_keys > self.distinct:
             raise ValueError(f"hot_keys ({self.hot_keys}) must be <= distinct ({self.distinct})")
         if self.hot_fraction > 0 and self.hot_keys == 0:
@@ -178,7 +179,7 @@ class WorkloadConfig(Strict):
     queries: QueriesConfig = QueriesConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> "WorkloadConfig":
+    def _check(self) -> WorkloadConfig:
         if self.mode == "closed":
             if self.users is None:
                 raise ValueError("mode closed needs users")
@@ -228,7 +229,7 @@ class ModelSpec(Strict):
     qkv_bias: bool = False
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelSpec":
+    def _check(self) -> ModelSpec:
         if self.heads % self.kv_heads:
             raise ValueError(f"kv_heads ({self.kv_heads}) must divide heads ({self.heads})")
         if self.params is None and self.intermediate is None:
@@ -239,13 +240,18 @@ class ModelSpec(Strict):
     def param_count(self) -> float:
         if self.params is not None:
             return float(self.params)
-        from sim.spec.catalog import param_count
-
+        assert self.intermediate is not None  # _check requires params or intermediate
         return float(
             param_count(
-                layers=self.layers, hidden=self.hidden, heads=self.heads, kv_heads=self.kv_heads,
-                head_dim=self.head_dim, intermediate=self.intermediate, vocab=self.vocab,
-                tied_embeddings=self.tied_embeddings, qkv_bias=self.qkv_bias,
+                layers=self.layers,
+                hidden=self.hidden,
+                heads=self.heads,
+                kv_heads=self.kv_heads,
+                head_dim=self.head_dim,
+                intermediate=self.intermediate,
+                vocab=self.vocab,
+                tied_embeddings=self.tied_embeddings,
+                qkv_bias=self.qkv_bias,
             )
         )
 
@@ -281,8 +287,6 @@ PromptSpec = Annotated[
 def _catalog_entry(kind: str):
     def convert(v: Any) -> Any:
         if isinstance(v, str):
-            from sim.spec import catalog
-
             entry = catalog.model(v, key="llm.model") if kind == "model" else catalog.gpu(v, key="llm.gpu")
             return {"name": v.lower(), **entry}
         return v
@@ -328,14 +332,16 @@ class LLMConfig(Strict):
     def kv_bytes_per_token_per_gpu(self) -> float:
         """KV bytes of one token on each GPU of the replica (KV heads split, or replicated when tp > kv_heads)."""
         m = self.model
-        return gpu_model.kv_bytes_per_token_per_gpu(m.layers, m.kv_heads, m.head_dim, self.kv_dtype_bytes,
-                                                    self.tensor_parallel)
+        return gpu_model.kv_bytes_per_token_per_gpu(
+            m.layers, m.kv_heads, m.head_dim, self.kv_dtype_bytes, self.tensor_parallel
+        )
 
     @property
     def kv_budget_bytes(self) -> float:
         """HBM left for KV cache on each GPU: memory * gpu_memory_utilization - weights / tensor_parallel."""
-        return (self.gpu.memory_gb * gpu_model.GB * self.gpu_memory_utilization
-                - self.weights_bytes / self.tensor_parallel)
+        return (
+            self.gpu.memory_gb * gpu_model.GB * self.gpu_memory_utilization - self.weights_bytes / self.tensor_parallel
+        )
 
     @property
     def kv_blocks(self) -> int:
@@ -358,18 +364,22 @@ class LLMConfig(Strict):
         return (self.prompt_tokens.system_tokens // b) * b
 
     @model_validator(mode="after")
-    def _fits(self) -> "LLMConfig":
+    def _fits(self) -> LLMConfig:
         if not self.enabled:
             return self
         tp, m = self.tensor_parallel, self.model
         if tp > 1 and self.gpu.interconnect_gbps is None:
             raise ValueError(f"tensor_parallel {tp} needs llm.gpu.interconnect_gbps (GPU-to-GPU GB/s)")
         if m.heads % tp:
-            raise ValueError(f"tensor_parallel ({tp}) must divide the model's heads ({m.heads}); "
-                             f"set llm.tensor_parallel to a divisor of {m.heads}")
+            raise ValueError(
+                f"tensor_parallel ({tp}) must divide the model's heads ({m.heads}); "
+                f"set llm.tensor_parallel to a divisor of {m.heads}"
+            )
         if m.kv_heads % tp and tp % m.kv_heads:
-            raise ValueError(f"tensor_parallel ({tp}) and kv_heads ({m.kv_heads}) must divide one another; "
-                             f"change llm.tensor_parallel")
+            raise ValueError(
+                f"tensor_parallel ({tp}) and kv_heads ({m.kv_heads}) must divide one another; "
+                f"change llm.tensor_parallel"
+            )
         mem = self.gpu.memory_gb * self.gpu_memory_utilization
         per_gpu = self.weights_bytes / tp / gpu_model.GB
         if self.kv_blocks < 1:
@@ -381,9 +391,11 @@ class LLMConfig(Strict):
                 f"{self.gpu_memory_utilization:g}; raise llm.tensor_parallel, use a bigger GPU or lower dtype_bytes"
             )
         if self.max_batched_tokens < self.max_batch:
-            raise ValueError(f"max_batched_tokens ({self.max_batched_tokens}) must be >= max_batch "
-                             f"({self.max_batch}) so every running sequence can decode in one step; "
-                             f"raise llm.max_batched_tokens")
+            raise ValueError(
+                f"max_batched_tokens ({self.max_batched_tokens}) must be >= max_batch "
+                f"({self.max_batch}) so every running sequence can decode in one step; "
+                f"raise llm.max_batched_tokens"
+            )
         return self
 
 
@@ -466,14 +478,15 @@ class Scenario(Strict):
         if prompt is None or output is None:
             return
         B = llm.kv_block_tokens
-        need = gpu_model.request_kv_blocks(int(round(prompt)), int(round(output)), llm.prefix_tokens, B)
+        need = gpu_model.request_kv_blocks(round(prompt), round(output), llm.prefix_tokens, B)
         room = llm.kv_blocks - llm.prefix_tokens // B
         if need > room:
             raise ValueError(
-                f"llm: the longest request ({int(round(prompt))} prompt + {int(round(output))} output tokens) needs "
+                f"llm: the longest request ({round(prompt)} prompt + {round(output)} output tokens) needs "
                 f"{need} KV blocks of {B} tokens but a replica holds {room}; raise llm.tensor_parallel or "
                 f"llm.gpu_memory_utilization, use a bigger GPU or lower kv_dtype_bytes, or shorten "
-                f"llm.prompt_tokens / llm.output_tokens")
+                f"llm.prompt_tokens / llm.output_tokens"
+            )
 
     def _takes_time(self) -> bool:
         """Can a request take any simulated time at all?"""
@@ -482,28 +495,36 @@ class Scenario(Strict):
         if self.cache.enabled and build_distribution(self.cache.lookup_ms).mean > 0:
             return True
         r = self.retrieval
-        return r.enabled and (r.service_ms is None or build_distribution(r.service_ms).mean > 0
-                              or build_distribution(r.overhead_ms).mean > 0)
+        return r.enabled and (
+            r.service_ms is None
+            or build_distribution(r.service_ms).mean > 0
+            or build_distribution(r.overhead_ms).mean > 0
+        )
 
     @model_validator(mode="after")
-    def _check(self) -> "Scenario":
+    def _check(self) -> Scenario:
         for metric in self.sla:
             stage = METRIC_STAGE.get(metric)
             if stage and not getattr(self, stage).enabled:
-                raise ValueError(f"sla.{metric}: the {stage} stage is disabled ({stage}.enabled: false), "
-                                 f"so no request measures {metric}")
+                raise ValueError(
+                    f"sla.{metric}: the {stage} stage is disabled ({stage}.enabled: false), "
+                    f"so no request measures {metric}"
+                )
         w = self.workload
         if w.mode == "closed" and build_distribution(w.think_s).mean == 0 and not self._takes_time():
-            raise ValueError("workload.think_s: zero think time and no stage that takes time: "
-                             "users would ask forever at t = 0; give think_s a positive mean")
+            raise ValueError(
+                "workload.think_s: zero think time and no stage that takes time: "
+                "users would ask forever at t = 0; give think_s a positive mean"
+            )
         self._check_longest_request_fits()
         if self.expect and not self.sla:
             raise ValueError("expect: needs an sla section to judge the points against")
         for i, e in enumerate(self.expect):
             unknown = [k for k in e.params if k not in self.sweep]
             if self.sweep and unknown:
-                raise ValueError(f"expect[{i}].params: {unknown[0]!r} is not a swept key "
-                                 f"(swept: {', '.join(self.sweep)})")
+                raise ValueError(
+                    f"expect[{i}].params: {unknown[0]!r} is not a swept key (swept: {', '.join(self.sweep)})"
+                )
         return self
 
 
@@ -530,8 +551,11 @@ def _fields_at(loc: tuple) -> list[str]:
     models: list[type[BaseModel]] = [Scenario]
     for part in loc:
         if isinstance(part, str) and part in DIST_NAMES:  # a union tag selects one member
-            models = [m for m in models if m.model_fields.get("dist") is not None
-                      and part in typing.get_args(m.model_fields["dist"].annotation)] or models
+            models = [
+                m
+                for m in models
+                if m.model_fields.get("dist") is not None and part in typing.get_args(m.model_fields["dist"].annotation)
+            ] or models
             continue
         if part in ("composition", "distribution"):
             continue

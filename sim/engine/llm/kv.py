@@ -23,7 +23,7 @@ class DecodeBlocks:
     at the step where the batch would run out of blocks.
     """
 
-    __slots__ = ("B", "n", "V", "hist")
+    __slots__ = ("B", "V", "hist", "n")
 
     def __init__(self, block_tokens: int):
         self.B = block_tokens
@@ -47,7 +47,7 @@ class DecodeBlocks:
         """G(x): blocks the decoders hold at decode clock ``x``."""
         B = self.B
         m, r = divmod(x, B)
-        return self.V + self.n * m + (sum(self.hist[B - r:]) if r else 0)
+        return self.V + self.n * m + (sum(self.hist[B - r :]) if r else 0)
 
     def max_clock(self, cap: int) -> int:
         """The largest clock ``x`` with ``G(x) <= cap`` (needs ``n >= 1``)."""

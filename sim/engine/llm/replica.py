@@ -72,9 +72,27 @@ class Generation:
     ``shared`` the leading tokens whose blocks are the replica's shared prefix.
     """
 
-    __slots__ = ("prompt", "output", "done", "req", "state", "shared", "target", "ctx", "gen", "held",
-                 "base", "w", "heap_gen", "preemptions", "t_queued", "t_admitted", "t_first", "t_last",
-                 "replica")
+    __slots__ = (
+        "base",
+        "ctx",
+        "done",
+        "gen",
+        "heap_gen",
+        "held",
+        "output",
+        "preemptions",
+        "prompt",
+        "replica",
+        "req",
+        "shared",
+        "state",
+        "t_admitted",
+        "t_first",
+        "t_last",
+        "t_queued",
+        "target",
+        "w",
+    )
 
     def __init__(self, prompt: int, output: int, done: simpy.Event, req: object = None):
         self.prompt = prompt
@@ -97,8 +115,7 @@ class Replica:
     #: replica step by step and compare with the closed form.
     epoch_cap: int | None = None
 
-    def __init__(self, env: simpy.Environment, index: int, cfg: LLMConfig, cost: StepCost,
-                 window: tuple[float, float]):
+    def __init__(self, env: simpy.Environment, index: int, cfg: LLMConfig, cost: StepCost, window: tuple[float, float]):
         self.env = env
         self.index = index
         self.cost = cost
@@ -124,8 +141,10 @@ class Replica:
         self._idle_since: float | None = 0.0
         self._epoch: tuple | None = None  # (start, lines, k, clock) of the decode epoch in progress
         # counters over time (totals inside the window below; any cut later, see Bins)
-        self.bins = {k: Bins(*window) for k in
-                     ("busy_s", "steps", "steps_memory_bound", "batch_step_sum", "kv_block_seconds", "preemptions")}
+        self.bins = {
+            k: Bins(*window)
+            for k in ("busy_s", "steps", "steps_memory_bound", "batch_step_sum", "kv_block_seconds", "preemptions")
+        }
         env.process(self._loop())
 
     # -- views
@@ -163,7 +182,7 @@ class Replica:
     steps_memory_bound = property(lambda self: self.bins["steps_memory_bound"].total)
     batch_step_sum = property(lambda self: self.bins["batch_step_sum"].total)
     kv_block_seconds = property(lambda self: self.bins["kv_block_seconds"].total)
-    preemptions = property(lambda self: int(round(self.bins["preemptions"].total)))
+    preemptions = property(lambda self: round(self.bins["preemptions"].total))
 
     def close(self, now: float) -> None:
         """At the end of a run: count the idle interval still open (its pinned prefix blocks)."""
@@ -182,8 +201,7 @@ class Replica:
             w.succeed()
 
     # -- bookkeeping
-    def _account(self, start: float, end: float, steps: int, mem_steps: int, batch: int,
-                 blocks: float) -> None:
+    def _account(self, start: float, end: float, steps: int, mem_steps: int, batch: int, blocks: float) -> None:
         """Work of ``steps`` steps over ``[start, end)``, spread evenly across it."""
         b = self.bins
         b["busy_s"].add(start, end, end - start)
@@ -277,8 +295,7 @@ class Replica:
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
-                self.bins["kv_block_seconds"].add(self._idle_since, env.now,
-                                                  self.pinned * (env.now - self._idle_since))
+                self.bins["kv_block_seconds"].add(self._idle_since, env.now, self.pinned * (env.now - self._idle_since))
                 self._idle_since = None
             now = env.now
             work = self.scheduler.plan(self, now)
@@ -313,7 +330,7 @@ class Replica:
         if n_dec:
             self.D += 1
         p = self.prefix_tokens
-        for seq, chunk, nb in work:
+        for seq, chunk, _ in work:
             seq.ctx += chunk
             if p and not self.prefix_ready and seq.shared == 0 and seq.ctx >= p:
                 # This sequence computed the system prompt: its full blocks become the replica's.
@@ -387,8 +404,7 @@ class Replica:
         g0 = dec.blocks(D + 1)
         self.D = D + steps
         g1 = dec.blocks(D + steps)
-        self._account(start, end, steps, cost.memory_bound_steps(lines, steps), n,
-                      self.pinned + (g0 + g1) / 2.0)
+        self._account(start, end, steps, cost.memory_bound_steps(lines, steps), n, self.pinned + (g0 + g1) / 2.0)
         if steps == k:
             self._finish_due(end)
 

@@ -12,8 +12,7 @@ from sim.spec.schema import LLMConfig
 
 
 class LLMStage:
-    def __init__(self, env: simpy.Environment, cfg: LLMConfig, rng: np.random.Generator,
-                 window: tuple[float, float]):
+    def __init__(self, env: simpy.Environment, cfg: LLMConfig, rng: np.random.Generator, window: tuple[float, float]):
         self.env = env
         self.cost = StepCost(cfg)
         self.replicas = [Replica(env, i, cfg, self.cost, window) for i in range(cfg.replicas)]

@@ -74,8 +74,7 @@ def _models() -> dict[str, dict[str, Any]]:
 
 def _natural(name: str) -> list[Any]:
     """Sort key that orders digits by value: a10g < a100-40gb, l4 < l40s."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
-            for part in re.split(r"(\d+)", name) if part]
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
 
 
 def _sorted(names: Any) -> list[str]:
@@ -98,6 +97,7 @@ def _suggest(name: str, known: list[str]) -> str | None:
     Names that start with what was typed win ('h100' -> 'h100-sxm', not
     'h200'); among them, and otherwise, the closest by difflib ratio.
     """
+
     def ratio(candidate: str) -> float:
         return difflib.SequenceMatcher(None, name, candidate).ratio()
 
@@ -182,10 +182,7 @@ def param_count(
     Llama-3-8B (32, 4096, 32, 8, 128, 14336, 128256, untied) gives 8,030,261,248.
     """
     per_layer = (
-        2 * hidden * heads * head_dim
-        + 2 * hidden * kv_heads * head_dim
-        + 3 * hidden * intermediate
-        + 2 * hidden
+        2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + 3 * hidden * intermediate + 2 * hidden
     )
     if qkv_bias:
         per_layer += heads * head_dim + 2 * kv_heads * head_dim

@@ -20,7 +20,7 @@ def plan(rep: Replica, now: float) -> list[tuple[Generation, int, int]] | None:
         return None
     B, dec = rep.B, rep.dec
     free = rep.num_blocks - rep.pinned - rep.prefill_blocks - dec.blocks(rep.D)
-    work = []
+    work: list[tuple[Generation, int, int]] = []
     tokens = 0
     waiting, order = rep.waiting, rep.order
     while waiting and len(order) < rep.max_batch:
