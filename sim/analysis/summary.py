@@ -553,12 +553,7 @@ class PointSummary:
     @property
     def verdict(self) -> str:
         """``pass`` / ``fail`` / ``inconclusive`` over every SLA (``none`` without SLAs)."""
-        v = [s.verdict for s in self.sla]
-        if not v:
-            return "none"
-        if "fail" in v:
-            return "fail"
-        return "inconclusive" if "inconclusive" in v else "pass"
+        return combine_verdicts([s.verdict for s in self.sla])
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -623,3 +618,13 @@ class PointSummary:
 
     def __contains__(self, key: object) -> bool:
         return key in self.to_dict()
+
+
+def combine_verdicts(verdicts: list[str]) -> str:
+    """One verdict over several SLAs: ``fail`` if any fails, else ``inconclusive`` if any is,
+    else ``pass``; ``none`` when there is no SLA."""
+    if not verdicts:
+        return "none"
+    if "fail" in verdicts:
+        return "fail"
+    return "inconclusive" if "inconclusive" in verdicts else "pass"

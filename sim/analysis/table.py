@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from sim.analysis.summary import combine_verdicts
+
 
 def param_value(v: Any) -> Any:
     return v if isinstance(v, (bool, int, float, str)) else json.dumps(v, sort_keys=True)
@@ -41,13 +43,8 @@ def with_params(df: pd.DataFrame, params: Mapping[str, Any], dtypes: Mapping[str
 
 
 def overall_verdict(summary: dict) -> str:
-    """``pass`` / ``fail`` / ``inconclusive`` over every SLA of a point (``none`` without SLAs)."""
-    v = [s["verdict"] for s in summary.get("sla", [])]
-    if not v:
-        return "none"
-    if "fail" in v:
-        return "fail"
-    return "inconclusive" if "inconclusive" in v else "pass"
+    """``pass`` / ``fail`` / ``inconclusive`` over every SLA of a point summary document."""
+    return combine_verdicts([s["verdict"] for s in summary.get("sla", [])])
 
 
 def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> pd.DataFrame:

@@ -111,7 +111,7 @@ def sweep(
     from sim.present.tables import print_run
     from sim.run.loop import SweepInterrupted, run_sweep
     from sim.spec.keys import check_key, parse_grid
-    from sim.spec.scenario import expand, parse_overrides
+    from sim.spec.scenario import expand, parse_overrides, run_overrides
 
     _check_counts(replications, jobs)
     check_out_dir(out)
@@ -121,10 +121,7 @@ def sweep(
     ov = parse_overrides(set_)
     for k in ov:
         check_key(k, "--set")
-    if seed is not None:
-        ov["run.seed"] = seed
-    if replications is not None:
-        ov["run.replications"] = replications
+    ov = run_overrides(ov, seed, replications)
     points = expand(scenario, ov, g or None)
     if rank == "cost" and points[0].scenario.cost is None:
         raise CapsimError(

@@ -47,10 +47,3 @@ class LRUCache:
 
     def __len__(self) -> int:
         return len(self._d)
-
-    def keys(self) -> list[int]:
-        """Keys from least to most recently used."""
-        return list(self._d)
-
-    def reset_counters(self) -> None:
-        self.hits = self.misses = self.evictions = self.inserts = 0

@@ -81,6 +81,40 @@ class IndexKind:
         """The knob settings a calibration measures."""
         return [None]
 
+    def time_threads(
+        self,
+        bench: Bench,
+        factory: Factory,
+        docs: int,
+        truth: np.ndarray,
+        *,
+        label: str,
+        knob_value: int | None = None,
+        build_s: float = 0.0,
+        memory_bytes: int = 0,
+        params: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Time ``bench.n_queries`` single searches at every thread count: one record each."""
+        out = []
+        for T in bench.threads:
+            lat, ids = bench.time(factory, bench.n_queries, T)
+            out.append(
+                bench.record(
+                    index=self.name,
+                    docs=docs,
+                    knob_value=knob_value,
+                    threads=T,
+                    lat_ns=lat,
+                    scale=1.0,
+                    recall=bench.recall(ids, truth),
+                    build_s=build_s,
+                    memory_bytes=memory_bytes,
+                    params=params or {},
+                )
+            )
+            bench.tick(f"N={docs}: {label} threads={T}")
+        return out
+
     def measure(
         self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray
     ) -> list[dict[str, Any]]:

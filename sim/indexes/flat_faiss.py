@@ -36,22 +36,13 @@ class FlatFaiss(IndexKind):
             return lambda i: x.search(_q[i : i + 1], k)[1][0]
 
         bench.tick(f"N={docs}: flat_faiss ready")
-        out = []
-        for T in bench.threads:
-            lat, ids = bench.time(factory, bench.n_queries, T)
-            out.append(
-                bench.record(
-                    index=self.name,
-                    docs=docs,
-                    knob_value=None,
-                    threads=T,
-                    lat_ns=lat,
-                    scale=1.0,
-                    recall=bench.recall(ids, truth),
-                    build_s=build_s,
-                    memory_bytes=int(blob.size),
-                    params={"metric": "inner_product"},
-                )
-            )
-            bench.tick(f"N={docs}: flat_faiss threads={T}")
-        return out
+        return self.time_threads(
+            bench,
+            factory,
+            docs,
+            truth,
+            label=self.name,
+            build_s=build_s,
+            memory_bytes=int(blob.size),
+            params={"metric": "inner_product"},
+        )

@@ -69,21 +69,15 @@ class HNSW(IndexKind):
                     x = load(path, dim, docs, _e)
                     return lambda i: x.knn_query(_q[i : i + 1], k=k, num_threads=1)[0][0]
 
-                for T in bench.threads:
-                    lat, ids = bench.time(factory, bench.n_queries, T)
-                    out.append(
-                        bench.record(
-                            index=self.name,
-                            docs=docs,
-                            knob_value=e,
-                            threads=T,
-                            lat_ns=lat,
-                            scale=1.0,
-                            recall=bench.recall(ids, truth),
-                            build_s=build_s,
-                            memory_bytes=mem,
-                            params={"M": bench.M, "ef_construction": bench.ef_construction, "space": "ip"},
-                        )
-                    )
-                    bench.tick(f"N={docs}: hnsw ef={e} threads={T}")
+                out += self.time_threads(
+                    bench,
+                    factory,
+                    docs,
+                    truth,
+                    label=f"hnsw ef={e}",
+                    knob_value=e,
+                    build_s=build_s,
+                    memory_bytes=mem,
+                    params={"M": bench.M, "ef_construction": bench.ef_construction, "space": "ip"},
+                )
         return out

@@ -72,21 +72,15 @@ class IVF(IndexKind):
                 x = load(_b, _p)
                 return lambda i: x.search(_q[i : i + 1], k)[1][0]
 
-            for T in bench.threads:
-                lat, ids = bench.time(factory, bench.n_queries, T)
-                out.append(
-                    bench.record(
-                        index=self.name,
-                        docs=docs,
-                        knob_value=p,
-                        threads=T,
-                        lat_ns=lat,
-                        scale=1.0,
-                        recall=bench.recall(ids, truth),
-                        build_s=build_s,
-                        memory_bytes=mem,
-                        params={"nlist": nl, "metric": "inner_product"},
-                    )
-                )
-                bench.tick(f"N={docs}: ivf nprobe={p} threads={T}")
+            out += self.time_threads(
+                bench,
+                factory,
+                docs,
+                truth,
+                label=f"ivf nprobe={p}",
+                knob_value=p,
+                build_s=build_s,
+                memory_bytes=mem,
+                params={"nlist": nl, "metric": "inner_product"},
+            )
         return out

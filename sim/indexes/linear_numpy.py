@@ -30,22 +30,4 @@ class LinearNumpy(IndexKind):
             return lambda i: scan(_q[i], d, k)
 
         bench.tick(f"N={docs}: linear_numpy ready")
-        out = []
-        for T in bench.threads:
-            lat, ids = bench.time(factory, bench.n_queries, T)
-            out.append(
-                bench.record(
-                    index=self.name,
-                    docs=docs,
-                    knob_value=None,
-                    threads=T,
-                    lat_ns=lat,
-                    scale=1.0,
-                    recall=bench.recall(ids, truth),
-                    build_s=0.0,
-                    memory_bytes=corpus.nbytes,
-                    params={},
-                )
-            )
-            bench.tick(f"N={docs}: linear_numpy threads={T}")
-        return out
+        return self.time_threads(bench, factory, docs, truth, label=self.name, memory_bytes=corpus.nbytes)

@@ -20,7 +20,7 @@ from sim.errors import ConfigError
 from sim.run.executors import LocalExecutor
 from sim.run.loop import run_sweep
 from sim.spec.keys import numeric_field
-from sim.spec.scenario import apply_overrides, expand, load_raw
+from sim.spec.scenario import apply_overrides, expand, load_raw, run_overrides
 from sim.spec.schema import Scenario
 
 # Direction by the key's meaning.  "max": more of it is more load, so capacity is the LARGEST
@@ -139,11 +139,7 @@ def capacity(
     end, with a note).  Pass means every SLA verdict is ``pass``; an
     inconclusive verdict counts as not passing.
     """
-    ov = dict(overrides or {})
-    if seed is not None:
-        ov["run.seed"] = seed
-    if replications is not None:
-        ov["run.replications"] = replications
+    ov = run_overrides(overrides, seed, replications)
     raw = apply_overrides(load_raw(source.model_dump(mode="json") if isinstance(source, Scenario) else source), ov)
     raw.pop("sweep", None)
     base = expand(raw)[0].scenario

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.analysis.summary import PointSummary
+from sim.analysis.summary import PointSummary, combine_verdicts
 from sim.analysis.table import param_columns, summary_table, with_params
 from sim.engine.pipeline import Replication
 from sim.spec.schema import Scenario
@@ -62,12 +62,7 @@ class Result:
     @property
     def exit_code(self) -> int:
         """0 all SLAs pass (or none set), 1 any fails, 3 inconclusive and none failing."""
-        v = self.verdicts
-        if "fail" in v:
-            return 1
-        if "inconclusive" in v:
-            return 3
-        return 0
+        return {"fail": 1, "inconclusive": 3}.get(combine_verdicts(self.verdicts), 0)
 
     def point(self, **params: Any) -> PointResult:
         for p in self.points:

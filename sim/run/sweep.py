@@ -38,7 +38,7 @@ from typing import Any
 from sim.run.loop import run_sweep
 from sim.run.results import Result, SweepResult
 from sim.spec.keys import check_key
-from sim.spec.scenario import expand
+from sim.spec.scenario import expand, run_overrides
 from sim.spec.schema import Scenario
 
 
@@ -58,11 +58,7 @@ def sweep(
 
     ``sim.run.sweep.sweep("s.yaml", grid={"workload.users": [50, 100]}, out="runs/a")``
     """
-    ov = dict(overrides or {})
-    if seed is not None:
-        ov["run.seed"] = seed
-    if replications is not None:
-        ov["run.replications"] = replications
+    ov = run_overrides(overrides, seed, replications)
     for k in grid or {}:
         check_key(k)
     points = expand(source, ov, dict(grid) if grid else None)
@@ -85,10 +81,6 @@ def simulate(
     ``overrides`` are dotted keys (``{"llm.replicas": 2}``); ``seed`` and
     ``replications`` override ``run.seed`` and ``run.replications``.
     """
-    ov = dict(overrides or {})
-    if seed is not None:
-        ov["run.seed"] = seed
-    if replications is not None:
-        ov["run.replications"] = replications
+    ov = run_overrides(overrides, seed, replications)
 
     return run_sweep(expand(scenario, ov, grid), executor=executor, jobs=jobs, progress=progress)

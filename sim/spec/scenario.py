@@ -166,3 +166,16 @@ def expand(
             raise ConfigError(f"{e} (sweep point {where})") from None
         points.append(Point(params, scn))
     return points
+
+
+def run_overrides(
+    overrides: Mapping[str, Any] | None, seed: int | None = None, replications: int | None = None
+) -> dict[str, Any]:
+    """``overrides`` plus ``run.seed`` / ``run.replications`` when given (the ``--seed`` and
+    ``--replications`` flags and the API's keywords)."""
+    ov = dict(overrides or {})
+    if seed is not None:
+        ov["run.seed"] = seed
+    if replications is not None:
+        ov["run.replications"] = replications
+    return ov
