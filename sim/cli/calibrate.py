@@ -315,3 +315,48 @@ def gpu_command(
 
 
 app.add_typer(calibrate_app, name="calibrate", help="Measure real runs and write calibration files.")
+
+
+@calibrate_app.command("routing")
+@user_errors
+def routing_command(
+    out: Path = typer.Option(Path("routing_calibration.json"), "--out", help="Calibration JSON to write."),
+    sizes: str = typer.Option("50,100,200,400", "--sizes", help="Canonical question set sizes, comma list."),
+    utterances: int = typer.Option(300, "--utterances", help="Shopper utterances routed per size."),
+    impls: str = typer.Option("rapidfuzz,two_row,numpy_table", "--impls", help="Edit-distance implementations."),
+    threshold: float = typer.Option(0.3, "--threshold", help="Normalised edit distance to accept a match."),
+    seed: int = typer.Option(20250607, "--seed"),
+    rounds: int = typer.Option(10, "--rounds", help="Interleaved timing rounds (spreads machine noise)."),
+) -> None:
+    """Time fuzzy routing by edit distance (numpy table, two-row DP, rapidfuzz) and measure its accuracy."""
+    from sim.calibrate.edit_distance import IMPLS  # deferred: numpy
+    from sim.calibrate.routing import run_routing_calibration, write_json  # deferred: numpy
+
+    size_l = parse_int_list("--sizes", sizes)
+    impl_l = [s.strip() for s in impls.split(",") if s.strip()]
+    bad = [i for i in impl_l if i not in IMPLS]
+    if bad or not impl_l:
+        raise CapsimError(f"--impls: {bad[0] if bad else 'nothing'!r} is not one of {', '.join(IMPLS)}")
+    if not 0 < threshold < 1:
+        raise CapsimError(f"--threshold: {threshold:g} must lie in (0, 1)")
+    if utterances < 2 or rounds < 1:
+        raise CapsimError("--utterances must be >= 2 and --rounds >= 1")
+    data = run_routing_calibration(
+        sizes=size_l,
+        n_utterances=utterances,
+        impls=impl_l,
+        threshold=threshold,
+        seed=seed,
+        rounds=rounds,
+        scaling_check_size=100 if 100 in size_l else None,
+        progress=lambda msg: typer.echo(msg, err=True),
+    )
+    path = write_json(data, out)
+    for r in data["records"]:
+        typer.echo(f"{r['impl']:>11} N={r['questions']:>4}: mean {r['mean_ms']:.4g} ms  p95 {r['p95']:.4g} ms")
+    for acc in data["routing_accuracy"]:
+        typer.echo(
+            f"N={acc['questions']}: routed right {acc['correct']}, wrong {acc['wrong']}, none {acc['none']}, "
+            f"off-topic rejected {acc['off_topic_rejected']}"
+        )
+    typer.echo(f"wrote {path}")
