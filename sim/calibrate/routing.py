@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 
 from sim.calibrate.edit_distance import DEFAULT_THRESHOLD, IMPLS, nearest, route, two_row
+from sim.calibrate.retrieval import fit_law  # one least-squares law for every calibration
 from sim.calibrate.utterances import Utterance, load_questions, make_utterances, normalize
 from sim.files import atomic_write_text
 
@@ -91,30 +92,6 @@ Progress = Callable[[str], None]
 
 # --------------------------------------------------------------------------
 # helpers
-
-
-def fit_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """Least squares ``y = a + b*x``; returns ``a``, ``b``, ``r2`` (``1 - SS_res/SS_tot``)
-    and ``max_rel_err`` (max ``|fit - y| / |y|``).  One distinct ``x``: ``b = 0``,
-    ``a`` = mean."""
-    xa = np.asarray(x, dtype=float)
-    ya = np.asarray(y, dtype=float)
-    if xa.shape != ya.shape or xa.ndim != 1 or xa.size == 0:
-        raise ValueError("fit_law needs two 1-D sequences of the same non-zero length")
-    if np.unique(xa).size < 2:
-        a, b = float(ya.mean()), 0.0
-    else:
-        A = np.column_stack([np.ones_like(xa), xa])
-        (a, b), *_ = np.linalg.lstsq(A, ya, rcond=None)
-        a, b = float(a), float(b)
-    fit = a + b * xa
-    ss_res = float(np.sum((ya - fit) ** 2))
-    ss_tot = float(np.sum((ya - ya.mean()) ** 2))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res < 1e-18 else 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.abs(fit - ya) / np.abs(ya)
-    rel = rel[np.isfinite(rel)]
-    return {"a": a, "b": b, "r2": r2, "max_rel_err": float(rel.max()) if rel.size else 0.0}
 
 
 def _g(v: float, digits: int = 5) -> float:
