@@ -47,3 +47,7 @@ class LRUCache:
 
     def __len__(self) -> int:
         return len(self._d)
+
+    def keys(self) -> list[int]:
+        """Keys from least to most recently used."""
+        return list(self._d)
