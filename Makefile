@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 SCENARIO ?= scenarios/order_support.yaml
 
-.PHONY: run test lint test-long bench calibration clean venv
+.PHONY: run test lint test-long bench calibration clean venv notebook notebooks
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ test-long: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_startup.py
 	$(BIN)/python benchmarks/bench_engine.py
+
+# Open the notebooks in JupyterLab (an optional extra, installed on first use).
+notebook: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,notebook]'
+	$(BIN)/jupyter lab notebooks/
+
+# Re-execute both notebooks at full scale and save them with their outputs.
+notebooks: $(STAMP)
+	cd notebooks && for nb in *.ipynb; do \
+	  CAPSIM_NOTEBOOK_SCALE=full ../$(BIN)/jupyter execute --inplace --timeout=-1 "$$nb" || exit 1; done
 
 calibration: $(STAMP)
 	$(BIN)/capsim calibrate retrieval --docs 5000,20000,50000 --dim 768 --top-k 5 --queries 500 \

@@ -12,6 +12,7 @@ Validation errors become one line naming the dotted key (see
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from typing import Annotated, Any, Literal, Optional, Union
@@ -619,4 +620,77 @@ def validate_scenario(data: dict) -> Scenario:
 
 
 def json_schema() -> dict:
-    return Scenario.model_json_schema()
+    """The JSON Schema of a scenario *file*, as editors should check it.
+
+    Pydantic's schema describes the validated model; a file may also write a
+    distribution as a plain number, a catalog name for ``llm.model`` /
+    ``llm.gpu``, and ``extends:``.  Those are added here, SLA metric and
+    statistic names are enumerated, and descriptions lose their Sphinx markup.
+    ``tests/test_schema.py`` validates every shipped scenario against it.
+    """
+    from sim.spec import catalog
+
+    schema = Scenario.model_json_schema()
+    _accept_plain_numbers(schema)
+    llm = schema["$defs"]["LLMConfig"]["properties"]
+    for key, names, ref in (("model", catalog.model_names(), "ModelSpec"), ("gpu", catalog.gpu_names(), "GPUSpec")):
+        llm[key] = {
+            "anyOf": [
+                {"type": "string", "enum": names, "description": f"a catalog {key} (capsim estimate lists them)"},
+                {"$ref": f"#/$defs/{ref}"},
+            ],
+            "default": LLMConfig.model_fields[key].default,
+        }
+    schema["properties"]["extends"] = {
+        "type": "string",
+        "description": "a base scenario file (relative to this one) whose keys this file overrides",
+    }
+    schema["properties"]["sla"] = {
+        "type": "object",
+        "description": "metric -> {statistic: threshold in ms}, e.g. e2e_ms: {p95: 800}",
+        "propertyNames": {"enum": list(SLA_METRICS)},
+        "additionalProperties": {
+            "type": "object",
+            "propertyNames": {"enum": list(STATS)},
+            "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
+        },
+        "default": {},
+    }
+    _plain_descriptions(schema)
+    return schema
+
+
+def _is_distribution(node: Any) -> bool:
+    mapping = node.get("discriminator", {}).get("mapping", {}) if isinstance(node, dict) else {}
+    return set(mapping) == set(DIST_NAMES)
+
+
+def _accept_plain_numbers(node: Any) -> None:
+    """Wherever a distribution is expected, a plain number (a constant) is allowed too."""
+    if isinstance(node, list):
+        for item in node:
+            _accept_plain_numbers(item)
+    elif isinstance(node, dict):
+        for key, value in list(node.items()):
+            if _is_distribution(value):
+                node[key] = {"anyOf": [{"type": "number", "minimum": 0}, value]}
+            elif isinstance(value, list) and any(_is_distribution(v) for v in value):
+                node[key] = [
+                    {"anyOf": [{"type": "number", "minimum": 0}, v]} if _is_distribution(v) else v for v in value
+                ]
+            else:
+                _accept_plain_numbers(value)
+
+
+def _plain_descriptions(node: Any) -> None:
+    """``x`` and :role:`x` become x: an editor shows descriptions as plain text."""
+    if isinstance(node, list):
+        for item in node:
+            _plain_descriptions(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                value = re.sub(r":\w+:`([^`]*)`", r"\1", value)
+                node[key] = " ".join(re.sub(r"``([^`]*)``", r"\1", value).split())
+            else:
+                _plain_descriptions(value)

@@ -1,0 +1,76 @@
+"""`capsim schema` accepts every shipped scenario and refuses what capsim refuses.
+
+An editor that checks files against the schema must not mark a valid file red:
+plain-number distributions, catalog names, ``extends:`` and SLA sections all
+validate; unknown keys, unknown SLA metrics or statistics and unknown catalog
+names do not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from sim.spec.schema import json_schema
+from tests.helpers import invoke
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = sorted([*ROOT.glob("scenarios/*.yaml"), ROOT / "tests/data/rag_small.yaml"])
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    schema = json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_shipped_scenarios_validate(validator: jsonschema.Draft202012Validator, path: Path) -> None:
+    errors = [
+        f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(yaml.safe_load(path.read_text()))
+    ]
+    assert not errors
+
+
+GOOD = {
+    "extends": "base.yaml",
+    "workload": {"mode": "closed", "users": 10, "think_s": 3},
+    "cache": {"lookup_ms": 1},
+    "llm": {"model": "llama-3-8b", "gpu": "h200", "output_tokens": {"dist": "lognormal", "mean": 80, "cv": 0.5}},
+    "sla": {"e2e_ms": {"p95": 800}, "ttft_ms": {"p99": 400}},
+}
+
+
+def test_file_forms_capsim_accepts_validate(validator: jsonschema.Draft202012Validator) -> None:
+    assert not list(validator.iter_errors(GOOD))
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"workload": {"mode": "closed", "users": 10, "think_s": 3, "userz": 1}},
+        {"sla": {"e2e_msec": {"p95": 800}}},
+        {"sla": {"e2e_ms": {"p97": 800}}},
+        {"sla": {"e2e_ms": {"p95": -1}}},
+        {"llm": {"gpu": "h1000"}},
+        {"cache": {"lookup_ms": -1}},
+    ],
+    ids=["unknown-key", "unknown-metric", "unknown-stat", "negative-threshold", "unknown-gpu", "negative-number"],
+)
+def test_invalid_files_are_refused(validator: jsonschema.Draft202012Validator, patch: dict) -> None:
+    assert list(validator.iter_errors({**GOOD, **patch}))
+
+
+def test_descriptions_carry_no_sphinx_markup() -> None:
+    text = json.dumps(json_schema())
+    assert "``" not in text and ":mod:`" not in text and ":func:`" not in text
+
+
+def test_capsim_schema_prints_it() -> None:
+    r = invoke("schema")
+    assert r.exit_code == 0 and json.loads(r.output) == json_schema()
