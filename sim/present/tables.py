@@ -97,14 +97,16 @@ def run_table(result: Result) -> Table:
     for p in pts:
         s = p.summary
         e2e, ttft = s["metrics"].get("e2e_ms"), s["metrics"].get("ttft_ms")
+        steady = s["stability"]["stable"]
         verdicts = []
         for v in s["sla"]:
             mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "inconclusive": "[yellow]?[/]"}[v["verdict"]]
-            verdicts.append(f"{v['metric'].removesuffix('_ms')} {v['stat']}≤{v['threshold']:g}: {mark}")
+            # The statistic judged is shown with its value, whether or not the table has its column.
+            got = _fmt(s["metrics"].get(v["metric"]), v["stat"], steady)
+            verdicts.append(f"{v['metric'].removesuffix('_ms')} {v['stat']} {got} ≤ {v['threshold']:g}: {mark}")
         if not s["stability"]["stable"]:
             verdicts.append("[red]unstable[/]")
         u = s["utilization"]
-        steady = s["stability"]["stable"]
         t.add_row(
             *[str(p.params[k]) for k in keys],
             _fmt(e2e, "p50", steady),
