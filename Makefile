@@ -33,7 +33,15 @@ test: lint
 test-long: $(STAMP)
 	CAPSIM_LONG=1 $(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+# Ciw (the peer simulator in bench_engine) goes into its own folder: it ships a
+# top-level `tests` package that must not shadow ours in the venv.
+BENCH_DEPS := .bench-deps
+$(BENCH_DEPS)/.stamp: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --no-deps --target $(BENCH_DEPS) 'ciw==3.2.7' 'tqdm>=4.66'
+	rm -rf $(BENCH_DEPS)/tests
+	touch $@
+
+bench: $(STAMP) $(BENCH_DEPS)/.stamp
 	$(BIN)/python benchmarks/bench_startup.py
 	$(BIN)/python benchmarks/bench_engine.py
 
@@ -54,4 +62,4 @@ calibration: $(STAMP)
 	  --python-docs 5000 --python-queries 100 --out sim/data/retrieval_calibration.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(BENCH_DEPS) .pytest_cache .hypothesis build *.egg-info

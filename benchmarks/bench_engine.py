@@ -33,6 +33,8 @@ import sim
 from sim.engine.pipeline import run_replication
 
 ROOT = Path(__file__).resolve().parents[1]
+# Ciw, the peer simulator, is installed by `make bench` into its own folder (see the Makefile).
+sys.path.append(str(ROOT / ".bench-deps"))
 
 
 def bare_simpy_mmc(c: int, lam: float, mu: float, until: float, seed: int) -> int:
