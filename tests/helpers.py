@@ -39,6 +39,7 @@ def exact_scenario(**over) -> dict:
         "llm": {
             "model": copy.deepcopy(TOY_MODEL),
             "gpu": copy.deepcopy(TOY_GPU),
+            "efficiency": "custom",  # exact: only the parameters set here
             "bw_efficiency": 1.0,
             "mfu": 1.0,
             "step_overhead_ms": 0,

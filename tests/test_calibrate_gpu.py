@@ -72,7 +72,8 @@ def test_cli_writes_fragment_from_the_synthetic_csv(tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     frag = yaml.safe_load(out.read_text())
-    assert set(frag["llm"]) == {"bw_efficiency", "mfu", "step_overhead_ms"}
+    assert set(frag["llm"]) == {"efficiency", "bw_efficiency", "mfu", "step_overhead_ms"}
+    assert frag["llm"]["efficiency"] == "custom"  # measured values replace the published defaults
     assert frag["llm"]["bw_efficiency"] == pytest.approx(0.75, rel=0.03)
     assert frag["llm"]["mfu"] == pytest.approx(0.45, rel=0.03)
     assert doc["rmse_ms"] > 0 and doc["max_rel_error"] < 0.1

@@ -62,8 +62,8 @@ def test_names_in_natural_order():
 @pytest.mark.parametrize("name", catalog.gpu_names())
 def test_gpu_has_positive_numeric_fields(name):
     g = catalog.gpu(name)
-    assert set(g) == set(GPU_FIELDS)
-    for field in GPU_FIELDS:
+    assert set(GPU_FIELDS) <= set(g) <= {*GPU_FIELDS, "fp8_tflops"}  # fp8_tflops where a figure was read
+    for field in g:
         value = g[field]
         assert isinstance(value, (int, float)) and not isinstance(value, bool), (name, field)
         assert value > 0, (name, field)

@@ -27,6 +27,7 @@ def scenario(**llm) -> dict:
         "llm": {
             "model": "article-8l",
             "gpu": "h100-sxm",
+            "efficiency": "custom",
             "bw_efficiency": 1.0,
             "mfu": 1.0,
             "step_overhead_ms": 0,

@@ -91,7 +91,7 @@ def test_tensor_parallel_allreduce():
 
 
 def _cfg(**kw) -> LLMConfig:
-    return LLMConfig(**{"model": "article-8l", "gpu": "h100-sxm", **kw})
+    return LLMConfig(**{"efficiency": "custom", "model": "article-8l", "gpu": "h100-sxm", **kw})
 
 
 def test_decode_step_batch_1_empty_cache_is_weights_over_bandwidth():

@@ -50,7 +50,14 @@ def step_s(new: int, ctx: int, pairs: float) -> float:
 
 def cfg(**kw) -> LLMConfig:
     base = dict(
-        model=MODEL, gpu=GPU, bw_efficiency=1.0, mfu=1.0, step_overhead_ms=0, max_batch=8, max_batched_tokens=128
+        efficiency="custom",
+        model=MODEL,
+        gpu=GPU,
+        bw_efficiency=1.0,
+        mfu=1.0,
+        step_overhead_ms=0,
+        max_batch=8,
+        max_batched_tokens=128,
     )
     base.update(kw)
     return LLMConfig(**base)
@@ -104,6 +111,7 @@ def test_pipeline_decode_step_is_weights_over_bandwidth_exactly():
             "llm": {
                 "model": "article-8l",
                 "gpu": "h100-sxm",
+                "efficiency": "custom",
                 "bw_efficiency": 1.0,
                 "step_overhead_ms": 0,
                 "kv_dtype_bytes": 1e-9,

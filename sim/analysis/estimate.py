@@ -50,6 +50,7 @@ from sim.engine.workload import Popularity
 from sim.physics import gpu as gm
 from sim.physics import queueing as analytic
 from sim.physics.gpu import StepCost
+from sim.spec.efficiency import provenance
 from sim.spec.scenario import expand
 from sim.spec.schema import PromptComposition, Scenario, build_distribution
 
@@ -101,7 +102,7 @@ def _decode_step(cost: StepCost, batch: int, ctx_per_seq: float) -> tuple[float,
     """(seconds, flops, bytes, memory-bound) of one decode step, per GPU."""
     ctx = batch * (ctx_per_seq + 1)
     flops, n_bytes = cost.work(batch, ctx, ctx)
-    return cost.time(batch, ctx, ctx), flops, n_bytes, cost.memory_bound(batch, ctx, ctx)
+    return cost.time(batch, ctx, ctx, batch), flops, n_bytes, cost.memory_bound(batch, ctx, ctx)
 
 
 def _prefill(cost: StepCost, tokens: float, past: float, budget: int) -> tuple[float, float, float]:
@@ -113,7 +114,7 @@ def _prefill(cost: StepCost, tokens: float, past: float, budget: int) -> tuple[f
         c0 = past + done
         pairs = chunk * c0 + chunk * (chunk + 1) / 2.0
         ctx = c0 + chunk
-        t += cost.time(chunk, ctx, pairs)
+        t += cost.time(chunk, ctx, pairs, 1)
         f, b = cost.work(chunk, ctx, pairs)
         flops += f
         n_bytes += b
@@ -164,6 +165,15 @@ def estimate(scn: Scenario) -> dict[str, Any]:
             model=m.name,
             gpu=llm.gpu.name,
             tensor_parallel=tp,
+            step_cost={
+                "efficiency": llm.efficiency,
+                "bw_efficiency": llm.bw_efficiency,
+                "mfu": llm.mfu,
+                "step_overhead_ms": llm.step_overhead_ms,
+                "step_overhead_per_seq_ms": llm.step_overhead_per_seq_ms,
+                "allreduce_latency_us": llm.allreduce_latency_us,
+                "source": provenance(llm.efficiency),
+            },
             mean_prompt_tokens=prompt,
             mean_output_tokens=output,
             weights_bytes=llm.weights_bytes,

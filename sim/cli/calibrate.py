@@ -11,6 +11,7 @@ writing nothing.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import asdict
 from pathlib import Path
@@ -360,3 +361,40 @@ def routing_command(
             f"off-topic rejected {acc['off_topic_rejected']}"
         )
     typer.echo(f"wrote {path}")
+
+
+@calibrate_app.command("published")
+@user_errors
+def published_command(
+    out: Path = typer.Option(
+        Path("fit.json"), "--out", help="Where to write the fit (the shipped one is sim/data/published/fit.json)."
+    ),
+    data: Optional[Path] = typer.Option(None, "--data", help="Published-steps CSV (default: the shipped one)."),
+    resamples: int = typer.Option(100, "--resamples", help="Bootstrap fits over sources for the band."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fit the step-cost defaults to published measurements and report held-out error."""
+    from sim.calibrate.published import run_fit  # deferred: scipy, pydantic
+    from sim.files import atomic_write_text
+
+    if resamples < 0:
+        raise CapsimError(f"--resamples: must be >= 0, got {resamples}")
+    doc = run_fit(data, resamples=resamples, seed=seed)
+    atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
+    for name, p in doc["presets"].items():
+        typer.echo(
+            f"{name:>15}: "
+            + ", ".join(f"{k} {v:g}" for k, v in p.items())
+            + f"  (reference step {doc['reference_step_ms'][name]:.2f} ms)"
+        )
+    for label, key in (("in sample", "in_sample"), ("held out", "held_out")):
+        e = doc[key]
+        typer.echo(
+            f"{label:>15}: "
+            + "; ".join(
+                f"{g} MAPE {e[g]['mape_pct']:.1f}% signed {e[g]['signed_mean_pct']:+.1f}% (n={e[g]['n']})"
+                for g in ("decode", "prefill", "throughput")
+                if e[g]["n"]
+            )
+        )
+    typer.echo(f"wrote {out}")

@@ -42,6 +42,13 @@ def estimate_table(est: dict[str, Any]) -> Table:
     t.add_column("value", justify="right")
     if "weights_bytes" in est:
         t.add_row("model / GPU", f"{est['model']} on {est['gpu']} x tp {est['tensor_parallel']}")
+        sc = est["step_cost"]
+        t.add_row(
+            f"step cost ({sc['efficiency']})",
+            f"bw_efficiency {sc['bw_efficiency']:.3g}, mfu {sc['mfu']:.3g}, "
+            f"overhead {sc['step_overhead_ms']:.3g} ms + {sc['step_overhead_per_seq_ms']:.3g} ms/sequence, "
+            f"all-reduce latency {sc['allreduce_latency_us']:.3g} us",
+        )
         t.add_row("mean prompt / output tokens", f"{est['mean_prompt_tokens']:,.0f} / {est['mean_output_tokens']:,.0f}")
         t.add_row("weights", _bytes(est["weights_bytes"]))
         t.add_row("KV per token", _bytes(est["kv_bytes_per_token"]))
@@ -132,5 +139,7 @@ def estimate_command(
         return
     console: Console = stdout_console()
     console.print(estimate_table(points[0]))
+    if "step_cost" in points[0]:
+        console.print(points[0]["step_cost"]["source"], markup=False, highlight=False, soft_wrap=True)
     if len(points) > 1:
         console.print(points_table(points))

@@ -34,6 +34,7 @@ from sim.physics import gpu as gpu_model
 from sim.registry import INDEXES, ROUTERS
 from sim.spec import catalog
 from sim.spec.catalog import param_count
+from sim.spec.efficiency import EFFICIENCY_PRESETS, preset_parameters
 from sim.spec.metrics import METRIC_STAGE, SLA_METRICS, STATS
 
 
@@ -262,6 +263,7 @@ class GPUSpec(Strict):
     hbm_bandwidth_gbps: PosFloat
     memory_gb: PosFloat
     peak_tflops: PosFloat
+    fp8_tflops: Optional[PosFloat] = None
     interconnect_gbps: Optional[PosFloat] = None
 
 
@@ -304,9 +306,18 @@ class LLMConfig(Strict):
     max_batch: Annotated[int, Field(ge=1)] = 256
     dtype_bytes: PosFloat = 2.0
     kv_dtype_bytes: PosFloat = 2.0
+    # Tensor-core precision of the matmuls: fp8 uses the GPU's fp8_tflops (FP8 weights and
+    # activations, as FP8 engines run them); weight-only quantisation still computes in bf16.
+    compute_dtype: Literal["bf16", "fp8"] = "bf16"
+    # Step-cost parameters: by default fitted to published measurements (sim/data/published/,
+    # sim.spec.efficiency); "published-slow" / "published-fast" are the band's ends, "custom"
+    # takes only what is set here (unset ones fall back to the values below).
+    efficiency: Literal[EFFICIENCY_PRESETS] = "published"  # type: ignore[valid-type]
     bw_efficiency: Annotated[float, Field(gt=0, le=1)] = 0.8
     mfu: Annotated[float, Field(gt=0, le=1)] = 0.5
     step_overhead_ms: NonNegFloat = 1.0
+    step_overhead_per_seq_ms: NonNegFloat = 0.0
+    allreduce_latency_us: NonNegFloat = 0.0
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     tensor_parallel: Annotated[int, Field(ge=1)] = 1
     kv_block_tokens: Annotated[int, Field(ge=1)] = 16
@@ -317,6 +328,17 @@ class LLMConfig(Strict):
     output_tokens: DistSpec = 100  # type: ignore[assignment]
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _efficiency_preset(cls, data: Any) -> Any:
+        """Fill the step-cost parameters the scenario does not set from the ``efficiency`` preset."""
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("efficiency", "published")
+        if preset not in EFFICIENCY_PRESETS or preset == "custom":
+            return data  # an unknown name is reported by the field's own check
+        return {**preset_parameters(preset), **data}
 
     @property
     def weights_bytes(self) -> float:
@@ -369,6 +391,11 @@ class LLMConfig(Strict):
         if not self.enabled:
             return self
         tp, m = self.tensor_parallel, self.model
+        if self.compute_dtype == "fp8" and self.gpu.fp8_tflops is None:
+            raise ValueError(
+                f"compute_dtype fp8 needs llm.gpu.fp8_tflops; {self.gpu.name or 'this GPU'} has none in the "
+                f"catalog (set it inline, or compute_dtype bf16)"
+            )
         if tp > 1 and self.gpu.interconnect_gbps is None:
             raise ValueError(f"tensor_parallel {tp} needs llm.gpu.interconnect_gbps (GPU-to-GPU GB/s)")
         if m.heads % tp:
@@ -628,8 +655,6 @@ def json_schema() -> dict:
     statistic names are enumerated, and descriptions lose their Sphinx markup.
     ``tests/test_schema.py`` validates every shipped scenario against it.
     """
-    from sim.spec import catalog
-
     schema = Scenario.model_json_schema()
     _accept_plain_numbers(schema)
     llm = schema["$defs"]["LLMConfig"]["properties"]
