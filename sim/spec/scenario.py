@@ -2,7 +2,8 @@
 
 A scenario file is YAML read with ``yaml.safe_load``.  ``extends: base.yaml``
 (relative to the file) deep-merges the file over its base, so a what-if is a
-few lines on top of the flagship.  ``--set llm.replicas=2`` overrides one
+few lines on top of the flagship; ``key: null`` in the derived file removes the
+base's key (``sweep: null`` drops the base's sweep).  ``--set llm.replicas=2`` overrides one
 dotted key; the value is parsed as YAML (``2`` is an int, ``[1, 2]`` a list,
 ``h200`` a string).  A ``sweep:`` mapping of dotted key -> list of values
 expands into one validated scenario per combination (a *point*), in the order
@@ -25,9 +26,13 @@ from sim.spec.schema import Scenario, validate_scenario
 
 
 def _deep_merge(base: dict, over: Mapping) -> dict:
+    """``over`` on top of ``base``, section by section; a key set to null in ``over`` is removed
+    (so a derived scenario can drop its base's ``sweep:`` or ``cost:`` and get the default)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, Mapping) and isinstance(out.get(k), dict):
             out[k] = _deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -139,8 +144,10 @@ def expand(
 ) -> list[Point]:
     """Every combination of the scenario's ``sweep`` (plus ``grid``), validated.
 
-    ``grid`` (from ``--grid``) replaces a swept key of the same name.  Each
-    point's scenario has its sweep section emptied and the swept values set.
+    ``grid`` (from ``--grid``) replaces a swept key of the same name, and an
+    override (``--set``) of a swept key pins it: the key leaves the sweep, and
+    ``expect:`` entries keep only the points that agree with the pinned value.
+    Each point's scenario has its sweep section emptied and the swept values set.
     """
     if isinstance(source, Scenario):
         source = source.model_dump(mode="json")
@@ -148,7 +155,12 @@ def expand(
     sweep = dict(base.pop("sweep", None) or {})
     if not isinstance(sweep, dict):
         raise ConfigError("sweep: expected a mapping of dotted key -> list of values")
+    for key, value in (overrides or {}).items():
+        if key in sweep:
+            del sweep[key]
+            base["expect"] = _pin_expectations(base.get("expect"), key, value)
     sweep.update(grid or {})
+    _check_mode_keys(base, overrides or {}, sweep)
     # Validate the base first so an error names the real key, not a sweep point.
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
@@ -166,6 +178,38 @@ def expand(
             raise ConfigError(f"{e} (sweep point {where})") from None
         points.append(Point(params, scn))
     return points
+
+
+def _pin_expectations(expect: Any, key: str, value: Any) -> Any:
+    """``expect:`` after ``key`` is pinned to ``value``: entries about another value go,
+    and the key leaves the rest (it is no longer swept)."""
+    if not isinstance(expect, list):
+        return expect
+    out = []
+    for e in expect:
+        params = dict(e.get("params") or {}) if isinstance(e, dict) else None
+        if params is None or key not in params:
+            out.append(e)
+        elif params.pop(key) == value:
+            out.append({**e, "params": params})
+    return out
+
+
+_MODE_KEYS = {"workload.users": "closed", "workload.think_s": "closed", "workload.rate_per_s": "open"}
+
+
+def _check_mode_keys(base: dict, overrides: Mapping[str, Any], sweep: Mapping[str, Any]) -> None:
+    """An override or sweep of a key the workload's mode ignores is an error, not a no-op."""
+    workload = base.get("workload")
+    mode = workload.get("mode", "closed") if isinstance(workload, dict) else "closed"
+    modes = sweep.get("workload.mode") or [mode]
+    for key in [*overrides, *sweep]:
+        need = _MODE_KEYS.get(key)
+        if need is not None and need not in modes:
+            other = "workload.rate_per_s" if need == "closed" else "workload.users"
+            raise ConfigError(
+                f"{key}: has no effect on a workload in {mode} mode; set {other} instead, or workload.mode={need}"
+            )
 
 
 def run_overrides(
