@@ -110,7 +110,10 @@ class Bins:
         self.values = [0.0] * (n + 1)
 
     def _upper(self, i: int) -> float:
-        return self.lo if i == 0 else min(self.hi, self.lo + i * self.width)
+        if i == 0:
+            return self.lo
+        # The last bin ends exactly at hi: lo + n * width can round to just below it.
+        return self.hi if i >= len(self.values) - 1 else min(self.hi, self.lo + i * self.width)
 
     def _index(self, t: float) -> int:
         if t < self.lo:
