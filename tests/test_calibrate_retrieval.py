@@ -260,7 +260,7 @@ def test_corrupt_and_missing_files(tmp_path):
     p.write_text('{"version": 1, "kind": "capsim.retrieval_calibration", "rec')
     with pytest.raises(CalibrationError, match="corrupt.json: is not valid JSON"):
         load_calibration(p)
-    with pytest.raises(CalibrationError, match="nope.json: cannot be read"):
+    with pytest.raises(CalibrationError, match="nope.json: does not exist"):
         load_calibration(tmp_path / "nope.json")
 
 

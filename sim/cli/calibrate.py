@@ -71,6 +71,7 @@ def _index_list(text: str) -> list[str]:
 
 
 @calibrate_app.command("retrieval")
+@user_errors
 def retrieval(
     docs: Optional[str] = typer.Option(
         None, "--docs", help=f"Corpus sizes, comma list [default: {DEFAULT_DOCS}; with --vectors: all rows left]"

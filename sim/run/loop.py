@@ -11,20 +11,18 @@ from typing import Any
 
 from sim.analysis.summary import PointSummary, summarize_point
 from sim.engine.pipeline import Replication
-from sim.errors import ConfigError
+from sim.errors import EXIT_INTERRUPTED, EXIT_WORKER_DIED, ConfigError, RunStopped
 from sim.run.executors import LocalExecutor, Task
+from sim.run.folder import locked, prepare_out
 from sim.run.results import SweepPoint, SweepResult
 from sim.run.store import PointStore, normalize, point_id, write_sweep
 from sim.spec.scenario import Point
 from sim.spec.schema import Scenario
 
 
-class SweepInterrupted(Exception):
-    """A sweep stopped before its end; what finished is saved.  ``exit_code`` for the CLI."""
-
-    def __init__(self, message: str, exit_code: int = 4):
-        super().__init__(message)
-        self.exit_code = exit_code
+class SweepInterrupted(RunStopped):
+    """A sweep stopped before its end; what finished is saved.  ``exit_code`` for the CLI:
+    :data:`~sim.errors.EXIT_WORKER_DIED` (a worker died) or 130 (Ctrl-C)."""
 
 
 # --------------------------------------------------------------------------- keys and grids
@@ -76,6 +74,20 @@ def run_sweep(
     """
     if not points:
         raise ConfigError("the sweep has no points")
+    if out is None:
+        return _run_sweep(points, None, executor, jobs, progress, name)
+    with locked(prepare_out(Path(out), "sweep") or Path(out)):
+        return _run_sweep(points, out, executor, jobs, progress, name)
+
+
+def _run_sweep(
+    points: Sequence[Point],
+    out: str | Path | None,
+    executor: Any,
+    jobs: int | None,
+    progress: Callable[[int, int], None] | None,
+    name: str | None,
+) -> SweepResult:
     ex = executor or LocalExecutor(jobs)
     store = PointStore(out) if out is not None else None
     ids = [point_id(p.scenario) for p in points]
@@ -134,9 +146,13 @@ def run_sweep(
                     finish(i, summ)
             pending = nxt
     except KeyboardInterrupt:
-        raise SweepInterrupted(_stopped_message("interrupted", len(summaries), len(first), out), 130) from None
+        raise SweepInterrupted(
+            _stopped_message("interrupted", len(summaries), len(first), out), EXIT_INTERRUPTED
+        ) from None
     except cf.process.BrokenProcessPool:
-        raise SweepInterrupted(_stopped_message("a worker process died", len(summaries), len(first), out)) from None
+        raise SweepInterrupted(
+            _stopped_message("a worker process died", len(summaries), len(first), out), EXIT_WORKER_DIED
+        ) from None
 
     result_points: list[SweepPoint] = []
     for i, p in enumerate(points):
