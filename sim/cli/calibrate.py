@@ -11,6 +11,7 @@ writing nothing.
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,7 @@ import typer
 
 from sim.cli.app import app, stdout_console, user_errors
 from sim.errors import CapsimError
+from sim.files import regular_file_problem
 from sim.registry import INDEXES
 
 calibrate_app = typer.Typer(
@@ -34,6 +36,19 @@ DEFAULT_DOCS = "5000,20000,50000"
 @calibrate_app.callback()
 def calibrate() -> None:
     """Measure this machine and write calibration files for capsim."""
+
+
+def check_out_file(out: Path, flag: str = "--out") -> None:
+    """Refuse an output file path that cannot be written, before measuring anything."""
+    out_dir = out.parent if str(out.parent) else Path(".")
+    if not out_dir.is_dir():
+        raise CapsimError(f"{flag}: folder {str(out_dir)!r} does not exist")
+    if out.is_dir():
+        raise CapsimError(f"{flag}: {str(out)!r} is a folder; give a file name")
+    if out.exists() and not out.is_file():
+        raise CapsimError(f"{flag}: {str(out)!r} is not a regular file")
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise CapsimError(f"{flag}: folder {str(out_dir)!r} is not writable")
 
 
 def _fail(msg: str) -> None:
@@ -119,11 +134,23 @@ def retrieval(
         for flag, v in (("--python-docs", python_docs), ("--python-queries", python_queries)):
             if v <= 0:
                 raise CapsimError(f"{flag}: {v} is not a positive integer")
-        out_dir = out.parent if str(out.parent) else Path(".")
-        if not out_dir.is_dir():
-            raise CapsimError(f"--out: folder {str(out_dir)!r} does not exist")
-        if out.is_dir():
-            raise CapsimError(f"--out: {str(out)!r} is a folder; give a file name")
+        if docs_l and dim:
+            from sim.run.bounds import available_memory_bytes  # deferred: only for this check
+
+            # float32 corpus + query set + an index of about the same size (hnsw's graph is smaller)
+            need = 3 * max(docs_l) * dim * 4
+            have = available_memory_bytes()
+            if need > have:
+                raise CapsimError(
+                    f"--docs {max(docs_l):,}: a {dim}-dim float32 corpus and its index need about "
+                    f"{need / 1e9:,.1f} GB, more than the {have / 1e9:,.1f} GB available; measure fewer docs "
+                    "(capsim extrapolates larger corpora with the fitted scaling law)"
+                )
+        if vectors is not None:
+            problem = regular_file_problem(vectors)
+            if problem is not None:
+                raise CapsimError(f"--vectors {str(vectors)!r} {problem}")
+        check_out_file(out)
     except CapsimError as exc:
         _fail(str(exc))
 
@@ -253,6 +280,8 @@ def run_gpu_calibration(
     from sim.files import to_json
     from sim.spec.scenario import parse_overrides
 
+    if out is not None:
+        check_out_file(out)
     cfg = scenario_llm(scenario, parse_overrides(set_), model, gpu, dtype_bytes)
     data = read_measurements(measurements)
     fit = fit_gpu(cfg, data)
@@ -333,6 +362,7 @@ def routing_command(
     from sim.calibrate.edit_distance import IMPLS  # deferred: numpy
     from sim.calibrate.routing import run_routing_calibration, write_json  # deferred: numpy
 
+    check_out_file(out)
     size_l = parse_int_list("--sizes", sizes)
     impl_l = [s.strip() for s in impls.split(",") if s.strip()]
     bad = [i for i in impl_l if i not in IMPLS]

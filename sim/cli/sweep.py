@@ -288,7 +288,10 @@ def report_cmd(
 ) -> None:
     """Write PNG plots and one self-contained report.html into FOLDER."""
     from sim.present.plots import write_report  # deferred: matplotlib, pandas
+    from sim.run.folder import locked, verify
 
-    paths = write_report(folder, key=key, point=point)
+    verify(folder)  # a partial, mixed or foreign folder is named before anything is drawn
+    with locked(folder, flag="report"):
+        paths = write_report(folder, key=key, point=point)
     for p in paths:
         sys.stdout.write(f"{p}\n")

@@ -4,6 +4,7 @@ all go through :func:`run_sweep`."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from sim.run.executors import LocalExecutor, Task
 from sim.run.folder import locked, prepare_out
 from sim.run.results import SweepPoint, SweepResult
 from sim.run.store import PointStore, normalize, point_id, write_sweep
+from sim.spec.metrics import METRIC_STAGE
 from sim.spec.scenario import Point
 from sim.spec.schema import Scenario
 
@@ -38,6 +40,27 @@ def needs_more(summary: PointSummary, scn: Scenario) -> bool:
         if v is None or lo is None or hi is None or (hi - lo) / 2 > target * abs(v):
             return True
     return False
+
+
+def nothing_finished_fails(summary: PointSummary, scn: Scenario) -> PointSummary:
+    """A point where requests arrived but none finished in the window has failed every
+    SLA on a stage it runs: the system served nothing at this load.  (Without this the
+    missing metric reads as "inconclusive: is its stage enabled?".)"""
+    if summary.completed > 0 or summary.incomplete <= 0:
+        return summary
+    out = []
+    for v in summary.sla:
+        stage = METRIC_STAGE.get(v.metric)
+        runs = stage is None or bool(getattr(getattr(scn, stage, None), "enabled", True))
+        if v.value is None and v.verdict == "inconclusive" and runs:
+            v = dataclasses.replace(
+                v,
+                verdict="fail",
+                hint=f"no request finished in the measurement window ({summary.incomplete:,} still in flight): "
+                "the system served nothing at this load",
+            )
+        out.append(v)
+    return dataclasses.replace(summary, sla=out)
 
 
 def _executor_jobs(executor: Any) -> int:
@@ -136,7 +159,7 @@ def _run_sweep(
                     continue
                 reps[i].sort(key=lambda r: r.replication)
                 p = points[i]
-                summ = normalize(summarize_point(p.scenario, reps[i], p.params))
+                summ = normalize(nothing_finished_fails(summarize_point(p.scenario, reps[i], p.params), p.scenario))
                 cap = p.scenario.run.max_replications
                 if needs_more(summ, p.scenario) and counts[i] < cap:
                     counts[i] = min(cap, max(counts[i] + 2, math.ceil(counts[i] * 1.5)))

@@ -205,6 +205,30 @@ def apply_overrides(data: dict, overrides: Mapping[str, Any] | None) -> dict:
     return out
 
 
+def _validate(data: dict) -> Scenario:
+    """:func:`validate_scenario`, plus: a YAML boolean is never taken as a number
+    (pydantic reads ``users: true`` as 1)."""
+    scn = validate_scenario(data)
+    _no_bool_numbers(data, scn, "")
+    return scn
+
+
+def _no_bool_numbers(raw: Any, model: Any, where: str) -> None:
+    if isinstance(raw, bool):
+        if model is not None and not isinstance(model, bool) and isinstance(model, (int, float)):
+            raise ConfigError(f"{where}: {str(raw).lower()} is a boolean; give a number")
+        return
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            if not isinstance(k, str):
+                continue
+            sub = model.get(k) if isinstance(model, dict) else getattr(model, k, None)
+            _no_bool_numbers(v, sub, f"{where}.{k}" if where else k)
+    elif isinstance(raw, list) and isinstance(model, (list, tuple)):
+        for i, (v, m) in enumerate(zip(raw, model)):
+            _no_bool_numbers(v, m, f"{where}[{i}]")
+
+
 def load_raw(source: str | Path | Mapping) -> dict:
     if isinstance(source, Mapping):
         return copy.deepcopy(dict(source))
@@ -218,7 +242,7 @@ def load_scenario(source: str | Path | Mapping | Scenario, overrides: Mapping[st
             return source
         source = source.model_dump(mode="json")
     data = apply_overrides(load_raw(source), overrides)
-    return validate_scenario(data)
+    return _validate(data)
 
 
 @dataclass(frozen=True)
@@ -250,14 +274,14 @@ def expand(
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{key}: expected a non-empty list of values")
-    validate_scenario({**base, "sweep": sweep})
+    _validate({**base, "sweep": sweep})
     keys = list(sweep)
     points: list[Point] = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
         params = dict(zip(keys, combo))
         data = apply_overrides(base, params)
         try:
-            scn = validate_scenario(data)
+            scn = _validate(data)
         except ConfigError as e:
             where = ", ".join(f"{k}={v}" for k, v in params.items())
             raise ConfigError(f"{e} (sweep point {where})") from None
