@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sim.engine.pipeline import retrieval_service_distribution
 from sim.errors import CapsimError
 from sim.spec.scenario import Point
 from sim.spec.schema import Scenario
@@ -177,7 +178,9 @@ def check_bounds(
     points: Sequence[Point], max_memory: str | int | None = None, jobs: int | None = None, warn: Any = None
 ) -> Estimate:
     """Refuse (one-line :class:`CapsimError`) a run whose estimated memory exceeds the limit;
-    warn on stderr above half of it or above :data:`WARN_TIME_S` of work."""
+    warn on stderr above half of it or above :data:`WARN_TIME_S` of work.  Reads every
+    retrieval calibration the points use first, so a bad file is refused before any work."""
+    check_calibrations(points)
     limit = parse_size(max_memory) if isinstance(max_memory, str) else max_memory
     flag = "--max-memory" if limit is not None else "available memory"
     limit = limit if limit is not None else available_memory_bytes()
@@ -203,6 +206,20 @@ def check_bounds(
             f"({est.requests:,.3g} requests); driven by {est.driver()}"
         )
     return est
+
+
+def check_calibrations(points: Sequence[Point]) -> None:
+    """Build each point's retrieval service distribution once: a calibration file that is
+    unreadable, malformed or extrapolates to nonsense is a one-line error now, not mid-run."""
+    seen: set[tuple] = set()
+    for p in points:
+        r = p.scenario.retrieval
+        if not r.enabled or r.service_ms is not None:
+            continue
+        key = (r.calibration, r.index, r.docs, r.dim, r.top_k, r.ef_search, r.nprobe, r.workers)
+        if key not in seen:
+            seen.add(key)
+            retrieval_service_distribution(p.scenario)
 
 
 def _value(points: Sequence[Point], key: str) -> float:
