@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import invoke, small_scenario, write
+from tests.helpers import invoke
 
 DATA = Path(__file__).parent / "data"
 SMALL = DATA / "rag_small.yaml"
@@ -122,7 +122,9 @@ CASES = [
     ),
     Case("yaml-python-tag", lambda t: ["run", _text(t, "p.yaml", "x: !!python/object:os.system [ls]\n")], 2, "YAML"),
     # ---- values
-    Case("users-true", lambda t: ["run", SMALL, "--set", "workload.users=true"], 2, "workload.users: true is a boolean"),
+    Case(
+        "users-true", lambda t: ["run", SMALL, "--set", "workload.users=true"], 2, "workload.users: true is a boolean"
+    ),
     Case(
         "set-1e9-is-a-number",
         lambda t: ["run", SMALL, "--set", "llm.output_tokens=1e9"],
@@ -135,7 +137,9 @@ CASES = [
     Case("max-memory-garbage", lambda t: ["run", SMALL, "--max-memory", "lots"], 2, "expected a size"),
     # ---- bounds before work
     Case("users-1e9", lambda t: ["run", SMALL, "--set", "workload.users=1e9"], 2, "workload.users=1e+09"),
-    Case("replicas-1e6", lambda t: ["run", SMALL, "--set", "llm.replicas=1e6", "--max-memory", "4G"], 2, "llm.replicas"),
+    Case(
+        "replicas-1e6", lambda t: ["run", SMALL, "--set", "llm.replicas=1e6", "--max-memory", "4G"], 2, "llm.replicas"
+    ),
     Case(
         "distinct-1e8",
         lambda t: ["run", SMALL, "--set", "workload.queries.distinct=1e8", "--max-memory", "2G"],
@@ -182,9 +186,7 @@ CASES = [
         2,
         "'step_ms' appears more than once",
     ),
-    Case(
-        "gpu-extra-fields", lambda t: _gpu(t, GPU_HEADER + "1,100,1,5,99\n2,200,2,6\n4,400,4,7\n"), 2, "extra fields"
-    ),
+    Case("gpu-extra-fields", lambda t: _gpu(t, GPU_HEADER + "1,100,1,5,99\n2,200,2,6\n4,400,4,7\n"), 2, "extra fields"),
     Case("gpu-csv-fifo", lambda t: ["calibrate", "gpu", _fifo(t, "s.csv")], 2, "FIFO"),
     Case("gpu-out-folder", lambda t: ["calibrate", "gpu", DATA / "gpu_steps_synthetic.csv", "--out", t], 2, "folder"),
     # ---- output folders, all refused before simulating
@@ -227,4 +229,3 @@ def test_the_table_covers_every_campaign_area() -> None:
     ids = {c.id.split("-")[0] for c in CASES}
     assert {"scenario", "yaml", "users", "gpu", "calibration", "out", "report", "replicas"} <= ids
     assert len({c.id for c in CASES}) == len(CASES)
-

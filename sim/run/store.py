@@ -207,5 +207,5 @@ def write_run(result: Result, out_dir: str | Path) -> list[Path]:
     df.to_parquet(buf, index=False)
     atomic_write_bytes(out / "records.parquet", buf.getvalue())
     written.append(out / "records.parquet")
-    seal(out, "run", written, [p.id for p in result.points])
+    seal(out, "run", written, [point_id(p.scenario) for p in result.points])
     return written
