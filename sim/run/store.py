@@ -19,7 +19,7 @@ from sim.analysis.summary import PointSummary
 from sim.analysis.table import summary_table, with_params
 from sim.engine.pipeline import Replication
 from sim.errors import CapsimError
-from sim.files import atomic_write_bytes, atomic_write_text, to_json
+from sim.files import atomic_write_bytes, atomic_write_text, regular_file_problem, to_json
 from sim.physics.retrieval import default_calibration_path
 from sim.run.folder import seal, sha256_file, unseal, verify
 from sim.run.results import Result, SweepResult, rep_frame, timeseries_frame
@@ -36,6 +36,8 @@ def point_id(scn: Scenario) -> str:
     if r.enabled and r.service_ms is None:
         path = Path(r.calibration) if r.calibration else default_calibration_path()
         try:
+            if regular_file_problem(path) is not None:  # a FIFO would block here
+                raise OSError(path)
             doc["calibration_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
             doc["calibration_sha256"] = None  # the run itself reports the missing file
