@@ -107,7 +107,10 @@ def sweep(
     json_: bool = typer.Option(False, "--json", help="Print only the summary JSON (as capsim run --json)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
-    """Run every combination of a grid (and the scenario's sweep:) x replications."""
+    """Run every combination of a grid (and the scenario's sweep:) x replications.
+
+    Exit codes: 0 pass, 1 an SLA fails, 2 bad input, 3 inconclusive, 4 internal error, 5 a worker died, 130 Ctrl-C.
+    """
     # deferred: the simulator loads pandas, scipy and pydantic; `capsim sweep --help` needs none
     from sim.analysis.dollars import rank_by_cost
     from sim.files import to_json
@@ -193,7 +196,10 @@ def capacity(
     json_: bool = typer.Option(False, "--json", help="Print {key, capacity, tried: [...]} as JSON."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
-    """Find the largest load (or smallest resource) at which every SLA passes."""
+    """Find the largest load (or smallest resource) at which every SLA passes.
+
+    Exit codes: 0 a value meets every SLA, 1 none does, 2 bad input, 4 internal error, 5 a worker died, 130 Ctrl-C.
+    """
     # deferred: the simulator loads pandas, scipy and pydantic
     from sim.files import to_json
     from sim.run.bounds import check_bounds
