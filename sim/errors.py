@@ -18,9 +18,28 @@ class CapsimError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class RunStopped(Exception):
+    """A run stopped before its end (a worker died, Ctrl-C); what finished is saved.
+    ``exit_code`` is :data:`EXIT_WORKER_DIED` or :data:`EXIT_INTERRUPTED`."""
+
+    def __init__(self, message: str, exit_code: int = 5):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class ConfigError(CapsimError):
     """A scenario or override that does not validate."""
 
 
 class CalibrationError(CapsimError):
     """A calibration file or measurement that cannot be used."""
+
+
+# Exit codes of every ``capsim`` command (README "Exit codes", ``capsim --help``).
+EXIT_PASS = 0  # every SLA passes (or none is set); a command without verdicts succeeded
+EXIT_FAIL = 1  # an SLA fails (only ever a verdict, never a crash)
+EXIT_BAD_INPUT = 2  # bad input: one line on stderr naming the key, nothing written
+EXIT_INCONCLUSIVE = 3  # a verdict is inconclusive and none fails
+EXIT_INTERNAL = 4  # a bug in capsim: one line on stderr plus the file holding the traceback
+EXIT_WORKER_DIED = 5  # a worker process died mid-sweep; finished points are saved, re-run resumes
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); finished points are saved, re-run resumes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,23 @@ def clean(x: Any) -> Any:
     if hasattr(x, "to_dict") and callable(x.to_dict):  # typed summaries
         return clean(x.to_dict())
     return x
+
+
+def regular_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as an input file (missing, a folder, a FIFO, a device,
+    a socket), or None for a regular file.  Checked before opening: a FIFO would block."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder; give a file"
+    if stat.S_ISFIFO(st.st_mode):
+        return "is a FIFO (named pipe); give a regular file"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return "is a device; give a regular file"
+    return "is not a regular file"

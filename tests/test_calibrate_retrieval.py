@@ -157,11 +157,17 @@ def test_profile_scaling_law_and_workers(small):
     _, _, cal = small
     inside = cal.profile("hnsw", docs=2000, dim=64, top_k=5, ef_search=10)
     assert not inside.extrapolated and "scaling law" in inside.description
-    big = cal.profile("ivf", docs=100_000, dim=64, top_k=5, nprobe=8)
-    assert big.extrapolated and "extrapolated" in big.description
-    assert list(big.values_ms) == sorted(big.values_ms) and big.values_ms[0] > 0
-    lin = cal.profile("linear_numpy", docs=60_000, dim=64, top_k=5)
-    assert lin.extrapolated and lin.recall == 1.0
+    # The fixture times tiny corpora, so a fitted law may fall with N; extrapolated far, such a
+    # law is refused (issue 13: it used to give a silent 0 ms search), otherwise it must be sane.
+    for index, docs, knob in (("ivf", 100_000, {"nprobe": 8}), ("linear_numpy", 60_000, {})):
+        try:
+            big = cal.profile(index, docs=docs, dim=64, top_k=5, **knob)
+        except CalibrationError as e:
+            assert "not a search time" in str(e) and "\n" not in str(e)
+            continue
+        assert big.extrapolated and "extrapolated" in big.description
+        assert list(big.values_ms) == sorted(big.values_ms) and big.values_ms[0] > 0
+        assert index != "linear_numpy" or big.recall == 1.0
     w = cal.profile("hnsw", docs=3000, dim=64, top_k=5, ef_search=10, workers=8)
     assert "using the 2-thread measurement" in w.description
 
@@ -260,7 +266,7 @@ def test_corrupt_and_missing_files(tmp_path):
     p.write_text('{"version": 1, "kind": "capsim.retrieval_calibration", "rec')
     with pytest.raises(CalibrationError, match="corrupt.json: is not valid JSON"):
         load_calibration(p)
-    with pytest.raises(CalibrationError, match="nope.json: cannot be read"):
+    with pytest.raises(CalibrationError, match="nope.json: does not exist"):
         load_calibration(tmp_path / "nope.json")
 
 

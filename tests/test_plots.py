@@ -64,7 +64,7 @@ def test_report_options_and_errors(swept):
     bad = runner.invoke(app, ["report", str(swept), "--key", "llm.gpu"])
     assert bad.exit_code == 2 and "not a swept key" in bad.stderr
     bad = runner.invoke(app, ["report", str(swept / "nope")])
-    assert bad.exit_code == 2 and "no summary.json" in bad.stderr
+    assert bad.exit_code == 2 and "does not exist" in bad.stderr
 
 
 def test_report_of_a_run_folder(tmp_path):

@@ -46,13 +46,17 @@ import yaml
 from scipy.optimize import least_squares
 
 from sim.errors import CalibrationError
-from sim.files import atomic_write_text
+from sim.files import atomic_write_text, regular_file_problem
 from sim.physics import gpu as gm
 from sim.physics.gpu import StepCost
 from sim.spec.scenario import load_scenario
 from sim.spec.schema import LLMConfig
 
 COLUMNS = ("batch_size", "context_tokens", "new_tokens", "step_ms")
+# A forward step takes more than 10 us (a CUDA kernel launch alone is ~5 us) and less than a minute
+# (a 128k-token prefill of a 70B model on one GPU is seconds); outside that a row is not a step in ms.
+STEP_MS_RANGE = (0.01, 60_000.0)
+MAX_REL_ERROR = 10.0  # a fit off by more than 1,000% on some step does not describe these steps
 
 
 # --------------------------------------------------------------------------- measurements
@@ -61,6 +65,9 @@ COLUMNS = ("batch_size", "context_tokens", "new_tokens", "step_ms")
 def read_measurements(path: str | Path) -> dict[str, np.ndarray]:
     """The four columns as float arrays; bad input raises :class:`CalibrationError` with one line."""
     path = Path(path)
+    problem = regular_file_problem(path)
+    if problem is not None and problem != "does not exist":
+        raise CalibrationError(f"{path}: {problem}")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -76,6 +83,9 @@ def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.nd
     if not rows:
         raise CalibrationError(f"{name}: empty; need a header {','.join(COLUMNS)} and one row per step")
     header = [h.strip() for h in rows[0]]
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise CalibrationError(f"{name}: column {dup[0]!r} appears more than once in the header; give each column once")
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise CalibrationError(
@@ -85,6 +95,10 @@ def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.nd
     idx = {c: header.index(c) for c in COLUMNS}
     data: dict[str, list[float]] = {c: [] for c in COLUMNS}
     for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) > len(header):
+            raise CalibrationError(
+                f"{name}: row {lineno}: {len(row)} fields but the header names {len(header)}; extra fields are not read"
+            )
         for c in COLUMNS:
             i = idx[c]
             raw = row[i].strip() if i < len(row) else ""
@@ -98,12 +112,35 @@ def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.nd
                 raise CalibrationError(f"{name}: row {lineno}: context_tokens must be >= 0, got {raw}")
             if c != "context_tokens" and v <= 0:
                 raise CalibrationError(f"{name}: row {lineno}: {c} must be > 0, got {raw}")
+            if c == "step_ms" and not STEP_MS_RANGE[0] <= v <= STEP_MS_RANGE[1]:
+                raise CalibrationError(
+                    f"{name}: row {lineno}: step_ms {raw} is not a forward step's time "
+                    f"(expected {STEP_MS_RANGE[0]:g} to {STEP_MS_RANGE[1]:g} ms; is the column in ms?)"
+                )
+            if c in ("batch_size", "new_tokens", "context_tokens") and not v.is_integer():
+                raise CalibrationError(f"{name}: row {lineno}: {c} {raw!r} must be a whole number")
             data[c].append(v)
+        b, ctx, new = (data[c][-1] for c in ("batch_size", "context_tokens", "new_tokens"))
+        if new < b:
+            raise CalibrationError(
+                f"{name}: row {lineno}: new_tokens {new:g} < batch_size {b:g}; every sequence in a step adds a token"
+            )
+        if ctx < new:
+            raise CalibrationError(
+                f"{name}: row {lineno}: context_tokens {ctx:g} < new_tokens {new:g}"
+                "; the context includes the new tokens"
+            )
     n = len(data["step_ms"])
     if n < 3:
         raise CalibrationError(
             f"{name}: {n} row{'s' if n != 1 else ''}; need at least 3 steps to fit "
             f"3 parameters (more, and both decode and prefill steps, are better)"
+        )
+    distinct = len(set(zip(data["batch_size"], data["context_tokens"], data["new_tokens"])))
+    if distinct < 3:
+        raise CalibrationError(
+            f"{name}: only {distinct} distinct (batch_size, context_tokens, new_tokens) step"
+            f"{'s' if distinct != 1 else ''}; 3 parameters need at least 3 different steps to be identified"
         )
     return {c: np.asarray(v, dtype=float) for c, v in data.items()}
 
@@ -225,6 +262,23 @@ def fit_gpu(cfg: LLMConfig, data: dict[str, np.ndarray]) -> GPUFit:
         s2 = float(np.sum(best.fun**2)) / (len(y) - 3)
         cov = np.linalg.pinv(jac.T @ jac) * s2
         stderr = {k: float(math.sqrt(max(cov[i, i], 0.0))) for i, k in enumerate(stderr)}
+    lo_hit = [k for k, v, lo in (("bw_efficiency", e, LOWER[0]), ("mfu", mfu, LOWER[1])) if v <= lo * 1.01]
+    if lo_hit and not any(k in n for n in notes for k in lo_hit):
+        raise CalibrationError(
+            f"{lo_hit[0]} fitted to its lower bound {LOWER[0]:g}: these steps are ~1000x slower than the roofline "
+            f"of {cfg.gpu.name or 'this GPU'}; check that step_ms is in milliseconds and --gpu / --model"
+        )
+    if ovh >= float(np.min(y)):
+        raise CalibrationError(
+            f"step_overhead_ms fitted to {ovh:.4g} ms, not below the smallest measured step {float(np.min(y)):.4g} ms: "
+            "the roofline does not explain these steps (check --gpu / --model and the units)"
+        )
+    max_rel = float(np.max(np.abs(pred - y) / y))
+    if max_rel > MAX_REL_ERROR:
+        raise CalibrationError(
+            f"the fitted roofline is off by {max_rel:.0%} on some step: the model does not describe these steps "
+            "(check --gpu / --model and that step_ms is in milliseconds)"
+        )
     return GPUFit(
         bw_efficiency=e,
         mfu=mfu,

@@ -12,6 +12,7 @@ writing nothing.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +22,7 @@ import typer
 
 from sim.cli.app import app, stdout_console, user_errors
 from sim.errors import CapsimError
+from sim.files import regular_file_problem
 from sim.registry import INDEXES
 
 calibrate_app = typer.Typer(
@@ -35,6 +37,19 @@ DEFAULT_DOCS = "5000,20000,50000"
 @calibrate_app.callback()
 def calibrate() -> None:
     """Measure this machine and write calibration files for capsim."""
+
+
+def check_out_file(out: Path, flag: str = "--out") -> None:
+    """Refuse an output file path that cannot be written, before measuring anything."""
+    out_dir = out.parent if str(out.parent) else Path(".")
+    if not out_dir.is_dir():
+        raise CapsimError(f"{flag}: folder {str(out_dir)!r} does not exist")
+    if out.is_dir():
+        raise CapsimError(f"{flag}: {str(out)!r} is a folder; give a file name")
+    if out.exists() and not out.is_file():
+        raise CapsimError(f"{flag}: {str(out)!r} is not a regular file")
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise CapsimError(f"{flag}: folder {str(out_dir)!r} is not writable")
 
 
 def _fail(msg: str) -> None:
@@ -72,6 +87,7 @@ def _index_list(text: str) -> list[str]:
 
 
 @calibrate_app.command("retrieval")
+@user_errors
 def retrieval(
     docs: Optional[str] = typer.Option(
         None, "--docs", help=f"Corpus sizes, comma list [default: {DEFAULT_DOCS}; with --vectors: all rows left]"
@@ -119,11 +135,23 @@ def retrieval(
         for flag, v in (("--python-docs", python_docs), ("--python-queries", python_queries)):
             if v <= 0:
                 raise CapsimError(f"{flag}: {v} is not a positive integer")
-        out_dir = out.parent if str(out.parent) else Path(".")
-        if not out_dir.is_dir():
-            raise CapsimError(f"--out: folder {str(out_dir)!r} does not exist")
-        if out.is_dir():
-            raise CapsimError(f"--out: {str(out)!r} is a folder; give a file name")
+        if docs_l and dim:
+            from sim.run.bounds import available_memory_bytes  # deferred: only for this check
+
+            # float32 corpus + query set + an index of about the same size (hnsw's graph is smaller)
+            need = 3 * max(docs_l) * dim * 4
+            have = available_memory_bytes()
+            if need > have:
+                raise CapsimError(
+                    f"--docs {max(docs_l):,}: a {dim}-dim float32 corpus and its index need about "
+                    f"{need / 1e9:,.1f} GB, more than the {have / 1e9:,.1f} GB available; measure fewer docs "
+                    "(capsim extrapolates larger corpora with the fitted scaling law)"
+                )
+        if vectors is not None:
+            problem = regular_file_problem(vectors)
+            if problem is not None:
+                raise CapsimError(f"--vectors {str(vectors)!r} {problem}")
+        check_out_file(out)
     except CapsimError as exc:
         _fail(str(exc))
 
@@ -253,6 +281,8 @@ def run_gpu_calibration(
     from sim.files import to_json
     from sim.spec.scenario import parse_overrides
 
+    if out is not None:
+        check_out_file(out)
     cfg = scenario_llm(scenario, parse_overrides(set_), model, gpu, dtype_bytes)
     data = read_measurements(measurements)
     fit = fit_gpu(cfg, data)
@@ -333,6 +363,8 @@ def routing_command(
     from sim.calibrate.edit_distance import IMPLS  # deferred: numpy
     from sim.calibrate.routing import run_routing_calibration, write_json  # deferred: numpy
 
+    check_out_file(out)
+    check_out_file(out)
     size_l = parse_int_list("--sizes", sizes)
     impl_l = [s.strip() for s in impls.split(",") if s.strip()]
     bad = [i for i in impl_l if i not in IMPLS]
@@ -379,6 +411,7 @@ def published_command(
 
     if resamples < 0:
         raise CapsimError(f"--resamples: must be >= 0, got {resamples}")
+    check_out_file(out)
     doc = run_fit(data, resamples=resamples, seed=seed)
     atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
     for name, p in doc["presets"].items():

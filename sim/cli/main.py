@@ -1,7 +1,8 @@
 """``capsim run`` and ``capsim schema``.  No model logic here: parse, call, print.
 
 Exit codes: 0 every SLA passes (or none is set), 1 an SLA fails, 3 a verdict
-is inconclusive and none fails, 2 bad input (one line on stderr).
+is inconclusive and none fails, 2 bad input (one line on stderr), 4 internal
+error (one line plus the saved traceback), 5 a worker died, 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from sim.cli.app import app, check_out_dir, progress_bar, stdout_console, user_errors
+from sim.cli.app import MAX_MEMORY_HELP, app, progress_bar, stdout_console, user_errors
 from sim.errors import CapsimError
 
 
@@ -27,25 +28,36 @@ def run(
     jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores)."),
     out: Optional[Path] = typer.Option(None, help="Write resolved scenario, summary.json, records.parquet here."),
     json_: bool = typer.Option(False, "--json", help="Print only the summary JSON on stdout."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
-    """Simulate a scenario (every sweep point) and judge its SLAs."""
+    """Simulate a scenario (every sweep point) and judge its SLAs.
+
+    Exit codes: 0 pass, 1 an SLA fails, 2 bad input, 3 inconclusive, 4 internal error, 5 a worker died, 130 Ctrl-C.
+    """
     # deferred: the simulator loads pandas, scipy and pydantic; `capsim run --help` needs none
     from sim.files import to_json
     from sim.present.tables import print_run
+    from sim.run.bounds import check_bounds
+    from sim.run.folder import locked, prepare_out
     from sim.run.store import write_run
     from sim.run.sweep import simulate
-    from sim.spec.scenario import parse_overrides
+    from sim.spec.scenario import expand, parse_overrides, run_overrides
 
     if replications is not None and replications < 1:
         raise CapsimError(f"--replications: must be >= 1, got {replications}")
     if jobs is not None and jobs < 1:
         raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
-    check_out_dir(out)
     overrides = parse_overrides(set_)
-    with progress_bar("simulating") as bar:
-        result = simulate(scenario, overrides, seed=seed, replications=replications, jobs=jobs, progress=bar)
+    points = expand(scenario, run_overrides(overrides, seed, replications), None)
+    check_bounds(points, max_memory, jobs)
     if out is not None:
-        write_run(result, out)
+        with locked(prepare_out(out, "run") or out):
+            with progress_bar("simulating") as bar:
+                result = simulate(scenario, overrides, seed=seed, replications=replications, jobs=jobs, progress=bar)
+            write_run(result, out)
+    else:
+        with progress_bar("simulating") as bar:
+            result = simulate(scenario, overrides, seed=seed, replications=replications, jobs=jobs, progress=bar)
     if json_:
         sys.stdout.write(to_json(result.summary) + "\n")
     else:

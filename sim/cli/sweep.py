@@ -2,13 +2,15 @@
 
 No model logic: parse flags, call :mod:`sim.run.sweep` / :mod:`sim.present.plots`, print.
 Exit codes as ``capsim run`` (0 pass, 1 an SLA fails or no value meets it,
-2 bad input, 3 inconclusive), plus 4 when a worker died and 130 on Ctrl-C;
-in both of those cases every finished point is saved and the same command
-resumes.
+2 bad input, 3 inconclusive, 4 internal error), plus 5 when a worker died and
+130 on Ctrl-C; in both of those cases every finished point is saved and the
+same command resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -16,7 +18,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from sim.cli.app import app, check_out_dir, err_console, progress_bar, stdout_console, user_errors
+from sim.cli.app import MAX_MEMORY_HELP, app, err_console, progress_bar, stdout_console, user_errors
 from sim.errors import CapsimError
 
 SCHEDULER_HELP = (
@@ -103,18 +105,23 @@ def sweep(
         None, help="'cost': list points that pass the SLA first, cheapest answer first (needs a cost: section)."
     ),
     json_: bool = typer.Option(False, "--json", help="Print only the summary JSON (as capsim run --json)."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
-    """Run every combination of a grid (and the scenario's sweep:) x replications."""
+    """Run every combination of a grid (and the scenario's sweep:) x replications.
+
+    Exit codes: 0 pass, 1 an SLA fails, 2 bad input, 3 inconclusive, 4 internal error, 5 a worker died, 130 Ctrl-C.
+    """
     # deferred: the simulator loads pandas, scipy and pydantic; `capsim sweep --help` needs none
     from sim.analysis.dollars import rank_by_cost
     from sim.files import to_json
     from sim.present.tables import print_run
+    from sim.run.bounds import check_bounds
+    from sim.run.folder import locked, prepare_out
     from sim.run.loop import SweepInterrupted, run_sweep
     from sim.spec.keys import check_key, parse_grid
     from sim.spec.scenario import expand, parse_overrides, run_overrides
 
     _check_counts(replications, jobs)
-    check_out_dir(out)
     if rank not in (None, "cost"):
         raise CapsimError(f"--rank {rank!r}: expected cost")
     g = parse_grid(grid)
@@ -128,10 +135,16 @@ def sweep(
             "--rank cost: the scenario has no cost: section "
             "(e.g. --set cost.gpu_per_hour=2.5 --set cost.cpu_worker_per_hour=0.05)"
         )
+    check_bounds(points, max_memory, jobs)
+    prepare_out(out, "sweep")
     ex = _executor(scheduler, jobs)
     try:
         with progress_bar(f"sweeping {len(points)} points") as bar:
-            result = run_sweep(points, out, executor=ex, progress=bar)
+            if out is not None:
+                with locked(out):
+                    result = run_sweep(points, out, executor=ex, progress=bar)
+            else:
+                result = run_sweep(points, out, executor=ex, progress=bar)
     except SweepInterrupted as e:
         err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
@@ -181,21 +194,35 @@ def capacity(
     scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
     out: Optional[Path] = typer.Option(None, help="Save (and reuse) every point tried, as capsim sweep --out."),
     json_: bool = typer.Option(False, "--json", help="Print {key, capacity, tried: [...]} as JSON."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
-    """Find the largest load (or smallest resource) at which every SLA passes."""
+    """Find the largest load (or smallest resource) at which every SLA passes.
+
+    Exit codes: 0 a value meets every SLA, 1 none does, 2 bad input, 4 internal error, 5 a worker died, 130 Ctrl-C.
+    """
     # deferred: the simulator loads pandas, scipy and pydantic
     from sim.files import to_json
+    from sim.run.bounds import check_bounds
     from sim.run.capacity import Tried
     from sim.run.capacity import capacity as find_capacity
+    from sim.run.folder import locked, prepare_out
     from sim.run.loop import SweepInterrupted
     from sim.spec.keys import check_key
-    from sim.spec.scenario import parse_overrides
+    from sim.spec.scenario import expand, parse_overrides, run_overrides
 
     _check_counts(replications, jobs)
-    check_out_dir(out)
+    if (high is not None and not math.isfinite(high)) or (low is not None and not math.isfinite(low)):
+        raise CapsimError(f"--low/--high: must be finite numbers, got {low} and {high}")
     ov = parse_overrides(set_)
     for k in ov:
         check_key(k, "--set")
+    base_ov = run_overrides(ov, seed, replications)
+    bound_points = expand(scenario, base_ov)
+    if high is not None:  # the largest value tried drives the bound, when it is a valid one
+        with contextlib.suppress(CapsimError):  # the search reports a bad --vary or --high itself
+            bound_points = expand(scenario, {**base_ov, vary: int(high) if float(high).is_integer() else high})
+    check_bounds(bound_points, max_memory, jobs)
+    prepare_out(out, "sweep")
     con = stdout_console()
 
     def show(t: Tried) -> None:
@@ -212,21 +239,23 @@ def capacity(
             con.print(line, markup=False, highlight=False, soft_wrap=True)
 
     ex = _executor(scheduler, jobs)
+    hold = locked(out) if out is not None else contextlib.nullcontext()
     try:
-        res = find_capacity(
-            scenario,
-            vary,
-            ov,
-            low=low,
-            high=high,
-            direction=direction,
-            step=step,
-            replications=replications,
-            seed=seed,
-            executor=ex,
-            out=out,
-            on_try=show,
-        )
+        with hold:
+            res = find_capacity(
+                scenario,
+                vary,
+                ov,
+                low=low,
+                high=high,
+                direction=direction,
+                step=step,
+                replications=replications,
+                seed=seed,
+                executor=ex,
+                out=out,
+                on_try=show,
+            )
     except SweepInterrupted as e:
         err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
@@ -265,7 +294,10 @@ def report_cmd(
 ) -> None:
     """Write PNG plots and one self-contained report.html into FOLDER."""
     from sim.present.plots import write_report  # deferred: matplotlib, pandas
+    from sim.run.folder import locked, verify
 
-    paths = write_report(folder, key=key, point=point)
+    verify(folder)  # a partial, mixed or foreign folder is named before anything is drawn
+    with locked(folder, flag="report"):
+        paths = write_report(folder, key=key, point=point)
     for p in paths:
         sys.stdout.write(f"{p}\n")

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import CalibrationError
+from sim.files import regular_file_problem
 from sim.indexes import kind, kinds
 from sim.indexes.base import auto_nlist
 
@@ -247,6 +248,14 @@ class Calibration:
                 x = kind(index).law_x(docs, nlist=self._nlist_for(docs), nprobe=kv)
                 v = fit.a + fit.b * x
                 m = fit.mean_a + fit.mean_b * x
+                median = float(np.interp(0.5, self.probs, v))
+                if median <= 0:  # the fitted law falls with N: extrapolated, it reaches a 0 ms search
+                    raise CalibrationError(
+                        f"retrieval.docs={docs}: the scaling law {ik.law_note} of {name} for {index}{_kv(knob, kv)} "
+                        f"threads={T} gives a median of {median:.3g} ms there "
+                        f"(fitted mean slope {fit.mean_b:.3g}), not a search time; "
+                        f"measure it with: capsim calibrate retrieval --docs {docs}"
+                    )
                 lo_n, hi_n = min(fit.docs), max(fit.docs)
                 if docs < lo_n or docs > hi_n:
                     extrapolated = True
@@ -326,14 +335,23 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
     def bad(msg: str) -> CalibrationError:
         return CalibrationError(f"calibration file {name}: {msg}")
 
+    problem = regular_file_problem(p)
+    if problem is not None:
+        raise bad(problem)
     try:
         text = p.read_text()
     except OSError as exc:
         raise bad(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except UnicodeDecodeError as exc:
+        raise bad(f"is not UTF-8 text (byte {exc.start}); is it a binary file?") from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as exc:
+        raise bad(f"duplicate key {exc.args[0]!r}; give each key once") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad(f"is not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
+    except RecursionError:
+        raise bad("is nested too deeply to be a calibration") from None
     if not isinstance(doc, dict):
         raise bad("top level must be a JSON object")
     if doc.get("kind") != KIND:
@@ -371,6 +389,8 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
                 raise bad(
                     f"{where}.knob_value must be {'null' if kind(index).knob is None else 'an integer'} for {index}"
                 )
+            if vals[-1] <= 0 or mean <= 0:
+                raise bad(f"{where}: a search cannot take 0 ms; values_ms and mean_ms must be positive")
             rc = r.get("recall")
             if rc is not None and not (0.0 <= float(rc) <= 1.0):
                 raise bad(f"{where}.recall must be between 0 and 1")
@@ -405,6 +425,8 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
                 or not (np.isfinite(a).all() and np.isfinite(b).all())
             ):
                 raise bad(f"{where}.a and .b must be {len(probs)} finite numbers")
+            if len(set(f["docs"])) < 2:
+                raise bad(f"{where}.docs: a scaling law needs at least 2 distinct corpus sizes to be identified")
             fits.append(
                 _Fit(
                     index=str(f["index"]),
@@ -430,6 +452,19 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
         machine=_section(doc, "machine"),
         corpus=_section(doc, "corpus"),
     )
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
 
 
 def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from sim.errors import CapsimError
 from sim.run.executors import Task, _run_task, default_jobs
 
 LOCAL = "local-dask"
+SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")  # distributed's comm backends
 
 
 def connect_timeout_s() -> float:
@@ -61,6 +62,12 @@ class DaskExecutor:
             )
             self.client = distributed.Client(self.cluster, set_as_default=False)
         else:
+            scheme = address.split("://", 1)[0].lower() if "://" in address else "tcp"
+            if scheme not in SCHEMES:
+                raise CapsimError(
+                    f"--scheduler {address!r}: {scheme}:// is not a Dask protocol; use one of "
+                    f"{', '.join(s + '://' for s in SCHEMES)} (e.g. tcp://host:8786) or {LOCAL!r}"
+                )
             if "://" not in address and ":" not in address:
                 raise CapsimError(
                     f"--scheduler {address!r}: expected a scheduler address such as "

@@ -9,7 +9,9 @@ in task order whatever finishes first.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -23,6 +25,24 @@ Task = tuple[Scenario, int]
 def _run_task(task: Task) -> Replication:
     scn, rep = task
     return run_replication(scn, rep)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: this worker gets SIGKILL when the process that started it dies.
+
+    Linux's ``prctl(PR_SET_PDEATHSIG)``; elsewhere a no-op.  If the parent died
+    between the fork and this call, the worker exits at once.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def default_jobs() -> int:
@@ -42,7 +62,12 @@ class LocalExecutor:
             for i, t in enumerate(tasks):
                 yield i, _run_task(t)
             return
-        pool = ProcessPoolExecutor(max_workers=min(self.jobs, len(tasks)), mp_context=get_context("fork"))
+        pool = ProcessPoolExecutor(
+            max_workers=min(self.jobs, len(tasks)),
+            mp_context=get_context("fork"),
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        )
         clean = False
         try:
             futures = {pool.submit(_run_task, t): i for i, t in enumerate(tasks)}

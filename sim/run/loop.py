@@ -4,6 +4,7 @@ all go through :func:`run_sweep`."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -11,20 +12,19 @@ from typing import Any
 
 from sim.analysis.summary import PointSummary, summarize_point
 from sim.engine.pipeline import Replication
-from sim.errors import ConfigError
+from sim.errors import EXIT_INTERRUPTED, EXIT_WORKER_DIED, ConfigError, RunStopped
 from sim.run.executors import LocalExecutor, Task
+from sim.run.folder import locked, prepare_out
 from sim.run.results import SweepPoint, SweepResult
 from sim.run.store import PointStore, normalize, point_id, write_sweep
+from sim.spec.metrics import METRIC_STAGE
 from sim.spec.scenario import Point
 from sim.spec.schema import Scenario
 
 
-class SweepInterrupted(Exception):
-    """A sweep stopped before its end; what finished is saved.  ``exit_code`` for the CLI."""
-
-    def __init__(self, message: str, exit_code: int = 4):
-        super().__init__(message)
-        self.exit_code = exit_code
+class SweepInterrupted(RunStopped):
+    """A sweep stopped before its end; what finished is saved.  ``exit_code`` for the CLI:
+    :data:`~sim.errors.EXIT_WORKER_DIED` (a worker died) or 130 (Ctrl-C)."""
 
 
 # --------------------------------------------------------------------------- keys and grids
@@ -40,6 +40,27 @@ def needs_more(summary: PointSummary, scn: Scenario) -> bool:
         if v is None or lo is None or hi is None or (hi - lo) / 2 > target * abs(v):
             return True
     return False
+
+
+def nothing_finished_fails(summary: PointSummary, scn: Scenario) -> PointSummary:
+    """A point where requests arrived but none finished in the window has failed every
+    SLA on a stage it runs: the system served nothing at this load.  (Without this the
+    missing metric reads as "inconclusive: is its stage enabled?".)"""
+    if summary.completed > 0 or summary.incomplete <= 0:
+        return summary
+    out = []
+    for v in summary.sla:
+        stage = METRIC_STAGE.get(v.metric)
+        runs = stage is None or bool(getattr(getattr(scn, stage, None), "enabled", True))
+        if v.value is None and v.verdict == "inconclusive" and runs:
+            v = dataclasses.replace(
+                v,
+                verdict="fail",
+                hint=f"no request finished in the measurement window ({summary.incomplete:,} still in flight): "
+                "the system served nothing at this load",
+            )
+        out.append(v)
+    return dataclasses.replace(summary, sla=out)
 
 
 def _executor_jobs(executor: Any) -> int:
@@ -76,6 +97,20 @@ def run_sweep(
     """
     if not points:
         raise ConfigError("the sweep has no points")
+    if out is None:
+        return _run_sweep(points, None, executor, jobs, progress, name)
+    with locked(prepare_out(Path(out), "sweep") or Path(out)):
+        return _run_sweep(points, out, executor, jobs, progress, name)
+
+
+def _run_sweep(
+    points: Sequence[Point],
+    out: str | Path | None,
+    executor: Any,
+    jobs: int | None,
+    progress: Callable[[int, int], None] | None,
+    name: str | None,
+) -> SweepResult:
     ex = executor or LocalExecutor(jobs)
     store = PointStore(out) if out is not None else None
     ids = [point_id(p.scenario) for p in points]
@@ -124,7 +159,7 @@ def run_sweep(
                     continue
                 reps[i].sort(key=lambda r: r.replication)
                 p = points[i]
-                summ = normalize(summarize_point(p.scenario, reps[i], p.params))
+                summ = normalize(nothing_finished_fails(summarize_point(p.scenario, reps[i], p.params), p.scenario))
                 cap = p.scenario.run.max_replications
                 if needs_more(summ, p.scenario) and counts[i] < cap:
                     counts[i] = min(cap, max(counts[i] + 2, math.ceil(counts[i] * 1.5)))
@@ -134,9 +169,13 @@ def run_sweep(
                     finish(i, summ)
             pending = nxt
     except KeyboardInterrupt:
-        raise SweepInterrupted(_stopped_message("interrupted", len(summaries), len(first), out), 130) from None
+        raise SweepInterrupted(
+            _stopped_message("interrupted", len(summaries), len(first), out), EXIT_INTERRUPTED
+        ) from None
     except cf.process.BrokenProcessPool:
-        raise SweepInterrupted(_stopped_message("a worker process died", len(summaries), len(first), out)) from None
+        raise SweepInterrupted(
+            _stopped_message("a worker process died", len(summaries), len(first), out), EXIT_WORKER_DIED
+        ) from None
 
     result_points: list[SweepPoint] = []
     for i, p in enumerate(points):

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from sim.analysis.summary import PointSummary
 from sim.analysis.table import summary_table, with_params
 from sim.engine.pipeline import Replication
 from sim.errors import CapsimError
-from sim.files import atomic_write_bytes, atomic_write_text, to_json
+from sim.files import atomic_write_bytes, atomic_write_text, regular_file_problem, to_json
 from sim.physics.retrieval import default_calibration_path
+from sim.run.folder import seal, sha256_file, unseal, verify
 from sim.run.results import Result, SweepResult, rep_frame, timeseries_frame
 from sim.spec.schema import Scenario
 
@@ -34,6 +36,8 @@ def point_id(scn: Scenario) -> str:
     if r.enabled and r.service_ms is None:
         path = Path(r.calibration) if r.calibration else default_calibration_path()
         try:
+            if regular_file_problem(path) is not None:  # a FIFO would block here
+                raise OSError(path)
             doc["calibration_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
             doc["calibration_sha256"] = None  # the run itself reports the missing file
@@ -53,8 +57,13 @@ def normalize(summary: PointSummary) -> PointSummary:
     return PointSummary.from_dict(json.loads(to_json(summary)))
 
 
+POINT_FILES = ("scenario.yaml", "records.parquet", "timeseries.parquet", "summary.json")
+
+
 class PointStore:
-    """``out/points/<id>/``: one folder per completed point, ``summary.json`` written last."""
+    """``out/points/<id>/``: one folder per completed point; ``hashes.json`` (the sha256 of
+    each of its files) written last marks it complete.  A point whose files do not match
+    their hashes (a truncated Parquet file, an edited or emptied summary) is computed again."""
 
     def __init__(self, out: str | Path):
         self.root = Path(out)
@@ -65,14 +74,28 @@ class PointStore:
 
     def has(self, pid: str) -> bool:
         d = self.folder(pid)
-        return all((d / f).is_file() for f in ("summary.json", "records.parquet", "scenario.yaml"))
+        return all((d / f).is_file() for f in (*POINT_FILES, "hashes.json"))
+
+    def intact(self, pid: str) -> bool:
+        """Every file of the point matches the sha256 recorded when it was saved."""
+        d = self.folder(pid)
+        try:
+            hashes = json.loads((d / "hashes.json").read_text())
+            return isinstance(hashes, dict) and all(
+                isinstance(hashes.get(f), str) and sha256_file(d / f) == hashes[f] for f in POINT_FILES
+            )
+        except (OSError, ValueError):
+            return False
 
     def load_summary(self, pid: str) -> PointSummary | None:
-        if not self.has(pid):
+        if not self.has(pid) or not self.intact(pid):
             return None
         try:
-            return PointSummary.from_dict(json.loads((self.folder(pid) / "summary.json").read_text()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            doc = json.loads((self.folder(pid) / "summary.json").read_text())
+            if not isinstance(doc, dict) or not doc:
+                return None
+            return PointSummary.from_dict(doc)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
             return None  # unreadable or not a point summary: compute it again
 
     def save(self, pid: str, scn: Scenario, summary: PointSummary, reps: Sequence[Replication]) -> None:
@@ -81,7 +104,12 @@ class PointStore:
         atomic_write_text(d / "scenario.yaml", yaml.safe_dump(scn.model_dump(mode="json"), sort_keys=False))
         atomic_write_bytes(d / "records.parquet", parquet_bytes(rep_frame(reps)))
         atomic_write_bytes(d / "timeseries.parquet", parquet_bytes(timeseries_frame(reps)))
-        atomic_write_text(d / "summary.json", to_json(summary))  # last: marks the point complete
+        hashes = d / "hashes.json"
+        if hashes.exists():
+            hashes.unlink()  # a re-save: the point is incomplete until its new hashes land
+        atomic_write_text(d / "summary.json", to_json(summary))
+        digests = {f: sha256_file(d / f) for f in POINT_FILES}
+        atomic_write_text(hashes, json.dumps(digests, indent=2) + "\n")  # last: marks the point complete
 
 
 # --------------------------------------------------------------------------- results
@@ -93,6 +121,7 @@ def write_sweep(result: SweepResult, out: str | Path) -> list[Path]:
     import pyarrow.parquet as pq  # deferred: pyarrow only to stream a sweep
 
     out = Path(out)
+    unseal(out)
     written = []
     atomic_write_text(out / "summary.json", to_json(result.summary))
     table = result.table()
@@ -102,7 +131,9 @@ def write_sweep(result: SweepResult, out: str | Path) -> list[Path]:
     dtypes = result._dtypes()
     for name in ("records", "timeseries"):
         # Stream point by point so a big sweep never sits in memory at once.
-        tmp = out / f".{name}.parquet.tmp"
+        fd, tmp_name = tempfile.mkstemp(dir=out, prefix=f".{name}.parquet.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
         writer = None
         try:
             for i, p in enumerate(result.points):
@@ -117,27 +148,36 @@ def write_sweep(result: SweepResult, out: str | Path) -> list[Path]:
                 elif t.schema != writer.schema:
                     t = t.cast(writer.schema)
                 writer.write_table(t)
+            if writer is not None:
+                writer.close()
+                writer = None
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, out / f"{name}.parquet")
+                written.append(out / f"{name}.parquet")
+            elif (out / f"{name}.parquet").exists():
+                (out / f"{name}.parquet").unlink()  # stale from an earlier write of this folder
         finally:
             if writer is not None:
                 writer.close()
-        if writer is not None:
-            os.replace(tmp, out / f"{name}.parquet")
-            written.append(out / f"{name}.parquet")
+            if tmp.exists():
+                tmp.unlink()
+    seal(out, "sweep", written, [p.id for p in result.points])
     return written
 
 
 def load_sweep(out: str | Path) -> dict:
     """Read a sweep (or `capsim run --out`) folder: ``{"summary", "table", "records_path", ...}``."""
     out = Path(out)
+    manifest = verify(out)
     f = out / "summary.json"
-    if not f.is_file():
-        raise CapsimError(
-            f"{out}: no summary.json here (expected a folder written by capsim sweep --out or capsim run --out)"
-        )
+    if "summary.json" not in manifest["files"]:
+        raise CapsimError(f"{out}: its {manifest.get('kind')} wrote no summary.json")
     try:
         summary = json.loads(f.read_text())
     except ValueError as e:
         raise CapsimError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(summary, dict):
+        raise CapsimError(f"{f}: expected a JSON object (a capsim summary), got {type(summary).__name__}")
     return {
         "summary": summary,
         "table": summary_table(summary.get("points", [])),
@@ -152,6 +192,7 @@ def load_sweep(out: str | Path) -> dict:
 def write_run(result: Result, out_dir: str | Path) -> list[Path]:
     """Write the resolved scenario(s), the summary JSON and the Parquet records."""
     out = Path(out_dir)
+    unseal(out)
     written = []
     scenarios = [p.scenario.model_dump(mode="json") for p in result.points]
     resolved = (
@@ -168,4 +209,5 @@ def write_run(result: Result, out_dir: str | Path) -> list[Path]:
     df.to_parquet(buf, index=False)
     atomic_write_bytes(out / "records.parquet", buf.getvalue())
     written.append(out / "records.parquet")
+    seal(out, "run", written, [point_id(p.scenario) for p in result.points])
     return written

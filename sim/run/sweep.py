@@ -9,7 +9,8 @@ it) and, the moment its last replication lands, written under ``out``::
     out/points/<id>/scenario.yaml        the resolved scenario
     out/points/<id>/records.parquet      one row per request, every replication
     out/points/<id>/timeseries.parquet   sampled queues, batch, KV use
-    out/points/<id>/summary.json         written last: the point is complete
+    out/points/<id>/summary.json         the point's summary
+    out/points/<id>/hashes.json          written last: sha256 of each file; the point is complete
 
 Running the same command again (after a crash, Ctrl-C or a killed worker)
 reuses every complete point and computes only the missing ones.  At the end
@@ -20,6 +21,10 @@ the folder gets files any pandas user can read::
     out/summary.parquet   interval, throughput, utilisation, cost, verdicts
     out/records.parquet   every request of every point, swept keys as columns
     out/timeseries.parquet
+    out/capsim.json       written last: command, points, sha256 of each file (see sim.run.folder)
+
+A point whose files no longer match its hashes is computed again; the folder is
+locked while a command writes it (:mod:`sim.run.folder`).
 
 **Capacity** (:func:`capacity`) finds, by bracketing and bisection on the
 statistical SLA verdict, the largest value of a load key (``workload.users``)

@@ -13,7 +13,10 @@ expands into one validated scenario per combination (a *point*), in the order
 from __future__ import annotations
 
 import copy
+import datetime
 import itertools
+import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 import yaml
 
 from sim.errors import ConfigError
+from sim.files import regular_file_problem
 from sim.spec.schema import Scenario, validate_scenario
 
 
@@ -39,20 +43,90 @@ def _deep_merge(base: dict, over: Mapping) -> dict:
     return out
 
 
+MAX_DEPTH = 32  # sections nest a few levels; anything deeper is not a scenario
+MAX_FILE_BYTES = 16 * 1024 * 1024  # a scenario or calibration file is kilobytes
+
+
+def check_regular_file(path: str | Path, what: str) -> Path:
+    """``path`` if it is a regular file, else a one-line error saying what it is instead
+    (missing, a folder, a FIFO, a device such as /dev/null), before anything opens it."""
+    problem = regular_file_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{what} {str(path)!r} {problem}")
+    p = Path(path)
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(f"{what} {str(path)!r} is {size:,} bytes; at most {MAX_FILE_BYTES:,} are read")
+    if not os.access(p, os.R_OK):
+        raise ConfigError(f"{what} {str(path)!r}: permission denied")
+    return p
+
+
+def read_text_file(path: str | Path, what: str) -> str:
+    """The UTF-8 text of a regular file, or a one-line error (binary, unreadable, not a file)."""
+    p = check_regular_file(path, what)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{what} {str(path)!r}: cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {str(path)!r}: not UTF-8 text (byte {e.start}); is it a binary file?") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and nesting deeper than :data:`MAX_DEPTH`."""
+
+    def compose_node(self, parent, index):
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"line {mark.line + 1}: nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    dup = key in seen
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if dup:
+                    raise yaml.YAMLError(
+                        f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
+                        f"(first on line {seen[key] + 1}); give each key once"
+                    )
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """Parse YAML safely: no tags that build objects, no duplicate keys, bounded nesting."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # _StrictLoader subclasses SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a scenario") from None
+
+
 def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     """Read a scenario file, resolving ``extends:`` chains."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"scenario file {str(path)!r} does not exist")
+    what = "extends: base" if _seen else "scenario file"
+    text = read_text_file(p, what)
     rp = p.resolve()
     if rp in _seen:
         raise ConfigError(f"extends: cycle through {p.name}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p.name}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    data = load_yaml_text(text, p.name)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -72,11 +146,34 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     return data
 
 
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def parse_value(text: str) -> Any:
+    """A ``--set`` or ``--grid`` value read as YAML: ``2`` an int, ``0.5`` a float,
+    ``h200`` a string, ``[1, 2]`` a list; ``1e9`` a number (YAML 1.1 would read a string;
+    an integral one is an int).  Values YAML would build as bytes or dates are refused."""
+    t = text.strip()
+    if _NUMBER.match(t) and not re.match(r"^[-+]?\d+$", t):
+        x = float(t)
+        return int(x) if x.is_integer() and "." not in t and abs(x) < 2**63 else x
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        v = load_yaml_text(t, "value")
+    except ConfigError:
         return text
+    _check_plain(v, text)
+    return v
+
+
+def _check_plain(v: Any, text: str) -> None:
+    if isinstance(v, (bytes, datetime.date)):
+        raise ConfigError(f"value {text!r}: YAML reads it as {type(v).__name__}; quote it to mean a string")
+    if isinstance(v, dict):
+        for x in v.values():
+            _check_plain(x, text)
+    elif isinstance(v, list):
+        for x in v:
+            _check_plain(x, text)
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:
@@ -113,6 +210,30 @@ def apply_overrides(data: dict, overrides: Mapping[str, Any] | None) -> dict:
     return out
 
 
+def _validate(data: dict) -> Scenario:
+    """:func:`validate_scenario`, plus: a YAML boolean is never taken as a number
+    (pydantic reads ``users: true`` as 1)."""
+    scn = validate_scenario(data)
+    _no_bool_numbers(data, scn, "")
+    return scn
+
+
+def _no_bool_numbers(raw: Any, model: Any, where: str) -> None:
+    if isinstance(raw, bool):
+        if model is not None and not isinstance(model, bool) and isinstance(model, (int, float)):
+            raise ConfigError(f"{where}: {str(raw).lower()} is a boolean; give a number")
+        return
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            if not isinstance(k, str):
+                continue
+            sub = model.get(k) if isinstance(model, dict) else getattr(model, k, None)
+            _no_bool_numbers(v, sub, f"{where}.{k}" if where else k)
+    elif isinstance(raw, list) and isinstance(model, (list, tuple)):
+        for i, (v, m) in enumerate(zip(raw, model)):
+            _no_bool_numbers(v, m, f"{where}[{i}]")
+
+
 def load_raw(source: str | Path | Mapping) -> dict:
     if isinstance(source, Mapping):
         return copy.deepcopy(dict(source))
@@ -126,7 +247,7 @@ def load_scenario(source: str | Path | Mapping | Scenario, overrides: Mapping[st
             return source
         source = source.model_dump(mode="json")
     data = apply_overrides(load_raw(source), overrides)
-    return validate_scenario(data)
+    return _validate(data)
 
 
 @dataclass(frozen=True)
@@ -165,14 +286,14 @@ def expand(
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{key}: expected a non-empty list of values")
-    validate_scenario({**base, "sweep": sweep})
+    _validate({**base, "sweep": sweep})
     keys = list(sweep)
     points: list[Point] = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
         params = dict(zip(keys, combo))
         data = apply_overrides(base, params)
         try:
-            scn = validate_scenario(data)
+            scn = _validate(data)
         except ConfigError as e:
             where = ", ".join(f"{k}={v}" for k, v in params.items())
             raise ConfigError(f"{e} (sweep point {where})") from None

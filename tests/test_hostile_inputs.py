@@ -1,0 +1,231 @@
+"""The hostile-input campaign of issue 13 as a table: every input once refused a crash,
+a hang, an unbounded run or a silent wrong answer; each must now be one line on stderr
+with the right exit code (2 bad input unless the row says otherwise), before any work.
+
+To extend: add a :class:`Case` to ``CASES``: an id, a function ``(tmp_path) -> argv``
+that builds whatever files the input needs, the exit code and a fragment of the one
+line the user must see.  Every row also checks that no traceback leaked and that the
+message is one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import invoke
+
+DATA = Path(__file__).parent / "data"
+SMALL = DATA / "rag_small.yaml"
+CALIBRATION = Path(__file__).parent.parent / "sim" / "data" / "retrieval_calibration.json"
+GPU_HEADER = "batch_size,context_tokens,new_tokens,step_ms\n"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: Callable[[Path], list]
+    code: int
+    says: str
+
+
+def _binary(tmp: Path, name: str = "bin.yaml") -> Path:
+    p = tmp / name
+    p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" * 20)
+    return p
+
+
+def _fifo(tmp: Path, name: str = "pipe.yaml") -> Path:
+    p = tmp / name
+    os.mkfifo(p)
+    return p
+
+
+def _text(tmp: Path, name: str, text: str) -> Path:
+    p = tmp / name
+    p.write_text(text)
+    return p
+
+
+def _extends_binary(tmp: Path) -> list:
+    _binary(tmp, "base.yaml")
+    return ["run", _text(tmp, "s.yaml", "extends: base.yaml\n")]
+
+
+def _negative_slope_calibration(tmp: Path) -> list:
+    doc = json.loads(CALIBRATION.read_text())
+    for f in doc["fits"]:
+        if f["index"] == "linear_numpy":
+            f["mean"]["b"] = -abs(f["mean"]["b"]) * 10
+            f["b"] = [-abs(b) * 10 for b in f["b"]]
+    cal = _text(tmp, "neg.json", json.dumps(doc))
+    return [
+        "run",
+        SMALL,
+        "--set",
+        "retrieval.service_ms=null",
+        "--set",
+        "retrieval.index=linear_numpy",
+        "--set",
+        "retrieval.docs=5000000",
+        "--set",
+        f"retrieval.calibration={cal}",
+    ]
+
+
+def _calibration_dup_key(tmp: Path) -> list:
+    text = CALIBRATION.read_text().replace('"version": 1,', '"version": 1, "version": 1,', 1)
+    cal = _text(tmp, "dup.json", text)
+    return ["run", SMALL, "--set", "retrieval.service_ms=null", "--set", f"retrieval.calibration={cal}"]
+
+
+def _gpu(tmp: Path, rows: str) -> list:
+    return ["calibrate", "gpu", _text(tmp, "steps.csv", rows)]
+
+
+def _sweep_folder(tmp: Path) -> Path:
+    d = tmp / "swept"
+    (d / "points").mkdir(parents=True)
+    return d
+
+
+def _run_folder(tmp: Path) -> Path:
+    d = tmp / "ran"
+    d.mkdir()
+    (d / "scenario.resolved.yaml").write_text("name: x\n")
+    return d
+
+
+def _file(tmp: Path) -> Path:
+    return _text(tmp, "plain.txt", "x")
+
+
+CASES = [
+    # ---- scenario files that are not scenario files
+    Case("scenario-binary", lambda t: ["run", _binary(t)], 2, "not UTF-8 text"),
+    Case("scenario-folder", lambda t: ["run", t], 2, "is a folder"),
+    Case("scenario-fifo", lambda t: ["run", _fifo(t)], 2, "FIFO"),
+    Case("scenario-dev-null", lambda t: ["run", "/dev/null"], 2, "is a device"),
+    Case("estimate-fifo", lambda t: ["estimate", _fifo(t)], 2, "FIFO"),
+    Case("extends-binary", _extends_binary, 2, "not UTF-8 text"),
+    Case("yaml-duplicate-key", lambda t: ["run", _text(t, "d.yaml", "name: a\nname: b\n")], 2, "duplicate key 'name'"),
+    Case(
+        "yaml-nested-20000",
+        lambda t: ["run", _text(t, "n.yaml", "x: " + "[" * 20000 + "]" * 20000 + "\n")],
+        2,
+        "nested deeper than",
+    ),
+    Case("yaml-python-tag", lambda t: ["run", _text(t, "p.yaml", "x: !!python/object:os.system [ls]\n")], 2, "YAML"),
+    # ---- values
+    Case(
+        "users-true", lambda t: ["run", SMALL, "--set", "workload.users=true"], 2, "workload.users: true is a boolean"
+    ),
+    Case(
+        "set-1e9-is-a-number",
+        lambda t: ["run", SMALL, "--set", "llm.output_tokens=1e9"],
+        2,
+        "1200 prompt + 1000000000 output tokens",
+    ),
+    Case("grid-binary-tag", lambda t: ["sweep", SMALL, "--grid", "description=!!binary aGVsbG8=,x"], 2, "bytes"),
+    Case("capacity-high-inf", lambda t: ["capacity", SMALL, "--vary", "workload.users", "--high", "inf"], 2, "finite"),
+    Case("scheduler-ftp", lambda t: ["sweep", SMALL, "--scheduler", "ftp://x"], 2, "not a Dask protocol"),
+    Case("max-memory-garbage", lambda t: ["run", SMALL, "--max-memory", "lots"], 2, "expected a size"),
+    # ---- bounds before work
+    Case("users-1e9", lambda t: ["run", SMALL, "--set", "workload.users=1e9"], 2, "workload.users=1e+09"),
+    Case(
+        "replicas-1e6", lambda t: ["run", SMALL, "--set", "llm.replicas=1e6", "--max-memory", "4G"], 2, "llm.replicas"
+    ),
+    Case(
+        "distinct-1e8",
+        lambda t: ["run", SMALL, "--set", "workload.queries.distinct=1e8", "--max-memory", "2G"],
+        2,
+        "workload.queries.distinct",
+    ),
+    Case("duration-1e12", lambda t: ["run", SMALL, "--set", "run.duration_s=1e12"], 2, "run.duration_s"),
+    Case("replications-1e6", lambda t: ["run", SMALL, "--replications", "1000000"], 2, "run.replications"),
+    Case(
+        "target-precision-forever",
+        lambda t: [
+            "sweep",
+            SMALL,
+            "--set",
+            "run.target_precision=1e-7",
+            "--set",
+            "run.max_replications=1e6",
+        ],
+        2,
+        "run.max_replications",
+    ),
+    Case("calibrate-docs-1e9", lambda t: ["calibrate", "retrieval", "--docs", "1000000000"], 2, "--docs"),
+    # ---- calibration files
+    Case(
+        "calibration-binary",
+        lambda t: ["run", SMALL, "--set", "retrieval.service_ms=null", "--set", f"retrieval.calibration={_binary(t)}"],
+        2,
+        "not UTF-8 text",
+    ),
+    Case(
+        "calibration-fifo",
+        lambda t: ["run", SMALL, "--set", "retrieval.service_ms=null", "--set", f"retrieval.calibration={_fifo(t)}"],
+        2,
+        "FIFO",
+    ),
+    Case("calibration-duplicate-key", _calibration_dup_key, 2, "duplicate key 'version'"),
+    Case("calibration-negative-slope", _negative_slope_calibration, 2, "not a search time"),
+    Case("gpu-1e12-ms", lambda t: _gpu(t, GPU_HEADER + "1,100,1,1e12\n2,200,2,1e12\n4,400,4,1e12\n"), 2, "step_ms"),
+    Case("gpu-1e-6-ms", lambda t: _gpu(t, GPU_HEADER + "1,100,1,1e-6\n2,200,2,1e-6\n4,400,4,1e-6\n"), 2, "step_ms"),
+    Case("gpu-identical-rows", lambda t: _gpu(t, GPU_HEADER + "8,4000,8,7.5\n" * 50), 2, "1 distinct"),
+    Case(
+        "gpu-duplicate-column",
+        lambda t: _gpu(t, "batch_size,context_tokens,new_tokens,step_ms,step_ms\n1,100,1,5,6\n"),
+        2,
+        "'step_ms' appears more than once",
+    ),
+    Case("gpu-extra-fields", lambda t: _gpu(t, GPU_HEADER + "1,100,1,5,99\n2,200,2,6\n4,400,4,7\n"), 2, "extra fields"),
+    Case("gpu-csv-fifo", lambda t: ["calibrate", "gpu", _fifo(t, "s.csv")], 2, "FIFO"),
+    Case("gpu-out-folder", lambda t: ["calibrate", "gpu", DATA / "gpu_steps_synthetic.csv", "--out", t], 2, "folder"),
+    # ---- output folders, all refused before simulating
+    Case("out-under-a-file", lambda t: ["run", SMALL, "--out", _file(t) / "sub"], 2, "is a file"),
+    Case("out-is-a-file", lambda t: ["sweep", SMALL, "--out", _file(t)], 2, "is a file"),
+    Case("out-in-proc", lambda t: ["run", SMALL, "--out", "/proc/capsim-out"], 2, "cannot create"),
+    Case("run-into-sweep-folder", lambda t: ["run", SMALL, "--out", _sweep_folder(t)], 2, "capsim sweep/capacity"),
+    Case("sweep-into-run-folder", lambda t: ["sweep", SMALL, "--out", _run_folder(t)], 2, "capsim run --out folder"),
+    Case(
+        "capacity-into-run-folder",
+        lambda t: ["capacity", SMALL, "--vary", "workload.users", "--out", _run_folder(t)],
+        2,
+        "capsim run --out folder",
+    ),
+    Case("out-foreign-folder", lambda t: ["sweep", SMALL, "--out", _file(t).parent], 2, "did not write"),
+    # ---- report on what is not a finished capsim folder
+    Case("report-json-list", lambda t: ["report", _text(t, "summary.json", "[1]").parent], 2, "not a capsim output"),
+    Case("report-foreign", lambda t: ["report", _file(t).parent], 2, "not a capsim output folder"),
+    Case("report-partial-sweep", lambda t: ["report", _sweep_folder(t)], 2, "partial sweep folder"),
+    Case("report-a-file", lambda t: ["report", _file(t)], 2, "is a file"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sim.run.loop
+
+    def no_simulation(*a, **k):  # every refusal must come before the first replication
+        raise AssertionError("simulated before refusing")
+
+    monkeypatch.setattr(sim.run.loop, "_run_sweep", no_simulation)
+    r = invoke(*case.argv(tmp_path))
+    err = r.stderr.strip()
+    assert r.exit_code == case.code, (r.exit_code, err, r.exception)
+    assert case.says in err, err
+    assert "Traceback" not in r.stderr and err.count("\n") == 0, err
+
+
+def test_the_table_covers_every_campaign_area() -> None:
+    ids = {c.id.split("-")[0] for c in CASES}
+    assert {"scenario", "yaml", "users", "gpu", "calibration", "out", "report", "replicas"} <= ids
+    assert len({c.id for c in CASES}) == len(CASES)
