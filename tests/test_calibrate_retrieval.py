@@ -410,3 +410,66 @@ def test_a_scenario_runs_on_a_fresh_calibration_and_reports_its_recall(small):
     assert point["retrieval"]["source"] == str(path)
     # The simulated search times are the measured ones.
     assert point["metrics"]["retrieval_service_ms"]["p50"] == pytest.approx(prof.quantile_ms(0.5), rel=0.15)
+
+
+def test_more_threads_than_cores_warns(tmp_path):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    r = invoke(
+        "--docs",
+        "1500,3000",
+        "--dim",
+        "64",
+        "--queries",
+        "40",
+        "--index",
+        "linear_numpy",
+        "--threads",
+        str(cores + 2),
+        "--seed",
+        "3",
+        "--out",
+        str(tmp_path / "c.json"),
+    )
+    assert r.exit_code == 0, r.output
+    assert f"warning: --threads {cores + 2} on {cores} usable cores" in r.output
+
+
+def test_own_vectors_carry_their_dimension_into_the_scenario(tmp_path):
+    """A day with capsim: calibrate on 384-dim vectors, then run the 768-dim flagship on them."""
+    import sim
+
+    cal = tmp_path / "ours.json"
+    r = invoke(
+        "--vectors",
+        str(REAL),
+        "--docs",
+        "1000,3000",
+        "--queries",
+        "50",
+        "--index",
+        "hnsw,linear_numpy",
+        "--ef",
+        "50",
+        "--threads",
+        "1",
+        "--seed",
+        "1",
+        "--out",
+        str(cal),
+    )
+    assert r.exit_code == 0, r.output
+    res = sim.simulate(
+        "scenarios/order_support.yaml",
+        {
+            "retrieval.calibration": str(cal),
+            "retrieval.index": "hnsw",
+            "workload.users": 50,
+            "run.duration_s": 60,
+            "run.warmup_s": 10,
+            "run.replications": 2,
+        },
+    )
+    entry = res.points[0].summary.retrieval
+    assert entry is not None and "dim 384 of the vectors measured (the scenario says 768)" in entry["description"]

@@ -131,6 +131,14 @@ def retrieval(
         ef_l = parse_int_list("--ef", ef)
         nprobe_l = parse_int_list("--nprobe", nprobe)
         threads_l = parse_int_list("--threads", threads)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if max(threads_l) > cores:
+            typer.echo(
+                f"warning: --threads {max(threads_l)} on {cores} usable cores: those timings measure "
+                f"{max(threads_l)} searches sharing {cores} cores (each waits for a core), not "
+                f"{max(threads_l)} workers on their own cores; measure on the box that will serve retrieval",
+                err=True,
+            )
         idx_l = _index_list(index)
         for flag, v in (("--python-docs", python_docs), ("--python-queries", python_queries)):
             if v <= 0:

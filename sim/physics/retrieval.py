@@ -6,7 +6,9 @@ The simulator asks for "hnsw, 1,000,000 docs, dim 768, top 5, ef 64, 2
 workers" and gets a :class:`RetrievalProfile` -- quantiles it can sample
 from with :func:`sample_quantiles` -- built by these rules:
 
-1. index, dim and top_k must be in the file exactly (no silent rescaling);
+1. index, dim and top_k must be in the file exactly (no silent rescaling),
+   except that a file measured on the user's own vectors (one dimension) sets
+   the dimension: it is a property of those embeddings, not a knob;
 2. ``workers`` picks the record with that many concurrent workers, or the
    largest measured count below it (said in ``description``);
 3. a knob (``ef_search`` for hnsw, ``nprobe`` for ivf) that was measured is
@@ -163,6 +165,13 @@ class Calibration:
                 f"measure it with: capsim calibrate retrieval --index {index}"
             )
         dims = sorted({r.dim for r in recs})
+        own_vectors = self.corpus.get("source") == "vectors" and len(dims) == 1
+        notes_dim: list[str] = []
+        if own_vectors and dim not in dims:
+            # Measured on the user's own embeddings: their dimension is a property of those
+            # vectors, not a knob, so it carries into the scenario whatever retrieval.dim says.
+            notes_dim.append(f"dim {dims[0]} of the vectors measured (the scenario says {dim})")
+            dim = dims[0]
         if dim not in dims:
             raise CalibrationError(
                 f"retrieval.dim={dim} is not what {name} measured for {index} (dim {_join(dims)}); "
@@ -191,7 +200,7 @@ class Calibration:
             )
         T = max(usable)
         recs = [r for r in recs if r.threads == T]
-        notes: list[str] = []
+        notes: list[str] = list(notes_dim)
         if workers != T:
             notes.append(f"{workers} workers: using the {T}-thread measurement (largest measured <= {workers})")
 
