@@ -23,3 +23,20 @@ def test_run_whose_window_end_rounds_down_completes() -> None:
     # ending at 480 s index past the last bin (IndexError).
     res = sim.simulate("tests/data/rag_small.yaml", {"run.duration_s": 480}, replications=1)
     assert res.points[0].summary.completed > 0
+
+
+def test_add_all_equals_one_add_per_counter() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    together = tuple(Bins(10.0, 110.0) for _ in range(3))
+    apart = tuple(Bins(10.0, 110.0) for _ in range(3))
+    for _ in range(2000):
+        start = float(rng.uniform(-5, 120))
+        end = start + float(rng.choice([0.0, rng.exponential(0.2), rng.exponential(5.0)]))
+        amounts = tuple(float(x) for x in rng.uniform(0, 3, 3))
+        Bins.add_all(together, start, end, amounts)
+        for b, x in zip(apart, amounts):
+            b.add(start, end, x)
+    for a, b in zip(together, apart):
+        assert a.values == pytest.approx(b.values, rel=1e-12, abs=1e-12)

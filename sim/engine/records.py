@@ -157,6 +157,23 @@ class Bins:
         return float(sum(self.values[1:]))
 
     @staticmethod
+    def add_all(bins: tuple[Bins, ...], start: float, end: float, amounts: tuple[float, ...]) -> None:
+        """``bins[k].add(start, end, amounts[k])`` for every k, the bins sharing one time grid:
+        the interval's split into bins is computed once (an LLM step feeds five counters)."""
+        first = bins[0]
+        if end <= start or start < 0.0 or end > first.hi:
+            for b, x in zip(bins, amounts):
+                b.add(start, end, x)
+            return
+        i = first._index(start)
+        if end <= first._upper(i):  # the usual case: the whole step inside one bin
+            for b, x in zip(bins, amounts):
+                b.values[i] += x
+            return
+        for b, x in zip(bins, amounts):
+            b.add(start, end, x)
+
+    @staticmethod
     def sum(parts: list[Bins]) -> Bins:
         out = Bins.__new__(Bins)
         first = parts[0]

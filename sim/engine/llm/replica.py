@@ -145,6 +145,9 @@ class Replica:
             k: Bins(*window)
             for k in ("busy_s", "steps", "steps_memory_bound", "batch_step_sum", "kv_block_seconds", "preemptions")
         }
+        self._step_bins = tuple(
+            self.bins[k] for k in ("busy_s", "steps", "steps_memory_bound", "batch_step_sum", "kv_block_seconds")
+        )
         env.process(self._loop())
 
     # -- views
@@ -203,12 +206,12 @@ class Replica:
     # -- bookkeeping
     def _account(self, start: float, end: float, steps: int, mem_steps: int, batch: int, blocks: float) -> None:
         """Work of ``steps`` steps over ``[start, end)``, spread evenly across it."""
-        b = self.bins
-        b["busy_s"].add(start, end, end - start)
-        b["steps"].add(start, end, steps)
-        b["steps_memory_bound"].add(start, end, mem_steps)
-        b["batch_step_sum"].add(start, end, batch * steps)
-        b["kv_block_seconds"].add(start, end, blocks * (end - start))
+        Bins.add_all(
+            self._step_bins,
+            start,
+            end,
+            (end - start, steps, mem_steps, batch * steps, blocks * (end - start)),
+        )
 
     def _add_decoder(self, seq: Generation) -> None:
         D = self.D
