@@ -146,3 +146,33 @@ def test_capacity_whole_range_passes_reports_the_end():
 def test_numeric_key_validation_without_running():
     with pytest.raises(ConfigError, match="not a numeric key"):
         capacity(SMALL, "cache.policy")
+
+
+def test_capacity_band_searches_with_fast_central_and_slow_step_costs(tmp_path):
+    r = CliRunner().invoke(
+        app,
+        [
+            "capacity",
+            "tests/data/rag_small.yaml",
+            "--vary",
+            "workload.users",
+            "--low",
+            "10",
+            "--high",
+            "400",
+            "--step",
+            "100",
+            "--band",
+            "--json",
+            "--set",
+            "run.duration_s=40",
+            "--set",
+            "run.warmup_s=5",
+        ],
+    )
+    assert r.exit_code in (0, 1), r.output
+    doc = json.loads(r.stdout)
+    caps = {p: doc["band"][p]["capacity"] for p in ("published-fast", "published", "published-slow")}
+    assert doc["capacity"] == caps["published"]
+    known = [c for c in caps.values() if c is not None]
+    assert known == sorted(known, reverse=True)  # a slower engine never serves more shoppers

@@ -195,6 +195,12 @@ def capacity(
     out: Optional[Path] = typer.Option(None, help="Save (and reuse) every point tried, as capsim sweep --out."),
     json_: bool = typer.Option(False, "--json", help="Print {key, capacity, tried: [...]} as JSON."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
+    band: bool = typer.Option(
+        False,
+        "--band",
+        help="Search three times: with the LLM step costs of a fast, the central and a slow published engine "
+        "(llm.efficiency published-fast / published / published-slow); the exit code is the central one's.",
+    ),
 ) -> None:
     """Find the largest load (or smallest resource) at which every SLA passes.
 
@@ -238,32 +244,52 @@ def capacity(
         else:
             con.print(line, markup=False, highlight=False, soft_wrap=True)
 
+    presets = ("published-fast", "published", "published-slow") if band else (None,)
+    if band and "llm.efficiency" in ov:
+        raise CapsimError("--band: it sets llm.efficiency itself; drop --set llm.efficiency")
     ex = _executor(scheduler, jobs)
     hold = locked(out) if out is not None else contextlib.nullcontext()
+    results = {}
     try:
         with hold:
-            res = find_capacity(
-                scenario,
-                vary,
-                ov,
-                low=low,
-                high=high,
-                direction=direction,
-                step=step,
-                replications=replications,
-                seed=seed,
-                executor=ex,
-                out=out,
-                on_try=show,
-            )
+            for preset in presets:
+                if preset is not None and not json_:
+                    con.print(f"llm.efficiency {preset}:", highlight=False)
+                results[preset] = find_capacity(
+                    scenario,
+                    vary,
+                    {**ov, "llm.efficiency": preset} if preset else ov,
+                    low=low,
+                    high=high,
+                    direction=direction,
+                    step=step,
+                    replications=replications,
+                    seed=seed,
+                    executor=ex,
+                    out=out,
+                    on_try=show,
+                )
     except SweepInterrupted as e:
         err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     finally:
         _close(ex)
+    res = results["published" if band else None]
+    if band:
+        shown = {p: ("none" if r.capacity is None else f"{r.capacity:g}") for p, r in results.items()}
+        line = (
+            f"capacity band: {vary} = {shown['published']} with the central published step costs, "
+            f"{shown['published-fast']} if the engine is as fast as a fast published one, "
+            f"{shown['published-slow']} if as slow as a slow one"
+        )
     if json_:
-        sys.stdout.write(to_json(res.to_dict()) + "\n")
+        doc = res.to_dict()
+        if band:
+            doc["band"] = {p: r.to_dict() for p, r in results.items()}
+        sys.stdout.write(to_json(doc) + "\n")
     else:
+        if band:
+            con.print(line, highlight=False, soft_wrap=True)
         how = "largest" if res.direction == "max" else "smallest"
         if res.capacity is not None:
             con.print(
