@@ -37,6 +37,7 @@ from sim.analysis import crosscheck, stats
 from sim.analysis.dollars import point_cost
 from sim.engine.pipeline import Replication, retrieval_service_distribution
 from sim.engine.records import Bins
+from sim.engine.routing import KEPT_RAW, ROUTED, WRONG, routing_setup
 from sim.spec.metrics import METRIC_NAMES, STATS
 from sim.spec.schema import Scenario
 
@@ -48,6 +49,11 @@ def metric_values(rec: dict[str, np.ndarray], metric: str) -> np.ndarray:
         if metric == "retrieval_ms":
             return (rec["retrieval_wait_ms"] + rec["retrieval_service_ms"])[miss]
         return rec[metric][miss]
+    if metric in ("routing_ms", "routing_wait_ms", "routing_service_ms"):
+        routed = rec["routing_outcome"] >= 0
+        if metric == "routing_ms":
+            return (rec["routing_wait_ms"] + rec["routing_service_ms"])[routed]
+        return rec[metric][routed]
     if metric == "tpot_ms":
         many = rec["output_tokens"] > 1
         return rec["decode_ms"][many] / (rec["output_tokens"][many] - 1)
@@ -184,6 +190,8 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
         for r, cut in zip(reps, cuts)
     ]
     span = lengths
+    if scn.routing.enabled:
+        util["routing"] = float(np.mean([c["routing_busy_s"] / (c["routing_workers"] * s) for c, s in zip(c0, span)]))
     if scn.retrieval.enabled:
         util["retrieval"] = float(
             np.mean([c["retrieval_busy_s"] / (c["retrieval_workers"] * s) for c, s in zip(c0, span)])
@@ -239,6 +247,8 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
         point["analytic"] = model
     if scn.retrieval.enabled:
         point["retrieval"] = _retrieval_entry(scn)
+    if scn.routing.enabled or scn.routing.typed_variants:
+        point["routing"] = _routing_entry(scn, recs)
     point["cost"] = point_cost(scn, throughput, tokens_per_s)
     point["sla"] = sla_verdicts(scn, metrics, stability)
     if scn.run.target_precision is not None:
@@ -265,6 +275,27 @@ def _retrieval_entry(scn: Scenario) -> dict:
         "interpolated": info.get("interpolated", False),
         "description": info.get("description"),
     }
+
+
+def _routing_entry(scn: Scenario, recs: list[dict[str, np.ndarray]]) -> dict:
+    """The routing stage's configuration and calibrated figures, and what it did: the share
+    of requests routed to their question, kept on their raw key, or routed to another one,
+    and the share that carried a typed variant never seen before (``novel_keys``)."""
+    _, _, _, info = routing_setup(scn)
+    out = dict(info)
+    n = sum(len(r["routing_outcome"]) for r in recs)
+    if n and scn.routing.enabled:
+        oc = np.concatenate([r["routing_outcome"] for r in recs])
+        keys = np.concatenate([r["query_key"] for r in recs])
+        out["outcomes"] = {
+            "routed": float((oc == ROUTED).mean()),
+            "kept_raw": float((oc == KEPT_RAW).mean()),
+            "wrong": float((oc == WRONG).mean()),
+        }
+    if n:
+        keys = np.concatenate([r["query_key"] for r in recs])
+        out["novel_keys"] = float((keys < 0).mean())
+    return out
 
 
 def _warmup_entry(scn: Scenario, reps: list[Replication], recs: list[dict], cuts: list[float]) -> dict:
@@ -545,6 +576,7 @@ class PointSummary:
     analytic: dict[str, Any] | None = None
     retrieval: dict[str, Any] | None = None
     precision: dict[str, Any] | None = None
+    routing: dict[str, Any] | None = None
 
     @property
     def stable(self) -> bool:
@@ -575,6 +607,8 @@ class PointSummary:
             d["analytic"] = self.analytic
         if self.retrieval is not None:
             d["retrieval"] = self.retrieval
+        if self.routing is not None:
+            d["routing"] = self.routing
         d["cost"] = self.cost
         d["sla"] = [v.to_dict() for v in self.sla]
         if self.precision is not None:
@@ -604,6 +638,7 @@ class PointSummary:
             analytic=d.get("analytic"),
             retrieval=d.get("retrieval"),
             precision=d.get("precision"),
+            routing=d.get("routing"),
         )
 
     def with_params(self, params: dict[str, Any]) -> PointSummary:

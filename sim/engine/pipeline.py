@@ -2,7 +2,7 @@
 
 A request's path::
 
-    arrival -> cache lookup -> (miss) retrieval queue -> search -> LLM queue
+    arrival -> (routing queue -> edit-distance routing) -> cache lookup -> (miss) retrieval queue -> search -> LLM queue
             -> prefill (first token: TTFT) -> decode -> last token (e2e)
 
 Every request is one generator process; every stage stamps its times on the
@@ -11,6 +11,7 @@ request, and the recorder turns finished requests into one flat row each.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ from sim.engine.cache import LRUCache
 from sim.engine.llm.stage import LLMStage
 from sim.engine.pool import WorkerPool
 from sim.engine.records import Bins, Recorder
+from sim.engine.routing import OFF, Utterances, routing_setup
 from sim.engine.workload import Popularity, QueryKeys
 from sim.physics.retrieval import default_calibration_path, load_calibration
 from sim.rng import stream
@@ -130,6 +132,12 @@ class Model:
         self.cache_lookup_s = D.Sampler(
             D.Scaled(build_distribution(scn.cache.lookup_ms), 1e-3), stream(seed, replication, "cache")
         )
+        routing_dist, self.novel_share, self.routing_accuracy, self.routing_info = routing_setup(scn)
+        self.routing_pool: WorkerPool | None = None
+        if routing_dist is not None:
+            self.routing_s = D.Sampler(routing_dist, stream(seed, replication, "routing"))
+            self.routing_pool = WorkerPool(env, scn.routing.workers, scn.routing.cpu_cores, self.window)
+        self.novel_ids = itertools.count(-1, -1)
         self.pool: WorkerPool | None
         if scn.retrieval.enabled:
             dist, self.retrieval_info = retrieval_service_distribution(scn)
@@ -143,11 +151,28 @@ class Model:
         self.started_in_window = 0
 
     # ------------------------------------------------------------------ request
-    def request(self, user: int, key: int, prompt: int, output: int):
+    def utterances(self, *purpose: int) -> Utterances | None:
+        """The question -> cache key mapping for one stream (None when routing and variants are off)."""
+        if self.routing_accuracy is None and self.novel_share == 0:
+            return None
+        rng = stream(self.scn.run.seed, self.rep, "utterance", *purpose)
+        return Utterances(self.novel_share, self.routing_accuracy, self.scn.routing.questions, rng, self.novel_ids)
+
+    def request(self, user: int, key: int, prompt: int, output: int, question: int = -1, outcome: int = OFF):
+        """One request for cache ``key`` (``question``: what was asked, default ``key``)."""
         env, rec = self.env, self.recorder
         t0 = env.now
         if self.window[0] <= t0 < self.window[1]:
             self.started_in_window += 1
+        g_wait = g_service = 0.0
+        rpool = self.routing_pool
+        if rpool is not None:
+            yield rpool.acquire()
+            t1 = env.now
+            yield env.timeout(self.routing_s() * rpool.slowdown())
+            t2 = env.now
+            rpool.release(t1, t2)
+            g_wait, g_service = t1 - t0, t2 - t1
         hit = False
         t_cache = 0.0
         if self.cache is not None:
@@ -196,6 +221,10 @@ class Model:
             t_first - t0,
             t_end - t0,
             preemptions,
+            key if question < 0 else question,
+            g_wait,
+            g_service,
+            outcome,
         )
 
     # ------------------------------------------------------------------ workload
@@ -210,13 +239,19 @@ class Model:
         tokens = TokenCounts(
             scn, stream(seed, self.rep, "tokens", uid), 64, stream(seed, self.rep, "output_tokens", uid)
         )
+        utter = self.utterances(uid)
         end = self.end_arrivals_s
         while True:
             yield env.timeout(think())
             if env.now >= end:
                 return
             prompt, output = tokens()
-            yield env.process(self.request(uid, keys(), prompt, output))
+            q = keys()
+            if utter is None:
+                yield env.process(self.request(uid, q, prompt, output))
+            else:
+                key, outcome = utter(q)
+                yield env.process(self.request(uid, key, prompt, output, q, outcome))
 
     def open_arrivals(self):
         env, scn = self.env, self.scn
@@ -228,13 +263,19 @@ class Model:
         tokens = TokenCounts(
             scn, stream(scn.run.seed, self.rep, "tokens"), output_rng=stream(scn.run.seed, self.rep, "output_tokens")
         )
+        utter = self.utterances()
         end = self.end_arrivals_s
         while True:
             yield env.timeout(gaps())
             if env.now >= end:
                 return
             prompt, output = tokens()
-            env.process(self.request(-1, keys(), prompt, output))
+            q = keys()
+            if utter is None:
+                env.process(self.request(-1, q, prompt, output))
+            else:
+                key, outcome = utter(q)
+                env.process(self.request(-1, key, prompt, output, q, outcome))
 
     # ------------------------------------------------------------------ monitor
     MONITOR_SAMPLES = 200
@@ -265,6 +306,11 @@ class Model:
             kv_tokens=kv,
             kv_capacity_tokens=llm.kv_capacity_tokens if llm is not None else 0,
         )
+        rpool = self.routing_pool
+        gq: list[int] = []
+        gb: list[int] = []
+        if rpool is not None:
+            out.update(routing_queue=gq, routing_busy=gb)
         for i in range(n + 1):
             if i:
                 yield env.timeout(max(0.0, i * dt - env.now))
@@ -274,6 +320,9 @@ class Model:
             lw.append([len(r.waiting) for r in reps])
             lr.append([r.batch for r in reps])
             kv.append([r.reserved_tokens_at(env.now) for r in reps])
+            if rpool is not None:
+                gq.append(rpool.queue_length())
+                gb.append(rpool.busy)
 
     # ------------------------------------------------------------------ run
     def run(self) -> Replication:
@@ -296,6 +345,12 @@ class Model:
             counters.update(cache_hits=c.hits, cache_misses=c.misses, cache_evictions=c.evictions)
         # Stage counters are Bins over time (sim.engine.records.Bins): the summary takes their
         # totals from the warm-up cut, fixed or chosen afterwards by MSER-5.
+        if self.routing_pool is not None:
+            counters.update(
+                routing_busy_s=self.routing_pool.busy_bins,
+                routing_workers=self.routing_pool.workers,
+                routing_queue_at_end=self.routing_pool.queue_length(),
+            )
         if self.pool is not None:
             counters.update(
                 retrieval_busy_s=self.pool.busy_bins,

@@ -31,6 +31,17 @@ def _fmt(m: dict | None, stat: str, steady: bool = True) -> str:
     return f"{v:,.0f} ± {(hi - lo) / 2:,.0f}"
 
 
+def _fmt_small(m: dict | None, stat: str, steady: bool = True) -> str:
+    """:func:`_fmt` with three significant digits under 10 ms (a routing call can take 0.2 ms)."""
+    if m is None or m.get(stat) is None or m[stat] >= 10:
+        return _fmt(m, stat, steady)
+    v = m[stat]
+    lo, hi = m["ci"][stat]
+    if not steady:
+        return f"{v:.3g}↑"
+    return f"{v:.3g}" if lo is None or hi is None else f"{v:.3g} ± {(hi - lo) / 2:.2g}"
+
+
 def _num(x: float | None, digits: int = 3) -> str:
     if x is None:
         return "-"
@@ -80,12 +91,14 @@ def run_table(result: Result) -> Table:
     for k in keys:
         t.add_column(k.split(".")[-1], justify="right")
     recall = any((p.summary.get("retrieval") or {}).get("recall_at_k") is not None for p in pts)
+    routing = any("routing" in p.summary["utilization"] for p in pts)
     for col in (
         "e2e p50",
         "e2e p95",
         "e2e p99",
         "ttft p95",
         "answers/s",
+        *(["routing p95", "routing util"] if routing else []),
         "cache hit",
         *(["recall@k"] if recall else []),
         "retrieval util",
@@ -112,6 +125,14 @@ def run_table(result: Result) -> Table:
             _fmt(e2e, "p99", steady),
             _fmt(ttft, "p95", steady),
             f"{s['throughput_per_s']:.1f}",
+            *(
+                [
+                    _fmt_small(s["metrics"].get("routing_ms"), "p95", steady),
+                    "-" if "routing" not in u else f"{u['routing']:.0%}",
+                ]
+                if routing
+                else []
+            ),
             "-" if s["cache_hit_rate"] is None else f"{s['cache_hit_rate']:.0%}",
             *([_recall(s.get("retrieval"))] if recall else []),
             "-" if "retrieval" not in u else f"{u['retrieval']:.0%}",

@@ -193,6 +193,35 @@ class WorkloadConfig(Strict):
         return self
 
 
+class RoutingConfig(Strict):
+    """Fuzzy routing before the cache: each utterance goes to its nearest canonical question.
+
+    ``impl`` is the edit-distance implementation timed by ``capsim calibrate
+    routing`` (``calibration``, default the file shipped in ``sim/data``);
+    ``questions`` is the canonical set's size (the workload's keys
+    ``0 .. questions-1`` are in it, the rest match none); ``threshold`` the
+    normalised distance under which a match is accepted (one the calibration
+    swept).  ``variants``: shoppers type spelling variants, so without
+    routing a share of requests carry a key never seen before (default: on
+    when ``enabled``; set it with ``enabled: false`` for the no-routing
+    baseline of a what-if).
+    """
+
+    enabled: bool = False
+    impl: Literal["numpy_table", "two_row", "rapidfuzz"] = "rapidfuzz"
+    questions: Annotated[int, Field(ge=1)] = 400
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    workers: Annotated[int, Field(ge=1)] = 1
+    cpu_cores: Optional[Annotated[int, Field(ge=1)]] = None
+    calibration: Optional[str] = None
+    variants: Optional[bool] = None
+
+    @property
+    def typed_variants(self) -> bool:
+        """Do requests carry typed spelling variants (``variants``, default ``enabled``)?"""
+        return self.enabled if self.variants is None else self.variants
+
+
 class CacheConfig(Strict):
     enabled: bool = True
     policy: Literal["lru"] = "lru"
@@ -453,6 +482,7 @@ class Scenario(Strict):
     description: Optional[str] = None
     run: RunConfig = RunConfig()
     workload: WorkloadConfig
+    routing: RoutingConfig = RoutingConfig()
     cache: CacheConfig = CacheConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     llm: LLMConfig = LLMConfig()
@@ -493,6 +523,8 @@ class Scenario(Strict):
         if self.llm.enabled:
             return True
         if self.cache.enabled and build_distribution(self.cache.lookup_ms).mean > 0:
+            return True
+        if self.routing.enabled:
             return True
         r = self.retrieval
         return r.enabled and (
