@@ -59,6 +59,12 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
             cal = Path(sec["calibration"]).expanduser()
             if not cal.is_absolute():
                 sec["calibration"] = str((p.parent / cal).resolve())
+    wl = data.get("workload")
+    tr = wl.get("trace") if isinstance(wl, dict) else None
+    if isinstance(tr, dict) and isinstance(tr.get("path"), str):  # a trace too, relative to its file
+        tp = Path(tr["path"]).expanduser()
+        if not tp.is_absolute():
+            tr["path"] = str((p.parent / tp).resolve())
     base = data.pop("extends", None)
     if base is not None:
         if not isinstance(base, str):
