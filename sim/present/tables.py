@@ -7,6 +7,7 @@ an interrupted run never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich.console import Console, JustifyMethod
@@ -113,7 +114,8 @@ def run_table(result: Result) -> Table:
         verdicts = []
         for v in s["sla"]:
             mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "inconclusive": "[yellow]?[/]"}[v["verdict"]]
-            verdicts.append(f"{v['metric'].removesuffix('_ms')} {v['stat']}≤{v['threshold']:g}: {mark}")
+            every = f" every {v['window_s']:g}s" if v.get("window_s") is not None else ""
+            verdicts.append(f"{v['metric'].removesuffix('_ms')} {v['stat']}≤{v['threshold']:g}{every}: {mark}")
         if not s["stability"]["stable"]:
             verdicts.append("[red]unstable[/]")
         u = s["utilization"]
@@ -141,6 +143,29 @@ def run_table(result: Result) -> Table:
             "\n".join(verdicts) or "-",
         )
     return t
+
+
+def _timeline_line(tl: dict) -> str:
+    """Worst window's P95 (and when), and the recovery after the spike."""
+    ws = [w for w in tl["windows"] if w["requests"] > 0]
+    parts = []
+    worst = max(ws, key=lambda w: math.inf if w["e2e_ms"]["p95"] is None else w["e2e_ms"]["p95"], default=None)
+    if worst is not None:
+        v = worst["e2e_ms"]["p95"]
+        parts.append(
+            f"worst {tl['window_s']:g} s window P95 {'∞' if v is None else f'{v:,.0f}'} ms "
+            f"at {worst['start_s']:g}-{worst['end_s']:g} s"
+        )
+    rec = tl.get("recovery")
+    if rec:
+        if rec["time_over_s"] == 0:
+            parts.append(f"P95 under {rec['threshold']:g} ms in every window")
+        elif not rec["recovered"]:
+            parts.append(f"P95 over {rec['threshold']:g} ms for {rec['time_over_s']:g} s and not back under by the end")
+        else:
+            tail = "" if rec.get("tail_s") is None else f"; back under {rec['tail_s']:g} s after the load fell"
+            parts.append(f"P95 over {rec['threshold']:g} ms for {rec['time_over_s']:g} s{tail}")
+    return "; ".join(parts)
 
 
 def _recall(r: dict | None) -> str:
@@ -195,6 +220,11 @@ def print_run(result: Result, console: Console | None = None) -> None:
         prec = s.get("precision")
         if prec and prec.get("note"):
             console.print(f"[yellow]precision[/] at {where}: {prec['note']}")
+        tl = s.get("timeline")
+        if tl:
+            console.print(f"over time at {where}: {_timeline_line(tl)}")
         for v in s["sla"]:
+            if v.get("window_s") is not None and v.get("hint") and v["verdict"] == "fail":
+                console.print(f"[red]FAIL[/] {v['metric']} {v['stat']} at {where}: {v['hint']}")
             if v.get("hint") and v["verdict"] == "inconclusive":
                 console.print(f"[yellow]inconclusive[/] {v['metric']} {v['stat']} at {where}: {v['hint']}")
