@@ -259,3 +259,15 @@ def test_flash_sale_answer(size) -> None:
     assert one.verdict == "fail" and two.verdict == "pass"
     assert one["timeline"]["recovery"]["tail_s"] >= 30
     assert two["timeline"]["recovery"]["time_over_s"] == 0
+
+
+def test_report_draws_p95_over_time_with_the_sla_line(tmp_path: Path) -> None:
+    scn = spike_scenario(2)
+    scn["run"]["replications"] = 2
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scn))
+    assert invoke("run", tmp_path / "s.yaml", "--out", tmp_path / "out", "--jobs", "1").exit_code == 1
+    r = invoke("report", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    png = tmp_path / "out" / "report" / "p95_over_time.png"
+    assert png.stat().st_size > 10_000
+    assert "p95_over_time" in (tmp_path / "out" / "report.html").read_text()
