@@ -74,6 +74,22 @@ def test_open_rate_profile_gives_the_integral_of_the_rate() -> None:
     assert p.summary["stability"]["trend"] == {}  # no steady-state trend test on a varying load
 
 
+def test_open_sinusoid_windows_hold_the_integral_of_the_rate() -> None:
+    # 5 + 4 cos(2 pi (t - 50) / 200): per 50 s window 250 +- 400/pi * 1 = 377.3, 377.3, 122.7, 122.7
+    scn = {
+        **NO_LLM,
+        "workload": {
+            "mode": "open",
+            "profile": {"kind": "sinusoid", "mean": 5, "amplitude": 4, "period_s": 200, "peak_at_s": 50},
+        },
+        "timeline": {"window_s": 50},
+    }
+    ws = sim.simulate(scn).points[0].summary["timeline"]["windows"]
+    expect = [250 + 400 / math.pi, 250 + 400 / math.pi, 250 - 400 / math.pi, 250 - 400 / math.pi]
+    for w, e in zip(ws, expect, strict=True):
+        assert w["requests"] == pytest.approx(e, abs=5 * math.sqrt(e / 2))
+
+
 def test_closed_users_follow_the_schedule() -> None:
     # think exactly 1 s, 10 ms service: each present user asks about once a second
     scn = {
@@ -81,14 +97,19 @@ def test_closed_users_follow_the_schedule() -> None:
         "workload": {
             "mode": "closed",
             "think_s": 1.0,
-            "profile": {"kind": "schedule", "steps": [{"at_s": 0, "value": 5}, {"at_s": 100, "value": 20}]},
+            "profile": {
+                "kind": "schedule",
+                "steps": [{"at_s": 0, "value": 5}, {"at_s": 100, "value": 20}, {"at_s": 160, "value": 5}],
+            },
         },
     }
     p = sim.simulate(scn).points[0]
     r = p.records[p.records["replication"] == 0]
     a = r["arrival_s"].to_numpy()
-    assert r[a < 100]["user"].max() == 4 and r[a > 102]["user"].max() == 19
-    assert ((a >= 110) & (a < 200)).sum() == pytest.approx(20 * 90 / 1.01, rel=0.03)
+    assert r[a < 100]["user"].max() == 4 and r[(a > 102) & (a < 160)]["user"].max() == 19
+    # after the drop the users 5..19 leave when their think time ends (at most 1 s later)
+    assert r[a > 161.1]["user"].max() == 4
+    assert ((a >= 110) & (a < 160)).sum() == pytest.approx(20 * 50 / 1.01, rel=0.03)
 
 
 def test_auto_warmup_is_refused_for_a_varying_load() -> None:
