@@ -47,6 +47,7 @@ import numpy as np
 
 from sim.engine.pipeline import retrieval_service_distribution
 from sim.engine.workload import Popularity
+from sim.errors import ConfigError
 from sim.physics import gpu as gm
 from sim.physics import queueing as analytic
 from sim.physics.gpu import StepCost
@@ -128,6 +129,11 @@ def _verdict(memory_bound: bool) -> str:
 
 def estimate(scn: Scenario) -> dict[str, Any]:
     """Every figure of ``capsim estimate --json`` for one (non-sweep) scenario."""
+    if scn.workload.time_varying:
+        raise ConfigError(
+            "workload: capsim estimate assumes one steady load; a profile or trace changes over time "
+            "(use capsim run, whose timeline gives results per window)"
+        )
     out: dict[str, Any] = {"scenario": scn.name}
     notes: list[str] = []
     llm = scn.llm

@@ -35,23 +35,12 @@ import numpy as np
 
 from sim.analysis import crosscheck, stats
 from sim.analysis.dollars import point_cost
+from sim.analysis.timeline import metric_values, timeline
 from sim.engine.pipeline import Replication, retrieval_service_distribution
 from sim.engine.records import Bins
+from sim.engine.routing import KEPT_RAW, ROUTED, WRONG, routing_setup
 from sim.spec.metrics import METRIC_NAMES, STATS
 from sim.spec.schema import Scenario
-
-
-def metric_values(rec: dict[str, np.ndarray], metric: str) -> np.ndarray:
-    """The values of one metric in one replication's (windowed) records."""
-    if metric in ("retrieval_ms", "retrieval_wait_ms", "retrieval_service_ms"):
-        miss = ~rec["cache_hit"]
-        if metric == "retrieval_ms":
-            return (rec["retrieval_wait_ms"] + rec["retrieval_service_ms"])[miss]
-        return rec[metric][miss]
-    if metric == "tpot_ms":
-        many = rec["output_tokens"] > 1
-        return rec["decode_ms"][many] / (rec["output_tokens"][many] - 1)
-    return rec[metric]
 
 
 def window(rep: Replication, scn: Scenario) -> tuple[dict[str, np.ndarray], float]:
@@ -184,6 +173,8 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
         for r, cut in zip(reps, cuts)
     ]
     span = lengths
+    if scn.routing.enabled:
+        util["routing"] = float(np.mean([c["routing_busy_s"] / (c["routing_workers"] * s) for c, s in zip(c0, span)]))
     if scn.retrieval.enabled:
         util["retrieval"] = float(
             np.mean([c["retrieval_busy_s"] / (c["retrieval_workers"] * s) for c, s in zip(c0, span)])
@@ -215,8 +206,12 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     )
     incomplete = max(0, started - finished_in_window)
     hit_rate = (hits / total) if (scn.cache.enabled and total) else None
-    offered = crosscheck.offered_load(scn, hit_rate)
-    stability = _stability(scn, started, incomplete, util, offered, _trend(recs, cuts, reps, conf))
+    varying = scn.workload.time_varying
+    # A load that changes over time has no steady state to test for (sim.analysis.timeline says
+    # what is done instead): no offered-load formula at one rate, no trend test.
+    offered = {} if varying else crosscheck.offered_load(scn, hit_rate)
+    trend = {} if varying else _trend(recs, cuts, reps, conf)
+    stability = _stability(scn, started, incomplete, util, offered, trend)
     point: dict[str, Any] = {
         "params": dict(params or {}),
         "metrics": metrics,
@@ -232,15 +227,21 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
         "warmup": _warmup_entry(scn, reps, recs, cuts),
         "stability": stability,
     }
-    model = crosscheck.exact_model(scn)
+    model = None if varying else crosscheck.exact_model(scn)
     if model is not None:
         p_wait = crosscheck.waited_fraction(recs, conf) if model["model"] != "MVA" else None
         model["compare"] = crosscheck.compare(model, metrics, (throughput, x_ci), p_wait)
         point["analytic"] = model
     if scn.retrieval.enabled:
         point["retrieval"] = _retrieval_entry(scn)
+    if scn.routing.enabled or scn.routing.typed_variants:
+        point["routing"] = _routing_entry(scn, recs)
     point["cost"] = point_cost(scn, throughput, tokens_per_s)
     point["sla"] = sla_verdicts(scn, metrics, stability)
+    if scn.timeline_on:
+        tl = timeline(scn, reps)
+        point["timeline"] = tl
+        point["sla"] += [_windowed_verdict(v) for v in tl["sla"]]
     if scn.run.target_precision is not None:
         point["precision"] = _precision(scn, point["sla"], len(reps))
     return PointSummary.from_dict(point)
@@ -265,6 +266,49 @@ def _retrieval_entry(scn: Scenario) -> dict:
         "interpolated": info.get("interpolated", False),
         "description": info.get("description"),
     }
+
+
+def _windowed_verdict(v: dict) -> dict:
+    """A windowed SLA (``timeline.sla``) as an entry of the point's ``sla`` list."""
+    hint = ""
+    if v["windows_failed"]:
+        hint = f"over the threshold in the windows starting at {', '.join(f'{t:g}' for t in v['windows_failed'])} s"
+    elif v["verdict"] == "inconclusive":
+        where = ", ".join(f"{t:g}" for t in v["windows_inconclusive"]) or "all"
+        hint = f"undecided in the windows starting at {where} s: add replications or widen timeline.sla_window_s"
+    out = {
+        "metric": v["metric"],
+        "stat": v["stat"],
+        "threshold": v["threshold"],
+        "value": v["value"],
+        "ci": [None, None],
+        "verdict": v["verdict"],
+        "window_s": v["window_s"],
+    }
+    if hint:
+        out["hint"] = hint
+    return out
+
+
+def _routing_entry(scn: Scenario, recs: list[dict[str, np.ndarray]]) -> dict:
+    """The routing stage's configuration and calibrated figures, and what it did: the share
+    of requests routed to their question, kept on their raw key, or routed to another one,
+    and the share that carried a typed variant never seen before (``novel_keys``)."""
+    _, _, _, info = routing_setup(scn)
+    out = dict(info)
+    n = sum(len(r["routing_outcome"]) for r in recs)
+    if n and scn.routing.enabled:
+        oc = np.concatenate([r["routing_outcome"] for r in recs])
+        keys = np.concatenate([r["query_key"] for r in recs])
+        out["outcomes"] = {
+            "routed": float((oc == ROUTED).mean()),
+            "kept_raw": float((oc == KEPT_RAW).mean()),
+            "wrong": float((oc == WRONG).mean()),
+        }
+    if n:
+        keys = np.concatenate([r["query_key"] for r in recs])
+        out["novel_keys"] = float((keys < 0).mean())
+    return out
 
 
 def _warmup_entry(scn: Scenario, reps: list[Replication], recs: list[dict], cuts: list[float]) -> dict:
@@ -501,6 +545,7 @@ class Verdict:
     ci: list[float | None]
     verdict: str
     hint: str = ""
+    window_s: float | None = None  # set for a windowed SLA: it must hold in every window of this width
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -513,11 +558,22 @@ class Verdict:
         }
         if self.hint:
             d["hint"] = self.hint
+        if self.window_s is not None:
+            d["window_s"] = self.window_s
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verdict:
-        return cls(d["metric"], d["stat"], d["threshold"], d["value"], list(d["ci"]), d["verdict"], d.get("hint", ""))
+        return cls(
+            d["metric"],
+            d["stat"],
+            d["threshold"],
+            d["value"],
+            list(d["ci"]),
+            d["verdict"],
+            d.get("hint", ""),
+            d.get("window_s"),
+        )
 
 
 @dataclass
@@ -545,6 +601,8 @@ class PointSummary:
     analytic: dict[str, Any] | None = None
     retrieval: dict[str, Any] | None = None
     precision: dict[str, Any] | None = None
+    routing: dict[str, Any] | None = None
+    timeline: dict[str, Any] | None = None
 
     @property
     def stable(self) -> bool:
@@ -575,6 +633,10 @@ class PointSummary:
             d["analytic"] = self.analytic
         if self.retrieval is not None:
             d["retrieval"] = self.retrieval
+        if self.routing is not None:
+            d["routing"] = self.routing
+        if self.timeline is not None:
+            d["timeline"] = self.timeline
         d["cost"] = self.cost
         d["sla"] = [v.to_dict() for v in self.sla]
         if self.precision is not None:
@@ -604,6 +666,8 @@ class PointSummary:
             analytic=d.get("analytic"),
             retrieval=d.get("retrieval"),
             precision=d.get("precision"),
+            routing=d.get("routing"),
+            timeline=d.get("timeline"),
         )
 
     def with_params(self, params: dict[str, Any]) -> PointSummary:

@@ -50,6 +50,7 @@ def overall_verdict(summary: dict) -> str:
 def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> pd.DataFrame:
     """Flatten point summaries (``summary["points"]``) into one row per point."""
     dtypes = param_columns([p.get("params", {}) for p in points])
+    routing = any("routing" in p.get("utilization", {}) for p in points)
     rows = []
     for i, s in enumerate(points):
         row: dict[str, Any] = {"point": i}
@@ -70,6 +71,10 @@ def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> p
         u = s.get("utilization", {})
         row["retrieval_utilization"] = u.get("retrieval")
         row["gpu_utilization"] = u.get("gpu")
+        if routing:  # only when a point routes, so tables without the stage keep their columns
+            g = s.get("metrics", {}).get("routing_ms") or {}
+            row["routing_p95_ms"] = g.get("p95")
+            row["routing_utilization"] = u.get("routing")
         cost = s.get("cost") or {}
         row["cost_per_hour"] = cost.get("per_hour")
         row["cost_per_1000_answers"] = cost.get("per_1000_answers")

@@ -39,8 +39,14 @@ class Recorder:
         ttft_s,
         e2e_s,
         preemptions=-1,
+        question=-1,
+        routing_wait_s=0.0,
+        routing_service_s=0.0,
+        routing_outcome=-1,
     ) -> None:
-        """``preemptions``: times the LLM preempted the request (-1 when the LLM stage is off)."""
+        """``preemptions``: times the LLM preempted the request (-1 when the LLM stage is off);
+        ``question``: the question asked (``key`` is the cache key it became); ``routing_outcome``
+        -1 when the routing stage is off (see :data:`sim.spec.metrics.COLUMNS`)."""
         self.rows.append(
             (
                 user,
@@ -59,6 +65,10 @@ class Recorder:
                 ttft_s,
                 e2e_s,
                 preemptions,
+                question,
+                routing_wait_s,
+                routing_service_s,
+                routing_outcome,
             )
         )
 

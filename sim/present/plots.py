@@ -11,7 +11,10 @@ notebook can show it and :func:`write_report` can save it:
   the point's P95) spend their time: cache, retrieval queue and service, LLM
   queue, prefill, decode;
 * :func:`timeseries`: retrieval queue, LLM waiting and running batch, KV
-  occupancy per replica over one replication (sampled every duration/200 s).
+  occupancy per replica over one replication (sampled every duration/200 s);
+* :func:`p95_over_time`: for a load that changes over time, P95 e2e per
+  window with its interval across replications, one line per point, the
+  SLA as a horizontal line and the load level on a second axis.
 
 ``capsim report DIR`` reads a folder written by ``capsim sweep --out`` (or
 ``capsim run --out``), saves the PNGs under ``DIR/report/`` and writes
@@ -319,6 +322,54 @@ def timeseries(ts: pd.DataFrame, replication: int = 0, warmup_s: float | None = 
     return fig
 
 
+def p95_over_time(points: Sequence[Mapping[str, Any]], labels: Sequence[str], sla: float | None = None, title=None):
+    """P95 e2e per window (``summary["timeline"]``) with its band across replications."""
+    plt, sns = _setup()
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    pal = sns.color_palette("tab10")
+    level_drawn = False
+    top = 0.0
+    for i, (p, lab) in enumerate(zip(points, labels)):
+        tl = p.get("timeline")
+        if not tl:
+            continue
+        ws = tl["windows"]
+        mid = np.array([(w["start_s"] + w["end_s"]) / 2 for w in ws])
+        v = np.array([np.nan if w["e2e_ms"]["p95"] is None else w["e2e_ms"]["p95"] for w in ws], dtype=float)
+        lo = np.array([np.nan if w["e2e_ms"]["ci"]["p95"][0] is None else w["e2e_ms"]["ci"]["p95"][0] for w in ws])
+        hi = np.array([np.nan if w["e2e_ms"]["ci"]["p95"][1] is None else w["e2e_ms"]["ci"]["p95"][1] for w in ws])
+        c = pal[i % 10]
+        ax.plot(mid, v, marker="o", ms=3, color=c, label=lab)
+        ax.fill_between(mid, lo.astype(float), hi.astype(float), color=c, alpha=0.2, lw=0)
+        if np.isfinite(v).any():
+            top = max(top, float(np.nanmax(v)))
+        if not level_drawn and any(w.get("load_level") is not None for w in ws):
+            ax2 = ax.twinx()
+            lv = np.array([np.nan if w.get("load_level") is None else w["load_level"] for w in ws], dtype=float)
+            ax2.fill_between(mid, 0, lv, color="grey", alpha=0.12, lw=0, step="mid")
+            ax2.set_ylabel("load level (shoppers or requests/s)", color="grey")
+            ax2.grid(False)
+            level_drawn = True
+    if sla is not None:
+        ax.axhline(sla, color="tab:red", ls="--", lw=1.2, label=f"SLA {sla:g} ms")
+    ax.set_xlabel("simulated time (s), window midpoints")
+    ax.set_ylabel("P95 end-to-end (ms)")
+    ax.set_ylim(0, max(top, sla or 0) * 1.1 or 1)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title or "P95 over time (band: interval across replications; grey: load)")
+    fig.tight_layout()
+    return fig
+
+
+def timeline_sla(points: Sequence[Mapping[str, Any]]) -> float | None:
+    """The e2e P95 threshold of a windowed SLA (or of the plain SLA)."""
+    for p in points:
+        for v in p.get("sla", []):
+            if v["metric"] == "e2e_ms" and v["stat"] == "p95" and v.get("window_s") is not None:
+                return float(v["threshold"])
+    return sla_threshold(points)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -394,6 +445,13 @@ def write_report(folder: str | Path, key: str | None = None, point: int | None =
             f"P95 end-to-end latency against {key}, with its confidence band; "
             "dashed: the SLA; circled: the knee; ×: no steady state.",
             p95_vs_key(table, key, sla=sla95),
+        )
+    if any(p.get("timeline") for p in points):
+        add(
+            "p95_over_time",
+            "P95 end-to-end latency per window of arrival time, with its interval across replications; "
+            "dashed: the SLA; grey: the load level.",
+            p95_over_time(points, labels, sla=timeline_sla(points)),
         )
     ts_path = data["timeseries"]
     if ts_path.is_file():

@@ -7,6 +7,7 @@ an interrupted run never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich.console import Console, JustifyMethod
@@ -29,6 +30,17 @@ def _fmt(m: dict | None, stat: str, steady: bool = True) -> str:
     if lo is None or hi is None:
         return f"{v:,.0f}"
     return f"{v:,.0f} ± {(hi - lo) / 2:,.0f}"
+
+
+def _fmt_small(m: dict | None, stat: str, steady: bool = True) -> str:
+    """:func:`_fmt` with three significant digits under 10 ms (a routing call can take 0.2 ms)."""
+    if m is None or m.get(stat) is None or m[stat] >= 10:
+        return _fmt(m, stat, steady)
+    v = m[stat]
+    lo, hi = m["ci"][stat]
+    if not steady:
+        return f"{v:.3g}↑"
+    return f"{v:.3g}" if lo is None or hi is None else f"{v:.3g} ± {(hi - lo) / 2:.2g}"
 
 
 def _num(x: float | None, digits: int = 3) -> str:
@@ -80,12 +92,14 @@ def run_table(result: Result) -> Table:
     for k in keys:
         t.add_column(k.split(".")[-1], justify="right")
     recall = any((p.summary.get("retrieval") or {}).get("recall_at_k") is not None for p in pts)
+    routing = any("routing" in p.summary["utilization"] for p in pts)
     for col in (
         "e2e p50",
         "e2e p95",
         "e2e p99",
         "ttft p95",
         "answers/s",
+        *(["routing p95", "routing util"] if routing else []),
         "cache hit",
         *(["recall@k"] if recall else []),
         "retrieval util",
@@ -101,9 +115,15 @@ def run_table(result: Result) -> Table:
         verdicts = []
         for v in s["sla"]:
             mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "inconclusive": "[yellow]?[/]"}[v["verdict"]]
-            # The statistic judged is shown with its value, whether or not the table has its column.
-            got = _fmt(s["metrics"].get(v["metric"]), v["stat"], steady)
-            verdicts.append(f"{v['metric'].removesuffix('_ms')} {v['stat']} {got} ≤ {v['threshold']:g}: {mark}")
+            # The statistic judged is shown with its value, whether or not the table has its column
+            # (for a windowed SLA, the worst window's).
+            if v.get("window_s") is not None:
+                every = f" every {v['window_s']:g}s"
+                got = "-" if v.get("value") is None else f"{v['value']:,.0f}"
+            else:
+                every = ""
+                got = _fmt(s["metrics"].get(v["metric"]), v["stat"], steady)
+            verdicts.append(f"{v['metric'].removesuffix('_ms')} {v['stat']}{every} {got} ≤ {v['threshold']:g}: {mark}")
         if not s["stability"]["stable"]:
             verdicts.append("[red]unstable[/]")
         u = s["utilization"]
@@ -114,6 +134,14 @@ def run_table(result: Result) -> Table:
             _fmt(e2e, "p99", steady),
             _fmt(ttft, "p95", steady),
             f"{s['throughput_per_s']:.1f}",
+            *(
+                [
+                    _fmt_small(s["metrics"].get("routing_ms"), "p95", steady),
+                    "-" if "routing" not in u else f"{u['routing']:.0%}",
+                ]
+                if routing
+                else []
+            ),
             "-" if s["cache_hit_rate"] is None else f"{s['cache_hit_rate']:.0%}",
             *([_recall(s.get("retrieval"))] if recall else []),
             "-" if "retrieval" not in u else f"{u['retrieval']:.0%}",
@@ -122,6 +150,29 @@ def run_table(result: Result) -> Table:
             "\n".join(verdicts) or "-",
         )
     return t
+
+
+def _timeline_line(tl: dict) -> str:
+    """Worst window's P95 (and when), and the recovery after the spike."""
+    ws = [w for w in tl["windows"] if w["requests"] > 0]
+    parts = []
+    worst = max(ws, key=lambda w: math.inf if w["e2e_ms"]["p95"] is None else w["e2e_ms"]["p95"], default=None)
+    if worst is not None:
+        v = worst["e2e_ms"]["p95"]
+        parts.append(
+            f"worst {tl['window_s']:g} s window P95 {'∞' if v is None else f'{v:,.0f}'} ms "
+            f"at {worst['start_s']:g}-{worst['end_s']:g} s"
+        )
+    rec = tl.get("recovery")
+    if rec:
+        if rec["time_over_s"] == 0:
+            parts.append(f"P95 under {rec['threshold']:g} ms in every window")
+        elif not rec["recovered"]:
+            parts.append(f"P95 over {rec['threshold']:g} ms for {rec['time_over_s']:g} s and not back under by the end")
+        else:
+            tail = "" if rec.get("tail_s") is None else f"; back under {rec['tail_s']:g} s after the load fell"
+            parts.append(f"P95 over {rec['threshold']:g} ms for {rec['time_over_s']:g} s{tail}")
+    return "; ".join(parts)
 
 
 def _recall(r: dict | None) -> str:
@@ -176,6 +227,11 @@ def print_run(result: Result, console: Console | None = None) -> None:
         prec = s.get("precision")
         if prec and prec.get("note"):
             console.print(f"[yellow]precision[/] at {where}: {prec['note']}")
+        tl = s.get("timeline")
+        if tl:
+            console.print(f"over time at {where}: {_timeline_line(tl)}")
         for v in s["sla"]:
+            if v.get("window_s") is not None and v.get("hint") and v["verdict"] == "fail":
+                console.print(f"[red]FAIL[/] {v['metric']} {v['stat']} at {where}: {v['hint']}")
             if v.get("hint") and v["verdict"] == "inconclusive":
                 console.print(f"[yellow]inconclusive[/] {v['metric']} {v['stat']} at {where}: {v['hint']}")

@@ -46,9 +46,17 @@ COLUMNS: tuple[Column, ...] = (
     Column("ttft_ms", "ms", "arrival to first token"),
     Column("e2e_ms", "ms", "arrival to answer"),
     Column("preemptions", "int", "times the LLM preempted it (-1: LLM stage off)"),
+    Column("question", "int", "the question asked (query_key is the key the cache saw for it)"),
+    Column("routing_wait_ms", "ms", "wait for a routing worker"),
+    Column("routing_service_ms", "ms", "edit-distance routing of the utterance"),
+    Column(
+        "routing_outcome",
+        "int",
+        "-1: routing off; 0: routed to its question; 1: not routed (raw key kept); 2: routed to another question",
+    ),
 )
 
-Stage = Literal["always", "cache", "retrieval", "llm"]
+Stage = Literal["always", "routing", "cache", "retrieval", "llm"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("e2e_ms", "always", "arrival to answer"),
     Metric("ttft_ms", "llm", "arrival to first token"),
     Metric("tpot_ms", "llm", "time per output token after the first: decode_ms / (output_tokens - 1)"),
+    Metric("routing_ms", "routing", "routing wait + edit-distance routing, routed requests only"),
+    Metric("routing_wait_ms", "routing", "wait for a routing worker"),
+    Metric("routing_service_ms", "routing", "edit-distance routing of the utterance"),
     Metric("cache_ms", "cache", "cache lookup"),
     Metric("retrieval_ms", "retrieval", "retrieval wait + search, cache misses only"),
     Metric("retrieval_wait_ms", "retrieval", "wait for a retrieval worker, cache misses only"),

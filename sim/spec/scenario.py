@@ -132,11 +132,18 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{p.name}: a scenario must be a mapping of sections")
     # A calibration file named in a scenario file is relative to that file, like extends:.
-    retrieval = data.get("retrieval")
-    if isinstance(retrieval, dict) and isinstance(retrieval.get("calibration"), str):
-        cal = Path(retrieval["calibration"]).expanduser()
-        if not cal.is_absolute():
-            retrieval["calibration"] = str((p.parent / cal).resolve())
+    for section in ("retrieval", "routing"):
+        sec = data.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get("calibration"), str):
+            cal = Path(sec["calibration"]).expanduser()
+            if not cal.is_absolute():
+                sec["calibration"] = str((p.parent / cal).resolve())
+    wl = data.get("workload")
+    tr = wl.get("trace") if isinstance(wl, dict) else None
+    if isinstance(tr, dict) and isinstance(tr.get("path"), str):  # a trace too, relative to its file
+        tp = Path(tr["path"]).expanduser()
+        if not tp.is_absolute():
+            tr["path"] = str((p.parent / tp).resolve())
     base = data.pop("extends", None)
     if base is not None:
         if not isinstance(base, str):

@@ -33,6 +33,7 @@ from sim.errors import ConfigError
 from sim.physics import gpu as gpu_model
 from sim.registry import INDEXES, ROUTERS
 from sim.spec import catalog
+from sim.spec import trace as trace_file
 from sim.spec.catalog import param_count
 from sim.spec.efficiency import EFFICIENCY_PRESETS, preset_parameters
 from sim.spec.metrics import METRIC_STAGE, SLA_METRICS, STATS
@@ -171,28 +172,126 @@ class QueriesConfig(Strict):
         return self
 
 
+class ProfileStep(Strict):
+    """From ``at_s`` the level moves to ``value``, linearly over ``ramp_s`` (0: a step)."""
+
+    at_s: NonNegFloat
+    value: NonNegFloat
+    ramp_s: NonNegFloat = 0.0
+
+
+class ScheduleProfile(Strict):
+    """Steps and linear ramps: the level is the first step's value until its ``at_s``."""
+
+    kind: Literal["schedule"]
+    steps: Annotated[list[ProfileStep], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _order(self) -> ScheduleProfile:
+        for i, (a, b) in enumerate(zip(self.steps, self.steps[1:]), start=1):
+            if b.at_s < a.at_s + a.ramp_s:
+                raise ValueError(
+                    f"steps[{i}].at_s ({b.at_s:g}) must be >= steps[{i - 1}].at_s + ramp_s ({a.at_s + a.ramp_s:g})"
+                )
+        return self
+
+
+class SinusoidProfile(Strict):
+    """``mean + amplitude * cos(2 pi (t - peak_at_s) / period_s)``: a daily cycle by default."""
+
+    kind: Literal["sinusoid"]
+    mean: PosFloat
+    amplitude: NonNegFloat
+    period_s: PosFloat = 86_400.0
+    peak_at_s: NonNegFloat = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> SinusoidProfile:
+        if self.amplitude > self.mean:
+            raise ValueError(
+                f"amplitude ({self.amplitude:g}) must be <= mean ({self.mean:g}): the level cannot go below 0"
+            )
+        return self
+
+
+LoadProfile = Annotated[Union[ScheduleProfile, SinusoidProfile], Field(discriminator="kind")]
+
+
+class TraceConfig(Strict):
+    """Replay the arrivals of a CSV trace (see :mod:`sim.spec.trace`)."""
+
+    path: str
+    format: Literal["auto", "azure", "burstgpt", "capsim"] = "auto"
+    time_scale: PosFloat = 1.0
+
+
 class WorkloadConfig(Strict):
-    mode: Literal["closed", "open"] = "closed"
+    mode: Literal["closed", "open", "trace"] = "closed"
     users: Optional[Annotated[int, Field(ge=1)]] = None
     think_s: Optional[DistSpec] = None
     rate_per_s: Optional[PosFloat] = None
     arrival: Literal["poisson", "gamma"] = "poisson"
     cv: Optional[PosFloat] = None
     queries: QueriesConfig = QueriesConfig()
+    profile: Optional[LoadProfile] = None
+    trace: Optional[TraceConfig] = None
+
+    @property
+    def time_varying(self) -> bool:
+        """Does the load change over time (a profile or a trace)?"""
+        return self.profile is not None or self.mode == "trace"
 
     @model_validator(mode="after")
     def _check(self) -> WorkloadConfig:
         if self.mode == "closed":
-            if self.users is None:
-                raise ValueError("mode closed needs users")
+            if self.users is None and self.profile is None:
+                raise ValueError("mode closed needs users (or a profile of users over time)")
             if self.think_s is None:
                 raise ValueError("mode closed needs think_s")
-        else:
-            if self.rate_per_s is None:
-                raise ValueError("mode open needs rate_per_s")
+        elif self.mode == "open":
+            if self.rate_per_s is None and self.profile is None:
+                raise ValueError("mode open needs rate_per_s (or a profile of the rate over time)")
             if self.arrival == "gamma" and self.cv is None:
                 raise ValueError("arrival gamma needs cv")
+            if self.profile is not None and self.arrival != "poisson":
+                raise ValueError("profile: an open rate that changes over time needs arrival poisson")
+        else:
+            if self.trace is None:
+                raise ValueError("mode trace needs trace: {path: ...}")
+            if self.profile is not None:
+                raise ValueError("profile: a trace already says when requests arrive; drop profile")
+        if self.trace is not None and self.mode != "trace":
+            raise ValueError("trace: set mode: trace to replay it")
         return self
+
+
+class RoutingConfig(Strict):
+    """Fuzzy routing before the cache: each utterance goes to its nearest canonical question.
+
+    ``impl`` is the edit-distance implementation timed by ``capsim calibrate
+    routing`` (``calibration``, default the file shipped in ``sim/data``);
+    ``questions`` is the canonical set's size (the workload's keys
+    ``0 .. questions-1`` are in it, the rest match none); ``threshold`` the
+    normalised distance under which a match is accepted (one the calibration
+    swept).  ``variants``: shoppers type spelling variants, so without
+    routing a share of requests carry a key never seen before (default: on
+    when ``enabled``; set it with ``enabled: false`` for the no-routing
+    baseline of a what-if).
+    """
+
+    enabled: bool = False
+    impl: Literal["numpy_table", "two_row", "rapidfuzz"] = "rapidfuzz"
+    questions: Annotated[int, Field(ge=1)] = 400
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    workers: Annotated[int, Field(ge=1)] = 1
+    cpu_cores: Optional[Annotated[int, Field(ge=1)]] = None
+    calibration: Optional[str] = None
+    variants: Optional[bool] = None
+
+    @property
+    def typed_variants(self) -> bool:
+        """Do requests carry typed spelling variants (``variants``, default ``enabled``)?"""
+        return self.enabled if self.variants is None else self.variants
 
 
 class CacheConfig(Strict):
@@ -446,6 +545,21 @@ def _check_sla(v: Any) -> Any:
 SLAConfig = Annotated[dict[str, dict[str, PosFloat]], BeforeValidator(_check_sla)]
 
 
+class TimelineConfig(Strict):
+    """Results over time (see :mod:`sim.analysis.timeline`).
+
+    ``window_s``: width of the windows statistics are taken in (by arrival
+    time).  ``sla``: thresholds that must hold in *every* window of
+    ``sla_window_s`` (default ``window_s``), e.g. ``{e2e_ms: {p95: 800}}``.
+    ``enabled`` defaults to on when the load changes over time.
+    """
+
+    enabled: Optional[bool] = None
+    window_s: PosFloat = 30.0
+    sla_window_s: Optional[PosFloat] = None
+    sla: SLAConfig = {}
+
+
 class CostConfig(Strict):
     """Prices in USD per hour (see :mod:`sim.analysis.dollars`): every replica's GPUs and every retrieval worker."""
 
@@ -481,13 +595,22 @@ class Scenario(Strict):
     description: Optional[str] = None
     run: RunConfig = RunConfig()
     workload: WorkloadConfig
+    routing: RoutingConfig = RoutingConfig()
     cache: CacheConfig = CacheConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     llm: LLMConfig = LLMConfig()
     sla: SLAConfig = {}
+    timeline: TimelineConfig = TimelineConfig()
     cost: Optional[CostConfig] = None
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
     expect: list[Expectation] = []
+
+    @property
+    def timeline_on(self) -> bool:
+        """Are results over time computed (``timeline.enabled``, default: the load varies or
+        ``timeline.sla`` is set)?"""
+        t = self.timeline
+        return t.enabled if t.enabled is not None else (self.workload.time_varying or bool(t.sla))
 
     def _check_longest_request_fits(self) -> None:
         """With bounded token distributions, the longest request must fit one replica's KV
@@ -522,6 +645,8 @@ class Scenario(Strict):
             return True
         if self.cache.enabled and build_distribution(self.cache.lookup_ms).mean > 0:
             return True
+        if self.routing.enabled:
+            return True
         r = self.retrieval
         return r.enabled and (
             r.service_ms is None
@@ -531,7 +656,7 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
-        for metric in self.sla:
+        for metric in [*self.sla, *self.timeline.sla]:
             stage = METRIC_STAGE.get(metric)
             if stage and not getattr(self, stage).enabled:
                 raise ValueError(
@@ -539,14 +664,22 @@ class Scenario(Strict):
                     f"so no request measures {metric}"
                 )
         w = self.workload
+        if w.time_varying and self.run.warmup_s == "auto":
+            raise ValueError(
+                "run.warmup_s: auto (MSER-5) assumes the run settles to a steady state, which a load that "
+                "changes over time does not; give a fixed warmup_s (0 to keep every request)"
+            )
+        if w.mode == "trace":
+            assert w.trace is not None  # WorkloadConfig requires it in trace mode
+            trace_file.load_trace(w.trace.path, w.trace.format, w.trace.time_scale)
         if w.mode == "closed" and build_distribution(w.think_s).mean == 0 and not self._takes_time():
             raise ValueError(
                 "workload.think_s: zero think time and no stage that takes time: "
                 "users would ask forever at t = 0; give think_s a positive mean"
             )
         self._check_longest_request_fits()
-        if self.expect and not self.sla:
-            raise ValueError("expect: needs an sla section to judge the points against")
+        if self.expect and not self.sla and not self.timeline.sla:
+            raise ValueError("expect: needs an sla (or timeline.sla) section to judge the points against")
         for i, e in enumerate(self.expect):
             unknown = [k for k in e.params if k not in self.sweep]
             if self.sweep and unknown:
@@ -670,6 +803,11 @@ def json_schema() -> dict:
         "type": "string",
         "description": "a base scenario file (relative to this one) whose keys this file overrides",
     }
+    # A file that extends another takes the sections it leaves out from its base.
+    required = schema.pop("required", [])
+    if required:
+        schema["if"] = {"required": ["extends"]}
+        schema["else"] = {"required": required}
     schema["properties"]["sla"] = {
         "type": "object",
         "description": "metric -> {statistic: threshold in ms}, e.g. e2e_ms: {p95: 800}",

@@ -1,0 +1,306 @@
+"""Results over time: percentiles, queues and utilisation per window, windowed SLAs, recovery.
+
+Picture: a flash sale takes the shop from 50 to 1,000 shoppers and back.  A
+single P95 over the whole run mixes the quiet start, the spike and the
+drain into one number that answers nothing.  Here the run (from 0 to
+``run.duration_s``, by arrival time) is cut into windows of ``window_s``;
+in each window and replication the statistic of the requests that *arrived*
+in it is taken, and the value is the mean over replications with a Student t
+interval across them -- an ensemble estimate of "P95 at 10:03", which needs
+no steady state, only independent replications of the same day.
+
+What replaces the stationary machinery for a load that changes over time:
+
+* **warm-up** -- no cut: the run starts empty, as a real morning does, and
+  the first windows show the fill.  ``warmup_s: auto`` (MSER-5) is refused
+  at load: it looks for where a stationary series settles.
+* **steady-state checks** -- the "latency rises through the window" trend
+  test is not applied (latency is meant to change); instead every request
+  must finish within ``run.drain_s`` after arrivals stop (else the point is
+  unstable), each window's statistic is censored by the requests that
+  arrived in it and never finished (counted as slower than all), and
+  :func:`recovery` says when P95 came back under the SLA.
+
+Unfinished requests: a window's percentile counts its arrivals that had not
+finished by the end of the run as +infinity, so a window the system never
+answered reads as infinite, not as its few lucky fast requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+from sim.analysis import stats
+from sim.engine.pipeline import Replication
+from sim.engine.profile import breakpoints
+from sim.engine.records import Bins
+from sim.spec.schema import Scenario, ScheduleProfile
+
+_Q = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
+#: Least requests per window and replication for an interval: about 5 beyond the quantile.
+MIN_PER_WINDOW = {"mean": 2, "p50": 10, "p90": 50, "p95": 100, "p99": 500, "max": 1}
+WINDOW_STATS = ("p50", "p95", "p99")
+
+NOTE = (
+    "load changes over time: no warm-up cut and no steady-state trend test; statistics are per "
+    "arrival window, averaged over replications with a t interval across them; requests unfinished "
+    "at the end count as slower than all in their window"
+)
+
+
+def metric_values(rec: dict[str, np.ndarray], metric: str) -> np.ndarray:
+    """The values of one metric in one replication's (windowed) records."""
+    if metric in ("retrieval_ms", "retrieval_wait_ms", "retrieval_service_ms"):
+        miss = ~rec["cache_hit"]
+        if metric == "retrieval_ms":
+            return (rec["retrieval_wait_ms"] + rec["retrieval_service_ms"])[miss]
+        return rec[metric][miss]
+    if metric in ("routing_ms", "routing_wait_ms", "routing_service_ms"):
+        routed = rec["routing_outcome"] >= 0
+        if metric == "routing_ms":
+            return (rec["routing_wait_ms"] + rec["routing_service_ms"])[routed]
+        return rec[metric][routed]
+    if metric == "tpot_ms":
+        many = rec["output_tokens"] > 1
+        return rec["decode_ms"][many] / (rec["output_tokens"][many] - 1)
+    return rec[metric]
+
+
+def censored_stat(values: np.ndarray, stat: str, unfinished: int) -> float:
+    """``stat`` of ``values`` plus ``unfinished`` values known only to be larger than all of them."""
+    n = len(values)
+    if stat == "mean":
+        return float("inf") if unfinished else (float(values.mean()) if n else float("nan"))
+    if stat == "max":
+        return float("inf") if unfinished else (float(values.max()) if n else float("nan"))
+    total = n + unfinished
+    if total == 0:
+        return float("nan")
+    rank = _Q[stat] * (total - 1)
+    if rank > n - 1:
+        return float("inf")
+    return float(np.percentile(values, 100.0 * rank / (n - 1))) if n > 1 else float(values[0])
+
+
+def _edges(end_s: float, width: float) -> np.ndarray:
+    k = max(1, math.ceil(end_s / width - 1e-9))
+    return np.minimum(np.arange(k + 1) * width, end_s)
+
+
+def per_window(reps: list[Replication], edges: np.ndarray, metric: str, stat: str) -> np.ndarray:
+    """Shape (replications, windows): the statistic of each window's arrivals (nan: none)."""
+    out = np.full((len(reps), len(edges) - 1), np.nan)
+    for r, rep in enumerate(reps):
+        rec = rep.records
+        idx = np.searchsorted(edges, rec["arrival_s"], side="right") - 1
+        started = np.searchsorted(edges, rep.started_s, side="right") - 1
+        for w in range(len(edges) - 1):
+            sel = idx == w
+            v = metric_values({k: c[sel] for k, c in rec.items()}, metric)
+            unf = max(0, int((started == w).sum()) - int(sel.sum())) if metric in ("e2e_ms", "ttft_ms") else 0
+            out[r, w] = censored_stat(v, stat, unf)
+    return out
+
+
+def counts(reps: list[Replication], edges: np.ndarray) -> np.ndarray:
+    """Requests started per window and replication (finished or not)."""
+    return np.array([np.histogram(rep.started_s, bins=edges)[0] for rep in reps])
+
+
+def combine(per: np.ndarray, n: np.ndarray, stat: str, conf: float) -> tuple[list, list]:
+    """Per window: mean over replications and a t interval (None where it cannot be had)."""
+    values: list[float | None] = []
+    cis: list[list[float | None]] = []
+    for w in range(per.shape[1]):
+        col = per[:, w]
+        col = col[~np.isnan(col)]
+        if not len(col):
+            values.append(None)
+            cis.append([None, None])
+            continue
+        v = float(col.mean())
+        lo: float | None = None
+        hi: float | None = None
+        if len(col) >= 2 and np.all(np.isfinite(col)) and n[:, w].min() >= MIN_PER_WINDOW[stat]:
+            a, b = stats.t_interval(col, conf)
+            lo, hi = float(a), float(b)
+        values.append(v if math.isfinite(v) else None)
+        cis.append([lo, hi])
+    return values, cis
+
+
+def _bins_between(b: Bins, a: float, z: float) -> float:
+    return b.total_from(a) - b.total_from(z)
+
+
+def window_verdict(per: np.ndarray, lo: float | None, hi: float | None, threshold: float) -> str:
+    """``pass`` / ``fail`` / ``inconclusive`` for one window: by the interval when there is
+    one; without one, ``fail`` only when every replication's value is over the threshold."""
+    col = per[~np.isnan(per)]
+    if not len(col):
+        return "none"
+    if lo is not None and hi is not None:
+        return stats.sla_verdict(float(col.mean()), lo, hi, threshold)
+    if len(col) >= 2 and np.all(col > threshold):
+        return "fail"
+    return "inconclusive"
+
+
+def spike_end_s(scn: Scenario) -> float | None:
+    """When the load starts its last fall (a schedule's last downward step or ramp)."""
+    p = scn.workload.profile
+    if not isinstance(p, ScheduleProfile):
+        return None
+    ts, vs = breakpoints(p)
+    end = None
+    for i in range(1, len(ts)):
+        if vs[i] < vs[i - 1]:
+            end = ts[i - 1]
+    return end
+
+
+def recovery(per: np.ndarray, edges: np.ndarray, threshold: float, after_s: float | None, conf: float) -> dict:
+    """When each replication's windowed statistic was last over ``threshold``.
+
+    ``recovered_at_s``: end of the last window over the threshold, per
+    replication (None when the last window with requests is still over: not
+    recovered within the run).  ``tail_s``: ``recovered_at_s - after_s`` (the
+    spike's end), at least 0.  ``time_over_s``: total length of windows over.
+    """
+    by_rep: list[dict[str, Any]] = []
+    for row in per:
+        over = np.flatnonzero(row > threshold)
+        have = np.flatnonzero(~np.isnan(row))
+        if not len(over):
+            by_rep.append({"recovered_at_s": 0.0, "time_over_s": 0.0, "recovered": True})
+            continue
+        last = int(over[-1])
+        recovered = bool(len(have)) and last < int(have[-1])
+        width = np.diff(edges)
+        by_rep.append(
+            {
+                "recovered_at_s": float(edges[last + 1]) if recovered else None,
+                "time_over_s": float(width[over].sum()),
+                "recovered": recovered,
+            }
+        )
+    out: dict[str, Any] = {"threshold": threshold, "spike_end_s": after_s, "by_replication": by_rep}
+    rec = [b["recovered_at_s"] for b in by_rep]
+    out["recovered"] = all(r is not None for r in rec)
+    over = np.array([b["time_over_s"] for b in by_rep])
+    out["time_over_s"] = float(over.mean())
+    out["time_over_s_ci"] = [float(x) for x in stats.t_interval(over, conf)] if len(over) >= 2 else [None, None]
+    if out["recovered"] and after_s is not None:
+        tail = np.array([max(0.0, float(r) - after_s) if r else 0.0 for r in rec])
+        out["tail_s"] = float(tail.mean())
+        out["tail_s_ci"] = [float(x) for x in stats.t_interval(tail, conf)] if len(tail) >= 2 else [None, None]
+    else:
+        out["tail_s"] = None
+        out["tail_s_ci"] = [None, None]
+    return out
+
+
+def timeline(scn: Scenario, reps: list[Replication]) -> dict:
+    """The ``timeline`` entry of a point summary (see the module docstring)."""
+    conf = scn.run.confidence
+    end = float(scn.run.duration_s)
+    cfg = scn.timeline
+    edges = _edges(end, cfg.window_s)
+    n = counts(reps, edges)
+    windows: list[dict[str, Any]] = [
+        {"start_s": float(a), "end_s": float(b), "requests": float(n[:, i].mean())}
+        for i, (a, b) in enumerate(itertools.pairwise(edges))
+    ]
+    for st in WINDOW_STATS:
+        per = per_window(reps, edges, "e2e_ms", st)
+        vals, cis = combine(per, n, st, conf)
+        for w, v, c in zip(windows, vals, cis):
+            w.setdefault("e2e_ms", {"ci": {}})
+            w["e2e_ms"][st] = v
+            w["e2e_ms"]["ci"][st] = c
+    # queues (sampled state, mean of the samples inside the window) and utilisation (busy time)
+    for w in windows:
+        a, b = w["start_s"], w["end_s"]
+        q: dict[str, float] = {}
+        for name, key in (("routing", "routing_queue"), ("retrieval", "retrieval_queue"), ("llm", "llm_waiting")):
+            vals_q = []
+            for rep in reps:
+                ts = rep.timeseries
+                if key not in ts or "t_s" not in ts:
+                    continue
+                t = np.asarray(ts["t_s"])
+                sel = (t >= a) & (t < b)
+                x = np.asarray(ts[key], dtype=float)
+                if x.ndim == 2:
+                    x = x.sum(axis=1)
+                if sel.any():
+                    vals_q.append(float(x[sel].mean()))
+            if vals_q:
+                q[name] = float(np.mean(vals_q))
+        w["queue"] = q
+        if "load_level" in reps[0].timeseries:
+            lv = [
+                float(np.asarray(r.timeseries["load_level"])[sel].mean())
+                for r in reps
+                if (sel := (np.asarray(r.timeseries["t_s"]) >= a) & (np.asarray(r.timeseries["t_s"]) < b)).any()
+            ]
+            w["load_level"] = float(np.mean(lv)) if lv else None
+        u: dict[str, float] = {}
+        for name, busy, servers in (
+            ("routing", "routing_busy_s", "routing_workers"),
+            ("retrieval", "retrieval_busy_s", "retrieval_workers"),
+            ("gpu", "gpu_busy_s", "gpu_replicas"),
+        ):
+            vals_u = []
+            for rep in reps:
+                bb, k = rep.counters.get(busy), rep.counters.get(servers)
+                if isinstance(bb, Bins) and isinstance(k, (int, float)) and b > a:
+                    vals_u.append(_bins_between(bb, a, b) / (float(k) * (b - a)))
+            if vals_u:
+                u[name] = float(np.mean(vals_u))
+        w["utilization"] = u
+    out: dict[str, Any] = {"window_s": cfg.window_s, "windows": windows, "note": NOTE}
+
+    # windowed SLAs
+    verdicts = []
+    sla_width = cfg.sla_window_s or cfg.window_s
+    sla_edges = _edges(end, sla_width)
+    sn = counts(reps, sla_edges)
+    for metric, thresholds in cfg.sla.items():
+        for st, thr in thresholds.items():
+            per = per_window(reps, sla_edges, metric, st)
+            vals, cis = combine(per, sn, st, conf)
+            wv = [window_verdict(per[:, i], c[0], c[1], thr) for i, c in enumerate(cis)]
+            judged = [v for v in wv if v != "none"]
+            verdict = (
+                "fail"
+                if "fail" in judged
+                else ("pass" if judged and all(v == "pass" for v in judged) else "inconclusive")
+            )
+            worst = max((v for v in vals if v is not None), default=None)
+            if any(v is None and np.any(np.isinf(per[:, i])) for i, v in enumerate(vals)):
+                worst = math.inf
+            verdicts.append(
+                {
+                    "metric": metric,
+                    "stat": st,
+                    "threshold": thr,
+                    "window_s": sla_width,
+                    "value": None if worst is None or not math.isfinite(worst) else worst,
+                    "verdict": verdict,
+                    "windows_failed": [float(sla_edges[i]) for i, v in enumerate(wv) if v == "fail"],
+                    "windows_inconclusive": [float(sla_edges[i]) for i, v in enumerate(wv) if v == "inconclusive"],
+                }
+            )
+    out["sla"] = verdicts
+
+    # recovery after the spike, against the e2e P95 threshold (windowed SLA first, else the plain SLA)
+    limit: float | None = (cfg.sla.get("e2e_ms") or {}).get("p95") or (scn.sla.get("e2e_ms") or {}).get("p95")
+    if limit is not None:
+        per = per_window(reps, edges, "e2e_ms", "p95")
+        out["recovery"] = {"metric": "e2e_ms", "stat": "p95", **recovery(per, edges, limit, spike_end_s(scn), conf)}
+    return out

@@ -1,0 +1,158 @@
+"""Arrival traces: a CSV of request timestamps to replay as the workload.
+
+Three column layouts are read (``format: auto`` picks one from the header):
+
+* **azure** -- the Azure LLM inference traces (Azure/AzurePublicDataset,
+  ``AzureLLMInferenceTrace_code.csv`` / ``_conv.csv``, 2023):
+  ``TIMESTAMP,ContextTokens,GeneratedTokens`` with timestamps such as
+  ``2023-11-16 18:15:46.6805900`` (the 2024 week-long files have the same
+  columns);
+* **burstgpt** -- BurstGPT (HPMLL/BurstGPT): ``Timestamp,Model,Request tokens,
+  Response tokens,Total tokens,Log Type`` with ``Timestamp`` in seconds;
+* **capsim** -- ``arrival_s`` and optionally ``prompt_tokens``,
+  ``output_tokens``, ``query_key``.
+
+Arrival times are taken relative to the first row (so a trace starts at 0)
+and multiplied by ``time_scale``.  Token counts replace the scenario's token
+distributions when present; ``query_key`` replaces the popularity law.
+
+A malformed trace -- a missing column, a timestamp that is negative or earlier
+than the row before, text where a number belongs -- raises
+:class:`TraceError` naming the file, the line (1 = header) and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from sim.errors import ConfigError
+
+FORMATS = ("auto", "azure", "burstgpt", "capsim")
+#: format -> (time column, prompt column, output column, key column); None: absent.
+LAYOUTS: dict[str, tuple[str, str | None, str | None, str | None]] = {
+    "azure": ("TIMESTAMP", "ContextTokens", "GeneratedTokens", None),
+    "burstgpt": ("Timestamp", "Request tokens", "Response tokens", None),
+    "capsim": ("arrival_s", "prompt_tokens", "output_tokens", "query_key"),
+}
+
+
+class TraceError(ConfigError):
+    """A trace file that cannot be replayed (one line: file, line, column, what is wrong)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """A loaded trace: arrival seconds from 0 (ascending) and optional per-request columns."""
+
+    path: str
+    format: str
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray | None
+    output_tokens: np.ndarray | None
+    query_key: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+
+def _detect(header: list[str], name: str) -> str:
+    for fmt, (tcol, *_rest) in LAYOUTS.items():
+        if tcol in header:
+            return fmt
+    raise TraceError(
+        f"{name}:1: no timestamp column: expected TIMESTAMP (Azure), Timestamp (BurstGPT) or arrival_s "
+        f"(found {', '.join(header) or 'nothing'})"
+    )
+
+
+def _parse_time(text: str, fmt: str) -> float:
+    if fmt == "azure":
+        t = text.strip()
+        # .NET-style 7-digit fractions: keep microseconds.
+        if "." in t:
+            head, frac = t.split(".", 1)
+            t = f"{head}.{frac[:6]}"
+        try:
+            return dt.datetime.fromisoformat(t).replace(tzinfo=dt.timezone.utc).timestamp()
+        except ValueError:
+            return float(text)  # seconds are accepted too
+    return float(text)
+
+
+def _number(text: str, name: str, line: int, col: str, integer: bool) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise TraceError(f"{name}:{line}: column {col!r}: {text!r} is not a number") from None
+    if not np.isfinite(v) or v < 0:
+        raise TraceError(f"{name}:{line}: column {col!r}: {text!r} must be a finite number >= 0")
+    if integer and v != int(v):
+        raise TraceError(f"{name}:{line}: column {col!r}: {text!r} must be a whole number")
+    return v
+
+
+def load_trace(path: str | os.PathLike[str], fmt: str = "auto", time_scale: float = 1.0) -> Trace:
+    """Read and check a trace (cached by path, size and modification time)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        raise TraceError(f"workload.trace.path: {p} does not exist") from None
+    return _load(str(p), st.st_size, st.st_mtime_ns, fmt, float(time_scale))
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, _size: int, _mtime: int, fmt: str, time_scale: float) -> Trace:
+    name = Path(path).name
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+        if not header:
+            raise TraceError(f"{name}:1: empty file; need a header row and one row per request")
+        if fmt == "auto":
+            fmt = _detect(header, name)
+        tcol, pcol, ocol, kcol = LAYOUTS[fmt]
+        if tcol not in header:
+            raise TraceError(f"{name}:1: missing column {tcol!r} for format {fmt} (found {', '.join(header)})")
+        cols = {c: header.index(c) for c in (tcol, pcol, ocol, kcol) if c is not None and c in header}
+        if fmt in ("azure", "burstgpt"):
+            for c in (pcol, ocol):
+                if c is not None and c not in header:
+                    raise TraceError(f"{name}:1: missing column {c!r} for format {fmt} (found {', '.join(header)})")
+        times: list[float] = []
+        extra: dict[str, list[float]] = {c: [] for c in cols if c != tcol}
+        prev = -np.inf
+        for i, row in enumerate(reader, start=2):
+            if not row or all(not x.strip() for x in row):
+                continue
+            if len(row) < len(header):
+                missing = header[len(row)]
+                raise TraceError(f"{name}:{i}: column {missing!r}: missing value ({len(row)} of {len(header)} fields)")
+            text = row[cols[tcol]].strip()
+            try:
+                t = _parse_time(text, fmt)
+            except ValueError:
+                raise TraceError(f"{name}:{i}: column {tcol!r}: {text!r} is not a timestamp") from None
+            if not np.isfinite(t) or (fmt != "azure" and t < 0):
+                raise TraceError(f"{name}:{i}: column {tcol!r}: {text!r} must be a finite time >= 0")
+            if t < prev:
+                raise TraceError(f"{name}:{i}: column {tcol!r}: {text!r} is earlier than the row before (unsorted)")
+            prev = t
+            times.append(t)
+            for c in extra:
+                extra[c].append(_number(row[cols[c]].strip(), name, i, c, integer=True))
+    if not times:
+        raise TraceError(f"{name}:2: no requests after the header")
+    arr = (np.asarray(times) - times[0]) * time_scale
+
+    def col(c: str | None) -> np.ndarray | None:
+        return np.asarray(extra[c], dtype=np.int64) if c is not None and c in extra else None
+
+    return Trace(path, fmt, arr, col(pcol), col(ocol), col(kcol))
