@@ -12,10 +12,13 @@ request, and the recorder turns finished requests into one flat row each.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import simpy
+from simpy.events import Timeout
 
 from sim import distributions as D
 from sim.engine.cache import LRUCache
@@ -81,6 +84,7 @@ class TokenCounts:
         self, scn: Scenario, rng: np.random.Generator, block: int = 256, output_rng: np.random.Generator | None = None
     ):
         llm = scn.llm
+        self.off = not llm.enabled  # no LLM stage: no prompt to build, nothing drawn
         self.top_k = scn.retrieval.top_k if scn.retrieval.enabled else 0
         if isinstance(llm.prompt_tokens, PromptComposition):
             c = llm.prompt_tokens
@@ -93,6 +97,8 @@ class TokenCounts:
         self._output = D.Sampler(build_distribution(llm.output_tokens), output_rng or rng, block)
 
     def __call__(self) -> tuple[int, int]:
+        if self.off:
+            return 0, 0
         if self._prompt is not None:
             p = self._prompt()
         else:
@@ -115,6 +121,95 @@ class Replication:
     timeseries: dict[str, np.ndarray] = field(default_factory=dict)
     # Arrival time of every request started (finished or not), for results over time.
     started_s: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+
+class _Request:
+    """One request's state as it moves through the stages (times in simulated seconds)."""
+
+    __slots__ = (
+        "g_service",
+        "g_wait",
+        "hit",
+        "key",
+        "on_done",
+        "outcome",
+        "output",
+        "prompt",
+        "question",
+        "r_service",
+        "r_wait",
+        "t0",
+        "t_cache",
+        "t_first",
+        "t_mark",
+        "user",
+    )
+
+    def __init__(
+        self,
+        user: int,
+        key: int,
+        prompt: int,
+        output: int,
+        question: int,
+        outcome: int,
+        t0: float,
+        on_done: Callable[[], object] | None,
+    ):
+        self.user, self.key, self.prompt, self.output = user, key, prompt, output
+        self.question, self.outcome, self.t0, self.on_done = question, outcome, t0, on_done
+        self.hit = False
+        self.t_cache = self.r_wait = self.r_service = self.g_wait = self.g_service = 0.0
+        self.t_first = self.t_mark = t0
+
+
+class _Call:
+    """A timeout's callback: ``then(request)`` (cheaper than a closure per event)."""
+
+    __slots__ = ("r", "then")
+
+    def __init__(self, then: Callable[[_Request], None], r: _Request):
+        self.then, self.r = then, r
+
+    def __call__(self, _event: object) -> None:
+        self.then(self.r)
+
+
+class _Answered:
+    """The LLM's done event's callback: ``finish(request, sequence)``."""
+
+    __slots__ = ("finish", "r")
+
+    def __init__(self, finish: Callable[[_Request, Any], None], r: _Request):
+        self.finish, self.r = finish, r
+
+    def __call__(self, event: simpy.Event) -> None:
+        self.finish(self.r, event.value)
+
+
+class _User:
+    """A closed-loop user's streams, and the model's think and ask steps bound to this user."""
+
+    __slots__ = ("_ask", "_think", "keys", "think", "tokens", "uid", "utter")
+
+    def __init__(
+        self,
+        uid: int,
+        think: D.Sampler,
+        keys: QueryKeys,
+        tokens: TokenCounts,
+        utter: Utterances | None,
+        model_think: Callable[[_User], None],
+        model_ask: Callable[[_User], None],
+    ):
+        self.uid, self.think, self.keys, self.tokens, self.utter = uid, think, keys, tokens, utter
+        self._think, self._ask = model_think, model_ask
+
+    def ask(self, _event: object) -> None:  # the think timeout's callback
+        self._ask(self)
+
+    def think_again(self) -> None:  # the answer's on_done
+        self._think(self)
 
 
 class Model:
@@ -160,6 +255,10 @@ class Model:
             else None
         )
         self.started_s: list[float] = []
+        # The stages' callbacks, bound once (a bound method made per request costs time).
+        self._cb_route, self._cb_routed = self._route, self._routed
+        self._cb_looked_up, self._cb_search, self._cb_searched = self._looked_up, self._search, self._searched
+        self._cb_finish = self._finish
 
     # ------------------------------------------------------------------ request
     def utterances(self, *purpose: int) -> Utterances | None:
@@ -169,113 +268,201 @@ class Model:
         rng = stream(self.scn.run.seed, self.rep, "utterance", *purpose)
         return Utterances(self.novel_share, self.routing_accuracy, self.scn.routing.questions, rng, self.novel_ids)
 
-    def request(self, user: int, key: int, prompt: int, output: int, question: int = -1, outcome: int = OFF):
-        """One request for cache ``key`` (``question``: what was asked, default ``key``)."""
-        env, rec = self.env, self.recorder
-        t0 = env.now
-        if self.window[0] <= t0 < self.window[1]:
+    def request(
+        self,
+        user: int,
+        key: int,
+        prompt: int,
+        output: int,
+        question: int = -1,
+        outcome: int = OFF,
+        on_done: Callable[[], object] | None = None,
+    ) -> None:
+        """Start one request for cache ``key`` (``question``: what was asked, default ``key``).
+
+        A request is not a SimPy process: each stage schedules the next as a callback
+        (a timeout's callback, a free worker's hand-over, the LLM's done event), so a
+        request costs one event per wait instead of a generator resumed at every step.
+        ``on_done`` runs when its answer is complete.
+        """
+        now = self.env.now
+        r = _Request(user, key, prompt, output, key if question < 0 else question, outcome, now, on_done)
+        if self.window[0] <= now < self.window[1]:
             self.started_in_window += 1
-        self.started_s.append(t0)
-        g_wait = g_service = 0.0
+        self.started_s.append(now)
+        if self.routing_pool is not None:
+            self.routing_pool.acquire(self._cb_route, r)
+        else:
+            self._lookup(r)
+
+    def _after(self, delay: float, then: Callable[[_Request], None], r: _Request) -> None:
+        ev = Timeout(self.env, delay)
+        ev.callbacks.append(_Call(then, r))
+
+    def _route(self, r: _Request) -> None:  # a routing worker is free
         rpool = self.routing_pool
-        if rpool is not None:
-            yield rpool.acquire()
-            t1 = env.now
-            yield env.timeout(self.routing_s() * rpool.slowdown())
-            t2 = env.now
-            rpool.release(t1, t2)
-            g_wait, g_service = t1 - t0, t2 - t1
-        hit = False
-        t_cache = 0.0
-        if self.cache is not None:
-            t_cache = self.cache_lookup_s()
-            if t_cache > 0:
-                yield env.timeout(t_cache)
-            hit = self.cache.lookup(key)
-        r_wait = r_service = 0.0
+        assert rpool is not None
+        r.t_mark = now = self.env.now
+        r.g_wait = now - r.t0
+        self._after(self.routing_s() * rpool.slowdown(), self._cb_routed, r)
+
+    def _routed(self, r: _Request) -> None:
+        now = self.env.now
+        assert self.routing_pool is not None
+        self.routing_pool.release(r.t_mark, now)
+        r.g_service = now - r.t_mark
+        self._lookup(r)
+
+    def _lookup(self, r: _Request) -> None:
+        if self.cache is None:
+            self._retrieve(r)
+            return
+        r.t_cache = t_cache = self.cache_lookup_s()
+        if t_cache > 0:
+            self._after(t_cache, self._cb_looked_up, r)
+        else:
+            self._looked_up(r)
+
+    def _looked_up(self, r: _Request) -> None:
+        assert self.cache is not None
+        r.hit = self.cache.lookup(r.key)
+        self._retrieve(r)
+
+    def _retrieve(self, r: _Request) -> None:
         pool = self.pool
-        if pool is not None and not hit:
-            t1 = env.now
-            yield pool.acquire()
-            t2 = env.now
-            yield env.timeout(self.retrieval_s() * pool.slowdown())
-            t3 = env.now
-            pool.release(t2, t3)
-            r_wait, r_service = t2 - t1, t3 - t2
-            if self.cache is not None:
-                self.cache.insert(key)
+        if pool is None or r.hit:
+            self._generate(r)
+            return
+        r.t_mark = self.env.now
+        pool.acquire(self._cb_search, r)
+
+    def _search(self, r: _Request) -> None:  # a retrieval worker is free
+        pool = self.pool
+        assert pool is not None
+        now = self.env.now
+        r.r_wait = now - r.t_mark
+        r.t_mark = now
+        self._after(self.retrieval_s() * pool.slowdown(), self._cb_searched, r)
+
+    def _searched(self, r: _Request) -> None:
+        now = self.env.now
+        assert self.pool is not None
+        self.pool.release(r.t_mark, now)
+        r.r_service = now - r.t_mark
+        if self.cache is not None:
+            self.cache.insert(r.key)
+        self._generate(r)
+
+    def _generate(self, r: _Request) -> None:
+        r.t_first = self.env.now
+        if self.llm is None:
+            self._finish(r, None)
+            return
+        done = self.llm.submit(r.prompt, r.output)
+        done.callbacks.append(_Answered(self._cb_finish, r))
+
+    def _finish(self, r: _Request, seq: Any) -> None:
         replica = preemptions = -1
         l_wait = prefill = decode = 0.0
-        t_first = env.now
-        if self.llm is not None:
-            seq = yield self.llm.submit(prompt, output)
+        t_first = r.t_first
+        if seq is not None:
             replica = seq.replica
             l_wait = seq.t_admitted - seq.t_queued
             prefill = seq.t_first - seq.t_admitted
             decode = seq.t_last - seq.t_first
             t_first = seq.t_first
             preemptions = seq.preemptions
-        t_end = env.now
-        rec.add(
-            user,
+        t0 = r.t0
+        self.recorder.add(
+            r.user,
             t0,
-            key,
-            hit,
-            t_cache,
-            r_wait,
-            r_service,
+            r.key,
+            r.hit,
+            r.t_cache,
+            r.r_wait,
+            r.r_service,
             l_wait,
             prefill,
             decode,
-            prompt,
-            output,
+            r.prompt,
+            r.output,
             replica,
             t_first - t0,
-            t_end - t0,
+            self.env.now - t0,
             preemptions,
-            key if question < 0 else question,
-            g_wait,
-            g_service,
-            outcome,
+            r.question,
+            r.g_wait,
+            r.g_service,
+            r.outcome,
         )
+        if r.on_done is not None:
+            r.on_done()
 
     # ------------------------------------------------------------------ workload
-    def closed_user(self, uid: int):
-        env = self.env
+    def closed_user(self, uid: int) -> None:
+        """User ``uid``: think, ask, wait for the answer, think again, until arrivals stop.
+
+        Driven by callbacks (one timeout per think); a load profile's comings and goings
+        run as a process (:meth:`_present_user`)."""
         scn = self.scn
         # One stream per purpose per user: what user ``uid`` thinks, asks and how long the
         # prompt is do not depend on each other's draws (nor on the system under test).
         seed = scn.run.seed
-        think = D.Sampler(build_distribution(scn.workload.think_s), stream(seed, self.rep, "user", uid), 64)
-        keys = QueryKeys(self.popularity, stream(seed, self.rep, "query", uid), 64)
-        tokens = TokenCounts(
-            scn, stream(seed, self.rep, "tokens", uid), 64, stream(seed, self.rep, "output_tokens", uid)
+        u = _User(
+            uid,
+            D.Sampler(build_distribution(scn.workload.think_s), stream(seed, self.rep, "user", uid), 64),
+            QueryKeys(self.popularity, stream(seed, self.rep, "query", uid), 64),
+            TokenCounts(scn, stream(seed, self.rep, "tokens", uid), 64, stream(seed, self.rep, "output_tokens", uid)),
+            self.utterances(uid),
+            self._think,
+            self._ask,
         )
-        utter = self.utterances(uid)
-        end = self.end_arrivals_s
-        presence = self.presence
+        if self.presence is not None:
+            self.env.process(self._present_user(u))
+        else:
+            self._think(u)
+
+    def _think(self, u: _User) -> None:
+        ev = Timeout(self.env, u.think())
+        ev.callbacks.append(u.ask)
+
+    def _ask(self, u: _User) -> None:
+        if self.env.now >= self.end_arrivals_s:
+            return
+        self._ask_now(u, u.think_again)
+
+    def _ask_now(self, u: _User, on_done: Callable[[], object]) -> None:
+        prompt, output = u.tokens()
+        q = u.keys()
+        if u.utter is None:
+            self.request(u.uid, q, prompt, output, on_done=on_done)
+        else:
+            key, outcome = u.utter(q)
+            self.request(u.uid, key, prompt, output, q, outcome, on_done=on_done)
+
+    def _present_user(self, u: _User):
+        env, end, presence = self.env, self.end_arrivals_s, self.presence
+        assert presence is not None
         while True:
-            if presence is not None and not presence.present(uid, env.now):
+            if not presence.present(u.uid, env.now):
                 # Not among the shoppers now: come back (and think first) when the level reaches uid.
-                back = presence.next_arrival(uid, env.now)
+                back = presence.next_arrival(u.uid, env.now)
                 if back is None or back >= end:
                     return
                 yield env.timeout(back - env.now)
-            yield env.timeout(think())
+            yield env.timeout(u.think())
             if env.now >= end:
                 return
-            if presence is not None and not presence.present(uid, env.now):
+            if not presence.present(u.uid, env.now):
                 continue
-            prompt, output = tokens()
-            q = keys()
-            if utter is None:
-                yield env.process(self.request(uid, q, prompt, output))
-            else:
-                key, outcome = utter(q)
-                yield env.process(self.request(uid, key, prompt, output, q, outcome))
+            done = env.event()
+            self._ask_now(u, done.succeed)
+            yield done
 
-    def open_arrivals(self):
-        env, scn = self.env, self.scn
+    def open_arrivals(self) -> None:
+        """Open arrivals at ``rate_per_s`` (or following a profile, by thinning): a chain of
+        timeouts, each arrival's callback starting a request and scheduling the next."""
+        scn = self.scn
         w = scn.workload
         profile = self.profile
         # With a profile: candidates at the peak rate, each kept with probability level / peak (thinning).
@@ -283,7 +470,12 @@ class Model:
         if top <= 0:
             return
         mean_gap = 1.0 / top
-        gap_dist = D.Exponential(mean_gap) if w.arrival == "poisson" else D.Gamma(mean_gap, w.cv)
+        gap_dist: D.Distribution
+        if w.arrival == "poisson":
+            gap_dist = D.Exponential(mean_gap)
+        else:
+            assert w.cv is not None  # the schema requires cv for gamma arrivals
+            gap_dist = D.Gamma(mean_gap, w.cv)
         gaps = D.Sampler(gap_dist, stream(scn.run.seed, self.rep, "arrivals"))
         keep = D.Sampler(D.Uniform(0.0, 1.0), stream(scn.run.seed, self.rep, "thinning")) if profile else None
         keys = QueryKeys(self.popularity, stream(scn.run.seed, self.rep, "query"))
@@ -291,20 +483,22 @@ class Model:
             scn, stream(scn.run.seed, self.rep, "tokens"), output_rng=stream(scn.run.seed, self.rep, "output_tokens")
         )
         utter = self.utterances()
-        end = self.end_arrivals_s
-        while True:
-            yield env.timeout(gaps())
+        env, end, request = self.env, self.end_arrivals_s, self.request
+
+        def arrive(_event: object) -> None:
             if env.now >= end:
                 return
-            if keep is not None and profile is not None and keep() * top >= float(level(profile, env.now)):
-                continue
-            prompt, output = tokens()
-            q = keys()
-            if utter is None:
-                env.process(self.request(-1, q, prompt, output))
-            else:
-                key, outcome = utter(q)
-                env.process(self.request(-1, key, prompt, output, q, outcome))
+            if keep is None or profile is None or keep() * top < float(level(profile, env.now)):
+                prompt, output = tokens()
+                q = keys()
+                if utter is None:
+                    request(-1, q, prompt, output)
+                else:
+                    key, outcome = utter(q)
+                    request(-1, key, prompt, output, q, outcome)
+            Timeout(env, gaps()).callbacks.append(arrive)
+
+        Timeout(env, gaps()).callbacks.append(arrive)
 
     def trace_arrivals(self):
         """Replay a trace: its arrival times (up to ``run.duration_s``), its token counts and
@@ -332,10 +526,10 @@ class Model:
                 output = max(1, int(ot[i]))
             q = int(qk[i]) if qk is not None else keys()
             if utter is None:
-                env.process(self.request(-1, q, prompt, output))
+                self.request(-1, q, prompt, output)
             else:
                 key, outcome = utter(q)
-                env.process(self.request(-1, key, prompt, output, q, outcome))
+                self.request(-1, key, prompt, output, q, outcome)
 
     # ------------------------------------------------------------------ monitor
     MONITOR_SAMPLES = 200
@@ -401,11 +595,11 @@ class Model:
                 assert scn.workload.users is not None  # WorkloadConfig requires users or a profile
                 users = scn.workload.users
             for uid in range(users):
-                env.process(self.closed_user(uid))
+                self.closed_user(uid)
         elif scn.workload.mode == "trace":
             env.process(self.trace_arrivals())
         else:
-            env.process(self.open_arrivals())
+            self.open_arrivals()
         env.run(until=self.end_arrivals_s + self.drain_s)
         records = self.recorder.arrays()
         lo, hi = self.window

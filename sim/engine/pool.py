@@ -14,6 +14,8 @@ exact when the pool stays saturated.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 import simpy
 
@@ -21,7 +23,13 @@ from sim.engine.records import Bins
 
 
 class WorkerPool:
-    """``workers`` servers, FIFO queue; callers ``yield pool.acquire()``."""
+    """``workers`` servers, one FIFO queue.
+
+    ``acquire(then, arg)`` calls ``then(arg)`` as soon as a worker is free: at once if
+    one is idle, else when a release hands it over (no event, no process: the caller
+    schedules its own service time).  ``release`` hands the worker straight to the
+    head of the queue.
+    """
 
     __slots__ = ("_queue", "busy", "busy_bins", "cpu_cores", "env", "workers")
 
@@ -30,26 +38,26 @@ class WorkerPool:
         self.workers = workers
         self.cpu_cores = cpu_cores or workers
         self.busy = 0
-        self._queue: deque[simpy.Event] = deque()
+        self._queue: deque[tuple[Callable[[Any], None], Any]] = deque()
         self.busy_bins = Bins(*window)  # busy worker-seconds over time
 
-    def acquire(self) -> simpy.Event:
-        ev = self.env.event()
+    def acquire(self, then: Callable[[Any], None], arg: Any) -> None:
         if self.busy < self.workers:
             self.busy += 1
-            ev.succeed()
+            then(arg)
         else:
-            self._queue.append(ev)
-        return ev
+            self._queue.append((then, arg))
 
     def slowdown(self) -> float:
         """Factor by which a search started now is stretched by core sharing."""
-        return max(1.0, self.busy / self.cpu_cores)
+        busy = self.busy
+        return 1.0 if busy <= self.cpu_cores else busy / self.cpu_cores
 
     def release(self, start_s: float, end_s: float) -> None:
         self.busy_bins.add(start_s, end_s, end_s - start_s)
         if self._queue:
-            self._queue.popleft().succeed()  # hand the worker straight over
+            then, arg = self._queue.popleft()  # hand the worker straight over
+            then(arg)
         else:
             self.busy -= 1
 
