@@ -103,7 +103,10 @@ class TokenCounts:
             p = self._prompt()
         else:
             doc = self._doc
-            p = self.system + sum(doc() for _ in range(self.top_k)) + self._question()
+            docs = 0.0  # summed apart, then added: the same rounding as sum() over them
+            for _ in range(self.top_k):
+                docs += doc()
+            p = self.system + docs + self._question()
         return max(1, round(p)), max(1, round(self._output()))
 
 

@@ -108,6 +108,19 @@ class Generation:
         self.replica = -1
 
 
+class _WakeAtEnd:
+    """A decode epoch's end: succeed the replica's wake event unless an arrival already did."""
+
+    __slots__ = ("wake",)
+
+    def __init__(self, wake: simpy.Event):
+        self.wake = wake
+
+    def __call__(self, _event: object) -> None:
+        if not self.wake.triggered:
+            self.wake.succeed()
+
+
 class Replica:
     """One replica: ``tensor_parallel`` GPUs serving one copy of the model."""
 
@@ -386,8 +399,11 @@ class Replica:
         steps = k
         self._epoch = (start, lines, k, D)
         if not self.waiting and len(self.order) < self.max_batch:  # an arrival could be admitted mid-epoch
-            self._wake = env.event()
-            yield env.any_of((env.timeout(total), self._wake))
+            # Wait for the epoch's end or an admissible arrival, whichever comes first: the
+            # end's timeout succeeds the same wake event an arrival would (no Condition event).
+            wake = self._wake = env.event()
+            env.timeout(total).callbacks.append(_WakeAtEnd(wake))
+            yield wake
             self._wake = None
             elapsed = env.now - start
             if elapsed < total:
