@@ -95,3 +95,34 @@ def test_auto_warmup_cuts_stage_counters_where_it_cuts_records():
     fixed = sim.simulate({**d, "run": {**d["run"], "warmup_s": cut}}).summary["points"][0]
     assert auto["utilization"]["retrieval"] == pytest.approx(fixed["utilization"]["retrieval"], rel=0.01)
     assert auto["utilization"]["retrieval"] == pytest.approx(0.8, abs=0.05)
+
+
+def test_no_percentile_above_the_maximum_and_hit_rate_counts_arrivals():
+    """Issue 14: a p99 printed above the max, and an overloaded point reading "cache hit 100 %"
+    because only hits finished."""
+    import numpy as np
+
+    import sim
+
+    res = sim.simulate(
+        "scenarios/order_support.yaml",
+        {
+            "retrieval.index": "linear_python",
+            "workload.users": 1000,
+            "sweep": {},
+            "expect": [],
+            "run.duration_s": 90,
+            "run.warmup_s": 10,
+            "run.replications": 2,
+        },
+    )
+    p = res.points[0]
+    s = p.summary
+    for name, m in s.metrics.items():
+        v = m.values
+        for st in ("p50", "p90", "p95", "p99"):
+            if v[st] is not None and v["max"] is not None:
+                assert v[st] <= v["max"] + 1e-9, (name, st)
+    finished = np.concatenate([r.records["cache_hit"][r.records["arrival_s"] >= 10] for r in p.replications])
+    assert not s.stable
+    assert s.cache_hit_rate is not None and s.cache_hit_rate < finished.mean() - 0.05

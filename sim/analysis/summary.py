@@ -132,6 +132,7 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
         cens = unfinished if m in _CENSORED else [0] * len(reps)
         values: dict[str, float | None] = {}
         ci: dict[str, list[float | None]] = {}
+        pooled_stats = False
         for st in STATS:
             per = np.array([_stat(v, st, u) for v, u in zip(per_rep, cens)])
             per = per[~np.isnan(per)]
@@ -144,10 +145,16 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
                 else:  # too short for per-replication percentiles: pool them, no interval
                     pooled = np.concatenate(per_rep)
                     val = _stat(pooled, st, sum(cens))
+                    pooled_stats = pooled_stats or st != "max"
             elif len(per) == 1 and math.isfinite(val):
                 lo, hi = _one_run_interval(next(v for v in per_rep if len(v)), st, val, conf)
             values[st] = _finite(val)
             ci[st] = [_finite(lo), _finite(hi)]
+        if pooled_stats:
+            # A pooled percentile sees every replication's tail, so the maximum must too: the
+            # mean of per-replication maxima can sit below a pooled p99.
+            values["max"] = _finite(_stat(np.concatenate(per_rep), "max", sum(cens)))
+            ci["max"] = [None, None]
         metrics[m] = {**values, "ci": ci, "n": int(sum(len(v) for v in per_rep))}
 
     lengths = [r.window_s[1] - c for r, c in zip(reps, cuts)]
@@ -164,8 +171,14 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     tokens_per_s = float(np.mean([t / L for t, L in zip(delivered_tokens, lengths) if L > 0] or [0.0]))
     throughput = float(per_rep_x.mean()) if len(per_rep_x) else 0.0
     x_ci = [_finite(b) for b in stats.t_interval(per_rep_x, conf)] if len(per_rep_x) >= 2 else [None, None]
-    hits = sum(int(r["cache_hit"].sum()) for r in recs)
-    total = sum(len(r["cache_hit"]) for r in recs)
+    # The hit rate counts every lookup made inside the window, finished or not: counting
+    # finished requests alone reads 100 % on an overloaded point where only hits get through.
+    hits = total = 0
+    for r, c in zip(reps, cuts):
+        t, hit = r.cache_lookups
+        inside = (t >= c) & (t < r.window_s[1])
+        hits += int(hit[inside].sum())
+        total += int(inside.sum())
     util: dict[str, float] = {}
     # Stage counters from the same cut as the records (fixed, or MSER-5's per replication).
     c0 = [

@@ -124,6 +124,8 @@ class Replication:
     timeseries: dict[str, np.ndarray] = field(default_factory=dict)
     # Arrival time of every request started (finished or not), for results over time.
     started_s: np.ndarray = field(default_factory=lambda: np.empty(0))
+    # Every cache lookup: (arrival time of its request, hit), finished or not.
+    cache_lookups: tuple[np.ndarray, np.ndarray] = field(default_factory=lambda: (np.empty(0), np.empty(0, dtype=bool)))
 
 
 class _Request:
@@ -258,6 +260,8 @@ class Model:
             else None
         )
         self.started_s: list[float] = []
+        self.lookup_t0: list[float] = []
+        self.lookup_hit: list[bool] = []
         # The stages' callbacks, bound once (a bound method made per request costs time).
         self._cb_route, self._cb_routed = self._route, self._routed
         self._cb_looked_up, self._cb_search, self._cb_searched = self._looked_up, self._search, self._searched
@@ -329,6 +333,8 @@ class Model:
     def _looked_up(self, r: _Request) -> None:
         assert self.cache is not None
         r.hit = self.cache.lookup(r.key)
+        self.lookup_t0.append(r.t0)
+        self.lookup_hit.append(r.hit)
         self._retrieve(r)
 
     def _retrieve(self, r: _Request) -> None:
@@ -636,7 +642,10 @@ class Model:
                 llm_running_at_end=sum(r.batch for r in reps),
             )
         timeseries = {k: (v if k == "kv_capacity_tokens" else np.asarray(v, dtype=float)) for k, v in sampled.items()}
-        return Replication(self.rep, records, (lo, hi), counters, timeseries, np.asarray(self.started_s, dtype=float))
+        lookups = (np.asarray(self.lookup_t0, dtype=float), np.asarray(self.lookup_hit, dtype=bool))
+        return Replication(
+            self.rep, records, (lo, hi), counters, timeseries, np.asarray(self.started_s, dtype=float), lookups
+        )
 
 
 def run_replication(scn: Scenario, replication: int) -> Replication:
