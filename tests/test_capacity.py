@@ -176,3 +176,14 @@ def test_capacity_band_searches_with_fast_central_and_slow_step_costs(tmp_path):
     assert doc["capacity"] == caps["published"]
     known = [c for c in caps.values() if c is not None]
     assert known == sorted(known, reverse=True)  # a slower engine never serves more shoppers
+
+
+def test_load_search_without_bounds_starts_near_the_estimated_saturation():
+    from sim.analysis.estimate import estimate
+    from sim.spec.scenario import load_scenario
+
+    ov = {"run.duration_s": 40, "run.warmup_s": 5, "run.replications": 2}
+    sat = estimate(load_scenario("tests/data/rag_small.yaml", ov))["saturation"]["users"]
+    tried = []
+    capacity("tests/data/rag_small.yaml", "workload.users", ov, step=10_000, max_steps=1, on_try=tried.append)
+    assert tried[0].value == round(0.9 * sat)

@@ -10,11 +10,13 @@ key far more often than independent draws would.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sim.analysis.estimate import estimate
 from sim.analysis.summary import PointSummary
 from sim.errors import ConfigError
 from sim.run.executors import LocalExecutor
@@ -216,7 +218,7 @@ def capacity(
             return res
         bad = cast(hard)
     else:
-        start = low if low is not None else high if high is not None else current
+        start = low if low is not None else high if high is not None else _estimated_start(key, base, current)
         if start is None:
             raise ConfigError(f"--vary {key}: the scenario sets no value for it; give --low and --high")
         v = cast(min(max(start, L), H))
@@ -276,3 +278,22 @@ def capacity(
         f" (inconclusive at {', '.join(f'{x:g}' for x in sorted(inconc))}: counted as not passing)" if inconc else ""
     )
     return res
+
+
+def _estimated_start(key: str, scn: Scenario, current: Any) -> Any:
+    """Where a load search without --low/--high starts: just under the load at which
+    ``capsim estimate`` says the first stage saturates (the SLA usually breaks near it),
+    rather than at the scenario's own value, which may be far off (50 shoppers when the
+    answer is 1,000 took ~6 doublings, each a full simulation).  Other keys start at
+    the scenario's value."""
+    if key not in ("workload.users", "workload.rate_per_s"):
+        return current
+    try:
+        est = estimate(scn)
+    except Exception:  # a hint only: any failure falls back to the scenario's value
+        return current
+    sat = est.get("saturation") or {}
+    value = sat.get("users" if key == "workload.users" else "rate_per_s")
+    if value is None or not math.isfinite(value) or value <= 0:
+        return current
+    return 0.9 * value
