@@ -328,6 +328,10 @@ class StepCost:
         mem, comp = self.terms(new_tokens, ctx_tokens, attn_pairs)
         return (mem if mem > comp else comp) + self.overhead_s + self.comm_per_token_s * new_tokens
 
+    def decode_time(self, batch: int, ctx_tokens: float) -> float:
+        """One pure decode step of ``batch`` sequences reading ``ctx_tokens`` KV tokens in all."""
+        return self.time(batch, ctx_tokens, ctx_tokens)
+
     def times(self, new_tokens: np.ndarray, ctx_tokens: np.ndarray, attn_pairs: np.ndarray) -> np.ndarray:
         """:meth:`time` element-wise over arrays of steps."""
         mem, comp = self.terms(new_tokens, ctx_tokens, attn_pairs)

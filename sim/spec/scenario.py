@@ -52,12 +52,17 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p.name}: a scenario must be a mapping of sections")
-    # A calibration file named in a scenario file is relative to that file, like extends:.
+    # A calibration file or step table named in a scenario file is relative to that file, like extends:.
     retrieval = data.get("retrieval")
     if isinstance(retrieval, dict) and isinstance(retrieval.get("calibration"), str):
         cal = Path(retrieval["calibration"]).expanduser()
         if not cal.is_absolute():
             retrieval["calibration"] = str((p.parent / cal).resolve())
+    llm = data.get("llm")
+    if isinstance(llm, dict) and isinstance(llm.get("step_table"), str):
+        tab = Path(llm["step_table"]).expanduser()
+        if not tab.is_absolute():
+            llm["step_table"] = str((p.parent / tab).resolve())
     base = data.pop("extends", None)
     if base is not None:
         if not isinstance(base, str):
