@@ -176,17 +176,24 @@ def _row(metric: str, stat: str, meas: float | None, pred: float | None, ci: lis
 
 
 def compare_one(live: LiveRun, scn: Scenario, ov: dict[str, Any], warmup_s: float, workers: int) -> LoadComparison:
+    """The prediction is the simulated replication 0, which replays the live run's own think times,
+    keys and token counts (common random numbers: the workload's sampling noise cancels, what is
+    left is the system's response); the interval is that of ``run.replications`` replications
+    (what a rerun with fresh draws would show)."""
     meas = measured_stats(live, warmup_s, workers)
-    point = simulate(scn, ov, jobs=1).points[0]
-    s = point.summary.to_dict()
+    s = simulate(scn, {**ov, "run.replications": 1}, jobs=1).points[0].summary.to_dict()
+    spread = simulate(scn, ov, jobs=1).points[0].summary.to_dict()
     metrics = s["metrics"]
     rows = []
     for m in ("e2e_ms", "ttft_ms", "retrieval_ms"):
         if m not in metrics or m not in meas:
             continue
         for st in STATS:
-            rows.append(_row(m, st, meas[m][st], metrics[m].get(st), metrics[m].get("ci", {}).get(st)))
-    rows.append(_row("throughput_per_s", "mean", meas["throughput_per_s"], s["throughput_per_s"], s["throughput_ci"]))
+            ci = spread["metrics"][m].get("ci", {}).get(st)
+            rows.append(_row(m, st, meas[m][st], metrics[m].get(st), ci))
+    rows.append(
+        _row("throughput_per_s", "mean", meas["throughput_per_s"], s["throughput_per_s"], spread["throughput_ci"])
+    )
     pred = {
         "throughput_per_s": s["throughput_per_s"],
         "utilization": s["utilization"],

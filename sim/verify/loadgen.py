@@ -42,8 +42,9 @@ from sim.rng import stream
 from sim.spec.schema import Scenario, build_distribution
 from sim.spec.target import Target
 
-#: The live run draws from replication number LIVE_REP of the scenario's streams.
-LIVE_REP = 1000
+#: The live run draws from replication 0 of the scenario's streams: the simulated replication 0
+#: replays exactly the same think times, keys and token counts (common random numbers).
+LIVE_REP = 0
 
 COLUMNS = (
     "user",
@@ -184,12 +185,16 @@ def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: fl
     return {"bos_tokens": max(0, int(np.median(extra[1:]))), "overhead_ms": float(np.median(over[1:]))}
 
 
-def probe_retrieval(target: Target, k: int, n: int = 300, timeout_s: float = 10.0) -> np.ndarray:
-    """Isolated single searches, one at a time over keep-alive (HTTP overhead included), ms."""
+def probe_retrieval(target: Target, k: int, n: int = 200, gap_s: float = 0.05, timeout_s: float = 10.0) -> np.ndarray:
+    """Isolated single searches, one at a time over keep-alive (HTTP overhead included), ms.
+
+    Spaced ``gap_s`` apart: under the real load a search comes after the worker sat idle
+    (users think for seconds), and back-to-back probes would time a warmer worker than that."""
     assert target.retrieval is not None
     conn = _conn(target.retrieval.url, timeout_s)
     out = []
     for i in range(n + 20):
+        time.sleep(gap_s)
         t0 = time.perf_counter()
         search(conn, i, k)
         if i >= 20:

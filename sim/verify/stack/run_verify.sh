@@ -21,6 +21,7 @@ BIN="$CACHE/llama-0.3.36/bin"
 MODEL="$CACHE/models/capsim-llama-124m-f16.gguf"
 INDEX="$CACHE/search-n50000-d384"
 WORK="${VERIFY_DIR:-$ROOT/build/verify}"
+cd "$ROOT"
 mkdir -p "$WORK"
 
 PIDS=()
