@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.calibrate.llm import parse_batched_bench, step_rows
+from sim.calibrate.llm import median_rows, parse_batched_bench, step_rows
 from sim.physics.steptable import TableModel, read_rows
 from sim.verify.compare import busy_fraction
 from tests.helpers import invoke
@@ -220,3 +220,11 @@ def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_repeated_benchmark_runs_keep_each_rows_median():
+    def row(t_pp, t_tg, b=1):
+        return {"pp": 128, "tg": 32, "b": b, "t_pp_s": t_pp, "t_tg_s": t_tg}
+
+    runs = [[row(0.2, 0.33), row(1.0, 2.0, b=2)], [row(0.4, 0.31)], [row(0.3, 0.50), row(3.0, 1.0, b=2)]]
+    assert median_rows(runs) == [row(0.3, 0.33), row(2.0, 1.5, b=2)]

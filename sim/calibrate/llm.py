@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -51,6 +52,29 @@ def parse_batched_bench(text: str) -> list[dict]:
             d = json.loads(s)
             rows.append(dict(pp=d["pp"], tg=d["tg"], b=d["pl"], t_pp_s=d["t_pp"], t_tg_s=d["t_tg"]))
     return rows
+
+
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """One row per (pp, tg, b) with the median of its times over repeated runs (order of the first run).
+
+    Two runs timing a prefill at 0.2 s and 0.4 s plus a third at 0.3 s give 0.3 s.
+    """
+    keys: dict[tuple[int, int, int], list[dict]] = {}
+    for run in runs:
+        for r in run:
+            keys.setdefault((r["pp"], r["tg"], r["b"]), []).append(r)
+    out = []
+    for (pp, tg, b), rs in keys.items():
+        out.append(
+            dict(
+                pp=pp,
+                tg=tg,
+                b=b,
+                t_pp_s=float(statistics.median(r["t_pp_s"] for r in rs)),
+                t_tg_s=float(statistics.median(r["t_tg_s"] for r in rs)),
+            )
+        )
+    return out
 
 
 def step_rows(rows: list[dict]) -> list[tuple[int, int, int, float]]:

@@ -373,10 +373,12 @@ def llm(
     npp: str = typer.Option("96,256", "--npp", help="Prompt lengths per sequence."),
     ntg: int = typer.Option(32, "--ntg", help="Decode steps per run."),
     npl: str = typer.Option("1,2,3,4", "--npl", help="Batch sizes (parallel sequences)."),
+    repeat: int = typer.Option(1, "--repeat", help="Run the benchmark this many times; keep each row's median."),
 ) -> None:
     """Profile the LLM engine's step time over batch size and context (isolated), write a step table."""
     # deferred: keeps `capsim --help` quick, like the other calibrate commands
     from sim.calibrate.llm import (
+        median_rows,
         parse_batched_bench,
         run_batched_bench,
         step_rows,
@@ -386,6 +388,8 @@ def llm(
 
     tgt = load_target(target).llm
     pps, pls = parse_int_list("--npp", npp), parse_int_list("--npl", npl)
+    if not 1 <= repeat <= 20:
+        raise CapsimError(f"--repeat: must be 1..20, got {repeat}")
     if ntg < 2:
         raise CapsimError("--ntg: must be >= 2")
     if out.exists() and out.is_dir():
@@ -393,17 +397,24 @@ def llm(
     if from_output is not None:
         if not from_output.is_file():
             raise CapsimError(f"--from-output: {from_output} does not exist")
-        text, source = from_output.read_text(errors="replace"), f"llama-batched-bench output {from_output.name}"
+        rows = parse_batched_bench(from_output.read_text(errors="replace"))
+        source = f"llama-batched-bench output {from_output.name}"
     else:
         if not tgt.batched_bench or not tgt.model_path:
             raise CapsimError("--target: llm.batched_bench and llm.model_path are needed to run the benchmark")
         ctx = max(pls) * (max(pps) + ntg) + 64
-        text = run_batched_bench(tgt.batched_bench, tgt.model_path, tgt.cores, tgt.threads, pps, ntg, pls, ctx)
+        runs = [
+            parse_batched_bench(
+                run_batched_bench(tgt.batched_bench, tgt.model_path, tgt.cores, tgt.threads, pps, ntg, pls, ctx)
+            )
+            for _ in range(repeat)
+        ]
+        rows = median_rows(runs)
         source = (
             f"llama-batched-bench -t {tgt.threads} on cores {tgt.cores or 'any'}: "
-            f"npp {pps} ntg {ntg} npl {pls} ({Path(tgt.model_path).name})"
+            f"npp {pps} ntg {ntg} npl {pls} ({Path(tgt.model_path).name}), median of {repeat} run(s)"
         )
-    steps = step_rows(parse_batched_bench(text))
+    steps = step_rows(rows)
     if not steps:
         raise CapsimError("no llama-batched-bench result rows in the output")
     write_table(steps, out, source)

@@ -69,7 +69,7 @@ retrieval:
 YAML
 
 # 2. calibrate the LLM in isolation: batched-bench alone on the LLM core, before anything else runs
-"$PY" -m sim calibrate llm --target "$WORK/target.yaml" --out "$WORK/steps.csv" --npp 96,256 --ntg 32 --npl 1,2,3,4
+"$PY" -m sim calibrate llm --target "$WORK/target.yaml" --out "$WORK/steps.csv" --npp 96,256 --ntg 32 --npl 1,2,3,4 --repeat 3
 
 # 3. start the stack, pinned
 taskset -c "$LLM_CORES" "$BIN/llama-server" -m "$MODEL" --parallel 4 --cont-batching -c 8192 -b 2048 \
