@@ -187,7 +187,7 @@ def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: fl
     return {"bos_tokens": max(0, int(np.median(extra[1:]))), "overhead_ms": float(np.median(over[1:]))}
 
 
-def probe_retrieval(target: Target, k: int, n: int = 200, gap_s: float = 0.05, timeout_s: float = 10.0) -> np.ndarray:
+def probe_retrieval(target: Target, k: int, n: int = 200, gap_s: float = 0.0, timeout_s: float = 10.0) -> np.ndarray:
     """Isolated single searches, one at a time over keep-alive (HTTP overhead included), ms.
 
     ``gap_s`` spaces them (default back to back).  On this shared 2-core box, probes 50 ms apart
