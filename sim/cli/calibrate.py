@@ -402,7 +402,8 @@ def llm(
     else:
         if not tgt.batched_bench or not tgt.model_path:
             raise CapsimError("--target: llm.batched_bench and llm.model_path are needed to run the benchmark")
-        ctx = max(pls) * (max(pps) + ntg) + 64
+        # The server's KV size when the target gives it (attention reads the KV cache it was given).
+        ctx = max(tgt.ctx_size, max(pls) * (max(pps) + ntg) + 64)
         runs = [
             parse_batched_bench(
                 run_batched_bench(tgt.batched_bench, tgt.model_path, tgt.cores, tgt.threads, pps, ntg, pls, ctx)
@@ -412,7 +413,7 @@ def llm(
         rows = median_rows(runs)
         source = (
             f"llama-batched-bench -t {tgt.threads} on cores {tgt.cores or 'any'}: "
-            f"npp {pps} ntg {ntg} npl {pls} ({Path(tgt.model_path).name}), median of {repeat} run(s)"
+            f"-c {ctx} npp {pps} ntg {ntg} npl {pls} ({Path(tgt.model_path).name}), median of {repeat} run(s)"
         )
     steps = step_rows(rows)
     if not steps:

@@ -110,6 +110,11 @@ def _print(doc: dict, con) -> None:
         f"calibrated (isolated): step table {c['step_table']}; LLM HTTP+SSE overhead {c['llm_overhead_ms']:.2f} ms; "
         + (f"retrieval one-at-a-time p50 {ri['p50']:.2f} ms p95 {ri['p95']:.2f} ms (n={ri['n']})" if ri else "")
     )
+    sv = c["server_alone_vs_table"]
+    con.print(
+        f"server alone vs step table (diagnosis, not used): prompt time x{sv['prompt_ratio']:.2f}, "
+        f"decode step at batch 1 x{sv['decode_ratio_batch1']:.2f}"
+    )
     t = Table(title="capsim verify: measured vs predicted")
     for col in ("users", "metric", "measured", "predicted", "interval", "error", "inside", "bound"):
         t.add_column(col, justify="right" if col not in ("metric",) else "left")

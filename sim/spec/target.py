@@ -6,6 +6,7 @@
       url: http://127.0.0.1:18080        # OpenAI-compatible server (streaming /v1/completions)
       parallel: 4                         # the server's slots = capsim llm.max_batch
       n_batch: 2048                       # tokens per step = capsim llm.max_batched_tokens
+      ctx_size: 8192                      # the server's -c: calibrate llm benchmarks with the same KV size
       cores: [1]                          # cores the server is pinned to (taskset)
       batched_bench: ~/.cache/capsim/llama-0.3.36/bin/llama-batched-bench   # calibrate llm
       model_path: ~/.cache/capsim/models/capsim-llama-124m-f16.gguf
@@ -47,6 +48,7 @@ class LLMTarget(_Strict):
     url: str
     parallel: Annotated[int, Field(ge=1)] = 1
     n_batch: Annotated[int, Field(ge=1)] = 2048
+    ctx_size: Annotated[int, Field(ge=0)] = 0  # the server's -c; calibration runs with the same KV size
     cores: list[int] = []
     batched_bench: Optional[str] = None
     model_path: Optional[str] = None

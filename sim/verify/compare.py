@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from sim.errors import CapsimError
+from sim.physics.gpu import attention_pairs
+from sim.physics.steptable import load_table
 from sim.run.sweep import simulate
 from sim.spec.schema import Scenario
 from sim.spec.target import Target
@@ -219,6 +221,16 @@ def compare_one(live: LiveRun, scn: Scenario, ov: dict[str, Any], warmup_s: floa
     )
 
 
+def _server_vs_table(path: str, alone: dict) -> dict[str, float]:
+    """The server's own times for one request alone over what the table says for the same work."""
+    t = load_table(path)
+    n = alone["prompt_tokens"]
+    return {
+        "prompt_ratio": alone["prompt_ms"] / t.prefill_ms(n, attention_pairs(n, 0)),
+        "decode_ratio_batch1": alone["decode_ms_per_token"] / t.decode_ms(1, n + 16),
+    }
+
+
 def verify(
     scn: Scenario,
     target: Target,
@@ -250,6 +262,7 @@ def verify(
             else None
         ),
         "step_table": scn.llm.step_table,
+        "server_alone_vs_table": _server_vs_table(scn.llm.step_table, probe["server_alone"]),
     }
     workers = target.retrieval.workers if target.retrieval else 1
     out, lives = [], []

@@ -184,7 +184,19 @@ def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: fl
             raise CapsimError(f"llm endpoint {target.llm.url} streamed no tokens or no timings")
         over.append((first - t0) * 1e3 - float(tim.get("prompt_ms", 0.0)))
         extra.append(int(tim.get("prompt_n", prompt_tokens)) - prompt_tokens)
-    return {"bos_tokens": max(0, int(np.median(extra[1:]))), "overhead_ms": float(np.median(over[1:]))}
+    # One longer request alone: the server's own prompt and per-token times, to hold against the
+    # step table (reported, not fed to the prediction).
+    _f, _e, _g, tim = complete(target.llm.url, target.llm.model, prompt_ids(rng, 96), 32, timeout_s)
+    server = {
+        "prompt_tokens": int(tim.get("prompt_n", 96)),
+        "prompt_ms": float(tim.get("prompt_ms", np.nan)),
+        "decode_ms_per_token": float(tim.get("predicted_per_token_ms", np.nan)),
+    }
+    return {
+        "bos_tokens": max(0, int(np.median(extra[1:]))),
+        "overhead_ms": float(np.median(over[1:])),
+        "server_alone": server,
+    }
 
 
 def probe_retrieval(target: Target, k: int, n: int = 200, gap_s: float = 0.0, timeout_s: float = 10.0) -> np.ndarray:

@@ -58,6 +58,7 @@ llm:
   url: http://127.0.0.1:$LLM_PORT
   parallel: 4
   n_batch: 2048
+  ctx_size: 8192
   cores: [$LLM_CORES]
   threads: 1
   batched_bench: $BIN/llama-batched-bench
