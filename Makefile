@@ -1,13 +1,14 @@
 # capsim: two commands on a fresh machine.
 #   make run    create .venv, install, run the flagship scenario
 #   make test   create .venv, install with dev extras, run the tests
+#   make verify build the reference stack (cached in ~/.cache/capsim), run capsim verify against it
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 SCENARIO ?= scenarios/order_support.yaml
 
-.PHONY: run test lint test-long bench calibration clean venv notebook notebooks
+.PHONY: run test lint test-long bench calibration clean venv notebook notebooks verify
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,11 @@ calibration: $(STAMP)
 	  --index hnsw,linear_numpy,linear_python,ivf --M 16 --ef-construction 100 \
 	  --ef 10,20,50,100,200 --nprobe 1,4,8,16,32 --threads 1,2 --seed 0 \
 	  --python-docs 5000 --python-queries 100 --out sim/data/retrieval_calibration.json
+
+VERIFY_USERS ?= 1,4,7
+VERIFY_DURATION_S ?= 100
+verify: $(STAMP)
+	bash sim/verify/stack/run_verify.sh $(abspath $(BIN)/python) $(VERIFY_USERS) $(VERIFY_DURATION_S)
 
 clean:
 	rm -rf $(VENV) $(BENCH_DEPS) .pytest_cache .hypothesis build *.egg-info

@@ -49,6 +49,16 @@ COMMANDS = {
         "run_fit",
         ["calibrate", "published", "--resamples", "0", "--out", "{tmp}/fit.json"],
     ),
+    "calibrate llm": (
+        "sim.spec.target",
+        "load_target",
+        ["calibrate", "llm", "--target", "{tmp}/target.yaml", "--out", "{tmp}/steps.csv"],
+    ),
+    "verify": (
+        "sim.spec.target",
+        "load_target",
+        ["verify", SMALL, "--target", "{tmp}/target.yaml", "--users", "1"],
+    ),
 }
 
 

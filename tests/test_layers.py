@@ -10,6 +10,7 @@ Layers, lowest first (see the README's development section)::
     engine    the SimPy model
     analysis  statistics, summaries, verdicts, estimate, dollars
     run       executors, the replication loop, the point store, capacity
+    verify    capsim verify: a real load generator and the measured-vs-predicted comparison
     present   tables, plots, HTML
     cli       the capsim command
     api       sim/__init__, sim.sweep, sim.testing, sim.__main__
@@ -38,6 +39,7 @@ RANK = {
     "engine": 4,
     "analysis": 5,
     "run": 6,
+    "verify": 6.5,
     "present": 7,
     "cli": 8,
 }

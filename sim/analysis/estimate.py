@@ -51,6 +51,7 @@ from sim.errors import ConfigError
 from sim.physics import gpu as gm
 from sim.physics import queueing as analytic
 from sim.physics.gpu import StepCost
+from sim.physics.steptable import step_cost
 from sim.spec.efficiency import provenance
 from sim.spec.scenario import expand
 from sim.spec.schema import PromptComposition, Scenario, build_distribution
@@ -103,7 +104,7 @@ def _decode_step(cost: StepCost, batch: int, ctx_per_seq: float) -> tuple[float,
     """(seconds, flops, bytes, memory-bound) of one decode step, per GPU."""
     ctx = batch * (ctx_per_seq + 1)
     flops, n_bytes = cost.work(batch, ctx, ctx)
-    return cost.time(batch, ctx, ctx, batch), flops, n_bytes, cost.memory_bound(batch, ctx, ctx)
+    return cost.decode_time(batch, ctx), flops, n_bytes, cost.memory_bound(batch, ctx, ctx)
 
 
 def _prefill(cost: StepCost, tokens: float, past: float, budget: int) -> tuple[float, float, float]:
@@ -162,7 +163,8 @@ def estimate(scn: Scenario) -> dict[str, Any]:
 
     # -- the GPU
     if llm.enabled:
-        cost = StepCost(llm)
+        cost = step_cost(llm)
+        out["step_model"] = f"table {llm.step_table}" if llm.step_table else "roofline"
         m = llm.model
         tp, B = llm.tensor_parallel, llm.kv_block_tokens
         prompt, output = mean_prompt_tokens(scn), mean_output_tokens(scn)
@@ -207,7 +209,9 @@ def estimate(scn: Scenario) -> dict[str, Any]:
         p_s, p_flops, p_bytes = _prefill(cost, prompt - prefix, prefix, llm.max_batched_tokens)
         out["prefill_ms"] = p_s * 1e3
         out["prefill_ms_uncached"] = _prefill(cost, prompt, 0.0, llm.max_batched_tokens)[0] * 1e3
-        out["prefill_bound"] = _verdict(p_bytes * cost.inv_bw >= p_flops * cost.inv_peak)
+        out["prefill_bound"] = (
+            "measured (table)" if llm.step_table else _verdict(p_bytes * cost.inv_bw >= p_flops * cost.inv_peak)
+        )
 
         ctx = prompt + output / 2.0
         sizes = sorted(set(DECODE_BATCHES) | {llm.max_batch})
@@ -225,7 +229,7 @@ def estimate(scn: Scenario) -> dict[str, Any]:
         out["ridge_point_flops_per_byte"] = hw_ridge
         out["effective_ridge_flops_per_byte"] = eff_ridge
         out["arithmetic_intensity"] = {k: gm.arithmetic_intensity(v[1], v[2]) for k, v in ends.items()}
-        out["bound"] = {k: _verdict(v[3]) for k, v in ends.items()}
+        out["bound"] = {k: ("measured (table)" if llm.step_table else _verdict(v[3])) for k, v in ends.items()}
         out["attention_flops"] = gm.attention_flops(m.layers, m.heads, m.head_dim, prompt)
 
         if batch >= 1:

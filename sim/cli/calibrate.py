@@ -439,3 +439,77 @@ def published_command(
             )
         )
     typer.echo(f"wrote {out}")
+
+
+@calibrate_app.command("llm")
+@user_errors
+def llm(
+    target: Path = typer.Option(..., "--target", help="Target YAML: llm.batched_bench, llm.model_path, llm.cores."),
+    out: Path = typer.Option(..., "--out", help="Step table CSV to write (a scenario fragment goes next to it)."),
+    from_output: Optional[Path] = typer.Option(
+        None, "--from-output", help="Read a captured llama-batched-bench output instead of running it."
+    ),
+    npp: str = typer.Option("96,256", "--npp", help="Prompt lengths per sequence."),
+    ntg: int = typer.Option(32, "--ntg", help="Decode steps per run."),
+    npl: str = typer.Option("1,2,3,4", "--npl", help="Batch sizes (parallel sequences)."),
+    repeat: int = typer.Option(1, "--repeat", help="Run the benchmark this many times; keep each row's median."),
+) -> None:
+    """Profile the LLM engine's step time over batch size and context (isolated), write a step table."""
+    # deferred: keeps `capsim --help` quick, like the other calibrate commands
+    from sim.calibrate.llm import (
+        median_rows,
+        parse_batched_bench,
+        run_batched_bench,
+        step_rows,
+        write_table,
+    )  # deferred: heavy or only needed by this subcommand
+    from sim.spec.target import load_target  # deferred: pydantic
+
+    tgt = load_target(target).llm
+    pps, pls = parse_int_list("--npp", npp), parse_int_list("--npl", npl)
+    if not 1 <= repeat <= 20:
+        raise CapsimError(f"--repeat: must be 1..20, got {repeat}")
+    if ntg < 2:
+        raise CapsimError("--ntg: must be >= 2")
+    if out.exists() and out.is_dir():
+        raise CapsimError(f"--out {out}: is a folder; give a .csv file")
+    if from_output is not None:
+        if not from_output.is_file():
+            raise CapsimError(f"--from-output: {from_output} does not exist")
+        rows = parse_batched_bench(from_output.read_text(errors="replace"))
+        source = f"llama-batched-bench output {from_output.name}"
+    else:
+        if not tgt.batched_bench or not tgt.model_path:
+            raise CapsimError("--target: llm.batched_bench and llm.model_path are needed to run the benchmark")
+        # The server's KV size when the target gives it (attention reads the KV cache it was given).
+        ctx = max(tgt.ctx_size, max(pls) * (max(pps) + ntg) + 64)
+        runs = [
+            parse_batched_bench(
+                run_batched_bench(tgt.batched_bench, tgt.model_path, tgt.cores, tgt.threads, pps, ntg, pls, ctx)
+            )
+            for _ in range(repeat)
+        ]
+        rows = median_rows(runs)
+        source = (
+            f"llama-batched-bench -t {tgt.threads} on cores {tgt.cores or 'any'}: "
+            f"-c {ctx} npp {pps} ntg {ntg} npl {pls} ({Path(tgt.model_path).name}), median of {repeat} run(s)"
+        )
+    steps = step_rows(rows)
+    if not steps:
+        raise CapsimError("no llama-batched-bench result rows in the output")
+    write_table(steps, out, source)
+    frag = out.with_suffix(".yaml")
+    frag.write_text(
+        f"# capsim calibrate llm --target {target}: {source}\n"
+        "llm:\n"
+        f"  step_table: {out.name}\n"
+        f"  max_batch: {tgt.parallel}          # the server's --parallel slots\n"
+        f"  max_batched_tokens: {tgt.n_batch}  # the server's -b (tokens per step)\n"
+        "  chunked_prefill: true      # llama-server mixes decode tokens and prompt chunks in one step\n"
+        "  prefix_caching: false      # verify sends cache_prompt: false\n"
+    )
+    con = stdout_console()
+    con.print(f"{len(steps)} step rows -> {out}; scenario fragment -> {frag}")
+    for b, c, n, ms in steps:
+        kind = "decode " if n == b else "prefill"
+        con.print(f"  {kind} batch {b:>2}  context {c:>6}  new {n:>6}  {ms:9.3f} ms")

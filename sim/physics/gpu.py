@@ -351,6 +351,10 @@ class StepCost:
             (mem if mem > comp else comp) + self.overhead_s + self.per_seq_s * seqs + self.comm_per_token_s * new_tokens
         )
 
+    def decode_time(self, batch: int, ctx_tokens: float) -> float:
+        """One pure decode step of ``batch`` sequences reading ``ctx_tokens`` KV tokens in all."""
+        return self.time(batch, ctx_tokens, ctx_tokens, batch)
+
     def times(
         self, new_tokens: np.ndarray, ctx_tokens: np.ndarray, attn_pairs: np.ndarray, seqs: float | np.ndarray = 1.0
     ) -> np.ndarray:

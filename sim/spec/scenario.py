@@ -144,6 +144,11 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         tp = Path(tr["path"]).expanduser()
         if not tp.is_absolute():
             tr["path"] = str((p.parent / tp).resolve())
+    llm = data.get("llm")
+    if isinstance(llm, dict) and isinstance(llm.get("step_table"), str):  # a step table too
+        tab = Path(llm["step_table"]).expanduser()
+        if not tab.is_absolute():
+            llm["step_table"] = str((p.parent / tab).resolve())
     base = data.pop("extends", None)
     if base is not None:
         if not isinstance(base, str):

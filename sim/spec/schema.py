@@ -31,6 +31,7 @@ from pydantic import (
 from sim import distributions as D
 from sim.errors import ConfigError
 from sim.physics import gpu as gpu_model
+from sim.physics.steptable import load_table
 from sim.registry import INDEXES, ROUTERS
 from sim.spec import catalog
 from sim.spec import trace as trace_file
@@ -417,6 +418,8 @@ class LLMConfig(Strict):
     step_overhead_ms: NonNegFloat = 1.0
     step_overhead_per_seq_ms: NonNegFloat = 0.0
     allreduce_latency_us: NonNegFloat = 0.0
+    # A measured step-time table (CSV path) replaces the roofline's step times; see sim.physics.steptable.
+    step_table: Optional[str] = None
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     tensor_parallel: Annotated[int, Field(ge=1)] = 1
     kv_block_tokens: Annotated[int, Field(ge=1)] = 16
@@ -507,6 +510,11 @@ class LLMConfig(Strict):
                 f"tensor_parallel ({tp}) and kv_heads ({m.kv_heads}) must divide one another; "
                 f"change llm.tensor_parallel"
             )
+        if self.step_table is not None:
+            try:
+                load_table(self.step_table)
+            except ConfigError as e:
+                raise ValueError(str(e).replace("llm.step_table: ", "step_table: ", 1)) from None
         mem = self.gpu.memory_gb * self.gpu_memory_utilization
         per_gpu = self.weights_bytes / tp / gpu_model.GB
         if self.kv_blocks < 1:

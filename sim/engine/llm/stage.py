@@ -6,7 +6,7 @@ import numpy as np
 import simpy
 
 from sim.engine.llm.replica import Generation, Replica
-from sim.physics.gpu import StepCost
+from sim.physics.steptable import step_cost
 from sim.registry import ROUTERS
 from sim.spec.schema import LLMConfig
 
@@ -14,7 +14,7 @@ from sim.spec.schema import LLMConfig
 class LLMStage:
     def __init__(self, env: simpy.Environment, cfg: LLMConfig, rng: np.random.Generator, window: tuple[float, float]):
         self.env = env
-        self.cost = StepCost(cfg)
+        self.cost = step_cost(cfg)
         self.replicas = [Replica(env, i, cfg, self.cost, window) for i in range(cfg.replicas)]
         self.router = ROUTERS.load(cfg.router)(self.replicas, rng)
         self._pick = self.router.pick if len(self.replicas) > 1 else (lambda: self.replicas[0])

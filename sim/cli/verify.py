@@ -1,0 +1,157 @@
+"""``capsim verify``: play the scenario against a real stack, simulate the same, print measured vs predicted.
+
+Exit codes: 0 every error within the bounds, 1 an error exceeds its bound or
+more than 1 % of the requests failed (the reason is printed), 2 bad input or
+an unreachable endpoint (one line, before any load).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sim.cli.app import app, err_console, stdout_console, user_errors
+from sim.cli.calibrate import parse_int_list
+from sim.errors import CapsimError
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1%}"
+
+
+def _num(x: float | None, unit: str = "") -> str:
+    return "-" if x is None else f"{x:,.1f}{unit}"
+
+
+@app.command()
+@user_errors
+def verify(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file (with llm.step_table from calibrate llm)."),
+    target: Path = typer.Option(..., "--target", help="Target YAML: the real endpoints on 127.0.0.1."),
+    users: str = typer.Option("2,6,12", "--users", help="Closed-loop user counts, one live run each."),
+    duration_s: float = typer.Option(120.0, "--duration-s", help="Seconds of live load per user count."),
+    warmup_s: Optional[float] = typer.Option(None, "--warmup-s", help="Seconds cut at the start [15 % of duration]."),
+    replications: int = typer.Option(5, "--replications", help="Simulated replications per load."),
+    out: Optional[Path] = typer.Option(None, help="Write live requests (Parquet) and verify.json here."),
+    json_: bool = typer.Option(False, "--json", help="Print only the JSON on stdout."),
+) -> None:
+    """Measure a real stack under the scenario's load and compare with capsim's prediction."""
+    # deferred: the simulator loads pandas, scipy and pydantic; `capsim verify --help` needs none
+    from sim.files import to_json
+    from sim.spec.scenario import load_scenario
+    from sim.spec.target import load_target
+    from sim.verify.compare import MAX_FAILURE_FRACTION
+    from sim.verify.compare import verify as run_verify
+
+    counts = parse_int_list("--users", users)
+    if duration_s <= 0 or duration_s > 3600:
+        raise CapsimError(f"--duration-s: must be in (0, 3600], got {duration_s:g}")
+    warm = 0.15 * duration_s if warmup_s is None else warmup_s
+    if not 0 <= warm < duration_s:
+        raise CapsimError(f"--warmup-s: must be >= 0 and < --duration-s ({duration_s:g}), got {warm:g}")
+    if replications < 2:
+        raise CapsimError("--replications: must be >= 2 (the interval needs them)")
+    if out is not None and out.exists() and not out.is_dir():
+        raise CapsimError(f"--out {out}: is a file; give a folder (it is created if missing)")
+    tgt = load_target(target)
+    scn = load_scenario(scenario)
+
+    def say(msg: str) -> None:
+        if not json_:
+            err_console.print(msg, markup=False, highlight=False)
+
+    results, calib, lives = run_verify(scn, tgt, counts, duration_s, warm, replications=replications, progress=say)
+    doc = {
+        "scenario": str(scenario),
+        "target": str(target),
+        "calibration": calib,
+        "loads": [r.to_dict() for r in results],
+    }
+    if out is not None:
+        import pandas as pd  # deferred: heavy, only for --out
+
+        out.mkdir(parents=True, exist_ok=True)
+        frames = []
+        for live in lives:
+            df = pd.DataFrame(live.records)
+            df.insert(0, "users", live.users)
+            frames.append(df)
+        pd.concat(frames).to_parquet(out / "live_requests.parquet", index=False)
+        (out / "verify.json").write_text(to_json(doc) + "\n")
+    failed = [
+        (r.users, r.failures, r.requests) for r in results if r.failures > MAX_FAILURE_FRACTION * max(1, r.requests)
+    ]
+    misses = [f"{r.users} users: {m}" for r in results for m in r.misses]
+    if json_:
+        sys.stdout.write(to_json(doc) + "\n")
+    else:
+        _print(doc, stdout_console())
+    if failed:
+        u, f, n = failed[0]
+        reasons = next(r.failure_reasons for r in results if r.users == u)
+        err_console.print(
+            f"verify: {f} of {n} requests failed at {u} users (> 1 %): {reasons[0] if reasons else '?'}",
+            markup=False,
+        )
+        raise typer.Exit(1)
+    if misses:
+        err_console.print("verify: outside the bounds: " + "; ".join(misses), markup=False)
+        raise typer.Exit(1)
+
+
+def _print(doc: dict, con) -> None:
+    from rich.table import Table  # deferred: only when printing
+
+    c = doc["calibration"]
+    ri = c["retrieval_isolated_ms"]
+    con.print(
+        f"calibrated (isolated): step table {c['step_table']}; LLM HTTP+SSE overhead {c['llm_overhead_ms']:.2f} ms; "
+        + (f"retrieval one-at-a-time p50 {ri['p50']:.2f} ms p95 {ri['p95']:.2f} ms (n={ri['n']})" if ri else "")
+    )
+    sv = c["server_alone_vs_table"]
+    con.print(
+        f"server alone vs step table (diagnosis, not used): prompt time x{sv['prompt_ratio']:.2f}, "
+        f"decode step at batch 1 x{sv['decode_ratio_batch1']:.2f}"
+    )
+    t = Table(title="capsim verify: measured vs predicted")
+    for col in ("users", "metric", "measured", "predicted", "interval", "error", "inside", "bound"):
+        t.add_column(col, justify="right" if col not in ("metric",) else "left")
+    for load in doc["loads"]:
+        for r in load["rows"]:
+            lo, hi = r["ci"]
+            t.add_row(
+                str(load["users"]),
+                f"{r['metric']} {r['stat']}",
+                _num(r["measured"]),
+                _num(r["predicted"]),
+                "-" if lo is None else f"{lo:,.1f}-{hi:,.1f}",
+                _pct(r["rel_error"]),
+                {True: "yes", False: "no", None: "-"}[r["inside_ci"]],
+                "-" if r["bound"] is None else f"{r['bound']:.0%}",
+            )
+        m, p, g = load["measured"], load["predicted"], load["loadgen"]
+        t.add_row(
+            str(load["users"]),
+            "utilisation gpu / retrieval",
+            f"{m['utilization']['gpu']:.0%} / {m['utilization']['retrieval']:.1%}",
+            f"{p['utilization'].get('gpu', 0):.0%} / {p['utilization'].get('retrieval', 0):.1%}",
+            "",
+            "",
+            "",
+            "",
+        )
+        t.add_row(
+            str(load["users"]),
+            "requests / failed / loadgen",
+            f"{load['requests']} / {load['failures']}",
+            "",
+            f"cpu {g['cpu_ms_per_request']:.1f} ms/req, lag p99 {g['think_timer_lag_p99_ms']:.1f} ms",
+            "",
+            "",
+            "",
+            end_section=True,
+        )
+    con.print(t)

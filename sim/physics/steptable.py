@@ -1,0 +1,239 @@
+"""A measured step-time table: the alternative to the roofline's three parameters.
+
+Where a device does not follow ``max(bytes / bw, flops / peak)`` (llama.cpp
+on one CPU core switches from a memory-bound matrix-vector kernel at batch 1
+to a compute-bound tiled kernel at batch 2 and more: decode steps of 10.3,
+27.4, 30.4, 41.7 ms at batch 1, 2, 4, 8), the step time is read from
+measurements instead.  A table is a CSV with the columns::
+
+    batch_size, context_tokens, new_tokens, step_ms
+
+``context_tokens`` is the KV tokens the step reads, all sequences together
+(the convention of :mod:`sim.calibrate.gpu` and ``capsim calibrate llm``).
+
+* **Decode rows** (``new_tokens == batch_size``: one token per sequence) give
+  ``decode(b, ctx)``.  For each measured batch size ``b`` the step time is
+  piecewise linear in ``ctx`` through that batch's points: flat below the
+  first point, continued with the last segment's slope (never negative) above
+  the last.  Between two measured batch sizes it is linear in the batch
+  (so over batch and context together it is bilinear between measured
+  points); above the largest it continues the last two batches' line; below
+  the smallest it is flat.
+* **Prefill rows** (``new_tokens > batch_size``) give a linear law fitted by
+  least squares, ``step_ms = a + b * new_tokens + c * attention_pairs``,
+  used for every step that prefills (with chunked prefill, the decode tokens
+  riding along count as new tokens).  A coefficient the fit makes negative is
+  dropped and the rest refitted.
+
+A decode epoch of ``k`` steps with a fixed batch ``n`` reads ``ctx0 + n j``
+tokens at step ``j``: each batch's curve is piecewise linear in the context,
+so the epoch's time is a sum of arithmetic series, one per segment, exact
+(:meth:`StepTable.epoch_time`), as fast as the roofline's closed form.
+
+The table says nothing about which bound a step hits, so it counts no step as
+memory-bound.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sim.errors import ConfigError
+from sim.physics.gpu import StepCost, attention_pairs, sum_linear
+
+if TYPE_CHECKING:  # annotations only: physics sits below the scenario schema
+    from sim.spec.schema import LLMConfig
+
+COLUMNS = ("batch_size", "context_tokens", "new_tokens", "step_ms")
+
+
+class Curve:
+    """A piecewise-linear function of context: flat below the first knot, last slope (>= 0) above the last."""
+
+    def __init__(self, xs: list[float], ys: list[float]):
+        self.xs = xs
+        self.ys = ys
+        if len(xs) == 1:
+            self.tail = 0.0
+        else:
+            self.tail = max(0.0, (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
+
+    def segments(self) -> list[tuple[float, float, float, float]]:
+        """(lo, hi, value at 0, slope) of each piece, covering the whole line."""
+        xs, ys = self.xs, self.ys
+        out = [(-math.inf, xs[0], ys[0], 0.0)]
+        for i in range(len(xs) - 1):
+            s = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
+            out.append((xs[i], xs[i + 1], ys[i] - s * xs[i], s))
+        out.append((xs[-1], math.inf, ys[-1] - self.tail * xs[-1], self.tail))
+        return out
+
+    def __call__(self, x: float) -> float:
+        xs, ys = self.xs, self.ys
+        if x <= xs[0]:
+            return ys[0]
+        if x >= xs[-1]:
+            return ys[-1] + self.tail * (x - xs[-1])
+        return float(np.interp(x, xs, ys))
+
+    def sum_over(self, ctx0: float, step: float, k: int) -> float:
+        """``sum(self(ctx0 + step * j) for j in range(k))`` in closed form (``step > 0``)."""
+        total = 0.0
+        for lo, hi, a, s in self._pieces:
+            j0 = 0 if lo == -math.inf else max(0, math.ceil((lo - ctx0) / step))
+            j1 = k if hi == math.inf else min(k, math.ceil((hi - ctx0) / step))
+            if j1 > j0:
+                total += sum_linear(a + s * ctx0, s * step, j0, j1)
+        return total
+
+    @functools.cached_property
+    def _pieces(self) -> list[tuple[float, float, float, float]]:
+        return self.segments()
+
+
+def _fit_prefill(new: np.ndarray, pairs: np.ndarray, ms: np.ndarray) -> tuple[float, float, float]:
+    """Least squares ``ms = a + b new + c pairs`` with every coefficient >= 0 (negative ones dropped)."""
+    cols = [np.ones_like(new), new, pairs]
+    keep = [0, 1, 2]
+    while keep:
+        coef = np.linalg.lstsq(np.column_stack([cols[i] for i in keep]), ms, rcond=None)[0]
+        if (coef >= 0).all():
+            out = [0.0, 0.0, 0.0]
+            for i, c in zip(keep, coef):
+                out[i] = float(c)
+            return out[0], out[1], out[2]
+        keep = [i for i, c in zip(keep, coef) if c >= 0]
+    return float(np.mean(ms)), 0.0, 0.0
+
+
+def read_rows(path: str | Path, key: str = "llm.step_table") -> np.ndarray:
+    """The table's rows as an ``(n, 4)`` array in :data:`COLUMNS` order; bad file -> ConfigError naming ``key``."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{key}: file {str(path)!r} does not exist")
+    lines = [ln for ln in p.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    reader = csv.DictReader(lines)
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ConfigError(f"{key}: {p.name} lacks column(s) {', '.join(missing)}; needs {', '.join(COLUMNS)}")
+    rows = []
+    for i, r in enumerate(reader, start=2):
+        try:
+            vals = [float(r[c]) for c in COLUMNS]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: {p.name} line {i}: not numbers: {r}") from None
+        if not all(math.isfinite(v) for v in vals) or min(vals[0], vals[2], vals[3]) <= 0 or vals[1] < 0:
+            raise ConfigError(f"{key}: {p.name} line {i}: batch_size, new_tokens, step_ms must be > 0, context >= 0")
+        rows.append(vals)
+    if not rows:
+        raise ConfigError(f"{key}: {p.name} has no rows")
+    return np.asarray(rows, dtype=float)
+
+
+class TableModel:
+    """The decode curves and the prefill law of one table (no scenario needed)."""
+
+    def __init__(self, rows: np.ndarray, key: str = "llm.step_table"):
+        b, ctx, new, ms = rows.T
+        dec = new == b
+        if not dec.any():
+            raise ConfigError(f"{key}: needs decode rows (new_tokens == batch_size)")
+        if (~dec).sum() < 1:
+            raise ConfigError(f"{key}: needs prefill rows (new_tokens > batch_size)")
+        self.batches: list[float] = sorted(set(b[dec].tolist()))
+        self.curves: list[Curve] = []
+        for bb in self.batches:
+            sel = dec & (b == bb)
+            pts: dict[float, list[float]] = {}
+            for x, y in zip(ctx[sel], ms[sel]):
+                pts.setdefault(float(x), []).append(float(y))
+            xs = sorted(pts)
+            self.curves.append(Curve(xs, [float(np.mean(pts[x])) for x in xs]))
+        pre = ~dec
+        per_seq_new = new[pre] / b[pre]
+        past = (ctx[pre] - new[pre]) / b[pre]
+        pairs = b[pre] * attention_pairs(per_seq_new, np.maximum(past, 0.0))
+        self.prefill = _fit_prefill(new[pre], pairs, ms[pre])
+
+    def weights(self, batch: float) -> list[tuple[int, float]]:
+        """(curve index, weight) pairs whose weighted sum is the step at ``batch``."""
+        bs = self.batches
+        if len(bs) == 1 or batch <= bs[0]:
+            return [(0, 1.0)]
+        i = min(int(np.searchsorted(bs, batch, side="right")) - 1, len(bs) - 2)
+        w = (batch - bs[i]) / (bs[i + 1] - bs[i])
+        return [(i, 1.0 - w), (i + 1, w)]
+
+    def decode_ms(self, batch: float, ctx: float) -> float:
+        return max(0.0, sum(w * self.curves[i](ctx) for i, w in self.weights(batch)))
+
+    def prefill_ms(self, new: float, pairs: float) -> float:
+        a, b, c = self.prefill
+        return a + b * new + c * pairs
+
+    def epoch_ms(self, batch: int, ctx0: float, k: int) -> float:
+        """Sum of ``k`` decode steps at ``batch``, contexts ``ctx0, ctx0 + batch, ...``."""
+        if k <= 0:
+            return 0.0
+        return max(0.0, sum(w * self.curves[i].sum_over(ctx0, batch, k) for i, w in self.weights(batch)))
+
+
+@functools.lru_cache(maxsize=32)
+def _load(path: str, mtime_ns: int) -> TableModel:
+    return TableModel(read_rows(path))
+
+
+def load_table(path: str | Path) -> TableModel:
+    """Read and build a table once per file version."""
+    p = str(Path(path).expanduser())
+    try:
+        mtime = os.stat(p).st_mtime_ns
+    except OSError:
+        raise ConfigError(f"llm.step_table: file {str(path)!r} does not exist") from None
+    return _load(p, mtime)
+
+
+class StepTable(StepCost):
+    """:class:`StepCost` with step times from a measured table (FLOPs and bytes still from the model)."""
+
+    def __init__(self, cfg: LLMConfig, table: TableModel):
+        super().__init__(cfg)
+        self.table = table
+
+    def time(self, new_tokens: float, ctx_tokens: float, attn_pairs: float, seqs: float = 1.0) -> float:
+        return self.table.prefill_ms(new_tokens, attn_pairs) / 1e3  # measured: per-sequence costs included
+
+    def times(
+        self, new_tokens: np.ndarray, ctx_tokens: np.ndarray, attn_pairs: np.ndarray, seqs: float | np.ndarray = 1.0
+    ) -> np.ndarray:
+        a, b, c = self.table.prefill
+        return (a + b * np.asarray(new_tokens, float) + c * np.asarray(attn_pairs, float)) / 1e3
+
+    def decode_time(self, batch: int, ctx_tokens: float) -> float:
+        return self.table.decode_ms(batch, ctx_tokens) / 1e3
+
+    def memory_bound(self, new_tokens: float, ctx_tokens: float, attn_pairs: float) -> bool:
+        return False
+
+    def decode_lines(self, batch: int, ctx0: float) -> tuple[float, float, float, float, float]:
+        return (float(batch), float(ctx0), 0.0, 0.0, 0.0)
+
+    def epoch_time(self, lines: tuple[float, float, float, float, float], k: int) -> float:  # type: ignore[override]
+        return self.table.epoch_ms(int(lines[0]), lines[1], k) / 1e3
+
+    def memory_bound_steps(self, lines: tuple[float, float, float, float, float], k: int) -> int:  # type: ignore[override]
+        return 0
+
+
+def step_cost(cfg: LLMConfig) -> StepCost:
+    """The replica's step-cost model: the measured table when ``llm.step_table`` is set, else the roofline."""
+    if cfg.step_table:
+        return StepTable(cfg, load_table(cfg.step_table))
+    return StepCost(cfg)

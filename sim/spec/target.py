@@ -1,0 +1,94 @@
+"""The target file of ``capsim verify`` and ``capsim calibrate llm``: where the real stack listens.
+
+::
+
+    llm:
+      url: http://127.0.0.1:18080        # OpenAI-compatible server (streaming /v1/completions)
+      parallel: 4                         # the server's slots = capsim llm.max_batch
+      n_batch: 2048                       # tokens per step = capsim llm.max_batched_tokens
+      ctx_size: 8192                      # the server's -c: calibrate llm benchmarks with the same KV size
+      cores: [1]                          # cores the server is pinned to (taskset)
+      batched_bench: ~/.cache/capsim/llama-0.3.36/bin/llama-batched-bench   # calibrate llm
+      model_path: ~/.cache/capsim/models/capsim-llama-124m-f16.gguf
+      threads: 1
+    retrieval:                            # optional
+      url: http://127.0.0.1:18090         # POST /search {"query_id": i, "k": k}
+      workers: 1
+      cores: [0]
+
+Only loopback addresses are accepted: verify never sends load off the machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sim.errors import ConfigError
+
+LOOPBACK = ("127.0.0.1", "localhost")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _loopback_url(v: str) -> str:
+    u = urlparse(v)
+    if u.scheme != "http" or u.hostname not in LOOPBACK or u.port is None:
+        raise ValueError(f"{v!r}: must be http://127.0.0.1:PORT (verify only loads this machine)")
+    return v.rstrip("/")
+
+
+class LLMTarget(_Strict):
+    url: str
+    parallel: Annotated[int, Field(ge=1)] = 1
+    n_batch: Annotated[int, Field(ge=1)] = 2048
+    ctx_size: Annotated[int, Field(ge=0)] = 0  # the server's -c; calibration runs with the same KV size
+    cores: list[int] = []
+    batched_bench: Optional[str] = None
+    model_path: Optional[str] = None
+    threads: Annotated[int, Field(ge=1)] = 1
+    model: str = "capsim"
+
+    _url = field_validator("url")(classmethod(lambda cls, v: _loopback_url(v)))
+
+
+class RetrievalTarget(_Strict):
+    url: str
+    workers: Annotated[int, Field(ge=1)] = 1
+    cores: list[int] = []
+
+    _url = field_validator("url")(classmethod(lambda cls, v: _loopback_url(v)))
+
+
+class Target(_Strict):
+    llm: LLMTarget
+    retrieval: Optional[RetrievalTarget] = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+
+def load_target(path: str | Path) -> Target:
+    """Read and check a target file; anything wrong is one ConfigError line naming the key."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--target: file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--target {p.name}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--target {p.name}: must be a mapping with an llm: section")
+    try:
+        return Target(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"--target {p.name}: {key}: {err['msg'].removeprefix('Value error, ')}") from None

@@ -1,0 +1,1 @@
+"""``capsim verify``: hold capsim's prediction against a real serving stack (see :mod:`sim.verify.compare`)."""

@@ -1,0 +1,278 @@
+"""``capsim verify``: measure a real stack under the scenario's load, simulate the same, compare.
+
+What the prediction is calibrated from (isolated measurements only, never the
+closed-loop run it is compared with):
+
+* the LLM's step times: the scenario's ``llm.step_table`` (``capsim calibrate
+  llm``: llama-batched-bench alone on the server's cores, before the server runs);
+* the server's slots and step budget: the target's ``llm.parallel`` and
+  ``llm.n_batch`` (``llm.max_batch``, ``llm.max_batched_tokens``);
+* the retrieval service time: single searches one at a time over keep-alive
+  HTTP, before the load (so the HTTP overhead is in every sample), as an
+  empirical distribution; workers and cores from the target;
+* the per-call HTTP + SSE overhead of the LLM endpoint: client first token
+  minus the server's own prompt time, one request at a time, before the load;
+  added as a constant to the (in-process, microseconds) cache lookup, i.e.
+  to every request's path, outside any queue.
+
+Bounds (issue 10): P95 end to end <= 10 %, TTFT P95 <= 20 %, P50 (both) <= 10 %,
+throughput <= 5 %.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sim.errors import CapsimError
+from sim.physics.gpu import attention_pairs
+from sim.physics.steptable import load_table
+from sim.run.sweep import simulate
+from sim.spec.schema import Scenario
+from sim.spec.target import Target
+from sim.verify.loadgen import LiveRun, check_reachable, probe_llm, probe_retrieval, run_load
+
+BOUNDS = {
+    ("e2e_ms", "p95"): 0.10,
+    ("ttft_ms", "p95"): 0.20,
+    ("e2e_ms", "p50"): 0.10,
+    ("ttft_ms", "p50"): 0.10,
+    ("throughput_per_s", "mean"): 0.05,
+}
+STATS = ("p50", "p95", "p99")
+MAX_FAILURE_FRACTION = 0.01
+
+
+@dataclass
+class LoadComparison:
+    users: int
+    rows: list[dict[str, Any]]
+    measured: dict[str, Any]
+    predicted: dict[str, Any]
+    loadgen: dict[str, float]
+    failures: int
+    requests: int
+    failure_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def misses(self) -> list[str]:
+        return [
+            f"{r['metric']} {r['stat']} off by {r['rel_error']:+.1%} (bound {r['bound']:.0%})"
+            for r in self.rows
+            if r["bound"] is not None and r["rel_error"] is not None and abs(r["rel_error"]) > r["bound"]
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "users": self.users,
+            "requests": self.requests,
+            "failures": self.failures,
+            "failure_reasons": self.failure_reasons[:5],
+            "measured": self.measured,
+            "predicted": self.predicted,
+            "loadgen": self.loadgen,
+            "rows": self.rows,
+            "misses": self.misses,
+        }
+
+
+def busy_fraction(starts: np.ndarray, ends: np.ndarray, lo: float, hi: float) -> float:
+    """Share of ``[lo, hi)`` covered by the union of ``[start, end)`` intervals.
+
+    Intervals [0, 2) and [1, 3) inside [0, 4): covered [0, 3), 0.75.
+    """
+    if hi <= lo:
+        return 0.0
+    order = np.argsort(starts)
+    covered = 0.0
+    cur_s = 0.0
+    cur_e: float | None = None
+    for s, e in zip(starts[order], ends[order]):
+        s, e = max(float(s), lo), min(float(e), hi)
+        if e <= s:
+            continue
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                covered += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        covered += cur_e - cur_s
+    return covered / (hi - lo)
+
+
+def measured_stats(live: LiveRun, warmup_s: float, workers: int) -> dict[str, Any]:
+    """Percentiles of the ok requests that started inside ``[warmup_s, duration_s)``, throughput, utilisation."""
+    r = live.records
+    lo, hi = warmup_s, live.duration_s
+    if not live.requests:
+        return {"n": 0}
+    ok = r["ok"].astype(bool)
+    inside = (r["t_start_s"] >= lo) & (r["t_start_s"] < hi)
+    sel = ok & inside
+    out: dict[str, Any] = {"n": int(sel.sum())}
+    for m in ("e2e_ms", "ttft_ms"):
+        v = r[m][sel].astype(float)
+        out[m] = {s: float(np.percentile(v, float(s[1:]))) if len(v) else None for s in STATS}
+    miss = sel & ~r["cache_hit"].astype(bool)
+    rv = r["retrieval_ms"][miss].astype(float)
+    out["retrieval_ms"] = {s: float(np.percentile(rv, float(s[1:]))) if len(rv) else None for s in STATS}
+    ends = r["llm_end_s"].astype(float)
+    done = ok & (ends >= lo) & (ends < hi)
+    out["throughput_per_s"] = float(done.sum()) / (hi - lo)
+    out["utilization"] = {
+        "gpu": busy_fraction(r["llm_sent_s"][ok].astype(float), ends[ok], lo, hi),
+        "retrieval": float(rv.sum() / 1e3 / ((hi - lo) * workers)) if len(rv) else 0.0,
+    }
+    out["cache_hit_ratio"] = float(r["cache_hit"][inside].astype(bool).mean()) if inside.any() else None
+    return out
+
+
+def overrides_for(
+    scn: Scenario,
+    target: Target,
+    users: int,
+    duration_s: float,
+    warmup_s: float,
+    retrieval_ms: np.ndarray | None,
+    llm_overhead_ms: float,
+    replications: int,
+) -> dict[str, Any]:
+    """Scenario overrides that make the simulation stand for this target at this load."""
+    ov: dict[str, Any] = {
+        "workload.users": users,
+        "run.duration_s": duration_s,
+        "run.warmup_s": warmup_s,
+        "run.replications": replications,
+        "run.target_precision": None,
+        "llm.max_batch": target.llm.parallel,
+        "llm.max_batched_tokens": max(target.llm.n_batch, target.llm.parallel),
+        "llm.replicas": 1,
+        "cache.lookup_ms": {"dist": "constant", "value": max(0.0, llm_overhead_ms)},
+    }
+    if retrieval_ms is not None and target.retrieval is not None and scn.retrieval.enabled:
+        ov["retrieval.service_ms"] = {"dist": "empirical", "samples": [round(float(x), 4) for x in retrieval_ms]}
+        ov["retrieval.overhead_ms"] = {"dist": "constant", "value": 0.0}
+        ov["retrieval.workers"] = target.retrieval.workers
+        ov["retrieval.cpu_cores"] = len(target.retrieval.cores) or None
+    return ov
+
+
+def _row(metric: str, stat: str, meas: float | None, pred: float | None, ci: list | None) -> dict[str, Any]:
+    rel = (pred - meas) / meas if (meas not in (None, 0) and pred is not None) else None
+    lo, hi = (ci or [None, None])[:2]
+    inside = None if (lo is None or hi is None or meas is None) else bool(lo <= meas <= hi)
+    return {
+        "metric": metric,
+        "stat": stat,
+        "measured": meas,
+        "predicted": pred,
+        "ci": [lo, hi],
+        "rel_error": rel,
+        "inside_ci": inside,
+        "bound": BOUNDS.get((metric, stat)),
+    }
+
+
+def compare_one(live: LiveRun, scn: Scenario, ov: dict[str, Any], warmup_s: float, workers: int) -> LoadComparison:
+    """The prediction is the simulated replication 0, which replays the live run's own think times,
+    keys and token counts (common random numbers: the workload's sampling noise cancels, what is
+    left is the system's response); the interval is that of ``run.replications`` replications
+    (what a rerun with fresh draws would show)."""
+    meas = measured_stats(live, warmup_s, workers)
+    s = simulate(scn, {**ov, "run.replications": 1}, jobs=1).points[0].summary.to_dict()
+    spread = simulate(scn, ov, jobs=1).points[0].summary.to_dict()
+    metrics = s["metrics"]
+    rows = []
+    for m in ("e2e_ms", "ttft_ms", "retrieval_ms"):
+        if m not in metrics or m not in meas:
+            continue
+        for st in STATS:
+            ci = spread["metrics"][m].get("ci", {}).get(st)
+            rows.append(_row(m, st, meas[m][st], metrics[m].get(st), ci))
+    rows.append(
+        _row("throughput_per_s", "mean", meas["throughput_per_s"], s["throughput_per_s"], spread["throughput_ci"])
+    )
+    pred = {
+        "throughput_per_s": s["throughput_per_s"],
+        "utilization": s["utilization"],
+        "n": metrics["e2e_ms"]["n"],
+    }
+    cpu_per_req = live.cpu_s / max(1, live.requests) * 1e3
+    lag = live.records["lag_ms"].astype(float) if live.requests else np.zeros(1)
+    loadgen = {
+        "cpu_ms_per_request": cpu_per_req,
+        "cpu_share_of_one_core": live.cpu_s / max(live.wall_s, 1e-9),
+        "think_timer_lag_p50_ms": float(np.percentile(lag, 50)),
+        "think_timer_lag_p99_ms": float(np.percentile(lag, 99)),
+    }
+    return LoadComparison(
+        live.users,
+        rows,
+        meas,
+        pred,
+        loadgen,
+        len(live.failures),
+        live.requests,
+        sorted(set(live.failures)),
+    )
+
+
+def _server_vs_table(path: str, alone: dict) -> dict[str, float]:
+    """The server's own times for one request alone over what the table says for the same work."""
+    t = load_table(path)
+    n = alone["prompt_tokens"]
+    return {
+        "prompt_ratio": alone["prompt_ms"] / t.prefill_ms(n, attention_pairs(n, 0)),
+        "decode_ratio_batch1": alone["decode_ms_per_token"] / t.decode_ms(1, n + 16),
+    }
+
+
+def verify(
+    scn: Scenario,
+    target: Target,
+    users: list[int],
+    duration_s: float,
+    warmup_s: float,
+    drain_s: float = 60.0,
+    replications: int = 5,
+    progress=None,
+) -> tuple[list[LoadComparison], dict[str, Any], list[LiveRun]]:
+    """Probe (isolated), then for every load: play it for real and simulate it; compare."""
+    if not scn.llm.enabled:
+        raise CapsimError("verify needs llm.enabled: true (the LLM endpoint is the system under test)")
+    if scn.llm.step_table is None:
+        raise CapsimError("llm.step_table: verify needs a measured step table; run `capsim calibrate llm` first")
+    if scn.workload.mode != "closed":
+        raise CapsimError("workload.mode: verify plays closed-loop users; set mode: closed")
+    if scn.retrieval.enabled and target.retrieval is None:
+        raise CapsimError("--target: the scenario retrieves (retrieval.enabled) but the target has no retrieval.url")
+    check_reachable(target)
+    probe = probe_llm(target)
+    r_ms = probe_retrieval(target, scn.retrieval.top_k) if (scn.retrieval.enabled and target.retrieval) else None
+    calib = {
+        "llm_overhead_ms": probe["overhead_ms"],
+        "llm_bos_tokens": probe["bos_tokens"],
+        "retrieval_isolated_ms": (
+            {"p50": float(np.percentile(r_ms, 50)), "p95": float(np.percentile(r_ms, 95)), "n": len(r_ms)}
+            if r_ms is not None
+            else None
+        ),
+        "step_table": scn.llm.step_table,
+        "server_alone_vs_table": _server_vs_table(scn.llm.step_table, probe["server_alone"]),
+    }
+    workers = target.retrieval.workers if target.retrieval else 1
+    out, lives = [], []
+    for n in users:
+        if progress:
+            progress(f"{n} users: live load for {duration_s:.0f} s")
+        live = run_load(scn, target, n, duration_s, drain_s, probe["bos_tokens"])
+        lives.append(live)
+        ov = overrides_for(scn, target, n, duration_s, warmup_s, r_ms, probe["overhead_ms"], replications)
+        if progress:
+            progress(f"{n} users: simulating")
+        out.append(compare_one(live, scn, ov, warmup_s, workers))
+    return out, calib, lives

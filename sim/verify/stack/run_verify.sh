@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# make verify: build the reference stack if needed, calibrate in isolation, start it pinned, run capsim verify, stop it.
+#
+#   bash sim/verify/stack/run_verify.sh PYTHON [USERS] [DURATION_S]
+#
+# Cores (this 2-core box): llama-server and its batched-bench calibration on core 1 (LLM_CORES),
+# the search service, the load generator and capsim on core 0 (SEARCH_CORES).  Everything listens on
+# 127.0.0.1 only.  Every process started here is stopped on EXIT, INT and TERM.
+set -euo pipefail
+PY="${1:?python}"
+USERS="${2:-1,4,7}"
+DURATION="${3:-100}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../../.." && pwd)"
+CACHE="${CAPSIM_CACHE:-$HOME/.cache/capsim}"
+LLM_CORES="${LLM_CORES:-1}"
+SEARCH_CORES="${SEARCH_CORES:-0}"
+LLM_PORT="${LLM_PORT:-18080}"
+SEARCH_PORT="${SEARCH_PORT:-18090}"
+BIN="$CACHE/llama-0.3.36/bin"
+MODEL="$CACHE/models/capsim-llama-124m-f16.gguf"
+INDEX="$CACHE/search-n50000-d384"
+WORK="${VERIFY_DIR:-$ROOT/build/verify}"
+cd "$ROOT"
+mkdir -p "$WORK"
+
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+wait_health() {  # url, seconds
+    for _ in $(seq 1 $(( $2 * 4 ))); do
+        "$PY" -c "import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)" "$1" 2>/dev/null && return 0
+        sleep 0.25
+    done
+    echo "error: $1 did not come up in $2 s" >&2
+    return 1
+}
+
+# 1. build (cached under ~/.cache/capsim, once per machine), model, index
+PIP="$PY -m pip" bash "$HERE/build_llama.sh"
+[[ -f "$MODEL" ]] || "$PY" "$HERE/make_model.py" -o "$MODEL"
+[[ -f "$INDEX/index.bin" ]] || taskset -c "$SEARCH_CORES" "$PY" "$HERE/search_service.py" build --dir "$INDEX" --n 50000 --dim 384 --seed 0
+cat "$MODEL" > /dev/null  # page cache: the first run after writing the model is slower
+
+cat > "$WORK/target.yaml" <<YAML
+llm:
+  url: http://127.0.0.1:$LLM_PORT
+  parallel: 4
+  n_batch: 2048
+  ctx_size: 8192
+  cores: [$LLM_CORES]
+  threads: 1
+  batched_bench: $BIN/llama-batched-bench
+  model_path: $MODEL
+retrieval:
+  url: http://127.0.0.1:$SEARCH_PORT
+  workers: 1
+  cores: [$SEARCH_CORES]
+YAML
+
+# 2. calibrate the LLM in isolation: batched-bench alone on the LLM core, before anything else runs
+"$PY" -m sim calibrate llm --target "$WORK/target.yaml" --out "$WORK/steps.csv" --npp 96,256 --ntg 32 --npl 1,2,3,4 --repeat 3
+
+# 3. start the stack, pinned
+taskset -c "$LLM_CORES" "$BIN/llama-server" -m "$MODEL" --parallel 4 --cont-batching -c 8192 -b 2048 \
+    --host 127.0.0.1 --port "$LLM_PORT" -t 1 -tb 1 > "$WORK/llama-server.log" 2>&1 &
+PIDS+=($!)
+taskset -c "$SEARCH_CORES" "$PY" "$HERE/search_service.py" serve --dir "$INDEX" --port "$SEARCH_PORT" --workers 1 \
+    > "$WORK/search.log" 2>&1 &
+PIDS+=($!)
+wait_health "http://127.0.0.1:$LLM_PORT/health" 120
+wait_health "http://127.0.0.1:$SEARCH_PORT/health" 120
+
+# 4. verify (load generator on the search core, the LLM core left to the server)
+cp "$ROOT/scenarios/verify_local.yaml" "$WORK/verify_local.yaml"
+sed -i "s#^  step_table: .*#  step_table: steps.csv#" "$WORK/verify_local.yaml"
+taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$WORK/verify_local.yaml" --target "$WORK/target.yaml" \
+    --users "$USERS" --duration-s "$DURATION" --out "$WORK/out"

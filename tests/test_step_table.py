@@ -1,0 +1,141 @@
+"""The measured step-time table (sim.physics.steptable): hand-computed values, exact epoch sums, the engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sim
+from sim.analysis.estimate import estimate
+from sim.engine.llm.replica import Replica
+from sim.errors import ConfigError
+from sim.physics.steptable import StepTable, TableModel, read_rows, step_cost
+from sim.spec.schema import LLMConfig, validate_scenario
+from tests.helpers import TOY_GPU, TOY_MODEL, exact_scenario
+from tests.test_llm_stage import run
+
+# Decode: batch 1 through (100, 10), (300, 14), (500, 15) ms; batch 3 through (300, 30), (900, 42).
+# Prefill rows follow 2 + 0.5 * new_tokens ms exactly (no attention term).
+TABLE = """# a comment line is skipped
+batch_size,context_tokens,new_tokens,step_ms
+1,100,1,10
+1,300,1,14
+1,500,1,15
+3,300,3,30
+3,900,3,42
+1,100,100,52
+1,200,200,102
+2,200,200,102
+2,400,400,202
+"""
+
+
+@pytest.fixture
+def table_path(tmp_path):
+    p = tmp_path / "steps.csv"
+    p.write_text(TABLE)
+    return p
+
+
+@pytest.fixture
+def model(table_path):
+    return TableModel(read_rows(table_path))
+
+
+def test_decode_is_piecewise_linear_in_context_flat_below_and_last_slope_above(model):
+    assert model.decode_ms(1, 200) == pytest.approx(12.0)  # halfway 10 -> 14
+    assert model.decode_ms(1, 400) == pytest.approx(14.5)  # halfway 14 -> 15
+    assert model.decode_ms(1, 50) == pytest.approx(10.0)  # flat below the first point
+    assert model.decode_ms(1, 700) == pytest.approx(16.0)  # 15 + 0.005 * 200
+    assert model.decode_ms(3, 600) == pytest.approx(36.0)
+
+
+def test_decode_is_linear_in_batch_between_measured_batches(model):
+    # batch 2 at 300: halfway between 14 (batch 1) and 30 (batch 3)
+    assert model.decode_ms(2, 300) == pytest.approx(22.0)
+    # batch 5 continues the batch 1 -> 3 line: 14 + 2 * (30 - 14) = 46 at 300
+    assert model.decode_ms(5, 300) == pytest.approx(46.0)
+
+
+def test_prefill_law_fitted_from_prefill_rows(model):
+    a, b, c = model.prefill
+    assert a == pytest.approx(2.0, abs=1e-9) and b == pytest.approx(0.5) and c == pytest.approx(0.0, abs=1e-12)
+    assert model.prefill_ms(300, 45150) == pytest.approx(152.0)
+
+
+def test_epoch_sum_is_exact_across_knots(model):
+    # batch 1 from 298: 13.96 + 13.98 + 14.00 + 14.005 + 14.01 = 69.955
+    assert model.epoch_ms(1, 298, 5) == pytest.approx(69.955)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 7))
+        ctx0 = float(rng.integers(0, 1200))
+        k = int(rng.integers(0, 300))
+        brute = sum(model.decode_ms(n, ctx0 + n * j) for j in range(k))
+        assert model.epoch_ms(n, ctx0, k) == pytest.approx(brute, rel=1e-9, abs=1e-9)
+
+
+def _cfg(table_path, **kw) -> LLMConfig:
+    base = dict(model=TOY_MODEL, gpu=TOY_GPU, step_table=str(table_path), max_batch=4, max_batched_tokens=512)
+    base.update(kw)
+    return LLMConfig(**base)
+
+
+def test_step_cost_picks_the_table_only_when_set(table_path):
+    assert isinstance(step_cost(_cfg(table_path)), StepTable)
+    assert not isinstance(step_cost(_cfg(table_path, step_table=None)), StepTable)
+
+
+def test_single_request_timeline_from_the_table(table_path):
+    # prefill 100 tokens: 2 + 0.5 * 100 = 52 ms; then 4 decode steps at batch 1 over 101..104
+    # context tokens: 4 * 10 + 0.02 * (1 + 2 + 3 + 4) = 40.2 ms.
+    done, _ = run(_cfg(table_path), [(0.0, 100, 5)])
+    assert done[0].t_first == pytest.approx(0.052)
+    assert done[0].t_last == pytest.approx(0.0922)
+
+
+def test_engine_epochs_equal_step_by_step_with_a_table(monkeypatch, table_path):
+    rng = np.random.default_rng(4)
+    n = 40
+    t = np.cumsum(rng.exponential(0.05, n))
+    arrivals = [(float(t[i]), int(rng.integers(5, 200)), int(rng.integers(1, 60))) for i in range(n)]
+    c = _cfg(table_path)
+    fast, _ = run(c, arrivals)
+    monkeypatch.setattr(Replica, "epoch_cap", 1)
+    slow, _ = run(c, arrivals)
+    for f, s in zip(fast, slow):
+        assert f.t_first == pytest.approx(s.t_first, rel=1e-9)
+        assert f.t_last == pytest.approx(s.t_last, rel=1e-9)
+
+
+def test_pipeline_and_estimate_use_the_table(table_path):
+    scn = exact_scenario(
+        cache__enabled=False, retrieval__enabled=False, llm__step_table=str(table_path), llm__output_tokens=5
+    )
+    pt = sim.simulate(scn, jobs=1).points[0]
+    e2e = pt.summary.to_dict()["metrics"]["e2e_ms"]
+    assert e2e["p50"] == pytest.approx(92.2) and e2e["max"] == pytest.approx(92.2)
+    est = estimate(validate_scenario(scn))
+    assert est["step_model"].startswith("table ")
+    ctx = 100 + 5 / 2
+    assert est["decode_step_ms"]["1"] == pytest.approx(10 + 0.02 * (ctx + 1 - 100))
+
+
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        ("batch_size,context_tokens,step_ms\n1,1,1\n", "lacks column(s) new_tokens"),
+        ("batch_size,context_tokens,new_tokens,step_ms\n1,10,1,x\n", "line 2: not numbers"),
+        ("batch_size,context_tokens,new_tokens,step_ms\n1,10,1,5\n", "needs prefill rows"),
+        ("batch_size,context_tokens,new_tokens,step_ms\n1,10,1,-5\n", "must be > 0"),
+    ],
+)
+def test_bad_table_is_one_line_naming_the_key(tmp_path, text, msg):
+    p = tmp_path / "t.csv"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        validate_scenario(exact_scenario(llm__step_table=str(p)))
+    line = str(err.value)
+    assert msg in line and "llm" in line and "step_table" in line and "\n" not in line
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_rows(tmp_path / "nope.csv")
