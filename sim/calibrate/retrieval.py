@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from sim.calibrate.corpus import GENERATOR_DEFAULTS, make_corpus, make_queries
+from sim.calibrate.machine import cpu_model, loadavg, run_header, usable_cores
 from sim.errors import CalibrationError
 from sim.indexes import kind, kinds
 from sim.indexes.base import MIN_POINTS_PER_LIST, auto_nlist
@@ -229,17 +230,6 @@ def limit_threads(n: int = 1) -> Callable[[], None]:
 # machine and corpus description
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _blas_description() -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
@@ -275,25 +265,14 @@ def machine_description() -> dict[str, Any]:
         versions["faiss"] = getattr(faiss, "__version__", None)
     except ImportError:
         versions["faiss"] = None
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = None
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpu_affinity_count": affinity,
+        "cpu_affinity_count": usable_cores(),
         "platform": platform.platform(),
         "blas": _blas_description(),
         "versions": versions,
     }
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
 
 
 def _sha256(path: Path) -> str:
@@ -582,7 +561,7 @@ def run_calibration(
         nprobe=nprobe,
         threads=threads,
     )
-    load_start = _loadavg()
+    load_start = loadavg()
     started = _dt.datetime.now(_dt.timezone.utc)
 
     # ---- corpus
@@ -685,18 +664,8 @@ def run_calibration(
     finally:
         restore_threads()
     fits = fit_records(records)
-    finished = _dt.datetime.now(_dt.timezone.utc)
-    machine = machine_description()
-    machine["loadavg_start"] = load_start
-    machine["loadavg_end"] = _loadavg()
     return {
-        "version": VERSION,
-        "kind": KIND,
-        "created_utc": started.isoformat(timespec="seconds"),
-        "finished_utc": finished.isoformat(timespec="seconds"),
-        "duration_s": round((finished - started).total_seconds(), 1),
-        "command": command,
-        "machine": machine,
+        **run_header(KIND, VERSION, started, load_start, command, machine_description()),
         "corpus": source,
         "settings": {
             "docs": s["docs"],

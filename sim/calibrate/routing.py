@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 
 from sim.calibrate.edit_distance import DEFAULT_THRESHOLD, IMPLS, nearest, route, two_row
+from sim.calibrate.machine import cpu_model, loadavg, run_header, usable_cores
 from sim.calibrate.retrieval import fit_law  # one least-squares law for every calibration
 from sim.calibrate.utterances import Utterance, load_questions, make_utterances, normalize
 from sim.files import atomic_write_text
@@ -98,24 +99,6 @@ def _g(v: float, digits: int = 5) -> float:
     return float(f"{v:.{digits}g}")
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def machine_description() -> dict[str, Any]:
     """Platform, CPU model, core counts, Python / numpy / rapidfuzz versions."""
     try:
@@ -124,15 +107,11 @@ def machine_description() -> dict[str, Any]:
         rf: str | None = rapidfuzz.__version__
     except ImportError:
         rf = None
-    try:
-        affinity: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = None
     return {
         "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpu_affinity_count": affinity,
+        "cpu_affinity_count": usable_cores(),
         "versions": {
             "python": platform.python_version(),
             "implementation": platform.python_implementation(),
@@ -396,7 +375,7 @@ def run_routing_calibration(
     the calibration as a JSON-ready dict (see the module docstring)."""
     tick = progress or (lambda msg: None)
     started = _dt.datetime.now(_dt.timezone.utc)
-    load_start = _loadavg()
+    load_start = loadavg()
     for ix in impls:
         if ix not in IMPLS:
             raise ValueError(f"impl {ix!r} is not one of {', '.join(IMPLS)}")
@@ -647,18 +626,10 @@ def run_routing_calibration(
         fits.append(entry)
 
     probe_end = noise_probe(all_q, noise_probe_repeats)
-    finished = _dt.datetime.now(_dt.timezone.utc)
-    machine = machine_description()
-    machine["loadavg_start"] = load_start
-    machine["loadavg_end"] = _loadavg()
     return {
-        "version": VERSION,
-        "kind": KIND,
-        "created_utc": started.isoformat(timespec="seconds"),
-        "finished_utc": finished.isoformat(timespec="seconds"),
-        "duration_s": round((finished - started).total_seconds(), 1),
-        "command": " ".join(sys.argv) if sys.argv else None,
-        "machine": machine,
+        **run_header(
+            KIND, VERSION, started, load_start, " ".join(sys.argv) if sys.argv else None, machine_description()
+        ),
         "settings": {
             "sizes": sizes,
             "utterances": n_utterances,
