@@ -422,7 +422,7 @@ def timeseries(ts: pd.DataFrame, replication: int = 0, warmup_s: float | None = 
         axes[1].legend(fontsize=8, loc="upper left", ncol=2)
     if kv:
         axes[2].set_ylabel("KV in use (%)")
-        axes[2].set_ylim(0, 100)
+        axes[2].set_ylim(0, min(100.0, max(5.0, 125 * kv_peak)))  # scaled to the peak: 5 % of 100 reads flat
         axes[2].legend(fontsize=8, loc="upper left", ncol=4)
     for a in axes:
         if warmup_s:
@@ -565,9 +565,10 @@ def headline(points: Sequence[Mapping[str, Any]], key: str | None) -> list[str]:
         return head + "pass with " + _join(passing) + (f"; {tail}" if tail else "")
 
     top = values[-1]
-    lines.append(at(top))
+    if any(len(p["params"]) > 1 for p in points):  # with one key, the line per combination below says it all
+        lines.append(at(top))
     ok = [v for v in values if any(p["params"][key] == v and point_verdict(p) == "pass" and _stable(p) for p in points)]
-    if ok and ok[-1] != top:
+    if lines and ok and ok[-1] != top:
         lines.append(at(ok[-1]))
     combos: dict[str, list[Mapping[str, Any]]] = {}
     for p in points:
@@ -748,8 +749,9 @@ def summary_rows(points: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[l
 
 
 def _timeseries_point(points: Sequence[Mapping[str, Any]]) -> tuple[int, str]:
-    """The point the time series shows, and why: the stable point with the highest P95 (the
-    most loaded one that still has a steady state), else the worst point."""
+    """The point the time series shows, and why: the most loaded stable point (highest
+    throughput, then highest P95), where queues and batches are busiest while still
+    steady; without a stable point, the worst one."""
 
     def p95(p: Mapping[str, Any]) -> float:
         v = ((p.get("metrics") or {}).get("e2e_ms") or {}).get("p95")
@@ -757,10 +759,10 @@ def _timeseries_point(points: Sequence[Mapping[str, Any]]) -> tuple[int, str]:
 
     stable = [i for i, p in enumerate(points) if _stable(p)]
     if stable:
-        i = max(stable, key=lambda j: p95(points[j]))
-        return i, "the stable point with the highest P95 (the most loaded one that still reaches a steady state)"
+        i = max(stable, key=lambda j: (float(points[j].get("throughput_per_s") or 0.0), p95(points[j])))
+        return i, "the most loaded point that still reaches a steady state (highest answers/s)"
     i = max(range(len(points)), key=lambda j: p95(points[j]))
-    return i, "the worst point (no point reaches a steady state: queues grow through the run)"
+    return i, "the worst point (no point reaches a steady state: its queues grow through the run)"
 
 
 def write_report(folder: str | Path, key: str | None = None, point: int | None = None) -> list[Path]:
@@ -803,8 +805,12 @@ def write_report(folder: str | Path, key: str | None = None, point: int | None =
         )
         add(
             "tail_breakdown",
-            "Where the requests at or above each point's P95 spend their time; hatched and marked: "
-            "no steady state (the axis is scaled to the stable points).",
+            "Where the requests at or above each point's P95 spend their time"
+            + (
+                "; hatched and marked: no steady state (the axis is scaled to the stable points)."
+                if any(not _stable(p) for p in points)
+                else "."
+            ),
             tail_breakdown(df, labels, unstable=[not _stable(p) for p in points]),
         )
     if key is not None:
