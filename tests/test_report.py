@@ -220,6 +220,7 @@ def test_p95_lines_differ_and_unstable_points_get_an_x():
     assert data[0].get_marker() != data[1].get_marker() and data[0].get_linestyle() != data[1].get_linestyle()
     crosses = [c for c in ax.collections if len(c.get_offsets()) and c.get_label().startswith("no steady state")]
     assert len(crosses) == 1 and crosses[0].get_offsets()[0][0] == 80  # censored: drawn on the top edge
+    assert "censored" in crosses[0].get_label()
 
 
 def test_knee_only_where_the_curve_bends_beyond_its_noise():

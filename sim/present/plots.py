@@ -256,8 +256,10 @@ def p95_vs_key(
             mfc="white" if j % 2 else c,
             mew=1.5,
         )
-        ax.fill_between(x, lo, hi, color=c, alpha=0.15, lw=0)
         stable = g["stable"].astype(bool).to_numpy() if "stable" in g else np.ones(len(g), bool)
+        # no band where there is no steady state (its interval means nothing), none below 0 ms
+        band = np.where(stable, 1.0, np.nan)
+        ax.fill_between(x, np.clip(lo, 0, None) * band, hi * band, color=c, alpha=0.15, lw=0)
         if (~stable).any():
             pending.append((x[~stable], y[~stable]))
         # the knee of the stable part only: an unstable point's percentile grows with the run length
@@ -287,7 +289,8 @@ def p95_vs_key(
         # a censored percentile (more requests unfinished than it allows) has no value: draw its × on the top edge
         finite = np.isfinite(yu)
         kw = {"marker": "x", "s": 110, "color": "black", "linewidths": 2.2, "zorder": 7, "clip_on": False}
-        label = None if unstable_drawn else "no steady state (on the top edge: censored, ∞)"
+        censored = any((~np.isfinite(v)).any() for _, v in pending)
+        label = None if unstable_drawn else "no steady state" + (" (top edge: censored, ∞)" if censored else "")
         if finite.any():
             ax.scatter(xu[finite], yu[finite], label=label, **kw)
             unstable_drawn = True
