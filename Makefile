@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 SCENARIO ?= scenarios/order_support.yaml
 
-.PHONY: run test lint test-long bench calibration clean venv notebook notebooks verify
+.PHONY: run test lint test-long bench calibration clean venv notebook notebooks verify report-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,25 @@ notebook: $(STAMP)
 notebooks: $(STAMP)
 	cd notebooks && for nb in *.ipynb; do \
 	  CAPSIM_NOTEBOOK_SCALE=full ../$(BIN)/jupyter execute --inplace --timeout=-1 "$$nb" || exit 1; done
+
+# Look at report.html as a person would (not part of `make test`): a small sweep,
+# `capsim report`, and a headless Chromium screenshot at a laptop's 1400x900.
+# Installs Debian's chromium when missing (root or sudo). Open the PNG it prints.
+REPORT_CHECK_DIR ?= /tmp/capsim-report-check
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+report-check: $(STAMP)
+	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	rm -rf $(REPORT_CHECK_DIR) && mkdir -p $(REPORT_CHECK_DIR)
+	$(BIN)/python -m sim sweep tests/data/rag_small.yaml --grid workload.users=20,40,80 \
+	  --out $(REPORT_CHECK_DIR)/sweep; rc=$$?; [ $$rc -le 1 ] || [ $$rc -eq 3 ] || exit $$rc
+	$(BIN)/python -m sim report $(REPORT_CHECK_DIR)/sweep
+	chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+	  --disable-background-networking --disable-component-update --disable-sync \
+	  --user-data-dir=$$(mktemp -d) --window-size=1400,900 \
+	  --screenshot=$(REPORT_CHECK_DIR)/report_screenshot.png file://$(REPORT_CHECK_DIR)/sweep/report.html \
+	  2>$(REPORT_CHECK_DIR)/chromium.log || { cat $(REPORT_CHECK_DIR)/chromium.log; exit 1; }
+	test -s $(REPORT_CHECK_DIR)/report_screenshot.png
+	@echo "look at $(REPORT_CHECK_DIR)/report_screenshot.png and the plots in $(REPORT_CHECK_DIR)/sweep/report/"
 
 calibration: $(STAMP)
 	$(BIN)/capsim calibrate retrieval --docs 5000,20000,50000 --dim 768 --top-k 5 --queries 500 \
