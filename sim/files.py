@@ -75,3 +75,8 @@ def regular_file_problem(path: str | Path) -> str | None:
     if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
         return "is a device; give a regular file"
     return "is not a regular file"
+
+
+def data_path(name: str) -> Path:
+    """A data file shipped with capsim (``sim/data/<name>``)."""
+    return Path(__file__).resolve().parent / "data" / name

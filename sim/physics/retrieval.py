@@ -30,14 +30,13 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sim.errors import CalibrationError
-from sim.files import regular_file_problem
+from sim.files import data_path, regular_file_problem
 from sim.indexes import kind, kinds
 from sim.indexes.base import auto_nlist
 
@@ -323,13 +322,7 @@ def _recall_at(series: list[_Rec], docs: int) -> float | None:
 
 def default_calibration_path() -> Path:
     """The calibration shipped with capsim: ``sim/data/retrieval_calibration.json``."""
-    try:
-        p = Path(str(files("sim") / "data" / "retrieval_calibration.json"))
-        if p.is_file():
-            return p
-    except (ModuleNotFoundError, TypeError):  # pragma: no cover - unusual installs
-        pass
-    return Path(__file__).resolve().parent.parent / "data" / "retrieval_calibration.json"
+    return data_path("retrieval_calibration.json")
 
 
 def load_calibration(path: str | Path | None = None) -> Calibration:

@@ -36,13 +36,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sim.errors import CalibrationError
+from sim.files import data_path
 
 KIND = "capsim.routing_calibration"
 VERSION = 1
@@ -236,10 +236,4 @@ def load_routing_calibration(path: str | Path) -> RoutingCalibration:
 
 def default_routing_calibration_path() -> Path:
     """The calibration shipped with capsim: ``sim/data/routing_calibration.json``."""
-    try:
-        p = Path(str(files("sim") / "data" / "routing_calibration.json"))
-        if p.is_file():
-            return p
-    except (ModuleNotFoundError, TypeError):  # pragma: no cover - unusual installs
-        pass
-    return Path(__file__).resolve().parent.parent / "data" / "routing_calibration.json"
+    return data_path("routing_calibration.json")
