@@ -35,7 +35,6 @@ import datetime as _dt
 import math
 from collections import Counter
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from sim.errors import CalibrationError
+from sim.files import data_path
 from sim.physics.gpu import StepCost
 from sim.spec.schema import LLMConfig
 
@@ -109,7 +109,7 @@ class Row:
 
 def read_rows(path: str | Path | None = None) -> tuple[list[Row], list[dict[str, str]]]:
     """(rows the fit uses, rows kept out with the reason)."""
-    source = Path(path) if path else Path(str(files("sim").joinpath("data", "published", "published_steps.csv")))
+    source = Path(path) if path else data_path("published/published_steps.csv")
     rows, skipped = [], []
     with open(source, newline="") as fh:
         for r in csv.DictReader(fh):

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import functools
 import json
-from importlib.resources import files
 from typing import Any
+
+from sim.files import data_path
 
 EFFICIENCY_PRESETS: tuple[str, ...] = ("published", "published-slow", "published-fast", "custom")
 #: The LLMConfig keys a preset fills.
@@ -38,7 +39,7 @@ PARAMETERS: tuple[str, ...] = (
 @functools.cache
 def fit_document() -> dict[str, Any]:
     """The shipped fit (parameters, band, held-out errors, provenance)."""
-    text = files("sim").joinpath("data", "published", "fit.json").read_text()
+    text = data_path("published/fit.json").read_text()
     doc: dict[str, Any] = json.loads(text)
     return doc
 
