@@ -7,7 +7,8 @@ regenerated once, deliberately, when the LLM step-cost defaults became the
 fit to published measurements (``llm.efficiency: published``), which changes
 every LLM figure, and once more when the cache hit rate started counting every
 lookup in the window (not only finished requests) and a pooled percentile's
-maximum became the pooled maximum (a p99 above the reported max was possible).  Keys, their order and every value must agree; floats to
+maximum became the pooled maximum (a p99 above the reported max was possible), and
+when the gpu section gained ``load`` (answers/s over the replicas' capacity).  Keys, their order and every value must agree; floats to
 1e-9 relative, so a change in numpy's last bits does not fail it but any
 change in the model or the statistics does: regenerate it only with a reason.
 """

@@ -126,3 +126,24 @@ def test_no_percentile_above_the_maximum_and_hit_rate_counts_arrivals():
     finished = np.concatenate([r.records["cache_hit"][r.records["arrival_s"] >= 10] for r in p.replications])
     assert not s.stable
     assert s.cache_hit_rate is not None and s.cache_hit_rate < finished.mean() - 0.05
+
+
+def test_gpu_load_is_throughput_over_capacity_and_shows_headroom():
+    """Issue 14: 'gpu busy 100 %' read as saturation while estimate said 63 %. The load figure
+    is answers/s over what the replicas deliver at a full batch, checked against the estimate."""
+    import sim
+    from sim.analysis.estimate import estimate
+
+    base = {
+        "workload": {"mode": "open", "rate_per_s": 1.0},
+        "cache": {"enabled": False},
+        "retrieval": {"enabled": False},
+        "llm": {"prompt_tokens": 500, "output_tokens": 80, "max_batch": 32},
+        "run": {"duration_s": 120, "warmup_s": 20, "replications": 2},
+    }
+    cap = estimate(sim.load_scenario(base))["replica_capacity"]["requests_per_s"]
+    for share in (0.3, 0.7):
+        res = sim.simulate({**base, "workload": {"mode": "open", "rate_per_s": share * cap}})
+        s = res.points[0].summary
+        assert s.gpu["load"] == pytest.approx(s.throughput_per_s / cap, rel=1e-9)
+        assert s.gpu["load"] == pytest.approx(share, abs=0.08)

@@ -35,10 +35,12 @@ import numpy as np
 
 from sim.analysis import crosscheck, stats
 from sim.analysis.dollars import point_cost
+from sim.analysis.estimate import estimate
 from sim.analysis.timeline import metric_values, timeline
 from sim.engine.pipeline import Replication, retrieval_service_distribution
 from sim.engine.records import Bins
 from sim.engine.routing import KEPT_RAW, ROUTED, WRONG, routing_setup
+from sim.errors import CapsimError
 from sim.spec.metrics import METRIC_NAMES, STATS
 from sim.spec.schema import Scenario
 
@@ -212,6 +214,7 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
             "preemptions": round(sum(c["gpu_preemptions"] for c in c0)),
             "preempted_share": _finite(sum(int((p > 0).sum()) for p in pre) / n_req) if n_req and pre else None,
             "tpot_ms": {st: tpot.get(st) for st in ("p50", "p90", "p95", "p99")} if tpot else None,
+            "load": _gpu_load(scn, throughput),
         }
     started = sum(int(c["started_in_window"]) for c in c0)
     finished_in_window = sum(
@@ -258,6 +261,20 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     if scn.run.target_precision is not None:
         point["precision"] = _precision(scn, point["sla"], len(reps))
     return PointSummary.from_dict(point)
+
+
+def _gpu_load(scn: Scenario, throughput_per_s: float) -> float | None:
+    """Answers delivered per second over what the replicas can deliver at a full batch
+    (``capsim estimate``'s replica capacity): the GPU's headroom.  The ``gpu`` utilisation
+    beside it is the share of time a replica has any request in flight, which continuous
+    batching keeps near 100 % long before the GPU runs out of capacity."""
+    try:
+        cap = estimate(scn).get("replica_capacity")
+    except CapsimError:  # e.g. a load that varies over time: no single-rate estimate
+        return None
+    if not cap or not cap.get("requests_per_s"):
+        return None
+    return _finite(throughput_per_s / (scn.llm.replicas * cap["requests_per_s"]))
 
 
 def _retrieval_entry(scn: Scenario) -> dict:

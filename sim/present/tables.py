@@ -103,7 +103,8 @@ def run_table(result: Result) -> Table:
         "cache hit",
         *(["recall@k"] if recall else []),
         "retrieval util",
-        "gpu busy",
+        "gpu load",
+        "gpu in use",
         "mean batch",
         "SLA",
     ):
@@ -145,6 +146,7 @@ def run_table(result: Result) -> Table:
             "-" if s["cache_hit_rate"] is None else f"{s['cache_hit_rate']:.0%}",
             *([_recall(s.get("retrieval"))] if recall else []),
             "-" if "retrieval" not in u else f"{u['retrieval']:.0%}",
+            "-" if (s.get("gpu") or {}).get("load") is None else f"{s['gpu']['load']:.0%}",
             "-" if "gpu" not in u else f"{u['gpu']:.0%}",
             "-" if not (s.get("gpu") or {}).get("mean_batch") else f"{s['gpu']['mean_batch']:.1f}",
             "\n".join(verdicts) or "-",
