@@ -53,8 +53,9 @@ def test_decode_is_piecewise_linear_in_context_flat_below_and_last_slope_above(m
 def test_decode_is_linear_in_batch_between_measured_batches(model):
     # batch 2 at 300: halfway between 14 (batch 1) and 30 (batch 3)
     assert model.decode_ms(2, 300) == pytest.approx(22.0)
-    # batch 5 continues the batch 1 -> 3 line: 14 + 2 * (30 - 14) = 46 at 300
-    assert model.decode_ms(5, 300) == pytest.approx(46.0)
+    # above the largest batch (3) each sequence costs what it cost there: batch 5 over 300
+    # tokens is 5/3 of batch 3 over 180 tokens, where the batch-3 curve is flat at 30: 50
+    assert model.decode_ms(5, 300) == pytest.approx(50.0)
 
 
 def test_prefill_law_fitted_from_prefill_rows(model):
@@ -139,3 +140,24 @@ def test_bad_table_is_one_line_naming_the_key(tmp_path, text, msg):
     assert msg in line and "llm" in line and "step_table" in line and "\n" not in line
     with pytest.raises(ConfigError, match="does not exist"):
         read_rows(tmp_path / "nope.csv")
+
+
+def test_beyond_the_largest_batch_each_sequence_costs_what_it_cost_there(tmp_path):
+    """A table of batches 1-4 asked about batch 32 or 128 (capsim estimate does) once
+    extrapolated the batch line to a 0 ms step; now a step grows with the batch."""
+    from sim.physics.steptable import load_table
+
+    p = tmp_path / "t.csv"
+    p.write_text(
+        "batch_size,context_tokens,new_tokens,step_ms\n"
+        "1,100,1,10\n1,1000,1,12\n2,200,2,27\n2,2000,2,30\n"
+        "3,300,3,29\n3,3000,3,40\n4,400,4,30\n4,4000,4,33\n"
+        "1,100,100,200\n2,400,400,700\n"
+    )
+    t = load_table(p)
+    # batch 8 at 500 tokens each = batch 4 at 500 each, doubled (hand: 4-curve at 2000 tokens)
+    b4_2000 = 30 + (33 - 30) * (2000 - 400) / (4000 - 400)
+    assert t.decode_ms(8, 8 * 500) == pytest.approx(2 * b4_2000)
+    steps = [t.decode_ms(b, 500 * b) for b in (4, 8, 32, 128)]
+    assert all(s > 0 for s in steps) and steps == sorted(steps)
+    assert t.epoch_ms(8, 8 * 500, 5) == pytest.approx(sum(t.decode_ms(8, 8 * 500 + 8 * j) for j in range(5)))

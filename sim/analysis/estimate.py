@@ -54,7 +54,7 @@ from sim.physics.gpu import StepCost
 from sim.physics.steptable import step_cost
 from sim.spec.efficiency import provenance
 from sim.spec.scenario import expand
-from sim.spec.schema import PromptComposition, Scenario, build_distribution
+from sim.spec.schema import LLMConfig, PromptComposition, Scenario, build_distribution
 
 DECODE_BATCHES = (1, 8, 32, 128)
 MVA_MAX_USERS = 20_000
@@ -128,6 +128,41 @@ def _verdict(memory_bound: bool) -> str:
     return "memory-bound" if memory_bound else "compute-bound"
 
 
+def _sequences_in_memory(llm: LLMConfig, prompt: float, output: float) -> int:
+    """Mean requests whose KV fits one replica beside the shared prefix's blocks."""
+    B, prefix = llm.kv_block_tokens, llm.prefix_tokens
+    room = llm.kv_blocks - prefix // B
+    return int(room // max(1, gm.blocks_for_tokens(math.ceil(prompt + output - prefix), B)))
+
+
+def _replica_capacity(cost: StepCost, batch: int, prefill_s: float, ctx: float, output: float) -> dict | None:
+    """What one replica delivers at a full ``batch``: a request costs its prefill plus its
+    share of ``output - 1`` decode steps of the batch (None when no request fits)."""
+    if batch < 1:
+        return None
+    step_b = _decode_step(cost, batch, ctx)[0]
+    gpu_s = prefill_s + max(output - 1.0, 0.0) * step_b / batch  # GPU time one request costs
+    return {
+        "batch": batch,
+        "decode_step_ms": step_b * 1e3,
+        "requests_per_s": 1.0 / gpu_s,
+        "output_tokens_per_s": output / gpu_s,
+        "gpu_ms_per_request": gpu_s * 1e3,
+    }
+
+
+def replica_capacity(scn: Scenario) -> dict | None:
+    """:func:`estimate`'s ``replica_capacity`` alone (the summary's GPU load uses it per point)."""
+    llm = scn.llm
+    if not llm.enabled:
+        return None
+    cost = step_cost(llm)
+    prompt, output = mean_prompt_tokens(scn), mean_output_tokens(scn)
+    batch = min(llm.max_batch, _sequences_in_memory(llm, prompt, output))
+    p_s = _prefill(cost, prompt - llm.prefix_tokens, llm.prefix_tokens, llm.max_batched_tokens)[0]
+    return _replica_capacity(cost, batch, p_s, prompt + output / 2.0, output)
+
+
 def estimate(scn: Scenario) -> dict[str, Any]:
     """Every figure of ``capsim estimate --json`` for one (non-sweep) scenario."""
     if scn.workload.time_varying:
@@ -194,9 +229,7 @@ def estimate(scn: Scenario) -> dict[str, Any]:
             kv_capacity_tokens=llm.kv_blocks * B,
             prefix_cached_tokens=prefix,
         )
-        room = llm.kv_blocks - prefix // B
-        per_req_blocks = max(1, gm.blocks_for_tokens(math.ceil(prompt + output - prefix), B))
-        fit = room // per_req_blocks
+        fit = _sequences_in_memory(llm, prompt, output)
         out["max_sequences_in_memory"] = int(fit)
         batch = int(min(llm.max_batch, fit))
         out["batch_that_fits"] = batch
@@ -232,20 +265,10 @@ def estimate(scn: Scenario) -> dict[str, Any]:
         out["bound"] = {k: ("measured (table)" if llm.step_table else _verdict(v[3])) for k, v in ends.items()}
         out["attention_flops"] = gm.attention_flops(m.layers, m.heads, m.head_dim, prompt)
 
-        if batch >= 1:
-            step_b = _decode_step(cost, batch, ctx)[0]
-            gpu_s = p_s + max(output - 1.0, 0.0) * step_b / batch  # GPU time one request costs
+        out["replica_capacity"] = cap = _replica_capacity(cost, batch, p_s, ctx, output)
+        if cap is not None:
             gpu_delay_s = max(output - 1.0, 0.0) * steps[1][0]
-            out["replica_capacity"] = {
-                "batch": batch,
-                "decode_step_ms": step_b * 1e3,
-                "requests_per_s": 1.0 / gpu_s,
-                "output_tokens_per_s": output / gpu_s,
-                "gpu_ms_per_request": gpu_s * 1e3,
-            }
-            stations["gpu"] = (gpu_s, llm.replicas)
-        else:
-            out["replica_capacity"] = None
+            stations["gpu"] = (cap["gpu_ms_per_request"] / 1e3, llm.replicas)
 
     # -- load, utilisation, saturation
     names = list(stations)

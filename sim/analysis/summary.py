@@ -35,12 +35,11 @@ import numpy as np
 
 from sim.analysis import crosscheck, stats
 from sim.analysis.dollars import point_cost
-from sim.analysis.estimate import estimate
+from sim.analysis.estimate import replica_capacity
 from sim.analysis.timeline import metric_values, timeline
 from sim.engine.pipeline import Replication, retrieval_service_distribution
 from sim.engine.records import Bins
 from sim.engine.routing import KEPT_RAW, ROUTED, WRONG, routing_setup
-from sim.errors import CapsimError
 from sim.spec.metrics import METRIC_NAMES, STATS
 from sim.spec.schema import Scenario
 
@@ -268,10 +267,7 @@ def _gpu_load(scn: Scenario, throughput_per_s: float) -> float | None:
     (``capsim estimate``'s replica capacity): the GPU's headroom.  The ``gpu`` utilisation
     beside it is the share of time a replica has any request in flight, which continuous
     batching keeps near 100 % long before the GPU runs out of capacity."""
-    try:
-        cap = estimate(scn).get("replica_capacity")
-    except CapsimError:  # e.g. a load that varies over time: no single-rate estimate
-        return None
+    cap = replica_capacity(scn)
     if not cap or not cap.get("requests_per_s"):
         return None
     return _finite(throughput_per_s / (scn.llm.replicas * cap["requests_per_s"]))

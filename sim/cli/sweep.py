@@ -209,7 +209,7 @@ def capacity(
     # deferred: the simulator loads pandas, scipy and pydantic
     from sim.files import to_json
     from sim.run.bounds import check_bounds
-    from sim.run.capacity import Tried
+    from sim.run.capacity import Tried, capacity_band
     from sim.run.capacity import capacity as find_capacity
     from sim.run.folder import locked, prepare_out
     from sim.run.loop import SweepInterrupted
@@ -244,37 +244,32 @@ def capacity(
         else:
             con.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    presets = ("published-fast", "published", "published-slow") if band else (None,)
-    if band and "llm.efficiency" in ov:
-        raise CapsimError("--band: it sets llm.efficiency itself; drop --set llm.efficiency")
     ex = _executor(scheduler, jobs)
     hold = locked(out) if out is not None else contextlib.nullcontext()
-    results = {}
+    search = dict(
+        low=low,
+        high=high,
+        direction=direction,
+        step=step,
+        replications=replications,
+        seed=seed,
+        executor=ex,
+        out=out,
+        on_try=show,
+    )
     try:
         with hold:
-            for preset in presets:
-                if preset is not None and not json_:
-                    con.print(f"llm.efficiency {preset}:", highlight=False)
-                results[preset] = find_capacity(
-                    scenario,
-                    vary,
-                    {**ov, "llm.efficiency": preset} if preset else ov,
-                    low=low,
-                    high=high,
-                    direction=direction,
-                    step=step,
-                    replications=replications,
-                    seed=seed,
-                    executor=ex,
-                    out=out,
-                    on_try=show,
-                )
+            if band:
+                announce = None if json_ else (lambda p: con.print(f"llm.efficiency {p}:", highlight=False))
+                results = capacity_band(scenario, vary, ov, on_preset=announce, **search)
+                res = results["published"]
+            else:
+                res = find_capacity(scenario, vary, ov, **search)
     except SweepInterrupted as e:
         err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     finally:
         _close(ex)
-    res = results["published" if band else None]
     if band:
         shown = {p: ("none" if r.capacity is None else f"{r.capacity:g}") for p, r in results.items()}
         line = (

@@ -150,16 +150,6 @@ def transfer_time_s(n_bytes: float, bandwidth_gbps: float, efficiency: float = 1
     return n_bytes / (bandwidth_gbps * GB * efficiency)
 
 
-def compute_time_s(flops: float, peak_tflops: float, mfu: float = 1.0) -> float:
-    """Seconds to do ``flops`` at ``peak_tflops`` times ``mfu``."""
-    return flops / (peak_tflops * TFLOP * mfu)
-
-
-def linear_flops(params: float, new_tokens: float) -> float:
-    """FLOPs of the weight matmuls: ``2 * params * new_tokens`` (one multiply-add per weight per token)."""
-    return 2.0 * params * new_tokens
-
-
 def attention_flops(layers: int, heads: int, head_dim: int, new_tokens: float, past_tokens: float = 0.0) -> float:
     """FLOPs of attention scores and the weighted sum of values, causal.
 

@@ -17,8 +17,10 @@ measurements instead.  A table is a CSV with the columns::
   first point, continued with the last segment's slope (never negative) above
   the last.  Between two measured batch sizes it is linear in the batch
   (so over batch and context together it is bilinear between measured
-  points); above the largest it continues the last two batches' line; below
-  the smallest it is flat.
+  points); above the largest measured batch ``B`` each sequence costs what it
+  cost there, ``decode(b, ctx) = b / B * decode(B, ctx * B / b)`` (continuing
+  the last two batches' line could fall to zero, as it did for a table with
+  batches 1-4 asked about batch 128); below the smallest it is flat.
 * **Prefill rows** (``new_tokens > batch_size``) give a linear law fitted by
   least squares, ``step_ms = a + b * new_tokens + c * attention_pairs``,
   used for every step that prefills (with chunked prefill, the decode tokens
@@ -172,6 +174,9 @@ class TableModel:
         return [(i, 1.0 - w), (i + 1, w)]
 
     def decode_ms(self, batch: float, ctx: float) -> float:
+        top = self.batches[-1]
+        if batch > top:  # beyond the table: each sequence costs what it cost at the largest batch
+            return batch / top * self.decode_ms(top, ctx * top / batch)
         return max(0.0, sum(w * self.curves[i](ctx) for i, w in self.weights(batch)))
 
     def prefill_ms(self, new: float, pairs: float) -> float:
@@ -182,6 +187,9 @@ class TableModel:
         """Sum of ``k`` decode steps at ``batch``, contexts ``ctx0, ctx0 + batch, ...``."""
         if k <= 0:
             return 0.0
+        top = self.batches[-1]
+        if batch > top:  # as decode_ms: the largest batch's per-sequence cost, scaled
+            return batch / top * self.epoch_ms(int(top), ctx0 * top / batch, k)
         return max(0.0, sum(w * self.curves[i].sum_over(ctx0, batch, k) for i, w in self.weights(batch)))
 
 

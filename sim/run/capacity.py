@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from sim.analysis.estimate import estimate
 from sim.analysis.summary import PointSummary
-from sim.errors import ConfigError
+from sim.errors import CapsimError, ConfigError
 from sim.run.executors import LocalExecutor
 from sim.run.loop import run_sweep
 from sim.spec.keys import numeric_field
@@ -290,10 +290,35 @@ def _estimated_start(key: str, scn: Scenario, current: Any) -> Any:
         return current
     try:
         est = estimate(scn)
-    except Exception:  # a hint only: any failure falls back to the scenario's value
+    except CapsimError:  # e.g. a load that varies over time: start at the scenario's value
         return current
     sat = est.get("saturation") or {}
     value = sat.get("users" if key == "workload.users" else "rate_per_s")
     if value is None or not math.isfinite(value) or value <= 0:
         return current
     return 0.9 * value
+
+
+#: The step-cost presets ``capacity_band`` searches with, fastest engine first.
+BAND = ("published-fast", "published", "published-slow")
+
+
+def capacity_band(
+    source: str | Path | Mapping | Scenario,
+    key: str,
+    overrides: Mapping[str, Any] | None = None,
+    on_preset: Callable[[str], None] | None = None,
+    **kw: Any,
+) -> dict[str, CapacityResult]:
+    """:func:`capacity` three times, with the LLM step costs of a fast, the central and a
+    slow published engine (``llm.efficiency``): "2 replicas at the central estimate, 3 if
+    the engine is as slow as a slow published one"."""
+    ov = dict(overrides or {})
+    if "llm.efficiency" in ov:
+        raise ConfigError("--band: it sets llm.efficiency itself; drop --set llm.efficiency")
+    out = {}
+    for preset in BAND:
+        if on_preset is not None:
+            on_preset(preset)
+        out[preset] = capacity(source, key, {**ov, "llm.efficiency": preset}, **kw)
+    return out

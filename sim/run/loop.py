@@ -63,10 +63,6 @@ def nothing_finished_fails(summary: PointSummary, scn: Scenario) -> PointSummary
     return dataclasses.replace(summary, sla=out)
 
 
-def _executor_jobs(executor: Any) -> int:
-    return int(getattr(executor, "jobs", 1) or 1)
-
-
 def iter_completed(executor: Any, tasks: Sequence[Task]) -> Iterator[tuple[int, Replication]]:
     """``(task index, replication)`` as tasks finish, whatever the executor.
 
