@@ -121,6 +121,38 @@ def test_a_second_writer_fails_fast_with_one_line(tmp_path):
     assert _sweep(out).exit_code in (0, 1, 3)
 
 
+_TRY = """
+import sys
+from pathlib import Path
+from sim.errors import CapsimError
+from sim.run.folder import locked
+try:
+    with locked(Path(sys.argv[1])):
+        print("free")
+except CapsimError as e:
+    print(e)
+"""
+
+
+def test_a_forked_child_does_not_keep_the_lock(tmp_path):
+    """The CI flake behind #13's resume test: a ``--jobs 2`` pool is forked while the
+    folder is locked; a worker still winding down after its sibling died must not
+    keep the folder locked once the parent has let go of it."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    stop = ctx.Event()
+    with locked(tmp_path):
+        child = ctx.Process(target=stop.wait, args=(60,))
+        child.start()
+    try:
+        r = subprocess.run([sys.executable, "-c", _TRY, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+        assert r.stdout.strip() == "free", r.stdout + r.stderr
+    finally:
+        stop.set()
+        child.join(10)
+
+
 def test_lock_is_reentrant_in_one_process(tmp_path):
     with locked(tmp_path), locked(tmp_path):
         assert (tmp_path / LOCK).is_file()

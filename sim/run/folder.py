@@ -4,7 +4,8 @@ Every folder capsim writes (``capsim run --out``, ``capsim sweep --out``,
 ``capsim capacity --out``) is
 
 * **locked** while a command writes it: ``.capsim.lock`` holds an exclusive
-  ``flock``; a second writer fails at once with one line naming the holder;
+  POSIX record lock (``lockf``, which forked workers do not inherit); a
+  second writer fails at once with one line naming the holder;
 * **checked before any simulation**: the folder is created (so a path under a
   file, in ``/proc`` or without write permission is refused up front) and its
   kind compared with the command's: a run folder is never turned into a sweep
@@ -23,6 +24,7 @@ the point's files; resume recomputes a point whose files do not match it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -90,9 +92,16 @@ def locked(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
         raise CapsimError(f"{flag} {out}: cannot write in this folder ({e.strerror or e})") from None
     try:
         if fcntl is not None:
+            # A POSIX record lock, not flock: a --jobs pool forks while the folder is
+            # locked, and a flock would live on in every forked worker's copy of the
+            # descriptor (a worker winding down after a sibling died kept the folder
+            # locked against the re-run).  Record locks belong to this process only.
+            # Nothing else in capsim opens the lock file, so no other close drops it.
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise CapsimError(f"{flag} {out}: cannot lock this folder ({e.strerror or e})") from None
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
                 raise CapsimError(
                     f"{flag} {out}: another capsim ({holder}) is writing this folder; "
@@ -106,7 +115,7 @@ def locked(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
         finally:
             del _held[key]
     finally:
-        os.close(fd)  # closing the descriptor releases the flock
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 # --------------------------------------------------------------------------- kinds
