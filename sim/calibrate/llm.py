@@ -19,11 +19,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import statistics
 import subprocess
 from pathlib import Path
 
 from sim.errors import CapsimError
+from sim.physics.steptable import median_rows, step_rows, write_table
+
+__all__ = ["median_rows", "parse_batched_bench", "run_batched_bench", "step_rows", "write_table"]
 
 ROW = re.compile(
     r"^\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|"
@@ -52,48 +54,6 @@ def parse_batched_bench(text: str) -> list[dict]:
             d = json.loads(s)
             rows.append(dict(pp=d["pp"], tg=d["tg"], b=d["pl"], t_pp_s=d["t_pp"], t_tg_s=d["t_tg"]))
     return rows
-
-
-def median_rows(runs: list[list[dict]]) -> list[dict]:
-    """One row per (pp, tg, b) with the median of its times over repeated runs (order of the first run).
-
-    Two runs timing a prefill at 0.2 s and 0.4 s plus a third at 0.3 s give 0.3 s.
-    """
-    keys: dict[tuple[int, int, int], list[dict]] = {}
-    for run in runs:
-        for r in run:
-            keys.setdefault((r["pp"], r["tg"], r["b"]), []).append(r)
-    out = []
-    for (pp, tg, b), rs in keys.items():
-        out.append(
-            dict(
-                pp=pp,
-                tg=tg,
-                b=b,
-                t_pp_s=float(statistics.median(r["t_pp_s"] for r in rs)),
-                t_tg_s=float(statistics.median(r["t_tg_s"] for r in rs)),
-            )
-        )
-    return out
-
-
-def step_rows(rows: list[dict]) -> list[tuple[int, int, int, float]]:
-    """(batch_size, context_tokens, new_tokens, step_ms) rows: a prefill and a decode row per result row."""
-    out = []
-    for r in rows:
-        b, pp, tg = r["b"], r["pp"], r["tg"]
-        if pp > 0 and r["t_pp_s"] > 0:
-            out.append((b, b * pp, b * pp, 1e3 * r["t_pp_s"]))
-        if tg > 0 and r["t_tg_s"] > 0:
-            out.append((b, round(b * (pp + (tg + 1) / 2)), b, 1e3 * r["t_tg_s"] / tg))
-    return out
-
-
-def write_table(steps: list[tuple[int, int, int, float]], path: Path, source: str) -> None:
-    lines = [f"# {source}", "batch_size,context_tokens,new_tokens,step_ms"]
-    lines += [f"{b},{c},{n},{ms:.3f}" for b, c, n, ms in steps]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
 
 
 def run_batched_bench(

@@ -453,6 +453,12 @@ def llm(
     ntg: int = typer.Option(32, "--ntg", help="Decode steps per run."),
     npl: str = typer.Option("1,2,3,4", "--npl", help="Batch sizes (parallel sequences)."),
     repeat: int = typer.Option(1, "--repeat", help="Run the benchmark this many times; keep each row's median."),
+    via: str = typer.Option(
+        "bench",
+        "--via",
+        help="bench: run llama-batched-bench before the server starts; server: profile the running server "
+        "(batches of requests sent together, nothing else sending).",
+    ),
 ) -> None:
     """Profile the LLM engine's step time over batch size and context (isolated), write a step table."""
     # deferred: keeps `capsim --help` quick, like the other calibrate commands
@@ -465,7 +471,10 @@ def llm(
     )  # deferred: heavy or only needed by this subcommand
     from sim.spec.target import load_target  # deferred: pydantic
 
-    tgt = load_target(target).llm
+    if via not in ("bench", "server"):
+        raise CapsimError(f"--via: must be bench or server, got {via!r}")
+    full_target = load_target(target)
+    tgt = full_target.llm
     pps, pls = parse_int_list("--npp", npp), parse_int_list("--npl", npl)
     if not 1 <= repeat <= 20:
         raise CapsimError(f"--repeat: must be 1..20, got {repeat}")
@@ -473,7 +482,17 @@ def llm(
         raise CapsimError("--ntg: must be >= 2")
     if out.exists() and out.is_dir():
         raise CapsimError(f"--out {out}: is a folder; give a .csv file")
-    if from_output is not None:
+    if via == "server":
+        if from_output is not None:
+            raise CapsimError("--from-output: reads a llama-batched-bench output; not with --via server")
+        # deferred: the HTTP profiler loads the load generator's modules
+        from sim.verify.loadgen import check_reachable
+        from sim.verify.profile import describe, profile_server
+
+        check_reachable(full_target.model_copy(update={"retrieval": None}))  # only the LLM is profiled
+        rows = profile_server(full_target, pps, ntg, pls, repeat, progress=lambda m: typer.echo(m, err=True))
+        source = describe(full_target, pps, ntg, pls, repeat)
+    elif from_output is not None:
         if not from_output.is_file():
             raise CapsimError(f"--from-output: {from_output} does not exist")
         rows = parse_batched_bench(from_output.read_text(errors="replace"))

@@ -8,6 +8,7 @@ an unreachable endpoint (one line, before any load).
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -37,13 +38,20 @@ def verify(
     replications: int = typer.Option(5, "--replications", help="Simulated replications per load."),
     out: Optional[Path] = typer.Option(None, help="Write live requests (Parquet) and verify.json here."),
     json_: bool = typer.Option(False, "--json", help="Print only the JSON on stdout."),
+    profile_llm: bool = typer.Option(
+        False,
+        "--profile-llm",
+        help="Before every load, profile the LLM server alone (requests sent together in batches of "
+        "1..llm.parallel, nothing else sending) and predict that load from its own profile instead of "
+        "llm.step_table; the tables go to --out.",
+    ),
 ) -> None:
     """Measure a real stack under the scenario's load and compare with capsim's prediction."""
     # deferred: the simulator loads pandas, scipy and pydantic; `capsim verify --help` needs none
     from sim.files import to_json
     from sim.spec.scenario import load_scenario
     from sim.spec.target import load_target
-    from sim.verify.compare import MAX_FAILURE_FRACTION
+    from sim.verify.compare import MAX_FAILURE_FRACTION, ServerProfile
     from sim.verify.compare import verify as run_verify
 
     counts = parse_int_list("--users", users)
@@ -63,7 +71,15 @@ def verify(
         if not json_:
             err_console.print(msg, markup=False, highlight=False)
 
-    results, calib, lives = run_verify(scn, tgt, counts, duration_s, warm, replications=replications, progress=say)
+    with tempfile.TemporaryDirectory(prefix="capsim-verify-") as tmp:
+        profile = None
+        if profile_llm:
+            folder = out if out is not None else Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            profile = ServerProfile(folder)
+        results, calib, lives = run_verify(
+            scn, tgt, counts, duration_s, warm, replications=replications, progress=say, profile=profile
+        )
     doc = {
         "scenario": str(scenario),
         "target": str(target),

@@ -42,12 +42,14 @@ import csv
 import functools
 import math
 import os
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sim.errors import ConfigError
+from sim.files import atomic_write_text
 from sim.physics.gpu import StepCost, attention_pairs, sum_linear
 
 if TYPE_CHECKING:  # annotations only: physics sits below the scenario schema
@@ -191,6 +193,54 @@ class TableModel:
         if batch > top:  # as decode_ms: the largest batch's per-sequence cost, scaled
             return batch / top * self.epoch_ms(int(top), ctx0 * top / batch, k)
         return max(0.0, sum(w * self.curves[i].sum_over(ctx0, batch, k) for i, w in self.weights(batch)))
+
+
+# --------------------------------------------------------------------------- writing a table
+# Rows of a batched benchmark, ``{pp, tg, b, t_pp_s, t_tg_s}`` (llama-batched-bench, or the
+# server profile of sim.verify.profile): b sequences of pp prompt tokens prefilled in one
+# step taking t_pp_s, then tg decode steps at batch b taking t_tg_s together.
+
+
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """One row per (pp, tg, b) with the median of its times over repeated runs (order of the first run).
+
+    Two runs timing a prefill at 0.2 s and 0.4 s plus a third at 0.3 s give 0.3 s.
+    """
+    keys: dict[tuple[int, int, int], list[dict]] = {}
+    for run in runs:
+        for r in run:
+            keys.setdefault((r["pp"], r["tg"], r["b"]), []).append(r)
+    out = []
+    for (pp, tg, b), rs in keys.items():
+        out.append(
+            dict(
+                pp=pp,
+                tg=tg,
+                b=b,
+                t_pp_s=float(statistics.median(r["t_pp_s"] for r in rs)),
+                t_tg_s=float(statistics.median(r["t_tg_s"] for r in rs)),
+            )
+        )
+    return out
+
+
+def step_rows(rows: list[dict]) -> list[tuple[int, int, int, float]]:
+    """(batch_size, context_tokens, new_tokens, step_ms) rows: a prefill and a decode row per result row."""
+    out = []
+    for r in rows:
+        b, pp, tg = r["b"], r["pp"], r["tg"]
+        if pp > 0 and r["t_pp_s"] > 0:
+            out.append((b, b * pp, b * pp, 1e3 * r["t_pp_s"]))
+        if tg > 0 and r["t_tg_s"] > 0:
+            out.append((b, round(b * (pp + (tg + 1) / 2)), b, 1e3 * r["t_tg_s"] / tg))
+    return out
+
+
+def write_table(steps: list[tuple[int, int, int, float]], path: Path, source: str) -> None:
+    lines = [f"# {source}", "batch_size,context_tokens,new_tokens,step_ms"]
+    lines += [f"{b},{c},{n},{ms:.3f}" for b, c, n, ms in steps]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 @functools.lru_cache(maxsize=32)

@@ -4,7 +4,10 @@ What the prediction is calibrated from (isolated measurements only, never the
 closed-loop run it is compared with):
 
 * the LLM's step times: the scenario's ``llm.step_table`` (``capsim calibrate
-  llm``: llama-batched-bench alone on the server's cores, before the server runs);
+  llm``: llama-batched-bench alone on the server's cores, before the server runs),
+  or with ``--profile-llm`` a profile of the server itself, alone, taken right
+  before every load (:mod:`sim.verify.profile`: batches of requests sent
+  together, nothing else sending);
 * the server's slots and step budget: the target's ``llm.parallel`` and
   ``llm.n_batch`` (``llm.max_batch``, ``llm.max_batched_tokens``);
 * the retrieval service time: single searches one at a time over keep-alive
@@ -22,17 +25,19 @@ throughput <= 5 %.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sim.errors import CapsimError
 from sim.physics.gpu import attention_pairs
-from sim.physics.steptable import load_table
+from sim.physics.steptable import load_table, step_rows, write_table
 from sim.run.sweep import simulate
 from sim.spec.schema import Scenario
 from sim.spec.target import Target
 from sim.verify.loadgen import LiveRun, check_reachable, probe_llm, probe_retrieval, run_load
+from sim.verify.profile import describe, profile_server
 
 BOUNDS = {
     ("e2e_ms", "p95"): 0.10,
@@ -231,6 +236,26 @@ def _server_vs_table(path: str, alone: dict) -> dict[str, float]:
     }
 
 
+@dataclass(frozen=True)
+class ServerProfile:
+    """``--profile-llm``: profile the server alone before every load (:mod:`sim.verify.profile`)."""
+
+    folder: Path  # where the per-load tables are written
+    npp: tuple[int, ...] = (64, 192)
+    ntg: int = 24
+    repeat: int = 3
+
+    def table(self, target: Target, users: int, progress=None) -> str:
+        npl = list(range(1, target.llm.parallel + 1))
+        rows = profile_server(target, list(self.npp), self.ntg, npl, self.repeat)
+        path = self.folder / f"steps_{users}users.csv"
+        write_table(step_rows(rows), path, describe(target, list(self.npp), self.ntg, npl, self.repeat))
+        if progress:
+            dec = ", ".join(f"b{r['b']} {r['t_tg_s'] / r['tg'] * 1e3:.1f}" for r in rows if r["pp"] == rows[0]["pp"])
+            progress(f"{users} users: server profiled alone -> {path.name} (decode step ms: {dec})")
+        return str(path.resolve())
+
+
 def verify(
     scn: Scenario,
     target: Target,
@@ -240,17 +265,26 @@ def verify(
     drain_s: float = 60.0,
     replications: int = 5,
     progress=None,
+    profile: ServerProfile | None = None,
 ) -> tuple[list[LoadComparison], dict[str, Any], list[LiveRun]]:
-    """Probe (isolated), then for every load: play it for real and simulate it; compare."""
+    """Probe (isolated), then for every load: play it for real and simulate it; compare.
+
+    With ``profile``, the LLM server is profiled alone right before every load and that
+    load is predicted from its own profile (a calibration minutes old on a shared machine
+    is not the machine that serves the load)."""
     if not scn.llm.enabled:
         raise CapsimError("verify needs llm.enabled: true (the LLM endpoint is the system under test)")
-    if scn.llm.step_table is None:
-        raise CapsimError("llm.step_table: verify needs a measured step table; run `capsim calibrate llm` first")
+    if scn.llm.step_table is None and profile is None:
+        raise CapsimError(
+            "llm.step_table: verify needs a measured step table; run `capsim calibrate llm` first or pass --profile-llm"
+        )
     if scn.workload.mode != "closed":
         raise CapsimError("workload.mode: verify plays closed-loop users; set mode: closed")
     if scn.retrieval.enabled and target.retrieval is None:
         raise CapsimError("--target: the scenario retrieves (retrieval.enabled) but the target has no retrieval.url")
     check_reachable(target)
+    first_table = profile.table(target, users[0], progress) if profile else None
+    table = first_table or str(scn.llm.step_table)
     probe = probe_llm(target)
     r_ms = probe_retrieval(target, scn.retrieval.top_k) if (scn.retrieval.enabled and target.retrieval) else None
     calib = {
@@ -261,17 +295,22 @@ def verify(
             if r_ms is not None
             else None
         ),
-        "step_table": scn.llm.step_table,
-        "server_alone_vs_table": _server_vs_table(scn.llm.step_table, probe["server_alone"]),
+        "step_table": table if profile is None else "profiled alone before every load (--profile-llm)",
+        "step_tables": {},
+        "server_alone_vs_table": _server_vs_table(table, probe["server_alone"]),
     }
     workers = target.retrieval.workers if target.retrieval else 1
     out, lives = [], []
-    for n in users:
+    for i, n in enumerate(users):
+        if profile is not None and i > 0:
+            table = profile.table(target, n, progress)
+        calib["step_tables"][str(n)] = table
         if progress:
             progress(f"{n} users: live load for {duration_s:.0f} s")
         live = run_load(scn, target, n, duration_s, drain_s, probe["bos_tokens"])
         lives.append(live)
         ov = overrides_for(scn, target, n, duration_s, warmup_s, r_ms, probe["overhead_ms"], replications)
+        ov["llm.step_table"] = table
         if progress:
             progress(f"{n} users: simulating")
         out.append(compare_one(live, scn, ov, warmup_s, workers))

@@ -108,10 +108,16 @@ def search(conn: http.client.HTTPConnection, key: int, k: int) -> None:
 
 
 def complete(
-    url: str, model: str, prompt_ids: list[int], max_tokens: int, timeout_s: float
+    url: str,
+    model: str,
+    prompt_ids: list[int],
+    max_tokens: int,
+    timeout_s: float,
+    token_times: list[float] | None = None,
 ) -> tuple[float | None, float, int, dict]:
     """Stream one completion on a new connection (llama-server closes a streamed one):
-    (first-token time, end time, tokens received, server timings)."""
+    (first-token time, end time, tokens received, server timings).  ``token_times``,
+    when given, receives the arrival time of every chunk that carries text."""
     conn = _conn(url, timeout_s)
     body = {
         "model": model,
@@ -150,8 +156,11 @@ def complete(
         for ch in d.get("choices") or []:
             if ch.get("text"):
                 chunks += 1
+                now = time.perf_counter()
                 if first is None:
-                    first = time.perf_counter()
+                    first = now
+                if token_times is not None:
+                    token_times.append(now)
         if d.get("usage"):
             usage_tokens = d["usage"].get("completion_tokens")
         if d.get("timings"):

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# make verify: build the reference stack if needed, calibrate in isolation, start it pinned, run capsim verify, stop it.
+# make verify: build the reference stack if needed, start it pinned, run capsim verify (which profiles
+# the LLM server alone before every load), stop it.
 #
 #   bash sim/verify/stack/run_verify.sh PYTHON [USERS] [DURATION_S]
 #
-# Cores (this 2-core box): llama-server and its batched-bench calibration on core 1 (LLM_CORES),
+# Cores (this 2-core box): llama-server on core 1 (LLM_CORES),
 # the search service, the load generator and capsim on core 0 (SEARCH_CORES).  Everything listens on
 # 127.0.0.1 only.  Every process started here is stopped on EXIT, INT and TERM.
 set -euo pipefail
@@ -69,10 +70,7 @@ retrieval:
   cores: [$SEARCH_CORES]
 YAML
 
-# 2. calibrate the LLM in isolation: batched-bench alone on the LLM core, before anything else runs
-"$PY" -m sim calibrate llm --target "$WORK/target.yaml" --out "$WORK/steps.csv" --npp 96,256 --ntg 32 --npl 1,2,3,4 --repeat 3
-
-# 3. start the stack, pinned
+# 2. start the stack, pinned
 taskset -c "$LLM_CORES" "$BIN/llama-server" -m "$MODEL" --parallel 4 --cont-batching -c 8192 -b 2048 \
     --host 127.0.0.1 --port "$LLM_PORT" -t 1 -tb 1 > "$WORK/llama-server.log" 2>&1 &
 PIDS+=($!)
@@ -82,8 +80,10 @@ PIDS+=($!)
 wait_health "http://127.0.0.1:$LLM_PORT/health" 120
 wait_health "http://127.0.0.1:$SEARCH_PORT/health" 120
 
-# 4. verify (load generator on the search core, the LLM core left to the server)
-cp "$ROOT/scenarios/verify_local.yaml" "$WORK/verify_local.yaml"
-sed -i "s#^  step_table: .*#  step_table: steps.csv#" "$WORK/verify_local.yaml"
-taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$WORK/verify_local.yaml" --target "$WORK/target.yaml" \
-    --users "$USERS" --duration-s "$DURATION" --out "$WORK/out"
+# 3. verify (load generator on the search core, the LLM core left to the server).  The LLM's step
+# times: the server itself, profiled alone right before every load (--profile-llm: batches of 1-4
+# requests sent together, nothing else sending); llama-batched-bench misses the server's own
+# per-token work and its batch shapes (`capsim calibrate llm --via bench` still runs it).
+rm -rf "$WORK/out"
+taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$ROOT/scenarios/verify_local.yaml" --target "$WORK/target.yaml" \
+    --users "$USERS" --duration-s "$DURATION" --out "$WORK/out" --profile-llm

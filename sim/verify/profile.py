@@ -1,0 +1,161 @@
+"""The running LLM server's own step times, measured in isolation.
+
+``capsim calibrate llm --via server`` and ``capsim verify --profile-llm``.
+
+``llama-batched-bench`` times the engine's forward passes, not the server:
+sampling, detokenising and streaming every token, the server loop and its
+batch shapes are not in it.  On this project's reference stack (llama.cpp's
+``llama-server``, one core) the server took 1.1-1.4x the benchmark's batch-1
+decode step per token, and at batch 3 38-39 ms a step against the
+benchmark's 30 ms, so a table from the benchmark was optimistic exactly where
+the load batches requests.
+
+This profiles the server itself, still in isolation (nothing else sends to it
+meanwhile; no closed-loop load): for every prompt length ``pp`` and batch size
+``b``, ``b`` streamed requests of ``pp`` prompt tokens and ``tg`` output
+tokens (``ignore_eos``) leave at the same instant (a barrier).  A continuous-
+batching server admits them together, prefills the ``b`` prompts in one step
+and then decodes the ``b`` sequences in lockstep, one token each a step:
+
+* **prefill**: the server's own ``prompt_ms`` (llama-server's ``timings``,
+  one value for the ``b`` requests of a shared step) or, from a server that
+  reports none (vLLM), the last first token minus the last send;
+* **decode**: the median gap between consecutive streamed tokens while all
+  ``b`` sequences decode (after the last first token, up to the first last
+  token): the step period the server achieves, sampling and streaming
+  included.
+
+A try whose first tokens spread over more than half a decode step (a request
+arrived after the others' prefill began, so they were not one step) is
+discarded and repeated, up to :data:`TRIES` times.  Each configuration is
+measured ``repeat`` times and the median kept.  The rows have the shape of
+``llama-batched-bench``'s (:func:`sim.physics.steptable.step_rows` turns them
+into a table).
+"""
+
+from __future__ import annotations
+
+import http.client
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from sim.errors import CapsimError
+from sim.physics.steptable import median_rows
+from sim.spec.target import Target
+from sim.verify.loadgen import complete, prompt_ids
+
+TRIES = 3
+
+
+def lockstep_times(sends: list[float], tokens: list[list[float]]) -> tuple[float, float, float]:
+    """From ``b`` streams sent together: (last send, last first token, median decode gap), seconds.
+
+    The decode gaps are those between consecutive tokens of a stream whose later token
+    arrives after the last stream's first token (every sequence is then decoding) and no
+    later than the first stream's last token (none has left the batch yet).  Streams with
+    tokens at ``[1.0, 1.1, 1.3, 1.4]`` and ``[1.05, 1.2, 1.35, 1.6]`` keep the gaps ending at
+    1.1, 1.3, 1.4 and 1.2, 1.35 (0.1, 0.2, 0.1 and 0.15, 0.15): median 0.15.
+    """
+    if not tokens or any(len(t) < 2 for t in tokens):
+        raise CapsimError("the server streamed fewer than 2 tokens for a profile request")
+    last_first = max(t[0] for t in tokens)
+    first_last = min(t[-1] for t in tokens)
+    gaps = []
+    for ts in tokens:
+        a = np.asarray(ts)
+        g = np.diff(a)
+        inside = (a[1:] > last_first) & (a[1:] <= first_last)
+        gaps.extend(g[inside].tolist())
+    if not gaps:
+        raise CapsimError("no token arrived while every profile request was decoding; raise --ntg")
+    return max(sends), last_first, float(statistics.median(gaps))
+
+
+def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generator, timeout_s: float) -> dict | None:
+    """One try at batch ``b``: the row, or None when the prompts were not prefilled in one step."""
+    sends = [0.0] * b
+    tokens: list[list[float]] = [[] for _ in range(b)]
+    timings: list[dict] = [{} for _ in range(b)]
+    errors: list[str] = []
+    prompts = [prompt_ids(rng, pp) for _ in range(b)]
+    gate = threading.Barrier(b)
+
+    def go(i: int) -> None:
+        try:
+            gate.wait(timeout_s)
+            sends[i] = time.perf_counter()
+            _f, _e, got, tim = complete(target.llm.url, target.llm.model, prompts[i], tg, timeout_s, tokens[i])
+            timings[i] = tim
+            if got != tg:
+                errors.append(f"asked {tg} tokens, got {got}")
+        except (OSError, RuntimeError, http.client.HTTPException, ValueError, threading.BrokenBarrierError) as e:
+            errors.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=go, args=(i,), daemon=True) for i in range(b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s + 5)
+    if errors or any(t.is_alive() for t in threads):
+        raise CapsimError(f"llm endpoint {target.llm.url}: a profile request failed: {(errors or ['timed out'])[0]}")
+    sent, last_first, gap = lockstep_times(sends, tokens)
+    spread = last_first - min(t[0] for t in tokens)
+    if b > 1 and spread > 0.5 * gap:
+        return None  # not one prefill step: a request came late
+    prompt_ms = [float(t["prompt_ms"]) for t in timings if "prompt_ms" in t]
+    t_pp = max(prompt_ms) / 1e3 if len(prompt_ms) == b else last_first - sent
+    n = [int(t["prompt_n"]) for t in timings if "prompt_n" in t]
+    return dict(pp=max(n) if len(n) == b else pp, tg=tg, b=b, t_pp_s=t_pp, t_tg_s=gap * tg)
+
+
+def profile_server(
+    target: Target,
+    npp: list[int],
+    ntg: int,
+    npl: list[int],
+    repeat: int = 2,
+    timeout_s: float = 120.0,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Rows ``{pp, tg, b, t_pp_s, t_tg_s}``, the median of ``repeat`` runs of every (pp, b)."""
+    if max(npl) > target.llm.parallel:
+        raise CapsimError(
+            f"--npl: batch {max(npl)} exceeds the server's slots (target llm.parallel = {target.llm.parallel})"
+        )
+    rng = np.random.default_rng(seed)
+    runs: list[list[dict]] = []
+    for r in range(repeat):
+        run = []
+        for pp in npp:
+            for b in npl:
+                row = None
+                for _ in range(TRIES):
+                    row = _one_batch(target, pp, ntg, b, rng, timeout_s)
+                    if row is not None:
+                        break
+                if row is None:
+                    raise CapsimError(
+                        f"llm endpoint {target.llm.url}: {b} requests sent together were never prefilled in one "
+                        f"step ({TRIES} tries); is something else sending to the server?"
+                    )
+                run.append(row)
+                if progress:
+                    progress(
+                        f"  run {r + 1}/{repeat}  prompt {row['pp']:>5}  batch {b}: "
+                        f"prefill {row['t_pp_s'] * 1e3:8.1f} ms, decode step {row['t_tg_s'] / ntg * 1e3:6.2f} ms"
+                    )
+        runs.append(run)
+    return median_rows(runs)
+
+
+def describe(target: Target, npp: list[int], ntg: int, npl: list[int], repeat: int) -> str:
+    """The table's source line."""
+    return (
+        f"server profile of {target.llm.url} (isolated, {'/'.join(map(str, npl))} requests sent together): "
+        f"npp {npp} ntg {ntg}, median of {repeat} run(s)"
+    )

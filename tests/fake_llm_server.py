@@ -1,0 +1,106 @@
+"""A continuous-batching completion server with known step times, for testing the profiler.
+
+Not a stand-in for a real engine in any prediction: it lets a test check that
+:mod:`sim.verify.profile` recovers step times it was *told*.  One engine thread
+runs steps like llama-server: every step carries one token for each decoding
+slot plus the prompts of every request admitted since the last step (one
+prefill, all prompts together); a step lasts ``prefill_ms(new tokens)`` when
+it prefills, else ``decode_ms[batch]``.  Each token is streamed as an SSE
+chunk of ``/v1/completions`` (OpenAI format) and the last chunk carries
+llama-server-style ``timings`` (``prompt_n``, ``prompt_ms``) when ``timings``
+is set.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeEngine:
+    def __init__(self, decode_ms: dict[int, float], prefill_ms_per_token: float, prefill_base_ms: float, slots: int):
+        self.decode_ms = decode_ms
+        self.per_token = prefill_ms_per_token
+        self.base = prefill_base_ms
+        self.slots = slots
+        self.inbox: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self) -> None:
+        running: list[dict] = []
+        while not self.stop.is_set():
+            new = []
+            while len(running) + len(new) < self.slots:
+                try:
+                    if new:  # a few ms for the rest of a burst: Python's HTTP threads hand requests over slowly
+                        new.append(self.inbox.get(timeout=0.01))
+                    elif running:
+                        new.append(self.inbox.get_nowait())
+                    else:
+                        new.append(self.inbox.get(timeout=0.05))
+                except queue.Empty:
+                    break
+            if not running and not new:
+                continue
+            if new:
+                ms = self.base + self.per_token * (sum(r["prompt_n"] for r in new) + len(running))
+            else:
+                ms = self.decode_ms[len(running)]
+            time.sleep(ms / 1e3)
+            for r in new:
+                r["prompt_ms"] = ms
+            for r in running + new:
+                r["out"].put("tok")
+                r["left"] -= 1
+            running = [r for r in running + new if r["left"] > 0]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    engine: FakeEngine
+    timings = True
+
+    def log_message(self, *a) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        body = b'{"status":"ok"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        r = {"prompt_n": len(req["prompt"]), "left": int(req["max_tokens"]), "out": queue.Queue(), "prompt_ms": 0.0}
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.engine.inbox.put(r)
+        for _ in range(int(req["max_tokens"])):
+            r["out"].get(timeout=30)
+            self.wfile.write(b'data: {"choices": [{"text": "x"}]}\n\n')
+            self.wfile.flush()
+        last: dict = {
+            "choices": [{"text": "", "finish_reason": "length"}],
+            "usage": {"completion_tokens": req["max_tokens"]},
+        }
+        if self.timings:
+            last["timings"] = {"prompt_n": r["prompt_n"], "prompt_ms": r["prompt_ms"]}
+        self.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def serve(engine: FakeEngine, timings: bool = True) -> tuple[ThreadingHTTPServer, int]:
+    handler = type("H", (_Handler,), {"engine": engine, "timings": timings})
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, srv.server_address[1]

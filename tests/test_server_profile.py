@@ -1,0 +1,101 @@
+"""The server profile (``capsim calibrate llm --via server``, ``capsim verify --profile-llm``):
+the lockstep arithmetic by hand, and the whole profiler against a continuous-batching
+server whose step times are known (tests/fake_llm_server.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim.errors import CapsimError
+from sim.physics.steptable import TableModel, read_rows
+from sim.spec.target import Target
+from sim.verify.profile import lockstep_times, profile_server
+from tests.fake_llm_server import FakeEngine, serve
+from tests.helpers import invoke
+
+# Steps long enough that a loaded 2-core box's scheduling delays (a few ms) stay small against them.
+DECODE_MS = {1: 20.0, 2: 45.0, 3: 60.0, 4: 50.0}  # not monotone, like llama.cpp's batch 3 on one core
+PREFILL_BASE_MS, PREFILL_PER_TOKEN_MS = 10.0, 0.5
+
+
+def test_lockstep_times_by_hand():
+    sent, last_first, gap = lockstep_times([0.5, 0.6], [[1.0, 1.1, 1.3, 1.4], [1.05, 1.2, 1.35, 1.6]])
+    assert sent == 0.6 and last_first == 1.05
+    assert gap == pytest.approx(0.15)  # gaps 0.1, 0.2, 0.1 and 0.15, 0.15 (1.6 is after the first last token)
+    # one stream: every gap after its first token
+    assert lockstep_times([0.0], [[1.0, 1.02, 1.05]])[2] == pytest.approx(0.025)
+    with pytest.raises(CapsimError, match="fewer than 2 tokens"):
+        lockstep_times([0.0], [[1.0]])
+    with pytest.raises(CapsimError, match="raise --ntg"):  # the streams never decode together
+        lockstep_times([0.0, 0.0], [[1.0, 1.1], [2.0, 2.1]])
+
+
+@pytest.fixture(scope="module")
+def fake_server():
+    engine = FakeEngine(DECODE_MS, PREFILL_PER_TOKEN_MS, PREFILL_BASE_MS, slots=4)
+    srv, port = serve(engine)
+    yield port
+    srv.shutdown()
+    engine.stop.set()
+
+
+def _target(port: int, parallel: int = 4) -> Target:
+    return Target.model_validate({"llm": {"url": f"http://127.0.0.1:{port}", "parallel": parallel}})
+
+
+def test_profile_recovers_the_servers_own_step_times(fake_server):
+    rows = profile_server(_target(fake_server), [40], 12, [1, 2, 3, 4], repeat=1)
+    assert [r["b"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        b = r["b"]
+        assert r["pp"] == 40 and r["tg"] == 12
+        # decode: the step period while all b decode (sleep overshoot only ever lengthens it)
+        step_ms = r["t_tg_s"] / r["tg"] * 1e3
+        assert DECODE_MS[b] * 0.97 <= step_ms <= DECODE_MS[b] * 1.25, (b, step_ms)
+        # prefill: the server's own prompt_ms, all b prompts in one step
+        want = PREFILL_BASE_MS + PREFILL_PER_TOKEN_MS * 40 * b
+        assert want * 0.97 <= r["t_pp_s"] * 1e3 <= want * 1.25, (b, r["t_pp_s"])
+
+
+def test_without_server_timings_prefill_is_timed_by_the_client():
+    engine = FakeEngine(DECODE_MS, PREFILL_PER_TOKEN_MS, PREFILL_BASE_MS, slots=2)
+    srv, port = serve(engine, timings=False)
+    try:
+        rows = profile_server(_target(port, 2), [40], 8, [2], repeat=1)
+    finally:
+        srv.shutdown()
+        engine.stop.set()
+    want = PREFILL_BASE_MS + PREFILL_PER_TOKEN_MS * 80
+    assert want * 0.97 <= rows[0]["t_pp_s"] * 1e3 <= want * 1.4
+
+
+def test_calibrate_llm_via_server_writes_a_table_the_simulator_reads(fake_server, tmp_path):
+    tgt = tmp_path / "target.yaml"
+    tgt.write_text(f"llm: {{url: 'http://127.0.0.1:{fake_server}', parallel: 4}}\n")
+    out = tmp_path / "steps.csv"
+    r = invoke(
+        "calibrate", "llm", "--target", str(tgt), "--via", "server", "--out", str(out), "--npp", "40", "--ntg", "6"
+    )
+    assert r.exit_code == 0, r.output
+    assert "server profile of" in out.read_text().splitlines()[0]
+    table = TableModel(read_rows(out))
+    assert table.batches == [1, 2, 3, 4]
+    assert 0.97 * DECODE_MS[3] <= table.decode_ms(3, 3 * 43) <= 1.25 * DECODE_MS[3]
+    assert (tmp_path / "steps.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--via", "gpu"], "--via: must be bench or server"),
+        (["--via", "server", "--npl", "1,8"], "exceeds the server's slots"),
+        (["--via", "server", "--from-output", "x.txt"], "not with --via server"),
+    ],
+)
+def test_calibrate_llm_via_bad_input_is_one_line_exit_2(fake_server, tmp_path, args, msg):
+    tgt = tmp_path / "target.yaml"
+    tgt.write_text(f"llm: {{url: 'http://127.0.0.1:{fake_server}', parallel: 4}}\n")
+    out = tmp_path / "steps.csv"
+    r = invoke("calibrate", "llm", "--target", str(tgt), "--out", str(out), *args)
+    assert r.exit_code == 2 and msg in r.stderr and r.stderr.strip().count("\n") == 0, r.output
+    assert not out.exists()
