@@ -9,7 +9,7 @@ import pytest
 from sim.errors import CapsimError
 from sim.physics.steptable import TableModel, read_rows
 from sim.spec.target import Target
-from sim.verify.profile import lockstep_times, profile_server
+from sim.verify.profile import lockstep_times, one_step, profile_server
 from tests.fake_llm_server import FakeEngine, serve
 from tests.helpers import invoke
 
@@ -28,6 +28,16 @@ def test_lockstep_times_by_hand():
         lockstep_times([0.0], [[1.0]])
     with pytest.raises(CapsimError, match="raise --ntg"):  # the streams never decode together
         lockstep_times([0.0, 0.0], [[1.0, 1.1], [2.0, 2.1]])
+
+
+def test_one_step_by_hand():
+    # llama-server's own prompt times: one shared step, or a late prompt in a step of its own
+    assert one_step([412.0, 411.5, 412.0], [1.0, 1.0, 1.0], 0.5)
+    assert not one_step([412.0, 411.5, 155.0], [1.0, 1.0, 1.2], 0.5)
+    # client only: first tokens 0.4 s after the last send, 3 prompts: a share is 0.133 s, half 0.067
+    assert one_step(None, [1.38, 1.40, 1.39], 1.0)  # 20 ms of client jitter
+    assert not one_step(None, [1.27, 1.27, 1.40], 1.0)  # the third a lone prompt's step later
+    assert one_step(None, [1.4], 1.0)
 
 
 @pytest.fixture(scope="module")

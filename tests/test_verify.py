@@ -79,7 +79,8 @@ def _free_port() -> int:
     [
         ("llm: {url: 'http://example.com:80'}\n", "llm.url: 'http://example.com:80': must be http://127.0.0.1:PORT"),
         ("llm: {url: 'http://127.0.0.1:1', parallel: 0}\n", "llm.parallel"),
-        ("retrieval: {url: 'http://127.0.0.1:1'}\n", "llm: Field required"),
+        ("retrieval: {url: 'http://127.0.0.1:1'}\n", "has no llm: section"),  # the scenario runs an LLM
+        ("{}\n", "needs an llm: or a retrieval: section"),
         ("[1, 2]\n", "must be a mapping"),
     ],
 )

@@ -39,6 +39,7 @@ import numpy as np
 from sim.analysis import stats
 from sim.engine.pipeline import retrieval_service_distribution
 from sim.physics import queueing as analytic
+from sim.physics.sharing import contention_at
 from sim.spec.schema import ConstantSpec, ExponentialSpec, Scenario, build_distribution
 
 
@@ -55,6 +56,8 @@ def _retrieval_is_exponential(scn: Scenario) -> str | None:
         return "retrieval.overhead_ms is not zero"
     if r.cpu_cores is not None and r.cpu_cores < r.workers:
         return "retrieval workers share fewer cores"
+    if any(c != 1 for c in (r.contention or ())):
+        return "concurrent searches slow each other down (retrieval.contention)"
     if scn.cache.enabled and scn.cache.capacity > 0:
         return "the cache can hit"
     return None
@@ -220,7 +223,7 @@ def offered_load(scn: Scenario, hit_rate: float | None) -> dict[str, dict[str, f
         return {}
 
     try:
-        dist, _ = retrieval_service_distribution(scn)
+        dist, info = retrieval_service_distribution(scn)
     except Exception:  # a calibration problem is reported by the run itself
         return {}
     r = scn.retrieval
@@ -229,7 +232,7 @@ def offered_load(scn: Scenario, hit_rate: float | None) -> dict[str, dict[str, f
     rate = scn.workload.rate_per_s
     assert rate is not None  # WorkloadConfig requires it in open mode
     lam = float(rate) * miss
-    rho = lam * dist.mean / servers
+    rho = lam * dist.mean * contention_at(servers, info["contention"]) / servers
     return {
         "retrieval": {
             "offered_load": rho,

@@ -51,6 +51,7 @@ from sim.errors import ConfigError
 from sim.physics import gpu as gm
 from sim.physics import queueing as analytic
 from sim.physics.gpu import StepCost
+from sim.physics.sharing import contention_at
 from sim.physics.steptable import step_cost
 from sim.spec.efficiency import provenance
 from sim.spec.scenario import expand
@@ -192,7 +193,8 @@ def estimate(scn: Scenario) -> dict[str, Any]:
         out["retrieval_service_ms"] = dist.mean * 1e3
         out["retrieval_source"] = info.get("source")
         workers = min(r.workers, r.cpu_cores or r.workers)
-        stations["retrieval"] = (miss * dist.mean, workers)
+        # all workers busy: each search stretched by the contention of `workers` running at once
+        stations["retrieval"] = (miss * dist.mean * contention_at(workers, info["contention"]), workers)
     else:
         out["retrieval_service_ms"] = None
 

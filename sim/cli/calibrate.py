@@ -474,7 +474,7 @@ def llm(
     if via not in ("bench", "server"):
         raise CapsimError(f"--via: must be bench or server, got {via!r}")
     full_target = load_target(target)
-    tgt = full_target.llm
+    tgt = full_target.llm_endpoint()
     pps, pls = parse_int_list("--npp", npp), parse_int_list("--npl", npl)
     if not 1 <= repeat <= 20:
         raise CapsimError(f"--repeat: must be 1..20, got {repeat}")

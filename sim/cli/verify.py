@@ -123,15 +123,20 @@ def _print(doc: dict, con) -> None:
 
     c = doc["calibration"]
     ri = c["retrieval_isolated_ms"]
-    con.print(
-        f"calibrated (isolated): step table {c['step_table']}; LLM HTTP+SSE overhead {c['llm_overhead_ms']:.2f} ms; "
-        + (f"retrieval one-at-a-time p50 {ri['p50']:.2f} ms p95 {ri['p95']:.2f} ms (n={ri['n']})" if ri else "")
-    )
+    parts = []
+    if c["llm_overhead_ms"] is not None:
+        parts.append(f"step table {c['step_table']}; LLM HTTP+SSE overhead {c['llm_overhead_ms']:.2f} ms")
+    if ri:
+        parts.append(f"retrieval one-at-a-time p50 {ri['p50']:.2f} ms p95 {ri['p95']:.2f} ms (n={ri['n']})")
+    if c.get("retrieval_contention"):
+        parts.append("retrieval contention " + ", ".join(f"{x:.2f}" for x in c["retrieval_contention"]))
+    con.print("calibrated (isolated): " + "; ".join(parts))
     sv = c["server_alone_vs_table"]
-    con.print(
-        f"server alone vs step table (diagnosis, not used): prompt time x{sv['prompt_ratio']:.2f}, "
-        f"decode step at batch 1 x{sv['decode_ratio_batch1']:.2f}"
-    )
+    if sv:
+        con.print(
+            f"server alone vs step table (diagnosis, not used): prompt time x{sv['prompt_ratio']:.2f}, "
+            f"decode step at batch 1 x{sv['decode_ratio_batch1']:.2f}"
+        )
     t = Table(title="capsim verify: measured vs predicted")
     for col in ("users", "metric", "measured", "predicted", "interval", "error", "inside", "bound"):
         t.add_column(col, justify="right" if col not in ("metric",) else "left")

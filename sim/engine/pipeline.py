@@ -23,7 +23,7 @@ from simpy.events import Timeout
 from sim import distributions as D
 from sim.engine.cache import LRUCache
 from sim.engine.llm.stage import LLMStage
-from sim.engine.pool import WorkerPool
+from sim.engine.pool import Call, WorkerPool
 from sim.engine.profile import Presence, level, peak
 from sim.engine.records import Bins, Recorder
 from sim.engine.routing import OFF, Utterances, routing_setup
@@ -43,33 +43,36 @@ def retrieval_service_distribution(scn: Scenario) -> tuple[D.Distribution, dict]
     ``retrieval.overhead_ms`` is added either way.
     """
     r = scn.retrieval
-    info: dict = {}
+    info: dict = {"contention": tuple(r.contention or ())}
     if r.service_ms is not None:
         base = build_distribution(r.service_ms)
         info["source"] = "retrieval.service_ms"
     else:
         path = r.calibration or str(default_calibration_path())
-        prof = load_calibration(path).profile(
-            r.index,
-            docs=r.docs,
-            dim=r.dim,
-            top_k=r.top_k,
-            ef_search=r.ef_search,
-            nprobe=r.nprobe,
-            workers=r.workers,
-        )
+        cal = load_calibration(path)
+        knobs: dict[str, Any] = dict(docs=r.docs, dim=r.dim, top_k=r.top_k, ef_search=r.ef_search, nprobe=r.nprobe)
+        # With 1-thread and many-thread records: the search alone, slowed by the measured
+        # contention of the searches actually running (sim.physics.sharing).  Without: the
+        # record at the pool's worker count, for every search.
+        measured = cal.contention(r.index, **knobs)
+        prof = cal.profile(r.index, workers=1 if measured else r.workers, **knobs)
         base = D.Quantile(tuple(prof.probs), tuple(prof.values_ms))
         info = {
             "source": path,
             "recall": prof.recall,
             "extrapolated": prof.extrapolated,
             "interpolated": prof.interpolated,
-            "description": prof.description,
+            "description": prof.description + (_contention_note(measured) if measured else ""),
+            "contention": tuple(r.contention) if r.contention is not None else measured,
         }
     overhead = build_distribution(r.overhead_ms)
     dist: D.Distribution = base if overhead.mean == 0 and overhead.variance == 0 else D.Sum((base, overhead))
     info["mean_ms"] = dist.mean
     return D.Scaled(dist, factor=1e-3), info
+
+
+def _contention_note(c: tuple[float, ...]) -> str:
+    return f"; contention {', '.join(f'{x:.3f}' for x in c)} with 1..{len(c)} searches at once"
 
 
 class TokenCounts:
@@ -168,18 +171,6 @@ class _Request:
         self.t_first = self.t_mark = t0
 
 
-class _Call:
-    """A timeout's callback: ``then(request)`` (cheaper than a closure per event)."""
-
-    __slots__ = ("r", "then")
-
-    def __init__(self, then: Callable[[_Request], None], r: _Request):
-        self.then, self.r = then, r
-
-    def __call__(self, _event: object) -> None:
-        self.then(self.r)
-
-
 class _Answered:
     """The LLM's done event's callback: ``finish(request, sequence)``."""
 
@@ -246,7 +237,9 @@ class Model:
         if scn.retrieval.enabled:
             dist, self.retrieval_info = retrieval_service_distribution(scn)
             self.retrieval_s = D.Sampler(dist, stream(seed, replication, "retrieval"))
-            self.pool = WorkerPool(env, scn.retrieval.workers, scn.retrieval.cpu_cores, self.window)
+            self.pool = WorkerPool(
+                env, scn.retrieval.workers, scn.retrieval.cpu_cores, self.window, self.retrieval_info["contention"]
+            )
         else:
             self.pool = None
             self.retrieval_info = {}
@@ -304,14 +297,14 @@ class Model:
 
     def _after(self, delay: float, then: Callable[[_Request], None], r: _Request) -> None:
         ev = Timeout(self.env, delay)
-        ev.callbacks.append(_Call(then, r))
+        ev.callbacks.append(Call(then, r))
 
     def _route(self, r: _Request) -> None:  # a routing worker is free
         rpool = self.routing_pool
         assert rpool is not None
         r.t_mark = now = self.env.now
         r.g_wait = now - r.t0
-        self._after(self.routing_s() * rpool.slowdown(), self._cb_routed, r)
+        rpool.serve(self.routing_s(), self._cb_routed, r)
 
     def _routed(self, r: _Request) -> None:
         now = self.env.now
@@ -351,7 +344,7 @@ class Model:
         now = self.env.now
         r.r_wait = now - r.t_mark
         r.t_mark = now
-        self._after(self.retrieval_s() * pool.slowdown(), self._cb_searched, r)
+        pool.serve(self.retrieval_s(), self._cb_searched, r)
 
     def _searched(self, r: _Request) -> None:
         now = self.env.now

@@ -1,45 +1,75 @@
-"""Retrieval: a pool of CPU workers with one FIFO queue in front.
+"""Retrieval (and routing): a pool of CPU workers with one FIFO queue in front.
 
 A request that misses the cache waits for a free worker, then holds it for
 one search (its service time drawn from the configured or calibrated
 distribution, plus per-request overhead outside the search).
 
-When more workers than CPU cores are configured (``cpu_cores < workers``),
-busy workers share the cores: a search started while ``b`` workers are busy
-runs ``max(1, b / cpu_cores)`` times slower.  This is the processor-sharing
-slowdown seen at the moment the search starts, a first-order model that is
-exact when the pool stays saturated.
+Searches that run at the same time slow each other down
+(:mod:`sim.physics.sharing`): with ``n`` in service each drains its work at
+``1 / stretch(n)`` per second, where ``stretch`` counts time-slicing when
+there are more busy workers than ``cpu_cores`` and the measured contention of
+``m`` searches running at once.  The pool applies this exactly: a search's
+finish time is recomputed whenever the number in service changes, so a
+search slowed by a burst speeds up again when the burst ends.  With no
+slowdown anywhere (cores for every worker, no contention) each search is one
+plain timeout.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import simpy
+from simpy.events import Timeout
 
 from sim.engine.records import Bins
+from sim.physics.sharing import stretch_factors
+
+
+class Call:
+    """An event callback ``then(arg)`` (cheaper than a closure per event)."""
+
+    __slots__ = ("arg", "then")
+
+    def __init__(self, then: Callable[[Any], None], arg: Any):
+        self.then, self.arg = then, arg
+
+    def __call__(self, _event: object) -> None:
+        self.then(self.arg)
 
 
 class WorkerPool:
-    """``workers`` servers, one FIFO queue.
+    """``workers`` servers, one FIFO queue, searches that slow each other down.
 
     ``acquire(then, arg)`` calls ``then(arg)`` as soon as a worker is free: at once if
-    one is idle, else when a release hands it over (no event, no process: the caller
-    schedules its own service time).  ``release`` hands the worker straight to the
-    head of the queue.
+    one is idle, else when a release hands it over (no event, no process).  The holder
+    then calls ``serve(work_s, done, arg)``: ``done(arg)`` runs when ``work_s`` seconds of
+    work-alone are done at the speed the sharing allows.  ``release`` hands the worker
+    straight to the head of the queue.
     """
 
-    __slots__ = ("_queue", "busy", "busy_bins", "cpu_cores", "env", "workers")
+    __slots__ = ("_jobs", "_queue", "_t", "_version", "busy", "busy_bins", "env", "stretch", "workers")
 
-    def __init__(self, env: simpy.Environment, workers: int, cpu_cores: int | None, window: tuple[float, float]):
+    def __init__(
+        self,
+        env: simpy.Environment,
+        workers: int,
+        cpu_cores: int | None,
+        window: tuple[float, float],
+        contention: Sequence[float] = (),
+    ):
         self.env = env
         self.workers = workers
-        self.cpu_cores = cpu_cores or workers
         self.busy = 0
         self._queue: deque[tuple[Callable[[Any], None], Any]] = deque()
         self.busy_bins = Bins(*window)  # busy worker-seconds over time
+        s = stretch_factors(workers, cpu_cores, contention)
+        self.stretch: list[float] | None = None if all(x == 1.0 for x in s) else s
+        self._jobs: list[list[Any]] = []  # [work left in seconds-alone, done, arg] of each search in service
+        self._t = 0.0  # when _jobs' work was last brought up to date
+        self._version = 0  # the one armed completion timer that is still valid
 
     def acquire(self, then: Callable[[Any], None], arg: Any) -> None:
         if self.busy < self.workers:
@@ -48,10 +78,47 @@ class WorkerPool:
         else:
             self._queue.append((then, arg))
 
-    def slowdown(self) -> float:
-        """Factor by which a search started now is stretched by core sharing."""
-        busy = self.busy
-        return 1.0 if busy <= self.cpu_cores else busy / self.cpu_cores
+    def serve(self, work_s: float, done: Callable[[Any], None], arg: Any) -> None:
+        """Run ``work_s`` seconds of work-alone for the holder of a worker; then ``done(arg)``."""
+        if self.stretch is None:
+            Timeout(self.env, work_s).callbacks.append(Call(done, arg))
+            return
+        self._catch_up()
+        self._jobs.append([work_s, done, arg])
+        self._arm()
+
+    def _catch_up(self) -> None:
+        now = self.env.now
+        jobs = self._jobs
+        if jobs and now > self._t:
+            assert self.stretch is not None
+            drained = (now - self._t) / self.stretch[len(jobs)]
+            for j in jobs:
+                j[0] -= drained
+        self._t = now
+
+    def _arm(self) -> None:
+        """One timer, for the search that will finish first at the current speed."""
+        self._version += 1
+        jobs = self._jobs
+        if not jobs:
+            return
+        assert self.stretch is not None
+        first = min(jobs, key=lambda j: j[0])
+        ev = Timeout(self.env, max(0.0, first[0]) * self.stretch[len(jobs)])
+        ev.callbacks.append(Call(self._finish, (self._version, first)))
+
+    def _finish(self, armed: tuple[int, list[Any]]) -> None:
+        version, first = armed
+        if version != self._version:
+            return  # the number in service changed after this timer was set
+        self._catch_up()
+        # the armed search, and any other whose work is done too (floating-point ties)
+        done = [j for j in self._jobs if j is first or j[0] <= 1e-12]
+        self._jobs = [j for j in self._jobs if not (j is first or j[0] <= 1e-12)]
+        self._arm()
+        for _w, then, arg in done:
+            then(arg)
 
     def release(self, start_s: float, end_s: float) -> None:
         self.busy_bins.add(start_s, end_s, end_s - start_s)

@@ -142,6 +142,12 @@ class Calibration:
             return int(by[str(docs)])
         return auto_nlist(docs)
 
+    def contention(self, index: str, **knobs: Any) -> tuple[float, ...]:
+        """``(1, s2, ..., sK)``: how much slower each of ``m`` searches runs when ``m`` run at
+        once (``knobs`` as for :meth:`profile`, without ``workers``); empty without a
+        1-thread and a many-thread measurement.  See :mod:`sim.physics.sharing`."""
+        return _contention(self, index, **knobs)
+
     def profile(
         self,
         index: str,
@@ -301,6 +307,19 @@ class Calibration:
             interpolated=interpolated,
             description=desc,
         )
+
+
+def _contention(cal: Calibration, index: str, **knobs: Any) -> tuple[float, ...]:
+    """Slowdown of ``m`` searches at once over one alone, ``m = 1..K``, from the records at
+    1..K threads (each thread a worker with its own index, all searching at once); a thread
+    count between two measured ones interpolated; noise below 1 read as 1.  Empty when the
+    file has no 1-thread record to compare with."""
+    ts = sorted({r.threads for r in cal.records if r.index == index})
+    if len(ts) < 2 or ts[0] != 1:
+        return ()
+    means = [cal.profile(index, workers=t, **knobs).mean_ms for t in ts]
+    curve = np.interp(np.arange(1, ts[-1] + 1), ts, np.asarray(means) / means[0])
+    return tuple(float(max(1.0, c)) for c in curve)
 
 
 def _kv(knob: str | None, kv: int | None) -> str:

@@ -31,6 +31,7 @@ from pydantic import (
 from sim import distributions as D
 from sim.errors import ConfigError
 from sim.physics import gpu as gpu_model
+from sim.physics.sharing import check_contention
 from sim.physics.steptable import load_table
 from sim.registry import INDEXES, ROUTERS
 from sim.spec import catalog
@@ -315,6 +316,16 @@ class RetrievalConfig(Strict):
     ef_search: Optional[Annotated[int, Field(ge=1)]] = None
     nprobe: Optional[Annotated[int, Field(ge=1)]] = None
     overhead_ms: DistSpec = ConstantSpec(dist="constant", value=0.0)
+    # How much slower each of m searches runs when m run at once on separate cores, m = 1, 2, ...
+    # (sim.physics.sharing); by default from the calibration's 1..K-thread records.
+    contention: Optional[list[float]] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrievalConfig:
+        problem = check_contention(self.contention or (), "contention")
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class ModelSpec(Strict):

@@ -11,7 +11,7 @@
       batched_bench: ~/.cache/capsim/llama-0.3.36/bin/llama-batched-bench   # calibrate llm
       model_path: ~/.cache/capsim/models/capsim-llama-124m-f16.gguf
       threads: 1
-    retrieval:                            # optional
+    retrieval:                            # optional (or llm: absent, for a retrieval-only scenario)
       url: http://127.0.0.1:18090         # POST /search {"query_id": i, "k": k}
       workers: 1
       cores: [0]
@@ -26,7 +26,7 @@ from typing import Annotated, Optional
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sim.errors import ConfigError
 
@@ -67,8 +67,20 @@ class RetrievalTarget(_Strict):
 
 
 class Target(_Strict):
-    llm: LLMTarget
+    llm: Optional[LLMTarget] = None  # absent: a retrieval-only target (the scenario has llm.enabled: false)
     retrieval: Optional[RetrievalTarget] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Target:
+        if self.llm is None and self.retrieval is None:
+            raise ValueError("needs an llm: or a retrieval: section (or both)")
+        return self
+
+    def llm_endpoint(self) -> LLMTarget:
+        """The LLM endpoint; a one-line error where the target has none."""
+        if self.llm is None:
+            raise ConfigError("--target: has no llm: section, and this needs the LLM endpoint")
+        return self.llm
 
     @property
     def host(self) -> str:
@@ -85,7 +97,7 @@ def load_target(path: str | Path) -> Target:
     except yaml.YAMLError as e:
         raise ConfigError(f"--target {p.name}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--target {p.name}: must be a mapping with an llm: section")
+        raise ConfigError(f"--target {p.name}: must be a mapping with an llm: and/or a retrieval: section")
     try:
         return Target(**data)
     except ValidationError as e:

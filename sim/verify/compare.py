@@ -24,6 +24,7 @@ throughput <= 5 %.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from sim.physics.steptable import load_table, step_rows, write_table
 from sim.run.sweep import simulate
 from sim.spec.schema import Scenario
 from sim.spec.target import Target
-from sim.verify.loadgen import LiveRun, check_reachable, probe_llm, probe_retrieval, run_load
+from sim.verify.loadgen import LiveRun, check_reachable, probe_contention, probe_llm, probe_retrieval, run_load
 from sim.verify.profile import describe, profile_server
 
 BOUNDS = {
@@ -44,6 +45,14 @@ BOUNDS = {
     ("ttft_ms", "p95"): 0.20,
     ("e2e_ms", "p50"): 0.10,
     ("ttft_ms", "p50"): 0.10,
+    ("throughput_per_s", "mean"): 0.05,
+}
+#: A retrieval-only scenario (llm.enabled: false): the search service alone, same bounds.
+RETRIEVAL_BOUNDS = {
+    ("e2e_ms", "p95"): 0.10,
+    ("e2e_ms", "p50"): 0.10,
+    ("retrieval_ms", "p95"): 0.10,
+    ("retrieval_ms", "p50"): 0.10,
     ("throughput_per_s", "mean"): 0.05,
 }
 STATS = ("p50", "p95", "p99")
@@ -145,6 +154,7 @@ def overrides_for(
     retrieval_ms: np.ndarray | None,
     llm_overhead_ms: float,
     replications: int,
+    contention: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Scenario overrides that make the simulation stand for this target at this load."""
     ov: dict[str, Any] = {
@@ -153,20 +163,25 @@ def overrides_for(
         "run.warmup_s": warmup_s,
         "run.replications": replications,
         "run.target_precision": None,
-        "llm.max_batch": target.llm.parallel,
-        "llm.max_batched_tokens": max(target.llm.n_batch, target.llm.parallel),
-        "llm.replicas": 1,
         "cache.lookup_ms": {"dist": "constant", "value": max(0.0, llm_overhead_ms)},
     }
+    if scn.llm.enabled:
+        llm = target.llm_endpoint()
+        ov["llm.max_batch"] = llm.parallel
+        ov["llm.max_batched_tokens"] = max(llm.n_batch, llm.parallel)
+        ov["llm.replicas"] = 1
     if retrieval_ms is not None and target.retrieval is not None and scn.retrieval.enabled:
         ov["retrieval.service_ms"] = {"dist": "empirical", "samples": [round(float(x), 4) for x in retrieval_ms]}
         ov["retrieval.overhead_ms"] = {"dist": "constant", "value": 0.0}
         ov["retrieval.workers"] = target.retrieval.workers
         ov["retrieval.cpu_cores"] = len(target.retrieval.cores) or None
+        ov["retrieval.contention"] = list(contention) if contention else None
     return ov
 
 
-def _row(metric: str, stat: str, meas: float | None, pred: float | None, ci: list | None) -> dict[str, Any]:
+def _row(
+    metric: str, stat: str, meas: float | None, pred: float | None, ci: list | None, bounds: dict = BOUNDS
+) -> dict[str, Any]:
     rel = (pred - meas) / meas if (meas not in (None, 0) and pred is not None) else None
     lo, hi = (ci or [None, None])[:2]
     inside = None if (lo is None or hi is None or meas is None) else bool(lo <= meas <= hi)
@@ -178,7 +193,7 @@ def _row(metric: str, stat: str, meas: float | None, pred: float | None, ci: lis
         "ci": [lo, hi],
         "rel_error": rel,
         "inside_ci": inside,
-        "bound": BOUNDS.get((metric, stat)),
+        "bound": bounds.get((metric, stat)),
     }
 
 
@@ -191,15 +206,18 @@ def compare_one(live: LiveRun, scn: Scenario, ov: dict[str, Any], warmup_s: floa
     s = simulate(scn, {**ov, "run.replications": 1}, jobs=1).points[0].summary.to_dict()
     spread = simulate(scn, ov, jobs=1).points[0].summary.to_dict()
     metrics = s["metrics"]
+    bounds = BOUNDS if scn.llm.enabled else RETRIEVAL_BOUNDS
     rows = []
-    for m in ("e2e_ms", "ttft_ms", "retrieval_ms"):
+    for m in ("e2e_ms", "ttft_ms", "retrieval_ms") if scn.llm.enabled else ("e2e_ms", "retrieval_ms"):
         if m not in metrics or m not in meas:
             continue
         for st in STATS:
             ci = spread["metrics"][m].get("ci", {}).get(st)
-            rows.append(_row(m, st, meas[m][st], metrics[m].get(st), ci))
+            rows.append(_row(m, st, meas[m][st], metrics[m].get(st), ci, bounds))
     rows.append(
-        _row("throughput_per_s", "mean", meas["throughput_per_s"], s["throughput_per_s"], spread["throughput_ci"])
+        _row(
+            "throughput_per_s", "mean", meas["throughput_per_s"], s["throughput_per_s"], spread["throughput_ci"], bounds
+        )
     )
     pred = {
         "throughput_per_s": s["throughput_per_s"],
@@ -246,7 +264,7 @@ class ServerProfile:
     repeat: int = 3
 
     def table(self, target: Target, users: int, progress=None) -> str:
-        npl = list(range(1, target.llm.parallel + 1))
+        npl = list(range(1, target.llm_endpoint().parallel + 1))
         rows = profile_server(target, list(self.npp), self.ntg, npl, self.repeat)
         path = self.folder / f"steps_{users}users.csv"
         write_table(step_rows(rows), path, describe(target, list(self.npp), self.ntg, npl, self.repeat))
@@ -272,9 +290,11 @@ def verify(
     With ``profile``, the LLM server is profiled alone right before every load and that
     load is predicted from its own profile (a calibration minutes old on a shared machine
     is not the machine that serves the load)."""
-    if not scn.llm.enabled:
-        raise CapsimError("verify needs llm.enabled: true (the LLM endpoint is the system under test)")
-    if scn.llm.step_table is None and profile is None:
+    llm_on = scn.llm.enabled
+    retrieves = scn.retrieval.enabled and target.retrieval is not None
+    if not llm_on and not scn.retrieval.enabled:
+        raise CapsimError("verify needs llm.enabled or retrieval.enabled: there is no stage to hold against a server")
+    if llm_on and scn.llm.step_table is None and profile is None:
         raise CapsimError(
             "llm.step_table: verify needs a measured step table; run `capsim calibrate llm` first or pass --profile-llm"
         )
@@ -282,35 +302,39 @@ def verify(
         raise CapsimError("workload.mode: verify plays closed-loop users; set mode: closed")
     if scn.retrieval.enabled and target.retrieval is None:
         raise CapsimError("--target: the scenario retrieves (retrieval.enabled) but the target has no retrieval.url")
+    if llm_on:
+        target.llm_endpoint()  # a one-line error now, before anything is sent
     check_reachable(target)
-    first_table = profile.table(target, users[0], progress) if profile else None
-    table = first_table or str(scn.llm.step_table)
-    probe = probe_llm(target)
-    r_ms = probe_retrieval(target, scn.retrieval.top_k) if (scn.retrieval.enabled and target.retrieval) else None
-    calib = {
-        "llm_overhead_ms": probe["overhead_ms"],
-        "llm_bos_tokens": probe["bos_tokens"],
+    table = (profile.table(target, users[0], progress) if profile else str(scn.llm.step_table)) if llm_on else None
+    probe: dict[str, Any] = probe_llm(target) if llm_on else {"overhead_ms": 0.0, "bos_tokens": 0, "server_alone": None}
+    r_ms = probe_retrieval(target, scn.retrieval.top_k) if retrieves else None
+    contention = probe_contention(target, scn.retrieval.top_k, r_ms) if r_ms is not None else ()
+    calib: dict[str, Any] = {
+        "llm_overhead_ms": probe["overhead_ms"] if llm_on else None,
+        "llm_bos_tokens": probe["bos_tokens"] if llm_on else None,
         "retrieval_isolated_ms": (
             {"p50": float(np.percentile(r_ms, 50)), "p95": float(np.percentile(r_ms, 95)), "n": len(r_ms)}
             if r_ms is not None
             else None
         ),
+        "retrieval_contention": list(contention),
         "step_table": table if profile is None else "profiled alone before every load (--profile-llm)",
         "step_tables": {},
-        "server_alone_vs_table": _server_vs_table(table, probe["server_alone"]),
+        "server_alone_vs_table": _server_vs_table(table, probe["server_alone"]) if table else None,
     }
     workers = target.retrieval.workers if target.retrieval else 1
     out, lives = [], []
     for i, n in enumerate(users):
-        if profile is not None and i > 0:
+        if llm_on and profile is not None and i > 0:
             table = profile.table(target, n, progress)
         calib["step_tables"][str(n)] = table
         if progress:
             progress(f"{n} users: live load for {duration_s:.0f} s")
         live = run_load(scn, target, n, duration_s, drain_s, probe["bos_tokens"])
         lives.append(live)
-        ov = overrides_for(scn, target, n, duration_s, warmup_s, r_ms, probe["overhead_ms"], replications)
-        ov["llm.step_table"] = table
+        ov = overrides_for(scn, target, n, duration_s, warmup_s, r_ms, probe["overhead_ms"], replications, contention)
+        if table:
+            ov["llm.step_table"] = table
         if progress:
             progress(f"{n} users: simulating")
         out.append(compare_one(live, scn, ov, warmup_s, workers))

@@ -70,18 +70,20 @@ COLUMNS = (
 VOCAB_LO, VOCAB_HI = 100, 31_000  # ordinary token ids of the Llama SPM vocabulary
 
 
-def _conn(url: str, timeout_s: float) -> http.client.HTTPConnection:
+def connection(url: str, timeout_s: float) -> http.client.HTTPConnection:
     u = urlparse(url)
     return http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout_s)
 
 
 def check_reachable(target: Target, timeout_s: float = 3.0) -> None:
     """GET /health on every endpoint; one CapsimError line if any does not answer 200."""
-    eps = [("llm", target.llm.url)] + ([("retrieval", target.retrieval.url)] if target.retrieval else [])
+    eps = ([("llm", target.llm.url)] if target.llm else []) + (
+        [("retrieval", target.retrieval.url)] if target.retrieval else []
+    )
     for name, url in eps:
         r = None
         try:
-            c = _conn(url, timeout_s)
+            c = connection(url, timeout_s)
             c.request("GET", "/health")
             r = c.getresponse()
             r.read()
@@ -114,11 +116,12 @@ def complete(
     max_tokens: int,
     timeout_s: float,
     token_times: list[float] | None = None,
+    conn: http.client.HTTPConnection | None = None,
 ) -> tuple[float | None, float, int, dict]:
-    """Stream one completion on a new connection (llama-server closes a streamed one):
-    (first-token time, end time, tokens received, server timings).  ``token_times``,
-    when given, receives the arrival time of every chunk that carries text."""
-    conn = _conn(url, timeout_s)
+    """Stream one completion on a new connection (llama-server closes a streamed one), or on
+    ``conn``, already connected: (first-token time, end time, tokens received, server timings).
+    ``token_times``, when given, receives the arrival time of every chunk that carries text."""
+    conn = conn or connection(url, timeout_s)
     body = {
         "model": model,
         "prompt": prompt_ids,
@@ -180,22 +183,21 @@ def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: fl
     """Isolated, one at a time: the BOS the server adds to a token prompt, and the HTTP + SSE
     overhead (client first token minus the server's own prompt time)."""
     rng = np.random.default_rng(12345)
+    llm = target.llm_endpoint()
     over, extra = [], []
     for _ in range(n + 1):
         t0 = time.perf_counter()
         try:
-            first, _end, _got, tim = complete(
-                target.llm.url, target.llm.model, prompt_ids(rng, prompt_tokens), 2, timeout_s
-            )
+            first, _end, _got, tim = complete(llm.url, llm.model, prompt_ids(rng, prompt_tokens), 2, timeout_s)
         except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
-            raise CapsimError(f"llm endpoint {target.llm.url}: a probe completion failed: {e}") from None
+            raise CapsimError(f"llm endpoint {llm.url}: a probe completion failed: {e}") from None
         if first is None or not tim:
-            raise CapsimError(f"llm endpoint {target.llm.url} streamed no tokens or no timings")
+            raise CapsimError(f"llm endpoint {llm.url} streamed no tokens or no timings")
         over.append((first - t0) * 1e3 - float(tim.get("prompt_ms", 0.0)))
         extra.append(int(tim.get("prompt_n", prompt_tokens)) - prompt_tokens)
     # One longer request alone: the server's own prompt and per-token times, to hold against the
     # step table (reported, not fed to the prediction).
-    _f, _e, _g, tim = complete(target.llm.url, target.llm.model, prompt_ids(rng, 96), 32, timeout_s)
+    _f, _e, _g, tim = complete(llm.url, llm.model, prompt_ids(rng, 96), 32, timeout_s)
     server = {
         "prompt_tokens": int(tim.get("prompt_n", 96)),
         "prompt_ms": float(tim.get("prompt_ms", np.nan)),
@@ -215,7 +217,7 @@ def probe_retrieval(target: Target, k: int, n: int = 200, gap_s: float = 0.0, ti
     timed p50 4.5 ms and back-to-back ones 0.9 ms, while the searches under load took 1.8-2.3 ms:
     wake-up and co-tenant noise, not the search, dominate a ~1 ms call here."""
     assert target.retrieval is not None
-    conn = _conn(target.retrieval.url, timeout_s)
+    conn = connection(target.retrieval.url, timeout_s)
     out = []
     for i in range(n + 20):
         if gap_s > 0:
@@ -226,6 +228,57 @@ def probe_retrieval(target: Target, k: int, n: int = 200, gap_s: float = 0.0, ti
             out.append((time.perf_counter() - t0) * 1e3)
     conn.close()
     return np.asarray(out)
+
+
+def _searches_together(url: str, k: int, m: int, n: int, timeout_s: float) -> list[list[float]]:
+    """``m`` clients, each on its own keep-alive connection, ``n`` searches back to back, started
+    together after 10 warm-up searches each: every client's latencies, ms."""
+    times: list[list[float]] = [[] for _ in range(m)]
+    gate = threading.Barrier(m)
+
+    def client(i: int) -> None:
+        conn = connection(url, timeout_s)
+        for j in range(10):
+            search(conn, 10_000 * i + j, k)
+        gate.wait(timeout_s)
+        for j in range(n):
+            t0 = time.perf_counter()
+            search(conn, 10_000 * i + 10 + j, k)
+            times[i].append((time.perf_counter() - t0) * 1e3)
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(m)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s * (n + 20))
+    return times
+
+
+def probe_contention(
+    target: Target, k: int, alone_ms: np.ndarray, n: int = 100, timeout_s: float = 10.0
+) -> tuple[float, ...]:
+    """Isolated: how much slower each search runs when ``m`` run at once on separate cores.
+
+    For ``m = 2 .. min(workers, cores)``: ``m`` clients search back to back at the same time
+    (``m`` searches always in service, nothing else sending); the mean time of a search over
+    the mean of ``alone_ms`` (the one-at-a-time probe).  ``(1, s2, ...)``; empty when the
+    service has one worker or one core (then only time-slicing, which the model counts).
+    Means below 1 (noise) count as 1."""
+    r = target.retrieval
+    assert r is not None
+    m_max = min(r.workers, len(r.cores) or r.workers)
+    if m_max < 2:
+        return ()
+    base = float(np.mean(alone_ms))
+    out = [1.0]
+    for m in range(2, m_max + 1):
+        times = _searches_together(r.url, k, m, n, timeout_s)
+        got = [x for ts in times for x in ts]
+        if len(got) < m * n:
+            raise CapsimError(f"retrieval endpoint {r.url}: the contention probe at {m} at once did not finish")
+        out.append(max(1.0, float(np.mean(got)) / base))
+    return tuple(out)
 
 
 @dataclass
@@ -260,7 +313,8 @@ class _User(threading.Thread):
         self.top_k = scn.retrieval.top_k
 
     def run(self) -> None:
-        ret = _conn(self.target.retrieval.url, 10.0) if self.target.retrieval and self.scn.retrieval.enabled else None
+        retrieves = self.target.retrieval is not None and self.scn.retrieval.enabled
+        ret = connection(self.target.retrieval.url, 10.0) if retrieves else None
         for _ in range(1_000_000):  # bounded: a request per think time until duration_s
             due = time.perf_counter() + self.think()
             if due >= self.end:
@@ -277,7 +331,7 @@ class _User(threading.Thread):
                 break
             if row["error"] and ret is not None:  # reconnect after a failure
                 ret.close()
-                ret = _conn(self.target.retrieval.url, 10.0)
+                ret = connection(self.target.retrieval.url, 10.0)
         if ret is not None:
             ret.close()
 
@@ -317,9 +371,15 @@ class _User(threading.Thread):
                         self.cache.insert(key)
             t3 = time.perf_counter()
             row["llm_sent_s"] = t3 - self.t0
+            if not self.scn.llm.enabled:  # retrieval only: the answer is the search result
+                row["llm_end_s"] = row["llm_sent_s"]
+                row["e2e_ms"] = (t3 - t_start) * 1e3
+                row["ok"] = True
+                return row
+            llm = self.target.llm_endpoint()
             first, end, got, timings = complete(
-                self.target.llm.url,
-                self.target.llm.model,
+                llm.url,
+                llm.model,
                 prompt_ids(self.ids, prompt - self.bos),
                 output,
                 max(5.0, self.hard_end - time.perf_counter()),

@@ -25,9 +25,9 @@ and then decodes the ``b`` sequences in lockstep, one token each a step:
   token): the step period the server achieves, sampling and streaming
   included.
 
-A try whose first tokens spread over more than half a decode step (a request
-arrived after the others' prefill began, so they were not one step) is
-discarded and repeated, up to :data:`TRIES` times.  Each configuration is
+A try whose prompts were not prefilled in one step (a request arrived after
+the others' prefill began: :func:`one_step`) is discarded and repeated, up to
+:data:`TRIES` times.  Each configuration is
 measured ``repeat`` times and the median kept.  The rows have the shape of
 ``llama-batched-bench``'s (:func:`sim.physics.steptable.step_rows` turns them
 into a table).
@@ -46,9 +46,9 @@ import numpy as np
 from sim.errors import CapsimError
 from sim.physics.steptable import median_rows
 from sim.spec.target import Target
-from sim.verify.loadgen import complete, prompt_ids
+from sim.verify.loadgen import complete, connection, prompt_ids
 
-TRIES = 3
+TRIES = 5
 
 
 def lockstep_times(sends: list[float], tokens: list[list[float]]) -> tuple[float, float, float]:
@@ -75,6 +75,23 @@ def lockstep_times(sends: list[float], tokens: list[list[float]]) -> tuple[float
     return max(sends), last_first, float(statistics.median(gaps))
 
 
+def one_step(prompt_ms: list[float] | None, firsts: list[float], sent: float) -> bool:
+    """Were ``b`` prompts sent together prefilled in one step?
+
+    With the server's own ``prompt_ms`` (llama-server): they are all the same step's time
+    (within 10 %); a late request's prompt is a step of its own, a fraction of the batch's.
+    From the client alone: the first tokens came within half a lone prompt's share of the
+    prefill (``(last first token - last send) / b / 2``), where a late prompt's own step
+    would put its first token a whole share later.  Client-side jitter (a thread waiting
+    for the core) is milliseconds against prefills of hundreds."""
+    if len(firsts) < 2:
+        return True
+    if prompt_ms is not None:
+        return min(prompt_ms) >= 0.9 * max(prompt_ms)
+    span = max(firsts) - sent
+    return max(firsts) - min(firsts) <= 0.5 * span / len(firsts)
+
+
 def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generator, timeout_s: float) -> dict | None:
     """One try at batch ``b``: the row, or None when the prompts were not prefilled in one step."""
     sends = [0.0] * b
@@ -83,12 +100,15 @@ def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generato
     errors: list[str] = []
     prompts = [prompt_ids(rng, pp) for _ in range(b)]
     gate = threading.Barrier(b)
+    llm = target.llm_endpoint()
 
     def go(i: int) -> None:
         try:
+            conn = connection(llm.url, timeout_s)
+            conn.connect()  # before the barrier: after it, each request is one send
             gate.wait(timeout_s)
             sends[i] = time.perf_counter()
-            _f, _e, got, tim = complete(target.llm.url, target.llm.model, prompts[i], tg, timeout_s, tokens[i])
+            _f, _e, got, tim = complete(llm.url, llm.model, prompts[i], tg, timeout_s, tokens[i], conn)
             timings[i] = tim
             if got != tg:
                 errors.append(f"asked {tg} tokens, got {got}")
@@ -101,12 +121,11 @@ def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generato
     for t in threads:
         t.join(timeout_s + 5)
     if errors or any(t.is_alive() for t in threads):
-        raise CapsimError(f"llm endpoint {target.llm.url}: a profile request failed: {(errors or ['timed out'])[0]}")
+        raise CapsimError(f"llm endpoint {llm.url}: a profile request failed: {(errors or ['timed out'])[0]}")
     sent, last_first, gap = lockstep_times(sends, tokens)
-    spread = last_first - min(t[0] for t in tokens)
-    if b > 1 and spread > 0.5 * gap:
-        return None  # not one prefill step: a request came late
     prompt_ms = [float(t["prompt_ms"]) for t in timings if "prompt_ms" in t]
+    if not one_step(prompt_ms if len(prompt_ms) == b else None, [t[0] for t in tokens], sent):
+        return None  # a request came late: its prompt had a step of its own
     t_pp = max(prompt_ms) / 1e3 if len(prompt_ms) == b else last_first - sent
     n = [int(t["prompt_n"]) for t in timings if "prompt_n" in t]
     return dict(pp=max(n) if len(n) == b else pp, tg=tg, b=b, t_pp_s=t_pp, t_tg_s=gap * tg)
@@ -123,10 +142,9 @@ def profile_server(
     progress: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Rows ``{pp, tg, b, t_pp_s, t_tg_s}``, the median of ``repeat`` runs of every (pp, b)."""
-    if max(npl) > target.llm.parallel:
-        raise CapsimError(
-            f"--npl: batch {max(npl)} exceeds the server's slots (target llm.parallel = {target.llm.parallel})"
-        )
+    llm = target.llm_endpoint()
+    if max(npl) > llm.parallel:
+        raise CapsimError(f"--npl: batch {max(npl)} exceeds the server's slots (target llm.parallel = {llm.parallel})")
     rng = np.random.default_rng(seed)
     runs: list[list[dict]] = []
     for r in range(repeat):
@@ -140,7 +158,7 @@ def profile_server(
                         break
                 if row is None:
                     raise CapsimError(
-                        f"llm endpoint {target.llm.url}: {b} requests sent together were never prefilled in one "
+                        f"llm endpoint {llm.url}: {b} requests sent together were never prefilled in one "
                         f"step ({TRIES} tries); is something else sending to the server?"
                     )
                 run.append(row)
@@ -156,6 +174,6 @@ def profile_server(
 def describe(target: Target, npp: list[int], ntg: int, npl: list[int], repeat: int) -> str:
     """The table's source line."""
     return (
-        f"server profile of {target.llm.url} (isolated, {'/'.join(map(str, npl))} requests sent together): "
+        f"server profile of {target.llm_endpoint().url} (isolated, {'/'.join(map(str, npl))} requests sent together): "
         f"npp {npp} ntg {ntg}, median of {repeat} run(s)"
     )

@@ -4,13 +4,16 @@
 Subcommands
   build  build the index once and save it (workers only load it):
            python search_service.py build --dir DIR [--vectors X.npy | --n 50000 --dim 384] [--seed 0]
-  serve  run the HTTP service with W worker processes (127.0.0.1 only):
+  serve  run the HTTP service with W worker processes, or one process whose W search
+         threads share one index (127.0.0.1 only):
            python search_service.py serve --dir DIR --port 8090 --workers 2
+           python search_service.py serve --dir DIR --port 8090 --threads 2 [--ef 1000]
   bench  loopback client: latency of /search vs in-process knn_query alone:
            python search_service.py bench --dir DIR --port 8090 --requests 500
 
 Index: hnswlib, space='cosine', M=16, ef_construction=100, ef=50, one search
-thread per worker (set_num_threads(1)); worker parallelism comes from processes.
+thread per worker (set_num_threads(1)); parallelism from worker processes or, with
+--threads, from a pool of search threads over one shared index.
 
 API
   GET  /health                      -> {"status":"ok","n":..,"dim":..,"pid":..}
@@ -30,6 +33,7 @@ cost can be measured (bench --mode vector) rather than guessed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -111,6 +115,13 @@ class _State:
     index: Any = None
     queries: Any = None
     meta: Any = None
+    pool: Any = None  # ThreadPoolExecutor with --threads, else None (search on the event loop)
+
+
+def _knn(q, k):
+    t0 = time.perf_counter()
+    labels, dists = _State.index.knn_query(q, k=k)
+    return labels, dists, (time.perf_counter() - t0) * 1e6
 
 
 def _load(d):
@@ -121,8 +132,15 @@ def _load(d):
         meta = json.load(f)
     index = hnswlib.Index(space=meta["space"], dim=meta["dim"])
     index.load_index(idx_path, max_elements=meta["n"])
-    index.set_ef(EF_SEARCH)
+    ef = int(os.environ.get("CAPSIM_SEARCH_EF", EF_SEARCH))
+    index.set_ef(ef)
     index.set_num_threads(1)
+    meta = dict(meta, ef=ef)
+    threads = int(os.environ.get("CAPSIM_SEARCH_THREADS", "0"))
+    if threads > 0:
+        from concurrent.futures import ThreadPoolExecutor  # deferred: only with --threads
+
+        _State.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="search")
     _State.index, _State.queries, _State.meta = index, np.load(q_path), meta
 
 
@@ -150,11 +168,14 @@ def make_app():
                 return JSONResponse({"error": f"vector must have dim {_State.meta['dim']}"}, 400)
         else:
             return JSONResponse({"error": "need query_id or vector"}, 400)
-        # CPU-bound and short (~0.1-1 ms): run inline on the event loop. One
-        # request at a time per worker, like a real single-threaded worker.
-        t0 = time.perf_counter()
-        labels, dists = _State.index.knn_query(q, k=k)
-        us = (time.perf_counter() - t0) * 1e6
+        if _State.pool is None:
+            # CPU-bound and short (~0.1-1 ms): run inline on the event loop. One
+            # request at a time per worker, like a real single-threaded worker.
+            labels, dists, us = _knn(q, k)
+        else:
+            # --threads W: one index shared by W search threads (hnswlib releases the GIL
+            # in knn_query); requests queue FIFO for a free thread.
+            labels, dists, us = await asyncio.get_running_loop().run_in_executor(_State.pool, _knn, q, k)
         return JSONResponse({"ids": labels[0].tolist(), "distances": dists[0].tolist(), "search_us": round(us, 1)})
 
     return Starlette(routes=[Route("/health", health, methods=["GET"]), Route("/search", search, methods=["POST"])])
@@ -167,6 +188,11 @@ def serve(args) -> int:
     import uvicorn  # deferred: heavy or only needed by this subcommand
 
     os.environ["CAPSIM_SEARCH_DIR"] = os.path.abspath(args.dir)
+    os.environ["CAPSIM_SEARCH_EF"] = str(args.ef)
+    os.environ["CAPSIM_SEARCH_THREADS"] = str(args.threads)
+    if args.threads > 0 and args.workers > 1:
+        print("error: --threads shares one index in one process; give --workers 1", file=sys.stderr)
+        return 2
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import socket  # deferred: heavy or only needed by this subcommand
 
@@ -188,7 +214,8 @@ def serve(args) -> int:
     # Linux accepted sockets inherit TCP_NODELAY from the listener: set it there.
     sock = config.bind_socket()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    print(f"search service: 127.0.0.1:{args.port}, {args.workers} worker(s), index {args.dir}", flush=True)
+    shape = f"1 process, {args.threads} search threads" if args.threads else f"{args.workers} worker process(es)"
+    print(f"search service: 127.0.0.1:{args.port}, {shape}, ef {args.ef}, index {args.dir}", flush=True)
     if args.workers > 1:
         Multiprocess(config, sockets=[sock]).run()
     else:
@@ -274,7 +301,9 @@ def main(argv=None) -> int:
     s = sub.add_parser("serve")
     s.add_argument("--dir", required=True)
     s.add_argument("--port", type=int, default=8090)
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--workers", type=int, default=1, help="worker processes, each with its own copy of the index")
+    s.add_argument("--threads", type=int, default=0, help="W > 0: one process, one index, W search threads")
+    s.add_argument("--ef", type=int, default=EF_SEARCH, help="hnsw ef at query time (recall and cost)")
     c = sub.add_parser("bench")
     c.add_argument("--dir", required=True)
     c.add_argument("--port", type=int, default=8090)

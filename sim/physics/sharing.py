@@ -1,0 +1,71 @@
+"""How much slower a search runs while others run beside it.
+
+A pool of ``workers`` CPU workers on ``cpu_cores`` cores: with ``n`` searches
+in service, ``m = min(n, cpu_cores)`` of them run at a time and each runs
+``contention[m]`` times slower than alone (memory bandwidth and caches shared
+between cores, measured by running ``m`` searches at once: ``capsim calibrate
+retrieval --threads 1,2,...`` or a live service profiled at 1..W concurrent
+requests), and the ``n`` share the ``m`` cores in time (``n / m``)::
+
+    stretch(n) = contention(min(n, cores)) * n / min(n, cores)
+
+``contention`` is given for ``1..K`` concurrent searches (``contention(1) =
+1``: the service time is a search alone); between measured counts it is
+linear, above ``K`` the last two points' line continues (contention does not
+stop growing where the measurement stopped), never below the last value.
+
+The simulator applies it exactly (processor sharing with a rate that depends
+on the number running, :class:`sim.engine.pool.WorkerPool`): every search
+holds its remaining work in seconds-alone, which drains at ``1 / stretch(n)``
+per second, and when ``n`` changes every running search's finish time is
+recomputed.  Two searches of 1 s alone on one core, the second starting at
+0.5 s: the first finishes at 1.5 s, the second at 2.0 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def contention_at(m: int, contention: Sequence[float]) -> float:
+    """The slowdown with ``m >= 1`` searches running at once (see the module text).
+
+    ``contention = (1, 1.2)``: 1.0 at 1, 1.2 at 2, 1.4 at 3 (the line continued).
+    """
+    if m < 1:
+        raise ValueError("m must be >= 1")
+    k = len(contention)
+    if k == 0:
+        return 1.0
+    if m <= k:
+        return float(contention[m - 1])
+    if k == 1:
+        return float(contention[0])
+    slope = max(0.0, float(contention[-1]) - float(contention[-2]))
+    return float(contention[-1]) + slope * (m - k)
+
+
+def stretch_factors(workers: int, cpu_cores: int | None, contention: Sequence[float] = ()) -> list[float]:
+    """``[stretch(0), stretch(1), ..., stretch(workers)]`` (``stretch(0) = 1``, unused).
+
+    4 workers on 2 cores, no contention: ``[1, 1, 1, 1.5, 2]``; with ``contention = (1, 1.2)``:
+    ``[1, 1, 1.2, 1.8, 2.4]``.
+    """
+    cores = cpu_cores or workers
+    out = [1.0]
+    for n in range(1, workers + 1):
+        m = min(n, cores)
+        out.append(contention_at(m, contention) * n / m)
+    return out
+
+
+def check_contention(contention: Sequence[float], key: str) -> str | None:
+    """A one-line problem with a contention list, or None."""
+    if not contention:
+        return None
+    if abs(float(contention[0]) - 1.0) > 1e-9:
+        return f"{key}[0] must be 1 (the service time is that of a search alone), got {contention[0]!r}"
+    bad = [c for c in contention if not (float(c) >= 1.0 and float(c) < 1e6)]
+    if bad:
+        return f"{key}: every slowdown must be >= 1 (running beside others is never faster), got {bad[0]!r}"
+    return None
