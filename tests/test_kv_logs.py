@@ -44,6 +44,7 @@ def llm_section(row: dict[str, str]) -> dict[str, Any]:
     return {
         "model": row["capsim_model"],
         "gpu": gpu,
+        "dtype_bytes": float(row["dtype_bytes"]),
         "tensor_parallel": int(row["tensor_parallel"]),
         "gpu_memory_utilization": float(row["gpu_memory_utilization"]),
         "max_batched_tokens": int(row["max_num_batched_tokens"]),
@@ -120,3 +121,10 @@ def test_reserve_terms_and_a_user_number() -> None:
     none = LLMConfig.model_validate({**base, "engine_reserve": "none"})
     assert none.kv_budget_bytes == pytest.approx(79.19 * gib * 0.9 - 8_030_261_248 * 2)
     assert none.kv_budget_bytes - user.kv_budget_bytes == pytest.approx(3 * gib)
+
+
+def test_graph_preset_deducts_the_cuda_graph_pool() -> None:
+    base = {"model": "llama-3-8b", "gpu": "h100-sxm", "prompt_tokens": 10, "output_tokens": 10}
+    plain = LLMConfig.model_validate({**base, "engine_reserve": "vllm-v0.17"})
+    graphs = LLMConfig.model_validate({**base, "engine_reserve": "vllm-v0.17-graphs"})
+    assert graphs.reserve_bytes - plain.reserve_bytes == pytest.approx(1.04 * 2**30)

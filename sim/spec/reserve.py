@@ -43,6 +43,7 @@ _I10517 = "https://github.com/vllm-project/vllm/issues/10517"
 _I13061 = "https://github.com/vllm-project/vllm/issues/13061"
 _I16570 = "https://github.com/vllm-project/vllm/issues/16570"
 _LLMD = "https://github.com/llm-d-incubation/llm-d-planner/blob/main/accuracy/accuracy_report.md"
+_LLMD_LOGS = "https://github.com/llm-d-incubation/llm-d-planner/blob/main/accuracy/results/v0.19.0/logs/"
 _GRAPHS = (
     "CUDA graphs are captured after the KV pool is sized (llm-d-planner accuracy report, 'CUDA Graph Memory': "
     f"{_LLMD}); in V0 they took memory beyond gpu_memory_utilization "
@@ -77,7 +78,8 @@ RESERVE_PRESETS: dict[str, EngineReserve] = {
             "vocab_factor": (
                 f"{_LLMD}: torch peak increase 1.89 GiB (Llama-3.1-8B), 2.21 GiB (Qwen2.5-7B), 2.23 GiB "
                 "(Qwen3-14B, v0.17.0) at max_num_seqs 1024: 3.86, 3.81, 3.85 copies of 4 * vocab * max_num_seqs; "
-                "mean 3.84"
+                "mean 3.84; checked on Llama-3.3-70B (not fitted): 1.96 / 1.97 GiB logged at tp 2 / 4, "
+                "1.88 GiB predicted"
             ),
             "non_torch_gib": (
                 f"{_LLMD}: non-torch forward increase 0.25 GiB at tp 1 (v0.18.0, v0.19.0; 0.13 at v0.17.0)"
@@ -87,6 +89,30 @@ RESERVE_PRESETS: dict[str, EngineReserve] = {
                 "mean 2.10 minus the tp-1 0.25"
             ),
             "cuda_graph_gib": _GRAPHS,
+        },
+    ),
+    "vllm-v0.17-graphs": EngineReserve(
+        engine="vLLM",
+        versions=(
+            "0.17 and later with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1 (its logs say it becomes the default): "
+            "the CUDA graph pool is deducted before sizing the KV pool"
+        ),
+        tokens_factor=3.0,
+        vocab_factor=3.84,
+        non_torch_gib=0.25,
+        nccl_gib=1.85,
+        cuda_graph_gib=1.04,
+        sources={
+            "tokens_factor": "as vllm-v0.17",
+            "vocab_factor": "as vllm-v0.17",
+            "non_torch_gib": "as vllm-v0.17",
+            "nccl_gib": "as vllm-v0.17",
+            "cuda_graph_gib": (
+                f"{_LLMD}: CUDA graph pool 0.51-1.85 GiB, mean 1.04 GiB, over the v0.19.0 runs; vLLM 0.19.0 logs "
+                f"'Estimated CUDA graph memory: 1.82 GiB total' for Llama-3.3-70B at tp 2 ({_LLMD_LOGS}"
+                "fp8dyn-llama-3-3-70b--h100-80gb--tp2pp1dp1--8192.log); no start-up log with the flag on was found, "
+                "so this preset is not checked against one"
+            ),
         },
     ),
     "vllm-v0.15": EngineReserve(

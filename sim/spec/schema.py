@@ -370,6 +370,16 @@ class GPUSpec(Strict):
     fp8_tflops: Optional[PosFloat] = None
     interconnect_gbps: Optional[PosFloat] = None
 
+    @model_validator(mode="after")
+    def _exposed(self) -> GPUSpec:
+        x, m = self.memory_exposed_gib, self.memory_gb
+        if x is not None and not 0.9 * m <= x <= m:
+            raise ValueError(
+                f'memory_exposed_gib ({x:g}) must be 90-100 % of memory_gb ({m:g}, read as GiB): an "N GB" card '
+                f"exposes a little under N GiB; change both together, or leave memory_exposed_gib out"
+            )
+        return self
+
 
 class PromptComposition(Strict):
     """``system_tokens + top_k * doc_tokens + question_tokens``."""
