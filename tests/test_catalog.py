@@ -62,7 +62,8 @@ def test_names_in_natural_order():
 @pytest.mark.parametrize("name", catalog.gpu_names())
 def test_gpu_has_positive_numeric_fields(name):
     g = catalog.gpu(name)
-    assert set(GPU_FIELDS) <= set(g) <= {*GPU_FIELDS, "fp8_tflops"}  # fp8_tflops where a figure was read
+    # fp8_tflops and memory_exposed_gib where a figure was read
+    assert set(GPU_FIELDS) <= set(g) <= {*GPU_FIELDS, "fp8_tflops", "memory_exposed_gib"}
     for field in g:
         value = g[field]
         assert isinstance(value, (int, float)) and not isinstance(value, bool), (name, field)
@@ -76,6 +77,14 @@ def test_gpu_every_figure_has_a_source_url(name):
     assert entry["interconnect"]
     for field in GPU_FIELDS:
         assert URL.search(str(entry["sources"].get(field, ""))), (name, field)
+    if "memory_exposed_gib" in entry:
+        assert URL.search(str(entry["sources"].get("memory_exposed_gib", ""))), name
+        assert 0.97 < entry["memory_exposed_gib"] / entry["memory_gb"] < 1.0, name  # GiB, less the driver's share
+
+
+def test_exposed_fraction_is_the_median_of_the_read_cards():
+    # H100 79.19/80 = 0.98988, A100 79.25/80 = 0.99063, A100-40GB 39.38/40 = 0.9845: median 0.98988
+    assert catalog.exposed_fraction() == pytest.approx(79.19 / 80)
 
 
 def test_gpu_datasheet_figures():

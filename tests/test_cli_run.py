@@ -104,7 +104,21 @@ BAD = [
         {"workload": {"mode": "closed", "users": 5, "think_s": {"dist": "weibull", "mean": 3}}},
         "workload.think_s: Value error, unknown dist 'weibull'",
     ),
-    ({"llm": {"model": "llama-3-70b", "gpu": "l4"}}, "llm: model weights (141.1 GB"),
+    ({"llm": {"model": "llama-3-70b", "gpu": "l4"}}, "llm: model weights (131.4 GiB per GPU"),
+    (
+        {"llm": {"engine_reserve": "vllm-9"}},
+        "llm.engine_reserve: expected one of vllm-v0.17, vllm-v0.17-graphs, vllm-v0.15, vllm-v0.6, vllm-v0.2, none or a "
+        "number of GiB",
+    ),
+    ({"llm": {"engine_reserve": -1}}, "llm.engine_reserve: expected one of vllm-v0.17"),
+    (
+        {"llm": {"gpu": {"hbm_bandwidth_gbps": 1, "memory_gb": 40, "peak_tflops": 1, "memory_exposed_gib": 79.19}}},
+        "llm.gpu: memory_exposed_gib (79.19) must be 90-100 % of memory_gb (40, read as GiB)",
+    ),
+    (
+        {"llm": {"gpu": {"hbm_bandwidth_gbps": 1, "memory_gb": 80, "peak_tflops": 1, "memory_exposed_gib": 0}}},
+        "llm.gpu.memory_exposed_gib: input should be greater than 0",
+    ),
     ({"llm": {"gpu": "h100"}}, "llm.gpu: unknown GPU 'h100' (did you mean 'h100-sxm'?"),
     ({"llm": {"model": "llama3"}}, "llm.model: unknown model 'llama3'"),
     ({"sla": {"e2e": {"p95": 800}}}, "sla: Value error, unknown SLA metric 'e2e' (did you mean 'e2e_ms'?"),

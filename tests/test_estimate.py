@@ -48,10 +48,17 @@ def test_memory_figures_by_hand():
     assert e["weights_bytes"] == W
     assert e["kv_bytes_per_token"] == KV
     assert e["kv_bytes_per_request"] == KV * (1024 + 100)
-    # KV per GPU: 80e9 * 0.9 - 3.76e9 = 68,237,570,048 B -> / (131,072 * 16) = 32,538 blocks;
-    # a request ends with 1,124 tokens = 71 blocks -> 458 of them fit.
-    assert e["kv_blocks"] == int((80e9 * 0.9 - W) // (KV * 16)) == 32_538
-    assert e["max_sequences_in_memory"] == 32_538 // 71 == 458
+    # The H100 exposes 79.19 GiB = 85,029,615,042.56 B; x 0.9 = 76,526,653,538.3 B. The engine
+    # (vllm-v0.17) keeps the profiling pass's MLP peak, 3 x 2 B x (4,096 + 11,008) x 8,192 tokens =
+    # 742,391,808 B (the sampler's 3.84 x 4 B x 32,000 x 64 = 31,457,280 B is smaller), and
+    # 0.25 GiB = 268,435,456 B outside PyTorch: KV pool 71,753,396,322 B -> / (131,072 * 16) =
+    # 34,214 blocks; a request ends with 1,124 tokens = 71 blocks -> 481 of them fit.
+    reserve = 742_391_808 + 268_435_456
+    assert e["engine_reserve_bytes_per_gpu"] == reserve
+    assert e["memory_exposed_bytes_per_gpu"] == pytest.approx(85_029_615_042.56)
+    assert e["kv_blocks"] == int((79.19 * 2**30 * 0.9 - W - reserve) // (KV * 16)) == 34_214
+    assert e["kv_capacity_tokens"] == 34_214 * 16
+    assert e["max_sequences_in_memory"] == 34_214 // 71 == 481
     assert e["batch_that_fits"] == 64
 
 

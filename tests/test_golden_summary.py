@@ -8,7 +8,10 @@ fit to published measurements (``llm.efficiency: published``), which changes
 every LLM figure, and once more when the cache hit rate started counting every
 lookup in the window (not only finished requests) and a pooled percentile's
 maximum became the pooled maximum (a p99 above the reported max was possible), and
-when the gpu section gained ``load`` (answers/s over the replicas' capacity).  Keys, their order and every value must agree; floats to
+when the gpu section gained ``load`` (answers/s over the replicas' capacity), and
+when the KV pool became the engine's own accounting (memory as the card exposes it,
+79.19 GiB for an H100, less the vLLM reserve of ``llm.engine_reserve``): only
+``gpu.kv_blocks`` (32,538 -> 34,214) and ``gpu.kv_occupancy`` changed.  Keys, their order and every value must agree; floats to
 1e-9 relative, so a change in numpy's last bits does not fail it but any
 change in the model or the statistics does: regenerate it only with a reason.
 """

@@ -194,3 +194,28 @@ def test_decode_blocks_closed_form_equals_brute_force(block, e, x0, extra):
     # removing a sequence restores the sum without it
     dec.remove(e[0] + block - 1)
     assert dec.blocks(x0) == brute(x0) - math.ceil((e[0] + x0) / block)
+
+
+# --------------------------------------------------------------------------- KV pool and engine reserve
+
+
+def test_profile_activation_by_hand():
+    # Llama-3-8B, bf16, 8,192 tokens, 3 live copies: 3 * 2 * (4,096 + 14,336) * 8,192 = 905,969,664 B
+    assert gm.profile_activation_bytes(8192, 4096, 14336, 2.0, 3.0) == 905_969_664
+    assert gm.profile_activation_bytes(0, 4096, 14336, 2.0, 3.0) == 0
+
+
+def test_engine_reserve_adds_nccl_only_under_tensor_parallelism():
+    gib = 2**30
+    # 1 GiB activation + 0.25 GiB non-torch + 1.85 GiB NCCL at tp 2 = 3.1 GiB; at tp 1 the NCCL term drops
+    assert gm.engine_reserve_bytes(gib, 0.25 * gib, 1.85 * gib, 2) == pytest.approx(3.1 * gib)
+    assert gm.engine_reserve_bytes(gib, 0.25 * gib, 1.85 * gib, 1) == pytest.approx(1.25 * gib)
+    assert gm.engine_reserve_bytes(gib, 0.0, 0.0, 1, cuda_graph_bytes=0.5 * gib) == pytest.approx(1.5 * gib)
+
+
+def test_kv_pool_by_hand():
+    gib = 2**30
+    # an H100 exposes 79.19 GiB: 79.19 * 0.9 - 14.96 - 1.2 = 55.111 GiB
+    assert gm.kv_pool_bytes(79.19 * gib, 0.9, 14.96 * gib, 1.2 * gib) == pytest.approx(55.111 * gib)
+    # vLLM's own sum for Llama-3.1-8B at tp 2 (llm-d-planner's v0.19.0 terms): 75.23 - 7.51 - 1.89 - 2.07
+    assert gm.kv_pool_bytes(79.19 * gib, 0.95, 7.51 * gib, 3.96 * gib) / gib == pytest.approx(63.7605)

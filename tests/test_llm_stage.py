@@ -7,6 +7,9 @@ Toy GPU and model with round numbers (bw_efficiency = mfu = 1, no overhead):
 * linear FLOPs 2e9 per token -> 20 us per token at 100 TFLOPS;
 * attention 4 x 250,000 = 1e6 FLOPs per (query, key) pair -> 10 ns per pair.
 
+The toy card exposes exactly ``memory_gb * 1e9`` bytes and the engine keeps no
+reserve (``engine_reserve: none``), so its KV pool is ``memory_gb * 1e9 * util - 2e9``.
+
 So a step that processes N new tokens, holds C context tokens after the step
 and has P attention pairs takes ``max((2e9 + 1e6 C) / 1e12, (2e9 N + 1e6 P) / 1e14)``.
 """
@@ -48,8 +51,14 @@ def step_s(new: int, ctx: int, pairs: float) -> float:
     return max((2e9 + 1e6 * ctx) / 1e12, (2e9 * new + 1e6 * pairs) / 1e14)
 
 
+def toy_gpu(gpu: dict) -> dict:
+    """A toy card that exposes exactly ``memory_gb * 1e9`` bytes."""
+    return {**gpu, "memory_exposed_gib": gpu["memory_gb"] * 1e9 / 2**30} if isinstance(gpu, dict) else gpu
+
+
 def cfg(**kw) -> LLMConfig:
     base = dict(
+        engine_reserve="none",
         efficiency="custom",
         model=MODEL,
         gpu=GPU,
@@ -60,6 +69,7 @@ def cfg(**kw) -> LLMConfig:
         max_batched_tokens=128,
     )
     base.update(kw)
+    base["gpu"] = toy_gpu(base["gpu"])
     return LLMConfig(**base)
 
 
@@ -283,12 +293,12 @@ def test_request_that_can_never_fit_is_a_clear_error(tmp_path):
                 "run": {"duration_s": 20, "warmup_s": 1, "replications": 2},
                 "workload": {"mode": "open", "rate_per_s": 2},
                 "retrieval": {"enabled": False},
-                "llm": {"model": "article-8l", "gpu_memory_utilization": 0.048, "prompt_tokens": 4000},
+                "llm": {"model": "article-8l", "gpu_memory_utilization": 0.057, "prompt_tokens": 4000},
             }
         )
     )
     res = CliRunner().invoke(app, ["run", str(path)])
-    assert res.exit_code == 2 and "needs 257 KV blocks of 16 tokens but a replica holds 36" in res.output
+    assert res.exit_code == 2 and "needs 257 KV blocks of 16 tokens but a replica holds 35" in res.output
 
 
 @pytest.mark.parametrize("chunked, system", [(True, 0), (False, 0), (True, 40), (False, 40)])
@@ -325,14 +335,18 @@ def test_epochs_equal_a_step_by_step_loop(monkeypatch, chunked, system, seed):
 
 
 def test_tensor_parallel_splits_weights_and_kv():
-    # 141.1 GB of Llama-3-70B weights do not fit one H200 (141 GB x 0.9); on four each GPU holds
-    # 35.3 GB of weights and 2 of the 8 KV heads.
+    # 131.4 GiB of Llama-3-70B weights do not fit one H200 (141 GiB x 0.98988 exposed x 0.9 = 125.6 GiB);
+    # on four each GPU holds 32.85 GiB of weights and 2 of the 8 KV heads.
     with pytest.raises(Exception, match="raise llm.tensor_parallel"):
         LLMConfig(model="llama-3-70b", gpu="h200")
     two = LLMConfig(model="llama-3-70b", gpu="h200", tensor_parallel=2)
     four = LLMConfig(model="llama-3-70b", gpu="h200", tensor_parallel=4)
     assert four.kv_bytes_per_token_per_gpu == 2 * 80 * 2 * 128 * 2
-    assert four.kv_budget_bytes == pytest.approx(141e9 * 0.9 - 70_553_706_496 * 2 / 4)
+    # reserve: MLP peak 3 x 2 B x (8,192 + 28,672) x 8,192 tokens + 0.25 GiB non-torch + 1.85 GiB NCCL
+    reserve = 3 * 2 * (8192 + 28672) * 8192 + (0.25 + 1.85) * 2**30
+    assert four.reserve_bytes == pytest.approx(reserve)
+    exposed = 141 * 2**30 * 79.19 / 80
+    assert four.kv_budget_bytes == pytest.approx(exposed * 0.9 - 70_553_706_496 * 2 / 4 - reserve)
     assert four.kv_blocks == int(four.kv_budget_bytes // (2 * 80 * 2 * 128 * 2 * 16))
     assert four.kv_blocks > 2 * two.kv_blocks  # twice the GPUs for the KV, and less weight on each
 

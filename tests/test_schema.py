@@ -48,6 +48,8 @@ GOOD = {
 
 def test_file_forms_capsim_accepts_validate(validator: jsonschema.Draft202012Validator) -> None:
     assert not list(validator.iter_errors(GOOD))
+    for reserve in ("vllm-v0.6", 2.5):
+        assert not list(validator.iter_errors({**GOOD, "llm": {**GOOD["llm"], "engine_reserve": reserve}}))
 
 
 @pytest.mark.parametrize(
@@ -59,8 +61,19 @@ def test_file_forms_capsim_accepts_validate(validator: jsonschema.Draft202012Val
         {"sla": {"e2e_ms": {"p95": -1}}},
         {"llm": {"gpu": "h1000"}},
         {"cache": {"lookup_ms": -1}},
+        {"llm": {"engine_reserve": "vllm-9"}},
+        {"llm": {"engine_reserve": -1}},
     ],
-    ids=["unknown-key", "unknown-metric", "unknown-stat", "negative-threshold", "unknown-gpu", "negative-number"],
+    ids=[
+        "unknown-key",
+        "unknown-metric",
+        "unknown-stat",
+        "negative-threshold",
+        "unknown-gpu",
+        "negative-number",
+        "unknown-reserve",
+        "negative-reserve",
+    ],
 )
 def test_invalid_files_are_refused(validator: jsonschema.Draft202012Validator, patch: dict) -> None:
     assert list(validator.iter_errors({**GOOD, **patch}))

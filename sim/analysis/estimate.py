@@ -226,9 +226,14 @@ def estimate(scn: Scenario) -> dict[str, Any]:
             kv_bytes_per_token=llm.kv_bytes_per_token,
             kv_bytes_per_token_per_gpu=llm.kv_bytes_per_token_per_gpu,
             kv_bytes_per_request=llm.kv_bytes_per_token * (prompt + output),
+            memory_exposed_bytes_per_gpu=llm.memory_exposed_bytes,
+            gpu_memory_utilization=llm.gpu_memory_utilization,
+            engine_reserve=_reserve_doc(llm),
+            engine_reserve_bytes_per_gpu=llm.reserve_bytes,
             kv_budget_bytes_per_gpu=llm.kv_budget_bytes,
+            kv_block_tokens=B,
             kv_blocks=llm.kv_blocks,
-            kv_capacity_tokens=llm.kv_blocks * B,
+            kv_capacity_tokens=llm.kv_tokens,
             prefix_cached_tokens=prefix,
         )
         fit = _sequences_in_memory(llm, prompt, output)
@@ -316,6 +321,20 @@ def estimate(scn: Scenario) -> dict[str, Any]:
         }
     out["notes"] = notes
     return out
+
+
+def _reserve_doc(llm: Any) -> dict[str, Any]:
+    """The engine reserve capsim assumed: preset (or a number), each term in bytes, and the sources."""
+    preset = llm.reserve_preset
+    return {
+        "setting": llm.engine_reserve,
+        "engine": preset.engine if preset else "user",
+        "versions": preset.versions if preset else "a number of GiB per GPU from the scenario",
+        "terms_bytes": llm.reserve_terms_bytes,
+        "max_batched_tokens": llm.max_batched_tokens,
+        "max_num_seqs": llm.max_batch,
+        "sources": dict(preset.sources) if preset else {},
+    }
 
 
 def estimate_points(source: Any, overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:

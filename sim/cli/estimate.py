@@ -30,6 +30,10 @@ def _bytes(x: float) -> str:
     return f"{x:,.0f} B"
 
 
+def _gib(x: float) -> str:
+    return f"{x / 2**30:,.2f} GiB"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
@@ -53,7 +57,28 @@ def estimate_table(est: dict[str, Any]) -> Table:
         t.add_row("weights", _bytes(est["weights_bytes"]))
         t.add_row("KV per token", _bytes(est["kv_bytes_per_token"]))
         t.add_row("KV per request (prompt + output)", _bytes(est["kv_bytes_per_request"]))
-        t.add_row("KV blocks per replica", f"{est['kv_blocks']:,} ({est['kv_capacity_tokens']:,} tokens)")
+        r = est["engine_reserve"]
+        terms = ", ".join(f"{k.replace('_', '-')} {_gib(v)}" for k, v in r["terms_bytes"].items())
+        t.add_row(
+            f"engine reserve per GPU ({r['setting']})",
+            f"{_gib(est['engine_reserve_bytes_per_gpu'])}: {terms} "
+            f"(max_num_batched_tokens {r['max_batched_tokens']:,}, max_num_seqs {r['max_num_seqs']:,})",
+        )
+        t.add_row(
+            "KV cache per GPU",
+            f"{_gib(est['memory_exposed_bytes_per_gpu'])} exposed x {est['gpu_memory_utilization']:g} - "
+            f"{_gib(est['weights_bytes_per_gpu'])} weights - {_gib(est['engine_reserve_bytes_per_gpu'])} reserve "
+            f"= {_gib(est['kv_budget_bytes_per_gpu'])}",
+        )
+        # The engine's own start-up lines, to hold against a server's log.
+        t.add_row(
+            "vLLM would log (V0)", f"# GPU blocks: {est['kv_blocks']} (blocks of {est['kv_block_tokens']} tokens)"
+        )
+        t.add_row(
+            "vLLM would log (V1)",
+            f"Available KV cache memory: {est['kv_budget_bytes_per_gpu'] / 2**30:.2f} GiB; "
+            f"GPU KV cache size: {est['kv_capacity_tokens']:,} tokens",
+        )
         t.add_row("sequences that fit in KV memory", f"{est['max_sequences_in_memory']:,}")
         t.add_row(
             "prefill of the mean prompt",
@@ -141,5 +166,14 @@ def estimate_command(
     console.print(estimate_table(points[0]))
     if "step_cost" in points[0]:
         console.print(points[0]["step_cost"]["source"], markup=False, highlight=False, soft_wrap=True)
+        r = points[0]["engine_reserve"]
+        console.print(
+            f"engine reserve {r['setting']}: {r['engine']} {r['versions']}; each term's source is in "
+            "--json (engine_reserve.sources) and sim/spec/reserve.py; checked against the start-up logs in "
+            "sim/data/published/vllm_kv_logs.csv",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if len(points) > 1:
         console.print(points_table(points))

@@ -19,7 +19,17 @@ and are memory-bound; prefill of a long prompt does ~``2 * params`` FLOPs per
 token for one read of the weights and is compute-bound.
 
 Bandwidths are in GB/s (10^9 bytes per second) as datasheets quote them, peak
-compute in TFLOPS (10^12 FLOP/s), memory in GB (10^9 bytes).
+compute in TFLOPS (10^12 FLOP/s), memory in GB (10^9 bytes) except where a name
+says GiB (2^30 bytes): what a card exposes and what engines log is in GiB.
+
+The KV pool of a paged-attention engine is what is left of the card's memory,
+as the card exposes it, after the weights and the engine's reserve::
+
+    kv_pool = exposed * gpu_memory_utilization - weights / tp - reserve
+    reserve = activation(max_num_batched_tokens) + non_torch + [tp > 1] * nccl + cuda_graphs
+
+(:func:`kv_pool_bytes`, :func:`engine_reserve_bytes`); the terms per engine
+and version, each with its source, are in :mod:`sim.spec.reserve`.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ if TYPE_CHECKING:  # annotations only: physics sits below the scenario schema
 FloatOrArray = TypeVar("FloatOrArray", float, np.ndarray)
 
 GB = 1e9
+GIB = float(2**30)
 TFLOP = 1e12
 
 
@@ -85,6 +96,54 @@ def kv_blocks(budget_bytes: float, kv_bytes_per_token: float, block_tokens: int)
     if budget_bytes <= 0:
         return 0
     return int(budget_bytes // (kv_bytes_per_token * block_tokens))
+
+
+def profile_activation_bytes(
+    batched_tokens: int, hidden: int, intermediate: int, dtype_bytes: float, factor: float
+) -> float:
+    """Peak activation of an engine's profiling pass: ``factor * dtype_bytes * (hidden + intermediate) * tokens``.
+
+    The engine runs one forward pass of ``max_num_batched_tokens`` tokens and keeps
+    its peak.  The peak sits in the MLP, whose live tensors per token are a few
+    copies of the residual (``hidden``) and the gate/up output (``intermediate``),
+    so it grows with ``hidden + intermediate``; ``factor`` (copies alive at the
+    peak) is measured per engine version.  It does not shrink with tensor
+    parallelism (vLLM logs the same figure at tp 1, 2 and 4).  Llama-3-8B
+    (4,096 + 14,336), bf16, 8,192 tokens, factor 3: 3 * 2 * 18,432 * 8,192 =
+    905,969,664 bytes.
+    """
+    return factor * dtype_bytes * (hidden + intermediate) * batched_tokens
+
+
+def engine_reserve_bytes(
+    activation_bytes: float,
+    non_torch_bytes: float,
+    nccl_bytes: float,
+    tensor_parallel: int,
+    cuda_graph_bytes: float = 0.0,
+) -> float:
+    """What an engine keeps per GPU outside the KV pool, beside the weights.
+
+    ``activation + non_torch + [tp > 1] * nccl + cuda_graph``: the profiling
+    pass's peak activation, memory allocated outside PyTorch (CUDA context,
+    cuBLAS workspace), the NCCL buffers a tensor-parallel group adds, and CUDA
+    graph memory for engines that count it before sizing the pool.  1 GiB of
+    activation, 0.25 GiB non-torch and 1.85 GiB NCCL at tp 2: 3.1 GiB.
+    """
+    return activation_bytes + non_torch_bytes + (nccl_bytes if tensor_parallel > 1 else 0.0) + cuda_graph_bytes
+
+
+def kv_pool_bytes(
+    exposed_bytes: float, gpu_memory_utilization: float, weights_bytes_per_gpu: float, reserve_bytes: float
+) -> float:
+    """KV pool of one GPU: ``exposed * gpu_memory_utilization - weights_per_gpu - reserve``.
+
+    ``exposed`` is the memory the card reports (``torch.cuda.mem_get_info``'s
+    total), not the datasheet figure: an "80 GB" H100 exposes 79.19 GiB.  At 0.9,
+    14.96 GiB of weights and a 1.2 GiB reserve: 79.19 * 0.9 - 14.96 - 1.2 =
+    55.111 GiB.
+    """
+    return exposed_bytes * gpu_memory_utilization - weights_bytes_per_gpu - reserve_bytes
 
 
 def blocks_for_tokens(tokens: int, block_tokens: int) -> int:

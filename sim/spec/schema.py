@@ -39,6 +39,7 @@ from sim.spec import trace as trace_file
 from sim.spec.catalog import param_count
 from sim.spec.efficiency import EFFICIENCY_PRESETS, preset_parameters
 from sim.spec.metrics import METRIC_STAGE, SLA_METRICS, STATS
+from sim.spec.reserve import DEFAULT_RESERVE, RESERVE_PRESETS, EngineReserve
 
 
 class Strict(BaseModel):
@@ -373,9 +374,22 @@ class GPUSpec(Strict):
     name: Optional[str] = None
     hbm_bandwidth_gbps: PosFloat
     memory_gb: PosFloat
+    # What the card exposes to the engine (torch.cuda.mem_get_info's total), GiB; None: memory_gb
+    # read as GiB times the median exposed fraction of the catalog's measured cards.
+    memory_exposed_gib: Optional[PosFloat] = None
     peak_tflops: PosFloat
     fp8_tflops: Optional[PosFloat] = None
     interconnect_gbps: Optional[PosFloat] = None
+
+    @model_validator(mode="after")
+    def _exposed(self) -> GPUSpec:
+        x, m = self.memory_exposed_gib, self.memory_gb
+        if x is not None and not 0.9 * m <= x <= m:
+            raise ValueError(
+                f'memory_exposed_gib ({x:g}) must be 90-100 % of memory_gb ({m:g}, read as GiB): an "N GB" card '
+                f"exposes a little under N GiB; change both together, or leave memory_exposed_gib out"
+            )
+        return self
 
 
 class PromptComposition(Strict):
@@ -396,6 +410,16 @@ PromptSpec = Annotated[
     Union[Annotated[PromptComposition, Tag("composition")], Annotated[DistSpec, Tag("distribution")]],
     Discriminator(_prompt_kind),
 ]
+
+
+def _check_reserve(v: Any) -> Any:
+    """``llm.engine_reserve``: a preset name or a non-negative number of GiB per GPU."""
+    names = ", ".join(RESERVE_PRESETS)
+    if isinstance(v, str) and v in RESERVE_PRESETS:
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and v == v and v != float("inf"):
+        return float(v)
+    raise ValueError(f"expected one of {names} or a number of GiB per GPU >= 0, got {v!r}")
 
 
 def _catalog_entry(kind: str):
@@ -433,6 +457,8 @@ class LLMConfig(Strict):
     step_table: Optional[str] = None
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     tensor_parallel: Annotated[int, Field(ge=1)] = 1
+    # What the engine keeps per GPU outside the KV pool: a preset (sim.spec.reserve) or GiB per GPU.
+    engine_reserve: Annotated[Union[str, float], BeforeValidator(_check_reserve)] = DEFAULT_RESERVE
     kv_block_tokens: Annotated[int, Field(ge=1)] = 16
     max_batched_tokens: Annotated[int, Field(ge=1)] = 8192
     chunked_prefill: bool = True
@@ -473,16 +499,69 @@ class LLMConfig(Strict):
         )
 
     @property
+    def memory_exposed_bytes(self) -> float:
+        """Memory one GPU exposes to the engine, bytes: ``memory_exposed_gib``, or ``memory_gb``
+        read as GiB times the catalog's median exposed fraction (an "80 GB" card is 80 GiB of
+        DRAM, of which the driver keeps about 1 %)."""
+        g = self.gpu
+        if g.memory_exposed_gib is not None:
+            return g.memory_exposed_gib * gpu_model.GIB
+        return g.memory_gb * gpu_model.GIB * catalog.exposed_fraction()
+
+    @property
+    def reserve_preset(self) -> EngineReserve | None:
+        """The engine-reserve preset, or None when ``engine_reserve`` is a number of GiB."""
+        r = self.engine_reserve
+        return RESERVE_PRESETS[r] if isinstance(r, str) else None
+
+    @property
+    def reserve_terms_bytes(self) -> dict[str, float]:
+        """Each term of the engine's per-GPU reserve, bytes (``{"user": ...}`` for a number)."""
+        p = self.reserve_preset
+        if p is None:
+            return {"user": float(self.engine_reserve) * gpu_model.GIB}
+        m = self.model
+        intermediate = m.intermediate if m.intermediate is not None else 4 * m.hidden
+        forward = gpu_model.profile_activation_bytes(
+            self.max_batched_tokens, m.hidden, intermediate, self.dtype_bytes, p.tokens_factor
+        )
+        sampler = p.vocab_factor * 4.0 * m.vocab * self.max_batch
+        return {
+            "activation": max(forward, sampler),
+            "non_torch": p.non_torch_gib * gpu_model.GIB,
+            "nccl": p.nccl_gib * gpu_model.GIB if self.tensor_parallel > 1 else 0.0,
+            "cuda_graphs": p.cuda_graph_gib * gpu_model.GIB,
+        }
+
+    @property
+    def reserve_bytes(self) -> float:
+        """What the engine keeps per GPU outside the KV pool, beside the weights."""
+        t = self.reserve_terms_bytes
+        if "user" in t:
+            return t["user"]
+        return gpu_model.engine_reserve_bytes(
+            t["activation"], t["non_torch"], t["nccl"], self.tensor_parallel, t["cuda_graphs"]
+        )
+
+    @property
     def kv_budget_bytes(self) -> float:
-        """HBM left for KV cache on each GPU: memory * gpu_memory_utilization - weights / tensor_parallel."""
-        return (
-            self.gpu.memory_gb * gpu_model.GB * self.gpu_memory_utilization - self.weights_bytes / self.tensor_parallel
+        """KV pool of each GPU: exposed memory * gpu_memory_utilization - weights / tp - engine reserve."""
+        return gpu_model.kv_pool_bytes(
+            self.memory_exposed_bytes,
+            self.gpu_memory_utilization,
+            self.weights_bytes / self.tensor_parallel,
+            self.reserve_bytes,
         )
 
     @property
     def kv_blocks(self) -> int:
         """KV-cache blocks of ``kv_block_tokens`` tokens one replica holds."""
         return gpu_model.kv_blocks(self.kv_budget_bytes, self.kv_bytes_per_token_per_gpu, self.kv_block_tokens)
+
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens one replica's KV pool holds (``kv_blocks * kv_block_tokens``), as vLLM logs them."""
+        return self.kv_blocks * self.kv_block_tokens
 
     @property
     def prefix_caching_enabled(self) -> bool:
@@ -526,15 +605,17 @@ class LLMConfig(Strict):
                 load_table(self.step_table)
             except ConfigError as e:
                 raise ValueError(str(e).replace("llm.step_table: ", "step_table: ", 1)) from None
-        mem = self.gpu.memory_gb * self.gpu_memory_utilization
-        per_gpu = self.weights_bytes / tp / gpu_model.GB
         if self.kv_blocks < 1:
-            what = "do not fit" if per_gpu >= mem else "leave no room for one KV block"
+            gib = gpu_model.GIB
+            usable = self.memory_exposed_bytes * self.gpu_memory_utilization / gib
+            per_gpu = self.weights_bytes / tp / gib
+            what = "do not fit" if per_gpu >= usable else "leave no room for one KV block"
             raise ValueError(
-                f"model weights ({self.weights_bytes / 1e9:.1f} GB at dtype_bytes {self.dtype_bytes:g}, "
-                f"{per_gpu:.1f} GB per GPU over llm.tensor_parallel {tp}) {what} in "
-                f"{self.gpu.name or 'the GPU'}'s {self.gpu.memory_gb:g} GB x gpu_memory_utilization "
-                f"{self.gpu_memory_utilization:g}; raise llm.tensor_parallel, use a bigger GPU or lower dtype_bytes"
+                f"model weights ({per_gpu:.1f} GiB per GPU at dtype_bytes {self.dtype_bytes:g} over "
+                f"llm.tensor_parallel {tp}) and the engine reserve ({self.reserve_bytes / gib:.2f} GiB, "
+                f"llm.engine_reserve {self.engine_reserve}) {what} in {self.gpu.name or 'the GPU'}'s "
+                f"{usable:.1f} GiB ({self.memory_exposed_bytes / gib:.2f} GiB exposed x gpu_memory_utilization "
+                f"{self.gpu_memory_utilization:g}); raise llm.tensor_parallel, use a bigger GPU or lower dtype_bytes"
             )
         if self.max_batched_tokens < self.max_batch:
             raise ValueError(
@@ -818,6 +899,14 @@ def json_schema() -> dict:
             ],
             "default": LLMConfig.model_fields[key].default,
         }
+    llm["engine_reserve"] = {
+        "anyOf": [
+            {"type": "string", "enum": list(RESERVE_PRESETS), "description": "an engine-version preset"},
+            {"type": "number", "minimum": 0, "description": "GiB per GPU the engine keeps outside the KV pool"},
+        ],
+        "default": DEFAULT_RESERVE,
+        "description": "what the engine keeps per GPU outside the KV pool (activation, non-torch, NCCL)",
+    }
     schema["properties"]["extends"] = {
         "type": "string",
         "description": "a base scenario file (relative to this one) whose keys this file overrides",

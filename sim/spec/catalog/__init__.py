@@ -42,6 +42,7 @@ import yaml
 from sim.errors import ConfigError
 
 __all__ = [
+    "exposed_fraction",
     "gpu",
     "gpu_entry",
     "gpu_names",
@@ -139,6 +140,21 @@ def model(name: str, key: str = "llm.model") -> dict[str, Any]:
     Returns a fresh dict; an unknown name raises ConfigError naming ``key``.
     """
     return _numeric(_lookup(_models(), name, key, "model"))
+
+
+@functools.cache
+def exposed_fraction() -> float:
+    """Median of ``memory_exposed_gib / memory_gb`` over the catalog GPUs that give both.
+
+    What an "N GB" card exposes to a process, as a fraction of N GiB; used for
+    GPUs whose exposed memory was not read (H100 79.19 / 80, A100 79.25 / 80,
+    A100-40GB 39.38 / 40: median 0.9899).
+    """
+    ratios = sorted(
+        float(e["memory_exposed_gib"]) / float(e["memory_gb"]) for e in _gpus().values() if "memory_exposed_gib" in e
+    )
+    n = len(ratios)
+    return ratios[n // 2] if n % 2 else (ratios[n // 2 - 1] + ratios[n // 2]) / 2.0
 
 
 def gpu_entry(name: str, key: str = "llm.gpu") -> dict[str, Any]:
