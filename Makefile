@@ -83,8 +83,11 @@ calibration: $(STAMP)
 
 VERIFY_USERS ?= 1,4,7
 VERIFY_DURATION_S ?= 100
+VERIFY_RETRIEVAL_USERS ?= 2,6,11
+VERIFY_RETRIEVAL_DURATION_S ?= 60
 verify: $(STAMP)
-	bash sim/verify/stack/run_verify.sh $(abspath $(BIN)/python) $(VERIFY_USERS) $(VERIFY_DURATION_S)
+	bash sim/verify/stack/run_verify.sh $(abspath $(BIN)/python) $(VERIFY_USERS) $(VERIFY_DURATION_S) \
+	  $(VERIFY_RETRIEVAL_USERS) $(VERIFY_RETRIEVAL_DURATION_S)
 
 clean:
 	rm -rf $(VENV) $(BENCH_DEPS) .pytest_cache .hypothesis build *.egg-info

@@ -1,4 +1,5 @@
-"""A continuous-batching completion server with known step times, for testing the profiler.
+"""A continuous-batching completion server with known step times, and a search service with a
+known wake-up cost, for testing the verify probes.
 
 Not a stand-in for a real engine in any prediction: it lets a test check that
 :mod:`sim.verify.profile` recovers step times it was *told*.  One engine thread
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,8 +62,18 @@ class FakeEngine:
             running = [r for r in running + new if r["left"] > 0]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _NoDelay(BaseHTTPRequestHandler):
+    """Headers and body go out in separate writes: without TCP_NODELAY, Nagle and the client's
+    delayed ACK hold every second response on a keep-alive connection back ~40 ms."""
+
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Handler(_NoDelay):
     engine: FakeEngine
     timings = True
 
@@ -100,6 +112,46 @@ class _Handler(BaseHTTPRequestHandler):
 
 def serve(engine: FakeEngine, timings: bool = True) -> tuple[ThreadingHTTPServer, int]:
     handler = type("H", (_Handler,), {"engine": engine, "timings": timings})
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, srv.server_address[1]
+
+
+class _SearchHandler(_NoDelay):
+    """``POST /search``: ``search_ms`` of sleep, ``wakeup_ms`` more after ``idle_ms`` without a request."""
+
+    search_ms = 5.0
+    wakeup_ms = 3.0
+    idle_ms = 20.0
+    last = [0.0]
+    lock = threading.Lock()
+
+    def log_message(self, *a) -> None:  # quiet
+        pass
+
+    def _reply(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._reply(b'{"status":"ok"}')
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with self.lock:
+            now = time.perf_counter()
+            cold = now - self.last[0] > self.idle_ms / 1e3
+            time.sleep((self.search_ms + (self.wakeup_ms if cold else 0.0)) / 1e3)
+            self.last[0] = time.perf_counter()
+        self._reply(b'{"ids": [1, 2, 3, 4, 5]}')
+
+
+def serve_search(search_ms: float, wakeup_ms: float) -> tuple[ThreadingHTTPServer, int]:
+    """A one-worker search service whose service time and wake-up cost are known."""
+    handler = type("S", (_SearchHandler,), {"search_ms": search_ms, "wakeup_ms": wakeup_ms, "last": [0.0]})
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()

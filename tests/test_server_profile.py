@@ -4,11 +4,13 @@ server whose step times are known (tests/fake_llm_server.py)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sim.errors import CapsimError
 from sim.physics.steptable import TableModel, read_rows
 from sim.spec.target import Target
+from sim.verify.loadgen import probe_retrieval, probe_wakeup
 from sim.verify.profile import lockstep_times, one_step, profile_server
 from tests.fake_llm_server import FakeEngine, serve
 from tests.helpers import invoke
@@ -109,3 +111,17 @@ def test_calibrate_llm_via_bad_input_is_one_line_exit_2(fake_server, tmp_path, a
     r = invoke("calibrate", "llm", "--target", str(tgt), "--out", str(out), *args)
     assert r.exit_code == 2 and msg in r.stderr and r.stderr.strip().count("\n") == 0, r.output
     assert not out.exists()
+
+
+def test_wakeup_probe_measures_the_extra_time_after_idle():
+    from tests.fake_llm_server import serve_search  # deferred: only this test starts it
+
+    srv, port = serve_search(search_ms=5.0, wakeup_ms=4.0)
+    try:
+        tgt = Target.model_validate({"retrieval": {"url": f"http://127.0.0.1:{port}", "workers": 1}})
+        got = probe_wakeup(tgt, 5, n=20, gap_s=0.05)
+        alone = probe_retrieval(tgt, 5, n=30)
+    finally:
+        srv.shutdown()
+    assert 3.0 <= got <= 6.0, got  # 4 ms, give or take a busy box's scheduling
+    assert 4.9 <= float(np.median(alone)) <= 8.0  # back to back: no wake-up

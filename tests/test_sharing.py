@@ -34,10 +34,10 @@ def test_contention_and_stretch_by_hand():
     assert "must be >= 1" in check_contention((1.0, 0.8), "k")
 
 
-def _timeline(workers, cores, contention, jobs):
+def _timeline(workers, cores, contention, jobs, wakeup_s=0.0):
     """Run (start_s, work_s) searches through a pool; return each one's finish time."""
     env = simpy.Environment()
-    pool = WorkerPool(env, workers, cores, (0.0, 1e9), contention)
+    pool = WorkerPool(env, workers, cores, (0.0, 1e9), contention, wakeup_s)
     done: dict[int, float] = {}
 
     def submit(i, work):
@@ -74,6 +74,17 @@ def test_pool_rescales_remaining_work_when_the_number_running_changes():
     # a third search queues for a worker (2 workers): it starts when the first leaves at 1.5,
     # runs beside the second (0.5 left at half speed: to 2.5) then alone (1.0 - 0.5 = 0.5: to 3.0)
     assert _timeline(2, 1, (), [(0, 1.0), (0.5, 1.0), (0.6, 1.0)]) == pytest.approx([1.5, 2.5, 3.0])
+
+
+def test_the_first_search_after_idle_pays_the_wakeup():
+    # one worker: A finds the pool idle (1 + 0.1), B queued behind it is handed over (no wake-up),
+    # C comes after an idle spell (again + 0.1)
+    assert _timeline(1, 1, (), [(0, 1.0), (0.5, 1.0), (5.0, 1.0)], 0.1) == pytest.approx([1.1, 2.1, 6.1])
+    # two workers: B starts while A runs, so the pool was not idle
+    assert _timeline(2, 2, (), [(0, 1.0), (0.5, 1.0)], 0.1) == pytest.approx([1.1, 1.5])
+    # with sharing: A alone with its wake-up (1.1 of work), B joins at 0.5 on the one core
+    # A: 0.5 done alone, 0.6 left at half speed -> 1.2 more (1.7); B: 0.6 done by then, 0.4 alone -> 2.1
+    assert _timeline(2, 1, (), [(0, 1.0), (0.5, 1.0)], 0.1) == pytest.approx([1.7, 2.1])
 
 
 def _ps_scenario(service: dict, rho: float, seed: int) -> dict:

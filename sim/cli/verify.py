@@ -128,6 +128,8 @@ def _print(doc: dict, con) -> None:
         parts.append(f"step table {c['step_table']}; LLM HTTP+SSE overhead {c['llm_overhead_ms']:.2f} ms")
     if ri:
         parts.append(f"retrieval one-at-a-time p50 {ri['p50']:.2f} ms p95 {ri['p95']:.2f} ms (n={ri['n']})")
+    if c.get("retrieval_wakeup_ms") is not None and ri:
+        parts.append(f"retrieval wake-up after idle {c['retrieval_wakeup_ms']:.2f} ms")
     if c.get("retrieval_contention"):
         parts.append("retrieval contention " + ", ".join(f"{x:.2f}" for x in c["retrieval_contention"]))
     con.print("calibrated (isolated): " + "; ".join(parts))

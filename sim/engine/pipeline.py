@@ -237,8 +237,9 @@ class Model:
         if scn.retrieval.enabled:
             dist, self.retrieval_info = retrieval_service_distribution(scn)
             self.retrieval_s = D.Sampler(dist, stream(seed, replication, "retrieval"))
+            rc = scn.retrieval
             self.pool = WorkerPool(
-                env, scn.retrieval.workers, scn.retrieval.cpu_cores, self.window, self.retrieval_info["contention"]
+                env, rc.workers, rc.cpu_cores, self.window, self.retrieval_info["contention"], rc.wakeup_ms / 1e3
             )
         else:
             self.pool = None

@@ -10,7 +10,9 @@ Searches that run at the same time slow each other down
 there are more busy workers than ``cpu_cores`` and the measured contention of
 ``m`` searches running at once.  The pool applies this exactly: a search's
 finish time is recomputed whenever the number in service changes, so a
-search slowed by a burst speeds up again when the burst ends.  With no
+search slowed by a burst speeds up again when the burst ends.  The first
+search after the pool sat idle does ``wakeup_s`` more work (a core waking
+from sleep, caches cold).  With no
 slowdown anywhere (cores for every worker, no contention) each search is one
 plain timeout.
 """
@@ -50,7 +52,19 @@ class WorkerPool:
     straight to the head of the queue.
     """
 
-    __slots__ = ("_jobs", "_queue", "_t", "_version", "busy", "busy_bins", "env", "stretch", "workers")
+    __slots__ = (
+        "_jobs",
+        "_queue",
+        "_t",
+        "_version",
+        "_woke",
+        "busy",
+        "busy_bins",
+        "env",
+        "stretch",
+        "wakeup_s",
+        "workers",
+    )
 
     def __init__(
         self,
@@ -59,6 +73,7 @@ class WorkerPool:
         cpu_cores: int | None,
         window: tuple[float, float],
         contention: Sequence[float] = (),
+        wakeup_s: float = 0.0,
     ):
         self.env = env
         self.workers = workers
@@ -70,16 +85,25 @@ class WorkerPool:
         self._jobs: list[list[Any]] = []  # [work left in seconds-alone, done, arg] of each search in service
         self._t = 0.0  # when _jobs' work was last brought up to date
         self._version = 0  # the one armed completion timer that is still valid
+        self.wakeup_s = wakeup_s  # extra work of the first search after the pool sat idle
+        self._woke = False  # the worker just acquired found the pool idle
 
     def acquire(self, then: Callable[[Any], None], arg: Any) -> None:
         if self.busy < self.workers:
+            self._woke = self.busy == 0
             self.busy += 1
             then(arg)
         else:
             self._queue.append((then, arg))
 
     def serve(self, work_s: float, done: Callable[[Any], None], arg: Any) -> None:
-        """Run ``work_s`` seconds of work-alone for the holder of a worker; then ``done(arg)``."""
+        """Run ``work_s`` seconds of work-alone for the holder of a worker; then ``done(arg)``.
+
+        The first search after the pool sat idle does ``wakeup_s`` more (a sleeping core and
+        cold caches: measured by ``capsim verify`` as idle-gap probes over back-to-back ones)."""
+        if self._woke:
+            self._woke = False
+            work_s += self.wakeup_s
         if self.stretch is None:
             Timeout(self.env, work_s).callbacks.append(Call(done, arg))
             return

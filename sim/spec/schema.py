@@ -320,6 +320,8 @@ class RetrievalConfig(Strict):
     # How much slower each of m searches runs when m run at once on separate cores, m = 1, 2, ...
     # (sim.physics.sharing); by default from the calibration's 1..K-thread records.
     contention: Optional[list[float]] = None
+    # Extra time of the first search after the pool sat idle (a core waking from sleep, cold caches).
+    wakeup_ms: NonNegFloat = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalConfig:

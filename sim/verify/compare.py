@@ -12,7 +12,11 @@ closed-loop run it is compared with):
   ``llm.n_batch`` (``llm.max_batch``, ``llm.max_batched_tokens``);
 * the retrieval service time: single searches one at a time over keep-alive
   HTTP, before the load (so the HTTP overhead is in every sample), as an
-  empirical distribution; workers and cores from the target;
+  empirical distribution; the extra time of a search that finds the service
+  idle (pairs of the same search after an idle gap and straight after:
+  ``retrieval.wakeup_ms``); the slowdown of ``m`` searches at once where the
+  service has ``m`` cores (``retrieval.contention``); workers and cores from
+  the target;
 * the per-call HTTP + SSE overhead of the LLM endpoint: client first token
   minus the server's own prompt time, one request at a time, before the load;
   added as a constant to the (in-process, microseconds) cache lookup, i.e.
@@ -37,7 +41,15 @@ from sim.physics.steptable import load_table, step_rows, write_table
 from sim.run.sweep import simulate
 from sim.spec.schema import Scenario
 from sim.spec.target import Target
-from sim.verify.loadgen import LiveRun, check_reachable, probe_contention, probe_llm, probe_retrieval, run_load
+from sim.verify.loadgen import (
+    LiveRun,
+    check_reachable,
+    probe_contention,
+    probe_llm,
+    probe_retrieval,
+    probe_wakeup,
+    run_load,
+)
 from sim.verify.profile import describe, profile_server
 
 BOUNDS = {
@@ -155,6 +167,7 @@ def overrides_for(
     llm_overhead_ms: float,
     replications: int,
     contention: Sequence[float] = (),
+    wakeup_ms: float = 0.0,
 ) -> dict[str, Any]:
     """Scenario overrides that make the simulation stand for this target at this load."""
     ov: dict[str, Any] = {
@@ -176,6 +189,7 @@ def overrides_for(
         ov["retrieval.workers"] = target.retrieval.workers
         ov["retrieval.cpu_cores"] = len(target.retrieval.cores) or None
         ov["retrieval.contention"] = list(contention) if contention else None
+        ov["retrieval.wakeup_ms"] = wakeup_ms
     return ov
 
 
@@ -309,6 +323,7 @@ def verify(
     probe: dict[str, Any] = probe_llm(target) if llm_on else {"overhead_ms": 0.0, "bos_tokens": 0, "server_alone": None}
     r_ms = probe_retrieval(target, scn.retrieval.top_k) if retrieves else None
     contention = probe_contention(target, scn.retrieval.top_k, r_ms) if r_ms is not None else ()
+    wakeup_ms = probe_wakeup(target, scn.retrieval.top_k) if r_ms is not None else 0.0
     calib: dict[str, Any] = {
         "llm_overhead_ms": probe["overhead_ms"] if llm_on else None,
         "llm_bos_tokens": probe["bos_tokens"] if llm_on else None,
@@ -318,6 +333,7 @@ def verify(
             else None
         ),
         "retrieval_contention": list(contention),
+        "retrieval_wakeup_ms": wakeup_ms,
         "step_table": table if profile is None else "profiled alone before every load (--profile-llm)",
         "step_tables": {},
         "server_alone_vs_table": _server_vs_table(table, probe["server_alone"]) if table else None,
@@ -332,7 +348,9 @@ def verify(
             progress(f"{n} users: live load for {duration_s:.0f} s")
         live = run_load(scn, target, n, duration_s, drain_s, probe["bos_tokens"])
         lives.append(live)
-        ov = overrides_for(scn, target, n, duration_s, warmup_s, r_ms, probe["overhead_ms"], replications, contention)
+        ov = overrides_for(
+            scn, target, n, duration_s, warmup_s, r_ms, probe["overhead_ms"], replications, contention, wakeup_ms
+        )
         if table:
             ov["llm.step_table"] = table
         if progress:

@@ -230,6 +230,30 @@ def probe_retrieval(target: Target, k: int, n: int = 200, gap_s: float = 0.0, ti
     return np.asarray(out)
 
 
+def probe_wakeup(target: Target, k: int, n: int = 60, gap_s: float = 0.05, timeout_s: float = 10.0) -> float:
+    """Isolated: the extra time of a search that finds the service idle, ms.
+
+    ``n`` pairs, one at a time: an idle gap of ``gap_s``, a search, and at once the same
+    search again; the median of first minus second.  On this project's 2-core VM a search
+    after 30-100 ms of idle took ~0.8 ms more than one straight after another (a vCPU
+    waking from halt, caches cold), which back-to-back probes never see but a closed
+    loop at light load pays on every request."""
+    assert target.retrieval is not None
+    conn = connection(target.retrieval.url, timeout_s)
+    diffs = []
+    for i in range(n + 5):
+        time.sleep(gap_s)
+        t0 = time.perf_counter()
+        search(conn, 500 + i, k)
+        t1 = time.perf_counter()
+        search(conn, 500 + i, k)
+        t2 = time.perf_counter()
+        if i >= 5:
+            diffs.append((t1 - t0) - (t2 - t1))
+    conn.close()
+    return max(0.0, float(np.median(diffs)) * 1e3)
+
+
 def _searches_together(url: str, k: int, m: int, n: int, timeout_s: float) -> list[list[float]]:
     """``m`` clients, each on its own keep-alive connection, ``n`` searches back to back, started
     together after 10 warm-up searches each: every client's latencies, ms."""

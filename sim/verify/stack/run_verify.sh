@@ -2,7 +2,10 @@
 # make verify: build the reference stack if needed, start it pinned, run capsim verify (which profiles
 # the LLM server alone before every load), stop it.
 #
-#   bash sim/verify/stack/run_verify.sh PYTHON [USERS] [DURATION_S]
+#   bash sim/verify/stack/run_verify.sh PYTHON [USERS] [DURATION_S] [RETRIEVAL_USERS] [RETRIEVAL_DURATION_S]
+#
+# Two halves: the flagship's shape (cache, retrieval, LLM) against llama-server and a search service,
+# then the retrieval stage alone against a search service with two search threads on one core.
 #
 # Cores (this 2-core box): llama-server on core 1 (LLM_CORES),
 # the search service, the load generator and capsim on core 0 (SEARCH_CORES).  Everything listens on
@@ -11,6 +14,8 @@ set -euo pipefail
 PY="${1:?python}"
 USERS="${2:-1,4,7}"
 DURATION="${3:-100}"
+RETRIEVAL_USERS="${4:-2,6,11}"
+RETRIEVAL_DURATION="${5:-60}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../../.." && pwd)"
 CACHE="${CAPSIM_CACHE:-$HOME/.cache/capsim}"
@@ -84,6 +89,29 @@ wait_health "http://127.0.0.1:$SEARCH_PORT/health" 120
 # times: the server itself, profiled alone right before every load (--profile-llm: batches of 1-4
 # requests sent together, nothing else sending); llama-batched-bench misses the server's own
 # per-token work and its batch shapes (`capsim calibrate llm --via bench` still runs it).
-rm -rf "$WORK/out"
+rm -rf "$WORK/out" "$WORK/out_retrieval"
+rc_llm=0
 taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$ROOT/scenarios/verify_local.yaml" --target "$WORK/target.yaml" \
-    --users "$USERS" --duration-s "$DURATION" --out "$WORK/out" --profile-llm
+    --users "$USERS" --duration-s "$DURATION" --out "$WORK/out" --profile-llm || rc_llm=$?
+
+# 4. the retrieval stage alone against a multi-worker search service: one hnswlib index shared by
+# two search threads (ef 1000, ~9 ms a search) on the LLM's core, now free; the load generator on
+# the other core; light load to near saturation.
+cleanup
+PIDS=()
+cat > "$WORK/target_retrieval.yaml" <<YAML
+retrieval:
+  url: http://127.0.0.1:$SEARCH_PORT
+  workers: 2
+  cores: [$LLM_CORES]
+YAML
+taskset -c "$LLM_CORES" "$PY" "$HERE/search_service.py" serve --dir "$INDEX" --port "$SEARCH_PORT" --threads 2 \
+    --ef 1000 > "$WORK/search_threads.log" 2>&1 &
+PIDS+=($!)
+wait_health "http://127.0.0.1:$SEARCH_PORT/health" 120
+rc_ret=0
+taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$ROOT/scenarios/verify_retrieval.yaml" \
+    --target "$WORK/target_retrieval.yaml" --users "$RETRIEVAL_USERS" --duration-s "$RETRIEVAL_DURATION" \
+    --out "$WORK/out_retrieval" || rc_ret=$?
+echo "make verify: LLM stack exit $rc_llm, retrieval alone exit $rc_ret"
+exit $(( rc_llm > rc_ret ? rc_llm : rc_ret ))
