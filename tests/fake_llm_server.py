@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 
 class FakeEngine:
@@ -124,8 +125,8 @@ class _SearchHandler(_NoDelay):
     search_ms = 5.0
     wakeup_ms = 3.0
     idle_ms = 20.0
-    last = [0.0]
-    lock = threading.Lock()
+    last: ClassVar[list[float]] = [0.0]
+    lock: ClassVar[threading.Lock] = threading.Lock()
 
     def log_message(self, *a) -> None:  # quiet
         pass

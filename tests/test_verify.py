@@ -204,7 +204,7 @@ def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path
         doc = json.loads(res.stdout)
         load = doc["loads"][0]
         assert load["failures"] == 0 and load["requests"] >= 3
-        assert doc["calibration"]["retrieval_isolated_ms"]["n"] == 200
+        assert doc["calibration"]["retrieval"]["1"]["isolated_ms"]["n"] == 200
         metrics = {(r["metric"], r["stat"]) for r in load["rows"]}
         assert {("e2e_ms", "p95"), ("ttft_ms", "p50"), ("throughput_per_s", "mean")} <= metrics
         assert all(r["measured"] is not None and r["predicted"] is not None for r in load["rows"][:6])

@@ -122,17 +122,17 @@ def _print(doc: dict, con) -> None:
     from rich.table import Table  # deferred: only when printing
 
     c = doc["calibration"]
-    ri = c["retrieval_isolated_ms"]
-    parts = []
     if c["llm_overhead_ms"] is not None:
-        parts.append(f"step table {c['step_table']}; LLM HTTP+SSE overhead {c['llm_overhead_ms']:.2f} ms")
-    if ri:
-        parts.append(f"retrieval one-at-a-time p50 {ri['p50']:.2f} ms p95 {ri['p95']:.2f} ms (n={ri['n']})")
-    if c.get("retrieval_wakeup_ms") is not None and ri:
-        parts.append(f"retrieval wake-up after idle {c['retrieval_wakeup_ms']:.2f} ms")
-    if c.get("retrieval_contention"):
-        parts.append("retrieval contention " + ", ".join(f"{x:.2f}" for x in c["retrieval_contention"]))
-    con.print("calibrated (isolated): " + "; ".join(parts))
+        con.print(
+            f"calibrated (isolated): step table {c['step_table']}; LLM HTTP+SSE overhead {c['llm_overhead_ms']:.2f} ms"
+        )
+    for n, r in c["retrieval"].items():
+        ri = r["isolated_ms"]
+        parts = [f"one at a time p50 {ri['p50']:.2f} ms p95 {ri['p95']:.2f} ms (n={ri['n']})"]
+        parts.append(f"wake-up after idle {r['wakeup_ms']:.2f} ms")
+        if r["contention"]:
+            parts.append("contention " + ", ".join(f"{x:.2f}" for x in r["contention"]))
+        con.print(f"calibrated before {n} users (isolated): retrieval " + "; ".join(parts))
     sv = c["server_alone_vs_table"]
     if sv:
         con.print(

@@ -321,22 +321,22 @@ def verify(
     check_reachable(target)
     table = (profile.table(target, users[0], progress) if profile else str(scn.llm.step_table)) if llm_on else None
     probe: dict[str, Any] = probe_llm(target) if llm_on else {"overhead_ms": 0.0, "bos_tokens": 0, "server_alone": None}
-    r_ms = probe_retrieval(target, scn.retrieval.top_k) if retrieves else None
-    contention = probe_contention(target, scn.retrieval.top_k, r_ms) if r_ms is not None else ()
-    wakeup_ms = probe_wakeup(target, scn.retrieval.top_k) if r_ms is not None else 0.0
+    k = scn.retrieval.top_k
+
+    def probe_search() -> tuple[np.ndarray | None, tuple[float, ...], float]:
+        """Retrieval alone, taken again before every load (seconds, so drift between loads cancels)."""
+        if not retrieves:
+            return None, (), 0.0
+        r_ms = probe_retrieval(target, k)
+        return r_ms, probe_contention(target, k, r_ms), probe_wakeup(target, k)
+
     calib: dict[str, Any] = {
         "llm_overhead_ms": probe["overhead_ms"] if llm_on else None,
         "llm_bos_tokens": probe["bos_tokens"] if llm_on else None,
-        "retrieval_isolated_ms": (
-            {"p50": float(np.percentile(r_ms, 50)), "p95": float(np.percentile(r_ms, 95)), "n": len(r_ms)}
-            if r_ms is not None
-            else None
-        ),
-        "retrieval_contention": list(contention),
-        "retrieval_wakeup_ms": wakeup_ms,
         "step_table": table if profile is None else "profiled alone before every load (--profile-llm)",
         "step_tables": {},
         "server_alone_vs_table": _server_vs_table(table, probe["server_alone"]) if table else None,
+        "retrieval": {},
     }
     workers = target.retrieval.workers if target.retrieval else 1
     out, lives = [], []
@@ -344,6 +344,17 @@ def verify(
         if llm_on and profile is not None and i > 0:
             table = profile.table(target, n, progress)
         calib["step_tables"][str(n)] = table
+        r_ms, contention, wakeup_ms = probe_search()
+        if r_ms is not None:
+            calib["retrieval"][str(n)] = {
+                "isolated_ms": {
+                    "p50": float(np.percentile(r_ms, 50)),
+                    "p95": float(np.percentile(r_ms, 95)),
+                    "n": len(r_ms),
+                },
+                "contention": list(contention),
+                "wakeup_ms": wakeup_ms,
+            }
         if progress:
             progress(f"{n} users: live load for {duration_s:.0f} s")
         live = run_load(scn, target, n, duration_s, drain_s, probe["bos_tokens"])

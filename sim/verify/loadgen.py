@@ -233,25 +233,27 @@ def probe_retrieval(target: Target, k: int, n: int = 200, gap_s: float = 0.0, ti
 def probe_wakeup(target: Target, k: int, n: int = 60, gap_s: float = 0.05, timeout_s: float = 10.0) -> float:
     """Isolated: the extra time of a search that finds the service idle, ms.
 
-    ``n`` pairs, one at a time: an idle gap of ``gap_s``, a search, and at once the same
-    search again; the median of first minus second.  On this project's 2-core VM a search
-    after 30-100 ms of idle took ~0.8 ms more than one straight after another (a vCPU
-    waking from halt, caches cold), which back-to-back probes never see but a closed
+    ``n`` pairs, one at a time: an idle gap of ``gap_s``, a search, and at once another
+    search (a different query: repeating one would time its own warm cache lines); the
+    median of the first ones minus the median of the second.  On this project's 2-core VM
+    a search after 30-100 ms of idle took ~0.8 ms more than one straight after another (a
+    vCPU waking from halt, caches cold), which back-to-back probes never see but a closed
     loop at light load pays on every request."""
     assert target.retrieval is not None
     conn = connection(target.retrieval.url, timeout_s)
-    diffs = []
+    cold, hot = [], []
     for i in range(n + 5):
         time.sleep(gap_s)
         t0 = time.perf_counter()
-        search(conn, 500 + i, k)
+        search(conn, 500 + 2 * i + (i % 2), k)  # alternate which of a pair's queries goes first
         t1 = time.perf_counter()
-        search(conn, 500 + i, k)
+        search(conn, 500 + 2 * i + 1 - (i % 2), k)
         t2 = time.perf_counter()
         if i >= 5:
-            diffs.append((t1 - t0) - (t2 - t1))
+            cold.append(t1 - t0)
+            hot.append(t2 - t1)
     conn.close()
-    return max(0.0, float(np.median(diffs)) * 1e3)
+    return max(0.0, float(np.median(cold) - np.median(hot)) * 1e3)
 
 
 def _searches_together(url: str, k: int, m: int, n: int, timeout_s: float) -> list[list[float]]:
