@@ -229,3 +229,50 @@ def test_repeated_benchmark_runs_keep_each_rows_median():
 
     runs = [[row(0.2, 0.33), row(1.0, 2.0, b=2)], [row(0.4, 0.31)], [row(0.3, 0.50), row(3.0, 1.0, b=2)]]
     assert median_rows(runs) == [row(0.3, 0.33), row(2.0, 1.5, b=2)]
+
+
+def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service(tmp_path):
+    """A retrieval-only target (no llm:) and scenario (llm.enabled: false) against the real
+    search service with two search threads over one small hnswlib index: the probes run,
+    every request succeeds, and the rows are the retrieval stage's with their bounds."""
+    pytest.importorskip("uvicorn")
+    py = sys.executable
+    stack = ROOT / "sim" / "verify" / "stack"
+    idx = tmp_path / "index"
+    subprocess.run(
+        [py, str(stack / "search_service.py"), "build", "--dir", str(idx), "--n", "2000", "--dim", "32"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    port = _free_port()
+    proc = subprocess.Popen(
+        [py, str(stack / "search_service.py"), "serve", "--dir", str(idx), "--port", str(port), "--threads", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait(f"http://127.0.0.1:{port}/health", proc, 60)
+        tgt = tmp_path / "target.yaml"
+        tgt.write_text(f"retrieval: {{url: 'http://127.0.0.1:{port}', workers: 2, cores: [0, 1]}}\n")
+        out = tmp_path / "out"
+        argv = ["verify", str(ROOT / "scenarios" / "verify_retrieval.yaml"), "--target", str(tgt)]
+        argv += ["--users", "2", "--duration-s", "4", "--warmup-s", "1", "--replications", "2", "--json"]
+        res = invoke(*argv, "--out", str(out))
+        assert res.exit_code in (0, 1), res.output  # 1: outside the bounds on a busy machine, not an error
+        doc = json.loads(res.stdout)
+        cal = doc["calibration"]["retrieval"]["2"]
+        assert cal["isolated_ms"]["n"] == 200 and cal["wakeup_ms"] >= 0
+        assert len(cal["contention"]) == 2 and cal["contention"][0] == 1.0  # two cores: measured at 2 at once
+        load = doc["loads"][0]
+        assert load["failures"] == 0 and load["requests"] >= 10
+        rows = {(r["metric"], r["stat"]): r for r in load["rows"]}
+        assert ("ttft_ms", "p50") not in rows
+        assert rows[("retrieval_ms", "p95")]["bound"] == 0.10 and rows[("throughput_per_s", "mean")]["bound"] == 0.05
+        assert all(r["measured"] is not None and r["predicted"] is not None for r in load["rows"])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
