@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from sim.errors import CapsimError
 from sim.files import atomic_write_bytes, atomic_write_text, regular_file_problem, to_json
 from sim.physics.retrieval import default_calibration_path
 from sim.run.folder import seal, sha256_file, unseal, verify
-from sim.run.results import Result, SweepResult, rep_frame, timeseries_frame
+from sim.run.results import Result, SweepPoint, SweepResult, rep_frame, timeseries_frame
 from sim.spec.schema import Scenario
 
 
@@ -115,52 +114,94 @@ class PointStore:
 # --------------------------------------------------------------------------- results
 
 
-def write_sweep(result: SweepResult, out: str | Path) -> list[Path]:
-    """The folder-level files: summary.json/.csv/.parquet, records.parquet, timeseries.parquet."""
-    import pyarrow as pa  # deferred: pyarrow only to stream a sweep
-    import pyarrow.parquet as pq  # deferred: pyarrow only to stream a sweep
+class SweepFiles:
+    """The folder-level ``records.parquet`` and ``timeseries.parquet`` of a sweep, appended
+    point by point, in point order, while the sweep runs (:func:`~sim.run.loop.run_sweep`
+    adds each point once it and every point before it are saved), so that what is left
+    when the last replication lands is the small summary files.  The rows go to hidden
+    ``.<name>.parquet.partial`` files that replace the real ones only in :meth:`finish`;
+    a run that stops leaves the folder's earlier files as they were.  Every point's
+    frame is the one :func:`write_sweep` always wrote (read back from its point folder,
+    or from memory), so the bytes do not depend on when or by which process it is added."""
 
+    NAMES = ("records", "timeseries")
+
+    def __init__(self, out: str | Path, dtypes: dict[str, str]):
+        self.out = Path(out)
+        self.dtypes = dtypes
+        self.added = 0  # points 0 .. added-1 are in the files
+        self._writers: dict[str, Any] = {}
+        self._tmp = {name: self.out / f".{name}.parquet.partial" for name in self.NAMES}
+        for tmp in self._tmp.values():  # left by a run that was killed (the folder is ours: locked)
+            tmp.unlink(missing_ok=True)
+
+    def add(self, i: int, point: SweepPoint) -> None:
+        """Append point ``i`` (the next one: points are added in order)."""
+        import pyarrow as pa  # deferred: pyarrow only to stream a sweep
+        import pyarrow.parquet as pq  # deferred: pyarrow only to stream a sweep
+
+        if i != self.added:
+            raise ValueError(f"sweep point {i} added out of order (expected {self.added})")
+        for name in self.NAMES:
+            df = with_params(point._frame(name), point.params, self.dtypes)
+            if df.empty:  # e.g. a point saved before time series existed
+                continue
+            df.insert(0, "point", i)
+            df.insert(1, "id", point.id)
+            t = pa.Table.from_pandas(df, preserve_index=False)
+            writer = self._writers.get(name)
+            if writer is None:
+                writer = self._writers[name] = pq.ParquetWriter(self._tmp[name], t.schema)
+            elif t.schema != writer.schema:
+                t = t.cast(writer.schema)
+            writer.write_table(t)
+        self.added += 1
+
+    def finish(self) -> list[Path]:
+        """Close the files and put them in place; the paths written."""
+        written = []
+        for name in self.NAMES:
+            final = self.out / f"{name}.parquet"
+            writer = self._writers.pop(name, None)
+            if writer is not None:
+                writer.close()
+                os.chmod(self._tmp[name], 0o644)
+                os.replace(self._tmp[name], final)
+                written.append(final)
+            elif final.exists():
+                final.unlink()  # stale from an earlier write of this folder
+        return written
+
+    def discard(self) -> None:
+        """Drop what was streamed (the sweep stopped); safe after :meth:`finish`."""
+        for name in self.NAMES:
+            writer = self._writers.pop(name, None)
+            if writer is not None:
+                writer.close()
+            self._tmp[name].unlink(missing_ok=True)
+
+
+def write_sweep(result: SweepResult, out: str | Path, files: SweepFiles | None = None) -> list[Path]:
+    """The folder-level files: summary.json/.csv/.parquet, records.parquet, timeseries.parquet.
+
+    ``files``: the records and time series already streamed for the first points (see
+    :class:`SweepFiles`); the rest are added here."""
     out = Path(out)
-    unseal(out)
-    written = []
-    atomic_write_text(out / "summary.json", to_json(result.summary))
-    table = result.table()
-    atomic_write_text(out / "summary.csv", table.to_csv(index=False))
-    atomic_write_bytes(out / "summary.parquet", parquet_bytes(table))
-    written += [out / "summary.json", out / "summary.csv", out / "summary.parquet"]
-    dtypes = result._dtypes()
-    for name in ("records", "timeseries"):
+    files = files if files is not None else SweepFiles(out, result._dtypes())
+    try:
+        unseal(out)
+        written = []
+        atomic_write_text(out / "summary.json", to_json(result.summary))
+        table = result.table()
+        atomic_write_text(out / "summary.csv", table.to_csv(index=False))
+        atomic_write_bytes(out / "summary.parquet", parquet_bytes(table))
+        written += [out / "summary.json", out / "summary.csv", out / "summary.parquet"]
         # Stream point by point so a big sweep never sits in memory at once.
-        fd, tmp_name = tempfile.mkstemp(dir=out, prefix=f".{name}.parquet.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        writer = None
-        try:
-            for i, p in enumerate(result.points):
-                df = with_params(p._frame(name), p.params, dtypes)
-                if df.empty:  # e.g. a point saved before time series existed
-                    continue
-                df.insert(0, "point", i)
-                df.insert(1, "id", p.id)
-                t = pa.Table.from_pandas(df, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, t.schema)
-                elif t.schema != writer.schema:
-                    t = t.cast(writer.schema)
-                writer.write_table(t)
-            if writer is not None:
-                writer.close()
-                writer = None
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, out / f"{name}.parquet")
-                written.append(out / f"{name}.parquet")
-            elif (out / f"{name}.parquet").exists():
-                (out / f"{name}.parquet").unlink()  # stale from an earlier write of this folder
-        finally:
-            if writer is not None:
-                writer.close()
-            if tmp.exists():
-                tmp.unlink()
+        for i in range(files.added, len(result.points)):
+            files.add(i, result.points[i])
+        written += files.finish()
+    finally:
+        files.discard()
     seal(out, "sweep", written, [p.id for p in result.points])
     return written
 
