@@ -1,5 +1,10 @@
 """The one replication loop: ``capsim run``, ``capsim sweep`` and :func:`sim.simulate`
-all go through :func:`run_sweep`."""
+all go through :func:`run_sweep`.
+
+Importing this module loads neither pandas nor scipy: the local pool forks its workers
+(which need only the engine) before the parent loads the summaries and frames, so that
+loading runs beside the first replications rather than before them.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,20 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sim.analysis.summary import PointSummary, summarize_point
-from sim.analysis.table import param_columns
 from sim.engine.pipeline import Replication
 from sim.errors import EXIT_INTERRUPTED, EXIT_WORKER_DIED, ConfigError, RunStopped
 from sim.run.executors import LocalExecutor, Task
 from sim.run.folder import locked, prepare_out
-from sim.run.results import SweepPoint, SweepResult
 from sim.run.store import PointStore, SweepFiles, normalize, point_id, write_sweep
 from sim.spec.metrics import METRIC_STAGE
 from sim.spec.scenario import Point
 from sim.spec.schema import Scenario
+
+if TYPE_CHECKING:
+    from sim.analysis.summary import PointSummary
+    from sim.run.results import SweepPoint, SweepResult
 
 
 class SweepInterrupted(RunStopped):
@@ -128,6 +134,8 @@ def _run_sweep(
     done = 0
 
     def sweep_point(i: int) -> SweepPoint:
+        from sim.run.results import SweepPoint  # deferred: pandas, loaded while the workers run
+
         p, pid = points[i], ids[i]
         return SweepPoint(
             dict(p.params),
@@ -141,7 +149,7 @@ def _run_sweep(
 
     # The folder-level records and time series grow point by point (in point order) while
     # the workers compute, rather than all at the end.
-    files = SweepFiles(out, param_columns([p.params for p in points])) if out is not None else None
+    files = SweepFiles(out, [p.params for p in points]) if out is not None else None
 
     def stream() -> None:
         while files is not None and files.added < len(points) and ids[files.added] in summaries:
@@ -178,6 +186,8 @@ def _run_sweep(
                 if need[i]:
                     continue
                 reps[i].sort(key=lambda r: r.replication)
+                from sim.analysis.summary import summarize_point  # deferred: scipy, loaded while the workers run
+
                 p = points[i]
                 summ = normalize(nothing_finished_fails(summarize_point(p.scenario, reps[i], p.params), p.scenario))
                 cap = p.scenario.run.max_replications
@@ -188,6 +198,8 @@ def _run_sweep(
                 else:
                     finish(i, summ)
             pending = nxt
+        from sim.run.results import SweepResult  # deferred: pandas (loaded by now unless nothing ran)
+
         res = SweepResult(
             name or points[0].scenario.name,
             [sweep_point(i) for i in range(len(points))],

@@ -1,4 +1,9 @@
-"""The point store and the files of a sweep folder (see :mod:`sim.run.sweep`)."""
+"""The point store and the files of a sweep folder (see :mod:`sim.run.sweep`).
+
+Importing this module loads neither pandas nor scipy (the summaries and frames are
+imported where they are used): a sweep forks its workers before the parent loads
+them, and the parent loads them while the workers run the first replications.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,23 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 import sim
-from sim.analysis.summary import PointSummary
-from sim.analysis.table import summary_table, with_params
 from sim.engine.pipeline import Replication
 from sim.errors import CapsimError
 from sim.files import atomic_write_bytes, atomic_write_text, regular_file_problem, to_json
 from sim.physics.retrieval import default_calibration_path
 from sim.run.folder import seal, sha256_file, unseal, verify
-from sim.run.results import Result, SweepPoint, SweepResult, rep_frame, timeseries_frame
 from sim.spec.schema import Scenario
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from sim.analysis.summary import PointSummary
+    from sim.run.results import Result, SweepPoint, SweepResult
 
 
 def point_id(scn: Scenario) -> str:
@@ -52,6 +59,7 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
 
 def normalize(summary: PointSummary) -> PointSummary:
     """The summary as it reads back from JSON, so fresh and reused points compare equal."""
+    from sim.analysis.summary import PointSummary  # deferred: scipy and pandas, loaded while the workers run
 
     return PointSummary.from_dict(json.loads(to_json(summary)))
 
@@ -93,11 +101,14 @@ class PointStore:
             doc = json.loads((self.folder(pid) / "summary.json").read_text())
             if not isinstance(doc, dict) or not doc:
                 return None
+            from sim.analysis.summary import PointSummary  # deferred: scipy and pandas, only to resume
+
             return PointSummary.from_dict(doc)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
             return None  # unreadable or not a point summary: compute it again
 
     def save(self, pid: str, scn: Scenario, summary: PointSummary, reps: Sequence[Replication]) -> None:
+        from sim.run.results import rep_frame, timeseries_frame  # deferred: pandas, loaded while the workers run
 
         d = self.folder(pid)
         atomic_write_text(d / "scenario.yaml", yaml.safe_dump(scn.model_dump(mode="json"), sort_keys=False))
@@ -126,9 +137,11 @@ class SweepFiles:
 
     NAMES = ("records", "timeseries")
 
-    def __init__(self, out: str | Path, dtypes: dict[str, str]):
+    def __init__(self, out: str | Path, params: Sequence[dict[str, Any]]):
+        """``params``: every point's swept values (they fix the columns' types)."""
         self.out = Path(out)
-        self.dtypes = dtypes
+        self.params = params
+        self._dtypes: dict[str, str] | None = None
         self.added = 0  # points 0 .. added-1 are in the files
         self._writers: dict[str, Any] = {}
         self._tmp = {name: self.out / f".{name}.parquet.partial" for name in self.NAMES}
@@ -140,10 +153,14 @@ class SweepFiles:
         import pyarrow as pa  # deferred: pyarrow only to stream a sweep
         import pyarrow.parquet as pq  # deferred: pyarrow only to stream a sweep
 
+        from sim.analysis.table import param_columns, with_params  # deferred: pandas, loaded while the workers run
+
         if i != self.added:
             raise ValueError(f"sweep point {i} added out of order (expected {self.added})")
+        if self._dtypes is None:
+            self._dtypes = param_columns(self.params)
         for name in self.NAMES:
-            df = with_params(point._frame(name), point.params, self.dtypes)
+            df = with_params(point._frame(name), point.params, self._dtypes)
             if df.empty:  # e.g. a point saved before time series existed
                 continue
             df.insert(0, "point", i)
@@ -187,7 +204,7 @@ def write_sweep(result: SweepResult, out: str | Path, files: SweepFiles | None =
     ``files``: the records and time series already streamed for the first points (see
     :class:`SweepFiles`); the rest are added here."""
     out = Path(out)
-    files = files if files is not None else SweepFiles(out, result._dtypes())
+    files = files if files is not None else SweepFiles(out, [p.params for p in result.points])
     try:
         unseal(out)
         written = []
@@ -219,6 +236,8 @@ def load_sweep(out: str | Path) -> dict:
         raise CapsimError(f"{f}: not valid JSON ({e})") from None
     if not isinstance(summary, dict):
         raise CapsimError(f"{f}: expected a JSON object (a capsim summary), got {type(summary).__name__}")
+    from sim.analysis.table import summary_table  # deferred: pandas
+
     return {
         "summary": summary,
         "table": summary_table(summary.get("points", [])),
