@@ -247,7 +247,10 @@ def test_folder_files_are_the_same_bytes_whatever_order_points_finish(tmp_path):
 
 def test_the_sweep_loop_forks_its_workers_before_loading_pandas_and_scipy():
     """The parent loads pandas and scipy beside the first replications, not before them."""
-    code = "import sys, sim.run.loop, sim.cli.sweep; print(sorted({'pandas', 'scipy'} & set(sys.modules)))"
+    code = (
+        "import sys, sim.run.loop, sim.run.sweep, sim.run.store, sim.cli.sweep, sim.cli.main\n"
+        "print(sorted({'pandas', 'scipy'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
