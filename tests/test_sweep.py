@@ -214,8 +214,10 @@ def test_resume_after_a_crash_computes_only_the_missing_points(tmp_path):
     assert p.returncode == -9, p.stderr  # SIGKILL, as an out-of-memory kill or a crash
     done = [d for d in (out / "points").iterdir() if (d / "summary.json").is_file()]
     assert len(done) == 2 and not (out / "summary.json").exists()
+    assert list(out.glob(".records.parquet.*.partial")), "the first point's records were streamed before the kill"
     again = cli(*args, "--out", out)
     assert "computed 2 of 4 points, reused 2" in again.stderr, again.output
+    assert not list(out.glob(".*.partial")), "the killed run's streamed files were left behind"
     clean = cli(*args, "--out", ref)
     assert again.exit_code == clean.exit_code and clean.exit_code in (0, 1, 3)
     assert "computed 4 of 4 points, reused 0" in clean.stderr

@@ -150,6 +150,8 @@ def _run_sweep(
     # The folder-level records and time series grow point by point (in point order) while
     # the workers compute, rather than all at the end.
     files = SweepFiles(out, [p.params for p in points]) if out is not None else None
+    if out is not None:
+        SweepFiles.clear_stale(out)  # the folder is locked: nobody else is streaming into it
 
     def stream() -> None:
         while files is not None and files.added < len(points) and ids[files.added] in summaries:

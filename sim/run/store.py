@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,8 +131,8 @@ class SweepFiles:
     point by point, in point order, while the sweep runs (:func:`~sim.run.loop.run_sweep`
     adds each point once it and every point before it are saved), so that what is left
     when the last replication lands is the small summary files.  The rows go to hidden
-    ``.<name>.parquet.partial`` files that replace the real ones only in :meth:`finish`;
-    a run that stops leaves the folder's earlier files as they were.  Every point's
+    ``.<name>.parquet.<random>.partial`` files that replace the real ones only in
+    :meth:`finish`; a run that stops leaves the folder's earlier files as they were.  Every point's
     frame is the one :func:`write_sweep` always wrote (read back from its point folder,
     or from memory), so the bytes do not depend on when or by which process it is added."""
 
@@ -144,9 +145,14 @@ class SweepFiles:
         self._dtypes: dict[str, str] | None = None
         self.added = 0  # points 0 .. added-1 are in the files
         self._writers: dict[str, Any] = {}
-        self._tmp = {name: self.out / f".{name}.parquet.partial" for name in self.NAMES}
-        for tmp in self._tmp.values():  # left by a run that was killed (the folder is ours: locked)
-            tmp.unlink(missing_ok=True)
+        self._tmp: dict[str, Path] = {}
+
+    @classmethod
+    def clear_stale(cls, out: str | Path) -> None:
+        """Remove what a killed sweep left streaming in ``out`` (call while holding its lock)."""
+        for name in cls.NAMES:
+            for tmp in Path(out).glob(f".{name}.parquet.*.partial"):
+                tmp.unlink(missing_ok=True)
 
     def add(self, i: int, point: SweepPoint) -> None:
         """Append point ``i`` (the next one: points are added in order)."""
@@ -168,7 +174,10 @@ class SweepFiles:
             t = pa.Table.from_pandas(df, preserve_index=False)
             writer = self._writers.get(name)
             if writer is None:
-                writer = self._writers[name] = pq.ParquetWriter(self._tmp[name], t.schema)
+                fd, tmp = tempfile.mkstemp(dir=self.out, prefix=f".{name}.parquet.", suffix=".partial")
+                os.close(fd)
+                self._tmp[name] = Path(tmp)
+                writer = self._writers[name] = pq.ParquetWriter(tmp, t.schema)
             elif t.schema != writer.schema:
                 t = t.cast(writer.schema)
             writer.write_table(t)
@@ -182,8 +191,9 @@ class SweepFiles:
             writer = self._writers.pop(name, None)
             if writer is not None:
                 writer.close()
-                os.chmod(self._tmp[name], 0o644)
-                os.replace(self._tmp[name], final)
+                tmp = self._tmp.pop(name)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, final)
                 written.append(final)
             elif final.exists():
                 final.unlink()  # stale from an earlier write of this folder
@@ -195,7 +205,9 @@ class SweepFiles:
             writer = self._writers.pop(name, None)
             if writer is not None:
                 writer.close()
-            self._tmp[name].unlink(missing_ok=True)
+            tmp = self._tmp.pop(name, None)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
 
 def write_sweep(result: SweepResult, out: str | Path, files: SweepFiles | None = None) -> list[Path]:
