@@ -167,6 +167,7 @@ def test_a_worker_that_dies_exits_5_and_the_rerun_resumes(tmp_path, monkeypatch)
     r = invoke(*argv)
     assert r.exit_code == EXIT_WORKER_DIED, (r.exit_code, r.stderr)
     assert "run the same command again" in r.stderr
+    assert not list(out.glob(".*.partial")), "the streamed folder files of the stopped sweep were left behind"
     monkeypatch.setattr(ex, "_run_task", real)
     r = invoke(*argv)
     assert r.exit_code in (EXIT_PASS, EXIT_FAIL, EXIT_INCONCLUSIVE), r.stderr

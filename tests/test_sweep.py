@@ -214,8 +214,10 @@ def test_resume_after_a_crash_computes_only_the_missing_points(tmp_path):
     assert p.returncode == -9, p.stderr  # SIGKILL, as an out-of-memory kill or a crash
     done = [d for d in (out / "points").iterdir() if (d / "summary.json").is_file()]
     assert len(done) == 2 and not (out / "summary.json").exists()
+    assert list(out.glob(".records.parquet.*.partial")), "the first point's records were streamed before the kill"
     again = cli(*args, "--out", out)
     assert "computed 2 of 4 points, reused 2" in again.stderr, again.output
+    assert not list(out.glob(".*.partial")), "the killed run's streamed files were left behind"
     clean = cli(*args, "--out", ref)
     assert again.exit_code == clean.exit_code and clean.exit_code in (0, 1, 3)
     assert "computed 4 of 4 points, reused 0" in clean.stderr
@@ -226,6 +228,33 @@ def test_resume_after_a_crash_computes_only_the_missing_points(tmp_path):
     assert "computed 0 of 4 points, reused 4" in cli(*args, "--out", out).stderr
     wider = [a if a != "workload.users=10,20,30,40" else "workload.users=10,20,30,40,50" for a in args]
     assert "computed 1 of 5 points, reused 4" in cli(*wider, "--out", out).stderr
+
+
+def test_folder_files_are_the_same_bytes_whatever_order_points_finish(tmp_path):
+    """The folder's records and time series are streamed point by point as points finish.
+    On 2 workers the heavy first point finishes after the light second one; the files are
+    byte for byte those of 1 worker, where points finish in order."""
+    args = ["sweep", SMALL, "--grid", "workload.users=120,10,20", "--json", *QUICK]
+    one = cli(*args, "--jobs", "1", "--out", tmp_path / "one")
+    two = cli(*args, "--jobs", "2", "--out", tmp_path / "two")
+    assert one.exit_code == two.exit_code and one.exit_code in (0, 1, 3), one.output
+    assert one.stdout == two.stdout
+    for name in ("records.parquet", "timeseries.parquet", "summary.json", "summary.csv", "summary.parquet"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    recs = pd.read_parquet(tmp_path / "two" / "records.parquet", columns=["point", "workload.users"])
+    assert recs.groupby("point")["workload.users"].first().tolist() == [120, 10, 20]
+    assert recs["point"].is_monotonic_increasing
+    assert not list((tmp_path / "two").glob(".*.partial"))
+
+
+def test_the_sweep_loop_forks_its_workers_before_loading_pandas_and_scipy():
+    """The parent loads pandas and scipy beside the first replications, not before them."""
+    code = (
+        "import sys, sim.run.loop, sim.run.sweep, sim.run.store, sim.cli.sweep, sim.cli.main\n"
+        "print(sorted({'pandas', 'scipy'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_an_incomplete_point_folder_is_recomputed(tmp_path):

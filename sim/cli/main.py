@@ -34,9 +34,9 @@ def run(
 
     Exit codes: 0 pass, 1 an SLA fails, 2 bad input, 3 inconclusive, 4 internal error, 5 a worker died, 130 Ctrl-C.
     """
-    # deferred: the simulator loads pandas, scipy and pydantic; `capsim run --help` needs none
+    # deferred: the simulator loads pydantic and numpy; `capsim run --help` needs neither.
+    # pandas and scipy (the table below) load after the workers start, beside them.
     from sim.files import to_json
-    from sim.present.tables import print_run
     from sim.run.bounds import check_bounds
     from sim.run.folder import locked, prepare_out
     from sim.run.store import write_run
@@ -61,6 +61,8 @@ def run(
     if json_:
         sys.stdout.write(to_json(result.summary) + "\n")
     else:
+        from sim.present.tables import print_run  # deferred: pandas, loaded once the workers run
+
         print_run(result, stdout_console())
     raise typer.Exit(result.exit_code)
 

@@ -111,10 +111,9 @@ def sweep(
 
     Exit codes: 0 pass, 1 an SLA fails, 2 bad input, 3 inconclusive, 4 internal error, 5 a worker died, 130 Ctrl-C.
     """
-    # deferred: the simulator loads pandas, scipy and pydantic; `capsim sweep --help` needs none
-    from sim.analysis.dollars import rank_by_cost
+    # deferred: the simulator loads pydantic and numpy; `capsim sweep --help` needs neither.
+    # pandas and scipy (the tables below) load after the workers start, beside them.
     from sim.files import to_json
-    from sim.present.tables import print_run
     from sim.run.bounds import check_bounds
     from sim.run.folder import locked, prepare_out
     from sim.run.loop import SweepInterrupted, run_sweep
@@ -161,6 +160,9 @@ def sweep(
     if json_:
         sys.stdout.write(to_json(result.summary) + "\n")
     else:
+        from sim.analysis.dollars import rank_by_cost  # deferred: pandas, loaded once the workers run
+        from sim.present.tables import print_run  # deferred: pandas, loaded once the workers run
+
         con = stdout_console()
         print_run(result, con)
         table = result.table()

@@ -1,5 +1,10 @@
 """The one replication loop: ``capsim run``, ``capsim sweep`` and :func:`sim.simulate`
-all go through :func:`run_sweep`."""
+all go through :func:`run_sweep`.
+
+Importing this module loads neither pandas nor scipy: the local pool forks its workers
+(which need only the engine) before the parent loads the summaries and frames, so that
+loading runs beside the first replications rather than before them.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,20 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sim.analysis.summary import PointSummary, summarize_point
 from sim.engine.pipeline import Replication
 from sim.errors import EXIT_INTERRUPTED, EXIT_WORKER_DIED, ConfigError, RunStopped
 from sim.run.executors import LocalExecutor, Task
 from sim.run.folder import locked, prepare_out
-from sim.run.results import SweepPoint, SweepResult
-from sim.run.store import PointStore, normalize, point_id, write_sweep
+from sim.run.store import PointStore, SweepFiles, normalize, point_id, write_sweep
 from sim.spec.metrics import METRIC_STAGE
 from sim.spec.scenario import Point
 from sim.spec.schema import Scenario
+
+if TYPE_CHECKING:
+    from sim.analysis.summary import PointSummary
+    from sim.run.results import SweepPoint, SweepResult
 
 
 class SweepInterrupted(RunStopped):
@@ -126,15 +133,42 @@ def _run_sweep(
     total = sum(counts.values())
     done = 0
 
+    def sweep_point(i: int) -> SweepPoint:
+        from sim.run.results import SweepPoint  # deferred: pandas, loaded while the workers run
+
+        p, pid = points[i], ids[i]
+        return SweepPoint(
+            dict(p.params),
+            p.scenario,
+            computed.get(pid, []) if store is None else [],
+            summaries[pid].with_params(p.params),  # the same scenario may be reached under other swept keys
+            id=pid,
+            computed=pid in computed and first[pid] == i,
+            folder=store.folder(pid) if store is not None else None,
+        )
+
+    # The folder-level records and time series grow point by point (in point order) while
+    # the workers compute, rather than all at the end.
+    files = SweepFiles(out, [p.params for p in points]) if out is not None else None
+    if out is not None:
+        SweepFiles.clear_stale(out)  # the folder is locked: nobody else is streaming into it
+
+    def stream() -> None:
+        while files is not None and files.added < len(points) and ids[files.added] in summaries:
+            files.add(files.added, sweep_point(files.added))
+
     def finish(i: int, summ: PointSummary) -> None:
         pid = ids[i]
         summaries[pid] = summ
         computed[pid] = reps[i]
         if store is not None:
             store.save(pid, points[i].scenario, summ, reps[i])
+            computed[pid] = reps[i] = []  # on disk now: the folder-level files read it back from there
+        stream()
 
     pending = todo
     try:
+        stream()
         while pending:
             tasks: list[Task] = []
             owners: list[int] = []
@@ -154,6 +188,8 @@ def _run_sweep(
                 if need[i]:
                     continue
                 reps[i].sort(key=lambda r: r.replication)
+                from sim.analysis.summary import summarize_point  # deferred: scipy, loaded while the workers run
+
                 p = points[i]
                 summ = normalize(nothing_finished_fails(summarize_point(p.scenario, reps[i], p.params), p.scenario))
                 cap = p.scenario.run.max_replications
@@ -164,6 +200,16 @@ def _run_sweep(
                 else:
                     finish(i, summ)
             pending = nxt
+        from sim.run.results import SweepResult  # deferred: pandas (loaded by now unless nothing ran)
+
+        res = SweepResult(
+            name or points[0].scenario.name,
+            [sweep_point(i) for i in range(len(points))],
+            out=Path(out) if out is not None else None,
+        )
+        if files is not None:
+            assert out is not None
+            write_sweep(res, out, files)
     except KeyboardInterrupt:
         raise SweepInterrupted(
             _stopped_message("interrupted", len(summaries), len(first), out), EXIT_INTERRUPTED
@@ -172,28 +218,9 @@ def _run_sweep(
         raise SweepInterrupted(
             _stopped_message("a worker process died", len(summaries), len(first), out), EXIT_WORKER_DIED
         ) from None
-
-    result_points: list[SweepPoint] = []
-    for i, p in enumerate(points):
-        pid = ids[i]
-        s = summaries[pid].with_params(p.params)  # the same scenario may be reached under other swept keys
-        fresh = pid in computed and first[pid] == i
-        keep = computed.get(pid, []) if store is None else []
-        result_points.append(
-            SweepPoint(
-                dict(p.params),
-                p.scenario,
-                keep,
-                s,
-                id=pid,
-                computed=fresh,
-                folder=store.folder(pid) if store is not None else None,
-            )
-        )
-    res = SweepResult(name or points[0].scenario.name, result_points, out=Path(out) if out is not None else None)
-    if store is not None:
-        assert out is not None
-        write_sweep(res, out)
+    finally:
+        if files is not None:
+            files.discard()  # a sweep that stopped keeps its saved points, not half its records
     return res
 
 

@@ -1,4 +1,9 @@
-"""The point store and the files of a sweep folder (see :mod:`sim.run.sweep`)."""
+"""The point store and the files of a sweep folder (see :mod:`sim.run.sweep`).
+
+Importing this module loads neither pandas nor scipy (the summaries and frames are
+imported where they are used): a sweep forks its workers before the parent loads
+them, and the parent loads them while the workers run the first replications.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,23 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 import sim
-from sim.analysis.summary import PointSummary
-from sim.analysis.table import summary_table, with_params
 from sim.engine.pipeline import Replication
 from sim.errors import CapsimError
 from sim.files import atomic_write_bytes, atomic_write_text, regular_file_problem, to_json
 from sim.physics.retrieval import default_calibration_path
 from sim.run.folder import seal, sha256_file, unseal, verify
-from sim.run.results import Result, SweepResult, rep_frame, timeseries_frame
 from sim.spec.schema import Scenario
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from sim.analysis.summary import PointSummary
+    from sim.run.results import Result, SweepPoint, SweepResult
 
 
 def point_id(scn: Scenario) -> str:
@@ -53,6 +60,7 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
 
 def normalize(summary: PointSummary) -> PointSummary:
     """The summary as it reads back from JSON, so fresh and reused points compare equal."""
+    from sim.analysis.summary import PointSummary  # deferred: scipy and pandas, loaded while the workers run
 
     return PointSummary.from_dict(json.loads(to_json(summary)))
 
@@ -94,11 +102,14 @@ class PointStore:
             doc = json.loads((self.folder(pid) / "summary.json").read_text())
             if not isinstance(doc, dict) or not doc:
                 return None
+            from sim.analysis.summary import PointSummary  # deferred: scipy and pandas, only to resume
+
             return PointSummary.from_dict(doc)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
             return None  # unreadable or not a point summary: compute it again
 
     def save(self, pid: str, scn: Scenario, summary: PointSummary, reps: Sequence[Replication]) -> None:
+        from sim.run.results import rep_frame, timeseries_frame  # deferred: pandas, loaded while the workers run
 
         d = self.folder(pid)
         atomic_write_text(d / "scenario.yaml", yaml.safe_dump(scn.model_dump(mode="json"), sort_keys=False))
@@ -115,52 +126,111 @@ class PointStore:
 # --------------------------------------------------------------------------- results
 
 
-def write_sweep(result: SweepResult, out: str | Path) -> list[Path]:
-    """The folder-level files: summary.json/.csv/.parquet, records.parquet, timeseries.parquet."""
-    import pyarrow as pa  # deferred: pyarrow only to stream a sweep
-    import pyarrow.parquet as pq  # deferred: pyarrow only to stream a sweep
+class SweepFiles:
+    """The folder-level ``records.parquet`` and ``timeseries.parquet`` of a sweep, appended
+    point by point, in point order, while the sweep runs (:func:`~sim.run.loop.run_sweep`
+    adds each point once it and every point before it are saved), so that what is left
+    when the last replication lands is the small summary files.  The rows go to hidden
+    ``.<name>.parquet.<random>.partial`` files that replace the real ones only in
+    :meth:`finish`; a run that stops leaves the folder's earlier files as they were.  Every point's
+    frame is the one :func:`write_sweep` always wrote (read back from its point folder,
+    or from memory), so the bytes do not depend on when or by which process it is added."""
 
-    out = Path(out)
-    unseal(out)
-    written = []
-    atomic_write_text(out / "summary.json", to_json(result.summary))
-    table = result.table()
-    atomic_write_text(out / "summary.csv", table.to_csv(index=False))
-    atomic_write_bytes(out / "summary.parquet", parquet_bytes(table))
-    written += [out / "summary.json", out / "summary.csv", out / "summary.parquet"]
-    dtypes = result._dtypes()
-    for name in ("records", "timeseries"):
-        # Stream point by point so a big sweep never sits in memory at once.
-        fd, tmp_name = tempfile.mkstemp(dir=out, prefix=f".{name}.parquet.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        writer = None
-        try:
-            for i, p in enumerate(result.points):
-                df = with_params(p._frame(name), p.params, dtypes)
-                if df.empty:  # e.g. a point saved before time series existed
-                    continue
-                df.insert(0, "point", i)
-                df.insert(1, "id", p.id)
-                t = pa.Table.from_pandas(df, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, t.schema)
-                elif t.schema != writer.schema:
-                    t = t.cast(writer.schema)
-                writer.write_table(t)
+    NAMES = ("records", "timeseries")
+
+    def __init__(self, out: str | Path, params: Sequence[dict[str, Any]]):
+        """``params``: every point's swept values (they fix the columns' types)."""
+        self.out = Path(out)
+        self.params = params
+        self._dtypes: dict[str, str] | None = None
+        self.added = 0  # points 0 .. added-1 are in the files
+        self._writers: dict[str, Any] = {}
+        self._tmp: dict[str, Path] = {}
+
+    @classmethod
+    def clear_stale(cls, out: str | Path) -> None:
+        """Remove what a killed sweep left streaming in ``out`` (call while holding its lock)."""
+        for name in cls.NAMES:
+            for tmp in Path(out).glob(f".{name}.parquet.*.partial"):
+                tmp.unlink(missing_ok=True)
+
+    def add(self, i: int, point: SweepPoint) -> None:
+        """Append point ``i`` (the next one: points are added in order)."""
+        import pyarrow as pa  # deferred: pyarrow only to stream a sweep
+        import pyarrow.parquet as pq  # deferred: pyarrow only to stream a sweep
+
+        from sim.analysis.table import param_columns, with_params  # deferred: pandas, loaded while the workers run
+
+        if i != self.added:
+            raise ValueError(f"sweep point {i} added out of order (expected {self.added})")
+        if self._dtypes is None:
+            self._dtypes = param_columns(self.params)
+        for name in self.NAMES:
+            df = with_params(point._frame(name), point.params, self._dtypes)
+            if df.empty:  # e.g. a point saved before time series existed
+                continue
+            df.insert(0, "point", i)
+            df.insert(1, "id", point.id)
+            t = pa.Table.from_pandas(df, preserve_index=False)
+            writer = self._writers.get(name)
+            if writer is None:
+                fd, tmp = tempfile.mkstemp(dir=self.out, prefix=f".{name}.parquet.", suffix=".partial")
+                os.close(fd)
+                self._tmp[name] = Path(tmp)
+                writer = self._writers[name] = pq.ParquetWriter(tmp, t.schema)
+            elif t.schema != writer.schema:
+                t = t.cast(writer.schema)
+            writer.write_table(t)
+        self.added += 1
+
+    def finish(self) -> list[Path]:
+        """Close the files and put them in place; the paths written."""
+        written = []
+        for name in self.NAMES:
+            final = self.out / f"{name}.parquet"
+            writer = self._writers.pop(name, None)
             if writer is not None:
                 writer.close()
-                writer = None
+                tmp = self._tmp.pop(name)
                 os.chmod(tmp, 0o644)
-                os.replace(tmp, out / f"{name}.parquet")
-                written.append(out / f"{name}.parquet")
-            elif (out / f"{name}.parquet").exists():
-                (out / f"{name}.parquet").unlink()  # stale from an earlier write of this folder
-        finally:
+                os.replace(tmp, final)
+                written.append(final)
+            elif final.exists():
+                final.unlink()  # stale from an earlier write of this folder
+        return written
+
+    def discard(self) -> None:
+        """Drop what was streamed (the sweep stopped); safe after :meth:`finish`."""
+        for name in self.NAMES:
+            writer = self._writers.pop(name, None)
             if writer is not None:
                 writer.close()
-            if tmp.exists():
-                tmp.unlink()
+            tmp = self._tmp.pop(name, None)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+
+
+def write_sweep(result: SweepResult, out: str | Path, files: SweepFiles | None = None) -> list[Path]:
+    """The folder-level files: summary.json/.csv/.parquet, records.parquet, timeseries.parquet.
+
+    ``files``: the records and time series already streamed for the first points (see
+    :class:`SweepFiles`); the rest are added here."""
+    out = Path(out)
+    files = files if files is not None else SweepFiles(out, [p.params for p in result.points])
+    try:
+        unseal(out)
+        written = []
+        atomic_write_text(out / "summary.json", to_json(result.summary))
+        table = result.table()
+        atomic_write_text(out / "summary.csv", table.to_csv(index=False))
+        atomic_write_bytes(out / "summary.parquet", parquet_bytes(table))
+        written += [out / "summary.json", out / "summary.csv", out / "summary.parquet"]
+        # Stream point by point so a big sweep never sits in memory at once.
+        for i in range(files.added, len(result.points)):
+            files.add(i, result.points[i])
+        written += files.finish()
+    finally:
+        files.discard()
     seal(out, "sweep", written, [p.id for p in result.points])
     return written
 
@@ -178,6 +248,8 @@ def load_sweep(out: str | Path) -> dict:
         raise CapsimError(f"{f}: not valid JSON ({e})") from None
     if not isinstance(summary, dict):
         raise CapsimError(f"{f}: expected a JSON object (a capsim summary), got {type(summary).__name__}")
+    from sim.analysis.table import summary_table  # deferred: pandas
+
     return {
         "summary": summary,
         "table": summary_table(summary.get("points", [])),

@@ -38,13 +38,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sim.run.loop import run_sweep
-from sim.run.results import Result, SweepResult
 from sim.spec.keys import check_key
 from sim.spec.scenario import expand, run_overrides
 from sim.spec.schema import Scenario
+
+if TYPE_CHECKING:  # pandas: loaded while the workers run (see sim.run.loop)
+    from sim.run.results import Result, SweepResult
 
 
 def sweep(
