@@ -36,6 +36,9 @@ def test_one_step_by_hand():
     # llama-server's own prompt times: one shared step, or a late prompt in a step of its own
     assert one_step([412.0, 411.5, 412.0], [1.0, 1.0, 1.0], 0.5)
     assert not one_step([412.0, 411.5, 155.0], [1.0, 1.0, 1.2], 0.5)
+    # two prompts in two steps one after the other: similar times each, but first tokens a step apart
+    # (a profile once read this as a 384-token step of 376 ms)
+    assert not one_step([370.0, 372.0], [1.37, 1.74], 1.0)
     # client only: first tokens 0.4 s after the last send, 3 prompts: a share is 0.133 s, half 0.067
     assert one_step(None, [1.38, 1.40, 1.39], 1.0)  # 20 ms of client jitter
     assert not one_step(None, [1.27, 1.27, 1.40], 1.0)  # the third a lone prompt's step later

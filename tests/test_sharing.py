@@ -13,7 +13,7 @@ import sim
 from sim import distributions as D
 from sim.engine.pool import WorkerPool
 from sim.physics.retrieval import load_calibration
-from sim.physics.sharing import check_contention, contention_at, stretch_factors
+from sim.physics.sharing import check_contention, contention_at, contention_from_stretch, stretch_factors
 from sim.spec.scenario import load_scenario
 from tests.helpers import invoke
 
@@ -27,6 +27,11 @@ def test_contention_and_stretch_by_hand():
     assert stretch_factors(4, 2) == [1.0, 1.0, 1.0, 1.5, 2.0]
     assert stretch_factors(4, 2, (1.0, 1.2)) == pytest.approx([1.0, 1.0, 1.2, 1.8, 2.4])
     assert stretch_factors(3, None, (1.0, 1.1)) == pytest.approx([1.0, 1.0, 1.1, 1.2])
+    # two threads on one core taking 2.3x alone: 15 % beyond the time slices, then held
+    assert stretch_factors(2, 1, (1.0, 1.15)) == pytest.approx([1.0, 1.0, 2.3])
+    assert stretch_factors(3, 1, (1.0, 1.15)) == pytest.approx([1.0, 1.0, 2.3, 3.45])
+    assert contention_from_stretch((1.0, 2.3), 1) == pytest.approx((1.0, 1.15))
+    assert contention_from_stretch((1.0, 1.1, 0.9), 4) == pytest.approx((1.0, 1.1, 1.0))  # noise below 1 -> 1
     with pytest.raises(ValueError):
         contention_at(0, (1.0,))
     assert check_contention((1.0, 1.5), "k") is None

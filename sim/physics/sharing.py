@@ -1,18 +1,23 @@
 """How much slower a search runs while others run beside it.
 
 A pool of ``workers`` CPU workers on ``cpu_cores`` cores: with ``n`` searches
-in service, ``m = min(n, cpu_cores)`` of them run at a time and each runs
-``contention[m]`` times slower than alone (memory bandwidth and caches shared
-between cores, measured by running ``m`` searches at once: ``capsim calibrate
-retrieval --threads 1,2,...`` or a live service profiled at 1..W concurrent
-requests), and the ``n`` share the ``m`` cores in time (``n / m``)::
+in service, ``m = min(n, cpu_cores)`` of them run at a time, so the ``n``
+share the cores in time (``n / m``), and each is ``contention(n)`` times
+slower than that alone would make it: memory bandwidth and caches shared
+between cores, and where ``n`` exceeds the cores, what sharing one costs
+beyond the time slices (context switches, a lock or an interpreter lock
+handed between threads)::
 
-    stretch(n) = contention(min(n, cores)) * n / min(n, cores)
+    stretch(n) = contention(n) * n / min(n, cores)
 
-``contention`` is given for ``1..K`` concurrent searches (``contention(1) =
-1``: the service time is a search alone); between measured counts it is
-linear, above ``K`` the last two points' line continues (contention does not
-stop growing where the measurement stopped), never below the last value.
+``contention`` is measured with ``n = 1..K`` searches running back to back at
+once against one alone (``contention(1) = 1``): ``capsim calibrate retrieval
+--threads 1,2,...`` (one worker per core) or ``capsim verify``'s probe of a
+live service (``n`` up to its workers), each measured stretch divided by
+``n / min(n, cores)``.  Between measured counts it is linear; above ``K`` the
+last two points' line continues (contention does not stop growing where the
+measurement stopped) up to ``max(K, cores)``, and is held there: beyond the
+cores more searches only slice the same cores thinner.
 
 The simulator applies it exactly (processor sharing with a rate that depends
 on the number running, :class:`sim.engine.pool.WorkerPool`): every search
@@ -48,15 +53,24 @@ def contention_at(m: int, contention: Sequence[float]) -> float:
 def stretch_factors(workers: int, cpu_cores: int | None, contention: Sequence[float] = ()) -> list[float]:
     """``[stretch(0), stretch(1), ..., stretch(workers)]`` (``stretch(0) = 1``, unused).
 
-    4 workers on 2 cores, no contention: ``[1, 1, 1, 1.5, 2]``; with ``contention = (1, 1.2)``:
-    ``[1, 1, 1.2, 1.8, 2.4]``.
+    4 workers on 2 cores, no contention: ``[1, 1, 1, 1.5, 2]``; with ``contention = (1, 1.2)``
+    (measured to 2 = the cores, then held): ``[1, 1, 1.2, 1.8, 2.4]``; 2 workers on 1 core with
+    ``contention = (1, 1.15)`` (two threads sharing one core cost 15 % more than the slices):
+    ``[1, 1, 2.3]``.
     """
     cores = cpu_cores or workers
+    top = max(len(contention), cores)
     out = [1.0]
     for n in range(1, workers + 1):
-        m = min(n, cores)
-        out.append(contention_at(m, contention) * n / m)
+        out.append(contention_at(min(n, top), contention) * n / min(n, cores))
     return out
+
+
+def contention_from_stretch(stretch: Sequence[float], cores: int) -> tuple[float, ...]:
+    """Measured stretches at ``n = 1..K`` at once (mean time over the mean alone) -> contention.
+
+    One core, two at once taking 2.3x: ``(1, 1.15)``.  Values below 1 (noise) read as 1."""
+    return tuple(max(1.0, float(s) * min(n, cores) / n) for n, s in enumerate(stretch, start=1))
 
 
 def check_contention(contention: Sequence[float], key: str) -> str | None:

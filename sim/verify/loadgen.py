@@ -38,6 +38,7 @@ from sim.engine.cache import LRUCache
 from sim.engine.pipeline import TokenCounts
 from sim.engine.workload import Popularity, QueryKeys
 from sim.errors import CapsimError
+from sim.physics.sharing import contention_from_stretch
 from sim.rng import stream
 from sim.spec.schema import Scenario, build_distribution
 from sim.spec.target import Target
@@ -284,27 +285,28 @@ def _searches_together(url: str, k: int, m: int, n: int, timeout_s: float) -> li
 def probe_contention(
     target: Target, k: int, alone_ms: np.ndarray, n: int = 100, timeout_s: float = 10.0
 ) -> tuple[float, ...]:
-    """Isolated: how much slower each search runs when ``m`` run at once on separate cores.
+    """Isolated: how much slower each search runs with ``m`` in service at once.
 
-    For ``m = 2 .. min(workers, cores)``: ``m`` clients search back to back at the same time
-    (``m`` searches always in service, nothing else sending); the mean time of a search over
-    the mean of ``alone_ms`` (the one-at-a-time probe).  ``(1, s2, ...)``; empty when the
-    service has one worker or one core (then only time-slicing, which the model counts).
-    Means below 1 (noise) count as 1."""
+    For ``m = 2 .. workers``: ``m`` clients search back to back at the same time (``m``
+    searches always in service, nothing else sending); the mean time of a search over the
+    mean of ``alone_ms`` (the one-at-a-time probe) is the stretch at ``m``, and the
+    contention is what it adds to sharing the service's cores in time
+    (:func:`sim.physics.sharing.contention_from_stretch`): two search threads on one core
+    that take 2.3x as long as one alone have contention 1.15.  ``(1, c2, ...)``; empty with
+    one worker."""
     r = target.retrieval
     assert r is not None
-    m_max = min(r.workers, len(r.cores) or r.workers)
-    if m_max < 2:
+    if r.workers < 2:
         return ()
     base = float(np.mean(alone_ms))
-    out = [1.0]
-    for m in range(2, m_max + 1):
+    stretch = [1.0]
+    for m in range(2, r.workers + 1):
         times = _searches_together(r.url, k, m, n, timeout_s)
         got = [x for ts in times for x in ts]
         if len(got) < m * n:
             raise CapsimError(f"retrieval endpoint {r.url}: the contention probe at {m} at once did not finish")
-        out.append(max(1.0, float(np.mean(got)) / base))
-    return tuple(out)
+        stretch.append(float(np.mean(got)) / base)
+    return contention_from_stretch(stretch, len(r.cores) or r.workers)
 
 
 @dataclass

@@ -26,8 +26,10 @@ and then decodes the ``b`` sequences in lockstep, one token each a step:
   included.
 
 A try whose prompts were not prefilled in one step (a request arrived after
-the others' prefill began: :func:`one_step`) is discarded and repeated, up to
-:data:`TRIES` times.  Each configuration is
+the others' prefill began: :func:`one_step`) keeps its decode steps (the
+sequences still decode in lockstep once all are in) and is repeated for its
+prefill, up to :data:`TRIES` times; a batch never prefilled as one step gets
+no prefill row (batch 1 always has one, so the prefill law always has rows).  Each configuration is
 measured ``repeat`` times and the median kept.  The rows have the shape of
 ``llama-batched-bench``'s (:func:`sim.physics.steptable.step_rows` turns them
 into a table).
@@ -44,7 +46,6 @@ from collections.abc import Callable
 import numpy as np
 
 from sim.errors import CapsimError
-from sim.physics.steptable import median_rows
 from sim.spec.target import Target
 from sim.verify.loadgen import complete, connection, prompt_ids
 
@@ -78,22 +79,26 @@ def lockstep_times(sends: list[float], tokens: list[list[float]]) -> tuple[float
 def one_step(prompt_ms: list[float] | None, firsts: list[float], sent: float) -> bool:
     """Were ``b`` prompts sent together prefilled in one step?
 
-    With the server's own ``prompt_ms`` (llama-server): they are all the same step's time
-    (within 10 %); a late request's prompt is a step of its own, a fraction of the batch's.
-    From the client alone: the first tokens came within half a lone prompt's share of the
+    From the client: the first tokens came within half a lone prompt's share of the
     prefill (``(last first token - last send) / b / 2``), where a late prompt's own step
-    would put its first token a whole share later.  Client-side jitter (a thread waiting
-    for the core) is milliseconds against prefills of hundreds."""
+    puts its first token a whole share later; client-side jitter (a thread waiting for
+    the core) is milliseconds against prefills of hundreds.  And with the server's own
+    ``prompt_ms`` (llama-server): all the same step's time, within 10 %.  The server's
+    times alone cannot tell: two prompts prefilled in two steps, one after the other,
+    report two similar times too (each its own), and would read as one step half as long
+    as it is."""
     if len(firsts) < 2:
         return True
-    if prompt_ms is not None:
-        return min(prompt_ms) >= 0.9 * max(prompt_ms)
     span = max(firsts) - sent
-    return max(firsts) - min(firsts) <= 0.5 * span / len(firsts)
+    together = max(firsts) - min(firsts) <= 0.5 * span / len(firsts)
+    if prompt_ms is None:
+        return together
+    return together and min(prompt_ms) >= 0.9 * max(prompt_ms)
 
 
-def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generator, timeout_s: float) -> dict | None:
-    """One try at batch ``b``: the row, or None when the prompts were not prefilled in one step."""
+def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generator, timeout_s: float) -> dict:
+    """One try at batch ``b``: the row; its ``t_pp_s`` is None when the prompts were not
+    prefilled in one step (its decode steps are still ``b`` in lockstep at the end)."""
     sends = [0.0] * b
     tokens: list[list[float]] = [[] for _ in range(b)]
     timings: list[dict] = [{} for _ in range(b)]
@@ -124,9 +129,9 @@ def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generato
         raise CapsimError(f"llm endpoint {llm.url}: a profile request failed: {(errors or ['timed out'])[0]}")
     sent, last_first, gap = lockstep_times(sends, tokens)
     prompt_ms = [float(t["prompt_ms"]) for t in timings if "prompt_ms" in t]
+    t_pp: float | None = max(prompt_ms) / 1e3 if len(prompt_ms) == b else last_first - sent
     if not one_step(prompt_ms if len(prompt_ms) == b else None, [t[0] for t in tokens], sent):
-        return None  # a request came late: its prompt had a step of its own
-    t_pp = max(prompt_ms) / 1e3 if len(prompt_ms) == b else last_first - sent
+        t_pp = None  # a request came late: its prompt had a step of its own
     n = [int(t["prompt_n"]) for t in timings if "prompt_n" in t]
     return dict(pp=max(n) if len(n) == b else pp, tg=tg, b=b, t_pp_s=t_pp, t_tg_s=gap * tg)
 
@@ -146,29 +151,39 @@ def profile_server(
     if max(npl) > llm.parallel:
         raise CapsimError(f"--npl: batch {max(npl)} exceeds the server's slots (target llm.parallel = {llm.parallel})")
     rng = np.random.default_rng(seed)
-    runs: list[list[dict]] = []
+    pre: dict[tuple[int, int], list[float]] = {}  # (pp, b) -> prefill steps of the tries that were one step
+    dec: dict[tuple[int, int], list[float]] = {}  # (pp, b) -> decode runs (t_tg_s), one per repeat
+    pp_seen: dict[int, int] = {}  # the prompt length asked -> the server's count
     for r in range(repeat):
-        run = []
         for pp in npp:
             for b in npl:
-                row = None
                 for _ in range(TRIES):
                     row = _one_batch(target, pp, ntg, b, rng, timeout_s)
-                    if row is not None:
+                    if row["t_pp_s"] is not None:
+                        pre.setdefault((pp, b), []).append(row["t_pp_s"])
                         break
-                if row is None:
-                    raise CapsimError(
-                        f"llm endpoint {llm.url}: {b} requests sent together were never prefilled in one "
-                        f"step ({TRIES} tries); is something else sending to the server?"
-                    )
-                run.append(row)
+                dec.setdefault((pp, b), []).append(row["t_tg_s"])
+                pp_seen[pp] = row["pp"]
                 if progress:
+                    t_pp = row["t_pp_s"]
+                    pf = f"{t_pp * 1e3:8.1f} ms" if t_pp is not None else f"not one step in {TRIES} tries"
                     progress(
                         f"  run {r + 1}/{repeat}  prompt {row['pp']:>5}  batch {b}: "
-                        f"prefill {row['t_pp_s'] * 1e3:8.1f} ms, decode step {row['t_tg_s'] / ntg * 1e3:6.2f} ms"
+                        f"prefill {pf}, decode step {row['t_tg_s'] / ntg * 1e3:6.2f} ms"
                     )
-        runs.append(run)
-    return median_rows(runs)
+    # A prefill row from the tries that were one step (a batch the server never took as one
+    # step keeps its decode row only; batch 1 always is one step, so the law has rows).
+    return [
+        dict(
+            pp=pp_seen[pp],
+            tg=ntg,
+            b=b,
+            t_pp_s=float(statistics.median(pre[(pp, b)])) if pre.get((pp, b)) else 0.0,
+            t_tg_s=float(statistics.median(dec[(pp, b)])),
+        )
+        for pp in npp
+        for b in npl
+    ]
 
 
 def describe(target: Target, npp: list[int], ntg: int, npl: list[int], repeat: int) -> str:
