@@ -59,8 +59,9 @@ def test_decode_is_linear_in_batch_between_measured_batches(model):
 
 
 def test_prefill_law_fitted_from_prefill_rows(model):
-    a, b, c = model.prefill
+    a, b, c, d = model.prefill
     assert a == pytest.approx(2.0, abs=1e-9) and b == pytest.approx(0.5) and c == pytest.approx(0.0, abs=1e-12)
+    assert d == 0.0  # no mixed rows
     assert model.prefill_ms(300, 45150) == pytest.approx(152.0)
 
 
@@ -161,3 +162,24 @@ def test_beyond_the_largest_batch_each_sequence_costs_what_it_cost_there(tmp_pat
     steps = [t.decode_ms(b, 500 * b) for b in (4, 8, 32, 128)]
     assert all(s > 0 for s in steps) and steps == sorted(steps)
     assert t.epoch_ms(8, 8 * 500, 5) == pytest.approx(sum(t.decode_ms(8, 8 * 500 + 8 * j) for j in range(5)))
+
+
+def test_mixed_rows_fit_what_decoders_riding_along_a_prefill_add(tmp_path):
+    """A prompt prefilled beside k decoding sequences (llama-server's mixed step) costs here
+    10 + 0.5 per new token + 20 ms per decoder: the law recovers each term, and a table
+    without mixed rows keeps the old three-term law (d = 0)."""
+    f = tmp_path / "t.csv"
+    f.write_text(
+        "batch_size,context_tokens,new_tokens,step_ms,decode_seqs\n"
+        "1,30,1,12.0,0\n2,60,2,25.0,0\n3,90,3,30.0,0\n"  # decode rows
+        "1,100,100,60.0,0\n1,200,200,110.0,0\n2,200,200,110.0,0\n"  # prompts alone: 10 + 0.5 new
+        "2,170,101,80.5,1\n3,240,102,101.0,2\n3,340,202,151.0,2\n"  # beside 1 and 2 decoders
+    )
+    m = TableModel(read_rows(f))
+    a, b, c, d = m.prefill
+    assert (a, b, d) == pytest.approx((10.0, 0.5, 20.0), abs=1e-6) and c == pytest.approx(0.0, abs=1e-9)
+    assert m.prefill_ms(150, 0.0, 3) == pytest.approx(10 + 75 + 60)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("batch_size,context_tokens,new_tokens,step_ms,decode_seqs\n2,60,2,25.0,2\n")
+    with pytest.raises(ConfigError, match="decode_seqs must be a whole number below batch_size"):
+        read_rows(bad)

@@ -482,16 +482,20 @@ def llm(
         raise CapsimError("--ntg: must be >= 2")
     if out.exists() and out.is_dir():
         raise CapsimError(f"--out {out}: is a folder; give a .csv file")
+    extra: list[tuple] = []
     if via == "server":
         if from_output is not None:
             raise CapsimError("--from-output: reads a llama-batched-bench output; not with --via server")
         # deferred: the HTTP profiler loads the load generator's modules
         from sim.verify.loadgen import check_reachable
-        from sim.verify.profile import describe, profile_server
+        from sim.verify.profile import describe, profile_mixed, profile_server
 
         check_reachable(full_target.model_copy(update={"retrieval": None}))  # only the LLM is profiled
         rows = profile_server(full_target, pps, ntg, pls, repeat, progress=lambda m: typer.echo(m, err=True))
-        source = describe(full_target, pps, ntg, pls, repeat)
+        extra = profile_mixed(full_target, max(pps), [k for k in pls if k < tgt.parallel], repeat)
+        source = (
+            describe(full_target, pps, ntg, pls, repeat) + f"; mixed steps: {max(pps)}-token prompt beside decoders"
+        )
     elif from_output is not None:
         if not from_output.is_file():
             raise CapsimError(f"--from-output: {from_output} does not exist")
@@ -513,9 +517,11 @@ def llm(
             f"llama-batched-bench -t {tgt.threads} on cores {tgt.cores or 'any'}: "
             f"-c {ctx} npp {pps} ntg {ntg} npl {pls} ({Path(tgt.model_path).name}), median of {repeat} run(s)"
         )
-    steps = step_rows(rows)
+    steps: list[tuple] = step_rows(rows)
     if not steps:
         raise CapsimError("no llama-batched-bench result rows in the output")
+    if via == "server":
+        steps += extra
     write_table(steps, out, source)
     frag = out.with_suffix(".yaml")
     frag.write_text(
@@ -529,6 +535,6 @@ def llm(
     )
     con = stdout_console()
     con.print(f"{len(steps)} step rows -> {out}; scenario fragment -> {frag}")
-    for b, c, n, ms in steps:
-        kind = "decode " if n == b else "prefill"
+    for b, c, n, ms, *mix in steps:
+        kind = "mixed  " if mix and mix[0] else ("decode " if n == b else "prefill")
         con.print(f"  {kind} batch {b:>2}  context {c:>6}  new {n:>6}  {ms:9.3f} ms")

@@ -393,7 +393,9 @@ class StepCost:
         flops, n_bytes = self.work(new_tokens, ctx_tokens, attn_pairs)
         return n_bytes * self.inv_bw, flops * self.inv_peak
 
-    def time(self, new_tokens: float, ctx_tokens: float, attn_pairs: float, seqs: float = 1.0) -> float:
+    def time(
+        self, new_tokens: float, ctx_tokens: float, attn_pairs: float, seqs: float = 1.0, decode_seqs: float = 0.0
+    ) -> float:
         """One step of ``seqs`` sequences, seconds."""
         mem, comp = self.terms(new_tokens, ctx_tokens, attn_pairs)
         return (

@@ -44,7 +44,7 @@ import math
 import os
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,6 +56,8 @@ if TYPE_CHECKING:  # annotations only: physics sits below the scenario schema
     from sim.spec.schema import LLMConfig
 
 COLUMNS = ("batch_size", "context_tokens", "new_tokens", "step_ms")
+#: Optional column: how many of a prefill row's sequences were decoding, one token each (a mixed step).
+MIXED = "decode_seqs"
 
 
 class Curve:
@@ -102,23 +104,26 @@ class Curve:
         return self.segments()
 
 
-def _fit_prefill(new: np.ndarray, pairs: np.ndarray, ms: np.ndarray) -> tuple[float, float, float]:
-    """Least squares ``ms = a + b new + c pairs`` with every coefficient >= 0 (negative ones dropped)."""
-    cols = [np.ones_like(new), new, pairs]
-    keep = [0, 1, 2]
+def _fit_prefill(
+    new: np.ndarray, pairs: np.ndarray, dec: np.ndarray, ms: np.ndarray
+) -> tuple[float, float, float, float]:
+    """Least squares ``ms = a + b new + c pairs + d dec`` with every coefficient >= 0 (negative ones dropped)."""
+    cols = [np.ones_like(new), new, pairs, dec]
+    keep = [0, 1, 2, 3] if dec.any() else [0, 1, 2]  # no mixed rows: nothing to fit d on
     while keep:
         coef = np.linalg.lstsq(np.column_stack([cols[i] for i in keep]), ms, rcond=None)[0]
         if (coef >= 0).all():
-            out = [0.0, 0.0, 0.0]
+            out = [0.0, 0.0, 0.0, 0.0]
             for i, c in zip(keep, coef):
                 out[i] = float(c)
-            return out[0], out[1], out[2]
+            return out[0], out[1], out[2], out[3]
         keep = [i for i, c in zip(keep, coef) if c >= 0]
-    return float(np.mean(ms)), 0.0, 0.0
+    return float(np.mean(ms)), 0.0, 0.0, 0.0
 
 
 def read_rows(path: str | Path, key: str = "llm.step_table") -> np.ndarray:
-    """The table's rows as an ``(n, 4)`` array in :data:`COLUMNS` order; bad file -> ConfigError naming ``key``."""
+    """The table's rows as an ``(n, 5)`` array, :data:`COLUMNS` then ``decode_seqs`` (0 where the
+    file has no such column); bad file -> ConfigError naming ``key``."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"{key}: file {str(path)!r} does not exist")
@@ -130,11 +135,13 @@ def read_rows(path: str | Path, key: str = "llm.step_table") -> np.ndarray:
     rows = []
     for i, r in enumerate(reader, start=2):
         try:
-            vals = [float(r[c]) for c in COLUMNS]
+            vals = [float(r[c]) for c in COLUMNS] + [float(r.get(MIXED) or 0)]
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: {p.name} line {i}: not numbers: {r}") from None
         if not all(math.isfinite(v) for v in vals) or min(vals[0], vals[2], vals[3]) <= 0 or vals[1] < 0:
             raise ConfigError(f"{key}: {p.name} line {i}: batch_size, new_tokens, step_ms must be > 0, context >= 0")
+        if not (0 <= vals[4] < vals[0] and vals[4] == int(vals[4])):
+            raise ConfigError(f"{key}: {p.name} line {i}: {MIXED} must be a whole number below batch_size")
         rows.append(vals)
     if not rows:
         raise ConfigError(f"{key}: {p.name} has no rows")
@@ -145,8 +152,10 @@ class TableModel:
     """The decode curves and the prefill law of one table (no scenario needed)."""
 
     def __init__(self, rows: np.ndarray, key: str = "llm.step_table"):
-        b, ctx, new, ms = rows.T
-        dec = new == b
+        if rows.shape[1] == 4:
+            rows = np.column_stack([rows, np.zeros(len(rows))])
+        b, ctx, new, ms, mixed = rows.T
+        dec = (new == b) & (mixed == 0)
         if not dec.any():
             raise ConfigError(f"{key}: needs decode rows (new_tokens == batch_size)")
         if (~dec).sum() < 1:
@@ -161,10 +170,14 @@ class TableModel:
             xs = sorted(pts)
             self.curves.append(Curve(xs, [float(np.mean(pts[x])) for x in xs]))
         pre = ~dec
-        per_seq_new = new[pre] / b[pre]
-        past = (ctx[pre] - new[pre]) / b[pre]
-        pairs = b[pre] * attention_pairs(per_seq_new, np.maximum(past, 0.0))
-        self.prefill = _fit_prefill(new[pre], pairs, ms[pre])
+        k = mixed[pre]  # decoding sequences riding along (mixed rows; 0 for a prefill of b prompts)
+        nb = b[pre] - k  # sequences prefilling
+        pnew = new[pre] - k  # their tokens
+        # prompts of a prefill-only row may follow cached tokens (past); in a mixed row they start
+        # from empty and the rest of the context is the decoders', one attention pair per token
+        past: Any = np.where(k > 0, 0.0, (ctx[pre] - new[pre]) / b[pre])
+        pairs = nb * attention_pairs(pnew / nb, np.maximum(past, 0.0)) + np.where(k > 0, ctx[pre] - pnew, 0.0)
+        self.prefill = _fit_prefill(new[pre], pairs, k, ms[pre])
 
     def weights(self, batch: float) -> list[tuple[int, float]]:
         """(curve index, weight) pairs whose weighted sum is the step at ``batch``."""
@@ -181,9 +194,9 @@ class TableModel:
             return batch / top * self.decode_ms(top, ctx * top / batch)
         return max(0.0, sum(w * self.curves[i](ctx) for i, w in self.weights(batch)))
 
-    def prefill_ms(self, new: float, pairs: float) -> float:
-        a, b, c = self.prefill
-        return a + b * new + c * pairs
+    def prefill_ms(self, new: float, pairs: float, decode_seqs: float = 0.0) -> float:
+        a, b, c, d = self.prefill
+        return a + b * new + c * pairs + d * decode_seqs
 
     def epoch_ms(self, batch: int, ctx0: float, k: int) -> float:
         """Sum of ``k`` decode steps at ``batch``, contexts ``ctx0, ctx0 + batch, ...``."""
@@ -236,9 +249,14 @@ def step_rows(rows: list[dict]) -> list[tuple[int, int, int, float]]:
     return out
 
 
-def write_table(steps: list[tuple[int, int, int, float]], path: Path, source: str) -> None:
-    lines = [f"# {source}", "batch_size,context_tokens,new_tokens,step_ms"]
-    lines += [f"{b},{c},{n},{ms:.3f}" for b, c, n, ms in steps]
+def write_table(steps: list[tuple], path: Path, source: str) -> None:
+    """Rows ``(batch_size, context_tokens, new_tokens, step_ms[, decode_seqs])``; a ``decode_seqs``
+    column is written when any row has one (a mixed step)."""
+    mixed = any(len(r) > 4 for r in steps)
+    lines = [f"# {source}", ",".join(COLUMNS + ((MIXED,) if mixed else ()))]
+    for r in steps:
+        b, c, n, ms = r[:4]
+        lines.append(f"{b},{c},{n},{ms:.3f}" + (f",{r[4] if len(r) > 4 else 0}" if mixed else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -265,13 +283,16 @@ class StepTable(StepCost):
         super().__init__(cfg)
         self.table = table
 
-    def time(self, new_tokens: float, ctx_tokens: float, attn_pairs: float, seqs: float = 1.0) -> float:
-        return self.table.prefill_ms(new_tokens, attn_pairs) / 1e3  # measured: per-sequence costs included
+    def time(
+        self, new_tokens: float, ctx_tokens: float, attn_pairs: float, seqs: float = 1.0, decode_seqs: float = 0.0
+    ) -> float:
+        # measured: per-sequence costs included, and what decoders riding along a prefill add
+        return self.table.prefill_ms(new_tokens, attn_pairs, decode_seqs) / 1e3
 
     def times(
         self, new_tokens: np.ndarray, ctx_tokens: np.ndarray, attn_pairs: np.ndarray, seqs: float | np.ndarray = 1.0
     ) -> np.ndarray:
-        a, b, c = self.table.prefill
+        a, b, c, _d = self.table.prefill
         return (a + b * np.asarray(new_tokens, float) + c * np.asarray(attn_pairs, float)) / 1e3
 
     def decode_time(self, batch: int, ctx_tokens: float) -> float:

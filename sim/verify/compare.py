@@ -50,7 +50,7 @@ from sim.verify.loadgen import (
     probe_wakeup,
     run_load,
 )
-from sim.verify.profile import describe, profile_server
+from sim.verify.profile import describe, profile_mixed, profile_server
 
 BOUNDS = {
     ("e2e_ms", "p95"): 0.10,
@@ -280,8 +280,14 @@ class ServerProfile:
     def table(self, target: Target, users: int, progress=None) -> str:
         npl = list(range(1, target.llm_endpoint().parallel + 1))
         rows = profile_server(target, list(self.npp), self.ntg, npl, self.repeat)
+        mixed = profile_mixed(target, max(self.npp), npl[:-1], self.repeat)
         path = self.folder / f"steps_{users}users.csv"
-        write_table(step_rows(rows), path, describe(target, list(self.npp), self.ntg, npl, self.repeat))
+        write_table(
+            step_rows(rows) + mixed,
+            path,
+            describe(target, list(self.npp), self.ntg, npl, self.repeat) + f"; mixed steps: {max(self.npp)}-token "
+            f"prompt beside {npl[0]}-{npl[-2] if len(npl) > 1 else 0} decoders",
+        )
         if progress:
             dec = ", ".join(f"b{r['b']} {r['t_tg_s'] / r['tg'] * 1e3:.1f}" for r in rows if r["pp"] == rows[0]["pp"])
             progress(f"{users} users: server profiled alone -> {path.name} (decode step ms: {dec})")

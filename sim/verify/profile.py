@@ -136,6 +136,57 @@ def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generato
     return dict(pp=max(n) if len(n) == b else pp, tg=tg, b=b, t_pp_s=t_pp, t_tg_s=gap * tg)
 
 
+def mixed_step(
+    target: Target,
+    pp: int,
+    k: int,
+    rng: np.random.Generator,
+    timeout_s: float,
+    bg_prompt: int = 64,
+    bg_tokens: int = 32,
+) -> tuple[int, int, int, float, int] | None:
+    """One prompt of ``pp`` tokens prefilled while ``k`` sequences decode: a mixed step.
+
+    ``k`` background requests (``bg_prompt`` tokens, ``bg_tokens`` out) are sent together;
+    once each has streamed 3 tokens (all decoding), one more request of ``pp`` tokens is
+    sent.  Its prompt time (the server's ``prompt_ms``, else its first token minus its
+    send) is the step that prefilled it beside the ``k`` decode tokens.  The row is
+    ``(k + 1, context, pp + k, step_ms, k)``; None when a background request had finished
+    before the prompt's first token (the step was not mixed with all ``k``)."""
+    llm = target.llm_endpoint()
+    bg: list[list[float]] = [[] for _ in range(k)]
+    errors: list[str] = []
+
+    def background(i: int, ids: list[int]) -> None:
+        try:
+            complete(llm.url, llm.model, ids, bg_tokens, timeout_s, bg[i])
+        except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
+            errors.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=background, args=(i, prompt_ids(rng, bg_prompt)), daemon=True) for i in range(k)]
+    for t in threads:
+        t.start()
+    end = time.perf_counter() + timeout_s
+    while any(len(x) < 3 for x in bg) and time.perf_counter() < end and not errors:
+        time.sleep(0.002)
+    fg: list[float] = []
+    sent = time.perf_counter()
+    try:
+        _f, _e, _got, tim = complete(llm.url, llm.model, prompt_ids(rng, pp), 2, timeout_s, fg)
+    except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
+        errors.append(f"{type(e).__name__}: {e}")
+    for t in threads:
+        t.join(timeout_s + 5)
+    if errors or not fg:
+        raise CapsimError(f"llm endpoint {llm.url}: a profile request failed: {(errors or ['no tokens'])[0]}")
+    if any(not x or x[-1] < fg[0] for x in bg):
+        return None  # a background sequence left before the prompt was prefilled
+    ms = float(tim["prompt_ms"]) if "prompt_ms" in tim else (fg[0] - sent) * 1e3
+    n = int(tim.get("prompt_n", pp))
+    ctx = n + k * (bg_prompt + 3)
+    return (k + 1, ctx, n + k, ms, k)
+
+
 def profile_server(
     target: Target,
     npp: list[int],
@@ -184,6 +235,28 @@ def profile_server(
         for pp in npp
         for b in npl
     ]
+
+
+def profile_mixed(
+    target: Target, pp: int, ks: list[int], repeat: int = 3, timeout_s: float = 120.0, seed: int = 1
+) -> list[tuple[int, int, int, float, int]]:
+    """Mixed-step rows (:func:`mixed_step`) for ``k`` in ``ks``, each the median of ``repeat`` tries
+    that were mixed (up to :data:`TRIES` attempts each); a ``k`` never mixed gets no row."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in ks:
+        got = []
+        for _ in range(repeat):
+            for _ in range(TRIES):
+                row = mixed_step(target, pp, k, rng, timeout_s)
+                if row is not None:
+                    got.append(row)
+                    break
+        if got:
+            ms = float(statistics.median(r[3] for r in got))
+            b, ctx, n, _ms, kk = got[0]
+            out.append((b, ctx, n, ms, kk))
+    return out
 
 
 def describe(target: Target, npp: list[int], ntg: int, npl: list[int], repeat: int) -> str:

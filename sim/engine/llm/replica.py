@@ -337,7 +337,7 @@ class Replica:
             pairs += attention_pairs(chunk, c0)
             seq.held += nb
             self.prefill_blocks += nb
-        dt = cost.time(new, ctx, pairs, n_dec + len(work))
+        dt = cost.time(new, ctx, pairs, n_dec + len(work), n_dec)
         mem = cost.memory_bound(new, ctx, pairs)
         batch = len(self.order)
         blocks = self.pinned + self.prefill_blocks + self.dec.blocks(self.D + (1 if n_dec else 0))
