@@ -13,10 +13,10 @@ closed-loop run it is compared with):
 * the retrieval service time: single searches one at a time over keep-alive
   HTTP, before the load (so the HTTP overhead is in every sample), as an
   empirical distribution; the extra time of a search that finds the service
-  idle (pairs of the same search after an idle gap and straight after:
-  ``retrieval.wakeup_ms``); the slowdown of ``m`` searches at once where the
-  service has ``m`` cores (``retrieval.contention``); workers and cores from
-  the target;
+  idle (pairs of searches, one after an idle gap and one straight after:
+  ``retrieval.wakeup_ms``); the slowdown of ``m = 2..workers`` searches at once
+  beyond sharing the cores in time (``retrieval.contention``); workers and
+  cores from the target; all taken again before every load;
 * the per-call HTTP + SSE overhead of the LLM endpoint: client first token
   minus the server's own prompt time, one request at a time, before the load;
   added as a constant to the (in-process, microseconds) cache lookup, i.e.
