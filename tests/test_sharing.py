@@ -13,7 +13,13 @@ import sim
 from sim import distributions as D
 from sim.engine.pool import WorkerPool
 from sim.physics.retrieval import load_calibration
-from sim.physics.sharing import check_contention, contention_at, contention_from_stretch, stretch_factors
+from sim.physics.sharing import (
+    check_contention,
+    contention_at,
+    contention_from_stretch,
+    stretch_factors,
+    wakeup_after,
+)
 from sim.spec.scenario import load_scenario
 from tests.helpers import invoke
 
@@ -87,6 +93,11 @@ def test_the_first_search_after_idle_pays_the_wakeup():
     assert _timeline(1, 1, (), [(0, 1.0), (0.5, 1.0), (5.0, 1.0)], 0.1) == pytest.approx([1.1, 2.1, 6.1])
     # two workers: B starts while A runs, so the pool was not idle
     assert _timeline(2, 2, (), [(0, 1.0), (0.5, 1.0)], 0.1) == pytest.approx([1.1, 1.5])
+    # the wake-up grows with the idle time: [(0.5 s, 0), (2 s, 0.3 s)]: A after a long idle pays 0.3
+    # (ends 1.3); B at 2.0 finds the pool idle for 0.7 s: 0.3 x 0.2 / 1.5 = 0.04 (ends 3.04)
+    pts = [(0.5, 0.0), (2.0, 0.3)]
+    assert _timeline(1, 1, (), [(0, 1.0), (2.0, 1.0)], pts) == pytest.approx([1.3, 3.04])
+    assert wakeup_after(pts, 0.1) == 0.0 and wakeup_after(pts, 5.0) == 0.3 and wakeup_after(0.2, 9.0) == 0.2
     # with sharing: A alone with its wake-up (1.1 of work), B joins at 0.5 on the one core
     # A: 0.5 done alone, 0.6 left at half speed -> 1.2 more (1.7); B: 0.6 done by then, 0.4 alone -> 2.1
     assert _timeline(2, 1, (), [(0, 1.0), (0.5, 1.0)], 0.1) == pytest.approx([1.7, 2.1])

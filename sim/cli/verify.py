@@ -129,7 +129,7 @@ def _print(doc: dict, con) -> None:
     for n, r in c["retrieval"].items():
         ri = r["isolated_ms"]
         parts = [f"one at a time p50 {ri['p50']:.2f} ms p95 {ri['p95']:.2f} ms (n={ri['n']})"]
-        parts.append(f"wake-up after idle {r['wakeup_ms']:.2f} ms")
+        parts.append("wake-up after idle " + ", ".join(f"{x:g} ms: {y:.2f}" for x, y in r["wakeup_ms"]))
         if r["contention"]:
             parts.append("contention " + ", ".join(f"{x:.2f}" for x in r["contention"]))
         con.print(f"calibrated before {n} users (isolated): retrieval " + "; ".join(parts))

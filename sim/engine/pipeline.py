@@ -239,7 +239,7 @@ class Model:
             self.retrieval_s = D.Sampler(dist, stream(seed, replication, "retrieval"))
             rc = scn.retrieval
             self.pool = WorkerPool(
-                env, rc.workers, rc.cpu_cores, self.window, self.retrieval_info["contention"], rc.wakeup_ms / 1e3
+                env, rc.workers, rc.cpu_cores, self.window, self.retrieval_info["contention"], rc.wakeup_s
             )
         else:
             self.pool = None

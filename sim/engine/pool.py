@@ -27,7 +27,7 @@ import simpy
 from simpy.events import Timeout
 
 from sim.engine.records import Bins
-from sim.physics.sharing import stretch_factors
+from sim.physics.sharing import stretch_factors, wakeup_after
 
 
 class Call:
@@ -53,10 +53,12 @@ class WorkerPool:
     """
 
     __slots__ = (
+        "_idle_since",
         "_jobs",
         "_queue",
         "_t",
         "_version",
+        "_wake_s",
         "_woke",
         "busy",
         "busy_bins",
@@ -73,7 +75,7 @@ class WorkerPool:
         cpu_cores: int | None,
         window: tuple[float, float],
         contention: Sequence[float] = (),
-        wakeup_s: float = 0.0,
+        wakeup_s: float | Sequence[tuple[float, float]] = 0.0,
     ):
         self.env = env
         self.workers = workers
@@ -85,12 +87,18 @@ class WorkerPool:
         self._jobs: list[list[Any]] = []  # [work left in seconds-alone, done, arg] of each search in service
         self._t = 0.0  # when _jobs' work was last brought up to date
         self._version = 0  # the one armed completion timer that is still valid
-        self.wakeup_s = wakeup_s  # extra work of the first search after the pool sat idle
+        # extra work of the first search after the pool sat idle: a constant, or (idle s, extra s)
+        # points, linear between them and flat beyond (a longer sleep costs a longer wake-up)
+        self.wakeup_s = wakeup_s
         self._woke = False  # the worker just acquired found the pool idle
+        self._wake_s = 0.0  # and the extra work that costs it
+        self._idle_since = -float("inf")
 
     def acquire(self, then: Callable[[Any], None], arg: Any) -> None:
         if self.busy < self.workers:
-            self._woke = self.busy == 0
+            if self.busy == 0 and self.wakeup_s:
+                self._woke = True
+                self._wake_s = wakeup_after(self.wakeup_s, self.env.now - self._idle_since)
             self.busy += 1
             then(arg)
         else:
@@ -103,7 +111,7 @@ class WorkerPool:
         cold caches: measured by ``capsim verify`` as idle-gap probes over back-to-back ones)."""
         if self._woke:
             self._woke = False
-            work_s += self.wakeup_s
+            work_s += self._wake_s
         if self.stretch is None:
             Timeout(self.env, work_s).callbacks.append(Call(done, arg))
             return
@@ -151,6 +159,8 @@ class WorkerPool:
             then(arg)
         else:
             self.busy -= 1
+            if self.busy == 0:
+                self._idle_since = end_s
 
     @property
     def busy_s(self) -> float:

@@ -320,15 +320,26 @@ class RetrievalConfig(Strict):
     # How much slower each of m searches runs when m run at once on separate cores, m = 1, 2, ...
     # (sim.physics.sharing); by default from the calibration's 1..K-thread records.
     contention: Optional[list[float]] = None
-    # Extra time of the first search after the pool sat idle (a core waking from sleep, cold caches).
-    wakeup_ms: NonNegFloat = 0.0
+    # Extra time of the first search after the pool sat idle (a core waking from sleep, cold caches):
+    # ms, or [idle_ms, extra_ms] points (linear between, flat beyond: a longer sleep, a slower wake-up).
+    wakeup_ms: Union[NonNegFloat, list[tuple[PosFloat, NonNegFloat]]] = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalConfig:
         problem = check_contention(self.contention or (), "contention")
         if problem:
             raise ValueError(problem)
+        w = self.wakeup_ms
+        if isinstance(w, list):
+            idle = [x for x, _ in w]
+            if not idle or idle != sorted(set(idle)):
+                raise ValueError("wakeup_ms: give [idle_ms, extra_ms] points with idle_ms rising, or one number")
         return self
+
+    @property
+    def wakeup_s(self) -> float | list[tuple[float, float]]:
+        w = self.wakeup_ms
+        return w / 1e3 if isinstance(w, (int, float)) else [(x / 1e3, y / 1e3) for x, y in w]
 
 
 class ModelSpec(Strict):

@@ -13,8 +13,8 @@ closed-loop run it is compared with):
 * the retrieval service time: single searches one at a time over keep-alive
   HTTP, before the load (so the HTTP overhead is in every sample), as an
   empirical distribution; the extra time of a search that finds the service
-  idle (pairs of searches, one after an idle gap and one straight after:
-  ``retrieval.wakeup_ms``); the slowdown of ``m = 2..workers`` searches at once
+  idle, by how long it was idle (pairs of searches, one after an idle gap of
+  1-100 ms and one straight after: ``retrieval.wakeup_ms``); the slowdown of ``m = 2..workers`` searches at once
   beyond sharing the cores in time (``retrieval.contention``); workers and
   cores from the target; all taken again before every load;
 * the per-call HTTP + SSE overhead of the LLM endpoint: client first token
@@ -167,7 +167,7 @@ def overrides_for(
     llm_overhead_ms: float,
     replications: int,
     contention: Sequence[float] = (),
-    wakeup_ms: float = 0.0,
+    wakeup_ms: float | list[tuple[float, float]] = 0.0,
 ) -> dict[str, Any]:
     """Scenario overrides that make the simulation stand for this target at this load."""
     ov: dict[str, Any] = {
@@ -189,7 +189,7 @@ def overrides_for(
         ov["retrieval.workers"] = target.retrieval.workers
         ov["retrieval.cpu_cores"] = len(target.retrieval.cores) or None
         ov["retrieval.contention"] = list(contention) if contention else None
-        ov["retrieval.wakeup_ms"] = wakeup_ms
+        ov["retrieval.wakeup_ms"] = [list(p) for p in wakeup_ms] if isinstance(wakeup_ms, list) else wakeup_ms
     return ov
 
 
@@ -329,10 +329,10 @@ def verify(
     probe: dict[str, Any] = probe_llm(target) if llm_on else {"overhead_ms": 0.0, "bos_tokens": 0, "server_alone": None}
     k = scn.retrieval.top_k
 
-    def probe_search() -> tuple[np.ndarray | None, tuple[float, ...], float]:
+    def probe_search() -> tuple[np.ndarray | None, tuple[float, ...], list[tuple[float, float]]]:
         """Retrieval alone, taken again before every load (seconds, so drift between loads cancels)."""
         if not retrieves:
-            return None, (), 0.0
+            return None, (), []
         r_ms = probe_retrieval(target, k)
         return r_ms, probe_contention(target, k, r_ms), probe_wakeup(target, k)
 

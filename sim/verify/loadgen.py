@@ -231,30 +231,40 @@ def probe_retrieval(target: Target, k: int, n: int = 200, gap_s: float = 0.0, ti
     return np.asarray(out)
 
 
-def probe_wakeup(target: Target, k: int, n: int = 60, gap_s: float = 0.05, timeout_s: float = 10.0) -> float:
-    """Isolated: the extra time of a search that finds the service idle, ms.
+def probe_wakeup(
+    target: Target,
+    k: int,
+    n: int = 30,
+    gaps_s: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1),
+    timeout_s: float = 10.0,
+) -> list[tuple[float, float]]:
+    """Isolated: the extra time of a search that finds the service idle, by idle time:
+    ``[(idle_ms, extra_ms), ...]``.
 
-    ``n`` pairs, one at a time: an idle gap of ``gap_s``, a search, and at once another
-    search (a different query: repeating one would time its own warm cache lines); the
-    median of the first ones minus the median of the second.  On this project's 2-core VM
-    a search after 30-100 ms of idle took ~0.8 ms more than one straight after another (a
-    vCPU waking from halt, caches cold), which back-to-back probes never see but a closed
-    loop at light load pays on every request."""
+    ``n`` rounds over the gaps, one search at a time: an idle gap, a search, and at once
+    another (a different query: repeating one would time its own warm cache lines); per
+    gap the median of the first ones minus the median of the second.  On this project's
+    2-core VM the extra time grew with the idle gap, 0.4 ms after 1 ms to 1.2 ms after
+    30-100 ms (a vCPU waking from halt, caches cold): back-to-back probes never see it,
+    a closed loop at light load pays it on nearly every request."""
     assert target.retrieval is not None
     conn = connection(target.retrieval.url, timeout_s)
-    cold, hot = [], []
-    for i in range(n + 5):
-        time.sleep(gap_s)
-        t0 = time.perf_counter()
-        search(conn, 500 + 2 * i + (i % 2), k)  # alternate which of a pair's queries goes first
-        t1 = time.perf_counter()
-        search(conn, 500 + 2 * i + 1 - (i % 2), k)
-        t2 = time.perf_counter()
-        if i >= 5:
-            cold.append(t1 - t0)
-            hot.append(t2 - t1)
+    cold: dict[float, list[float]] = {g: [] for g in gaps_s}
+    hot: dict[float, list[float]] = {g: [] for g in gaps_s}
+    for i in range(n + 2):
+        for j, g in enumerate(gaps_s):
+            q = 500 + 2 * (i * len(gaps_s) + j)
+            time.sleep(g)
+            t0 = time.perf_counter()
+            search(conn, q + (i % 2), k)  # alternate which of a pair's queries goes first
+            t1 = time.perf_counter()
+            search(conn, q + 1 - (i % 2), k)
+            t2 = time.perf_counter()
+            if i >= 2:
+                cold[g].append(t1 - t0)
+                hot[g].append(t2 - t1)
     conn.close()
-    return max(0.0, float(np.median(cold) - np.median(hot)) * 1e3)
+    return [(g * 1e3, max(0.0, float(np.median(cold[g]) - np.median(hot[g])) * 1e3)) for g in gaps_s]
 
 
 def _searches_together(url: str, k: int, m: int, n: int, timeout_s: float) -> list[list[float]]:
