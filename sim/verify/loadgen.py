@@ -244,7 +244,7 @@ def probe_wakeup(
     ``n`` rounds over the gaps, one search at a time: an idle gap, a search, and at once
     another (a different query: repeating one would time its own warm cache lines); per
     gap the median of the first ones minus the median of the second.  On this project's
-    2-core VM the extra time grew with the idle gap, 0.4 ms after 1 ms to 1.2 ms after
+    2-core VM the extra time grew with the idle gap, 0.1-0.4 ms after 1 ms to ~1.2 ms after
     30-100 ms (a vCPU waking from halt, caches cold): back-to-back probes never see it,
     a closed loop at light load pays it on nearly every request."""
     assert target.retrieval is not None
