@@ -29,7 +29,13 @@ A try whose prompts were not prefilled in one step (a request arrived after
 the others' prefill began: :func:`one_step`) keeps its decode steps (the
 sequences still decode in lockstep once all are in) and is repeated for its
 prefill, up to :data:`TRIES` times; a batch never prefilled as one step gets
-no prefill row (batch 1 always has one, so the prefill law always has rows).  Each configuration is
+no prefill row (batch 1 always has one, so the prefill law always has rows).
+
+**Mixed steps** (:func:`profile_mixed`): one prompt sent once ``k`` other
+requests are decoding, ``k = 1..parallel-1``; its prompt time is the step that
+prefilled it beside ``k`` decode tokens.  Under load llama-server's prompt
+time per token rose 8-10 % per sequence decoding beside it, which prefill-only
+and decode-only rows cannot show; the table's ``decode_seqs`` column carries it.  Each configuration is
 measured ``repeat`` times and the median kept.  The rows have the shape of
 ``llama-batched-bench``'s (:func:`sim.physics.steptable.step_rows` turns them
 into a table).
