@@ -172,3 +172,18 @@ def test_estimate_counts_contention_in_retrievals_capacity():
     assert plain["saturation"]["rate_per_s"] == pytest.approx(200.0)
     assert slowed["saturation"]["rate_per_s"] == pytest.approx(160.0)
     assert slowed["demand_ms"]["retrieval"] == pytest.approx(12.5)
+
+
+@pytest.mark.parametrize(
+    "value, msg",
+    [
+        ("[[10, 0.5], [5, 0.2]]", "idle_ms > 0 rising"),
+        ("[[0, 0.5]]", "retrieval.wakeup_ms: expected a number of ms >= 0"),
+        ("-1", "retrieval.wakeup_ms"),
+    ],
+)
+def test_bad_wakeup_is_one_line_exit_2(tmp_path, value, msg):
+    f = tmp_path / "s.yaml"
+    f.write_text("extends: " + str(SMALL) + "\nretrieval: {wakeup_ms: " + value + "}\n")
+    r = invoke("run", str(f))
+    assert r.exit_code == 2 and msg in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr

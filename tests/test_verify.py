@@ -118,13 +118,8 @@ def _wait(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
     raise RuntimeError(f"{url}: not up in {timeout_s} s")
 
 
-@pytest.mark.skipif(
-    not (LLAMA_SERVER.is_file() and MODEL.is_file()),
-    reason=f"needs the reference stack: {LLAMA_SERVER} and {MODEL} (make verify builds them)",
-)
-def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path):
-    """A real llama-server and a real hnswlib service (a small index built here), 1 user for 8 s:
-    every request succeeds with exactly the scenario's output tokens, and the table is complete."""
+def _small_index(tmp_path: Path) -> tuple[str, Path, Path]:
+    """(python, the stack's folder, a 2,000 x 32 hnswlib index built with search_service.py)."""
     pytest.importorskip("uvicorn")
     py = sys.executable
     stack = ROOT / "sim" / "verify" / "stack"
@@ -135,6 +130,17 @@ def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path
         capture_output=True,
         timeout=120,
     )
+    return py, stack, idx
+
+
+@pytest.mark.skipif(
+    not (LLAMA_SERVER.is_file() and MODEL.is_file()),
+    reason=f"needs the reference stack: {LLAMA_SERVER} and {MODEL} (make verify builds them)",
+)
+def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path):
+    """A real llama-server and a real hnswlib service (a small index built here), 1 user for 8 s:
+    every request succeeds with exactly the scenario's output tokens, and the table is complete."""
+    py, stack, idx = _small_index(tmp_path)
     lp, sp = _free_port(), _free_port()
     procs = [
         subprocess.Popen(
@@ -235,16 +241,7 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
     """A retrieval-only target (no llm:) and scenario (llm.enabled: false) against the real
     search service with two search threads over one small hnswlib index: the probes run,
     every request succeeds, and the rows are the retrieval stage's with their bounds."""
-    pytest.importorskip("uvicorn")
-    py = sys.executable
-    stack = ROOT / "sim" / "verify" / "stack"
-    idx = tmp_path / "index"
-    subprocess.run(
-        [py, str(stack / "search_service.py"), "build", "--dir", str(idx), "--n", "2000", "--dim", "32"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    py, stack, idx = _small_index(tmp_path)
     port = _free_port()
     proc = subprocess.Popen(
         [py, str(stack / "search_service.py"), "serve", "--dir", str(idx), "--port", str(port), "--threads", "2"],

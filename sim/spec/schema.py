@@ -12,6 +12,7 @@ Validation errors become one line naming the dotted key (see
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 import typing
@@ -304,6 +305,24 @@ class CacheConfig(Strict):
     lookup_ms: DistSpec = ConstantSpec(dist="constant", value=1.0)
 
 
+def _check_wakeup(v: Any) -> Any:
+    """``retrieval.wakeup_ms``: a number of ms >= 0, or [idle_ms, extra_ms] points (idle_ms > 0 rising)."""
+    want = "a number of ms >= 0, or [idle_ms, extra_ms] points with idle_ms > 0 rising and extra_ms >= 0"
+
+    def num(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if num(v) and v >= 0:
+        return float(v)
+    if isinstance(v, list) and v and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in v):
+        pts = [tuple(p) for p in v]
+        if all(num(x) and num(y) and x > 0 and y >= 0 for x, y in pts):
+            idle = [x for x, _ in pts]
+            if idle == sorted(set(idle)):
+                return [(float(x), float(y)) for x, y in pts]
+    raise ValueError(f"expected {want}, got {v!r}")
+
+
 class RetrievalConfig(Strict):
     enabled: bool = True
     index: Literal[INDEXES.names()] = "hnsw"  # type: ignore[valid-type]
@@ -322,18 +341,13 @@ class RetrievalConfig(Strict):
     contention: Optional[list[float]] = None
     # Extra time of the first search after the pool sat idle (a core waking from sleep, cold caches):
     # ms, or [idle_ms, extra_ms] points (linear between, flat beyond: a longer sleep, a slower wake-up).
-    wakeup_ms: Union[NonNegFloat, list[tuple[PosFloat, NonNegFloat]]] = 0.0
+    wakeup_ms: Annotated[Union[float, list[tuple[float, float]]], BeforeValidator(_check_wakeup)] = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalConfig:
         problem = check_contention(self.contention or (), "contention")
         if problem:
             raise ValueError(problem)
-        w = self.wakeup_ms
-        if isinstance(w, list):
-            idle = [x for x, _ in w]
-            if not idle or idle != sorted(set(idle)):
-                raise ValueError("wakeup_ms: give [idle_ms, extra_ms] points with idle_ms rising, or one number")
         return self
 
     @property
