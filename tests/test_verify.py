@@ -210,7 +210,7 @@ def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path
         doc = json.loads(res.stdout)
         load = doc["loads"][0]
         assert load["failures"] == 0 and load["requests"] >= 3
-        assert doc["calibration"]["retrieval"]["1"]["isolated_ms"]["n"] == 200
+        assert doc["calibration"]["retrieval"]["1"]["isolated_ms"]["n"] == 400  # before and after, pooled
         metrics = {(r["metric"], r["stat"]) for r in load["rows"]}
         assert {("e2e_ms", "p95"), ("ttft_ms", "p50"), ("throughput_per_s", "mean")} <= metrics
         assert all(r["measured"] is not None and r["predicted"] is not None for r in load["rows"][:6])
@@ -259,7 +259,8 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         assert res.exit_code in (0, 1), res.output  # 1: outside the bounds on a busy machine, not an error
         doc = json.loads(res.stdout)
         cal = doc["calibration"]["retrieval"]["2"]
-        assert cal["isolated_ms"]["n"] == 200
+        assert cal["isolated_ms"]["n"] == 400  # the probes before and after the load, pooled
+        assert len(cal["p50_before_after_ms"]) == 2
         assert [x for x, _ in cal["wakeup_ms"]] == [1, 3, 10, 30, 100] and all(y >= 0 for _, y in cal["wakeup_ms"])
         assert len(cal["contention"]) == 2 and cal["contention"][0] == 1.0  # two cores: measured at 2 at once
         load = doc["loads"][0]
@@ -274,3 +275,19 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_the_probes_bracketing_a_load_are_pooled():
+    """Hand-computed: the searches of both probes together, contention and wake-up averaged
+    point by point; one side missing leaves the other as it is."""
+    from sim.verify.compare import RetrievalProbe
+
+    a = RetrievalProbe(np.array([5.0, 6.0]), (1.0, 1.2), [(1.0, 0.2), (100.0, 1.0)])
+    b = RetrievalProbe(np.array([7.0]), (1.0, 1.0), [(1.0, 0.4), (100.0, 1.4)])
+    alone, cont, wake = RetrievalProbe.pooled(a, b)
+    assert alone.tolist() == [5.0, 6.0, 7.0]
+    assert cont == pytest.approx((1.0, 1.1))
+    assert [x for x, _ in wake] == [1.0, 100.0] and [y for _, y in wake] == pytest.approx([0.3, 1.2])
+    alone, cont, wake = RetrievalProbe.pooled(None, b)
+    assert alone.tolist() == [7.0] and cont == (1.0, 1.0) and wake == [(1.0, 0.4), (100.0, 1.4)]
+    assert RetrievalProbe.pooled(None, None) == (None, (), [])

@@ -16,7 +16,8 @@ closed-loop run it is compared with):
   idle, by how long it was idle (pairs of searches, one after an idle gap of
   1-100 ms and one straight after: ``retrieval.wakeup_ms``); the slowdown of ``m = 2..workers`` searches at once
   beyond sharing the cores in time (``retrieval.contention``); workers and
-  cores from the target; all taken again before every load;
+  cores from the target; taken before the first load and after every load,
+  and each load predicted from the two probes that bracket it, pooled;
 * the per-call HTTP + SSE overhead of the LLM endpoint: client first token
   minus the server's own prompt time, one request at a time, before the load;
   added as a constant to the (in-process, microseconds) cache lookup, i.e.
@@ -269,6 +270,29 @@ def _server_vs_table(path: str, alone: dict) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
+class RetrievalProbe:
+    """The retrieval service measured alone at one moment (see :mod:`sim.verify.loadgen`)."""
+
+    alone_ms: np.ndarray  # one search at a time, back to back
+    contention: tuple[float, ...]  # (1, c2, ..): slow-down with m searches in service at once
+    wakeup_ms: list[tuple[float, float]]  # [(idle_ms, extra_ms), ..] for the first search after idle
+
+    @staticmethod
+    def pooled(
+        a: RetrievalProbe | None, b: RetrievalProbe | None
+    ) -> tuple[np.ndarray | None, tuple[float, ...], list[tuple[float, float]]]:
+        """Two probes taken as one: the searches together, contention and wake-up averaged
+        point by point (both probes use the same m and the same idle gaps)."""
+        got = [p for p in (a, b) if p is not None]
+        if not got:
+            return None, (), []
+        alone = np.concatenate([p.alone_ms for p in got])
+        cont = tuple(float(np.mean(c)) for c in zip(*(p.contention for p in got)))
+        wake = [(pts[0][0], float(np.mean([e for _, e in pts]))) for pts in zip(*(p.wakeup_ms for p in got))]
+        return alone, cont, wake
+
+
+@dataclass(frozen=True)
 class ServerProfile:
     """``--profile-llm``: profile the server alone before every load (:mod:`sim.verify.profile`)."""
 
@@ -329,12 +353,12 @@ def verify(
     probe: dict[str, Any] = probe_llm(target) if llm_on else {"overhead_ms": 0.0, "bos_tokens": 0, "server_alone": None}
     k = scn.retrieval.top_k
 
-    def probe_search() -> tuple[np.ndarray | None, tuple[float, ...], list[tuple[float, float]]]:
-        """Retrieval alone, taken again before every load (seconds, so drift between loads cancels)."""
+    def probe_search() -> RetrievalProbe | None:
+        """Retrieval alone: one at a time, m at once, after idle spells (seconds)."""
         if not retrieves:
-            return None, (), []
+            return None
         r_ms = probe_retrieval(target, k)
-        return r_ms, probe_contention(target, k, r_ms), probe_wakeup(target, k)
+        return RetrievalProbe(r_ms, probe_contention(target, k, r_ms), probe_wakeup(target, k))
 
     calib: dict[str, Any] = {
         "llm_overhead_ms": probe["overhead_ms"] if llm_on else None,
@@ -346,11 +370,22 @@ def verify(
     }
     workers = target.retrieval.workers if target.retrieval else 1
     out, lives = [], []
+    before = probe_search()
     for i, n in enumerate(users):
         if llm_on and profile is not None and i > 0:
             table = profile.table(target, n, progress)
         calib["step_tables"][str(n)] = table
-        r_ms, contention, wakeup_ms = probe_search()
+        if progress:
+            progress(f"{n} users: live load for {duration_s:.0f} s")
+        live = run_load(scn, target, n, duration_s, drain_s, probe["bos_tokens"])
+        lives.append(live)
+        after = probe_search()
+        # The probes on both sides of the load, pooled: the service drifts by as much as
+        # the errors verify is after (one-at-a-time medians 5.7-7.0 ms between loads here),
+        # and a load is best described by the isolated measurements that bracket it.
+        r_ms, contention, wakeup_ms = RetrievalProbe.pooled(before, after)
+        sides = [float(np.median(p.alone_ms)) for p in (before, after) if p is not None]
+        before = after
         if r_ms is not None:
             calib["retrieval"][str(n)] = {
                 "isolated_ms": {
@@ -360,11 +395,8 @@ def verify(
                 },
                 "contention": list(contention),
                 "wakeup_ms": wakeup_ms,
+                "p50_before_after_ms": sides,
             }
-        if progress:
-            progress(f"{n} users: live load for {duration_s:.0f} s")
-        live = run_load(scn, target, n, duration_s, drain_s, probe["bos_tokens"])
-        lives.append(live)
         ov = overrides_for(
             scn, target, n, duration_s, warmup_s, r_ms, probe["overhead_ms"], replications, contention, wakeup_ms
         )
