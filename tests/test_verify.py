@@ -206,7 +206,7 @@ def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path
                 str(out),
             ]
         )
-        assert res.exit_code in (0, 1), res.output  # 1: outside the bounds on a busy machine, not an error
+        assert res.exit_code in (0, 1, 3), res.output  # 1 / 3: outside the bounds / undecided on a busy machine
         doc = json.loads(res.stdout)
         load = doc["loads"][0]
         assert load["failures"] == 0 and load["requests"] >= 3
@@ -256,7 +256,7 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         argv = ["verify", str(ROOT / "scenarios" / "verify_retrieval.yaml"), "--target", str(tgt)]
         argv += ["--users", "2", "--duration-s", "4", "--warmup-s", "1", "--replications", "2", "--json"]
         res = invoke(*argv, "--out", str(out))
-        assert res.exit_code in (0, 1), res.output  # 1: outside the bounds on a busy machine, not an error
+        assert res.exit_code in (0, 1, 3), res.output  # 1 / 3: outside the bounds / undecided on a busy machine
         doc = json.loads(res.stdout)
         cal = doc["calibration"]["retrieval"]["2"]
         assert cal["isolated_ms"]["n"] == 400  # the probes before and after the load, pooled
@@ -291,3 +291,48 @@ def test_the_probes_bracketing_a_load_are_pooled():
     alone, cont, wake = RetrievalProbe.pooled(None, b)
     assert alone.tolist() == [7.0] and cont == (1.0, 1.0) and wake == [(1.0, 0.4), (100.0, 1.4)]
     assert RetrievalProbe.pooled(None, None) == (None, (), [])
+
+
+def test_a_percentile_interval_from_order_statistics():
+    """Hand-computed: n = 20, median: ranks 6 and 15 (the sign-test interval, coverage
+    1 - 2 * P(Bin(20, .5) <= 5) = 95.9 %); n = 95, P95: ranks 86 and 95; n = 10, P95:
+    the upper rank 11 lies beyond the sample, so the interval is unbounded above."""
+    from sim.analysis.stats import quantile_interval
+
+    assert quantile_interval(np.arange(1, 21)[::-1], 0.5) == (6.0, 15.0)
+    assert quantile_interval(np.arange(1, 96), 0.95) == (86.0, 95.0)
+    assert quantile_interval(np.arange(1, 11), 0.95) == (8.0, float("inf"))
+    with pytest.raises(ValueError):
+        quantile_interval([1.0, 2.0], 1.0)
+
+
+def test_a_row_outside_its_bound_is_undecided_only_inside_the_measurements_interval():
+    from sim.verify.compare import LoadComparison, verdict
+
+    assert verdict(-0.05, 0.10, 95.0, [90.0, 110.0]) == "within"
+    assert verdict(-0.18, 0.10, 82.0, [80.0, 130.0]) == "undecided"
+    assert verdict(-0.18, 0.10, 82.0, [85.0, 130.0]) == "outside"
+    assert verdict(+0.30, 0.10, 130.0, [85.0, None]) == "undecided"  # unbounded above
+    assert verdict(+0.30, 0.05, 130.0, None) == "outside"  # no measured interval: throughput
+    assert verdict(+0.30, None, 130.0, [85.0, None]) is None
+    rows = [
+        {
+            "metric": "e2e_ms",
+            "stat": "p95",
+            "rel_error": -0.18,
+            "bound": 0.1,
+            "measured_ci": [80.0, 130.0],
+            "verdict": "undecided",
+        },
+        {
+            "metric": "e2e_ms",
+            "stat": "p50",
+            "rel_error": -0.2,
+            "bound": 0.1,
+            "measured_ci": [90.0, 95.0],
+            "verdict": "outside",
+        },
+    ]
+    lc = LoadComparison(4, rows, {}, {}, {}, 0, 100)
+    assert lc.misses == ["e2e_ms p50 off by -20.0% (bound 10%)"]
+    assert lc.undecided == ["e2e_ms p95 off by -18.0% (bound 10%) but inside the measured 95 % interval 80.0-130.0"]

@@ -39,6 +39,7 @@ __all__ = [
     "batch_means_interval",
     "ci_half_width_ratio",
     "mser5",
+    "quantile_interval",
     "sla_verdict",
     "stat_value",
     "summarize",
@@ -247,3 +248,31 @@ def ci_half_width_ratio(low: float, high: float, value: float) -> float:
     if value == 0.0:
         return 0.0 if half_width == 0.0 else math.inf
     return half_width / abs(value)
+
+
+def quantile_interval(values: ArrayLike, q: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval for the ``q`` quantile of one sample.
+
+    With the sample sorted, ``x_(1) <= .. <= x_(n)``, the number of values below
+    the true quantile is Binomial(n, q); with ``l`` its ``(1-c)/2`` quantile and
+    ``u`` its ``(1+c)/2`` quantile plus one, ``[x_(l), x_(u)]`` holds the true
+    quantile with probability at least ``c`` (for n = 20, q = 0.5: ``x_(6)..x_(15)``,
+    the textbook sign-test interval for a median).  A rank beyond the sample
+    is unbounded: ``-inf`` / ``inf``.  It treats the values as independent;
+    positively correlated ones (requests of one closed loop) make the true
+    interval wider, never narrower.
+    """
+    _check_confidence(confidence)
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    x = np.sort(_as_1d_float(values))
+    n = x.size
+    if n == 0:
+        return (-math.inf, math.inf)
+    from scipy.stats import binom  # deferred: scipy.stats loads slowly and only verify needs it
+
+    lo_rank = int(binom.ppf((1.0 - confidence) / 2.0, n, q))
+    hi_rank = int(binom.ppf((1.0 + confidence) / 2.0, n, q)) + 1
+    lo = float(x[lo_rank - 1]) if lo_rank >= 1 else -math.inf
+    hi = float(x[hi_rank - 1]) if hi_rank <= n else math.inf
+    return (lo, hi)

@@ -116,10 +116,19 @@ def verify(
     if misses:
         err_console.print("verify: outside the bounds: " + "; ".join(misses), markup=False)
         raise typer.Exit(1)
+    undecided = [f"{r.users} users: {m}" for r in results for m in r.undecided]
+    if undecided:
+        err_console.print(
+            "verify: inconclusive (longer loads would decide): " + "; ".join(undecided),
+            markup=False,
+        )
+        raise typer.Exit(3)
 
 
 def _print(doc: dict, con) -> None:
     from rich.table import Table  # deferred: only when printing
+
+    from sim.verify.compare import span_text  # deferred: the verify stack loads the simulator
 
     c = doc["calibration"]
     if c["llm_overhead_ms"] is not None:
@@ -132,7 +141,7 @@ def _print(doc: dict, con) -> None:
         parts.append("wake-up after idle " + ", ".join(f"{x:g} ms: {y:.2f}" for x, y in r["wakeup_ms"]))
         if r["contention"]:
             parts.append("contention " + ", ".join(f"{x:.2f}" for x in r["contention"]))
-        con.print(f"calibrated before {n} users (isolated): retrieval " + "; ".join(parts))
+        con.print(f"calibrated around {n} users (isolated, before and after the load): retrieval " + "; ".join(parts))
     sv = c["server_alone_vs_table"]
     if sv:
         con.print(
@@ -140,27 +149,44 @@ def _print(doc: dict, con) -> None:
             f"decode step at batch 1 x{sv['decode_ratio_batch1']:.2f}"
         )
     t = Table(title="capsim verify: measured vs predicted")
-    for col in ("users", "metric", "measured", "predicted", "interval", "error", "inside", "bound"):
-        t.add_column(col, justify="right" if col not in ("metric",) else "left")
+    cols = (
+        "users",
+        "metric",
+        "measured",
+        "its 95 %",
+        "predicted",
+        "capsim 95 %",
+        "inside",
+        "error",
+        "bound",
+        "verdict",
+    )
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
     for load in doc["loads"]:
         for r in load["rows"]:
             lo, hi = r["ci"]
+            mci = r.get("measured_ci", [None, None])
             t.add_row(
                 str(load["users"]),
                 f"{r['metric']} {r['stat']}",
                 _num(r["measured"]),
+                "-" if mci == [None, None] else span_text(mci),
                 _num(r["predicted"]),
                 "-" if lo is None else f"{lo:,.1f}-{hi:,.1f}",
-                _pct(r["rel_error"]),
                 {True: "yes", False: "no", None: "-"}[r["inside_ci"]],
+                _pct(r["rel_error"]),
                 "-" if r["bound"] is None else f"{r['bound']:.0%}",
+                r.get("verdict") or "",
             )
         m, p, g = load["measured"], load["predicted"], load["loadgen"]
         t.add_row(
             str(load["users"]),
             "utilisation gpu / retrieval",
             f"{m['utilization']['gpu']:.0%} / {m['utilization']['retrieval']:.1%}",
+            "",
             f"{p['utilization'].get('gpu', 0):.0%} / {p['utilization'].get('retrieval', 0):.1%}",
+            "",
             "",
             "",
             "",
@@ -171,7 +197,9 @@ def _print(doc: dict, con) -> None:
             "requests / failed / loadgen",
             f"{load['requests']} / {load['failures']}",
             "",
+            "",
             f"cpu {g['cpu_ms_per_request']:.1f} ms/req, lag p99 {g['think_timer_lag_p99_ms']:.1f} ms",
+            "",
             "",
             "",
             "",
