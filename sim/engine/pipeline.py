@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import simpy
-from simpy.events import Timeout
 
 from sim import distributions as D
 from sim.engine.cache import LRUCache
+from sim.engine.clock import later
 from sim.engine.llm.stage import LLMStage
-from sim.engine.pool import Call, WorkerPool
+from sim.engine.pool import WorkerPool
 from sim.engine.profile import Presence, level, peak
 from sim.engine.records import Bins, Recorder
 from sim.engine.routing import OFF, Utterances, routing_setup
@@ -297,8 +297,7 @@ class Model:
             self._lookup(r)
 
     def _after(self, delay: float, then: Callable[[_Request], None], r: _Request) -> None:
-        ev = Timeout(self.env, delay)
-        ev.callbacks.append(Call(then, r))
+        later(self.env, delay, then, r)
 
     def _route(self, r: _Request) -> None:  # a routing worker is free
         rpool = self.routing_pool
@@ -426,8 +425,7 @@ class Model:
             self._think(u)
 
     def _think(self, u: _User) -> None:
-        ev = Timeout(self.env, u.think())
-        ev.callbacks.append(u.ask)
+        later(self.env, u.think(), u.ask)
 
     def _ask(self, u: _User) -> None:
         if self.env.now >= self.end_arrivals_s:
@@ -499,9 +497,9 @@ class Model:
                 else:
                     key, outcome = utter(q)
                     request(-1, key, prompt, output, q, outcome)
-            Timeout(env, gaps()).callbacks.append(arrive)
+            later(env, gaps(), arrive)
 
-        Timeout(env, gaps()).callbacks.append(arrive)
+        later(env, gaps(), arrive)
 
     def trace_arrivals(self):
         """Replay a trace: its arrival times (up to ``run.duration_s``), its token counts and

@@ -24,22 +24,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import simpy
-from simpy.events import Timeout
 
+from sim.engine.clock import later
 from sim.engine.records import Bins
 from sim.physics.sharing import stretch_factors, wakeup_after
-
-
-class Call:
-    """An event callback ``then(arg)`` (cheaper than a closure per event)."""
-
-    __slots__ = ("arg", "then")
-
-    def __init__(self, then: Callable[[Any], None], arg: Any):
-        self.then, self.arg = then, arg
-
-    def __call__(self, _event: object) -> None:
-        self.then(self.arg)
 
 
 class WorkerPool:
@@ -113,7 +101,7 @@ class WorkerPool:
             self._woke = False
             work_s += self._wake_s
         if self.stretch is None:
-            Timeout(self.env, work_s).callbacks.append(Call(done, arg))
+            later(self.env, work_s, done, arg)
             return
         self._catch_up()
         self._jobs.append([work_s, done, arg])
@@ -137,8 +125,7 @@ class WorkerPool:
             return
         assert self.stretch is not None
         first = min(jobs, key=lambda j: j[0])
-        ev = Timeout(self.env, max(0.0, first[0]) * self.stretch[len(jobs)])
-        ev.callbacks.append(Call(self._finish, (self._version, first)))
+        later(self.env, max(0.0, first[0]) * self.stretch[len(jobs)], self._finish, (self._version, first))
 
     def _finish(self, armed: tuple[int, list[Any]]) -> None:
         version, first = armed
