@@ -10,11 +10,12 @@ The new step-cost terms are checked against hand-computed values.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from sim.calibrate.published import NAMES, by_group, errors, fit, held_out, read_rows
+from sim.calibrate.published import KEPT_OUT_GPUS, NAMES, by_group, errors, fit, held_out, read_rows
 from sim.physics.gpu import StepCost
 from sim.spec.efficiency import fit_document, preset_parameters, provenance
 from sim.spec.schema import LLMConfig
@@ -51,16 +52,36 @@ def test_held_out_errors_are_what_the_shipped_file_says_and_no_worse(rows) -> No
     shipped = fit_document()["held_out"]
     for g in ("decode", "prefill"):
         assert ho[g]["mape_pct"] == pytest.approx(shipped[g]["mape_pct"], abs=0.3), g
-    # Ceilings: the issue's targets are 10 % / 20 %; the data (one engine per source, engines
-    # 2-4x apart on the same GPU) do not reach them. Any change must not make them worse.
-    assert ho["decode"]["mape_pct"] <= 36.5
-    assert ho["prefill"]["mape_pct"] <= 32.0
+    # Ceilings: the issue's targets are 10 % / 20 %; the data (engines 2-4x apart on the same
+    # GPU) do not reach them. Any change must not make them worse (they were 36 % / 31 % with
+    # the first 7 sources; the Argonne benchmark and TensorRT-LLM 0.9.0 brought them here).
+    assert ho["decode"]["mape_pct"] <= 26.5
+    assert ho["prefill"]["mape_pct"] <= 27.5
+    assert abs(ho["decode"]["signed_mean_pct"]) <= 7.0
 
 
 def test_every_row_has_a_source_and_fp8_rows_use_the_fp8_peak(rows) -> None:
-    assert len(rows) >= 60 and len({r.source for r in rows}) >= 7
+    assert len(rows) >= 400 and len({r.source for r in rows}) >= 9
     fp8 = [r for r in rows if r.cfg.compute_dtype == "fp8"]
     assert fp8 and all(r.cfg.gpu.fp8_tflops for r in fp8)
+
+
+def test_rocm_rows_stay_out_of_the_fit_and_are_slower_than_it(central) -> None:
+    kept = [s for s in read_rows()[1] if s["gpu"] in KEPT_OUT_GPUS]
+    assert len(kept) >= 100 and all(s["row"].cfg.gpu.name == "mi300x" for s in kept)
+    shipped = fit_document()["kept_out_gpus_under_the_fit"]["mi300x"]["throughput"]
+    err = errors(central, [s["row"] for s in kept if s["row"].group == "throughput"])
+    assert float(np.mean(err)) * 100 == pytest.approx(shipped["signed_mean_pct"], abs=0.5)
+    assert shipped["signed_mean_pct"] < -40  # vLLM 0.6.1 on ROCm: far slower than the CUDA engines' fit
+
+
+def test_run_seconds_rows_predict_the_whole_static_run(rows, central) -> None:
+    # a run_s row is the static_run prediction of the same batch, compared in milliseconds
+    run = next(r for r in rows if r.conversion == "run_s" and r.batch > 1)
+
+    as_static = replace(run, conversion="static_run")
+    assert run.predict_ms(central) == pytest.approx(as_static.predict_ms(central))
+    assert run.group == "throughput"
 
 
 def test_new_step_terms_by_hand() -> None:

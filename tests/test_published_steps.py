@@ -12,7 +12,7 @@ from importlib.resources import files
 
 from sim.spec import catalog
 
-QUANTITIES = {"decode_step_ms", "itl_ms", "tpot_ms", "prefill_ms", "ttft_ms", "throughput_tok_s"}
+QUANTITIES = {"decode_step_ms", "itl_ms", "tpot_ms", "prefill_ms", "ttft_ms", "throughput_tok_s", "run_latency_s"}
 
 
 def rows(name: str) -> list[dict[str, str]]:
