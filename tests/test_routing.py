@@ -192,7 +192,19 @@ def test_route_impls_agree():
         ref = route(u.text, qs, "rapidfuzz", 0.3)
         assert route(u.text, qs, "two_row", 0.3) == ref
         assert route(u.text, qs, "numpy_table", 0.3) == ref
+        assert route(u.text, qs, "rapidfuzz_nocutoff", 0.3) == ref
         assert route(u.text, qs, "two_row", 4) == route(u.text, qs, "rapidfuzz", 4)
+        assert route(u.text, qs, "rapidfuzz_nocutoff", 4) == route(u.text, qs, "rapidfuzz", 4)
+
+
+def test_route_without_cutoff_by_hand():
+    # "track my ordr" vs "track my order": 1 edit over 14 characters (0.071); vs "track my parcel": 5 over 15
+    qs = ["track my parcel", "track my order"]
+    for impl in ("rapidfuzz", "rapidfuzz_nocutoff", "two_row"):
+        assert route("Track my ordr!", qs, impl, 0.1) == (1, 1)
+        assert route("Track my ordr!", qs, impl, 0.05) == (-1, -1)  # 0.071 > 0.05: nothing accepted
+        assert route("Track my ordr!", qs, impl, 1) == (1, 1)
+        assert route("Track my ordr!", qs, impl, 0) == (-1, -1)
 
 
 def test_route_accuracy_reasonable():
@@ -222,6 +234,7 @@ def test_threshold_validation():
     assert allowed_distance(3, 20, 40) == 3.0
     assert route("x", [], "two_row") == (-1, -1)
     assert route("x", [], "rapidfuzz") == (-1, -1)
+    assert route("x", [], "rapidfuzz_nocutoff") == (-1, -1)
 
 
 # --------------------------------------------------------------------------
@@ -250,12 +263,14 @@ def test_calibration_smoke(tmp_path):
     )
     json.dumps(d, allow_nan=False)
     assert {r["impl"] for r in d["records"]} == set(IMPLS)
-    assert len(d["records"]) == 6 and len(d["fits"]) == 3
+    assert len(d["records"]) == 8 and len(d["fits"]) == 4
     for r in d["records"]:
         assert r["p50"] <= r["p90"] <= r["p95"] <= r["p99"]
         assert len(r["values_ms"]) == len(d["probs"])
-        if r["impl"] != "rapidfuzz":
+        if r["impl"] in ("two_row", "numpy_table"):
             assert r["timed_questions"] == 5 and r["agreement_with_rapidfuzz"] == 1.0
+        if r["impl"] == "rapidfuzz_nocutoff":  # timed on the whole set, same answers as with the cutoff
+            assert r["timed_questions"] == r["questions"] and r["agreement_with_rapidfuzz"] == 1.0
     assert {c["impl"] for c in d["scaling_check"]} == {"two_row", "numpy_table"}
     assert [a["questions"] for a in d["routing_accuracy"]] == [10, 20]
     assert d["cache_keys"]["routed"]["distinct_keys"] <= d["cache_keys"]["raw_text"]["distinct_keys"]
