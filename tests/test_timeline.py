@@ -305,4 +305,9 @@ def test_report_draws_p95_over_time_with_the_sla_line(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     png = tmp_path / "out" / "report" / "p95_over_time.png"
     assert png.stat().st_size > 10_000
-    assert "p95_over_time" in (tmp_path / "out" / "report.html").read_text()
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "p95_over_time" in page
+    # the over-time answer (worst window, time over the SLA, the tail) is in the report, as on the terminal
+    assert "<b>over time</b>: at the scenario: worst 30 s window P95" in page and "ms for " in page
+    assert "dropped (run.warmup_s" not in page  # warmup_s 0: nothing was cut, nothing to say
+    assert page.split("<figure><img alt='")[1].startswith("p95_over_time'")  # the figure that answers comes first
