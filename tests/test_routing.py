@@ -26,6 +26,7 @@ from sim.calibrate.utterances import (
     make_utterances,
     normalize,
 )
+from tests.helpers import invoke
 
 HERE = Path(__file__).resolve().parent
 QUESTIONS = load_questions(str(DEFAULT_QUESTIONS))
@@ -275,3 +276,21 @@ def test_calibration_smoke(tmp_path):
     assert [a["questions"] for a in d["routing_accuracy"]] == [10, 20]
     assert d["cache_keys"]["routed"]["distinct_keys"] <= d["cache_keys"]["raw_text"]["distinct_keys"]
     assert d["machine"]["versions"]["rapidfuzz"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--sizes", "1000"], "error: --sizes: 1000 is more than the 436 canonical questions there are (1..436)"),
+        (["--sizes", "0"], "error: --sizes: '0' is not a positive integer"),
+        (
+            ["--impls", "bogus"],
+            "error: --impls: 'bogus' is not one of rapidfuzz, rapidfuzz_nocutoff, two_row, numpy_table",
+        ),
+    ],
+)
+def test_calibrate_routing_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    out = tmp_path / "r.json"
+    res = invoke("calibrate", "routing", "--out", out, *args)
+    assert res.exit_code == 2 and res.stderr.strip() == message
+    assert not out.exists()

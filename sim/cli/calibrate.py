@@ -374,10 +374,14 @@ def routing_command(
     """Time fuzzy routing by edit distance (numpy table, two-row DP, rapidfuzz with and without
     score cutoff) and measure its accuracy."""
     from sim.calibrate.edit_distance import IMPLS  # deferred: numpy
-    from sim.calibrate.routing import run_routing_calibration, write_json  # deferred: numpy
+    from sim.calibrate.routing import DEFAULT_QUESTIONS, run_routing_calibration, write_json  # deferred: numpy
+    from sim.calibrate.utterances import load_questions  # deferred: numpy
 
     check_out_file(out)
     size_l = parse_int_list("--sizes", sizes)
+    have = len(load_questions(str(DEFAULT_QUESTIONS)))
+    if max(size_l) > have:
+        raise CapsimError(f"--sizes: {max(size_l)} is more than the {have} canonical questions there are (1..{have})")
     impl_l = [s.strip() for s in impls.split(",") if s.strip()]
     bad = [i for i in impl_l if i not in IMPLS]
     if bad or not impl_l:
