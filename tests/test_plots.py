@@ -118,3 +118,20 @@ def test_monitor_samples_and_changes_nothing(monkeypatch):
     for k in a.records:
         np.testing.assert_array_equal(a.records[k], b.records[k])
     assert a.counters == b.counters
+
+
+def test_p95_over_time_marks_windows_never_answered():
+    from sim.present.plots import p95_over_time
+
+    def window(a: float, p95: float | None, requests: float) -> dict:
+        ci = [None, None] if p95 is None else [p95 - 5, p95 + 5]
+        return {"start_s": a, "end_s": a + 30, "requests": requests, "e2e_ms": {"p95": p95, "ci": {"p95": ci}}}
+
+    tl = {"window_s": 30.0, "windows": [window(0, 200, 50), window(30, None, 80), window(60, None, 0)]}
+    fig = p95_over_time([{"timeline": tl}], ["replicas=2"], sla=800)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "simulated time (s), midpoints of 30 s arrival windows"
+    marks = [ln for ln in ax.get_lines() if ln.get_label().startswith("P95 infinite")]
+    # one mark, at the window with requests and no finite P95 (not at the empty one), drawn at the top
+    assert len(marks) == 1 and list(marks[0].get_xdata()) == [45.0]
+    assert marks[0].get_ydata()[0] == ax.get_ylim()[1]

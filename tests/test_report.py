@@ -110,6 +110,15 @@ def test_headline_with_one_key_and_without_an_sla():
     ]
 
 
+def test_headline_names_the_fewest_that_pass_when_more_helps():
+    # a replicas sweep (the flash sale): 2 fails, 3 and 4 pass -> the answer is "from 3 up", not "up to 4"
+    pts = [_point({"llm.replicas": r}, v) for r, v in ((2, "fail"), (3, "pass"), (4, "pass"))]
+    assert headline(pts, "llm.replicas") == ["Passes from replicas=3 up (fails at replicas=2)"]
+    # passing on both sides of a failure: no direction to claim
+    pts = [_point({"llm.replicas": r}, v) for r, v in ((2, "pass"), (3, "fail"), (4, "pass"))]
+    assert headline(pts, "llm.replicas") == ["Passes up to replicas=4 (fails at replicas=3)"]
+
+
 def test_notes_carry_the_terminals_notes():
     pts = flagship_like()
     pts[0]["sla"][0].update(verdict="inconclusive", hint="the interval straddles the threshold")

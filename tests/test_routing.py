@@ -26,6 +26,7 @@ from sim.calibrate.utterances import (
     make_utterances,
     normalize,
 )
+from tests.helpers import invoke
 
 HERE = Path(__file__).resolve().parent
 QUESTIONS = load_questions(str(DEFAULT_QUESTIONS))
@@ -192,7 +193,19 @@ def test_route_impls_agree():
         ref = route(u.text, qs, "rapidfuzz", 0.3)
         assert route(u.text, qs, "two_row", 0.3) == ref
         assert route(u.text, qs, "numpy_table", 0.3) == ref
+        assert route(u.text, qs, "rapidfuzz_nocutoff", 0.3) == ref
         assert route(u.text, qs, "two_row", 4) == route(u.text, qs, "rapidfuzz", 4)
+        assert route(u.text, qs, "rapidfuzz_nocutoff", 4) == route(u.text, qs, "rapidfuzz", 4)
+
+
+def test_route_without_cutoff_by_hand():
+    # "track my ordr" vs "track my order": 1 edit over 14 characters (0.071); vs "track my parcel": 5 over 15
+    qs = ["track my parcel", "track my order"]
+    for impl in ("rapidfuzz", "rapidfuzz_nocutoff", "two_row"):
+        assert route("Track my ordr!", qs, impl, 0.1) == (1, 1)
+        assert route("Track my ordr!", qs, impl, 0.05) == (-1, -1)  # 0.071 > 0.05: nothing accepted
+        assert route("Track my ordr!", qs, impl, 1) == (1, 1)
+        assert route("Track my ordr!", qs, impl, 0) == (-1, -1)
 
 
 def test_route_accuracy_reasonable():
@@ -222,6 +235,7 @@ def test_threshold_validation():
     assert allowed_distance(3, 20, 40) == 3.0
     assert route("x", [], "two_row") == (-1, -1)
     assert route("x", [], "rapidfuzz") == (-1, -1)
+    assert route("x", [], "rapidfuzz_nocutoff") == (-1, -1)
 
 
 # --------------------------------------------------------------------------
@@ -250,13 +264,33 @@ def test_calibration_smoke(tmp_path):
     )
     json.dumps(d, allow_nan=False)
     assert {r["impl"] for r in d["records"]} == set(IMPLS)
-    assert len(d["records"]) == 6 and len(d["fits"]) == 3
+    assert len(d["records"]) == 8 and len(d["fits"]) == 4
     for r in d["records"]:
         assert r["p50"] <= r["p90"] <= r["p95"] <= r["p99"]
         assert len(r["values_ms"]) == len(d["probs"])
-        if r["impl"] != "rapidfuzz":
+        if r["impl"] in ("two_row", "numpy_table"):
             assert r["timed_questions"] == 5 and r["agreement_with_rapidfuzz"] == 1.0
+        if r["impl"] == "rapidfuzz_nocutoff":  # timed on the whole set, same answers as with the cutoff
+            assert r["timed_questions"] == r["questions"] and r["agreement_with_rapidfuzz"] == 1.0
     assert {c["impl"] for c in d["scaling_check"]} == {"two_row", "numpy_table"}
     assert [a["questions"] for a in d["routing_accuracy"]] == [10, 20]
     assert d["cache_keys"]["routed"]["distinct_keys"] <= d["cache_keys"]["raw_text"]["distinct_keys"]
     assert d["machine"]["versions"]["rapidfuzz"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--sizes", "1000"], "error: --sizes: 1000 is more than the 436 canonical questions there are (1..436)"),
+        (["--sizes", "0"], "error: --sizes: '0' is not a positive integer"),
+        (
+            ["--impls", "bogus"],
+            "error: --impls: 'bogus' is not one of rapidfuzz, rapidfuzz_nocutoff, two_row, numpy_table",
+        ),
+    ],
+)
+def test_calibrate_routing_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    out = tmp_path / "r.json"
+    res = invoke("calibrate", "routing", "--out", out, *args)
+    assert res.exit_code == 2 and res.stderr.strip() == message
+    assert not out.exists()

@@ -168,6 +168,20 @@ def test_burstgpt_layout_and_time_scale(tmp_path: Path) -> None:
         ("arrival_s,prompt_tokens\n1,ten\n", r"t.csv:2: column 'prompt_tokens': 'ten' is not a number"),
         ("arrival_s\nsoon\n", r"t.csv:2: column 'arrival_s': 'soon' is not a timestamp"),
         ("arrival_s,output_tokens\n1,2\n3\n", r"t.csv:3: column 'output_tokens': missing value"),
+        # Azure stamps given as seconds rather than dates must not be negative either
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n-5,10,4\n", r"t.csv:2: column 'TIMESTAMP': '-5' must be .* >= 0"),
+        (
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,10,4\n2023-11-16 18:15:45,1,1\n",
+            r"t.csv:3: column 'TIMESTAMP': .* earlier .* \(unsorted\)",
+        ),
+        (
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-13-45 18:15:46,10,4\n",
+            r"t.csv:2: column 'TIMESTAMP': .* is not a timestamp",
+        ),
+        (
+            "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n5,GPT-4,1.5,1,2,Conversation log\n",
+            r"t.csv:2: column 'Request tokens': '1.5' must be a whole number",
+        ),
     ],
 )
 def test_malformed_traces_name_file_line_and_column(tmp_path: Path, text: str, message: str) -> None:
@@ -291,4 +305,9 @@ def test_report_draws_p95_over_time_with_the_sla_line(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     png = tmp_path / "out" / "report" / "p95_over_time.png"
     assert png.stat().st_size > 10_000
-    assert "p95_over_time" in (tmp_path / "out" / "report.html").read_text()
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "p95_over_time" in page
+    # the over-time answer (worst window, time over the SLA, the tail) is in the report, as on the terminal
+    assert "<b>over time</b>: at the scenario: worst 30 s window P95" in page and "ms for " in page
+    assert "dropped (run.warmup_s" not in page  # warmup_s 0: nothing was cut, nothing to say
+    assert page.split("<figure><img alt='")[1].startswith("p95_over_time'")  # the figure that answers comes first

@@ -22,7 +22,11 @@ Implementations:
 * :func:`two_row` -- the same recurrence in pure Python keeping only the
   previous and current row (``O(min(m, n))`` memory).
 * :func:`rapidfuzz_distance` -- ``rapidfuzz.distance.Levenshtein.distance``
-  (C++, bit-parallel; imported lazily).
+  (C++, bit-parallel; imported lazily).  The router uses it two ways:
+  ``rapidfuzz`` passes the threshold as ``score_cutoff`` (candidates whose
+  length difference alone exceeds it are skipped, the rest may stop early);
+  ``rapidfuzz_nocutoff`` scores every question in full and applies the
+  threshold afterwards -- same answers, and the calibration times both.
 
 :func:`route` maps an utterance to its nearest canonical question.
 """
@@ -35,7 +39,7 @@ import numpy as np
 
 from sim.calibrate.utterances import normalize
 
-IMPLS: tuple[str, ...] = ("rapidfuzz", "two_row", "numpy_table")
+IMPLS: tuple[str, ...] = ("rapidfuzz", "rapidfuzz_nocutoff", "two_row", "numpy_table")
 
 #: Default routing threshold: normalised distance ``d / max(len(u), len(q))``.
 DEFAULT_THRESHOLD = 0.3
@@ -166,6 +170,8 @@ def route(
     ``impl``: ``"rapidfuzz"`` calls ``process.extractOne`` with the scorer
     ``Levenshtein.normalized_distance`` (or ``.distance``) and
     ``score_cutoff=threshold`` (compiled, prunes by length and cutoff);
+    ``"rapidfuzz_nocutoff"`` calls it without ``score_cutoff`` (every question
+    scored in full) and accepts the best when it is within the threshold;
     ``"two_row"`` and ``"numpy_table"`` compute the full distance to every
     question (no pruning -- the naive scan the article times).  The returned
     distance is the Levenshtein distance to the chosen question; when nothing
@@ -175,14 +181,19 @@ def route(
     _check_threshold(threshold)
     u = normalize(utterance, placeholder="")
     absolute = isinstance(threshold, int)
-    if impl == "rapidfuzz":
+    if impl in ("rapidfuzz", "rapidfuzz_nocutoff"):
         from rapidfuzz import process  # deferred: compiled package, only for this implementation
         from rapidfuzz.distance import Levenshtein
 
         if not canonical:
             return -1, -1
         scorer = Levenshtein.distance if absolute else Levenshtein.normalized_distance
-        hit = process.extractOne(u, canonical, scorer=scorer, score_cutoff=threshold)  # type: ignore[arg-type]  # stubs
+        if impl == "rapidfuzz":
+            hit = process.extractOne(u, canonical, scorer=scorer, score_cutoff=threshold)  # type: ignore[arg-type]  # stubs
+        else:
+            hit = process.extractOne(u, canonical, scorer=scorer)
+            if hit is not None and hit[1] > threshold:
+                hit = None
         if hit is None:
             return -1, -1
         idx = int(hit[2])

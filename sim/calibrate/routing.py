@@ -17,7 +17,9 @@ other; another process took about half the CPU during the N=50/100 records
 only (CPU share 0.5-0.65 vs 1.0), which inflated the small sizes by ~1.6x
 and bent the fitted law.  Interleaving spreads such bursts over all sizes.
 
-* ``rapidfuzz``  -- timed on all N questions and all utterances, in
+* ``rapidfuzz`` (``extractOne`` with the threshold as ``score_cutoff``) and
+  ``rapidfuzz_nocutoff`` (every question scored in full, the threshold
+  applied afterwards) -- timed on all N questions and all utterances, in
   ``rapidfuzz_passes`` passes (the pass means show the run-to-run noise).
 * ``two_row`` and ``numpy_table`` (pure Python / numpy scalar loops, no
   pruning) -- too slow for the full grid, so, like the retrieval harness, each
@@ -407,13 +409,13 @@ def run_routing_calibration(
         len_u = np.array([len(normalize(t, placeholder="")) for t in texts], dtype=float)
         sets[n] = {"canon": canon, "sum_q": sum_q, "utts": utts, "texts": texts, "len_u": len_u}
         for ix in impls:
-            if ix == "rapidfuzz":
+            if ix.startswith("rapidfuzz"):
                 passes = max(rapidfuzz_passes, 1)
                 configs.append(
                     TimedConfig(
                         key=("main", ix, n),
                         n_calls=passes * n_utterances,
-                        fn=lambda i, _t=texts, _c=canon, _m=n_utterances: route(_t[i % _m], _c, "rapidfuzz", threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
+                        fn=lambda i, _t=texts, _c=canon, _m=n_utterances, _ix=ix: route(_t[i % _m], _c, _ix, threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
                         targets=canon,
                         timed_questions=n,
                     )
@@ -483,10 +485,11 @@ def run_routing_calibration(
             }
             if ix == "rapidfuzz":
                 routed_full = [r[0] for r in c.results[:n_utterances]]
+            if ix.startswith("rapidfuzz"):
                 m = n_utterances
                 rec["pass_mean_ms"] = [_g(float(lat[p * m : (p + 1) * m].mean())) for p in range(c.n_calls // m)]
-            else:
-                ref = [route(texts[i], c.targets, "rapidfuzz", threshold) for i in range(c.n_calls)]
+            if ix != "rapidfuzz":
+                ref = [route(texts[i % n_utterances], c.targets, "rapidfuzz", threshold) for i in range(c.n_calls)]
                 rec["scale_rule"] = (
                     "latency x sum len(q) over the set / over the timed subsample"
                     if c.timed_questions < n

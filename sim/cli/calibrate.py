@@ -362,18 +362,26 @@ def routing_command(
     out: Path = typer.Option(Path("routing_calibration.json"), "--out", help="Calibration JSON to write."),
     sizes: str = typer.Option("50,100,200,400", "--sizes", help="Canonical question set sizes, comma list."),
     utterances: int = typer.Option(300, "--utterances", help="Shopper utterances routed per size."),
-    impls: str = typer.Option("rapidfuzz,two_row,numpy_table", "--impls", help="Edit-distance implementations."),
+    impls: str = typer.Option(
+        "rapidfuzz,rapidfuzz_nocutoff,two_row,numpy_table",
+        "--impls",
+        help="Edit-distance implementations (rapidfuzz: with score_cutoff; rapidfuzz_nocutoff: without).",
+    ),
     threshold: float = typer.Option(0.3, "--threshold", help="Normalised edit distance to accept a match."),
     seed: int = typer.Option(20250607, "--seed"),
     rounds: int = typer.Option(10, "--rounds", help="Interleaved timing rounds (spreads machine noise)."),
 ) -> None:
-    """Time fuzzy routing by edit distance (numpy table, two-row DP, rapidfuzz) and measure its accuracy."""
+    """Time fuzzy routing by edit distance (numpy table, two-row DP, rapidfuzz with and without
+    score cutoff) and measure its accuracy."""
     from sim.calibrate.edit_distance import IMPLS  # deferred: numpy
-    from sim.calibrate.routing import run_routing_calibration, write_json  # deferred: numpy
+    from sim.calibrate.routing import DEFAULT_QUESTIONS, run_routing_calibration, write_json  # deferred: numpy
+    from sim.calibrate.utterances import load_questions  # deferred: numpy
 
     check_out_file(out)
-    check_out_file(out)
     size_l = parse_int_list("--sizes", sizes)
+    have = len(load_questions(str(DEFAULT_QUESTIONS)))
+    if max(size_l) > have:
+        raise CapsimError(f"--sizes: {max(size_l)} is more than the {have} canonical questions there are (1..{have})")
     impl_l = [s.strip() for s in impls.split(",") if s.strip()]
     bad = [i for i in impl_l if i not in IMPLS]
     if bad or not impl_l:
@@ -394,7 +402,7 @@ def routing_command(
     )
     path = write_json(data, out)
     for r in data["records"]:
-        typer.echo(f"{r['impl']:>11} N={r['questions']:>4}: mean {r['mean_ms']:.4g} ms  p95 {r['p95']:.4g} ms")
+        typer.echo(f"{r['impl']:>18} N={r['questions']:>4}: mean {r['mean_ms']:.4g} ms  p95 {r['p95']:.4g} ms")
     for acc in data["routing_accuracy"]:
         typer.echo(
             f"N={acc['questions']}: routed right {acc['correct']}, wrong {acc['wrong']}, none {acc['none']}, "

@@ -37,6 +37,7 @@ import pandas as pd
 
 from sim.errors import CapsimError
 from sim.files import atomic_write_bytes, atomic_write_text
+from sim.present.tables import timeline_line
 from sim.run.store import load_sweep
 
 COMPONENTS = (
@@ -446,6 +447,8 @@ def p95_over_time(points: Sequence[Mapping[str, Any]], labels: Sequence[str], sl
     pal = sns.color_palette("tab10")
     level_drawn = False
     top = 0.0
+    widths: set[float] = set()
+    unanswered: list[tuple[np.ndarray, Any]] = []
     for i, (p, lab) in enumerate(zip(points, labels)):
         tl = p.get("timeline")
         if not tl:
@@ -456,6 +459,11 @@ def p95_over_time(points: Sequence[Mapping[str, Any]], labels: Sequence[str], sl
         lo = np.array([np.nan if w["e2e_ms"]["ci"]["p95"][0] is None else w["e2e_ms"]["ci"]["p95"][0] for w in ws])
         hi = np.array([np.nan if w["e2e_ms"]["ci"]["p95"][1] is None else w["e2e_ms"]["ci"]["p95"][1] for w in ws])
         c = pal[i % 10]
+        widths.add(float(tl["window_s"]))
+        # a window with requests but no finite P95: its requests had not all been answered (censored: infinite)
+        inf = np.array([w["e2e_ms"]["p95"] is None and w["requests"] > 0 for w in ws])
+        if inf.any():
+            unanswered.append((mid[inf], c))
         ax.plot(mid, v, marker="o", ms=3, color=c, label=lab)
         ax.fill_between(mid, lo.astype(float), hi.astype(float), color=c, alpha=0.2, lw=0)
         if np.isfinite(v).any():
@@ -469,9 +477,22 @@ def p95_over_time(points: Sequence[Mapping[str, Any]], labels: Sequence[str], sl
             level_drawn = True
     if sla is not None:
         ax.axhline(sla, color="tab:red", ls="--", lw=1.2, label=f"SLA {sla:g} ms")
-    ax.set_xlabel("simulated time (s), window midpoints")
+    width = f"{widths.pop():g} s " if len(widths) == 1 else ""
+    ax.set_xlabel(f"simulated time (s), midpoints of {width}arrival windows")
     ax.set_ylabel("P95 end-to-end (ms)")
-    ax.set_ylim(0, max(top, sla or 0) * 1.1 or 1)
+    ymax = max(top, sla or 0) * 1.1 or 1
+    ax.set_ylim(0, ymax)
+    for j, (xs, c) in enumerate(unanswered):
+        ax.plot(
+            xs,
+            np.full(len(xs), ymax),
+            ls="none",
+            marker="^",
+            ms=7,
+            color=c,
+            clip_on=False,
+            label="P95 infinite (requests never answered)" if j == 0 else None,
+        )
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(title or "P95 over time (band: interval across replications; grey: load)")
     fig.tight_layout()
@@ -579,8 +600,15 @@ def headline(points: Sequence[Mapping[str, Any]], key: str | None) -> list[str]:
     for combo, ps in combos.items():
         ps = sorted(ps, key=lambda p: p["params"][key])
         good = [p["params"][key] for p in ps if point_verdict(p) == "pass" and _stable(p)]
+        bad_v = [p["params"][key] for p in ps if not (point_verdict(p) == "pass" and _stable(p))]
         who = f"{combo}: " if combo else ""
-        text = f"{who}passes up to {name}={_value(good[-1])}" if good else f"{who}passes at no swept {name}"
+        if good and bad_v and min(good) > max(bad_v):
+            # more of the key helps (replicas, workers): the answer is the fewest that passes
+            text = f"{who}passes from {name}={_value(good[0])} up"
+        elif good:
+            text = f"{who}passes up to {name}={_value(good[-1])}"
+        else:
+            text = f"{who}passes at no swept {name}"
         by: dict[str, list[str]] = {}
         for p in ps:
             if not (point_verdict(p) == "pass" and _stable(p)):
@@ -623,7 +651,7 @@ def report_notes(points: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     elif rets and all(r.get("source") for r in rets) and len({r["source"] for r in rets}) == 1:
         out.append(("source", f"search times from {rets[0]['source']}"))
     warm = [p.get("warmup") for p in points]
-    if warm and all(w and w["method"] == "fixed" for w in warm):
+    if warm and all(w and w["method"] == "fixed" and w["cut_s"] > 0 for w in warm):
         w0 = warm[0]
         assert w0 is not None  # all() above
         out.append(
@@ -651,6 +679,9 @@ def report_notes(points: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
         prec = p.get("precision")
         if prec and prec.get("note"):
             out.append(("precision", f"at {where}: {prec['note']}"))
+        tl = p.get("timeline")
+        if tl:
+            out.append(("over time", f"at {where}: {timeline_line(tl)}"))
         for v in p.get("sla", []):
             if v.get("hint") and (
                 v["verdict"] == "inconclusive" or (v["verdict"] == "fail" and v.get("window_s") is not None)
@@ -848,6 +879,8 @@ def write_report(folder: str | Path, key: str | None = None, point: int | None =
                 f"({labels[point]}): {why}; sampled every duration/200 s.",
                 timeseries(d, 0, warm, title=f"State over time at {labels[point]} (replication 0)"),
             )
+    # a load that changes over time is answered by P95 per window: that figure first
+    figures.sort(key=lambda f: f[0] != "p95_over_time")
     head, rows = summary_rows(points)
     thead = "".join(f"<th>{html.escape(c)}</th>" for c in head)
 

@@ -154,8 +154,8 @@ def run_table(result: Result) -> Table:
     return t
 
 
-def _timeline_line(tl: dict) -> str:
-    """Worst window's P95 (and when), and the recovery after the spike."""
+def timeline_line(tl: dict) -> str:
+    """Worst window's P95 (and when), and how long P95 stayed over the SLA after the spike."""
     ws = [w for w in tl["windows"] if w["requests"] > 0]
     parts = []
     worst = max(ws, key=lambda w: math.inf if w["e2e_ms"]["p95"] is None else w["e2e_ms"]["p95"], default=None)
@@ -206,7 +206,7 @@ def print_run(result: Result, console: Console | None = None) -> None:
             )
         )
     warm = [p.summary.get("warmup") for p in result.points]
-    if warm and all(w and w["method"] == "fixed" for w in warm):
+    if warm and all(w and w["method"] == "fixed" for w in warm) and warm[0]["cut_s"] > 0:
         console.print(
             f"warm-up: requests that arrived before {warm[0]['cut_s']:g} s dropped "
             f"(run.warmup_s; {warm[0]['dropped_fraction']:.0%} of the requests)"
@@ -231,7 +231,7 @@ def print_run(result: Result, console: Console | None = None) -> None:
             console.print(f"[yellow]precision[/] at {where}: {prec['note']}")
         tl = s.get("timeline")
         if tl:
-            console.print(f"over time at {where}: {_timeline_line(tl)}")
+            console.print(f"over time at {where}: {timeline_line(tl)}")
         for v in s["sla"]:
             if v.get("window_s") is not None and v.get("hint") and v["verdict"] == "fail":
                 console.print(f"[red]FAIL[/] {v['metric']} {v['stat']} at {where}: {v['hint']}")

@@ -284,7 +284,7 @@ class RoutingConfig(Strict):
     """
 
     enabled: bool = False
-    impl: Literal["numpy_table", "two_row", "rapidfuzz"] = "rapidfuzz"
+    impl: Literal["numpy_table", "two_row", "rapidfuzz", "rapidfuzz_nocutoff"] = "rapidfuzz"
     questions: Annotated[int, Field(ge=1)] = 400
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.3
     workers: Annotated[int, Field(ge=1)] = 1

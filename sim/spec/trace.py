@@ -72,7 +72,9 @@ def _detect(header: list[str], name: str) -> str:
     )
 
 
-def _parse_time(text: str, fmt: str) -> float:
+def _parse_time(text: str, fmt: str) -> tuple[float, bool]:
+    """The time in seconds, and whether it is a date (an Azure stamp: its epoch
+    seconds may be anything) rather than a count of seconds (which must be >= 0)."""
     if fmt == "azure":
         t = text.strip()
         # .NET-style 7-digit fractions: keep microseconds.
@@ -80,10 +82,10 @@ def _parse_time(text: str, fmt: str) -> float:
             head, frac = t.split(".", 1)
             t = f"{head}.{frac[:6]}"
         try:
-            return dt.datetime.fromisoformat(t).replace(tzinfo=dt.timezone.utc).timestamp()
+            return dt.datetime.fromisoformat(t).replace(tzinfo=dt.timezone.utc).timestamp(), True
         except ValueError:
-            return float(text)  # seconds are accepted too
-    return float(text)
+            return float(text), False  # seconds are accepted too
+    return float(text), False
 
 
 def _number(text: str, name: str, line: int, col: str, integer: bool) -> float:
@@ -137,10 +139,10 @@ def _load(path: str, _size: int, _mtime: int, fmt: str, time_scale: float) -> Tr
                 raise TraceError(f"{name}:{i}: column {missing!r}: missing value ({len(row)} of {len(header)} fields)")
             text = row[cols[tcol]].strip()
             try:
-                t = _parse_time(text, fmt)
+                t, is_date = _parse_time(text, fmt)
             except ValueError:
                 raise TraceError(f"{name}:{i}: column {tcol!r}: {text!r} is not a timestamp") from None
-            if not np.isfinite(t) or (fmt != "azure" and t < 0):
+            if not np.isfinite(t) or (not is_date and t < 0):
                 raise TraceError(f"{name}:{i}: column {tcol!r}: {text!r} must be a finite time >= 0")
             if t < prev:
                 raise TraceError(f"{name}:{i}: column {tcol!r}: {text!r} is earlier than the row before (unsorted)")
