@@ -115,7 +115,7 @@ def _prefill(cost: StepCost, tokens: float, past: float, budget: int) -> tuple[f
     while done < tokens:
         chunk = min(budget, tokens - done)
         c0 = past + done
-        pairs = chunk * c0 + chunk * (chunk + 1) / 2.0
+        pairs = gm.attention_pairs(chunk, c0)
         ctx = c0 + chunk
         t += cost.time(chunk, ctx, pairs, 1)
         f, b = cost.work(chunk, ctx, pairs)
