@@ -310,19 +310,23 @@ def kv_misfit(
     prefix_tokens: int,
     kv_blocks_total: int,
     block_tokens: int,
+    longest: bool = False,
 ) -> str | None:
     """None when a request can finish alone on a replica; else the one-line reason.
 
     The replica keeps ``prefix_tokens // B`` blocks for the shared system prompt;
     a request that needs more than the rest would be preempted and readmitted
-    forever, so the scenario is refused instead.
+    forever, so the scenario is refused instead.  ``longest``: the request is the
+    longest the scenario's bounded token counts allow (the schema's check before running).
     """
     need = request_kv_blocks(prompt_tokens, output_tokens, shared_tokens, block_tokens)
     room = kv_blocks_total - prefix_tokens // block_tokens
     if need <= room:
         return None
+    tokens = f"{prompt_tokens} prompt + {output_tokens} output tokens"
+    request = f"the longest request ({tokens})" if longest else f"a request of {tokens}"
     return (
-        f"llm: a request of {prompt_tokens} prompt + {output_tokens} output tokens needs {need} KV "
+        f"llm: {request} needs {need} KV "
         f"blocks of {block_tokens} tokens but a replica holds {room}; raise llm.tensor_parallel or "
         f"llm.gpu_memory_utilization, use a bigger GPU or lower kv_dtype_bytes, or shorten "
         f"llm.prompt_tokens / llm.output_tokens"
