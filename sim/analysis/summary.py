@@ -36,6 +36,7 @@ import numpy as np
 from sim.analysis import crosscheck, stats
 from sim.analysis.dollars import point_cost
 from sim.analysis.estimate import replica_capacity
+from sim.analysis.stats import combine_verdicts
 from sim.analysis.timeline import metric_values, timeline
 from sim.engine.pipeline import Replication, retrieval_service_distribution
 from sim.engine.records import Bins
@@ -708,13 +709,3 @@ class PointSummary:
 
     def __contains__(self, key: object) -> bool:
         return key in self.to_dict()
-
-
-def combine_verdicts(verdicts: list[str]) -> str:
-    """One verdict over several SLAs: ``fail`` if any fails, else ``inconclusive`` if any is,
-    else ``pass``; ``none`` when there is no SLA."""
-    if not verdicts:
-        return "none"
-    if "fail" in verdicts:
-        return "fail"
-    return "inconclusive" if "inconclusive" in verdicts else "pass"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from sim.analysis.summary import combine_verdicts
+from sim.analysis.stats import combine_verdicts
 
 
 def param_value(v: Any) -> Any:
