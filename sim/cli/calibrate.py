@@ -22,7 +22,7 @@ import typer
 
 from sim.cli.app import app, stdout_console, user_errors
 from sim.errors import CapsimError
-from sim.files import regular_file_problem
+from sim.files import atomic_write_text, regular_file_problem, to_json
 from sim.registry import INDEXES
 
 calibrate_app = typer.Typer(
@@ -144,7 +144,8 @@ def retrieval(
             if v <= 0:
                 raise CapsimError(f"{flag}: {v} is not a positive integer")
         if docs_l and dim:
-            from sim.run.bounds import available_memory_bytes  # deferred: only for this check
+            # deferred: run.bounds loads the simulator (numpy, pydantic)
+            from sim.run.bounds import available_memory_bytes
 
             # float32 corpus + query set + an index of about the same size (hnsw's graph is smaller)
             need = 3 * max(docs_l) * dim * 4
@@ -286,7 +287,6 @@ def run_gpu_calibration(
 
     # deferred: the fit loads scipy and pydantic
     from sim.calibrate.gpu import fit_gpu, read_measurements, scenario_llm, write_fragment
-    from sim.files import to_json
     from sim.spec.scenario import parse_overrides
 
     if out is not None:
@@ -415,7 +415,6 @@ def published_command(
 ) -> None:
     """Fit the step-cost defaults to published measurements and report held-out error."""
     from sim.calibrate.published import run_fit  # deferred: scipy, pydantic
-    from sim.files import atomic_write_text
 
     if resamples < 0:
         raise CapsimError(f"--resamples: must be >= 0, got {resamples}")
