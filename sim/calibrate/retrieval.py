@@ -46,7 +46,6 @@ for every quantile: ``y = a + b * x`` with ``x = law_x(...)``:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime as _dt
 import hashlib
 import importlib.metadata as md
@@ -61,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from sim.calibrate.corpus import GENERATOR_DEFAULTS, make_corpus, make_queries
 from sim.calibrate.machine import cpu_model, loadavg, run_header, usable_cores
@@ -117,86 +117,10 @@ def fit_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) ->
 # thread limiting (workers get one BLAS / OpenMP thread each)
 
 
-def _openblas_setters() -> list[Any]:
-    """ctypes setters of every OpenBLAS loaded in this process (fallback when
-    threadpoolctl is not installed)."""
-    setters: list[Any] = []
-    try:
-        with open("/proc/self/maps") as fh:
-            libs = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return setters
-    for lib in sorted(libs):
-        if not lib.startswith("/"):
-            continue
-        try:
-            handle = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        for name in (
-            "scipy_openblas_set_num_threads64_",
-            "scipy_openblas_set_num_threads",
-            "openblas_set_num_threads64_",
-            "openblas_set_num_threads",
-        ):
-            fn = getattr(handle, name, None)
-            if fn is not None:
-                setters.append(fn)
-                break
-    return setters
-
-
-def _openblas_info() -> dict[str, Any]:
-    info: dict[str, Any] = {}
-    try:
-        with open("/proc/self/maps") as fh:
-            libs = sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return info
-    for lib in libs:
-        try:
-            handle = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        for cfg, nth in (
-            ("scipy_openblas_get_config64_", "scipy_openblas_get_num_threads64_"),
-            ("openblas_get_config64_", "openblas_get_num_threads64_"),
-            ("openblas_get_config", "openblas_get_num_threads"),
-        ):
-            f = getattr(handle, cfg, None)
-            if f is None:
-                continue
-            f.restype = ctypes.c_char_p
-            info = {"library": os.path.basename(lib), "config": f().decode(errors="replace")}
-            g = getattr(handle, nth, None)
-            if g is not None:
-                g.restype = ctypes.c_int
-                info["num_threads"] = int(g())
-            return info
-    return info
-
-
 def limit_threads(n: int = 1) -> Callable[[], None]:
-    """Limit BLAS (threadpoolctl if installed, else OpenBLAS via ctypes) and
-    faiss OpenMP to ``n`` threads in this process; return a function that
-    restores the previous limits."""
-    undo: list[Callable[[], None]] = []
-    try:
-        from threadpoolctl import threadpool_limits  # optional: the ctypes fallback below without it
-
-        lim = threadpool_limits(n)
-        undo.append(lim.restore_original_limits)
-    except ImportError:
-        before = _openblas_info().get("num_threads")
-        for fn in _openblas_setters():
-            with contextlib.suppress(Exception):
-                fn(ctypes.c_int(n))
-                if before:
-
-                    def _reset(fn: Any = fn, b: int = before) -> None:
-                        fn(ctypes.c_int(b))
-
-                    undo.append(_reset)
+    """Limit BLAS (threadpoolctl) and faiss OpenMP to ``n`` threads in this process; return
+    a function that restores the previous limits."""
+    undo: list[Callable[[], None]] = [threadpool_limits(n).restore_original_limits]
     env = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     for var in env:
         os.environ[var] = str(n)
@@ -209,14 +133,11 @@ def limit_threads(n: int = 1) -> Callable[[], None]:
                 os.environ[var] = val
 
     undo.append(_env_back)
-    try:
-        import faiss  # heavy optional library: only to limit its OpenMP threads
+    import faiss  # deferred: heavy, only to limit its OpenMP threads
 
-        omp = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(n)
-        undo.append(lambda: faiss.omp_set_num_threads(omp))
-    except ImportError:
-        pass
+    omp = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    undo.append(lambda: faiss.omp_set_num_threads(omp))
 
     def restore() -> None:
         for f in reversed(undo):
@@ -231,25 +152,15 @@ def limit_threads(n: int = 1) -> Callable[[], None]:
 
 
 def _blas_description() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    try:
-        cfg = np.show_config(mode="dicts")  # numpy >= 1.25
-        blas = cfg.get("Build Dependencies", {}).get("blas", {})
-        out["numpy_build"] = {k: blas.get(k) for k in ("name", "version", "openblas configuration") if k in blas}
-    except Exception:  # pragma: no cover - very old numpy
-        pass
-    try:
-        from threadpoolctl import threadpool_info  # optional: the OpenBLAS probe below without it
-
-        out["threadpools"] = [
+    cfg = np.show_config(mode="dicts")
+    blas = cfg.get("Build Dependencies", {}).get("blas", {})
+    return {
+        "numpy_build": {k: blas.get(k) for k in ("name", "version", "openblas configuration") if k in blas},
+        "threadpools": [
             {k: p.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer", "architecture")}
             for p in threadpool_info()
-        ]
-    except ImportError:
-        runtime = _openblas_info()
-        if runtime:
-            out["runtime"] = runtime
-    return out
+        ],
+    }
 
 
 def machine_description() -> dict[str, Any]:
@@ -259,12 +170,9 @@ def machine_description() -> dict[str, Any]:
         versions["hnswlib"] = md.version("hnswlib")
     except Exception:
         versions["hnswlib"] = None
-    try:
-        import faiss  # heavy optional library: only to report its version
+    import faiss  # deferred: heavy, only to report its version
 
-        versions["faiss"] = getattr(faiss, "__version__", None)
-    except ImportError:
-        versions["faiss"] = None
+    versions["faiss"] = getattr(faiss, "__version__", None)
     return {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
