@@ -235,7 +235,9 @@ def _delivered(
     per_rep_x = np.array([n / L for n, L in zip(delivered, lengths) if L > 0])
     tokens_per_s = float(np.mean([t / L for t, L in zip(delivered_tokens, lengths) if L > 0] or [0.0]))
     throughput = float(per_rep_x.mean()) if len(per_rep_x) else 0.0
-    x_ci = [_finite(b) for b in stats.t_interval(per_rep_x, conf)] if len(per_rep_x) >= 2 else [None, None]
+    x_ci: list[float | None] = (
+        [_finite(b) for b in stats.t_interval(per_rep_x, conf)] if len(per_rep_x) >= 2 else [None, None]
+    )
     return throughput, x_ci, tokens_per_s
 
 
