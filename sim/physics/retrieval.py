@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,6 +356,28 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
     def bad(msg: str) -> CalibrationError:
         return CalibrationError(f"calibration file {name}: {msg}")
 
+    doc = _read_json(p, bad)
+    probs = _header_probs(doc, bad)
+    raw = doc.get("records")
+    if not isinstance(raw, list) or not raw:
+        raise bad("records must be a non-empty list")
+    recs = [_malformed_is_bad(_record, r, f"records[{i}]", probs, bad) for i, r in enumerate(raw)]
+    fits = [_malformed_is_bad(_fit, f, f"fits[{i}]", probs, bad) for i, f in enumerate(doc.get("fits") or [])]
+    return Calibration(
+        path=p,
+        probs=tuple(float(x) for x in probs),
+        records=tuple(recs),
+        fits=tuple(fits),
+        settings=_section(doc, "settings"),
+        machine=_section(doc, "machine"),
+        corpus=_section(doc, "corpus"),
+    )
+
+
+_Bad = Callable[[str], CalibrationError]
+
+
+def _read_json(p: Path, bad: _Bad) -> Any:
     problem = regular_file_problem(p)
     if problem is not None:
         raise bad(problem)
@@ -366,13 +388,17 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
     except UnicodeDecodeError as exc:
         raise bad(f"is not UTF-8 text (byte {exc.start}); is it a binary file?") from None
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as exc:
         raise bad(f"duplicate key {exc.args[0]!r}; give each key once") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad(f"is not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
     except RecursionError:
         raise bad("is nested too deeply to be a calibration") from None
+
+
+def _header_probs(doc: Any, bad: _Bad) -> list[float]:
+    """The kind, version and quantile probabilities every record's values follow."""
     if not isinstance(doc, dict):
         raise bad("top level must be a JSON object")
     if doc.get("kind") != KIND:
@@ -389,89 +415,68 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
         or any(b <= a for a, b in itertools.pairwise(probs))
     ):
         raise bad("probs must be a list of numbers rising strictly from 0 to 1")
-    raw = doc.get("records")
-    if not isinstance(raw, list) or not raw:
-        raise bad("records must be a non-empty list")
-    recs = []
-    for i, r in enumerate(raw):
-        where = f"records[{i}]"
-        try:
-            index = r["index"]
-            if index not in kinds():
-                raise bad(f"{where}.index {index!r} is not one of {', '.join(kinds())}")
-            vals = np.asarray(r["values_ms"], dtype=float)
-            if vals.shape != (len(probs),) or not np.isfinite(vals).all() or np.any(np.diff(vals) < 0) or vals[0] < 0:
-                raise bad(f"{where}.values_ms must be {len(probs)} finite non-decreasing numbers >= 0")
-            mean = float(r["mean_ms"])
-            if not math.isfinite(mean) or mean < 0:
-                raise bad(f"{where}.mean_ms must be a finite number >= 0")
-            kv = r.get("knob_value")
-            if (kind(index).knob is None) != (kv is None):
-                raise bad(
-                    f"{where}.knob_value must be {'null' if kind(index).knob is None else 'an integer'} for {index}"
-                )
-            if vals[-1] <= 0 or mean <= 0:
-                raise bad(f"{where}: a search cannot take 0 ms; values_ms and mean_ms must be positive")
-            rc = r.get("recall")
-            if rc is not None and not (0.0 <= float(rc) <= 1.0):
-                raise bad(f"{where}.recall must be between 0 and 1")
-            params = r.get("params") or {}
-            recs.append(
-                _Rec(
-                    index=index,
-                    docs=_posint(r["docs"], where + ".docs", bad),
-                    dim=_posint(r["dim"], where + ".dim", bad),
-                    top_k=_posint(r["top_k"], where + ".top_k", bad),
-                    knob_value=None if kv is None else _posint(kv, where + ".knob_value", bad),
-                    threads=_posint(r["threads"], where + ".threads", bad),
-                    mean_ms=mean,
-                    values_ms=vals,
-                    recall=None if rc is None else float(rc),
-                    nlist=params.get("nlist"),
-                )
-            )
-        except CalibrationError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise bad(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
-    fits = []
-    for i, f in enumerate(doc.get("fits") or []):
-        where = f"fits[{i}]"
-        try:
-            a = np.asarray(f["a"], dtype=float)
-            b = np.asarray(f["b"], dtype=float)
-            if (
-                a.shape != (len(probs),)
-                or b.shape != (len(probs),)
-                or not (np.isfinite(a).all() and np.isfinite(b).all())
-            ):
-                raise bad(f"{where}.a and .b must be {len(probs)} finite numbers")
-            if len(set(f["docs"])) < 2:
-                raise bad(f"{where}.docs: a scaling law needs at least 2 distinct corpus sizes to be identified")
-            fits.append(
-                _Fit(
-                    index=str(f["index"]),
-                    knob_value=None if f.get("knob_value") is None else int(f["knob_value"]),
-                    threads=int(f["threads"]),
-                    docs=tuple(int(n) for n in f["docs"]),
-                    mean_a=float(f["mean"]["a"]),
-                    mean_b=float(f["mean"]["b"]),
-                    a=a,
-                    b=b,
-                )
-            )
-        except CalibrationError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise bad(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
-    return Calibration(
-        path=p,
-        probs=tuple(float(x) for x in probs),
-        records=tuple(recs),
-        fits=tuple(fits),
-        settings=_section(doc, "settings"),
-        machine=_section(doc, "machine"),
-        corpus=_section(doc, "corpus"),
+    return probs
+
+
+def _malformed_is_bad(read: Callable[..., Any], entry: Any, where: str, probs: list[float], bad: _Bad) -> Any:
+    """``read(entry, where, probs, bad)``, a missing or mistyped field reported as one line."""
+    try:
+        return read(entry, where, probs, bad)
+    except CalibrationError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise bad(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _record(r: Any, where: str, probs: list[float], bad: _Bad) -> _Rec:
+    index = r["index"]
+    if index not in kinds():
+        raise bad(f"{where}.index {index!r} is not one of {', '.join(kinds())}")
+    vals = np.asarray(r["values_ms"], dtype=float)
+    if vals.shape != (len(probs),) or not np.isfinite(vals).all() or np.any(np.diff(vals) < 0) or vals[0] < 0:
+        raise bad(f"{where}.values_ms must be {len(probs)} finite non-decreasing numbers >= 0")
+    mean = float(r["mean_ms"])
+    if not math.isfinite(mean) or mean < 0:
+        raise bad(f"{where}.mean_ms must be a finite number >= 0")
+    kv = r.get("knob_value")
+    if (kind(index).knob is None) != (kv is None):
+        raise bad(f"{where}.knob_value must be {'null' if kind(index).knob is None else 'an integer'} for {index}")
+    if vals[-1] <= 0 or mean <= 0:
+        raise bad(f"{where}: a search cannot take 0 ms; values_ms and mean_ms must be positive")
+    rc = r.get("recall")
+    if rc is not None and not (0.0 <= float(rc) <= 1.0):
+        raise bad(f"{where}.recall must be between 0 and 1")
+    params = r.get("params") or {}
+    return _Rec(
+        index=index,
+        docs=_posint(r["docs"], where + ".docs", bad),
+        dim=_posint(r["dim"], where + ".dim", bad),
+        top_k=_posint(r["top_k"], where + ".top_k", bad),
+        knob_value=None if kv is None else _posint(kv, where + ".knob_value", bad),
+        threads=_posint(r["threads"], where + ".threads", bad),
+        mean_ms=mean,
+        values_ms=vals,
+        recall=None if rc is None else float(rc),
+        nlist=params.get("nlist"),
+    )
+
+
+def _fit(f: Any, where: str, probs: list[float], bad: _Bad) -> _Fit:
+    a = np.asarray(f["a"], dtype=float)
+    b = np.asarray(f["b"], dtype=float)
+    if a.shape != (len(probs),) or b.shape != (len(probs),) or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise bad(f"{where}.a and .b must be {len(probs)} finite numbers")
+    if len(set(f["docs"])) < 2:
+        raise bad(f"{where}.docs: a scaling law needs at least 2 distinct corpus sizes to be identified")
+    return _Fit(
+        index=str(f["index"]),
+        knob_value=None if f.get("knob_value") is None else int(f["knob_value"]),
+        threads=int(f["threads"]),
+        docs=tuple(int(n) for n in f["docs"]),
+        mean_a=float(f["mean"]["a"]),
+        mean_b=float(f["mean"]["b"]),
+        a=a,
+        b=b,
     )
 
 
