@@ -472,75 +472,18 @@ def run_calibration(
     load_start = loadavg()
     started = _dt.datetime.now(_dt.timezone.utc)
 
-    # ---- corpus
-    source: dict[str, Any]
+    pool: np.ndarray | None = None
+    queries: np.ndarray | None = None  # synthetic: drawn per corpus size (the topic count grows with N)
     if vectors is not None:
-        if isinstance(vectors, (str, os.PathLike)):
-            vpath = Path(vectors)
-            allv = load_vectors(vpath, dim)
-            source = {"source": "vectors", "file": vpath.name, "sha256": _sha256(vpath)}
-        else:
-            arr = np.asarray(vectors)
-            if arr.ndim != 2 or arr.dtype.kind != "f":
-                raise CalibrationError("vectors: must be a 2-D float array (n, d)")
-            if not np.isfinite(arr).all():
-                raise CalibrationError("vectors: contain NaN or inf; all values must be finite")
-            if dim is not None and arr.shape[1] != dim:
-                raise CalibrationError(f"vectors: dim {arr.shape[1]} but --dim is {dim}")
-            allv = arr.astype(np.float32)
-            nrm = np.linalg.norm(allv, axis=1)
-            if (nrm <= 0).any():
-                raise CalibrationError("vectors: some rows are all zero; cannot normalise")
-            allv /= nrm[:, None]
-            source = {"source": "vectors", "file": None, "sha256": hashlib.sha256(allv.tobytes()).hexdigest()}
-        rows, dim = allv.shape
-        source.update(rows=int(rows), dim=int(dim), normalised=True)
-        avail = rows - n_queries
-        if avail <= top_k:
-            raise CalibrationError(
-                f"--vectors: {rows} rows leave {avail} documents after --queries {n_queries}; "
-                f"need more than --top-k {top_k}"
-            )
-        if s["docs"] is None:
-            s["docs"] = [avail]
-        elif max(s["docs"]) > avail:
-            raise CalibrationError(
-                f"--docs: {max(s['docs'])} plus --queries {n_queries} needs {max(s['docs']) + n_queries} rows "
-                f"but --vectors has {rows}; use --docs at most {avail} or fewer --queries"
-            )
-        perm = np.random.default_rng(seed).permutation(rows)
-        queries = allv[perm[:n_queries]]
-        pool = allv[perm[n_queries:]]
-        source["queries"] = "held out: first --queries rows of a seeded permutation; docs are prefixes of the rest"
+        pool, queries, source = _held_out(_user_vectors(vectors, dim), s, n_queries, top_k, seed)
+        dim = int(source["dim"])
     else:
-        if dim is None:
-            raise CalibrationError("--dim: required without --vectors (e.g. --dim 768)")
-        if s["docs"] is None:
-            raise CalibrationError("--docs: required without --vectors (e.g. --docs 5000,20000)")
-        gp = dict(GENERATOR_DEFAULTS)
-        if generator_params:
-            unknown = sorted(set(generator_params) - set(gp))
-            if unknown:
-                raise CalibrationError(f"generator parameter {unknown[0]!r} is not one of {', '.join(sorted(gp))}")
-            gp.update(generator_params)
-        pool = None
-        queries = None  # drawn per corpus size: the topic count grows with N
-        source = {
-            "source": "synthetic",
-            "generator": "sim.calibrate.corpus.make_corpus",
-            "seed": int(seed),
-            "params": gp,
-            "queries": (
-                "held out: sim.calibrate.corpus.make_queries(docs=N): same mixture as each corpus, separate stream"
-            ),
-        }
+        source = _synthetic_source(s, dim, seed, generator_params)
+    assert dim is not None  # the vectors' own, or required without them (checked above)
     lists = _check_ivf(s["docs"], nlist, s["nprobe"]) if "ivf" in s["indexes"] else {}
 
-    # ---- plan the steps for the progress bar
-    per_n = 1
-    for ix in s["indexes"]:
-        knobs = len(kind(ix).knob_values(_Settings(s)))
-        per_n += 1 + knobs * len(s["threads"])
+    # the steps for the progress bar: per corpus size, the corpus, then each index's build and searches
+    per_n = 1 + sum(1 + len(kind(ix).knob_values(_Settings(s))) * len(s["threads"]) for ix in s["indexes"])
     total = per_n * len(s["docs"])
     done = 0
 
@@ -575,33 +518,121 @@ def run_calibration(
     return {
         **run_header(KIND, VERSION, started, load_start, command, machine_description()),
         "corpus": source,
-        "settings": {
-            "docs": s["docs"],
-            "dim": int(dim),
-            "top_k": int(top_k),
-            "n_queries": int(n_queries),
-            "indexes": s["indexes"],
-            "M": int(M),
-            "ef_construction": int(ef_construction),
-            "ef": s["ef"],
-            "nlist": nlist,
-            "nlist_rule": "fixed" if nlist is not None else f"round(4*sqrt(N)) capped at N//{MIN_POINTS_PER_LIST}",
-            "nlist_by_docs": {str(k): v for k, v in lists.items()},
-            "nprobe": s["nprobe"],
-            "threads": s["threads"],
-            "seed": int(seed),
-            "linear_python_docs": int(linear_python_docs),
-            "linear_python_queries": int(linear_python_queries),
-            "timer": "time.perf_counter_ns around one search call (query already in memory)",
-            "workers": "forked processes, each with a private copy of the index (like separate server "
-            "processes), 1 BLAS/OpenMP thread each, started together at a barrier; "
-            f"{WARMUP_QUERIES} untimed warm-up queries each",
-            "build_threads": 1,
-        },
+        "settings": _settings_doc(
+            s, dim, top_k, n_queries, M, ef_construction, nlist, lists, seed, linear_python_docs, linear_python_queries
+        ),
         "probs": list(PROBS),
         "laws": {ix: kind(ix).law for ix in kinds()},
         "records": records,
         "fits": fits,
+    }
+
+
+def _user_vectors(vectors: np.ndarray | str | os.PathLike[str], dim: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The user's embeddings, unit-normalised float32, and where they came from."""
+    if isinstance(vectors, (str, os.PathLike)):
+        vpath = Path(vectors)
+        return load_vectors(vpath, dim), {"source": "vectors", "file": vpath.name, "sha256": _sha256(vpath)}
+    arr = np.asarray(vectors)
+    if arr.ndim != 2 or arr.dtype.kind != "f":
+        raise CalibrationError("vectors: must be a 2-D float array (n, d)")
+    if not np.isfinite(arr).all():
+        raise CalibrationError("vectors: contain NaN or inf; all values must be finite")
+    if dim is not None and arr.shape[1] != dim:
+        raise CalibrationError(f"vectors: dim {arr.shape[1]} but --dim is {dim}")
+    allv = arr.astype(np.float32)
+    nrm = np.linalg.norm(allv, axis=1)
+    if (nrm <= 0).any():
+        raise CalibrationError("vectors: some rows are all zero; cannot normalise")
+    allv /= nrm[:, None]
+    return allv, {"source": "vectors", "file": None, "sha256": hashlib.sha256(allv.tobytes()).hexdigest()}
+
+
+def _held_out(
+    loaded: tuple[np.ndarray, dict[str, Any]], s: dict[str, Any], n_queries: int, top_k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(documents, held-out queries, corpus entry) from the user's vectors; fills ``s["docs"]``
+    (all rows left) when not given."""
+    allv, source = loaded
+    rows, dim = allv.shape
+    source.update(rows=int(rows), dim=int(dim), normalised=True)
+    avail = rows - n_queries
+    if avail <= top_k:
+        raise CalibrationError(
+            f"--vectors: {rows} rows leave {avail} documents after --queries {n_queries}; "
+            f"need more than --top-k {top_k}"
+        )
+    if s["docs"] is None:
+        s["docs"] = [avail]
+    elif max(s["docs"]) > avail:
+        raise CalibrationError(
+            f"--docs: {max(s['docs'])} plus --queries {n_queries} needs {max(s['docs']) + n_queries} rows "
+            f"but --vectors has {rows}; use --docs at most {avail} or fewer --queries"
+        )
+    perm = np.random.default_rng(seed).permutation(rows)
+    source["queries"] = "held out: first --queries rows of a seeded permutation; docs are prefixes of the rest"
+    return allv[perm[n_queries:]], allv[perm[:n_queries]], source
+
+
+def _synthetic_source(
+    s: dict[str, Any], dim: int | None, seed: int, generator_params: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The corpus entry of a synthetic corpus (:func:`make_corpus`), its parameters checked."""
+    if dim is None:
+        raise CalibrationError("--dim: required without --vectors (e.g. --dim 768)")
+    if s["docs"] is None:
+        raise CalibrationError("--docs: required without --vectors (e.g. --docs 5000,20000)")
+    gp = dict(GENERATOR_DEFAULTS)
+    if generator_params:
+        unknown = sorted(set(generator_params) - set(gp))
+        if unknown:
+            raise CalibrationError(f"generator parameter {unknown[0]!r} is not one of {', '.join(sorted(gp))}")
+        gp.update(generator_params)
+    return {
+        "source": "synthetic",
+        "generator": "sim.calibrate.corpus.make_corpus",
+        "seed": int(seed),
+        "params": gp,
+        "queries": "held out: sim.calibrate.corpus.make_queries(docs=N): same mixture as each corpus, separate stream",
+    }
+
+
+def _settings_doc(
+    s: dict[str, Any],
+    dim: int,
+    top_k: int,
+    n_queries: int,
+    M: int,
+    ef_construction: int,
+    nlist: int | None,
+    lists: dict[int, int],
+    seed: int,
+    linear_python_docs: int,
+    linear_python_queries: int,
+) -> dict[str, Any]:
+    """The calibration file's ``settings``: what was measured, and how."""
+    return {
+        "docs": s["docs"],
+        "dim": int(dim),
+        "top_k": int(top_k),
+        "n_queries": int(n_queries),
+        "indexes": s["indexes"],
+        "M": int(M),
+        "ef_construction": int(ef_construction),
+        "ef": s["ef"],
+        "nlist": nlist,
+        "nlist_rule": "fixed" if nlist is not None else f"round(4*sqrt(N)) capped at N//{MIN_POINTS_PER_LIST}",
+        "nlist_by_docs": {str(k): v for k, v in lists.items()},
+        "nprobe": s["nprobe"],
+        "threads": s["threads"],
+        "seed": int(seed),
+        "linear_python_docs": int(linear_python_docs),
+        "linear_python_queries": int(linear_python_queries),
+        "timer": "time.perf_counter_ns around one search call (query already in memory)",
+        "workers": "forked processes, each with a private copy of the index (like separate server "
+        "processes), 1 BLAS/OpenMP thread each, started together at a barrier; "
+        f"{WARMUP_QUERIES} untimed warm-up queries each",
+        "build_threads": 1,
     }
 
 
