@@ -176,26 +176,6 @@ def tp_allreduce_time_s(
     return 2.0 * layers * ring_allreduce_time_s(new_tokens * hidden * dtype_bytes, tensor_parallel, interconnect_gbps)
 
 
-def roofline_step_time_s(
-    n_bytes,
-    flops,
-    hbm_bandwidth_gbps: float,
-    peak_tflops: float,
-    bw_efficiency: float = 1.0,
-    mfu: float = 1.0,
-    overhead_s: float = 0.0,
-    comm_s=0.0,
-):
-    """One step on one GPU: ``max(bytes / (bw * bw_eff), flops / (peak * mfu)) + overhead + comm``.
-
-    Works element-wise on numpy arrays (the GPU calibration fits it).
-    """
-    mem = np.asarray(n_bytes, dtype=float) / (hbm_bandwidth_gbps * GB * bw_efficiency)
-    comp = np.asarray(flops, dtype=float) / (peak_tflops * TFLOP * mfu)
-    out = np.maximum(mem, comp) + overhead_s + comm_s
-    return float(out) if out.ndim == 0 else out
-
-
 def arithmetic_intensity(flops: float, n_bytes: float) -> float:
     """FLOPs per byte moved: ``flops / bytes``; compare with :func:`ridge_point_flops_per_byte`."""
     return flops / n_bytes if n_bytes > 0 else math.inf
