@@ -344,6 +344,66 @@ def key_cardinality(
 # the harness
 
 
+def _law_entry(f: dict[str, float], **extra: Any) -> dict[str, Any]:
+    """A fitted ``a + b * cells`` law as the calibration file writes it."""
+    return {
+        "a_ms": _g(f["a"]),
+        "b_ms_per_cell": _g(f["b"]),
+        "ns_per_cell": _g(f["b"] * 1e6),
+        "r2": round(f["r2"], 4),
+        **extra,
+    }
+
+
+def _impl_fits(
+    ix: str, records: list[dict[str, Any]], per_utt: list[tuple[float, float]], per_utt_cpu: list[tuple[float, float]]
+) -> dict[str, Any]:
+    """One implementation's laws over the set sizes (mean, headline percentiles, CPU time) and
+    over every timed call pooled."""
+    recs = sorted((r for r in records if r["impl"] == ix), key=lambda r: r["questions"])
+    x = [r["mean_cells"] for r in recs]
+    entry: dict[str, Any] = {"impl": ix, "law": LAW, "questions": [r["questions"] for r in recs], "x": x}
+    for key in ("mean_ms", *HEADLINE):
+        f = fit_law(x, [r[key] for r in recs])
+        entry[key] = _law_entry(f, max_rel_err=round(f["max_rel_err"], 4))
+    f = fit_law(x, [r["cpu_time"]["mean_ms"] for r in recs])
+    entry["cpu_time_mean_ms"] = _law_entry(f, max_rel_err=round(f["max_rel_err"], 4))
+    pu = np.asarray(per_utt)
+    entry["per_utterance_pooled"] = _law_entry(
+        fit_law(pu[:, 0], pu[:, 1]),
+        points=int(pu.shape[0]),
+        note="every timed call, unscaled, x against the set it was timed on",
+    )
+    pc = np.asarray(per_utt_cpu)
+    entry["per_utterance_pooled_cpu_time"] = _law_entry(fit_law(pc[:, 0], pc[:, 1]), points=int(pc.shape[0]))
+    return entry
+
+
+def _normalize_cost(texts: list[str]) -> dict[str, Any]:
+    """What ``normalize()`` alone costs (part of every routed call)."""
+    nl, _, _ = time_calls(lambda i: normalize(texts[i], placeholder=""), len(texts))
+    return {"calls": len(texts), "mean_us": _g(float(nl.mean() * 1e3)), "p50_us": _g(float(np.median(nl) * 1e3))}
+
+
+def _typo_sweep(
+    canon: list[str],
+    typo_rates: Sequence[float],
+    n_utterances: int,
+    seed: int,
+    threshold: float | int,
+    gen_kwargs: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Routing outcome at each typo rate, on ``canon`` (the largest set)."""
+    out = []
+    for tr in typo_rates:
+        kw = dict(gen_kwargs, typo_rate=tr)
+        us = make_utterances(canon, n_utterances, np.random.default_rng([seed, 3, int(tr * 1e6)]), **kw)
+        o = outcome(us, [route(u.text, canon, "rapidfuzz", threshold)[0] for u in us])
+        o.pop("counts")
+        out.append({"typo_rate": tr, **o})
+    return out
+
+
 def run_routing_calibration(
     sizes: Sequence[int] = (50, 100, 200, 400),
     n_utterances: int = 300,
@@ -550,25 +610,11 @@ def run_routing_calibration(
         )
 
     # cost of normalize() alone (part of every routed call)
-    all_texts = [t for n in sizes for t in sets[n]["texts"]]
-    nl, _, _ = time_calls(lambda i: normalize(all_texts[i], placeholder=""), len(all_texts))
-    normalize_cost = {
-        "calls": len(all_texts),
-        "mean_us": _g(float(nl.mean() * 1e3)),
-        "p50_us": _g(float(np.median(nl) * 1e3)),
-    }
+    normalize_cost = _normalize_cost([t for n in sizes for t in sets[n]["texts"]])
 
     # typo-rate sweep at the largest size
     n_big = sizes[-1]
-    canon_big = shuffled[:n_big]
-    typo_res = []
-    for tr in typo_sweep:
-        kw = dict(gen_kwargs, typo_rate=tr)
-        us = make_utterances(canon_big, typo_sweep_utterances, np.random.default_rng([seed, 3, int(tr * 1e6)]), **kw)
-        routed = [route(u.text, canon_big, "rapidfuzz", threshold)[0] for u in us]
-        o = outcome(us, routed)
-        o.pop("counts")
-        typo_res.append({"typo_rate": tr, **o})
+    typo_res = _typo_sweep(shuffled[:n_big], typo_sweep, typo_sweep_utterances, seed, threshold, gen_kwargs)
     tick("typo sweep done")
 
     cache = key_cardinality(
@@ -582,48 +628,7 @@ def run_routing_calibration(
     )
     tick("cache key cardinality done")
 
-    fits = []
-    for ix in impls:
-        recs = sorted((r for r in records if r["impl"] == ix), key=lambda r: r["questions"])
-        x = [r["mean_cells"] for r in recs]
-        entry: dict[str, Any] = {"impl": ix, "law": LAW, "questions": [r["questions"] for r in recs], "x": x}
-        for key in ("mean_ms", *HEADLINE):
-            f = fit_law(x, [r[key] for r in recs])
-            entry[key] = {
-                "a_ms": _g(f["a"]),
-                "b_ms_per_cell": _g(f["b"]),
-                "ns_per_cell": _g(f["b"] * 1e6),
-                "r2": round(f["r2"], 4),
-                "max_rel_err": round(f["max_rel_err"], 4),
-            }
-        f = fit_law(x, [r["cpu_time"]["mean_ms"] for r in recs])
-        entry["cpu_time_mean_ms"] = {
-            "a_ms": _g(f["a"]),
-            "b_ms_per_cell": _g(f["b"]),
-            "ns_per_cell": _g(f["b"] * 1e6),
-            "r2": round(f["r2"], 4),
-            "max_rel_err": round(f["max_rel_err"], 4),
-        }
-        pu = np.asarray(per_utt[ix])
-        f = fit_law(pu[:, 0], pu[:, 1])
-        entry["per_utterance_pooled"] = {
-            "a_ms": _g(f["a"]),
-            "b_ms_per_cell": _g(f["b"]),
-            "ns_per_cell": _g(f["b"] * 1e6),
-            "r2": round(f["r2"], 4),
-            "points": int(pu.shape[0]),
-            "note": "every timed call, unscaled, x against the set it was timed on",
-        }
-        pc = np.asarray(per_utt_cpu[ix])
-        f = fit_law(pc[:, 0], pc[:, 1])
-        entry["per_utterance_pooled_cpu_time"] = {
-            "a_ms": _g(f["a"]),
-            "b_ms_per_cell": _g(f["b"]),
-            "ns_per_cell": _g(f["b"] * 1e6),
-            "r2": round(f["r2"], 4),
-            "points": int(pc.shape[0]),
-        }
-        fits.append(entry)
+    fits = [_impl_fits(ix, records, per_utt[ix], per_utt_cpu[ix]) for ix in impls]
 
     probe_end = noise_probe(all_q, noise_probe_repeats)
     return {
