@@ -404,6 +404,35 @@ def _typo_sweep(
     return out
 
 
+def _scaling_check(ix: str, n: int, chk: TimedConfig, c: TimedConfig, scale: float) -> dict[str, Any]:
+    """A slow implementation timed on the whole set of ``n`` (``chk``) against its subsample
+    estimate (``c``'s first calls scaled by ``scale``)."""
+    full = chk.lat_ms()
+    est = c.lat_ms()[: chk.n_calls] * scale
+    return {
+        "impl": ix,
+        "questions": n,
+        "utterances": chk.n_calls,
+        "measured_full_mean_ms": _g(float(full.mean())),
+        "scaled_estimate_mean_ms": _g(float(est.mean())),
+        "ratio_measured_to_estimate": round(float(full.mean() / est.mean()), 4),
+        "measured_full_cpu_mean_ms": _g(float(chk.cpu_ms().mean())),
+        "scaled_estimate_cpu_mean_ms": _g(float(c.cpu_ms()[: chk.n_calls].mean() * scale)),
+    }
+
+
+def _by_threshold(utts: list[Any], texts: list[str], canon: list[str], thresholds: Sequence[float]) -> list[dict]:
+    """The routing outcome at each threshold (from every utterance's nearest question)."""
+    near = [nearest(t, canon) for t in texts]
+    return [
+        {
+            "threshold": t,
+            **{k: v for k, v in outcome(utts, [i if s <= t else -1 for i, _, s in near]).items() if k != "counts"},
+        }
+        for t in thresholds
+    ]
+
+
 def run_routing_calibration(
     sizes: Sequence[int] = (50, 100, 200, 400),
     n_utterances: int = 300,
@@ -560,12 +589,7 @@ def run_routing_calibration(
             rec.update(_summary(lat * scale))
             rec["cpu_time"] = {k: _g(float(np.quantile(cpu_lat * scale, p))) for k, p in HEADLINE.items()}
             rec["cpu_time"]["mean_ms"] = _g(float(cpu_lat.mean() * scale))
-            rec["per_utterance_fit"] = {
-                "a_ms": _g(u_fit["a"]),
-                "b_ms_per_cell": _g(u_fit["b"]),
-                "ns_per_cell": _g(u_fit["b"] * 1e6),
-                "r2": round(u_fit["r2"], 4),
-            }
+            rec["per_utterance_fit"] = _law_entry(u_fit)
             records.append(rec)
             tick(
                 f"N={n} {ix}: mean {rec['mean_ms']} ms, p95 {rec['p95']} ms (timed on {rec['timed_questions']} q, "
@@ -573,41 +597,12 @@ def run_routing_calibration(
             )
             chk = by_key.get(("check", ix, n))
             if chk is not None:
-                full = chk.lat_ms()
-                est = lat[: chk.n_calls] * scale
-                scaling_check.append(
-                    {
-                        "impl": ix,
-                        "questions": n,
-                        "utterances": chk.n_calls,
-                        "measured_full_mean_ms": _g(float(full.mean())),
-                        "scaled_estimate_mean_ms": _g(float(est.mean())),
-                        "ratio_measured_to_estimate": round(float(full.mean() / est.mean()), 4),
-                        "measured_full_cpu_mean_ms": _g(float(chk.cpu_ms().mean())),
-                        "scaled_estimate_cpu_mean_ms": _g(float(c.cpu_ms()[: chk.n_calls].mean() * scale)),
-                    }
-                )
+                scaling_check.append(_scaling_check(ix, n, chk, c, scale))
 
         if routed_full is None:
             routed_full = [route(t, canon, "rapidfuzz", threshold)[0] for t in texts]
         accuracy.append({"questions": n, "threshold": threshold, **outcome(utts, routed_full)})
-        near = [nearest(t, canon) for t in texts]
-        sweeps.append(
-            {
-                "questions": n,
-                "by_threshold": [
-                    {
-                        "threshold": t,
-                        **{
-                            k: v
-                            for k, v in outcome(utts, [i if s <= t else -1 for i, _, s in near]).items()
-                            if k != "counts"
-                        },
-                    }
-                    for t in threshold_sweep
-                ],
-            }
-        )
+        sweeps.append({"questions": n, "by_threshold": _by_threshold(utts, texts, canon, threshold_sweep)})
 
     # cost of normalize() alone (part of every routed call)
     normalize_cost = _normalize_cost([t for n in sizes for t in sets[n]["texts"]])
