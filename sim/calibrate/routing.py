@@ -433,6 +433,72 @@ def _by_threshold(utts: list[Any], texts: list[str], canon: list[str], threshold
     ]
 
 
+def _timed_configs(
+    sizes: list[int],
+    shuffled: list[str],
+    impls: Sequence[str],
+    *,
+    threshold: float | int,
+    seed: int,
+    n_utterances: int,
+    gen_kwargs: dict[str, Any],
+    rapidfuzz_passes: int,
+    slow_max_questions: int,
+    slow_utterances: int,
+    scaling_check_size: int | None,
+    check_utts: dict[str, int],
+) -> tuple[list[TimedConfig], dict[int, dict[str, Any]]]:
+    """Every timed configuration (one per implementation and set size, plus the slow ones'
+    whole-set checks) and, per size, its questions and generated utterances.  rapidfuzz is
+    timed on the whole set, the slow implementations on a seeded subsample."""
+    configs: list[TimedConfig] = []
+    sets: dict[int, dict[str, Any]] = {}
+    for n in sizes:
+        canon = shuffled[:n]
+        sum_q = sum(len(q) for q in canon)
+        utts = make_utterances(canon, n_utterances, np.random.default_rng([seed, 1, n]), **gen_kwargs)
+        texts = [u.text for u in utts]
+        len_u = np.array([len(normalize(t, placeholder="")) for t in texts], dtype=float)
+        sets[n] = {"canon": canon, "sum_q": sum_q, "utts": utts, "texts": texts, "len_u": len_u}
+        for ix in impls:
+            if ix == "rapidfuzz":
+                passes = max(rapidfuzz_passes, 1)
+                configs.append(
+                    TimedConfig(
+                        key=("main", ix, n),
+                        n_calls=passes * n_utterances,
+                        fn=lambda i, _t=texts, _c=canon, _m=n_utterances: route(_t[i % _m], _c, "rapidfuzz", threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
+                        targets=canon,
+                        timed_questions=n,
+                    )
+                )
+            else:
+                k = min(n, slow_max_questions)
+                sub_idx = np.sort(np.random.default_rng([seed, 2, n]).choice(n, size=k, replace=False))
+                sub = [canon[int(i)] for i in sub_idx]
+                nu = min(n_utterances, slow_utterances)
+                configs.append(
+                    TimedConfig(
+                        key=("main", ix, n),
+                        n_calls=nu,
+                        fn=lambda i, _t=texts, _s=sub, _ix=ix: route(_t[i], _s, _ix, threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
+                        targets=sub,
+                        timed_questions=k,
+                    )
+                )
+                if scaling_check_size == n and k < n and check_utts.get(ix, 0) > 0:
+                    configs.append(
+                        TimedConfig(
+                            key=("check", ix, n),
+                            n_calls=min(check_utts[ix], nu),
+                            fn=lambda i, _t=texts, _c=canon, _ix=ix: route(_t[i], _c, _ix, threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
+                            targets=canon,
+                            timed_questions=n,
+                        )
+                    )
+    return configs, sets
+
+
 def run_routing_calibration(
     sizes: Sequence[int] = (50, 100, 200, 400),
     n_utterances: int = 300,
@@ -486,51 +552,20 @@ def run_routing_calibration(
     tick(f"noise probe: median {probe_start['median_ms']} ms, cv {probe_start['cv']}")
 
     # ---- build every timed configuration first, then time them interleaved
-    configs: list[TimedConfig] = []
-    sets: dict[int, dict[str, Any]] = {}
-    for n in sizes:
-        canon = shuffled[:n]
-        sum_q = sum(len(q) for q in canon)
-        utts = make_utterances(canon, n_utterances, np.random.default_rng([seed, 1, n]), **gen_kwargs)
-        texts = [u.text for u in utts]
-        len_u = np.array([len(normalize(t, placeholder="")) for t in texts], dtype=float)
-        sets[n] = {"canon": canon, "sum_q": sum_q, "utts": utts, "texts": texts, "len_u": len_u}
-        for ix in impls:
-            if ix == "rapidfuzz":
-                passes = max(rapidfuzz_passes, 1)
-                configs.append(
-                    TimedConfig(
-                        key=("main", ix, n),
-                        n_calls=passes * n_utterances,
-                        fn=lambda i, _t=texts, _c=canon, _m=n_utterances: route(_t[i % _m], _c, "rapidfuzz", threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
-                        targets=canon,
-                        timed_questions=n,
-                    )
-                )
-            else:
-                k = min(n, slow_max_questions)
-                sub_idx = np.sort(np.random.default_rng([seed, 2, n]).choice(n, size=k, replace=False))
-                sub = [canon[int(i)] for i in sub_idx]
-                nu = min(n_utterances, slow_utterances)
-                configs.append(
-                    TimedConfig(
-                        key=("main", ix, n),
-                        n_calls=nu,
-                        fn=lambda i, _t=texts, _s=sub, _ix=ix: route(_t[i], _s, _ix, threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
-                        targets=sub,
-                        timed_questions=k,
-                    )
-                )
-                if scaling_check_size == n and k < n and check_utts.get(ix, 0) > 0:
-                    configs.append(
-                        TimedConfig(
-                            key=("check", ix, n),
-                            n_calls=min(check_utts[ix], nu),
-                            fn=lambda i, _t=texts, _c=canon, _ix=ix: route(_t[i], _c, _ix, threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
-                            targets=canon,
-                            timed_questions=n,
-                        )
-                    )
+    configs, sets = _timed_configs(
+        sizes,
+        shuffled,
+        impls,
+        threshold=threshold,
+        seed=seed,
+        n_utterances=n_utterances,
+        gen_kwargs=gen_kwargs,
+        rapidfuzz_passes=rapidfuzz_passes,
+        slow_max_questions=slow_max_questions,
+        slow_utterances=slow_utterances,
+        scaling_check_size=scaling_check_size,
+        check_utts=check_utts,
+    )
     time_interleaved(configs, rounds, np.random.default_rng([seed, 5]), tick)
     by_key = {c.key: c for c in configs}
 
