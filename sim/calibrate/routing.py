@@ -499,6 +499,47 @@ def _timed_configs(
     return configs, sets
 
 
+def _settings(
+    sizes: list[int],
+    impls: Sequence[str],
+    threshold: float | int,
+    seed: int,
+    questions_path: str | os.PathLike[str],
+    n_questions: int,
+    gen_kwargs: dict[str, Any],
+    *,
+    n_utterances: int,
+    slow_max_questions: int,
+    slow_utterances: int,
+    rapidfuzz_passes: int,
+    rounds: int,
+) -> dict[str, Any]:
+    """The calibration file's ``settings``: what was measured, and how."""
+    return {
+        "sizes": sizes,
+        "utterances": n_utterances,
+        "impls": list(impls),
+        "threshold": threshold,
+        "threshold_rule": "float: accept argmin_q d/max(len(u),len(q)) if <= threshold; "
+        "int: accept argmin_q d if d <= threshold",
+        "seed": seed,
+        "questions_file": Path(questions_path).name,
+        "questions_available": n_questions,
+        "question_sets": "first N of a seeded shuffle (nested sets); utterances generated from those N",
+        "generator": dict(gen_kwargs),
+        "slow_max_questions": slow_max_questions,
+        "slow_utterances": slow_utterances,
+        "rapidfuzz_passes": rapidfuzz_passes,
+        "rounds": rounds,
+        "schedule": "every (impl, size) configuration's calls split into `rounds` chunks; chunks run "
+        "round by round, configurations in a seeded random order each round, 1 untimed warm-up call "
+        "per chunk -- so CPU contention from other processes spreads over all sizes",
+        "timer": "time.perf_counter_ns around one route() call (normalize + scan), gc disabled, "
+        f"{WARMUP} untimed warm-up calls per configuration; per-call process CPU time also recorded "
+        "(cpu_time: robust to being descheduled)",
+    }
+
+
 def run_routing_calibration(
     sizes: Sequence[int] = (50, 100, 200, 400),
     n_utterances: int = 300,
@@ -665,34 +706,20 @@ def run_routing_calibration(
         **run_header(
             KIND, VERSION, started, load_start, " ".join(sys.argv) if sys.argv else None, machine_description()
         ),
-        "settings": {
-            "sizes": sizes,
-            "utterances": n_utterances,
-            "impls": list(impls),
-            "threshold": threshold,
-            "threshold_rule": "float: accept argmin_q d/max(len(u),len(q)) if <= threshold; "
-            "int: accept argmin_q d if d <= threshold",
-            "seed": seed,
-            "questions_file": Path(questions_path).name,
-            "questions_available": len(all_q),
-            "question_sets": "first N of a seeded shuffle (nested sets); utterances generated from those N",
-            "generator": {
-                "typo_rate": typo_rate,
-                "order_number_share": order_number_share,
-                "noise_share": noise_share,
-                "unmatched_share": unmatched_share,
-            },
-            "slow_max_questions": slow_max_questions,
-            "slow_utterances": slow_utterances,
-            "rapidfuzz_passes": rapidfuzz_passes,
-            "rounds": rounds,
-            "schedule": "every (impl, size) configuration's calls split into `rounds` chunks; chunks run "
-            "round by round, configurations in a seeded random order each round, 1 untimed warm-up call "
-            "per chunk -- so CPU contention from other processes spreads over all sizes",
-            "timer": "time.perf_counter_ns around one route() call (normalize + scan), gc disabled, "
-            f"{WARMUP} untimed warm-up calls per configuration; per-call process CPU time also recorded "
-            "(cpu_time: robust to being descheduled)",
-        },
+        "settings": _settings(
+            sizes,
+            impls,
+            threshold,
+            seed,
+            questions_path,
+            len(all_q),
+            gen_kwargs,
+            n_utterances=n_utterances,
+            slow_max_questions=slow_max_questions,
+            slow_utterances=slow_utterances,
+            rapidfuzz_passes=rapidfuzz_passes,
+            rounds=rounds,
+        ),
         "noise": {
             "probe_start": probe_start,
             "probe_end": probe_end,
