@@ -540,6 +540,57 @@ def _settings(
     }
 
 
+def _impl_record(
+    c: TimedConfig,
+    ix: str,
+    S: dict[str, Any],
+    base: dict[str, Any],
+    n_utterances: int,
+    threshold: float | int,
+    per_utt: list[tuple[float, float]],
+    per_utt_cpu: list[tuple[float, float]],
+) -> tuple[dict[str, Any], float]:
+    """The calibration record of implementation ``ix`` on one question set ``S`` (its timed
+    configuration ``c``, scaled to the whole set), and the scale; every timed call goes to
+    ``per_utt`` / ``per_utt_cpu`` (x = cells, latency) for the pooled law."""
+    n, sum_q, texts, len_u = len(S["canon"]), S["sum_q"], S["texts"], S["len_u"]
+    lat, cpu_lat = c.lat_ms(), c.cpu_ms()
+    sum_t = sum(len(q) for q in c.targets)
+    scale = sum_q / sum_t
+    x_t = len_u[np.arange(c.n_calls) % n_utterances] * sum_t
+    per_utt.extend(zip(x_t.tolist(), lat.tolist()))
+    per_utt_cpu.extend(zip(x_t.tolist(), cpu_lat.tolist()))
+    u_fit = fit_law(x_t, lat)
+    rec: dict[str, Any] = {
+        "impl": ix,
+        **base,
+        "timed_questions": c.timed_questions,
+        "timed_utterances": min(c.n_calls, n_utterances),
+        "timed_calls": c.n_calls,
+        "scale_factor": _g(scale),
+    }
+    if ix == "rapidfuzz":
+        m = n_utterances
+        rec["pass_mean_ms"] = [_g(float(lat[p * m : (p + 1) * m].mean())) for p in range(c.n_calls // m)]
+    else:
+        ref = [route(texts[i], c.targets, "rapidfuzz", threshold) for i in range(c.n_calls)]
+        rec["scale_rule"] = (
+            "latency x sum len(q) over the set / over the timed subsample"
+            if c.timed_questions < n
+            else "not scaled (timed on the whole set)"
+        )
+        rec["agreement_with_rapidfuzz"] = round(
+            sum(1 for a, b in zip(c.results, ref, strict=True) if a == b) / c.n_calls, 4
+        )
+        rec["unscaled_mean_ms"] = _g(float(lat.mean()))
+    rec["cpu_share"] = round(c.cpu_share(), 3)
+    rec.update(_summary(lat * scale))
+    rec["cpu_time"] = {k: _g(float(np.quantile(cpu_lat * scale, p))) for k, p in HEADLINE.items()}
+    rec["cpu_time"]["mean_ms"] = _g(float(cpu_lat.mean() * scale))
+    rec["per_utterance_fit"] = _law_entry(u_fit)
+    return rec, scale
+
+
 def run_routing_calibration(
     sizes: Sequence[int] = (50, 100, 200, 400),
     n_utterances: int = 300,
@@ -631,41 +682,9 @@ def run_routing_calibration(
         routed_full: list[int] | None = None
         for ix in impls:
             c = by_key[("main", ix, n)]
-            lat, cpu_lat = c.lat_ms(), c.cpu_ms()
-            sum_t = sum(len(q) for q in c.targets)
-            scale = sum_q / sum_t
-            x_t = len_u[np.arange(c.n_calls) % n_utterances] * sum_t
-            per_utt[ix].extend(zip(x_t.tolist(), lat.tolist()))
-            per_utt_cpu[ix].extend(zip(x_t.tolist(), cpu_lat.tolist()))
-            u_fit = fit_law(x_t, lat)
-            rec: dict[str, Any] = {
-                "impl": ix,
-                **base,
-                "timed_questions": c.timed_questions,
-                "timed_utterances": min(c.n_calls, n_utterances),
-                "timed_calls": c.n_calls,
-                "scale_factor": _g(scale),
-            }
+            rec, scale = _impl_record(c, ix, S, base, n_utterances, threshold, per_utt[ix], per_utt_cpu[ix])
             if ix == "rapidfuzz":
                 routed_full = [r[0] for r in c.results[:n_utterances]]
-                m = n_utterances
-                rec["pass_mean_ms"] = [_g(float(lat[p * m : (p + 1) * m].mean())) for p in range(c.n_calls // m)]
-            else:
-                ref = [route(texts[i], c.targets, "rapidfuzz", threshold) for i in range(c.n_calls)]
-                rec["scale_rule"] = (
-                    "latency x sum len(q) over the set / over the timed subsample"
-                    if c.timed_questions < n
-                    else "not scaled (timed on the whole set)"
-                )
-                rec["agreement_with_rapidfuzz"] = round(
-                    sum(1 for a, b in zip(c.results, ref, strict=True) if a == b) / c.n_calls, 4
-                )
-                rec["unscaled_mean_ms"] = _g(float(lat.mean()))
-            rec["cpu_share"] = round(c.cpu_share(), 3)
-            rec.update(_summary(lat * scale))
-            rec["cpu_time"] = {k: _g(float(np.quantile(cpu_lat * scale, p))) for k, p in HEADLINE.items()}
-            rec["cpu_time"]["mean_ms"] = _g(float(cpu_lat.mean() * scale))
-            rec["per_utterance_fit"] = _law_entry(u_fit)
             records.append(rec)
             tick(
                 f"N={n} {ix}: mean {rec['mean_ms']} ms, p95 {rec['p95']} ms (timed on {rec['timed_questions']} q, "
