@@ -131,31 +131,13 @@ def retrieval(
         ef_l = parse_int_list("--ef", ef)
         nprobe_l = parse_int_list("--nprobe", nprobe)
         threads_l = parse_int_list("--threads", threads)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if max(threads_l) > cores:
-            typer.echo(
-                f"warning: --threads {max(threads_l)} on {cores} usable cores: those timings measure "
-                f"{max(threads_l)} searches sharing {cores} cores (each waits for a core), not "
-                f"{max(threads_l)} workers on their own cores; measure on the box that will serve retrieval",
-                err=True,
-            )
+        _warn_oversubscribed(max(threads_l))
         idx_l = _index_list(index)
         for flag, v in (("--python-docs", python_docs), ("--python-queries", python_queries)):
             if v <= 0:
                 raise CapsimError(f"{flag}: {v} is not a positive integer")
         if docs_l and dim:
-            # deferred: run.bounds loads the simulator (numpy, pydantic)
-            from sim.run.bounds import available_memory_bytes
-
-            # float32 corpus + query set + an index of about the same size (hnsw's graph is smaller)
-            need = 3 * max(docs_l) * dim * 4
-            have = available_memory_bytes()
-            if need > have:
-                raise CapsimError(
-                    f"--docs {max(docs_l):,}: a {dim}-dim float32 corpus and its index need about "
-                    f"{need / 1e9:,.1f} GB, more than the {have / 1e9:,.1f} GB available; measure fewer docs "
-                    "(capsim extrapolates larger corpora with the fitted scaling law)"
-                )
+            _check_corpus_memory(max(docs_l), dim)
         if vectors is not None:
             problem = regular_file_problem(vectors)
             if problem is not None:
@@ -180,18 +162,7 @@ def retrieval(
     def progress(done: int, total: int, msg: str) -> None:
         bar.update(task, completed=done, total=total, description=msg)
 
-    parts = ["capsim", "calibrate", "retrieval"]
-    if docs_l is not None:
-        parts += ["--docs", ",".join(map(str, docs_l))]
-    if dim is not None:
-        parts += ["--dim", str(dim)]
-    parts += ["--top-k", str(top_k), "--queries", str(queries), "--index", ",".join(idx_l)]
-    if "hnsw" in idx_l:
-        parts += ["--M", str(M), "--ef-construction", str(ef_construction), "--ef", ",".join(map(str, ef_l))]
-    if "ivf" in idx_l:
-        parts += (["--nlist", str(nlist)] if nlist is not None else []) + ["--nprobe", ",".join(map(str, nprobe_l))]
-    if vectors is not None:
-        parts += ["--vectors", str(vectors)]
+    parts = _command_line(docs_l, dim, top_k, queries, idx_l, M, ef_construction, ef_l, nlist, nprobe_l, vectors)
     parts += ["--threads", ",".join(map(str, threads_l)), "--seed", str(seed), "--out", str(out)]
     if "linear_python" in idx_l:
         parts += ["--python-docs", str(python_docs), "--python-queries", str(python_queries)]
@@ -224,6 +195,63 @@ def retrieval(
         _fail(f"--out: cannot write {str(out)!r} ({exc.strerror or exc})")
 
     _summary(data, out)
+
+
+def _warn_oversubscribed(threads: int) -> None:
+    """More search threads than usable cores measure searches waiting for a core: say so."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads > cores:
+        typer.echo(
+            f"warning: --threads {threads} on {cores} usable cores: those timings measure "
+            f"{threads} searches sharing {cores} cores (each waits for a core), not "
+            f"{threads} workers on their own cores; measure on the box that will serve retrieval",
+            err=True,
+        )
+
+
+def _check_corpus_memory(docs: int, dim: int) -> None:
+    """Refuse a corpus whose vectors and index would not fit in the memory available."""
+    # deferred: run.bounds loads the simulator (numpy, pydantic)
+    from sim.run.bounds import available_memory_bytes
+
+    # float32 corpus + query set + an index of about the same size (hnsw's graph is smaller)
+    need = 3 * docs * dim * 4
+    have = available_memory_bytes()
+    if need > have:
+        raise CapsimError(
+            f"--docs {docs:,}: a {dim}-dim float32 corpus and its index need about "
+            f"{need / 1e9:,.1f} GB, more than the {have / 1e9:,.1f} GB available; measure fewer docs "
+            "(capsim extrapolates larger corpora with the fitted scaling law)"
+        )
+
+
+def _command_line(
+    docs_l: list[int] | None,
+    dim: int | None,
+    top_k: int,
+    queries: int,
+    idx_l: list[str],
+    M: int,
+    ef_construction: int,
+    ef_l: list[int],
+    nlist: int | None,
+    nprobe_l: list[int],
+    vectors: Path | None,
+) -> list[str]:
+    """The start of the command that reproduces this calibration (written into the file)."""
+    parts = ["capsim", "calibrate", "retrieval"]
+    if docs_l is not None:
+        parts += ["--docs", ",".join(map(str, docs_l))]
+    if dim is not None:
+        parts += ["--dim", str(dim)]
+    parts += ["--top-k", str(top_k), "--queries", str(queries), "--index", ",".join(idx_l)]
+    if "hnsw" in idx_l:
+        parts += ["--M", str(M), "--ef-construction", str(ef_construction), "--ef", ",".join(map(str, ef_l))]
+    if "ivf" in idx_l:
+        parts += (["--nlist", str(nlist)] if nlist is not None else []) + ["--nprobe", ",".join(map(str, nprobe_l))]
+    if vectors is not None:
+        parts += ["--vectors", str(vectors)]
+    return parts
 
 
 def _summary(data: dict, out: Path) -> None:
