@@ -19,6 +19,9 @@ from sim.spec.schema import Scenario
 
 @dataclass
 class PointResult:
+    """What simulating one point gave: its swept values, resolved scenario, replications and
+    :class:`~sim.analysis.summary.PointSummary` (the input side is :class:`sim.spec.scenario.Point`)."""
+
     params: dict[str, Any]
     scenario: Scenario
     replications: list[Replication]
