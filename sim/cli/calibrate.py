@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from sim.cli.app import app, stdout_console, user_errors
 from sim.errors import CapsimError
@@ -117,8 +120,6 @@ def retrieval(
     python_queries: int = typer.Option(50, "--python-queries", help="Queries timed for linear_python"),
 ) -> None:
     """Measure real hnsw / linear_numpy / linear_python / ivf indexes and write a calibration file."""
-    from rich.console import Console  # deferred: only when printing
-
     from sim.calibrate.retrieval import run_calibration, write_calibration  # deferred: numpy, hnswlib, faiss
 
     err = Console(stderr=True)
@@ -255,10 +256,6 @@ def _command_line(
 
 
 def _summary(data: dict, out: Path) -> None:
-    from rich import box  # deferred: only when printing
-    from rich.console import Console  # deferred: only when printing
-    from rich.table import Table  # deferred: only when printing
-
     k = data["settings"]["top_k"]
     probs = data["probs"]
     i50, i95 = probs.index(0.5), probs.index(0.95)
@@ -310,9 +307,6 @@ def run_gpu_calibration(
     dtype_bytes: Optional[float],
     json_: bool,
 ) -> None:
-
-    from rich.table import Table  # deferred: only when printing
-
     # deferred: the fit loads scipy and pydantic
     from sim.calibrate.gpu import fit_gpu, read_measurements, scenario_llm, write_fragment
     from sim.spec.scenario import parse_overrides
