@@ -124,3 +124,13 @@ def test_csv_round_trip():
     data = synthetic_measurements(cfg, 0.8, 0.5, 1.0, np.random.default_rng(0), n=10)
     back = parse_measurements(to_csv(data))
     assert np.allclose(back["step_ms"], data["step_ms"], rtol=1e-6)
+
+
+def test_fit_uses_the_simulators_roofline_fp8_peak_included():
+    """The fit's compute term is the simulator's (StepCost.terms): with compute_dtype fp8 it
+    divides by the GPU's fp8 peak, so a fitted mfu means what the simulator reads it as."""
+    cfg = LLMConfig(model="article-8l", gpu="h100-sxm", compute_dtype="fp8")
+    assert cfg.gpu.fp8_tflops and cfg.gpu.fp8_tflops != cfg.gpu.peak_tflops
+    w = step_work(cfg, np.array([1.0]), np.array([100.0]), np.array([100.0]))
+    assert w.comp_s[0] == pytest.approx(w.flops[0] / (cfg.gpu.fp8_tflops * 1e12), rel=1e-12)
+    assert predict_ms(w, 1.0, 0.5, 0.0)[0] == pytest.approx(1e3 * max(w.mem_s[0], 2 * w.comp_s[0]) + 1e3 * w.comm_s[0])

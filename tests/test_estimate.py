@@ -212,3 +212,17 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, llm, expected):
     res = CliRunner().invoke(app, ["estimate", str(write(tmp_path, scenario(**llm)))])
     assert res.exit_code == 2
     assert expected in res.output and res.output.strip().count("\n") == 0
+
+
+def test_chunked_prefill_attention_pairs_by_hand():
+    """10 tokens after 5 cached, chunks of 4: pairs 4*5+4*5/2 = 30, 4*9+10 = 46, 2*13+3 = 29
+    (the one attention-pairs formula, :func:`sim.physics.gpu.attention_pairs`)."""
+    from sim.analysis.estimate import _prefill
+    from sim.physics.gpu import StepCost
+    from sim.spec.schema import LLMConfig
+
+    cost = StepCost(LLMConfig(model="article-8l", gpu="h100-sxm"))
+    t, flops, _ = _prefill(cost, 10, 5, 4)
+    steps = [(4, 9, 30.0), (4, 13, 46.0), (2, 15, 29.0)]
+    assert t == pytest.approx(sum(cost.time(n, c, p, 1) for n, c, p in steps), rel=1e-12)
+    assert flops == pytest.approx(sum(cost.work(n, c, p)[0] for n, c, p in steps), rel=1e-12)

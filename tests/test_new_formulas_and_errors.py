@@ -38,6 +38,10 @@ def test_request_kv_blocks_and_misfit_by_hand() -> None:
     assert gm.kv_misfit(1000, 100, 0, 0, 69, 16) is None
     why = gm.kv_misfit(1000, 100, 0, 32, 70, 16)  # 2 blocks pinned by the prefix leave 68
     assert why is not None and "needs 69 KV blocks of 16 tokens but a replica holds 68" in why
+    assert why.startswith("llm: a request of 1000 prompt + 100 output tokens needs 69")
+    # the schema's check before running uses the same function: one place decides what fits
+    why = gm.kv_misfit(1000, 100, 0, 32, 70, 16, longest=True)
+    assert why is not None and why.startswith("llm: the longest request (1000 prompt + 100 output tokens) needs 69")
 
 
 @pytest.mark.parametrize(

@@ -185,3 +185,22 @@ def test_ci_half_width_ratio() -> None:
     assert math.isnan(ci_half_width_ratio(math.nan, math.nan, 1.0))
     assert ci_half_width_ratio(-1.0, 1.0, 0.0) == math.inf
     assert ci_half_width_ratio(0.0, 0.0, 0.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    "verdicts, want",
+    [
+        ([], "none"),
+        (["pass", "pass"], "pass"),
+        (["pass", "inconclusive"], "inconclusive"),
+        (["inconclusive", "fail", "pass"], "fail"),
+    ],
+)
+def test_one_verdict_aggregation_everywhere(verdicts: list[str], want: str) -> None:
+    """The point's verdict (exit codes, tables), the report's and a windowed SLA's all come
+    from :func:`sim.analysis.stats.combine_verdicts`."""
+    from sim.analysis.stats import combine_verdicts
+    from sim.present.plots import point_verdict
+
+    assert combine_verdicts(verdicts) == want
+    assert point_verdict({"sla": [{"verdict": v} for v in verdicts]}) == (None if want == "none" else want)

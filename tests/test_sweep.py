@@ -309,3 +309,31 @@ def test_cost_counts_every_gpu_and_worker():
     assert per_hour(s) == pytest.approx(2.5 * 3 * 2 + 0.05 * 4)
     assert per_hour(sim.load_scenario(SMALL, {"llm.enabled": False})) == pytest.approx(0.05 * 2)
     assert per_hour(sim.load_scenario(SMALL, {"cost": None})) is None
+
+
+def _point(metrics: dict, **extra) -> dict:
+    ms = {m: {st: v, "ci": {st: [v - 1, v + 1]}, "n": 10} for m, (st, v) in metrics.items()}
+    return {"params": {}, "metrics": ms, "utilization": {}, **extra}
+
+
+def test_table_columns_come_from_the_metric_registry(monkeypatch):
+    """summary.csv's and the terminal table's latency columns are the registry's
+    ``Metric.table`` statistics; a stage that is off everywhere gets none."""
+    from sim.analysis import table
+    from sim.spec.metrics import TABLE_COLUMNS
+
+    assert TABLE_COLUMNS == (
+        ("e2e_ms", "p50"),
+        ("e2e_ms", "p95"),
+        ("e2e_ms", "p99"),
+        ("ttft_ms", "p95"),
+        ("routing_ms", "p95"),
+    )
+    no_llm = summary_table([_point({"e2e_ms": ("p95", 50.0)})])
+    assert "e2e_p95_ci_high_ms" in no_llm and "ttft_p95_ms" not in no_llm and "routing_p95_ms" not in no_llm
+    with_llm = summary_table([_point({"e2e_ms": ("p95", 50.0), "ttft_ms": ("p95", 9.0)})])
+    assert with_llm["ttft_p95_ms"].tolist() == [9.0] and with_llm["ttft_p95_ci_low_ms"].tolist() == [8.0]
+    # one more statistic in the registry is one more column, with its interval
+    monkeypatch.setattr(table, "TABLE_COLUMNS", (*TABLE_COLUMNS, ("tpot_ms", "p50")))
+    more = summary_table([_point({"e2e_ms": ("p95", 50.0), "tpot_ms": ("p50", 4.0)})])
+    assert more["tpot_p50_ms"].tolist() == [4.0] and more["tpot_p50_ci_high_ms"].tolist() == [5.0]

@@ -115,7 +115,7 @@ def _prefill(cost: StepCost, tokens: float, past: float, budget: int) -> tuple[f
     while done < tokens:
         chunk = min(budget, tokens - done)
         c0 = past + done
-        pairs = chunk * c0 + chunk * (chunk + 1) / 2.0
+        pairs = gm.attention_pairs(chunk, c0)
         ctx = c0 + chunk
         t += cost.time(chunk, ctx, pairs, 1)
         f, b = cost.work(chunk, ctx, pairs)
@@ -173,11 +173,18 @@ def estimate(scn: Scenario) -> dict[str, Any]:
         )
     out: dict[str, Any] = {"scenario": scn.name}
     notes: list[str] = []
-    llm = scn.llm
     stations: dict[str, tuple[float, int]] = {}  # name -> (demand s per request, servers)
-    gpu_delay_s = 0.0  # closed model: decode time a request spends even alone on a replica
+    cache_s = _cache_and_retrieval(scn, out, stations)
+    # closed model: decode time a request spends even alone on a replica
+    gpu_delay_s = _gpu_figures(scn, out, notes, stations) if scn.llm.enabled else 0.0
+    _load(scn, out, stations, cache_s, gpu_delay_s)
+    out["notes"] = notes
+    return out
 
-    # -- retrieval and cache
+
+def _cache_and_retrieval(scn: Scenario, out: dict[str, Any], stations: dict[str, tuple[float, int]]) -> float:
+    """The cache's hit ratio and the retrieval station into ``out`` / ``stations``; returns
+    the mean cache lookup, seconds (a delay every request spends)."""
     miss = 1.0
     if scn.cache.enabled:
         hit = lru_hit_ratio(Popularity(scn.workload.queries).probabilities(), scn.cache.capacity)
@@ -197,87 +204,102 @@ def estimate(scn: Scenario) -> dict[str, Any]:
         stations["retrieval"] = (miss * dist.mean * contention_at(workers, info["contention"]), workers)
     else:
         out["retrieval_service_ms"] = None
+    return cache_s
 
-    # -- the GPU
-    if llm.enabled:
-        cost = step_cost(llm)
-        out["step_model"] = f"table {llm.step_table}" if llm.step_table else "roofline"
-        m = llm.model
-        tp, B = llm.tensor_parallel, llm.kv_block_tokens
-        prompt, output = mean_prompt_tokens(scn), mean_output_tokens(scn)
-        prefix = llm.prefix_tokens
-        out.update(
-            model=m.name,
-            gpu=llm.gpu.name,
-            tensor_parallel=tp,
-            step_cost={
-                "efficiency": llm.efficiency,
-                "bw_efficiency": llm.bw_efficiency,
-                "mfu": llm.mfu,
-                "step_overhead_ms": llm.step_overhead_ms,
-                "step_overhead_per_seq_ms": llm.step_overhead_per_seq_ms,
-                "allreduce_latency_us": llm.allreduce_latency_us,
-                "source": provenance(llm.efficiency),
-            },
-            mean_prompt_tokens=prompt,
-            mean_output_tokens=output,
-            weights_bytes=llm.weights_bytes,
-            weights_bytes_per_gpu=llm.weights_bytes / tp,
-            kv_bytes_per_token=llm.kv_bytes_per_token,
-            kv_bytes_per_token_per_gpu=llm.kv_bytes_per_token_per_gpu,
-            kv_bytes_per_request=llm.kv_bytes_per_token * (prompt + output),
-            memory_exposed_bytes_per_gpu=llm.memory_exposed_bytes,
-            gpu_memory_utilization=llm.gpu_memory_utilization,
-            engine_reserve=_reserve_doc(llm),
-            engine_reserve_bytes_per_gpu=llm.reserve_bytes,
-            kv_budget_bytes_per_gpu=llm.kv_budget_bytes,
-            kv_block_tokens=B,
-            kv_blocks=llm.kv_blocks,
-            kv_capacity_tokens=llm.kv_tokens,
-            prefix_cached_tokens=prefix,
-        )
-        fit = _sequences_in_memory(llm, prompt, output)
-        out["max_sequences_in_memory"] = int(fit)
-        batch = int(min(llm.max_batch, fit))
-        out["batch_that_fits"] = batch
-        out["max_batch"] = llm.max_batch
-        if fit < 1:
-            notes.append("a mean request does not fit in the KV cache of one replica")
-        elif fit < llm.max_batch:
-            notes.append(f"KV memory, not max_batch ({llm.max_batch}), limits the batch to {fit}")
 
-        p_s, p_flops, p_bytes = _prefill(cost, prompt - prefix, prefix, llm.max_batched_tokens)
-        out["prefill_ms"] = p_s * 1e3
-        out["prefill_ms_uncached"] = _prefill(cost, prompt, 0.0, llm.max_batched_tokens)[0] * 1e3
-        out["prefill_bound"] = (
-            "measured (table)" if llm.step_table else _verdict(p_bytes * cost.inv_bw >= p_flops * cost.inv_peak)
-        )
+def _gpu_figures(scn: Scenario, out: dict[str, Any], notes: list[str], stations: dict[str, tuple[float, int]]) -> float:
+    """Memory, step times, roofline verdicts and the replica's capacity into ``out``, the GPU
+    station into ``stations``; returns the decode time a request spends even alone on a replica."""
+    llm = scn.llm
+    cost = step_cost(llm)
+    out["step_model"] = f"table {llm.step_table}" if llm.step_table else "roofline"
+    m = llm.model
+    prompt, output = mean_prompt_tokens(scn), mean_output_tokens(scn)
+    prefix = llm.prefix_tokens
+    out.update(_memory_figures(llm, prompt, output))
+    fit = _sequences_in_memory(llm, prompt, output)
+    out["max_sequences_in_memory"] = int(fit)
+    batch = int(min(llm.max_batch, fit))
+    out["batch_that_fits"] = batch
+    out["max_batch"] = llm.max_batch
+    if fit < 1:
+        notes.append("a mean request does not fit in the KV cache of one replica")
+    elif fit < llm.max_batch:
+        notes.append(f"KV memory, not max_batch ({llm.max_batch}), limits the batch to {fit}")
 
-        ctx = prompt + output / 2.0
-        sizes = sorted(set(DECODE_BATCHES) | {llm.max_batch})
-        steps = {b: _decode_step(cost, b, ctx) for b in sizes}
-        out["decode_context_tokens"] = ctx
-        out["decode_step_ms"] = {str(b): steps[b][0] * 1e3 for b in sizes}
-        out["decode_tokens_per_s"] = {str(b): b / steps[b][0] for b in sizes}
-        out["decode_fits"] = {str(b): b <= fit for b in sizes}
+    p_s, p_flops, p_bytes = _prefill(cost, prompt - prefix, prefix, llm.max_batched_tokens)
+    out["prefill_ms"] = p_s * 1e3
+    out["prefill_ms_uncached"] = _prefill(cost, prompt, 0.0, llm.max_batched_tokens)[0] * 1e3
+    out["prefill_bound"] = (
+        "measured (table)" if llm.step_table else _verdict(p_bytes * cost.inv_bw >= p_flops * cost.inv_peak)
+    )
 
-        hw_ridge = gm.ridge_point_flops_per_byte(llm.gpu.peak_tflops, llm.gpu.hbm_bandwidth_gbps)
-        eff_ridge = gm.ridge_point_flops_per_byte(
-            llm.gpu.peak_tflops, llm.gpu.hbm_bandwidth_gbps, llm.mfu, llm.bw_efficiency
-        )
-        ends = {"batch_1": steps[1], "max_batch": steps[llm.max_batch]}
-        out["ridge_point_flops_per_byte"] = hw_ridge
-        out["effective_ridge_flops_per_byte"] = eff_ridge
-        out["arithmetic_intensity"] = {k: gm.arithmetic_intensity(v[1], v[2]) for k, v in ends.items()}
-        out["bound"] = {k: ("measured (table)" if llm.step_table else _verdict(v[3])) for k, v in ends.items()}
-        out["attention_flops"] = gm.attention_flops(m.layers, m.heads, m.head_dim, prompt)
+    ctx = prompt + output / 2.0
+    sizes = sorted(set(DECODE_BATCHES) | {llm.max_batch})
+    steps = {b: _decode_step(cost, b, ctx) for b in sizes}
+    out["decode_context_tokens"] = ctx
+    out["decode_step_ms"] = {str(b): steps[b][0] * 1e3 for b in sizes}
+    out["decode_tokens_per_s"] = {str(b): b / steps[b][0] for b in sizes}
+    out["decode_fits"] = {str(b): b <= fit for b in sizes}
 
-        out["replica_capacity"] = cap = _replica_capacity(cost, batch, p_s, ctx, output)
-        if cap is not None:
-            gpu_delay_s = max(output - 1.0, 0.0) * steps[1][0]
-            stations["gpu"] = (cap["gpu_ms_per_request"] / 1e3, llm.replicas)
+    hw_ridge = gm.ridge_point_flops_per_byte(llm.gpu.peak_tflops, llm.gpu.hbm_bandwidth_gbps)
+    eff_ridge = gm.ridge_point_flops_per_byte(
+        llm.gpu.peak_tflops, llm.gpu.hbm_bandwidth_gbps, llm.mfu, llm.bw_efficiency
+    )
+    ends = {"batch_1": steps[1], "max_batch": steps[llm.max_batch]}
+    out["ridge_point_flops_per_byte"] = hw_ridge
+    out["effective_ridge_flops_per_byte"] = eff_ridge
+    out["arithmetic_intensity"] = {k: gm.arithmetic_intensity(v[1], v[2]) for k, v in ends.items()}
+    out["bound"] = {k: ("measured (table)" if llm.step_table else _verdict(v[3])) for k, v in ends.items()}
+    out["attention_flops"] = gm.attention_flops(m.layers, m.heads, m.head_dim, prompt)
 
-    # -- load, utilisation, saturation
+    out["replica_capacity"] = cap = _replica_capacity(cost, batch, p_s, ctx, output)
+    if cap is None:
+        return 0.0
+    stations["gpu"] = (cap["gpu_ms_per_request"] / 1e3, llm.replicas)
+    return max(output - 1.0, 0.0) * steps[1][0]
+
+
+def _memory_figures(llm: LLMConfig, prompt: float, output: float) -> dict[str, Any]:
+    """The model, the GPU, the step-cost settings and where each byte of a GPU's memory goes."""
+    m, tp, B, prefix = llm.model, llm.tensor_parallel, llm.kv_block_tokens, llm.prefix_tokens
+    return dict(
+        model=m.name,
+        gpu=llm.gpu.name,
+        tensor_parallel=tp,
+        step_cost={
+            "efficiency": llm.efficiency,
+            "bw_efficiency": llm.bw_efficiency,
+            "mfu": llm.mfu,
+            "step_overhead_ms": llm.step_overhead_ms,
+            "step_overhead_per_seq_ms": llm.step_overhead_per_seq_ms,
+            "allreduce_latency_us": llm.allreduce_latency_us,
+            "source": provenance(llm.efficiency),
+        },
+        mean_prompt_tokens=prompt,
+        mean_output_tokens=output,
+        weights_bytes=llm.weights_bytes,
+        weights_bytes_per_gpu=llm.weights_bytes / tp,
+        kv_bytes_per_token=llm.kv_bytes_per_token,
+        kv_bytes_per_token_per_gpu=llm.kv_bytes_per_token_per_gpu,
+        kv_bytes_per_request=llm.kv_bytes_per_token * (prompt + output),
+        memory_exposed_bytes_per_gpu=llm.memory_exposed_bytes,
+        gpu_memory_utilization=llm.gpu_memory_utilization,
+        engine_reserve=_reserve_doc(llm),
+        engine_reserve_bytes_per_gpu=llm.reserve_bytes,
+        kv_budget_bytes_per_gpu=llm.kv_budget_bytes,
+        kv_block_tokens=B,
+        kv_blocks=llm.kv_blocks,
+        kv_capacity_tokens=llm.kv_tokens,
+        prefix_cached_tokens=prefix,
+    )
+
+
+def _load(
+    scn: Scenario, out: dict[str, Any], stations: dict[str, tuple[float, int]], cache_s: float, gpu_delay_s: float
+) -> None:
+    """Load, utilisation and the first stage to saturate; a closed loop's delay station is the
+    think time plus ``cache_s`` (the lookup) and ``gpu_delay_s`` (a lone request's decode)."""
     names = list(stations)
     demands = [stations[k][0] for k in names]
     servers = [stations[k][1] for k in names]
@@ -319,8 +341,6 @@ def estimate(scn: Scenario) -> dict[str, Any]:
             "rate_per_s": caps[first],
             "users": analytic.closed_saturation_users(think, q_demands, q_servers),
         }
-    out["notes"] = notes
-    return out
 
 
 def _reserve_doc(llm: Any) -> dict[str, Any]:

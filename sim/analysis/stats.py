@@ -236,6 +236,16 @@ def sla_verdict(value: float, low: float, high: float, threshold: float) -> Verd
     return "inconclusive"
 
 
+def combine_verdicts(verdicts: list[str]) -> str:
+    """One verdict over several SLAs (or windows): ``fail`` if any fails, else ``inconclusive``
+    if any is, else ``pass``; ``none`` when there is nothing to judge."""
+    if not verdicts:
+        return "none"
+    if "fail" in verdicts:
+        return "fail"
+    return "inconclusive" if "inconclusive" in verdicts else "pass"
+
+
 def ci_half_width_ratio(low: float, high: float, value: float) -> float:
     """Relative precision of an interval: ``((high - low) / 2) / |value|``.
 

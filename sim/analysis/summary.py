@@ -36,6 +36,7 @@ import numpy as np
 from sim.analysis import crosscheck, stats
 from sim.analysis.dollars import point_cost
 from sim.analysis.estimate import replica_capacity
+from sim.analysis.stats import combine_verdicts
 from sim.analysis.timeline import metric_values, timeline
 from sim.engine.pipeline import Replication, retrieval_service_distribution
 from sim.engine.records import Bins
@@ -120,6 +121,8 @@ def _unfinished(rep: Replication) -> int:
 
 
 def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, Any] | None = None) -> PointSummary:
+    """One point's summary over its replications: the metrics, throughput, utilisation,
+    the GPU's figures, stability, cross-checks and the SLA verdicts."""
     conf = scn.run.confidence
     windowed = [window(r, scn) for r in reps]
     recs = [w[0] for w in windowed]
@@ -128,99 +131,23 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     metrics: dict[str, dict] = {}
     for m in METRIC_NAMES:
         per_rep = [metric_values(r, m) for r in recs]
-        if not any(len(v) for v in per_rep):
-            continue
-        cens = unfinished if m in _CENSORED else [0] * len(reps)
-        values: dict[str, float | None] = {}
-        ci: dict[str, list[float | None]] = {}
-        pooled_stats = False
-        for st in STATS:
-            per = np.array([_stat(v, st, u) for v, u in zip(per_rep, cens)])
-            per = per[~np.isnan(per)]
-            val = float(per.mean()) if len(per) else float("nan")
-            lo = hi = float("nan")
-            enough = min((len(v) for v in per_rep), default=0) >= _MIN_PER_REPLICATION[st]
-            if len(per) >= 2 and np.all(np.isfinite(per)):
-                if enough:
-                    lo, hi = stats.t_interval(per, conf)
-                else:  # too short for per-replication percentiles: pool them, no interval
-                    pooled = np.concatenate(per_rep)
-                    val = _stat(pooled, st, sum(cens))
-                    pooled_stats = pooled_stats or st != "max"
-            elif len(per) == 1 and math.isfinite(val):
-                lo, hi = _one_run_interval(next(v for v in per_rep if len(v)), st, val, conf)
-            values[st] = _finite(val)
-            ci[st] = [_finite(lo), _finite(hi)]
-        if pooled_stats:
-            # A pooled percentile sees every replication's tail, so the maximum must too: the
-            # mean of per-replication maxima can sit below a pooled p99.
-            values["max"] = _finite(_stat(np.concatenate(per_rep), "max", sum(cens)))
-            ci["max"] = [None, None]
-        metrics[m] = {**values, "ci": ci, "n": int(sum(len(v) for v in per_rep))}
-
+        if any(len(v) for v in per_rep):
+            metrics[m] = _metric_entry(per_rep, unfinished if m in _CENSORED else [0] * len(reps), conf)
     lengths = [r.window_s[1] - c for r, c in zip(reps, cuts)]
-    completed = [len(r["e2e_ms"]) for r in recs]
-    # Throughput counts answers *delivered* inside the window (by end time), not
-    # requests that arrived in it and finished, which overstates a filling system.
-    delivered, delivered_tokens = [], []
-    for r, c in zip(reps, cuts):
-        end_s = r.records["arrival_s"] + r.records["e2e_ms"] / 1e3
-        done = (end_s >= c) & (end_s < r.window_s[1])
-        delivered.append(int(done.sum()))
-        delivered_tokens.append(float(r.records["output_tokens"][done].sum()))
-    per_rep_x = np.array([n / L for n, L in zip(delivered, lengths) if L > 0])
-    tokens_per_s = float(np.mean([t / L for t, L in zip(delivered_tokens, lengths) if L > 0] or [0.0]))
-    throughput = float(per_rep_x.mean()) if len(per_rep_x) else 0.0
-    x_ci = [_finite(b) for b in stats.t_interval(per_rep_x, conf)] if len(per_rep_x) >= 2 else [None, None]
-    # The hit rate counts every lookup made inside the window, finished or not: counting
-    # finished requests alone reads 100 % on an overloaded point where only hits get through.
-    hits = total = 0
-    for r, c in zip(reps, cuts):
-        t, hit = r.cache_lookups
-        inside = (t >= c) & (t < r.window_s[1])
-        hits += int(hit[inside].sum())
-        total += int(inside.sum())
-    util: dict[str, float] = {}
+    throughput, x_ci, tokens_per_s = _delivered(reps, cuts, lengths, conf)
     # Stage counters from the same cut as the records (fixed, or MSER-5's per replication).
     c0 = [
         {k: (v.total_from(cut) if isinstance(v, Bins) else v) for k, v in r.counters.items()}
         for r, cut in zip(reps, cuts)
     ]
-    span = lengths
-    if scn.routing.enabled:
-        util["routing"] = float(np.mean([c["routing_busy_s"] / (c["routing_workers"] * s) for c, s in zip(c0, span)]))
-    if scn.retrieval.enabled:
-        util["retrieval"] = float(
-            np.mean([c["retrieval_busy_s"] / (c["retrieval_workers"] * s) for c, s in zip(c0, span)])
-        )
-    if scn.llm.enabled:
-        util["gpu"] = float(np.mean([c["gpu_busy_s"] / (c["gpu_replicas"] * s) for c, s in zip(c0, span)]))
-    gpu: dict[str, Any] = {}
-    if scn.llm.enabled:
-        # Per step: memory- or compute-bound, batch size; KV occupancy is blocks in use over
-        # blocks available, time-weighted over the window (idle time included).
-        steps = sum(c["gpu_steps"] for c in c0)
-        block_time = sum(c["gpu_kv_blocks"] * c["gpu_replicas"] * s for c, s in zip(c0, span))
-        n_req = sum(len(r["e2e_ms"]) for r in recs)
-        pre = [r["preemptions"] for r in recs if "preemptions" in r]
-        tpot = metrics.get("tpot_ms", {})
-        gpu = {
-            "steps": steps,
-            "memory_bound_share": _finite(sum(c["gpu_steps_memory_bound"] for c in c0) / steps) if steps else None,
-            "mean_batch": _finite(sum(c["gpu_batch_step_sum"] for c in c0) / steps) if steps else None,
-            "kv_occupancy": _finite(sum(c["gpu_kv_block_seconds"] for c in c0) / block_time) if block_time else None,
-            "kv_blocks": int(c0[0]["gpu_kv_blocks"]) if c0 else None,
-            "preemptions": round(sum(c["gpu_preemptions"] for c in c0)),
-            "preempted_share": _finite(sum(int((p > 0).sum()) for p in pre) / n_req) if n_req and pre else None,
-            "tpot_ms": {st: tpot.get(st) for st in ("p50", "p90", "p95", "p99")} if tpot else None,
-            "load": _gpu_load(scn, throughput),
-        }
+    util = _utilization(scn, c0, lengths)
+    gpu = _gpu_entry(scn, c0, lengths, recs, metrics, throughput) if scn.llm.enabled else {}
     started = sum(int(c["started_in_window"]) for c in c0)
     finished_in_window = sum(
         int(((r.records["arrival_s"] >= r.window_s[0]) & (r.records["arrival_s"] < r.window_s[1])).sum()) for r in reps
     )
     incomplete = max(0, started - finished_in_window)
-    hit_rate = (hits / total) if (scn.cache.enabled and total) else None
+    hit_rate = _cache_hit_rate(reps, cuts) if scn.cache.enabled else None
     varying = scn.workload.time_varying
     # A load that changes over time has no steady state to test for (sim.analysis.timeline says
     # what is done instead): no offered-load formula at one rate, no trend test.
@@ -235,7 +162,7 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
         "cache_hit_rate": hit_rate,
         "utilization": util,
         "gpu": gpu,
-        "completed": int(sum(completed)),
+        "completed": int(sum(len(r["e2e_ms"]) for r in recs)),
         "incomplete": incomplete,
         "replications": len(reps),
         "warmup_s": cuts[0] if len(set(cuts)) == 1 else cuts,
@@ -260,6 +187,107 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     if scn.run.target_precision is not None:
         point["precision"] = _precision(scn, point["sla"], len(reps))
     return PointSummary.from_dict(point)
+
+
+def _metric_entry(per_rep: list[np.ndarray], cens: list[int], conf: float) -> dict[str, Any]:
+    """One metric's statistics, their intervals and count; ``cens``: unfinished requests per
+    replication counted as +inf (0 for metrics not censored)."""
+    values: dict[str, float | None] = {}
+    ci: dict[str, list[float | None]] = {}
+    pooled_stats = False
+    for st in STATS:
+        per = np.array([_stat(v, st, u) for v, u in zip(per_rep, cens)])
+        per = per[~np.isnan(per)]
+        val = float(per.mean()) if len(per) else float("nan")
+        lo = hi = float("nan")
+        enough = min((len(v) for v in per_rep), default=0) >= _MIN_PER_REPLICATION[st]
+        if len(per) >= 2 and np.all(np.isfinite(per)):
+            if enough:
+                lo, hi = stats.t_interval(per, conf)
+            else:  # too short for per-replication percentiles: pool them, no interval
+                val = _stat(np.concatenate(per_rep), st, sum(cens))
+                pooled_stats = pooled_stats or st != "max"
+        elif len(per) == 1 and math.isfinite(val):
+            lo, hi = _one_run_interval(next(v for v in per_rep if len(v)), st, val, conf)
+        values[st] = _finite(val)
+        ci[st] = [_finite(lo), _finite(hi)]
+    if pooled_stats:
+        # A pooled percentile sees every replication's tail, so the maximum must too: the
+        # mean of per-replication maxima can sit below a pooled p99.
+        values["max"] = _finite(_stat(np.concatenate(per_rep), "max", sum(cens)))
+        ci["max"] = [None, None]
+    return {**values, "ci": ci, "n": int(sum(len(v) for v in per_rep))}
+
+
+def _delivered(
+    reps: list[Replication], cuts: list[float], lengths: list[float], conf: float
+) -> tuple[float, list[float | None], float]:
+    """(answers per second, its interval, output tokens per second) delivered in the window.
+
+    Throughput counts answers *delivered* inside the window (by end time), not requests
+    that arrived in it and finished, which overstates a filling system."""
+    delivered, delivered_tokens = [], []
+    for r, c in zip(reps, cuts):
+        end_s = r.records["arrival_s"] + r.records["e2e_ms"] / 1e3
+        done = (end_s >= c) & (end_s < r.window_s[1])
+        delivered.append(int(done.sum()))
+        delivered_tokens.append(float(r.records["output_tokens"][done].sum()))
+    per_rep_x = np.array([n / L for n, L in zip(delivered, lengths) if L > 0])
+    tokens_per_s = float(np.mean([t / L for t, L in zip(delivered_tokens, lengths) if L > 0] or [0.0]))
+    throughput = float(per_rep_x.mean()) if len(per_rep_x) else 0.0
+    x_ci: list[float | None] = (
+        [_finite(b) for b in stats.t_interval(per_rep_x, conf)] if len(per_rep_x) >= 2 else [None, None]
+    )
+    return throughput, x_ci, tokens_per_s
+
+
+def _cache_hit_rate(reps: list[Replication], cuts: list[float]) -> float | None:
+    """Hits over lookups made inside the window, finished or not: counting finished requests
+    alone reads 100 % on an overloaded point where only hits get through."""
+    hits = total = 0
+    for r, c in zip(reps, cuts):
+        t, hit = r.cache_lookups
+        inside = (t >= c) & (t < r.window_s[1])
+        hits += int(hit[inside].sum())
+        total += int(inside.sum())
+    return hits / total if total else None
+
+
+def _utilization(scn: Scenario, c0: list[dict], span: list[float]) -> dict[str, float]:
+    """Busy share of each enabled stage's servers over the window, mean over replications."""
+    util: dict[str, float] = {}
+    if scn.routing.enabled:
+        util["routing"] = float(np.mean([c["routing_busy_s"] / (c["routing_workers"] * s) for c, s in zip(c0, span)]))
+    if scn.retrieval.enabled:
+        util["retrieval"] = float(
+            np.mean([c["retrieval_busy_s"] / (c["retrieval_workers"] * s) for c, s in zip(c0, span)])
+        )
+    if scn.llm.enabled:
+        util["gpu"] = float(np.mean([c["gpu_busy_s"] / (c["gpu_replicas"] * s) for c, s in zip(c0, span)]))
+    return util
+
+
+def _gpu_entry(
+    scn: Scenario, c0: list[dict], span: list[float], recs: list[dict], metrics: dict, throughput: float
+) -> dict[str, Any]:
+    """Per step: memory- or compute-bound, batch size; KV occupancy is blocks in use over
+    blocks available, time-weighted over the window (idle time included)."""
+    steps = sum(c["gpu_steps"] for c in c0)
+    block_time = sum(c["gpu_kv_blocks"] * c["gpu_replicas"] * s for c, s in zip(c0, span))
+    n_req = sum(len(r["e2e_ms"]) for r in recs)
+    pre = [r["preemptions"] for r in recs if "preemptions" in r]
+    tpot = metrics.get("tpot_ms", {})
+    return {
+        "steps": steps,
+        "memory_bound_share": _finite(sum(c["gpu_steps_memory_bound"] for c in c0) / steps) if steps else None,
+        "mean_batch": _finite(sum(c["gpu_batch_step_sum"] for c in c0) / steps) if steps else None,
+        "kv_occupancy": _finite(sum(c["gpu_kv_block_seconds"] for c in c0) / block_time) if block_time else None,
+        "kv_blocks": int(c0[0]["gpu_kv_blocks"]) if c0 else None,
+        "preemptions": round(sum(c["gpu_preemptions"] for c in c0)),
+        "preempted_share": _finite(sum(int((p > 0).sum()) for p in pre) / n_req) if n_req and pre else None,
+        "tpot_ms": {st: tpot.get(st) for st in ("p50", "p90", "p95", "p99")} if tpot else None,
+        "load": _gpu_load(scn, throughput),
+    }
 
 
 def _gpu_load(scn: Scenario, throughput_per_s: float) -> float | None:
@@ -708,13 +736,3 @@ class PointSummary:
 
     def __contains__(self, key: object) -> bool:
         return key in self.to_dict()
-
-
-def combine_verdicts(verdicts: list[str]) -> str:
-    """One verdict over several SLAs: ``fail`` if any fails, else ``inconclusive`` if any is,
-    else ``pass``; ``none`` when there is no SLA."""
-    if not verdicts:
-        return "none"
-    if "fail" in verdicts:
-        return "fail"
-    return "inconclusive" if "inconclusive" in verdicts else "pass"

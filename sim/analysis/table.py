@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from sim.analysis.summary import combine_verdicts
+from sim.analysis.stats import combine_verdicts
+from sim.spec.metrics import METRIC_STAGE, TABLE_COLUMNS
 
 
 def param_value(v: Any) -> Any:
@@ -47,10 +48,19 @@ def overall_verdict(summary: dict) -> str:
     return combine_verdicts([s["verdict"] for s in summary.get("sla", [])])
 
 
+def table_columns(points: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """The ``(metric, statistic)`` columns a results table shows (:data:`sim.spec.metrics.TABLE_COLUMNS`):
+    those of a metric every request has, or one some point measured (a stage that is off
+    everywhere gets no column)."""
+    measured = {m for p in points for m in (p.get("metrics") or {})}
+    return [(m, st) for m, st in TABLE_COLUMNS if METRIC_STAGE.get(m) is None or m in measured]
+
+
 def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> pd.DataFrame:
     """Flatten point summaries (``summary["points"]``) into one row per point."""
     dtypes = param_columns([p.get("params", {}) for p in points])
     routing = any("routing" in p.get("utilization", {}) for p in points)
+    columns = table_columns(points)
     rows = []
     for i, s in enumerate(points):
         row: dict[str, Any] = {"point": i}
@@ -58,22 +68,19 @@ def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> p
             row["id"] = ids[i]
         for k in dtypes:
             row[k] = param_value(s.get("params", {}).get(k))
-        e2e = s.get("metrics", {}).get("e2e_ms") or {}
-        row["e2e_mean_ms"] = e2e.get("mean")
-        for st in ("p50", "p95", "p99"):
-            row[f"e2e_{st}_ms"] = e2e.get(st)
-            lo, hi = e2e.get("ci", {}).get(st) or [None, None]
-            row[f"e2e_{st}_ci_low_ms"], row[f"e2e_{st}_ci_high_ms"] = lo, hi
-        ttft = s.get("metrics", {}).get("ttft_ms") or {}
-        row["ttft_p95_ms"] = ttft.get("p95")
+        row["e2e_mean_ms"] = (s.get("metrics", {}).get("e2e_ms") or {}).get("mean")
+        for metric, st in columns:  # the metric registry's table columns, each with its interval
+            m = s.get("metrics", {}).get(metric) or {}
+            name = f"{metric.removesuffix('_ms')}_{st}"
+            row[f"{name}_ms"] = m.get(st)
+            lo, hi = m.get("ci", {}).get(st) or [None, None]
+            row[f"{name}_ci_low_ms"], row[f"{name}_ci_high_ms"] = lo, hi
         row["throughput_per_s"] = s.get("throughput_per_s")
         row["cache_hit_rate"] = s.get("cache_hit_rate")
         u = s.get("utilization", {})
         row["retrieval_utilization"] = u.get("retrieval")
         row["gpu_utilization"] = u.get("gpu")
         if routing:  # only when a point routes, so tables without the stage keep their columns
-            g = s.get("metrics", {}).get("routing_ms") or {}
-            row["routing_p95_ms"] = g.get("p95")
             row["routing_utilization"] = u.get("routing")
         cost = s.get("cost") or {}
         row["cost_per_hour"] = cost.get("per_hour")

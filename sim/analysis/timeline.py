@@ -275,12 +275,8 @@ def timeline(scn: Scenario, reps: list[Replication]) -> dict:
             per = per_window(reps, sla_edges, metric, st)
             vals, cis = combine(per, sn, st, conf)
             wv = [window_verdict(per[:, i], c[0], c[1], thr) for i, c in enumerate(cis)]
-            judged = [v for v in wv if v != "none"]
-            verdict = (
-                "fail"
-                if "fail" in judged
-                else ("pass" if judged and all(v == "pass" for v in judged) else "inconclusive")
-            )
+            judged = [v for v in wv if v != "none"]  # no window judged: nothing is shown
+            verdict = stats.combine_verdicts(judged) if judged else "inconclusive"
             worst = max((v for v in vals if v is not None), default=None)
             if any(v is None and np.any(np.isinf(per[:, i])) for i, v in enumerate(vals)):
                 worst = math.inf

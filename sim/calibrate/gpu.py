@@ -150,13 +150,18 @@ def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.nd
 
 @dataclass(frozen=True)
 class StepWork:
-    """Per-GPU bytes, FLOPs and all-reduce seconds of each measured step."""
+    """Per-GPU bytes, FLOPs and all-reduce seconds of each measured step, and the roofline's
+    two terms at full efficiency (the simulator's :meth:`StepCost.terms`, fp8 peak included)."""
 
     bytes: np.ndarray
     flops: np.ndarray
     comm_s: np.ndarray
-    bandwidth_gbps: float
-    peak_tflops: float
+    mem_s: np.ndarray
+    comp_s: np.ndarray
+
+    def memory_bound(self, bw_efficiency: float, mfu: float) -> np.ndarray:
+        """Which steps the memory term dominates at these efficiencies."""
+        return np.asarray(self.mem_s / bw_efficiency >= self.comp_s / mfu)
 
 
 def step_work(cfg: LLMConfig, batch: np.ndarray, context: np.ndarray, new: np.ndarray) -> StepWork:
@@ -168,25 +173,23 @@ def step_work(cfg: LLMConfig, batch: np.ndarray, context: np.ndarray, new: np.nd
     """
     batch, context, new = (np.asarray(a, dtype=float) for a in (batch, context, new))
     q, c = new / batch, context / batch
-    cost = StepCost(cfg)
-    flops, n_bytes = cost.work(new, context, batch * gm.attention_pairs(q, c - q))
-    comm = cost.comm_per_token_s * new
-    g = cfg.gpu
+    cost = StepCost(cfg, bw_efficiency=1.0, mfu=1.0)
+    pairs = batch * gm.attention_pairs(q, c - q)
+    flops, n_bytes = cost.work(new, context, pairs)
+    mem_s, comp_s = cost.terms(new, context, pairs)
+    ones = np.ones_like(new)
     return StepWork(
-        np.asarray(n_bytes, dtype=float) * np.ones_like(new),
+        np.asarray(n_bytes, dtype=float) * ones,
         np.asarray(flops, dtype=float),
-        np.asarray(comm, dtype=float),
-        g.hbm_bandwidth_gbps,
-        g.peak_tflops,
+        np.asarray(cost.comm_per_token_s * new, dtype=float),
+        np.asarray(mem_s, dtype=float) * ones,
+        np.asarray(comp_s, dtype=float),
     )
 
 
 def predict_ms(work: StepWork, bw_efficiency: float, mfu: float, step_overhead_ms: float) -> np.ndarray:
-    """Modelled step times in ms (the simulator's roofline)."""
-    s = gm.roofline_step_time_s(
-        work.bytes, work.flops, work.bandwidth_gbps, work.peak_tflops, bw_efficiency, mfu, 0.0, work.comm_s
-    )
-    return np.asarray(s) * 1e3 + step_overhead_ms
+    """Modelled step times in ms: the simulator's roofline, ``max(memory, compute) + all-reduce``."""
+    return 1e3 * (np.maximum(work.mem_s / bw_efficiency, work.comp_s / mfu) + work.comm_s) + step_overhead_ms
 
 
 @dataclass
@@ -249,7 +252,7 @@ def fit_gpu(cfg: LLMConfig, data: dict[str, np.ndarray]) -> GPUFit:
     assert best is not None  # the loop above always runs
     e, mfu, ovh = (float(v) for v in best.x)
     pred = predict_ms(work, e, mfu, ovh)
-    mem = work.bytes / (work.bandwidth_gbps * gm.GB * e) >= work.flops / (work.peak_tflops * gm.TFLOP * mfu)
+    mem = work.memory_bound(e, mfu)
     notes = []
     if (~mem).sum() < MIN_REGIME_ROWS:
         notes.append(f"only {int((~mem).sum())} compute-bound steps: mfu is not identified (add prefill steps)")

@@ -46,7 +46,7 @@ from scipy.optimize import least_squares
 
 from sim.errors import CalibrationError
 from sim.files import data_path
-from sim.physics.gpu import StepCost
+from sim.physics.gpu import StepCost, attention_pairs
 from sim.spec.schema import LLMConfig
 
 #: Fitted parameters, their bounds and starting points.
@@ -108,7 +108,7 @@ class Row:
         if self.conversion in ("step", "inv_step"):
             ctx = B * (P + O / 2.0)
             return 1e3 * cost.time(B, ctx, ctx, B)
-        prefill = cost.time(B * P, B * P, B * P * (P + 1) / 2.0, B)
+        prefill = cost.time(B * P, B * P, B * attention_pairs(P), B)  # B prompts of P from empty
         if self.conversion == "ttft":
             return 1e3 * prefill + float(theta[5])
         k = O - 1  # static run: prefill, then O - 1 decode steps over the growing context

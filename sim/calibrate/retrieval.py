@@ -46,7 +46,6 @@ for every quantile: ``y = a + b * x`` with ``x = law_x(...)``:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime as _dt
 import hashlib
 import importlib.metadata as md
@@ -61,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from sim.calibrate.corpus import GENERATOR_DEFAULTS, make_corpus, make_queries
 from sim.calibrate.machine import cpu_model, loadavg, run_header, usable_cores
@@ -117,86 +117,10 @@ def fit_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) ->
 # thread limiting (workers get one BLAS / OpenMP thread each)
 
 
-def _openblas_setters() -> list[Any]:
-    """ctypes setters of every OpenBLAS loaded in this process (fallback when
-    threadpoolctl is not installed)."""
-    setters: list[Any] = []
-    try:
-        with open("/proc/self/maps") as fh:
-            libs = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return setters
-    for lib in sorted(libs):
-        if not lib.startswith("/"):
-            continue
-        try:
-            handle = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        for name in (
-            "scipy_openblas_set_num_threads64_",
-            "scipy_openblas_set_num_threads",
-            "openblas_set_num_threads64_",
-            "openblas_set_num_threads",
-        ):
-            fn = getattr(handle, name, None)
-            if fn is not None:
-                setters.append(fn)
-                break
-    return setters
-
-
-def _openblas_info() -> dict[str, Any]:
-    info: dict[str, Any] = {}
-    try:
-        with open("/proc/self/maps") as fh:
-            libs = sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return info
-    for lib in libs:
-        try:
-            handle = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        for cfg, nth in (
-            ("scipy_openblas_get_config64_", "scipy_openblas_get_num_threads64_"),
-            ("openblas_get_config64_", "openblas_get_num_threads64_"),
-            ("openblas_get_config", "openblas_get_num_threads"),
-        ):
-            f = getattr(handle, cfg, None)
-            if f is None:
-                continue
-            f.restype = ctypes.c_char_p
-            info = {"library": os.path.basename(lib), "config": f().decode(errors="replace")}
-            g = getattr(handle, nth, None)
-            if g is not None:
-                g.restype = ctypes.c_int
-                info["num_threads"] = int(g())
-            return info
-    return info
-
-
 def limit_threads(n: int = 1) -> Callable[[], None]:
-    """Limit BLAS (threadpoolctl if installed, else OpenBLAS via ctypes) and
-    faiss OpenMP to ``n`` threads in this process; return a function that
-    restores the previous limits."""
-    undo: list[Callable[[], None]] = []
-    try:
-        from threadpoolctl import threadpool_limits  # optional: the ctypes fallback below without it
-
-        lim = threadpool_limits(n)
-        undo.append(lim.restore_original_limits)
-    except ImportError:
-        before = _openblas_info().get("num_threads")
-        for fn in _openblas_setters():
-            with contextlib.suppress(Exception):
-                fn(ctypes.c_int(n))
-                if before:
-
-                    def _reset(fn: Any = fn, b: int = before) -> None:
-                        fn(ctypes.c_int(b))
-
-                    undo.append(_reset)
+    """Limit BLAS (threadpoolctl) and faiss OpenMP to ``n`` threads in this process; return
+    a function that restores the previous limits."""
+    undo: list[Callable[[], None]] = [threadpool_limits(n).restore_original_limits]
     env = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     for var in env:
         os.environ[var] = str(n)
@@ -209,14 +133,11 @@ def limit_threads(n: int = 1) -> Callable[[], None]:
                 os.environ[var] = val
 
     undo.append(_env_back)
-    try:
-        import faiss  # heavy optional library: only to limit its OpenMP threads
+    import faiss  # deferred: heavy, only to limit its OpenMP threads
 
-        omp = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(n)
-        undo.append(lambda: faiss.omp_set_num_threads(omp))
-    except ImportError:
-        pass
+    omp = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    undo.append(lambda: faiss.omp_set_num_threads(omp))
 
     def restore() -> None:
         for f in reversed(undo):
@@ -231,25 +152,15 @@ def limit_threads(n: int = 1) -> Callable[[], None]:
 
 
 def _blas_description() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    try:
-        cfg = np.show_config(mode="dicts")  # numpy >= 1.25
-        blas = cfg.get("Build Dependencies", {}).get("blas", {})
-        out["numpy_build"] = {k: blas.get(k) for k in ("name", "version", "openblas configuration") if k in blas}
-    except Exception:  # pragma: no cover - very old numpy
-        pass
-    try:
-        from threadpoolctl import threadpool_info  # optional: the OpenBLAS probe below without it
-
-        out["threadpools"] = [
+    cfg = np.show_config(mode="dicts")
+    blas = cfg.get("Build Dependencies", {}).get("blas", {})
+    return {
+        "numpy_build": {k: blas.get(k) for k in ("name", "version", "openblas configuration") if k in blas},
+        "threadpools": [
             {k: p.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer", "architecture")}
             for p in threadpool_info()
-        ]
-    except ImportError:
-        runtime = _openblas_info()
-        if runtime:
-            out["runtime"] = runtime
-    return out
+        ],
+    }
 
 
 def machine_description() -> dict[str, Any]:
@@ -259,12 +170,9 @@ def machine_description() -> dict[str, Any]:
         versions["hnswlib"] = md.version("hnswlib")
     except Exception:
         versions["hnswlib"] = None
-    try:
-        import faiss  # heavy optional library: only to report its version
+    import faiss  # deferred: heavy, only to report its version
 
-        versions["faiss"] = getattr(faiss, "__version__", None)
-    except ImportError:
-        versions["faiss"] = None
+    versions["faiss"] = getattr(faiss, "__version__", None)
     return {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -564,75 +472,18 @@ def run_calibration(
     load_start = loadavg()
     started = _dt.datetime.now(_dt.timezone.utc)
 
-    # ---- corpus
-    source: dict[str, Any]
+    pool: np.ndarray | None = None
+    queries: np.ndarray | None = None  # synthetic: drawn per corpus size (the topic count grows with N)
     if vectors is not None:
-        if isinstance(vectors, (str, os.PathLike)):
-            vpath = Path(vectors)
-            allv = load_vectors(vpath, dim)
-            source = {"source": "vectors", "file": vpath.name, "sha256": _sha256(vpath)}
-        else:
-            arr = np.asarray(vectors)
-            if arr.ndim != 2 or arr.dtype.kind != "f":
-                raise CalibrationError("vectors: must be a 2-D float array (n, d)")
-            if not np.isfinite(arr).all():
-                raise CalibrationError("vectors: contain NaN or inf; all values must be finite")
-            if dim is not None and arr.shape[1] != dim:
-                raise CalibrationError(f"vectors: dim {arr.shape[1]} but --dim is {dim}")
-            allv = arr.astype(np.float32)
-            nrm = np.linalg.norm(allv, axis=1)
-            if (nrm <= 0).any():
-                raise CalibrationError("vectors: some rows are all zero; cannot normalise")
-            allv /= nrm[:, None]
-            source = {"source": "vectors", "file": None, "sha256": hashlib.sha256(allv.tobytes()).hexdigest()}
-        rows, dim = allv.shape
-        source.update(rows=int(rows), dim=int(dim), normalised=True)
-        avail = rows - n_queries
-        if avail <= top_k:
-            raise CalibrationError(
-                f"--vectors: {rows} rows leave {avail} documents after --queries {n_queries}; "
-                f"need more than --top-k {top_k}"
-            )
-        if s["docs"] is None:
-            s["docs"] = [avail]
-        elif max(s["docs"]) > avail:
-            raise CalibrationError(
-                f"--docs: {max(s['docs'])} plus --queries {n_queries} needs {max(s['docs']) + n_queries} rows "
-                f"but --vectors has {rows}; use --docs at most {avail} or fewer --queries"
-            )
-        perm = np.random.default_rng(seed).permutation(rows)
-        queries = allv[perm[:n_queries]]
-        pool = allv[perm[n_queries:]]
-        source["queries"] = "held out: first --queries rows of a seeded permutation; docs are prefixes of the rest"
+        pool, queries, source = _held_out(_user_vectors(vectors, dim), s, n_queries, top_k, seed)
+        dim = int(source["dim"])
     else:
-        if dim is None:
-            raise CalibrationError("--dim: required without --vectors (e.g. --dim 768)")
-        if s["docs"] is None:
-            raise CalibrationError("--docs: required without --vectors (e.g. --docs 5000,20000)")
-        gp = dict(GENERATOR_DEFAULTS)
-        if generator_params:
-            unknown = sorted(set(generator_params) - set(gp))
-            if unknown:
-                raise CalibrationError(f"generator parameter {unknown[0]!r} is not one of {', '.join(sorted(gp))}")
-            gp.update(generator_params)
-        pool = None
-        queries = None  # drawn per corpus size: the topic count grows with N
-        source = {
-            "source": "synthetic",
-            "generator": "sim.calibrate.corpus.make_corpus",
-            "seed": int(seed),
-            "params": gp,
-            "queries": (
-                "held out: sim.calibrate.corpus.make_queries(docs=N): same mixture as each corpus, separate stream"
-            ),
-        }
+        source = _synthetic_source(s, dim, seed, generator_params)
+    assert dim is not None  # the vectors' own, or required without them (checked above)
     lists = _check_ivf(s["docs"], nlist, s["nprobe"]) if "ivf" in s["indexes"] else {}
 
-    # ---- plan the steps for the progress bar
-    per_n = 1
-    for ix in s["indexes"]:
-        knobs = len(kind(ix).knob_values(_Settings(s)))
-        per_n += 1 + knobs * len(s["threads"])
+    # the steps for the progress bar: per corpus size, the corpus, then each index's build and searches
+    per_n = 1 + sum(1 + len(kind(ix).knob_values(_Settings(s))) * len(s["threads"]) for ix in s["indexes"])
     total = per_n * len(s["docs"])
     done = 0
 
@@ -667,33 +518,121 @@ def run_calibration(
     return {
         **run_header(KIND, VERSION, started, load_start, command, machine_description()),
         "corpus": source,
-        "settings": {
-            "docs": s["docs"],
-            "dim": int(dim),
-            "top_k": int(top_k),
-            "n_queries": int(n_queries),
-            "indexes": s["indexes"],
-            "M": int(M),
-            "ef_construction": int(ef_construction),
-            "ef": s["ef"],
-            "nlist": nlist,
-            "nlist_rule": "fixed" if nlist is not None else f"round(4*sqrt(N)) capped at N//{MIN_POINTS_PER_LIST}",
-            "nlist_by_docs": {str(k): v for k, v in lists.items()},
-            "nprobe": s["nprobe"],
-            "threads": s["threads"],
-            "seed": int(seed),
-            "linear_python_docs": int(linear_python_docs),
-            "linear_python_queries": int(linear_python_queries),
-            "timer": "time.perf_counter_ns around one search call (query already in memory)",
-            "workers": "forked processes, each with a private copy of the index (like separate server "
-            "processes), 1 BLAS/OpenMP thread each, started together at a barrier; "
-            f"{WARMUP_QUERIES} untimed warm-up queries each",
-            "build_threads": 1,
-        },
+        "settings": _settings_doc(
+            s, dim, top_k, n_queries, M, ef_construction, nlist, lists, seed, linear_python_docs, linear_python_queries
+        ),
         "probs": list(PROBS),
         "laws": {ix: kind(ix).law for ix in kinds()},
         "records": records,
         "fits": fits,
+    }
+
+
+def _user_vectors(vectors: np.ndarray | str | os.PathLike[str], dim: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The user's embeddings, unit-normalised float32, and where they came from."""
+    if isinstance(vectors, (str, os.PathLike)):
+        vpath = Path(vectors)
+        return load_vectors(vpath, dim), {"source": "vectors", "file": vpath.name, "sha256": _sha256(vpath)}
+    arr = np.asarray(vectors)
+    if arr.ndim != 2 or arr.dtype.kind != "f":
+        raise CalibrationError("vectors: must be a 2-D float array (n, d)")
+    if not np.isfinite(arr).all():
+        raise CalibrationError("vectors: contain NaN or inf; all values must be finite")
+    if dim is not None and arr.shape[1] != dim:
+        raise CalibrationError(f"vectors: dim {arr.shape[1]} but --dim is {dim}")
+    allv = arr.astype(np.float32)
+    nrm = np.linalg.norm(allv, axis=1)
+    if (nrm <= 0).any():
+        raise CalibrationError("vectors: some rows are all zero; cannot normalise")
+    allv /= nrm[:, None]
+    return allv, {"source": "vectors", "file": None, "sha256": hashlib.sha256(allv.tobytes()).hexdigest()}
+
+
+def _held_out(
+    loaded: tuple[np.ndarray, dict[str, Any]], s: dict[str, Any], n_queries: int, top_k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(documents, held-out queries, corpus entry) from the user's vectors; fills ``s["docs"]``
+    (all rows left) when not given."""
+    allv, source = loaded
+    rows, dim = allv.shape
+    source.update(rows=int(rows), dim=int(dim), normalised=True)
+    avail = rows - n_queries
+    if avail <= top_k:
+        raise CalibrationError(
+            f"--vectors: {rows} rows leave {avail} documents after --queries {n_queries}; "
+            f"need more than --top-k {top_k}"
+        )
+    if s["docs"] is None:
+        s["docs"] = [avail]
+    elif max(s["docs"]) > avail:
+        raise CalibrationError(
+            f"--docs: {max(s['docs'])} plus --queries {n_queries} needs {max(s['docs']) + n_queries} rows "
+            f"but --vectors has {rows}; use --docs at most {avail} or fewer --queries"
+        )
+    perm = np.random.default_rng(seed).permutation(rows)
+    source["queries"] = "held out: first --queries rows of a seeded permutation; docs are prefixes of the rest"
+    return allv[perm[n_queries:]], allv[perm[:n_queries]], source
+
+
+def _synthetic_source(
+    s: dict[str, Any], dim: int | None, seed: int, generator_params: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The corpus entry of a synthetic corpus (:func:`make_corpus`), its parameters checked."""
+    if dim is None:
+        raise CalibrationError("--dim: required without --vectors (e.g. --dim 768)")
+    if s["docs"] is None:
+        raise CalibrationError("--docs: required without --vectors (e.g. --docs 5000,20000)")
+    gp = dict(GENERATOR_DEFAULTS)
+    if generator_params:
+        unknown = sorted(set(generator_params) - set(gp))
+        if unknown:
+            raise CalibrationError(f"generator parameter {unknown[0]!r} is not one of {', '.join(sorted(gp))}")
+        gp.update(generator_params)
+    return {
+        "source": "synthetic",
+        "generator": "sim.calibrate.corpus.make_corpus",
+        "seed": int(seed),
+        "params": gp,
+        "queries": "held out: sim.calibrate.corpus.make_queries(docs=N): same mixture as each corpus, separate stream",
+    }
+
+
+def _settings_doc(
+    s: dict[str, Any],
+    dim: int,
+    top_k: int,
+    n_queries: int,
+    M: int,
+    ef_construction: int,
+    nlist: int | None,
+    lists: dict[int, int],
+    seed: int,
+    linear_python_docs: int,
+    linear_python_queries: int,
+) -> dict[str, Any]:
+    """The calibration file's ``settings``: what was measured, and how."""
+    return {
+        "docs": s["docs"],
+        "dim": int(dim),
+        "top_k": int(top_k),
+        "n_queries": int(n_queries),
+        "indexes": s["indexes"],
+        "M": int(M),
+        "ef_construction": int(ef_construction),
+        "ef": s["ef"],
+        "nlist": nlist,
+        "nlist_rule": "fixed" if nlist is not None else f"round(4*sqrt(N)) capped at N//{MIN_POINTS_PER_LIST}",
+        "nlist_by_docs": {str(k): v for k, v in lists.items()},
+        "nprobe": s["nprobe"],
+        "threads": s["threads"],
+        "seed": int(seed),
+        "linear_python_docs": int(linear_python_docs),
+        "linear_python_queries": int(linear_python_queries),
+        "timer": "time.perf_counter_ns around one search call (query already in memory)",
+        "workers": "forked processes, each with a private copy of the index (like separate server "
+        "processes), 1 BLAS/OpenMP thread each, started together at a barrier; "
+        f"{WARMUP_QUERIES} untimed warm-up queries each",
+        "build_threads": 1,
     }
 
 

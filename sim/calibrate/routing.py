@@ -346,6 +346,253 @@ def key_cardinality(
 # the harness
 
 
+def _law_entry(f: dict[str, float], **extra: Any) -> dict[str, Any]:
+    """A fitted ``a + b * cells`` law as the calibration file writes it."""
+    return {
+        "a_ms": _g(f["a"]),
+        "b_ms_per_cell": _g(f["b"]),
+        "ns_per_cell": _g(f["b"] * 1e6),
+        "r2": round(f["r2"], 4),
+        **extra,
+    }
+
+
+def _impl_fits(
+    ix: str, records: list[dict[str, Any]], per_utt: list[tuple[float, float]], per_utt_cpu: list[tuple[float, float]]
+) -> dict[str, Any]:
+    """One implementation's laws over the set sizes (mean, headline percentiles, CPU time) and
+    over every timed call pooled."""
+    recs = sorted((r for r in records if r["impl"] == ix), key=lambda r: r["questions"])
+    x = [r["mean_cells"] for r in recs]
+    entry: dict[str, Any] = {"impl": ix, "law": LAW, "questions": [r["questions"] for r in recs], "x": x}
+    for key in ("mean_ms", *HEADLINE):
+        f = fit_law(x, [r[key] for r in recs])
+        entry[key] = _law_entry(f, max_rel_err=round(f["max_rel_err"], 4))
+    f = fit_law(x, [r["cpu_time"]["mean_ms"] for r in recs])
+    entry["cpu_time_mean_ms"] = _law_entry(f, max_rel_err=round(f["max_rel_err"], 4))
+    pu = np.asarray(per_utt)
+    entry["per_utterance_pooled"] = _law_entry(
+        fit_law(pu[:, 0], pu[:, 1]),
+        points=int(pu.shape[0]),
+        note="every timed call, unscaled, x against the set it was timed on",
+    )
+    pc = np.asarray(per_utt_cpu)
+    entry["per_utterance_pooled_cpu_time"] = _law_entry(fit_law(pc[:, 0], pc[:, 1]), points=int(pc.shape[0]))
+    return entry
+
+
+def _normalize_cost(texts: list[str]) -> dict[str, Any]:
+    """What ``normalize()`` alone costs (part of every routed call)."""
+    nl, _, _ = time_calls(lambda i: normalize(texts[i], placeholder=""), len(texts))
+    return {"calls": len(texts), "mean_us": _g(float(nl.mean() * 1e3)), "p50_us": _g(float(np.median(nl) * 1e3))}
+
+
+def _typo_sweep(
+    canon: list[str],
+    typo_rates: Sequence[float],
+    n_utterances: int,
+    seed: int,
+    threshold: float | int,
+    gen_kwargs: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Routing outcome at each typo rate, on ``canon`` (the largest set)."""
+    out = []
+    for tr in typo_rates:
+        kw = dict(gen_kwargs, typo_rate=tr)
+        us = make_utterances(canon, n_utterances, np.random.default_rng([seed, 3, int(tr * 1e6)]), **kw)
+        o = outcome(us, [route(u.text, canon, "rapidfuzz", threshold)[0] for u in us])
+        o.pop("counts")
+        out.append({"typo_rate": tr, **o})
+    return out
+
+
+def _scaling_check(ix: str, n: int, chk: TimedConfig, c: TimedConfig, scale: float) -> dict[str, Any]:
+    """A slow implementation timed on the whole set of ``n`` (``chk``) against its subsample
+    estimate (``c``'s first calls scaled by ``scale``)."""
+    full = chk.lat_ms()
+    est = c.lat_ms()[: chk.n_calls] * scale
+    return {
+        "impl": ix,
+        "questions": n,
+        "utterances": chk.n_calls,
+        "measured_full_mean_ms": _g(float(full.mean())),
+        "scaled_estimate_mean_ms": _g(float(est.mean())),
+        "ratio_measured_to_estimate": round(float(full.mean() / est.mean()), 4),
+        "measured_full_cpu_mean_ms": _g(float(chk.cpu_ms().mean())),
+        "scaled_estimate_cpu_mean_ms": _g(float(c.cpu_ms()[: chk.n_calls].mean() * scale)),
+    }
+
+
+def _by_threshold(utts: list[Any], texts: list[str], canon: list[str], thresholds: Sequence[float]) -> list[dict]:
+    """The routing outcome at each threshold (from every utterance's nearest question)."""
+    near = [nearest(t, canon) for t in texts]
+    return [
+        {
+            "threshold": t,
+            **{k: v for k, v in outcome(utts, [i if s <= t else -1 for i, _, s in near]).items() if k != "counts"},
+        }
+        for t in thresholds
+    ]
+
+
+def _timed_configs(
+    sizes: list[int],
+    shuffled: list[str],
+    impls: Sequence[str],
+    *,
+    threshold: float | int,
+    seed: int,
+    n_utterances: int,
+    gen_kwargs: dict[str, Any],
+    rapidfuzz_passes: int,
+    slow_max_questions: int,
+    slow_utterances: int,
+    scaling_check_size: int | None,
+    check_utts: dict[str, int],
+) -> tuple[list[TimedConfig], dict[int, dict[str, Any]]]:
+    """Every timed configuration (one per implementation and set size, plus the slow ones'
+    whole-set checks) and, per size, its questions and generated utterances.  rapidfuzz is
+    timed on the whole set, the slow implementations on a seeded subsample."""
+    configs: list[TimedConfig] = []
+    sets: dict[int, dict[str, Any]] = {}
+    for n in sizes:
+        canon = shuffled[:n]
+        sum_q = sum(len(q) for q in canon)
+        utts = make_utterances(canon, n_utterances, np.random.default_rng([seed, 1, n]), **gen_kwargs)
+        texts = [u.text for u in utts]
+        len_u = np.array([len(normalize(t, placeholder="")) for t in texts], dtype=float)
+        sets[n] = {"canon": canon, "sum_q": sum_q, "utts": utts, "texts": texts, "len_u": len_u}
+        for ix in impls:
+            if ix.startswith("rapidfuzz"):
+                passes = max(rapidfuzz_passes, 1)
+                configs.append(
+                    TimedConfig(
+                        key=("main", ix, n),
+                        n_calls=passes * n_utterances,
+                        fn=lambda i, _t=texts, _c=canon, _m=n_utterances, _ix=ix: route(_t[i % _m], _c, _ix, threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
+                        targets=canon,
+                        timed_questions=n,
+                    )
+                )
+            else:
+                k = min(n, slow_max_questions)
+                sub_idx = np.sort(np.random.default_rng([seed, 2, n]).choice(n, size=k, replace=False))
+                sub = [canon[int(i)] for i in sub_idx]
+                nu = min(n_utterances, slow_utterances)
+                configs.append(
+                    TimedConfig(
+                        key=("main", ix, n),
+                        n_calls=nu,
+                        fn=lambda i, _t=texts, _s=sub, _ix=ix: route(_t[i], _s, _ix, threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
+                        targets=sub,
+                        timed_questions=k,
+                    )
+                )
+                if scaling_check_size == n and k < n and check_utts.get(ix, 0) > 0:
+                    configs.append(
+                        TimedConfig(
+                            key=("check", ix, n),
+                            n_calls=min(check_utts[ix], nu),
+                            fn=lambda i, _t=texts, _c=canon, _ix=ix: route(_t[i], _c, _ix, threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
+                            targets=canon,
+                            timed_questions=n,
+                        )
+                    )
+    return configs, sets
+
+
+def _settings(
+    sizes: list[int],
+    impls: Sequence[str],
+    threshold: float | int,
+    seed: int,
+    questions_path: str | os.PathLike[str],
+    n_questions: int,
+    gen_kwargs: dict[str, Any],
+    *,
+    n_utterances: int,
+    slow_max_questions: int,
+    slow_utterances: int,
+    rapidfuzz_passes: int,
+    rounds: int,
+) -> dict[str, Any]:
+    """The calibration file's ``settings``: what was measured, and how."""
+    return {
+        "sizes": sizes,
+        "utterances": n_utterances,
+        "impls": list(impls),
+        "threshold": threshold,
+        "threshold_rule": "float: accept argmin_q d/max(len(u),len(q)) if <= threshold; "
+        "int: accept argmin_q d if d <= threshold",
+        "seed": seed,
+        "questions_file": Path(questions_path).name,
+        "questions_available": n_questions,
+        "question_sets": "first N of a seeded shuffle (nested sets); utterances generated from those N",
+        "generator": dict(gen_kwargs),
+        "slow_max_questions": slow_max_questions,
+        "slow_utterances": slow_utterances,
+        "rapidfuzz_passes": rapidfuzz_passes,
+        "rounds": rounds,
+        "schedule": "every (impl, size) configuration's calls split into `rounds` chunks; chunks run "
+        "round by round, configurations in a seeded random order each round, 1 untimed warm-up call "
+        "per chunk -- so CPU contention from other processes spreads over all sizes",
+        "timer": "time.perf_counter_ns around one route() call (normalize + scan), gc disabled, "
+        f"{WARMUP} untimed warm-up calls per configuration; per-call process CPU time also recorded "
+        "(cpu_time: robust to being descheduled)",
+    }
+
+
+def _impl_record(
+    c: TimedConfig,
+    ix: str,
+    S: dict[str, Any],
+    base: dict[str, Any],
+    n_utterances: int,
+    threshold: float | int,
+    per_utt: list[tuple[float, float]],
+    per_utt_cpu: list[tuple[float, float]],
+) -> tuple[dict[str, Any], float]:
+    """The calibration record of implementation ``ix`` on one question set ``S`` (its timed
+    configuration ``c``, scaled to the whole set), and the scale; every timed call goes to
+    ``per_utt`` / ``per_utt_cpu`` (x = cells, latency) for the pooled law."""
+    n, sum_q, texts, len_u = len(S["canon"]), S["sum_q"], S["texts"], S["len_u"]
+    lat, cpu_lat = c.lat_ms(), c.cpu_ms()
+    sum_t = sum(len(q) for q in c.targets)
+    scale = sum_q / sum_t
+    x_t = len_u[np.arange(c.n_calls) % n_utterances] * sum_t
+    per_utt.extend(zip(x_t.tolist(), lat.tolist()))
+    per_utt_cpu.extend(zip(x_t.tolist(), cpu_lat.tolist()))
+    u_fit = fit_law(x_t, lat)
+    rec: dict[str, Any] = {
+        "impl": ix,
+        **base,
+        "timed_questions": c.timed_questions,
+        "timed_utterances": min(c.n_calls, n_utterances),
+        "timed_calls": c.n_calls,
+        "scale_factor": _g(scale),
+    }
+    if ix.startswith("rapidfuzz"):
+        m = n_utterances
+        rec["pass_mean_ms"] = [_g(float(lat[p * m : (p + 1) * m].mean())) for p in range(c.n_calls // m)]
+    if ix != "rapidfuzz":
+        ref = [route(texts[i % n_utterances], c.targets, "rapidfuzz", threshold) for i in range(c.n_calls)]
+        rec["scale_rule"] = (
+            "latency x sum len(q) over the set / over the timed subsample"
+            if c.timed_questions < n
+            else "not scaled (timed on the whole set)"
+        )
+        rec["agreement_with_rapidfuzz"] = round(
+            sum(1 for a, b in zip(c.results, ref, strict=True) if a == b) / c.n_calls, 4
+        )
+        rec["unscaled_mean_ms"] = _g(float(lat.mean()))
+    rec["cpu_share"] = round(c.cpu_share(), 3)
+    rec.update(_summary(lat * scale))
+    rec["cpu_time"] = {k: _g(float(np.quantile(cpu_lat * scale, p))) for k, p in HEADLINE.items()}
+    rec["cpu_time"]["mean_ms"] = _g(float(cpu_lat.mean() * scale))
+    rec["per_utterance_fit"] = _law_entry(u_fit)
+    return rec, scale
+
+
 def run_routing_calibration(
     sizes: Sequence[int] = (50, 100, 200, 400),
     n_utterances: int = 300,
@@ -399,51 +646,20 @@ def run_routing_calibration(
     tick(f"noise probe: median {probe_start['median_ms']} ms, cv {probe_start['cv']}")
 
     # ---- build every timed configuration first, then time them interleaved
-    configs: list[TimedConfig] = []
-    sets: dict[int, dict[str, Any]] = {}
-    for n in sizes:
-        canon = shuffled[:n]
-        sum_q = sum(len(q) for q in canon)
-        utts = make_utterances(canon, n_utterances, np.random.default_rng([seed, 1, n]), **gen_kwargs)
-        texts = [u.text for u in utts]
-        len_u = np.array([len(normalize(t, placeholder="")) for t in texts], dtype=float)
-        sets[n] = {"canon": canon, "sum_q": sum_q, "utts": utts, "texts": texts, "len_u": len_u}
-        for ix in impls:
-            if ix.startswith("rapidfuzz"):
-                passes = max(rapidfuzz_passes, 1)
-                configs.append(
-                    TimedConfig(
-                        key=("main", ix, n),
-                        n_calls=passes * n_utterances,
-                        fn=lambda i, _t=texts, _c=canon, _m=n_utterances, _ix=ix: route(_t[i % _m], _c, _ix, threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
-                        targets=canon,
-                        timed_questions=n,
-                    )
-                )
-            else:
-                k = min(n, slow_max_questions)
-                sub_idx = np.sort(np.random.default_rng([seed, 2, n]).choice(n, size=k, replace=False))
-                sub = [canon[int(i)] for i in sub_idx]
-                nu = min(n_utterances, slow_utterances)
-                configs.append(
-                    TimedConfig(
-                        key=("main", ix, n),
-                        n_calls=nu,
-                        fn=lambda i, _t=texts, _s=sub, _ix=ix: route(_t[i], _s, _ix, threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
-                        targets=sub,
-                        timed_questions=k,
-                    )
-                )
-                if scaling_check_size == n and k < n and check_utts.get(ix, 0) > 0:
-                    configs.append(
-                        TimedConfig(
-                            key=("check", ix, n),
-                            n_calls=min(check_utts[ix], nu),
-                            fn=lambda i, _t=texts, _c=canon, _ix=ix: route(_t[i], _c, _ix, threshold),  # type: ignore[misc]  # mypy cannot type default-bound lambdas
-                            targets=canon,
-                            timed_questions=n,
-                        )
-                    )
+    configs, sets = _timed_configs(
+        sizes,
+        shuffled,
+        impls,
+        threshold=threshold,
+        seed=seed,
+        n_utterances=n_utterances,
+        gen_kwargs=gen_kwargs,
+        rapidfuzz_passes=rapidfuzz_passes,
+        slow_max_questions=slow_max_questions,
+        slow_utterances=slow_utterances,
+        scaling_check_size=scaling_check_size,
+        check_utts=check_utts,
+    )
     time_interleaved(configs, rounds, np.random.default_rng([seed, 5]), tick)
     by_key = {c.key: c for c in configs}
 
@@ -468,47 +684,9 @@ def run_routing_calibration(
         routed_full: list[int] | None = None
         for ix in impls:
             c = by_key[("main", ix, n)]
-            lat, cpu_lat = c.lat_ms(), c.cpu_ms()
-            sum_t = sum(len(q) for q in c.targets)
-            scale = sum_q / sum_t
-            x_t = len_u[np.arange(c.n_calls) % n_utterances] * sum_t
-            per_utt[ix].extend(zip(x_t.tolist(), lat.tolist()))
-            per_utt_cpu[ix].extend(zip(x_t.tolist(), cpu_lat.tolist()))
-            u_fit = fit_law(x_t, lat)
-            rec: dict[str, Any] = {
-                "impl": ix,
-                **base,
-                "timed_questions": c.timed_questions,
-                "timed_utterances": min(c.n_calls, n_utterances),
-                "timed_calls": c.n_calls,
-                "scale_factor": _g(scale),
-            }
+            rec, scale = _impl_record(c, ix, S, base, n_utterances, threshold, per_utt[ix], per_utt_cpu[ix])
             if ix == "rapidfuzz":
                 routed_full = [r[0] for r in c.results[:n_utterances]]
-            if ix.startswith("rapidfuzz"):
-                m = n_utterances
-                rec["pass_mean_ms"] = [_g(float(lat[p * m : (p + 1) * m].mean())) for p in range(c.n_calls // m)]
-            if ix != "rapidfuzz":
-                ref = [route(texts[i % n_utterances], c.targets, "rapidfuzz", threshold) for i in range(c.n_calls)]
-                rec["scale_rule"] = (
-                    "latency x sum len(q) over the set / over the timed subsample"
-                    if c.timed_questions < n
-                    else "not scaled (timed on the whole set)"
-                )
-                rec["agreement_with_rapidfuzz"] = round(
-                    sum(1 for a, b in zip(c.results, ref, strict=True) if a == b) / c.n_calls, 4
-                )
-                rec["unscaled_mean_ms"] = _g(float(lat.mean()))
-            rec["cpu_share"] = round(c.cpu_share(), 3)
-            rec.update(_summary(lat * scale))
-            rec["cpu_time"] = {k: _g(float(np.quantile(cpu_lat * scale, p))) for k, p in HEADLINE.items()}
-            rec["cpu_time"]["mean_ms"] = _g(float(cpu_lat.mean() * scale))
-            rec["per_utterance_fit"] = {
-                "a_ms": _g(u_fit["a"]),
-                "b_ms_per_cell": _g(u_fit["b"]),
-                "ns_per_cell": _g(u_fit["b"] * 1e6),
-                "r2": round(u_fit["r2"], 4),
-            }
             records.append(rec)
             tick(
                 f"N={n} {ix}: mean {rec['mean_ms']} ms, p95 {rec['p95']} ms (timed on {rec['timed_questions']} q, "
@@ -516,62 +694,19 @@ def run_routing_calibration(
             )
             chk = by_key.get(("check", ix, n))
             if chk is not None:
-                full = chk.lat_ms()
-                est = lat[: chk.n_calls] * scale
-                scaling_check.append(
-                    {
-                        "impl": ix,
-                        "questions": n,
-                        "utterances": chk.n_calls,
-                        "measured_full_mean_ms": _g(float(full.mean())),
-                        "scaled_estimate_mean_ms": _g(float(est.mean())),
-                        "ratio_measured_to_estimate": round(float(full.mean() / est.mean()), 4),
-                        "measured_full_cpu_mean_ms": _g(float(chk.cpu_ms().mean())),
-                        "scaled_estimate_cpu_mean_ms": _g(float(c.cpu_ms()[: chk.n_calls].mean() * scale)),
-                    }
-                )
+                scaling_check.append(_scaling_check(ix, n, chk, c, scale))
 
         if routed_full is None:
             routed_full = [route(t, canon, "rapidfuzz", threshold)[0] for t in texts]
         accuracy.append({"questions": n, "threshold": threshold, **outcome(utts, routed_full)})
-        near = [nearest(t, canon) for t in texts]
-        sweeps.append(
-            {
-                "questions": n,
-                "by_threshold": [
-                    {
-                        "threshold": t,
-                        **{
-                            k: v
-                            for k, v in outcome(utts, [i if s <= t else -1 for i, _, s in near]).items()
-                            if k != "counts"
-                        },
-                    }
-                    for t in threshold_sweep
-                ],
-            }
-        )
+        sweeps.append({"questions": n, "by_threshold": _by_threshold(utts, texts, canon, threshold_sweep)})
 
     # cost of normalize() alone (part of every routed call)
-    all_texts = [t for n in sizes for t in sets[n]["texts"]]
-    nl, _, _ = time_calls(lambda i: normalize(all_texts[i], placeholder=""), len(all_texts))
-    normalize_cost = {
-        "calls": len(all_texts),
-        "mean_us": _g(float(nl.mean() * 1e3)),
-        "p50_us": _g(float(np.median(nl) * 1e3)),
-    }
+    normalize_cost = _normalize_cost([t for n in sizes for t in sets[n]["texts"]])
 
     # typo-rate sweep at the largest size
     n_big = sizes[-1]
-    canon_big = shuffled[:n_big]
-    typo_res = []
-    for tr in typo_sweep:
-        kw = dict(gen_kwargs, typo_rate=tr)
-        us = make_utterances(canon_big, typo_sweep_utterances, np.random.default_rng([seed, 3, int(tr * 1e6)]), **kw)
-        routed = [route(u.text, canon_big, "rapidfuzz", threshold)[0] for u in us]
-        o = outcome(us, routed)
-        o.pop("counts")
-        typo_res.append({"typo_rate": tr, **o})
+    typo_res = _typo_sweep(shuffled[:n_big], typo_sweep, typo_sweep_utterances, seed, threshold, gen_kwargs)
     tick("typo sweep done")
 
     cache = key_cardinality(
@@ -585,82 +720,27 @@ def run_routing_calibration(
     )
     tick("cache key cardinality done")
 
-    fits = []
-    for ix in impls:
-        recs = sorted((r for r in records if r["impl"] == ix), key=lambda r: r["questions"])
-        x = [r["mean_cells"] for r in recs]
-        entry: dict[str, Any] = {"impl": ix, "law": LAW, "questions": [r["questions"] for r in recs], "x": x}
-        for key in ("mean_ms", *HEADLINE):
-            f = fit_law(x, [r[key] for r in recs])
-            entry[key] = {
-                "a_ms": _g(f["a"]),
-                "b_ms_per_cell": _g(f["b"]),
-                "ns_per_cell": _g(f["b"] * 1e6),
-                "r2": round(f["r2"], 4),
-                "max_rel_err": round(f["max_rel_err"], 4),
-            }
-        f = fit_law(x, [r["cpu_time"]["mean_ms"] for r in recs])
-        entry["cpu_time_mean_ms"] = {
-            "a_ms": _g(f["a"]),
-            "b_ms_per_cell": _g(f["b"]),
-            "ns_per_cell": _g(f["b"] * 1e6),
-            "r2": round(f["r2"], 4),
-            "max_rel_err": round(f["max_rel_err"], 4),
-        }
-        pu = np.asarray(per_utt[ix])
-        f = fit_law(pu[:, 0], pu[:, 1])
-        entry["per_utterance_pooled"] = {
-            "a_ms": _g(f["a"]),
-            "b_ms_per_cell": _g(f["b"]),
-            "ns_per_cell": _g(f["b"] * 1e6),
-            "r2": round(f["r2"], 4),
-            "points": int(pu.shape[0]),
-            "note": "every timed call, unscaled, x against the set it was timed on",
-        }
-        pc = np.asarray(per_utt_cpu[ix])
-        f = fit_law(pc[:, 0], pc[:, 1])
-        entry["per_utterance_pooled_cpu_time"] = {
-            "a_ms": _g(f["a"]),
-            "b_ms_per_cell": _g(f["b"]),
-            "ns_per_cell": _g(f["b"] * 1e6),
-            "r2": round(f["r2"], 4),
-            "points": int(pc.shape[0]),
-        }
-        fits.append(entry)
+    fits = [_impl_fits(ix, records, per_utt[ix], per_utt_cpu[ix]) for ix in impls]
 
     probe_end = noise_probe(all_q, noise_probe_repeats)
     return {
         **run_header(
             KIND, VERSION, started, load_start, " ".join(sys.argv) if sys.argv else None, machine_description()
         ),
-        "settings": {
-            "sizes": sizes,
-            "utterances": n_utterances,
-            "impls": list(impls),
-            "threshold": threshold,
-            "threshold_rule": "float: accept argmin_q d/max(len(u),len(q)) if <= threshold; "
-            "int: accept argmin_q d if d <= threshold",
-            "seed": seed,
-            "questions_file": Path(questions_path).name,
-            "questions_available": len(all_q),
-            "question_sets": "first N of a seeded shuffle (nested sets); utterances generated from those N",
-            "generator": {
-                "typo_rate": typo_rate,
-                "order_number_share": order_number_share,
-                "noise_share": noise_share,
-                "unmatched_share": unmatched_share,
-            },
-            "slow_max_questions": slow_max_questions,
-            "slow_utterances": slow_utterances,
-            "rapidfuzz_passes": rapidfuzz_passes,
-            "rounds": rounds,
-            "schedule": "every (impl, size) configuration's calls split into `rounds` chunks; chunks run "
-            "round by round, configurations in a seeded random order each round, 1 untimed warm-up call "
-            "per chunk -- so CPU contention from other processes spreads over all sizes",
-            "timer": "time.perf_counter_ns around one route() call (normalize + scan), gc disabled, "
-            f"{WARMUP} untimed warm-up calls per configuration; per-call process CPU time also recorded "
-            "(cpu_time: robust to being descheduled)",
-        },
+        "settings": _settings(
+            sizes,
+            impls,
+            threshold,
+            seed,
+            questions_path,
+            len(all_q),
+            gen_kwargs,
+            n_utterances=n_utterances,
+            slow_max_questions=slow_max_questions,
+            slow_utterances=slow_utterances,
+            rapidfuzz_passes=rapidfuzz_passes,
+            rounds=rounds,
+        ),
         "noise": {
             "probe_start": probe_start,
             "probe_end": probe_end,

@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from sim.cli.app import app, stdout_console, user_errors
 from sim.errors import CapsimError
-from sim.files import regular_file_problem
+from sim.files import atomic_write_text, regular_file_problem, to_json
 from sim.registry import INDEXES
 
 calibrate_app = typer.Typer(
@@ -117,8 +120,6 @@ def retrieval(
     python_queries: int = typer.Option(50, "--python-queries", help="Queries timed for linear_python"),
 ) -> None:
     """Measure real hnsw / linear_numpy / linear_python / ivf indexes and write a calibration file."""
-    from rich.console import Console  # deferred: only when printing
-
     from sim.calibrate.retrieval import run_calibration, write_calibration  # deferred: numpy, hnswlib, faiss
 
     err = Console(stderr=True)
@@ -131,30 +132,13 @@ def retrieval(
         ef_l = parse_int_list("--ef", ef)
         nprobe_l = parse_int_list("--nprobe", nprobe)
         threads_l = parse_int_list("--threads", threads)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if max(threads_l) > cores:
-            typer.echo(
-                f"warning: --threads {max(threads_l)} on {cores} usable cores: those timings measure "
-                f"{max(threads_l)} searches sharing {cores} cores (each waits for a core), not "
-                f"{max(threads_l)} workers on their own cores; measure on the box that will serve retrieval",
-                err=True,
-            )
+        _warn_oversubscribed(max(threads_l))
         idx_l = _index_list(index)
         for flag, v in (("--python-docs", python_docs), ("--python-queries", python_queries)):
             if v <= 0:
                 raise CapsimError(f"{flag}: {v} is not a positive integer")
         if docs_l and dim:
-            from sim.run.bounds import available_memory_bytes  # deferred: only for this check
-
-            # float32 corpus + query set + an index of about the same size (hnsw's graph is smaller)
-            need = 3 * max(docs_l) * dim * 4
-            have = available_memory_bytes()
-            if need > have:
-                raise CapsimError(
-                    f"--docs {max(docs_l):,}: a {dim}-dim float32 corpus and its index need about "
-                    f"{need / 1e9:,.1f} GB, more than the {have / 1e9:,.1f} GB available; measure fewer docs "
-                    "(capsim extrapolates larger corpora with the fitted scaling law)"
-                )
+            _check_corpus_memory(max(docs_l), dim)
         if vectors is not None:
             problem = regular_file_problem(vectors)
             if problem is not None:
@@ -179,18 +163,7 @@ def retrieval(
     def progress(done: int, total: int, msg: str) -> None:
         bar.update(task, completed=done, total=total, description=msg)
 
-    parts = ["capsim", "calibrate", "retrieval"]
-    if docs_l is not None:
-        parts += ["--docs", ",".join(map(str, docs_l))]
-    if dim is not None:
-        parts += ["--dim", str(dim)]
-    parts += ["--top-k", str(top_k), "--queries", str(queries), "--index", ",".join(idx_l)]
-    if "hnsw" in idx_l:
-        parts += ["--M", str(M), "--ef-construction", str(ef_construction), "--ef", ",".join(map(str, ef_l))]
-    if "ivf" in idx_l:
-        parts += (["--nlist", str(nlist)] if nlist is not None else []) + ["--nprobe", ",".join(map(str, nprobe_l))]
-    if vectors is not None:
-        parts += ["--vectors", str(vectors)]
+    parts = _command_line(docs_l, dim, top_k, queries, idx_l, M, ef_construction, ef_l, nlist, nprobe_l, vectors)
     parts += ["--threads", ",".join(map(str, threads_l)), "--seed", str(seed), "--out", str(out)]
     if "linear_python" in idx_l:
         parts += ["--python-docs", str(python_docs), "--python-queries", str(python_queries)]
@@ -225,11 +198,64 @@ def retrieval(
     _summary(data, out)
 
 
-def _summary(data: dict, out: Path) -> None:
-    from rich import box  # deferred: only when printing
-    from rich.console import Console  # deferred: only when printing
-    from rich.table import Table  # deferred: only when printing
+def _warn_oversubscribed(threads: int) -> None:
+    """More search threads than usable cores measure searches waiting for a core: say so."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads > cores:
+        typer.echo(
+            f"warning: --threads {threads} on {cores} usable cores: those timings measure "
+            f"{threads} searches sharing {cores} cores (each waits for a core), not "
+            f"{threads} workers on their own cores; measure on the box that will serve retrieval",
+            err=True,
+        )
 
+
+def _check_corpus_memory(docs: int, dim: int) -> None:
+    """Refuse a corpus whose vectors and index would not fit in the memory available."""
+    # deferred: run.bounds loads the simulator (numpy, pydantic)
+    from sim.run.bounds import available_memory_bytes
+
+    # float32 corpus + query set + an index of about the same size (hnsw's graph is smaller)
+    need = 3 * docs * dim * 4
+    have = available_memory_bytes()
+    if need > have:
+        raise CapsimError(
+            f"--docs {docs:,}: a {dim}-dim float32 corpus and its index need about "
+            f"{need / 1e9:,.1f} GB, more than the {have / 1e9:,.1f} GB available; measure fewer docs "
+            "(capsim extrapolates larger corpora with the fitted scaling law)"
+        )
+
+
+def _command_line(
+    docs_l: list[int] | None,
+    dim: int | None,
+    top_k: int,
+    queries: int,
+    idx_l: list[str],
+    M: int,
+    ef_construction: int,
+    ef_l: list[int],
+    nlist: int | None,
+    nprobe_l: list[int],
+    vectors: Path | None,
+) -> list[str]:
+    """The start of the command that reproduces this calibration (written into the file)."""
+    parts = ["capsim", "calibrate", "retrieval"]
+    if docs_l is not None:
+        parts += ["--docs", ",".join(map(str, docs_l))]
+    if dim is not None:
+        parts += ["--dim", str(dim)]
+    parts += ["--top-k", str(top_k), "--queries", str(queries), "--index", ",".join(idx_l)]
+    if "hnsw" in idx_l:
+        parts += ["--M", str(M), "--ef-construction", str(ef_construction), "--ef", ",".join(map(str, ef_l))]
+    if "ivf" in idx_l:
+        parts += (["--nlist", str(nlist)] if nlist is not None else []) + ["--nprobe", ",".join(map(str, nprobe_l))]
+    if vectors is not None:
+        parts += ["--vectors", str(vectors)]
+    return parts
+
+
+def _summary(data: dict, out: Path) -> None:
     k = data["settings"]["top_k"]
     probs = data["probs"]
     i50, i95 = probs.index(0.5), probs.index(0.95)
@@ -281,12 +307,8 @@ def run_gpu_calibration(
     dtype_bytes: Optional[float],
     json_: bool,
 ) -> None:
-
-    from rich.table import Table  # deferred: only when printing
-
     # deferred: the fit loads scipy and pydantic
     from sim.calibrate.gpu import fit_gpu, read_measurements, scenario_llm, write_fragment
-    from sim.files import to_json
     from sim.spec.scenario import parse_overrides
 
     if out is not None:
@@ -423,7 +445,6 @@ def published_command(
 ) -> None:
     """Fit the step-cost defaults to published measurements and report held-out error."""
     from sim.calibrate.published import run_fit  # deferred: scipy, pydantic
-    from sim.files import atomic_write_text
 
     if resamples < 0:
         raise CapsimError(f"--resamples: must be >= 0, got {resamples}")

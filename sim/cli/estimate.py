@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sim.cli.app import app, stdout_console, user_errors
+from sim.files import to_json
 
 
 def _ms(x: float | None) -> str:
@@ -152,7 +153,6 @@ def estimate_command(
     """The cost model without simulating: memory, step times, roofline verdicts, utilisation, saturation."""
     # deferred: the cost model loads pydantic and numpy
     from sim.analysis.estimate import estimate_points
-    from sim.files import to_json
     from sim.spec.scenario import parse_overrides
 
     points = estimate_points(scenario, parse_overrides(set_))

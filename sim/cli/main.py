@@ -16,6 +16,7 @@ import typer
 
 from sim.cli.app import MAX_MEMORY_HELP, app, progress_bar, stdout_console, user_errors
 from sim.errors import CapsimError
+from sim.files import to_json
 
 
 @app.command()
@@ -36,7 +37,6 @@ def run(
     """
     # deferred: the simulator loads pydantic and numpy; `capsim run --help` needs neither.
     # pandas and scipy (the table below) load after the workers start, beside them.
-    from sim.files import to_json
     from sim.run.bounds import check_bounds
     from sim.run.folder import locked, prepare_out
     from sim.run.store import write_run

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +21,7 @@ from rich.table import Table
 
 from sim.cli.app import MAX_MEMORY_HELP, app, err_console, progress_bar, stdout_console, user_errors
 from sim.errors import CapsimError
+from sim.files import to_json
 
 SCHEDULER_HELP = (
     "Run on a Dask cluster: tcp://host:8786 (an existing scheduler; gives up after 10 s) "
@@ -113,7 +115,6 @@ def sweep(
     """
     # deferred: the simulator loads pydantic and numpy; `capsim sweep --help` needs neither.
     # pandas and scipy (the tables below) load after the workers start, beside them.
-    from sim.files import to_json
     from sim.run.bounds import check_bounds
     from sim.run.folder import locked, prepare_out
     from sim.run.loop import SweepInterrupted, run_sweep
@@ -209,10 +210,9 @@ def capacity(
     Exit codes: 0 a value meets every SLA, 1 none does, 2 bad input, 4 internal error, 5 a worker died, 130 Ctrl-C.
     """
     # deferred: the simulator loads pandas, scipy and pydantic
-    from sim.files import to_json
     from sim.run.bounds import check_bounds
-    from sim.run.capacity import Tried, capacity_band
     from sim.run.capacity import capacity as find_capacity
+    from sim.run.capacity import capacity_band
     from sim.run.folder import locked, prepare_out
     from sim.run.loop import SweepInterrupted
     from sim.spec.keys import check_key
@@ -233,19 +233,6 @@ def capacity(
     prepare_out(out, "sweep")
     con = stdout_console()
 
-    def show(t: Tried) -> None:
-        d = t.to_dict()
-        p95 = "-" if d["p95_e2e_ms"] is None else f"{d['p95_e2e_ms']:,.0f} ms"
-        slas = "; ".join(
-            f"{v['metric']} {v['stat']} {_ms(v['value'])}{_interval(v['ci'])} <= {v['threshold']:g}: {v['verdict']}"
-            for v in d["verdicts"]
-        )
-        line = f"tried {vary}={t.value:g}: {t.verdict.upper()}  e2e p95 {p95}{_interval(d['ci'])}  ({slas})"
-        if json_:
-            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
-        else:
-            con.print(line, markup=False, highlight=False, soft_wrap=True)
-
     ex = _executor(scheduler, jobs)
     hold = locked(out) if out is not None else contextlib.nullcontext()
     search = dict(
@@ -257,7 +244,7 @@ def capacity(
         seed=seed,
         executor=ex,
         out=out,
-        on_try=show,
+        on_try=_tried_printer(vary, err_console if json_ else con),
     )
     try:
         with hold:
@@ -272,7 +259,29 @@ def capacity(
         raise typer.Exit(e.exit_code) from None
     finally:
         _close(ex)
-    if band:
+    _print_capacity(vary, res, results if band else None, json_, con)
+    raise typer.Exit(res.exit_code)
+
+
+def _tried_printer(vary: str, console: Any) -> Callable[[Any], None]:
+    """One line per value the capacity search tries (on stderr with --json)."""
+
+    def show(t: Any) -> None:
+        d = t.to_dict()
+        p95 = "-" if d["p95_e2e_ms"] is None else f"{d['p95_e2e_ms']:,.0f} ms"
+        slas = "; ".join(
+            f"{v['metric']} {v['stat']} {_ms(v['value'])}{_interval(v['ci'])} <= {v['threshold']:g}: {v['verdict']}"
+            for v in d["verdicts"]
+        )
+        line = f"tried {vary}={t.value:g}: {t.verdict.upper()}  e2e p95 {p95}{_interval(d['ci'])}  ({slas})"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    return show
+
+
+def _print_capacity(vary: str, res: Any, results: dict[str, Any] | None, json_: bool, con: Any) -> None:
+    """The answer: JSON, or a line (and the band's); no value meeting the SLA goes to stderr."""
+    if results is not None:
         shown = {p: ("none" if r.capacity is None else f"{r.capacity:g}") for p, r in results.items()}
         line = (
             f"capacity band: {vary} = {shown['published']} with the central published step costs, "
@@ -281,11 +290,11 @@ def capacity(
         )
     if json_:
         doc = res.to_dict()
-        if band:
+        if results is not None:
             doc["band"] = {p: r.to_dict() for p, r in results.items()}
         sys.stdout.write(to_json(doc) + "\n")
     else:
-        if band:
+        if results is not None:
             con.print(line, highlight=False, soft_wrap=True)
         how = "largest" if res.direction == "max" else "smallest"
         if res.capacity is not None:
@@ -305,7 +314,6 @@ def capacity(
             )
         )
         err_console.print(f"no value meets the SLA: {res.note}{best}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(res.exit_code)
 
 
 @app.command("report")

@@ -12,21 +12,18 @@ from collections import OrderedDict
 
 
 class LRUCache:
-    __slots__ = ("_d", "capacity", "evictions", "hits", "inserts", "misses")
+    __slots__ = ("_d", "capacity")
 
     def __init__(self, capacity: int):
         self.capacity = int(capacity)
         self._d: OrderedDict[int, None] = OrderedDict()
-        self.hits = self.misses = self.evictions = self.inserts = 0
 
     def lookup(self, key: int) -> bool:
         """True on a hit (and mark the key most recently used)."""
         d = self._d
         if key in d:
             d.move_to_end(key)
-            self.hits += 1
             return True
-        self.misses += 1
         return False
 
     def insert(self, key: int) -> None:
@@ -37,17 +34,11 @@ class LRUCache:
             d.move_to_end(key)
             return
         d[key] = None
-        self.inserts += 1
         if len(d) > self.capacity:
             d.popitem(last=False)
-            self.evictions += 1
 
     def __contains__(self, key: int) -> bool:
         return key in self._d
 
     def __len__(self) -> int:
         return len(self._d)
-
-    def keys(self) -> list[int]:
-        """Keys from least to most recently used."""
-        return list(self._d)

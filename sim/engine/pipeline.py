@@ -604,23 +604,18 @@ class Model:
         env.run(until=self.end_arrivals_s + self.drain_s)
         records = self.recorder.arrays()
         lo, hi = self.window
-        counters: dict[str, float | Bins] = {"sim_end_s": env.now, "started_in_window": self.started_in_window}
-        if self.cache is not None:
-            c = self.cache
-            counters.update(cache_hits=c.hits, cache_misses=c.misses, cache_evictions=c.evictions)
+        counters: dict[str, float | Bins] = {"started_in_window": self.started_in_window}
         # Stage counters are Bins over time (sim.engine.records.Bins): the summary takes their
         # totals from the warm-up cut, fixed or chosen afterwards by MSER-5.
         if self.routing_pool is not None:
             counters.update(
                 routing_busy_s=self.routing_pool.busy_bins,
                 routing_workers=self.routing_pool.workers,
-                routing_queue_at_end=self.routing_pool.queue_length(),
             )
         if self.pool is not None:
             counters.update(
                 retrieval_busy_s=self.pool.busy_bins,
                 retrieval_workers=self.pool.workers,
-                retrieval_queue_at_end=self.pool.queue_length(),
             )
         if self.llm is not None:
             reps = self.llm.replicas
@@ -630,8 +625,6 @@ class Model:
                 {f"gpu_{k}": Bins.sum([r.bins[k] for r in reps]) for k in reps[0].bins},
                 gpu_replicas=len(reps),
                 gpu_kv_blocks=self.llm.kv_blocks,
-                llm_queue_at_end=sum(len(r.waiting) for r in reps),
-                llm_running_at_end=sum(r.batch for r in reps),
             )
         timeseries = {k: (v if k == "kv_capacity_tokens" else np.asarray(v, dtype=float)) for k, v in sampled.items()}
         lookups = (np.asarray(self.lookup_t0, dtype=float), np.asarray(self.lookup_hit, dtype=bool))

@@ -176,26 +176,6 @@ def tp_allreduce_time_s(
     return 2.0 * layers * ring_allreduce_time_s(new_tokens * hidden * dtype_bytes, tensor_parallel, interconnect_gbps)
 
 
-def roofline_step_time_s(
-    n_bytes,
-    flops,
-    hbm_bandwidth_gbps: float,
-    peak_tflops: float,
-    bw_efficiency: float = 1.0,
-    mfu: float = 1.0,
-    overhead_s: float = 0.0,
-    comm_s=0.0,
-):
-    """One step on one GPU: ``max(bytes / (bw * bw_eff), flops / (peak * mfu)) + overhead + comm``.
-
-    Works element-wise on numpy arrays (the GPU calibration fits it).
-    """
-    mem = np.asarray(n_bytes, dtype=float) / (hbm_bandwidth_gbps * GB * bw_efficiency)
-    comp = np.asarray(flops, dtype=float) / (peak_tflops * TFLOP * mfu)
-    out = np.maximum(mem, comp) + overhead_s + comm_s
-    return float(out) if out.ndim == 0 else out
-
-
 def arithmetic_intensity(flops: float, n_bytes: float) -> float:
     """FLOPs per byte moved: ``flops / bytes``; compare with :func:`ridge_point_flops_per_byte`."""
     return flops / n_bytes if n_bytes > 0 else math.inf
@@ -310,19 +290,23 @@ def kv_misfit(
     prefix_tokens: int,
     kv_blocks_total: int,
     block_tokens: int,
+    longest: bool = False,
 ) -> str | None:
     """None when a request can finish alone on a replica; else the one-line reason.
 
     The replica keeps ``prefix_tokens // B`` blocks for the shared system prompt;
     a request that needs more than the rest would be preempted and readmitted
-    forever, so the scenario is refused instead.
+    forever, so the scenario is refused instead.  ``longest``: the request is the
+    longest the scenario's bounded token counts allow (the schema's check before running).
     """
     need = request_kv_blocks(prompt_tokens, output_tokens, shared_tokens, block_tokens)
     room = kv_blocks_total - prefix_tokens // block_tokens
     if need <= room:
         return None
+    tokens = f"{prompt_tokens} prompt + {output_tokens} output tokens"
+    request = f"the longest request ({tokens})" if longest else f"a request of {tokens}"
     return (
-        f"llm: a request of {prompt_tokens} prompt + {output_tokens} output tokens needs {need} KV "
+        f"llm: {request} needs {need} KV "
         f"blocks of {block_tokens} tokens but a replica holds {room}; raise llm.tensor_parallel or "
         f"llm.gpu_memory_utilization, use a bigger GPU or lower kv_dtype_bytes, or shorten "
         f"llm.prompt_tokens / llm.output_tokens"

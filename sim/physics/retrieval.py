@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,34 @@ class Calibration:
 
         ``ef_search`` is used only for hnsw, ``nprobe`` only for ivf.
         """
+        notes: list[str] = []
+        recs, dim, T = self._records_for(index, docs, dim, top_k, workers, notes)
+        pairs, knob_txt = self._knob_weights(index, recs, ef_search, nprobe, notes)
+        values, mean, recall, extrapolated = self._at_docs(index, recs, pairs, docs, T)
+        if any(docs not in {r.docs for r in recs if r.knob_value == kv} for kv, _ in pairs):
+            notes += _law_notes(kind(index).law_note, sorted({r.docs for r in recs}), docs, extrapolated)
+        # keep the distribution valid: positive and non-decreasing
+        floor = max(1e-6, float(np.min(values[values > 0])) if np.any(values > 0) else 1e-6)
+        values = np.maximum.accumulate(np.maximum(values, floor))
+        mean = float(min(max(mean, values[0]), values[-1]))
+        desc = f"{index}{knob_txt} N={docs} dim={dim} top_k={top_k} threads={T} from {self._name()}" + (
+            f" ({'; '.join(notes)})" if notes else " (measured)"
+        )
+        return RetrievalProfile(
+            probs=tuple(float(p) for p in self.probs),
+            values_ms=tuple(float(v) for v in values),
+            mean_ms=mean,
+            recall=None if recall is None else float(min(1.0, max(0.0, recall))),
+            extrapolated=extrapolated,
+            interpolated=len(pairs) > 1,
+            description=desc,
+        )
+
+    def _records_for(
+        self, index: str, docs: int, dim: int, top_k: int, workers: int, notes: list[str]
+    ) -> tuple[list[_Rec], int, int]:
+        """The records of ``index`` at this dim, top_k and the largest measured thread count
+        <= ``workers``: (records, dim, threads).  Refuses what the file did not measure."""
         name = self._name()
         recs = [r for r in self.records if r.index == index]
         if not recs:
@@ -170,12 +198,10 @@ class Calibration:
                 f"measure it with: capsim calibrate retrieval --index {index}"
             )
         dims = sorted({r.dim for r in recs})
-        own_vectors = self.corpus.get("source") == "vectors" and len(dims) == 1
-        notes_dim: list[str] = []
-        if own_vectors and dim not in dims:
+        if self.corpus.get("source") == "vectors" and len(dims) == 1 and dim not in dims:
             # Measured on the user's own embeddings: their dimension is a property of those
             # vectors, not a knob, so it carries into the scenario whatever retrieval.dim says.
-            notes_dim.append(f"dim {dims[0]} of the vectors measured (the scenario says {dim})")
+            notes.append(f"dim {dims[0]} of the vectors measured (the scenario says {dim})")
             dim = dims[0]
         if dim not in dims:
             raise CalibrationError(
@@ -194,8 +220,6 @@ class Calibration:
             raise CalibrationError(f"retrieval.docs={docs!r} must be an integer larger than top_k={top_k}")
         if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1:
             raise CalibrationError(f"retrieval.workers={workers!r} must be a positive integer")
-
-        # ---- threads
         ts = sorted({r.threads for r in recs})
         usable = [t for t in ts if t <= workers]
         if not usable:
@@ -204,43 +228,44 @@ class Calibration:
                 f"measure it with: capsim calibrate retrieval --threads {workers}"
             )
         T = max(usable)
-        recs = [r for r in recs if r.threads == T]
-        notes: list[str] = list(notes_dim)
         if workers != T:
             notes.append(f"{workers} workers: using the {T}-thread measurement (largest measured <= {workers})")
+        return [r for r in recs if r.threads == T], dim, T
 
-        # ---- knob
+    def _knob_weights(
+        self, index: str, recs: list[_Rec], ef_search: int | None, nprobe: int | None, notes: list[str]
+    ) -> tuple[list[tuple[int | None, float]], str]:
+        """(knob value, weight) pairs whose weighted profiles make the asked knob (one measured
+        value, or the two around it), and the knob's text for the description."""
         ik = kind(index)
-        knob = ik.knob
-        interpolated = False
-        if knob is None:
-            pairs: list[tuple[int | None, float]] = [(None, 1.0)]
-            knob_txt = ""
-        else:
-            want = {"retrieval.ef_search": ef_search, "retrieval.nprobe": nprobe}.get(ik.knob_key or "")
-            have = sorted({r.knob_value for r in recs if r.knob_value is not None})
-            label = "ef" if knob == "ef" else "nprobe"
-            if want is None:
-                raise CalibrationError(f"{ik.knob_key} is required for {index}; {name} measured {label} {_join(have)}")
-            if not isinstance(want, (int, np.integer)) or isinstance(want, bool) or want <= 0:
-                raise CalibrationError(f"{ik.knob_key}={want!r} must be a positive integer")
-            if want in have:
-                pairs = [(int(want), 1.0)]
-            elif have and have[0] < want < have[-1]:
-                hi = next(v for v in have if v > want)
-                lo = max(v for v in have if v < want)
-                w = (want - lo) / (hi - lo)
-                pairs = [(lo, 1.0 - w), (hi, w)]
-                interpolated = True
-                notes.append(f"{label} {want} interpolated between measured {lo} and {hi}")
-            else:
-                raise CalibrationError(
-                    f"{ik.knob_key}={want} is outside what {name} measured for {index} "
-                    f"({label} {_join(have)}); measure it with: capsim calibrate retrieval {ik.knob_flag} {want}"
-                )
-            knob_txt = f" {label}={want}"
+        if ik.knob is None:
+            return [(None, 1.0)], ""
+        name = self._name()
+        want = {"retrieval.ef_search": ef_search, "retrieval.nprobe": nprobe}.get(ik.knob_key or "")
+        have = sorted({r.knob_value for r in recs if r.knob_value is not None})
+        label = "ef" if ik.knob == "ef" else "nprobe"
+        if want is None:
+            raise CalibrationError(f"{ik.knob_key} is required for {index}; {name} measured {label} {_join(have)}")
+        if not isinstance(want, (int, np.integer)) or isinstance(want, bool) or want <= 0:
+            raise CalibrationError(f"{ik.knob_key}={want!r} must be a positive integer")
+        if want in have:
+            return [(int(want), 1.0)], f" {label}={want}"
+        if not (have and have[0] < want < have[-1]):
+            raise CalibrationError(
+                f"{ik.knob_key}={want} is outside what {name} measured for {index} "
+                f"({label} {_join(have)}); measure it with: capsim calibrate retrieval {ik.knob_flag} {want}"
+            )
+        hi = next(v for v in have if v > want)
+        lo = max(v for v in have if v < want)
+        w = (want - lo) / (hi - lo)
+        notes.append(f"{label} {want} interpolated between measured {lo} and {hi}")
+        return [(lo, 1.0 - w), (hi, w)], f" {label}={want}"
 
-        # ---- N: measured, or scaling law
+    def _at_docs(
+        self, index: str, recs: list[_Rec], pairs: list[tuple[int | None, float]], docs: int, T: int
+    ) -> tuple[np.ndarray, float, float | None, bool]:
+        """(quantile values, mean, recall, extrapolated) at ``docs``: measured, or from the
+        scaling law, weighted over the knob ``pairs``."""
         extrapolated = False
         values = np.zeros(len(self.probs))
         mean = 0.0
@@ -249,64 +274,53 @@ class Calibration:
             series = sorted((r for r in recs if r.knob_value == kv), key=lambda r: r.docs)
             by_n = {r.docs: r for r in series}
             if docs in by_n:
-                r = by_n[docs]
-                v, m = r.values_ms, r.mean_ms
+                v, m = by_n[docs].values_ms, by_n[docs].mean_ms
             else:
-                fit = next((f for f in self.fits if f.index == index and f.knob_value == kv and f.threads == T), None)
-                if fit is None:
-                    raise CalibrationError(
-                        f"retrieval.docs={docs} is not measured in {name} for {index}{_kv(knob, kv)} "
-                        f"threads={T} (docs {_join(sorted(by_n))}) and there is no scaling law (needs >= 2 sizes); "
-                        f"measure it with: capsim calibrate retrieval --docs {docs}"
-                    )
-                x = kind(index).law_x(docs, nlist=self._nlist_for(docs), nprobe=kv)
-                v = fit.a + fit.b * x
-                m = fit.mean_a + fit.mean_b * x
-                median = float(np.interp(0.5, self.probs, v))
-                if median <= 0:  # the fitted law falls with N: extrapolated, it reaches a 0 ms search
-                    raise CalibrationError(
-                        f"retrieval.docs={docs}: the scaling law {ik.law_note} of {name} for {index}{_kv(knob, kv)} "
-                        f"threads={T} gives a median of {median:.3g} ms there "
-                        f"(fitted mean slope {fit.mean_b:.3g}), not a search time; "
-                        f"measure it with: capsim calibrate retrieval --docs {docs}"
-                    )
-                lo_n, hi_n = min(fit.docs), max(fit.docs)
-                if docs < lo_n or docs > hi_n:
-                    extrapolated = True
+                v, m, beyond = self._by_law(index, kv, T, docs, sorted(by_n))
+                extrapolated = extrapolated or beyond
             values = values + w * np.asarray(v, dtype=float)
             mean += w * float(m)
             rc = _recall_at(series, docs)
             recall = None if (recall is None or rc is None) else recall + w * rc
+        return values, mean, recall, extrapolated
 
-        if any(docs not in {r.docs for r in recs if r.knob_value == kv} for kv, _ in pairs):
-            measured = sorted({r.docs for r in recs})
-            law = ik.law_note
-            if extrapolated:
-                notes.append(f"N={docs} extrapolated beyond measured N {_join(measured)} with the scaling law {law}")
-            else:
-                notes.append(f"N={docs} from the scaling law {law} fitted to measured N {_join(measured)}")
-            nearest = min(measured, key=lambda n: abs(math.log(n) - math.log(docs)))
-            if docs < measured[0] or docs > measured[-1]:
-                notes.append(f"recall taken from N={nearest} (nearest measured)")
-            else:
-                notes.append("recall interpolated in ln N")
+    def _by_law(
+        self, index: str, kv: int | None, T: int, docs: int, measured: list[int]
+    ) -> tuple[np.ndarray, float, bool]:
+        """(quantile values, mean, outside the fitted sizes) at ``docs`` from the scaling law."""
+        name, ik = self._name(), kind(index)
+        fit = next((f for f in self.fits if f.index == index and f.knob_value == kv and f.threads == T), None)
+        if fit is None:
+            raise CalibrationError(
+                f"retrieval.docs={docs} is not measured in {name} for {index}{_kv(ik.knob, kv)} "
+                f"threads={T} (docs {_join(measured)}) and there is no scaling law (needs >= 2 sizes); "
+                f"measure it with: capsim calibrate retrieval --docs {docs}"
+            )
+        x = ik.law_x(docs, nlist=self._nlist_for(docs), nprobe=kv)
+        v = fit.a + fit.b * x
+        median = float(np.interp(0.5, self.probs, v))
+        if median <= 0:  # the fitted law falls with N: extrapolated, it reaches a 0 ms search
+            raise CalibrationError(
+                f"retrieval.docs={docs}: the scaling law {ik.law_note} of {name} for {index}{_kv(ik.knob, kv)} "
+                f"threads={T} gives a median of {median:.3g} ms there "
+                f"(fitted mean slope {fit.mean_b:.3g}), not a search time; "
+                f"measure it with: capsim calibrate retrieval --docs {docs}"
+            )
+        return v, fit.mean_a + fit.mean_b * x, docs < min(fit.docs) or docs > max(fit.docs)
 
-        # keep the distribution valid: positive and non-decreasing
-        floor = max(1e-6, float(np.min(values[values > 0])) if np.any(values > 0) else 1e-6)
-        values = np.maximum.accumulate(np.maximum(values, floor))
-        mean = float(min(max(mean, values[0]), values[-1]))
-        desc = f"{index}{knob_txt} N={docs} dim={dim} top_k={top_k} threads={T} from {name}" + (
-            f" ({'; '.join(notes)})" if notes else " (measured)"
-        )
-        return RetrievalProfile(
-            probs=tuple(float(p) for p in self.probs),
-            values_ms=tuple(float(v) for v in values),
-            mean_ms=mean,
-            recall=None if recall is None else float(min(1.0, max(0.0, recall))),
-            extrapolated=extrapolated,
-            interpolated=interpolated,
-            description=desc,
-        )
+
+def _law_notes(law: str, measured: list[int], docs: int, extrapolated: bool) -> list[str]:
+    """What the description says when ``docs`` came from the scaling law."""
+    if extrapolated:
+        notes = [f"N={docs} extrapolated beyond measured N {_join(measured)} with the scaling law {law}"]
+    else:
+        notes = [f"N={docs} from the scaling law {law} fitted to measured N {_join(measured)}"]
+    nearest = min(measured, key=lambda n: abs(math.log(n) - math.log(docs)))
+    if docs < measured[0] or docs > measured[-1]:
+        notes.append(f"recall taken from N={nearest} (nearest measured)")
+    else:
+        notes.append("recall interpolated in ln N")
+    return notes
 
 
 def _contention(cal: Calibration, index: str, **knobs: Any) -> tuple[float, ...]:
@@ -356,6 +370,28 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
     def bad(msg: str) -> CalibrationError:
         return CalibrationError(f"calibration file {name}: {msg}")
 
+    doc = _read_json(p, bad)
+    probs = _header_probs(doc, bad)
+    raw = doc.get("records")
+    if not isinstance(raw, list) or not raw:
+        raise bad("records must be a non-empty list")
+    recs = [_malformed_is_bad(_record, r, f"records[{i}]", probs, bad) for i, r in enumerate(raw)]
+    fits = [_malformed_is_bad(_fit, f, f"fits[{i}]", probs, bad) for i, f in enumerate(doc.get("fits") or [])]
+    return Calibration(
+        path=p,
+        probs=tuple(float(x) for x in probs),
+        records=tuple(recs),
+        fits=tuple(fits),
+        settings=_section(doc, "settings"),
+        machine=_section(doc, "machine"),
+        corpus=_section(doc, "corpus"),
+    )
+
+
+_Bad = Callable[[str], CalibrationError]
+
+
+def _read_json(p: Path, bad: _Bad) -> Any:
     problem = regular_file_problem(p)
     if problem is not None:
         raise bad(problem)
@@ -366,13 +402,17 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
     except UnicodeDecodeError as exc:
         raise bad(f"is not UTF-8 text (byte {exc.start}); is it a binary file?") from None
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as exc:
         raise bad(f"duplicate key {exc.args[0]!r}; give each key once") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad(f"is not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
     except RecursionError:
         raise bad("is nested too deeply to be a calibration") from None
+
+
+def _header_probs(doc: Any, bad: _Bad) -> list[float]:
+    """The kind, version and quantile probabilities every record's values follow."""
     if not isinstance(doc, dict):
         raise bad("top level must be a JSON object")
     if doc.get("kind") != KIND:
@@ -389,89 +429,68 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
         or any(b <= a for a, b in itertools.pairwise(probs))
     ):
         raise bad("probs must be a list of numbers rising strictly from 0 to 1")
-    raw = doc.get("records")
-    if not isinstance(raw, list) or not raw:
-        raise bad("records must be a non-empty list")
-    recs = []
-    for i, r in enumerate(raw):
-        where = f"records[{i}]"
-        try:
-            index = r["index"]
-            if index not in kinds():
-                raise bad(f"{where}.index {index!r} is not one of {', '.join(kinds())}")
-            vals = np.asarray(r["values_ms"], dtype=float)
-            if vals.shape != (len(probs),) or not np.isfinite(vals).all() or np.any(np.diff(vals) < 0) or vals[0] < 0:
-                raise bad(f"{where}.values_ms must be {len(probs)} finite non-decreasing numbers >= 0")
-            mean = float(r["mean_ms"])
-            if not math.isfinite(mean) or mean < 0:
-                raise bad(f"{where}.mean_ms must be a finite number >= 0")
-            kv = r.get("knob_value")
-            if (kind(index).knob is None) != (kv is None):
-                raise bad(
-                    f"{where}.knob_value must be {'null' if kind(index).knob is None else 'an integer'} for {index}"
-                )
-            if vals[-1] <= 0 or mean <= 0:
-                raise bad(f"{where}: a search cannot take 0 ms; values_ms and mean_ms must be positive")
-            rc = r.get("recall")
-            if rc is not None and not (0.0 <= float(rc) <= 1.0):
-                raise bad(f"{where}.recall must be between 0 and 1")
-            params = r.get("params") or {}
-            recs.append(
-                _Rec(
-                    index=index,
-                    docs=_posint(r["docs"], where + ".docs", bad),
-                    dim=_posint(r["dim"], where + ".dim", bad),
-                    top_k=_posint(r["top_k"], where + ".top_k", bad),
-                    knob_value=None if kv is None else _posint(kv, where + ".knob_value", bad),
-                    threads=_posint(r["threads"], where + ".threads", bad),
-                    mean_ms=mean,
-                    values_ms=vals,
-                    recall=None if rc is None else float(rc),
-                    nlist=params.get("nlist"),
-                )
-            )
-        except CalibrationError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise bad(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
-    fits = []
-    for i, f in enumerate(doc.get("fits") or []):
-        where = f"fits[{i}]"
-        try:
-            a = np.asarray(f["a"], dtype=float)
-            b = np.asarray(f["b"], dtype=float)
-            if (
-                a.shape != (len(probs),)
-                or b.shape != (len(probs),)
-                or not (np.isfinite(a).all() and np.isfinite(b).all())
-            ):
-                raise bad(f"{where}.a and .b must be {len(probs)} finite numbers")
-            if len(set(f["docs"])) < 2:
-                raise bad(f"{where}.docs: a scaling law needs at least 2 distinct corpus sizes to be identified")
-            fits.append(
-                _Fit(
-                    index=str(f["index"]),
-                    knob_value=None if f.get("knob_value") is None else int(f["knob_value"]),
-                    threads=int(f["threads"]),
-                    docs=tuple(int(n) for n in f["docs"]),
-                    mean_a=float(f["mean"]["a"]),
-                    mean_b=float(f["mean"]["b"]),
-                    a=a,
-                    b=b,
-                )
-            )
-        except CalibrationError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise bad(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
-    return Calibration(
-        path=p,
-        probs=tuple(float(x) for x in probs),
-        records=tuple(recs),
-        fits=tuple(fits),
-        settings=_section(doc, "settings"),
-        machine=_section(doc, "machine"),
-        corpus=_section(doc, "corpus"),
+    return probs
+
+
+def _malformed_is_bad(read: Callable[..., Any], entry: Any, where: str, probs: list[float], bad: _Bad) -> Any:
+    """``read(entry, where, probs, bad)``, a missing or mistyped field reported as one line."""
+    try:
+        return read(entry, where, probs, bad)
+    except CalibrationError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise bad(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _record(r: Any, where: str, probs: list[float], bad: _Bad) -> _Rec:
+    index = r["index"]
+    if index not in kinds():
+        raise bad(f"{where}.index {index!r} is not one of {', '.join(kinds())}")
+    vals = np.asarray(r["values_ms"], dtype=float)
+    if vals.shape != (len(probs),) or not np.isfinite(vals).all() or np.any(np.diff(vals) < 0) or vals[0] < 0:
+        raise bad(f"{where}.values_ms must be {len(probs)} finite non-decreasing numbers >= 0")
+    mean = float(r["mean_ms"])
+    if not math.isfinite(mean) or mean < 0:
+        raise bad(f"{where}.mean_ms must be a finite number >= 0")
+    kv = r.get("knob_value")
+    if (kind(index).knob is None) != (kv is None):
+        raise bad(f"{where}.knob_value must be {'null' if kind(index).knob is None else 'an integer'} for {index}")
+    if vals[-1] <= 0 or mean <= 0:
+        raise bad(f"{where}: a search cannot take 0 ms; values_ms and mean_ms must be positive")
+    rc = r.get("recall")
+    if rc is not None and not (0.0 <= float(rc) <= 1.0):
+        raise bad(f"{where}.recall must be between 0 and 1")
+    params = r.get("params") or {}
+    return _Rec(
+        index=index,
+        docs=_posint(r["docs"], where + ".docs", bad),
+        dim=_posint(r["dim"], where + ".dim", bad),
+        top_k=_posint(r["top_k"], where + ".top_k", bad),
+        knob_value=None if kv is None else _posint(kv, where + ".knob_value", bad),
+        threads=_posint(r["threads"], where + ".threads", bad),
+        mean_ms=mean,
+        values_ms=vals,
+        recall=None if rc is None else float(rc),
+        nlist=params.get("nlist"),
+    )
+
+
+def _fit(f: Any, where: str, probs: list[float], bad: _Bad) -> _Fit:
+    a = np.asarray(f["a"], dtype=float)
+    b = np.asarray(f["b"], dtype=float)
+    if a.shape != (len(probs),) or b.shape != (len(probs),) or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise bad(f"{where}.a and .b must be {len(probs)} finite numbers")
+    if len(set(f["docs"])) < 2:
+        raise bad(f"{where}.docs: a scaling law needs at least 2 distinct corpus sizes to be identified")
+    return _Fit(
+        index=str(f["index"]),
+        knob_value=None if f.get("knob_value") is None else int(f["knob_value"]),
+        threads=int(f["threads"]),
+        docs=tuple(int(n) for n in f["docs"]),
+        mean_a=float(f["mean"]["a"]),
+        mean_b=float(f["mean"]["b"]),
+        a=a,
+        b=b,
     )
 
 

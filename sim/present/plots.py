@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sim.analysis.stats import combine_verdicts
 from sim.errors import CapsimError
 from sim.files import atomic_write_bytes, atomic_write_text
 from sim.present.tables import timeline_line
@@ -513,10 +514,8 @@ def timeline_sla(points: Sequence[Mapping[str, Any]]) -> float | None:
 
 def point_verdict(point: Mapping[str, Any]) -> str | None:
     """``fail`` if any SLA fails, ``inconclusive`` if any is and none fails, ``pass``, or None (no SLA)."""
-    vs = [v["verdict"] for v in point.get("sla", [])]
-    if not vs:
-        return None
-    return "fail" if "fail" in vs else "inconclusive" if "inconclusive" in vs else "pass"
+    verdict = combine_verdicts([v["verdict"] for v in point.get("sla", [])])
+    return None if verdict == "none" else verdict
 
 
 def _stable(point: Mapping[str, Any]) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 
+from sim.analysis.table import table_columns
 from sim.run.results import Result
 
 
@@ -93,13 +94,11 @@ def run_table(result: Result) -> Table:
         t.add_column(k.split(".")[-1], justify="right")
     recall = any((p.summary.get("retrieval") or {}).get("recall_at_k") is not None for p in pts)
     routing = any("routing" in p.summary["utilization"] for p in pts)
+    columns = table_columns([p.summary.to_dict() for p in pts])
     for col in (
-        "e2e p50",
-        "e2e p95",
-        "e2e p99",
-        "ttft p95",
+        *(f"{m.removesuffix('_ms')} {st}" for m, st in columns),
         "answers/s",
-        *(["routing p95", "routing util"] if routing else []),
+        *(["routing util"] if routing else []),
         "cache hit",
         *(["recall@k"] if recall else []),
         "retrieval util",
@@ -111,7 +110,6 @@ def run_table(result: Result) -> Table:
         t.add_column(col, justify="right")
     for p in pts:
         s = p.summary
-        e2e, ttft = s["metrics"].get("e2e_ms"), s["metrics"].get("ttft_ms")
         steady = s["stability"]["stable"]
         verdicts = []
         for v in s["sla"]:
@@ -130,19 +128,9 @@ def run_table(result: Result) -> Table:
         u = s["utilization"]
         t.add_row(
             *[str(p.params[k]) for k in keys],
-            _fmt(e2e, "p50", steady),
-            _fmt(e2e, "p95", steady),
-            _fmt(e2e, "p99", steady),
-            _fmt(ttft, "p95", steady),
+            *(_fmt_small(s["metrics"].get(m), st, steady) for m, st in columns),
             f"{s['throughput_per_s']:.1f}",
-            *(
-                [
-                    _fmt_small(s["metrics"].get("routing_ms"), "p95", steady),
-                    "-" if "routing" not in u else f"{u['routing']:.0%}",
-                ]
-                if routing
-                else []
-            ),
+            *(["-" if "routing" not in u else f"{u['routing']:.0%}"] if routing else []),
             "-" if s["cache_hit_rate"] is None else f"{s['cache_hit_rate']:.0%}",
             *([_recall(s.get("retrieval"))] if recall else []),
             "-" if "retrieval" not in u else f"{u['retrieval']:.0%}",

@@ -37,6 +37,7 @@ from typing import Any
 
 from sim.engine.pipeline import retrieval_service_distribution
 from sim.errors import CapsimError
+from sim.run.executors import default_jobs
 from sim.spec.scenario import Point
 from sim.spec.schema import Scenario
 
@@ -185,8 +186,6 @@ def check_bounds(
     flag = "--max-memory" if limit is not None else "available memory"
     limit = limit if limit is not None else available_memory_bytes()
     if jobs is None:
-        from sim.run.executors import default_jobs  # deferred: the executor module loads the engine
-
         jobs = default_jobs()
     est = estimate_run(points, jobs=min(jobs, max(1, sum(p.scenario.run.replications for p in points))))
     say = warn or (lambda msg: print(msg, file=sys.stderr))

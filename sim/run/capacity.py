@@ -148,22 +148,45 @@ def capacity(
     if not base.sla:
         raise ConfigError("capacity needs an SLA: add an sla: section or --set sla.e2e_ms.p95=800")
     kind, lo_b, hi_b, current = numeric_field(base, key)
+    direction, why = _direction(key, direction, base.workload.mode)
+    _check_range(key, kind, lo_b, hi_b, low, high, step)
+    cast = _caster(kind)
+    L = cast(low) if low is not None else lo_b
+    H = cast(high) if high is not None else hi_b
+    res = CapacityResult(key, direction, None, reason=why)
+    search = _Search(raw, key, kind, L, H, direction, executor or LocalExecutor(jobs), out, on_try, res)
+    if low is not None and high is not None:
+        bracket = search.ends()
+    else:
+        start = low if low is not None else high if high is not None else _estimated_start(key, base, current)
+        if start is None:
+            raise ConfigError(f"--vary {key}: the scenario sets no value for it; give --low and --high")
+        bracket = search.bracket(cast(min(max(start, L), H)), max_steps)
+    if bracket is not None:
+        search.bisect(*bracket, step)
+    return res
+
+
+def _direction(key: str, direction: str | None, mode: str) -> tuple[str, str]:
+    """The search direction (asked, or by the key's meaning) and why; a load key must match
+    the workload's mode."""
     if direction is None:
         direction, why = default_direction(key)
     else:
         if direction not in ("max", "min"):
             raise ConfigError(f"--direction {direction!r}: expected max or min")
         why = "as asked"
-    mode = base.workload.mode
     if (key == "workload.rate_per_s" and mode == "closed") or (key == "workload.users" and mode == "open"):
         raise ConfigError(
             f"--vary {key}: the scenario's workload is {mode}; "
             f"vary {'workload.users' if mode == 'closed' else 'workload.rate_per_s'} instead"
         )
+    return direction, why
 
-    def cast(v: float) -> float:
-        return round(v) if kind is int else float(v)
 
+def _check_range(
+    key: str, kind: type, lo_b: float, hi_b: float, low: float | None, high: float | None, step: float | None
+) -> None:
     for name, v in (("--low", low), ("--high", high)):
         if v is not None and not (lo_b <= v <= hi_b):
             raise ConfigError(f"{name} {v:g}: {key} must lie in [{lo_b:g}, {hi_b:g}]")
@@ -173,111 +196,128 @@ def capacity(
         raise ConfigError(f"--low {low:g} must be below --high {high:g}")
     if step is not None and step <= 0:
         raise ConfigError(f"--step {step:g}: must be > 0")
-    L = cast(low) if low is not None else lo_b
-    H = cast(high) if high is not None else hi_b
-    ex = executor or LocalExecutor(jobs)
-    cache: dict[float, Tried] = {}
-    res = CapacityResult(key, direction, None, reason=why)
 
-    def test(v: float) -> bool:
-        v = cast(v)
-        if v not in cache:
-            pts = expand(raw, {key: v})
-            sr = run_sweep(pts, out, executor=ex)
+
+def _caster(kind: type) -> Callable[[float], float]:
+    def cast(v: float) -> float:
+        return round(v) if kind is int else float(v)
+
+    return cast
+
+
+@dataclass
+class _Search:
+    """One capacity search over ``[L, H]``: every value is simulated once (memoised) and
+    recorded in ``res.tried``; the steps below fill in ``res``."""
+
+    raw: dict
+    key: str
+    kind: type
+    L: float
+    H: float
+    direction: str
+    ex: Any
+    out: str | Path | None
+    on_try: Callable[[Tried], None] | None
+    res: CapacityResult
+    cache: dict[float, Tried] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cast = _caster(self.kind)
+
+    def test(self, v: float) -> bool:
+        v = self.cast(v)
+        if v not in self.cache:
+            sr = run_sweep(expand(self.raw, {self.key: v}), self.out, executor=self.ex)
             t = Tried(v, sr.points[0].summary)
-            cache[v] = t
-            res.tried.append(t)
-            if on_try:
-                on_try(t)
-        return cache[v].passed
+            self.cache[v] = t
+            self.res.tried.append(t)
+            if self.on_try:
+                self.on_try(t)
+        return self.cache[v].passed
 
-    easy, hard = (L, H) if direction == "max" else (H, L)
-
-    def grow(v: float, toward_hard: bool) -> float:
+    def grow(self, v: float, toward_hard: bool) -> float:
         """The next value of a geometric bracket search, clamped to [L, H]."""
-        up = toward_hard == (direction == "max")
+        up = toward_hard == (self.direction == "max")
         if up:
-            nv = v * 2 if v > 0 else (1 if kind is int else 1.0)
+            nv = v * 2 if v > 0 else (1 if self.kind is int else 1.0)
         else:
             nv = v / 2 if v > 0 else v - 1
-        nv = cast(nv)
+        nv = self.cast(nv)
         if nv == v:
-            nv = cast(v + (1 if up else -1))
-        return min(max(nv, L), H)
+            nv = self.cast(v + (1 if up else -1))
+        return min(max(nv, self.L), self.H)
 
-    good = bad = None
-    if low is not None and high is not None:
-        if not test(easy):
-            res.best = cache[cast(easy)]
-            res.note = f"even {key}={cast(easy):g}, the most favourable end of the range, does not meet the SLA"
-            return res
-        good = cast(easy)
-        if test(hard):
-            res.capacity = cast(hard)
-            res.note = f"every value in [{L:g}, {H:g}] meets the SLA; the capacity is at least {cast(hard):g}"
-            return res
-        bad = cast(hard)
-    else:
-        start = low if low is not None else high if high is not None else _estimated_start(key, base, current)
-        if start is None:
-            raise ConfigError(f"--vary {key}: the scenario sets no value for it; give --low and --high")
-        v = cast(min(max(start, L), H))
-        if test(v):
+    def ends(self) -> tuple[float, float] | None:
+        """With both bounds: the favourable end must pass and the other fail, else ``res`` is final."""
+        key, res = self.key, self.res
+        easy, hard = (self.L, self.H) if self.direction == "max" else (self.H, self.L)
+        easy, hard = self.cast(easy), self.cast(hard)
+        if not self.test(easy):
+            res.best = self.cache[easy]
+            res.note = f"even {key}={easy:g}, the most favourable end of the range, does not meet the SLA"
+            return None
+        if self.test(hard):
+            res.capacity = hard
+            res.note = f"every value in [{self.L:g}, {self.H:g}] meets the SLA; the capacity is at least {hard:g}"
+            return None
+        return easy, hard
+
+    def bracket(self, v: float, max_steps: int) -> tuple[float, float] | None:
+        """From ``v``, double or halve (at most ``max_steps`` times) until the verdict flips:
+        (passing, failing) values, or None with ``res`` final."""
+        key, res = self.key, self.res
+        good = bad = None
+        if self.test(v):
             good = v
             for _ in range(max_steps):
-                nv = grow(good, toward_hard=True)
+                nv = self.grow(good, toward_hard=True)
                 if nv == good:
                     break
-                if test(nv):
-                    good = nv
-                else:
-                    bad = nv
-                    break
-            if bad is None:
-                res.capacity = good
-                res.note = (
-                    f"{key}={good:g} still meets the SLA: the search stopped at "
-                    f"{'the end of the allowed range' if good in (L, H) else 'its step limit'}; "
-                    f"the capacity is at least {good:g}"
-                )
-                return res
-        else:
-            bad = v
-            for _ in range(max_steps):
-                nv = grow(bad, toward_hard=False)
-                if nv == bad:
-                    break
-                if test(nv):
-                    good = nv
-                    break
-                bad = nv
-            if good is None:
-                res.best = cache[bad]
-                res.note = f"no value of {key} tried meets the SLA (the most favourable tried: {bad:g})"
-                return res
-    # Bisect between good (passes) and bad (does not).
-    assert good is not None and bad is not None
+                if not self.test(nv):
+                    return good, nv
+                good = nv
+            res.capacity = good
+            res.note = (
+                f"{key}={good:g} still meets the SLA: the search stopped at "
+                f"{'the end of the allowed range' if good in (self.L, self.H) else 'its step limit'}; "
+                f"the capacity is at least {good:g}"
+            )
+            return None
+        bad = v
+        for _ in range(max_steps):
+            nv = self.grow(bad, toward_hard=False)
+            if nv == bad:
+                break
+            if self.test(nv):
+                return nv, bad
+            bad = nv
+        res.best = self.cache[bad]
+        res.note = f"no value of {key} tried meets the SLA (the most favourable tried: {bad:g})"
+        return None
 
-    def tol() -> float:
-        # 1 % of the value: finer than that, replications cannot tell neighbours apart.
-        assert good is not None and bad is not None
-        rel = 0.01 * max(abs(good), abs(bad))
-        return step if step is not None else (max(1, int(rel)) if kind is int else rel)
-
-    while abs(bad - good) > tol():
-        mid = cast((good + bad) / 2)
-        if mid in (good, bad):
-            break
-        if test(mid):
-            good = mid
-        else:
-            bad = mid
-    res.capacity = good
-    inconc = [t.value for t in res.tried if t.verdict == "inconclusive"]
-    res.note = f"{key}={good:g} meets every SLA; {bad:g} does not" + (
-        f" (inconclusive at {', '.join(f'{x:g}' for x in sorted(inconc))}: counted as not passing)" if inconc else ""
-    )
-    return res
+    def bisect(self, good: float, bad: float, step: float | None) -> None:
+        """Bisect between ``good`` (passes) and ``bad`` (does not) until the bracket is ``step``
+        wide (default 1 % of the value: finer, replications cannot tell neighbours apart)."""
+        while True:
+            rel = 0.01 * max(abs(good), abs(bad))
+            tol = step if step is not None else (max(1, int(rel)) if self.kind is int else rel)
+            if abs(bad - good) <= tol:
+                break
+            mid = self.cast((good + bad) / 2)
+            if mid in (good, bad):
+                break
+            if self.test(mid):
+                good = mid
+            else:
+                bad = mid
+        inconc = [t.value for t in self.res.tried if t.verdict == "inconclusive"]
+        self.res.capacity = good
+        self.res.note = f"{self.key}={good:g} meets every SLA; {bad:g} does not" + (
+            f" (inconclusive at {', '.join(f'{x:g}' for x in sorted(inconc))}: counted as not passing)"
+            if inconc
+            else ""
+        )
 
 
 def _estimated_start(key: str, scn: Scenario, current: Any) -> Any:

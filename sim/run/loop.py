@@ -38,15 +38,12 @@ class SweepInterrupted(RunStopped):
 
 
 def needs_more(summary: PointSummary, scn: Scenario) -> bool:
-    target = scn.run.target_precision
-    if target is None or not summary.stable:
-        return False  # more replications cannot make an unstable point's percentiles converge
-    for s in summary.sla:
-        lo, hi = s.ci
-        v = s.value
-        if v is None or lo is None or hi is None or (hi - lo) / 2 > target * abs(v):
-            return True
-    return False
+    """More replications are due: ``run.target_precision`` is set, the point is stable (more
+    cannot make an unstable point's percentiles converge) and the summary's precision check
+    (:func:`sim.analysis.summary.summarize_point`, the one place it is decided) is not reached."""
+    if scn.run.target_precision is None or not summary.stable or summary.precision is None:
+        return False
+    return not summary.precision["reached"]
 
 
 def nothing_finished_fails(summary: PointSummary, scn: Scenario) -> PointSummary:

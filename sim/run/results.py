@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.analysis.summary import PointSummary, combine_verdicts
+from sim.analysis.stats import combine_verdicts
+from sim.analysis.summary import PointSummary
 from sim.analysis.table import param_columns, summary_table, with_params
 from sim.engine.pipeline import Replication
 from sim.spec.schema import Scenario
@@ -18,6 +19,9 @@ from sim.spec.schema import Scenario
 
 @dataclass
 class PointResult:
+    """What simulating one point gave: its swept values, resolved scenario, replications and
+    :class:`~sim.analysis.summary.PointSummary` (the input side is :class:`sim.spec.scenario.Point`)."""
+
     params: dict[str, Any]
     scenario: Scenario
     replications: list[Replication]

@@ -66,14 +66,16 @@ class Metric:
     name: str
     stage: Stage
     doc: str
+    #: The statistics the results tables show as columns (terminal table, summary.csv/.parquet).
+    table: tuple[str, ...] = ()
 
 
 #: Summarised metrics, in report order; each may be named in ``sla:``.
 METRICS: tuple[Metric, ...] = (
-    Metric("e2e_ms", "always", "arrival to answer"),
-    Metric("ttft_ms", "llm", "arrival to first token"),
+    Metric("e2e_ms", "always", "arrival to answer", table=("p50", "p95", "p99")),
+    Metric("ttft_ms", "llm", "arrival to first token", table=("p95",)),
     Metric("tpot_ms", "llm", "time per output token after the first: decode_ms / (output_tokens - 1)"),
-    Metric("routing_ms", "routing", "routing wait + edit-distance routing, routed requests only"),
+    Metric("routing_ms", "routing", "routing wait + edit-distance routing, routed requests only", table=("p95",)),
     Metric("routing_wait_ms", "routing", "wait for a routing worker"),
     Metric("routing_service_ms", "routing", "edit-distance routing of the utterance"),
     Metric("cache_ms", "cache", "cache lookup"),
@@ -88,6 +90,8 @@ METRICS: tuple[Metric, ...] = (
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 #: Metrics an SLA may name.
 SLA_METRICS: tuple[str, ...] = METRIC_NAMES
+#: ``(metric, statistic)`` columns of the results tables, in report order.
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = tuple((m.name, st) for m in METRICS for st in m.table)
 #: The stage an SLA metric needs (metrics measured always are absent).
 METRIC_STAGE: dict[str, str] = {m.name: m.stage for m in METRICS if m.stage != "always"}
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)

@@ -755,16 +755,17 @@ class Scenario(Strict):
         output = _upper_bound(llm.output_tokens)
         if prompt is None or output is None:
             return
-        B = llm.kv_block_tokens
-        need = gpu_model.request_kv_blocks(round(prompt), round(output), llm.prefix_tokens, B)
-        room = llm.kv_blocks - llm.prefix_tokens // B
-        if need > room:
-            raise ValueError(
-                f"llm: the longest request ({round(prompt)} prompt + {round(output)} output tokens) needs "
-                f"{need} KV blocks of {B} tokens but a replica holds {room}; raise llm.tensor_parallel or "
-                f"llm.gpu_memory_utilization, use a bigger GPU or lower kv_dtype_bytes, or shorten "
-                f"llm.prompt_tokens / llm.output_tokens"
-            )
+        why = gpu_model.kv_misfit(
+            round(prompt),
+            round(output),
+            llm.prefix_tokens,
+            llm.prefix_tokens,
+            llm.kv_blocks,
+            llm.kv_block_tokens,
+            longest=True,
+        )
+        if why is not None:
+            raise ValueError(why)
 
     def _takes_time(self) -> bool:
         """Can a request take any simulated time at all?"""
