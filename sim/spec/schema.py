@@ -38,6 +38,7 @@ from sim.registry import INDEXES, ROUTERS
 from sim.spec import catalog
 from sim.spec import trace as trace_file
 from sim.spec.catalog import param_count
+from sim.spec.descriptions import FIELD_DESCRIPTIONS
 from sim.spec.efficiency import EFFICIENCY_PRESETS, preset_parameters
 from sim.spec.metrics import METRIC_STAGE, SLA_METRICS, STATS
 from sim.spec.reserve import DEFAULT_RESERVE, RESERVE_PRESETS, EngineReserve
@@ -912,7 +913,8 @@ def json_schema() -> dict:
     Pydantic's schema describes the validated model; a file may also write a
     distribution as a plain number, a catalog name for ``llm.model`` /
     ``llm.gpu``, and ``extends:``.  Those are added here, SLA metric and
-    statistic names are enumerated, and descriptions lose their Sphinx markup.
+    statistic names are enumerated, every key gets its line from
+    :mod:`sim.spec.descriptions`, and descriptions lose their Sphinx markup.
     ``tests/test_schema.py`` validates every shipped scenario against it.
     """
     schema = Scenario.model_json_schema()
@@ -954,6 +956,11 @@ def json_schema() -> dict:
         },
         "default": {},
     }
+    for model, fields in FIELD_DESCRIPTIONS.items():
+        props = (schema if model == "Scenario" else schema["$defs"].get(model, {})).get("properties", {})
+        for key, text in fields.items():
+            if key in props:
+                props[key].setdefault("description", text)
     _plain_descriptions(schema)
     return schema
 
