@@ -6,6 +6,7 @@ with their figures; the copy run here is a fresh small-scale execution, not the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -23,6 +24,9 @@ def test_both_notebooks_exist():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_small(path, monkeypatch):
     monkeypatch.setenv("CAPSIM_NOTEBOOK_SCALE", "small")
+    # The kernel imports `sim` as an installed package; put this checkout first so a venv whose
+    # editable install points at another checkout (a shared venv, a git worktree) tests this code.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError, with the cell and traceback, on any failure

@@ -147,3 +147,26 @@ def test_gpu_load_is_throughput_over_capacity_and_shows_headroom():
         s = res.points[0].summary
         assert s.gpu["load"] == pytest.approx(s.throughput_per_s / cap, rel=1e-9)
         assert s.gpu["load"] == pytest.approx(share, abs=0.08)
+
+
+def test_summary_table_carries_gpu_headroom_not_a_busy_share_named_utilisation():
+    """Issue 14 again, in summary.csv and ``result.table()``: a column ``gpu_utilization`` held the
+    share of time a replica had any request in flight (1.0 from half load on), so a planner read
+    saturation where half the capacity was free.  The table carries ``gpu_load`` (the headroom the
+    terminal shows as "gpu load") and names the other ``gpu_in_use``."""
+    import sim
+
+    res = sim.simulate(
+        {
+            "workload": {"mode": "open", "rate_per_s": 2.0},
+            "cache": {"enabled": False},
+            "retrieval": {"enabled": False},
+            "llm": {"prompt_tokens": 500, "output_tokens": 80, "max_batch": 32},
+            "run": {"duration_s": 60, "warmup_s": 10, "replications": 1},
+        }
+    )
+    row = res.table().iloc[0]
+    s = res.points[0].summary
+    assert "gpu_utilization" not in row.index
+    assert row["gpu_load"] == pytest.approx(s.gpu["load"]) and row["gpu_load"] < 0.2
+    assert row["gpu_in_use"] == pytest.approx(s.utilization["gpu"])

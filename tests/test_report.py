@@ -255,6 +255,26 @@ def test_cdf_lines_can_be_told_apart():
     assert ax.get_legend() is not None and len(ax.get_legend().get_texts()) == 12
 
 
+def test_cdf_of_many_points_is_panels_each_told_apart_not_a_gradient():
+    """Issue 14: the 22-point CDF of notebook 01 (users x replicas) fell back to one viridis
+    gradient with a colour bar of point numbers; no line could be named.  Beyond 20 points the
+    CDF is panels of at most ten lines, every line in a legend, each distinct within its panel."""
+    n = 22
+    recs = pd.DataFrame(
+        {"point": np.repeat(np.arange(n), 50), "e2e_ms": np.random.default_rng(1).exponential(100, 50 * n) + 1}
+    )
+    fig = latency_cdf(recs, [f"p{i}" for i in range(n)], sla=300)
+    axes = [a for a in fig.axes if a.get_legend() is not None]
+    assert len(fig.axes) == len(axes) == 3  # no colour bar axis
+    named = [t.get_text() for a in axes for t in a.get_legend().get_texts()]
+    assert sorted(named) == sorted(f"p{i}" for i in range(n))
+    for ax in axes:
+        lines = [ln for ln in ax.lines if ln.get_label().startswith("p")]
+        assert len(lines) <= 10
+        assert len({(tuple(np.round(ln.get_color(), 3)), ln.get_linestyle()) for ln in lines}) == len(lines)
+        assert len({tuple(np.round(ln.get_color(), 3)) for ln in lines}) == len(lines)
+
+
 def _ts(kv_tokens: float):
     t = np.linspace(0, 10, 11)
     return pd.DataFrame(

@@ -87,3 +87,83 @@ def test_descriptions_carry_no_sphinx_markup() -> None:
 def test_capsim_schema_prints_it() -> None:
     r = invoke("schema")
     assert r.exit_code == 0 and json.loads(r.output) == json_schema()
+
+
+def _sections(schema: dict) -> dict[str, dict]:
+    return {"Scenario": schema, **{k: v for k, v in schema["$defs"].items() if "properties" in v}}
+
+
+def test_every_key_has_a_plain_description() -> None:
+    """Issue 14: an editor showed nothing on hover (3 of ~130 keys had a description, in Sphinx
+    markup).  Every key of every section has one plain-text line."""
+    missing = [
+        f"{name}.{key}"
+        for name, section in _sections(json_schema()).items()
+        for key, prop in section["properties"].items()
+        if not str(prop.get("description", "")).strip()
+    ]
+    assert not missing
+
+
+def test_descriptions_name_only_keys_that_exist() -> None:
+    from sim.spec.descriptions import FIELD_DESCRIPTIONS
+
+    sections = _sections(json_schema())
+    stale = [
+        f"{name}.{key}"
+        for name, fields in FIELD_DESCRIPTIONS.items()
+        for key in fields
+        if key not in sections.get(name, {}).get("properties", {})
+    ]
+    assert not stale
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"extends": "order_support.yaml", "sweep": None, "expect": None, "workload": {"users": 200}},
+        {"extends": "base.yaml", "retrieval": {"service_ms": None}, "llm": {"max_batch": None}},
+        {"extends": "base.yaml", "workload": {"think_s": {"cv": 0.5}}, "llm": {"gpu": {"memory_gb": 141}}},
+    ],
+    ids=["drop-sweep", "null-keys", "partial-sections"],
+)
+def test_a_derived_file_may_null_and_give_part_of_a_section(
+    validator: jsonschema.Draft202012Validator, doc: dict
+) -> None:
+    """Issue 14: the README's own ``sweep: null`` (a derived file drops its base's sweep) was red
+    under the schema; so was half a section, which the deep merge completes from the base."""
+    assert not [e.message for e in validator.iter_errors(doc)]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"extends": "base.yaml", "llm": {"maxbatch": 3}},
+        {"extends": "base.yaml", "llm": {"max_batch": "x"}},
+        {"extends": "base.yaml", "sla": {"e2e_msec": {"p95": 800}}},
+        {**GOOD, "extends": 3},
+        {k: v for k, v in {**GOOD, "llm": {**GOOD["llm"], "max_batch": None}}.items() if k != "extends"},
+        {"llm": {"max_batch": 3}},
+    ],
+    ids=[
+        "derived-unknown-key",
+        "derived-bad-type",
+        "derived-unknown-metric",
+        "extends-not-a-path",
+        "plain-null",
+        "no-workload",
+    ],
+)
+def test_derived_files_stay_checked_and_plain_files_stay_strict(
+    validator: jsonschema.Draft202012Validator, doc: dict
+) -> None:
+    assert list(validator.iter_errors(doc))
+
+
+def test_capsim_runs_the_derived_file_the_schema_accepts(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text((ROOT / "tests/data/rag_small.yaml").read_text())
+    doc = {"extends": "base.yaml", "sweep": None, "expect": None, "llm": {"max_batch": None}}
+    jsonschema.Draft202012Validator(json_schema()).validate(doc)
+    (tmp_path / "derived.yaml").write_text(yaml.safe_dump(doc))
+    r = invoke("estimate", str(tmp_path / "derived.yaml"))
+    assert r.exit_code == 0, r.output

@@ -79,7 +79,11 @@ def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> p
         row["cache_hit_rate"] = s.get("cache_hit_rate")
         u = s.get("utilization", {})
         row["retrieval_utilization"] = u.get("retrieval")
-        row["gpu_utilization"] = u.get("gpu")
+        # The GPU's headroom (answers/s over the replicas' capacity at a full batch), and beside it,
+        # named for what it is, the share of time a replica has any request in flight: continuous
+        # batching keeps that near 1 long before capacity runs out, so it must not read "utilisation".
+        row["gpu_load"] = (s.get("gpu") or {}).get("load")
+        row["gpu_in_use"] = u.get("gpu")
         if routing:  # only when a point routes, so tables without the stage keep their columns
             row["routing_utilization"] = u.get("routing")
         cost = s.get("cost") or {}

@@ -154,6 +154,7 @@ def knee_index(
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 LINESTYLES = ("-", "--", ":", "-.")
+CDF_PANEL_LINES = 10  # beyond 20 points, the CDF is drawn in panels of this many lines
 KV_FLAT = 0.01  # a KV panel whose peak stays under this share of capacity is a flat line: left out
 
 
@@ -170,48 +171,46 @@ def latency_cdf(
     """ECDF of ``metric`` per point (``records`` windowed, with a ``point`` column).
 
     Up to 20 points each get a colour of a qualitative palette (tab10, tab20 beyond ten)
-    and a line style cycling through four, so neighbours differ in both; more points
-    fall back to one gradient with a colour bar."""
+    and a line style cycling through four, so neighbours differ in both.  More points are
+    drawn as panels of at most ten (as even as can be), in sweep order, sharing the x axis, each with its own
+    legend: a single gradient of 20+ lines cannot be told apart, nor read off a colour bar."""
     plt, sns = _setup()
-    fig, ax = plt.subplots(figsize=(9.5, 4.8))
     present = set(records["point"].unique()) if len(records) else set()
     order = [i for i in range(len(labels)) if i in present]
-    many = len(order) > 20
-    colors = (
-        sns.color_palette("viridis", n_colors=max(1, len(order)))
-        if many
-        else sns.color_palette("tab10" if len(order) <= 10 else "tab20", n_colors=max(1, len(order)))
+    panels = 1 if len(order) <= 20 else math.ceil(len(order) / CDF_PANEL_LINES)
+    groups = [order[k * len(order) // panels : (k + 1) * len(order) // panels] for k in range(panels)]
+    fig, axes = plt.subplots(
+        len(groups), 1, figsize=(9.5, 4.8 if len(groups) == 1 else 3.4 * len(groups)), sharex=True, squeeze=False
     )
-    for j, i in enumerate(order):
-        v = np.sort(records.loc[records["point"] == i, metric].to_numpy(dtype=float))
-        v = v[np.isfinite(v)]
-        if not len(v):
-            continue
-        ax.step(
-            v,
-            np.arange(1, len(v) + 1) / len(v),
-            where="post",
-            color=colors[j],
-            ls="-" if many else LINESTYLES[j % len(LINESTYLES)],
-            lw=1.6,
-            label=None if many else labels[i],
-        )
-    if many:
-        sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, len(order) - 1))
-        fig.colorbar(sm, ax=ax, label="point (in sweep order)")
-    elif order:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=9, handlelength=3)
     vals = records[metric] if len(records) else pd.Series(dtype=float)
-    if len(vals) and vals.min() > 0 and vals.max() / max(vals.min(), 1e-9) > 50:
-        ax.set_xscale("log")
-    if sla is not None:
-        ax.axvline(sla, color="crimson", ls="--", lw=1.2)
-        ax.text(sla, 0.02, f" SLA {sla:g} ms", color="crimson", va="bottom")
-    ax.axhline(0.95, color="grey", ls=":", lw=1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel(f"{metric.removesuffix('_ms')} latency (ms)")
-    ax.set_ylabel("fraction of requests ≤ x")
-    ax.set_title(title or "Latency CDF per point (after warm-up)")
+    for ax, group in zip(axes[:, 0], groups):
+        colors = sns.color_palette("tab10" if len(group) <= 10 else "tab20", n_colors=max(1, len(group)))
+        for j, i in enumerate(group):
+            v = np.sort(records.loc[records["point"] == i, metric].to_numpy(dtype=float))
+            v = v[np.isfinite(v)]
+            if not len(v):
+                continue
+            ax.step(
+                v,
+                np.arange(1, len(v) + 1) / len(v),
+                where="post",
+                color=colors[j],
+                ls=LINESTYLES[j % len(LINESTYLES)],
+                lw=1.6,
+                label=labels[i],
+            )
+        if group:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=9, handlelength=3)
+        if len(vals) and vals.min() > 0 and vals.max() / max(vals.min(), 1e-9) > 50:
+            ax.set_xscale("log")
+        if sla is not None:
+            ax.axvline(sla, color="crimson", ls="--", lw=1.2)
+            ax.text(sla, 0.02, f" SLA {sla:g} ms", color="crimson", va="bottom")
+        ax.axhline(0.95, color="grey", ls=":", lw=1)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("fraction of requests ≤ x")
+    axes[-1, 0].set_xlabel(f"{metric.removesuffix('_ms')} latency (ms)")
+    axes[0, 0].set_title(title or "Latency CDF per point (after warm-up)")
     fig.tight_layout()
     return fig
 

@@ -11,7 +11,9 @@ Validation errors become one line naming the dotted key (see
 
 from __future__ import annotations
 
+import copy
 import difflib
+import json
 import math
 import re
 import types
@@ -38,6 +40,7 @@ from sim.registry import INDEXES, ROUTERS
 from sim.spec import catalog
 from sim.spec import trace as trace_file
 from sim.spec.catalog import param_count
+from sim.spec.descriptions import FIELD_DESCRIPTIONS
 from sim.spec.efficiency import EFFICIENCY_PRESETS, preset_parameters
 from sim.spec.metrics import METRIC_STAGE, SLA_METRICS, STATS
 from sim.spec.reserve import DEFAULT_RESERVE, RESERVE_PRESETS, EngineReserve
@@ -913,7 +916,8 @@ def json_schema() -> dict:
     Pydantic's schema describes the validated model; a file may also write a
     distribution as a plain number, a catalog name for ``llm.model`` /
     ``llm.gpu``, and ``extends:``.  Those are added here, SLA metric and
-    statistic names are enumerated, and descriptions lose their Sphinx markup.
+    statistic names are enumerated, every key gets its line from
+    :mod:`sim.spec.descriptions`, and descriptions lose their Sphinx markup.
     ``tests/test_schema.py`` validates every shipped scenario against it.
     """
     schema = Scenario.model_json_schema()
@@ -955,8 +959,54 @@ def json_schema() -> dict:
         },
         "default": {},
     }
+    for model, fields in FIELD_DESCRIPTIONS.items():
+        props = (schema if model == "Scenario" else schema["$defs"].get(model, {})).get("properties", {})
+        for key, text in fields.items():
+            if key in props:
+                props[key].setdefault("description", text)
     _plain_descriptions(schema)
+    _derived_files(schema)
     return schema
+
+
+DERIVED = "Derived"  # prefix of the $defs a file that extends another is checked against
+
+
+def _derived_files(schema: dict) -> None:
+    """A file with ``extends:`` is deep-merged over its base: any key may be null (it removes the
+    base's key) and a section may give part of what it needs (the rest comes from the base).
+
+    Every $def gets a ``Derived`` twin whose keys also take null and require nothing (its unions
+    become ``anyOf``: a partial distribution may match more than one kind).  The top-level keys
+    point at the twins, and a file without ``extends`` must also meet the strict sections in
+    ``else``: an editor checks a plain file as strictly as before and marks no derived file red.
+    """
+    strict_props = copy.deepcopy(schema["properties"])
+
+    def derived(node: Any) -> Any:
+        text = json.dumps(node).replace('"#/$defs/', f'"#/$defs/{DERIVED}')
+        return _loosen(json.loads(text))
+
+    schema["$defs"].update({f"{DERIVED}{name}": derived(d) for name, d in list(schema["$defs"].items())})
+    schema["properties"] = derived({"properties": schema["properties"]})["properties"]
+    schema.setdefault("else", {})["properties"] = {k: v for k, v in strict_props.items() if k != "extends"}
+
+
+def _loosen(node: Any) -> Any:
+    """Nullable properties, nothing required, ``oneOf`` as ``anyOf`` (see :func:`_derived_files`)."""
+    if isinstance(node, list):
+        return [_loosen(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {
+        ("anyOf" if k == "oneOf" else k): _loosen(v) for k, v in node.items() if k not in ("required", "discriminator")
+    }
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {
+            k: {"anyOf": [v, {"type": "null"}], **({"description": v["description"]} if "description" in v else {})}
+            for k, v in out["properties"].items()
+        }
+    return out
 
 
 def _is_distribution(node: Any) -> bool:
