@@ -101,6 +101,24 @@ def _run_folder(tmp: Path) -> Path:
     return d
 
 
+def _trace_scenario(tmp: Path, trace: Path | str) -> list:
+    text = (
+        "name: t\nrun: {duration_s: 30, warmup_s: 5, replications: 1, seed: 1}\n"
+        f"workload: {{mode: trace, trace: {{path: '{trace}'}}}}\n"
+        "retrieval: {workers: 2, service_ms: {dist: lognormal, mean: 25, cv: 0.5}}\n"
+        "llm: {gpu: h100-sxm, prompt_tokens: 1200, output_tokens: {dist: exponential, mean: 120}}\n"
+    )
+    return ["run", _text(tmp, "trace.yaml", text)]
+
+
+def _routing(tmp: Path, calibration: Path) -> list:
+    return ["run", SMALL, "--set", "routing.enabled=true", "--set", f"routing.calibration={calibration}"]
+
+
+def _target(tmp: Path, target: Path | str) -> list:
+    return ["calibrate", "llm", "--target", target, "--out", tmp / "steps.csv"]
+
+
 def _file(tmp: Path) -> Path:
     return _text(tmp, "plain.txt", "x")
 
@@ -177,6 +195,28 @@ CASES = [
     ),
     Case("calibration-duplicate-key", _calibration_dup_key, 2, "duplicate key 'version'"),
     Case("calibration-negative-slope", _negative_slope_calibration, 2, "not a search time"),
+    Case("routing-calibration-fifo", lambda t: _routing(t, _fifo(t, "r.json")), 2, "routing.calibration: "),
+    Case("routing-calibration-folder", lambda t: _routing(t, t), 2, "is a folder"),
+    Case("routing-calibration-binary", lambda t: _routing(t, _binary(t, "r.json")), 2, "not UTF-8 text"),
+    Case("step-table-fifo", lambda t: ["run", SMALL, "--set", f"llm.step_table={_fifo(t, 's.csv')}"], 2, "FIFO"),
+    Case("step-table-folder", lambda t: ["run", SMALL, "--set", f"llm.step_table={t}"], 2, "is a folder"),
+    Case(
+        "step-table-binary",
+        lambda t: ["run", SMALL, "--set", f"llm.step_table={_binary(t, 's.csv')}"],
+        2,
+        "step_table: file",
+    ),
+    # ---- a replayed trace
+    Case("trace-fifo", lambda t: _trace_scenario(t, _fifo(t, "tr.csv")), 2, "workload.trace.path: "),
+    Case("trace-folder", lambda t: _trace_scenario(t, t), 2, "is a folder"),
+    Case("trace-binary", lambda t: _trace_scenario(t, _binary(t, "tr.csv")), 2, "not UTF-8 text"),
+    Case("trace-dev-null", lambda t: _trace_scenario(t, "/dev/null"), 2, "is a device"),
+    # ---- the target file of calibrate llm and verify
+    Case("target-folder", lambda t: _target(t, t), 2, "is a folder"),
+    Case("target-fifo", lambda t: _target(t, _fifo(t)), 2, "FIFO"),
+    Case("target-binary", lambda t: _target(t, _binary(t)), 2, "not UTF-8 text"),
+    Case("target-dev-null", lambda t: _target(t, "/dev/null"), 2, "is a device"),
+    Case("target-duplicate-key", lambda t: _target(t, _text(t, "t.yaml", "llm: {}\nllm: {}\n")), 2, "duplicate key"),
     Case("gpu-1e12-ms", lambda t: _gpu(t, GPU_HEADER + "1,100,1,1e12\n2,200,2,1e12\n4,400,4,1e12\n"), 2, "step_ms"),
     Case("gpu-1e-6-ms", lambda t: _gpu(t, GPU_HEADER + "1,100,1,1e-6\n2,200,2,1e-6\n4,400,4,1e-6\n"), 2, "step_ms"),
     Case("gpu-identical-rows", lambda t: _gpu(t, GPU_HEADER + "8,4000,8,7.5\n" * 50), 2, "1 distinct"),
@@ -228,4 +268,5 @@ def test_hostile_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_the_table_covers_every_campaign_area() -> None:
     ids = {c.id.split("-")[0] for c in CASES}
     assert {"scenario", "yaml", "users", "gpu", "calibration", "out", "report", "replicas"} <= ids
+    assert {"routing", "step", "trace", "target"} <= ids
     assert len({c.id for c in CASES}) == len(CASES)
