@@ -24,6 +24,8 @@ DATA = Path(__file__).parent / "data"
 SMALL = DATA / "rag_small.yaml"
 CALIBRATION = Path(__file__).parent.parent / "sim" / "data" / "retrieval_calibration.json"
 GPU_HEADER = "batch_size,context_tokens,new_tokens,step_ms\n"
+GPU_CSV = DATA / "gpu_steps_synthetic.csv"
+TARGET = "llm: {url: 'http://127.0.0.1:9', model_path: m.gguf}\n"  # nothing listens on port 9
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,32 @@ CASES = [
     Case("gpu-extra-fields", lambda t: _gpu(t, GPU_HEADER + "1,100,1,5,99\n2,200,2,6\n4,400,4,7\n"), 2, "extra fields"),
     Case("gpu-csv-fifo", lambda t: ["calibrate", "gpu", _fifo(t, "s.csv")], 2, "FIFO"),
     Case("gpu-out-folder", lambda t: ["calibrate", "gpu", DATA / "gpu_steps_synthetic.csv", "--out", t], 2, "folder"),
+    Case("gpu-out-in-proc", lambda t: ["calibrate", "gpu", GPU_CSV, "--out", "/proc/f.yaml"], 2, "cannot write in"),
+    Case("gpu-out-under-a-file", lambda t: ["calibrate", "gpu", GPU_CSV, "--out", _file(t) / "f.yaml"], 2, "is a file"),
+    Case(
+        "calibrate-retrieval-out-in-proc",  # refused before measuring, not after
+        lambda t: ["calibrate", "retrieval", "--docs", "1000", "--nprobe", "4", "--out", "/proc/c.json"],
+        2,
+        "cannot write in folder '/proc'",
+    ),
+    Case(
+        "calibrate-routing-out-in-proc",
+        lambda t: ["calibrate", "routing", "--out", "/proc/r.json"],
+        2,
+        "cannot write in",
+    ),
+    Case(
+        "calibrate-llm-out-in-proc",  # before profiling the server
+        lambda t: ["calibrate", "llm", "--target", _text(t, "t.yaml", TARGET), "--out", "/proc/s.csv"],
+        2,
+        "cannot write in",
+    ),
+    Case(
+        "verify-out-under-a-file",  # before measuring the stack
+        lambda t: ["verify", SMALL, "--target", _text(t, "t.yaml", TARGET), "--users", "1", "--out", _file(t) / "v"],
+        2,
+        "cannot create the folder",
+    ),
     # ---- output folders, all refused before simulating
     Case("out-under-a-file", lambda t: ["run", SMALL, "--out", _file(t) / "sub"], 2, "is a file"),
     Case("out-is-a-file", lambda t: ["sweep", SMALL, "--out", _file(t)], 2, "is a file"),

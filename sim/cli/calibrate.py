@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -40,16 +41,29 @@ def calibrate() -> None:
 
 
 def check_out_file(out: Path, flag: str = "--out") -> None:
-    """Refuse an output file path that cannot be written, before measuring anything."""
+    """Refuse an output file path that cannot be written, before measuring anything: a folder,
+    a path under a file, a folder that is missing or read-only, or one (such as ``/proc``) where
+    no file can be created, which only trying tells."""
     out_dir = out.parent if str(out.parent) else Path(".")
-    if not out_dir.is_dir():
-        raise CapsimError(f"{flag}: folder {str(out_dir)!r} does not exist")
     if out.is_dir():
         raise CapsimError(f"{flag}: {str(out)!r} is a folder; give a file name")
+    for parent in (out_dir, *out_dir.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise CapsimError(f"{flag}: {str(parent)!r} is a file, not a folder")
+            break
+    if not out_dir.is_dir():
+        raise CapsimError(f"{flag}: folder {str(out_dir)!r} does not exist")
     if out.exists() and not out.is_file():
         raise CapsimError(f"{flag}: {str(out)!r} is not a regular file")
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise CapsimError(f"{flag}: folder {str(out_dir)!r} is not writable")
+    try:  # the output goes to a temporary name there first (sim.files.atomic_write_bytes)
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=f".{out.name}.", suffix=".probe")
+    except OSError as e:
+        raise CapsimError(f"{flag}: cannot write in folder {str(out_dir)!r} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _fail(msg: str) -> None:
@@ -372,7 +386,6 @@ def routing_command(
     from sim.calibrate.routing import run_routing_calibration, write_json  # deferred: numpy
 
     check_out_file(out)
-    check_out_file(out)
     size_l = parse_int_list("--sizes", sizes)
     impl_l = [s.strip() for s in impls.split(",") if s.strip()]
     bad = [i for i in impl_l if i not in IMPLS]
@@ -482,6 +495,7 @@ def llm(
         raise CapsimError("--ntg: must be >= 2")
     if out.exists() and out.is_dir():
         raise CapsimError(f"--out {out}: is a folder; give a .csv file")
+    check_out_file(out)  # before profiling: a path under a file or in /proc is refused now
     extra: list[tuple] = []
     if via == "server":
         if from_output is not None:
