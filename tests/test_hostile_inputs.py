@@ -121,6 +121,17 @@ def _target(tmp: Path, target: Path | str) -> list:
     return ["calibrate", "llm", "--target", target, "--out", tmp / "steps.csv"]
 
 
+def _sealed(tmp: Path, summary: str) -> Path:
+    """A run folder whose manifest vouches for a summary.json capsim never wrote."""
+    from sim.run.folder import seal
+
+    d = tmp / "sealed"
+    d.mkdir()
+    f = _text(d, "summary.json", summary)
+    seal(d, "run", [f])
+    return d
+
+
 def _file(tmp: Path) -> Path:
     return _text(tmp, "plain.txt", "x")
 
@@ -275,6 +286,9 @@ CASES = [
     Case("report-foreign", lambda t: ["report", _file(t).parent], 2, "not a capsim output folder"),
     Case("report-partial-sweep", lambda t: ["report", _sweep_folder(t)], 2, "partial sweep folder"),
     Case("report-a-file", lambda t: ["report", _file(t)], 2, "is a file"),
+    Case("report-sealed-point-an-int", lambda t: ["report", _sealed(t, '{"points": [1]}')], 2, "point 0 is not"),
+    Case("report-sealed-points-a-str", lambda t: ["report", _sealed(t, '{"points": "x"}')], 2, "points is a str"),
+    Case("report-sealed-point-empty", lambda t: ["report", _sealed(t, '{"points": [{}]}')], 2, "lacks 'params'"),
 ]
 
 
