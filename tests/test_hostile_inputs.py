@@ -163,7 +163,18 @@ CASES = [
         "1200 prompt + 1000000000 output tokens",
     ),
     Case("grid-binary-tag", lambda t: ["sweep", SMALL, "--grid", "description=!!binary aGVsbG8=,x"], 2, "bytes"),
-    Case("capacity-high-inf", lambda t: ["capacity", SMALL, "--vary", "workload.users", "--high", "inf"], 2, "finite"),
+    Case(
+        "capacity-high-inf",
+        lambda t: ["capacity", SMALL, "--vary", "workload.users", "--high", "inf"],
+        2,
+        "--high inf: must be a finite number",
+    ),
+    Case(
+        "capacity-low-nan",
+        lambda t: ["capacity", SMALL, "--vary", "workload.users", "--low", "nan"],
+        2,
+        "--low nan: must be a finite number",
+    ),
     Case("scheduler-ftp", lambda t: ["sweep", SMALL, "--scheduler", "ftp://x"], 2, "not a Dask protocol"),
     Case("max-memory-garbage", lambda t: ["run", SMALL, "--max-memory", "lots"], 2, "expected a size"),
     # ---- bounds before work
@@ -192,7 +203,15 @@ CASES = [
         2,
         "run.max_replications",
     ),
-    Case("calibrate-docs-1e9", lambda t: ["calibrate", "retrieval", "--docs", "1000000000"], 2, "--docs"),
+    Case(
+        "calibrate-docs-1e9",
+        lambda t: ["calibrate", "retrieval", "--docs", "1e9"],
+        2,
+        "--docs 1,000,000,000: a 768-dim",
+    ),
+    Case(
+        "calibrate-docs-fraction", lambda t: ["calibrate", "retrieval", "--docs", "2.5"], 2, "not a positive integer"
+    ),
     # ---- calibration files
     Case(
         "calibration-binary",
@@ -241,6 +260,7 @@ CASES = [
     ),
     Case("gpu-extra-fields", lambda t: _gpu(t, GPU_HEADER + "1,100,1,5,99\n2,200,2,6\n4,400,4,7\n"), 2, "extra fields"),
     Case("gpu-csv-fifo", lambda t: ["calibrate", "gpu", _fifo(t, "s.csv")], 2, "FIFO"),
+    Case("gpu-csv-binary", lambda t: ["calibrate", "gpu", _binary(t, "s.csv")], 2, "not UTF-8 text"),
     Case("gpu-out-folder", lambda t: ["calibrate", "gpu", DATA / "gpu_steps_synthetic.csv", "--out", t], 2, "folder"),
     Case("gpu-out-in-proc", lambda t: ["calibrate", "gpu", GPU_CSV, "--out", "/proc/f.yaml"], 2, "cannot write in"),
     Case("gpu-out-under-a-file", lambda t: ["calibrate", "gpu", GPU_CSV, "--out", _file(t) / "f.yaml"], 2, "is a file"),

@@ -12,6 +12,7 @@ writing nothing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import tempfile
@@ -71,6 +72,15 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _whole(text: str) -> int | None:
+    """``"1e9"`` -> 10**9; None unless ``text`` is a finite number with no fractional part."""
+    try:
+        f = float(text)
+    except ValueError:
+        return None
+    return int(f) if math.isfinite(f) and f == int(f) else None
+
+
 def parse_int_list(flag: str, text: str) -> list[int]:
     """``"10,20, 50"`` -> ``[10, 20, 50]``; anything else -> CapsimError naming ``flag``."""
     out = []
@@ -83,7 +93,9 @@ def parse_int_list(flag: str, text: str) -> list[int]:
         try:
             v = int(p.replace("_", ""))
         except ValueError:
-            raise CapsimError(f"{flag}: {p!r} is not a positive integer") from None
+            v = _whole(p)  # 1e9 is 10^9, as in --set
+            if v is None:
+                raise CapsimError(f"{flag}: {p!r} is not a positive integer") from None
         if v <= 0:
             raise CapsimError(f"{flag}: {p!r} is not a positive integer")
         out.append(v)
