@@ -209,9 +209,7 @@ CASES = [
         2,
         "--docs 1,000,000,000: a 768-dim",
     ),
-    Case(
-        "calibrate-docs-fraction", lambda t: ["calibrate", "retrieval", "--docs", "2.5"], 2, "not a positive integer"
-    ),
+    Case("calibrate-docs-fraction", lambda t: ["calibrate", "retrieval", "--docs", "2.5"], 2, "not a positive integer"),
     # ---- calibration files
     Case(
         "calibration-binary",
