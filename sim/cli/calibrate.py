@@ -91,12 +91,10 @@ def parse_int_list(flag: str, text: str) -> list[int]:
         if not p:
             raise CapsimError(f"{flag}: empty value in {text!r}; use a comma list like 10,20")
         try:
-            v = int(p.replace("_", ""))
+            v: int | None = int(p.replace("_", ""))
         except ValueError:
             v = _whole(p)  # 1e9 is 10^9, as in --set
-            if v is None:
-                raise CapsimError(f"{flag}: {p!r} is not a positive integer") from None
-        if v <= 0:
+        if v is None or v <= 0:
             raise CapsimError(f"{flag}: {p!r} is not a positive integer")
         out.append(v)
     return out

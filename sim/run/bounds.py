@@ -213,11 +213,21 @@ def check_calibrations(points: Sequence[Point]) -> None:
     """Build each point's retrieval service distribution and routing setup once: a
     calibration file that is unreadable, malformed, a FIFO or extrapolates to nonsense is a
     one-line error now, not mid-run (when a worker pool is already up)."""
-    seen: set[tuple] = set()
+    seen: set[tuple[Any, ...]] = set()
     for p in points:
         r = p.scenario.retrieval
         if r.enabled and r.service_ms is None:
-            key = ("retrieval", r.calibration, r.index, r.docs, r.dim, r.top_k, r.ef_search, r.nprobe, r.workers)
+            key: tuple[Any, ...] = (
+                "retrieval",
+                r.calibration,
+                r.index,
+                r.docs,
+                r.dim,
+                r.top_k,
+                r.ef_search,
+                r.nprobe,
+                r.workers,
+            )
             if key not in seen:
                 seen.add(key)
                 retrieval_service_distribution(p.scenario)
