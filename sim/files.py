@@ -77,6 +77,30 @@ def regular_file_problem(path: str | Path) -> str | None:
     return "is not a regular file"
 
 
+MAX_INPUT_BYTES = 16 * 1024 * 1024  # a scenario, target or calibration file is kilobytes
+
+
+def read_input_text(path: str | Path, what: str, error: type[Exception], max_bytes: int = MAX_INPUT_BYTES) -> str:
+    """The UTF-8 text of an input file, or ``error`` with one line starting ``what 'path'``
+    and saying why not: missing, a folder, a FIFO (checked before opening: it would block),
+    a device, too big, unreadable or binary."""
+    problem = regular_file_problem(path)
+    if problem is not None:
+        raise error(f"{what} {str(path)!r} {problem}")
+    p = Path(path)
+    size = p.stat().st_size
+    if size > max_bytes:
+        raise error(f"{what} {str(path)!r} is {size:,} bytes; at most {max_bytes:,} are read")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise error(f"{what} {str(path)!r}: cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {str(path)!r}: not UTF-8 text (byte {e.start}); is it a binary file?") from None
+
+
 def data_path(name: str) -> Path:
     """A data file shipped with capsim (``sim/data/<name>``)."""
     return Path(__file__).resolve().parent / "data" / name

@@ -24,6 +24,8 @@ DATA = Path(__file__).parent / "data"
 SMALL = DATA / "rag_small.yaml"
 CALIBRATION = Path(__file__).parent.parent / "sim" / "data" / "retrieval_calibration.json"
 GPU_HEADER = "batch_size,context_tokens,new_tokens,step_ms\n"
+GPU_CSV = DATA / "gpu_steps_synthetic.csv"
+TARGET = "llm: {url: 'http://127.0.0.1:9', model_path: m.gguf}\n"  # nothing listens on port 9
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,35 @@ def _run_folder(tmp: Path) -> Path:
     return d
 
 
+def _trace_scenario(tmp: Path, trace: Path | str) -> list:
+    text = (
+        "name: t\nrun: {duration_s: 30, warmup_s: 5, replications: 1, seed: 1}\n"
+        f"workload: {{mode: trace, trace: {{path: '{trace}'}}}}\n"
+        "retrieval: {workers: 2, service_ms: {dist: lognormal, mean: 25, cv: 0.5}}\n"
+        "llm: {gpu: h100-sxm, prompt_tokens: 1200, output_tokens: {dist: exponential, mean: 120}}\n"
+    )
+    return ["run", _text(tmp, "trace.yaml", text)]
+
+
+def _routing(tmp: Path, calibration: Path) -> list:
+    return ["run", SMALL, "--set", "routing.enabled=true", "--set", f"routing.calibration={calibration}"]
+
+
+def _target(tmp: Path, target: Path | str) -> list:
+    return ["calibrate", "llm", "--target", target, "--out", tmp / "steps.csv"]
+
+
+def _sealed(tmp: Path, summary: str) -> Path:
+    """A run folder whose manifest vouches for a summary.json capsim never wrote."""
+    from sim.run.folder import seal
+
+    d = tmp / "sealed"
+    d.mkdir()
+    f = _text(d, "summary.json", summary)
+    seal(d, "run", [f])
+    return d
+
+
 def _file(tmp: Path) -> Path:
     return _text(tmp, "plain.txt", "x")
 
@@ -132,7 +163,18 @@ CASES = [
         "1200 prompt + 1000000000 output tokens",
     ),
     Case("grid-binary-tag", lambda t: ["sweep", SMALL, "--grid", "description=!!binary aGVsbG8=,x"], 2, "bytes"),
-    Case("capacity-high-inf", lambda t: ["capacity", SMALL, "--vary", "workload.users", "--high", "inf"], 2, "finite"),
+    Case(
+        "capacity-high-inf",
+        lambda t: ["capacity", SMALL, "--vary", "workload.users", "--high", "inf"],
+        2,
+        "--high inf: must be a finite number",
+    ),
+    Case(
+        "capacity-low-nan",
+        lambda t: ["capacity", SMALL, "--vary", "workload.users", "--low", "nan"],
+        2,
+        "--low nan: must be a finite number",
+    ),
     Case("scheduler-ftp", lambda t: ["sweep", SMALL, "--scheduler", "ftp://x"], 2, "not a Dask protocol"),
     Case("max-memory-garbage", lambda t: ["run", SMALL, "--max-memory", "lots"], 2, "expected a size"),
     # ---- bounds before work
@@ -161,7 +203,13 @@ CASES = [
         2,
         "run.max_replications",
     ),
-    Case("calibrate-docs-1e9", lambda t: ["calibrate", "retrieval", "--docs", "1000000000"], 2, "--docs"),
+    Case(
+        "calibrate-docs-1e9",
+        lambda t: ["calibrate", "retrieval", "--docs", "1e9"],
+        2,
+        "--docs 1,000,000,000: a 768-dim",
+    ),
+    Case("calibrate-docs-fraction", lambda t: ["calibrate", "retrieval", "--docs", "2.5"], 2, "not a positive integer"),
     # ---- calibration files
     Case(
         "calibration-binary",
@@ -177,6 +225,28 @@ CASES = [
     ),
     Case("calibration-duplicate-key", _calibration_dup_key, 2, "duplicate key 'version'"),
     Case("calibration-negative-slope", _negative_slope_calibration, 2, "not a search time"),
+    Case("routing-calibration-fifo", lambda t: _routing(t, _fifo(t, "r.json")), 2, "routing.calibration: "),
+    Case("routing-calibration-folder", lambda t: _routing(t, t), 2, "is a folder"),
+    Case("routing-calibration-binary", lambda t: _routing(t, _binary(t, "r.json")), 2, "not UTF-8 text"),
+    Case("step-table-fifo", lambda t: ["run", SMALL, "--set", f"llm.step_table={_fifo(t, 's.csv')}"], 2, "FIFO"),
+    Case("step-table-folder", lambda t: ["run", SMALL, "--set", f"llm.step_table={t}"], 2, "is a folder"),
+    Case(
+        "step-table-binary",
+        lambda t: ["run", SMALL, "--set", f"llm.step_table={_binary(t, 's.csv')}"],
+        2,
+        "step_table: file",
+    ),
+    # ---- a replayed trace
+    Case("trace-fifo", lambda t: _trace_scenario(t, _fifo(t, "tr.csv")), 2, "workload.trace.path: "),
+    Case("trace-folder", lambda t: _trace_scenario(t, t), 2, "is a folder"),
+    Case("trace-binary", lambda t: _trace_scenario(t, _binary(t, "tr.csv")), 2, "not UTF-8 text"),
+    Case("trace-dev-null", lambda t: _trace_scenario(t, "/dev/null"), 2, "is a device"),
+    # ---- the target file of calibrate llm and verify
+    Case("target-folder", lambda t: _target(t, t), 2, "is a folder"),
+    Case("target-fifo", lambda t: _target(t, _fifo(t)), 2, "FIFO"),
+    Case("target-binary", lambda t: _target(t, _binary(t)), 2, "not UTF-8 text"),
+    Case("target-dev-null", lambda t: _target(t, "/dev/null"), 2, "is a device"),
+    Case("target-duplicate-key", lambda t: _target(t, _text(t, "t.yaml", "llm: {}\nllm: {}\n")), 2, "duplicate key"),
     Case("gpu-1e12-ms", lambda t: _gpu(t, GPU_HEADER + "1,100,1,1e12\n2,200,2,1e12\n4,400,4,1e12\n"), 2, "step_ms"),
     Case("gpu-1e-6-ms", lambda t: _gpu(t, GPU_HEADER + "1,100,1,1e-6\n2,200,2,1e-6\n4,400,4,1e-6\n"), 2, "step_ms"),
     Case("gpu-identical-rows", lambda t: _gpu(t, GPU_HEADER + "8,4000,8,7.5\n" * 50), 2, "1 distinct"),
@@ -188,7 +258,34 @@ CASES = [
     ),
     Case("gpu-extra-fields", lambda t: _gpu(t, GPU_HEADER + "1,100,1,5,99\n2,200,2,6\n4,400,4,7\n"), 2, "extra fields"),
     Case("gpu-csv-fifo", lambda t: ["calibrate", "gpu", _fifo(t, "s.csv")], 2, "FIFO"),
+    Case("gpu-csv-binary", lambda t: ["calibrate", "gpu", _binary(t, "s.csv")], 2, "not UTF-8 text"),
     Case("gpu-out-folder", lambda t: ["calibrate", "gpu", DATA / "gpu_steps_synthetic.csv", "--out", t], 2, "folder"),
+    Case("gpu-out-in-proc", lambda t: ["calibrate", "gpu", GPU_CSV, "--out", "/proc/f.yaml"], 2, "cannot write in"),
+    Case("gpu-out-under-a-file", lambda t: ["calibrate", "gpu", GPU_CSV, "--out", _file(t) / "f.yaml"], 2, "is a file"),
+    Case(
+        "calibrate-retrieval-out-in-proc",  # refused before measuring, not after
+        lambda t: ["calibrate", "retrieval", "--docs", "1000", "--nprobe", "4", "--out", "/proc/c.json"],
+        2,
+        "cannot write in folder '/proc'",
+    ),
+    Case(
+        "calibrate-routing-out-in-proc",
+        lambda t: ["calibrate", "routing", "--out", "/proc/r.json"],
+        2,
+        "cannot write in",
+    ),
+    Case(
+        "calibrate-llm-out-in-proc",  # before profiling the server
+        lambda t: ["calibrate", "llm", "--target", _text(t, "t.yaml", TARGET), "--out", "/proc/s.csv"],
+        2,
+        "cannot write in",
+    ),
+    Case(
+        "verify-out-under-a-file",  # before measuring the stack
+        lambda t: ["verify", SMALL, "--target", _text(t, "t.yaml", TARGET), "--users", "1", "--out", _file(t) / "v"],
+        2,
+        "cannot create the folder",
+    ),
     # ---- output folders, all refused before simulating
     Case("out-under-a-file", lambda t: ["run", SMALL, "--out", _file(t) / "sub"], 2, "is a file"),
     Case("out-is-a-file", lambda t: ["sweep", SMALL, "--out", _file(t)], 2, "is a file"),
@@ -207,6 +304,9 @@ CASES = [
     Case("report-foreign", lambda t: ["report", _file(t).parent], 2, "not a capsim output folder"),
     Case("report-partial-sweep", lambda t: ["report", _sweep_folder(t)], 2, "partial sweep folder"),
     Case("report-a-file", lambda t: ["report", _file(t)], 2, "is a file"),
+    Case("report-sealed-point-an-int", lambda t: ["report", _sealed(t, '{"points": [1]}')], 2, "point 0 is not"),
+    Case("report-sealed-points-a-str", lambda t: ["report", _sealed(t, '{"points": "x"}')], 2, "points is a str"),
+    Case("report-sealed-point-empty", lambda t: ["report", _sealed(t, '{"points": [{}]}')], 2, "lacks 'params'"),
 ]
 
 
@@ -228,4 +328,5 @@ def test_hostile_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_the_table_covers_every_campaign_area() -> None:
     ids = {c.id.split("-")[0] for c in CASES}
     assert {"scenario", "yaml", "users", "gpu", "calibration", "out", "report", "replicas"} <= ids
+    assert {"routing", "step", "trace", "target"} <= ids
     assert len({c.id for c in CASES}) == len(CASES)

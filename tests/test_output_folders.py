@@ -237,3 +237,42 @@ def test_workers_die_with_their_parent(tmp_path):
         for w in workers:  # do not leave them behind if the check failed
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_sent_to_capsim_alone_ends_its_running_workers(tmp_path):
+    """``kill -INT <capsim>`` (a script, a CI timeout) reaches the parent only, not its workers:
+    capsim used to print "stopped" and then wait, at exit, for the replications still running."""
+    cmd = [sys.executable, "-m", "sim", "sweep", str(SMALL), "--grid", "workload.users=20,40,60,80"]
+    cmd += ["--jobs", "2", "--set", "run.duration_s=50000", "--max-memory", "64G", "--out", str(tmp_path / "o")]
+    parent = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, whoever started pytest
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(workers) < 2:
+            time.sleep(0.2)
+            workers = [k for k in _children(parent.pid) if _alive(k)]
+        assert len(workers) >= 2, "the sweep never started its workers"
+        time.sleep(1.0)  # into their replications
+        parent.send_signal(signal.SIGINT)
+        code = parent.wait(timeout=30)
+        assert code == 130, parent.stderr.read()
+        assert "Traceback" not in parent.stderr.read()
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)

@@ -72,7 +72,9 @@ def read_measurements(path: str | Path) -> dict[str, np.ndarray]:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise CalibrationError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise CalibrationError(f"{path}: not UTF-8 text (byte {e.start}); is it a binary file?") from None
+    except OSError as e:
         raise CalibrationError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
     return parse_measurements(text, str(path))
 

@@ -12,8 +12,10 @@ writing nothing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -43,21 +45,43 @@ def calibrate() -> None:
 
 
 def check_out_file(out: Path, flag: str = "--out") -> None:
-    """Refuse an output file path that cannot be written, before measuring anything."""
+    """Refuse an output file path that cannot be written, before measuring anything: a folder,
+    a path under a file, a folder that is missing or read-only, or one (such as ``/proc``) where
+    no file can be created, which only trying tells."""
     out_dir = out.parent if str(out.parent) else Path(".")
-    if not out_dir.is_dir():
-        raise CapsimError(f"{flag}: folder {str(out_dir)!r} does not exist")
     if out.is_dir():
         raise CapsimError(f"{flag}: {str(out)!r} is a folder; give a file name")
+    for parent in (out_dir, *out_dir.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise CapsimError(f"{flag}: {str(parent)!r} is a file, not a folder")
+            break
+    if not out_dir.is_dir():
+        raise CapsimError(f"{flag}: folder {str(out_dir)!r} does not exist")
     if out.exists() and not out.is_file():
         raise CapsimError(f"{flag}: {str(out)!r} is not a regular file")
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise CapsimError(f"{flag}: folder {str(out_dir)!r} is not writable")
+    try:  # the output goes to a temporary name there first (sim.files.atomic_write_bytes)
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=f".{out.name}.", suffix=".probe")
+    except OSError as e:
+        raise CapsimError(f"{flag}: cannot write in folder {str(out_dir)!r} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _fail(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
+
+
+def _whole(text: str) -> int | None:
+    """``"1e9"`` -> 10**9; None unless ``text`` is a finite number with no fractional part."""
+    try:
+        f = float(text)
+    except ValueError:
+        return None
+    return int(f) if math.isfinite(f) and f == int(f) else None
 
 
 def parse_int_list(flag: str, text: str) -> list[int]:
@@ -70,10 +94,10 @@ def parse_int_list(flag: str, text: str) -> list[int]:
         if not p:
             raise CapsimError(f"{flag}: empty value in {text!r}; use a comma list like 10,20")
         try:
-            v = int(p.replace("_", ""))
+            v: int | None = int(p.replace("_", ""))
         except ValueError:
-            raise CapsimError(f"{flag}: {p!r} is not a positive integer") from None
-        if v <= 0:
+            v = _whole(p)  # 1e9 is 10^9, as in --set
+        if v is None or v <= 0:
             raise CapsimError(f"{flag}: {p!r} is not a positive integer")
         out.append(v)
     return out
@@ -511,6 +535,7 @@ def llm(
         raise CapsimError("--ntg: must be >= 2")
     if out.exists() and out.is_dir():
         raise CapsimError(f"--out {out}: is a folder; give a .csv file")
+    check_out_file(out)  # before profiling: a path under a file or in /proc is refused now
     extra: list[tuple] = []
     if via == "server":
         if from_output is not None:

@@ -219,8 +219,9 @@ def capacity(
     from sim.spec.scenario import expand, parse_overrides, run_overrides
 
     _check_counts(replications, jobs)
-    if (high is not None and not math.isfinite(high)) or (low is not None and not math.isfinite(low)):
-        raise CapsimError(f"--low/--high: must be finite numbers, got {low} and {high}")
+    for flag, v in (("--low", low), ("--high", high)):
+        if v is not None and not math.isfinite(v):
+            raise CapsimError(f"{flag} {v:g}: must be a finite number")
     ov = parse_overrides(set_)
     for k in ov:
         check_key(k, "--set")

@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from sim.cli.app import app, err_console, stdout_console, user_errors
-from sim.cli.calibrate import parse_int_list
+from sim.cli.calibrate import check_out_file, parse_int_list
 from sim.errors import CapsimError
 
 
@@ -66,6 +66,12 @@ def verify(
         raise CapsimError(f"--out {out}: is a file; give a folder (it is created if missing)")
     tgt = load_target(target)
     scn = load_scenario(scenario)
+    if out is not None:  # every path problem before the measurement, not after it
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CapsimError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+        check_out_file(out / "verify.json")
 
     def say(msg: str) -> None:
         if not json_:

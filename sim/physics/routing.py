@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import CalibrationError
-from sim.files import data_path
+from sim.files import data_path, read_input_text, regular_file_problem
 
 KIND = "capsim.routing_calibration"
 VERSION = 1
@@ -216,13 +216,14 @@ class RoutingCalibration:
 def load_routing_calibration(path: str | Path) -> RoutingCalibration:
     """Read and check a routing calibration file; bad files raise one-line errors."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
+    if regular_file_problem(p) == "does not exist":
         raise CalibrationError(
             f"routing.calibration: {p} does not exist; write one with: capsim calibrate routing --out {p}"
-        ) from None
-    except (OSError, ValueError) as e:
+        )
+    text = read_input_text(p, "routing.calibration:", CalibrationError)  # a FIFO would block, a folder crash
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:
         raise CalibrationError(f"routing.calibration: {p} is not readable JSON ({e})") from None
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise CalibrationError(f"routing.calibration: {p} is not a routing calibration (kind must be {KIND!r})")

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sim.engine.pipeline import retrieval_service_distribution
+from sim.engine.routing import routing_setup
 from sim.errors import CapsimError
 from sim.run.executors import default_jobs
 from sim.spec.scenario import Point
@@ -208,17 +209,33 @@ def check_bounds(
 
 
 def check_calibrations(points: Sequence[Point]) -> None:
-    """Build each point's retrieval service distribution once: a calibration file that is
-    unreadable, malformed or extrapolates to nonsense is a one-line error now, not mid-run."""
-    seen: set[tuple] = set()
+    """Build each point's retrieval service distribution and routing setup once: a
+    calibration file that is unreadable, malformed, a FIFO or extrapolates to nonsense is a
+    one-line error now, not mid-run (when a worker pool is already up)."""
+    seen: set[tuple[Any, ...]] = set()
     for p in points:
         r = p.scenario.retrieval
-        if not r.enabled or r.service_ms is not None:
-            continue
-        key = (r.calibration, r.index, r.docs, r.dim, r.top_k, r.ef_search, r.nprobe, r.workers)
-        if key not in seen:
-            seen.add(key)
-            retrieval_service_distribution(p.scenario)
+        if r.enabled and r.service_ms is None:
+            key: tuple[Any, ...] = (
+                "retrieval",
+                r.calibration,
+                r.index,
+                r.docs,
+                r.dim,
+                r.top_k,
+                r.ef_search,
+                r.nprobe,
+                r.workers,
+            )
+            if key not in seen:
+                seen.add(key)
+                retrieval_service_distribution(p.scenario)
+        g = p.scenario.routing
+        if g.enabled or g.typed_variants:
+            key = ("routing", g.calibration, g.enabled, g.typed_variants, g.impl, g.questions, g.threshold)
+            if key not in seen:
+                seen.add(key)
+                routing_setup(p.scenario)
 
 
 def _value(points: Sequence[Point], key: str) -> float:

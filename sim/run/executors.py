@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import suppress
 from multiprocessing import get_context
 
 from sim.engine.pipeline import Replication, run_replication
@@ -57,7 +58,7 @@ class LocalExecutor:
 
     def as_completed(self, tasks: Sequence[Task]) -> Iterator[tuple[int, Replication]]:
         """``(task index, replication)`` as tasks finish.  Stopping early (Ctrl-C, an
-        error) cancels what has not started; a clean finish waits for the pool."""
+        error) cancels what has not started and kills the workers still running."""
         if self.jobs <= 1 or len(tasks) <= 1:
             for i, t in enumerate(tasks):
                 yield i, _run_task(t)
@@ -75,7 +76,15 @@ class LocalExecutor:
                 yield futures[f], f.result()
             clean = True
         finally:
-            pool.shutdown(wait=clean, cancel_futures=not clean)
+            if not clean:
+                # Stopping early: end the replications still running too.  Cancelling only
+                # drops what has not started, and the interpreter joins the pool's thread at
+                # exit, so a Ctrl-C sent to capsim alone (kill -INT, a CI timeout) left it
+                # waiting for hours of running replications after saying it stopped.
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    with suppress(OSError):
+                        proc.kill()
+            pool.shutdown(wait=True, cancel_futures=not clean)
 
     def map(self, tasks: Sequence[Task], on_done: Callable[[], None] | None = None) -> list[Replication]:
         """Every task's replication, in task order."""

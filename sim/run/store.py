@@ -248,6 +248,17 @@ def load_sweep(out: str | Path) -> dict:
         raise CapsimError(f"{f}: not valid JSON ({e})") from None
     if not isinstance(summary, dict):
         raise CapsimError(f"{f}: expected a JSON object (a capsim summary), got {type(summary).__name__}")
+    points = summary.get("points", [])
+    if not isinstance(points, list):
+        raise CapsimError(f"{f}: points is a {type(points).__name__}; a capsim summary holds a list of point summaries")
+    from sim.analysis.summary import PointSummary  # deferred: scipy and pandas
+
+    for i, doc in enumerate(points):  # what the plots and the table read, checked once
+        try:
+            PointSummary.from_dict(doc)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            what = f"lacks {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+            raise CapsimError(f"{f}: point {i} is not a capsim point summary ({what})") from None
     from sim.analysis.table import summary_table  # deferred: pandas
 
     return {

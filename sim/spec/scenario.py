@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import datetime
 import itertools
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import yaml
 
 from sim.errors import ConfigError
-from sim.files import regular_file_problem
+from sim.files import MAX_INPUT_BYTES, read_input_text
 from sim.spec.schema import Scenario, validate_scenario
 
 
@@ -44,35 +43,12 @@ def _deep_merge(base: dict, over: Mapping) -> dict:
 
 
 MAX_DEPTH = 32  # sections nest a few levels; anything deeper is not a scenario
-MAX_FILE_BYTES = 16 * 1024 * 1024  # a scenario or calibration file is kilobytes
-
-
-def check_regular_file(path: str | Path, what: str) -> Path:
-    """``path`` if it is a regular file, else a one-line error saying what it is instead
-    (missing, a folder, a FIFO, a device such as /dev/null), before anything opens it."""
-    problem = regular_file_problem(path)
-    if problem is not None:
-        raise ConfigError(f"{what} {str(path)!r} {problem}")
-    p = Path(path)
-    size = p.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ConfigError(f"{what} {str(path)!r} is {size:,} bytes; at most {MAX_FILE_BYTES:,} are read")
-    if not os.access(p, os.R_OK):
-        raise ConfigError(f"{what} {str(path)!r}: permission denied")
-    return p
+MAX_FILE_BYTES = MAX_INPUT_BYTES  # a scenario or calibration file is kilobytes
 
 
 def read_text_file(path: str | Path, what: str) -> str:
     """The UTF-8 text of a regular file, or a one-line error (binary, unreadable, not a file)."""
-    p = check_regular_file(path, what)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{what} {str(path)!r}: cannot be read ({e.strerror or e})") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{what} {str(path)!r}: not UTF-8 text (byte {e.start}); is it a binary file?") from None
+    return read_input_text(path, what, ConfigError, MAX_FILE_BYTES)
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -18,6 +18,7 @@ import math
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
@@ -33,6 +34,7 @@ from pydantic import (
 
 from sim import distributions as D
 from sim.errors import ConfigError
+from sim.files import regular_file_problem
 from sim.physics import gpu as gpu_model
 from sim.physics.sharing import check_contention
 from sim.physics.steptable import load_table
@@ -631,8 +633,15 @@ class LLMConfig(Strict):
                 f"change llm.tensor_parallel"
             )
         if self.step_table is not None:
+            problem = regular_file_problem(Path(self.step_table).expanduser())
+            if problem is not None:  # before opening: a FIFO would block; a folder is not "missing"
+                raise ValueError(f"step_table: file {self.step_table!r} {problem}")
             try:
                 load_table(self.step_table)
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"step_table: file {self.step_table!r}: not UTF-8 text (byte {e.start}); is it a binary file?"
+                ) from None
             except ConfigError as e:
                 raise ValueError(str(e).replace("llm.step_table: ", "step_table: ", 1)) from None
         if self.kv_blocks < 1:

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sim.errors import ConfigError
+from sim.files import read_input_text
+from sim.spec.scenario import load_yaml_text
 
 LOOPBACK = ("127.0.0.1", "localhost")
 
@@ -90,12 +91,9 @@ class Target(_Strict):
 def load_target(path: str | Path) -> Target:
     """Read and check a target file; anything wrong is one ConfigError line naming the key."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--target: file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--target {p.name}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    # a folder, FIFO (it would block), device or binary file is named as such, and the YAML is
+    # read as strictly as a scenario's (no duplicate keys, bounded nesting)
+    data = load_yaml_text(read_input_text(p, "--target: file", ConfigError), f"--target {p.name}")
     if not isinstance(data, dict):
         raise ConfigError(f"--target {p.name}: must be a mapping with an llm: and/or a retrieval: section")
     try:

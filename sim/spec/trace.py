@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import ConfigError
+from sim.files import regular_file_problem
 
 FORMATS = ("auto", "azure", "burstgpt", "capsim")
 #: format -> (time column, prompt column, output column, key column); None: absent.
@@ -103,11 +104,16 @@ def _number(text: str, name: str, line: int, col: str, integer: bool) -> float:
 def load_trace(path: str | os.PathLike[str], fmt: str = "auto", time_scale: float = 1.0) -> Trace:
     """Read and check a trace (cached by path, size and modification time)."""
     p = Path(path)
+    problem = regular_file_problem(p)  # before opening: a FIFO would block, a folder crash
+    if problem is not None:
+        raise TraceError(f"workload.trace.path: {p} {problem}")
+    st = p.stat()
     try:
-        st = p.stat()
-    except OSError:
-        raise TraceError(f"workload.trace.path: {p} does not exist") from None
-    return _load(str(p), st.st_size, st.st_mtime_ns, fmt, float(time_scale))
+        return _load(str(p), st.st_size, st.st_mtime_ns, fmt, float(time_scale))
+    except UnicodeDecodeError as e:
+        raise TraceError(f"workload.trace.path: {p}: not UTF-8 text (byte {e.start}); is it a binary file?") from None
+    except OSError as e:
+        raise TraceError(f"workload.trace.path: {p}: cannot be read ({e.strerror or e})") from None
 
 
 @lru_cache(maxsize=8)
