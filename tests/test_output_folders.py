@@ -211,6 +211,17 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _wait_for_workers(parent: subprocess.Popen, n: int = 2) -> list[int]:
+    """The pids of ``parent``'s live children, once there are ``n`` of them (60 s at most)."""
+    workers: list[int] = []
+    deadline = time.time() + 60
+    while time.time() < deadline and len(workers) < n:
+        time.sleep(0.2)
+        workers = [k for k in _children(parent.pid) if _alive(k)]
+    assert len(workers) >= n, "the sweep never started its workers"
+    return workers
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
 def test_workers_die_with_their_parent(tmp_path):
     cmd = [sys.executable, "-m", "sim", "sweep", str(SMALL), "--grid", "workload.users=20,40,60,80"]
@@ -218,11 +229,7 @@ def test_workers_die_with_their_parent(tmp_path):
     parent = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and len(workers) < 2:
-            time.sleep(0.2)
-            workers = [k for k in _children(parent.pid) if _alive(k)]
-        assert len(workers) >= 2, "the sweep never started its workers"
+        workers = _wait_for_workers(parent)
         time.sleep(0.5)  # let the initializers run
         parent.send_signal(signal.SIGKILL)
         parent.wait()
@@ -255,11 +262,7 @@ def test_ctrl_c_sent_to_capsim_alone_ends_its_running_workers(tmp_path):
     )
     workers: list[int] = []
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and len(workers) < 2:
-            time.sleep(0.2)
-            workers = [k for k in _children(parent.pid) if _alive(k)]
-        assert len(workers) >= 2, "the sweep never started its workers"
+        workers = _wait_for_workers(parent)
         time.sleep(1.0)  # into their replications
         parent.send_signal(signal.SIGINT)
         code = parent.wait(timeout=30)
