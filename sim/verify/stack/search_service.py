@@ -34,10 +34,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
+import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -55,7 +58,7 @@ def _paths(d):
 
 # ----------------------------------------------------------------------------- build
 def build(args) -> int:
-    import hnswlib  # deferred: heavy or only needed by this subcommand
+    import hnswlib  # deferred: a third-party library only this subcommand needs
 
     os.makedirs(args.dir, exist_ok=True)
     idx_path, meta_path, q_path = _paths(args.dir)
@@ -125,7 +128,7 @@ def _knn(q, k):
 
 
 def _load(d):
-    import hnswlib  # deferred: heavy or only needed by this subcommand
+    import hnswlib  # deferred: a third-party library only this subcommand needs
 
     idx_path, meta_path, q_path = _paths(d)
     with open(meta_path) as f:
@@ -138,16 +141,14 @@ def _load(d):
     meta = dict(meta, ef=ef)
     threads = int(os.environ.get("CAPSIM_SEARCH_THREADS", "0"))
     if threads > 0:
-        from concurrent.futures import ThreadPoolExecutor  # deferred: only with --threads
-
         _State.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="search")
     _State.index, _State.queries, _State.meta = index, np.load(q_path), meta
 
 
 def make_app():
-    from starlette.applications import Starlette  # deferred: heavy or only needed by this subcommand
-    from starlette.responses import JSONResponse  # deferred: heavy or only needed by this subcommand
-    from starlette.routing import Route  # deferred: heavy or only needed by this subcommand
+    from starlette.applications import Starlette  # deferred: a third-party library only this subcommand needs
+    from starlette.responses import JSONResponse  # deferred: a third-party library only this subcommand needs
+    from starlette.routing import Route  # deferred: a third-party library only this subcommand needs
 
     d = os.environ.get("CAPSIM_SEARCH_DIR")
     if d and _State.index is None:
@@ -185,7 +186,7 @@ app = make_app() if os.environ.get("CAPSIM_SEARCH_DIR") else None
 
 
 def serve(args) -> int:
-    import uvicorn  # deferred: heavy or only needed by this subcommand
+    import uvicorn  # deferred: a third-party library only this subcommand needs
 
     os.environ["CAPSIM_SEARCH_DIR"] = os.path.abspath(args.dir)
     os.environ["CAPSIM_SEARCH_EF"] = str(args.ef)
@@ -194,9 +195,8 @@ def serve(args) -> int:
         print("error: --threads shares one index in one process; give --workers 1", file=sys.stderr)
         return 2
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import socket  # deferred: heavy or only needed by this subcommand
 
-    from uvicorn.supervisors import Multiprocess  # deferred: heavy or only needed by this subcommand
+    from uvicorn.supervisors import Multiprocess  # deferred: a third-party library only this subcommand needs
 
     config = uvicorn.Config(
         "search_service:app",
@@ -231,7 +231,6 @@ def _pct(xs, p):
 
 
 def bench(args) -> int:
-    import http.client  # deferred: heavy or only needed by this subcommand
 
     _load(args.dir)
     q = _State.queries
