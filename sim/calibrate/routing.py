@@ -593,6 +593,64 @@ def _impl_record(
     return rec, scale
 
 
+def _per_size_results(
+    sizes: Sequence[int],
+    impls: Sequence[str],
+    sets: dict[int, dict[str, Any]],
+    by_key: dict[tuple[str, str, int], TimedConfig],
+    n_utterances: int,
+    threshold: float | int,
+    threshold_sweep: Sequence[float],
+    tick: Callable[[str], None],
+) -> dict[str, Any]:
+    """Per canonical-set size: every implementation's timing record, the scaling
+    checks, routing accuracy and the threshold sweep (from the timed runs)."""
+    records: list[dict[str, Any]] = []
+    per_utt: dict[str, list[tuple[float, float]]] = {ix: [] for ix in impls}
+    per_utt_cpu: dict[str, list[tuple[float, float]]] = {ix: [] for ix in impls}
+    accuracy: list[dict[str, Any]] = []
+    sweeps: list[dict[str, Any]] = []
+    scaling_check: list[dict[str, Any]] = []
+    for n in sizes:
+        S = sets[n]
+        canon, sum_q, utts, texts, len_u = S["canon"], S["sum_q"], S["utts"], S["texts"], S["len_u"]
+        cells = len_u * sum_q
+        base = {
+            "questions": n,
+            "utterances": n_utterances,
+            "mean_len_u": _g(float(len_u.mean())),
+            "mean_len_q": _g(sum_q / n),
+            "sum_len_q": sum_q,
+            "mean_cells": _g(float(cells.mean())),
+        }
+        routed_full: list[int] | None = None
+        for ix in impls:
+            c = by_key[("main", ix, n)]
+            rec, scale = _impl_record(c, ix, S, base, n_utterances, threshold, per_utt[ix], per_utt_cpu[ix])
+            if ix == "rapidfuzz":
+                routed_full = [r[0] for r in c.results[:n_utterances]]
+            records.append(rec)
+            tick(
+                f"N={n} {ix}: mean {rec['mean_ms']} ms, p95 {rec['p95']} ms (timed on {rec['timed_questions']} q, "
+                f"cpu share {rec['cpu_share']})"
+            )
+            chk = by_key.get(("check", ix, n))
+            if chk is not None:
+                scaling_check.append(_scaling_check(ix, n, chk, c, scale))
+        if routed_full is None:
+            routed_full = [route(t, canon, "rapidfuzz", threshold)[0] for t in texts]
+        accuracy.append({"questions": n, "threshold": threshold, **outcome(utts, routed_full)})
+        sweeps.append({"questions": n, "by_threshold": _by_threshold(utts, texts, canon, threshold_sweep)})
+    return {
+        "records": records,
+        "per_utt": per_utt,
+        "per_utt_cpu": per_utt_cpu,
+        "accuracy": accuracy,
+        "sweeps": sweeps,
+        "scaling_check": scaling_check,
+    }
+
+
 def run_routing_calibration(
     sizes: Sequence[int] = (50, 100, 200, 400),
     n_utterances: int = 300,
@@ -663,43 +721,9 @@ def run_routing_calibration(
     time_interleaved(configs, rounds, np.random.default_rng([seed, 5]), tick)
     by_key = {c.key: c for c in configs}
 
-    records: list[dict[str, Any]] = []
-    per_utt: dict[str, list[tuple[float, float]]] = {ix: [] for ix in impls}
-    per_utt_cpu: dict[str, list[tuple[float, float]]] = {ix: [] for ix in impls}
-    accuracy: list[dict[str, Any]] = []
-    sweeps: list[dict[str, Any]] = []
-    scaling_check: list[dict[str, Any]] = []
-    for n in sizes:
-        S = sets[n]
-        canon, sum_q, utts, texts, len_u = S["canon"], S["sum_q"], S["utts"], S["texts"], S["len_u"]
-        cells = len_u * sum_q
-        base = {
-            "questions": n,
-            "utterances": n_utterances,
-            "mean_len_u": _g(float(len_u.mean())),
-            "mean_len_q": _g(sum_q / n),
-            "sum_len_q": sum_q,
-            "mean_cells": _g(float(cells.mean())),
-        }
-        routed_full: list[int] | None = None
-        for ix in impls:
-            c = by_key[("main", ix, n)]
-            rec, scale = _impl_record(c, ix, S, base, n_utterances, threshold, per_utt[ix], per_utt_cpu[ix])
-            if ix == "rapidfuzz":
-                routed_full = [r[0] for r in c.results[:n_utterances]]
-            records.append(rec)
-            tick(
-                f"N={n} {ix}: mean {rec['mean_ms']} ms, p95 {rec['p95']} ms (timed on {rec['timed_questions']} q, "
-                f"cpu share {rec['cpu_share']})"
-            )
-            chk = by_key.get(("check", ix, n))
-            if chk is not None:
-                scaling_check.append(_scaling_check(ix, n, chk, c, scale))
-
-        if routed_full is None:
-            routed_full = [route(t, canon, "rapidfuzz", threshold)[0] for t in texts]
-        accuracy.append({"questions": n, "threshold": threshold, **outcome(utts, routed_full)})
-        sweeps.append({"questions": n, "by_threshold": _by_threshold(utts, texts, canon, threshold_sweep)})
+    per_size = _per_size_results(sizes, impls, sets, by_key, n_utterances, threshold, threshold_sweep, tick)
+    records, per_utt, per_utt_cpu = per_size["records"], per_size["per_utt"], per_size["per_utt_cpu"]
+    accuracy, sweeps, scaling_check = per_size["accuracy"], per_size["sweeps"], per_size["scaling_check"]
 
     # cost of normalize() alone (part of every routed call)
     normalize_cost = _normalize_cost([t for n in sizes for t in sets[n]["texts"]])

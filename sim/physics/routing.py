@@ -208,10 +208,6 @@ class RoutingCalibration:
         weights = 1.0 / np.arange(1, q + 1, dtype=float) ** s
         return novel_share_from_cardinality(int(ck[key]["distinct_keys"]), n, weights)
 
-    @property
-    def calibrated_threshold(self) -> float:
-        return float(self.data["settings"]["threshold"])
-
 
 def load_routing_calibration(path: str | Path) -> RoutingCalibration:
     """Read and check a routing calibration file; bad files raise one-line errors."""
