@@ -94,7 +94,7 @@ def test_headline_answers_per_load_and_per_configuration():
     assert lines == [
         "At users=1,000: no configuration passes: linear_python fails (no steady state); linear_numpy and hnsw fail",
         "At users=500: pass with linear_numpy and hnsw; linear_python fails (no steady state)",
-        "index=linear_python: passes at no swept users (fails at users=50; no steady state at users=500, 1,000)",
+        "index=linear_python: passes at none of the swept users values (fails at users=50; no steady state at users=500, 1,000)",
         "index=linear_numpy: passes up to users=500 (fails at users=1,000)",
         "index=hnsw: passes up to users=500 (fails at users=1,000)",
     ]

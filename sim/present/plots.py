@@ -606,7 +606,7 @@ def headline(points: Sequence[Mapping[str, Any]], key: str | None) -> list[str]:
         elif good:
             text = f"{who}passes up to {name}={_value(good[-1])}"
         else:
-            text = f"{who}passes at no swept {name}"
+            text = f"{who}passes at none of the swept {name} values"
         by: dict[str, list[str]] = {}
         for p in ps:
             if not (point_verdict(p) == "pass" and _stable(p)):
