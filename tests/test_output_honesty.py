@@ -170,3 +170,18 @@ def test_summary_table_carries_gpu_headroom_not_a_busy_share_named_utilisation()
     assert "gpu_utilization" not in row.index
     assert row["gpu_load"] == pytest.approx(s.gpu["load"]) and row["gpu_load"] < 0.2
     assert row["gpu_in_use"] == pytest.approx(s.utilization["gpu"])
+
+
+def test_a_small_latency_and_its_half_width_share_their_decimals():
+    """Three significant digits for a value under 10 ms and its half-width to the same
+    decimals: 0.2976 ± 0.0089 reads "0.298 ± 0.009" (it read "0.3 ± 0.0089")."""
+    from sim.present.tables import _fmt_small
+
+    def cell(v: float, lo: float, hi: float) -> str:
+        return _fmt_small({"p95": v, "ci": {"p95": [lo, hi]}}, "p95")
+
+    assert cell(0.2976, 0.2887, 0.3065) == "0.298 ± 0.009"
+    assert cell(2.246, 2.236, 2.256) == "2.25 ± 0.01"
+    assert cell(9.5, 9.0, 10.0) == "9.50 ± 0.50"
+    assert cell(412.0, 394.0, 430.0) == "412 ± 18"  # 10 ms and above: whole milliseconds
+    assert _fmt_small({"p95": 0.2976, "ci": {"p95": [None, None]}}, "p95") == "0.298"

@@ -41,7 +41,12 @@ def _fmt_small(m: dict | None, stat: str, steady: bool = True) -> str:
     lo, hi = m["ci"][stat]
     if not steady:
         return f"{v:.3g}↑"
-    return f"{v:.3g}" if lo is None or hi is None else f"{v:.3g} ± {(hi - lo) / 2:.2g}"
+    if lo is None or hi is None:
+        return f"{v:.3g}"
+    # three significant digits for the value, and the half-width to the same decimals
+    # (0.2975 ± 0.0089 -> "0.298 ± 0.009", not "0.3 ± 0.0089")
+    dec = max(0, 2 - math.floor(math.log10(abs(v)))) if v else 3
+    return f"{v:.{dec}f} ± {(hi - lo) / 2:.{dec}f}"
 
 
 def _num(x: float | None, digits: int = 3) -> str:
