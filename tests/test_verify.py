@@ -336,3 +336,15 @@ def test_a_row_outside_its_bound_is_undecided_only_inside_the_measurements_inter
     lc = LoadComparison(4, rows, {}, {}, {}, 0, 100)
     assert lc.misses == ["e2e_ms p50 off by -20.0% (bound 10%)"]
     assert lc.undecided == ["e2e_ms p95 off by -18.0% (bound 10%) but inside the measured 95 % interval 80.0-130.0"]
+
+
+def test_the_wake_up_extra_is_measured_against_the_back_to_back_baseline():
+    """Hand-computed: first searches after a gap of 7, 8 and 9 ms (median 8), the second
+    ones 7 ms, back to back 6 ms: 2 ms over the baseline the model draws from (1 ms over
+    the second search, which had not come back to speed); never below zero."""
+    from sim.verify.loadgen import wakeup_extra_ms
+
+    cold, hot = [0.007, 0.008, 0.009], [0.007, 0.007, 0.007]
+    assert wakeup_extra_ms(cold, hot, 6.0) == pytest.approx(2.0)
+    assert wakeup_extra_ms(cold, hot, None) == pytest.approx(1.0)
+    assert wakeup_extra_ms(cold, hot, 9.5) == 0.0

@@ -407,7 +407,8 @@ def verify(
         if not retrieves:
             return None
         r_ms = probe_retrieval(target, k)
-        return RetrievalProbe(r_ms, probe_contention(target, k, r_ms), probe_wakeup(target, k))
+        wake = probe_wakeup(target, k, baseline_ms=float(np.median(r_ms)))
+        return RetrievalProbe(r_ms, probe_contention(target, k, r_ms), wake)
 
     calib: dict[str, Any] = {
         "llm_overhead_ms": probe["overhead_ms"] if llm_on else None,
