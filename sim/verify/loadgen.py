@@ -251,7 +251,10 @@ def probe_wakeup(
     come back to speed), so first-minus-second charged 0.1-0.4 ms after 1 ms idle and ~1 ms
     after 30-100 ms, and light closed loops measured 11-14 % slower than predicted; against
     the back-to-back median a search after 30-100 ms idle costs ~2 ms more.  Back-to-back
-    probes never see it; a closed loop at light load pays it on nearly every request."""
+    probes never see it; a closed loop at light load pays it on nearly every request.
+    Neither baseline is right at every load: against the back-to-back median, 6-11 users
+    (30-65 % busy) came out ~15 % pessimistic in one run, as the slowdown depends on the
+    core's recent duty cycle, not only on the last gap (README, "Verifying")."""
     assert target.retrieval is not None
     conn = connection(target.retrieval.url, timeout_s)
     cold: dict[float, list[float]] = {g: [] for g in gaps_s}
