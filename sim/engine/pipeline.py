@@ -296,9 +296,6 @@ class Model:
         else:
             self._lookup(r)
 
-    def _after(self, delay: float, then: Callable[[_Request], None], r: _Request) -> None:
-        later(self.env, delay, then, r)
-
     def _route(self, r: _Request) -> None:  # a routing worker is free
         rpool = self.routing_pool
         assert rpool is not None
@@ -319,7 +316,7 @@ class Model:
             return
         r.t_cache = t_cache = self.cache_lookup_s()
         if t_cache > 0:
-            self._after(t_cache, self._cb_looked_up, r)
+            later(self.env, t_cache, self._cb_looked_up, r)
         else:
             self._looked_up(r)
 

@@ -47,7 +47,6 @@ class WorkerPool:
         "_t",
         "_version",
         "_wake_s",
-        "_woke",
         "busy",
         "busy_bins",
         "env",
@@ -78,14 +77,12 @@ class WorkerPool:
         # extra work of the first search after the pool sat idle: a constant, or (idle s, extra s)
         # points, linear between them and flat beyond (a longer sleep costs a longer wake-up)
         self.wakeup_s = wakeup_s
-        self._woke = False  # the worker just acquired found the pool idle
-        self._wake_s = 0.0  # and the extra work that costs it
+        self._wake_s = 0.0  # the extra work of the search whose worker just found the pool idle
         self._idle_since = -float("inf")
 
     def acquire(self, then: Callable[[Any], None], arg: Any) -> None:
         if self.busy < self.workers:
             if self.busy == 0 and self.wakeup_s:
-                self._woke = True
                 self._wake_s = wakeup_after(self.wakeup_s, self.env.now - self._idle_since)
             self.busy += 1
             then(arg)
@@ -97,9 +94,9 @@ class WorkerPool:
 
         The first search after the pool sat idle does ``wakeup_s`` more (a sleeping core and
         cold caches: measured by ``capsim verify`` as idle-gap probes over back-to-back ones)."""
-        if self._woke:
-            self._woke = False
+        if self._wake_s:
             work_s += self._wake_s
+            self._wake_s = 0.0
         if self.stretch is None:
             later(self.env, work_s, done, arg)
             return

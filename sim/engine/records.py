@@ -140,12 +140,9 @@ class Bins:
         if b <= a:
             return
         rate = amount / (end - start)
-        values, lo, n = self.values, self.lo, len(self.values) - 1
-        # _index(a) and _upper(i), inlined for the usual case: all inside one bin
-        i = 0 if a < lo else min(n, 1 + int((a - lo) / self.width))
-        upper = lo if i == 0 else (self.hi if i >= n else min(self.hi, lo + i * self.width))
-        if b <= upper:
-            values[i] += rate * (b - a)
+        i = self._index(a)
+        if b <= self._upper(i):  # the usual case: all inside one bin
+            self.values[i] += rate * (b - a)
             return
         while a < b:
             seg = min(b, self._upper(i))
