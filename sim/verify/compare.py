@@ -13,8 +13,8 @@ closed-loop run it is compared with):
 * the retrieval service time: single searches one at a time over keep-alive
   HTTP, before the load (so the HTTP overhead is in every sample), as an
   empirical distribution; the extra time of a search that finds the service
-  idle, by how long it was idle (pairs of searches, one after an idle gap of
-  1-100 ms and one straight after: ``retrieval.wakeup_ms``); the slowdown of ``m = 2..workers`` searches at once
+  idle, by how long it was idle (the first search after an idle gap of 1-100 ms
+  over the back-to-back median: ``retrieval.wakeup_ms``); the slowdown of ``m = 2..workers`` searches at once
   beyond sharing the cores in time (``retrieval.contention``); workers and
   cores from the target; taken before the first load and after every load,
   and each load predicted from the two probes that bracket it, pooled;
