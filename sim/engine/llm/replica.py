@@ -246,7 +246,8 @@ class Replica:
         seq.state = DONE
         seq.t_last = now
         del self.order[seq]
-        seq.done.succeed(seq)
+        done, seq.done = seq.done, None  # the event holds the sequence as its value: no cycle back
+        done.succeed(seq)
 
     def _finish_due(self, now: float) -> None:
         heap, D = self.heap, self.D
