@@ -97,7 +97,7 @@ class Generation:
     def __init__(self, prompt: int, output: int, done: simpy.Event, req: object = None):
         self.prompt = prompt
         self.output = output
-        self.done = done
+        self.done: simpy.Event | None = done  # None once answered
         self.req = req
         self.state = WAITING
         self.shared = self.ctx = self.gen = self.held = self.base = self.w = 0
@@ -247,6 +247,7 @@ class Replica:
         seq.t_last = now
         del self.order[seq]
         done, seq.done = seq.done, None  # the event holds the sequence as its value: no cycle back
+        assert done is not None  # a sequence finishes once
         done.succeed(seq)
 
     def _finish_due(self, now: float) -> None:
