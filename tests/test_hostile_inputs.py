@@ -286,6 +286,12 @@ CASES = [
         2,
         "cannot create the folder",
     ),
+    Case(
+        "verify-probe-s-zero",
+        lambda t: ["verify", SMALL, "--target", _text(t, "t.yaml", TARGET), "--users", "1", "--probe-s", "0"],
+        2,
+        "--probe-s: must be in [0.05, 60] seconds",
+    ),
     # ---- output folders, all refused before simulating
     Case("out-under-a-file", lambda t: ["run", SMALL, "--out", _file(t) / "sub"], 2, "is a file"),
     Case("out-is-a-file", lambda t: ["sweep", SMALL, "--out", _file(t)], 2, "is a file"),

@@ -122,7 +122,7 @@ def test_wakeup_probe_measures_the_extra_time_after_idle():
     srv, port = serve_search(search_ms=5.0, wakeup_ms=4.0)
     try:
         tgt = Target.model_validate({"retrieval": {"url": f"http://127.0.0.1:{port}", "workers": 1}})
-        got = dict(probe_wakeup(tgt, 5, n=8, gaps_s=(0.002, 0.05)))
+        got = dict(probe_wakeup(tgt, 5, rounds=1, gaps_s=(0.002, 0.05), train_s=0.3, block=8))
         alone = probe_retrieval(tgt, 5, n=30)
     finally:
         srv.shutdown()

@@ -98,6 +98,9 @@ def test_the_first_search_after_idle_pays_the_wakeup():
     pts = [(0.5, 0.0), (2.0, 0.3)]
     assert _timeline(1, 1, (), [(0, 1.0), (2.0, 1.0)], pts) == pytest.approx([1.3, 3.04])
     assert wakeup_after(pts, 0.1) == 0.0 and wakeup_after(pts, 5.0) == 0.3 and wakeup_after(0.2, 9.0) == 0.2
+    # below the first point, linear from no wake-up at no idle time: 0.4 ms x 0.5 / 1 = 0.2 ms
+    assert wakeup_after([(0.001, 0.0004), (0.03, 0.0012)], 0.0005) == pytest.approx(0.0002)
+    assert wakeup_after([(0.001, 0.0004), (0.03, 0.0012)], 0.0155) == pytest.approx(0.0008)
     # with sharing: A alone with its wake-up (1.1 of work), B joins at 0.5 on the one core
     # A: 0.5 done alone, 0.6 left at half speed -> 1.2 more (1.7); B: 0.6 done by then, 0.4 alone -> 2.1
     assert _timeline(2, 1, (), [(0, 1.0), (0.5, 1.0)], 0.1) == pytest.approx([1.7, 2.1])

@@ -38,6 +38,12 @@ def verify(
     replications: int = typer.Option(5, "--replications", help="Simulated replications per load."),
     out: Optional[Path] = typer.Option(None, help="Write live requests (Parquet) and verify.json here."),
     json_: bool = typer.Option(False, "--json", help="Print only the JSON on stdout."),
+    probe_s: float = typer.Option(
+        1.0,
+        "--probe-s",
+        help="Seconds of each wake-up train of the retrieval probe (single searches spaced by one idle gap; "
+        "five gaps, three rounds, before the first load and after every load).",
+    ),
     profile_llm: bool = typer.Option(
         False,
         "--profile-llm",
@@ -60,6 +66,8 @@ def verify(
     warm = 0.15 * duration_s if warmup_s is None else warmup_s
     if not 0 <= warm < duration_s:
         raise CapsimError(f"--warmup-s: must be >= 0 and < --duration-s ({duration_s:g}), got {warm:g}")
+    if not 0.05 <= probe_s <= 60:
+        raise CapsimError(f"--probe-s: must be in [0.05, 60] seconds, got {probe_s:g}")
     if replications < 2:
         raise CapsimError("--replications: must be >= 2 (the interval needs them)")
     if out is not None and out.exists() and not out.is_dir():
@@ -84,7 +92,15 @@ def verify(
             folder.mkdir(parents=True, exist_ok=True)
             profile = ServerProfile(folder)
         results, calib, lives = run_verify(
-            scn, tgt, counts, duration_s, warm, replications=replications, progress=say, profile=profile
+            scn,
+            tgt,
+            counts,
+            duration_s,
+            warm,
+            replications=replications,
+            progress=say,
+            profile=profile,
+            probe_s=probe_s,
         )
     doc = {
         "scenario": str(scenario),

@@ -14,8 +14,9 @@ closed-loop run it is compared with):
   HTTP, before the load (so the HTTP overhead is in every sample), as an
   empirical distribution; the extra time of a search that finds the service
   idle, by how long it was idle (the first search after an idle gap of 1-100 ms
-  over the back-to-back median: ``retrieval.wakeup_ms``); the slowdown of ``m = 2..workers`` searches at once
-  beyond sharing the cores in time (``retrieval.contention``); workers and
+  over the searches of the same burst once back to speed: ``retrieval.wakeup_ms``);
+  the slowdown of ``m = 2..workers`` searches at once beyond sharing the cores
+  in time (``retrieval.contention``); workers and
   cores from the target; taken before the first load and after every load,
   and each load predicted from the two probes that bracket it, pooled;
 * the per-call HTTP + SSE overhead of the LLM endpoint: client first token
@@ -377,6 +378,7 @@ def verify(
     replications: int = 5,
     progress=None,
     profile: ServerProfile | None = None,
+    probe_s: float = 1.0,
 ) -> tuple[list[LoadComparison], dict[str, Any], list[LiveRun]]:
     """Probe (isolated), then for every load: play it for real and simulate it; compare.
 
@@ -407,7 +409,7 @@ def verify(
         if not retrieves:
             return None
         r_ms = probe_retrieval(target, k)
-        wake = probe_wakeup(target, k, baseline_ms=float(np.median(r_ms)))
+        wake = probe_wakeup(target, k, train_s=probe_s)
         return RetrievalProbe(r_ms, probe_contention(target, k, r_ms), wake)
 
     calib: dict[str, Any] = {

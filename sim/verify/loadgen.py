@@ -234,53 +234,65 @@ def probe_retrieval(target: Target, k: int, n: int = 200, gap_s: float = 0.0, ti
 def probe_wakeup(
     target: Target,
     k: int,
-    n: int = 30,
+    rounds: int = 3,
     gaps_s: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1),
     timeout_s: float = 10.0,
-    baseline_ms: float | None = None,
+    train_s: float = 1.0,
+    block: int = 40,
 ) -> list[tuple[float, float]]:
     """Isolated: the extra time of a search that finds the service idle, by idle time:
     ``[(idle_ms, extra_ms), ...]``.
 
-    ``n`` rounds over the gaps, one search at a time: an idle gap, a search, and at once
-    another (a different query: repeating one would time its own warm cache lines).  Per
-    gap, the median of the first ones minus ``baseline_ms``, the median of the
-    back-to-back probe that the model draws every search from (without a baseline: minus
-    the median of the second ones).  The second search is not the baseline: on this
-    project's 2-core VM it ran ~1 ms slower than a long back-to-back run (the core had not
-    come back to speed), so first-minus-second charged 0.1-0.4 ms after 1 ms idle and ~1 ms
-    after 30-100 ms, and light closed loops measured 11-14 % slower than predicted; against
-    the back-to-back median a search after 30-100 ms idle costs ~2 ms more.  Back-to-back
-    probes never see it; a closed loop at light load pays it on nearly every request.
-    Neither baseline is right at every load: against the back-to-back median, 6-11 users
-    (30-65 % busy) came out ~15 % pessimistic in one run, as the slowdown depends on the
-    core's recent duty cycle, not only on the last gap (README, "Verifying")."""
+    ``rounds`` rounds over the gaps, one search at a time: per gap a train of single
+    searches, each after an idle gap of that length, lasting ``train_s``, between two
+    blocks of ``block`` searches back to back (each search a different query: repeating
+    one would time its own warm cache lines).  Per gap, the median of the trains' searches
+    (the first three of each left out, while the core settles into the train's rhythm)
+    minus the median of the blocks around them (their last three quarters: back to speed).
+
+    Why trains, and why blocks on both sides.  A search after a pause is slower by an
+    amount that depends on how the core has been used in the last few hundred ms, not only
+    on the last gap: on this project's 2-core VM, a search 30-100 ms after a burst of six
+    back to back cost ~1.1 ms extra, while the searches of a closed loop at 7 % load (the
+    same gaps, but between single searches) cost ~2.4 ms extra; the burst-based probe left
+    2 users 17 % optimistic.  A train reproduces the pattern of a lightly loaded closed
+    loop: single searches spaced by idle time.  The speed the blocks come back to drifts
+    (1-s medians of back-to-back searches: sd 7 %, 4.8-7.3 ms over three minutes with
+    nothing else running), so each train is held against the blocks on its two sides,
+    taken within the same two seconds, not against a probe taken earlier."""
     assert target.retrieval is not None
     conn = connection(target.retrieval.url, timeout_s)
-    cold: dict[float, list[float]] = {g: [] for g in gaps_s}
-    hot: dict[float, list[float]] = {g: [] for g in gaps_s}
-    for i in range(n + 2):
-        for j, g in enumerate(gaps_s):
-            q = 500 + 2 * (i * len(gaps_s) + j)
-            time.sleep(g)
-            t0 = time.perf_counter()
-            search(conn, q + (i % 2), k)  # alternate which of a pair's queries goes first
-            t1 = time.perf_counter()
-            search(conn, q + 1 - (i % 2), k)
-            t2 = time.perf_counter()
-            if i >= 2:
-                cold[g].append(t1 - t0)
-                hot[g].append(t2 - t1)
+    q = [500]
+
+    def one() -> float:
+        q[0] = 500 + (q[0] + 7 - 500) % 500  # queries 500-999, never the same twice running
+        t0 = time.perf_counter()
+        search(conn, q[0], k)
+        return time.perf_counter() - t0
+
+    spaced: dict[float, list[float]] = {g: [] for g in gaps_s}
+    settled: dict[float, list[float]] = {g: [] for g in gaps_s}
+    before = [one() for _ in range(block)]
+    for _ in range(rounds):
+        for g in gaps_s:
+            train = []
+            end = time.perf_counter() + train_s
+            while time.perf_counter() < end or len(train) < 8:
+                time.sleep(g)
+                train.append(one())
+            after = [one() for _ in range(block)]
+            spaced[g].extend(train[3:])
+            settled[g].extend(before[block // 4 :] + after[block // 4 :])
+            before = after
     conn.close()
 
-    return [(g * 1e3, wakeup_extra_ms(cold[g], hot[g], baseline_ms)) for g in gaps_s]
+    return [(g * 1e3, wakeup_extra_ms(spaced[g], settled[g])) for g in gaps_s]
 
 
-def wakeup_extra_ms(cold_s: list[float], hot_s: list[float], baseline_ms: float | None) -> float:
-    """The wake-up probe's figure for one idle gap: the median first search after the gap
-    (seconds) over ``baseline_ms``, or over the median second search without one; >= 0, ms."""
-    base = baseline_ms / 1e3 if baseline_ms is not None else float(np.median(hot_s))
-    return max(0.0, float(np.median(cold_s)) - base) * 1e3
+def wakeup_extra_ms(cold_s: list[float], settled_s: list[float]) -> float:
+    """The wake-up probe's figure for one idle gap: the median search after the gap over the
+    median back-to-back search taken around it (seconds in); >= 0, ms."""
+    return max(0.0, float(np.median(cold_s)) - float(np.median(settled_s))) * 1e3
 
 
 def _searches_together(url: str, k: int, m: int, n: int, timeout_s: float) -> list[list[float]]:
