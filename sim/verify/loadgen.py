@@ -275,7 +275,7 @@ def probe_wakeup(
     before = [one() for _ in range(block)]
     for _ in range(rounds):
         for g in gaps_s:
-            train = []
+            train: list[float] = []
             end = time.perf_counter() + train_s
             while time.perf_counter() < end or len(train) < 8:
                 time.sleep(g)
