@@ -337,3 +337,29 @@ def test_table_columns_come_from_the_metric_registry(monkeypatch):
     monkeypatch.setattr(table, "TABLE_COLUMNS", (*TABLE_COLUMNS, ("tpot_ms", "p50")))
     more = summary_table([_point({"e2e_ms": ("p95", 50.0), "tpot_ms": ("p50", 4.0)})])
     assert more["tpot_p50_ms"].tolist() == [4.0] and more["tpot_p50_ci_high_ms"].tolist() == [5.0]
+
+
+def test_a_parallel_sweep_hands_out_the_heaviest_replications_first():
+    """Longest processing time first: with two workers, a sweep of 20..80 users submits the
+    80-user replications first (ties in point order), and the summaries are the same as
+    in point order."""
+    from sim.run.executors import LocalExecutor, _run_task
+
+    class Recording(LocalExecutor):
+        def __init__(self):
+            super().__init__(2)
+            self.order: list[int] = []
+
+        def as_completed(self, tasks):
+            self.order = [t[0].workload.users for t in tasks]
+            for i, t in enumerate(tasks):  # in this process: the order is what is checked
+                yield i, _run_task(t)
+
+    pts = expand(
+        SMALL, {"run.duration_s": 30, "run.warmup_s": 5, "run.replications": 2}, {"workload.users": [20, 80, 40]}
+    )
+    ex = Recording()
+    got = run_sweep(pts, executor=ex)
+    assert ex.order == [80, 80, 40, 40, 20, 20]
+    ref = run_sweep(pts, jobs=1)
+    assert [p.summary.to_dict() for p in got.points] == [p.summary.to_dict() for p in ref.points]

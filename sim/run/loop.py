@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim.engine.pipeline import Replication
 from sim.errors import EXIT_INTERRUPTED, EXIT_WORKER_DIED, ConfigError, RunStopped
+from sim.run.bounds import estimate_run
 from sim.run.executors import LocalExecutor, Task
 from sim.run.folder import locked, prepare_out
 from sim.run.store import PointStore, SweepFiles, normalize, point_id, write_sweep
@@ -173,6 +174,12 @@ def _run_sweep(
                 for r in range(len(reps[i]), counts[i]):
                     tasks.append((points[i].scenario, r))
                     owners.append(i)
+            if getattr(ex, "jobs", 1) > 1 and len(tasks) > 1:
+                # Longest first (LPT): the heaviest replications start at once and the light
+                # ones fill in behind them, instead of one heavy point running alone at the end.
+                cost = {i: estimate_run([points[i]]).cpu_s / max(1, counts[i]) for i in set(owners)}
+                order = sorted(range(len(tasks)), key=lambda j: -cost[owners[j]])
+                tasks, owners = [tasks[j] for j in order], [owners[j] for j in order]
             need = {i: counts[i] - len(reps[i]) for i in pending}
             nxt: list[int] = []
             for j, rep in iter_completed(ex, tasks):
