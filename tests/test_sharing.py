@@ -11,6 +11,7 @@ import simpy
 
 import sim
 from sim import distributions as D
+from sim.engine.clock import later
 from sim.engine.pool import WorkerPool
 from sim.physics.retrieval import load_calibration
 from sim.physics.sharing import (
@@ -190,3 +191,33 @@ def test_bad_wakeup_is_one_line_exit_2(tmp_path, value, msg):
     f.write_text("extends: " + str(SMALL) + "\nretrieval: {wakeup_ms: " + value + "}\n")
     r = invoke("run", str(f))
     assert r.exit_code == 2 and msg in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+
+
+def _timeline_handback(jobs, handback_s):
+    """Finish times of ``jobs`` [(arrival, work-alone)] on 2 workers sharing 1 core, with a
+    constant hand-back delay."""
+    env = simpy.Environment()
+    pool = WorkerPool(env, 2, 1, (0.0, 1e9), (), 0.0, lambda: handback_s)
+    ends: dict[int, float] = {}
+
+    def finished(i):
+        ends[i] = env.now
+        pool.release(0.0, env.now)
+
+    def start(i):
+        pool.serve(jobs[i][1], finished, i)
+
+    for i, (t, _w) in enumerate(jobs):
+        later(env, t, lambda i: pool.acquire(start, i), i)
+    env.run()
+    return [ends[i] for i in range(len(jobs))]
+
+
+def test_an_answer_waits_for_the_core_a_running_search_holds():
+    """Hand-computed, 2 workers on 1 core, hand-back 0.5 s: A (1 s of work) and B (2 s) from
+    t = 0 share the core: A's work is done at 2.0, but B still holds the core, so A's answer
+    leaves at 2.5; B runs alone from 2.0 (1 s left): done at 3.0 with nobody beside it, no
+    wait.  Without the hand-back A leaves at 2.0; alone, nothing ever waits."""
+    assert _timeline_handback([(0.0, 1.0), (0.0, 2.0)], 0.5) == pytest.approx([2.5, 3.0])
+    assert _timeline_handback([(0.0, 1.0), (0.0, 2.0)], 0.0) == pytest.approx([2.0, 3.0])
+    assert _timeline_handback([(0.0, 1.0), (5.0, 1.0)], 0.5) == pytest.approx([1.0, 6.0])

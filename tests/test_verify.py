@@ -299,6 +299,7 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         assert len(cal["p50_before_after_ms"]) == 2
         assert [x for x, _ in cal["wakeup_ms"]] == [1, 3, 10, 30, 100] and all(y >= 0 for _, y in cal["wakeup_ms"])
         assert len(cal["contention"]) == 2 and cal["contention"][0] == 1.0  # two cores: measured at 2 at once
+        assert cal["handback_ms"]["n"] == 400  # the service reports its own search time: 2 x 100 at once, both probes
         load = doc["loads"][0]
         assert load["failures"] == 0 and load["requests"] >= 10
         rows = {(r["metric"], r["stat"]): r for r in load["rows"]}
@@ -315,18 +316,34 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
 
 def test_the_probes_bracketing_a_load_are_pooled():
     """Hand-computed: the searches of both probes together, contention and wake-up averaged
-    point by point; one side missing leaves the other as it is."""
+    point by point, hand-back samples together (none unless both have them); one side
+    missing leaves the other as it is."""
     from sim.verify.compare import RetrievalProbe
 
-    a = RetrievalProbe(np.array([5.0, 6.0]), (1.0, 1.2), [(1.0, 0.2), (100.0, 1.0)])
-    b = RetrievalProbe(np.array([7.0]), (1.0, 1.0), [(1.0, 0.4), (100.0, 1.4)])
-    alone, cont, wake = RetrievalProbe.pooled(a, b)
-    assert alone.tolist() == [5.0, 6.0, 7.0]
+    a = RetrievalProbe(np.array([5.0, 6.0]), (1.0, 1.2), [(1.0, 0.2), (100.0, 1.0)], [0.5, 2.0])
+    b = RetrievalProbe(np.array([7.0]), (1.0, 1.0), [(1.0, 0.4), (100.0, 1.4)], [3.0])
+    alone, cont, wake, back = RetrievalProbe.pooled(a, b)
+    assert alone.tolist() == [5.0, 6.0, 7.0] and back == [0.5, 2.0, 3.0]
     assert cont == pytest.approx((1.0, 1.1))
     assert [x for x, _ in wake] == [1.0, 100.0] and [y for _, y in wake] == pytest.approx([0.3, 1.2])
-    alone, cont, wake = RetrievalProbe.pooled(None, b)
-    assert alone.tolist() == [7.0] and cont == (1.0, 1.0) and wake == [(1.0, 0.4), (100.0, 1.4)]
-    assert RetrievalProbe.pooled(None, None) == (None, (), [])
+    alone, cont, wake, back = RetrievalProbe.pooled(None, b)
+    assert alone.tolist() == [7.0] and cont == (1.0, 1.0) and wake == [(1.0, 0.4), (100.0, 1.4)] and back == [3.0]
+    assert RetrievalProbe.pooled(a, RetrievalProbe(np.array([7.0]), (1.0, 1.0), [(1.0, 0.4), (100.0, 1.4)]))[3] == []
+    assert RetrievalProbe.pooled(None, None) == (None, (), [], [])
+
+
+def test_hand_back_samples_by_hand():
+    """Hand-computed: alone, latencies 5, 6, 7 ms around own times 4, 4.5, 6 (outside the
+    search: 1, 1.5, 1 -> median 1); beside another, 9 ms around 7 (outside 2: waited 1),
+    10 around 8.5 (1.5: 0.5) and 8 around 7.5 (0.5: below the median, read as 0).  A
+    service that reports no own time gives none."""
+    from sim.verify.loadgen import handback_samples
+
+    alone, own = [5.0, 6.0, 7.0], [4.0, 4.5, 6.0]
+    assert handback_samples(alone, own, [(9.0, 7.0), (10.0, 8.5), (8.0, 7.5)]) == [1.0, 0.5, 0.0]
+    assert handback_samples(alone, [4.0, None, 6.0], [(9.0, 7.0)]) == []
+    assert handback_samples(alone, own, [(9.0, None)]) == []
+    assert handback_samples(alone, [], [(9.0, 7.0)]) == []
 
 
 def test_a_percentile_interval_from_order_statistics():

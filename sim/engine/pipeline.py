@@ -238,8 +238,13 @@ class Model:
             dist, self.retrieval_info = retrieval_service_distribution(scn)
             self.retrieval_s = D.Sampler(dist, stream(seed, replication, "retrieval"))
             rc = scn.retrieval
+            handback = None
+            if rc.handback_ms is not None:
+                handback = D.Sampler(
+                    D.Scaled(build_distribution(rc.handback_ms), 1e-3), stream(seed, replication, "retrieval_handback")
+                )
             self.pool = WorkerPool(
-                env, rc.workers, rc.cpu_cores, self.window, self.retrieval_info["contention"], rc.wakeup_s
+                env, rc.workers, rc.cpu_cores, self.window, self.retrieval_info["contention"], rc.wakeup_s, handback
             )
         else:
             self.pool = None

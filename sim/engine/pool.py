@@ -12,7 +12,10 @@ there are more busy workers than ``cpu_cores`` and the measured contention of
 finish time is recomputed whenever the number in service changes, so a
 search slowed by a burst speeds up again when the burst ends.  The first
 search after the pool sat idle does ``wakeup_s`` more work (a core waking
-from sleep, caches cold).  With no
+from sleep, caches cold).  A search that finishes while others still hold
+every core hands its answer back ``handback()`` seconds later (an event loop
+waiting for its slice of a core a running search holds: time, not work; the
+others run on meanwhile).  With no
 slowdown anywhere (cores for every worker, no contention) each search is one
 plain timeout.
 """
@@ -49,7 +52,9 @@ class WorkerPool:
         "_wake_s",
         "busy",
         "busy_bins",
+        "cores",
         "env",
+        "handback",
         "stretch",
         "wakeup_s",
         "workers",
@@ -63,9 +68,12 @@ class WorkerPool:
         window: tuple[float, float],
         contention: Sequence[float] = (),
         wakeup_s: float | Sequence[tuple[float, float]] = 0.0,
+        handback: Callable[[], float] | None = None,
     ):
         self.env = env
         self.workers = workers
+        self.cores = cpu_cores or workers
+        self.handback = handback
         self.busy = 0
         self._queue: deque[tuple[Callable[[Any], None], Any]] = deque()
         self.busy_bins = Bins(*window)  # busy worker-seconds over time
@@ -133,8 +141,13 @@ class WorkerPool:
         done = [j for j in self._jobs if j is first or j[0] <= 1e-12]
         self._jobs = [j for j in self._jobs if not (j is first or j[0] <= 1e-12)]
         self._arm()
+        # Still every core held by a search: the answers wait for a slice of one.
+        late = self.handback if self.handback is not None and len(self._jobs) >= self.cores else None
         for _w, then, arg in done:
-            then(arg)
+            if late is None:
+                then(arg)
+            else:
+                later(self.env, late(), then, arg)
 
     def release(self, start_s: float, end_s: float) -> None:
         self.busy_bins.add(start_s, end_s, end_s - start_s)

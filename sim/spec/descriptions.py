@@ -102,6 +102,8 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "overhead_ms": "time outside the search itself, ms, a distribution",
         "contention": "how much slower each of 1, 2, ... concurrent searches runs (default: from the calibration)",
         "wakeup_ms": "extra time of the first search after the pool sat idle: ms, or [idle_ms, extra_ms] points",
+        "handback_ms": "how long a finished search's answer waits for the core while another search still runs"
+        " on it (a distribution, ms; none by default)",
     },
     "LLMConfig": {
         "enabled": "generate the answer on GPU replicas",

@@ -347,6 +347,9 @@ class RetrievalConfig(Strict):
     # Extra time of the first search after the pool sat idle (a core waking from sleep, cold caches):
     # ms, or [idle_ms, extra_ms] points (linear between, flat beyond: a longer sleep, a slower wake-up).
     wakeup_ms: Annotated[Union[float, list[tuple[float, float]]], BeforeValidator(_check_wakeup)] = 0.0
+    # How long a finished search's answer waits for the core while another search still holds it
+    # (an event loop behind a running search thread); none by default (sim.engine.pool).
+    handback_ms: Optional[DistSpec] = None
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalConfig:

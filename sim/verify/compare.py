@@ -194,6 +194,7 @@ def overrides_for(
     replications: int,
     contention: Sequence[float] = (),
     wakeup_ms: float | list[tuple[float, float]] = 0.0,
+    handback_ms: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Scenario overrides that make the simulation stand for this target at this load."""
     ov: dict[str, Any] = {
@@ -216,6 +217,9 @@ def overrides_for(
         ov["retrieval.cpu_cores"] = len(target.retrieval.cores) or None
         ov["retrieval.contention"] = list(contention) if contention else None
         ov["retrieval.wakeup_ms"] = [list(p) for p in wakeup_ms] if isinstance(wakeup_ms, list) else wakeup_ms
+        ov["retrieval.handback_ms"] = (
+            {"dist": "empirical", "samples": [round(float(x), 4) for x in handback_ms]} if len(handback_ms) else None
+        )
     return ov
 
 
@@ -326,20 +330,23 @@ class RetrievalProbe:
     alone_ms: np.ndarray  # one search at a time, back to back
     contention: tuple[float, ...]  # (1, c2, ..): slow-down with m searches in service at once
     wakeup_ms: list[tuple[float, float]]  # [(idle_ms, extra_ms), ..] for the first search after idle
+    handback_ms: list[float] = field(default_factory=list)  # answers waiting for a held core, ms
 
     @staticmethod
     def pooled(
         a: RetrievalProbe | None, b: RetrievalProbe | None
-    ) -> tuple[np.ndarray | None, tuple[float, ...], list[tuple[float, float]]]:
+    ) -> tuple[np.ndarray | None, tuple[float, ...], list[tuple[float, float]], list[float]]:
         """Two probes taken as one: the searches together, contention and wake-up averaged
-        point by point (both probes use the same m and the same idle gaps)."""
+        point by point (both probes use the same m and the same idle gaps), the hand-back
+        samples together (none unless both have them)."""
         got = [p for p in (a, b) if p is not None]
         if not got:
-            return None, (), []
+            return None, (), [], []
         alone = np.concatenate([p.alone_ms for p in got])
         cont = tuple(float(np.mean(c)) for c in zip(*(p.contention for p in got)))
         wake = [(pts[0][0], float(np.mean([e for _, e in pts]))) for pts in zip(*(p.wakeup_ms for p in got))]
-        return alone, cont, wake
+        back = [x for p in got for x in p.handback_ms] if all(p.handback_ms for p in got) else []
+        return alone, cont, wake, back
 
 
 @dataclass(frozen=True)
@@ -408,9 +415,11 @@ def verify(
         """Retrieval alone: one at a time, m at once, after idle spells (seconds)."""
         if not retrieves:
             return None
-        r_ms = probe_retrieval(target, k)
+        own: list[float | None] = []
+        r_ms = probe_retrieval(target, k, server=own)
         wake = probe_wakeup(target, k, train_s=probe_s)
-        return RetrievalProbe(r_ms, probe_contention(target, k, r_ms), wake)
+        contention, handback = probe_contention(target, k, r_ms, alone_server_ms=own)
+        return RetrievalProbe(r_ms, contention, wake, handback)
 
     calib: dict[str, Any] = {
         "llm_overhead_ms": probe["overhead_ms"] if llm_on else None,
@@ -435,7 +444,7 @@ def verify(
         # The probes on both sides of the load, pooled: the service drifts by as much as
         # the errors verify is after (one-at-a-time medians 5.7-7.0 ms between loads here),
         # and a load is best described by the isolated measurements that bracket it.
-        r_ms, contention, wakeup_ms = RetrievalProbe.pooled(before, after)
+        r_ms, contention, wakeup_ms, handback_ms = RetrievalProbe.pooled(before, after)
         sides = [float(np.median(p.alone_ms)) for p in (before, after) if p is not None]
         before = after
         if r_ms is not None:
@@ -447,10 +456,27 @@ def verify(
                 },
                 "contention": list(contention),
                 "wakeup_ms": wakeup_ms,
+                "handback_ms": {
+                    "p50": float(np.percentile(handback_ms, 50)),
+                    "p95": float(np.percentile(handback_ms, 95)),
+                    "n": len(handback_ms),
+                }
+                if handback_ms
+                else None,
                 "p50_before_after_ms": sides,
             }
         ov = overrides_for(
-            scn, target, n, duration_s, warmup_s, r_ms, probe["overhead_ms"], replications, contention, wakeup_ms
+            scn,
+            target,
+            n,
+            duration_s,
+            warmup_s,
+            r_ms,
+            probe["overhead_ms"],
+            replications,
+            contention,
+            wakeup_ms,
+            handback_ms,
         )
         if table:
             ov["llm.step_table"] = table

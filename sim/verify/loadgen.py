@@ -27,6 +27,7 @@ import http.client
 import json
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -95,7 +96,8 @@ def check_reachable(target: Target, timeout_s: float = 3.0) -> None:
             raise CapsimError(f"{name} endpoint {url}/health answered HTTP {r.status}")
 
 
-def search(conn: http.client.HTTPConnection, key: int, k: int) -> None:
+def search(conn: http.client.HTTPConnection, key: int, k: int) -> bytes:
+    """One ``POST /search``; the response body (see :func:`server_ms`)."""
     body = json.dumps({"query_id": int(key), "k": int(k)}).encode()  # bytes: one send()
     try:
         conn.request("POST", "/search", body=body, headers={"Content-Type": "application/json"})
@@ -108,6 +110,17 @@ def search(conn: http.client.HTTPConnection, key: int, k: int) -> None:
     data = r.read()
     if r.status != 200:
         raise RuntimeError(f"retrieval HTTP {r.status}: {data[:100]!r}")
+    return data
+
+
+def server_ms(body: bytes) -> float | None:
+    """The service's own time for the search (``search_us`` in its answer), ms; None when it
+    reports none (any search service will do for verify; this one time is optional)."""
+    try:
+        us = json.loads(body).get("search_us")
+    except (ValueError, AttributeError):
+        return None
+    return float(us) / 1e3 if isinstance(us, (int, float)) and not isinstance(us, bool) else None
 
 
 def complete(
@@ -211,12 +224,15 @@ def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: fl
     }
 
 
-def probe_retrieval(target: Target, k: int, n: int = 200, gap_s: float = 0.0, timeout_s: float = 10.0) -> np.ndarray:
+def probe_retrieval(
+    target: Target, k: int, n: int = 200, gap_s: float = 0.0, timeout_s: float = 10.0, server: list | None = None
+) -> np.ndarray:
     """Isolated single searches, one at a time over keep-alive (HTTP overhead included), ms.
 
     ``gap_s`` spaces them (default back to back).  On this shared 2-core box, probes 50 ms apart
     timed p50 4.5 ms and back-to-back ones 0.9 ms, while the searches under load took 1.8-2.3 ms:
-    wake-up and co-tenant noise, not the search, dominate a ~1 ms call here."""
+    wake-up and co-tenant noise, not the search, dominate a ~1 ms call here.  ``server``, when
+    given, receives the service's own time of each search (None where it reports none)."""
     assert target.retrieval is not None
     conn = connection(target.retrieval.url, timeout_s)
     out = []
@@ -224,9 +240,11 @@ def probe_retrieval(target: Target, k: int, n: int = 200, gap_s: float = 0.0, ti
         if gap_s > 0:
             time.sleep(gap_s)
         t0 = time.perf_counter()
-        search(conn, i, k)
+        body = search(conn, i, k)
         if i >= 20:
             out.append((time.perf_counter() - t0) * 1e3)
+            if server is not None:
+                server.append(server_ms(body))
     conn.close()
     return np.asarray(out)
 
@@ -295,9 +313,12 @@ def wakeup_extra_ms(cold_s: list[float], settled_s: list[float]) -> float:
     return max(0.0, float(np.median(cold_s)) - float(np.median(settled_s))) * 1e3
 
 
-def _searches_together(url: str, k: int, m: int, n: int, timeout_s: float) -> list[list[float]]:
+def _searches_together(
+    url: str, k: int, m: int, n: int, timeout_s: float, server: list | None = None
+) -> list[list[float]]:
     """``m`` clients, each on its own keep-alive connection, ``n`` searches back to back, started
-    together after 10 warm-up searches each: every client's latencies, ms."""
+    together after 10 warm-up searches each: every client's latencies, ms (``server``, when
+    given, receives ``(latency ms, the service's own ms or None)`` of every search)."""
     times: list[list[float]] = [[] for _ in range(m)]
     gate = threading.Barrier(m)
 
@@ -308,8 +329,10 @@ def _searches_together(url: str, k: int, m: int, n: int, timeout_s: float) -> li
         gate.wait(timeout_s)
         for j in range(n):
             t0 = time.perf_counter()
-            search(conn, 10_000 * i + 10 + j, k)
+            body = search(conn, 10_000 * i + 10 + j, k)
             times[i].append((time.perf_counter() - t0) * 1e3)
+            if server is not None:
+                server.append((times[i][-1], server_ms(body)))
         conn.close()
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(m)]
@@ -321,9 +344,15 @@ def _searches_together(url: str, k: int, m: int, n: int, timeout_s: float) -> li
 
 
 def probe_contention(
-    target: Target, k: int, alone_ms: np.ndarray, n: int = 100, timeout_s: float = 10.0
-) -> tuple[float, ...]:
-    """Isolated: how much slower each search runs with ``m`` in service at once.
+    target: Target,
+    k: int,
+    alone_ms: np.ndarray,
+    n: int = 100,
+    timeout_s: float = 10.0,
+    alone_server_ms: Sequence[float | None] = (),
+) -> tuple[tuple[float, ...], list[float]]:
+    """Isolated: how much slower each search runs with ``m`` in service at once, and how long
+    an answer waits for the core a search still running holds.
 
     For ``m = 2 .. workers``: ``m`` clients search back to back at the same time (``m``
     searches always in service, nothing else sending); the mean time of a search over the
@@ -331,20 +360,46 @@ def probe_contention(
     contention is what it adds to sharing the service's cores in time
     (:func:`sim.physics.sharing.contention_from_stretch`): two search threads on one core
     that take 2.3x as long as one alone have contention 1.15.  ``(1, c2, ...)``; empty with
-    one worker."""
+    one worker.
+
+    The hand-back samples (ms; empty with one worker, or where the service does not report
+    its own search time): at ``m = workers``, each search's time outside the search itself
+    (latency minus the service's own time) over the median of the same alone.  Two search
+    threads on one core behind one event loop: alone, the HTTP part took 1.1 ms (p50) to
+    1.3 ms (p95); two at once, 2.2 ms to 5.9 ms, while the throughput stayed that of one
+    search at a time (202-216 searches/s for 1 to 6 clients): no extra work, an answer
+    waiting for the core while the other search holds it (a scheduler slice).  See
+    :func:`handback_samples`."""
     r = target.retrieval
     assert r is not None
     if r.workers < 2:
-        return ()
+        return (), []
     base = float(np.mean(alone_ms))
     stretch = [1.0]
+    pairs: list[tuple[float, float | None]] = []
     for m in range(2, r.workers + 1):
-        times = _searches_together(r.url, k, m, n, timeout_s)
+        pairs = []
+        times = _searches_together(r.url, k, m, n, timeout_s, pairs)
         got = [x for ts in times for x in ts]
         if len(got) < m * n:
             raise CapsimError(f"retrieval endpoint {r.url}: the contention probe at {m} at once did not finish")
         stretch.append(float(np.mean(got)) / base)
-    return contention_from_stretch(stretch, len(r.cores) or r.workers)
+    contention = contention_from_stretch(stretch, len(r.cores) or r.workers)
+    return contention, handback_samples([float(x) for x in alone_ms], alone_server_ms, pairs)
+
+
+def handback_samples(
+    alone_ms: Sequence[float], alone_server_ms: Sequence[float | None], together: Sequence[tuple[float, float | None]]
+) -> list[float]:
+    """Time outside the search itself (latency minus the service's own search time) of searches
+    run beside others, over the median of the same alone, ms, >= 0 (see
+    :func:`probe_contention`); empty unless every search reported its own time."""
+    if not together or not alone_server_ms or len(alone_server_ms) != len(alone_ms):
+        return []
+    if any(s is None for s in alone_server_ms) or any(s is None for _, s in together):
+        return []
+    outside_alone = float(np.median([a - float(s) for a, s in zip(alone_ms, alone_server_ms) if s is not None]))
+    return [round(max(0.0, lat - float(s) - outside_alone), 4) for lat, s in together if s is not None]
 
 
 @dataclass
