@@ -163,6 +163,9 @@ def _print(doc: dict, con) -> None:
         parts.append("wake-up after idle " + ", ".join(f"{x:g} ms: {y:.2f}" for x, y in r["wakeup_ms"]))
         if r["contention"]:
             parts.append("contention " + ", ".join(f"{x:.2f}" for x in r["contention"]))
+        hb = r.get("handback_ms")
+        if hb:
+            parts.append(f"answer waits behind a running search p50 {hb['p50']:.2f} ms p95 {hb['p95']:.2f} ms")
         con.print(f"calibrated around {n} users (isolated, before and after the load): retrieval " + "; ".join(parts))
     sv = c["server_alone_vs_table"]
     if sv:

@@ -13,10 +13,12 @@ closed-loop run it is compared with):
 * the retrieval service time: single searches one at a time over keep-alive
   HTTP, before the load (so the HTTP overhead is in every sample), as an
   empirical distribution; the extra time of a search that finds the service
-  idle, by how long it was idle (the first search after an idle gap of 1-100 ms
-  over the searches of the same burst once back to speed: ``retrieval.wakeup_ms``);
+  idle, by how long it was idle (trains of single searches each after an idle
+  gap of 1-100 ms over back-to-back blocks around them: ``retrieval.wakeup_ms``);
   the slowdown of ``m = 2..workers`` searches at once beyond sharing the cores
-  in time (``retrieval.contention``); workers and
+  in time (``retrieval.contention``) and, where the service reports its own
+  search time, how long an answer waits behind a running search
+  (``retrieval.handback_ms``); workers and
   cores from the target; taken before the first load and after every load,
   and each load predicted from the two probes that bracket it, pooled;
 * the per-call HTTP + SSE overhead of the LLM endpoint: client first token
