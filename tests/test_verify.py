@@ -20,6 +20,8 @@ from sim.verify.compare import busy_fraction
 from tests.helpers import invoke
 
 ROOT = Path(__file__).resolve().parents[1]
+# A short live run: 1 s cut, 2 simulated replications, JSON, 0.1 s wake-up trains.
+QUICK = ["--warmup-s", "1", "--replications", "2", "--json", "--probe-s", "0.1"]
 CACHE = Path(os.environ.get("CAPSIM_CACHE", Path.home() / ".cache" / "capsim"))
 LLAMA_SERVER = CACHE / "llama-0.3.36" / "bin" / "llama-server"
 MODEL = CACHE / "models" / "capsim-llama-124m-f16.gguf"
@@ -87,18 +89,7 @@ def _free_port() -> int:
 def test_bad_target_file_is_one_line_exit_2(tmp_path, text, msg):
     tgt = tmp_path / "t.yaml"
     tgt.write_text(text)
-    res = invoke(
-        *[
-            "verify",
-            str(ROOT / "scenarios" / "verify_local.yaml"),
-            "--target",
-            str(tgt),
-            "--users",
-            "1",
-            "--probe-s",
-            "0.1",
-        ]
-    )
+    res = invoke(*["verify", str(ROOT / "scenarios" / "verify_local.yaml"), "--target", str(tgt), "--users", "1"])
     assert res.exit_code == 2
     assert msg in res.output and len(res.output.strip().splitlines()) == 1
 
@@ -108,18 +99,7 @@ def test_unreachable_endpoint_is_one_line_exit_2_before_any_load(tmp_path):
     tgt = tmp_path / "t.yaml"
     tgt.write_text(f"llm: {{url: 'http://127.0.0.1:{port}'}}\nretrieval: {{url: 'http://127.0.0.1:{port}'}}\n")
     t0 = time.perf_counter()
-    res = invoke(
-        *[
-            "verify",
-            str(ROOT / "scenarios" / "verify_local.yaml"),
-            "--target",
-            str(tgt),
-            "--users",
-            "3",
-            "--probe-s",
-            "0.1",
-        ]
-    )
+    res = invoke(*["verify", str(ROOT / "scenarios" / "verify_local.yaml"), "--target", str(tgt), "--users", "3"])
     assert res.exit_code == 2
     assert f"llm endpoint http://127.0.0.1:{port} is unreachable" in res.output
     assert time.perf_counter() - t0 < 10  # refused up front, no load played
@@ -219,13 +199,7 @@ def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path
                 "1",
                 "--duration-s",
                 "8",
-                "--warmup-s",
-                "1",
-                "--replications",
-                "2",
-                "--json",
-                "--probe-s",
-                "0.1",
+                *QUICK,
                 "--out",
                 str(out),
             ]
@@ -278,19 +252,7 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         tgt.write_text(f"retrieval: {{url: 'http://127.0.0.1:{port}', workers: 2, cores: [0, 1]}}\n")
         out = tmp_path / "out"
         argv = ["verify", str(ROOT / "scenarios" / "verify_retrieval.yaml"), "--target", str(tgt)]
-        argv += [
-            "--users",
-            "2",
-            "--duration-s",
-            "4",
-            "--warmup-s",
-            "1",
-            "--replications",
-            "2",
-            "--json",
-            "--probe-s",
-            "0.1",
-        ]
+        argv += ["--users", "2", "--duration-s", "4", *QUICK]
         res = invoke(*argv, "--out", str(out))
         assert res.exit_code in (0, 1, 3), res.output  # 1 / 3: outside the bounds / undecided on a busy machine
         doc = json.loads(res.stdout)
