@@ -345,7 +345,8 @@ class RetrievalConfig(Strict):
     # (sim.physics.sharing); by default from the calibration's 1..K-thread records.
     contention: Optional[list[float]] = None
     # Extra time of the first search after the pool sat idle (a core waking from sleep, cold caches):
-    # ms, or [idle_ms, extra_ms] points (linear between, flat beyond: a longer sleep, a slower wake-up).
+    # ms, or [idle_ms, extra_ms] points (linear from 0 at no idle time, between them, flat beyond:
+    # a longer sleep, a slower wake-up).
     wakeup_ms: Annotated[Union[float, list[tuple[float, float]]], BeforeValidator(_check_wakeup)] = 0.0
     # How long a finished search's answer waits for the core while another search still holds it
     # (an event loop behind a running search thread); none by default (sim.engine.pool).
