@@ -292,6 +292,18 @@ CASES = [
         2,
         "--probe-s: must be in [0.05, 60] seconds",
     ),
+    Case(
+        "verify-segments-with-an-llm",  # the segments track the search service's drift only
+        lambda t: ["verify", SMALL, "--target", _text(t, "t.yaml", TARGET), "--users", "1", "--segments", "3"],
+        2,
+        "--segments: only for a retrieval-only scenario",
+    ),
+    Case(
+        "verify-segments-zero",
+        lambda t: ["verify", SMALL, "--target", _text(t, "t.yaml", TARGET), "--users", "1", "--segments", "0"],
+        2,
+        "--segments: must be 1 to 20",
+    ),
     # ---- output folders, all refused before simulating
     Case("out-under-a-file", lambda t: ["run", SMALL, "--out", _file(t) / "sub"], 2, "is a file"),
     Case("out-is-a-file", lambda t: ["sweep", SMALL, "--out", _file(t)], 2, "is a file"),

@@ -235,10 +235,12 @@ def test_repeated_benchmark_runs_keep_each_rows_median():
     assert median_rows(runs) == [row(0.3, 0.33), row(2.0, 1.5, b=2)]
 
 
-def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service(tmp_path):
+@pytest.mark.parametrize("segments", [1, 2])
+def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service(tmp_path, segments):
     """A retrieval-only target (no llm:) and scenario (llm.enabled: false) against the real
     search service with two search threads over one small hnswlib index: the probes run,
-    every request succeeds, and the rows are the retrieval stage's with their bounds."""
+    every request succeeds, and the rows are the retrieval stage's with their bounds.  In
+    two segments: a 150-search probe between them, each segment predicted from its sides."""
     py, stack, idx = _small_index(tmp_path)
     port = _free_port()
     proc = subprocess.Popen(
@@ -252,13 +254,14 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         tgt.write_text(f"retrieval: {{url: 'http://127.0.0.1:{port}', workers: 2, cores: [0, 1]}}\n")
         out = tmp_path / "out"
         argv = ["verify", str(ROOT / "scenarios" / "verify_retrieval.yaml"), "--target", str(tgt)]
-        argv += ["--users", "2", "--duration-s", "4", *QUICK]
+        argv += ["--users", "2", "--duration-s", "4", *QUICK, "--segments", str(segments)]
         res = invoke(*argv, "--out", str(out))
         assert res.exit_code in (0, 1, 3), res.output  # 1 / 3: outside the bounds / undecided on a busy machine
         doc = json.loads(res.stdout)
         cal = doc["calibration"]["retrieval"]["2"]
-        assert cal["isolated_ms"]["n"] == 400  # the probes before and after the load, pooled
-        assert len(cal["p50_before_after_ms"]) == 2
+        # the probes before and after the load, pooled, and with segments the one between them
+        assert cal["isolated_ms"]["n"] == (400 if segments == 1 else 550)
+        assert len(cal["p50_before_after_ms"]) == segments + 1 and cal.get("segments", 1) == segments
         assert [x for x, _ in cal["wakeup_ms"]] == [1, 3, 10, 30, 100] and all(y >= 0 for _, y in cal["wakeup_ms"])
         assert len(cal["contention"]) == 2 and cal["contention"][0] == 1.0  # two cores: measured at 2 at once
         assert cal["handback_ms"]["n"] == 400  # the service reports its own search time: 2 x 100 at once, both probes
@@ -361,3 +364,23 @@ def test_the_wake_up_extra_is_measured_against_the_settled_searches_of_its_burst
     cold, settled = [0.007, 0.008, 0.009], [0.006, 0.006, 0.0065, 0.007]
     assert wakeup_extra_ms(cold, settled) == pytest.approx(1.75)
     assert wakeup_extra_ms(cold, [0.0095] * 4) == 0.0
+
+
+def test_segments_of_a_load_are_measured_as_one_run_end_to_end():
+    """Hand-computed: two 3 s segments with a 1 s cut each; requests at 0.5, 1.5, 2.5 s in both.
+    The 0.5 s ones are cut; segment 1's window [1, 3) becomes [0, 2), segment 2's becomes
+    [2, 4): starts 0.5, 1.5, 2.5, 3.5 over a 4 s run; ends shift with their starts."""
+    from sim.verify.compare import merged_live
+    from sim.verify.loadgen import COLUMNS, LiveRun
+
+    def seg(user: int) -> LiveRun:
+        rec = {c: np.zeros(3) for c in COLUMNS}
+        rec["t_start_s"] = np.array([0.5, 1.5, 2.5])
+        rec["llm_end_s"] = rec["t_start_s"] + 0.1
+        rec["user"] = np.full(3, user)
+        return LiveRun(2, 3.0, rec, 3.2, 0.5, ["x"] if user else [])
+
+    m = merged_live([seg(0), seg(1)], 1.0)
+    assert m.duration_s == 4.0 and m.records["t_start_s"].tolist() == [0.5, 1.5, 2.5, 3.5]
+    assert m.records["llm_end_s"] == pytest.approx([0.6, 1.6, 2.6, 3.6]) and m.records["user"].tolist() == [0, 0, 1, 1]
+    assert m.wall_s == pytest.approx(6.4) and m.cpu_s == 1.0 and m.failures == ["x"] and m.users == 2

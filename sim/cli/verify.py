@@ -44,6 +44,12 @@ def verify(
         help="Seconds of each wake-up train of the retrieval probe (single searches spaced by one idle gap; "
         "five gaps, three rounds, before the first load and after every load).",
     ),
+    segments: int = typer.Option(
+        1,
+        "--segments",
+        help="Play each load as this many segments with a ~1 s back-to-back probe between them, each "
+        "predicted from the probes on its two sides (tracks the host's drift; retrieval-only scenarios).",
+    ),
     profile_llm: bool = typer.Option(
         False,
         "--profile-llm",
@@ -68,6 +74,12 @@ def verify(
         raise CapsimError(f"--warmup-s: must be >= 0 and < --duration-s ({duration_s:g}), got {warm:g}")
     if not 0.05 <= probe_s <= 60:
         raise CapsimError(f"--probe-s: must be in [0.05, 60] seconds, got {probe_s:g}")
+    if not 1 <= segments <= 20:
+        raise CapsimError(f"--segments: must be 1 to 20, got {segments}")
+    if segments > 1 and duration_s / segments < 2 * (warm / segments) + 1:
+        raise CapsimError(
+            f"--segments: {segments} segments of {duration_s / segments:g} s leave too little after each warm-up"
+        )
     if replications < 2:
         raise CapsimError("--replications: must be >= 2 (the interval needs them)")
     if out is not None and out.exists() and not out.is_dir():
@@ -101,6 +113,7 @@ def verify(
             progress=say,
             profile=profile,
             probe_s=probe_s,
+            segments=segments,
         )
     doc = {
         "scenario": str(scenario),

@@ -295,6 +295,11 @@ def compare_one(live: LiveRun, scn: Scenario, ov: dict[str, Any], warmup_s: floa
         "utilization": s["utilization"],
         "n": metrics["e2e_ms"]["n"],
     }
+    return _comparison(live, rows, meas, pred)
+
+
+def _comparison(live: LiveRun, rows: list, meas: dict[str, Any], pred: dict[str, Any]) -> LoadComparison:
+    """Rows, measured and predicted figures with the load generator's own cost."""
     cpu_per_req = live.cpu_s / max(1, live.requests) * 1e3
     lag = live.records["lag_ms"].astype(float) if live.requests else np.zeros(1)
     loadgen = {
@@ -313,6 +318,177 @@ def compare_one(live: LiveRun, scn: Scenario, ov: dict[str, Any], warmup_s: floa
         live.requests,
         sorted(set(live.failures)),
     )
+
+
+def merged_live(parts: Sequence[LiveRun], warmup_s: float) -> LiveRun:
+    """The segments of one load as one run: each segment's requests from its own warm-up cut on,
+    the windows end to end (times shifted so segment ``j``'s window starts where ``j - 1``'s
+    ended); measure it with no further warm-up."""
+    cols = parts[0].records.keys()
+    segs, span = [], 0.0
+    for p in parts:
+        keep = np.asarray(p.records["t_start_s"], dtype=float) >= warmup_s
+        seg = {c: np.asarray(p.records[c])[keep] for c in cols}
+        for c in ("t_start_s", "llm_sent_s", "llm_end_s"):
+            seg[c] = seg[c].astype(float) + (span - warmup_s)
+        segs.append(seg)
+        span += p.duration_s - warmup_s
+    return LiveRun(
+        parts[0].users,
+        span,
+        {c: np.concatenate([g[c] for g in segs]) for c in cols},
+        sum(p.wall_s for p in parts),
+        sum(p.cpu_s for p in parts),
+        [f for p in parts for f in p.failures],
+    )
+
+
+def compare_segments(
+    parts: Sequence[LiveRun], scn: Scenario, ovs: Sequence[dict[str, Any]], warmup_s: float, workers: int
+) -> LoadComparison:
+    """:func:`compare_one` for a load played as segments, each predicted from its own overrides
+    (the probes on its two sides; its own seed, ``run.seed`` in them, replayed by the live
+    segment).  Measured: the segments' windows pooled.  Predicted: per replication, the
+    segments' windows pooled; replication 0 (common random numbers) is the prediction, the
+    t interval over replications its interval."""
+    from sim.analysis.stats import t_interval  # deferred: scipy, only for segmented loads
+    from sim.analysis.timeline import metric_values  # deferred: the summary's metric extraction
+
+    live = merged_live(parts, warmup_s)
+    meas = measured_stats(live, 0.0, workers)
+    runs = [simulate(scn, ov, jobs=1).points[0] for ov in ovs]
+    reps = min(len(pt.replications) for pt in runs)
+    metric_names = ("e2e_ms", "ttft_ms", "retrieval_ms") if scn.llm.enabled else ("e2e_ms", "retrieval_ms")
+    pooled: dict[str, list[np.ndarray]] = {m: [] for m in metric_names}
+    done, spans = [], []
+    for r in range(reps):
+        recs = []
+        for pt in runs:
+            rep = pt.replications[r]
+            lo, hi = rep.window_s
+            a = rep.records["arrival_s"]
+            recs.append({k: v[(a >= lo) & (a < hi)] for k, v in rep.records.items()})
+            end = a + rep.records["e2e_ms"] / 1e3
+            done.append((r, int(((end >= lo) & (end < hi)).sum())))
+            if r == 0:
+                spans.append(hi - lo)
+        for m in metric_names:
+            pooled[m].append(np.concatenate([metric_values(x, m) for x in recs]))
+    window = float(sum(spans))
+    thr = [sum(c for rr, c in done if rr == r) / window for r in range(reps)]
+    bounds = BOUNDS if scn.llm.enabled else RETRIEVAL_BOUNDS
+    rows = []
+    for m in metric_names:
+        if m not in meas:
+            continue
+        for st in STATS:
+            q = float(st[1:])
+            per = [float(np.percentile(v, q)) if len(v) else float("nan") for v in pooled[m]]
+            ci = list(t_interval(per)) if reps >= 2 and all(math.isfinite(x) for x in per) else None
+            rows.append(
+                _row(m, st, meas[m][st], per[0] if math.isfinite(per[0]) else None, ci, bounds, meas["ci"][m][st])
+            )
+    rows.append(
+        _row(
+            "throughput_per_s",
+            "mean",
+            meas["throughput_per_s"],
+            thr[0],
+            list(t_interval(thr)) if reps >= 2 else None,
+            bounds,
+        )
+    )
+    util = [pt.summary.to_dict()["utilization"] for pt in runs]
+    pred = {
+        "throughput_per_s": thr[0],
+        "utilization": {k: float(np.mean([u[k] for u in util])) for k in util[0]},
+        "n": len(pooled["e2e_ms"][0]),
+        "segments": len(parts),
+    }
+    return _comparison(live, rows, meas, pred)
+
+
+#: Segment j of a load replays the scenario's streams under seed + SEGMENT_SEED * j.
+SEGMENT_SEED = 7919
+
+
+def _segmented(
+    scn: Scenario,
+    target: Target,
+    users: int,
+    times: tuple[float, float, float],
+    replications: int,
+    segments: int,
+    before: RetrievalProbe | None,
+    probe_search: Any,
+    calib: dict[str, Any],
+) -> tuple[LiveRun, LoadComparison, RetrievalProbe | None]:
+    """One load of a retrieval-only scenario played as ``segments`` live segments with a short
+    back-to-back probe (150 searches, ~1 s) between them, the full probe after the last.
+
+    Why: the host drifts.  On this project's 2-core VM, one-second medians of back-to-back
+    searches moved with a standard deviation of 7 % over three minutes with nothing else
+    running; 1-2 s probes on both sides of a 60 s load estimated its mean speed with a 4.5 %
+    standard deviation (worst 11 %), 1-s probes every 10-15 s with 1.7-2.2 % (worst 4-6 %).
+    Each segment is predicted from the searches of the probes on its two sides (wake-up,
+    contention and hand-back from the full probes around the whole load), its ``warmup_s /
+    segments`` cut, with its own seed so the segments draw different think times and keys.
+    Returns the pooled live run, the comparison and the probe after the load."""
+    duration_s, warmup_s, drain_s = times
+    k = scn.retrieval.top_k
+    seg_s, warm = duration_s / segments, warmup_s / segments
+    parts: list[LiveRun] = []
+    sides: list[np.ndarray | None] = [before.alone_ms if before is not None else None]
+    seeds = [scn.run.seed + SEGMENT_SEED * j for j in range(segments)]
+    for j, seed in enumerate(seeds):
+        scn_j = scn.model_copy(update={"run": scn.run.model_copy(update={"seed": seed})})
+        parts.append(run_load(scn_j, target, users, seg_s, drain_s, 0))
+        if j < segments - 1:
+            sides.append(probe_retrieval(target, k, n=150) if target.retrieval is not None else None)
+    after = probe_search()
+    sides.append(after.alone_ms if after is not None else None)
+    _r, contention, wakeup_ms, handback_ms = RetrievalProbe.pooled(before, after)
+    ovs = []
+    for j, seed in enumerate(seeds):
+        got = [x for x in (sides[j], sides[j + 1]) if x is not None]
+        r_ms = np.concatenate(got) if got else None
+        ov = overrides_for(scn, target, users, seg_s, warm, r_ms, 0.0, replications, contention, wakeup_ms, handback_ms)
+        ovs.append({**ov, "run.seed": seed})
+    workers = target.retrieval.workers if target.retrieval else 1
+    alone = [x for x in sides if x is not None]
+    if alone:
+        every = np.concatenate(alone)
+        sides_p50 = [float(np.median(x)) for x in alone]
+        calib["retrieval"][str(users)] = {
+            **_calib_entry(every, contention, wakeup_ms, handback_ms, sides_p50),
+            "segments": segments,
+        }
+    cmp = compare_segments(parts, scn, ovs, warm, workers)
+    return merged_live(parts, warm), cmp, after
+
+
+def _calib_entry(
+    alone_ms: np.ndarray,
+    contention: Sequence[float],
+    wakeup_ms: list[tuple[float, float]],
+    handback_ms: Sequence[float],
+    sides_p50: list[float],
+) -> dict[str, Any]:
+    """What one load's retrieval prediction was calibrated from, for verify.json."""
+    return {
+        "isolated_ms": _spread(alone_ms),
+        "contention": list(contention),
+        "wakeup_ms": wakeup_ms,
+        "handback_ms": _spread(handback_ms),
+        "p50_before_after_ms": sides_p50,
+    }
+
+
+def _spread(samples: Sequence[float] | np.ndarray) -> dict[str, float] | None:
+    """P50, P95 and count of a sample, for the calibration record; None when empty."""
+    if not len(samples):
+        return None
+    return {"p50": float(np.percentile(samples, 50)), "p95": float(np.percentile(samples, 95)), "n": len(samples)}
 
 
 def _server_vs_table(path: str, alone: dict) -> dict[str, float]:
@@ -388,6 +564,7 @@ def verify(
     progress=None,
     profile: ServerProfile | None = None,
     probe_s: float = 1.0,
+    segments: int = 1,
 ) -> tuple[list[LoadComparison], dict[str, Any], list[LiveRun]]:
     """Probe (isolated), then for every load: play it for real and simulate it; compare.
 
@@ -398,6 +575,8 @@ def verify(
     retrieves = scn.retrieval.enabled and target.retrieval is not None
     if not llm_on and not scn.retrieval.enabled:
         raise CapsimError("verify needs llm.enabled or retrieval.enabled: there is no stage to hold against a server")
+    if segments > 1 and llm_on:
+        raise CapsimError("--segments: only for a retrieval-only scenario (llm.enabled: false)")
     if llm_on and scn.llm.step_table is None and profile is None:
         raise CapsimError(
             "llm.step_table: verify needs a measured step table; run `capsim calibrate llm` first or pass --profile-llm"
@@ -438,6 +617,15 @@ def verify(
         if llm_on and profile is not None and i > 0:
             table = profile.table(target, n, progress)
         calib["step_tables"][str(n)] = table
+        if segments > 1:
+            if progress:
+                progress(f"{n} users: live load for {duration_s:.0f} s in {segments} segments, probed between them")
+            live, cmp, before = _segmented(
+                scn, target, n, (duration_s, warmup_s, drain_s), replications, segments, before, probe_search, calib
+            )
+            lives.append(live)
+            out.append(cmp)
+            continue
         if progress:
             progress(f"{n} users: live load for {duration_s:.0f} s")
         live = run_load(scn, target, n, duration_s, drain_s, probe["bos_tokens"])
@@ -450,23 +638,7 @@ def verify(
         sides = [float(np.median(p.alone_ms)) for p in (before, after) if p is not None]
         before = after
         if r_ms is not None:
-            calib["retrieval"][str(n)] = {
-                "isolated_ms": {
-                    "p50": float(np.percentile(r_ms, 50)),
-                    "p95": float(np.percentile(r_ms, 95)),
-                    "n": len(r_ms),
-                },
-                "contention": list(contention),
-                "wakeup_ms": wakeup_ms,
-                "handback_ms": {
-                    "p50": float(np.percentile(handback_ms, 50)),
-                    "p95": float(np.percentile(handback_ms, 95)),
-                    "n": len(handback_ms),
-                }
-                if handback_ms
-                else None,
-                "p50_before_after_ms": sides,
-            }
+            calib["retrieval"][str(n)] = _calib_entry(r_ms, contention, wakeup_ms, handback_ms, sides)
         ov = overrides_for(
             scn,
             target,
