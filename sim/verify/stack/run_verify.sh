@@ -96,7 +96,8 @@ taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$ROOT/scenarios/verify_local.yam
 
 # 4. the retrieval stage alone against a multi-worker search service: one hnswlib index shared by
 # two search threads (ef 1000, ~9 ms a search) on the LLM's core, now free; the load generator on
-# the other core; light load to near saturation.
+# the other core; light load to near saturation.  Each load in 4 segments with a ~1 s back-to-back
+# probe between them (--segments): the host's drift within a minute is as large as the bound.
 cleanup
 PIDS=()
 cat > "$WORK/target_retrieval.yaml" <<YAML
@@ -112,7 +113,7 @@ wait_health "http://127.0.0.1:$SEARCH_PORT/health" 120
 rc_ret=0
 taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$ROOT/scenarios/verify_retrieval.yaml" \
     --target "$WORK/target_retrieval.yaml" --users "$RETRIEVAL_USERS" --duration-s "$RETRIEVAL_DURATION" \
-    --out "$WORK/out_retrieval" || rc_ret=$?
+    --segments 4 --out "$WORK/out_retrieval" || rc_ret=$?
 echo "make verify: LLM stack exit $rc_llm, retrieval alone exit $rc_ret"
 # A failure (1, 2, 4, ...) in either half wins over "inconclusive" (3) in the other.
 for rc in "$rc_llm" "$rc_ret"; do
