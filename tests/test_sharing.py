@@ -221,3 +221,10 @@ def test_an_answer_waits_for_the_core_a_running_search_holds():
     assert _timeline_handback([(0.0, 1.0), (0.0, 2.0)], 0.5) == pytest.approx([2.5, 3.0])
     assert _timeline_handback([(0.0, 1.0), (0.0, 2.0)], 0.0) == pytest.approx([2.0, 3.0])
     assert _timeline_handback([(0.0, 1.0), (5.0, 1.0)], 0.5) == pytest.approx([1.0, 6.0])
+
+
+def test_bad_handback_is_one_line_exit_2(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("extends: " + str(SMALL) + "\nretrieval: {handback_ms: {dist: exponential, mean: -2}}\n")
+    r = invoke("run", str(f))
+    assert r.exit_code == 2 and "retrieval.handback_ms" in r.stderr and r.stderr.strip().count("\n") == 0, r.output

@@ -518,9 +518,7 @@ def run_calibration(
     return {
         **run_header(KIND, VERSION, started, load_start, command, machine_description()),
         "corpus": source,
-        "settings": _settings_doc(
-            s, dim, top_k, n_queries, M, ef_construction, nlist, lists, seed, linear_python_docs, linear_python_queries
-        ),
+        "settings": _settings_doc(s, bench, nlist),
         "probs": list(PROBS),
         "laws": {ix: kind(ix).law for ix in kinds()},
         "records": records,
@@ -597,37 +595,25 @@ def _synthetic_source(
     }
 
 
-def _settings_doc(
-    s: dict[str, Any],
-    dim: int,
-    top_k: int,
-    n_queries: int,
-    M: int,
-    ef_construction: int,
-    nlist: int | None,
-    lists: dict[int, int],
-    seed: int,
-    linear_python_docs: int,
-    linear_python_queries: int,
-) -> dict[str, Any]:
-    """The calibration file's ``settings``: what was measured, and how."""
+def _settings_doc(s: dict[str, Any], b: _Bench, nlist: int | None) -> dict[str, Any]:
+    """The calibration file's ``settings``: what was measured (on ``b``), and how."""
     return {
         "docs": s["docs"],
-        "dim": int(dim),
-        "top_k": int(top_k),
-        "n_queries": int(n_queries),
+        "dim": int(b.dim),
+        "top_k": int(b.top_k),
+        "n_queries": int(b.n_queries),
         "indexes": s["indexes"],
-        "M": int(M),
-        "ef_construction": int(ef_construction),
+        "M": int(b.M),
+        "ef_construction": int(b.ef_construction),
         "ef": s["ef"],
         "nlist": nlist,
         "nlist_rule": "fixed" if nlist is not None else f"round(4*sqrt(N)) capped at N//{MIN_POINTS_PER_LIST}",
-        "nlist_by_docs": {str(k): v for k, v in lists.items()},
+        "nlist_by_docs": {str(k): v for k, v in b.lists.items()},
         "nprobe": s["nprobe"],
         "threads": s["threads"],
-        "seed": int(seed),
-        "linear_python_docs": int(linear_python_docs),
-        "linear_python_queries": int(linear_python_queries),
+        "seed": int(b.seed),
+        "linear_python_docs": int(b.linear_python_docs),
+        "linear_python_queries": int(b.linear_python_queries),
         "timer": "time.perf_counter_ns around one search call (query already in memory)",
         "workers": "forked processes, each with a private copy of the index (like separate server "
         "processes), 1 BLAS/OpenMP thread each, started together at a barrier; "

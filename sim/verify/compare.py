@@ -33,7 +33,7 @@ throughput <= 5 %.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -420,7 +420,7 @@ def _segmented(
     replications: int,
     segments: int,
     before: RetrievalProbe | None,
-    probe_search: Any,
+    probe_search: Callable[[], RetrievalProbe | None],
     calib: dict[str, Any],
 ) -> tuple[LiveRun, LoadComparison, RetrievalProbe | None]:
     """One load of a retrieval-only scenario played as ``segments`` live segments with a short
