@@ -293,12 +293,6 @@ CASES = [
         "--probe-s: must be in [0.05, 60] seconds",
     ),
     Case(
-        "verify-segments-with-an-llm",  # the segments track the search service's drift only
-        lambda t: ["verify", SMALL, "--target", _text(t, "t.yaml", TARGET), "--users", "1", "--segments", "3"],
-        2,
-        "--segments: only for a retrieval-only scenario",
-    ),
-    Case(
         "verify-segments-zero",
         lambda t: ["verify", SMALL, "--target", _text(t, "t.yaml", TARGET), "--users", "1", "--segments", "0"],
         2,

@@ -183,3 +183,26 @@ def test_mixed_rows_fit_what_decoders_riding_along_a_prefill_add(tmp_path):
     bad.write_text("batch_size,context_tokens,new_tokens,step_ms,decode_seqs\n2,60,2,25.0,2\n")
     with pytest.raises(ConfigError, match="decode_seqs must be a whole number below batch_size"):
         read_rows(bad)
+
+
+def test_a_scaled_table_multiplies_decode_and_prefill_rows_by_their_own_factors(tmp_path, table_path):
+    """Decode rows times 1.1, prefill rows times 0.9: batch 1 at 200 tokens was 12.0 ms (halfway
+    10 -> 14), now 13.2; the prefill law 2 + 0.5 n becomes 1.8 + 0.45 n, 300 tokens 136.8 ms.
+    Mixed rows (a prompt beside decoders) are prefill steps and take the prefill factor."""
+    from sim.physics.steptable import scaled_table
+
+    out = tmp_path / "scaled.csv"
+    scaled_table(table_path, out, 0.9, 1.1, "scaled for a test")
+    m = TableModel(read_rows(out))
+    assert out.read_text().startswith("# scaled for a test\n")
+    assert m.decode_ms(1, 200) == pytest.approx(13.2)
+    assert m.decode_ms(3, 600) == pytest.approx(39.6)
+    assert m.prefill_ms(300, 45150) == pytest.approx(136.8)
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text(
+        "batch_size,context_tokens,new_tokens,step_ms,decode_seqs\n1,30,1,12.0,0\n"
+        "1,100,100,60.0,0\n1,200,200,110.0,0\n2,170,101,80.5,1\n"
+    )
+    scaled_table(mixed, out, 2.0, 1.0, "x")
+    assert read_rows(out)[:, 3].tolist() == [12.0, 120.0, 220.0, 161.0]
+    assert read_rows(out)[:, 4].tolist() == [0, 0, 0, 1]

@@ -139,9 +139,12 @@ def _small_index(tmp_path: Path) -> tuple[str, Path, Path]:
     not (LLAMA_SERVER.is_file() and MODEL.is_file()),
     reason=f"needs the reference stack: {LLAMA_SERVER} and {MODEL} (make verify builds them)",
 )
-def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path):
+@pytest.mark.parametrize("segments", [1, 2])
+def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path, segments):
     """A real llama-server and a real hnswlib service (a small index built here), 1 user for 8 s:
-    every request succeeds with exactly the scenario's output tokens, and the table is complete."""
+    every request succeeds with exactly the scenario's output tokens, and the table is complete.
+    In two segments: the LLM server's speed probed before, between and after them, each
+    segment predicted from a table scaled by its two sides' speed."""
     py, stack, idx = _small_index(tmp_path)
     lp, sp = _free_port(), _free_port()
     procs = [
@@ -202,13 +205,21 @@ def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path
                 *QUICK,
                 "--out",
                 str(out),
+                "--segments",
+                str(segments),
             ]
         )
         assert res.exit_code in (0, 1, 3), res.output  # 1 / 3: outside the bounds / undecided on a busy machine
         doc = json.loads(res.stdout)
         load = doc["loads"][0]
         assert load["failures"] == 0 and load["requests"] >= 3
-        assert doc["calibration"]["retrieval"]["1"]["isolated_ms"]["n"] == 400  # before and after, pooled
+        # the full probes before and after the load, pooled, and with segments the 150 between them
+        assert doc["calibration"]["retrieval"]["1"]["isolated_ms"]["n"] == (400 if segments == 1 else 550)
+        if segments == 2:
+            speed = doc["calibration"]["llm_speed"]["1"]
+            assert len(speed["probes_prompt_decode_ratio"]) == 3 and len(speed["segment_factors_prompt_decode"]) == 2
+            assert all(0.5 < f < 2 for pair in speed["segment_factors_prompt_decode"] for f in pair)
+            assert load["predicted"]["segments"] == 2
         metrics = {(r["metric"], r["stat"]) for r in load["rows"]}
         assert {("e2e_ms", "p95"), ("ttft_ms", "p50"), ("throughput_per_s", "mean")} <= metrics
         assert all(r["measured"] is not None and r["predicted"] is not None for r in load["rows"][:6])
@@ -324,14 +335,24 @@ def test_a_percentile_interval_from_order_statistics():
         quantile_interval([1.0, 2.0], 1.0)
 
 
-def test_a_row_outside_its_bound_is_undecided_only_inside_the_measurements_interval():
+def test_a_row_is_outside_only_when_no_value_of_the_measured_interval_is_within_the_bound():
+    """Hand-computed: a prediction of 82 is within 10 % of any true value in [82 / 1.1, 82 / 0.9]
+    = [74.55, 91.11]; a measured interval that reaches into that range leaves the row undecided."""
     from sim.verify.compare import LoadComparison, verdict
 
     assert verdict(-0.05, 0.10, 95.0, [90.0, 110.0]) == "within"
-    assert verdict(-0.18, 0.10, 82.0, [80.0, 130.0]) == "undecided"
-    assert verdict(-0.18, 0.10, 82.0, [85.0, 130.0]) == "outside"
+    assert verdict(-0.18, 0.10, 82.0, [80.0, 130.0]) == "undecided"  # the prediction inside it
+    assert verdict(-0.18, 0.10, 82.0, [85.0, 130.0]) == "undecided"  # 85 <= 91.11: 82 is -3.5 % of 85
+    assert verdict(-0.18, 0.10, 82.0, [92.0, 130.0]) == "outside"  # 82 / 0.9 = 91.11 < 92
+    assert verdict(+0.30, 0.10, 130.0, [85.0, 120.0]) == "undecided"  # 130 / 1.1 = 118.18 <= 120
+    assert verdict(+0.30, 0.10, 130.0, [85.0, 115.0]) == "outside"
+    assert verdict(+0.10 + 1e-9, 0.10, 110.0, [90.0, 100.0]) == "undecided"  # 110 / 1.1 = 100: the end counts
     assert verdict(+0.30, 0.10, 130.0, [85.0, None]) == "undecided"  # unbounded above
-    assert verdict(+0.30, 0.05, 130.0, None) == "outside"  # no measured interval: throughput
+    assert verdict(-0.30, 0.10, 70.0, [None, 60.0]) == "outside"  # 70 / 1.1 = 63.6 > 60
+    # The ninth make verify run's 4-user TTFT P95: predicted 494.1, measured 699.4 (528.5-807.0),
+    # bound 20 %: 494.1 / 0.8 = 617.6 reaches into the interval.
+    assert verdict(-0.294, 0.20, 494.1, [528.5, 807.0]) == "undecided"
+    assert verdict(+0.30, 0.05, 130.0, None) == "outside"  # no measured interval
     assert verdict(+0.30, None, 130.0, [85.0, None]) is None
     rows = [
         {
@@ -353,7 +374,9 @@ def test_a_row_outside_its_bound_is_undecided_only_inside_the_measurements_inter
     ]
     lc = LoadComparison(4, rows, {}, {}, {}, 0, 100)
     assert lc.misses == ["e2e_ms p50 off by -20.0% (bound 10%)"]
-    assert lc.undecided == ["e2e_ms p95 off by -18.0% (bound 10%) but inside the measured 95 % interval 80.0-130.0"]
+    assert lc.undecided == [
+        "e2e_ms p95 off by -18.0% (bound 10%), but the measured 95 % interval 80.0-130.0 holds values within the bound"
+    ]
 
 
 def test_the_wake_up_extra_is_measured_against_the_settled_searches_of_its_bursts():
@@ -384,3 +407,43 @@ def test_segments_of_a_load_are_measured_as_one_run_end_to_end():
     assert m.duration_s == 4.0 and m.records["t_start_s"].tolist() == [0.5, 1.5, 2.5, 3.5]
     assert m.records["llm_end_s"] == pytest.approx([0.6, 1.6, 2.6, 3.6]) and m.records["user"].tolist() == [0, 0, 1, 1]
     assert m.wall_s == pytest.approx(6.4) and m.cpu_s == 1.0 and m.failures == ["x"] and m.users == 2
+
+
+def test_a_segmented_loads_throughput_counts_each_segments_own_completions():
+    """Hand-computed: two 4 s segments cut at 1 s (3 s windows).  Segment 1: requests over
+    [0.5, 1.5) (in flight at the cut: its completion counts, its busy time from the cut on),
+    [1.5, 2.0), and [2.5, 4.5) (finishes in the drain: no completion, busy to the window's end).
+    Segment 2: [1.2, 1.4), [2.0, 3.0).  Completions 2 and 2 in 3 s each: 2/3 per s, interval
+    2/3 +- t(0.975, 1) * 0 = 2/3; busy (0.5 + 0.5 + 1.5) / 3 and (0.2 + 1.0) / 3, pooled 3.7 / 6."""
+    from sim.verify.compare import segment_rates
+    from sim.verify.loadgen import COLUMNS, LiveRun
+
+    def seg(sent: list[float], end: list[float]) -> LiveRun:
+        rec = {c: np.zeros(len(sent)) for c in COLUMNS}
+        rec["t_start_s"] = rec["llm_sent_s"] = np.array(sent)
+        rec["llm_end_s"] = np.array(end)
+        rec["ok"] = np.ones(len(sent), dtype=bool)
+        return LiveRun(2, 4.0, rec, 4.5, 0.1, [])
+
+    r = segment_rates([seg([0.5, 1.5, 2.5], [1.5, 2.0, 4.5]), seg([1.2, 2.0], [1.4, 3.0])], 1.0, 1)
+    assert r["throughput_per_s"] == pytest.approx(2 / 3)
+    assert r["ci"] == pytest.approx([2 / 3, 2 / 3])
+    assert r["utilization"]["gpu"] == pytest.approx(3.7 / 6)
+    r = segment_rates([seg([1.5, 2.0], [1.8, 2.5]), seg([1.5], [1.8])], 1.0, 1)  # 2 and 1 completions
+    lo, hi = r["ci"]
+    assert r["throughput_per_s"] == pytest.approx(0.5)
+    assert (lo, hi) == pytest.approx(
+        (0.5 - 12.7062 * (1 / 3 / 2**0.5) / 2**0.5, 0.5 + 12.7062 * (1 / 3 / 2**0.5) / 2**0.5)
+    )
+
+
+def test_the_measured_throughput_interval_is_by_batch_means():
+    """Hand-computed: completions 2, 4, 2, 4, 3 in five 1-s parts of [0, 5): rates mean 3,
+    sd 1, so 3 +- t(0.975, 4) / sqrt(5) = 3 +- 2.7764 / 2.2361 = 3 +- 1.2417."""
+    from sim.verify.compare import throughput_interval
+
+    ends = np.array([0.1, 0.5, 1.1, 1.2, 1.3, 1.4, 2.5, 2.6, 3.1, 3.2, 3.3, 3.4, 4.0, 4.5, 4.9, -0.1])
+    lo, hi = throughput_interval(ends, 0.0, 5.0)
+    assert lo == pytest.approx(3 - 1.2417, abs=1e-3)
+    assert hi == pytest.approx(3 + 1.2417, abs=1e-3)
+    assert throughput_interval(ends, 5.0, 5.0) == [None, None]

@@ -24,7 +24,9 @@ def _pct(x: float | None) -> str:
 
 
 def _num(x: float | None, unit: str = "") -> str:
-    return "-" if x is None else f"{x:,.1f}{unit}"
+    from sim.verify.compare import num_text  # deferred: the verify stack loads the simulator
+
+    return "-" if x is None else f"{num_text(x)}{unit}"
 
 
 @app.command()
@@ -47,8 +49,9 @@ def verify(
     segments: int = typer.Option(
         1,
         "--segments",
-        help="Play each load as this many segments with a ~1 s back-to-back probe between them, each "
-        "predicted from the probes on its two sides (tracks the host's drift; retrieval-only scenarios).",
+        help="Play each load as this many segments with short isolated probes between them (150 searches "
+        "back to back; 3 requests alone to the LLM server), each predicted from the probes on its two "
+        "sides: tracks the host's drift.",
     ),
     profile_llm: bool = typer.Option(
         False,
@@ -180,6 +183,13 @@ def _print(doc: dict, con) -> None:
         if hb:
             parts.append(f"answer waits behind a running search p50 {hb['p50']:.2f} ms p95 {hb['p95']:.2f} ms")
         con.print(f"calibrated around {n} users (isolated, before and after the load): retrieval " + "; ".join(parts))
+    for n, sp in c.get("llm_speed", {}).items():
+        f = sp["segment_factors_prompt_decode"]
+        con.print(
+            f"LLM server speed around {n} users (isolated, between segments): step table scaled per segment by "
+            + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in f)
+            + " (prompt/decode)"
+        )
     sv = c["server_alone_vs_table"]
     if sv:
         con.print(
@@ -211,7 +221,7 @@ def _print(doc: dict, con) -> None:
                 _num(r["measured"]),
                 "-" if mci == [None, None] else span_text(mci),
                 _num(r["predicted"]),
-                "-" if lo is None else f"{lo:,.1f}-{hi:,.1f}",
+                "-" if lo is None else span_text([lo, hi]),
                 {True: "yes", False: "no", None: "-"}[r["inside_ci"]],
                 _pct(r["rel_error"]),
                 "-" if r["bound"] is None else f"{r['bound']:.0%}",

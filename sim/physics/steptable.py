@@ -261,6 +261,23 @@ def write_table(steps: list[tuple], path: Path, source: str) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def scaled_table(src: str | Path, dst: Path, prefill_factor: float, decode_factor: float, source: str) -> None:
+    """A copy of the table at ``src`` with every decode row's ``step_ms`` times ``decode_factor``
+    and every other row's (prefill and mixed) times ``prefill_factor``: the same engine on a host
+    that has sped up or slowed down since the table was measured (a 10.0 ms decode row and a
+    300.0 ms prefill row, scaled by 1.1 and 0.9, become 11.0 and 270.0 ms)."""
+    rows = read_rows(src)
+    b, _ctx, new, _ms, mixed = rows.T
+    dec = (new == b) & (mixed == 0)
+    rows[:, 3] *= np.where(dec, decode_factor, prefill_factor)
+    has_mixed = bool((mixed > 0).any())
+    write_table(
+        [(int(r[0]), int(r[1]), int(r[2]), float(r[3])) + ((int(r[4]),) if has_mixed else ()) for r in rows.tolist()],
+        dst,
+        source,
+    )
+
+
 @functools.lru_cache(maxsize=32)
 def _load(path: str, mtime_ns: int) -> TableModel:
     return TableModel(read_rows(path))

@@ -33,6 +33,7 @@ throughput <= 5 %.
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ import numpy as np
 from sim.analysis.stats import quantile_interval
 from sim.errors import CapsimError
 from sim.physics.gpu import attention_pairs
-from sim.physics.steptable import load_table, step_rows, write_table
+from sim.physics.steptable import load_table, scaled_table, step_rows, write_table
 from sim.run.sweep import simulate
 from sim.spec.schema import Scenario
 from sim.spec.target import Target
@@ -52,6 +53,7 @@ from sim.verify.loadgen import (
     check_reachable,
     probe_contention,
     probe_llm,
+    probe_llm_speed,
     probe_retrieval,
     probe_wakeup,
     run_load,
@@ -90,7 +92,7 @@ class LoadComparison:
 
     @property
     def misses(self) -> list[str]:
-        """Rows outside their bound beyond the measurement's own interval."""
+        """Rows whose miss the data prove: outside the bound from every value of the measured interval."""
         return [
             f"{r['metric']} {r['stat']} off by {r['rel_error']:+.1%} (bound {r['bound']:.0%})"
             for r in self.rows
@@ -101,8 +103,8 @@ class LoadComparison:
     def undecided(self) -> list[str]:
         """Rows outside their bound that the measurement cannot tell from its own noise."""
         return [
-            f"{r['metric']} {r['stat']} off by {r['rel_error']:+.1%} (bound {r['bound']:.0%}) but inside "
-            f"the measured 95 % interval {span_text(r['measured_ci'])}"
+            f"{r['metric']} {r['stat']} off by {r['rel_error']:+.1%} (bound {r['bound']:.0%}), but the "
+            f"measured 95 % interval {span_text(r['measured_ci'])} holds values within the bound"
             for r in self.rows
             if r.get("verdict") == "undecided"
         ]
@@ -122,9 +124,14 @@ class LoadComparison:
         }
 
 
+def num_text(x: float) -> str:
+    """One decimal from 10 up, two below (a throughput of 0.25 requests/s, a 6.73 ms search)."""
+    return f"{x:,.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
 def span_text(ci: list) -> str:
     lo, hi = ci
-    return f"{'-inf' if lo is None else f'{lo:,.1f}'}-{'inf' if hi is None else f'{hi:,.1f}'}"
+    return f"{'-inf' if lo is None else num_text(lo)}-{'inf' if hi is None else num_text(hi)}"
 
 
 def busy_fraction(starts: np.ndarray, ends: np.ndarray, lo: float, hi: float) -> float:
@@ -153,13 +160,31 @@ def busy_fraction(starts: np.ndarray, ends: np.ndarray, lo: float, hi: float) ->
     return covered / (hi - lo)
 
 
+def throughput_interval(ends: np.ndarray, lo: float, hi: float, batches: int = 5) -> list[float | None]:
+    """95 % interval of the completion rate over ``[lo, hi)`` by batch means: the window cut into
+    ``batches`` equal parts, the rate of each, a t interval over them.
+
+    Completions counted 2, 4, 2, 4, 3 in five 1-s parts: rates mean 3, sd 1, so
+    3 +- t(0.975, 4) * 1 / sqrt(5) = 3 +- 1.2415.  Parts of a closed loop are correlated over
+    time, which makes the true interval wider, as for the percentiles."""
+    from sim.analysis.stats import t_interval  # deferred: scipy
+
+    if hi <= lo or batches < 2:
+        return [None, None]
+    edges = np.linspace(lo, hi, batches + 1)
+    counts, _ = np.histogram(np.asarray(ends, dtype=float), bins=edges)
+    width = (hi - lo) / batches
+    return _finite(t_interval(counts / width))
+
+
 def _finite(ci: tuple[float, float]) -> list[float | None]:
     """An interval for JSON: an unbounded end is None."""
     return [x if math.isfinite(x) else None for x in ci]
 
 
 def measured_stats(live: LiveRun, warmup_s: float, workers: int) -> dict[str, Any]:
-    """Percentiles of the ok requests that started inside ``[warmup_s, duration_s)``, throughput, utilisation."""
+    """Percentiles of the ok requests that started inside ``[warmup_s, duration_s)``, throughput
+    (completions inside it, whenever they started), utilisation."""
     r = live.records
     lo, hi = warmup_s, live.duration_s
     if not live.requests:
@@ -177,6 +202,7 @@ def measured_stats(live: LiveRun, warmup_s: float, workers: int) -> dict[str, An
     ends = r["llm_end_s"].astype(float)
     done = ok & (ends >= lo) & (ends < hi)
     out["throughput_per_s"] = float(done.sum()) / (hi - lo)
+    out["ci"]["throughput_per_s"] = {"mean": throughput_interval(ends[done], lo, hi)}
     out["utilization"] = {
         "gpu": busy_fraction(r["llm_sent_s"][ok].astype(float), ends[ok], lo, hi),
         "retrieval": float(rv.sum() / 1e3 / ((hi - lo) * workers)) if len(rv) else 0.0,
@@ -254,16 +280,25 @@ def _row(
 
 
 def verdict(rel: float | None, bound: float | None, pred: float | None, measured_ci: list | None) -> str | None:
-    """``within`` the bound; ``outside`` it; or ``undecided``: outside the bound, but the
-    prediction lies inside the measurement's own 95 % interval (the live run had too few
-    requests to tell a miss from its sampling noise: a longer load decides).  None without
-    a bound.  Throughput has no measured interval here, so it is within or outside."""
+    """``within`` the bound; ``outside`` it; or ``undecided``: the error misses the bound, but
+    some value inside the measurement's own 95 % interval is within the bound of the
+    prediction (the live run had too few requests to tell a miss from its sampling noise: a
+    longer load decides).  ``outside`` therefore says the data prove a miss: even the end of
+    the measured interval nearest the prediction is farther from it than the bound.  With
+    bound ``b`` the prediction ``p`` is within it of a true value ``m`` when
+    ``p / (1 + b) <= m <= p / (1 - b)``; the verdict asks whether that range meets the
+    measured interval.  None without a bound; a row without a measured interval is within
+    or outside by its error alone."""
     if bound is None or rel is None or pred is None:
         return None
     if abs(rel) <= bound:
         return "within"
-    lo, hi = (measured_ci or [None, None])[:2]
-    if measured_ci is not None and (lo is None or lo <= pred) and (hi is None or pred <= hi):
+    if measured_ci is None:
+        return "outside"
+    lo, hi = measured_ci[:2]
+    near_lo = pred / (1.0 + bound)
+    near_hi = pred / (1.0 - bound) if bound < 1.0 else math.inf
+    if (hi is None or near_lo <= hi) and (lo is None or lo <= near_hi):
         return "undecided"
     return "outside"
 
@@ -287,7 +322,13 @@ def compare_one(live: LiveRun, scn: Scenario, ov: dict[str, Any], warmup_s: floa
             rows.append(_row(m, st, meas[m][st], metrics[m].get(st), ci, bounds, meas["ci"][m][st]))
     rows.append(
         _row(
-            "throughput_per_s", "mean", meas["throughput_per_s"], s["throughput_per_s"], spread["throughput_ci"], bounds
+            "throughput_per_s",
+            "mean",
+            meas["throughput_per_s"],
+            s["throughput_per_s"],
+            spread["throughput_ci"],
+            bounds,
+            meas["ci"]["throughput_per_s"]["mean"],
         )
     )
     pred = {
@@ -323,7 +364,9 @@ def _comparison(live: LiveRun, rows: list, meas: dict[str, Any], pred: dict[str,
 def merged_live(parts: Sequence[LiveRun], warmup_s: float) -> LiveRun:
     """The segments of one load as one run: each segment's requests from its own warm-up cut on,
     the windows end to end (times shifted so segment ``j``'s window starts where ``j - 1``'s
-    ended); measure it with no further warm-up."""
+    ended); measure its percentiles with no further warm-up.  Its completions are not the
+    load's: a request finishing in a segment's drain lands in the next one's span, and those in
+    flight at a cut are gone; :func:`segment_rates` measures throughput and utilisation."""
     cols = parts[0].records.keys()
     segs, span = [], 0.0
     for p in parts:
@@ -343,6 +386,31 @@ def merged_live(parts: Sequence[LiveRun], warmup_s: float) -> LiveRun:
     )
 
 
+def segment_rates(parts: Sequence[LiveRun], warmup_s: float, workers: int) -> dict[str, Any]:
+    """Throughput and utilisation of a load played as segments, each measured in its own window
+    ``[warmup_s, duration_s)`` (every completion inside it, whenever the request started; busy
+    time inside it) and pooled by window length; the throughput's 95 % interval is a t interval
+    over the segments' rates (each segment a batch).
+
+    Two 10 s windows with 12 and 8 completions: 1.0 requests/s, interval 1.0 +- t(0.975, 1) *
+    0.2828 / sqrt(2) = 1.0 +- 2.541.  (The first segmented LLM run measured the merged windows,
+    where drain completions spilled into the next window and requests in flight at a cut were
+    lost: 7 users' throughput came out 8 % off the prediction.)"""
+    from sim.analysis.stats import t_interval  # deferred: scipy
+
+    each = [measured_stats(p, warmup_s, workers) for p in parts]
+    spans = np.array([p.duration_s - warmup_s for p in parts])
+    rates = np.array([m.get("throughput_per_s", 0.0) for m in each])
+    util = {
+        k: float(sum(m["utilization"][k] * s for m, s in zip(each, spans)) / spans.sum()) for k in ("gpu", "retrieval")
+    }
+    return {
+        "throughput_per_s": float((rates * spans).sum() / spans.sum()),
+        "ci": _finite(t_interval(rates)) if len(parts) >= 2 else [None, None],
+        "utilization": util,
+    }
+
+
 def compare_segments(
     parts: Sequence[LiveRun], scn: Scenario, ovs: Sequence[dict[str, Any]], warmup_s: float, workers: int
 ) -> LoadComparison:
@@ -356,6 +424,10 @@ def compare_segments(
 
     live = merged_live(parts, warmup_s)
     meas = measured_stats(live, 0.0, workers)
+    rates = segment_rates(parts, warmup_s, workers)
+    meas["throughput_per_s"] = rates["throughput_per_s"]
+    meas["ci"]["throughput_per_s"] = {"mean": rates["ci"]}
+    meas["utilization"] = rates["utilization"]
     runs = [simulate(scn, ov, jobs=1).points[0] for ov in ovs]
     reps = min(len(pt.replications) for pt in runs)
     metric_names = ("e2e_ms", "ttft_ms", "retrieval_ms") if scn.llm.enabled else ("e2e_ms", "retrieval_ms")
@@ -396,6 +468,7 @@ def compare_segments(
             thr[0],
             list(t_interval(thr)) if reps >= 2 else None,
             bounds,
+            meas["ci"]["throughput_per_s"]["mean"],
         )
     )
     util = [pt.summary.to_dict()["utilization"] for pt in runs]
@@ -412,49 +485,106 @@ def compare_segments(
 SEGMENT_SEED = 7919
 
 
+@dataclass(frozen=True)
+class SegmentPlan:
+    """How one load is played in segments and what its prediction starts from."""
+
+    users: int
+    times: tuple[float, float, float]  # duration_s, warmup_s, drain_s of the whole load
+    replications: int
+    segments: int
+    llm_probe: dict[str, Any]  # probe_llm's: overhead_ms, bos_tokens
+    table: str | None  # the load's step table (LLM on)
+    relative: bool  # the table was profiled right before the load: follow the drift from there
+
+
+def _speed(table: str | None, target: Target) -> tuple[float, float] | None:
+    """The LLM server's speed now against the table: (prompt ratio, decode ratio), isolated."""
+    if table is None:
+        return None
+    r = _server_vs_table(table, probe_llm_speed(target))
+    return r["prompt_ratio"], r["decode_ratio_batch1"]
+
+
 def _segmented(
     scn: Scenario,
     target: Target,
-    users: int,
-    times: tuple[float, float, float],
-    replications: int,
-    segments: int,
+    plan: SegmentPlan,
     before: RetrievalProbe | None,
     probe_search: Callable[[], RetrievalProbe | None],
     calib: dict[str, Any],
 ) -> tuple[LiveRun, LoadComparison, RetrievalProbe | None]:
-    """One load of a retrieval-only scenario played as ``segments`` live segments with a short
-    back-to-back probe (150 searches, ~1 s) between them, the full probe after the last.
+    """One load played as ``plan.segments`` live segments with short isolated probes between
+    them, the full retrieval probe after the last.
 
     Why: the host drifts.  On this project's 2-core VM, one-second medians of back-to-back
     searches moved with a standard deviation of 7 % over three minutes with nothing else
     running; 1-2 s probes on both sides of a 60 s load estimated its mean speed with a 4.5 %
     standard deviation (worst 11 %), 1-s probes every 10-15 s with 1.7-2.2 % (worst 4-6 %).
-    Each segment is predicted from the searches of the probes on its two sides (wake-up,
-    contention and hand-back from the full probes around the whole load), its ``warmup_s /
-    segments`` cut, with its own seed so the segments draw different think times and keys.
-    Returns the pooled live run, the comparison and the probe after the load."""
-    duration_s, warmup_s, drain_s = times
+    The LLM server drifts with it: in one run, requests alone during a 4-user load took 5-7 %
+    longer than the profile taken right before it said, 12-14 % in its first third.
+
+    Between segments: 150 back-to-back searches (~1 s) where the scenario retrieves, and three
+    requests alone to the LLM server (:func:`probe_llm_speed`, ~1.5 s), the same before the first
+    segment and after the last.  Each segment is predicted from the searches of the probes on
+    its two sides (wake-up, contention and hand-back from the full probes around the whole
+    load) and from the step table scaled by the LLM speed of its two sides (prompt and decode
+    separately; relative to the probe right after the profile when the table was profiled
+    before this load, else against the table itself), its ``warmup_s / segments`` cut, with its
+    own seed so the segments draw different think times and keys.  Returns the pooled live
+    run, the comparison and the retrieval probe after the load."""
+    duration_s, warmup_s, drain_s = plan.times
+    users, segments = plan.users, plan.segments
     k = scn.retrieval.top_k
+    retrieves = scn.retrieval.enabled and target.retrieval is not None
     seg_s, warm = duration_s / segments, warmup_s / segments
     parts: list[LiveRun] = []
     sides: list[np.ndarray | None] = [before.alone_ms if before is not None else None]
+    speeds = [_speed(plan.table, target)]
     seeds = [scn.run.seed + SEGMENT_SEED * j for j in range(segments)]
     for j, seed in enumerate(seeds):
         scn_j = scn.model_copy(update={"run": scn.run.model_copy(update={"seed": seed})})
-        parts.append(run_load(scn_j, target, users, seg_s, drain_s, 0))
+        parts.append(run_load(scn_j, target, users, seg_s, drain_s, plan.llm_probe["bos_tokens"]))
         if j < segments - 1:
-            sides.append(probe_retrieval(target, k, n=150) if target.retrieval is not None else None)
+            sides.append(probe_retrieval(target, k, n=150) if retrieves else None)
+            speeds.append(_speed(plan.table, target))
+    speeds.append(_speed(plan.table, target))
     after = probe_search()
     sides.append(after.alone_ms if after is not None else None)
     _r, contention, wakeup_ms, handback_ms = RetrievalProbe.pooled(before, after)
+    base = speeds[0] if (plan.relative and speeds[0] is not None) else (1.0, 1.0)
+    factors: list[tuple[float, float]] = []
     ovs = []
-    for j, seed in enumerate(seeds):
-        got = [x for x in (sides[j], sides[j + 1]) if x is not None]
-        r_ms = np.concatenate(got) if got else None
-        ov = overrides_for(scn, target, users, seg_s, warm, r_ms, 0.0, replications, contention, wakeup_ms, handback_ms)
-        ovs.append({**ov, "run.seed": seed})
-    workers = target.retrieval.workers if target.retrieval else 1
+    with tempfile.TemporaryDirectory(prefix="capsim-verify-") as tmp:
+        for j, seed in enumerate(seeds):
+            got = [x for x in (sides[j], sides[j + 1]) if x is not None]
+            r_ms = np.concatenate(got) if got else None
+            ov = overrides_for(
+                scn,
+                target,
+                users,
+                seg_s,
+                warm,
+                r_ms,
+                plan.llm_probe["overhead_ms"],
+                replications=plan.replications,
+                contention=contention,
+                wakeup_ms=wakeup_ms,
+                handback_ms=handback_ms,
+            )
+            ov["run.seed"] = seed
+            lo, hi = speeds[j], speeds[j + 1]
+            if plan.table is not None and lo is not None and hi is not None:
+                f = ((lo[0] + hi[0]) / 2 / base[0], (lo[1] + hi[1]) / 2 / base[1])
+                factors.append(f)
+                path = Path(tmp) / f"steps_{users}users_segment{j}.csv"
+                scaled_table(
+                    plan.table, path, f[0], f[1], f"{plan.table} scaled by {f[0]:.4f} (prefill), {f[1]:.4f} (decode)"
+                )
+                ov["llm.step_table"] = str(path)
+            ovs.append(ov)
+        workers = target.retrieval.workers if target.retrieval else 1
+        cmp = compare_segments(parts, scn, ovs, warm, workers)
     alone = [x for x in sides if x is not None]
     if alone:
         every = np.concatenate(alone)
@@ -463,7 +593,12 @@ def _segmented(
             **_calib_entry(every, contention, wakeup_ms, handback_ms, sides_p50),
             "segments": segments,
         }
-    cmp = compare_segments(parts, scn, ovs, warm, workers)
+    if factors:
+        calib["llm_speed"][str(users)] = {
+            "probes_prompt_decode_ratio": [list(x) for x in speeds if x is not None],
+            "segment_factors_prompt_decode": [list(f) for f in factors],
+            "relative_to_first_probe": plan.relative,
+        }
     return merged_live(parts, warm), cmp, after
 
 
@@ -497,7 +632,7 @@ def _server_vs_table(path: str, alone: dict) -> dict[str, float]:
     n = alone["prompt_tokens"]
     return {
         "prompt_ratio": alone["prompt_ms"] / t.prefill_ms(n, attention_pairs(n, 0)),
-        "decode_ratio_batch1": alone["decode_ms_per_token"] / t.decode_ms(1, n + 16),
+        "decode_ratio_batch1": alone["decode_ms_per_token"] / t.decode_ms(1, n + alone["output_tokens"] / 2),
     }
 
 
@@ -575,8 +710,6 @@ def verify(
     retrieves = scn.retrieval.enabled and target.retrieval is not None
     if not llm_on and not scn.retrieval.enabled:
         raise CapsimError("verify needs llm.enabled or retrieval.enabled: there is no stage to hold against a server")
-    if segments > 1 and llm_on:
-        raise CapsimError("--segments: only for a retrieval-only scenario (llm.enabled: false)")
     if llm_on and scn.llm.step_table is None and profile is None:
         raise CapsimError(
             "llm.step_table: verify needs a measured step table; run `capsim calibrate llm` first or pass --profile-llm"
@@ -609,6 +742,7 @@ def verify(
         "step_tables": {},
         "server_alone_vs_table": _server_vs_table(table, probe["server_alone"]) if table else None,
         "retrieval": {},
+        "llm_speed": {},
     }
     workers = target.retrieval.workers if target.retrieval else 1
     out, lives = [], []
@@ -620,9 +754,10 @@ def verify(
         if segments > 1:
             if progress:
                 progress(f"{n} users: live load for {duration_s:.0f} s in {segments} segments, probed between them")
-            live, cmp, before = _segmented(
-                scn, target, n, (duration_s, warmup_s, drain_s), replications, segments, before, probe_search, calib
+            plan = SegmentPlan(
+                n, (duration_s, warmup_s, drain_s), replications, segments, probe, table, profile is not None
             )
+            live, cmp, before = _segmented(scn, target, plan, before, probe_search, calib)
             lives.append(live)
             out.append(cmp)
             continue

@@ -209,18 +209,42 @@ def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: fl
             raise CapsimError(f"llm endpoint {llm.url} streamed no tokens or no timings")
         over.append((first - t0) * 1e3 - float(tim.get("prompt_ms", 0.0)))
         extra.append(int(tim.get("prompt_n", prompt_tokens)) - prompt_tokens)
-    # One longer request alone: the server's own prompt and per-token times, to hold against the
-    # step table (reported, not fed to the prediction).
-    _f, _e, _g, tim = complete(llm.url, llm.model, prompt_ids(rng, 96), 32, timeout_s)
-    server = {
-        "prompt_tokens": int(tim.get("prompt_n", 96)),
-        "prompt_ms": float(tim.get("prompt_ms", np.nan)),
-        "decode_ms_per_token": float(tim.get("predicted_per_token_ms", np.nan)),
-    }
     return {
         "bos_tokens": max(0, int(np.median(extra[1:]))),
         "overhead_ms": float(np.median(over[1:])),
-        "server_alone": server,
+        # Longer requests alone: the server's own prompt and per-token times, to hold against the
+        # step table (reported, not fed to the prediction).
+        "server_alone": probe_llm_speed(target, timeout_s=timeout_s),
+    }
+
+
+def probe_llm_speed(
+    target: Target, n: int = 3, prompt_tokens: int = 96, output_tokens: int = 24, timeout_s: float = 60.0
+) -> dict:
+    """The server's own speed right now, isolated: ``n`` requests one at a time, each a
+    ``prompt_tokens`` prompt and ``output_tokens`` decoded alone; the medians of the server's own
+    ``prompt_ms`` and ms per decoded token (~0.5 s a request for the 124.7 M model on one core).
+    Between the segments of a load it tells how far the host has drifted since the step profile."""
+    rng = np.random.default_rng(2024)
+    llm = target.llm_endpoint()
+    got = []
+    for _ in range(n):
+        try:
+            _f, _e, _g, tim = complete(llm.url, llm.model, prompt_ids(rng, prompt_tokens), output_tokens, timeout_s)
+        except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
+            raise CapsimError(f"llm endpoint {llm.url}: a probe completion failed: {e}") from None
+        got.append(
+            (
+                int(tim.get("prompt_n", prompt_tokens)),
+                float(tim.get("prompt_ms", np.nan)),
+                float(tim.get("predicted_per_token_ms", np.nan)),
+            )
+        )
+    return {
+        "prompt_tokens": int(np.median([g[0] for g in got])),
+        "prompt_ms": float(np.median([g[1] for g in got])),
+        "decode_ms_per_token": float(np.median([g[2] for g in got])),
+        "output_tokens": output_tokens,
     }
 
 

@@ -88,11 +88,13 @@ wait_health "http://127.0.0.1:$SEARCH_PORT/health" 120
 # 3. verify (load generator on the search core, the LLM core left to the server).  The LLM's step
 # times: the server itself, profiled alone right before every load (--profile-llm: batches of 1-4
 # requests sent together, nothing else sending); llama-batched-bench misses the server's own
-# per-token work and its batch shapes (`capsim calibrate llm --via bench` still runs it).
+# per-token work and its batch shapes (`capsim calibrate llm --via bench` still runs it).  Each load
+# in 4 segments with the server's speed probed alone between them (3 requests, ~1.5 s): the core's
+# speed moved by up to 30 % within one 100 s load, and each segment's table follows it.
 rm -rf "$WORK/out" "$WORK/out_retrieval"
 rc_llm=0
 taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$ROOT/scenarios/verify_local.yaml" --target "$WORK/target.yaml" \
-    --users "$USERS" --duration-s "$DURATION" --out "$WORK/out" --profile-llm || rc_llm=$?
+    --users "$USERS" --duration-s "$DURATION" --out "$WORK/out" --profile-llm --segments 4 || rc_llm=$?
 
 # 4. the retrieval stage alone against a multi-worker search service: one hnswlib index shared by
 # two search threads (ef 1000, ~9 ms a search) on the LLM's core, now free; the load generator on
