@@ -447,3 +447,21 @@ def test_the_measured_throughput_interval_is_by_batch_means():
     assert lo == pytest.approx(3 - 1.2417, abs=1e-3)
     assert hi == pytest.approx(3 + 1.2417, abs=1e-3)
     assert throughput_interval(ends, 5.0, 5.0) == [None, None]
+
+
+def test_each_segments_table_follows_the_server_speed_on_its_two_sides():
+    """Hand-computed: probes (1.2, 1.0), (1.0, 1.0), (1.0, 1.1) around two segments.  Relative to
+    their median (1.0, 1.0): (1.1, 1.0) and (1.0, 1.05).  Probes (2.2, 2.4), (1.8, 1.6), (2.0,
+    2.0), relative: medians (2.0, 2.0), so (1.0, 1.0) and (0.95, 0.9); absolute: the means of
+    the sides themselves, (2.0, 2.0) and (1.9, 1.8)."""
+    from sim.verify.compare import segment_factors
+
+    def flat(pairs: list[tuple[float, float]]) -> list[float]:
+        return [x for p in pairs for x in p]
+
+    assert flat(segment_factors([(1.2, 1.0), (1.0, 1.0), (1.0, 1.1)], True)) == pytest.approx([1.1, 1.0, 1.0, 1.05])
+    probes = [(2.2, 2.4), (1.8, 1.6), (2.0, 2.0)]
+    assert flat(segment_factors(probes, True)) == pytest.approx([1.0, 1.0, 0.95, 0.9])
+    assert flat(segment_factors(probes, False)) == pytest.approx([2.0, 2.0, 1.9, 1.8])
+    assert segment_factors([(1.0, 1.0), None, (1.0, 1.0)], True) == []
+    assert segment_factors([], True) == []

@@ -495,7 +495,7 @@ class SegmentPlan:
     segments: int
     llm_probe: dict[str, Any]  # probe_llm's: overhead_ms, bos_tokens
     table: str | None  # the load's step table (LLM on)
-    relative: bool  # the table was profiled right before the load: follow the drift from there
+    relative: bool  # the table was profiled right before the load: it sets the level, probes the drift
 
 
 def _speed(table: str | None, target: Target) -> tuple[float, float] | None:
@@ -504,6 +504,25 @@ def _speed(table: str | None, target: Target) -> tuple[float, float] | None:
         return None
     r = _server_vs_table(table, probe_llm_speed(target))
     return r["prompt_ratio"], r["decode_ratio_batch1"]
+
+
+def segment_factors(speeds: Sequence[tuple[float, float] | None], relative: bool) -> list[tuple[float, float]]:
+    """Per segment, what to scale the step table's (prefill, decode) rows by: the mean of the
+    server's speed (its time over the table's, alone) on the segment's two sides; with
+    ``relative``, over the median of all the load's probes.  None without probes.
+
+    Probes (1.2, 1.0), (1.0, 1.0), (1.0, 1.1) around two segments, relative: medians (1.0,
+    1.0), factors (1.1, 1.0) and (1.0, 1.05); absolute the same here.  Relative, the level
+    stays the profile's (medians of repeated tries over ~40 s) and the probes give the drift
+    within the load: relative to the first probe alone, one slow first probe (x1.12 prompt,
+    x1.19 decode against its neighbours' 0.95-1.0) scaled a whole 7-user load 13-22 % too fast
+    and its prediction came out 14-23 % optimistic."""
+    if not speeds or any(x is None for x in speeds):
+        return []
+    arr = np.asarray(speeds, dtype=float)
+    base = np.median(arr, axis=0) if relative else np.ones(2)
+    mid = (arr[:-1] + arr[1:]) / 2 / base
+    return [(float(a), float(b)) for a, b in mid]
 
 
 def _segmented(
@@ -529,8 +548,8 @@ def _segmented(
     segment and after the last.  Each segment is predicted from the searches of the probes on
     its two sides (wake-up, contention and hand-back from the full probes around the whole
     load) and from the step table scaled by the LLM speed of its two sides (prompt and decode
-    separately; relative to the probe right after the profile when the table was profiled
-    before this load, else against the table itself), its ``warmup_s / segments`` cut, with its
+    separately; relative to the median of the load's probes when the table was profiled
+    right before this load, else against the table itself), its ``warmup_s / segments`` cut, with its
     own seed so the segments draw different think times and keys.  Returns the pooled live
     run, the comparison and the retrieval probe after the load."""
     duration_s, warmup_s, drain_s = plan.times
@@ -552,8 +571,7 @@ def _segmented(
     after = probe_search()
     sides.append(after.alone_ms if after is not None else None)
     _r, contention, wakeup_ms, handback_ms = RetrievalProbe.pooled(before, after)
-    base = speeds[0] if (plan.relative and speeds[0] is not None) else (1.0, 1.0)
-    factors: list[tuple[float, float]] = []
+    factors = segment_factors(speeds, plan.relative)
     ovs = []
     with tempfile.TemporaryDirectory(prefix="capsim-verify-") as tmp:
         for j, seed in enumerate(seeds):
@@ -573,10 +591,8 @@ def _segmented(
                 handback_ms=handback_ms,
             )
             ov["run.seed"] = seed
-            lo, hi = speeds[j], speeds[j + 1]
-            if plan.table is not None and lo is not None and hi is not None:
-                f = ((lo[0] + hi[0]) / 2 / base[0], (lo[1] + hi[1]) / 2 / base[1])
-                factors.append(f)
+            if plan.table is not None and factors:
+                f = factors[j]
                 path = Path(tmp) / f"steps_{users}users_segment{j}.csv"
                 scaled_table(
                     plan.table, path, f[0], f[1], f"{plan.table} scaled by {f[0]:.4f} (prefill), {f[1]:.4f} (decode)"
@@ -597,7 +613,7 @@ def _segmented(
         calib["llm_speed"][str(users)] = {
             "probes_prompt_decode_ratio": [list(x) for x in speeds if x is not None],
             "segment_factors_prompt_decode": [list(f) for f in factors],
-            "relative_to_first_probe": plan.relative,
+            "relative_to_median_probe": plan.relative,
         }
     return merged_live(parts, warm), cmp, after
 
