@@ -509,7 +509,7 @@ def _speed(table: str | None, target: Target) -> tuple[float, float] | None:
 def segment_factors(speeds: Sequence[tuple[float, float] | None], relative: bool) -> list[tuple[float, float]]:
     """Per segment, what to scale the step table's (prefill, decode) rows by: the mean of the
     server's speed (its time over the table's, alone) on the segment's two sides; with
-    ``relative``, over the median of all the load's probes.  None without probes.
+    ``relative``, over the median of all the load's probes.  Empty when a probe is missing.
 
     Probes (1.2, 1.0), (1.0, 1.0), (1.0, 1.1) around two segments, relative: medians (1.0,
     1.0), factors (1.1, 1.0) and (1.0, 1.05); absolute the same here.  Relative, the level
