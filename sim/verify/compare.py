@@ -182,9 +182,10 @@ def _finite(ci: tuple[float, float]) -> list[float | None]:
     return [x if math.isfinite(x) else None for x in ci]
 
 
-def measured_stats(live: LiveRun, warmup_s: float, workers: int) -> dict[str, Any]:
+def measured_stats(live: LiveRun, warmup_s: float, workers: int, rates: dict[str, Any] | None = None) -> dict[str, Any]:
     """Percentiles of the ok requests that started inside ``[warmup_s, duration_s)``, throughput
-    (completions inside it, whenever they started), utilisation."""
+    (completions inside it, whenever they started), utilisation; ``rates`` (throughput, its
+    interval and utilisation) measured elsewhere replace the run's own (:func:`segment_rates`)."""
     r = live.records
     lo, hi = warmup_s, live.duration_s
     if not live.requests:
@@ -198,17 +199,32 @@ def measured_stats(live: LiveRun, warmup_s: float, workers: int) -> dict[str, An
         v = r[m][pick].astype(float)
         out[m] = {s: float(np.percentile(v, float(s[1:]))) if len(v) else None for s in STATS}
         out["ci"][m] = {s: _finite(quantile_interval(v, float(s[1:]) / 100)) for s in STATS}
-    rv = r["retrieval_ms"][miss].astype(float)
-    ends = r["llm_end_s"].astype(float)
-    done = ok & (ends >= lo) & (ends < hi)
-    out["throughput_per_s"] = float(done.sum()) / (hi - lo)
-    out["ci"]["throughput_per_s"] = {"mean": throughput_interval(ends[done], lo, hi)}
-    out["utilization"] = {
-        "gpu": busy_fraction(r["llm_sent_s"][ok].astype(float), ends[ok], lo, hi),
-        "retrieval": float(rv.sum() / 1e3 / ((hi - lo) * workers)) if len(rv) else 0.0,
-    }
+    got = rates if rates is not None else window_rates(live, lo, hi, workers)
+    out["throughput_per_s"] = got["throughput_per_s"]
+    out["ci"]["throughput_per_s"] = {"mean": got["ci"]}
+    out["utilization"] = got["utilization"]
     out["cache_hit_ratio"] = float(r["cache_hit"][inside].astype(bool).mean()) if inside.any() else None
     return out
+
+
+def window_rates(live: LiveRun, lo: float, hi: float, workers: int) -> dict[str, Any]:
+    """Throughput over ``[lo, hi)`` (completions inside it, whenever they started) with its
+    batch-means interval, and utilisation: the LLM's busy share of the window, the retrieval
+    workers' from the searches of the requests that started inside it."""
+    r = live.records
+    ok = r["ok"].astype(bool)
+    started = (r["t_start_s"] >= lo) & (r["t_start_s"] < hi)
+    rv = r["retrieval_ms"][ok & started & ~r["cache_hit"].astype(bool)].astype(float)
+    ends = r["llm_end_s"].astype(float)
+    done = ok & (ends >= lo) & (ends < hi)
+    return {
+        "throughput_per_s": float(done.sum()) / (hi - lo),
+        "ci": throughput_interval(ends[done], lo, hi),
+        "utilization": {
+            "gpu": busy_fraction(r["llm_sent_s"][ok].astype(float), ends[ok], lo, hi),
+            "retrieval": float(rv.sum() / 1e3 / ((hi - lo) * workers)) if len(rv) else 0.0,
+        },
+    }
 
 
 def overrides_for(
@@ -398,9 +414,9 @@ def segment_rates(parts: Sequence[LiveRun], warmup_s: float, workers: int) -> di
     lost: 7 users' throughput came out 8 % off the prediction.)"""
     from sim.analysis.stats import t_interval  # deferred: scipy
 
-    each = [measured_stats(p, warmup_s, workers) for p in parts]
+    each = [window_rates(p, warmup_s, p.duration_s, workers) for p in parts]
     spans = np.array([p.duration_s - warmup_s for p in parts])
-    rates = np.array([m.get("throughput_per_s", 0.0) for m in each])
+    rates = np.array([m["throughput_per_s"] for m in each])
     util = {
         k: float(sum(m["utilization"][k] * s for m, s in zip(each, spans)) / spans.sum()) for k in ("gpu", "retrieval")
     }
@@ -423,11 +439,7 @@ def compare_segments(
     from sim.analysis.timeline import metric_values  # deferred: the summary's metric extraction
 
     live = merged_live(parts, warmup_s)
-    meas = measured_stats(live, 0.0, workers)
-    rates = segment_rates(parts, warmup_s, workers)
-    meas["throughput_per_s"] = rates["throughput_per_s"]
-    meas["ci"]["throughput_per_s"] = {"mean": rates["ci"]}
-    meas["utilization"] = rates["utilization"]
+    meas = measured_stats(live, 0.0, workers, rates=segment_rates(parts, warmup_s, workers))
     runs = [simulate(scn, ov, jobs=1).points[0] for ov in ovs]
     reps = min(len(pt.replications) for pt in runs)
     metric_names = ("e2e_ms", "ttft_ms", "retrieval_ms") if scn.llm.enabled else ("e2e_ms", "retrieval_ms")

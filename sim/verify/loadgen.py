@@ -42,7 +42,7 @@ from sim.errors import CapsimError
 from sim.physics.sharing import contention_from_stretch
 from sim.rng import stream
 from sim.spec.schema import Scenario, build_distribution
-from sim.spec.target import Target
+from sim.spec.target import LLMTarget, Target
 
 #: The live run draws from replication 0 of the scenario's streams: the simulated replication 0
 #: replays exactly the same think times, keys and token counts (common random numbers).
@@ -193,6 +193,18 @@ def prompt_ids(rng: np.random.Generator, n: int) -> list[int]:
     return rng.integers(VOCAB_LO, VOCAB_HI, size=max(1, n)).tolist()
 
 
+def _probe_completion(llm: LLMTarget, ids: list[int], max_tokens: int, timeout_s: float) -> tuple[float, dict]:
+    """One isolated completion of a probe: (client time of the first token, the server's own
+    timings); a failure, or an answer without tokens or timings, is one CapsimError."""
+    try:
+        first, _end, _got, tim = complete(llm.url, llm.model, ids, max_tokens, timeout_s)
+    except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
+        raise CapsimError(f"llm endpoint {llm.url}: a probe completion failed: {e}") from None
+    if first is None or not tim:
+        raise CapsimError(f"llm endpoint {llm.url} streamed no tokens or no timings")
+    return first, tim
+
+
 def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: float = 60.0) -> dict:
     """Isolated, one at a time: the BOS the server adds to a token prompt, and the HTTP + SSE
     overhead (client first token minus the server's own prompt time)."""
@@ -201,12 +213,7 @@ def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: fl
     over, extra = [], []
     for _ in range(n + 1):
         t0 = time.perf_counter()
-        try:
-            first, _end, _got, tim = complete(llm.url, llm.model, prompt_ids(rng, prompt_tokens), 2, timeout_s)
-        except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
-            raise CapsimError(f"llm endpoint {llm.url}: a probe completion failed: {e}") from None
-        if first is None or not tim:
-            raise CapsimError(f"llm endpoint {llm.url} streamed no tokens or no timings")
+        first, tim = _probe_completion(llm, prompt_ids(rng, prompt_tokens), 2, timeout_s)
         over.append((first - t0) * 1e3 - float(tim.get("prompt_ms", 0.0)))
         extra.append(int(tim.get("prompt_n", prompt_tokens)) - prompt_tokens)
     return {
@@ -229,10 +236,7 @@ def probe_llm_speed(
     llm = target.llm_endpoint()
     got = []
     for _ in range(n):
-        try:
-            _f, _e, _g, tim = complete(llm.url, llm.model, prompt_ids(rng, prompt_tokens), output_tokens, timeout_s)
-        except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
-            raise CapsimError(f"llm endpoint {llm.url}: a probe completion failed: {e}") from None
+        _first, tim = _probe_completion(llm, prompt_ids(rng, prompt_tokens), output_tokens, timeout_s)
         got.append(
             (
                 int(tim.get("prompt_n", prompt_tokens)),
