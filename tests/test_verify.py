@@ -218,6 +218,10 @@ def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path
         if segments == 2:
             speed = doc["calibration"]["llm_speed"]["1"]
             assert len(speed["probes_prompt_decode_ratio"]) == 3 and len(speed["segment_factors_prompt_decode"]) == 2
+            assert all(len(side) == 3 for side in speed["probes_prompt_decode_ratio"])  # three requests a side
+            # probes as long as the scenario's requests (40-token prompts, 4 tokens out), each after a pause
+            bos = doc["calibration"]["llm_bos_tokens"]
+            assert speed["probe_tokens_prompt_output"] == [40 - bos, 4] and speed["probe_pause_s"] > 0
             assert all(0.5 < f < 2 for pair in speed["segment_factors_prompt_decode"] for f in pair)
             assert load["predicted"]["segments"] == 2
         metrics = {(r["metric"], r["stat"]) for r in load["rows"]}
@@ -450,18 +454,21 @@ def test_the_measured_throughput_interval_is_by_batch_means():
 
 
 def test_each_segments_table_follows_the_server_speed_on_its_two_sides():
-    """Hand-computed: probes (1.2, 1.0), (1.0, 1.0), (1.0, 1.1) around two segments.  Relative to
-    their median (1.0, 1.0): (1.1, 1.0) and (1.0, 1.05).  Probes (2.2, 2.4), (1.8, 1.6), (2.0,
-    2.0), relative: medians (2.0, 2.0), so (1.0, 1.0) and (0.95, 0.9); absolute: the means of
-    the sides themselves, (2.0, 2.0) and (1.9, 1.8)."""
+    """Hand-computed: probe sets [(1.2, 1.0), (1.2, 1.0), (1.5, 1.0)], [(1.0, 1.0)] x 3,
+    [(1.0, 1.1)] x 3 around two segments.  Sides (medians): (1.2, 1.0), (1.0, 1.0), (1.0, 1.1).
+    All nine prompt ratios: sum 9.9, mean 1.1, median 1.0, so prompt x 1.1; decode median 1.0.
+    Segment 0: ((1.2 + 1.0) / 2 x 1.1, 1.0) = (1.21, 1.0); segment 1: (1.0 x 1.1, 1.05).
+    One request a side, [(2.2, 2.4)], [(1.8, 1.6)], [(2.0, 2.0)]: prompt mean = median = 2.0;
+    decode relative to its median 2.0: (2.0, 1.0) and (1.9, 0.9); absolute (2.0, 2.0), (1.9, 1.8)."""
     from sim.verify.compare import segment_factors
 
     def flat(pairs: list[tuple[float, float]]) -> list[float]:
         return [x for p in pairs for x in p]
 
-    assert flat(segment_factors([(1.2, 1.0), (1.0, 1.0), (1.0, 1.1)], True)) == pytest.approx([1.1, 1.0, 1.0, 1.05])
-    probes = [(2.2, 2.4), (1.8, 1.6), (2.0, 2.0)]
-    assert flat(segment_factors(probes, True)) == pytest.approx([1.0, 1.0, 0.95, 0.9])
-    assert flat(segment_factors(probes, False)) == pytest.approx([2.0, 2.0, 1.9, 1.8])
-    assert segment_factors([(1.0, 1.0), None, (1.0, 1.0)], True) == []
+    sets = [np.array([(1.2, 1.0), (1.2, 1.0), (1.5, 1.0)]), np.ones((3, 2)), np.array([(1.0, 1.1)] * 3)]
+    assert flat(segment_factors(sets, True)) == pytest.approx([1.21, 1.0, 1.1, 1.05])
+    one_each = [np.array([(2.2, 2.4)]), np.array([(1.8, 1.6)]), np.array([(2.0, 2.0)])]
+    assert flat(segment_factors(one_each, True)) == pytest.approx([2.0, 1.0, 1.9, 0.9])
+    assert flat(segment_factors(one_each, False)) == pytest.approx([2.0, 2.0, 1.9, 1.8])
+    assert segment_factors([np.ones((3, 2)), None, np.ones((3, 2))], True) == []
     assert segment_factors([], True) == []

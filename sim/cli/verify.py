@@ -185,8 +185,10 @@ def _print(doc: dict, con) -> None:
         con.print(f"calibrated around {n} users (isolated, before and after the load): retrieval " + "; ".join(parts))
     for n, sp in c.get("llm_speed", {}).items():
         f = sp["segment_factors_prompt_decode"]
+        tok = sp.get("probe_tokens_prompt_output")
+        how = f", {tok[0]}-token prompts after a {sp['probe_pause_s']:g}-s pause" if tok else ""
         con.print(
-            f"LLM server speed around {n} users (isolated, between segments): step table scaled per segment by "
+            f"LLM server speed around {n} users (isolated, between segments{how}): step table scaled per segment by "
             + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in f)
             + " (prompt/decode)"
         )

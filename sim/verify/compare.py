@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from sim.analysis.estimate import mean_output_tokens, mean_prompt_tokens
 from sim.analysis.stats import quantile_interval
 from sim.errors import CapsimError
 from sim.physics.gpu import attention_pairs
@@ -49,6 +50,7 @@ from sim.run.sweep import simulate
 from sim.spec.schema import Scenario
 from sim.spec.target import Target
 from sim.verify.loadgen import (
+    PROBE_PAUSE_S,
     LiveRun,
     check_reachable,
     probe_contention,
@@ -507,33 +509,60 @@ class SegmentPlan:
     segments: int
     llm_probe: dict[str, Any]  # probe_llm's: overhead_ms, bos_tokens
     table: str | None  # the load's step table (LLM on)
-    relative: bool  # the table was profiled right before the load: it sets the level, probes the drift
+    relative_decode: bool  # the table was profiled right before the load: it sets the decode level
+    probe_tokens: tuple[int, int] = (96, 24)  # prompt and output tokens of each speed probe
 
 
-def _speed(table: str | None, target: Target) -> tuple[float, float] | None:
-    """The LLM server's speed now against the table: (prompt ratio, decode ratio), isolated."""
+def _speed(table: str | None, target: Target, tokens: tuple[int, int]) -> np.ndarray | None:
+    """The LLM server's speed now against the table, isolated: one (prompt ratio, decode ratio)
+    row per probe request, each sent after a pause (:data:`~sim.verify.loadgen.PROBE_PAUSE_S`)."""
     if table is None:
         return None
-    r = _server_vs_table(table, probe_llm_speed(target))
-    return r["prompt_ratio"], r["decode_ratio_batch1"]
+    got = probe_llm_speed(target, prompt_tokens=tokens[0], output_tokens=tokens[1], pause_s=PROBE_PAUSE_S)
+    rows = []
+    for t in got["tries"]:
+        r = _server_vs_table(table, {**t, "output_tokens": tokens[1]})
+        rows.append((r["prompt_ratio"], r["decode_ratio_batch1"]))
+    return np.asarray(rows, dtype=float)
 
 
-def segment_factors(speeds: Sequence[tuple[float, float] | None], relative: bool) -> list[tuple[float, float]]:
-    """Per segment, what to scale the step table's (prefill, decode) rows by: the mean of the
-    server's speed (its time over the table's, alone) on the segment's two sides; with
-    ``relative``, over the median of all the load's probes.  Empty when a probe is missing.
+def segment_factors(speeds: Sequence[np.ndarray | None], relative_decode: bool) -> list[tuple[float, float]]:
+    """Per segment, what to scale the step table's (prefill, decode) rows by.  ``speeds``: per
+    probe set (before the first segment, between segments, after the last) one row per request
+    alone, its (prompt, decode) time over the table's for the same work.  A side's speed is its
+    requests' median (robust to one slow request); a segment's, the mean of its two sides.
+    Empty when a probe set is missing.
 
-    Probes (1.2, 1.0), (1.0, 1.0), (1.0, 1.1) around two segments, relative: medians (1.0,
-    1.0), factors (1.1, 1.0) and (1.0, 1.05); absolute the same here.  Relative, the level
-    stays the profile's (medians of repeated tries over ~40 s) and the probes give the drift
-    within the load: relative to the first probe alone, one slow first probe (x1.12 prompt,
-    x1.19 decode against its neighbours' 0.95-1.0) scaled a whole 7-user load 13-22 % too fast
-    and its prediction came out 14-23 % optimistic."""
+    Prompt: the probes' own level, times the mean over the median of all the load's prompt
+    ratios (a step's mean time, not its median, sets the throughput and the queues, and the
+    server's times have a right tail).  The prefill law is a least-squares fit over every
+    profiled row, and the profile's medians are of back-to-back steps: in six runs' 4- and
+    7-user loads live prompts took 3-4 % (median) and 5-7 % (mean) longer than it said, at
+    every batch; the probes are as long as the scenario's requests and each follows a pause.
+
+    Decode, with ``relative_decode`` (the table was profiled right before the load): over the
+    median of the load's decode ratios, so the profile (every gap between streamed tokens,
+    medians of repeated tries) sets the level and the probes only the drift.  A probe's ms per
+    token over 24 tokens has a heavy right tail (one in 15 at x2.5 of its neighbours): its
+    mean is no level.  Relative to the first probe alone, one slow first probe (x1.19 against
+    0.95-1.0 around it) made a 7-user prediction 14-23 % optimistic.  Without
+    ``relative_decode``, the sides' own level.
+
+    Probe sets [(1.2, 1.0), (1.2, 1.0), (1.5, 1.0)], [(1.0, 1.0)] * 3, [(1.0, 1.1)] * 3 around
+    two segments: sides (1.2, 1.0), (1.0, 1.0), (1.0, 1.1); all nine prompt ratios mean 1.1,
+    median 1.0; decode median 1.0.  Factors (1.1 * 1.1, 1.0) and (1.0 * 1.1, 1.05)."""
     if not speeds or any(x is None for x in speeds):
         return []
-    arr = np.asarray(speeds, dtype=float)
-    base = np.median(arr, axis=0) if relative else np.ones(2)
-    mid = (arr[:-1] + arr[1:]) / 2 / base
+    sets = [np.asarray(x, dtype=float).reshape(-1, 2) for x in speeds]
+    sides = np.array([np.median(x, axis=0) for x in sets])
+    every = np.concatenate(sets)
+    scale = np.array(
+        [
+            every[:, 0].mean() / np.median(every[:, 0]),
+            1.0 / np.median(every[:, 1]) if relative_decode else 1.0,
+        ]
+    )
+    mid = (sides[:-1] + sides[1:]) / 2 * scale
     return [(float(a), float(b)) for a, b in mid]
 
 
@@ -556,12 +585,12 @@ def _segmented(
     longer than the profile taken right before it said, 12-14 % in its first third.
 
     Between segments: 150 back-to-back searches (~1 s) where the scenario retrieves, and three
-    requests alone to the LLM server (:func:`probe_llm_speed`, ~1.5 s), the same before the first
-    segment and after the last.  Each segment is predicted from the searches of the probes on
-    its two sides (wake-up, contention and hand-back from the full probes around the whole
-    load) and from the step table scaled by the LLM speed of its two sides (prompt and decode
-    separately; relative to the median of the load's probes when the table was profiled
-    right before this load, else against the table itself), its ``warmup_s / segments`` cut, with its
+    requests alone to the LLM server, each after a 1-s pause and as long as the scenario's mean
+    request (:func:`probe_llm_speed`, ~4.5 s), the same before the first segment and after the
+    last.  Each segment is predicted from the searches of the probes on its two sides (wake-up,
+    contention and hand-back from the full probes around the whole load) and from the step
+    table scaled by the LLM speed of its two sides (prompt and decode separately, see
+    :func:`segment_factors`), its ``warmup_s / segments`` cut, with its
     own seed so the segments draw different think times and keys.  Returns the pooled live
     run, the comparison and the retrieval probe after the load."""
     duration_s, warmup_s, drain_s = plan.times
@@ -571,19 +600,19 @@ def _segmented(
     seg_s, warm = duration_s / segments, warmup_s / segments
     parts: list[LiveRun] = []
     sides: list[np.ndarray | None] = [before.alone_ms if before is not None else None]
-    speeds = [_speed(plan.table, target)]
+    speeds = [_speed(plan.table, target, plan.probe_tokens)]
     seeds = [scn.run.seed + SEGMENT_SEED * j for j in range(segments)]
     for j, seed in enumerate(seeds):
         scn_j = scn.model_copy(update={"run": scn.run.model_copy(update={"seed": seed})})
         parts.append(run_load(scn_j, target, users, seg_s, drain_s, plan.llm_probe["bos_tokens"]))
         if j < segments - 1:
             sides.append(probe_retrieval(target, k, n=150) if retrieves else None)
-            speeds.append(_speed(plan.table, target))
-    speeds.append(_speed(plan.table, target))
+            speeds.append(_speed(plan.table, target, plan.probe_tokens))
+    speeds.append(_speed(plan.table, target, plan.probe_tokens))
     after = probe_search()
     sides.append(after.alone_ms if after is not None else None)
     _r, contention, wakeup_ms, handback_ms = RetrievalProbe.pooled(before, after)
-    factors = segment_factors(speeds, plan.relative)
+    factors = segment_factors(speeds, plan.relative_decode)
     ovs = []
     with tempfile.TemporaryDirectory(prefix="capsim-verify-") as tmp:
         for j, seed in enumerate(seeds):
@@ -623,9 +652,11 @@ def _segmented(
         }
     if factors:
         calib["llm_speed"][str(users)] = {
-            "probes_prompt_decode_ratio": [list(x) for x in speeds if x is not None],
+            "probes_prompt_decode_ratio": [x.tolist() for x in speeds if x is not None],
             "segment_factors_prompt_decode": [list(f) for f in factors],
-            "relative_to_median_probe": plan.relative,
+            "probe_tokens_prompt_output": list(plan.probe_tokens),
+            "probe_pause_s": PROBE_PAUSE_S,
+            "decode_relative_to_median_probe": plan.relative_decode,
         }
     return merged_live(parts, warm), cmp, after
 
@@ -773,6 +804,16 @@ def verify(
         "llm_speed": {},
     }
     workers = target.retrieval.workers if target.retrieval else 1
+    # Speed probes as long as the scenario's mean request (the prefill law is a least-squares
+    # fit over every profiled row, a few % off at a given length): ids sent, less the BOS.
+    probe_tokens = (
+        (
+            max(1, round(mean_prompt_tokens(scn)) - int(probe.get("bos_tokens") or 0)),
+            max(1, round(mean_output_tokens(scn))),
+        )
+        if llm_on
+        else (96, 24)
+    )
     out, lives = [], []
     before = probe_search()
     for i, n in enumerate(users):
@@ -783,7 +824,14 @@ def verify(
             if progress:
                 progress(f"{n} users: live load for {duration_s:.0f} s in {segments} segments, probed between them")
             plan = SegmentPlan(
-                n, (duration_s, warmup_s, drain_s), replications, segments, probe, table, profile is not None
+                n,
+                (duration_s, warmup_s, drain_s),
+                replications,
+                segments,
+                probe,
+                table,
+                profile is not None,
+                probe_tokens,
             )
             live, cmp, before = _segmented(scn, target, plan, before, probe_search, calib)
             lives.append(live)

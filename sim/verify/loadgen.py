@@ -225,17 +225,33 @@ def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: fl
     }
 
 
+#: Pause before each speed probe.  Live requests never arrive right behind one another from
+#: the same client, and the server is slower after a pause: on this project's 2-core VM a
+#: 145-token prompt alone took 280 ms after 2.5 s idle against 274 ms back to back (medians of
+#: 15 each), ms per token 11.7 against 11.5; and in six runs' 4- and 7-user loads the live
+#: prompts took 3-4 % (median) and 5-7 % (mean) longer than back-to-back probes had said.
+PROBE_PAUSE_S = 1.0
+
+
 def probe_llm_speed(
-    target: Target, n: int = 3, prompt_tokens: int = 96, output_tokens: int = 24, timeout_s: float = 60.0
+    target: Target,
+    n: int = 3,
+    prompt_tokens: int = 96,
+    output_tokens: int = 24,
+    timeout_s: float = 60.0,
+    pause_s: float = 0.0,
 ) -> dict:
     """The server's own speed right now, isolated: ``n`` requests one at a time, each a
-    ``prompt_tokens`` prompt and ``output_tokens`` decoded alone; the medians of the server's own
-    ``prompt_ms`` and ms per decoded token (~0.5 s a request for the 124.7 M model on one core).
-    Between the segments of a load it tells how far the host has drifted since the step profile."""
+    ``prompt_tokens`` prompt and ``output_tokens`` decoded alone, each after ``pause_s`` of idle;
+    the medians of the server's own ``prompt_ms`` and ms per decoded token (~0.5 s a request for
+    the 124.7 M model on one core), and every request's (``tries``).  Between the segments of a
+    load it tells how far the host has drifted since the step profile."""
     rng = np.random.default_rng(2024)
     llm = target.llm_endpoint()
     got = []
     for _ in range(n):
+        if pause_s > 0:
+            time.sleep(pause_s)
         _first, tim = _probe_completion(llm, prompt_ids(rng, prompt_tokens), output_tokens, timeout_s)
         got.append(
             (
@@ -249,6 +265,7 @@ def probe_llm_speed(
         "prompt_ms": float(np.median([g[1] for g in got])),
         "decode_ms_per_token": float(np.median([g[2] for g in got])),
         "output_tokens": output_tokens,
+        "tries": [{"prompt_tokens": a, "prompt_ms": b, "decode_ms_per_token": c} for a, b, c in got],
     }
 
 
