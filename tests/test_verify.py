@@ -459,7 +459,10 @@ def test_each_segments_table_follows_the_server_speed_on_its_two_sides():
     All nine prompt ratios: sum 9.9, mean 1.1, median 1.0, so prompt x 1.1; decode median 1.0.
     Segment 0: ((1.2 + 1.0) / 2 x 1.1, 1.0) = (1.21, 1.0); segment 1: (1.0 x 1.1, 1.05).
     One request a side, [(2.2, 2.4)], [(1.8, 1.6)], [(2.0, 2.0)]: prompt mean = median = 2.0;
-    decode relative to its median 2.0: (2.0, 1.0) and (1.9, 0.9); absolute (2.0, 2.0), (1.9, 1.8)."""
+    decode relative to its median 2.0: (2.0, 1.0) and (1.9, 0.9); absolute (2.0, 2.0), (1.9, 1.8).
+    Decode is relative to the median of the sides, not of every request: decode ratios (1, 1, 1),
+    (1.3, 1.3, 1.0), (1.3, 1.3, 1.0) have sides 1.0, 1.3, 1.3 (median 1.3) though five of the nine
+    are 1.0: factors (1.0 + 1.3) / 2 / 1.3 = 0.8846 and 1.0 (the prompts, all 1, stay 1)."""
     from sim.verify.compare import segment_factors
 
     def flat(pairs: list[tuple[float, float]]) -> list[float]:
@@ -470,5 +473,11 @@ def test_each_segments_table_follows_the_server_speed_on_its_two_sides():
     one_each = [np.array([(2.2, 2.4)]), np.array([(1.8, 1.6)]), np.array([(2.0, 2.0)])]
     assert flat(segment_factors(one_each, True)) == pytest.approx([2.0, 1.0, 1.9, 0.9])
     assert flat(segment_factors(one_each, False)) == pytest.approx([2.0, 2.0, 1.9, 1.8])
+    skew = [
+        np.ones((3, 2)),
+        np.array([(1.0, 1.3), (1.0, 1.3), (1.0, 1.0)]),
+        np.array([(1.0, 1.3), (1.0, 1.3), (1.0, 1.0)]),
+    ]
+    assert flat(segment_factors(skew, True)) == pytest.approx([1.0, 0.8846154, 1.0, 1.0])
     assert segment_factors([np.ones((3, 2)), None, np.ones((3, 2))], True) == []
     assert segment_factors([], True) == []

@@ -541,7 +541,7 @@ def segment_factors(speeds: Sequence[np.ndarray | None], relative_decode: bool) 
     every batch; the probes are as long as the scenario's requests and each follows a pause.
 
     Decode, with ``relative_decode`` (the table was profiled right before the load): over the
-    median of the load's decode ratios, so the profile (every gap between streamed tokens,
+    median of the sides' decode speeds, so the profile (every gap between streamed tokens,
     medians of repeated tries) sets the level and the probes only the drift.  A probe's ms per
     token over 24 tokens has a heavy right tail (one in 15 at x2.5 of its neighbours): its
     mean is no level.  Relative to the first probe alone, one slow first probe (x1.19 against
@@ -559,7 +559,7 @@ def segment_factors(speeds: Sequence[np.ndarray | None], relative_decode: bool) 
     scale = np.array(
         [
             every[:, 0].mean() / np.median(every[:, 0]),
-            1.0 / np.median(every[:, 1]) if relative_decode else 1.0,
+            1.0 / np.median(sides[:, 1]) if relative_decode else 1.0,
         ]
     )
     mid = (sides[:-1] + sides[1:]) / 2 * scale
