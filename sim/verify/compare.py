@@ -656,7 +656,7 @@ def _segmented(
             "segment_factors_prompt_decode": [list(f) for f in factors],
             "probe_tokens_prompt_output": list(plan.probe_tokens),
             "probe_pause_s": PROBE_PAUSE_S,
-            "decode_relative_to_median_probe": plan.relative_decode,
+            "decode_relative_to_median_side": plan.relative_decode,
         }
     return merged_live(parts, warm), cmp, after
 
