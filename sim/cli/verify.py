@@ -50,7 +50,8 @@ def verify(
         1,
         "--segments",
         help="Play each load as this many segments with short isolated probes between them (150 searches "
-        "back to back; 3 requests alone to the LLM server), each predicted from the probes on its two "
+        "back to back; 3 requests alone to the LLM server, each after a 1-s pause and as long as the "
+        "scenario's mean request), each predicted from the probes on its two "
         "sides: tracks the host's drift.",
     ),
     profile_llm: bool = typer.Option(

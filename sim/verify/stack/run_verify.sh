@@ -89,7 +89,8 @@ wait_health "http://127.0.0.1:$SEARCH_PORT/health" 120
 # times: the server itself, profiled alone right before every load (--profile-llm: batches of 1-4
 # requests sent together, nothing else sending); llama-batched-bench misses the server's own
 # per-token work and its batch shapes (`capsim calibrate llm --via bench` still runs it).  Each load
-# in 4 segments with the server's speed probed alone between them (3 requests, ~1.5 s): the core's
+# in 4 segments with the server's speed probed alone between them (3 requests like the scenario's,
+# each after a 1-s pause, ~4.5 s): the core's
 # speed moved by up to 30 % within one 100 s load, and each segment's table follows it.
 rm -rf "$WORK/out" "$WORK/out_retrieval"
 rc_llm=0
