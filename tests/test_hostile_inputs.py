@@ -298,6 +298,12 @@ CASES = [
         2,
         "--segments: must be 1 to 20",
     ),
+    Case(
+        "verify-seed-negative",
+        lambda t: ["verify", SMALL, "--target", _text(t, "t.yaml", TARGET), "--users", "1", "--seed", "-1"],
+        2,
+        "--seed: must be an integer in [0, 2^32)",
+    ),
     # ---- output folders, all refused before simulating
     Case("out-under-a-file", lambda t: ["run", SMALL, "--out", _file(t) / "sub"], 2, "is a file"),
     Case("out-is-a-file", lambda t: ["sweep", SMALL, "--out", _file(t)], 2, "is a file"),

@@ -207,10 +207,13 @@ def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path
                 str(out),
                 "--segments",
                 str(segments),
+                "--seed",
+                "11",
             ]
         )
         assert res.exit_code in (0, 1, 3), res.output  # 1 / 3: outside the bounds / undecided on a busy machine
         doc = json.loads(res.stdout)
+        assert doc["seed"] == 11  # --seed replaces the scenario's run.seed
         load = doc["loads"][0]
         assert load["failures"] == 0 and load["requests"] >= 3
         # the full probes before and after the load, pooled, and with segments the 150 between them

@@ -54,6 +54,12 @@ def verify(
         "scenario's mean request), each predicted from the probes on its two "
         "sides: tracks the host's drift.",
     ),
+    seed: Optional[int] = typer.Option(
+        None,
+        "--seed",
+        help="Seed of the workload played and simulated (think times, keys, token counts) [the "
+        "scenario's run.seed]; runs with different seeds are independent draws, to pool them.",
+    ),
     profile_llm: bool = typer.Option(
         False,
         "--profile-llm",
@@ -86,10 +92,14 @@ def verify(
         )
     if replications < 2:
         raise CapsimError("--replications: must be >= 2 (the interval needs them)")
+    if seed is not None and not 0 <= seed < 2**32:
+        raise CapsimError(f"--seed: must be an integer in [0, 2^32), got {seed}")
     if out is not None and out.exists() and not out.is_dir():
         raise CapsimError(f"--out {out}: is a file; give a folder (it is created if missing)")
     tgt = load_target(target)
     scn = load_scenario(scenario)
+    if seed is not None:
+        scn = scn.model_copy(update={"run": scn.run.model_copy(update={"seed": seed})})
     if out is not None:  # every path problem before the measurement, not after it
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -122,6 +132,7 @@ def verify(
     doc = {
         "scenario": str(scenario),
         "target": str(target),
+        "seed": scn.run.seed,
         "calibration": calib,
         "loads": [r.to_dict() for r in results],
     }
