@@ -510,7 +510,7 @@ class SegmentPlan:
     llm_probe: dict[str, Any]  # probe_llm's: overhead_ms, bos_tokens
     table: str | None  # the load's step table (LLM on)
     relative_decode: bool  # the table was profiled right before the load: it sets the decode level
-    probe_tokens: tuple[int, int] = (96, 24)  # prompt and output tokens of each speed probe
+    probe_tokens: tuple[int, int]  # prompt and output tokens of each speed probe (the scenario's means)
 
 
 def _speed(table: str | None, target: Target, tokens: tuple[int, int]) -> np.ndarray | None:
@@ -807,12 +807,8 @@ def verify(
     # Speed probes as long as the scenario's mean request (the prefill law is a least-squares
     # fit over every profiled row, a few % off at a given length): ids sent, less the BOS.
     probe_tokens = (
-        (
-            max(1, round(mean_prompt_tokens(scn)) - int(probe.get("bos_tokens") or 0)),
-            max(1, round(mean_output_tokens(scn))),
-        )
-        if llm_on
-        else (96, 24)
+        max(1, round(mean_prompt_tokens(scn)) - int(probe["bos_tokens"])),
+        max(1, round(mean_output_tokens(scn))),
     )
     out, lives = [], []
     before = probe_search()
