@@ -484,3 +484,123 @@ def test_each_segments_table_follows_the_server_speed_on_its_two_sides():
     assert flat(segment_factors(skew, True)) == pytest.approx([1.0, 0.8846154, 1.0, 1.0])
     assert segment_factors([np.ones((3, 2)), None, np.ones((3, 2))], True) == []
     assert segment_factors([], True) == []
+
+
+def _row(metric: str, stat: str, rel: float | None, verdict: str | None, bound: float = 0.10) -> dict:
+    return {
+        "metric": metric,
+        "stat": stat,
+        "rel_error": rel,
+        "bound": bound,
+        "verdict": verdict,
+        "measured_ci": [1.0, 2.0],
+    }
+
+
+def test_a_row_is_outside_after_a_replay_only_when_both_plays_put_it_outside():
+    """Hand-made plays of one load.  First: e2e P95 -21.4 % outside (the seed-101 run's 1-user
+    row), e2e P50 within, TTFT P50 -30 % outside, throughput undecided.  Replay: e2e P95 -3.0 %
+    within, e2e P50 +12 % outside, TTFT P50 -25 % outside, throughput within.  Merged: e2e P95
+    and P50 undecided (outside in one play of two), TTFT P50 outside (both), throughput the
+    replay's within."""
+    from sim.verify.compare import LoadComparison, confirmed
+
+    first = LoadComparison(
+        1,
+        [
+            _row("e2e_ms", "p95", -0.214, "outside"),
+            _row("e2e_ms", "p50", -0.05, "within"),
+            _row("ttft_ms", "p50", -0.30, "outside"),
+            _row("throughput_per_s", "mean", 0.067, "undecided", 0.05),
+        ],
+        {},
+        {},
+        {},
+        0,
+        60,
+    )
+    again = LoadComparison(
+        1,
+        [
+            _row("e2e_ms", "p95", -0.03, "within"),
+            _row("e2e_ms", "p50", 0.12, "outside"),
+            _row("ttft_ms", "p50", -0.25, "outside"),
+            _row("throughput_per_s", "mean", 0.01, "within", 0.05),
+        ],
+        {},
+        {},
+        {},
+        0,
+        62,
+    )
+    got = confirmed(first, again)
+    assert [r["verdict"] for r in got.rows] == ["undecided", "undecided", "outside", "within"]
+    assert got.misses == ["ttft_ms p50 off by -25.0% (bound 10%)"]
+    assert got.undecided == [
+        "e2e_ms p95 off by -21.4% in the first play and -3.0% in the replay (bound 10%): outside in one of "
+        "the two, not reproduced",
+        "e2e_ms p50 off by -5.0% in the first play and +12.0% in the replay (bound 10%): outside in one of "
+        "the two, not reproduced",
+    ]
+    assert got.rows[0]["first"] == {"rel_error": -0.214, "verdict": "outside"}
+    assert got.requests == 62 and got.to_dict()["first_attempt"]["misses"] == first.misses
+    assert "first_attempt" not in first.to_dict()
+
+
+def test_verify_confirm_plays_a_load_with_a_row_outside_again(tmp_path, monkeypatch):
+    """``--confirm`` against the real threaded search service: the first play's retrieval P95 is
+    marked outside (a stand-in for a slow spell of the host), so the load is played again,
+    probed again; the row is outside only if the replay misses it too, else undecided; both
+    plays' requests are in the Parquet file and the first play's calibration in the JSON."""
+    import sim.verify.compare as cmp_mod
+
+    real = cmp_mod.compare_one
+    calls: list[int] = []
+
+    def first_play_misses(*a, **k):
+        got = real(*a, **k)
+        calls.append(1)
+        if len(calls) == 1:
+            for r in got.rows:
+                if (r["metric"], r["stat"]) == ("retrieval_ms", "p95"):
+                    r["verdict"], r["rel_error"] = "outside", -0.5
+        return got
+
+    monkeypatch.setattr(cmp_mod, "compare_one", first_play_misses)
+    py, stack, idx = _small_index(tmp_path)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [py, str(stack / "search_service.py"), "serve", "--dir", str(idx), "--port", str(port), "--threads", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait(f"http://127.0.0.1:{port}/health", proc, 60)
+        tgt = tmp_path / "target.yaml"
+        tgt.write_text(f"retrieval: {{url: 'http://127.0.0.1:{port}', workers: 2, cores: [0, 1]}}\n")
+        out = tmp_path / "out"
+        argv = ["verify", str(ROOT / "scenarios" / "verify_retrieval.yaml"), "--target", str(tgt)]
+        res = invoke(*argv, "--users", "2", "--duration-s", "4", *QUICK, "--confirm", "--out", str(out))
+        assert len(calls) == 2  # played twice
+        doc = json.loads(res.stdout)
+        load = doc["loads"][0]
+        assert "retrieval_ms p95 off by -50.0% (bound 10%)" in load["first_attempt"]["misses"]
+        row = next(r for r in load["rows"] if (r["metric"], r["stat"]) == ("retrieval_ms", "p95"))
+        assert row["first"] == {"rel_error": -0.5, "verdict": "outside"}
+        if row["rel_error"] is not None and abs(row["rel_error"]) > 0.10 and row["verdict"] == "outside":
+            assert res.exit_code == 1  # the replay missed it as well
+        else:
+            assert row["verdict"] == "undecided" and "not reproduced" in row["why"]
+            assert res.exit_code in (1, 3), res.output  # 1 only when another row of the replay is outside both
+        assert doc["calibration"]["first_attempt"]["2"]["retrieval"]["isolated_ms"]["n"] == 400
+        assert doc["calibration"]["retrieval"]["2"]["isolated_ms"]["n"] == 400  # the replay's own probes
+        import pandas as pd  # deferred: heavy
+
+        live = pd.read_parquet(out / "live_requests.parquet")
+        assert sorted(live["attempt"].unique()) == [0, 1] and (live["users"] == 2).all()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -455,6 +455,7 @@ class LiveRun:
     wall_s: float
     cpu_s: float
     failures: list[str] = field(default_factory=list)
+    attempt: int = 0  # 1: the replay of a load with a row outside its bound (verify --confirm)
 
     @property
     def requests(self) -> int:
