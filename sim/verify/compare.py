@@ -778,11 +778,11 @@ class ServerProfile:
     ntg: int = 24
     repeat: int = 3
 
-    def table(self, target: Target, users: int, progress=None) -> str:
+    def table(self, target: Target, users: int, progress=None, replay: bool = False) -> str:
         npl = list(range(1, target.llm_endpoint().parallel + 1))
         rows = profile_server(target, list(self.npp), self.ntg, npl, self.repeat)
         mixed = profile_mixed(target, max(self.npp), npl[:-1], self.repeat)
-        path = self.folder / f"steps_{users}users.csv"
+        path = self.folder / f"steps_{users}users{'_replay' if replay else ''}.csv"
         write_table(
             step_rows(rows) + mixed,
             path,
@@ -868,7 +868,7 @@ def verify(
         """One load, live and simulated; ``profiled``: the table is this load's (else profile now)."""
         nonlocal table, before
         if llm_on and profile is not None and not profiled:
-            table = profile.table(target, n, progress)
+            table = profile.table(target, n, progress, replay=attempt > 0)
         calib["step_tables"][str(n)] = table
         again = " (replay)" if attempt else ""
         if segments > 1:
