@@ -3,6 +3,7 @@ and one real end to end run against llama-server (skipped, with the reason, when
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -253,12 +254,10 @@ def test_repeated_benchmark_runs_keep_each_rows_median():
     assert median_rows(runs) == [row(0.3, 0.33), row(2.0, 1.5, b=2)]
 
 
-@pytest.mark.parametrize("segments", [1, 2])
-def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service(tmp_path, segments):
-    """A retrieval-only target (no llm:) and scenario (llm.enabled: false) against the real
-    search service with two search threads over one small hnswlib index: the probes run,
-    every request succeeds, and the rows are the retrieval stage's with their bounds.  In
-    two segments: a 150-search probe between them, each segment predicted from its sides."""
+@contextlib.contextmanager
+def _threaded_search_target(tmp_path: Path):
+    """A real search service with two search threads over a small index, and a retrieval-only
+    target file naming it; stopped on exit."""
     py, stack, idx = _small_index(tmp_path)
     port = _free_port()
     proc = subprocess.Popen(
@@ -270,6 +269,22 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         _wait(f"http://127.0.0.1:{port}/health", proc, 60)
         tgt = tmp_path / "target.yaml"
         tgt.write_text(f"retrieval: {{url: 'http://127.0.0.1:{port}', workers: 2, cores: [0, 1]}}\n")
+        yield tgt
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.parametrize("segments", [1, 2])
+def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service(tmp_path, segments):
+    """A retrieval-only target (no llm:) and scenario (llm.enabled: false) against the real
+    search service with two search threads over one small hnswlib index: the probes run,
+    every request succeeds, and the rows are the retrieval stage's with their bounds.  In
+    two segments: a 150-search probe between them, each segment predicted from its sides."""
+    with _threaded_search_target(tmp_path) as tgt:
         out = tmp_path / "out"
         argv = ["verify", str(ROOT / "scenarios" / "verify_retrieval.yaml"), "--target", str(tgt)]
         argv += ["--users", "2", "--duration-s", "4", *QUICK, "--segments", str(segments)]
@@ -289,12 +304,6 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         assert ("ttft_ms", "p50") not in rows
         assert rows[("retrieval_ms", "p95")]["bound"] == 0.10 and rows[("throughput_per_s", "mean")]["bound"] == 0.05
         assert all(r["measured"] is not None and r["predicted"] is not None for r in load["rows"])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_the_probes_bracketing_a_load_are_pooled():
@@ -567,17 +576,7 @@ def test_verify_confirm_plays_a_load_with_a_row_outside_again(tmp_path, monkeypa
         return got
 
     monkeypatch.setattr(cmp_mod, "compare_one", first_play_misses)
-    py, stack, idx = _small_index(tmp_path)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [py, str(stack / "search_service.py"), "serve", "--dir", str(idx), "--port", str(port), "--threads", "2"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait(f"http://127.0.0.1:{port}/health", proc, 60)
-        tgt = tmp_path / "target.yaml"
-        tgt.write_text(f"retrieval: {{url: 'http://127.0.0.1:{port}', workers: 2, cores: [0, 1]}}\n")
+    with _threaded_search_target(tmp_path) as tgt:
         out = tmp_path / "out"
         argv = ["verify", str(ROOT / "scenarios" / "verify_retrieval.yaml"), "--target", str(tgt)]
         res = invoke(*argv, "--users", "2", "--duration-s", "4", *QUICK, "--confirm", "--out", str(out))
@@ -598,9 +597,3 @@ def test_verify_confirm_plays_a_load_with_a_row_outside_again(tmp_path, monkeypa
 
         live = pd.read_parquet(out / "live_requests.parquet")
         assert sorted(live["attempt"].unique()) == [0, 1] and (live["users"] == 2).all()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
