@@ -4,6 +4,8 @@ server whose step times are known (tests/fake_llm_server.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,16 @@ def test_wakeup_probe_measures_the_extra_time_after_idle():
     # the fake wakes slowly only after 20 ms idle: 4 ms then, give or take a busy box's scheduling
     assert 3.0 <= got[50.0] <= 6.0 and got[2.0] <= 1.5, got
     assert 4.9 <= float(np.median(alone)) <= 8.0  # back to back: no wake-up
+
+
+def test_a_replayed_load_gets_its_own_profile_file(fake_server, tmp_path):
+    """``verify --profile-llm --confirm``: the replay of a load re-profiles the server into a file of
+    its own, so the first play's table (named in verify.json) is not overwritten."""
+    from sim.verify.compare import ServerProfile
+
+    prof = ServerProfile(tmp_path, npp=(40,), ntg=6, repeat=1)
+    first = prof.table(_target(fake_server, parallel=2), 4)
+    again = prof.table(_target(fake_server, parallel=2), 4, replay=True)
+    assert Path(first).name == "steps_4users.csv" and Path(again).name == "steps_4users_replay.csv"
+    for path in (first, again):
+        assert TableModel(read_rows(Path(path))).batches == [1, 2]
