@@ -108,7 +108,8 @@ class LoadComparison:
 
     @property
     def undecided(self) -> list[str]:
-        """Rows outside their bound that the measurement cannot tell from its own noise."""
+        """Rows outside their bound that the data cannot decide: the measurement cannot tell the
+        miss from its own noise, or (``--confirm``) only one of a load's two plays missed."""
         return [
             r["why"]
             if r.get("why")
