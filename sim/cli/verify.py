@@ -21,7 +21,9 @@ from sim.errors import CapsimError
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:+.1%}"
+    from sim.verify.compare import pct_text  # deferred: the verify stack loads the simulator
+
+    return pct_text(x)
 
 
 def _num(x: float | None, unit: str = "") -> str:

@@ -78,6 +78,8 @@ RETRIEVAL_BOUNDS = {
     ("throughput_per_s", "mean"): 0.05,
 }
 STATS = ("p50", "p95", "p99")
+#: The calibration entries ``verify`` keeps per load (keyed by its user count).
+PER_LOAD_CALIBRATION = ("step_tables", "retrieval", "llm_speed")
 MAX_FAILURE_FRACTION = 0.01
 
 
@@ -135,7 +137,8 @@ class LoadComparison:
         }
 
 
-def _signed(x: float | None) -> str:
+def pct_text(x: float | None) -> str:
+    """A signed relative error, one decimal (``+20.9%``); ``-`` for none."""
     return "-" if x is None else f"{x:+.1%}"
 
 
@@ -157,22 +160,12 @@ def confirmed(first: LoadComparison, again: LoadComparison) -> LoadComparison:
         if f is not None and (a == "outside") != (b == "outside"):
             row["verdict"] = "undecided"
             row["why"] = (
-                f"{r['metric']} {r['stat']} off by {_signed(f['rel_error'])} in the first play and "
-                f"{_signed(r['rel_error'])} in the replay (bound {r['bound']:.0%}): outside in one of the two, "
+                f"{r['metric']} {r['stat']} off by {pct_text(f['rel_error'])} in the first play and "
+                f"{pct_text(r['rel_error'])} in the replay (bound {r['bound']:.0%}): outside in one of the two, "
                 "not reproduced"
             )
         rows.append(row)
-    return LoadComparison(
-        again.users,
-        rows,
-        again.measured,
-        again.predicted,
-        again.loadgen,
-        again.failures,
-        again.requests,
-        again.failure_reasons,
-        first_attempt=first.to_dict(),
-    )
+    return replace(again, rows=rows, first_attempt=first.to_dict())
 
 
 def num_text(x: float) -> str:
@@ -925,11 +918,8 @@ def verify(
         if confirm and cmp.misses and not cmp.too_many_failures:
             if progress:
                 progress(f"{n} users: outside ({'; '.join(cmp.misses)}): playing the load again, re-probed")
-            first_calib = {
-                k: v.pop(str(n))
-                for k, v in calib.items()
-                if k != "first_attempt" and isinstance(v, dict) and str(n) in v
-            }
+            # the first play's per-load calibration, before the replay writes its own
+            first_calib = {k: calib[k].pop(str(n)) for k in PER_LOAD_CALIBRATION if str(n) in calib[k]}
             live, again = play(n, False, 1)
             lives.append(live)
             cmp = confirmed(cmp, again)
