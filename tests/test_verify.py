@@ -298,12 +298,39 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         assert [x for x, _ in cal["wakeup_ms"]] == [1, 3, 10, 30, 100] and all(y >= 0 for _, y in cal["wakeup_ms"])
         assert len(cal["contention"]) == 2 and cal["contention"][0] == 1.0  # two cores: measured at 2 at once
         assert cal["handback_ms"]["n"] == 400  # the service reports its own search time: 2 x 100 at once, both probes
+        # once, before the first load: 8 pairs per offset at --probe-s 0.1
+        pairs = doc["calibration"]["retrieval_pairs"]
+        assert pairs["pairs_each"] == 8 and [r["offset_ms"] for r in pairs["rows"]] == [0.0, 2.0, 4.0, 6.0]
+        for r in pairs["rows"]:
+            assert r["apart_ms"] >= r["offset_ms"] and r["apart_ms"] < r["offset_ms"] + 5.0
+            assert all(r[x] > 0 for x in ("first_ms", "second_ms", "model_first_ms", "model_second_ms"))
         load = doc["loads"][0]
         assert load["failures"] == 0 and load["requests"] >= 10
         rows = {(r["metric"], r["stat"]): r for r in load["rows"]}
         assert ("ttft_ms", "p50") not in rows
         assert rows[("retrieval_ms", "p95")]["bound"] == 0.10 and rows[("throughput_per_s", "mean")]["bound"] == 0.05
         assert all(r["measured"] is not None and r["predicted"] is not None for r in load["rows"])
+
+
+def test_the_pool_models_a_pair_of_searches_as_hand_computed():
+    """Searches of 4 ms, two workers on one core (processor sharing), pairs after 30 ms idle:
+    sent together, both end at 8; 1 ms apart, the first runs alone for 1 ms, its 3 ms left take
+    6 at half speed (ends at 7), the second has 1 ms left then (ends at 8): 7 and 7; 5 ms apart,
+    never together: 4 and 4.  A hand-back of 1 ms delays the first (it ends while the second
+    holds the core): 8 and 7.  A wake-up of 0.5 ms makes the first 4.5 ms of work: 1 alone, 3.5
+    shared (ends at 8), the second's last 0.5 alone (ends at 8.5): 8 and 7.5.  Two cores: no
+    sharing, 4 and 4."""
+    from sim.verify.compare import RetrievalProbe, pair_model
+
+    plain = RetrievalProbe(np.array([4.0]), (1.0, 1.0), [(1.0, 0.0)], [])
+    assert pair_model(plain, 2, 1, 0.0, 0.03, n=3) == pytest.approx((8.0, 8.0))
+    assert pair_model(plain, 2, 1, 1.0, 0.03, n=3) == pytest.approx((7.0, 7.0))
+    assert pair_model(plain, 2, 1, 5.0, 0.03, n=3) == pytest.approx((4.0, 4.0))
+    assert pair_model(plain, 2, 2, 1.0, 0.03, n=3) == pytest.approx((4.0, 4.0))
+    back = RetrievalProbe(np.array([4.0]), (1.0, 1.0), [(1.0, 0.0)], [1.0])
+    assert pair_model(back, 2, 1, 1.0, 0.03, n=3) == pytest.approx((8.0, 7.0))
+    wake = RetrievalProbe(np.array([4.0]), (1.0, 1.0), [(1.0, 0.5), (100.0, 0.5)], [])
+    assert pair_model(wake, 2, 1, 1.0, 0.03, n=3) == pytest.approx((8.0, 7.5))
 
 
 def test_the_probes_bracketing_a_load_are_pooled():

@@ -188,7 +188,7 @@ def verify(
 def _print(doc: dict, con) -> None:
     from rich.table import Table  # deferred: only when printing
 
-    from sim.verify.compare import span_text  # deferred: the verify stack loads the simulator
+    from sim.verify.compare import pair_text, span_text  # deferred: the verify stack loads the simulator
 
     c = doc["calibration"]
     if c["llm_overhead_ms"] is not None:
@@ -205,6 +205,13 @@ def _print(doc: dict, con) -> None:
         if hb:
             parts.append(f"answer waits behind a running search p50 {hb['p50']:.2f} ms p95 {hb['p95']:.2f} ms")
         con.print(f"calibrated around {n} users (isolated, before and after the load): retrieval " + "; ".join(parts))
+    pairs = c.get("retrieval_pairs")
+    if pairs:
+        con.print(
+            f"retrieval pairs (isolated, {pairs['pairs_each']} each after {pairs['pause_ms']:g} ms idle; "
+            "median ms of the first / second sent, and what the pool models): "
+            + "; ".join(pair_text(r) for r in pairs["rows"])
+        )
     for n, sp in c.get("llm_speed", {}).items():
         f = sp["segment_factors_prompt_decode"]
         tok = sp.get("probe_tokens_prompt_output")

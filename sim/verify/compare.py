@@ -20,7 +20,10 @@ closed-loop run it is compared with):
   search time, how long an answer waits behind a running search
   (``retrieval.handback_ms``); workers and
   cores from the target; taken before the first load and after every load,
-  and each load predicted from the two probes that bracket it, pooled;
+  and each load predicted from the two probes that bracket it, pooled; and,
+  as a check of the pool's sharing rule in isolation (not a calibration), pairs
+  of searches sent 0-6 ms apart, measured and as the pool models them
+  (``retrieval_pairs``);
 * the per-call HTTP + SSE overhead of the LLM endpoint: client first token
   minus the server's own prompt time, one request at a time, before the load;
   added as a constant to the (in-process, microseconds) cache lookup, i.e.
@@ -50,12 +53,14 @@ from sim.run.sweep import simulate
 from sim.spec.schema import Scenario
 from sim.spec.target import Target
 from sim.verify.loadgen import (
+    PAIR_PAUSE_S,
     PROBE_PAUSE_S,
     LiveRun,
     check_reachable,
     probe_contention,
     probe_llm,
     probe_llm_speed,
+    probe_pairs,
     probe_retrieval,
     probe_wakeup,
     run_load,
@@ -720,6 +725,91 @@ def _calib_entry(
     }
 
 
+def _pairs(target: Target, k: int, probe: RetrievalProbe, probe_s: float, progress) -> dict[str, Any]:
+    """The pair probe, measured and as the pool models it, for verify.json."""
+    assert target.retrieval is not None
+    n = max(8, round(40 * min(probe_s, 1.0)))
+    rows = probe_pairs(target, k, n=n)
+    cores = len(target.retrieval.cores) or None
+    for row in rows:
+        first, second = pair_model(probe, target.retrieval.workers, cores, row["apart_ms"], PAIR_PAUSE_S)
+        row.update(model_first_ms=first, model_second_ms=second)
+    if progress:
+        progress(
+            f"retrieval pairs (isolated, {n} each, {PAIR_PAUSE_S * 1e3:g} ms idle before): "
+            + "; ".join(pair_text(r) for r in rows)
+        )
+    return {"pause_ms": PAIR_PAUSE_S * 1e3, "pairs_each": n, "rows": rows}
+
+
+def pair_text(row: dict[str, float]) -> str:
+    """One offset of the pair probe: measured (modelled) first / second, ms."""
+    return (
+        f"{row['apart_ms']:.1f} ms apart {row['first_ms']:.2f}/{row['second_ms']:.2f} "
+        f"(model {row['model_first_ms']:.2f}/{row['model_second_ms']:.2f})"
+    )
+
+
+def pair_model(
+    probe: RetrievalProbe,
+    workers: int,
+    cpu_cores: int | None,
+    apart_ms: float,
+    pause_s: float,
+    n: int = 400,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """What capsim's retrieval pool (:class:`sim.engine.pool.WorkerPool`, calibrated from
+    ``probe`` as a load's prediction is) says a pair of :func:`~sim.verify.loadgen.probe_pairs`
+    takes: medians of the first's and the second's latency, ms, over ``n`` pairs, each
+    after ``pause_s`` idle (so the first pays the wake-up) with searches drawn from the
+    one-at-a-time probe and hand-backs from its samples.
+
+    Hand-computed: searches of 4 ms, two workers on one core, no wake-up or hand-back,
+    sent 1 ms apart: the first runs alone for 1 ms, then the two share the core, the first's
+    3 ms left take 6 and it ends at 7; the second, 3 ms done by then, ends at 8: 7 and 7."""
+    import simpy  # deferred: the pool's event loop
+
+    from sim.engine.pool import WorkerPool  # deferred: the simulator's engine
+
+    rng = np.random.default_rng(seed)
+    env = simpy.Environment()
+    back = list(probe.handback_ms)
+    pool = WorkerPool(
+        env,
+        workers,
+        cpu_cores,
+        (0.0, math.inf),
+        probe.contention,
+        [(x / 1e3, y / 1e3) for x, y in probe.wakeup_ms],
+        (lambda: float(rng.choice(back)) / 1e3) if back else None,
+    )
+    alone = np.asarray(probe.alone_ms, dtype=float)
+    lat: list[list[float]] = [[], []]
+
+    def one(i: int):
+        yield env.timeout(i * apart_ms / 1e3)
+        t0 = env.now
+        got = env.event()
+
+        def done(_arg: Any) -> None:
+            got.succeed()
+
+        pool.acquire(lambda _a: pool.serve(float(rng.choice(alone)) / 1e3, done, None), None)
+        yield got
+        pool.release(t0, env.now)
+        lat[i].append((env.now - t0) * 1e3)
+
+    def pairs():
+        for _ in range(n):
+            yield env.timeout(pause_s)
+            yield env.all_of([env.process(one(0)), env.process(one(1))])
+
+    env.process(pairs())
+    env.run()
+    return float(np.median(lat[0])), float(np.median(lat[1]))
+
+
 def _spread(samples: Sequence[float] | np.ndarray) -> dict[str, float] | None:
     """P50, P95 and count of a sample, for the calibration record; None when empty."""
     if not len(samples):
@@ -857,6 +947,8 @@ def verify(
         max(1, round(mean_output_tokens(scn))),
     )
     before = probe_search()
+    if before is not None and workers > 1:
+        calib["retrieval_pairs"] = _pairs(target, k, before, probe_s, progress)
 
     def play(n: int, profiled: bool, attempt: int) -> tuple[LiveRun, LoadComparison]:
         """One load, live and simulated; ``profiled``: the table is this load's (else profile now)."""

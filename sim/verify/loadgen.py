@@ -388,6 +388,68 @@ def _searches_together(
     return times
 
 
+PAIR_OFFSETS_MS = (0.0, 2.0, 4.0, 6.0)  # how far apart the two searches of a pair are sent
+PAIR_PAUSE_S = 0.03  # idle time before every pair
+
+
+def probe_pairs(
+    target: Target,
+    k: int,
+    offsets_ms: Sequence[float] = PAIR_OFFSETS_MS,
+    n: int = 40,
+    pause_s: float = PAIR_PAUSE_S,
+    timeout_s: float = 10.0,
+) -> list[dict[str, float]]:
+    """Isolated: two searches sent ``offset`` ms apart after ``pause_s`` idle, nothing else
+    sending, ``n`` pairs per offset; per offset the medians of how far apart they really
+    left (``apart_ms``) and of the latency of the one sent first and the one sent second, ms.
+
+    The smallest case of sharing the service's cores, held against the model's sharing rule
+    by :func:`sim.verify.compare.pair_model` (the same searches, wake-up, contention and
+    hand-back as every load's prediction).  On this project's stack (two search threads on
+    one core) the two of a pair sent 0-3 ms apart finished together, about two searches and
+    a wake-up after the first left, as processor sharing has it; 4 ms apart, the first
+    waited while the second ran (the first's scheduler slice was spent)."""
+    r = target.retrieval
+    assert r is not None
+    conns = [connection(r.url, timeout_s) for _ in range(2)]
+    for i, c in enumerate(conns):
+        for j in range(10):
+            search(c, 10_000 * i + j, k)
+    out = []
+    for off in offsets_ms:
+        rows = []
+        for p in range(n):
+            sent = [0.0, 0.0]
+            lat = [0.0, 0.0]
+            gate = threading.Barrier(2)
+
+            def one(i: int, p: int = p, off: float = off, sent: list = sent, lat: list = lat, gate=gate) -> None:
+                gate.wait(timeout_s)
+                if i:
+                    time.sleep(off / 1e3)
+                sent[i] = time.perf_counter()
+                search(conns[i], 500 * i + p % 500, k)
+                lat[i] = (time.perf_counter() - sent[i]) * 1e3
+
+            time.sleep(pause_s)
+            threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout_s)
+            if any(t.is_alive() for t in threads) or min(lat) <= 0:
+                raise CapsimError(f"retrieval endpoint {r.url}: a pair of searches did not finish")
+            a, b = (0, 1) if sent[0] <= sent[1] else (1, 0)
+            rows.append(((sent[b] - sent[a]) * 1e3, lat[a], lat[b]))
+        x = np.asarray(rows)
+        med = np.median(x, axis=0)
+        out.append(dict(offset_ms=float(off), apart_ms=float(med[0]), first_ms=float(med[1]), second_ms=float(med[2])))
+    for c in conns:
+        c.close()
+    return out
+
+
 def probe_contention(
     target: Target,
     k: int,
