@@ -333,6 +333,18 @@ def test_the_pool_models_a_pair_of_searches_as_hand_computed():
     assert pair_model(wake, 2, 1, 1.0, 0.03, n=3) == pytest.approx((8.0, 7.5))
 
 
+def test_the_pair_probe_names_the_endpoint_when_it_cannot_search():
+    """Nothing listening: one CapsimError naming the endpoint, not a traceback from a thread."""
+    from sim.errors import CapsimError
+    from sim.spec.target import Target
+    from sim.verify.loadgen import probe_pairs
+
+    url = f"http://127.0.0.1:{_free_port()}"
+    tgt = Target.model_validate({"retrieval": {"url": url, "workers": 2}})
+    with pytest.raises(CapsimError, match=f"retrieval endpoint {url}: the pair probe failed"):
+        probe_pairs(tgt, 5, n=1)
+
+
 def test_the_probes_bracketing_a_load_are_pooled():
     """Hand-computed: the searches of both probes together, contention and wake-up averaged
     point by point, hand-back samples together (none unless both have them); one side

@@ -407,15 +407,20 @@ def probe_pairs(
     The smallest case of sharing the service's cores, held against the model's sharing rule
     by :func:`sim.verify.compare.pair_model` (the same searches, wake-up, contention and
     hand-back as every load's prediction).  On this project's stack (two search threads on
-    one core) the two of a pair sent 0-3 ms apart finished together, about two searches and
-    a wake-up after the first left, as processor sharing has it; 4 ms apart, the first
-    waited while the second ran (the first's scheduler slice was spent)."""
+    one core) the two of a pair sent 0-2 ms apart ended within about a millisecond of each
+    other, some two searches and a wake-up after the first left, as processor sharing has
+    it; 4 ms apart, the first waited while the second ran (its scheduler slice was spent).
+    An unreachable service or a failed search is a :class:`CapsimError`."""
     r = target.retrieval
     assert r is not None
+    errors: list[str] = []
     conns = [connection(r.url, timeout_s) for _ in range(2)]
-    for i, c in enumerate(conns):
-        for j in range(10):
-            search(c, 10_000 * i + j, k)
+    try:
+        for i, c in enumerate(conns):
+            for j in range(10):
+                search(c, 10_000 * i + j, k)
+    except (OSError, RuntimeError, http.client.HTTPException) as e:
+        raise CapsimError(f"retrieval endpoint {r.url}: the pair probe failed: {type(e).__name__}: {e}") from None
     out = []
     for off in offsets_ms:
         rows = []
@@ -425,12 +430,15 @@ def probe_pairs(
             gate = threading.Barrier(2)
 
             def one(i: int, p: int = p, off: float = off, sent: list = sent, lat: list = lat, gate=gate) -> None:
-                gate.wait(timeout_s)
-                if i:
-                    time.sleep(off / 1e3)
-                sent[i] = time.perf_counter()
-                search(conns[i], 500 * i + p % 500, k)
-                lat[i] = (time.perf_counter() - sent[i]) * 1e3
+                try:
+                    gate.wait(timeout_s)
+                    if i:
+                        time.sleep(off / 1e3)
+                    sent[i] = time.perf_counter()
+                    search(conns[i], 500 * i + p % 500, k)
+                    lat[i] = (time.perf_counter() - sent[i]) * 1e3
+                except (OSError, RuntimeError, http.client.HTTPException, threading.BrokenBarrierError) as e:
+                    errors.append(f"{type(e).__name__}: {e}")
 
             time.sleep(pause_s)
             threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(2)]
@@ -438,8 +446,9 @@ def probe_pairs(
                 t.start()
             for t in threads:
                 t.join(timeout_s)
-            if any(t.is_alive() for t in threads) or min(lat) <= 0:
-                raise CapsimError(f"retrieval endpoint {r.url}: a pair of searches did not finish")
+            if errors or any(t.is_alive() for t in threads) or min(lat) <= 0:
+                why = errors[0] if errors else "timed out"
+                raise CapsimError(f"retrieval endpoint {r.url}: a pair of searches did not finish: {why}")
             a, b = (0, 1) if sent[0] <= sent[1] else (1, 0)
             rows.append(((sent[b] - sent[a]) * 1e3, lat[a], lat[b]))
         x = np.asarray(rows)
