@@ -298,6 +298,12 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         assert [x for x, _ in cal["wakeup_ms"]] == [1, 3, 10, 30, 100] and all(y >= 0 for _, y in cal["wakeup_ms"])
         assert len(cal["contention"]) == 2 and cal["contention"][0] == 1.0  # two cores: measured at 2 at once
         assert cal["handback_ms"]["n"] == 400  # the service reports its own search time: 2 x 100 at once, both probes
+        # the service reports its CPU clock: where a search's time alone goes (recorded)
+        ph = cal["phases_ms"]
+        assert 0 < ph["search_ms"] < cal["isolated_ms"]["p50"] and ph["loop_cpu_ms"] > 0
+        assert ph["search_ms"] + ph["loop_cpu_ms"] + ph["off_core_ms"] == pytest.approx(
+            float(np.mean(cal["p50_before_after_ms"][:: len(cal["p50_before_after_ms"]) - 1])), rel=0.05
+        )
         # once, before the first load: 8 pairs per offset at --probe-s 0.1
         pairs = doc["calibration"]["retrieval_pairs"]
         assert pairs["pairs_each"] == 8 and [r["offset_ms"] for r in pairs["rows"]] == [0.0, 2.0, 4.0, 6.0]
@@ -331,6 +337,21 @@ def test_the_pool_models_a_pair_of_searches_as_hand_computed():
     assert pair_model(back, 2, 1, 1.0, 0.03, n=3) == pytest.approx((8.0, 7.0))
     wake = RetrievalProbe(np.array([4.0]), (1.0, 1.0), [(1.0, 0.5), (100.0, 0.5)], [])
     assert pair_model(wake, 2, 1, 1.0, 0.03, n=3) == pytest.approx((8.0, 7.5))
+
+
+def test_the_service_cpu_outside_the_search_as_hand_computed():
+    """CPU clock stamps 0, 5.0, 10.1, 15.0 ms: steps 5.0, 5.1, 4.9 (median 5.0); searches 4.3,
+    4.4, 4.5 ms (median 4.4): 0.6 ms a request outside the search.  A service that does not
+    report its clock (or its search time), or fewer than 3 answers: None."""
+    from sim.verify.loadgen import loop_cpu_ms, server_cpu_ms
+
+    assert loop_cpu_ms([0.0, 5.0, 10.1, 15.0], [4.3, 4.4, 4.5, 4.4]) == pytest.approx(0.6)
+    assert loop_cpu_ms([0.0, None, 10.1], [4.3, 4.4, 4.5]) is None
+    assert loop_cpu_ms([0.0, 5.0, 10.1], [4.3, None, 4.5]) is None
+    assert loop_cpu_ms([0.0, 5.0], [4.3, 4.4]) is None
+    assert server_cpu_ms(b'{"cpu_us": 1500}') == 1.5
+    assert server_cpu_ms(b'{"ids": []}') is None and server_cpu_ms(b"not json") is None
+    assert server_cpu_ms(b'{"cpu_us": true}') is None
 
 
 def test_the_pair_probe_names_the_endpoint_when_it_cannot_search():

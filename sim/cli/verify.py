@@ -204,6 +204,12 @@ def _print(doc: dict, con) -> None:
         hb = r.get("handback_ms")
         if hb:
             parts.append(f"answer waits behind a running search p50 {hb['p50']:.2f} ms p95 {hb['p95']:.2f} ms")
+        ph = r.get("phases_ms")
+        if ph:
+            parts.append(
+                f"a search alone is {ph['search_ms']:.2f} ms searching + {ph['loop_cpu_ms']:.2f} ms of the "
+                f"service's other CPU + {ph['off_core_ms']:.2f} ms off its cores"
+            )
         con.print(f"calibrated around {n} users (isolated, before and after the load): retrieval " + "; ".join(parts))
     pairs = c.get("retrieval_pairs")
     if pairs:

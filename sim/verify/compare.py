@@ -57,6 +57,7 @@ from sim.verify.loadgen import (
     PROBE_PAUSE_S,
     LiveRun,
     check_reachable,
+    loop_cpu_ms,
     probe_contention,
     probe_llm,
     probe_llm_speed,
@@ -694,7 +695,7 @@ def _segmented(
         every = np.concatenate(alone)
         sides_p50 = [float(np.median(x)) for x in alone]
         calib["retrieval"][str(users)] = {
-            **_calib_entry(every, contention, wakeup_ms, handback_ms, sides_p50),
+            **_calib_entry(every, contention, wakeup_ms, handback_ms, sides_p50, RetrievalProbe.phases(before, after)),
             "segments": segments,
         }
     if factors:
@@ -714,14 +715,17 @@ def _calib_entry(
     wakeup_ms: list[tuple[float, float]],
     handback_ms: Sequence[float],
     sides_p50: list[float],
+    phases: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """What one load's retrieval prediction was calibrated from, for verify.json."""
+    """What one load's retrieval prediction was calibrated from, for verify.json (``phases``:
+    :meth:`RetrievalProbe.phases`, recorded beside it)."""
     return {
         "isolated_ms": _spread(alone_ms),
         "contention": list(contention),
         "wakeup_ms": wakeup_ms,
         "handback_ms": _spread(handback_ms),
         "p50_before_after_ms": sides_p50,
+        "phases_ms": phases,
     }
 
 
@@ -835,6 +839,23 @@ class RetrievalProbe:
     contention: tuple[float, ...]  # (1, c2, ..): slow-down with m searches in service at once
     wakeup_ms: list[tuple[float, float]]  # [(idle_ms, extra_ms), ..] for the first search after idle
     handback_ms: list[float] = field(default_factory=list)  # answers waiting for a held core, ms
+    search_ms: float | None = None  # median of the service's own search time, one at a time
+    loop_cpu_ms: float | None = None  # the service's CPU per request outside the search (loop_cpu_ms)
+
+    @staticmethod
+    def phases(a: RetrievalProbe | None, b: RetrievalProbe | None) -> dict[str, float] | None:
+        """Where a search's time alone goes, from the probes that report it (averaged): the
+        service's own search, its CPU outside the search (parse and answer: an event loop's
+        work), and the rest, off the service's cores (the client and the wire): median
+        latency alone less the other two.  Recorded, not yet used by the prediction (README,
+        "A scheduler model that fits").  None when no probe has both."""
+        got = [p for p in (a, b) if p is not None and p.search_ms is not None and p.loop_cpu_ms is not None]
+        if not got:
+            return None
+        search = float(np.mean([p.search_ms for p in got]))
+        loop = float(np.mean([p.loop_cpu_ms for p in got]))
+        alone = float(np.mean([np.median(p.alone_ms) for p in got]))
+        return {"search_ms": search, "loop_cpu_ms": loop, "off_core_ms": alone - search - loop}
 
     @staticmethod
     def pooled(
@@ -925,10 +946,12 @@ def verify(
         if not retrieves:
             return None
         own: list[float | None] = []
-        r_ms = probe_retrieval(target, k, server=own)
+        cpu: list[float | None] = []
+        r_ms = probe_retrieval(target, k, server=own, cpu=cpu)
         wake = probe_wakeup(target, k, train_s=probe_s)
         contention, handback = probe_contention(target, k, r_ms, alone_server_ms=own)
-        return RetrievalProbe(r_ms, contention, wake, handback)
+        search = float(np.median([x for x in own])) if own and all(x is not None for x in own) else None
+        return RetrievalProbe(r_ms, contention, wake, handback, search, loop_cpu_ms(cpu, own))
 
     calib: dict[str, Any] = {
         "llm_overhead_ms": probe["overhead_ms"] if llm_on else None,
@@ -981,9 +1004,10 @@ def verify(
         # and a load is best described by the isolated measurements that bracket it.
         r_ms, contention, wakeup_ms, handback_ms = RetrievalProbe.pooled(before, after)
         sides = [float(np.median(p.alone_ms)) for p in (before, after) if p is not None]
+        phases = RetrievalProbe.phases(before, after)
         before = after
         if r_ms is not None:
-            calib["retrieval"][str(n)] = _calib_entry(r_ms, contention, wakeup_ms, handback_ms, sides)
+            calib["retrieval"][str(n)] = _calib_entry(r_ms, contention, wakeup_ms, handback_ms, sides, phases)
         ov = overrides_for(
             scn,
             target,

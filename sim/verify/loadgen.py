@@ -113,6 +113,28 @@ def search(conn: http.client.HTTPConnection, key: int, k: int) -> bytes:
     return data
 
 
+def server_cpu_ms(body: bytes) -> float | None:
+    """The service's process CPU time so far (``cpu_us`` in its answer), ms; None when it
+    reports none."""
+    try:
+        us = json.loads(body).get("cpu_us")
+    except (ValueError, AttributeError):
+        return None
+    return float(us) / 1e3 if isinstance(us, (int, float)) and not isinstance(us, bool) else None
+
+
+def loop_cpu_ms(cpu_ms: Sequence[float | None], search_ms: Sequence[float | None]) -> float | None:
+    """The service's CPU per request outside the search itself, ms, from searches back to back on
+    one connection: the median step of its CPU clock between consecutive answers (one request's
+    CPU: parse, search, answer) less the median search.  None unless every answer reported
+    both, or with fewer than 3.  Clock stamps 0, 5.0, 10.1 and 15.0 ms are steps of 5.0, 5.1 and
+    4.9 (median 5.0); with searches of 4.3, 4.4 and 4.5 ms: 0.6 ms."""
+    if len(cpu_ms) < 3 or any(x is None for x in cpu_ms) or any(x is None for x in search_ms):
+        return None
+    steps = np.diff(np.asarray(cpu_ms, dtype=float))
+    return float(np.median(steps) - np.median(np.asarray(search_ms, dtype=float)))
+
+
 def server_ms(body: bytes) -> float | None:
     """The service's own time for the search (``search_us`` in its answer), ms; None when it
     reports none (any search service will do for verify; this one time is optional)."""
@@ -270,14 +292,21 @@ def probe_llm_speed(
 
 
 def probe_retrieval(
-    target: Target, k: int, n: int = 200, gap_s: float = 0.0, timeout_s: float = 10.0, server: list | None = None
+    target: Target,
+    k: int,
+    n: int = 200,
+    gap_s: float = 0.0,
+    timeout_s: float = 10.0,
+    server: list | None = None,
+    cpu: list | None = None,
 ) -> np.ndarray:
     """Isolated single searches, one at a time over keep-alive (HTTP overhead included), ms.
 
     ``gap_s`` spaces them (default back to back).  On this shared 2-core box, probes 50 ms apart
     timed p50 4.5 ms and back-to-back ones 0.9 ms, while the searches under load took 1.8-2.3 ms:
     wake-up and co-tenant noise, not the search, dominate a ~1 ms call here.  ``server``, when
-    given, receives the service's own time of each search (None where it reports none)."""
+    given, receives the service's own time of each search (None where it reports none);
+    ``cpu`` its process CPU clock at each answer (:func:`server_cpu_ms`)."""
     assert target.retrieval is not None
     conn = connection(target.retrieval.url, timeout_s)
     out = []
@@ -290,6 +319,8 @@ def probe_retrieval(
             out.append((time.perf_counter() - t0) * 1e3)
             if server is not None:
                 server.append(server_ms(body))
+            if cpu is not None:
+                cpu.append(server_cpu_ms(body))
     conn.close()
     return np.asarray(out)
 

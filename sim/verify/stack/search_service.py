@@ -19,7 +19,8 @@ API
   GET  /health                      -> {"status":"ok","n":..,"dim":..,"pid":..}
   POST /search {"query_id": i, "k": 5}        (primary)
   POST /search {"vector": [..dim floats..], "k": 5}   (also accepted)
-       -> {"ids":[..], "distances":[..], "search_us": <in-process knn_query time>}
+       -> {"ids":[..], "distances":[..], "search_us": <in-process knn_query time>,
+           "cpu_us": <the process's CPU time so far, all threads>}
 
 Why query_id is the primary form: the vector comes from an upstream embedding
 model that capsim models as a separate stage; sending it as JSON text from a
@@ -177,7 +178,12 @@ def make_app():
             # --threads W: one index shared by W search threads (hnswlib releases the GIL
             # in knn_query); requests queue FIFO for a free thread.
             labels, dists, us = await asyncio.get_running_loop().run_in_executor(_State.pool, _knn, q, k)
-        return JSONResponse({"ids": labels[0].tolist(), "distances": dists[0].tolist(), "search_us": round(us, 1)})
+        # cpu_us: the process's CPU time so far (every thread): between two answers on one
+        # keep-alive connection, back to back, the service's whole CPU for one request.
+        cpu_us = round(time.process_time() * 1e6)
+        return JSONResponse(
+            {"ids": labels[0].tolist(), "distances": dists[0].tolist(), "search_us": round(us, 1), "cpu_us": cpu_us}
+        )
 
     return Starlette(routes=[Route("/health", health, methods=["GET"]), Route("/search", search, methods=["POST"])])
 
