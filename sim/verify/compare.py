@@ -950,7 +950,8 @@ def verify(
         r_ms = probe_retrieval(target, k, server=own, cpu=cpu)
         wake = probe_wakeup(target, k, train_s=probe_s)
         contention, handback = probe_contention(target, k, r_ms, alone_server_ms=own)
-        search = float(np.median([x for x in own])) if own and all(x is not None for x in own) else None
+        reported = [x for x in own if x is not None]
+        search = float(np.median(reported)) if reported and len(reported) == len(own) else None
         return RetrievalProbe(r_ms, contention, wake, handback, search, loop_cpu_ms(cpu, own))
 
     calib: dict[str, Any] = {
