@@ -304,9 +304,9 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         assert ph["search_ms"] + ph["loop_cpu_ms"] + ph["off_core_ms"] == pytest.approx(
             float(np.mean(cal["p50_before_after_ms"][:: len(cal["p50_before_after_ms"]) - 1])), rel=0.05
         )
-        # once, before the first load: 8 pairs per offset at --probe-s 0.1
+        # once, before the first load: 4 pairs per offset at --probe-s 0.1
         pairs = doc["calibration"]["retrieval_pairs"]
-        assert pairs["pairs_each"] == 8 and [r["offset_ms"] for r in pairs["rows"]] == [0.0, 2.0, 4.0, 6.0]
+        assert pairs["pairs_each"] == 4 and [r["offset_ms"] for r in pairs["rows"]] == [0.0, 2.0, 4.0, 6.0]
         for r in pairs["rows"]:
             assert r["apart_ms"] >= r["offset_ms"] and r["apart_ms"] < r["offset_ms"] + 5.0
             assert all(r[x] > 0 for x in ("first_ms", "second_ms", "model_first_ms", "model_second_ms"))

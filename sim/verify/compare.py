@@ -732,7 +732,7 @@ def _calib_entry(
 def _pairs(target: Target, k: int, probe: RetrievalProbe, probe_s: float, progress) -> dict[str, Any]:
     """The pair probe, measured and as the pool models it, for verify.json."""
     assert target.retrieval is not None
-    n = max(8, round(40 * min(probe_s, 1.0)))
+    n = max(4, round(40 * min(probe_s, 1.0)))
     rows = probe_pairs(target, k, n=n)
     cores = len(target.retrieval.cores) or None
     for row in rows:
