@@ -27,6 +27,7 @@ from sim.engine.pool import WorkerPool
 from sim.engine.profile import Presence, level, peak
 from sim.engine.records import Bins, Recorder
 from sim.engine.routing import OFF, Utterances, routing_setup
+from sim.engine.sched import SchedulerPool, scheduler_pool
 from sim.engine.workload import Popularity, QueryKeys
 from sim.physics.retrieval import default_calibration_path, load_calibration
 from sim.rng import stream
@@ -233,7 +234,7 @@ class Model:
             self.routing_s = D.Sampler(routing_dist, stream(seed, replication, "routing"))
             self.routing_pool = WorkerPool(env, scn.routing.workers, scn.routing.cpu_cores, self.window)
         self.novel_ids = itertools.count(-1, -1)
-        self.pool: WorkerPool | None
+        self.pool: WorkerPool | SchedulerPool | None
         if scn.retrieval.enabled:
             dist, self.retrieval_info = retrieval_service_distribution(scn)
             self.retrieval_s = D.Sampler(dist, stream(seed, replication, "retrieval"))
@@ -243,8 +244,12 @@ class Model:
                 handback = D.Sampler(
                     D.Scaled(build_distribution(rc.handback_ms), 1e-3), stream(seed, replication, "retrieval_handback")
                 )
-            self.pool = WorkerPool(
-                env, rc.workers, rc.cpu_cores, self.window, self.retrieval_info["contention"], rc.wakeup_s, handback
+            self.pool = (
+                WorkerPool(
+                    env, rc.workers, rc.cpu_cores, self.window, self.retrieval_info["contention"], rc.wakeup_s, handback
+                )
+                if rc.scheduler is None
+                else scheduler_pool(env, rc, self.window, self.retrieval_info["contention"], seed, replication)
             )
         else:
             self.pool = None

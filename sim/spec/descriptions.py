@@ -104,6 +104,14 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "wakeup_ms": "extra time of the first search after the pool sat idle: ms, or [idle_ms, extra_ms] points",
         "handback_ms": "how long a finished search's answer waits for the core while another search still runs"
         " on it (a distribution, ms; none by default)",
+        "scheduler": "model the service as an event loop and search threads on one core under Linux's scheduler"
+        " (loop_cpu_ms, off_core_ms, slice_ms, tick_ms); default: shared work",
+    },
+    "SchedulerSpec": {
+        "loop_cpu_ms": "the event loop's CPU per request outside the search, ms (half parse, half answer)",
+        "off_core_ms": "a request's time off the service's cores (client and wire), ms, half each way",
+        "slice_ms": "the kernel's base slice, ms: 0.75 x (1 + log2 CPUs, at most 8); 1.5 on 2 CPUs",
+        "tick_ms": "the timer tick, ms: 1000 / CONFIG_HZ (4 at HZ=250)",
     },
     "LLMConfig": {
         "enabled": "generate the answer on GPU replicas",

@@ -328,6 +328,20 @@ def _check_wakeup(v: Any) -> Any:
     raise ValueError(f"expected {want}, got {v!r}")
 
 
+class SchedulerSpec(Strict):
+    """``retrieval.scheduler``: the service as an event loop and search threads on one core
+    under Linux's EEVDF scheduler (:mod:`sim.engine.sched`) instead of shared work."""
+
+    # the event loop's CPU per request outside the search (half parsing, half answering), ms
+    loop_cpu_ms: Annotated[float, Field(ge=0)]
+    # a request's time off the service's cores (client and wire), half each way, ms
+    off_core_ms: Annotated[float, Field(ge=0)] = 0.0
+    # the kernel's base slice: 0.75 ms x (1 + log2 of the CPUs, at most 8); 1.5 ms on 2 CPUs
+    slice_ms: Annotated[float, Field(gt=0)] = 1.5
+    # the timer tick, 1000 / CONFIG_HZ ms (4 ms at HZ=250)
+    tick_ms: Annotated[float, Field(gt=0)] = 4.0
+
+
 class RetrievalConfig(Strict):
     enabled: bool = True
     index: Literal[INDEXES.names()] = "hnsw"  # type: ignore[valid-type]
@@ -351,12 +365,22 @@ class RetrievalConfig(Strict):
     # How long a finished search's answer waits for the core while another search still holds it
     # (an event loop behind a running search thread); none by default (sim.engine.pool).
     handback_ms: Optional[DistSpec] = None
+    # The service's threads scheduled on one core (sim.engine.sched); none: shared work (sim.engine.pool).
+    scheduler: Optional[SchedulerSpec] = None
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalConfig:
         problem = check_contention(self.contention or (), "contention")
         if problem:
             raise ValueError(problem)
+        if self.scheduler is not None:
+            if self.cpu_cores != 1:
+                raise ValueError(
+                    f"scheduler: needs cpu_cores: 1, got {self.cpu_cores} (one core's run queue is modelled;"
+                    " per-core queues and their balancing are not)"
+                )
+            if self.handback_ms is not None:
+                raise ValueError("scheduler: not with handback_ms (the scheduled threads make the hand-back)")
         return self
 
     @property

@@ -52,6 +52,7 @@ from sim.physics.steptable import load_table, scaled_table, step_rows, write_tab
 from sim.run.sweep import simulate
 from sim.spec.schema import Scenario
 from sim.spec.target import Target
+from sim.verify.host import host_scheduler
 from sim.verify.loadgen import (
     PAIR_PAUSE_S,
     PROBE_PAUSE_S,
@@ -289,8 +290,11 @@ def overrides_for(
     contention: Sequence[float] = (),
     wakeup_ms: float | list[tuple[float, float]] = 0.0,
     handback_ms: Sequence[float] = (),
+    phases: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Scenario overrides that make the simulation stand for this target at this load."""
+    """Scenario overrides that make the simulation stand for this target at this load (with
+    ``phases``, :meth:`RetrievalProbe.phases`, a one-core service is scheduled as threads:
+    :func:`scheduler_for`)."""
     ov: dict[str, Any] = {
         "workload.users": users,
         "run.duration_s": duration_s,
@@ -314,7 +318,27 @@ def overrides_for(
         ov["retrieval.handback_ms"] = (
             {"dist": "empirical", "samples": [round(float(x), 4) for x in handback_ms]} if len(handback_ms) else None
         )
+        sched = scheduler_for(target, phases)
+        if sched is not None:
+            ov["retrieval.scheduler"] = sched
+            ov["retrieval.handback_ms"] = None  # the scheduled threads make the hand-back
     return ov
+
+
+def scheduler_for(target: Target, phases: dict[str, float] | None) -> dict[str, float] | None:
+    """``retrieval.scheduler`` for a service on one core whose probes measured where a search's
+    time goes (the loop's CPU, the part off the core), with this host's slice and tick
+    (:mod:`sim.verify.host`); None otherwise (more cores, or a service that reports no CPU
+    clock): the shared pool with the measured hand-back."""
+    if target.retrieval is None or len(target.retrieval.cores) != 1 or not phases:
+        return None
+    host = host_scheduler()
+    return {
+        "loop_cpu_ms": round(max(0.0, phases["loop_cpu_ms"]), 4),
+        "off_core_ms": round(max(0.0, phases["off_core_ms"]), 4),
+        "slice_ms": host["slice_ms"],
+        "tick_ms": host["tick_ms"],
+    }
 
 
 def _row(
@@ -660,6 +684,7 @@ def _segmented(
     after = probe_search()
     sides.append(after.alone_ms if after is not None else None)
     _r, contention, wakeup_ms, handback_ms = RetrievalProbe.pooled(before, after)
+    phases = RetrievalProbe.phases(before, after)
     factors = segment_factors(speeds, plan.relative_decode)
     ovs = []
     with tempfile.TemporaryDirectory(prefix="capsim-verify-") as tmp:
@@ -678,6 +703,7 @@ def _segmented(
                 contention=contention,
                 wakeup_ms=wakeup_ms,
                 handback_ms=handback_ms,
+                phases=phases,
             )
             ov["run.seed"] = seed
             if plan.table is not None and factors:
@@ -695,7 +721,7 @@ def _segmented(
         every = np.concatenate(alone)
         sides_p50 = [float(np.median(x)) for x in alone]
         calib["retrieval"][str(users)] = {
-            **_calib_entry(every, contention, wakeup_ms, handback_ms, sides_p50, RetrievalProbe.phases(before, after)),
+            **_calib_entry(every, contention, wakeup_ms, handback_ms, sides_p50, phases, scheduler_for(target, phases)),
             "segments": segments,
         }
     if factors:
@@ -716,9 +742,11 @@ def _calib_entry(
     handback_ms: Sequence[float],
     sides_p50: list[float],
     phases: dict[str, float] | None = None,
+    scheduler: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """What one load's retrieval prediction was calibrated from, for verify.json (``phases``:
-    :meth:`RetrievalProbe.phases`, recorded beside it)."""
+    :meth:`RetrievalProbe.phases`; ``scheduler``: :func:`scheduler_for`'s, None where the
+    shared pool and the hand-back stood for the service)."""
     return {
         "isolated_ms": _spread(alone_ms),
         "contention": list(contention),
@@ -726,6 +754,7 @@ def _calib_entry(
         "handback_ms": _spread(handback_ms),
         "p50_before_after_ms": sides_p50,
         "phases_ms": phases,
+        "scheduler": scheduler,
     }
 
 
@@ -735,8 +764,9 @@ def _pairs(target: Target, k: int, probe: RetrievalProbe, probe_s: float, progre
     n = max(4, round(40 * min(probe_s, 1.0)))
     rows = probe_pairs(target, k, n=n)
     cores = len(target.retrieval.cores) or None
+    sched = scheduler_for(target, RetrievalProbe.phases(probe, None))
     for row in rows:
-        first, second = pair_model(probe, target.retrieval.workers, cores, row["apart_ms"], PAIR_PAUSE_S)
+        first, second = pair_model(probe, target.retrieval.workers, cores, row["apart_ms"], PAIR_PAUSE_S, sched)
         row.update(model_first_ms=first, model_second_ms=second)
     if progress:
         progress(f"retrieval pairs measured alone ({n} per offset); the table's preamble shows them")
@@ -757,6 +787,7 @@ def pair_model(
     cpu_cores: int | None,
     apart_ms: float,
     pause_s: float,
+    scheduler: dict[str, float] | None = None,
     n: int = 400,
     seed: int = 0,
 ) -> tuple[float, float]:
@@ -764,7 +795,9 @@ def pair_model(
     ``probe`` as a load's prediction is) says a pair of :func:`~sim.verify.loadgen.probe_pairs`
     takes: medians of the first's and the second's latency, ms, over ``n`` pairs, each
     after ``pause_s`` idle (so the first pays the wake-up) with searches drawn from the
-    one-at-a-time probe and hand-backs from its samples.
+    one-at-a-time probe and hand-backs from its samples; with ``scheduler``
+    (:func:`scheduler_for`'s) the threads on one core instead
+    (:class:`sim.engine.sched.SchedulerPool`, no hand-back).
 
     Hand-computed: searches of 4 ms, two workers on one core, no wake-up or hand-back,
     sent 1 ms apart: the first runs alone for 1 ms, then the two share the core, the first's
@@ -772,19 +805,37 @@ def pair_model(
     import simpy  # deferred: the pool's event loop
 
     from sim.engine.pool import WorkerPool  # deferred: the simulator's engine
+    from sim.engine.sched import SchedulerPool
 
     rng = np.random.default_rng(seed)
     env = simpy.Environment()
     back = list(probe.handback_ms)
-    pool = WorkerPool(
-        env,
-        workers,
-        cpu_cores,
-        (0.0, math.inf),
-        probe.contention,
-        [(x / 1e3, y / 1e3) for x, y in probe.wakeup_ms],
-        (lambda: float(rng.choice(back)) / 1e3) if back else None,
-    )
+    wake = [(x / 1e3, y / 1e3) for x, y in probe.wakeup_ms]
+    pool: WorkerPool | SchedulerPool
+    if scheduler is None:
+        pool = WorkerPool(
+            env,
+            workers,
+            cpu_cores,
+            (0.0, math.inf),
+            probe.contention,
+            wake,
+            (lambda: float(rng.choice(back)) / 1e3) if back else None,
+        )
+    else:
+        sc = {k: scheduler[k] / 1e3 for k in ("loop_cpu_ms", "off_core_ms", "slice_ms", "tick_ms")}
+        pool = SchedulerPool(
+            env,
+            workers,
+            (0.0, math.inf),
+            sc["loop_cpu_ms"],
+            sc["off_core_ms"],
+            sc["slice_ms"],
+            sc["tick_ms"],
+            rng,
+            probe.contention,
+            wake,
+        )
     alone = np.asarray(probe.alone_ms, dtype=float)
     lat: list[list[float]] = [[], []]
 
@@ -1005,7 +1056,9 @@ def verify(
         phases = RetrievalProbe.phases(before, after)
         before = after
         if r_ms is not None:
-            calib["retrieval"][str(n)] = _calib_entry(r_ms, contention, wakeup_ms, handback_ms, sides, phases)
+            calib["retrieval"][str(n)] = _calib_entry(
+                r_ms, contention, wakeup_ms, handback_ms, sides, phases, scheduler_for(target, phases)
+            )
         ov = overrides_for(
             scn,
             target,
@@ -1018,6 +1071,7 @@ def verify(
             contention,
             wakeup_ms,
             handback_ms,
+            phases,
         )
         if table:
             ov["llm.step_table"] = table
