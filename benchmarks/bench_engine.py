@@ -6,14 +6,18 @@ alike, reported as ratios (portable across machines):
 * an M/M/c queue (c=10, rho=0.9) through ``sim.simulate`` (cache and LLM off,
   retrieval as the c-server station), against the same queue as a bare SimPy
   ``Resource`` loop (no records: the floor any SimPy model pays) and as Ciw;
-* the flagship at 1,000 users for 600 simulated seconds, event loop only.
+* the flagship at 1,000 users for 600 simulated seconds, event loop only;
+* the retrieval stage of scenarios/verify_retrieval.yaml at 11 users for 600
+  simulated seconds, its two threads and event loop scheduled on one core
+  (``retrieval.scheduler``, sim/engine/sched.py) against the same as shared
+  work (sim/engine/pool.py): what the scheduled pool costs per request.
 
 As whole processes (``python -m sim ...``, what a user waits for): the
 flagship run, the peer workload of scenarios/peer_5000.yaml, a sweep of 8
 points on 2 workers against 1 (the median of 3 interleaved pairs of runs, each
 pair one ratio), and the flagship's peak memory with --out.
 
-    .venv/bin/python benchmarks/bench_engine.py [--repeat 5] [--sweep-only]
+    .venv/bin/python benchmarks/bench_engine.py [--repeat 5] [--sweep-only] [--pools-only]
 """
 
 from __future__ import annotations
@@ -142,14 +146,50 @@ def sweep_speedup(pairs: int = 3) -> float:
     return statistics.median(ratios)
 
 
+def retrieval_pools() -> tuple[sim.Scenario, sim.Scenario]:
+    """verify_retrieval at 11 users, 600 s: shared work, and the threads scheduled (the loop's
+    CPU and off-core time of a make verify run's probes, this machine's slice and tick)."""
+    over = {"workload.users": 11, "run.duration_s": 600, "run.warmup_s": 10, "run.replications": 1}
+    over["retrieval.service_ms"] = {"dist": "lognormal", "mean": 5.6, "cv": 0.2}
+    shared = sim.load_scenario(ROOT / "scenarios/verify_retrieval.yaml", over)
+    sched = {"loop_cpu_ms": 0.78, "off_core_ms": 0.22, "slice_ms": 1.5, "tick_ms": 4.0}
+    return shared, sim.load_scenario(ROOT / "scenarios/verify_retrieval.yaml", {**over, "retrieval.scheduler": sched})
+
+
+def pools_ratio(repeat: int) -> tuple[float, float]:
+    """Requests per second of the scheduled pool over the shared one (median of interleaved
+    rounds), and the scheduled pool's requests per second."""
+    shared, sched = retrieval_pools()
+    ratios, rates = [], []
+    for i in range(repeat):
+        res, t_shared = timed(lambda i=i: run_replication(shared, i))
+        n_shared = len(res.records["e2e_ms"])
+        res, t_sched = timed(lambda i=i: run_replication(sched, i))
+        n_sched = len(res.records["e2e_ms"])
+        rates.append(n_sched / t_sched)
+        ratios.append((n_sched / t_sched) / (n_shared / t_shared))
+    return statistics.median(ratios), statistics.median(rates)
+
+
+def _pools_line(ratio: float, rate: float) -> str:
+    return (
+        f"  retrieval 11 users, scheduled threads / shared work, req/s : {ratio:6.2f}x   "
+        f"({rate:,.0f} requests/s simulated)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--sweep-only", action="store_true", help="only the sweep speed-up (3 pairs of runs)")
+    ap.add_argument("--pools-only", action="store_true", help="only the scheduled pool against the shared one")
     args = ap.parse_args()
     if args.sweep_only:
         x = sweep_speedup()
         print(f"  sweep of 8 points, 2 local workers / 1 worker speed-up    : {x:6.2f}x   (target >= 1.8)")
+        return
+    if args.pools_only:
+        print(_pools_line(*pools_ratio(args.repeat)))
         return
     flagship = sim.load_scenario(
         ROOT / "scenarios/order_support.yaml",
@@ -208,6 +248,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         peak = peak_mb([*flag, "--out", str(Path(td) / "out")])
     speedup = sweep_speedup()
+    pools = pools_ratio(args.repeat)
     print(f"engine speed, median of {args.repeat} interleaved rounds (whole processes: median of 3)")
     print(f"  M/M/10 rho 0.9 via sim.simulate / bare SimPy Resource loop : {ratio_bare:6.2f}x   (target >= 1.0)")
     print(f"  M/M/10 rho 0.9 via sim.simulate / Ciw {_ciw_version():<19s}: {ratio_ciw:6.2f}x   (target >= 2)")
@@ -223,6 +264,7 @@ def main() -> None:
     )
     print(f"  sweep of 8 points, 2 local workers / 1 worker speed-up    : {speedup:6.2f}x   (target >= 1.8)")
     print(f"  peak memory, flagship with --out                          : {peak:6.0f} MB  (target <= 400 MB)")
+    print(_pools_line(*pools))
 
 
 def _ciw_version() -> str:

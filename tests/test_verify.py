@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from sim.calibrate.llm import median_rows, parse_batched_bench, step_rows
 from sim.physics.steptable import TableModel, read_rows
 from sim.verify.compare import busy_fraction
+from sim.verify.host import base_slice_ms
 from tests.helpers import invoke
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,20 +257,22 @@ def test_repeated_benchmark_runs_keep_each_rows_median():
 
 
 @contextlib.contextmanager
-def _threaded_search_target(tmp_path: Path):
-    """A real search service with two search threads over a small index, and a retrieval-only
-    target file naming it; stopped on exit."""
+def _threaded_search_target(tmp_path: Path, cores: tuple[int, ...] = (0, 1)):
+    """A real search service with two search threads over a small index (pinned to ``cores``
+    with taskset where it is one core), and a retrieval-only target file naming it; stopped
+    on exit."""
     py, stack, idx = _small_index(tmp_path)
     port = _free_port()
+    pin = ["taskset", "-c", str(cores[0])] if len(cores) == 1 and shutil.which("taskset") else []
     proc = subprocess.Popen(
-        [py, str(stack / "search_service.py"), "serve", "--dir", str(idx), "--port", str(port), "--threads", "2"],
+        [*pin, py, str(stack / "search_service.py"), "serve", "--dir", str(idx), "--port", str(port), "--threads", "2"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         _wait(f"http://127.0.0.1:{port}/health", proc, 60)
         tgt = tmp_path / "target.yaml"
-        tgt.write_text(f"retrieval: {{url: 'http://127.0.0.1:{port}', workers: 2, cores: [0, 1]}}\n")
+        tgt.write_text(f"retrieval: {{url: 'http://127.0.0.1:{port}', workers: 2, cores: {list(cores)}}}\n")
         yield tgt
     finally:
         proc.terminate()
@@ -278,13 +282,15 @@ def _threaded_search_target(tmp_path: Path):
             proc.kill()
 
 
-@pytest.mark.parametrize("segments", [1, 2])
-def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service(tmp_path, segments):
+@pytest.mark.parametrize("segments, cores", [(1, (0, 1)), (2, (1,))])
+def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service(tmp_path, segments, cores):
     """A retrieval-only target (no llm:) and scenario (llm.enabled: false) against the real
     search service with two search threads over one small hnswlib index: the probes run,
     every request succeeds, and the rows are the retrieval stage's with their bounds.  In
-    two segments: a 150-search probe between them, each segment predicted from its sides."""
-    with _threaded_search_target(tmp_path) as tgt:
+    two segments: a 150-search probe between them, each segment predicted from its sides;
+    that one on one core, so its threads are modelled as scheduled there (from the measured
+    phases, this host's slice and tick), the two-core one as shared work."""
+    with _threaded_search_target(tmp_path, cores) as tgt:
         out = tmp_path / "out"
         argv = ["verify", str(ROOT / "scenarios" / "verify_retrieval.yaml"), "--target", str(tgt)]
         argv += ["--users", "2", "--duration-s", "4", *QUICK, "--segments", str(segments)]
@@ -296,7 +302,7 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         assert cal["isolated_ms"]["n"] == (400 if segments == 1 else 550)
         assert len(cal["p50_before_after_ms"]) == segments + 1 and cal.get("segments", 1) == segments
         assert [x for x, _ in cal["wakeup_ms"]] == [1, 3, 10, 30, 100] and all(y >= 0 for _, y in cal["wakeup_ms"])
-        assert len(cal["contention"]) == 2 and cal["contention"][0] == 1.0  # two cores: measured at 2 at once
+        assert len(cal["contention"]) == 2 and cal["contention"][0] == 1.0  # measured at 2 at once
         assert cal["handback_ms"]["n"] == 400  # the service reports its own search time: 2 x 100 at once, both probes
         # the service reports its CPU clock: where a search's time alone goes (recorded)
         ph = cal["phases_ms"]
@@ -304,6 +310,12 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         assert ph["search_ms"] + ph["loop_cpu_ms"] + ph["off_core_ms"] == pytest.approx(
             float(np.mean(cal["p50_before_after_ms"][:: len(cal["p50_before_after_ms"]) - 1])), rel=0.05
         )
+        if len(cores) == 1:  # the threads scheduled on the one core, from those phases
+            sc = cal["scheduler"]
+            assert sc["loop_cpu_ms"] == pytest.approx(ph["loop_cpu_ms"], abs=1e-4) and sc["tick_ms"] > 0
+            assert sc["slice_ms"] == base_slice_ms(os.cpu_count() or 1)
+        else:
+            assert cal["scheduler"] is None
         # once, before the first load: 4 pairs per offset at --probe-s 0.1
         pairs = doc["calibration"]["retrieval_pairs"]
         assert pairs["pairs_each"] == 4 and [r["offset_ms"] for r in pairs["rows"]] == [0.0, 2.0, 4.0, 6.0]

@@ -20,7 +20,8 @@ Every figure comes from the same pure formulas the simulator uses
 Capacity of the stages, per request:
 
 * retrieval: ``miss ratio * mean search time`` on ``min(workers, cpu_cores)``
-  servers;
+  servers (with ``retrieval.scheduler``, less the part off the core, which
+  every miss spends as a delay);
 * GPU: a replica runs at the batch that fits, ``b = min(max_batch, sequences
   that fit in KV memory)``; a request costs the GPU its prefill plus its share
   of the decode steps, ``prefill + (output - 1) * step(b) / b`` seconds, so a
@@ -200,8 +201,13 @@ def _cache_and_retrieval(scn: Scenario, out: dict[str, Any], stations: dict[str,
         out["retrieval_service_ms"] = dist.mean * 1e3
         out["retrieval_source"] = info.get("source")
         workers = min(r.workers, r.cpu_cores or r.workers)
+        on_core_s = dist.mean
+        if r.scheduler is not None:  # threads on one core: the part off the core is a delay, not its work
+            off_s = min(dist.mean, r.scheduler.off_core_ms / 1e3)
+            on_core_s -= off_s
+            cache_s += miss * off_s
         # all workers busy: each search stretched by the contention of `workers` running at once
-        stations["retrieval"] = (miss * dist.mean * contention_at(workers, info["contention"]), workers)
+        stations["retrieval"] = (miss * on_core_s * contention_at(workers, info["contention"]), workers)
     else:
         out["retrieval_service_ms"] = None
     return cache_s

@@ -202,13 +202,20 @@ def _print(doc: dict, con) -> None:
         if r["contention"]:
             parts.append("contention " + ", ".join(f"{x:.2f}" for x in r["contention"]))
         hb = r.get("handback_ms")
+        sched = r.get("scheduler")
         if hb:
-            parts.append(f"answer waits behind a running search p50 {hb['p50']:.2f} ms p95 {hb['p95']:.2f} ms")
+            used = " (measured; the scheduled threads make their own)" if sched else ""
+            parts.append(f"answer waits behind a running search p50 {hb['p50']:.2f} ms p95 {hb['p95']:.2f} ms{used}")
         ph = r.get("phases_ms")
         if ph:
             parts.append(
                 f"a search alone is {ph['search_ms']:.2f} ms searching + {ph['loop_cpu_ms']:.2f} ms of the "
                 f"service's other CPU + {ph['off_core_ms']:.2f} ms off its cores"
+            )
+        if sched:
+            parts.append(
+                f"modelled as the service's event loop and search threads scheduled on one core (slice "
+                f"{sched['slice_ms']:g} ms, tick {sched['tick_ms']:g} ms)"
             )
         con.print(f"calibrated around {n} users (isolated, before and after the load): retrieval " + "; ".join(parts))
     pairs = c.get("retrieval_pairs")

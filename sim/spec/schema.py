@@ -376,7 +376,8 @@ class RetrievalConfig(Strict):
         if self.scheduler is not None:
             if self.cpu_cores != 1:
                 raise ValueError(
-                    f"scheduler: needs cpu_cores: 1, got {self.cpu_cores} (one core's run queue is modelled;"
+                    f"scheduler: needs cpu_cores: 1, got {self.cpu_cores or 'none (one per worker)'} (one core's"
+                    " run queue is modelled;"
                     " per-core queues and their balancing are not)"
                 )
             if self.handback_ms is not None:
