@@ -94,6 +94,7 @@ class SchedulerPool:
     """
 
     __slots__ = (
+        "_armed",
         "_assign",
         "_curr",
         "_idle_since",
@@ -148,7 +149,8 @@ class SchedulerPool:
         self._assign: tuple[_Thread, float] | None = None  # the thread (and wake-up work) serve() gets
         self._searching = 0  # search threads with a search in progress
         self._t = 0.0  # when the running thread's time was last counted
-        self._version = 0  # the armed timers that are still valid
+        self._version = 0  # the armed timer that is still valid
+        self._armed: tuple[_Thread, float, bool] | None = None  # its thread, time, and whether a tick
         self._idle_since = -math.inf
 
     # -- the request's path -------------------------------------------------------------
@@ -217,7 +219,10 @@ class SchedulerPool:
     def _mean_v(self) -> float:
         rq = self._rq
         if rq:
-            return sum(x.v for x in rq) / len(rq)
+            total = 0.0
+            for x in rq:
+                total += x.v
+            return total / len(rq)
         return self._curr.v if self._curr is not None else 0.0
 
     def _pick(self) -> _Thread | None:
@@ -266,25 +271,33 @@ class SchedulerPool:
         self._switch()
 
     def _arm(self) -> None:
-        """One timer for the running thread's end of work, one for the tick that renews its
-        deadline if that comes first; timers armed before are void."""
-        self._version += 1
+        """One timer, for the running thread's end of work or for the tick that renews its
+        deadline, whichever comes first; timers armed before are void, unless this is the
+        same one (a thread running on through an event that did not touch it)."""
         x = self._curr
         if x is None:
+            if self._armed is not None:
+                self._version += 1
+                self._armed = None
             return
         now = self.env.now
         t_done = now + max(0.0, x.left) * self._factor(x)
         t_due = now + max(0.0, x.d - x.v)
         tick, phase = self.tick_s, self.tick_phase_s
         t_tick = phase + math.ceil((t_due - phase) / tick - 1e-9) * tick
-        if t_tick < t_done:
-            later(self.env, max(0.0, t_tick - now), self._tick, self._version)
-        else:
-            later(self.env, t_done - now, self._done, self._version)
+        is_tick = t_tick < t_done
+        t = max(now, t_tick) if is_tick else t_done
+        armed = self._armed
+        if armed is not None and armed[0] is x and armed[2] == is_tick and abs(armed[1] - t) <= _EPS:
+            return
+        self._version += 1
+        self._armed = (x, t, is_tick)
+        later(self.env, t - now, self._tick if is_tick else self._done, self._version)
 
     def _tick(self, version: int) -> None:
         if version != self._version:
             return
+        self._armed = None
         self._account()
         x = self._curr
         assert x is not None
@@ -297,6 +310,7 @@ class SchedulerPool:
     def _done(self, version: int) -> None:
         if version != self._version:
             return
+        self._armed = None
         self._account()
         x = self._curr
         assert x is not None
