@@ -18,10 +18,15 @@ closed-loop run it is compared with):
   the slowdown of ``m = 2..workers`` searches at once beyond sharing the cores
   in time (``retrieval.contention``) and, where the service reports its own
   search time, how long an answer waits behind a running search
-  (``retrieval.handback_ms``); workers and
+  (``retrieval.handback_ms``); where it also reports its CPU clock, where a
+  search's time alone goes (the search, the event loop's CPU, the part off
+  the service's cores: ``phases_ms``), and on a one-core service its threads
+  are then scheduled on that core (``retrieval.scheduler``, with this host's
+  slice and tick, :func:`scheduler_for`) in place of the shared pool and its
+  hand-back; workers and
   cores from the target; taken before the first load and after every load,
   and each load predicted from the two probes that bracket it, pooled; and,
-  as a check of the pool's sharing rule in isolation (not a calibration), pairs
+  as a check of the pool in isolation (not a calibration), pairs
   of searches sent 0-6 ms apart, measured and as the pool models them
   (``retrieval_pairs``);
 * the per-call HTTP + SSE overhead of the LLM endpoint: client first token
@@ -895,8 +900,8 @@ class RetrievalProbe:
         """Where a search's time alone goes, from the probes that report it (averaged): the
         service's own search, its CPU outside the search (parse and answer: an event loop's
         work), and the rest, off the service's cores (the client and the wire): median
-        latency alone less the other two.  Recorded, not yet used by the prediction (README,
-        "A scheduler model that fits").  None when no probe has both."""
+        latency alone less the other two: a one-core service's ``retrieval.scheduler``
+        (:func:`scheduler_for`).  None when no probe has both."""
         got = [p for p in (a, b) if p is not None and p.search_ms is not None and p.loop_cpu_ms is not None]
         if not got:
             return None

@@ -436,11 +436,11 @@ def probe_pairs(
     left (``apart_ms``) and of the latency of the one sent first and the one sent second, ms.
 
     The smallest case of sharing the service's cores, held against the model's sharing rule
-    by :func:`sim.verify.compare.pair_model` (the same searches, wake-up, contention and
-    hand-back as every load's prediction).  On this project's stack (two search threads on
-    one core) the two of a pair sent 0-2 ms apart ended within about a millisecond of each
-    other, some two searches and a wake-up after the first left, as processor sharing has
-    it; 4 ms apart, the first waited while the second ran (its scheduler slice was spent).
+    by :func:`sim.verify.compare.pair_model` (the same pool and inputs as every load's
+    prediction).  On this project's stack (two search threads on one core) the two of a
+    pair sent 0-2 ms apart ended within about a millisecond of each other, some two
+    searches and a wake-up after the first left; 4 ms apart, the first waited while the
+    second ran (its scheduler slice was spent), as the scheduled pool has it.
     An unreachable service or a failed search is a :class:`CapsimError`."""
     r = target.retrieval
     assert r is not None
