@@ -294,13 +294,19 @@ class SchedulerPool:
         self._armed = (x, t, is_tick)
         later(self.env, t - now, self._tick if is_tick else self._done, self._version)
 
-    def _tick(self, version: int) -> None:
+    def _fired(self, version: int) -> _Thread | None:
+        """The running thread, its time counted, if the timer of ``version`` is still valid."""
         if version != self._version:
-            return
+            return None
         self._armed = None
         self._account()
-        x = self._curr
-        assert x is not None
+        assert self._curr is not None
+        return self._curr
+
+    def _tick(self, version: int) -> None:
+        x = self._fired(version)
+        if x is None:
+            return
         if x.v >= x.d - 1e-9:
             x.d = x.v + self.slice_s
             if sum(1 for y in self._rq if not y.delayed) > 1 and self._pick() is not x:
@@ -308,12 +314,9 @@ class SchedulerPool:
         self._arm()
 
     def _done(self, version: int) -> None:
-        if version != self._version:
+        x = self._fired(version)
+        if x is None:
             return
-        self._armed = None
-        self._account()
-        x = self._curr
-        assert x is not None
         x.left = 0.0
         if x is self._loop:
             parse, _w, cb, arg = x.tasks.popleft()
