@@ -351,6 +351,23 @@ def test_the_pool_models_a_pair_of_searches_as_hand_computed():
     assert pair_model(wake, 2, 1, 1.0, 0.03, n=3) == pytest.approx((8.0, 7.5))
 
 
+def test_the_scheduled_pool_models_a_pair_as_hand_computed():
+    """The same pairs through the scheduled threads (a 5.5-ms request alone: 1 ms of event loop,
+    0.5 ms off the core, a 4-ms search), with a slice and tick too long to matter.  Sent
+    together: the loop parses both (0.25-1.25), the first search runs 1.25-5.25 and the
+    second 5.25-9.25, then the loop answers the first (out at 10.0) and the second (10.5).
+    2 ms apart: the second's parse waits for the running search (to 4.75), the loop then
+    answers the first (out at 6.0) before the second's search runs (5.75-9.75): 6.0 and 8.5.
+    20 ms apart: alone, 5.5 and 5.5."""
+    from sim.verify.compare import RetrievalProbe, pair_model
+
+    plain = RetrievalProbe(np.array([5.5]), (1.0, 1.0), [(1.0, 0.0)], [])
+    sched = {"loop_cpu_ms": 1.0, "off_core_ms": 0.5, "slice_ms": 1000.0, "tick_ms": 1000.0}
+    assert pair_model(plain, 2, 1, 0.0, 0.03, sched, n=3) == pytest.approx((10.0, 10.5))
+    assert pair_model(plain, 2, 1, 2.0, 0.03, sched, n=3) == pytest.approx((6.0, 8.5))
+    assert pair_model(plain, 2, 1, 20.0, 0.03, sched, n=3) == pytest.approx((5.5, 5.5))
+
+
 def test_the_service_cpu_outside_the_search_as_hand_computed():
     """CPU clock stamps 0, 5.0, 10.1, 15.0 ms: steps 5.0, 5.1, 4.9 (median 5.0); searches 4.3,
     4.4, 4.5 ms (median 4.4): 0.6 ms a request outside the search.  A service that does not

@@ -8,7 +8,7 @@ work: it runs one thread at a time for a slice and decides who is next.  On
 the project's 2-core VM (one core for the service) that difference is what
 the shared pool got wrong: a search that started alone absorbs a newcomer's
 whole search before the newcomer runs, and an answer waits behind a running
-search (README, "A scheduler model that fits").
+search (README, "Threads on one core, scheduled" and "The scheduled pool").
 
 This pool schedules the threads themselves, as Linux 6.6+ does with equal
 weights (EEVDF, ``kernel/sched/fair.c``):
@@ -36,11 +36,12 @@ does ``wakeup_s`` more search work (as in ``WorkerPool``), and searches in
 progress at once are each ``contention(m)`` slower than alone (memory and
 caches; measured at 1.0 on one core).
 
-Every one of these rules was checked against live runs on that VM (README:
-the pairs, the three loads of three ``make verify`` runs, and the ablations:
-the loop off the core, run-to-parity, other slices and ticks each moved the
-tails 7-25 %).  It models one core; with more, Linux keeps a queue per core
-and balances them, which is not modelled (the schema refuses it).
+These rules are the ones that fitted live runs on that VM (README, "The
+scheduled pool": the three loads of five earlier ``make verify`` runs
+re-simulated, two runs predicted with it, and the ablations: the loop off the
+core, run-to-parity, other slices and ticks each moved the tails 7-25 %).
+It models one core; with more, Linux keeps a queue per core and balances
+them, which is not modelled (the schema refuses it).
 
 Hand-computed (``tests/test_engine_sched.py``): one request alone with loop
 CPU 1 ms, off-core 0.5 ms and a 4-ms search takes ``0.25 + 0.5 + 4 + 0.5 +
