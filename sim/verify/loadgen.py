@@ -113,14 +113,19 @@ def search(conn: http.client.HTTPConnection, key: int, k: int) -> bytes:
     return data
 
 
-def server_cpu_ms(body: bytes) -> float | None:
-    """The service's process CPU time so far (``cpu_us`` in its answer), ms; None when it
-    reports none."""
+def _reported_ms(body: bytes, key: str) -> float | None:
+    """A microsecond figure the service put in its answer under ``key``, ms; None without one."""
     try:
-        us = json.loads(body).get("cpu_us")
+        us = json.loads(body).get(key)
     except (ValueError, AttributeError):
         return None
     return float(us) / 1e3 if isinstance(us, (int, float)) and not isinstance(us, bool) else None
+
+
+def server_cpu_ms(body: bytes) -> float | None:
+    """The service's process CPU time so far (``cpu_us`` in its answer), ms; None when it
+    reports none."""
+    return _reported_ms(body, "cpu_us")
 
 
 def loop_cpu_ms(cpu_ms: Sequence[float | None], search_ms: Sequence[float | None]) -> float | None:
@@ -138,11 +143,7 @@ def loop_cpu_ms(cpu_ms: Sequence[float | None], search_ms: Sequence[float | None
 def server_ms(body: bytes) -> float | None:
     """The service's own time for the search (``search_us`` in its answer), ms; None when it
     reports none (any search service will do for verify; this one time is optional)."""
-    try:
-        us = json.loads(body).get("search_us")
-    except (ValueError, AttributeError):
-        return None
-    return float(us) / 1e3 if isinstance(us, (int, float)) and not isinstance(us, bool) else None
+    return _reported_ms(body, "search_us")
 
 
 def complete(
