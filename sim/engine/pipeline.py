@@ -249,7 +249,15 @@ class Model:
                     env, rc.workers, rc.cpu_cores, self.window, self.retrieval_info["contention"], rc.wakeup_s, handback
                 )
                 if rc.scheduler is None
-                else scheduler_pool(env, rc, self.window, self.retrieval_info["contention"], seed, replication)
+                else scheduler_pool(
+                    env,
+                    rc.workers,
+                    self.window,
+                    rc.scheduler,
+                    stream(seed, replication, "retrieval_ticks"),
+                    self.retrieval_info["contention"],
+                    rc.wakeup_s,
+                )
             )
         else:
             self.pool = None

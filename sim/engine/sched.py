@@ -61,10 +61,9 @@ import simpy
 from sim.engine.clock import later
 from sim.engine.records import Bins
 from sim.physics.sharing import contention_at, wakeup_after
-from sim.rng import stream
 
 if TYPE_CHECKING:
-    from sim.spec.schema import RetrievalConfig
+    from sim.spec.schema import SchedulerSpec
 
 _EPS = 1e-12
 
@@ -353,24 +352,24 @@ class SchedulerPool:
 
 def scheduler_pool(
     env: simpy.Environment,
-    rc: RetrievalConfig,
+    workers: int,
     window: tuple[float, float],
-    contention: Sequence[float],
-    seed: int,
-    replication: int,
+    spec: SchedulerSpec,
+    rng: np.random.Generator,
+    contention: Sequence[float] = (),
+    wakeup_s: float | Sequence[tuple[float, float]] = 0.0,
 ) -> SchedulerPool:
-    """The pool a scenario's ``retrieval`` (with ``scheduler`` set) asks for."""
-    sc = rc.scheduler
-    assert sc is not None
+    """The pool ``retrieval.scheduler`` (``spec``, in ms) asks for: the scenario's, or verify's
+    pair model's."""
     return SchedulerPool(
         env,
-        rc.workers,
+        workers,
         window,
-        sc.loop_cpu_ms / 1e3,
-        sc.off_core_ms / 1e3,
-        sc.slice_ms / 1e3,
-        sc.tick_ms / 1e3,
-        stream(seed, replication, "retrieval_ticks"),
+        spec.loop_cpu_ms / 1e3,
+        spec.off_core_ms / 1e3,
+        spec.slice_ms / 1e3,
+        spec.tick_ms / 1e3,
+        rng,
         contention,
-        rc.wakeup_s,
+        wakeup_s,
     )

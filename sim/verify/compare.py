@@ -55,7 +55,7 @@ from sim.errors import CapsimError
 from sim.physics.gpu import attention_pairs
 from sim.physics.steptable import load_table, scaled_table, step_rows, write_table
 from sim.run.sweep import simulate
-from sim.spec.schema import Scenario
+from sim.spec.schema import Scenario, SchedulerSpec
 from sim.spec.target import Target
 from sim.verify.host import host_scheduler
 from sim.verify.loadgen import (
@@ -295,11 +295,11 @@ def overrides_for(
     contention: Sequence[float] = (),
     wakeup_ms: float | list[tuple[float, float]] = 0.0,
     handback_ms: Sequence[float] = (),
-    phases: dict[str, float] | None = None,
+    scheduler: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Scenario overrides that make the simulation stand for this target at this load (with
-    ``phases``, :meth:`RetrievalProbe.phases`, a one-core service is scheduled as threads:
-    :func:`scheduler_for`)."""
+    ``scheduler``, :func:`scheduler_for`'s, the service's threads scheduled on its one core
+    in place of the shared pool's hand-back)."""
     ov: dict[str, Any] = {
         "workload.users": users,
         "run.duration_s": duration_s,
@@ -323,9 +323,8 @@ def overrides_for(
         ov["retrieval.handback_ms"] = (
             {"dist": "empirical", "samples": [round(float(x), 4) for x in handback_ms]} if len(handback_ms) else None
         )
-        sched = scheduler_for(target, phases)
-        if sched is not None:
-            ov["retrieval.scheduler"] = sched
+        if scheduler is not None:
+            ov["retrieval.scheduler"] = scheduler
             ov["retrieval.handback_ms"] = None  # the scheduled threads make the hand-back
     return ov
 
@@ -690,6 +689,7 @@ def _segmented(
     sides.append(after.alone_ms if after is not None else None)
     _r, contention, wakeup_ms, handback_ms = RetrievalProbe.pooled(before, after)
     phases = RetrievalProbe.phases(before, after)
+    sched = scheduler_for(target, phases)
     factors = segment_factors(speeds, plan.relative_decode)
     ovs = []
     with tempfile.TemporaryDirectory(prefix="capsim-verify-") as tmp:
@@ -708,7 +708,7 @@ def _segmented(
                 contention=contention,
                 wakeup_ms=wakeup_ms,
                 handback_ms=handback_ms,
-                phases=phases,
+                scheduler=sched,
             )
             ov["run.seed"] = seed
             if plan.table is not None and factors:
@@ -726,7 +726,7 @@ def _segmented(
         every = np.concatenate(alone)
         sides_p50 = [float(np.median(x)) for x in alone]
         calib["retrieval"][str(users)] = {
-            **_calib_entry(every, contention, wakeup_ms, handback_ms, sides_p50, phases, scheduler_for(target, phases)),
+            **_calib_entry(every, contention, wakeup_ms, handback_ms, sides_p50, phases, sched),
             "segments": segments,
         }
     if factors:
@@ -810,7 +810,7 @@ def pair_model(
     import simpy  # deferred: the pool's event loop
 
     from sim.engine.pool import WorkerPool  # deferred: the simulator's engine
-    from sim.engine.sched import SchedulerPool
+    from sim.engine.sched import SchedulerPool, scheduler_pool
 
     rng = np.random.default_rng(seed)
     env = simpy.Environment()
@@ -828,19 +828,7 @@ def pair_model(
             (lambda: float(rng.choice(back)) / 1e3) if back else None,
         )
     else:
-        sc = {k: scheduler[k] / 1e3 for k in ("loop_cpu_ms", "off_core_ms", "slice_ms", "tick_ms")}
-        pool = SchedulerPool(
-            env,
-            workers,
-            (0.0, math.inf),
-            sc["loop_cpu_ms"],
-            sc["off_core_ms"],
-            sc["slice_ms"],
-            sc["tick_ms"],
-            rng,
-            probe.contention,
-            wake,
-        )
+        pool = scheduler_pool(env, workers, (0.0, math.inf), SchedulerSpec(**scheduler), rng, probe.contention, wake)
     alone = np.asarray(probe.alone_ms, dtype=float)
     lat: list[list[float]] = [[], []]
 
@@ -1059,11 +1047,10 @@ def verify(
         r_ms, contention, wakeup_ms, handback_ms = RetrievalProbe.pooled(before, after)
         sides = [float(np.median(p.alone_ms)) for p in (before, after) if p is not None]
         phases = RetrievalProbe.phases(before, after)
+        sched = scheduler_for(target, phases)
         before = after
         if r_ms is not None:
-            calib["retrieval"][str(n)] = _calib_entry(
-                r_ms, contention, wakeup_ms, handback_ms, sides, phases, scheduler_for(target, phases)
-            )
+            calib["retrieval"][str(n)] = _calib_entry(r_ms, contention, wakeup_ms, handback_ms, sides, phases, sched)
         ov = overrides_for(
             scn,
             target,
@@ -1076,7 +1063,7 @@ def verify(
             contention,
             wakeup_ms,
             handback_ms,
-            phases,
+            sched,
         )
         if table:
             ov["llm.step_table"] = table
