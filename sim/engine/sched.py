@@ -80,7 +80,7 @@ class _Thread:
         self.delayed = False  # asleep but still queued (negative lag)
         self.left = 0.0  # CPU time left of the piece of work in hand, s (a search's: work-alone)
         self.job: tuple[Callable[[Any], None], Any] | None = None  # a search thread's request
-        self.tasks: deque[tuple[bool, float, Callable[[Any], None], Any]] = deque()  # the loop's
+        self.tasks: deque[tuple[bool, Callable[[Any], None], Any]] = deque()  # the loop's: (parse?, cb, arg)
 
 
 class SchedulerPool:
@@ -196,7 +196,7 @@ class SchedulerPool:
     def _give_loop(self, parse: bool, cb: Callable[[Any], None], arg: Any) -> None:
         e = self._loop
         idle = not e.tasks
-        e.tasks.append((parse, self.loop_cpu_s / 2, cb, arg))
+        e.tasks.append((parse, cb, arg))
         if idle:
             e.left = self.loop_cpu_s / 2
             self._wakeup(e)
@@ -319,7 +319,7 @@ class SchedulerPool:
             return
         x.left = 0.0
         if x is self._loop:
-            parse, _w, cb, arg = x.tasks.popleft()
+            parse, cb, arg = x.tasks.popleft()
             if parse:  # to a free search thread, or the queue
                 item, wake = arg
                 free = next((t for t in self._threads if t.job is None), None)
@@ -330,7 +330,7 @@ class SchedulerPool:
             else:  # the answer leaves
                 later(self.env, self.off_core_s / 2, cb, arg)
             if x.tasks:
-                x.left = x.tasks[0][1]
+                x.left = self.loop_cpu_s / 2  # each of its pieces: half the loop's CPU
             else:
                 self._sleep(x)
         else:
