@@ -9,7 +9,12 @@ prefill, all prompts together); a step lasts ``prefill_ms(new tokens)`` when
 it prefills, else ``decode_ms[batch]``.  Each token is streamed as an SSE
 chunk of ``/v1/completions`` (OpenAI format) and the last chunk carries
 llama-server-style ``timings`` (``prompt_n``, ``prompt_ms``) when ``timings``
-is set.
+is set.  With ``metrics`` it answers like vLLM instead: no ``timings``, a
+last chunk with ``usage`` only, and ``GET /metrics`` with vLLM's request
+histograms (their ``_sum`` and ``_count`` samples, plus the ``_bucket`` and
+``_created`` lines a parser must skip), each request added when its last
+token is out.  Without either, ``GET /metrics`` answers 501, as llama-server
+without ``--metrics`` does; ``metrics_gets`` counts those requests.
 """
 
 from __future__ import annotations
@@ -55,9 +60,12 @@ class FakeEngine:
             else:
                 ms = self.decode_ms[len(running)]
             time.sleep(ms / 1e3)
+            now = time.perf_counter()
             for r in new:
                 r["prompt_ms"] = ms
+                r["t_first"] = now
             for r in running + new:
+                r["t_last"] = now
                 r["out"].put("tok")
                 r["left"] -= 1
             running = [r for r in running + new if r["left"] > 0]
@@ -74,15 +82,54 @@ class _NoDelay(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+#: vLLM's request histograms (vllm/v1/metrics/loggers.py) as the fake keeps them: name -> request field.
+_HISTOGRAMS = {
+    "vllm:request_prefill_time_seconds": "prefill_s",
+    "vllm:request_decode_time_seconds": "decode_s",
+    "vllm:request_prompt_tokens": "prompt_n",
+    "vllm:request_generation_tokens": "generated",
+}
+
+
 class _Handler(_NoDelay):
     engine: FakeEngine
     timings = True
+    metrics = False
+    sums: ClassVar[dict[str, float]]
+    count: ClassVar[list[int]]
+    metrics_gets: ClassVar[list[int]]
+    lock: ClassVar[threading.Lock]
 
     def log_message(self, *a) -> None:  # quiet
         pass
 
+    def _metrics(self) -> bytes:
+        lines = []
+        labels = 'engine="0",model_name="capsim"'
+        with self.lock:
+            for name, key in _HISTOGRAMS.items():
+                lines += [
+                    f"# HELP {name} Histogram.",
+                    f"# TYPE {name} histogram",
+                    f"{name}_sum{{{labels}}} {self.sums[key]!r}",
+                    f'{name}_bucket{{engine="0",le="+Inf",model_name="capsim"}} {float(self.count[0])}',
+                    f"{name}_count{{{labels}}} {float(self.count[0])}",
+                    f"{name}_created{{{labels}}} 1.764e+09",
+                ]
+        return ("\n".join(lines) + "\n").encode()
+
     def do_GET(self) -> None:
         body = b'{"status":"ok"}'
+        if self.path == "/metrics":
+            self.metrics_gets[0] += 1
+            if not self.metrics:
+                body = b"This server does not support metrics endpoint."
+                self.send_response(501)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            body = self._metrics()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -100,10 +147,16 @@ class _Handler(_NoDelay):
             r["out"].get(timeout=30)
             self.wfile.write(b'data: {"choices": [{"text": "x"}]}\n\n')
             self.wfile.flush()
-        last: dict = {
-            "choices": [{"text": "", "finish_reason": "length"}],
-            "usage": {"completion_tokens": req["max_tokens"]},
-        }
+        usage = {"prompt_tokens": r["prompt_n"], "completion_tokens": req["max_tokens"]}
+        last: dict = {"choices": [{"text": "", "finish_reason": "length"}], "usage": usage}
+        if self.metrics:  # vLLM: the finished request joins the histograms; usage in a chunk of its own
+            with self.lock:
+                self.sums["prefill_s"] += r["prompt_ms"] / 1e3
+                self.sums["decode_s"] += r["t_last"] - r["t_first"]
+                self.sums["prompt_n"] += r["prompt_n"]
+                self.sums["generated"] += int(req["max_tokens"])
+                self.count[0] += 1
+            last = {"choices": [], "usage": usage}
         if self.timings:
             last["timings"] = {"prompt_n": r["prompt_n"], "prompt_ms": r["prompt_ms"]}
         self.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
@@ -111,8 +164,15 @@ class _Handler(_NoDelay):
         self.close_connection = True
 
 
-def serve(engine: FakeEngine, timings: bool = True) -> tuple[ThreadingHTTPServer, int]:
-    handler = type("H", (_Handler,), {"engine": engine, "timings": timings})
+def serve(engine: FakeEngine, timings: bool = True, metrics: bool = False) -> tuple[ThreadingHTTPServer, int]:
+    """``timings``: llama-server's streamed timings; ``metrics``: vLLM's /metrics (not both)."""
+    state = {
+        "sums": dict.fromkeys(_HISTOGRAMS.values(), 0.0),
+        "count": [0],
+        "metrics_gets": [0],
+        "lock": threading.Lock(),
+    }
+    handler = type("H", (_Handler,), {"engine": engine, "timings": timings, "metrics": metrics, **state})
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()

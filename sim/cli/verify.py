@@ -185,6 +185,17 @@ def verify(
         raise typer.Exit(3)
 
 
+#: How the overhead was measured, by the server's clock (sim/verify/clock.py).
+CLOCK_TEXT = {
+    "timings": " (first token less the server's own prompt time, from its streamed timings)",
+    "metrics": " (first token less the server's own prefill time, from its /metrics request histograms)",
+    "none": (
+        ": the server reports no time of its own (neither streamed timings nor vLLM's /metrics), so the "
+        "call's overhead stays inside the prefill steps timed by the client"
+    ),
+}
+
+
 def _print(doc: dict, con) -> None:
     from rich.table import Table  # deferred: only when printing
 
@@ -194,6 +205,7 @@ def _print(doc: dict, con) -> None:
     if c["llm_overhead_ms"] is not None:
         con.print(
             f"calibrated (isolated): step table {c['step_table']}; LLM HTTP+SSE overhead {c['llm_overhead_ms']:.2f} ms"
+            + CLOCK_TEXT.get(c.get("llm_server_clock") or "", "")
         )
     for n, r in c["retrieval"].items():
         ri = r["isolated_ms"]

@@ -11,12 +11,15 @@
       batched_bench: ~/.cache/capsim/llama-0.3.36/bin/llama-batched-bench   # calibrate llm
       model_path: ~/.cache/capsim/models/capsim-llama-124m-f16.gguf
       threads: 1
+      model: capsim                       # the name the server serves (vLLM: --served-model-name)
     retrieval:                            # optional (or llm: absent, for a retrieval-only scenario)
       url: http://127.0.0.1:18090         # POST /search {"query_id": i, "k": k}
       workers: 1
       cores: [0]
 
-Only loopback addresses are accepted: verify never sends load off the machine.
+Only loopback addresses are accepted: verify never sends load off the machine.  The
+server's own clock (llama-server's streamed timings, vLLM's /metrics, or none) is learnt
+from its first answer: :mod:`sim.verify.clock`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from sim.errors import ConfigError
 from sim.files import read_input_text
@@ -55,6 +58,8 @@ class LLMTarget(_Strict):
     model_path: Optional[str] = None
     threads: Annotated[int, Field(ge=1)] = 1
     model: str = "capsim"
+    # How the server reports its own time (sim.verify.clock): learnt from its first answer.
+    _clock: Optional[str] = PrivateAttr(default=None)
 
     _url = field_validator("url")(classmethod(lambda cls, v: _loopback_url(v)))
 

@@ -997,6 +997,7 @@ def verify(
 
     calib: dict[str, Any] = {
         "llm_overhead_ms": probe["overhead_ms"] if llm_on else None,
+        "llm_server_clock": probe["server_clock"] if llm_on else None,
         "llm_bos_tokens": probe["bos_tokens"] if llm_on else None,
         "step_table": table if profile is None else "profiled alone before every load (--profile-llm)",
         "step_tables": {},

@@ -43,6 +43,7 @@ from sim.physics.sharing import contention_from_stretch
 from sim.rng import stream
 from sim.spec.schema import Scenario, build_distribution
 from sim.spec.target import LLMTarget, Target
+from sim.verify.clock import learn_clock, metrics_after, metrics_snapshot, metrics_timings, server_clock
 
 #: The live run draws from replication 0 of the scenario's streams: the simulated replication 0
 #: replays exactly the same think times, keys and token counts (common random numbers).
@@ -154,10 +155,12 @@ def complete(
     timeout_s: float,
     token_times: list[float] | None = None,
     conn: http.client.HTTPConnection | None = None,
+    usage: dict | None = None,
 ) -> tuple[float | None, float, int, dict]:
     """Stream one completion on a new connection (llama-server closes a streamed one), or on
-    ``conn``, already connected: (first-token time, end time, tokens received, server timings).
-    ``token_times``, when given, receives the arrival time of every chunk that carries text."""
+    ``conn``, already connected: (first-token time, end time, tokens received, server timings:
+    llama-server's streamed ``timings``, else empty).  ``token_times``, when given, receives the
+    arrival time of every chunk that carries text; ``usage`` the OpenAI ``usage`` object."""
     conn = conn or connection(url, timeout_s)
     body = {
         "model": model,
@@ -203,6 +206,8 @@ def complete(
                     token_times.append(now)
         if d.get("usage"):
             usage_tokens = d["usage"].get("completion_tokens")
+            if usage is not None:
+                usage.update(d["usage"])
         if d.get("timings"):
             timings = d["timings"]
     r.read()
@@ -217,31 +222,56 @@ def prompt_ids(rng: np.random.Generator, n: int) -> list[int]:
 
 
 def _probe_completion(llm: LLMTarget, ids: list[int], max_tokens: int, timeout_s: float) -> tuple[float, dict]:
-    """One isolated completion of a probe: (client time of the first token, the server's own
-    timings); a failure, or an answer without tokens or timings, is one CapsimError."""
+    """One isolated completion of a probe: (ms from its send to its first token, the server's own
+    account of it in llama-server's ``timings`` keys, from whichever clock the server has
+    (:mod:`sim.verify.clock`); from a server with none, the client's: ``prompt_ms`` the first
+    token less the send, ms per token from the streamed tokens' arrivals).  A failure, or an
+    answer without tokens, is one CapsimError."""
+    before = metrics_snapshot(llm.url) if server_clock(llm) == "metrics" else None
+    toks: list[float] = []
+    usage: dict = {}
+    t0 = time.perf_counter()
     try:
-        first, _end, _got, tim = complete(llm.url, llm.model, ids, max_tokens, timeout_s)
+        first, _end, _got, tim = complete(llm.url, llm.model, ids, max_tokens, timeout_s, toks, usage=usage)
     except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
         raise CapsimError(f"llm endpoint {llm.url}: a probe completion failed: {e}") from None
-    if first is None or not tim:
-        raise CapsimError(f"llm endpoint {llm.url} streamed no tokens or no timings")
-    return first, tim
+    if first is None:
+        raise CapsimError(f"llm endpoint {llm.url} streamed no tokens")
+    clock = learn_clock(llm, tim)
+    if clock == "timings":
+        if not tim:
+            raise CapsimError(f"llm endpoint {llm.url} streamed no timings (it did before)")
+        return (first - t0) * 1e3, tim
+    if clock == "metrics":
+        if before is None:  # the clock was learnt from this answer: ask again, bracketed
+            return _probe_completion(llm, ids, max_tokens, timeout_s)
+        tim = metrics_timings(before, metrics_after(llm.url, before, 1))
+        if not tim:
+            raise CapsimError(f"llm endpoint {llm.url}: /metrics did not count the probe request")
+        return (first - t0) * 1e3, tim
+    tim = {"prompt_n": int(usage.get("prompt_tokens", len(ids))), "prompt_ms": (first - t0) * 1e3}
+    if len(toks) >= 2:
+        tim["predicted_per_token_ms"] = (toks[-1] - toks[0]) / (len(toks) - 1) * 1e3
+    return (first - t0) * 1e3, tim
 
 
 def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: float = 60.0) -> dict:
     """Isolated, one at a time: the BOS the server adds to a token prompt, and the HTTP + SSE
-    overhead (client first token minus the server's own prompt time)."""
+    overhead (client first token minus the server's own prompt time; 0 from a server that
+    reports no time of its own: the client-timed prefill steps then hold it).  ``server_clock``
+    says which clock the server's times came from (:mod:`sim.verify.clock`)."""
     rng = np.random.default_rng(12345)
     llm = target.llm_endpoint()
     over, extra = [], []
     for _ in range(n + 1):
-        t0 = time.perf_counter()
-        first, tim = _probe_completion(llm, prompt_ids(rng, prompt_tokens), 2, timeout_s)
-        over.append((first - t0) * 1e3 - float(tim.get("prompt_ms", 0.0)))
+        ttft_ms, tim = _probe_completion(llm, prompt_ids(rng, prompt_tokens), 2, timeout_s)
+        over.append(ttft_ms - float(tim.get("prompt_ms", 0.0)))
         extra.append(int(tim.get("prompt_n", prompt_tokens)) - prompt_tokens)
+    clock = server_clock(llm)
     return {
         "bos_tokens": max(0, int(np.median(extra[1:]))),
-        "overhead_ms": float(np.median(over[1:])),
+        "overhead_ms": float(np.median(over[1:])) if clock != "none" else 0.0,
+        "server_clock": clock,
         # Longer requests alone: the server's own prompt and per-token times, to hold against the
         # step table (reported, not fed to the prediction).
         "server_alone": probe_llm_speed(target, timeout_s=timeout_s),
@@ -275,7 +305,7 @@ def probe_llm_speed(
     for _ in range(n):
         if pause_s > 0:
             time.sleep(pause_s)
-        _first, tim = _probe_completion(llm, prompt_ids(rng, prompt_tokens), output_tokens, timeout_s)
+        _ttft, tim = _probe_completion(llm, prompt_ids(rng, prompt_tokens), output_tokens, timeout_s)
         got.append(
             (
                 int(tim.get("prompt_n", prompt_tokens)),

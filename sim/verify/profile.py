@@ -18,8 +18,9 @@ batching server admits them together, prefills the ``b`` prompts in one step
 and then decodes the ``b`` sequences in lockstep, one token each a step:
 
 * **prefill**: the server's own ``prompt_ms`` (llama-server's ``timings``,
-  one value for the ``b`` requests of a shared step) or, from a server that
-  reports none (vLLM), the last first token minus the last send;
+  one value for the ``b`` requests of a shared step; vLLM's ``/metrics``
+  histograms, the ``b`` requests' mean: :mod:`sim.verify.clock`) or, from a
+  server that reports neither, the last first token minus the last send;
 * **decode**: the median gap between consecutive streamed tokens while all
   ``b`` sequences decode (after the last first token, up to the first last
   token): the step period the server achieves, sampling and streaming
@@ -53,6 +54,7 @@ import numpy as np
 
 from sim.errors import CapsimError
 from sim.spec.target import Target
+from sim.verify.clock import learn_clock, metrics_after, metrics_snapshot, metrics_timings, server_clock
 from sim.verify.loadgen import complete, connection, prompt_ids
 
 TRIES = 5
@@ -112,6 +114,7 @@ def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generato
     prompts = [prompt_ids(rng, pp) for _ in range(b)]
     gate = threading.Barrier(b)
     llm = target.llm_endpoint()
+    before = metrics_snapshot(llm.url) if server_clock(llm) == "metrics" else None
 
     def go(i: int) -> None:
         try:
@@ -133,6 +136,10 @@ def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generato
         t.join(timeout_s + 5)
     if errors or any(t.is_alive() for t in threads):
         raise CapsimError(f"llm endpoint {llm.url}: a profile request failed: {(errors or ['timed out'])[0]}")
+    if learn_clock(llm, timings[0]) == "metrics":
+        if before is None:  # the clock was learnt from this answer: the batch again, bracketed
+            return _one_batch(target, pp, tg, b, rng, timeout_s)
+        timings = [metrics_timings(before, metrics_after(llm.url, before, b))] * b  # the b requests' mean
     sent, last_first, gap = lockstep_times(sends, tokens)
     prompt_ms = [float(t["prompt_ms"]) for t in timings if "prompt_ms" in t]
     t_pp: float | None = max(prompt_ms) / 1e3 if len(prompt_ms) == b else last_first - sent
