@@ -134,3 +134,5 @@ def test_verify_runs_end_to_end_against_a_server_that_reports_times_only_on_metr
     assert 0.0 <= doc["calibration"]["llm_overhead_ms"] <= 30.0
     load = doc["loads"][0]
     assert load["failures"] == 0 and load["requests"] > 5
+    # the scenario has no retrieval stage: no retrieval rows
+    assert {r["metric"] for r in load["rows"]} == {"e2e_ms", "ttft_ms", "throughput_per_s"}

@@ -397,6 +397,12 @@ def verdict(rel: float | None, bound: float | None, pred: float | None, measured
     return "outside"
 
 
+def compared_metrics(scn: Scenario) -> tuple[str, ...]:
+    """The latencies held against the live run: end to end, and each stage the scenario has."""
+    stages = (("ttft_ms", scn.llm.enabled), ("retrieval_ms", scn.retrieval.enabled))
+    return ("e2e_ms", *(m for m, on in stages if on))
+
+
 def compare_one(live: LiveRun, scn: Scenario, ov: dict[str, Any], warmup_s: float, workers: int) -> LoadComparison:
     """The prediction is the simulated replication 0, which replays the live run's own think times,
     keys and token counts (common random numbers: the workload's sampling noise cancels, what is
@@ -408,7 +414,7 @@ def compare_one(live: LiveRun, scn: Scenario, ov: dict[str, Any], warmup_s: floa
     metrics = s["metrics"]
     bounds = BOUNDS if scn.llm.enabled else RETRIEVAL_BOUNDS
     rows = []
-    for m in ("e2e_ms", "ttft_ms", "retrieval_ms") if scn.llm.enabled else ("e2e_ms", "retrieval_ms"):
+    for m in compared_metrics(scn):
         if m not in metrics or m not in meas:
             continue
         for st in STATS:
@@ -520,7 +526,7 @@ def compare_segments(
     meas = measured_stats(live, 0.0, workers, rates=segment_rates(parts, warmup_s, workers))
     runs = [simulate(scn, ov, jobs=1).points[0] for ov in ovs]
     reps = min(len(pt.replications) for pt in runs)
-    metric_names = ("e2e_ms", "ttft_ms", "retrieval_ms") if scn.llm.enabled else ("e2e_ms", "retrieval_ms")
+    metric_names = compared_metrics(scn)
     pooled: dict[str, list[np.ndarray]] = {m: [] for m in metric_names}
     done, spans = [], []
     for r in range(reps):
