@@ -144,7 +144,7 @@ def _small_index(tmp_path: Path) -> tuple[str, Path, Path]:
 )
 @pytest.mark.parametrize("segments", [1, 2])
 def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path, segments):
-    """A real llama-server and a real hnswlib service (a small index built here), 1 user for 8 s:
+    """A real llama-server and a real hnswlib service (a small index built here), 1 user for 6 s:
     every request succeeds with exactly the scenario's output tokens, and the table is complete.
     In two segments: the LLM server's speed probed before, between and after them, each
     segment predicted from a table scaled by its two sides' speed."""
@@ -204,7 +204,7 @@ def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path
                 "--users",
                 "1",
                 "--duration-s",
-                "8",
+                "6",
                 *QUICK,
                 "--out",
                 str(out),
