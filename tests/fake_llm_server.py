@@ -143,9 +143,11 @@ class _Handler(_NoDelay):
         self.send_header("Connection", "close")
         self.end_headers()
         self.engine.inbox.put(r)
-        for _ in range(int(req["max_tokens"])):
+        for i in range(int(req["max_tokens"])):
             r["out"].get(timeout=30)
-            self.wfile.write(b'data: {"choices": [{"text": "x"}]}\n\n')
+            # vLLM: a first token that ends inside a UTF-8 character streams as ""
+            text = "" if self.metrics and i == 0 else "x"
+            self.wfile.write(f'data: {{"choices": [{{"text": "{text}"}}]}}\n\n'.encode())
             self.wfile.flush()
         usage = {"prompt_tokens": r["prompt_n"], "completion_tokens": req["max_tokens"]}
         last: dict = {"choices": [{"text": "", "finish_reason": "length"}], "usage": usage}

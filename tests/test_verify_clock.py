@@ -4,6 +4,8 @@ profile against servers of each kind whose step times are known (tests/fake_llm_
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from sim.physics.steptable import read_rows
@@ -136,3 +138,25 @@ def test_verify_runs_end_to_end_against_a_server_that_reports_times_only_on_metr
     assert load["failures"] == 0 and load["requests"] > 5
     # the scenario has no retrieval stage: no retrieval rows
     assert {r["metric"] for r in load["rows"]} == {"e2e_ms", "ttft_ms", "throughput_per_s"}
+
+
+def test_a_token_streamed_without_text_is_still_the_first_token():
+    """vLLM streams a token that ends inside a UTF-8 character as text "" (the fake's first token, in
+    its vLLM shape): the first token is that chunk, not the next one a 60-ms decode step later; and
+    llama-server's closing chunk (text "", finish_reason set) is no token."""
+    from sim.verify.loadgen import complete
+
+    for kind in ({"timings": False, "metrics": True}, {"timings": True}):
+        engine, srv, target = _server(decode_ms={1: 60.0}, **kind)
+        try:
+            llm = target.llm_endpoint()
+            complete(llm.url, llm.model, [500] * 20, 2, 10.0)  # warm
+            times: list[float] = []
+            t0 = time.perf_counter()
+            first, _end, got, _tim = complete(llm.url, llm.model, [500] * 20, 3, 10.0, times)
+        finally:
+            srv.shutdown()
+            engine.stop.set()
+        # the fake's 10-ms wait for the rest of a burst, then the 20-ms prefill step that makes token 1
+        assert first is not None and (first - t0) * 1e3 < 10 + 20 + 40, (kind, first - t0)
+        assert got == 3 and len(times) == 3 and times[0] == first, kind

@@ -160,7 +160,7 @@ def complete(
     """Stream one completion on a new connection (llama-server closes a streamed one), or on
     ``conn``, already connected: (first-token time, end time, tokens received, server timings:
     llama-server's streamed ``timings``, else empty).  ``token_times``, when given, receives the
-    arrival time of every chunk that carries text; ``usage`` the OpenAI ``usage`` object."""
+    arrival time of every chunk that carries a token; ``usage`` the OpenAI ``usage`` object."""
     conn = conn or connection(url, timeout_s)
     body = {
         "model": model,
@@ -197,7 +197,9 @@ def complete(
             break
         d = json.loads(payload)
         for ch in d.get("choices") or []:
-            if ch.get("text"):
+            # a token: text, or none yet (vLLM streams a token that ends inside a UTF-8 character
+            # as ""); llama-server's closing chunk (text "", finish_reason set) carries none
+            if "text" in ch and (ch["text"] or ch.get("finish_reason") is None):
                 chunks += 1
                 now = time.perf_counter()
                 if first is None:
