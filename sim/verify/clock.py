@@ -2,8 +2,8 @@
 the server, which the probes hold against the client's clock (the difference is the HTTP,
 tokenisation and streaming overhead of a call) and against the step table.
 
-Servers report it in one of two ways, and some not at all (:func:`server_clock` finds out
-once per target, from the first answer without stream timings, and remembers it):
+Servers report it in one of two ways, and some not at all (:func:`learn_clock` settles which
+from the target's first answer and keeps it on the target; :func:`server_clock` reads it):
 
 * ``"timings"``: llama-server streams a ``timings`` object in its last chunk
   (``prompt_n``, ``prompt_ms``, ``predicted_per_token_ms``), per request, under any load.
@@ -37,8 +37,6 @@ VLLM_SAMPLES = {
     "vllm:request_prompt_tokens_sum": "prompt_tokens",
     "vllm:request_generation_tokens_sum": "generation_tokens",
 }
-
-CLOCKS = ("timings", "metrics", "none")
 
 
 def parse_metrics(text: str) -> dict[str, float]:
