@@ -90,9 +90,9 @@ def test_the_probes_read_the_servers_own_clock_or_say_it_has_none(kind, clock):
 
 def test_verify_runs_end_to_end_against_a_server_that_reports_times_only_on_metrics(tmp_path):
     """``capsim calibrate llm --via server`` and ``capsim verify`` against a vLLM-shaped server (no
-    streamed timings, /metrics histograms): the profile's prefill steps are the server's own (its
-    histograms' change across each batch, exactly what it was told: the client's clock would add the
-    fake's 10-ms wait for the rest of a burst), the overhead is measured against that clock, and the
+    streamed timings, /metrics histograms): the profile's prefill steps, mixed ones too, are the
+    server's own (its histograms' change across each batch, exactly what it was told: the client's
+    clock would add the fake's 10-ms wait for the rest of a burst), the overhead is measured against that clock, and the
     preamble and the JSON say so."""
     import json
     from pathlib import Path
@@ -109,7 +109,12 @@ def test_verify_runs_end_to_end_against_a_server_that_reports_times_only_on_metr
         calibrate = ["calibrate", "llm", "--target", str(tgt), "--via", "server", "--out", str(steps)]
         r = invoke(*calibrate, "--npp", "40", "--ntg", "4", "--npl", "1,2", "--repeat", "1")
         assert r.exit_code == 0, r.output
-        prefill = {(int(b), int(n)): ms for b, _ctx, n, ms, mixed in read_rows(steps) if n > b and not mixed}
+        assert "prompt times from the server's /metrics histograms" in steps.read_text().splitlines()[0]
+        rows = read_rows(steps)
+        prefill = {(int(b), int(n)): ms for b, _ctx, n, ms, mixed in rows if n > b and not mixed}
+        # a 40-token prompt prefilled beside one decoding sequence: 41 new tokens in the step
+        mixed = {(int(b), int(n)): ms for b, _ctx, n, ms, mixed in rows if mixed}
+        assert mixed == {(2, 41): pytest.approx(BASE_MS + PER_TOKEN_MS * 41, abs=1e-6)}
         assert prefill == {(1, 40): pytest.approx(BASE_MS + PER_TOKEN_MS * 40, abs=1e-6)} | {
             (2, 80): pytest.approx(BASE_MS + PER_TOKEN_MS * 80, abs=1e-6)
         }

@@ -162,8 +162,8 @@ def mixed_step(
 
     ``k`` background requests (``bg_prompt`` tokens, ``bg_tokens`` out) are sent together;
     once each has streamed 3 tokens (all decoding), one more request of ``pp`` tokens is
-    sent.  Its prompt time (the server's ``prompt_ms``, else its first token minus its
-    send) is the step that prefilled it beside the ``k`` decode tokens.  The row is
+    sent.  Its prompt time (the server's own, :mod:`sim.verify.clock`, else its first token
+    minus its send) is the step that prefilled it beside the ``k`` decode tokens.  The row is
     ``(k + 1, context, pp + k, step_ms, k)``; None when a background request had finished
     before the prompt's first token (the step was not mixed with all ``k``)."""
     llm = target.llm_endpoint()
@@ -183,11 +183,20 @@ def mixed_step(
     while any(len(x) < 3 for x in bg) and time.perf_counter() < end and not errors:
         time.sleep(0.002)
     fg: list[float] = []
+    before = metrics_snapshot(llm.url) if server_clock(llm) == "metrics" else None
     sent = time.perf_counter()
+    tim: dict = {}
     try:
         _f, _e, _got, tim = complete(llm.url, llm.model, prompt_ids(rng, pp), 2, timeout_s, fg)
     except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
         errors.append(f"{type(e).__name__}: {e}")
+    if before is not None and not errors:
+        # vLLM's /metrics: the prompt's own prefill when it alone finished meanwhile (the
+        # background requests are still decoding); the client's clock would add the wait for
+        # the step under way when it arrived
+        after = metrics_after(llm.url, before, 1)
+        if after.get("requests", 0.0) - before.get("requests", 0.0) == 1:
+            tim = metrics_timings(before, after)
     for t in threads:
         t.join(timeout_s + 5)
     if errors or not fg:
@@ -272,9 +281,19 @@ def profile_mixed(
     return out
 
 
+#: Where a profile's prompt times came from, by the server's clock (:mod:`sim.verify.clock`).
+PROMPT_CLOCK = {
+    "timings": "the server's streamed timings",
+    "metrics": "the server's /metrics histograms",
+    "none": "the client (first token less send)",
+}
+
+
 def describe(target: Target, npp: list[int], ntg: int, npl: list[int], repeat: int) -> str:
-    """The table's source line."""
+    """The table's source line (after the profile: it names the clock the prompt times came from)."""
+    llm = target.llm_endpoint()
+    clock = PROMPT_CLOCK.get(server_clock(llm) or "", "")
     return (
-        f"server profile of {target.llm_endpoint().url} (isolated, {'/'.join(map(str, npl))} requests sent together): "
-        f"npp {npp} ntg {ntg}, median of {repeat} run(s)"
+        f"server profile of {llm.url} (isolated, {'/'.join(map(str, npl))} requests sent together): "
+        f"npp {npp} ntg {ntg}, median of {repeat} run(s)" + (f"; prompt times from {clock}" if clock else "")
     )
