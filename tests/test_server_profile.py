@@ -144,3 +144,15 @@ def test_a_replayed_load_gets_its_own_profile_file(fake_server, tmp_path):
     assert Path(first).name == "steps_4users.csv" and Path(again).name == "steps_4users_replay.csv"
     for path in (first, again):
         assert TableModel(read_rows(Path(path))).batches == [1, 2]
+
+
+def test_the_batches_profiled_are_every_one_then_doubling_by_hand():
+    from sim.verify.profile import profile_batches
+
+    assert profile_batches(1) == [1]
+    assert profile_batches(4) == [1, 2, 3, 4]
+    assert profile_batches(8) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert profile_batches(12) == [1, 2, 3, 4, 5, 6, 7, 8, 12]
+    assert profile_batches(16) == [1, 2, 3, 4, 5, 6, 7, 8, 16]
+    assert profile_batches(256) == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128, 256]
+    assert profile_batches(100) == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 100]

@@ -74,8 +74,8 @@ def verify(
         False,
         "--profile-llm",
         help="Before every load, profile the LLM server alone (requests sent together in batches of "
-        "1..llm.parallel, nothing else sending) and predict that load from its own profile instead of "
-        "llm.step_table; the tables go to --out.",
+        "1..llm.parallel: each up to 8, then doubling; nothing else sending) and predict that load from its "
+        "own profile instead of llm.step_table; the tables go to --out.",
     ),
 ) -> None:
     """Measure a real stack under the scenario's load and compare with capsim's prediction."""

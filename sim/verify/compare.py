@@ -72,7 +72,7 @@ from sim.verify.loadgen import (
     probe_wakeup,
     run_load,
 )
-from sim.verify.profile import describe, profile_mixed, profile_server
+from sim.verify.profile import describe, profile_batches, profile_mixed, profile_server
 
 BOUNDS = {
     ("e2e_ms", "p95"): 0.10,
@@ -931,15 +931,16 @@ class ServerProfile:
     repeat: int = 3
 
     def table(self, target: Target, users: int, progress=None, replay: bool = False) -> str:
-        npl = list(range(1, target.llm_endpoint().parallel + 1))
+        npl = profile_batches(target.llm_endpoint().parallel)
         rows = profile_server(target, list(self.npp), self.ntg, npl, self.repeat)
         mixed = profile_mixed(target, max(self.npp), npl[:-1], self.repeat)
         path = self.folder / f"steps_{users}users{'_replay' if replay else ''}.csv"
+        beside = "/".join(map(str, npl[:-1])) or "0"
         write_table(
             step_rows(rows) + mixed,
             path,
-            describe(target, list(self.npp), self.ntg, npl, self.repeat) + f"; mixed steps: {max(self.npp)}-token "
-            f"prompt beside {npl[0]}-{npl[-2] if len(npl) > 1 else 0} decoders",
+            describe(target, list(self.npp), self.ntg, npl, self.repeat)
+            + f"; mixed steps: {max(self.npp)}-token prompt beside {beside} decoders",
         )
         if progress:
             dec = ", ".join(f"b{r['b']} {r['t_tg_s'] / r['tg'] * 1e3:.1f}" for r in rows if r["pp"] == rows[0]["pp"])

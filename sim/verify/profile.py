@@ -209,6 +209,21 @@ def mixed_step(
     return (k + 1, ctx, n + k, ms, k)
 
 
+def profile_batches(parallel: int, dense: int = 8) -> list[int]:
+    """The batch sizes ``--profile-llm`` profiles for a server of ``parallel`` slots: every one up to
+    ``dense``, then doubling, and ``parallel`` itself (the table interpolates linearly between
+    batches; a GPU server's 256 slots would otherwise take 256 batch profiles).  4 -> 1-4;
+    12 -> 1-8, 12; 256 -> 1-8, 16, 32, 64, 128, 256."""
+    out = list(range(1, min(parallel, dense) + 1))
+    b = dense
+    while b * 2 < parallel:
+        b *= 2
+        out.append(b)
+    if parallel > dense:
+        out.append(parallel)
+    return out
+
+
 def profile_server(
     target: Target,
     npp: list[int],
