@@ -648,8 +648,9 @@ def test_a_row_is_outside_after_a_replay_only_when_both_plays_put_it_outside():
 def test_verify_confirm_plays_a_load_with_a_row_outside_again(tmp_path, monkeypatch):
     """``--confirm`` against the real threaded search service: the first play's retrieval P95 is
     marked outside (a stand-in for a slow spell of the host), so the load is played again,
-    probed again; the row is outside only if the replay misses it too, else undecided; both
-    plays' requests are in the Parquet file and the first play's calibration in the JSON."""
+    probed again on both sides; the row is outside only if the replay misses it too, else
+    undecided; both plays' requests are in the Parquet file and the first play's calibration in
+    the JSON."""
     import sim.verify.compare as cmp_mod
 
     real = cmp_mod.compare_one
@@ -682,6 +683,10 @@ def test_verify_confirm_plays_a_load_with_a_row_outside_again(tmp_path, monkeypa
             assert res.exit_code in (1, 3), res.output  # 1 only when another row of the replay is outside both
         assert doc["calibration"]["first_attempt"]["2"]["retrieval"]["isolated_ms"]["n"] == 400
         assert doc["calibration"]["retrieval"]["2"]["isolated_ms"]["n"] == 400  # the replay's own probes
+        # on both sides: the probe after the first play does not open the replay too
+        first_sides = doc["calibration"]["first_attempt"]["2"]["retrieval"]["p50_before_after_ms"]
+        replay_sides = doc["calibration"]["retrieval"]["2"]["p50_before_after_ms"]
+        assert replay_sides[0] != first_sides[-1], (first_sides, replay_sides)
         import pandas as pd  # deferred: heavy
 
         live = pd.read_parquet(out / "live_requests.parquet")

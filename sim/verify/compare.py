@@ -1088,6 +1088,9 @@ def verify(
                 progress(f"{n} users: outside ({'; '.join(cmp.misses)}): playing the load again, re-probed")
             # the first play's per-load calibration, before the replay writes its own
             first_calib = {k: calib[k].pop(str(n)) for k in PER_LOAD_CALIBRATION if str(n) in calib[k]}
+            # Probed afresh on both sides: the probe after the first play would otherwise open the
+            # replay too, and one odd probe would put both plays outside (README, "--confirm").
+            before = probe_search()
             live, again = play(n, False, 1)
             lives.append(live)
             cmp = confirmed(cmp, again)
