@@ -113,6 +113,22 @@ def metrics_after(url: str, before: dict[str, float], requests: int, wait_s: flo
         time.sleep(0.01)
 
 
+def bracket(llm: LLMTarget) -> dict[str, float] | None:
+    """The snapshot that opens an isolated request's bracket, where the server's clock is its
+    ``/metrics`` (else None: nothing to bracket)."""
+    return metrics_snapshot(llm.url) if llm._clock == "metrics" else None
+
+
+def own_timings(llm: LLMTarget, before: dict[str, float], requests: int, exact: bool = False) -> dict[str, float]:
+    """Close the bracket opened by :func:`bracket` once ``requests`` more have finished: their
+    :func:`metrics_timings`.  With ``exact``, empty unless exactly that many finished (a mixed
+    step's prompt must be the only one)."""
+    after = metrics_after(llm.url, before, requests)
+    if exact and after.get("requests", 0.0) - before.get("requests", 0.0) != requests:
+        return {}
+    return metrics_timings(before, after)
+
+
 def server_clock(llm: LLMTarget) -> str | None:
     """The clock found for this target so far (None before its first answer)."""
     return llm._clock

@@ -43,7 +43,7 @@ from sim.physics.sharing import contention_from_stretch
 from sim.rng import stream
 from sim.spec.schema import Scenario, build_distribution
 from sim.spec.target import LLMTarget, Target
-from sim.verify.clock import learn_clock, metrics_after, metrics_snapshot, metrics_timings, server_clock
+from sim.verify.clock import bracket, learn_clock, own_timings, server_clock
 
 #: The live run draws from replication 0 of the scenario's streams: the simulated replication 0
 #: replays exactly the same think times, keys and token counts (common random numbers).
@@ -229,7 +229,7 @@ def _probe_completion(llm: LLMTarget, ids: list[int], max_tokens: int, timeout_s
     (:mod:`sim.verify.clock`); from a server with none, the client's: ``prompt_ms`` the first
     token less the send, ms per token from the streamed tokens' arrivals).  A failure, or an
     answer without tokens, is one CapsimError."""
-    before = metrics_snapshot(llm.url) if server_clock(llm) == "metrics" else None
+    before = bracket(llm)
     toks: list[float] = []
     usage: dict = {}
     t0 = time.perf_counter()
@@ -247,7 +247,7 @@ def _probe_completion(llm: LLMTarget, ids: list[int], max_tokens: int, timeout_s
     if clock == "metrics":
         if before is None:  # the clock was learnt from this answer: ask again, bracketed
             return _probe_completion(llm, ids, max_tokens, timeout_s)
-        tim = metrics_timings(before, metrics_after(llm.url, before, 1))
+        tim = own_timings(llm, before, 1)
         if not tim:
             raise CapsimError(f"llm endpoint {llm.url}: /metrics did not count the probe request")
         return (first - t0) * 1e3, tim

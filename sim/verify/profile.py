@@ -54,7 +54,7 @@ import numpy as np
 
 from sim.errors import CapsimError
 from sim.spec.target import Target
-from sim.verify.clock import learn_clock, metrics_after, metrics_snapshot, metrics_timings, server_clock
+from sim.verify.clock import bracket, learn_clock, own_timings, server_clock
 from sim.verify.loadgen import complete, connection, prompt_ids
 
 TRIES = 5
@@ -114,7 +114,7 @@ def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generato
     prompts = [prompt_ids(rng, pp) for _ in range(b)]
     gate = threading.Barrier(b)
     llm = target.llm_endpoint()
-    before = metrics_snapshot(llm.url) if server_clock(llm) == "metrics" else None
+    before = bracket(llm)
 
     def go(i: int) -> None:
         try:
@@ -139,7 +139,7 @@ def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generato
     if learn_clock(llm, timings[0]) == "metrics":
         if before is None:  # the clock was learnt from this answer: the batch again, bracketed
             return _one_batch(target, pp, tg, b, rng, timeout_s)
-        timings = [metrics_timings(before, metrics_after(llm.url, before, b))] * b  # the b requests' mean
+        timings = [own_timings(llm, before, b)] * b  # the b requests' mean
     sent, last_first, gap = lockstep_times(sends, tokens)
     prompt_ms = [float(t["prompt_ms"]) for t in timings if "prompt_ms" in t]
     t_pp: float | None = max(prompt_ms) / 1e3 if len(prompt_ms) == b else last_first - sent
@@ -183,7 +183,7 @@ def mixed_step(
     while any(len(x) < 3 for x in bg) and time.perf_counter() < end and not errors:
         time.sleep(0.002)
     fg: list[float] = []
-    before = metrics_snapshot(llm.url) if server_clock(llm) == "metrics" else None
+    before = bracket(llm)
     sent = time.perf_counter()
     tim: dict = {}
     try:
@@ -194,9 +194,7 @@ def mixed_step(
         # vLLM's /metrics: the prompt's own prefill when it alone finished meanwhile (the
         # background requests are still decoding); the client's clock would add the wait for
         # the step under way when it arrived
-        after = metrics_after(llm.url, before, 1)
-        if after.get("requests", 0.0) - before.get("requests", 0.0) == 1:
-            tim = metrics_timings(before, after)
+        tim = own_timings(llm, before, 1, exact=True) or tim
     for t in threads:
         t.join(timeout_s + 5)
     if errors or not fg:
