@@ -7,13 +7,13 @@ prompts exactly as for a real Llama-2-style model. Only the weights are noise:
 the text it generates is gibberish, but the compute/memory work per token is
 that of a real model of this shape, which is all a capacity test needs.
 
-The `gguf` writer is taken from the vendored llama.cpp tree (gguf-py 0.19.0 in
-llama-cpp-python 0.3.36); build_llama.sh copies it to
-$CAPSIM_CACHE/llama-<ver>/share/gguf-py, which is the default below.
+The `gguf` writer is the `gguf` package pinned in capsim's dev extra, the same
+gguf-py release (0.19.0) that llama-cpp-python 0.3.36 vendors. `prepare.py` takes
+the vocab from that sdist and calls this script; by hand:
 
-    python make_model.py -o model.gguf                 # default size (see DEFAULTS)
-    python make_model.py -o tiny.gguf --layers 2 --hidden 256 --heads 4 \
-        --kv-heads 4 --ffn 688 --ctx 2048 --dtype f32
+    python make_model.py --vocab-gguf VOCAB.gguf -o model.gguf     # default size (see DEFAULTS)
+    python make_model.py --vocab-gguf VOCAB.gguf -o tiny.gguf --layers 2 --hidden 256 \
+        --heads 4 --kv-heads 4 --ffn 688 --ctx 2048 --dtype f32
 
 The output is byte-for-byte deterministic for given arguments and seed.
 """
@@ -23,14 +23,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import sys
 import time
 
 import numpy as np
-
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-CACHE = os.environ.get("CAPSIM_CACHE", os.path.expanduser("~/.cache/capsim"))
-SHARE = os.path.join(CACHE, f"llama-{LLAMA_CPP_PYTHON_VERSION}", "share")
 
 # Default: ~124 M params, 12 layers x 768 hidden, GQA 12/4 heads, f16 (~250 MB).
 # Streamed per decoded token: all layer weights + output head = ~100 M params
@@ -50,21 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["f16", "f32"], default=DEFAULTS["dtype"])
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--std", type=float, default=0.02, help="weight init std-dev")
-    p.add_argument("--vocab-gguf", default=os.path.join(SHARE, "ggml-vocab-llama-spm.gguf"))
-    p.add_argument(
-        "--gguf-py",
-        default=os.path.join(SHARE, "gguf-py"),
-        help="directory containing the gguf package (vendored gguf-py)",
-    )
+    p.add_argument("--vocab-gguf", required=True, help="a vocab-only GGUF whose tokenizer.* keys are copied")
     return p.parse_args(argv)
-
-
-def import_gguf(path: str):
-    if os.path.isdir(path):
-        sys.path.insert(0, path)
-    import gguf  # deferred: heavy or only needed by this subcommand
-
-    return gguf
 
 
 def copy_tokenizer(gguf, reader, writer) -> int:
@@ -105,7 +87,8 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     if a.hidden % a.heads or a.heads % a.kv_heads:
         raise SystemExit("hidden must be divisible by heads, heads by kv_heads")
-    gguf = import_gguf(a.gguf_py)
+    import gguf  # deferred: only this script writes GGUF files
+
     t0 = time.time()
 
     reader = gguf.GGUFReader(a.vocab_gguf)

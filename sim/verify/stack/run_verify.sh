@@ -18,17 +18,13 @@ RETRIEVAL_USERS="${4:-2,6,11}"
 RETRIEVAL_DURATION="${5:-60}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../../.." && pwd)"
-CACHE="${CAPSIM_CACHE:-$HOME/.cache/capsim}"
+export CAPSIM_CACHE="${CAPSIM_CACHE:-$HOME/.cache/capsim}"
 LLM_CORES="${LLM_CORES:-1}"
 SEARCH_CORES="${SEARCH_CORES:-0}"
 LLM_PORT="${LLM_PORT:-18080}"
 SEARCH_PORT="${SEARCH_PORT:-18090}"
-BIN="$CACHE/llama-0.3.36/bin"
-MODEL="$CACHE/models/capsim-llama-124m-f16.gguf"
-INDEX="$CACHE/search-n50000-d384"
 WORK="${VERIFY_DIR:-$ROOT/build/verify}"
 cd "$ROOT"
-mkdir -p "$WORK"
 
 PIDS=()
 cleanup() {
@@ -53,27 +49,15 @@ wait_health() {  # url, seconds
     return 1
 }
 
-# 1. build (cached under ~/.cache/capsim, once per machine), model, index
-PIP="$PY -m pip" bash "$HERE/build_llama.sh"
-[[ -f "$MODEL" ]] || "$PY" "$HERE/make_model.py" -o "$MODEL"
-[[ -f "$INDEX/index.bin" ]] || taskset -c "$SEARCH_CORES" "$PY" "$HERE/search_service.py" build --dir "$INDEX" --n 50000 --dim 384 --seed 0
+# 1. set up (each step idempotent, made in a temporary sibling and renamed into place, so a cut-short
+# artefact is rebuilt, never reused): the pinned llama.cpp sources, llama-server compiled once per build
+# key, the model, the index, the target files.  sim/verify/stack/prepare.py.
+t_setup=$(date +%s)
+SETUP=$("$PY" -m sim.verify.stack.prepare all --work "$WORK" --llm-port "$LLM_PORT" --search-port "$SEARCH_PORT" \
+    --llm-core "$LLM_CORES" --search-core "$SEARCH_CORES")
+eval "$SETUP"
+echo "make verify: set-up $(( $(date +%s) - t_setup )) s (cache $CAPSIM_CACHE)"
 cat "$MODEL" > /dev/null  # page cache: the first run after writing the model is slower
-
-cat > "$WORK/target.yaml" <<YAML
-llm:
-  url: http://127.0.0.1:$LLM_PORT
-  parallel: 4
-  n_batch: 2048
-  ctx_size: 8192
-  cores: [$LLM_CORES]
-  threads: 1
-  batched_bench: $BIN/llama-batched-bench
-  model_path: $MODEL
-retrieval:
-  url: http://127.0.0.1:$SEARCH_PORT
-  workers: 1
-  cores: [$SEARCH_CORES]
-YAML
 
 # 2. start the stack, pinned
 taskset -c "$LLM_CORES" "$BIN/llama-server" -m "$MODEL" --parallel 4 --cont-batching -c 8192 -b 2048 \
@@ -105,12 +89,6 @@ taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$ROOT/scenarios/verify_local.yam
 # probe between them (--segments): the host's drift within a minute is as large as the bound.
 cleanup
 PIDS=()
-cat > "$WORK/target_retrieval.yaml" <<YAML
-retrieval:
-  url: http://127.0.0.1:$SEARCH_PORT
-  workers: 2
-  cores: [$LLM_CORES]
-YAML
 taskset -c "$LLM_CORES" "$PY" "$HERE/search_service.py" serve --dir "$INDEX" --port "$SEARCH_PORT" --threads 2 \
     --ef 1000 > "$WORK/search_threads.log" 2>&1 &
 PIDS+=($!)
