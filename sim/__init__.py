@@ -12,8 +12,18 @@ Public API::
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-__all__ = ["CapsimError", "ConfigError", "PointResult", "Result", "Scenario", "load_scenario", "simulate"]
+from sim.version import __version__
+
+__all__ = [
+    "CapsimError",
+    "ConfigError",
+    "PointResult",
+    "Result",
+    "Scenario",
+    "__version__",
+    "load_scenario",
+    "simulate",
+]
 
 # Loaded on first use, so `capsim --help` does not import pandas, pydantic and scipy.
 _LAZY = {

@@ -2,7 +2,7 @@
 
 Layers, lowest first (see the README's development section)::
 
-    leaves    errors, rng, files, distributions, registry
+    leaves    errors, rng, files, distributions, registry, version
     indexes   retrieval index kinds (knobs, laws, build and search)
     physics   pure formulas: GPU step cost, queueing, retrieval profiles
     spec      schema, scenario loading, catalogs, metric registry, keys
@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "sim"
-LEAVES = {"sim.errors", "sim.rng", "sim.files", "sim.distributions", "sim.registry"}
+LEAVES = {"sim.errors", "sim.rng", "sim.files", "sim.distributions", "sim.registry", "sim.version"}
 RANK = {
     "indexes": 1,
     "physics": 2,
@@ -133,7 +133,7 @@ def test_no_import_cycles() -> None:
     for mod, path in known.items():
         for name, _, in_func in imports(path):
             target = resolve(name, known) if name.startswith("sim") else None
-            if target and target not in (mod, "sim") and not in_func:
+            if target and target != mod and not in_func:
                 graph[mod].add(target)
     state: dict[str, int] = {}
 
@@ -174,3 +174,12 @@ def test_layering_test_would_catch_an_upward_import(tmp_path: Path) -> None:
     fake.write_text("from sim.engine.pipeline import Model\n")
     assert imports(fake) == [("sim.engine.pipeline", 1, False), ("sim.engine.pipeline.Model", 1, False)]
     assert layer("sim.physics.gpu")[1] < layer("sim.engine.pipeline")[1]
+
+
+def test_version_is_the_one_pyproject_declares() -> None:
+    import tomllib
+
+    from sim.version import __version__
+
+    pyproject = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == __version__

@@ -35,9 +35,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import sim
 from sim.errors import CapsimError
 from sim.files import atomic_write_text
+from sim.version import __version__
 
 MANIFEST = "capsim.json"
 LOCK = ".capsim.lock"
@@ -195,7 +195,7 @@ def unseal(folder: Path) -> None:
 def seal(folder: Path, kind: str, files: list[Path], points: list[str] | None = None) -> Path:
     """Write ``capsim.json`` last: the command, the kind, the points and each file's sha256."""
     doc = {
-        "capsim": sim.__version__,
+        "capsim": __version__,
         "kind": kind,
         "command": command_line(),
         "points": points or [],

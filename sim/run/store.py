@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-import sim
 from sim.engine.pipeline import Replication
 from sim.errors import CapsimError
 from sim.files import atomic_write_bytes, atomic_write_text, regular_file_problem, to_json
 from sim.physics.retrieval import default_calibration_path
 from sim.run.folder import seal, sha256_file, unseal, verify
 from sim.spec.schema import Scenario
+from sim.version import __version__
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,7 +38,7 @@ def point_id(scn: Scenario) -> str:
     scenario's canonical JSON, capsim's version and, when retrieval times come from a
     calibration file, that file's contents (a re-measured file makes stale points miss)."""
 
-    doc: dict[str, Any] = {"scenario": scn.model_dump(mode="json"), "capsim": sim.__version__}
+    doc: dict[str, Any] = {"scenario": scn.model_dump(mode="json"), "capsim": __version__}
     r = scn.retrieval
     if r.enabled and r.service_ms is None:
         path = Path(r.calibration) if r.calibration else default_calibration_path()
