@@ -12,7 +12,7 @@ Public API::
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["CapsimError", "ConfigError", "PointResult", "Result", "Scenario", "load_scenario", "simulate"]
 
 # Loaded on first use, so `capsim --help` does not import pandas, pydantic and scipy.
