@@ -36,7 +36,7 @@ test: lint
 # The documentation site; the scenario reference, validation and performance pages are
 # generated during the build (tools/docgen) from the code and committed result files.
 docs: $(STAMP)
-	$(BIN)/python -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/python -m mkdocs build --strict --quiet
 
 # Re-measure the validation checks any machine can run (queueing formulas, KV logs) into
 # docs/data/, then rebuild the site. The step-cost fit: capsim calibrate published.
