@@ -1,6 +1,7 @@
 # capsim: two commands on a fresh machine.
 #   make run    create .venv, install, run the flagship scenario
-#   make test   create .venv, install with dev extras, run the tests
+#   make test   create .venv, install with dev extras, run the tests and build the docs
+#   make docs   build the documentation site into site/ (mkdocs build --strict)
 #   make verify build the reference stack (cached in ~/.cache/capsim), run capsim verify against it
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 SCENARIO ?= scenarios/order_support.yaml
 
-.PHONY: run test lint test-long bench calibration clean venv notebook notebooks verify report-check
+.PHONY: run test lint test-long bench calibration clean venv notebook notebooks verify report-check docs validation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +25,24 @@ run: $(STAMP)
 	$(BIN)/capsim run $(SCENARIO); rc=$$?; [ $$rc -le 1 ] || [ $$rc -eq 3 ] || exit $$rc
 
 lint: $(STAMP)
-	$(BIN)/ruff check sim tests benchmarks
-	$(BIN)/ruff format --check sim tests benchmarks
+	$(BIN)/ruff check sim tests benchmarks tools
+	$(BIN)/ruff format --check sim tests benchmarks tools
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory docs
+
+# The documentation site; the scenario reference, validation and performance pages are
+# generated during the build (tools/docgen) from the code and committed result files.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/python -m mkdocs build --strict --quiet
+
+# Re-measure the validation checks any machine can run (queueing formulas, KV logs) into
+# docs/data/, then rebuild the site. The step-cost fit: capsim calibrate published.
+validation: $(STAMP)
+	$(BIN)/python -m tools.docgen.measure
+	$(MAKE) --no-print-directory docs
 
 test-long: $(STAMP)
 	CAPSIM_LONG=1 $(BIN)/python -m pytest -q
@@ -43,8 +56,8 @@ $(BENCH_DEPS)/.stamp: | $(BIN)/python
 	touch $@
 
 bench: $(STAMP) $(BENCH_DEPS)/.stamp
-	$(BIN)/python benchmarks/bench_startup.py
-	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_startup.py --json benchmarks/results/startup.json
+	$(BIN)/python benchmarks/bench_engine.py --json benchmarks/results/engine.json
 
 # Open the notebooks in JupyterLab (an optional extra, installed on first use).
 notebook: $(STAMP)
@@ -95,4 +108,4 @@ verify: $(STAMP)
 	  elif [ $$rc -ne 0 ]; then exit $$rc; fi
 
 clean:
-	rm -rf $(VENV) $(BENCH_DEPS) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(BENCH_DEPS) .pytest_cache .hypothesis build site *.egg-info

@@ -126,10 +126,12 @@ def test_codes_are_distinct_and_documented() -> None:
 
     codes = [EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE, EXIT_INTERNAL, EXIT_WORKER_DIED, EXIT_INTERRUPTED]
     assert len(set(codes)) == len(codes) and EXIT_INTERNAL != EXIT_FAIL
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    root = Path(__file__).parent.parent
+    pages = {name: (root / name).read_text() for name in ("README.md", "docs/reference/exit-codes.md")}
     for c in codes:
         assert f"{c} " in EXIT_HELP
-        assert f"| {c} |" in readme, f"README's exit-code table lacks {c}"
+        for name, text in pages.items():
+            assert f"| {c} |" in text, f"{name}'s exit-code table lacks {c}"
     r = invoke("--help")
     assert "4 internal error" in " ".join(r.stdout.split())
 

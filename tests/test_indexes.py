@@ -1,4 +1,4 @@
-"""Index kinds are registered once and work end to end; the one added by the README's recipe too."""
+"""Index kinds are registered once and work end to end; the one added by the development guide's recipe too."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The house is one-way: every import in ``sim`` points down the layer list.
 
-Layers, lowest first (see the README's development section)::
+Layers, lowest first (see docs/development.md)::
 
     leaves    errors, rng, files, distributions, registry, version
     indexes   retrieval index kinds (knobs, laws, build and search)
@@ -61,7 +61,7 @@ def layer(mod: str) -> tuple[str, float]:
     if top in LEAVES:
         return "leaves", 0
     name = mod.split(".")[1]
-    assert name in RANK, f"{mod}: no layer for sim.{name}; add it to RANK and the README's map"
+    assert name in RANK, f"{mod}: no layer for sim.{name}; add it to RANK and the map in docs/development.md"
     return name, RANK[name]
 
 

@@ -1,5 +1,5 @@
-"""The README's "A day with capsim" runs as written (issue 14): every `capsim` line of its
-first shell block is executed, in order, in one folder.
+"""The README's "A day with capsim" runs as written: every `capsim` line of its first shell
+block is executed, in order, in one folder.
 
 Only sizes change, so the suite stays quick: your embeddings are the 4,500 real MiniLM
 vectors shipped for tests (so --docs 20000,50000 becomes 2000,4000), simulations run

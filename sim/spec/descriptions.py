@@ -1,12 +1,15 @@
 """One plain-text line per scenario key, for the JSON Schema ``capsim schema`` prints.
 
 An editor that checks a scenario against the schema shows these when the cursor is on a
-key; they say what the key means, its unit and what its default does (the README's
-"Scenario files" table has the same facts).  ``tests/test_schema.py`` requires one for
+key; they say what the key means, its unit and what its default does.  The documentation's
+scenario reference (docs/reference/scenario.md) is generated from them.  ``tests/test_schema.py`` requires one for
 every key of every section, so a new key without a line fails there.
 """
 
 from __future__ import annotations
+
+# The five step-cost keys: a preset other than custom fits them unless the file sets them.
+_PRESET = " (default: the llm.efficiency preset's fitted value; custom: the schema default)"
 
 FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "Scenario": {
@@ -124,11 +127,11 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "kv_dtype_bytes": "bytes per KV-cache element (2: bf16)",
         "compute_dtype": "matmul precision: bf16, or fp8 (uses the GPU's fp8_tflops)",
         "efficiency": "step-cost parameters: fitted to published measurements (central, slow or fast end), or custom",
-        "bw_efficiency": "share of HBM bandwidth a decode step achieves",
-        "mfu": "share of peak FLOP/s a compute-bound step achieves",
-        "step_overhead_ms": "fixed time per engine step, ms",
-        "step_overhead_per_seq_ms": "extra time per sequence in a step, ms",
-        "allreduce_latency_us": "latency of one tensor-parallel all-reduce, us",
+        "bw_efficiency": "share of HBM bandwidth a decode step achieves" + _PRESET,
+        "mfu": "share of peak FLOP/s a compute-bound step achieves" + _PRESET,
+        "step_overhead_ms": "fixed time per engine step, ms" + _PRESET,
+        "step_overhead_per_seq_ms": "extra time per sequence in a step, ms" + _PRESET,
+        "allreduce_latency_us": "latency of one tensor-parallel all-reduce, us" + _PRESET,
         "step_table": "a measured step-time CSV that replaces the roofline step cost",
         "gpu_memory_utilization": "share of the GPU's exposed memory the engine may use (vLLM's setting)",
         "tensor_parallel": "GPUs per replica",

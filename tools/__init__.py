@@ -1,0 +1,1 @@
+"""Helpers for the repository itself (not part of the capsim package)."""

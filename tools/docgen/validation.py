@@ -1,0 +1,276 @@
+"""The validation page, rendered from committed result files (never typed by hand).
+
+Inputs: ``sim/data/published/fit.json`` (``capsim calibrate published``),
+``docs/data/kv_logs.json`` and ``docs/data/queueing.json`` (``make validation``),
+``docs/data/verify_llm.json`` and ``docs/data/verify_retrieval.json`` (the rows of
+``capsim verify``'s JSON, as ``make verify`` plays them), ``docs/data/verify_timing.json``.
+:func:`summary_rows` gives the one-line-per-check summary the README repeats;
+``tests/test_docs.py`` holds the README to it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "docs" / "data"
+FIT = ROOT / "sim" / "data" / "published" / "fit.json"
+
+METRIC = {"e2e_ms": "e2e", "ttft_ms": "TTFT", "retrieval_ms": "retrieval", "throughput_per_s": "throughput"}
+
+
+def load(name: str) -> dict[str, Any]:
+    path = FIT if name == "fit" else DATA / f"{name}.json"
+    return dict(json.loads(path.read_text()))
+
+
+def pct(x: float | None, signed: bool = True) -> str:
+    if x is None:
+        return "-"
+    return f"{x:+.1f} %" if signed else f"{x:.1f} %"
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def _ci(ci: list | None) -> str:
+    if not ci or ci[0] is None:
+        return ""
+    lo, hi = ci[0], ci[1] if len(ci) > 1 else None
+    return f" ({_num(lo)}-{_num(hi) if hi is not None else ''})"
+
+
+def verify_counts(doc: dict[str, Any]) -> tuple[int, int, int, float]:
+    """(within, undecided, outside, largest |error| in %) over the bounded rows."""
+    rows = [r for load in doc["loads"] for r in load["rows"] if r.get("bound") is not None]
+    within = sum(r["verdict"] == "within" for r in rows)
+    undecided = sum(r["verdict"] == "undecided" for r in rows)
+    outside = sum(r["verdict"] == "outside" for r in rows)
+    worst = max(abs(r["rel_error"]) for r in rows if r.get("rel_error") is not None) * 100
+    return within, undecided, outside, worst
+
+
+def summary_rows() -> list[tuple[str, str, str, str]]:
+    """One row per check: (check, compared with, how far off, page anchor)."""
+    fit = load("fit")
+    kv = load("kv_logs")
+    q = load("queueing")
+    ho = fit["held_out"]
+    kv_worst = max(kv["rows"], key=lambda r: abs(r["rel_error"]))
+    q_worst = max(abs(r["rel_error"]) for r in q["rows"]) * 100
+    out = [
+        (
+            "Queueing formulas",
+            "Erlang C (M/M/1, M/M/10) and exact MVA (closed users)",
+            f"within {q_worst:.1f} %, every exact value inside capsim's 95 % interval"
+            if all(r["exact_inside_ci"] in (True, None) for r in q["rows"])
+            else f"within {q_worst:.1f} %",
+            "queueing-formulas",
+        ),
+        (
+            "LLM step costs",
+            f"{fit['points_fitted']} published measurements from {fit['sources_fitted']} sources, each source held out",
+            f"decode MAPE {ho['decode']['mape_pct']:.0f} %, prefill {ho['prefill']['mape_pct']:.0f} %, "
+            f"static runs {ho['throughput']['mape_pct']:.0f} %",
+            "llm-step-costs-against-published-measurements",
+        ),
+        (
+            "KV memory",
+            f"{len(kv['rows'])} published vLLM start-up logs",
+            f"worst {kv_worst['rel_error'] * 100:+.1f} % (tolerance {kv['tolerance'] * 100:.0f} %)",
+            "kv-memory-against-vllm-start-up-logs",
+        ),
+    ]
+    for name, label in (("verify_llm", "Live stack: LLM"), ("verify_retrieval", "Live stack: retrieval")):
+        doc = load(name)
+        w, u, o, worst = verify_counts(doc)
+        total = w + u + o
+        out.append(
+            (
+                label,
+                f"`make verify`: {doc['scenario']} against real servers",
+                f"{w} of {total} rows within their bound, {u} undecided, {o} outside; largest error {worst:.1f} %",
+                "live-stack-make-verify",
+            )
+        )
+    return out
+
+
+def render() -> str:
+    fit, kv, q = load("fit"), load("kv_logs"), load("queueing")
+    lines = [
+        "# Validation",
+        "",
+        "Every fidelity check capsim is held to, its method and its latest numbers. This page is generated "
+        "from committed result files (`make validation` re-measures the ones any machine can; "
+        "`make docs` renders the page); nothing here is typed by hand.",
+        "",
+        "| check | compared with | how far off |",
+        "|---|---|---|",
+    ]
+    for check, against, off, anchor in summary_rows():
+        lines.append(f"| [{check}](#{anchor}) | {against} | {off} |")
+    lines += _queueing(q) + _fit(fit) + _kv(kv) + _verify()
+    return "\n".join(lines) + "\n"
+
+
+def _queueing(q: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Queueing formulas",
+        "",
+        "capsim end to end (`sim.simulate`, cache and LLM off, the retrieval stage as the queue) against "
+        "exact formulas. Each simulated figure is the mean over "
+        f"{q['replications']} replications with its {q['confidence']:.0%} interval. The test suite holds the "
+        "same comparisons (`tests/test_queueing_checks.py`, `make test-long` for the long forms).",
+        "",
+        "| check | simulated (95 % interval) | exact | error |",
+        "|---|---|---|---|",
+    ]
+    for r in q["rows"]:
+        lines.append(
+            f"| {r['check']} | {_num(r['simulated'])} {r['unit']}{_ci(r['ci'])} | {_num(r['exact'])} {r['unit']} "
+            f"| {pct(r['rel_error'] * 100)} |"
+        )
+    lines += ["", f"*Measured {q['date']} with capsim {q['capsim']} on {q['machine']} (`make validation`).*"]
+    return lines
+
+
+def _fit(fit: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## LLM step costs against published measurements",
+        "",
+        f"The step-cost parameters of `llm.efficiency: published` are fitted to {fit['points_fitted']} published "
+        f"measurements from {fit['sources_fitted']} sources (`sim/data/published/`, every row with its page and "
+        "date). How far an unmeasured configuration can be trusted is measured by leaving each source out "
+        "in turn and predicting it from the others. Error = predicted / measured - 1; MAPE and the signed mean.",
+        "",
+        "| | decode | prefill / TTFT | static-batch runs |",
+        "|---|---|---|---|",
+    ]
+    for label, key in (
+        ("assumed before the fit (0.8 / 0.5 / 1 ms)", "assumed_before"),
+        ("the fit, in sample", "in_sample"),
+        ("**the fit, each source held out**", "held_out"),
+    ):
+        cells = [
+            f"{pct(fit[key][k]['mape_pct'], False)}, {pct(fit[key][k]['signed_mean_pct'])} (n {fit[key][k]['n']})"
+            for k in ("decode", "prefill", "throughput")
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    t = fit["targets"]
+    lines += [
+        "",
+        f"Targets: decode MAPE {t['decode_mape_pct']} %, prefill {t['prefill_mape_pct']} %, "
+        f"bias within ±{t['signed_mean_pct']} %. Held out, source by source:",
+        "",
+        "| source | rows | MAPE | signed mean |",
+        "|---|---|---|---|",
+    ]
+    for src, r in sorted(fit["held_out_by_source"].items(), key=lambda kv: kv[1]["mape_pct"]):
+        lines.append(f"| `{src}` | {r['n']} | {pct(r['mape_pct'], False)} | {pct(r['signed_mean_pct'])} |")
+    lines += ["", "Kept out of the fit and predicted anyway:", ""]
+    for gpu, parts in fit["kept_out_gpus_under_the_fit"].items():
+        thr = parts["throughput"]
+        lines.append(
+            f"* `{gpu}`: static runs MAPE {pct(thr['mape_pct'], False)}, signed {pct(thr['signed_mean_pct'])} "
+            f"({thr['n']} rows): the fitted efficiencies are the CUDA engines'."
+        )
+    lines += ["", "The presets, and the reference step (Llama-3-8B, H100 SXM, batch 32, 1,024 tokens of context):", ""]
+    lines += [
+        "| preset | bw_efficiency | mfu | step overhead ms | per sequence ms | all-reduce µs | reference step ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, p in fit["presets"].items():
+        lines.append(
+            f"| `{name}` | {p['bw_efficiency']:.3f} | {p['mfu']:.3f} | {p['step_overhead_ms']:.2f} | "
+            f"{p['step_overhead_per_seq_ms']:.3f} | {p['allreduce_latency_us']:.0f} | "
+            f"{fit['reference_step_ms'][name]:.1f} |"
+        )
+    lines += [
+        "",
+        f"*Fitted {fit['created_utc'][:10]} by `capsim calibrate published` "
+        f"({fit['resamples']} bootstrap resamples for the fast and slow presets); "
+        "`tests/test_published_fit.py` re-runs the fit and pins these figures.*",
+    ]
+    return lines
+
+
+def _kv(kv: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## KV memory against vLLM start-up logs",
+        "",
+        "Each published log is rebuilt as an `llm` section (model, GPU, tensor parallelism, "
+        "`gpu_memory_utilization`, batch limits, the engine-reserve preset of its vLLM version) and capsim's "
+        f"KV capacity in tokens is held against the one the engine logged (tolerance {kv['tolerance']:.0%}, "
+        "`tests/test_kv_logs.py`).",
+        "",
+        "| log | model | GPU | tp | vLLM | preset | logged tokens | capsim | error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in kv["rows"]:
+        lines.append(
+            f"| [{r['id']}]({r['source']}) | {r['model']} | {r['gpu']} | {r['tensor_parallel']} | {r['vllm']} | "
+            f"`{r['engine_reserve']}` | {r['logged_tokens']:,} | {r['capsim_tokens']:,} | "
+            f"{pct(r['rel_error'] * 100)} |"
+        )
+    lines += ["", f"*Computed {kv['date']} with capsim {kv['capsim']} (`make validation`).*"]
+    return lines
+
+
+def _verify() -> list[str]:
+    lines = [
+        "",
+        "## Live stack (`make verify`)",
+        "",
+        "`make verify` builds a real serving stack on the machine (llama.cpp's `llama-server` with a "
+        "random-weight Llama-architecture model, an hnswlib search service behind uvicorn), plays closed-loop "
+        "loads against it and compares every statistic with capsim's prediction, calibrated only from "
+        "isolated probes. Verdicts: `within` the bound; `outside` when even the edge of the measurement's own "
+        "95 % interval misses it; `undecided` otherwise (the load was too short to tell). "
+        "See [Verify against your staging stack](how-to/verify.md).",
+    ]
+    for name in ("verify_llm", "verify_retrieval"):
+        doc = load(name)
+        w, u, o, _ = verify_counts(doc)
+        lines += [
+            "",
+            f"### {doc['scenario']}",
+            "",
+            f"{doc['setup']}.",
+            "",
+            "| users | metric | measured (its 95 %) | predicted | error | bound | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for load_ in doc["loads"]:
+            for r in load_["rows"]:
+                label = f"{METRIC.get(r['metric'], r['metric'])} {r['stat'] if r['stat'] != 'mean' else ''}".strip()
+                lines.append(
+                    f"| {load_['users']} | {label} | {_num(r['measured'])}{_ci(r.get('measured_ci'))} | "
+                    f"{_num(r['predicted'])} | {pct(r['rel_error'] * 100)} | "
+                    f"{pct(r['bound'] * 100, False) if r.get('bound') is not None else '-'} | {r['verdict']} |"
+                )
+        lines += [
+            "",
+            f"{w} within, {u} undecided, {o} outside. *{doc['date']}, commit {doc['commit']}, {doc['machine']}. "
+            f"Source: {doc['source']}.*",
+        ]
+    timing = load("verify_timing")
+    lines += ["", "### How long `make verify` takes", "", "| run | minutes | note |", "|---|---|---|"]
+    for r in timing["rows"]:
+        minutes = r.get("minutes")
+        text = f"about {minutes}" if minutes is not None else "{}-{}".format(*r["minutes_range"])
+        lines.append(f"| {r['what']} | {text} | {r['note']} |")
+    lines += ["", f"*{timing['machine']}. Source: {timing['source']}.*"]
+    return lines
