@@ -195,3 +195,16 @@ def test_a_failed_build_leaves_no_binaries_that_look_finished(cache: Path, sdist
     assert not (cache / f"llama-{prepare.LLAMA_CPP_PYTHON_VERSION}" / "STAMP").exists()
     prepare.ensure_llama(cache, sdist, builder=b, compiler="gcc 2")
     assert len(b.calls) == 2
+
+
+def test_a_failing_compiler_is_named_with_its_last_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "cmake").write_text('#!/bin/sh\necho "configuring"\necho "error: no C++ compiler" >&2\nexit 3\n')
+    (fake / "cmake").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    with pytest.raises(SystemExit, match=r"`cmake -S .*` exited 3"):
+        prepare.cmake_build(tmp_path / "src", tmp_path / "build", prepare.CMAKE_FLAGS, jobs=2)
+    assert "error: no C++ compiler" in capsys.readouterr().err

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -247,10 +248,16 @@ def build_key(flags: tuple[str, ...] = CMAKE_FLAGS, compiler: str | None = None)
 
 
 def cmake_build(src: Path, build: Path, flags: tuple[str, ...], jobs: int) -> None:
-    subprocess.run(["cmake", "-S", str(src), "-B", str(build), *flags], check=True)
-    subprocess.run(
-        ["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs), "--target", *TARGETS], check=True
-    )
+    """Configure and compile the two targets; the compiler's output goes to a log, shown on failure."""
+    compile_cmd = ["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs), "--target", *TARGETS]
+    build.mkdir(parents=True, exist_ok=True)
+    with open(build / "build.log", "w") as out:
+        for cmd in (["cmake", "-S", str(src), "-B", str(build), *flags], compile_cmd):
+            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+            if rc != 0:
+                tail = (build / "build.log").read_text(errors="replace").splitlines()[-40:]
+                print("\n".join(tail), file=sys.stderr)
+                raise SystemExit(f"error: `{' '.join(cmd[:3])} ...` exited {rc} (the compiler's last lines above)")
 
 
 def ensure_llama(
@@ -268,7 +275,8 @@ def ensure_llama(
     bins = [prefix / "bin" / t for t in TARGETS]
     if all(os.access(b, os.X_OK) for b in bins) and stamp.is_file() and stamp.read_text() == key:
         return prefix / "bin"
-    log(f"compiling llama.cpp ({', '.join(TARGETS)}) into {prefix / 'bin'} with -j{jobs}")
+    log(f"compiling llama.cpp ({', '.join(TARGETS)}) into {prefix / 'bin'} with -j{jobs} (10-20 min on 2 cores)")
+    t0 = time.monotonic()
     stamp.unlink(missing_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="llama-build-", dir=cache))
@@ -286,6 +294,7 @@ def ensure_llama(
         shutil.rmtree(work, ignore_errors=True)
     with staged(stamp) as tmp:
         tmp.write_text(key)
+    log(f"compiled in {time.monotonic() - t0:.0f} s")
     return prefix / "bin"
 
 
