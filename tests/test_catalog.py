@@ -14,6 +14,8 @@ URL = re.compile(r"https?://\S+")
 GPU_FIELDS = ("hbm_bandwidth_gbps", "memory_gb", "peak_tflops", "interconnect_gbps")
 MODEL_SHAPES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab")
 MODEL_NUMERIC = (*MODEL_SHAPES, "params")
+MOE_FIELDS = ("experts", "experts_per_token", "shared_experts", "expert_intermediate", "dense_layers")
+MLA_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 REQUIRED_GPUS = (
     "h100-sxm",
     "h100-pcie",
@@ -63,7 +65,7 @@ def test_names_in_natural_order():
 def test_gpu_has_positive_numeric_fields(name):
     g = catalog.gpu(name)
     # fp8_tflops and memory_exposed_gib where a figure was read
-    assert set(GPU_FIELDS) <= set(g) <= {*GPU_FIELDS, "fp8_tflops", "memory_exposed_gib"}
+    assert set(GPU_FIELDS) <= set(g) <= {*GPU_FIELDS, "fp8_tflops", "fp4_tflops", "memory_exposed_gib"}
     for field in g:
         value = g[field]
         assert isinstance(value, (int, float)) and not isinstance(value, bool), (name, field)
@@ -121,10 +123,13 @@ def test_gpu_dense_tflops_are_half_the_sparse_headline():
 @pytest.mark.parametrize("name", catalog.model_names())
 def test_model_has_positive_numeric_fields(name):
     m = catalog.model(name)
-    assert set(m) == {*MODEL_NUMERIC, "tied_embeddings", "qkv_bias"}
+    extra = set(m) - {*MODEL_NUMERIC, "tied_embeddings", "qkv_bias"}
+    assert extra in (set(), set(MOE_FIELDS), {*MOE_FIELDS, *MLA_FIELDS}), (name, extra)
     for field in MODEL_NUMERIC:
         assert isinstance(m[field], int) and not isinstance(m[field], bool), (name, field)
         assert m[field] > 0, (name, field)
+    for field in extra:
+        assert isinstance(m[field], int) and not isinstance(m[field], bool) and m[field] >= 0, (name, field)
     assert isinstance(m["tied_embeddings"], bool)
     assert isinstance(m["qkv_bias"], bool)
 
@@ -141,13 +146,20 @@ def test_model_shapes_and_params_have_source_urls(name):
 def test_model_head_geometry(name):
     m = catalog.model(name)
     assert m["heads"] % m["kv_heads"] == 0
-    assert m["hidden"] == m["heads"] * m["head_dim"]
+    # Qwen3, gpt-oss and DeepSeek set head_dim apart from hidden / heads in config.json
+    if not name.startswith(("qwen3", "gpt-oss", "deepseek")):
+        assert m["hidden"] == m["heads"] * m["head_dim"]
 
 
 @pytest.mark.parametrize("name", catalog.model_names())
 def test_param_count_matches_catalog_params(name):
     m = catalog.model(name)
+    if "experts" in m:  # MoE / MLA: the general count, exact (the catalog stores what it computes)
+        extra = {k: m[k] for k in (*MOE_FIELDS, *MLA_FIELDS) if k in m}
+        assert catalog.param_counts(**_shape_args(m), **extra)[0] == m["params"]
+        return
     assert catalog.param_count(**_shape_args(m)) == pytest.approx(m["params"], rel=0.005)
+    assert catalog.param_counts(**_shape_args(m)) == (catalog.param_count(**_shape_args(m)),) * 2
 
 
 def test_param_count_hand_checked_values():
@@ -248,3 +260,128 @@ def test_unknown_name_without_close_match_has_no_guess():
 def test_non_string_name_is_config_error():
     with pytest.raises(ConfigError, match=r"^llm\.gpu: "):
         catalog.gpu(None)  # type: ignore[arg-type]
+
+
+# --- Blackwell GPUs, pinned against the figures their sources print -------------------------
+
+
+def test_b200_figures_from_the_dgx_b200_page_and_hgx_table():
+    g = catalog.gpu("b200")
+    # DGX B200 (8 GPUs): 1,440 GB, 64 TB/s, FP4 72 PFLOPS dense, FP8 72 PFLOPS with sparsity,
+    # NVLink 14.4 TB/s aggregate; HGX B200 table: BF16 4,500 TFLOPS with sparsity
+    assert g["memory_gb"] == 1440 / 8 == 180
+    assert g["hbm_bandwidth_gbps"] == 64_000 / 8
+    assert g["fp4_tflops"] == 72_000 / 8
+    assert g["fp8_tflops"] == 72_000 / 8 / 2
+    assert g["peak_tflops"] == 4500 / 2
+    assert g["interconnect_gbps"] == 14_400 / 8 / 2
+
+
+def test_gb200_figures_from_the_gb200_variant_table_and_nvl72_rack():
+    g = catalog.gpu("gb200")
+    # glennklockwood, GB200 variant at 1,200 W (sparse): BF16 5,000, FP8 10,000, FP4 20,000; 8 TB/s
+    assert (g["peak_tflops"], g["fp8_tflops"], g["fp4_tflops"]) == (5000 / 2, 10_000 / 2, 20_000 / 2)
+    assert g["hbm_bandwidth_gbps"] == 8000
+    assert g["memory_gb"] == round(13_400 / 72)  # about 13.4 TB over 72 GPUs
+    assert g["interconnect_gbps"] == 1800 / 2  # 1.8 TB/s per GPU, bidirectional
+
+
+def test_b300_figures_from_the_hgx_b300_table():
+    g = catalog.gpu("b300")
+    # glennklockwood, HGX B300 (matrix dense / sparse): BF16 2,250 / 4,500, FP8 4,500 / 9,000,
+    # FP4 13,125 dense (105 PFLOPS over 8 GPUs) / 18,000 sparse; 8 TB/s. verda: 270 GB.
+    assert (g["peak_tflops"], g["fp8_tflops"]) == (4500 / 2, 9000 / 2)
+    assert g["fp4_tflops"] == 105_000 / 8 == 13_125
+    assert (g["hbm_bandwidth_gbps"], g["memory_gb"], g["interconnect_gbps"]) == (8000, 270, 900)
+
+
+def test_gb300_figures_from_verda_per_gpu_and_rack_tables():
+    g = catalog.gpu("gb300")
+    # per GPU without sparsity: FP4 15 PF, FP8 5, BF16 2.5, 279 GB, 8 TB/s, NVLink 900 GB/s one way;
+    # the rack (72 GPUs): 1,080 PF FP4, 360 FP8, 180 BF16, 576 TB/s
+    assert (g["fp4_tflops"], g["fp8_tflops"], g["peak_tflops"]) == (1_080_000 / 72, 360_000 / 72, 180_000 / 72)
+    assert g["hbm_bandwidth_gbps"] == 576_000 / 72
+    assert (g["memory_gb"], g["interconnect_gbps"]) == (279, 900)
+
+
+@pytest.mark.parametrize("name", ["b200", "b300", "gb200", "gb300"])
+def test_blackwell_entries_cite_every_figure(name):
+    entry = catalog.gpu_entry(name)
+    for field in (*GPU_FIELDS, "fp8_tflops", "fp4_tflops"):
+        assert URL.search(str(entry["sources"].get(field, ""))), (name, field)
+    g = catalog.gpu(name)
+    assert g["peak_tflops"] < g["fp8_tflops"] < g["fp4_tflops"]
+
+
+def test_only_fp4_parts_have_fp4_tflops():
+    have = {n for n in catalog.gpu_names() if "fp4_tflops" in catalog.gpu(n)}
+    assert have == {"b200", "b300", "gb200", "gb300"}
+
+
+# --- MoE and latent-attention models --------------------------------------------------------
+
+
+def _counts(name: str) -> tuple[int, int]:
+    m = catalog.model(name)
+    extra = {k: m[k] for k in (*MOE_FIELDS, *MLA_FIELDS) if k in m}
+    return catalog.param_counts(**_shape_args(m), **extra)
+
+
+# (model, total on the card, active on the card); totals within 0.5 %, active within 2 %: the
+# cards round to two or three digits (DeepSeek's 37B is 37.55B computed, 1.5 % off).
+CARDS = [
+    ("deepseek-v3", 671e9, 37e9),
+    ("deepseek-r1", 671e9, 37e9),
+    ("qwen3-235b-a22b", 235e9, 22e9),
+    ("gpt-oss-120b", 116.83e9, None),
+]
+
+
+@pytest.mark.parametrize(("name", "total", "active"), CARDS, ids=[c[0] for c in CARDS])
+def test_moe_params_against_model_cards(name, total, active):
+    t, a = _counts(name)
+    assert t == catalog.model(name)["params"]
+    assert t == pytest.approx(total, rel=0.005)
+    if active is not None:
+        assert a == pytest.approx(active, rel=0.02)
+
+
+def test_gpt_oss_active_matches_the_card_without_the_unembedding():
+    m = catalog.model("gpt-oss-120b")
+    _, active = _counts("gpt-oss-120b")
+    # OpenAI's 5.13B active leaves out the unembedding (vocab x hidden)
+    assert active - m["vocab"] * m["hidden"] == pytest.approx(5.13e9, rel=0.005)
+
+
+def test_dense_new_models_against_their_cards():
+    assert catalog.model("qwen3-32b")["params"] == pytest.approx(32.8e9, rel=0.005)
+    assert catalog.model("llama-3.1-8b")["params"] == catalog.model("llama-3-8b")["params"] == 8_030_261_248
+    assert catalog.model("llama-3.1-70b")["params"] == catalog.model("llama-3-70b")["params"] == 70_553_706_496
+
+
+def test_deepseek_shapes_as_in_config_json():
+    m = catalog.model("deepseek-r1")
+    assert (m["experts"], m["experts_per_token"], m["shared_experts"], m["expert_intermediate"]) == (256, 8, 1, 2048)
+    assert (m["dense_layers"], m["kv_lora_rank"], m["qk_rope_head_dim"], m["layers"]) == (3, 512, 64, 61)
+
+
+def test_param_counts_moe_by_hand():
+    base = dict(layers=2, hidden=4, heads=2, kv_heads=1, head_dim=2, intermediate=8, vocab=10, tied_embeddings=False)
+    # attention 2*4*2*2 + 2*4*1*2 = 48, norms 8: 56 a layer; embeddings 2*10*4 + final norm 4 = 84
+    # layer 0 dense MLP 3*4*8 = 96; layer 1: 4 experts of 3*4*3 = 36 (144), 1 shared (36), router 4*4 = 16
+    total = 2 * 56 + 84 + 96 + 144 + 36 + 16
+    assert total == 488
+    got = catalog.param_counts(
+        **base, experts=4, experts_per_token=2, shared_experts=1, expert_intermediate=3, dense_layers=1
+    )
+    assert got == (488, 488 - 144 + 2 * 36)
+
+
+def test_param_counts_latent_attention_by_hand():
+    # q: 8*4 + 4 + 4*2*(2+1) = 60; kv: 8*(3+1) + 3 + 3*2*(2+2) = 59; o: 2*2*8 = 32; norms 16;
+    # MLP 3*8*4 = 96; tied embeddings 3*8 + final norm 8 = 32
+    got = catalog.param_counts(
+        layers=1, hidden=8, heads=2, kv_heads=2, head_dim=2, intermediate=4, vocab=3, tied_embeddings=True,
+        q_lora_rank=4, kv_lora_rank=3, qk_rope_head_dim=1, qk_nope_head_dim=2, v_head_dim=2,
+    )  # fmt: skip
+    assert got == (60 + 59 + 32 + 16 + 96 + 32,) * 2 == (295, 295)

@@ -54,6 +54,7 @@ from sim.physics import queueing as analytic
 from sim.physics.gpu import StepCost
 from sim.physics.sharing import contention_at
 from sim.physics.steptable import step_cost
+from sim.spec import catalog
 from sim.spec.efficiency import provenance
 from sim.spec.scenario import expand
 from sim.spec.schema import LLMConfig, PromptComposition, Scenario, build_distribution
@@ -219,6 +220,7 @@ def _gpu_figures(scn: Scenario, out: dict[str, Any], notes: list[str], stations:
     llm = scn.llm
     cost = step_cost(llm)
     out["step_model"] = f"table {llm.step_table}" if llm.step_table else "roofline"
+    out["step_cost_figures"] = step_cost_figures(llm)
     m = llm.model
     prompt, output = mean_prompt_tokens(scn), mean_output_tokens(scn)
     prefix = llm.prefix_tokens
@@ -248,22 +250,68 @@ def _gpu_figures(scn: Scenario, out: dict[str, Any], notes: list[str], stations:
     out["decode_tokens_per_s"] = {str(b): b / steps[b][0] for b in sizes}
     out["decode_fits"] = {str(b): b <= fit for b in sizes}
 
-    hw_ridge = gm.ridge_point_flops_per_byte(llm.gpu.peak_tflops, llm.gpu.hbm_bandwidth_gbps)
-    eff_ridge = gm.ridge_point_flops_per_byte(
-        llm.gpu.peak_tflops, llm.gpu.hbm_bandwidth_gbps, llm.mfu, llm.bw_efficiency
-    )
+    hw_ridge = gm.ridge_point_flops_per_byte(llm.peak_tflops, llm.gpu.hbm_bandwidth_gbps)
+    eff_ridge = gm.ridge_point_flops_per_byte(llm.peak_tflops, llm.gpu.hbm_bandwidth_gbps, llm.mfu, llm.bw_efficiency)
     ends = {"batch_1": steps[1], "max_batch": steps[llm.max_batch]}
     out["ridge_point_flops_per_byte"] = hw_ridge
     out["effective_ridge_flops_per_byte"] = eff_ridge
     out["arithmetic_intensity"] = {k: gm.arithmetic_intensity(v[1], v[2]) for k, v in ends.items()}
     out["bound"] = {k: ("measured (table)" if llm.step_table else _verdict(v[3])) for k, v in ends.items()}
-    out["attention_flops"] = gm.attention_flops(m.layers, m.heads, m.head_dim, prompt)
+    if m.kv_lora_rank:  # latent attention: its own FLOPs per (query, key) pair
+        per_pair = gm.attention_flops_per_pair(m.layers, m.heads, m.head_dim, m.kv_lora_rank, m.qk_rope_head_dim)
+        out["attention_flops"] = per_pair * gm.attention_pairs(prompt)
+    else:
+        out["attention_flops"] = gm.attention_flops(m.layers, m.heads, m.head_dim, prompt)
 
     out["replica_capacity"] = cap = _replica_capacity(cost, batch, p_s, ctx, output)
     if cap is None:
         return 0.0
     stations["gpu"] = (cap["gpu_ms_per_request"] / 1e3, llm.replicas)
     return max(output - 1.0, 0.0) * steps[1][0]
+
+
+def step_cost_figures(llm: LLMConfig) -> dict[str, Any]:
+    """Which figures the step cost is built from: the GPU's bandwidth, the peak at the compute
+    precision and the interconnect (with their catalog sources), the bytes per weight and per KV
+    element, and for a MoE model the active parameters and the experts a step reads."""
+    g, m = llm.gpu, llm.model
+    peak_field = {"fp4": "fp4_tflops", "fp8": "fp8_tflops"}.get(llm.compute_dtype, "peak_tflops")
+    if getattr(g, peak_field) is None:
+        peak_field = "peak_tflops"
+    used = ("hbm_bandwidth_gbps", peak_field, "interconnect_gbps")
+    try:
+        sources = catalog.gpu_entry(g.name)["sources"] if g.name else {}
+    except ConfigError:  # an inline GPU under a name the catalog does not know
+        sources = {}
+    doc: dict[str, Any] = {
+        "model": f"table {llm.step_table}" if llm.step_table else "roofline",
+        "gpu": g.name,
+        "hbm_bandwidth_gbps": g.hbm_bandwidth_gbps,
+        "compute_dtype": llm.compute_dtype,
+        "peak_field": peak_field,
+        "peak_tflops": llm.peak_tflops,
+        "interconnect_gbps": g.interconnect_gbps,
+        "weights_dtype": llm.weights_dtype,
+        "dtype_bytes": llm.dtype_bytes,
+        "activation_bytes": llm.activation_bytes,
+        "kv_dtype_bytes": llm.kv_dtype_bytes,
+        "sources": {k: sources[k] for k in used if k in sources} or "inline figures from the scenario",
+    }
+    if m.kv_lora_rank:
+        doc["attention"] = f"MLA: {m.kv_lora_rank} + {m.qk_rope_head_dim} cached values per token and layer"
+    if m.experts:
+        doc["moe"] = {
+            "params": m.param_count,
+            "active_params": m.active_param_count,
+            "experts": m.experts,
+            "experts_per_token": m.experts_per_token,
+            "expert_parallel": llm.expert_parallel_size,
+            "experts_read_at_batch": {
+                str(b): float(gm.expected_distinct_experts(m.experts, m.experts_per_token, float(b)))
+                for b in sorted(set(DECODE_BATCHES) | {llm.max_batch})
+            },
+        }
+    return doc
 
 
 def _memory_figures(llm: LLMConfig, prompt: float, output: float) -> dict[str, Any]:

@@ -39,6 +39,27 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
+def step_figures_line(f: dict[str, Any]) -> str:
+    """Where the step costs come from, in one line: the model and the figures it uses."""
+    parts = [
+        f"{f['model']} on {f['gpu'] or 'an inline GPU'}: HBM {f['hbm_bandwidth_gbps']:,.0f} GB/s, "
+        f"{f['peak_field']} {f['peak_tflops']:,.0f} TFLOPS (compute_dtype {f['compute_dtype']})"
+        + (f", interconnect {f['interconnect_gbps']:,.0f} GB/s" if f.get("interconnect_gbps") else ""),
+        f"weights {f['weights_dtype'] or 'dtype_bytes'} ({f['dtype_bytes']:g} B), KV {f['kv_dtype_bytes']:g} B",
+    ]
+    if "attention" in f:
+        parts.append(f["attention"])
+    moe = f.get("moe")
+    if moe:
+        reads = ", ".join(f"{v:,.1f} at batch {b}" for b, v in moe["experts_read_at_batch"].items())
+        parts.append(
+            f"MoE: {moe['active_params'] / 1e9:,.2f}B of {moe['params'] / 1e9:,.2f}B parameters active, "
+            f"{moe['experts_per_token']} of {moe['experts']} experts per token, expert_parallel "
+            f"{moe['expert_parallel']}; experts read per layer: {reads}"
+        )
+    return "; ".join(parts)
+
+
 def estimate_table(est: dict[str, Any]) -> Table:
     t = Table(
         title=f"estimate: {est.get('scenario')}" + (f" {est['params']}" if est.get("params") else ""), show_header=False
@@ -54,6 +75,8 @@ def estimate_table(est: dict[str, Any]) -> Table:
             f"overhead {sc['step_overhead_ms']:.3g} ms + {sc['step_overhead_per_seq_ms']:.3g} ms/sequence, "
             f"all-reduce latency {sc['allreduce_latency_us']:.3g} us",
         )
+        if "step_cost_figures" in est:
+            t.add_row("step cost from", step_figures_line(est["step_cost_figures"]))
         t.add_row("mean prompt / output tokens", f"{est['mean_prompt_tokens']:,.0f} / {est['mean_output_tokens']:,.0f}")
         t.add_row("weights", _bytes(est["weights_bytes"]))
         t.add_row("KV per token", _bytes(est["kv_bytes_per_token"]))
@@ -166,6 +189,14 @@ def estimate_command(
     console.print(estimate_table(points[0]))
     if "step_cost" in points[0]:
         console.print(points[0]["step_cost"]["source"], markup=False, highlight=False, soft_wrap=True)
+        figures = points[0].get("step_cost_figures", {}).get("sources")
+        if isinstance(figures, dict):
+            console.print(
+                "GPU figures: " + "; ".join(f"{k} {v}" for k, v in figures.items()),
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         r = points[0]["engine_reserve"]
         console.print(
             f"engine reserve {r['setting']}: {r['engine']} {r['versions']}; each term's source is in "

@@ -30,6 +30,12 @@ as the card exposes it, after the weights and the engine's reserve::
 
 (:func:`kv_pool_bytes`, :func:`engine_reserve_bytes`); the terms per engine
 and version, each with its source, are in :mod:`sim.spec.reserve`.
+
+Mixture-of-experts models read only the experts the step's tokens are routed to,
+and do the FLOPs of the active parameters only (:func:`moe_weights_bytes`,
+:func:`expected_distinct_experts`, :func:`expert_all_to_all_time_s`); models with
+multi-head latent attention cache one compressed latent per token and layer
+(:func:`mla_kv_bytes_per_token`).
 """
 
 from __future__ import annotations
@@ -50,6 +56,17 @@ GIB = float(2**30)
 TFLOP = 1e12
 
 
+#: Bytes one weight takes in each named weight format (``llm.weights_dtype``).  NVFP4 stores
+#: 4-bit E2M1 values with one FP8 (E4M3) scale per block of 16 values, so a weight costs
+#: ``0.5 + 1 / 16 = 0.5625`` bytes (the per-tensor FP32 scale is negligible); NVIDIA's
+#: description of the format: https://developer.nvidia.com/blog/introducing-nvfp4-for-efficient-and-accurate-low-precision-inference/
+WEIGHT_DTYPE_BYTES: dict[str, float] = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16.0}
+
+#: Bytes of one activation element the GPUs of a replica exchange when the weight format is
+#: named: engines keep activations in bf16 between layers whatever the weights' format.
+ACTIVATION_BYTES = 2.0
+
+
 def weights_bytes(params: float, dtype_bytes: float) -> float:
     """Bytes of the weights: ``params * dtype_bytes``."""
     return float(params) * dtype_bytes
@@ -68,6 +85,85 @@ def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes
 def kv_bytes(tokens: float, layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes: float) -> float:
     """KV-cache bytes of ``tokens`` tokens."""
     return tokens * kv_bytes_per_token(layers, kv_heads, head_dim, kv_dtype_bytes)
+
+
+def mla_kv_bytes_per_token(layers: int, kv_lora_rank: int, qk_rope_head_dim: int, kv_dtype_bytes: float) -> float:
+    """KV-cache bytes of one token under multi-head latent attention (DeepSeek-V2/V3):
+    ``layers * (kv_lora_rank + qk_rope_head_dim) * kv_dtype_bytes``.
+
+    Each layer caches one compressed latent of ``kv_lora_rank`` values and one shared
+    rotary key of ``qk_rope_head_dim`` values per token, for all heads at once: no
+    factor 2 for keys and values, no head count.  The latent is not split by heads, so
+    every GPU of a tensor-parallel replica holds all of it.  DeepSeek-V3 (61 layers,
+    512 + 64, bf16): 61 * 576 * 2 = 70,272 bytes.
+    """
+    return float(layers) * (kv_lora_rank + qk_rope_head_dim) * kv_dtype_bytes
+
+
+def attention_flops_per_pair(
+    layers: int, heads: int, head_dim: int, kv_lora_rank: int = 0, qk_rope_head_dim: int = 0
+) -> float:
+    """FLOPs of one (query, key) pair over all layers: ``2 * layers * heads * (qk_dim + v_dim)``.
+
+    Standard attention: ``qk_dim = v_dim = head_dim``, so ``4 * layers * heads * head_dim``
+    (:func:`attention_flops`).  Multi-head latent attention (``kv_lora_rank > 0``) in the
+    absorbed form its decode kernels run attends over the cached latent:
+    ``qk_dim = kv_lora_rank + qk_rope_head_dim``, ``v_dim = kv_lora_rank``.  DeepSeek-V3
+    (61 layers, 128 heads, 512 + 64): 2 * 61 * 128 * (576 + 512) = 16,990,208.
+    """
+    if kv_lora_rank:
+        return 2.0 * layers * heads * ((kv_lora_rank + qk_rope_head_dim) + kv_lora_rank)
+    return 4.0 * layers * heads * head_dim
+
+
+def expected_distinct_experts(experts: int, experts_per_token: int, tokens: FloatOrArray) -> FloatOrArray:
+    """Experts of one MoE layer that at least one of ``tokens`` tokens is routed to, on average:
+    ``E * (1 - (1 - k / E) ** T)``.
+
+    Assumes each token picks its ``k`` experts of ``E`` uniformly and independently of the
+    other tokens, so a given expert is missed by one token with probability ``1 - k / E``
+    and by all ``T`` with ``(1 - k / E) ** T``.  A router with favourite experts touches
+    fewer.  256 experts, 8 per token: 8 at one token, 256 * (1 - (31/32) ** 32) = 163.31
+    at 32 tokens, all 256 by a few thousand.  Works on numpy arrays.
+    """
+    return experts * (1.0 - (1.0 - experts_per_token / experts) ** tokens)
+
+
+def moe_weights_bytes(
+    dense_bytes: float, expert_bytes: float, experts: int, experts_per_token: int, tokens: FloatOrArray
+) -> FloatOrArray:
+    """Weight bytes one step of ``tokens`` tokens reads from HBM in a mixture-of-experts model:
+    ``dense_bytes + expert_bytes * expected_distinct_experts(E, k, T)``.
+
+    ``dense_bytes``: everything every token uses (attention, embeddings, dense and shared
+    MLPs, routers); ``expert_bytes``: one routed expert's weights over all MoE layers.
+    Each expert touched is read once per step however many tokens it serves.
+    """
+    return dense_bytes + expert_bytes * expected_distinct_experts(experts, experts_per_token, tokens)
+
+
+def expert_all_to_all_time_s(
+    tokens: float,
+    hidden: int,
+    activation_bytes: float,
+    experts_per_token: int,
+    expert_parallel: int,
+    interconnect_gbps: float,
+) -> float:
+    """Dispatch and combine of one MoE layer under expert parallelism, seconds:
+    ``2 * T * k * hidden * bytes * (ep - 1) / ep**2 / bw``.
+
+    Each of the ``ep`` GPUs owns ``T / ep`` of the step's tokens and sends each of them
+    (``hidden * bytes``) to its ``k`` experts, of which ``(ep - 1) / ep`` live on other GPUs
+    (experts spread evenly, routing uniform); the experts' outputs come back the same way
+    (the 2).  All GPUs send at once, each at ``interconnect_gbps`` per direction.
+    Bandwidth only.  One token of DeepSeek-V3 (7,168 wide, bf16, k = 8) over 8 GPUs at
+    450 GB/s: 2 * 8 * 7168 * 2 * 7 / 64 / 450e9 = 55.75 ns.
+    """
+    if expert_parallel <= 1:
+        return 0.0
+    ep = expert_parallel
+    return 2.0 * tokens * experts_per_token * hidden * activation_bytes * (ep - 1) / ep**2 / (interconnect_gbps * GB)
 
 
 def kv_heads_per_gpu(kv_heads: int, tensor_parallel: int) -> int:
@@ -330,6 +426,17 @@ class StepCost:
     coefficients of a pure-decode step as a function of the step offset ``j`` in an
     epoch.  Efficiencies default to the configuration's; the keyword arguments
     override them (the published-data fit evaluates many candidates).
+
+    A mixture-of-experts model (``model.experts > 0``) changes three terms, per GPU::
+
+        bytes  = dense + expert * E * (1 - (1 - k/E) ** new_tokens) + kv * ctx
+        flops  = 2 * active_params / tp * new_tokens + attention
+        comm   = [ep > 1] * moe_layers * all-to-all(new_tokens), with the MoE layers'
+                 all-reduce dropped (ep == 1: the experts are split like a dense MLP)
+
+    (:func:`moe_weights_bytes`, :func:`expert_all_to_all_time_s`).  The weights read
+    grow with the tokens of the step, so a decode epoch (fixed batch) still has
+    one constant weight term and keeps its closed form.
     """
 
     def __init__(
@@ -352,22 +459,52 @@ class StepCost:
         self.weights_bytes = cfg.weights_bytes / tp
         self.kv_per_token = cfg.kv_bytes_per_token_per_gpu
         self.inv_bw = 1.0 / (g.hbm_bandwidth_gbps * GB * bw_eff)
-        peak = g.fp8_tflops if cfg.compute_dtype == "fp8" and g.fp8_tflops else g.peak_tflops
-        self.inv_peak = 1.0 / (peak * TFLOP * mfu_)
+        self.inv_peak = 1.0 / (cfg.peak_tflops * TFLOP * mfu_)
         self.flops_per_token = 2.0 * self.params / tp
-        self.attn_coef = 4.0 * m.layers * m.heads * m.head_dim / tp
+        attn = attention_flops_per_pair(m.layers, m.heads, m.head_dim, m.kv_lora_rank, m.qk_rope_head_dim)
+        self.attn_coef = attn / tp
         sync_s = 2 * m.layers * latency_us * 1e-6 if tp > 1 else 0.0
         self.overhead_s = (cfg.step_overhead_ms if step_overhead_ms is None else step_overhead_ms) / 1e3 + sync_s
         self.per_seq_s = per_seq_ms / 1e3
-        self.comm_per_token_s = tp_allreduce_time_s(1.0, m.layers, m.hidden, cfg.dtype_bytes, tp, g.interconnect_gbps)
+        act = cfg.activation_bytes
+        self.comm_per_token_s = tp_allreduce_time_s(1.0, m.layers, m.hidden, act, tp, g.interconnect_gbps)
+        #: (dense bytes, one expert's bytes, experts, experts per token) per GPU; None for a dense model
+        self.moe: tuple[float, float, int, int] | None = None
+        if m.experts:
+            ep = cfg.expert_parallel_size
+            self.moe = (
+                (m.param_count - m.routed_params) * cfg.dtype_bytes / tp,
+                m.moe_layers * m.expert_params * cfg.dtype_bytes / tp,
+                m.experts,
+                m.experts_per_token,
+            )
+            self.flops_per_token = 2.0 * m.active_param_count / tp
+            if ep > 1:  # the MoE layers' MLP all-reduce becomes a dispatch + combine all-to-all
+                assert g.interconnect_gbps is not None  # the schema requires it with tensor_parallel > 1
+                all_reduces = m.layers + m.dense_layers
+                self.comm_per_token_s = all_reduces * ring_allreduce_time_s(
+                    m.hidden * act, tp, g.interconnect_gbps
+                ) + m.moe_layers * expert_all_to_all_time_s(
+                    1.0, m.hidden, act, m.experts_per_token, ep, g.interconnect_gbps
+                )
+
+    def weights_read(self, new_tokens: FloatOrArray) -> FloatOrArray | float:
+        """Weight bytes one GPU reads in a step of ``new_tokens`` tokens: all of its weights for a
+        dense model; the dense part plus the experts the tokens touch for a MoE model
+        (:func:`moe_weights_bytes`)."""
+        if self.moe is None:
+            return self.weights_bytes
+        dense, expert, e, k = self.moe
+        return moe_weights_bytes(dense, expert, e, k, new_tokens)
 
     def work(
         self, new_tokens: FloatOrArray, ctx_tokens: FloatOrArray, attn_pairs: FloatOrArray
     ) -> tuple[FloatOrArray, FloatOrArray]:
         """(FLOPs, bytes) one GPU of the replica does and moves in one step (or element-wise over arrays)."""
+        weights = self.weights_bytes if self.moe is None else self.weights_read(new_tokens)
         return (
             self.flops_per_token * new_tokens + self.attn_coef * attn_pairs,
-            self.weights_bytes + self.kv_per_token * ctx_tokens,
+            weights + self.kv_per_token * ctx_tokens,
         )
 
     def terms(
@@ -410,7 +547,8 @@ class StepCost:
         """(a_mem, b_mem, a_comp, b_comp, const): step j of a decode epoch costs
         max(a_mem + b_mem j, a_comp + b_comp j) + const, where ``ctx0`` is the
         batch's total context after step 0 (it grows by ``batch`` per step)."""
-        a_m = (self.weights_bytes + self.kv_per_token * ctx0) * self.inv_bw
+        weights = self.weights_bytes if self.moe is None else self.weights_read(float(batch))
+        a_m = (weights + self.kv_per_token * ctx0) * self.inv_bw
         b_m = self.kv_per_token * batch * self.inv_bw
         a_c = (self.flops_per_token * batch + self.attn_coef * ctx0) * self.inv_peak
         b_c = self.attn_coef * batch * self.inv_peak

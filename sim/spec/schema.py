@@ -41,7 +41,7 @@ from sim.physics.steptable import load_table
 from sim.registry import INDEXES, ROUTERS
 from sim.spec import catalog
 from sim.spec import trace as trace_file
-from sim.spec.catalog import param_count
+from sim.spec.catalog import param_count, param_counts
 from sim.spec.descriptions import FIELD_DESCRIPTIONS
 from sim.spec.efficiency import EFFICIENCY_PRESETS, preset_parameters
 from sim.spec.metrics import METRIC_STAGE, SLA_METRICS, STATS
@@ -402,6 +402,18 @@ class ModelSpec(Strict):
     params: Optional[PosFloat] = None
     tied_embeddings: bool = False
     qkv_bias: bool = False
+    # Mixture of experts (0 experts: a dense model); see sim/spec/catalog/models.yaml.
+    experts: Annotated[int, Field(ge=0)] = 0
+    experts_per_token: Annotated[int, Field(ge=0)] = 0
+    shared_experts: Annotated[int, Field(ge=0)] = 0
+    expert_intermediate: Optional[Annotated[int, Field(ge=1)]] = None
+    dense_layers: Annotated[int, Field(ge=0)] = 0
+    # Multi-head latent attention (DeepSeek-V2/V3): set kv_lora_rank and qk_rope_head_dim.
+    q_lora_rank: Annotated[int, Field(ge=0)] = 0
+    kv_lora_rank: Annotated[int, Field(ge=0)] = 0
+    qk_rope_head_dim: Annotated[int, Field(ge=0)] = 0
+    qk_nope_head_dim: Annotated[int, Field(ge=0)] = 0
+    v_head_dim: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -409,13 +421,71 @@ class ModelSpec(Strict):
             raise ValueError(f"kv_heads ({self.kv_heads}) must divide heads ({self.heads})")
         if self.params is None and self.intermediate is None:
             raise ValueError("give params, or intermediate so params can be computed from the shapes")
+        if self.experts:
+            if not 1 <= self.experts_per_token <= self.experts:
+                raise ValueError(
+                    f"experts_per_token must be 1 to experts ({self.experts}), got {self.experts_per_token}"
+                )
+            if self.expert_intermediate is None:
+                raise ValueError("a model with experts needs expert_intermediate (one expert's MLP width)")
+            if self.dense_layers >= self.layers:
+                raise ValueError(f"dense_layers ({self.dense_layers}) must be below layers ({self.layers})")
+        elif self.experts_per_token or self.shared_experts or self.dense_layers or self.expert_intermediate:
+            raise ValueError("experts_per_token, shared_experts, dense_layers, expert_intermediate need experts > 0")
+        if self.kv_lora_rank and not (self.qk_rope_head_dim and self.v_head_dim):
+            raise ValueError("kv_lora_rank (latent attention) needs qk_rope_head_dim and v_head_dim")
         return self
+
+    @property
+    def moe_layers(self) -> int:
+        """Layers with routed experts (0 for a dense model)."""
+        return self.layers - self.dense_layers if self.experts else 0
+
+    @property
+    def expert_params(self) -> int:
+        """Parameters of one routed expert in one layer: ``3 * hidden * expert_intermediate``."""
+        return 3 * self.hidden * (self.expert_intermediate or 0)
+
+    @property
+    def routed_params(self) -> float:
+        """Parameters of every routed expert of every MoE layer."""
+        return float(self.moe_layers * self.experts * self.expert_params)
+
+    @property
+    def active_param_count(self) -> float:
+        """Parameters one token uses: all of a dense model's; a MoE model's less the routed
+        experts it is not sent to (``param_count - (experts - experts_per_token) * ...``)."""
+        return self.param_count - self.moe_layers * (self.experts - self.experts_per_token) * self.expert_params
 
     @property
     def param_count(self) -> float:
         if self.params is not None:
             return float(self.params)
         assert self.intermediate is not None  # _check requires params or intermediate
+        if self.experts or self.kv_lora_rank:
+            return float(
+                param_counts(
+                    layers=self.layers,
+                    hidden=self.hidden,
+                    heads=self.heads,
+                    kv_heads=self.kv_heads,
+                    head_dim=self.head_dim,
+                    intermediate=self.intermediate,
+                    vocab=self.vocab,
+                    tied_embeddings=self.tied_embeddings,
+                    qkv_bias=self.qkv_bias,
+                    experts=self.experts,
+                    experts_per_token=self.experts_per_token,
+                    shared_experts=self.shared_experts,
+                    expert_intermediate=self.expert_intermediate or 0,
+                    dense_layers=self.dense_layers,
+                    q_lora_rank=self.q_lora_rank,
+                    kv_lora_rank=self.kv_lora_rank,
+                    qk_rope_head_dim=self.qk_rope_head_dim,
+                    qk_nope_head_dim=self.qk_nope_head_dim,
+                    v_head_dim=self.v_head_dim,
+                )[0]
+            )
         return float(
             param_count(
                 layers=self.layers,
@@ -440,6 +510,7 @@ class GPUSpec(Strict):
     memory_exposed_gib: Optional[PosFloat] = None
     peak_tflops: PosFloat
     fp8_tflops: Optional[PosFloat] = None
+    fp4_tflops: Optional[PosFloat] = None
     interconnect_gbps: Optional[PosFloat] = None
 
     @model_validator(mode="after")
@@ -502,9 +573,16 @@ class LLMConfig(Strict):
     max_batch: Annotated[int, Field(ge=1)] = 256
     dtype_bytes: PosFloat = 2.0
     kv_dtype_bytes: PosFloat = 2.0
-    # Tensor-core precision of the matmuls: fp8 uses the GPU's fp8_tflops (FP8 weights and
-    # activations, as FP8 engines run them); weight-only quantisation still computes in bf16.
-    compute_dtype: Literal["bf16", "fp8"] = "bf16"
+    # Tensor-core precision of the matmuls: fp8 / fp4 use the GPU's fp8_tflops / fp4_tflops
+    # (weights and activations in that format, as FP8 and NVFP4 engines run them);
+    # weight-only quantisation still computes in bf16.
+    compute_dtype: Literal["bf16", "fp8", "fp4"] = "bf16"
+    # A named weight format; sets dtype_bytes (bf16 2, fp8 1, fp4 0.5625 with NVFP4's block
+    # scales) and keeps the activations the GPUs exchange in bf16.
+    weights_dtype: Optional[Literal["bf16", "fp8", "fp4"]] = None
+    # GPUs of a replica the routed experts are spread over, whole experts each (MoE models);
+    # None: tensor_parallel. 1: every expert split over the replica like a dense MLP.
+    expert_parallel: Optional[Annotated[int, Field(ge=1)]] = None
     # Step-cost parameters: by default fitted to published measurements (sim/data/published/,
     # sim.spec.efficiency); "published-slow" / "published-fast" are the band's ends, "custom"
     # takes only what is set here (unset ones fall back to the values below).
@@ -540,6 +618,45 @@ class LLMConfig(Strict):
             return data  # an unknown name is reported by the field's own check
         return {**preset_parameters(preset), **data}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _weights_dtype(cls, data: Any) -> Any:
+        """``weights_dtype`` names ``dtype_bytes``; both set must agree."""
+        if not isinstance(data, dict) or data.get("weights_dtype") not in gpu_model.WEIGHT_DTYPE_BYTES:
+            return data  # unset, or an unknown name the field's own check reports
+        name = data["weights_dtype"]
+        nbytes = gpu_model.WEIGHT_DTYPE_BYTES[name]
+        given = data.get("dtype_bytes")
+        if given is not None and given != nbytes:
+            raise ValueError(
+                f"weights_dtype {name} is {nbytes:g} bytes per weight but dtype_bytes is {given!r}; set one of them"
+            )
+        return {**data, "dtype_bytes": nbytes}
+
+    @property
+    def activation_bytes(self) -> float:
+        """Bytes of one activation element the GPUs exchange: bf16 (2) when ``weights_dtype`` names
+        the weight format; ``dtype_bytes`` when only that is given (it then sizes both)."""
+        return gpu_model.ACTIVATION_BYTES if self.weights_dtype is not None else self.dtype_bytes
+
+    @property
+    def peak_tflops(self) -> float:
+        """Dense tensor TFLOPS at ``compute_dtype``: the GPU's fp4_tflops, fp8_tflops or peak_tflops (bf16)."""
+        g = self.gpu
+        if self.compute_dtype == "fp4" and g.fp4_tflops:
+            return g.fp4_tflops
+        if self.compute_dtype == "fp8" and g.fp8_tflops:
+            return g.fp8_tflops
+        return g.peak_tflops
+
+    @property
+    def expert_parallel_size(self) -> int:
+        """GPUs the routed experts are spread over: ``expert_parallel``, by default ``tensor_parallel``
+        for a MoE model; 1 for a dense one."""
+        if not self.model.experts:
+            return 1
+        return self.expert_parallel if self.expert_parallel is not None else self.tensor_parallel
+
     @property
     def weights_bytes(self) -> float:
         """Bytes of the whole model's weights (all ``tensor_parallel`` GPUs together)."""
@@ -549,12 +666,16 @@ class LLMConfig(Strict):
     def kv_bytes_per_token(self) -> float:
         """KV bytes of one token for the whole model (all GPUs together)."""
         m = self.model
+        if m.kv_lora_rank:
+            return gpu_model.mla_kv_bytes_per_token(m.layers, m.kv_lora_rank, m.qk_rope_head_dim, self.kv_dtype_bytes)
         return gpu_model.kv_bytes_per_token(m.layers, m.kv_heads, m.head_dim, self.kv_dtype_bytes)
 
     @property
     def kv_bytes_per_token_per_gpu(self) -> float:
         """KV bytes of one token on each GPU of the replica (KV heads split, or replicated when tp > kv_heads)."""
         m = self.model
+        if m.kv_lora_rank:  # the latent is not split by heads: every GPU holds all of it
+            return gpu_model.mla_kv_bytes_per_token(m.layers, m.kv_lora_rank, m.qk_rope_head_dim, self.kv_dtype_bytes)
         return gpu_model.kv_bytes_per_token_per_gpu(
             m.layers, m.kv_heads, m.head_dim, self.kv_dtype_bytes, self.tensor_parallel
         )
@@ -584,7 +705,7 @@ class LLMConfig(Strict):
         m = self.model
         intermediate = m.intermediate if m.intermediate is not None else 4 * m.hidden
         forward = gpu_model.profile_activation_bytes(
-            self.max_batched_tokens, m.hidden, intermediate, self.dtype_bytes, p.tokens_factor
+            self.max_batched_tokens, m.hidden, intermediate, self.activation_bytes, p.tokens_factor
         )
         sampler = p.vocab_factor * 4.0 * m.vocab * self.max_batch
         return {
@@ -648,6 +769,22 @@ class LLMConfig(Strict):
             raise ValueError(
                 f"compute_dtype fp8 needs llm.gpu.fp8_tflops; {self.gpu.name or 'this GPU'} has none in the "
                 f"catalog (set it inline, or compute_dtype bf16)"
+            )
+        if self.compute_dtype == "fp4" and self.gpu.fp4_tflops is None:
+            raise ValueError(
+                f"compute_dtype fp4 needs llm.gpu.fp4_tflops; {self.gpu.name or 'this GPU'} has none in the "
+                f"catalog (FP4 tensor cores: b200, b300, gb200, gb300; set it inline, or compute_dtype fp8 / bf16)"
+            )
+        if self.expert_parallel is not None:
+            ep = self.expert_parallel
+            if not m.experts and ep > 1:
+                raise ValueError(f"expert_parallel {ep}: the model has no experts; leave llm.expert_parallel out")
+            if tp % ep:
+                raise ValueError(f"expert_parallel ({ep}) must divide tensor_parallel ({tp}); set llm.expert_parallel")
+        if m.experts and m.experts % self.expert_parallel_size:
+            raise ValueError(
+                f"expert_parallel ({self.expert_parallel_size}) must divide the model's experts ({m.experts}); "
+                f"set llm.expert_parallel"
             )
         if tp > 1 and self.gpu.interconnect_gbps is None:
             raise ValueError(f"tensor_parallel {tp} needs llm.gpu.interconnect_gbps (GPU-to-GPU GB/s)")

@@ -8,7 +8,14 @@ The catalog is two YAML files that ship inside the package:
   (``interconnect_gbps``).
 * ``models.yaml``: per decoder-only transformer, its shapes (``layers``,
   ``hidden``, ``heads``, ``kv_heads``, ``head_dim``, ``intermediate``,
-  ``vocab``), ``params``, ``tied_embeddings`` and ``qkv_bias``.
+  ``vocab``), ``params``, ``tied_embeddings`` and ``qkv_bias``; for a
+  mixture-of-experts model also ``experts``, ``experts_per_token``,
+  ``shared_experts``, ``expert_intermediate``, ``dense_layers`` and
+  ``active_params``; for multi-head latent attention ``q_lora_rank``,
+  ``kv_lora_rank``, ``qk_rope_head_dim``, ``qk_nope_head_dim``, ``v_head_dim``.
+
+GPUs may carry ``fp8_tflops`` and ``fp4_tflops`` (dense tensor throughput at
+those precisions) where a figure was read.
 
 Every entry also carries ``sources`` (a URL per figure), a ``display_name`` and
 often a ``note``.  :func:`gpu` and :func:`model` hand back only the numeric and
@@ -50,6 +57,7 @@ __all__ = [
     "model_entry",
     "model_names",
     "param_count",
+    "param_counts",
 ]
 
 _HERE = Path(__file__).resolve().parent
@@ -204,3 +212,66 @@ def param_count(
         per_layer += heads * head_dim + 2 * kv_heads * head_dim
     embeddings = vocab * hidden * (1 if tied_embeddings else 2)
     return layers * per_layer + embeddings + hidden
+
+
+def param_counts(
+    layers: int,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    intermediate: int,
+    vocab: int,
+    tied_embeddings: bool,
+    qkv_bias: bool = False,
+    experts: int = 0,
+    experts_per_token: int = 0,
+    shared_experts: int = 0,
+    expert_intermediate: int = 0,
+    dense_layers: int = 0,
+    q_lora_rank: int = 0,
+    kv_lora_rank: int = 0,
+    qk_rope_head_dim: int = 0,
+    qk_nope_head_dim: int = 0,
+    v_head_dim: int = 0,
+) -> tuple[int, int]:
+    """(total, active per token) parameters of a decoder, mixture-of-experts and MLA included.
+
+    Attention per layer is :func:`param_count`'s, or with ``kv_lora_rank`` (multi-head
+    latent attention, DeepSeek-V2/V3), ``r = qk_rope_head_dim``, ``n = qk_nope_head_dim``,
+    ``v = v_head_dim``:
+
+    * queries: ``hidden * q_lora_rank + q_lora_rank + q_lora_rank * heads * (n + r)``
+      (``hidden * heads * (n + r)`` without ``q_lora_rank``)
+    * latent KV: ``hidden * (kv_lora_rank + r) + kv_lora_rank + kv_lora_rank * heads * (n + v)``
+    * output: ``heads * v * hidden``
+
+    MLP per layer: ``3 * hidden * intermediate`` for the first ``dense_layers`` layers (all of
+    them for a dense model); every other layer holds ``experts`` routed and ``shared_experts``
+    shared experts of ``3 * hidden * expert_intermediate`` each plus a router
+    (``hidden * experts``).  Active per token counts ``experts_per_token`` routed experts
+    instead of all of them.  Embeddings, lm_head (unless tied), two RMSNorms per layer and
+    the final norm as in :func:`param_count`.  Small terms some models add (per-head q/k
+    norms, expert and output biases, attention sinks, router biases) are left out; they are
+    well under 0.1 % of every catalog model.  A dense model gives ``param_count``'s figure twice.
+    """
+    if kv_lora_rank:
+        nr = qk_nope_head_dim + qk_rope_head_dim
+        q = hidden * q_lora_rank + q_lora_rank + q_lora_rank * heads * nr if q_lora_rank else hidden * heads * nr
+        kv = hidden * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank
+        kv += kv_lora_rank * heads * (qk_nope_head_dim + v_head_dim)
+        attention = q + kv + heads * v_head_dim * hidden
+    else:
+        attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+        if qkv_bias:
+            attention += heads * head_dim + 2 * kv_heads * head_dim
+    once = vocab * hidden * (1 if tied_embeddings else 2) + hidden
+    per_layer = attention + 2 * hidden
+    if not experts:
+        total = layers * (per_layer + 3 * hidden * intermediate) + once
+        return total, total
+    expert = 3 * hidden * expert_intermediate
+    moe_layers = layers - dense_layers
+    common = layers * per_layer + dense_layers * 3 * hidden * intermediate + once
+    common += moe_layers * (shared_experts * expert + hidden * experts)
+    return common + moe_layers * experts * expert, common + moe_layers * experts_per_token * expert
