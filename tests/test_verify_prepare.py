@@ -208,3 +208,38 @@ def test_a_failing_compiler_is_named_with_its_last_lines(
     with pytest.raises(SystemExit, match=r"`cmake -S .*` exited 3"):
         prepare.cmake_build(tmp_path / "src", tmp_path / "build", prepare.CMAKE_FLAGS, jobs=2)
     assert "error: no C++ compiler" in capsys.readouterr().err
+
+
+def test_every_step_from_an_empty_cache_hands_the_shell_only_its_paths(
+    cache: Path, sdist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prepare all` as make verify runs it, the compiler aside: a builder that prints on the real
+    stdout (as cmake does) must not reach the file the shell sources."""
+    import subprocess
+
+    class NoisyBuilder(RecordingBuilder):
+        def __call__(self, src: Path, build: Path, flags: tuple[str, ...], jobs: int) -> None:
+            subprocess.run(["echo", "-- The C compiler identification is GNU"], check=True)
+            super().__call__(src, build, flags, jobs)
+
+    real_llama = prepare.ensure_llama
+    monkeypatch.setattr(prepare, "ensure_sdist", lambda c: sdist)
+    monkeypatch.setattr(
+        prepare, "ensure_llama", lambda c, s, jobs: real_llama(c, s, builder=NoisyBuilder(), compiler="cc")
+    )
+    monkeypatch.setattr(prepare, "MODEL_SHAPE", TINY)
+    monkeypatch.setattr(prepare, "INDEX_SHAPE", dict(n=300, dim=8, seed=0))
+    work = tmp_path / "work"
+    assert prepare.main(["all", "--work", str(work), "--env-file", str(work / "stack.env")]) == 0
+    env = (work / "stack.env").read_text().splitlines()
+    assert [line.split("=")[0] for line in env] == ["BIN", "MODEL", "INDEX"]
+    shown = subprocess.run(
+        ["bash", "-c", f'source {work / "stack.env"}; echo "$BIN|$MODEL|$INDEX"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    bin_dir, model, index = (Path(p) for p in shown.split("|"))
+    assert (bin_dir / "llama-server").is_file() and model.is_file() and (index / "meta.json").is_file()
+    assert (work / "target.yaml").is_file() and (work / "target_retrieval.yaml").is_file()
+    assert model.parent == cache / "models" and index.parent == cache

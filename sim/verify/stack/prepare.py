@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("step", choices=["all", "sdist", "vocab", "model", "index", "llama"])
     p.add_argument("--work", type=Path, default=Path("build/verify"), help="where the target files go (step all)")
+    p.add_argument("--env-file", type=Path, help="step all: write BIN, MODEL and INDEX here, for the shell to source")
     p.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "2")))
     p.add_argument("--llm-port", type=int, default=18080)
     p.add_argument("--search-port", type=int, default=18090)
@@ -359,9 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     model = ensure_model(cache, vocab)
     index = ensure_index(cache)
     write_targets(a.work, bin_dir, model, a.llm_port, a.search_port, a.llm_core, a.search_core)
-    # For the shell: eval "$(python -m sim.verify.stack.prepare all ...)".
-    for name, path in (("BIN", bin_dir), ("MODEL", model), ("INDEX", index)):
-        print(f"{name}={shlex.quote(str(path))}")
+    env = "".join(
+        f"{name}={shlex.quote(str(path))}\n" for name, path in (("BIN", bin_dir), ("MODEL", model), ("INDEX", index))
+    )
+    if a.env_file is None:
+        print(env, end="")
+    else:  # a file, not stdout: the compiler and pip print on stdout too
+        with staged(a.env_file) as tmp:
+            tmp.write_text(env)
     return 0
 
 

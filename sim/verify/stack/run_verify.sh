@@ -53,9 +53,10 @@ wait_health() {  # url, seconds
 # artefact is rebuilt, never reused): the pinned llama.cpp sources, llama-server compiled once per build
 # key, the model, the index, the target files.  sim/verify/stack/prepare.py.
 t_setup=$(date +%s)
-SETUP=$("$PY" -m sim.verify.stack.prepare all --work "$WORK" --llm-port "$LLM_PORT" --search-port "$SEARCH_PORT" \
-    --llm-core "$LLM_CORES" --search-core "$SEARCH_CORES")
-eval "$SETUP"
+"$PY" -m sim.verify.stack.prepare all --work "$WORK" --env-file "$WORK/stack.env" --llm-port "$LLM_PORT" \
+    --search-port "$SEARCH_PORT" --llm-core "$LLM_CORES" --search-core "$SEARCH_CORES"
+# shellcheck source=/dev/null
+source "$WORK/stack.env"
 echo "make verify: set-up $(( $(date +%s) - t_setup )) s (cache $CAPSIM_CACHE)"
 cat "$MODEL" > /dev/null  # page cache: the first run after writing the model is slower
 
