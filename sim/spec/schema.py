@@ -92,9 +92,14 @@ class UniformSpec(Strict):
         return self
 
 
+#: Most samples an empirical distribution holds: a measured latency sample is hundreds to
+#: thousands; a million is a data file, not a scenario value (and takes a minute to parse).
+MAX_EMPIRICAL_SAMPLES = 20_000
+
+
 class EmpiricalSpec(Strict):
     dist: Literal["empirical"]
-    samples: Annotated[list[NonNegFloat], Field(min_length=1)]
+    samples: Annotated[list[NonNegFloat], Field(min_length=1, max_length=MAX_EMPIRICAL_SAMPLES)]
 
 
 DIST_NAMES = ("constant", "exponential", "lognormal", "gamma", "uniform", "empirical")
@@ -713,6 +718,11 @@ def _check_sla(v: Any) -> Any:
 SLAConfig = Annotated[dict[str, dict[str, PosFloat]], BeforeValidator(_check_sla)]
 
 
+#: Most windows a run is cut into (``run.duration_s / timeline.window_s``): each window is a
+#: row per replication and metric; more than this is finer than any SLA is judged.
+MAX_WINDOWS = 10_000
+
+
 class TimelineConfig(Strict):
     """Results over time (see :mod:`sim.analysis.timeline`).
 
@@ -831,6 +841,14 @@ class Scenario(Strict):
                 raise ValueError(
                     f"sla.{metric}: the {stage} stage is disabled ({stage}.enabled: false), "
                     f"so no request measures {metric}"
+                )
+        for key in ("window_s", "sla_window_s"):
+            width = getattr(self.timeline, key)
+            if self.timeline_on and width is not None and self.run.duration_s / width > MAX_WINDOWS:
+                raise ValueError(
+                    f"timeline.{key}: {width:g} s cuts the {self.run.duration_s:g} s run into "
+                    f"{self.run.duration_s / width:,.3g} windows, more than {MAX_WINDOWS:,}; "
+                    f"give {key} >= {self.run.duration_s / MAX_WINDOWS:.3g}"
                 )
         w = self.workload
         if w.time_varying and self.run.warmup_s == "auto":
