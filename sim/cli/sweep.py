@@ -207,7 +207,8 @@ def capacity(
 ) -> None:
     """Find the largest load (or smallest resource) at which every SLA passes.
 
-    Exit codes: 0 a value meets every SLA, 1 none does, 2 bad input, 4 internal error, 5 a worker died, 130 Ctrl-C.
+    Exit codes: 0 a value meets every SLA, 1 none does, 2 bad input, 3 every value tried was inconclusive,
+    4 internal error, 5 a worker died, 6 an I/O failure (disk full, read-only folder), 130 Ctrl-C.
     """
     # deferred: the simulator loads pandas, scipy and pydantic
     from sim.run.bounds import check_bounds
@@ -314,7 +315,8 @@ def _print_capacity(vary: str, res: Any, results: dict[str, Any] | None, json_: 
                 f"{'-' if b['p95_e2e_ms'] is None else format(b['p95_e2e_ms'], ',.0f')} ms"
             )
         )
-        err_console.print(f"no value meets the SLA: {res.note}{best}", markup=False, highlight=False, soft_wrap=True)
+        head = "inconclusive" if res.inconclusive else "no value meets the SLA"
+        err_console.print(f"{head}: {res.note}{best}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("report")
