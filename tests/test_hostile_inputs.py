@@ -184,24 +184,23 @@ def _routing_doc(tmp: Path, change: Callable[[dict], None]) -> list:
     return _routing(tmp, _text(tmp, "r.json", json.dumps(doc)))
 
 
-def _first_record(doc: dict, key: str, value: object) -> None:
-    for rec in _records(doc):
-        rec[key] = value
-        return
+def _negative_times(doc: dict) -> None:
+    for rec in doc["records"]:
+        rec["values_ms"] = [-abs(v) for v in rec["values_ms"]]
 
 
-def _records(doc: object) -> list:
-    """Every dict in the document with a per-record time (the calibration's measured rows)."""
-    out: list = []
-    if isinstance(doc, dict):
-        if any(k.endswith("_us") or k.endswith("_ms") for k in doc):
-            out.append(doc)
-        for v in doc.values():
-            out += _records(v)
-    elif isinstance(doc, list):
-        for v in doc:
-            out += _records(v)
-    return out
+def _string_prob(doc: dict) -> None:
+    doc["probs"][3] = "0.03"
+
+
+def _mixed_run_folder(tmp: Path) -> list:
+    from sim.run.folder import seal
+
+    d = tmp / "mixed"
+    d.mkdir()
+    seal(d, "run", [_text(d, "summary.json", '{"points": []}')])
+    _text(d, "notes.txt", "someone else's file")
+    return ["report", d]
 
 
 def _npz_named_npy(tmp: Path) -> list:
@@ -342,6 +341,46 @@ CASES = [
         2,
         "earlier than the row before",
     ),
+    # ---- calibration and distribution inputs that once reached the code as exceptions
+    Case("routing-negative-times", lambda t: _routing_doc(t, _negative_times), 2, "per-record times must be finite"),
+    Case("routing-string-probability", lambda t: _routing_doc(t, _string_prob), 2, "routing.calibration: "),
+    Case("vectors-npz-named-npy", _npz_named_npy, 2, "an .npz archive, not one .npy array"),
+    Case(
+        "gpu-field-200000-chars",
+        lambda t: _gpu(t, GPU_HEADER + "1,100,1," + "5" * 200_000 + "\n2,200,2,6\n4,400,4,7\n"),
+        2,
+        "line 2: not a CSV row (field larger than field limit",
+    ),
+    Case(
+        "gpu-context-1e300",
+        lambda t: _gpu(t, GPU_HEADER + "1,1e300,1,5\n2,200,2,6\n4,400,4,7\n"),
+        2,
+        "context_tokens 1e300 is more than",
+    ),
+    Case(
+        "lognormal-cv-1e300",
+        lambda t: ["run", SMALL, "--set", "retrieval.service_ms={dist: lognormal, mean: 25, cv: 1e300}"],
+        2,
+        "retrieval.service_ms.cv: input should be less than or equal to 100",
+    ),
+    Case(
+        "extends-nul-byte",
+        lambda t: ["run", _text(t, "nul.yaml", 'extends: "base\\0.yaml"\n')],
+        2,
+        "it holds a NUL byte",
+    ),
+    Case(
+        "gpu-inline-1e308",
+        lambda t: [
+            "run",
+            SMALL,
+            "--set",
+            "llm.gpu={name: x, hbm_bandwidth_gbps: 1e308, memory_gb: 80, peak_tflops: 1000}",
+        ],
+        2,
+        "llm.gpu.hbm_bandwidth_gbps: input should be less than or equal to 1000000000",
+    ),
+    Case("report-mixed-unlisted-file", _mixed_run_folder, 2, "mixed folder: notes.txt not written by the run"),
     # ---- calibration files
     Case(
         "calibration-binary",

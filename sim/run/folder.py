@@ -45,6 +45,9 @@ LOCK = ".capsim.lock"
 RUN_FILES = ("scenario.resolved.yaml", "summary.json", "records.parquet")
 SWEEP_FILES = ("summary.json", "summary.csv", "summary.parquet", "records.parquet", "timeseries.parquet")
 KNOWN_FILES = frozenset(RUN_FILES + SWEEP_FILES)
+#: What capsim keeps at the top of a sealed folder besides the files its manifest lists:
+#: the manifest, a sweep's point folders, and what ``capsim report`` draws.
+OWN_ENTRIES = frozenset({MANIFEST, "points", "report", "report.html"})
 
 try:  # fcntl is POSIX-only
     import fcntl
@@ -228,10 +231,17 @@ def verify(folder: Path) -> dict:
     if m.get("kind") == "corrupt":
         raise CapsimError(f"{folder / MANIFEST}: unreadable manifest; run the command that wrote the folder again")
     files: dict = m["files"]
-    extra = sorted(n for n in KNOWN_FILES if (folder / n).exists() and n not in files)
+    # Anything else at the top that the manifest does not list (hidden files aside: the lock,
+    # a sweep's streaming .partial files) was written by someone else: the folder is mixed.
+    extra = sorted(
+        p.name
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and p.name not in files and p.name not in OWN_ENTRIES
+    )
     if extra:
         raise CapsimError(
-            f"{folder}: mixed folder: {', '.join(extra)} not written by the {m.get('kind')} that sealed it "
+            f"{folder}: mixed folder: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''} not written by the "
+            f"{m.get('kind')} that sealed it "
             f"({m.get('command')}); write each command to its own folder"
         )
     for name, digest in files.items():

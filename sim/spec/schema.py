@@ -68,16 +68,22 @@ class ExponentialSpec(Strict):
     mean: PosFloat
 
 
+#: Largest coefficient of variation of a lognormal or gamma: at 100 a lognormal's sigma is
+#: already 3.0 (its P99.9 some 10,000 x its median); 1e300 overflows its parameters.
+MAX_CV = 100.0
+CV = Annotated[float, Field(ge=0, le=MAX_CV)]
+
+
 class LognormalSpec(Strict):
     dist: Literal["lognormal"]
     mean: PosFloat
-    cv: NonNegFloat
+    cv: CV
 
 
 class GammaSpec(Strict):
     dist: Literal["gamma"]
     mean: PosFloat
-    cv: NonNegFloat
+    cv: CV
 
 
 class UniformSpec(Strict):
@@ -245,7 +251,7 @@ class WorkloadConfig(Strict):
     think_s: Optional[DistSpec] = None
     rate_per_s: Optional[PosFloat] = None
     arrival: Literal["poisson", "gamma"] = "poisson"
-    cv: Optional[PosFloat] = None
+    cv: Optional[Annotated[float, Field(gt=0, le=MAX_CV)]] = None
     queries: QueriesConfig = QueriesConfig()
     profile: Optional[LoadProfile] = None
     trace: Optional[TraceConfig] = None
@@ -436,16 +442,21 @@ class ModelSpec(Strict):
         )
 
 
+#: A GPU figure (GB/s, GB, TFLOPS) above 10^9 describes no device; the bound keeps every
+#: product of them (bytes, FLOPs per step, KV blocks) a finite number.
+GPUFigure = Annotated[float, Field(gt=0, le=1e9)]
+
+
 class GPUSpec(Strict):
     name: Optional[str] = None
-    hbm_bandwidth_gbps: PosFloat
-    memory_gb: PosFloat
+    hbm_bandwidth_gbps: GPUFigure
+    memory_gb: GPUFigure
     # What the card exposes to the engine (torch.cuda.mem_get_info's total), GiB; None: memory_gb
     # read as GiB times the median exposed fraction of the catalog's measured cards.
-    memory_exposed_gib: Optional[PosFloat] = None
-    peak_tflops: PosFloat
-    fp8_tflops: Optional[PosFloat] = None
-    interconnect_gbps: Optional[PosFloat] = None
+    memory_exposed_gib: Optional[GPUFigure] = None
+    peak_tflops: GPUFigure
+    fp8_tflops: Optional[GPUFigure] = None
+    interconnect_gbps: Optional[GPUFigure] = None
 
     @model_validator(mode="after")
     def _exposed(self) -> GPUSpec:
