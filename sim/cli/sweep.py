@@ -2,8 +2,8 @@
 
 No model logic: parse flags, call :mod:`sim.run.sweep` / :mod:`sim.present.plots`, print.
 Exit codes as ``capsim run`` (0 pass, 1 an SLA fails or no value meets it,
-2 bad input, 3 inconclusive, 4 internal error), plus 5 when a worker died and
-130 on Ctrl-C; in both of those cases every finished point is saved and the
+2 bad input, 3 inconclusive, 4 internal error), plus 5 when a worker died, 6 on an I/O failure and
+130 on Ctrl-C; in all three cases every finished point is saved and the
 same command resumes.
 """
 
@@ -111,7 +111,8 @@ def sweep(
 ) -> None:
     """Run every combination of a grid (and the scenario's sweep:) x replications.
 
-    Exit codes: 0 pass, 1 an SLA fails, 2 bad input, 3 inconclusive, 4 internal error, 5 a worker died, 130 Ctrl-C.
+    Exit codes: 0 pass, 1 an SLA fails, 2 bad input, 3 inconclusive, 4 internal error, 5 a worker died,
+    6 an I/O failure, 130 Ctrl-C.
     """
     # deferred: the simulator loads pydantic and numpy; `capsim sweep --help` needs neither.
     # pandas and scipy (the tables below) load after the workers start, beside them.

@@ -111,8 +111,10 @@ def verify(
     if seed is not None:
         scn = scn.model_copy(update={"run": scn.run.model_copy(update={"seed": seed})})
     if out is not None:  # every path problem before the measurement, not after it
+        from sim.run.folder import make_folders  # deferred: only with --out
+
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            make_folders(out)
         except OSError as e:
             raise CapsimError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
         check_out_file(out / "verify.json")
