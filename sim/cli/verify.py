@@ -2,8 +2,9 @@
 
 Exit codes: 0 every error within the bounds, 1 an error exceeds its bound (with
 ``--confirm``: in both plays of the load) or more than 1 % of the requests
-failed (the reason is printed), 2 bad input or an unreachable endpoint (one
-line, before any load), 3 no row outside but some undecided (said on stderr).
+failed (the reason is printed), 2 bad input, an unreachable endpoint, or one that
+fails a probe or answers outside its API (one line naming the endpoint and the
+field), 3 no row outside but some undecided (said on stderr), 6 an I/O failure.
 """
 
 from __future__ import annotations
