@@ -8,6 +8,8 @@ and exits with status 2, without a traceback and without writing files.
 
 from __future__ import annotations
 
+import errno
+
 
 class CapsimError(Exception):
     """Bad input: one line, naming the key and what is allowed."""
@@ -27,6 +29,36 @@ class RunStopped(Exception):
         self.exit_code = exit_code
 
 
+class IOFailure(CapsimError):
+    """An ordinary input/output failure (disk full, file-size limit, read-only folder, a file
+    where a folder should be, a name too long): one line naming the path and the system's
+    reason; exit :data:`EXIT_IO`.  What finished is saved and the same command resumes."""
+
+    exit_code = 6  # EXIT_IO
+
+    @classmethod
+    def of(cls, e: OSError, doing: str = "") -> IOFailure:
+        """``e`` as one line: what was being done, the path, the system's words and errno name."""
+        name = errno.errorcode.get(e.errno or 0, "")
+        where = f" {e.filename!s}" if e.filename is not None else ""
+        if len(where) > 160:
+            where = where[:80] + "..." + where[-60:]
+        reason = e.strerror or str(e) or type(e).__name__
+        head = f"{doing}{where}" if doing else (f"cannot write{where}" if where else "input/output failure")
+        hint = _IO_HINTS.get(name, "")
+        return cls(f"{head}: {reason}{f' ({name})' if name else ''}{hint}")
+
+
+_IO_HINTS = {
+    "ENOSPC": "; free some space and run the same command again (finished points are kept)",
+    "EDQUOT": "; free some space and run the same command again (finished points are kept)",
+    "EFBIG": "; raise the file-size limit (ulimit -f) and run the same command again",
+    "EROFS": "; give an --out folder on a writable file system",
+    "EACCES": "; give a folder you may write",
+    "ENAMETOOLONG": "; give a shorter path",
+}
+
+
 class ConfigError(CapsimError):
     """A scenario or override that does not validate."""
 
@@ -42,4 +74,5 @@ EXIT_BAD_INPUT = 2  # bad input: one line on stderr naming the key, nothing writ
 EXIT_INCONCLUSIVE = 3  # a verdict is inconclusive and none fails
 EXIT_INTERNAL = 4  # a bug in capsim: one line on stderr plus the file holding the traceback
 EXIT_WORKER_DIED = 5  # a worker process died mid-sweep; finished points are saved, re-run resumes
+EXIT_IO = 6  # an I/O failure (disk full, file-size limit, read-only folder): one line; re-run resumes
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); finished points are saved, re-run resumes

@@ -66,6 +66,8 @@ def regular_file_problem(path: str | Path) -> str | None:
         return "does not exist"
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
+    except ValueError:  # a NUL byte: no file can have that name
+        return "is not a file name (it holds a NUL byte)"
     if stat.S_ISREG(st.st_mode):
         return None
     if stat.S_ISDIR(st.st_mode):

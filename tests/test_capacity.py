@@ -120,6 +120,8 @@ def test_capacity_when_nothing_passes_exit_1():
             "--set",
             "sla.e2e_ms.p95=50",
             "--json",
+            "--replications",
+            "4",  # 2 leave the interval wide enough to hold 50 ms: inconclusive, not a failure
             *QUICK,
         ],
     )
@@ -170,7 +172,7 @@ def test_capacity_band_searches_with_fast_central_and_slow_step_costs(tmp_path):
             "run.warmup_s=5",
         ],
     )
-    assert r.exit_code in (0, 1), r.output
+    assert r.exit_code in (0, 1, 3), r.output  # 3: every value tried inconclusive at this length
     doc = json.loads(r.stdout)
     caps = {p: doc["band"][p]["capacity"] for p in ("published-fast", "published", "published-slow")}
     assert doc["capacity"] == caps["published"]

@@ -136,6 +136,82 @@ def _file(tmp: Path) -> Path:
     return _text(tmp, "plain.txt", "x")
 
 
+# ---- inputs of the second campaign (loads that change over time, sizes, calibration files)
+
+
+def _over(tmp: Path, text: str, name: str = "over.yaml") -> list:
+    """A scenario extending rag_small with ``text`` on top."""
+    return ["run", _text(tmp, name, f"extends: '{SMALL}'\n{text}"), "--jobs", "1"]
+
+
+def _big_trace(tmp: Path) -> list:
+    rows = "".join(f"{i * 0.0005:.4f}\n" for i in range(50_000))
+    trace = _text(tmp, "big.csv", "arrival_s\n" + rows)
+    return [*_trace_scenario(tmp, trace), "--replications", "5", "--jobs", "1", "--max-memory", "300M"]
+
+
+def _trace_rows(tmp: Path, rows: str) -> list:
+    return _trace_scenario(tmp, _text(tmp, "t.csv", rows))
+
+
+def _alias_bomb(tmp: Path) -> list:
+    text = "x0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9]\n"
+    for i in range(1, 9):
+        text += f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n"
+    text += "sweep: {workload.users: *a8}\n"
+    return ["run", _text(tmp, "bomb.yaml", text)]
+
+
+def _sweep_1e8(tmp: Path) -> list:
+    values = "[" + ", ".join(str(i) for i in range(1, 101)) + "]"
+    keys = ("workload.users", "cache.capacity", "retrieval.workers", "workload.queries.distinct")
+    return _over(tmp, "sweep: {" + ", ".join(f"{k}: {values}" for k in keys) + "}\n")
+
+
+def _empirical(tmp: Path, n: int) -> list:
+    samples = ", ".join(["25"] * n)
+    return ["run", SMALL, "--set", f"retrieval.service_ms={{dist: empirical, samples: [{samples}]}}"]
+
+
+def _empirical_file(tmp: Path, n: int) -> list:
+    samples = ", ".join(["25"] * n)
+    return ["run", _text(tmp, "e.yaml", f"llm: {{output_tokens: {{dist: empirical, samples: [{samples}]}}}}\n")]
+
+
+def _routing_doc(tmp: Path, change: Callable[[dict], None]) -> list:
+    doc = json.loads((CALIBRATION.parent / "routing_calibration.json").read_text())
+    change(doc)
+    return _routing(tmp, _text(tmp, "r.json", json.dumps(doc)))
+
+
+def _negative_times(doc: dict) -> None:
+    for rec in doc["records"]:
+        rec["values_ms"] = [-abs(v) for v in rec["values_ms"]]
+
+
+def _string_prob(doc: dict) -> None:
+    doc["probs"][3] = "0.03"
+
+
+def _mixed_run_folder(tmp: Path) -> list:
+    from sim.run.folder import seal
+
+    d = tmp / "mixed"
+    d.mkdir()
+    seal(d, "run", [_text(d, "summary.json", '{"points": []}')])
+    _text(d, "notes.txt", "someone else's file")
+    return ["report", d]
+
+
+def _npz_named_npy(tmp: Path) -> list:
+    import numpy as np
+
+    p = tmp / "v.npy"
+    with open(p, "wb") as fh:
+        np.savez(fh, a=np.ones((10, 4), dtype=np.float32))
+    return ["calibrate", "retrieval", "--vectors", p, "--index", "linear_numpy", "--out", tmp / "c.json"]
+
+
 CASES = [
     # ---- scenario files that are not scenario files
     Case("scenario-binary", lambda t: ["run", _binary(t)], 2, "not UTF-8 text"),
@@ -210,6 +286,101 @@ CASES = [
         "--docs 1,000,000,000: a 768-dim",
     ),
     Case("calibrate-docs-fraction", lambda t: ["calibrate", "retrieval", "--docs", "2.5"], 2, "not a positive integer"),
+    # ---- loads that change over time are bounded too, before any expansion
+    Case(
+        "profile-closed-1e7-shoppers",
+        lambda t: _over(
+            t,
+            "workload: {users: null, profile: {kind: schedule, steps: [{at_s: 0, value: 10}, "
+            "{at_s: 30, value: 1e7, ramp_s: 10}]}}\nrun: {warmup_s: 0}\n",
+        ),
+        2,
+        "workload.profile: a peak level of 1e+07",
+    ),
+    Case(
+        "profile-open-sinusoid-1e6",
+        lambda t: _over(
+            t,
+            "workload: {mode: open, users: null, think_s: null, rate_per_s: null, "
+            "profile: {kind: sinusoid, mean: 1e6, amplitude: 5e5, period_s: 60}}\nrun: {warmup_s: 0}\n",
+        ),
+        2,
+        "workload.profile: a peak level of 1.5e+06",
+    ),
+    Case("trace-50000-rows-bounded", _big_trace, 2, "workload.trace.path: 50,000 requests per replication"),
+    Case(
+        "timeline-window-1e-6",
+        lambda t: _over(t, "timeline: {enabled: true, window_s: 1e-6}\n"),
+        2,
+        "timeline.window_s: 1e-06 s",
+    ),
+    Case(
+        "timeline-sla-window-tiny",
+        lambda t: _over(t, "timeline: {enabled: true, sla_window_s: 1e-3}\n"),
+        2,
+        "timeline.sla_window_s: 0.001 s cuts",
+    ),
+    Case("sweep-1e8-points", _sweep_1e8, 2, "is 100,000,000 points, more than the 10,000"),
+    Case("yaml-alias-bomb", _alias_bomb, 2, "more than 50,000 values (aliases expanded)"),
+    Case("empirical-20001-samples", lambda t: _empirical(t, 20_001), 2, "retrieval.service_ms"),
+    Case("empirical-1e6-samples", lambda t: _empirical_file(t, 1_000_000), 2, "at most 1,048,576 are read"),
+    # ---- traces that once read wrong
+    Case(
+        "trace-duplicate-column",
+        lambda t: _trace_rows(t, "arrival_s,arrival_s\n0,5\n1,6\n"),
+        2,
+        "column 'arrival_s' appears more than once",
+    ),
+    Case(
+        "trace-azure-offset-unsorted",  # 10:00+05:00 is 05:00 UTC: before the row above it
+        lambda t: _trace_rows(
+            t,
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 06:00:00.0000000+00:00,10,10\n"
+            "2023-11-16 10:00:00.0000000+05:00,10,10\n",
+        ),
+        2,
+        "earlier than the row before",
+    ),
+    # ---- calibration and distribution inputs that once reached the code as exceptions
+    Case("routing-negative-times", lambda t: _routing_doc(t, _negative_times), 2, "per-record times must be finite"),
+    Case("routing-string-probability", lambda t: _routing_doc(t, _string_prob), 2, "routing.calibration: "),
+    Case("vectors-npz-named-npy", _npz_named_npy, 2, "an .npz archive, not one .npy array"),
+    Case(
+        "gpu-field-200000-chars",
+        lambda t: _gpu(t, GPU_HEADER + "1,100,1," + "5" * 200_000 + "\n2,200,2,6\n4,400,4,7\n"),
+        2,
+        "line 2: not a CSV row (field larger than field limit",
+    ),
+    Case(
+        "gpu-context-1e300",
+        lambda t: _gpu(t, GPU_HEADER + "1,1e300,1,5\n2,200,2,6\n4,400,4,7\n"),
+        2,
+        "context_tokens 1e300 is more than",
+    ),
+    Case(
+        "lognormal-cv-1e300",
+        lambda t: ["run", SMALL, "--set", "retrieval.service_ms={dist: lognormal, mean: 25, cv: 1e300}"],
+        2,
+        "retrieval.service_ms.cv: input should be less than or equal to 100",
+    ),
+    Case(
+        "extends-nul-byte",
+        lambda t: ["run", _text(t, "nul.yaml", 'extends: "base\\0.yaml"\n')],
+        2,
+        "it holds a NUL byte",
+    ),
+    Case(
+        "gpu-inline-1e308",
+        lambda t: [
+            "run",
+            SMALL,
+            "--set",
+            "llm.gpu={name: x, hbm_bandwidth_gbps: 1e308, memory_gb: 80, peak_tflops: 1000}",
+        ],
+        2,
+        "llm.gpu.hbm_bandwidth_gbps: input should be less than or equal to 1000000000",
+    ),
+    Case("report-mixed-unlisted-file", _mixed_run_folder, 2, "mixed folder: notes.txt not written by the run"),
     # ---- calibration files
     Case(
         "calibration-binary",

@@ -120,6 +120,12 @@ def _unfinished(rep: Replication) -> int:
     return max(0, int(n) - int(((arr >= lo) & (arr < hi)).sum()))
 
 
+def _unfinished_before(rep: Replication, t: float) -> int:
+    """Requests that arrived before ``t`` (in the warm-up) and had not finished when the run ended."""
+    started = int((np.asarray(rep.started_s) < t).sum())
+    return max(0, started - int((rep.records["arrival_s"] < t).sum()))
+
+
 def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, Any] | None = None) -> PointSummary:
     """One point's summary over its replications: the metrics, throughput, utilisation,
     the GPU's figures, stability, cross-checks and the SLA verdicts."""
@@ -147,6 +153,11 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
         int(((r.records["arrival_s"] >= r.window_s[0]) & (r.records["arrival_s"] < r.window_s[1])).sum()) for r in reps
     )
     incomplete = max(0, started - finished_in_window)
+    # A request that arrived in the warm-up and never finished is cut from the statistics
+    # with its warm-up, but it is still a request the system never answered: count it.
+    stuck_in_warmup = sum(_unfinished_before(r, r.window_s[0]) for r in reps)
+    incomplete += stuck_in_warmup
+    started += stuck_in_warmup
     hit_rate = _cache_hit_rate(reps, cuts) if scn.cache.enabled else None
     varying = scn.workload.time_varying
     # A load that changes over time has no steady state to test for (sim.analysis.timeline says

@@ -62,6 +62,11 @@ MAX_REL_ERROR = 10.0  # a fit off by more than 1,000% on some step does not desc
 # --------------------------------------------------------------------------- measurements
 
 
+#: Most tokens (or sequences) one step's row may count: a thousand times the longest
+#: context windows served; beyond it the fit's products of counts lose all precision.
+MAX_TOKENS = 1e9
+
+
 def read_measurements(path: str | Path) -> dict[str, np.ndarray]:
     """The four columns as float arrays; bad input raises :class:`CalibrationError` with one line."""
     path = Path(path)
@@ -81,7 +86,10 @@ def read_measurements(path: str | Path) -> dict[str, np.ndarray]:
 
 def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.ndarray]:
     reader = csv.reader(io.StringIO(text))
-    rows = [r for r in reader if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
+    try:
+        rows = [r for r in reader if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
+    except csv.Error as e:  # a field past the csv module's limit, a NUL byte, an open quote
+        raise CalibrationError(f"{name}: line {reader.line_num}: not a CSV row ({e})") from None
     if not rows:
         raise CalibrationError(f"{name}: empty; need a header {','.join(COLUMNS)} and one row per step")
     header = [h.strip() for h in rows[0]]
@@ -118,6 +126,10 @@ def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.nd
                 raise CalibrationError(
                     f"{name}: row {lineno}: step_ms {raw} is not a forward step's time "
                     f"(expected {STEP_MS_RANGE[0]:g} to {STEP_MS_RANGE[1]:g} ms; is the column in ms?)"
+                )
+            if c in ("batch_size", "new_tokens", "context_tokens") and v > MAX_TOKENS:
+                raise CalibrationError(
+                    f"{name}: row {lineno}: {c} {raw} is more than {MAX_TOKENS:.0e}; no step holds that many tokens"
                 )
             if c in ("batch_size", "new_tokens", "context_tokens") and not v.is_integer():
                 raise CalibrationError(f"{name}: row {lineno}: {c} {raw!r} must be a whole number")

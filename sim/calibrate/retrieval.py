@@ -202,6 +202,12 @@ def load_vectors(path: str | os.PathLike[str], dim: int | None = None) -> np.nda
         arr = np.load(p, allow_pickle=False, mmap_mode="r")
     except Exception as exc:
         raise CalibrationError(f"--vectors {name}: not a readable .npy file ({type(exc).__name__})") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive (np.load returns its members)
+        with contextlib.suppress(AttributeError):
+            arr.close()
+        raise CalibrationError(
+            f"--vectors {name}: an .npz archive, not one .npy array; save the (n, d) array with np.save"
+        )
     if arr.ndim != 2:
         raise CalibrationError(f"--vectors {name}: shape {tuple(arr.shape)} must be 2-D (n, d)")
     if arr.dtype.kind != "f":
@@ -210,14 +216,26 @@ def load_vectors(path: str | os.PathLike[str], dim: int | None = None) -> np.nda
         raise CalibrationError(f"--vectors {name}: shape {tuple(arr.shape)} needs at least 2 rows and 1 column")
     if dim is not None and arr.shape[1] != dim:
         raise CalibrationError(f"--vectors {name}: vectors have dim {arr.shape[1]} but --dim is {dim}")
-    x = np.asarray(arr, dtype=np.float32)
+    x = np.asarray(arr)
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=1).sum())
         raise CalibrationError(f"--vectors {name}: {bad} row(s) contain NaN or inf; all values must be finite")
-    norms = np.linalg.norm(x, axis=1)
-    if (norms <= 0).any():
-        raise CalibrationError(f"--vectors {name}: {int((norms <= 0).sum())} row(s) are all zero; cannot normalise")
-    return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
+    unit = unit_rows(x)
+    if unit is None:
+        raise CalibrationError(f"--vectors {name}: some row(s) are all zero; cannot normalise")
+    return unit
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray | None:
+    """Finite rows scaled to length 1, as float32 (None if a row is all zero).  Each row is
+    divided by its largest magnitude first, so rows of 3e38 (whose squares overflow
+    float32, and float64 past 1e154) keep their direction instead of becoming 0 / inf."""
+    x = np.asarray(x, dtype=np.float64)
+    peak = np.abs(x).max(axis=1)
+    if (peak <= 0).any():
+        return None
+    y = x / peak[:, None]
+    return np.ascontiguousarray(y / np.linalg.norm(y, axis=1)[:, None], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------
@@ -538,11 +556,10 @@ def _user_vectors(vectors: np.ndarray | str | os.PathLike[str], dim: int | None)
         raise CalibrationError("vectors: contain NaN or inf; all values must be finite")
     if dim is not None and arr.shape[1] != dim:
         raise CalibrationError(f"vectors: dim {arr.shape[1]} but --dim is {dim}")
-    allv = arr.astype(np.float32)
-    nrm = np.linalg.norm(allv, axis=1)
-    if (nrm <= 0).any():
+    unit = unit_rows(arr)
+    if unit is None:
         raise CalibrationError("vectors: some rows are all zero; cannot normalise")
-    allv /= nrm[:, None]
+    allv = unit
     return allv, {"source": "vectors", "file": None, "sha256": hashlib.sha256(allv.tobytes()).hexdigest()}
 
 

@@ -19,12 +19,13 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from sim.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, CapsimError, RunStopped
+from sim.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, CapsimError, IOFailure, RunStopped
 
 EXIT_HELP = (
     "Exit codes: 0 pass (every SLA passes, or the command succeeded), 1 an SLA fails, 2 bad input "
     "(one line on stderr), 3 inconclusive, 4 internal error (a bug: one line plus the file holding "
-    "the traceback), 5 a worker process died (finished points saved; re-run resumes), 130 Ctrl-C."
+    "the traceback), 5 a worker process died (finished points saved; re-run resumes), 6 an I/O failure "
+    "(disk full, file-size limit, read-only folder: one line; re-run resumes), 130 Ctrl-C."
 )
 
 MAX_MEMORY_HELP = (
@@ -68,8 +69,9 @@ def internal_error(exc: BaseException) -> typer.Exit:
 
 def user_errors(fn: Callable) -> Callable:
     """The exit-code contract of every command (see :mod:`sim.errors`): a CapsimError is
-    one line on stderr and exit 2; any other exception is an internal error, exit 4,
-    with its traceback saved to a file; Ctrl-C exits 130."""
+    one line on stderr and exit 2; an OSError (disk full, read-only folder...) one line and
+    exit 6; any other exception is an internal error, exit 4, with its traceback saved to a
+    file; Ctrl-C exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -86,6 +88,10 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err_console.print("interrupted", markup=False, highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as e:  # disk full, file-size limit, read-only folder: the system's, not a bug
+            err = IOFailure.of(e)
+            err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(err.exit_code) from None
         except Exception as e:
             raise internal_error(e) from None
 

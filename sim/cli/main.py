@@ -2,7 +2,8 @@
 
 Exit codes: 0 every SLA passes (or none is set), 1 an SLA fails, 3 a verdict
 is inconclusive and none fails, 2 bad input (one line on stderr), 4 internal
-error (one line plus the saved traceback), 5 a worker died, 130 Ctrl-C.
+error (one line plus the saved traceback), 5 a worker died, 6 an I/O failure (disk full,
+read-only folder: one line), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def run(
 ) -> None:
     """Simulate a scenario (every sweep point) and judge its SLAs.
 
-    Exit codes: 0 pass, 1 an SLA fails, 2 bad input, 3 inconclusive, 4 internal error, 5 a worker died, 130 Ctrl-C.
+    Exit codes: 0 pass, 1 an SLA fails, 2 bad input, 3 inconclusive, 4 internal error, 5 a worker died,
+    6 an I/O failure, 130 Ctrl-C.
     """
     # deferred: the simulator loads pydantic and numpy; `capsim run --help` needs neither.
     # pandas and scipy (the table below) load after the workers start, beside them.

@@ -2,8 +2,8 @@
 
 No model logic: parse flags, call :mod:`sim.run.sweep` / :mod:`sim.present.plots`, print.
 Exit codes as ``capsim run`` (0 pass, 1 an SLA fails or no value meets it,
-2 bad input, 3 inconclusive, 4 internal error), plus 5 when a worker died and
-130 on Ctrl-C; in both of those cases every finished point is saved and the
+2 bad input, 3 inconclusive, 4 internal error), plus 5 when a worker died, 6 on an I/O failure and
+130 on Ctrl-C; in all three cases every finished point is saved and the
 same command resumes.
 """
 
@@ -111,7 +111,8 @@ def sweep(
 ) -> None:
     """Run every combination of a grid (and the scenario's sweep:) x replications.
 
-    Exit codes: 0 pass, 1 an SLA fails, 2 bad input, 3 inconclusive, 4 internal error, 5 a worker died, 130 Ctrl-C.
+    Exit codes: 0 pass, 1 an SLA fails, 2 bad input, 3 inconclusive, 4 internal error, 5 a worker died,
+    6 an I/O failure, 130 Ctrl-C.
     """
     # deferred: the simulator loads pydantic and numpy; `capsim sweep --help` needs neither.
     # pandas and scipy (the tables below) load after the workers start, beside them.
@@ -207,7 +208,8 @@ def capacity(
 ) -> None:
     """Find the largest load (or smallest resource) at which every SLA passes.
 
-    Exit codes: 0 a value meets every SLA, 1 none does, 2 bad input, 4 internal error, 5 a worker died, 130 Ctrl-C.
+    Exit codes: 0 a value meets every SLA, 1 none does, 2 bad input, 3 every value tried was inconclusive,
+    4 internal error, 5 a worker died, 6 an I/O failure (disk full, read-only folder), 130 Ctrl-C.
     """
     # deferred: the simulator loads pandas, scipy and pydantic
     from sim.run.bounds import check_bounds
@@ -314,7 +316,8 @@ def _print_capacity(vary: str, res: Any, results: dict[str, Any] | None, json_: 
                 f"{'-' if b['p95_e2e_ms'] is None else format(b['p95_e2e_ms'], ',.0f')} ms"
             )
         )
-        err_console.print(f"no value meets the SLA: {res.note}{best}", markup=False, highlight=False, soft_wrap=True)
+        head = "inconclusive" if res.inconclusive else "no value meets the SLA"
+        err_console.print(f"{head}: {res.note}{best}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("report")

@@ -2,8 +2,9 @@
 
 Exit codes: 0 every error within the bounds, 1 an error exceeds its bound (with
 ``--confirm``: in both plays of the load) or more than 1 % of the requests
-failed (the reason is printed), 2 bad input or an unreachable endpoint (one
-line, before any load), 3 no row outside but some undecided (said on stderr).
+failed (the reason is printed), 2 bad input, an unreachable endpoint, or one that
+fails a probe or answers outside its API (one line naming the endpoint and the
+field), 3 no row outside but some undecided (said on stderr), 6 an I/O failure.
 """
 
 from __future__ import annotations
@@ -111,8 +112,10 @@ def verify(
     if seed is not None:
         scn = scn.model_copy(update={"run": scn.run.model_copy(update={"seed": seed})})
     if out is not None:  # every path problem before the measurement, not after it
+        from sim.run.folder import make_folders  # deferred: only with --out
+
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            make_folders(out)
         except OSError as e:
             raise CapsimError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
         check_out_file(out / "verify.json")

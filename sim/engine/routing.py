@@ -23,12 +23,15 @@ The hit rate is not a parameter: it emerges from the LRU over these keys.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
 from sim import distributions as D
+from sim.errors import CalibrationError
 from sim.physics.routing import (
     RoutingAccuracy,
+    RoutingProfile,
     default_routing_calibration_path,
     load_routing_calibration,
 )
@@ -50,12 +53,25 @@ def routing_setup(scn: Scenario) -> tuple[D.Distribution | None, float, RoutingA
         return None, 0.0, None, {}
     path = r.calibration or str(default_routing_calibration_path())
     cal = load_routing_calibration(path)
-    novel = cal.novel_share() if r.typed_variants else 0.0
+    probs = cal.data.get("probs")
+    if not isinstance(probs, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in probs):
+        raise CalibrationError(
+            f"routing.calibration: {path}: probs must be a list of numbers in [0, 1]; re-run capsim calibrate routing"
+        )
+    try:
+        novel = cal.novel_share() if r.typed_variants else 0.0
+        prof = cal.profile(r.impl, r.questions) if r.enabled else None
+        acc = cal.accuracy(r.questions, r.threshold) if r.enabled else None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, StopIteration, ZeroDivisionError) as e:
+        what = f"lacks {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise CalibrationError(
+            f"routing.calibration: {path}: not a routing calibration capsim can read ({what}); "
+            "re-run capsim calibrate routing"
+        ) from None
+    _check_profile(path, novel, prof, acc)
     info: dict = {"source": path, "novel_share": novel, "variants": r.typed_variants}
-    if not r.enabled:
+    if prof is None or acc is None:
         return None, novel, None, info
-    prof = cal.profile(r.impl, r.questions)
-    acc = cal.accuracy(r.questions, r.threshold)
     info.update(
         impl=r.impl,
         questions=r.questions,
@@ -74,6 +90,30 @@ def routing_setup(scn: Scenario) -> tuple[D.Distribution | None, float, RoutingA
         },
     )
     return D.Scaled(D.Quantile(prof.probs, prof.values_ms), 1e-3), novel, acc, info
+
+
+def _check_profile(path: str, novel: float, prof: RoutingProfile | None, acc: RoutingAccuracy | None) -> None:
+    """What the calibration says must be times and shares: finite times >= 0 at ascending
+    probabilities in [0, 1], shares in [0, 1].  Else one line naming the file."""
+
+    def bad(what: str) -> CalibrationError:
+        return CalibrationError(f"routing.calibration: {path}: {what}; re-run capsim calibrate routing")
+
+    if not (math.isfinite(novel) and 0 <= novel <= 1):
+        raise bad(f"the novel-variant share {novel!r} is not in [0, 1]")
+    if prof is not None:
+        p, v = np.asarray(prof.probs, dtype=float), np.asarray(prof.values_ms, dtype=float)
+        if len(p) < 2 or len(p) != len(v):
+            raise bad(f"{len(p)} probabilities for {len(v)} per-record times; need as many, at least 2")
+        if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all() and (np.diff(p) >= 0).all()):
+            raise bad("probs must be ascending numbers in [0, 1]")
+        if not (np.isfinite(v).all() and (v >= 0).all() and math.isfinite(prof.mean_ms) and prof.mean_ms > 0):
+            raise bad(f"per-record times must be finite and >= 0 ms (mean {prof.mean_ms:g} ms)")
+    if acc is not None:
+        for name in ("correct", "wrong", "none", "false_route"):
+            x = getattr(acc, name)
+            if not (math.isfinite(x) and 0 <= x <= 1):
+                raise bad(f"routing_accuracy {name} = {x!r} is not a share in [0, 1]")
 
 
 class Utterances:

@@ -23,7 +23,9 @@ and 66 us of CPU per request on one core.  They are rounded up: the estimate is
 meant to stop runs that are orders of magnitude too big, not to predict RSS.
 Requests per replication are ``rate_per_s x duration_s`` for open arrivals and
 ``users / mean think time x duration_s`` for a closed loop (an upper bound:
-a saturated stage lowers it).
+a saturated stage lowers it).  A load that changes over time is counted at its
+peak: a ``profile``'s largest level over the run stands for ``users`` or
+``rate_per_s``, and a trace counts the rows that arrive before ``duration_s``.
 """
 
 from __future__ import annotations
@@ -35,12 +37,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from sim.engine.pipeline import retrieval_service_distribution
+from sim.engine.profile import peak
 from sim.engine.routing import routing_setup
 from sim.errors import CapsimError
 from sim.run.executors import default_jobs
 from sim.spec.scenario import Point
 from sim.spec.schema import Scenario
+from sim.spec.trace import load_trace
 
 BYTES_PER_REQUEST = 1_000
 BYTES_PER_USER = 12_000
@@ -57,6 +63,8 @@ _DEFAULTS = {
     "run.max_replications": 30,
     "workload.users": 100,
     "workload.rate_per_s": 50.0,
+    "workload.profile": 100.0,
+    "workload.trace.path": 30_000.0,  # requests per replication: 50 per second for 600 s
 }
 
 
@@ -112,6 +120,7 @@ class Estimate:
     cpu_s: float = 0.0
     terms: dict[str, float] = field(default_factory=dict)  # memory by driving key
     request_keys: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)  # the largest value of a key the schema cannot name
 
     def driver(self) -> str:
         """The key that drives the memory estimate, with its value."""
@@ -135,23 +144,34 @@ def estimate_run(points: Sequence[Point], jobs: int = 1) -> Estimate:
         reps = max(reps, run.replications)
         span = run.duration_s
         w = scn.workload
-        if w.mode == "open":
-            rate = float(w.rate_per_s or 0.0)
-            keys: dict[str, Any] = {"workload.rate_per_s": rate}
+        level = peak(w.profile, span) if w.profile is not None else None
+        users = float(level if level is not None and w.mode == "closed" else (w.users or 0))
+        keys: dict[str, Any]
+        if w.mode == "trace":
+            assert w.trace is not None  # the schema requires it in trace mode
+            arrivals = load_trace(w.trace.path, w.trace.format, w.trace.time_scale).arrival_s
+            per_rep = float(np.searchsorted(arrivals, span, side="left"))
+            keys = {"workload.trace.path": per_rep}
+        elif w.mode == "open":
+            rate = float(level if level is not None else (w.rate_per_s or 0.0))
+            keys = {"workload.profile" if level is not None else "workload.rate_per_s": rate}
+            per_rep = rate * span
         else:
-            users = float(w.users or 0)
-            rate = users / max(_mean_think_s(scn), 1e-3)
-            keys = {"workload.users": users}
+            per_rep = users / max(_mean_think_s(scn), 1e-3) * span
+            keys = {"workload.profile" if level is not None else "workload.users": users}
+        users_key = "workload.profile" if level is not None else "workload.users"
+        if w.mode == "closed":
+            est.values[users_key] = max(est.values.get(users_key, 0.0), users)
         keys["run.duration_s"] = span
         keys["run.max_replications" if run.target_precision is not None else "run.replications"] = reps
-        n = rate * span * reps
+        n = per_rep * reps
         est.requests += n
-        est.cpu_s += n * CPU_S_PER_REQUEST + (w.users or 0) * CPU_S_PER_USER * reps
+        est.cpu_s += n * CPU_S_PER_REQUEST + users * CPU_S_PER_USER * reps
         est.terms["requests"] = est.terms.get("requests", 0.0) + n * BYTES_PER_REQUEST
         if n >= biggest:
             biggest, est.request_keys = n, keys
         per = {
-            "workload.users": (w.users or 0) * BYTES_PER_USER if w.mode == "closed" else 0.0,
+            users_key: users * BYTES_PER_USER if w.mode == "closed" else 0.0,
             "llm.replicas": scn.llm.replicas * BYTES_PER_REPLICA if getattr(scn.llm, "enabled", True) else 0.0,
             "workload.queries.distinct": w.queries.distinct * BYTES_PER_KEY,
         }
@@ -192,9 +212,13 @@ def check_bounds(
     say = warn or (lambda msg: print(msg, file=sys.stderr))
     if est.memory_bytes > limit:
         key = est.driver()
-        value = est.request_keys.get(key, _value(points, key))
+        value = est.request_keys.get(key, est.values.get(key, _value(points, key)))
+        said = {
+            "workload.trace.path": f"workload.trace.path: {value:,.0f} requests per replication",
+            "workload.profile": f"workload.profile: a peak level of {value:g}",
+        }.get(key, f"{key}={value:g}")
         raise CapsimError(
-            f"{key}={value:g}: the run would need about {_gb(est.memory_bytes)} of memory "
+            f"{said}: the run would need about {_gb(est.memory_bytes)} of memory "
             f"({est.requests:,.3g} requests), more than the {_gb(limit)} of {flag}; "
             f"lower {key} (or raise --max-memory if the machine has the room)"
         )

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from sim.analysis.estimate import estimate
 from sim.analysis.summary import PointSummary
-from sim.errors import CapsimError, ConfigError
+from sim.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, CapsimError, ConfigError
 from sim.run.executors import LocalExecutor
 from sim.run.loop import run_sweep
 from sim.spec.keys import numeric_field
@@ -98,8 +98,16 @@ class CapacityResult:
     reason: str = ""  # why this direction
 
     @property
+    def inconclusive(self) -> bool:
+        """No value passed and none failed outright: every one tried was undecided, so
+        "no value meets the SLA" is not shown (add replications or run longer)."""
+        return self.capacity is None and bool(self.tried) and all(t.verdict != "fail" for t in self.tried)
+
+    @property
     def exit_code(self) -> int:
-        return 0 if self.capacity is not None else 1
+        if self.capacity is not None:
+            return EXIT_PASS
+        return EXIT_INCONCLUSIVE if self.inconclusive else EXIT_FAIL
 
     def to_dict(self) -> dict:
         return {
@@ -108,6 +116,7 @@ class CapacityResult:
             "capacity": self.capacity,
             "tried": [t.to_dict() for t in self.tried],
             "note": self.note,
+            "inconclusive": self.inconclusive,
             "best": self.best.to_dict() if self.best is not None else None,
         }
 
@@ -256,6 +265,8 @@ class _Search:
         if not self.test(easy):
             res.best = self.cache[easy]
             res.note = f"even {key}={easy:g}, the most favourable end of the range, does not meet the SLA"
+            if res.inconclusive:
+                res.note = _UNDECIDED.format(key=key)
             return None
         if self.test(hard):
             res.capacity = hard
@@ -294,6 +305,8 @@ class _Search:
             bad = nv
         res.best = self.cache[bad]
         res.note = f"no value of {key} tried meets the SLA (the most favourable tried: {bad:g})"
+        if res.inconclusive:
+            res.note = _UNDECIDED.format(key=key)
         return None
 
     def bisect(self, good: float, bad: float, step: float | None) -> None:
@@ -318,6 +331,12 @@ class _Search:
             if inconc
             else ""
         )
+
+
+_UNDECIDED = (
+    "every value of {key} tried was inconclusive (no SLA verdict passed or failed): "
+    "add replications (--replications) or lengthen run.duration_s"
+)
 
 
 def _estimated_start(key: str, scn: Scenario, current: Any) -> Any:

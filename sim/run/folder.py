@@ -35,7 +35,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from sim.errors import CapsimError
+from sim.errors import CapsimError, IOFailure
 from sim.files import atomic_write_text
 from sim.version import __version__
 
@@ -45,6 +45,9 @@ LOCK = ".capsim.lock"
 RUN_FILES = ("scenario.resolved.yaml", "summary.json", "records.parquet")
 SWEEP_FILES = ("summary.json", "summary.csv", "summary.parquet", "records.parquet", "timeseries.parquet")
 KNOWN_FILES = frozenset(RUN_FILES + SWEEP_FILES)
+#: What capsim keeps at the top of a sealed folder besides the files its manifest lists:
+#: the manifest, a sweep's point folders, and what ``capsim report`` draws.
+OWN_ENTRIES = frozenset({MANIFEST, "points", "report", "report.html"})
 
 try:  # fcntl is POSIX-only
     import fcntl
@@ -86,27 +89,16 @@ def locked(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
             _held[key][1] -= 1
         return
     lock = out / LOCK
+    while True:
+        fd = _lock_fd(lock, out, flag)
+        try:
+            if _same_file(fd, lock):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder removed the file as we opened it: lock the new one
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise CapsimError(f"{flag} {out}: cannot write in this folder ({e.strerror or e})") from None
-    try:
-        if fcntl is not None:
-            # A POSIX record lock, not flock: a --jobs pool forks while the folder is
-            # locked, and a flock would live on in every forked worker's copy of the
-            # descriptor (a worker winding down after a sibling died kept the folder
-            # locked against the re-run).  Record locks belong to this process only.
-            # Nothing else in capsim opens the lock file, so no other close drops it.
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EACCES, errno.EAGAIN):
-                    raise CapsimError(f"{flag} {out}: cannot lock this folder ({e.strerror or e})") from None
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-                raise CapsimError(
-                    f"{flag} {out}: another capsim ({holder}) is writing this folder; "
-                    "wait for it to finish or give another folder"
-                ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}: {command_line()}\n".encode(), 0)
         _held[key] = [fd, 1]
@@ -114,8 +106,51 @@ def locked(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
             yield out
         finally:
             del _held[key]
+            # Removed while still held, so no lock file outlives the command (a later writer
+            # that opened the old file sees it gone and locks a new one: see _same_file).
+            with suppress(OSError):
+                os.unlink(lock)
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _lock_fd(lock: Path, out: Path, flag: str) -> int:
+    """The lock file, opened and locked (a one-line error if another capsim holds it)."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise CapsimError(f"{flag} {out}: cannot write in this folder ({e.strerror or e})") from None
+    if fcntl is None:
+        return fd
+    # A POSIX record lock, not flock: a --jobs pool forks while the folder is
+    # locked, and a flock would live on in every forked worker's copy of the
+    # descriptor (a worker winding down after a sibling died kept the folder
+    # locked against the re-run).  Record locks belong to this process only.
+    # Nothing else in capsim opens the lock file, so no other close drops it.
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        try:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise CapsimError(f"{flag} {out}: cannot lock this folder ({e.strerror or e})") from None
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise CapsimError(
+                f"{flag} {out}: another capsim ({holder}) is writing this folder; "
+                "wait for it to finish or give another folder"
+            ) from None
+        finally:
+            os.close(fd)
+    return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Is the locked descriptor still the file at ``path`` (not one its holder removed)?"""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    fs = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fs.st_dev, fs.st_ino)
 
 
 # --------------------------------------------------------------------------- kinds
@@ -157,6 +192,13 @@ def prepare_out(out: Path | None, kind: str, flag: str = "--out") -> Path | None
     a file, a folder that cannot be created or written, a folder of another kind."""
     if out is None:
         return None
+    try:
+        return _prepare_out(out, kind, flag)
+    except OSError as e:  # a name too long, a folder that cannot be listed
+        raise IOFailure.of(e, f"{flag}: cannot use") from None
+
+
+def _prepare_out(out: Path, kind: str, flag: str) -> Path:
     if out.exists() and not out.is_dir():
         raise CapsimError(f"{flag} {out}: is a file; give a folder (it is created if missing)")
     for parent in out.parents:
@@ -175,12 +217,32 @@ def prepare_out(out: Path | None, kind: str, flag: str = "--out") -> Path | None
             f"{flag} {out}: is {what}; a {kind} would mix its files with those, so give a new or empty folder"
         )
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folders(out)
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG):
+            raise IOFailure.of(e, f"{flag}: cannot create the folder") from None
         raise CapsimError(f"{flag} {out}: cannot create the folder ({e.strerror or e})") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise CapsimError(f"{flag} {out}: the folder is not writable")
     return out
+
+
+def make_folders(path: Path) -> None:
+    """``mkdir -p`` without recursion (``Path.mkdir(parents=True)`` recurses once per missing
+    level and a path 1,200 folders deep ends in a RecursionError)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            if not d.is_dir():
+                raise
 
 
 # --------------------------------------------------------------------------- manifest
@@ -228,10 +290,17 @@ def verify(folder: Path) -> dict:
     if m.get("kind") == "corrupt":
         raise CapsimError(f"{folder / MANIFEST}: unreadable manifest; run the command that wrote the folder again")
     files: dict = m["files"]
-    extra = sorted(n for n in KNOWN_FILES if (folder / n).exists() and n not in files)
+    # Anything else at the top that the manifest does not list (hidden files aside: the lock,
+    # a sweep's streaming .partial files) was written by someone else: the folder is mixed.
+    extra = sorted(
+        p.name
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and p.name not in files and p.name not in OWN_ENTRIES
+    )
     if extra:
         raise CapsimError(
-            f"{folder}: mixed folder: {', '.join(extra)} not written by the {m.get('kind')} that sealed it "
+            f"{folder}: mixed folder: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''} not written by the "
+            f"{m.get('kind')} that sealed it "
             f"({m.get('command')}); write each command to its own folder"
         )
     for name, digest in files.items():

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,9 +81,14 @@ class PointStore:
     def folder(self, pid: str) -> Path:
         return self.points / pid
 
+    def _real_folder(self, pid: str) -> bool:
+        """Is ``points/<pid>`` a folder of its own (not a file, nor a link to elsewhere)?"""
+        d = self.folder(pid)
+        return not d.is_symlink() and d.is_dir()
+
     def has(self, pid: str) -> bool:
         d = self.folder(pid)
-        return all((d / f).is_file() for f in (*POINT_FILES, "hashes.json"))
+        return self._real_folder(pid) and all((d / f).is_file() for f in (*POINT_FILES, "hashes.json"))
 
     def intact(self, pid: str) -> bool:
         """Every file of the point matches the sha256 recorded when it was saved."""
@@ -112,15 +118,23 @@ class PointStore:
         from sim.run.results import rep_frame, timeseries_frame  # deferred: pandas, loaded while the workers run
 
         d = self.folder(pid)
-        atomic_write_text(d / "scenario.yaml", yaml.safe_dump(scn.model_dump(mode="json"), sort_keys=False))
-        atomic_write_bytes(d / "records.parquet", parquet_bytes(rep_frame(reps)))
-        atomic_write_bytes(d / "timeseries.parquet", parquet_bytes(timeseries_frame(reps)))
-        hashes = d / "hashes.json"
-        if hashes.exists():
-            hashes.unlink()  # a re-save: the point is incomplete until its new hashes land
-        atomic_write_text(d / "summary.json", to_json(summary))
-        digests = {f: sha256_file(d / f) for f in POINT_FILES}
-        atomic_write_text(hashes, json.dumps(digests, indent=2) + "\n")  # last: marks the point complete
+        if d.is_symlink() or (d.exists() and not d.is_dir()):
+            d.unlink()  # a file or a link where the point's folder goes: never written through
+        fresh = not d.exists()
+        try:
+            atomic_write_text(d / "scenario.yaml", yaml.safe_dump(scn.model_dump(mode="json"), sort_keys=False))
+            atomic_write_bytes(d / "records.parquet", parquet_bytes(rep_frame(reps)))
+            atomic_write_bytes(d / "timeseries.parquet", parquet_bytes(timeseries_frame(reps)))
+            hashes = d / "hashes.json"
+            if hashes.exists():
+                hashes.unlink()  # a re-save: the point is incomplete until its new hashes land
+            atomic_write_text(d / "summary.json", to_json(summary))
+            digests = {f: sha256_file(d / f) for f in POINT_FILES}
+            atomic_write_text(hashes, json.dumps(digests, indent=2) + "\n")  # last: marks the point complete
+        except BaseException:
+            if fresh:  # no half-written point folder is left (disk full, Ctrl-C): a re-run computes it
+                shutil.rmtree(d, ignore_errors=True)
+            raise
 
 
 # --------------------------------------------------------------------------- results

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import datetime
 import itertools
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 import yaml
 
 from sim.errors import ConfigError
-from sim.files import MAX_INPUT_BYTES, read_input_text
+from sim.files import read_input_text
 from sim.spec.schema import Scenario, validate_scenario
 
 
@@ -43,7 +44,18 @@ def _deep_merge(base: dict, over: Mapping) -> dict:
 
 
 MAX_DEPTH = 32  # sections nest a few levels; anything deeper is not a scenario
-MAX_FILE_BYTES = MAX_INPUT_BYTES  # a scenario or calibration file is kilobytes
+#: Most values a YAML document may hold once its aliases are expanded: an empirical
+#: distribution of the largest allowed size and the rest of a scenario fit well within;
+#: a "billion laughs" of nested aliases (9 aliases of 9 aliases ...) is refused as it grows.
+MAX_NODES = 50_000
+#: Most points one sweep expands to: each is validated, simulated and saved as a folder;
+#: past ten thousand a sweep is a batch job to split, not one command.
+MAX_POINTS = 10_000
+#: A scenario file is kilobytes; an empirical distribution of the largest allowed size
+#: (:data:`sim.spec.schema.MAX_EMPIRICAL_SAMPLES`) is a few hundred.  A bigger file is
+#: refused by its size before it is parsed (the YAML parser reads some 10,000 to 60,000
+#: values a second).
+MAX_FILE_BYTES = 1024 * 1024
 
 
 def read_text_file(path: str | Path, what: str) -> str:
@@ -60,7 +72,26 @@ class _StrictLoader(yaml.SafeLoader):
             if self._depth > MAX_DEPTH:
                 mark = self.peek_event().start_mark
                 raise yaml.YAMLError(f"line {mark.line + 1}: nested deeper than {MAX_DEPTH} levels")
-            return super().compose_node(parent, index)
+            alias = self.check_event(yaml.AliasEvent)
+            mark = self.peek_event().start_mark
+            node = super().compose_node(parent, index)
+            sizes: dict[int, int] = self.__dict__.setdefault("_sizes", {})
+            if alias:  # an alias is a copy of its anchor once constructed: count it again
+                size = sizes.get(id(node), 1)
+            else:
+                size = 1
+                if isinstance(node, yaml.SequenceNode):
+                    size += sum(sizes.get(id(n), 1) for n in node.value)
+                elif isinstance(node, yaml.MappingNode):
+                    size += sum(sizes.get(id(k), 1) + sizes.get(id(v), 1) for k, v in node.value)
+                sizes[id(node)] = size
+            self._expanded = getattr(self, "_expanded", 0) + (size if alias else 1)
+            if self._expanded > MAX_NODES:
+                raise yaml.YAMLError(
+                    f"line {mark.line + 1}: more than {MAX_NODES:,} values (aliases expanded); "
+                    "a scenario holds far fewer"
+                )
+            return node
         finally:
             self._depth -= 1
 
@@ -83,7 +114,12 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def load_yaml_text(text: str, where: str) -> Any:
-    """Parse YAML safely: no tags that build objects, no duplicate keys, bounded nesting."""
+    """Parse YAML safely: no tags that build objects, no duplicate keys, bounded nesting, at
+    most :data:`MAX_NODES` values (aliases expanded; a text with more separators than that is
+    refused before parsing)."""
+    separators = text.count(",") + text.count("\n")
+    if separators > MAX_NODES:
+        raise ConfigError(f"{where}: {separators:,} values or lines, more than the {MAX_NODES:,} a scenario may hold")
     try:
         return yaml.load(text, Loader=_StrictLoader)  # _StrictLoader subclasses SafeLoader
     except yaml.YAMLError as e:
@@ -267,13 +303,21 @@ def expand(
     for key, value in (overrides or {}).items():
         if key in sweep:
             del sweep[key]
-            base["expect"] = _pin_expectations(base.get("expect"), key, value)
+            if "expect" in base:
+                base["expect"] = _pin_expectations(base["expect"], key, value)
     sweep.update(grid or {})
     _check_mode_keys(base, overrides or {}, sweep)
     # Validate the base first so an error names the real key, not a sweep point.
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{key}: expected a non-empty list of values")
+    count = math.prod(len(v) for v in sweep.values())
+    if count > MAX_POINTS:
+        sizes = " x ".join(f"{len(v):,} {k}" for k, v in sweep.items())
+        raise ConfigError(
+            f"sweep: {sizes} is {count:,} points, more than the {MAX_POINTS:,} one sweep runs; "
+            "sweep fewer values (or split the sweep)"
+        )
     _validate({**base, "sweep": sweep})
     keys = list(sweep)
     points: list[Point] = []

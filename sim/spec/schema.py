@@ -68,16 +68,22 @@ class ExponentialSpec(Strict):
     mean: PosFloat
 
 
+#: Largest coefficient of variation of a lognormal or gamma: at 100 a lognormal's sigma is
+#: already 3.0 (its P99.9 some 10,000 x its median); 1e300 overflows its parameters.
+MAX_CV = 100.0
+CV = Annotated[float, Field(ge=0, le=MAX_CV)]
+
+
 class LognormalSpec(Strict):
     dist: Literal["lognormal"]
     mean: PosFloat
-    cv: NonNegFloat
+    cv: CV
 
 
 class GammaSpec(Strict):
     dist: Literal["gamma"]
     mean: PosFloat
-    cv: NonNegFloat
+    cv: CV
 
 
 class UniformSpec(Strict):
@@ -92,9 +98,14 @@ class UniformSpec(Strict):
         return self
 
 
+#: Most samples an empirical distribution holds: a measured latency sample is hundreds to
+#: thousands; a million is a data file, not a scenario value (and takes a minute to parse).
+MAX_EMPIRICAL_SAMPLES = 20_000
+
+
 class EmpiricalSpec(Strict):
     dist: Literal["empirical"]
-    samples: Annotated[list[NonNegFloat], Field(min_length=1)]
+    samples: Annotated[list[NonNegFloat], Field(min_length=1, max_length=MAX_EMPIRICAL_SAMPLES)]
 
 
 DIST_NAMES = ("constant", "exponential", "lognormal", "gamma", "uniform", "empirical")
@@ -240,7 +251,7 @@ class WorkloadConfig(Strict):
     think_s: Optional[DistSpec] = None
     rate_per_s: Optional[PosFloat] = None
     arrival: Literal["poisson", "gamma"] = "poisson"
-    cv: Optional[PosFloat] = None
+    cv: Optional[Annotated[float, Field(gt=0, le=MAX_CV)]] = None
     queries: QueriesConfig = QueriesConfig()
     profile: Optional[LoadProfile] = None
     trace: Optional[TraceConfig] = None
@@ -501,17 +512,22 @@ class ModelSpec(Strict):
         )
 
 
+#: A GPU figure (GB/s, GB, TFLOPS) above 10^9 describes no device; the bound keeps every
+#: product of them (bytes, FLOPs per step, KV blocks) a finite number.
+GPUFigure = Annotated[float, Field(gt=0, le=1e9)]
+
+
 class GPUSpec(Strict):
     name: Optional[str] = None
-    hbm_bandwidth_gbps: PosFloat
-    memory_gb: PosFloat
+    hbm_bandwidth_gbps: GPUFigure
+    memory_gb: GPUFigure
     # What the card exposes to the engine (torch.cuda.mem_get_info's total), GiB; None: memory_gb
     # read as GiB times the median exposed fraction of the catalog's measured cards.
-    memory_exposed_gib: Optional[PosFloat] = None
-    peak_tflops: PosFloat
-    fp8_tflops: Optional[PosFloat] = None
-    fp4_tflops: Optional[PosFloat] = None
-    interconnect_gbps: Optional[PosFloat] = None
+    memory_exposed_gib: Optional[GPUFigure] = None
+    peak_tflops: GPUFigure
+    fp8_tflops: Optional[GPUFigure] = None
+    fp4_tflops: Optional[GPUFigure] = None
+    interconnect_gbps: Optional[GPUFigure] = None
 
     @model_validator(mode="after")
     def _exposed(self) -> GPUSpec:
@@ -850,6 +866,11 @@ def _check_sla(v: Any) -> Any:
 SLAConfig = Annotated[dict[str, dict[str, PosFloat]], BeforeValidator(_check_sla)]
 
 
+#: Most windows a run is cut into (``run.duration_s / timeline.window_s``): each window is a
+#: row per replication and metric; more than this is finer than any SLA is judged.
+MAX_WINDOWS = 10_000
+
+
 class TimelineConfig(Strict):
     """Results over time (see :mod:`sim.analysis.timeline`).
 
@@ -968,6 +989,14 @@ class Scenario(Strict):
                 raise ValueError(
                     f"sla.{metric}: the {stage} stage is disabled ({stage}.enabled: false), "
                     f"so no request measures {metric}"
+                )
+        for key in ("window_s", "sla_window_s"):
+            width = getattr(self.timeline, key)
+            if self.timeline_on and width is not None and self.run.duration_s / width > MAX_WINDOWS:
+                raise ValueError(
+                    f"timeline.{key}: {width:g} s cuts the {self.run.duration_s:g} s run into "
+                    f"{self.run.duration_s / width:,.3g} windows, more than {MAX_WINDOWS:,}; "
+                    f"give {key} >= {self.run.duration_s / MAX_WINDOWS:.3g}"
                 )
         w = self.workload
         if w.time_varying and self.run.warmup_s == "auto":

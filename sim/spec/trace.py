@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -73,19 +74,25 @@ def _detect(header: list[str], name: str) -> str:
     )
 
 
+_FRACTION = re.compile(r"\.(\d+)")
+
+
 def _parse_time(text: str, fmt: str) -> tuple[float, bool]:
     """The time in seconds, and whether it is a date (an Azure stamp: its epoch
     seconds may be anything) rather than a count of seconds (which must be >= 0)."""
     if fmt == "azure":
         t = text.strip()
-        # .NET-style 7-digit fractions: keep microseconds.
-        if "." in t:
-            head, frac = t.split(".", 1)
-            t = f"{head}.{frac[:6]}"
+        # .NET-style 7-digit fractions: keep microseconds (and a UTC offset after them).
+        m = _FRACTION.search(t)
+        if m:
+            t = f"{t[: m.start()]}.{m.group(1)[:6]}{t[m.end() :]}"
         try:
-            return dt.datetime.fromisoformat(t).replace(tzinfo=dt.timezone.utc).timestamp(), True
+            stamp = dt.datetime.fromisoformat(t)
         except ValueError:
             return float(text), False  # seconds are accepted too
+        if stamp.tzinfo is None:  # a stamp without an offset is UTC (the Azure traces')
+            stamp = stamp.replace(tzinfo=dt.timezone.utc)
+        return stamp.timestamp(), True
     return float(text), False
 
 
@@ -101,14 +108,37 @@ def _number(text: str, name: str, line: int, col: str, integer: bool) -> float:
     return v
 
 
+#: Most rows a trace may hold: every row is a request of every replication, held as a
+#: record row until its point is summarised (about 1 kB each, :mod:`sim.run.bounds`), so
+#: 5 million rows is already 5 GB per replication.  Counted before any row is parsed.
+MAX_TRACE_ROWS = 5_000_000
+
+
+def count_rows(path: str | os.PathLike[str]) -> int:
+    """Lines after the header (an upper bound on the requests), counted without parsing."""
+    n = 0
+    last = b"\n"
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return max(0, n - 1 + (last != b"\n"))
+
+
 def load_trace(path: str | os.PathLike[str], fmt: str = "auto", time_scale: float = 1.0) -> Trace:
     """Read and check a trace (cached by path, size and modification time)."""
     p = Path(path)
     problem = regular_file_problem(p)  # before opening: a FIFO would block, a folder crash
     if problem is not None:
         raise TraceError(f"workload.trace.path: {p} {problem}")
-    st = p.stat()
     try:
+        st = p.stat()
+        rows = count_rows(p)
+        if rows > MAX_TRACE_ROWS:
+            raise TraceError(
+                f"workload.trace.path: {p} has {rows:,} rows, more than the {MAX_TRACE_ROWS:,} a run replays "
+                "(each is a request held in memory); replay a slice of it"
+            )
         return _load(str(p), st.st_size, st.st_mtime_ns, fmt, float(time_scale))
     except UnicodeDecodeError as e:
         raise TraceError(f"workload.trace.path: {p}: not UTF-8 text (byte {e.start}); is it a binary file?") from None
@@ -124,6 +154,9 @@ def _load(path: str, _size: int, _mtime: int, fmt: str, time_scale: float) -> Tr
         header = [h.strip() for h in next(reader, [])]
         if not header:
             raise TraceError(f"{name}:1: empty file; need a header row and one row per request")
+        dup = next((h for i, h in enumerate(header) if h in header[:i]), None)
+        if dup is not None:
+            raise TraceError(f"{name}:1: column {dup!r} appears more than once; give each column once")
         if fmt == "auto":
             fmt = _detect(header, name)
         tcol, pcol, ocol, kcol = LAYOUTS[fmt]

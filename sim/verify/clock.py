@@ -25,9 +25,9 @@ from __future__ import annotations
 import http.client
 import math
 import time
-from urllib.parse import urlparse
 
 from sim.spec.target import LLMTarget
+from sim.verify.wire import EndpointError, connection
 
 #: vLLM's request histograms read from ``/metrics``: what each summed sample is called here.
 VLLM_SAMPLES = {
@@ -60,20 +60,24 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+#: Most bytes of a /metrics page read (vLLM's is tens of kilobytes).
+MAX_METRICS_BYTES = 1 << 22
+
+
 def metrics_snapshot(url: str, timeout_s: float = 5.0) -> dict[str, float] | None:
     """``GET /metrics``: the summed vLLM request histograms, or None where the server keeps none
     (llama-server without ``--metrics`` answers 501)."""
-    u = urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout_s)
+    conn = connection(url, timeout_s)
     try:
         conn.request("GET", "/metrics")
         r = conn.getresponse()
-        body = r.read()
+        body = r.read(MAX_METRICS_BYTES)
         if r.status != 200:
             return None
-    except (OSError, http.client.HTTPException):
+    except (OSError, http.client.HTTPException, EndpointError):
         return None
     finally:
+        conn.done()
         conn.close()
     got = parse_metrics(body.decode("utf-8", "replace"))
     return got if "requests" in got and "prefill_s" in got else None

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -73,6 +74,7 @@ from sim.verify.loadgen import (
     run_load,
 )
 from sim.verify.profile import describe, profile_batches, profile_mixed, profile_server
+from sim.verify.wire import EndpointError, RunDeadline
 
 BOUNDS = {
     ("e2e_ms", "p95"): 0.10,
@@ -434,7 +436,7 @@ def compare_one(live: LiveRun, scn: Scenario, ov: dict[str, Any], warmup_s: floa
     pred = {
         "throughput_per_s": s["throughput_per_s"],
         "utilization": s["utilization"],
-        "n": metrics["e2e_ms"]["n"],
+        "n": metrics.get("e2e_ms", {}).get("n", 0),
     }
     return _comparison(live, rows, meas, pred)
 
@@ -971,7 +973,6 @@ def verify(
     :func:`confirmed` (the first play's calibration under ``calib["first_attempt"]``); the
     live requests of both plays are returned, the replay's with ``attempt`` 1."""
     llm_on = scn.llm.enabled
-    retrieves = scn.retrieval.enabled and target.retrieval is not None
     if not llm_on and not scn.retrieval.enabled:
         raise CapsimError("verify needs llm.enabled or retrieval.enabled: there is no stage to hold against a server")
     if llm_on and scn.llm.step_table is None and profile is None:
@@ -984,6 +985,40 @@ def verify(
         raise CapsimError("--target: the scenario retrieves (retrieval.enabled) but the target has no retrieval.url")
     if llm_on:
         target.llm_endpoint()  # a one-line error now, before anything is sent
+    plays = len(users) * (2 if confirm else 1)
+    budget_s = RUN_SETUP_S + plays * (duration_s + drain_s + RUN_PER_LOAD_S)
+    before_deadline = RunDeadline.at
+    RunDeadline.at = time.monotonic() + budget_s
+    try:
+        times = (duration_s, warmup_s, drain_s)
+        return _verify(scn, target, users, times, replications, progress, profile, probe_s, segments, confirm)
+    except EndpointError as e:  # a probe's request failed: the target's fault, said as such
+        raise CapsimError(str(e)) from None
+    finally:
+        RunDeadline.at = before_deadline
+
+
+#: The deadline of a whole verify run, a net under every request's own: the set-up's
+#: probes and profile, then per play of a load its live run and drain plus its probes.
+RUN_SETUP_S = 900.0
+RUN_PER_LOAD_S = 900.0
+
+
+def _verify(
+    scn: Scenario,
+    target: Target,
+    users: list[int],
+    times: tuple[float, float, float],
+    replications: int,
+    progress: Any,
+    profile: ServerProfile | None,
+    probe_s: float,
+    segments: int,
+    confirm: bool,
+) -> tuple[list[LoadComparison], dict[str, Any], list[LiveRun]]:
+    duration_s, warmup_s, drain_s = times
+    llm_on = scn.llm.enabled
+    retrieves = scn.retrieval.enabled and target.retrieval is not None
     check_reachable(target)
     table = (profile.table(target, users[0], progress) if profile else str(scn.llm.step_table)) if llm_on else None
     probe: dict[str, Any] = probe_llm(target) if llm_on else {"overhead_ms": 0.0, "bos_tokens": 0, "server_alone": None}

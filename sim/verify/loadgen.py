@@ -30,7 +30,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -44,6 +43,7 @@ from sim.rng import stream
 from sim.spec.schema import Scenario, build_distribution
 from sim.spec.target import LLMTarget, Target
 from sim.verify.clock import bracket, learn_clock, own_timings, server_clock
+from sim.verify.wire import DeadlineConnection, EndpointError, TargetError, connection, finite_number
 
 #: The live run draws from replication 0 of the scenario's streams: the simulated replication 0
 #: replays exactly the same think times, keys and token counts (common random numbers).
@@ -70,12 +70,13 @@ COLUMNS = (
     "error",
 )
 
+#: How long one search may take, whole answer, before it counts as failed.
+SEARCH_TIMEOUT_S = 10.0
+
+#: Fragments of a request's error that mean the target stopped answering: its user stops.
+TIMED_OUT = ("timed out", "no answer within", "no whole answer within", "past its deadline")
+
 VOCAB_LO, VOCAB_HI = 100, 31_000  # ordinary token ids of the Llama SPM vocabulary
-
-
-def connection(url: str, timeout_s: float) -> http.client.HTTPConnection:
-    u = urlparse(url)
-    return http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout_s)
 
 
 def check_reachable(target: Target, timeout_s: float = 3.0) -> None:
@@ -84,38 +85,78 @@ def check_reachable(target: Target, timeout_s: float = 3.0) -> None:
         [("retrieval", target.retrieval.url)] if target.retrieval else []
     )
     for name, url in eps:
-        r = None
+        c = connection(url, timeout_s)
         try:
-            c = connection(url, timeout_s)
             c.request("GET", "/health")
             r = c.getresponse()
-            r.read()
-            c.close()
-        except OSError as e:
+            r.read(1 << 16)
+            c.finish("GET /health")
+        except EndpointError as e:
+            raise CapsimError(str(e)) from None
+        except (OSError, http.client.HTTPException) as e:
+            if c.expired or isinstance(e, (TimeoutError, http.client.HTTPException)):
+                raise CapsimError(str(c.failure("GET /health", e, name))) from None
             raise CapsimError(f"{name} endpoint {url} is unreachable: {e.strerror or e}") from None
+        finally:
+            c.done()
+            c.close()
         if r.status != 200:
             raise CapsimError(f"{name} endpoint {url}/health answered HTTP {r.status}")
 
 
-def search(conn: http.client.HTTPConnection, key: int, k: int) -> bytes:
-    """One ``POST /search``; the response body (see :func:`server_ms`)."""
+#: Most bytes of one /search answer read: a list of k ids and scores is kilobytes.
+MAX_SEARCH_BYTES = 1 << 20
+
+
+def search(conn: DeadlineConnection, key: int, k: int) -> bytes:
+    """One ``POST /search``; the response body (see :func:`server_ms`), checked: a JSON
+    object whose ``search_us`` and ``cpu_us``, when present, are finite numbers >= 0.
+    A failed request is an :class:`EndpointError`, a malformed answer a :class:`TargetError`."""
     body = json.dumps({"query_id": int(key), "k": int(k)}).encode()  # bytes: one send()
     try:
-        conn.request("POST", "/search", body=body, headers={"Content-Type": "application/json"})
-        r = conn.getresponse()
-    except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
-        # The server closed the idle keep-alive connection: reconnect once, as a pool would.
-        conn.close()
-        conn.request("POST", "/search", body=body, headers={"Content-Type": "application/json"})
-        r = conn.getresponse()
-    data = r.read()
+        try:
+            conn.request("POST", "/search", body=body, headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The server closed the idle keep-alive connection: reconnect once, as a pool would.
+            conn.close()
+            conn.request("POST", "/search", body=body, headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+        data = r.read(MAX_SEARCH_BYTES + 1)
+        conn.finish("POST /search")
+        if not r.isclosed():
+            conn.close()  # a longer answer than read: its connection cannot be reused
+    except (OSError, http.client.HTTPException) as e:
+        raise conn.failure("POST /search", e) from None
+    finally:
+        conn.done()
     if r.status != 200:
-        raise RuntimeError(f"retrieval HTTP {r.status}: {data[:100]!r}")
+        raise EndpointError(f"{conn.endpoint('/search')}: POST /search answered HTTP {r.status}: {data[:100]!r}")
+    check_search_answer(data, conn.url)
     return data
 
 
+def check_search_answer(data: bytes, url: str) -> dict:
+    """A /search answer as the JSON object it must be, or a :class:`TargetError` naming the field."""
+    if len(data) > MAX_SEARCH_BYTES:
+        raise TargetError(f"retrieval endpoint {url}: POST /search answered more than {MAX_SEARCH_BYTES:,} bytes")
+    try:
+        doc = json.loads(data.decode("utf-8"))  # NaN and Infinity parse: the field checks name them
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise TargetError(
+            f"retrieval endpoint {url}: POST /search answered {data[:40]!r}..., not JSON ({str(e)[:60]})"
+        ) from None
+    if not isinstance(doc, dict):
+        raise TargetError(f"retrieval endpoint {url}: POST /search answered a JSON {type(doc).__name__}, not an object")
+    for field_ in ("search_us", "cpu_us"):
+        if field_ in doc:
+            finite_number(doc[field_], f"retrieval endpoint {url}: POST /search field {field_}")
+    return doc
+
+
 def _reported_ms(body: bytes, key: str) -> float | None:
-    """A microsecond figure the service put in its answer under ``key``, ms; None without one."""
+    """A microsecond figure the service put in its answer under ``key``, ms; None without one
+    (the answer was checked by :func:`search`)."""
     try:
         us = json.loads(body).get(key)
     except (ValueError, AttributeError):
@@ -154,7 +195,7 @@ def complete(
     max_tokens: int,
     timeout_s: float,
     token_times: list[float] | None = None,
-    conn: http.client.HTTPConnection | None = None,
+    conn: DeadlineConnection | None = None,
     usage: dict | None = None,
 ) -> tuple[float | None, float, int, dict]:
     """Stream one completion on a new connection (llama-server closes a streamed one), or on
@@ -162,6 +203,28 @@ def complete(
     llama-server's streamed ``timings``, else empty).  ``token_times``, when given, receives the
     arrival time of every chunk that carries a token; ``usage`` the OpenAI ``usage`` object."""
     conn = conn or connection(url, timeout_s)
+    try:
+        return _complete(conn, model, prompt_ids, max_tokens, token_times, usage)
+    except (OSError, http.client.HTTPException) as e:
+        raise conn.failure("POST /v1/completions", e) from None
+    finally:
+        conn.done()
+        conn.close()
+
+
+#: Most bytes of one streamed line (a chunk of one token and its JSON, or the closing timings).
+MAX_LINE_BYTES = 1 << 16
+
+
+def _complete(
+    conn: DeadlineConnection,
+    model: str,
+    prompt_ids: list[int],
+    max_tokens: int,
+    token_times: list[float] | None,
+    usage: dict | None,
+) -> tuple[float | None, float, int, dict]:
+    where = f"llm endpoint {conn.url}: POST /v1/completions"
     body = {
         "model": model,
         "prompt": prompt_ids,
@@ -180,22 +243,25 @@ def complete(
     )
     r = conn.getresponse()
     if r.status != 200:
-        raise RuntimeError(f"llm HTTP {r.status}: {r.read()[:100]!r}")
+        what = "POST /v1/completions"
+        raise EndpointError(f"{conn.endpoint(what)}: {what} answered HTTP {r.status}: {r.read(200)[:100]!r}")
     first: float | None = None
     chunks = 0
     timings: dict = {}
     usage_tokens = None
     for _ in range(16 * max_tokens + 64):  # bounded: one line per chunk plus blanks
-        line = r.readline()
+        line = r.readline(MAX_LINE_BYTES + 1)
         if not line:
             break
+        if len(line) > MAX_LINE_BYTES:
+            raise TargetError(f"{where}: a streamed line longer than {MAX_LINE_BYTES:,} bytes")
         line = line.strip()
         if not line.startswith(b"data:"):
             continue
         payload = line[5:].strip()
         if payload == b"[DONE]":
             break
-        d = json.loads(payload)
+        d = _chunk(payload, where)
         for ch in d.get("choices") or []:
             # a token: text, or none yet (vLLM streams a token that ends inside a UTF-8 character
             # as ""); llama-server's closing chunk (text "", finish_reason set) carries none
@@ -207,16 +273,59 @@ def complete(
                 if token_times is not None:
                     token_times.append(now)
         if d.get("usage"):
-            usage_tokens = d["usage"].get("completion_tokens")
+            usage_tokens = finite_number(
+                d["usage"].get("completion_tokens", chunks),
+                f"{where}: usage.completion_tokens",
+                integer=True,
+                most=max_tokens,
+            )
             if usage is not None:
                 usage.update(d["usage"])
         if d.get("timings"):
             timings = d["timings"]
-    r.read()
+    for _ in range(16):  # the rest of the stream (the closing chunk), bounded
+        if not r.read(MAX_LINE_BYTES):
+            break
+    else:
+        raise TargetError(f"{where}: more than {16 * MAX_LINE_BYTES:,} bytes after the last token")
+    conn.finish("POST /v1/completions")
     end = time.perf_counter()
-    conn.close()
     got = int(usage_tokens) if usage_tokens is not None else chunks
     return first, end, got, timings
+
+
+#: The numbers of llama-server's streamed ``timings`` that verify reads.
+TIMING_KEYS = ("prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "predicted_per_token_ms")
+
+
+def _chunk(payload: bytes, where: str) -> dict:
+    """One streamed ``data:`` chunk, checked: a JSON object; ``choices`` a list of objects whose
+    ``text`` is a string; ``usage`` an object and ``usage.prompt_tokens`` a count; ``timings``
+    an object of finite numbers >= 0.  Else a :class:`TargetError` naming the field."""
+    try:
+        d = json.loads(payload.decode("utf-8"))  # NaN and Infinity parse: the field checks name them
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise TargetError(f"{where}: a streamed chunk {payload[:40]!r} is not JSON ({str(e)[:60]})") from None
+    if not isinstance(d, dict):
+        raise TargetError(f"{where}: a streamed chunk is a JSON {type(d).__name__}, not an object")
+    choices = d.get("choices") or []
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise TargetError(f"{where}: choices: {str(choices)[:40]} is not a list of objects")
+    for c in choices:
+        if "text" in c and not isinstance(c["text"], str):
+            raise TargetError(f"{where}: choices[].text: {c['text']!r} is not a string")
+    use = d.get("usage")
+    if use is not None and not isinstance(use, dict):
+        raise TargetError(f"{where}: usage: {str(use)[:40]} is not an object")
+    if use and "prompt_tokens" in use:
+        finite_number(use["prompt_tokens"], f"{where}: usage.prompt_tokens", integer=True)
+    tim = d.get("timings")
+    if tim is not None and not isinstance(tim, dict):
+        raise TargetError(f"{where}: timings: {str(tim)[:40]} is not an object")
+    for key in TIMING_KEYS:
+        if tim and key in tim:
+            finite_number(tim[key], f"{where}: timings.{key}")
+    return d
 
 
 def prompt_ids(rng: np.random.Generator, n: int) -> list[int]:
@@ -329,7 +438,7 @@ def probe_retrieval(
     k: int,
     n: int = 200,
     gap_s: float = 0.0,
-    timeout_s: float = 10.0,
+    timeout_s: float | None = None,
     server: list | None = None,
     cpu: list | None = None,
 ) -> np.ndarray:
@@ -340,6 +449,7 @@ def probe_retrieval(
     wake-up and co-tenant noise, not the search, dominate a ~1 ms call here.  ``server``, when
     given, receives the service's own time of each search (None where it reports none);
     ``cpu`` its process CPU clock at each answer (:func:`server_cpu_ms`)."""
+    timeout_s = timeout_s or SEARCH_TIMEOUT_S
     assert target.retrieval is not None
     conn = connection(target.retrieval.url, timeout_s)
     out = []
@@ -363,7 +473,7 @@ def probe_wakeup(
     k: int,
     rounds: int = 3,
     gaps_s: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1),
-    timeout_s: float = 10.0,
+    timeout_s: float | None = None,
     train_s: float = 1.0,
     block: int = 40,
 ) -> list[tuple[float, float]]:
@@ -387,6 +497,7 @@ def probe_wakeup(
     (1-s medians of back-to-back searches: sd 7 %, 4.8-7.3 ms over three minutes with
     nothing else running), so each train is held against the blocks on its two sides,
     taken within the same two seconds, not against a probe taken earlier."""
+    timeout_s = timeout_s or SEARCH_TIMEOUT_S
     assert target.retrieval is not None
     conn = connection(target.retrieval.url, timeout_s)
     q = [500]
@@ -431,24 +542,34 @@ def _searches_together(
     times: list[list[float]] = [[] for _ in range(m)]
     gate = threading.Barrier(m)
 
+    errors: list[BaseException] = []
+
     def client(i: int) -> None:
         conn = connection(url, timeout_s)
-        for j in range(10):
-            search(conn, 10_000 * i + j, k)
-        gate.wait(timeout_s)
-        for j in range(n):
-            t0 = time.perf_counter()
-            body = search(conn, 10_000 * i + 10 + j, k)
-            times[i].append((time.perf_counter() - t0) * 1e3)
-            if server is not None:
-                server.append((times[i][-1], server_ms(body)))
-        conn.close()
+        try:
+            for j in range(10):
+                search(conn, 10_000 * i + j, k)
+            gate.wait(timeout_s)
+            for j in range(n):
+                t0 = time.perf_counter()
+                body = search(conn, 10_000 * i + 10 + j, k)
+                times[i].append((time.perf_counter() - t0) * 1e3)
+                if server is not None:
+                    server.append((times[i][-1], server_ms(body)))
+        except (EndpointError, TargetError, threading.BrokenBarrierError) as e:
+            errors.append(e)
+            gate.abort()
+        finally:
+            conn.close()
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(m)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout_s * (n + 20))
+    first = next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), None)
+    if first is not None:
+        raise first
     return times
 
 
@@ -462,7 +583,7 @@ def probe_pairs(
     offsets_ms: Sequence[float] = PAIR_OFFSETS_MS,
     n: int = 40,
     pause_s: float = PAIR_PAUSE_S,
-    timeout_s: float = 10.0,
+    timeout_s: float | None = None,
 ) -> list[dict[str, float]]:
     """Isolated: two searches sent ``offset`` ms apart after ``pause_s`` idle, nothing else
     sending, ``n`` pairs per offset; per offset the medians of how far apart they really
@@ -475,6 +596,7 @@ def probe_pairs(
     searches and a wake-up after the first left; 4 ms apart, the first waited while the
     second ran (its scheduler slice was spent), as the scheduled pool has it.
     An unreachable service or a failed search is a :class:`CapsimError`."""
+    timeout_s = timeout_s or SEARCH_TIMEOUT_S
     r = target.retrieval
     assert r is not None
     errors: list[str] = []
@@ -503,6 +625,8 @@ def probe_pairs(
                     lat[i] = (time.perf_counter() - sent[i]) * 1e3
                 except (OSError, RuntimeError, http.client.HTTPException, threading.BrokenBarrierError) as e:
                     errors.append(f"{type(e).__name__}: {e}")
+                except TargetError as e:
+                    errors.append(str(e))
 
             time.sleep(pause_s)
             threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(2)]
@@ -528,7 +652,7 @@ def probe_contention(
     k: int,
     alone_ms: np.ndarray,
     n: int = 100,
-    timeout_s: float = 10.0,
+    timeout_s: float | None = None,
     alone_server_ms: Sequence[float | None] = (),
 ) -> tuple[tuple[float, ...], list[float]]:
     """Isolated: how much slower each search runs with ``m`` in service at once, and how long
@@ -550,6 +674,7 @@ def probe_contention(
     search at a time (202-216 searches/s for 1 to 6 clients): no extra work, an answer
     waiting for the core while the other search holds it (a scheduler slice).  See
     :func:`handback_samples`."""
+    timeout_s = timeout_s or SEARCH_TIMEOUT_S
     r = target.retrieval
     assert r is not None
     if r.workers < 2:
@@ -613,10 +738,11 @@ class _User(threading.Thread):
         self.bos = bos
         self.rows = rows
         self.top_k = scn.retrieval.top_k
+        self.bad: list[TargetError] = []
 
     def run(self) -> None:
         retrieves = self.target.retrieval is not None and self.scn.retrieval.enabled
-        ret = connection(self.target.retrieval.url, 10.0) if retrieves else None
+        ret = connection(self.target.retrieval.url, SEARCH_TIMEOUT_S) if retrieves else None
         for _ in range(1_000_000):  # bounded: a request per think time until duration_s
             due = time.perf_counter() + self.think()
             if due >= self.end:
@@ -629,11 +755,11 @@ class _User(threading.Thread):
             row = self.request(ret, key, prompt, output, now)
             row["lag_ms"] = lag_ms
             self.rows.append(row)
-            if isinstance(row["error"], str) and row["error"] and "timed out" in row["error"]:
+            if isinstance(row["error"], str) and any(w in row["error"] for w in TIMED_OUT):
                 break
             if row["error"] and ret is not None:  # reconnect after a failure
                 ret.close()
-                ret = connection(self.target.retrieval.url, 10.0)
+                ret = connection(self.target.retrieval.url, SEARCH_TIMEOUT_S)
         if ret is not None:
             ret.close()
 
@@ -699,6 +825,9 @@ class _User(threading.Thread):
                 row["ok"] = True
         except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
             row["error"] = f"{type(e).__name__}: {e}"[:200]
+        except TargetError as e:  # garbage from the target: no verdict from this load
+            row["error"] = f"{type(e).__name__}: {e}"[:200]
+            self.bad.append(e)
         return row
 
 
@@ -718,6 +847,9 @@ def run_load(scn: Scenario, target: Target, users: int, duration_s: float, drain
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     stuck = sum(t.is_alive() for t in threads)
+    bad = [e for t in threads for e in t.bad]
+    if bad:
+        raise bad[0]
     failures = [r["error"] for r in rows if r["error"]]
     if stuck:
         failures += [f"{stuck} user(s) still waiting after the {drain_s:.0f} s drain"] * stuck

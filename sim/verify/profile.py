@@ -56,6 +56,10 @@ from sim.errors import CapsimError
 from sim.spec.target import Target
 from sim.verify.clock import bracket, learn_clock, own_timings, server_clock
 from sim.verify.loadgen import complete, connection, prompt_ids
+from sim.verify.wire import TargetError
+
+#: What one request to the server may raise: its failure, or an answer that breaks the API.
+REQUEST_ERRORS = (OSError, RuntimeError, http.client.HTTPException, ValueError, TargetError)
 
 TRIES = 5
 
@@ -126,7 +130,7 @@ def _one_batch(target: Target, pp: int, tg: int, b: int, rng: np.random.Generato
             timings[i] = tim
             if got != tg:
                 errors.append(f"asked {tg} tokens, got {got}")
-        except (OSError, RuntimeError, http.client.HTTPException, ValueError, threading.BrokenBarrierError) as e:
+        except (*REQUEST_ERRORS, threading.BrokenBarrierError) as e:
             errors.append(f"{type(e).__name__}: {e}")
 
     threads = [threading.Thread(target=go, args=(i,), daemon=True) for i in range(b)]
@@ -173,7 +177,7 @@ def mixed_step(
     def background(i: int, ids: list[int]) -> None:
         try:
             complete(llm.url, llm.model, ids, bg_tokens, timeout_s, bg[i])
-        except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
+        except REQUEST_ERRORS as e:
             errors.append(f"{type(e).__name__}: {e}")
 
     threads = [threading.Thread(target=background, args=(i, prompt_ids(rng, bg_prompt)), daemon=True) for i in range(k)]
@@ -188,7 +192,7 @@ def mixed_step(
     tim: dict = {}
     try:
         _f, _e, _got, tim = complete(llm.url, llm.model, prompt_ids(rng, pp), 2, timeout_s, fg)
-    except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
+    except REQUEST_ERRORS as e:
         errors.append(f"{type(e).__name__}: {e}")
     if before is not None and not errors:
         # vLLM's /metrics: the prompt's own prefill when it alone finished meanwhile (the
