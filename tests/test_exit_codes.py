@@ -16,6 +16,7 @@ from sim.errors import (
     EXIT_INCONCLUSIVE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    EXIT_IO,
     EXIT_PASS,
     EXIT_WORKER_DIED,
 )
@@ -124,7 +125,16 @@ def test_a_crash_in_any_command_exits_4_with_the_traceback_saved(command, tmp_pa
 def test_codes_are_distinct_and_documented() -> None:
     from sim.cli.app import EXIT_HELP
 
-    codes = [EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE, EXIT_INTERNAL, EXIT_WORKER_DIED, EXIT_INTERRUPTED]
+    codes = [
+        EXIT_PASS,
+        EXIT_FAIL,
+        EXIT_BAD_INPUT,
+        EXIT_INCONCLUSIVE,
+        EXIT_INTERNAL,
+        EXIT_WORKER_DIED,
+        EXIT_IO,
+        EXIT_INTERRUPTED,
+    ]
     assert len(set(codes)) == len(codes) and EXIT_INTERNAL != EXIT_FAIL
     root = Path(__file__).parent.parent
     pages = {name: (root / name).read_text() for name in ("README.md", "docs/reference/exit-codes.md")}
