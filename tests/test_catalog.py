@@ -141,7 +141,10 @@ def test_model_shapes_and_params_have_source_urls(name):
 def test_model_head_geometry(name):
     m = catalog.model(name)
     assert m["heads"] % m["kv_heads"] == 0
-    assert m["hidden"] == m["heads"] * m["head_dim"]
+    if name == "qwen3-32b":  # its config.json sets head_dim 128 for 64 heads on a 5,120 width
+        assert (m["heads"] * m["head_dim"], m["hidden"]) == (8192, 5120)
+    else:
+        assert m["hidden"] == m["heads"] * m["head_dim"]
 
 
 @pytest.mark.parametrize("name", catalog.model_names())
@@ -157,6 +160,10 @@ def test_param_count_hand_checked_values():
     assert catalog.model("llama-3-8b")["params"] == 8_030_261_248
     assert catalog.model("llama-2-7b")["params"] == 6_738_415_616
     assert catalog.model("mistral-7b")["params"] == 7_241_732_096
+    # Qwen3-32B by hand: embeddings 2 x 151,936 x 5,120 = 1,555,824,640; per layer q and o
+    # 2 x 5,120 x 8,192, k and v 2 x 5,120 x 1,024, MLP 3 x 5,120 x 25,600, two norms 2 x 5,120:
+    # 487,598,080, times 64 layers; plus the final norm's 5,120
+    assert catalog.model("qwen3-32b")["params"] == 1_555_824_640 + 64 * 487_598_080 + 5_120 == 32_762_106_880
 
 
 def test_article_model_params_by_hand():
