@@ -42,13 +42,28 @@ def concurrency(row: dict) -> int:
     return int(m.group(1)) if m else int(float(row["batch_size"]))
 
 
-def main(src: str, dst: str) -> None:
+def round_robin(rows: list[dict]) -> list[dict]:
+    """Rows interleaved over (backend, system, model) strata, so a partial run covers every stratum."""
+    strata: dict[tuple, list[dict]] = {}
+    for r in rows:
+        strata.setdefault((r["backend"], r["system"], r["model_path"]), []).append(r)
+    queues = [strata[k] for k in sorted(strata)]
+    out = []
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out
+
+
+def main(src: str, dst: str, skip: set[str] = frozenset()) -> None:
     rows = list(csv.DictReader(open(src, newline="")))
-    todo = [
+    todo = round_robin([
         r
         for r in rows
         if r["mode"] == "agg" and r["system"] in ("h100_sxm", "h200_sxm") and r["model_path"] in MODELS
-    ]
+        and r["id"] not in skip
+    ])
     out = []
     for i, r in enumerate(todo):
         quant = r["gemm_quant_mode"] or "bfloat16"
@@ -79,7 +94,7 @@ def main(src: str, dst: str) -> None:
             )
             break
         out.append(res)
-        print(i, r["id"], res["aic_ttft_ms"], res["aic_tpot_ms"], res["aic_error"][:80],
+        print(i, r["id"], res["aic_ttft_ms"], res["aic_tpot_ms"], res["aic_perf_db_version"], res["aic_error"][:80],
               f"{time.perf_counter() - t0:.1f}s", flush=True)
     with open(dst, "w", newline="") as fh:
         fh.write("# aiconfigurator 0.12.0 cli_estimate (database_mode SILICON) per row of silicon_sample.csv;"
@@ -90,4 +105,5 @@ def main(src: str, dst: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    # optional third argument: a file of ids already predicted (one per line), skipped
+    main(sys.argv[1], sys.argv[2], set(open(sys.argv[3]).read().split()) if len(sys.argv) > 3 else set())

@@ -55,6 +55,8 @@ from pydantic import ValidationError
 from sim.engine.pipeline import run_replication
 from sim.files import atomic_write_text, data_path, to_json
 from sim.physics.gpu import StepCost, attention_pairs
+from sim.spec.engines import FITTED
+from sim.spec.engines import fit_document as engine_fit_document
 from sim.spec.schema import LLMConfig, Scenario
 from sim.spec.silicon import AICONFIGURATOR_VERSION, SiliconRow, load_rows, reason_counts
 
@@ -191,6 +193,8 @@ def fingerprint(extra: str = "") -> str:
     for sub in ("physics", "engine", "spec"):
         files += sorted((SIM / sub).rglob("*.py")) + sorted((SIM / sub).rglob("*.yaml"))
     files += [data_path("published/fit.json")]
+    if data_path("silicon/engine_fit.json").is_file():
+        files.append(data_path("silicon/engine_fit.json"))
     for f in files:
         h.update(f.relative_to(SIM).as_posix().encode())
         h.update(f.read_bytes())
@@ -202,8 +206,11 @@ def cache_dir() -> Path:
     return Path(root) / "capsim" / "validate"
 
 
-def _replay_task(task: tuple[SiliconRow, dict[str, Any] | None]) -> dict[str, Any]:
-    return replay(*task)
+def _replay_task(task: tuple[SiliconRow, dict[str, Any] | bool | None]) -> dict[str, Any]:
+    row, o = task
+    if isinstance(o, bool):  # no parameters for this row under this predictor
+        return {"id": row.id, "error": "no held-out parameters"}
+    return replay(row, o)
 
 
 def replay_rows(
@@ -228,7 +235,10 @@ def replay_rows(
             results[r.id] = json.loads(f.read_text())
         else:
             todo.append(r)
-    tasks = [(r, overrides(r) if overrides else None) for r in todo]
+    tasks: list[tuple[SiliconRow, dict[str, Any] | bool | None]] = []
+    for r in todo:
+        o = overrides(r) if overrides else None
+        tasks.append((r, False if overrides and o is None else o))
     done = len(rows) - len(todo)
 
     def keep(res: dict[str, Any]) -> None:
@@ -295,12 +305,16 @@ def _stats(err: Iterable[float]) -> dict[str, Any]:
 
 
 def per_row(
-    rows: Sequence[SiliconRow], results: Sequence[dict[str, Any]], aic: dict[str, dict[str, float]]
+    rows: Sequence[SiliconRow],
+    results: Sequence[dict[str, Any]],
+    aic: dict[str, dict[str, float]],
+    engine: Sequence[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """One flat record per row: its configuration, measured, capsim's and aiconfigurator's figures and errors."""
     out = []
-    for r, res in zip(rows, results):
+    for i, (r, res) in enumerate(zip(rows, results)):
         a = aic.get(r.id, {})
+        eng = engine[i] if engine is not None else {}
         rec: dict[str, Any] = {
             "id": r.id,
             "engine": r.engine,
@@ -323,8 +337,10 @@ def per_row(
             "capsim_error": res.get("error", ""),
             "aic_ttft_ms": a.get("ttft_ms", math.nan),
             "aic_tpot_ms": a.get("tpot_ms", math.nan),
+            "engine_ttft_ms": eng.get("ttft_ms", math.nan),
+            "engine_tpot_ms": eng.get("tpot_ms", math.nan),
         }
-        for who in ("capsim", "aic"):
+        for who in ("capsim", "aic", "engine"):
             for m in ("ttft", "tpot"):
                 rec[f"{who}_{m}_err"] = rec[f"{who}_{m}_ms"] / rec[f"measured_{m}_ms"] - 1.0
         out.append(rec)
@@ -340,6 +356,10 @@ def _block(recs: list[dict[str, Any]]) -> dict[str, Any]:
         "capsim": {m: _stats(x[f"capsim_{m}_err"] for x in ok) for m in ("ttft", "tpot")},
         "aiconfigurator": {m: _stats(x[f"aic_{m}_err"] for x in both) for m in ("ttft", "tpot")},
         "capsim_on_aiconfigurator_rows": {m: _stats(x[f"capsim_{m}_err"] for x in both) for m in ("ttft", "tpot")},
+        "engine_preset_held_out": {
+            m: _stats(x[f"engine_{m}_err"] for x in recs if math.isfinite(x[f"engine_{m}_err"]))
+            for m in ("ttft", "tpot")
+        },
     }
 
 
@@ -387,6 +407,10 @@ ROW_COLUMNS: tuple[str, ...] = (
     "aic_tpot_ms",
     "aic_ttft_err",
     "aic_tpot_err",
+    "engine_ttft_ms",
+    "engine_tpot_ms",
+    "engine_ttft_err",
+    "engine_tpot_err",
     "capsim_requests",
     "capsim_preemptions",
     "capsim_error",
@@ -410,6 +434,19 @@ def rows_csv(records: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- the whole command
 
 
+def held_out_overrides(row: SiliconRow) -> dict[str, Any] | None:
+    """The engine preset with the step costs fitted *without* the row's (model, GPU) group, or
+    None where there are none (no fit, or the engine's only group)."""
+    # deferred: engine_fit imports scipy, which only the fit needs
+    from sim.run.engine_fit import group, overrides
+
+    e = engine_fit_document().get("engines", {}).get(row.engine, {})
+    p = e.get("held_out_parameters", {}).get(group(row))
+    if p is None:
+        return None
+    return overrides(row.engine, [p[k] for k in FITTED])
+
+
 def run_validation(
     sample: bool = False,
     out: Path | None = None,
@@ -429,8 +466,10 @@ def run_validation(
         if start not in ("spread", "together"):
             raise ValueError(f"start: expected spread or together, got {start!r}")
         START = start  # the workers inherit it (fork) and the cache key names it
-    results = replay_rows(rows, None, jobs, cache_dir() if use_cache else None, key=f"start={START}", progress=progress)
-    records = per_row(rows, results, aiconfigurator_predictions())
+    cache = cache_dir() if use_cache else None
+    results = replay_rows(rows, None, jobs, cache, key=f"start={START}", progress=progress)
+    engine = replay_rows(rows, held_out_overrides, jobs, cache, key=f"start={START};engine-held-out")
+    records = per_row(rows, results, aiconfigurator_predictions(), engine)
     doc = summarize(records, label=f"capsim, efficiency published (start: {START})")
     doc["rows_in_file"] = len(all_rows)
     doc["rows_by_reason"] = reason_counts(all_rows)

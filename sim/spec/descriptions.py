@@ -124,6 +124,10 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "kv_dtype_bytes": "bytes per KV-cache element (2: bf16)",
         "compute_dtype": "matmul precision: bf16, or fp8 (uses the GPU's fp8_tflops)",
         "efficiency": "step-cost parameters: fitted to published measurements (central, slow or fast end), or custom",
+        "engine": "serving engine preset (vllm, trtllm, sglang): its scheduler defaults and step costs fitted "
+        "to its measured serving runs; unset keys only",
+        "engine_version": "the engine's version, for the record: a version without measured runs keeps the "
+        "engine's fit and the estimate says so",
         "bw_efficiency": "share of HBM bandwidth a decode step achieves",
         "mfu": "share of peak FLOP/s a compute-bound step achieves",
         "step_overhead_ms": "fixed time per engine step, ms",
