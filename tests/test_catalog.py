@@ -96,6 +96,10 @@ def test_gpu_datasheet_figures():
     assert catalog.gpu("h100-sxm")["interconnect_gbps"] == 450  # 900 bidirectional / 2
     assert catalog.gpu("h200")["memory_gb"] == 141
     assert catalog.gpu("mi300x")["memory_gb"] == 192
+    assert (catalog.gpu("b200")["hbm_bandwidth_gbps"], catalog.gpu("b200")["memory_gb"]) == (8000, 179)
+    assert (catalog.gpu("b200")["fp8_tflops"], catalog.gpu("gb200")["fp8_tflops"]) == (4500, 5000)
+    assert catalog.gpu("gb200")["memory_gb"] == 186  # 13.4 TB over 72 GPUs
+    assert catalog.gpu("b200")["interconnect_gbps"] == 900  # NVLink 5, 1,800 bidirectional / 2
 
 
 def test_gpu_dense_tflops_are_half_the_sparse_headline():
@@ -110,6 +114,8 @@ def test_gpu_dense_tflops_are_half_the_sparse_headline():
         "l40s": 733,
         "l4": 242,
         "mi300x": 2614.9,
+        "b200": 4500,
+        "gb200": 5000,
     }
     for name, s in sparse.items():
         assert catalog.gpu(name)["peak_tflops"] == pytest.approx(s / 2, rel=0.015), name

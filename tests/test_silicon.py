@@ -35,8 +35,8 @@ def test_counts_by_first_reason(rows):
     assert reason_counts(rows) == {
         "MoE model": 2556,
         "disaggregated prefill/decode": 1602,
-        "representable": 778,
-        "Blackwell GPU": 285,
+        "representable": 925,
+        "FP4 weights": 138,
     }
 
 
@@ -45,16 +45,16 @@ def test_counts_by_every_reason(rows):
     assert every["FP4 weights"] == 1978
     assert every["INT4 weight-only"] == 90
     assert every["attention data parallel"] == 169
-    assert every["b200_sxm (Blackwell) not in the GPU catalog"] == 2052
-    assert sum(v for k, v in every.items() if "(Blackwell)" in k) == 2052 + 627 + 381 + 277
+    assert every["b300_sxm (Blackwell) not in the GPU catalog"] == 381
+    assert sum(v for k, v in every.items() if "(Blackwell)" in k) == 381 + 277  # B200 and GB200 are catalogued
 
 
 def test_what_capsim_replays(rows):
     rep = representable(rows)
-    assert len(rep) == 778
-    assert Counter(r.engine for r in rep) == {"trtllm": 429, "vllm": 219, "sglang": 130}
-    assert Counter(r.gpu for r in rep) == {"h100-sxm": 579, "h200": 199}
-    assert Counter(r.model for r in rep) == {"qwen3-32b": 357, "llama-3-8b": 244, "llama-3-70b": 177}
+    assert len(rep) == 925
+    assert Counter(r.engine for r in rep) == {"trtllm": 516, "vllm": 279, "sglang": 130}
+    assert Counter(r.gpu for r in rep) == {"h100-sxm": 579, "h200": 199, "b200": 132, "gb200": 15}
+    assert Counter(r.model for r in rep) == {"qwen3-32b": 372, "llama-3-8b": 244, "llama-3-70b": 309}
     assert {r.precision for r in rep} == {"fp8", "bf16"}
     assert all(r.model in catalog.model_names() and r.gpu in catalog.gpu_names() for r in rep)
     assert sum(not r.concurrency_stated for r in rep) == 7
@@ -81,14 +81,17 @@ def test_hand_checked_rows(rows):
     r = by_id(rows, "qwen3_32b_qwen3_32b_h100_sxm_trtllm_agg_4000x1000_c_tp2_epnone_1")
     assert r.representable and not r.concurrency_stated and r.concurrency == 64
 
+    r = by_id(rows, "qwen_qwen3_32b_qwen_qwen3_32b_gb200_trtllm_agg_2000x500_c288_tp2_epnone_1")
+    assert r.representable and (r.gpu, r.precision, r.concurrency, r.tensor_parallel) == ("gb200", "bf16", 288, 2)
+
     r = by_id(rows, "minimaxm2_5_b300_vllm_fp8_agg_8192x1024_c128_cfg733")
     assert r.reasons == ("MoE model (MiniMaxAI/MiniMax-M2.5)", "b300_sxm (Blackwell) not in the GPU catalog")
+    assert r.gpu is None
 
     r = by_id(rows, "kimik2_5_gb200_trtllm_fp4_disagg_1024x1024_c4_cfg759")
     assert r.reasons == (
         "disaggregated prefill/decode",
         "MoE model (moonshotai/Kimi-K2.5)",
-        "gb200 (Blackwell) not in the GPU catalog",
         "FP4 weights",
     )
 

@@ -145,7 +145,7 @@ def test_cli_sample_writes_rows_and_summary(tmp_path):
     rows = list(csv.DictReader((tmp_path / "rows.csv").open()))
     assert doc["sample"] and doc["all"]["rows"] == len(rows) >= 25
     assert set(doc["by"]) == set(V.GROUPS)
-    assert doc["rows_by_reason"]["representable"] == 778
+    assert doc["rows_by_reason"]["representable"] == 925
     ok = [r for r in rows if not r["capsim_error"]]
     assert ok and all(math.isfinite(float(r["capsim_tpot_ms"])) for r in ok)
     errs = np.array([float(r["capsim_tpot_err"]) for r in ok])
@@ -156,4 +156,4 @@ def test_cli_bad_flags_exit_2():
     res = run_cli("validate", "--start", "sideways")
     assert res.exit_code == 2 and "--start" in res.output
     res = run_cli("validate", "--list-reasons")
-    assert res.exit_code == 0 and "778  representable" in res.output
+    assert res.exit_code == 0 and "925  representable" in res.output

@@ -14,7 +14,7 @@ order:
 * ``MoE model (...)``: mixture-of-experts models (DeepSeek-V3/R1, gpt-oss, Qwen3-235B-A22B,
   Qwen3.5-397B-A17B, Kimi-K2.5, MiniMax-M2.5, GLM-5) have no step cost in capsim;
 * ``model not in the catalog``: a dense model capsim has no shapes for;
-* ``<gpu> (Blackwell) not in the GPU catalog``: B200, B300, GB200, GB300;
+* ``<gpu> (Blackwell) not in the GPU catalog``: B300, GB300 (B200 and GB200 are catalogued);
 * ``FP4 weights`` / ``INT4 weight-only``: precisions capsim does not compute in;
 * ``attention data parallel`` / ``pipeline parallel`` / ``expert parallel``: layouts beyond one
   tensor-parallel replica.
@@ -64,8 +64,9 @@ MOE_MODELS: tuple[str, ...] = (
     "zhipuai/GLM-5",
 )
 #: The file's GPU systems that the catalog holds.
-GPUS: dict[str, str] = {"h100_sxm": "h100-sxm", "h200_sxm": "h200"}
-BLACKWELL: tuple[str, ...] = ("b200_sxm", "b300_sxm", "gb200", "gb300")
+GPUS: dict[str, str] = {"h100_sxm": "h100-sxm", "h200_sxm": "h200", "b200_sxm": "b200", "gb200": "gb200"}
+#: Blackwell systems the catalog does not hold (no sourced figures read for them).
+BLACKWELL: tuple[str, ...] = ("b300_sxm", "gb300")
 ENGINES: tuple[str, ...] = ("vllm", "trtllm", "sglang")
 
 _CONCURRENCY = re.compile(r"silicon_concurrency=(\d+)")
