@@ -104,6 +104,34 @@ def main(src: str, dst: str, skip: set[str] = frozenset()) -> None:
         w.writerows(out)
 
 
+def from_logs(logs: list[str], dst: str) -> None:
+    """The CSV from the progress lines of interrupted runs (``i id ttft tpot [version] [error] time``)."""
+    out: dict[str, dict] = {}
+    pat = re.compile(r"^\d+ (\S+) ([\d.]+) ([\d.]+) (?:(\S+) )?\s*[\d.]+s$")
+    err = re.compile(r"^\d+ (\S+)\s+(\w+Error: .*?) [\d.]+s$")
+    for log in logs:
+        for line in open(log):
+            line = line.rstrip("\n")
+            m = pat.match(line)
+            if m:
+                out[m.group(1)] = {"id": m.group(1), "aic_ttft_ms": m.group(2), "aic_tpot_ms": m.group(3),
+                                   "aic_perf_db_version": m.group(4) or "", "aic_error": ""}
+                continue
+            m = err.match(line)
+            if m and m.group(1) not in out:
+                out[m.group(1)] = {"id": m.group(1), "aic_ttft_ms": "", "aic_tpot_ms": "",
+                                   "aic_perf_db_version": "", "aic_error": m.group(2)}
+    with open(dst, "w", newline="") as fh:
+        fh.write("# aiconfigurator 0.12.0 cli_estimate (database_mode SILICON) per row of silicon_sample.csv;"
+                 " written by scripts/aiconfigurator_predict.py --from-log\n")
+        w = csv.DictWriter(fh, fieldnames=["id", "aic_ttft_ms", "aic_tpot_ms", "aic_perf_db_version", "aic_error"])
+        w.writeheader()
+        w.writerows(out.values())
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--from-log":  # --from-log DST LOG [LOG ...]
+        from_logs(sys.argv[3:], sys.argv[2])
+        sys.exit()
     # optional third argument: a file of ids already predicted (one per line), skipped
     main(sys.argv[1], sys.argv[2], set(open(sys.argv[3]).read().split()) if len(sys.argv) > 3 else set())
