@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 SCENARIO ?= scenarios/order_support.yaml
 
-.PHONY: run test lint test-long bench calibration clean venv notebook notebooks verify report-check docs validation
+.PHONY: run test lint test-long bench calibration clean venv notebook notebooks verify report-check docs validation validate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +87,11 @@ report-check: $(STAMP)
 	  2>$(REPORT_CHECK_DIR)/chromium.log || { cat $(REPORT_CHECK_DIR)/chromium.log; exit 1; }
 	test -s $(REPORT_CHECK_DIR)/report_screenshot.png
 	@echo "look at $(REPORT_CHECK_DIR)/report_screenshot.png and the plots in $(REPORT_CHECK_DIR)/sweep/report/"
+
+# Replay every measured serving run capsim represents (sim/data/silicon) and write the committed
+# result files beside it; cached by a fingerprint of the model code, so a rerun costs nothing.
+validate: $(STAMP)
+	$(BIN)/capsim validate --out sim/data/silicon/validation
 
 calibration: $(STAMP)
 	$(BIN)/capsim calibrate retrieval --docs 5000,20000,50000 --dim 768 --top-k 5 --queries 500 \

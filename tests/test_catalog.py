@@ -98,6 +98,10 @@ def test_gpu_datasheet_figures():
     assert catalog.gpu("h100-sxm")["interconnect_gbps"] == 450  # 900 bidirectional / 2
     assert catalog.gpu("h200")["memory_gb"] == 141
     assert catalog.gpu("mi300x")["memory_gb"] == 192
+    assert (catalog.gpu("b200")["hbm_bandwidth_gbps"], catalog.gpu("b200")["memory_gb"]) == (8000, 179)
+    assert (catalog.gpu("b200")["fp8_tflops"], catalog.gpu("gb200")["fp8_tflops"]) == (4500, 5000)
+    assert catalog.gpu("gb200")["memory_gb"] == 186  # 13.4 TB over 72 GPUs
+    assert catalog.gpu("b200")["interconnect_gbps"] == 900  # NVLink 5, 1,800 bidirectional / 2
 
 
 def test_gpu_dense_tflops_are_half_the_sparse_headline():
@@ -112,6 +116,8 @@ def test_gpu_dense_tflops_are_half_the_sparse_headline():
         "l40s": 733,
         "l4": 242,
         "mi300x": 2614.9,
+        "b200": 4500,
+        "gb200": 5000,
     }
     for name, s in sparse.items():
         assert catalog.gpu(name)["peak_tflops"] == pytest.approx(s / 2, rel=0.015), name
@@ -169,6 +175,10 @@ def test_param_count_hand_checked_values():
     assert catalog.model("llama-3-8b")["params"] == 8_030_261_248
     assert catalog.model("llama-2-7b")["params"] == 6_738_415_616
     assert catalog.model("mistral-7b")["params"] == 7_241_732_096
+    # Qwen3-32B by hand: embeddings 2 x 151,936 x 5,120 = 1,555,824,640; per layer q and o
+    # 2 x 5,120 x 8,192, k and v 2 x 5,120 x 1,024, MLP 3 x 5,120 x 25,600, two norms 2 x 5,120:
+    # 487,598,080, times 64 layers; plus the final norm's 5,120
+    assert catalog.model("qwen3-32b")["params"] == 1_555_824_640 + 64 * 487_598_080 + 5_120 == 32_762_106_880
 
 
 def test_article_model_params_by_hand():

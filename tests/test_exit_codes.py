@@ -55,6 +55,7 @@ COMMANDS = {
         "load_target",
         ["calibrate", "llm", "--target", "{tmp}/target.yaml", "--out", "{tmp}/steps.csv"],
     ),
+    "validate": ("sim.run.validate", "run_validation", ["validate", "--sample", "--no-cache", "--jobs", "1"]),
     "verify": (
         "sim.spec.target",
         "load_target",

@@ -56,6 +56,7 @@ from sim.physics.sharing import contention_at
 from sim.physics.steptable import step_cost
 from sim.spec import catalog
 from sim.spec.efficiency import provenance
+from sim.spec.engines import provenance as engine_provenance
 from sim.spec.scenario import expand
 from sim.spec.schema import LLMConfig, PromptComposition, Scenario, build_distribution
 
@@ -314,6 +315,15 @@ def step_cost_figures(llm: LLMConfig) -> dict[str, Any]:
     return doc
 
 
+def _step_cost_source(llm: LLMConfig) -> str:
+    """Where the step costs come from: the efficiency preset, or the engine preset and any fallback."""
+    if llm.engine is None:
+        return provenance(llm.efficiency)
+    named = "efficiency" in llm.model_fields_set
+    line = engine_provenance(llm.engine, llm.engine_version, named)
+    return line if not named else f"{line}: {provenance(llm.efficiency)}"
+
+
 def _memory_figures(llm: LLMConfig, prompt: float, output: float) -> dict[str, Any]:
     """The model, the GPU, the step-cost settings and where each byte of a GPU's memory goes."""
     m, tp, B, prefix = llm.model, llm.tensor_parallel, llm.kv_block_tokens, llm.prefix_tokens
@@ -328,7 +338,8 @@ def _memory_figures(llm: LLMConfig, prompt: float, output: float) -> dict[str, A
             "step_overhead_ms": llm.step_overhead_ms,
             "step_overhead_per_seq_ms": llm.step_overhead_per_seq_ms,
             "allreduce_latency_us": llm.allreduce_latency_us,
-            "source": provenance(llm.efficiency),
+            "source": _step_cost_source(llm),
+            **({"engine": llm.engine, "engine_version": llm.engine_version} if llm.engine else {}),
         },
         mean_prompt_tokens=prompt,
         mean_output_tokens=output,

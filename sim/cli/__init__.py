@@ -13,7 +13,7 @@ import importlib
 from sim.cli.app import app
 
 # Imported for their registrations, in the order `capsim --help` lists them.
-for _name in ("main", "estimate", "sweep", "calibrate", "verify"):
+for _name in ("main", "estimate", "sweep", "calibrate", "verify", "validate"):
     importlib.import_module(f"sim.cli.{_name}")
 
 __all__ = ["app", "main"]

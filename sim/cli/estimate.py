@@ -70,7 +70,7 @@ def estimate_table(est: dict[str, Any]) -> Table:
         t.add_row("model / GPU", f"{est['model']} on {est['gpu']} x tp {est['tensor_parallel']}")
         sc = est["step_cost"]
         t.add_row(
-            f"step cost ({sc['efficiency']})",
+            f"step cost ({'engine ' + sc['engine'] if sc.get('engine') else sc['efficiency']})",
             f"bw_efficiency {sc['bw_efficiency']:.3g}, mfu {sc['mfu']:.3g}, "
             f"overhead {sc['step_overhead_ms']:.3g} ms + {sc['step_overhead_per_seq_ms']:.3g} ms/sequence, "
             f"all-reduce latency {sc['allreduce_latency_us']:.3g} us",

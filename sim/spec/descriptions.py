@@ -131,6 +131,10 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "expert_parallel": "GPUs of a replica the routed experts are spread over, whole experts each"
         " (MoE models; default tensor_parallel, 1: experts split like a dense MLP)",
         "efficiency": "step-cost parameters: fitted to published measurements (central, slow or fast end), or custom",
+        "engine": "serving engine preset (vllm, trtllm, sglang): its scheduler defaults and step costs fitted "
+        "to its measured serving runs; unset keys only",
+        "engine_version": "the engine's version, for the record: a version without measured runs keeps the "
+        "engine's fit and the estimate says so",
         "bw_efficiency": "share of HBM bandwidth a decode step achieves" + _PRESET,
         "mfu": "share of peak FLOP/s a compute-bound step achieves" + _PRESET,
         "step_overhead_ms": "fixed time per engine step, ms" + _PRESET,

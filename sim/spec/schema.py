@@ -44,6 +44,8 @@ from sim.spec import trace as trace_file
 from sim.spec.catalog import param_count, param_counts
 from sim.spec.descriptions import FIELD_DESCRIPTIONS
 from sim.spec.efficiency import EFFICIENCY_PRESETS, preset_parameters
+from sim.spec.engines import ENGINES
+from sim.spec.engines import preset as engine_preset
 from sim.spec.metrics import METRIC_STAGE, SLA_METRICS, STATS
 from sim.spec.reserve import DEFAULT_RESERVE, RESERVE_PRESETS, EngineReserve
 
@@ -603,6 +605,10 @@ class LLMConfig(Strict):
     # sim.spec.efficiency); "published-slow" / "published-fast" are the band's ends, "custom"
     # takes only what is set here (unset ones fall back to the values below).
     efficiency: Literal[EFFICIENCY_PRESETS] = "published"  # type: ignore[valid-type]
+    # A serving-engine preset (sim.spec.engines): scheduler defaults and step costs fitted to its
+    # measured serving runs, filling the keys the scenario leaves unset.
+    engine: Optional[Literal[ENGINES]] = None  # type: ignore[valid-type]
+    engine_version: Optional[str] = None
     bw_efficiency: Annotated[float, Field(gt=0, le=1)] = 0.8
     mfu: Annotated[float, Field(gt=0, le=1)] = 0.5
     step_overhead_ms: NonNegFloat = 1.0
@@ -630,9 +636,13 @@ class LLMConfig(Strict):
         if not isinstance(data, dict):
             return data
         preset = data.get("efficiency", "published")
-        if preset not in EFFICIENCY_PRESETS or preset == "custom":
-            return data  # an unknown name is reported by the field's own check
-        return {**preset_parameters(preset), **data}
+        base: dict[str, Any] = {}
+        if preset in EFFICIENCY_PRESETS and preset != "custom":  # an unknown name: the field's own check
+            base = preset_parameters(preset)
+        engine = data.get("engine")
+        if isinstance(engine, str) and engine in ENGINES:  # an unknown engine: the field's own check
+            base.update(engine_preset(engine, with_step_cost="efficiency" not in data))
+        return {**base, **data}
 
     @model_validator(mode="before")
     @classmethod

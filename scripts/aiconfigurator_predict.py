@@ -1,0 +1,137 @@
+"""aiconfigurator's own TTFT/TPOT predictions for the rows of silicon_sample.csv capsim represents.
+
+Run ONCE, in a throwaway virtual environment that has the pinned package (never in capsim's):
+
+    python3 -m venv /tmp/aic-venv && /tmp/aic-venv/bin/pip install aiconfigurator==0.12.0
+    /tmp/aic-venv/bin/python scripts/aiconfigurator_predict.py sim/data/silicon/silicon_sample.csv \
+        sim/data/silicon/aiconfigurator_predictions.csv
+
+For each aggregated row on an H100 SXM or H200 SXM of Llama-3.1-8B, Llama-3.1-70B or Qwen3-32B it
+calls ``aiconfigurator.cli.api.cli_estimate`` (the programmatic form of ``aiconfigurator cli
+estimate``) with the row's model, system, backend, isl, osl, concurrency as batch size, TP and GEMM
+precision, database mode SILICON (its measured per-operation tables), and records its TTFT and TPOT,
+or the error it raised.  The perf-database version is the row's backend version where the package has
+tables for it, else the package's default for that backend (the column says which was used).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+import sys
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+logging.disable(logging.WARNING)
+
+from aiconfigurator.cli.api import cli_estimate  # noqa: E402
+
+#: The package's bundled config for each measured model name (no download from Hugging Face).
+MODELS = {
+    "meta-llama/Llama-3.1-8B-Instruct": "meta-llama/Meta-Llama-3.1-8B",
+    "nvidia/Llama-3.1-8B-Instruct-FP8": "meta-llama/Meta-Llama-3.1-8B",
+    "meta-llama/Llama-3.1-70B": "meta-llama/Meta-Llama-3.1-70B",
+    "Qwen/Qwen3-32B": "Qwen/Qwen3-32B",
+}
+
+
+def concurrency(row: dict) -> int:
+    m = re.search(r"silicon_concurrency=(\d+)", row["silicon_data_source"])
+    return int(m.group(1)) if m else int(float(row["batch_size"]))
+
+
+def round_robin(rows: list[dict]) -> list[dict]:
+    """Rows interleaved over (backend, system, model) strata, so a partial run covers every stratum."""
+    strata: dict[tuple, list[dict]] = {}
+    for r in rows:
+        strata.setdefault((r["backend"], r["system"], r["model_path"]), []).append(r)
+    queues = [strata[k] for k in sorted(strata)]
+    out = []
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out
+
+
+def main(src: str, dst: str, skip: set[str] = frozenset()) -> None:
+    rows = list(csv.DictReader(open(src, newline="")))
+    todo = round_robin([
+        r
+        for r in rows
+        if r["mode"] == "agg" and r["system"] in ("h100_sxm", "h200_sxm") and r["model_path"] in MODELS
+        and r["id"] not in skip
+    ])
+    out = []
+    for i, r in enumerate(todo):
+        quant = r["gemm_quant_mode"] or "bfloat16"
+        if quant == "fp8_block":
+            quant = "fp8_block"
+        kw = dict(
+            backend_name=r["backend"],
+            isl=int(r["isl"]),
+            osl=int(r["osl"]),
+            batch_size=concurrency(r),
+            tp_size=int(float(r["tp_size"])),
+            gemm_quant_mode=quant,
+            database_mode="SILICON",
+        )
+        t0 = time.perf_counter()
+        res: dict = {"id": r["id"], "aic_ttft_ms": "", "aic_tpot_ms": "", "aic_perf_db_version": "", "aic_error": ""}
+        for version in ([r["backend_version"]] if r["backend_version"] else []) + [None]:
+            try:
+                e = cli_estimate(MODELS[r["model_path"]], r["system"], backend_version=version, **kw)
+            except Exception as ex:  # the package's own refusal, recorded per row
+                res["aic_error"] = f"{type(ex).__name__}: {str(ex).splitlines()[0][:200]}"
+                continue
+            res.update(
+                aic_ttft_ms=f"{e.ttft:.4f}",
+                aic_tpot_ms=f"{e.tpot:.4f}",
+                aic_perf_db_version=e.backend_version or "",
+                aic_error="",
+            )
+            break
+        out.append(res)
+        print(i, r["id"], res["aic_ttft_ms"], res["aic_tpot_ms"], res["aic_perf_db_version"], res["aic_error"][:80],
+              f"{time.perf_counter() - t0:.1f}s", flush=True)
+    with open(dst, "w", newline="") as fh:
+        fh.write("# aiconfigurator 0.12.0 cli_estimate (database_mode SILICON) per row of silicon_sample.csv;"
+                 " written by scripts/aiconfigurator_predict.py\n")
+        w = csv.DictWriter(fh, fieldnames=list(out[0]))
+        w.writeheader()
+        w.writerows(out)
+
+
+def from_logs(logs: list[str], dst: str) -> None:
+    """The CSV from the progress lines of interrupted runs (``i id ttft tpot [version] [error] time``)."""
+    out: dict[str, dict] = {}
+    pat = re.compile(r"^\d+ (\S+) ([\d.]+) ([\d.]+) (?:(\S+) )?\s*[\d.]+s$")
+    err = re.compile(r"^\d+ (\S+)\s+(\w+Error: .*?) [\d.]+s$")
+    for log in logs:
+        for line in open(log):
+            line = line.rstrip("\n")
+            m = pat.match(line)
+            if m:
+                out[m.group(1)] = {"id": m.group(1), "aic_ttft_ms": m.group(2), "aic_tpot_ms": m.group(3),
+                                   "aic_perf_db_version": m.group(4) or "", "aic_error": ""}
+                continue
+            m = err.match(line)
+            if m and m.group(1) not in out:
+                out[m.group(1)] = {"id": m.group(1), "aic_ttft_ms": "", "aic_tpot_ms": "",
+                                   "aic_perf_db_version": "", "aic_error": m.group(2)}
+    with open(dst, "w", newline="") as fh:
+        fh.write("# aiconfigurator 0.12.0 cli_estimate (database_mode SILICON) per row of silicon_sample.csv;"
+                 " written by scripts/aiconfigurator_predict.py --from-log\n")
+        w = csv.DictWriter(fh, fieldnames=["id", "aic_ttft_ms", "aic_tpot_ms", "aic_perf_db_version", "aic_error"])
+        w.writeheader()
+        w.writerows(out.values())
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--from-log":  # --from-log DST LOG [LOG ...]
+        from_logs(sys.argv[3:], sys.argv[2])
+        sys.exit()
+    # optional third argument: a file of ids already predicted (one per line), skipped
+    main(sys.argv[1], sys.argv[2], set(open(sys.argv[3]).read().split()) if len(sys.argv) > 3 else set())

@@ -1,0 +1,104 @@
+"""``capsim validate``: replay measured serving runs as scenarios and report capsim's error.
+
+A thin shell over :func:`sim.run.validate.run_validation`; the replay is described there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from sim.cli.app import app, stdout_console, user_errors
+from sim.errors import CapsimError
+
+
+def _cell(block: dict, who: str, metric: str) -> str:
+    s = block[who][metric]
+    if not s.get("n"):
+        return "-"
+    return f"{s['mape_pct']:.0f}% ({s['signed_pct']:+.0f}%)"
+
+
+@app.command("validate")
+@user_errors
+def validate(
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for rows.csv (per-row predictions and errors) and summary.json."
+    ),
+    sample: bool = typer.Option(
+        False, "--sample", help="Only a stratified sample (a few rows per engine, GPU, model)."
+    ),
+    jobs: Optional[int] = typer.Option(None, "--jobs", help="Processes (default: every core)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Replay every row even if the model code is unchanged."),
+    start: Optional[str] = typer.Option(
+        None, "--start", help="together (aiperf's concurrency mode: all users at t = 0; default) or spread."
+    ),
+    fit_engines: Optional[Path] = typer.Option(
+        None,
+        "--fit-engines",
+        help="Fit each engine's step costs to its rows, held out by (model, GPU), and write the fit here "
+        "(the shipped one is sim/data/silicon/engine_fit.json).",
+    ),
+    list_reasons: bool = typer.Option(
+        False, "--list-reasons", help="Only count the rows by why capsim cannot replay them."
+    ),
+) -> None:
+    """Replay aiconfigurator's measured serving runs as capsim scenarios; TTFT/TPOT error beside aiconfigurator's."""
+    # deferred: the simulator and numpy load only when the command runs
+    from sim.run.validate import run_validation
+    from sim.spec.silicon import load_rows, reason_counts
+
+    console = stdout_console()
+    if list_reasons:
+        for reason, n in reason_counts(load_rows()).items():
+            typer.echo(f"{n:6d}  {reason}")
+        return
+    if jobs is not None and jobs < 1:
+        raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
+    if start is not None and start not in ("together", "spread"):
+        raise CapsimError(f"--start: expected together or spread, got {start!r}")
+    if out is not None and out.exists() and not out.is_dir():
+        raise CapsimError(f"--out: {str(out)!r} is a file, not a folder")
+    if fit_engines is not None:
+        # deferred: the fit loads scipy and the simulator; only this branch needs them
+        from sim.files import atomic_write_text
+        from sim.run.engine_fit import run_engine_fit
+        from sim.spec.silicon import representable
+
+        if fit_engines.is_dir():
+            raise CapsimError(f"--fit-engines: {str(fit_engines)!r} is a folder; give a file name")
+        fit = run_engine_fit(representable(), jobs=jobs, say=typer.echo)
+        atomic_write_text(fit_engines, json.dumps(fit, indent=1) + "\n")
+        typer.echo(f"wrote {fit_engines}")
+        return
+    doc = run_validation(sample=sample, out=out, jobs=jobs, use_cache=not no_cache, start=start)
+    table = Table(box=box.SIMPLE, title=f"{doc['predictor']}: MAPE (signed mean), predicted / measured - 1")
+    cols = ("rows", "capsim TTFT", "capsim TPOT", "engine preset TTFT", "engine preset TPOT", "aiconfigurator TTFT")
+    for col in (*cols, "aiconfigurator TPOT"):
+        table.add_column(col, justify="right")
+    blocks = [("all", doc["all"])] + [(k, v) for k, v in doc["by"]["engine"].items()]
+    for name, b in blocks:
+        table.add_row(
+            f"{name} ({b['rows'] - b['capsim_refused']})",
+            _cell(b, "capsim", "ttft"),
+            _cell(b, "capsim", "tpot"),
+            _cell(b, "engine_preset_held_out", "ttft"),
+            _cell(b, "engine_preset_held_out", "tpot"),
+            _cell(b, "aiconfigurator", "ttft"),
+            _cell(b, "aiconfigurator", "tpot"),
+        )
+    console.print(table)
+    typer.echo(
+        "capsim: llm.efficiency published; engine preset: llm.engine, step costs fitted without the row's "
+        "(model, GPU) group (held out); aiconfigurator 0.12.0: its own per-operation database"
+    )
+    if doc["capsim_refusals"]:
+        for why, n in doc["capsim_refusals"].items():
+            typer.echo(f"capsim refused {n} row(s): {why}")
+    if out is not None:
+        typer.echo(f"wrote {out / 'rows.csv'} and {out / 'summary.json'}")

@@ -1,0 +1,192 @@
+"""Fit each engine's step-cost parameters to its measured serving runs, held out by (model, GPU).
+
+For each engine (vllm, trtllm, sglang) the rows of ``silicon_sample.csv`` capsim replays
+(:mod:`sim.spec.silicon`) are replayed exactly as ``capsim validate`` replays them
+(:mod:`sim.run.validate`), with the engine's scheduler defaults (:mod:`sim.spec.engines`) and
+candidate step-cost parameters (``bw_efficiency``, ``mfu``, ``step_overhead_ms``,
+``step_overhead_per_seq_ms``; the all-reduce latency stays the published fit's).  The fit is
+robust least squares (soft L1, scale 20 %) on ``log(predicted / measured)`` of TPOT and of TTFT,
+every row weighted alike, over a fixed subset of each (model, GPU) group's rows
+(:func:`fit_subset`: up to :data:`PER_GROUP` rows spread over its concurrencies and lengths), since
+every candidate means replaying the rows.
+
+**Held out.**  For every (model, GPU) group of an engine the fit is repeated without that group's
+rows, and *all* the group's rows are replayed with those parameters: the errors reported as the
+engine's accuracy are these, never the in-sample ones.  An engine with a single group has no
+held-out figure.  The parameters a scenario gets (``llm.engine``) are the fit on all groups.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as _dt
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from sim.run.validate import _stats, replay
+from sim.spec.efficiency import preset_parameters
+from sim.spec.engines import ENGINES, FITTED, SCHEDULER
+from sim.spec.engines import preset as engine_preset
+from sim.spec.silicon import AICONFIGURATOR_VERSION, SiliconRow
+
+PER_GROUP = 6
+LOWER = np.array([0.2, 0.05, 0.0, 0.0])
+UPPER = np.array([1.0, 1.0, 20.0, 2.0])
+START = np.array([0.7, 0.5, 0.5, 0.05])
+SCALE = np.array([0.1, 0.1, 1.0, 0.05])
+MAX_NFEV = 8
+
+
+def group(r: SiliconRow) -> str:
+    return f"{r.model}@{r.gpu}"
+
+
+def fit_subset(rows: Sequence[SiliconRow], per_group: int = PER_GROUP) -> list[SiliconRow]:
+    """Up to ``per_group`` rows of each (model, GPU) group, evenly spaced over the group sorted by
+    (concurrency, isl, osl, id): every load level and length the group has, deterministically."""
+    out: list[SiliconRow] = []
+    for g in sorted({group(r) for r in rows}):
+        rs = sorted((r for r in rows if group(r) == g), key=lambda r: (r.concurrency, r.isl, r.osl, r.id))
+        if len(rs) > per_group:
+            idx = np.unique(np.linspace(0, len(rs) - 1, per_group).round().astype(int))
+            rs = [rs[i] for i in idx]
+        out += rs
+    return out
+
+
+def overrides(engine: str, theta: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """The ``llm`` keys a row is replayed with: the engine's scheduler, ``theta``'s step cost."""
+    o = engine_preset(engine, with_step_cost=False)
+    o.update({k: float(v) for k, v in zip(FITTED, theta)})
+    o["efficiency"] = "custom"
+    o["allreduce_latency_us"] = preset_parameters("published")["allreduce_latency_us"]
+    return o
+
+
+def _task(args: tuple[SiliconRow, dict[str, Any]]) -> dict[str, Any]:
+    return replay(*args)
+
+
+def predict(
+    rows: Sequence[SiliconRow], engine: str, theta: Sequence[float] | np.ndarray, pool: cf.Executor | None
+) -> list[dict[str, Any]]:
+    tasks = [(r, overrides(engine, theta)) for r in rows]
+    if pool is None:
+        return [_task(t) for t in tasks]
+    return list(pool.map(_task, tasks, chunksize=max(1, len(tasks) // 8)))
+
+
+def _log_errors(rows: Sequence[SiliconRow], res: list[dict[str, Any]]) -> np.ndarray:
+    out = []
+    for r, x in zip(rows, res):
+        if x.get("error"):  # a refused scenario: a large, finite penalty so the fit moves away
+            out += [3.0, 3.0]
+            continue
+        out += [math.log(x["tpot_ms"] / r.measured_tpot_ms), math.log(x["ttft_ms"] / r.measured_ttft_ms)]
+    return np.asarray(out)
+
+
+def fit(rows: Sequence[SiliconRow], engine: str, pool: cf.Executor | None, x0: np.ndarray | None = None) -> np.ndarray:
+    """The parameters (in :data:`sim.spec.engines.FITTED` order) that best replay ``rows``."""
+    res = least_squares(
+        lambda th: _log_errors(rows, predict(rows, engine, th, pool)),
+        x0=START if x0 is None else x0,
+        bounds=(LOWER, UPPER),
+        method="trf",
+        loss="soft_l1",
+        f_scale=0.2,
+        x_scale=SCALE,
+        diff_step=0.02,
+        max_nfev=MAX_NFEV,
+    )
+    return np.asarray(res.x)
+
+
+def _named(theta: Sequence[float] | np.ndarray) -> dict[str, float]:
+    return {k: round(float(v), 4) for k, v in zip(FITTED, theta)}
+
+
+def _errors(rows: Sequence[SiliconRow], res: list[dict[str, Any]]) -> dict[str, list[float]]:
+    ok = [(r, x) for r, x in zip(rows, res) if not x.get("error")]
+    return {
+        "tpot": [x["tpot_ms"] / r.measured_tpot_ms - 1.0 for r, x in ok],
+        "ttft": [x["ttft_ms"] / r.measured_ttft_ms - 1.0 for r, x in ok],
+    }
+
+
+def fit_engine(
+    rows: Sequence[SiliconRow], engine: str, pool: cf.Executor | None, say: Callable[[str], None] = lambda s: None
+) -> dict[str, Any]:
+    """One engine's fit, its held-out errors by (model, GPU) group and every row's held-out prediction."""
+    rows = [r for r in rows if r.engine == engine]
+    groups = sorted({group(r) for r in rows})
+    sub = fit_subset(rows)
+    say(f"{engine}: fitting on {len(sub)} of {len(rows)} rows ({len(groups)} groups)")
+    theta = fit(sub, engine, pool)
+    doc: dict[str, Any] = {
+        "rows": len(rows),
+        "versions": sorted({r.engine_version for r in rows if r.engine_version}),
+        "groups": groups,
+        "fit_rows": len(sub),
+        "parameters": _named(theta),
+        "scheduler": {k: v for k, v in SCHEDULER[engine].items() if k != "sources"},
+    }
+    ins = _errors(rows, predict(rows, engine, theta, pool))
+    doc["in_sample"] = {m: _stats(ins[m]) for m in ("tpot", "ttft")}
+    if len(groups) < 2:
+        doc["held_out"] = {"note": "a single (model, GPU) group: nothing to hold out"}
+        return doc
+    held: dict[str, list[float]] = {"tpot": [], "ttft": []}
+    by_group: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    predictions: dict[str, dict[str, float]] = {}
+    for g in groups:
+        train = [r for r in sub if group(r) != g]
+        test = [r for r in rows if group(r) == g]
+        th = fit(train, engine, pool, x0=theta)
+        params[g] = _named(th)
+        res = predict(test, engine, th, pool)
+        e = _errors(test, res)
+        by_group[g] = {m: _stats(e[m]) for m in ("tpot", "ttft")}
+        for m in ("tpot", "ttft"):
+            held[m] += e[m]
+        for r, x in zip(test, res):
+            if not x.get("error"):
+                predictions[r.id] = {"ttft_ms": round(x["ttft_ms"], 4), "tpot_ms": round(x["tpot_ms"], 4)}
+        say(f"{engine}: held out {g}: TPOT {by_group[g]['tpot']} TTFT {by_group[g]['ttft']}")
+    doc["held_out"] = {m: _stats(held[m]) for m in ("tpot", "ttft")}
+    doc["held_out_by_group"] = by_group
+    doc["held_out_parameters"] = params
+    doc["held_out_predictions"] = predictions
+    return doc
+
+
+def run_engine_fit(
+    rows: Sequence[SiliconRow], jobs: int | None = None, say: Callable[[str], None] = lambda s: None
+) -> dict[str, Any]:
+    """The whole document ``sim/data/silicon/engine_fit.json`` holds."""
+    doc: dict[str, Any] = {
+        "kind": "capsim.engine_step_fit",
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": f"aiconfigurator {AICONFIGURATOR_VERSION} silicon_sample.csv, rows capsim replays",
+        "method": "replayed as capsim validate does; robust least squares on log(predicted/measured) of TPOT "
+        "and TTFT over fit_rows per engine; held out: each (model, GPU) group refitted without and predicted",
+        "fitted": list(FITTED),
+        "engines": {},
+    }
+    with cf.ProcessPoolExecutor(max_workers=jobs) if (jobs or 2) > 1 else _NoPool() as pool:
+        for engine in ENGINES:
+            doc["engines"][engine] = fit_engine(rows, engine, pool if isinstance(pool, cf.Executor) else None, say)
+    return doc
+
+
+class _NoPool:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None

@@ -1,0 +1,128 @@
+"""Serving engines as scenario presets: ``llm.engine: vllm | trtllm | sglang``.
+
+An engine preset fills the ``llm`` keys a scenario leaves unset with what that engine does by
+default on an 80-141 GB Hopper GPU, each with its source:
+
+* **scheduler**: the running-sequence limit (``max_batch``), the token budget of a step
+  (``max_batched_tokens``) and whether a step mixes prompt chunks with decodes
+  (``chunked_prefill``);
+* **memory**: the fraction of the card it sizes its pools from (``gpu_memory_utilization``);
+* **step cost**: ``bw_efficiency``, ``mfu``, ``step_overhead_ms`` and
+  ``step_overhead_per_seq_ms`` fitted to that engine's measured serving runs
+  (``sim/data/silicon/engine_fit.json``, written by ``capsim validate --fit-engines``, which
+  also measures the error held out by (model, GPU) group); the all-reduce latency stays the
+  published fit's.
+
+An engine with no fitted parameters (none now) keeps the ``efficiency`` preset's step cost, and
+an ``engine_version`` the measured runs do not include keeps the engine's fit: both say so in
+``capsim estimate`` (:func:`provenance`).  Keys the scenario sets itself win over the preset,
+and so does an ``efficiency`` the scenario names (its step-cost parameters replace the fit's).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from sim.files import data_path
+
+ENGINES: tuple[str, ...] = ("vllm", "trtllm", "sglang")
+#: The step-cost keys the fit fills.
+FITTED: tuple[str, ...] = ("bw_efficiency", "mfu", "step_overhead_ms", "step_overhead_per_seq_ms")
+
+#: Scheduler and memory defaults per engine, with where each comes from.
+SCHEDULER: dict[str, dict[str, Any]] = {
+    "vllm": {
+        "max_batch": 1024,
+        "max_batched_tokens": 8192,
+        "chunked_prefill": True,
+        "gpu_memory_utilization": 0.9,
+        "sources": {
+            "max_batch": "vLLM vllm/engine/arg_utils.py get_batch_defaults: max_num_seqs 1024 for the OpenAI "
+            "server on GPUs with >= 70 GiB that are not A100s (H100, H200), https://github.com/vllm-project/vllm",
+            "max_batched_tokens": "same function: max_num_batched_tokens 8192 for the OpenAI server on those GPUs",
+            "chunked_prefill": "vLLM V1 schedules prompt chunks beside decodes in one token budget (always on)",
+            "gpu_memory_utilization": "vLLM EngineArgs gpu_memory_utilization default 0.9",
+        },
+    },
+    "trtllm": {
+        "max_batch": 2048,
+        "max_batched_tokens": 8192,
+        "chunked_prefill": True,
+        "gpu_memory_utilization": 0.9,
+        "sources": {
+            "max_batch": "TensorRT-LLM tensorrt_llm/llmapi/llm_args.py max_batch_size default 2048 "
+            "(trtllm-serve), https://github.com/NVIDIA/TensorRT-LLM",
+            "max_batched_tokens": "same file: max_num_tokens default 8192",
+            "chunked_prefill": "in-flight batching runs context (prompt) and generation requests in one step; "
+            "with enable_chunked_prefill off (its default) whole prompts fit the 8192-token budget for the "
+            "measured lengths, which capsim's mixed scheduler gives",
+            "gpu_memory_utilization": "KvCacheConfig free_gpu_memory_fraction default 0.9 (of the memory free "
+            "after the weights; capsim's reserve model stands in for the rest)",
+        },
+    },
+    "sglang": {
+        "max_batch": 1024,
+        "max_batched_tokens": 8192,
+        "chunked_prefill": False,
+        "gpu_memory_utilization": 0.88,
+        "sources": {
+            "max_batch": "SGLang sizes max_running_requests from the KV pool; 1024 does not bind at the "
+            "measured concurrencies (<= 512)",
+            "max_batched_tokens": "SGLang python/sglang/srt/server_args.py: chunked_prefill_size 8192 on "
+            "H100/A100 (< 90 GiB) and H20/H200 (< 160 GiB), https://github.com/sgl-project/sglang",
+            "chunked_prefill": "same file: enable_mixed_chunk default False: a prefill step runs instead of a "
+            "decode step, capsim's whole-prompt scheduler",
+            "gpu_memory_utilization": "same file: mem_fraction_static 0.88 at tp 1 (0.87 at tp 2, 0.85 at tp >= 4)",
+        },
+    },
+}
+
+
+@functools.cache
+def fit_document() -> dict[str, Any]:
+    """The shipped engine fit (empty when there is none)."""
+    p = data_path("silicon/engine_fit.json")
+    if not p.is_file():
+        return {}
+    doc: dict[str, Any] = json.loads(p.read_text())
+    return doc
+
+
+def fitted_parameters(engine: str) -> dict[str, float]:
+    """The engine's fitted step-cost parameters (empty when it has none)."""
+    e = fit_document().get("engines", {}).get(engine)
+    if not e or "parameters" not in e:
+        return {}
+    return {k: float(e["parameters"][k]) for k in FITTED}
+
+
+def preset(engine: str, with_step_cost: bool = True) -> dict[str, Any]:
+    """The ``llm`` keys ``engine`` fills (scheduler, memory and, when fitted, step cost)."""
+    s = {k: v for k, v in SCHEDULER[engine].items() if k != "sources"}
+    if with_step_cost:
+        s.update(fitted_parameters(engine))
+    return s
+
+
+def provenance(engine: str, version: str | None, efficiency_named: bool) -> str:
+    """One line saying where an engine preset's step costs come from, and any fallback."""
+    e = fit_document().get("engines", {}).get(engine)
+    if efficiency_named:
+        return f"llm.engine {engine}: scheduler defaults only; step costs from the llm.efficiency named"
+    if not e or "parameters" not in e:
+        return f"llm.engine {engine}: no measured runs of it fitted; step costs fall back to llm.efficiency published"
+    ho = e.get("held_out", {})
+    versions = e.get("versions", [])
+    line = (
+        f"llm.engine {engine}: step costs fitted to {e['rows']} measured serving runs of {engine} "
+        f"(aiconfigurator silicon_sample.csv, versions {', '.join(versions) or 'unstated'}); held out by "
+        f"(model, GPU): TPOT {ho.get('tpot', {}).get('mape_pct', float('nan')):.0f}% MAPE "
+        f"(signed {ho.get('tpot', {}).get('signed_pct', float('nan')):+.0f}%), TTFT "
+        f"{ho.get('ttft', {}).get('mape_pct', float('nan')):.0f}% "
+        f"(signed {ho.get('ttft', {}).get('signed_pct', float('nan')):+.0f}%)"
+    )
+    if version and version not in versions:
+        line += f"; version {version} was not measured: the engine's fit stands in"
+    return line
