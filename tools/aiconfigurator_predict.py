@@ -3,7 +3,7 @@
 Run ONCE, in a throwaway virtual environment that has the pinned package (never in capsim's):
 
     python3 -m venv /tmp/aic-venv && /tmp/aic-venv/bin/pip install aiconfigurator==0.12.0
-    /tmp/aic-venv/bin/python scripts/aiconfigurator_predict.py sim/data/silicon/silicon_sample.csv \
+    /tmp/aic-venv/bin/python tools/aiconfigurator_predict.py sim/data/silicon/silicon_sample.csv \
         sim/data/silicon/aiconfigurator_predictions.csv
 
 For each aggregated row on an H100 SXM or H200 SXM of Llama-3.1-8B, Llama-3.1-70B or Qwen3-32B it
@@ -22,6 +22,7 @@ import re
 import sys
 import time
 import warnings
+from pathlib import Path
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -57,13 +58,18 @@ def round_robin(rows: list[dict]) -> list[dict]:
 
 
 def main(src: str, dst: str, skip: set[str] = frozenset()) -> None:
-    rows = list(csv.DictReader(open(src, newline="")))
-    todo = round_robin([
-        r
-        for r in rows
-        if r["mode"] == "agg" and r["system"] in ("h100_sxm", "h200_sxm") and r["model_path"] in MODELS
-        and r["id"] not in skip
-    ])
+    with open(src, newline="") as f:
+        rows = list(csv.DictReader(f))
+    todo = round_robin(
+        [
+            r
+            for r in rows
+            if r["mode"] == "agg"
+            and r["system"] in ("h100_sxm", "h200_sxm")
+            and r["model_path"] in MODELS
+            and r["id"] not in skip
+        ]
+    )
     out = []
     for i, r in enumerate(todo):
         quant = r["gemm_quant_mode"] or "bfloat16"
@@ -94,11 +100,21 @@ def main(src: str, dst: str, skip: set[str] = frozenset()) -> None:
             )
             break
         out.append(res)
-        print(i, r["id"], res["aic_ttft_ms"], res["aic_tpot_ms"], res["aic_perf_db_version"], res["aic_error"][:80],
-              f"{time.perf_counter() - t0:.1f}s", flush=True)
+        print(
+            i,
+            r["id"],
+            res["aic_ttft_ms"],
+            res["aic_tpot_ms"],
+            res["aic_perf_db_version"],
+            res["aic_error"][:80],
+            f"{time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
     with open(dst, "w", newline="") as fh:
-        fh.write("# aiconfigurator 0.12.0 cli_estimate (database_mode SILICON) per row of silicon_sample.csv;"
-                 " written by scripts/aiconfigurator_predict.py\n")
+        fh.write(
+            "# aiconfigurator 0.12.0 cli_estimate (database_mode SILICON) per row of silicon_sample.csv;"
+            " written by tools/aiconfigurator_predict.py\n"
+        )
         w = csv.DictWriter(fh, fieldnames=list(out[0]))
         w.writeheader()
         w.writerows(out)
@@ -110,20 +126,34 @@ def from_logs(logs: list[str], dst: str) -> None:
     pat = re.compile(r"^\d+ (\S+) ([\d.]+) ([\d.]+) (?:(\S+) )?\s*[\d.]+s$")
     err = re.compile(r"^\d+ (\S+)\s+(\w+Error: .*?) [\d.]+s$")
     for log in logs:
-        for line in open(log):
+        with open(log) as f:
+            lines = f.read().splitlines()
+        for line in lines:
             line = line.rstrip("\n")
             m = pat.match(line)
             if m:
-                out[m.group(1)] = {"id": m.group(1), "aic_ttft_ms": m.group(2), "aic_tpot_ms": m.group(3),
-                                   "aic_perf_db_version": m.group(4) or "", "aic_error": ""}
+                out[m.group(1)] = {
+                    "id": m.group(1),
+                    "aic_ttft_ms": m.group(2),
+                    "aic_tpot_ms": m.group(3),
+                    "aic_perf_db_version": m.group(4) or "",
+                    "aic_error": "",
+                }
                 continue
             m = err.match(line)
             if m and m.group(1) not in out:
-                out[m.group(1)] = {"id": m.group(1), "aic_ttft_ms": "", "aic_tpot_ms": "",
-                                   "aic_perf_db_version": "", "aic_error": m.group(2)}
+                out[m.group(1)] = {
+                    "id": m.group(1),
+                    "aic_ttft_ms": "",
+                    "aic_tpot_ms": "",
+                    "aic_perf_db_version": "",
+                    "aic_error": m.group(2),
+                }
     with open(dst, "w", newline="") as fh:
-        fh.write("# aiconfigurator 0.12.0 cli_estimate (database_mode SILICON) per row of silicon_sample.csv;"
-                 " written by scripts/aiconfigurator_predict.py --from-log\n")
+        fh.write(
+            "# aiconfigurator 0.12.0 cli_estimate (database_mode SILICON) per row of silicon_sample.csv;"
+            " written by tools/aiconfigurator_predict.py --from-log\n"
+        )
         w = csv.DictWriter(fh, fieldnames=["id", "aic_ttft_ms", "aic_tpot_ms", "aic_perf_db_version", "aic_error"])
         w.writeheader()
         w.writerows(out.values())
@@ -134,4 +164,5 @@ if __name__ == "__main__":
         from_logs(sys.argv[3:], sys.argv[2])
         sys.exit()
     # optional third argument: a file of ids already predicted (one per line), skipped
-    main(sys.argv[1], sys.argv[2], set(open(sys.argv[3]).read().split()) if len(sys.argv) > 3 else set())
+    skip = set(Path(sys.argv[3]).read_text().split()) if len(sys.argv) > 3 else set()
+    main(sys.argv[1], sys.argv[2], skip)
