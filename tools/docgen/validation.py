@@ -17,12 +17,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "docs" / "data"
 FIT = ROOT / "sim" / "data" / "published" / "fit.json"
+SILICON = ROOT / "sim" / "data" / "silicon" / "validation" / "summary.json"
 
 METRIC = {"e2e_ms": "e2e", "ttft_ms": "TTFT", "retrieval_ms": "retrieval", "throughput_per_s": "throughput"}
 
 
 def load(name: str) -> dict[str, Any]:
-    path = FIT if name == "fit" else DATA / f"{name}.json"
+    path = {"fit": FIT, "silicon": SILICON}.get(name, DATA / f"{name}.json")
     return dict(json.loads(path.read_text()))
 
 
@@ -83,6 +84,7 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
             f"static runs {ho['throughput']['mape_pct']:.0f} %",
             "llm-step-costs-against-published-measurements",
         ),
+        _silicon_row(load("silicon")),
         (
             "KV memory",
             f"{len(kv['rows'])} published vLLM start-up logs",
@@ -105,6 +107,57 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
     return out
 
 
+def _mape(cell: dict[str, Any]) -> str:
+    return f"{cell['mape_pct']:.0f} % ({cell['signed_pct']:+.0f} %)"
+
+
+def _silicon_row(sil: dict[str, Any]) -> tuple[str, str, str, str]:
+    a = sil["all"]
+    held, aic = a["engine_preset_held_out"], a["aiconfigurator"]
+    return (
+        "Measured serving runs",
+        f"{a['rows']} of aiconfigurator's {sil['rows_in_file']:,} measured vLLM / TensorRT-LLM / SGLang runs "
+        "(H100, H200, B200, GB200)",
+        f"engine presets held out by (model, GPU): TPOT MAPE {_mape(held['tpot'])}, TTFT {_mape(held['ttft'])}; "
+        f"aiconfigurator on its {aic['tpot']['n']} rows: TPOT {_mape(aic['tpot'])}, TTFT {_mape(aic['ttft'])}",
+        "measured-serving-runs",
+    )
+
+
+def _silicon(sil: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Measured serving runs",
+        "",
+        f"`capsim validate` replays the rows of {sil['data']} that capsim can represent "
+        f"({sil['all']['rows']} of {sil['rows_in_file']:,}; the others: "
+        + ", ".join(f"{reason} {n:,}" for reason, n in sil["rows_by_reason"].items() if reason != "representable")
+        + f") as capsim scenarios: {sil['replay']}. Error = {sil['error']}. "
+        "`engine preset, held out` fits each engine's step costs without the row's (model, GPU) group and "
+        "predicts the group; aiconfigurator's own predictions were computed once with its package and are "
+        "committed beside the rows. MAPE with the signed mean in brackets.",
+        "",
+        "| engine | rows | capsim `published` TPOT | TTFT | engine preset, held out, TPOT | TTFT "
+        "| aiconfigurator TPOT | TTFT |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    groups = [("all", sil["all"]), *sorted(sil["by"]["engine"].items())]
+    for name, g in groups:
+        cells = [g["capsim"], g["engine_preset_held_out"], g["aiconfigurator"]]
+        row = [name, str(g["rows"])]
+        for c in cells:
+            for m in ("tpot", "ttft"):
+                row.append(
+                    _mape(c[m]) + (f" (n {c[m]['n']})" if c is g["aiconfigurator"] else "") if c[m]["n"] else "-"
+                )
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "The per-row predictions are in `sim/data/silicon/validation/rows.csv`; `make validate` recomputes them.",
+    ]
+    return lines
+
+
 def render() -> str:
     fit, kv, q = load("fit"), load("kv_logs"), load("queueing")
     lines = [
@@ -119,7 +172,7 @@ def render() -> str:
     ]
     for check, against, off, anchor in summary_rows():
         lines.append(f"| [{check}](#{anchor}) | {against} | {off} |")
-    lines += _queueing(q) + _fit(fit) + _kv(kv) + _verify()
+    lines += _queueing(q) + _fit(fit) + _silicon(load("silicon")) + _kv(kv) + _verify()
     return "\n".join(lines) + "\n"
 
 
