@@ -158,7 +158,7 @@ def test_profile_scaling_law_and_workers(small):
     inside = cal.profile("hnsw", docs=2000, dim=64, top_k=5, ef_search=10)
     assert not inside.extrapolated and "scaling law" in inside.description
     # The fixture times tiny corpora, so a fitted law may fall with N; extrapolated far, such a
-    # law is refused (issue 13: it used to give a silent 0 ms search), otherwise it must be sane.
+    # law is refused (it would give a silent 0 ms search), otherwise it must be sane.
     for index, docs, knob in (("ivf", 100_000, {"nprobe": 8}), ("linear_numpy", 60_000, {})):
         try:
             big = cal.profile(index, docs=docs, dim=64, top_k=5, **knob)

@@ -1,4 +1,4 @@
-"""Calibration sanity (issue 13): absurd retrieval calibrations and GPU step tables are
+"""Calibration sanity: absurd retrieval calibrations and GPU step tables are
 one-line errors, not silently fitted or extrapolated."""
 
 from __future__ import annotations

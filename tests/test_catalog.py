@@ -98,7 +98,8 @@ def test_gpu_datasheet_figures():
     assert catalog.gpu("h100-sxm")["interconnect_gbps"] == 450  # 900 bidirectional / 2
     assert catalog.gpu("h200")["memory_gb"] == 141
     assert catalog.gpu("mi300x")["memory_gb"] == 192
-    assert (catalog.gpu("b200")["hbm_bandwidth_gbps"], catalog.gpu("b200")["memory_gb"]) == (8000, 180)  # 1,440 GB over 8 GPUs
+    # DGX B200: 1,440 GB over 8 GPUs
+    assert (catalog.gpu("b200")["hbm_bandwidth_gbps"], catalog.gpu("b200")["memory_gb"]) == (8000, 180)
     assert (catalog.gpu("b200")["fp8_tflops"], catalog.gpu("gb200")["fp8_tflops"]) == (4500, 5000)
     assert catalog.gpu("gb200")["memory_gb"] == 186  # 13.4 TB over 72 GPUs
     assert catalog.gpu("b200")["interconnect_gbps"] == 900  # NVLink 5, 1,800 bidirectional / 2

@@ -1,4 +1,4 @@
-"""The hostile-input campaign of issue 13 as a table: every input once refused a crash,
+"""The hostile-input campaign as a table: every input once refused a crash,
 a hang, an unbounded run or a silent wrong answer; each must now be one line on stderr
 with the right exit code (2 bad input unless the row says otherwise), before any work.
 

@@ -104,7 +104,7 @@ def test_every_logged_kv_capacity_within_ten_percent(capsys: pytest.CaptureFixtu
 
 
 def test_the_late_2023_tp4_log_is_the_one_the_old_model_missed() -> None:
-    """Issue 11's example: Llama-2-70B on 4xA100-80GB, 20,865 blocks; the old model said +37 %."""
+    """Llama-2-70B on 4xA100-80GB: vLLM logs 20,865 blocks (a model without the engine's reserve is +37 % off)."""
     row = next(r for r in logs() if r["id"] == "pr2031-llama2-70b-tp4")
     assert before_tokens(row) / int(row["kv_tokens"]) - 1.0 == pytest.approx(0.372, abs=0.01)
     assert abs(capsim_tokens(row) / int(row["kv_tokens"]) - 1.0) <= TOLERANCE

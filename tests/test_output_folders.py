@@ -249,7 +249,7 @@ def test_workers_die_with_their_parent(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_ctrl_c_sent_to_capsim_alone_ends_its_running_workers(tmp_path):
     """``kill -INT <capsim>`` (a script, a CI timeout) reaches the parent only, not its workers:
-    capsim used to print "stopped" and then wait, at exit, for the replications still running."""
+    capsim must not print "stopped" and then wait, at exit, for the replications still running."""
     cmd = [sys.executable, "-m", "sim", "sweep", str(SMALL), "--grid", "workload.users=20,40,60,80"]
     cmd += ["--jobs", "2", "--set", "run.duration_s=50000", "--max-memory", "64G", "--out", str(tmp_path / "o")]
     parent = subprocess.Popen(

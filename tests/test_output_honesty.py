@@ -98,8 +98,8 @@ def test_auto_warmup_cuts_stage_counters_where_it_cuts_records():
 
 
 def test_no_percentile_above_the_maximum_and_hit_rate_counts_arrivals():
-    """Issue 14: a p99 printed above the max, and an overloaded point reading "cache hit 100 %"
-    because only hits finished."""
+    """No p99 printed above the max, and no overloaded point reading "cache hit 100 %" because
+    only hits finished."""
     import numpy as np
 
     import sim
@@ -129,7 +129,7 @@ def test_no_percentile_above_the_maximum_and_hit_rate_counts_arrivals():
 
 
 def test_gpu_load_is_throughput_over_capacity_and_shows_headroom():
-    """Issue 14: 'gpu busy 100 %' read as saturation while estimate said 63 %. The load figure
+    """'gpu busy 100 %' must not read as saturation while estimate says 63 %. The load figure
     is answers/s over what the replicas deliver at a full batch, checked against the estimate."""
     import sim
     from sim.analysis.estimate import estimate
@@ -150,9 +150,9 @@ def test_gpu_load_is_throughput_over_capacity_and_shows_headroom():
 
 
 def test_summary_table_carries_gpu_headroom_not_a_busy_share_named_utilisation():
-    """Issue 14 again, in summary.csv and ``result.table()``: a column ``gpu_utilization`` held the
-    share of time a replica had any request in flight (1.0 from half load on), so a planner read
-    saturation where half the capacity was free.  The table carries ``gpu_load`` (the headroom the
+    """In summary.csv and ``result.table()``: the share of time a replica has any request in
+    flight is 1.0 from half load on, so a column of it alone would read as saturation where half
+    the capacity is free.  The table carries ``gpu_load`` (the headroom the
     terminal shows as "gpu load") and names the other ``gpu_in_use``."""
     import sim
 

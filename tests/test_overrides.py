@@ -1,4 +1,4 @@
-"""Overrides do what they say (issue 14): a --set on a swept key pins it, a key the
+"""Overrides do what they say: a --set on a swept key pins it, a key the
 workload's mode ignores is refused, and extends: can drop a key of its base."""
 
 from __future__ import annotations

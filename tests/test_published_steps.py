@@ -1,4 +1,4 @@
-"""The published GPU step measurements (issue 11's dataset) are well formed and sourced.
+"""The published GPU step measurements are well formed and sourced.
 
 Every row names a model, GPU, engine, tensor parallel degree and batch, one
 measured quantity with a positive value, and a public source with its date.

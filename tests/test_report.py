@@ -256,8 +256,8 @@ def test_cdf_lines_can_be_told_apart():
 
 
 def test_cdf_of_many_points_is_panels_each_told_apart_not_a_gradient():
-    """Issue 14: the 22-point CDF of notebook 01 (users x replicas) fell back to one viridis
-    gradient with a colour bar of point numbers; no line could be named.  Beyond 20 points the
+    """A 22-point CDF (notebook 01's users x replicas) must name every line, not fall back to one
+    gradient with a colour bar of point numbers.  Beyond 20 points the
     CDF is panels of at most ten lines, every line in a legend, each distinct within its panel."""
     n = 22
     recs = pd.DataFrame(

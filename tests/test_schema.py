@@ -94,8 +94,8 @@ def _sections(schema: dict) -> dict[str, dict]:
 
 
 def test_every_key_has_a_plain_description() -> None:
-    """Issue 14: an editor showed nothing on hover (3 of ~130 keys had a description, in Sphinx
-    markup).  Every key of every section has one plain-text line."""
+    """An editor shows each key's description on hover: every key of every section has one
+    plain-text line."""
     missing = [
         f"{name}.{key}"
         for name, section in _sections(json_schema()).items()
@@ -130,8 +130,8 @@ def test_descriptions_name_only_keys_that_exist() -> None:
 def test_a_derived_file_may_null_and_give_part_of_a_section(
     validator: jsonschema.Draft202012Validator, doc: dict
 ) -> None:
-    """Issue 14: the README's own ``sweep: null`` (a derived file drops its base's sweep) was red
-    under the schema; so was half a section, which the deep merge completes from the base."""
+    """The documented ``sweep: null`` (a derived file drops its base's sweep) is valid
+    under the schema; so is half a section, which the deep merge completes from the base."""
     assert not [e.message for e in validator.iter_errors(doc)]
 
 

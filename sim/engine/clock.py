@@ -1,11 +1,11 @@
 """Timers for the engine's callbacks, without a SimPy ``Timeout`` per wait.
 
-A request waits about twice (an arrival gap or a think, a search) and each
-wait used to be a ``simpy.Timeout`` (``__init__`` plus ``Environment.schedule``)
-carrying a callback object (``__init__`` plus ``__call__``): four Python frames.
+A request waits about twice (an arrival gap or a think, a search). A
+``simpy.Timeout`` per wait (``__init__`` plus ``Environment.schedule``) carrying
+a callback object (``__init__`` plus ``__call__``) costs four Python frames.
 :func:`later` puts one :class:`Later` straight on the environment's event queue
 with the same key a ``Timeout`` gets (time, ``NORMAL`` priority, the next event
-id), so the order of events, and every number, is what it was; the Later is
+id), so the order of events, and every number, is what a Timeout gives; the Later is
 its own callback: two frames per wait.
 
 ``simpy.Environment.step`` needs of an event only ``callbacks`` (a list it

@@ -34,7 +34,7 @@ closed-loop run it is compared with):
   added as a constant to the (in-process, microseconds) cache lookup, i.e.
   to every request's path, outside any queue.
 
-Bounds (issue 10): P95 end to end <= 10 %, TTFT P95 <= 20 %, P50 (both) <= 10 %,
+Bounds: P95 end to end <= 10 %, TTFT P95 <= 20 %, P50 (both) <= 10 %,
 throughput <= 5 %.
 """
 
