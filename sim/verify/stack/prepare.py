@@ -345,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.step == "index":
         print(ensure_index(cache))
         return 0
+    t0 = time.monotonic()
     sdist = ensure_sdist(cache)
+    t_sdist = time.monotonic() - t0
     if a.step == "sdist":
         print(sdist)
         return 0
@@ -353,13 +355,23 @@ def main(argv: list[str] | None = None) -> int:
     if a.step in ("vocab", "model"):
         print(ensure_model(cache, vocab) if a.step == "model" else vocab)
         return 0
-    bin_dir = ensure_llama(cache, sdist, jobs=a.jobs)
+    times: dict[str, float] = {}
+
+    def timed(step: str, make: Callable[[], Path]) -> Path:
+        t0 = time.monotonic()
+        path = make()
+        times[f"{step}_s"] = round(time.monotonic() - t0, 1)
+        return path
+
+    bin_dir = timed("llama", lambda: ensure_llama(cache, sdist, jobs=a.jobs))
     if a.step == "llama":
         print(bin_dir)
         return 0
-    model = ensure_model(cache, vocab)
-    index = ensure_index(cache)
+    model = timed("model", lambda: ensure_model(cache, vocab))
+    index = timed("index", lambda: ensure_index(cache))
     write_targets(a.work, bin_dir, model, a.llm_port, a.search_port, a.llm_core, a.search_core)
+    with staged(a.work / "setup.json") as tmp:  # how long each step took (a cached step: ~0 s)
+        tmp.write_text(json.dumps({"sdist_s": round(t_sdist, 1), **times, "cache": str(cache)}) + "\n")
     env = "".join(
         f"{name}={shlex.quote(str(path))}\n" for name, path in (("BIN", bin_dir), ("MODEL", model), ("INDEX", index))
     )

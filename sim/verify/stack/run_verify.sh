@@ -52,12 +52,12 @@ wait_health() {  # url, seconds
 # 1. set up (each step idempotent, made in a temporary sibling and renamed into place, so a cut-short
 # artefact is rebuilt, never reused): the pinned llama.cpp sources, llama-server compiled once per build
 # key, the model, the index, the target files.  sim/verify/stack/prepare.py.
-t_setup=$(date +%s)
+t_start=$(date +%s)
 "$PY" -m sim.verify.stack.prepare all --work "$WORK" --env-file "$WORK/stack.env" --llm-port "$LLM_PORT" \
     --search-port "$SEARCH_PORT" --llm-core "$LLM_CORES" --search-core "$SEARCH_CORES"
 # shellcheck source=/dev/null
 source "$WORK/stack.env"
-echo "make verify: set-up $(( $(date +%s) - t_setup )) s (cache $CAPSIM_CACHE)"
+echo "make verify: set-up $(( $(date +%s) - t_start )) s (cache $CAPSIM_CACHE)"
 cat "$MODEL" > /dev/null  # page cache: the first run after writing the model is slower
 
 # 2. start the stack, pinned
@@ -98,7 +98,10 @@ rc_ret=0
 taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$ROOT/scenarios/verify_retrieval.yaml" \
     --target "$WORK/target_retrieval.yaml" --users "$RETRIEVAL_USERS" --duration-s "$RETRIEVAL_DURATION" \
     --segments 4 --confirm --out "$WORK/out_retrieval" || rc_ret=$?
-echo "make verify: LLM stack exit $rc_llm, retrieval alone exit $rc_ret"
+echo "make verify: LLM stack exit $rc_llm, retrieval alone exit $rc_ret, $(( $(date +%s) - t_start )) s in all"
+# The result files the validation page is generated from (docs/data/verify_*.json).
+"$PY" -m tools.docgen.verify_record --work "$WORK" --total-s "$(( $(date +%s) - t_start ))" \
+    || echo "make verify: could not record the run under docs/data" >&2
 # A failure (1, 2, 4, ...) in either half wins over "inconclusive" (3) in the other.
 for rc in "$rc_llm" "$rc_ret"; do
     if [[ "$rc" != 0 && "$rc" != 3 ]]; then exit "$rc"; fi
