@@ -28,8 +28,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from sim.run.validate import _stats, replay
-from sim.spec.efficiency import preset_parameters
-from sim.spec.engines import ENGINES, FITTED, SCHEDULER
+from sim.spec.engines import ENGINES, FITTED, SCHEDULER, allreduce_latency_us
 from sim.spec.engines import preset as engine_preset
 from sim.spec.silicon import AICONFIGURATOR_VERSION, SiliconRow
 
@@ -63,7 +62,7 @@ def overrides(engine: str, theta: Sequence[float] | np.ndarray) -> dict[str, Any
     o = engine_preset(engine, with_step_cost=False)
     o.update({k: float(v) for k, v in zip(FITTED, theta)})
     o["efficiency"] = "custom"
-    o["allreduce_latency_us"] = preset_parameters("published")["allreduce_latency_us"]
+    o["allreduce_latency_us"] = allreduce_latency_us(engine)
     return o
 
 

@@ -10,8 +10,11 @@ default on an 80-141 GB Hopper GPU, each with its source:
 * **step cost**: ``bw_efficiency``, ``mfu``, ``step_overhead_ms`` and
   ``step_overhead_per_seq_ms`` fitted to that engine's measured serving runs
   (``sim/data/silicon/engine_fit.json``, written by ``capsim validate --fit-engines``, which
-  also measures the error held out by (model, GPU) group); the all-reduce latency stays the
-  published fit's.
+  also measures the error held out by (model, GPU) group);
+* **all-reduce latency**: ``allreduce_latency_us`` from the engine's own all-reduce kernel timed in
+  isolation (aiconfigurator's per-operation table, ``sim/data/silicon/custom_allreduce_perf.csv``):
+  the median, over H100, H200 and B200 at 2, 4 and 8 GPUs, of the smallest message's latency
+  under CUDA graphs, as a decode step runs it (:func:`allreduce_latency_us`).
 
 An engine with no fitted parameters (none now) keeps the ``efficiency`` preset's step cost, and
 an ``engine_version`` the measured runs do not include keeps the engine's fit: both say so in
@@ -21,6 +24,7 @@ and so does an ``efficiency`` the scenario names (its step-cost parameters repla
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 from typing import Any
@@ -90,6 +94,18 @@ def fit_document() -> dict[str, Any]:
     return doc
 
 
+@functools.cache
+def allreduce_latency_us(engine: str) -> float:
+    """The engine's all-reduce latency, µs: the median over (GPU, GPUs) of the smallest message's
+    latency in aiconfigurator's isolated timings of the engine's own all-reduce kernel."""
+    with open(data_path("silicon/custom_allreduce_perf.csv"), newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["engine"] == engine]
+    smallest = min(int(r["message_size"]) for r in rows)
+    lat = sorted(float(r["latency_ms"]) * 1000.0 for r in rows if int(r["message_size"]) == smallest)
+    mid = len(lat) // 2
+    return lat[mid] if len(lat) % 2 else (lat[mid - 1] + lat[mid]) / 2.0
+
+
 def fitted_parameters(engine: str) -> dict[str, float]:
     """The engine's fitted step-cost parameters (empty when it has none)."""
     e = fit_document().get("engines", {}).get(engine)
@@ -103,7 +119,16 @@ def preset(engine: str, with_step_cost: bool = True) -> dict[str, Any]:
     s = {k: v for k, v in SCHEDULER[engine].items() if k != "sources"}
     if with_step_cost:
         s.update(fitted_parameters(engine))
+        s["allreduce_latency_us"] = allreduce_latency_us(engine)
     return s
+
+
+@functools.cache
+def validation_summary() -> dict[str, Any]:
+    """The shipped ``capsim validate`` summary of the measured serving runs (empty when none)."""
+    p = data_path("silicon/validation/summary.json")
+    doc: dict[str, Any] = json.loads(p.read_text()) if p.is_file() else {}
+    return doc
 
 
 def provenance(engine: str, version: str | None, efficiency_named: bool) -> str:
@@ -113,11 +138,13 @@ def provenance(engine: str, version: str | None, efficiency_named: bool) -> str:
         return f"llm.engine {engine}: scheduler defaults only; step costs from the llm.efficiency named"
     if not e or "parameters" not in e:
         return f"llm.engine {engine}: no measured runs of it fitted; step costs fall back to llm.efficiency published"
-    ho = e.get("held_out", {})
+    block = validation_summary().get("by", {}).get("engine", {}).get(engine, {})
+    ho = block.get("engine_preset_held_out", {})
     versions = e.get("versions", [])
     line = (
         f"llm.engine {engine}: step costs fitted to {e['rows']} measured serving runs of {engine} "
-        f"(aiconfigurator silicon_sample.csv, versions {', '.join(versions) or 'unstated'}); held out by "
+        f"(aiconfigurator silicon_sample.csv, versions {', '.join(versions) or 'unstated'}), all-reduce "
+        f"{allreduce_latency_us(engine):.1f} us from its own kernel timed alone; held out by "
         f"(model, GPU): TPOT {ho.get('tpot', {}).get('mape_pct', float('nan')):.0f}% MAPE "
         f"(signed {ho.get('tpot', {}).get('signed_pct', float('nan')):+.0f}%), TTFT "
         f"{ho.get('ttft', {}).get('mape_pct', float('nan')):.0f}% "
