@@ -193,8 +193,9 @@ def fingerprint(extra: str = "") -> str:
     for sub in ("physics", "engine", "spec"):
         files += sorted((SIM / sub).rglob("*.py")) + sorted((SIM / sub).rglob("*.yaml"))
     files += [data_path("published/fit.json")]
-    if data_path("silicon/engine_fit.json").is_file():
-        files.append(data_path("silicon/engine_fit.json"))
+    for extra_file in ("silicon/engine_fit.json", "silicon/custom_allreduce_perf.csv"):
+        if data_path(extra_file).is_file():
+            files.append(data_path(extra_file))
     for f in files:
         h.update(f.relative_to(SIM).as_posix().encode())
         h.update(f.read_bytes())
@@ -202,8 +203,8 @@ def fingerprint(extra: str = "") -> str:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "capsim" / "validate"
+    """``$CAPSIM_CACHE/validate`` (default ``~/.cache/capsim/validate``), as every capsim cache."""
+    return Path(os.environ.get("CAPSIM_CACHE") or Path.home() / ".cache" / "capsim") / "validate"
 
 
 def _replay_task(task: tuple[SiliconRow, dict[str, Any] | bool | None]) -> dict[str, Any]:
