@@ -103,11 +103,14 @@ VERIFY_USERS ?= 1,4,7
 VERIFY_DURATION_S ?= 100
 VERIFY_RETRIEVAL_USERS ?= 2,6,11
 VERIFY_RETRIEVAL_DURATION_S ?= 60
+# gate: a row of the retrieval-alone half outside its bound fails make verify; report: printed and
+# recorded only (CI uses it: that half's model misses some hosts, see docs/how-to/verify.md).
+RETRIEVAL_ALONE ?= gate
 # Exit 0 when every bounded row is within its bound or undecided (the live loads too short to tell a
 # miss from their own noise; said on stderr, as `make run` passes an inconclusive SLA verdict);
 # non-zero when a row is outside its bound beyond the measurement's interval, or the stack fails.
 verify: $(STAMP)
-	bash sim/verify/stack/run_verify.sh $(abspath $(BIN)/python) $(VERIFY_USERS) $(VERIFY_DURATION_S) \
+	RETRIEVAL_ALONE=$(RETRIEVAL_ALONE) bash sim/verify/stack/run_verify.sh $(abspath $(BIN)/python) $(VERIFY_USERS) $(VERIFY_DURATION_S) \
 	  $(VERIFY_RETRIEVAL_USERS) $(VERIFY_RETRIEVAL_DURATION_S); rc=$$?; \
 	  if [ $$rc -eq 3 ]; then echo "make verify: inconclusive rows (undecided) but none outside its bound" >&2; \
 	  elif [ $$rc -ne 0 ]; then exit $$rc; fi

@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, required=True, help="make verify's work folder (build/verify)")
     p.add_argument("--total-s", type=float, required=True, help="how long the whole run took")
     p.add_argument("--data", type=Path, default=DATA, help="where the result files go")
+    p.add_argument("--commit", help="the commit the run was made on (default: this checkout's HEAD)")
     a = p.parse_args(argv)
-    stamp = {"date": dt.date.today().isoformat(), "commit": commit(), "machine": machine()}
+    stamp = {"date": dt.date.today().isoformat(), "commit": a.commit or commit(), "machine": machine()}
     a.data.mkdir(parents=True, exist_ok=True)
     for name, (folder, setup) in HALVES.items():
         src = a.work / folder / "verify.json"

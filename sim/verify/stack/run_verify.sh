@@ -102,6 +102,13 @@ echo "make verify: LLM stack exit $rc_llm, retrieval alone exit $rc_ret, $(( $(d
 # The result files the validation page is generated from (docs/data/verify_*.json).
 "$PY" -m tools.docgen.verify_record --work "$WORK" --total-s "$(( $(date +%s) - t_start ))" \
     || echo "make verify: could not record the run under docs/data" >&2
+# RETRIEVAL_ALONE=report: the retrieval-alone half's rows outside their bound (exit 1) are printed
+# and recorded but do not fail the run; its other failures (set-up, stack, bad answers) still do.
+if [[ "${RETRIEVAL_ALONE:-gate}" == "report" && "$rc_ret" == 1 ]]; then
+    echo "make verify: the retrieval-alone half has rows outside their bound (above, and docs/data/verify_retrieval.json);" \
+        "reported, not gating (RETRIEVAL_ALONE=report)" >&2
+    rc_ret=0
+fi
 # A failure (1, 2, 4, ...) in either half wins over "inconclusive" (3) in the other.
 for rc in "$rc_llm" "$rc_ret"; do
     if [[ "$rc" != 0 && "$rc" != 3 ]]; then exit "$rc"; fi
