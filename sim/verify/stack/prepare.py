@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import shlex
@@ -36,6 +35,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from sim.run.folder import sha256_file
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
@@ -82,14 +83,6 @@ def log(msg: str) -> None:
     print(f"prepare: {msg}", file=sys.stderr, flush=True)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @contextlib.contextmanager
 def staged(final: Path) -> Iterator[Path]:
     """A temporary sibling of ``final`` (a path to fill); renamed onto ``final`` only on success.
@@ -131,7 +124,7 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 def ensure_sdist(cache: Path, pip: tuple[str, ...] = (sys.executable, "-m", "pip")) -> Path:
     """The pinned llama-cpp-python sdist (it carries llama.cpp's sources and the Llama vocab)."""
     sdist = cache / "src" / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
-    if sdist.is_file() and sha256_of(sdist) == LLAMA_CPP_PYTHON_SHA256:
+    if sdist.is_file() and sha256_file(sdist) == LLAMA_CPP_PYTHON_SHA256:
         return sdist
     log(f"downloading llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} (sdist) from PyPI")
     sdist.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +134,7 @@ def ensure_sdist(cache: Path, pip: tuple[str, ...] = (sys.executable, "-m", "pip
         got = Path(tmp) / sdist.name
         if not got.is_file():
             raise SystemExit(f"error: pip download of {spec} left no {sdist.name}")
-        digest = sha256_of(got)
+        digest = sha256_file(got)
         if digest != LLAMA_CPP_PYTHON_SHA256:
             raise SystemExit(f"error: sha256 of {sdist.name} is {digest}, expected {LLAMA_CPP_PYTHON_SHA256}")
         os.replace(got, sdist)
