@@ -51,7 +51,7 @@ test-long: $(STAMP)
 # top-level `tests` package that must not shadow ours in the venv.
 BENCH_DEPS := .bench-deps
 $(BENCH_DEPS)/.stamp: | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --no-deps --target $(BENCH_DEPS) 'ciw==3.2.7' 'tqdm>=4.66'
+	$(BIN)/python -m pip install --quiet --no-deps --target $(BENCH_DEPS) 'ciw==3.2.7' 'tqdm>=4.66' 'networkx>=2.3'
 	rm -rf $(BENCH_DEPS)/tests
 	touch $@
 
