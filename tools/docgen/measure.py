@@ -20,30 +20,16 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import os
-import platform
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import sim
+from benchmarks.result_file import machine
 from sim.physics import queueing
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "docs" / "data"
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    system = f"{platform.system()} {platform.release()}"
-    return f"{model}, {os.cpu_count()} CPUs, {system}, Python {platform.python_version()}"
 
 
 def _stamp() -> dict[str, Any]:
