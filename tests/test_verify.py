@@ -326,7 +326,10 @@ def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service
         pairs = doc["calibration"]["retrieval_pairs"]
         assert pairs["pairs_each"] == 4 and [r["offset_ms"] for r in pairs["rows"]] == [0.0, 2.0, 4.0, 6.0]
         for r in pairs["rows"]:
-            assert r["apart_ms"] >= r["offset_ms"] and r["apart_ms"] < r["offset_ms"] + 5.0
+            # apart_ms is how far apart the two really left: the thread that sends first may resume
+            # from the barrier after the other has started its sleep, so it can be a little under
+            # the offset as well as over it (the model is fed the measured figure).
+            assert r["offset_ms"] - 1.0 <= r["apart_ms"] < r["offset_ms"] + 5.0
             assert all(r[x] > 0 for x in ("first_ms", "second_ms", "model_first_ms", "model_second_ms"))
         load = doc["loads"][0]
         assert load["failures"] == 0 and load["requests"] >= 10
