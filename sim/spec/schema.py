@@ -41,7 +41,7 @@ from sim.physics.steptable import load_table
 from sim.registry import INDEXES, ROUTERS
 from sim.spec import catalog
 from sim.spec import trace as trace_file
-from sim.spec.catalog import param_count, param_counts
+from sim.spec.catalog import param_counts
 from sim.spec.descriptions import FIELD_DESCRIPTIONS
 from sim.spec.efficiency import EFFICIENCY_PRESETS, preset_parameters
 from sim.spec.engines import ENGINES
@@ -475,43 +475,28 @@ class ModelSpec(Strict):
         if self.params is not None:
             return float(self.params)
         assert self.intermediate is not None  # _check requires params or intermediate
-        if self.experts or self.kv_lora_rank:
-            return float(
-                param_counts(
-                    layers=self.layers,
-                    hidden=self.hidden,
-                    heads=self.heads,
-                    kv_heads=self.kv_heads,
-                    head_dim=self.head_dim,
-                    intermediate=self.intermediate,
-                    vocab=self.vocab,
-                    tied_embeddings=self.tied_embeddings,
-                    qkv_bias=self.qkv_bias,
-                    experts=self.experts,
-                    experts_per_token=self.experts_per_token,
-                    shared_experts=self.shared_experts,
-                    expert_intermediate=self.expert_intermediate or 0,
-                    dense_layers=self.dense_layers,
-                    q_lora_rank=self.q_lora_rank,
-                    kv_lora_rank=self.kv_lora_rank,
-                    qk_rope_head_dim=self.qk_rope_head_dim,
-                    qk_nope_head_dim=self.qk_nope_head_dim,
-                    v_head_dim=self.v_head_dim,
-                )[0]
-            )
-        return float(
-            param_count(
-                layers=self.layers,
-                hidden=self.hidden,
-                heads=self.heads,
-                kv_heads=self.kv_heads,
-                head_dim=self.head_dim,
-                intermediate=self.intermediate,
-                vocab=self.vocab,
-                tied_embeddings=self.tied_embeddings,
-                qkv_bias=self.qkv_bias,
-            )
+        total, _active = param_counts(  # a dense model's count is param_count's
+            layers=self.layers,
+            hidden=self.hidden,
+            heads=self.heads,
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            intermediate=self.intermediate,
+            vocab=self.vocab,
+            tied_embeddings=self.tied_embeddings,
+            qkv_bias=self.qkv_bias,
+            experts=self.experts,
+            experts_per_token=self.experts_per_token,
+            shared_experts=self.shared_experts,
+            expert_intermediate=self.expert_intermediate or 0,
+            dense_layers=self.dense_layers,
+            q_lora_rank=self.q_lora_rank,
+            kv_lora_rank=self.kv_lora_rank,
+            qk_rope_head_dim=self.qk_rope_head_dim,
+            qk_nope_head_dim=self.qk_nope_head_dim,
+            v_head_dim=self.v_head_dim,
         )
+        return float(total)
 
 
 #: A GPU figure (GB/s, GB, TFLOPS) above 10^9 describes no device; the bound keeps every
