@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 SCENARIO ?= scenarios/order_support.yaml
 
-.PHONY: run test lint test-long bench calibration clean venv notebook notebooks verify report-check docs validation validate
+.PHONY: run test lint test-long bench calibration clean venv notebook notebooks verify report-check docs validation validate perop-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +90,15 @@ report-check: $(STAMP)
 
 # Replay every measured serving run capsim represents (sim/data/silicon) and write the committed
 # result files beside it; cached by a fingerprint of the model code, so a rerun costs nothing.
+# The per-operation step-cost tables (sim/data/silicon/perop) from aiconfigurator's database; the
+# pinned package goes into a throwaway environment, not capsim's.
+PEROP_VENV := .perop-venv
+perop-data:
+	rm -rf $(PEROP_VENV) && $(PYTHON) -m venv $(PEROP_VENV)
+	$(PEROP_VENV)/bin/python -m pip install --quiet 'aiconfigurator==0.12.0' pyyaml packaging
+	$(PEROP_VENV)/bin/python -m tools.perop --out sim/data/silicon/perop
+	rm -rf $(PEROP_VENV)
+
 validate: $(STAMP)
 	$(BIN)/capsim validate --out sim/data/silicon/validation
 

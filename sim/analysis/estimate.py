@@ -50,6 +50,7 @@ from sim.engine.pipeline import retrieval_service_distribution
 from sim.engine.workload import Popularity
 from sim.errors import ConfigError
 from sim.physics import gpu as gm
+from sim.physics import perop
 from sim.physics import queueing as analytic
 from sim.physics.gpu import StepCost
 from sim.physics.sharing import contention_at
@@ -257,7 +258,8 @@ def _gpu_figures(scn: Scenario, out: dict[str, Any], notes: list[str], stations:
     out["ridge_point_flops_per_byte"] = hw_ridge
     out["effective_ridge_flops_per_byte"] = eff_ridge
     out["arithmetic_intensity"] = {k: gm.arithmetic_intensity(v[1], v[2]) for k, v in ends.items()}
-    out["bound"] = {k: ("measured (table)" if llm.step_table else _verdict(v[3])) for k, v in ends.items()}
+    measured = "measured (table)" if llm.step_table else "kernels timed alone" if llm.perop_entry else None
+    out["bound"] = {k: (measured or _verdict(v[3])) for k, v in ends.items()}
     if m.kv_lora_rank:  # latent attention: its own FLOPs per (query, key) pair
         per_pair = gm.attention_flops_per_pair(m.layers, m.heads, m.head_dim, m.kv_lora_rank, m.qk_rope_head_dim)
         out["attention_flops"] = per_pair * gm.attention_pairs(prompt)
@@ -284,8 +286,20 @@ def step_cost_figures(llm: LLMConfig) -> dict[str, Any]:
         sources = catalog.gpu_entry(g.name)["sources"] if g.name else {}
     except ConfigError:  # an inline GPU under a name the catalog does not know
         sources = {}
+    entry = llm.perop_entry
+    if llm.step_table:
+        model = f"table {llm.step_table}"
+    elif entry is not None:
+        v = entry["versions"]
+        model = (
+            f"per-operation sum (kernels timed alone: {llm.engine} GEMM {v['gemm']}, attention {v['attention']}"
+            + (f", all-reduce {v['allreduce']}" if v.get("allreduce") and llm.tensor_parallel > 1 else "")
+            + "; aiconfigurator 0.12.0 database)"
+        )
+    else:
+        model = "roofline"
     doc: dict[str, Any] = {
-        "model": f"table {llm.step_table}" if llm.step_table else "roofline",
+        "model": model,
         "gpu": g.name,
         "hbm_bandwidth_gbps": g.hbm_bandwidth_gbps,
         "compute_dtype": llm.compute_dtype,
@@ -298,6 +312,12 @@ def step_cost_figures(llm: LLMConfig) -> dict[str, Any]:
         "kv_dtype_bytes": llm.kv_dtype_bytes,
         "sources": {k: sources[k] for k in used if k in sources} or "inline figures from the scenario",
     }
+    if model == "roofline":
+        doc["perop_not_used"] = (
+            "llm.step_cost roofline"
+            if llm.step_cost == "roofline"
+            else perop.coverage(llm.gpu.name, llm.engine, llm.model.name, llm.tensor_parallel, llm.perop_dtype)
+        )
     if m.kv_lora_rank:
         doc["attention"] = f"MLA: {m.kv_lora_rank} + {m.qk_rope_head_dim} cached values per token and layer"
     if m.experts:
@@ -338,6 +358,10 @@ def _memory_figures(llm: LLMConfig, prompt: float, output: float) -> dict[str, A
             "step_overhead_ms": llm.step_overhead_ms,
             "step_overhead_per_seq_ms": llm.step_overhead_per_seq_ms,
             "allreduce_latency_us": llm.allreduce_latency_us,
+            "perop": llm.perop_entry is not None,
+            "perop_overhead_ms": llm.perop_overhead_ms,
+            "perop_overhead_per_seq_ms": llm.perop_overhead_per_seq_ms,
+            "perop_prefill_scale": llm.perop_prefill_scale,
             "source": _step_cost_source(llm),
             **({"engine": llm.engine, "engine_version": llm.engine_version} if llm.engine else {}),
         },

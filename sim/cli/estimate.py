@@ -57,6 +57,8 @@ def step_figures_line(f: dict[str, Any]) -> str:
             f"{moe['experts_per_token']} of {moe['experts']} experts per token, expert_parallel "
             f"{moe['expert_parallel']}; experts read per layer: {reads}"
         )
+    if f.get("perop_not_used"):
+        parts.append(f"per-operation tables not used: {f['perop_not_used']}")
     return "; ".join(parts)
 
 
@@ -69,12 +71,18 @@ def estimate_table(est: dict[str, Any]) -> Table:
     if "weights_bytes" in est:
         t.add_row("model / GPU", f"{est['model']} on {est['gpu']} x tp {est['tensor_parallel']}")
         sc = est["step_cost"]
-        t.add_row(
-            f"step cost ({'engine ' + sc['engine'] if sc.get('engine') else sc['efficiency']})",
-            f"bw_efficiency {sc['bw_efficiency']:.3g}, mfu {sc['mfu']:.3g}, "
-            f"overhead {sc['step_overhead_ms']:.3g} ms + {sc['step_overhead_per_seq_ms']:.3g} ms/sequence, "
-            f"all-reduce latency {sc['allreduce_latency_us']:.3g} us",
-        )
+        if sc.get("perop"):
+            what = (
+                f"kernels timed alone + overhead {sc['perop_overhead_ms']:.3g} ms + "
+                f"{sc['perop_overhead_per_seq_ms']:.3g} ms/sequence, prefill work x {sc['perop_prefill_scale']:.3g}"
+            )
+        else:
+            what = (
+                f"bw_efficiency {sc['bw_efficiency']:.3g}, mfu {sc['mfu']:.3g}, "
+                f"overhead {sc['step_overhead_ms']:.3g} ms + {sc['step_overhead_per_seq_ms']:.3g} ms/sequence, "
+                f"all-reduce latency {sc['allreduce_latency_us']:.3g} us"
+            )
+        t.add_row(f"step cost ({'engine ' + sc['engine'] if sc.get('engine') else sc['efficiency']})", what)
         if "step_cost_figures" in est:
             t.add_row("step cost from", step_figures_line(est["step_cost_figures"]))
         t.add_row("mean prompt / output tokens", f"{est['mean_prompt_tokens']:,.0f} / {est['mean_output_tokens']:,.0f}")

@@ -44,6 +44,11 @@ def validate(
         help="Fit each engine's step costs to its rows, held out by (model, GPU), and write the fit here "
         "(the shipped one is sim/data/silicon/engine_fit.json).",
     ),
+    perop_only: bool = typer.Option(
+        False,
+        "--perop-only",
+        help="With --fit-engines: keep the shipped roofline fit and fit only the per-operation step cost.",
+    ),
     list_reasons: bool = typer.Option(
         False, "--list-reasons", help="Only count the rows by why capsim cannot replay them."
     ),
@@ -68,11 +73,13 @@ def validate(
         # deferred: the fit loads scipy and the simulator; only this branch needs them
         from sim.files import atomic_write_text
         from sim.run.engine_fit import run_engine_fit
+        from sim.spec.engines import fit_document
         from sim.spec.silicon import representable
 
         if fit_engines.is_dir():
             raise CapsimError(f"--fit-engines: {str(fit_engines)!r} is a folder; give a file name")
-        fit = run_engine_fit(representable(), jobs=jobs, say=typer.echo)
+        keep = fit_document() if perop_only else None
+        fit = run_engine_fit(representable(), jobs=jobs, say=typer.echo, keep_roofline=keep)
         atomic_write_text(fit_engines, json.dumps(fit, indent=1) + "\n")
         typer.echo(f"wrote {fit_engines}")
         return

@@ -51,6 +51,7 @@ import numpy as np
 from sim.errors import ConfigError
 from sim.files import atomic_write_text
 from sim.physics.gpu import StepCost, attention_pairs, sum_linear
+from sim.physics.perop import PerOpCost, PerOpTable
 
 if TYPE_CHECKING:  # annotations only: physics sits below the scenario schema
     from sim.spec.schema import LLMConfig
@@ -329,7 +330,11 @@ class StepTable(StepCost):
 
 
 def step_cost(cfg: LLMConfig) -> StepCost:
-    """The replica's step-cost model: the measured table when ``llm.step_table`` is set, else the roofline."""
+    """The replica's step-cost model: the measured table when ``llm.step_table`` is set, else the
+    per-operation sum where its tables cover the replica (:mod:`sim.physics.perop`), else the roofline."""
     if cfg.step_table:
         return StepTable(cfg, load_table(cfg.step_table))
+    entry = cfg.perop_entry
+    if entry is not None:
+        return PerOpCost(cfg, PerOpTable.from_entry(entry))
     return StepCost(cfg)

@@ -10,6 +10,12 @@ every row weighted alike, over a fixed subset of each (model, GPU) group's rows
 (:func:`fit_subset`: up to :data:`PER_GROUP` rows spread over its concurrencies and lengths), since
 every candidate means replaying the rows.
 
+**Per-operation step costs.**  Where aiconfigurator's kernel timings cover a row
+(:mod:`sim.physics.perop`), a scenario with ``llm.engine`` is costed from them, so each engine has
+a second fit on the rows they cover: ``perop_overhead_ms``, ``perop_overhead_per_seq_ms`` and
+``perop_prefill_scale`` (:func:`perop_space`), judged on TPOT alone, held out the same way
+(``perop`` in each engine's block).  ``--perop-only`` keeps the shipped roofline fit.
+
 **Held out.**  For every (model, GPU) group of an engine the fit is repeated without that group's
 rows, and *all* the group's rows are replayed with those parameters: the errors reported as the
 engine's accuracy are these, never the in-sample ones.  An engine with a single group has no
@@ -22,13 +28,15 @@ import concurrent.futures as cf
 import datetime as _dt
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares
 
+from sim.physics.perop import dtype_key, lookup
 from sim.run.validate import _stats, replay
-from sim.spec.engines import ENGINES, FITTED, SCHEDULER, allreduce_latency_us
+from sim.spec.engines import ENGINES, FITTED, FITTED_PEROP, SCHEDULER, allreduce_latency_us
 from sim.spec.engines import preset as engine_preset
 from sim.spec.silicon import AICONFIGURATOR_VERSION, SiliconRow
 
@@ -58,7 +66,8 @@ def fit_subset(rows: Sequence[SiliconRow], per_group: int = PER_GROUP) -> list[S
 
 
 def overrides(engine: str, theta: Sequence[float] | np.ndarray) -> dict[str, Any]:
-    """The ``llm`` keys a row is replayed with: the engine's scheduler, ``theta``'s step cost."""
+    """The ``llm`` keys a row is replayed with: the engine's scheduler, ``theta``'s roofline step cost
+    (the per-operation tables stay off: no ``engine`` key)."""
     o = engine_preset(engine, with_step_cost=False)
     o.update({k: float(v) for k, v in zip(FITTED, theta)})
     o["efficiency"] = "custom"
@@ -66,47 +75,107 @@ def overrides(engine: str, theta: Sequence[float] | np.ndarray) -> dict[str, Any
     return o
 
 
+def perop_overrides(
+    engine: str, theta: Sequence[float] | np.ndarray, roofline: Sequence[float] | np.ndarray
+) -> dict[str, Any]:
+    """The ``llm`` keys of the engine preset as a scenario gets it: the per-operation step cost with
+    ``theta`` (:data:`FITTED_PEROP`) where its tables cover the row, the roofline with ``roofline``
+    elsewhere."""
+    o = overrides(engine, roofline)
+    o["engine"] = engine
+    o.update({k: float(v) for k, v in zip(FITTED_PEROP, theta)})
+    return o
+
+
+@dataclass(frozen=True)
+class Space:
+    """What a fit varies: names, bounds, start, scale, how a candidate becomes ``llm`` keys, and
+    which errors it is judged on."""
+
+    names: tuple[str, ...]
+    lower: np.ndarray
+    upper: np.ndarray
+    start: np.ndarray
+    scale: np.ndarray
+    make: Callable[[str, np.ndarray], dict[str, Any]]
+    metrics: tuple[str, ...] = ("tpot", "ttft")
+
+
+ROOFLINE = Space(FITTED, LOWER, UPPER, START, SCALE, overrides)
+
+
+def perop_space(roofline: Sequence[float]) -> Space:
+    """The per-operation fit: overhead per step, per sequence, and the prefill scale; judged on TPOT
+    (the TTFT of a replay depends on how in step the users stay, which the step cost does not set)."""
+    return Space(
+        FITTED_PEROP,
+        np.array([0.0, 0.0, 0.1]),
+        np.array([20.0, 1.0, 2.0]),
+        np.array([1.0, 0.005, 0.7]),
+        np.array([1.0, 0.005, 0.1]),
+        lambda engine, th: perop_overrides(engine, th, roofline),
+        ("tpot",),
+    )
+
+
 def _task(args: tuple[SiliconRow, dict[str, Any]]) -> dict[str, Any]:
     return replay(*args)
 
 
 def predict(
-    rows: Sequence[SiliconRow], engine: str, theta: Sequence[float] | np.ndarray, pool: cf.Executor | None
+    rows: Sequence[SiliconRow],
+    engine: str,
+    theta: Sequence[float] | np.ndarray,
+    pool: cf.Executor | None,
+    space: Space = ROOFLINE,
 ) -> list[dict[str, Any]]:
-    tasks = [(r, overrides(engine, theta)) for r in rows]
+    tasks = [(r, space.make(engine, np.asarray(theta))) for r in rows]
     if pool is None:
         return [_task(t) for t in tasks]
     return list(pool.map(_task, tasks, chunksize=max(1, len(tasks) // 8)))
 
 
-def _log_errors(rows: Sequence[SiliconRow], res: list[dict[str, Any]]) -> np.ndarray:
+def _log_errors(rows: Sequence[SiliconRow], res: list[dict[str, Any]], metrics: tuple[str, ...]) -> np.ndarray:
     out = []
     for r, x in zip(rows, res):
         if x.get("error"):  # a refused scenario: a large, finite penalty so the fit moves away
-            out += [3.0, 3.0]
+            out += [3.0] * len(metrics)
             continue
-        out += [math.log(x["tpot_ms"] / r.measured_tpot_ms), math.log(x["ttft_ms"] / r.measured_ttft_ms)]
+        measured = {"tpot": r.measured_tpot_ms, "ttft": r.measured_ttft_ms}
+        out += [math.log(x[f"{m}_ms"] / measured[m]) for m in metrics]
     return np.asarray(out)
 
 
-def fit(rows: Sequence[SiliconRow], engine: str, pool: cf.Executor | None, x0: np.ndarray | None = None) -> np.ndarray:
-    """The parameters (in :data:`sim.spec.engines.FITTED` order) that best replay ``rows``."""
+def fit(
+    rows: Sequence[SiliconRow],
+    engine: str,
+    pool: cf.Executor | None,
+    x0: np.ndarray | None = None,
+    space: Space = ROOFLINE,
+) -> np.ndarray:
+    """The parameters (in ``space.names`` order) that best replay ``rows``."""
     res = least_squares(
-        lambda th: _log_errors(rows, predict(rows, engine, th, pool)),
-        x0=START if x0 is None else x0,
-        bounds=(LOWER, UPPER),
+        lambda th: _log_errors(rows, predict(rows, engine, th, pool, space), space.metrics),
+        x0=space.start if x0 is None else x0,
+        bounds=(space.lower, space.upper),
         method="trf",
         loss="soft_l1",
         f_scale=0.2,
-        x_scale=SCALE,
+        x_scale=space.scale,
         diff_step=0.02,
         max_nfev=MAX_NFEV,
     )
     return np.asarray(res.x)
 
 
-def _named(theta: Sequence[float] | np.ndarray) -> dict[str, float]:
-    return {k: round(float(v), 4) for k, v in zip(FITTED, theta)}
+def _named(theta: Sequence[float] | np.ndarray, names: tuple[str, ...] = FITTED) -> dict[str, float]:
+    return {k: round(float(v), 4) for k, v in zip(names, theta)}
+
+
+def perop_covered(row: SiliconRow) -> bool:
+    """Whether the per-operation tables cover ``row`` (GPU, engine, model, tensor parallelism, dtype)."""
+    dtype = dtype_key(None, row.compute_dtype)
+    return lookup(row.gpu, row.engine, row.model, row.tensor_parallel, dtype) is not None
 
 
 def _errors(rows: Sequence[SiliconRow], res: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -118,23 +187,27 @@ def _errors(rows: Sequence[SiliconRow], res: list[dict[str, Any]]) -> dict[str, 
 
 
 def fit_engine(
-    rows: Sequence[SiliconRow], engine: str, pool: cf.Executor | None, say: Callable[[str], None] = lambda s: None
+    rows: Sequence[SiliconRow],
+    engine: str,
+    pool: cf.Executor | None,
+    say: Callable[[str], None] = lambda s: None,
+    space: Space = ROOFLINE,
 ) -> dict[str, Any]:
     """One engine's fit, its held-out errors by (model, GPU) group and every row's held-out prediction."""
     rows = [r for r in rows if r.engine == engine]
     groups = sorted({group(r) for r in rows})
     sub = fit_subset(rows)
-    say(f"{engine}: fitting on {len(sub)} of {len(rows)} rows ({len(groups)} groups)")
-    theta = fit(sub, engine, pool)
+    say(f"{engine} ({', '.join(space.names)}): fitting on {len(sub)} of {len(rows)} rows ({len(groups)} groups)")
+    theta = fit(sub, engine, pool, space=space)
     doc: dict[str, Any] = {
         "rows": len(rows),
         "versions": sorted({r.engine_version for r in rows if r.engine_version}),
         "groups": groups,
         "fit_rows": len(sub),
-        "parameters": _named(theta),
-        "scheduler": {k: v for k, v in SCHEDULER[engine].items() if k != "sources"},
+        "fitted_on": list(space.metrics),
+        "parameters": _named(theta, space.names),
     }
-    ins = _errors(rows, predict(rows, engine, theta, pool))
+    ins = _errors(rows, predict(rows, engine, theta, pool, space))
     doc["in_sample"] = {m: _stats(ins[m]) for m in ("tpot", "ttft")}
     if len(groups) < 2:
         doc["held_out"] = {"note": "a single (model, GPU) group: nothing to hold out"}
@@ -146,9 +219,9 @@ def fit_engine(
     for g in groups:
         train = [r for r in sub if group(r) != g]
         test = [r for r in rows if group(r) == g]
-        th = fit(train, engine, pool, x0=theta)
-        params[g] = _named(th)
-        res = predict(test, engine, th, pool)
+        th = fit(train, engine, pool, x0=theta, space=space)
+        params[g] = _named(th, space.names)
+        res = predict(test, engine, th, pool, space)
         e = _errors(test, res)
         by_group[g] = {m: _stats(e[m]) for m in ("tpot", "ttft")}
         for m in ("tpot", "ttft"):
@@ -164,10 +237,31 @@ def fit_engine(
     return doc
 
 
-def run_engine_fit(
-    rows: Sequence[SiliconRow], jobs: int | None = None, say: Callable[[str], None] = lambda s: None
+def fit_engine_perop(
+    rows: Sequence[SiliconRow],
+    engine: str,
+    roofline: dict[str, float],
+    pool: cf.Executor | None,
+    say: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
-    """The whole document ``sim/data/silicon/engine_fit.json`` holds."""
+    """The per-operation fit of one engine on the rows its tables cover (the roofline fit's
+    parameters, ``roofline``, stand for the rest)."""
+    covered = [r for r in rows if r.engine == engine and perop_covered(r)]
+    if not covered:
+        return {"note": f"no rows of {engine} covered by per-operation tables"}
+    doc = fit_engine(covered, engine, pool, say, perop_space([roofline[k] for k in FITTED]))
+    doc["data"] = "aiconfigurator per-operation tables (sim/data/silicon/perop), rows they cover"
+    return doc
+
+
+def run_engine_fit(
+    rows: Sequence[SiliconRow],
+    jobs: int | None = None,
+    say: Callable[[str], None] = lambda s: None,
+    keep_roofline: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole document ``sim/data/silicon/engine_fit.json`` holds: per engine the roofline fit
+    (or ``keep_roofline``'s, unchanged) and the per-operation fit."""
     doc: dict[str, Any] = {
         "kind": "capsim.engine_step_fit",
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -178,8 +272,16 @@ def run_engine_fit(
         "engines": {},
     }
     with cf.ProcessPoolExecutor(max_workers=jobs) if (jobs or 2) > 1 else _NoPool() as pool:
+        ex = pool if isinstance(pool, cf.Executor) else None
         for engine in ENGINES:
-            doc["engines"][engine] = fit_engine(rows, engine, pool if isinstance(pool, cf.Executor) else None, say)
+            if keep_roofline and engine in keep_roofline.get("engines", {}):
+                e = {k: v for k, v in keep_roofline["engines"][engine].items() if k != "perop"}
+                say(f"{engine}: roofline fit kept from the shipped file")
+            else:
+                e = fit_engine(rows, engine, ex, say)
+                e["scheduler"] = {k: v for k, v in SCHEDULER[engine].items() if k != "sources"}
+            e["perop"] = fit_engine_perop(rows, engine, e["parameters"], ex, say)
+            doc["engines"][engine] = e
     return doc
 
 

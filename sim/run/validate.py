@@ -55,7 +55,7 @@ from pydantic import ValidationError
 from sim.engine.pipeline import run_replication
 from sim.files import atomic_write_text, data_path, to_json
 from sim.physics.gpu import StepCost, attention_pairs
-from sim.spec.engines import FITTED
+from sim.spec.engines import FITTED, FITTED_PEROP
 from sim.spec.engines import fit_document as engine_fit_document
 from sim.spec.schema import LLMConfig, Scenario
 from sim.spec.silicon import AICONFIGURATOR_VERSION, SiliconRow, load_rows, reason_counts
@@ -196,6 +196,7 @@ def fingerprint(extra: str = "") -> str:
     for extra_file in ("silicon/engine_fit.json", "silicon/custom_allreduce_perf.csv"):
         if data_path(extra_file).is_file():
             files.append(data_path(extra_file))
+    files += sorted(data_path("silicon/perop").glob("*.json"))
     for f in files:
         h.update(f.relative_to(SIM).as_posix().encode())
         h.update(f.read_bytes())
@@ -439,13 +440,17 @@ def held_out_overrides(row: SiliconRow) -> dict[str, Any] | None:
     """The engine preset with the step costs fitted *without* the row's (model, GPU) group, or
     None where there are none (no fit, or the engine's only group)."""
     # deferred: engine_fit imports scipy, which only the fit needs
-    from sim.run.engine_fit import group, overrides
+    from sim.run.engine_fit import group, overrides, perop_overrides
 
     e = engine_fit_document().get("engines", {}).get(row.engine, {})
     p = e.get("held_out_parameters", {}).get(group(row))
     if p is None:
         return None
-    return overrides(row.engine, [p[k] for k in FITTED])
+    roofline = [p[k] for k in FITTED]
+    q = e.get("perop", {}).get("held_out_parameters", {}).get(group(row))
+    if q is None:  # no per-operation fit without this group: the roofline fit alone
+        return overrides(row.engine, roofline)
+    return perop_overrides(row.engine, [q[k] for k in FITTED_PEROP], roofline)
 
 
 def run_validation(

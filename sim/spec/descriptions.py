@@ -141,6 +141,11 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "step_overhead_per_seq_ms": "extra time per sequence in a step, ms" + _PRESET,
         "allreduce_latency_us": "latency of one tensor-parallel all-reduce, us" + _PRESET,
         "step_table": "a measured step-time CSV that replaces the roofline step cost",
+        "step_cost": "auto: kernels timed alone where the engine's tables cover the replica, else the roofline; "
+        "perop: require the tables; roofline: never use them",
+        "perop_overhead_ms": "per-step time the kernels timed alone leave out (engine preset: fitted)",
+        "perop_overhead_per_seq_ms": "per-sequence time the kernels timed alone leave out (engine preset: fitted)",
+        "perop_prefill_scale": "factor on a step's prefill kernels (they overlap when served; engine preset: fitted)",
         "gpu_memory_utilization": "share of the GPU's exposed memory the engine may use (vLLM's setting)",
         "tensor_parallel": "GPUs per replica",
         "kv_block_tokens": "tokens per paged KV block",

@@ -11,6 +11,11 @@ default on an 80-141 GB Hopper GPU, each with its source:
   ``step_overhead_per_seq_ms`` fitted to that engine's measured serving runs
   (``sim/data/silicon/engine_fit.json``, written by ``capsim validate --fit-engines``, which
   also measures the error held out by (model, GPU) group);
+* **per-operation step cost**: where aiconfigurator's kernel timings cover the GPU, the engine,
+  the model, its tensor parallelism and dtype (:mod:`sim.physics.perop`), a step is the sum of
+  those kernels plus ``perop_overhead_ms``, ``perop_overhead_per_seq_ms`` and the prefill scale
+  ``perop_prefill_scale``, fitted to the engine's measured runs those tables cover (the fit's
+  ``perop`` block); the roofline parameters above cost the rest;
 * **all-reduce latency**: ``allreduce_latency_us`` from the engine's own all-reduce kernel timed in
   isolation (aiconfigurator's per-operation table, ``sim/data/silicon/custom_allreduce_perf.csv``):
   the median, over H100, H200 and B200 at 2, 4 and 8 GPUs, of the smallest message's latency
@@ -34,6 +39,8 @@ from sim.files import data_path
 ENGINES: tuple[str, ...] = ("vllm", "trtllm", "sglang")
 #: The step-cost keys the fit fills.
 FITTED: tuple[str, ...] = ("bw_efficiency", "mfu", "step_overhead_ms", "step_overhead_per_seq_ms")
+#: The keys the per-operation fit fills (what the kernels timed alone leave out of a step).
+FITTED_PEROP: tuple[str, ...] = ("perop_overhead_ms", "perop_overhead_per_seq_ms", "perop_prefill_scale")
 
 #: Scheduler and memory defaults per engine, with where each comes from.
 SCHEDULER: dict[str, dict[str, Any]] = {
@@ -107,11 +114,13 @@ def allreduce_latency_us(engine: str) -> float:
 
 
 def fitted_parameters(engine: str) -> dict[str, float]:
-    """The engine's fitted step-cost parameters (empty when it has none)."""
+    """The engine's fitted step-cost parameters, roofline and per-operation (empty when it has none)."""
     e = fit_document().get("engines", {}).get(engine)
     if not e or "parameters" not in e:
         return {}
-    return {k: float(e["parameters"][k]) for k in FITTED}
+    out = {k: float(e["parameters"][k]) for k in FITTED}
+    out.update({k: float(v) for k, v in e.get("perop", {}).get("parameters", {}).items() if k in FITTED_PEROP})
+    return out
 
 
 def preset(engine: str, with_step_cost: bool = True) -> dict[str, Any]:
@@ -141,8 +150,15 @@ def provenance(engine: str, version: str | None, efficiency_named: bool) -> str:
     block = validation_summary().get("by", {}).get("engine", {}).get(engine, {})
     ho = block.get("engine_preset_held_out", {})
     versions = e.get("versions", [])
+    p = e.get("perop", {})
+    perop = (
+        f"per-operation sum (kernels timed alone) where its tables cover the replica, its overheads fitted "
+        f"to the {p['rows']} runs they cover; elsewhere the roofline "
+        if "parameters" in p
+        else ""
+    )
     line = (
-        f"llm.engine {engine}: step costs fitted to {e['rows']} measured serving runs of {engine} "
+        f"llm.engine {engine}: {perop}step costs fitted to {e['rows']} measured serving runs of {engine} "
         f"(aiconfigurator silicon_sample.csv, versions {', '.join(versions) or 'unstated'}), all-reduce "
         f"{allreduce_latency_us(engine):.1f} us from its own kernel timed alone; held out by "
         f"(model, GPU): TPOT {ho.get('tpot', {}).get('mape_pct', float('nan')):.0f}% MAPE "

@@ -36,6 +36,7 @@ from sim import distributions as D
 from sim.errors import ConfigError
 from sim.files import regular_file_problem
 from sim.physics import gpu as gpu_model
+from sim.physics import perop
 from sim.physics.sharing import check_contention
 from sim.physics.steptable import load_table
 from sim.registry import INDEXES, ROUTERS
@@ -601,6 +602,15 @@ class LLMConfig(Strict):
     allreduce_latency_us: NonNegFloat = 0.0
     # A measured step-time table (CSV path) replaces the roofline's step times; see sim.physics.steptable.
     step_table: Optional[str] = None
+    # How a step is costed without a step_table: "auto" sums kernels timed in isolation
+    # (sim.physics.perop) where the engine, GPU, model, tensor parallelism and dtype are covered and
+    # falls back to the roofline elsewhere; "perop" requires the tables; "roofline" never uses them.
+    step_cost: Literal["auto", "perop", "roofline"] = "auto"
+    # What the per-operation sum leaves out (scheduling, sampling, launch gaps), per step and per
+    # sequence in it; the engine preset fills its fitted values.
+    perop_overhead_ms: NonNegFloat = 0.0
+    perop_overhead_per_seq_ms: NonNegFloat = 0.0
+    perop_prefill_scale: Annotated[float, Field(gt=0, le=4)] = 1.0
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     tensor_parallel: Annotated[int, Field(ge=1)] = 1
     # What the engine keeps per GPU outside the KV pool: a preset (sim.spec.reserve) or GiB per GPU.
@@ -747,6 +757,18 @@ class LLMConfig(Strict):
         )
 
     @property
+    def perop_dtype(self) -> str:
+        """The GEMM dtype the per-operation tables are keyed by (``fp8`` or ``bf16``)."""
+        return perop.dtype_key(self.weights_dtype, self.compute_dtype)
+
+    @property
+    def perop_entry(self) -> dict[str, Any] | None:
+        """The per-operation tables the step cost uses, or None (roofline or a step table)."""
+        if self.step_cost == "roofline" or self.step_table is not None:
+            return None
+        return perop.lookup(self.gpu.name, self.engine, self.model.name, self.tensor_parallel, self.perop_dtype)
+
+    @property
     def kv_blocks(self) -> int:
         """KV-cache blocks of ``kv_block_tokens`` tokens one replica holds."""
         return gpu_model.kv_blocks(self.kv_budget_bytes, self.kv_bytes_per_token_per_gpu, self.kv_block_tokens)
@@ -821,6 +843,9 @@ class LLMConfig(Strict):
                 ) from None
             except ConfigError as e:
                 raise ValueError(str(e).replace("llm.step_table: ", "step_table: ", 1)) from None
+        if self.step_cost == "perop" and self.step_table is None and self.perop_entry is None:
+            why = perop.coverage(self.gpu.name, self.engine, self.model.name, tp, self.perop_dtype)
+            raise ValueError(f"step_cost perop: {why}; use step_cost auto (roofline where uncovered) or roofline")
         if self.kv_blocks < 1:
             gib = gpu_model.GIB
             usable = self.memory_exposed_bytes * self.gpu_memory_utilization / gib
