@@ -189,3 +189,26 @@ def test_load_search_without_bounds_starts_near_the_estimated_saturation():
     tried = []
     capacity("tests/data/rag_small.yaml", "workload.users", ov, step=10_000, max_steps=1, on_try=tried.append)
     assert tried[0].value == round(0.9 * sat)
+
+
+def test_capacity_by_engine_names_each_preset_and_answers_with_the_one_that_asks_most():
+    from sim.run.capacity import capacity_band, conservative
+
+    ov = {"run.duration_s": 40, "run.warmup_s": 5, "run.replications": 2, "llm.model": "llama-3-8b"}
+    res = capacity_band("tests/data/rag_small.yaml", "workload.users", ov, by="engine", low=10, high=400, step=100)
+    assert list(res) == ["vllm", "trtllm", "sglang"]
+    for engine, r in res.items():
+        assert r.tried, engine
+    pick = conservative(res)
+    known = {p: r.capacity for p, r in res.items() if r.capacity is not None}
+    if len(known) == 3:  # the largest load every engine holds
+        assert res[pick].capacity == min(known.values())
+    with pytest.raises(ConfigError, match="--engines: it sets llm.engine itself"):
+        capacity_band(SMALL, "workload.users", {"llm.engine": "vllm"}, by="engine")
+
+
+def test_band_and_engines_together_is_a_one_line_error():
+    r = CliRunner().invoke(
+        app, ["capacity", "tests/data/rag_small.yaml", "--vary", "workload.users", "--band", "--engines"]
+    )
+    assert r.exit_code == 2 and "--band and --engines: choose one" in r.output

@@ -205,6 +205,12 @@ def capacity(
         help="Search three times: with the LLM step costs of a fast, the central and a slow published engine "
         "(llm.efficiency published-fast / published / published-slow); the exit code is the central one's.",
     ),
+    engines: bool = typer.Option(
+        False,
+        "--engines",
+        help="Search once per serving-engine preset (llm.engine vllm / trtllm / sglang) and name each answer; "
+        "the answer and exit code are the one that asks the most.",
+    ),
 ) -> None:
     """Find the largest load (or smallest resource) at which every SLA passes.
 
@@ -214,7 +220,7 @@ def capacity(
     # deferred: the simulator loads pandas, scipy and pydantic
     from sim.run.bounds import check_bounds
     from sim.run.capacity import capacity as find_capacity
-    from sim.run.capacity import capacity_band
+    from sim.run.capacity import capacity_band, conservative
     from sim.run.folder import locked, prepare_out
     from sim.run.loop import SweepInterrupted
     from sim.spec.keys import check_key
@@ -251,10 +257,16 @@ def capacity(
     )
     try:
         with hold:
+            if band and engines:
+                raise CapsimError("--band and --engines: choose one")
             if band:
                 announce = None if json_ else (lambda p: con.print(f"llm.efficiency {p}:", highlight=False))
                 results = capacity_band(scenario, vary, ov, on_preset=announce, **search)
                 res = results["published"]
+            elif engines:
+                announce = None if json_ else (lambda p: con.print(f"llm.engine {p}:", highlight=False))
+                results = capacity_band(scenario, vary, ov, on_preset=announce, by="engine", **search)
+                res = results[conservative(results)]
             else:
                 res = find_capacity(scenario, vary, ov, **search)
     except SweepInterrupted as e:
@@ -262,7 +274,7 @@ def capacity(
         raise typer.Exit(e.exit_code) from None
     finally:
         _close(ex)
-    _print_capacity(vary, res, results if band else None, json_, con)
+    _print_capacity(vary, res, results if (band or engines) else None, json_, con)
     raise typer.Exit(res.exit_code)
 
 
@@ -286,11 +298,17 @@ def _print_capacity(vary: str, res: Any, results: dict[str, Any] | None, json_: 
     """The answer: JSON, or a line (and the band's); no value meeting the SLA goes to stderr."""
     if results is not None:
         shown = {p: ("none" if r.capacity is None else f"{r.capacity:g}") for p, r in results.items()}
-        line = (
-            f"capacity band: {vary} = {shown['published']} with the central published step costs, "
-            f"{shown['published-fast']} if the engine is as fast as a fast published one, "
-            f"{shown['published-slow']} if as slow as a slow one"
-        )
+        if "published" in shown:
+            line = (
+                f"capacity band: {vary} = {shown['published']} with the central published step costs, "
+                f"{shown['published-fast']} if the engine is as fast as a fast published one, "
+                f"{shown['published-slow']} if as slow as a slow one"
+            )
+        elif len(set(shown.values())) == 1:
+            same = next(iter(shown.values()))
+            line = f"capacity by engine: {vary} = {same} with every engine preset ({', '.join(shown)})"
+        else:
+            line = f"capacity by engine: {vary} = " + ", ".join(f"{v} with {p}" for p, v in shown.items())
     if json_:
         doc = res.to_dict()
         if results is not None:

@@ -360,6 +360,8 @@ def _estimated_start(key: str, scn: Scenario, current: Any) -> Any:
 
 #: The step-cost presets ``capacity_band`` searches with, fastest engine first.
 BAND = ("published-fast", "published", "published-slow")
+#: The serving-engine presets ``capacity_band(by="engine")`` searches with.
+ENGINE_BAND = ("vllm", "trtllm", "sglang")
 
 
 def capacity_band(
@@ -367,17 +369,35 @@ def capacity_band(
     key: str,
     overrides: Mapping[str, Any] | None = None,
     on_preset: Callable[[str], None] | None = None,
+    by: str = "efficiency",
     **kw: Any,
 ) -> dict[str, CapacityResult]:
-    """:func:`capacity` three times, with the LLM step costs of a fast, the central and a
-    slow published engine (``llm.efficiency``): "2 replicas at the central estimate, 3 if
-    the engine is as slow as a slow published one"."""
+    """:func:`capacity` once per step-cost assumption: ``by="efficiency"``, the LLM step costs of
+    a fast, the central and a slow published engine (``llm.efficiency``: "2 replicas at the
+    central estimate, 3 if the engine is as slow as a slow published one"); ``by="engine"``,
+    each serving-engine preset (``llm.engine``: its scheduler and its step costs from its
+    measured runs and kernels)."""
     ov = dict(overrides or {})
-    if "llm.efficiency" in ov:
-        raise ConfigError("--band: it sets llm.efficiency itself; drop --set llm.efficiency")
+    field, presets, flag = {
+        "efficiency": ("llm.efficiency", BAND, "--band"),
+        "engine": ("llm.engine", ENGINE_BAND, "--engines"),
+    }[by]
+    if field in ov:
+        raise ConfigError(f"{flag}: it sets {field} itself; drop --set {field}")
     out = {}
-    for preset in BAND:
+    for preset in presets:
         if on_preset is not None:
             on_preset(preset)
-        out[preset] = capacity(source, key, {**ov, "llm.efficiency": preset}, **kw)
+        out[preset] = capacity(source, key, {**ov, field: preset}, **kw)
     return out
+
+
+def conservative(results: Mapping[str, CapacityResult]) -> str:
+    """The preset whose answer asks the most: the smallest load held (``direction`` max) or the
+    most resource needed (min); a preset with no answer first of all."""
+    none = [p for p, r in results.items() if r.capacity is None]
+    if none:
+        return none[0]
+    first = next(iter(results.values()))
+    pick = min if first.direction == "max" else max
+    return pick(results, key=lambda p: float(results[p].capacity))  # type: ignore[arg-type]
