@@ -153,8 +153,8 @@ def test_model_shapes_and_params_have_source_urls(name):
 def test_model_head_geometry(name):
     m = catalog.model(name)
     assert m["heads"] % m["kv_heads"] == 0
-    # Qwen3, gpt-oss and DeepSeek set head_dim apart from hidden / heads in config.json
-    if not name.startswith(("qwen3", "gpt-oss", "deepseek")):
+    # Qwen3, gpt-oss, DeepSeek, Kimi and MiniMax set head_dim apart from hidden / heads in config.json
+    if not name.startswith(("qwen3", "gpt-oss", "deepseek", "kimi", "minimax")):
         assert m["hidden"] == m["heads"] * m["head_dim"]
 
 

@@ -15,7 +15,7 @@ import pytest
 import sim.run.validate as V
 from sim.files import data_path
 from sim.run.engine_fit import fit, fit_subset, group, perop_covered
-from sim.spec.engines import FITTED_PEROP, fit_document
+from sim.spec.engines import FITTED, FITTED_PEROP, fit_document
 from sim.spec.silicon import load_rows, representable
 
 #: The shipped parameters (bw_efficiency, mfu, step_overhead_ms, step_overhead_per_seq_ms).
@@ -26,18 +26,26 @@ PINNED = {
 }
 #: The shipped per-operation parameters (perop_overhead_ms, perop_overhead_per_seq_ms, perop_prefill_scale).
 PINNED_PEROP = {
-    "vllm": (2.0811, 0.0018, 0.4297),
-    "trtllm": (0.9747, 0.0089, 1.0226),
-    "sglang": (0.7415, 0.0211, 1.5155),
+    "vllm": (2.4668, 0.0059, 0.5337),
+    "trtllm": (0.7297, 0.0484, 0.6211),
+    "sglang": (0.6291, 0.0227, 1.5311),
 }
-#: Held out by (model, GPU) group on every row capsim replays: (TPOT MAPE, TPOT signed, TTFT MAPE, TTFT signed), %.
+#: Held out by (model, GPU) group on every row capsim replays (engine preset: the per-operation
+#: step cost where its tables cover the row, the roofline elsewhere): (TPOT MAPE, TPOT signed,
+#: TTFT MAPE, TTFT signed), %.
 HELD_OUT = {
-    "vllm": (26.6, 1.5, 69.7, 6.6),
-    "trtllm": (22.7, 2.7, 121.8, 76.3),
-    "sglang": (44.0, 35.7, 57.1, -5.7),
+    "vllm": (26.7, 14.0, 48.2, -32.4),
+    "trtllm": (33.0, 15.3, 104.4, -25.0),
+    "sglang": (25.5, 11.0, 66.9, -29.9),
+}
+#: The same, per-operation fit alone, on the rows its tables cover.
+HELD_OUT_PEROP = {
+    "vllm": (23.3, 4.4, 43.8, -10.4),
+    "trtllm": (31.9, 6.9, 141.7, -9.3),
+    "sglang": (45.5, 36.6, 59.6, -8.3),
 }
 #: The same on the stratified sample (make test): MAPE only.
-SAMPLE = {"vllm": (41.7, 29.3), "trtllm": (38.8, 63.4), "sglang": (56.2, 86.8)}
+SAMPLE = {"vllm": (22.5, 40.3), "trtllm": (75.6, 887.3), "sglang": (22.2, 72.0)}
 SLACK = 0.5  # percentage points: rounding, not a licence to worsen
 
 
@@ -58,27 +66,44 @@ def test_shipped_perop_parameters_are_pinned_and_fitted_on_the_rows_the_tables_c
         assert p["fitted_on"] == ["tpot"]
 
 
+def _within(ho: dict, pinned: tuple[float, float, float, float]) -> bool:
+    tm, ts, fm, fs = pinned
+    return (
+        ho["tpot"]["mape_pct"] <= tm + SLACK
+        and abs(ho["tpot"]["signed_pct"]) <= abs(ts) + SLACK
+        and ho["ttft"]["mape_pct"] <= fm + SLACK
+        and abs(ho["ttft"]["signed_pct"]) <= abs(fs) + SLACK
+    )
+
+
 def test_held_out_errors_are_pinned_in_the_fit_and_the_result_files():
     doc = fit_document()
     summary = json.loads(data_path("silicon/validation/summary.json").read_text())
-    for engine, (tm, ts, fm, fs) in HELD_OUT.items():
-        for ho in (
-            doc["engines"][engine]["perop"]["held_out"],
-            summary["by"]["engine"][engine]["engine_preset_held_out"],
-        ):
-            assert ho["tpot"]["mape_pct"] <= tm + SLACK and abs(ho["tpot"]["signed_pct"]) <= abs(ts) + SLACK
-            assert ho["ttft"]["mape_pct"] <= fm + SLACK and abs(ho["ttft"]["signed_pct"]) <= abs(fs) + SLACK
-            assert ho["tpot"]["n"] == summary["by"]["engine"][engine]["rows"]
+    refused = 0
+    for engine, pinned in HELD_OUT.items():
+        block = summary["by"]["engine"][engine]
+        assert _within(block["engine_preset_held_out"], pinned), engine
+        refused += block["rows"] - block["engine_preset_held_out"]["tpot"]["n"]
+        assert _within(doc["engines"][engine]["perop"]["held_out"], HELD_OUT_PEROP[engine]), engine
+    # DeepSeek-V3/R1 in FP8 on 4 B200s: 156 GiB of weights per GPU do not fit under SGLang's and
+    # TensorRT-LLM's default memory fractions, so their presets refuse those 22 rows
+    assert refused == 22
 
 
 def test_held_out_means_without_the_group():
-    """Every (model, GPU) group has its own held-out parameters, fitted on the other groups' rows only."""
+    """Every (model, GPU) group the fit saw has its own held-out parameters, fitted on the other
+    groups' rows only; a group it never saw (a model or GPU added later) gets the fit's own
+    parameters, held out by construction."""
     doc = fit_document()
     rows = representable(load_rows())
     for engine, e in doc["engines"].items():
-        groups = {group(r) for r in rows if r.engine == engine}
-        assert set(e["held_out_parameters"]) == groups == set(e["groups"])
-        assert e["held_out_parameters"][sorted(groups)[0]] != e["parameters"]
+        for fit_ in (e, e["perop"]):
+            assert set(fit_["held_out_parameters"]) == set(fit_["groups"])
+            assert fit_["held_out_parameters"][sorted(fit_["groups"])[0]] != fit_["parameters"]
+        unseen = [r for r in rows if r.engine == engine and group(r) not in e["groups"]]
+        assert unseen, "the MoE and Blackwell groups are new to the fit"
+        o = V.held_out_overrides(unseen[0])
+        assert o is not None and all(o[k] == e["parameters"][k] for k in FITTED)
 
 
 def test_the_sample_replays_no_worse_than_pinned():
@@ -94,10 +119,8 @@ def test_the_sample_replays_no_worse_than_pinned():
 @pytest.mark.skipif(not os.environ.get("CAPSIM_LONG"), reason="the whole set: CAPSIM_LONG=1")
 def test_the_whole_set_replays_as_committed():
     doc = V.run_validation(use_cache=False)
-    for engine, (tm, ts, fm, fs) in HELD_OUT.items():
-        ho = doc["by"]["engine"][engine]["engine_preset_held_out"]
-        assert ho["tpot"]["mape_pct"] <= tm + SLACK and abs(ho["tpot"]["signed_pct"]) <= abs(ts) + SLACK
-        assert ho["ttft"]["mape_pct"] <= fm + SLACK and abs(ho["ttft"]["signed_pct"]) <= abs(fs) + SLACK
+    for engine, pinned in HELD_OUT.items():
+        assert _within(doc["by"]["engine"][engine]["engine_preset_held_out"], pinned), engine
 
 
 @pytest.mark.slow

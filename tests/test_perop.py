@@ -129,3 +129,38 @@ def test_moe_model_falls_back_to_the_roofline() -> None:
     assert cfg.perop_entry is None
     why = perop.coverage("h200", "vllm", "deepseek-r1", 8, "fp8")
     assert "dense catalog models only" in why
+
+
+def test_fp4_picks_the_nvfp4_tables_on_blackwell_and_weight_only_fp4_the_roofline() -> None:
+    assert perop.dtype_key("fp4", "fp4") == "fp4"
+    b200 = _cfg(gpu="b200", model="llama-3-70b", weights_dtype="fp4", compute_dtype="fp4")
+    assert b200.perop_dtype == "fp4" and b200.perop_entry is not None
+    hopper = _cfg(gpu="h200", model="llama-3-70b", weights_dtype="fp4", compute_dtype="bf16")
+    assert hopper.perop_entry is None  # a weight-only FP4 kernel the tables do not time
+
+
+def test_an_fp8_kv_cache_reads_the_fp8_decode_attention_law() -> None:
+    e = {**ENTRY, "gen_fp8_kv": [0.02, 0.01, 4e-7, 1e-4]}
+    assert PerOpTable.from_entry(e).gen[2] == 1e-6
+    assert PerOpTable.from_entry(e, fp8_kv=True).gen[2] == 4e-7
+    # not timed with an FP8 cache: the BF16 law with half the bytes per token
+    assert PerOpTable.from_entry(ENTRY, fp8_kv=True).gen == (0.02, 0.01, 5e-7, 1e-4)
+    cfg = _cfg(kv_dtype_bytes=1.0)
+    cost = step_cost(cfg)
+    assert isinstance(cost, PerOpCost)
+    assert cost.table.gen == tuple(cfg.perop_entry["gen_fp8_kv"])  # type: ignore[index]
+
+
+def test_a_moe_model_under_an_engine_preset_keeps_the_published_step_costs() -> None:
+    """The engine presets' roofline parameters were fitted on dense models only: a MoE model gets
+    the engine's scheduler and the efficiency preset's step costs, and the estimate says so."""
+    from sim.analysis.estimate import _step_cost_source
+    from sim.spec.efficiency import preset_parameters
+
+    moe = _cfg(model="qwen3-235b-a22b", tensor_parallel=4, weights_dtype="fp8", compute_dtype="fp8")
+    published = preset_parameters("published")
+    assert moe.mfu == published["mfu"] and moe.bw_efficiency == published["bw_efficiency"]
+    assert moe.max_batch == 1024  # vLLM's scheduler default stays
+    dense = _cfg()
+    assert dense.mfu != published["mfu"]  # the engine's fit
+    assert "fitted on dense models" in _step_cost_source(moe)

@@ -33,31 +33,50 @@ def test_the_file_is_the_pinned_release_unchanged():
 def test_counts_by_first_reason(rows):
     assert len(rows) == 5221
     assert reason_counts(rows) == {
-        "MoE model": 2556,
+        "representable": 2614,
         "disaggregated prefill/decode": 1602,
-        "representable": 925,
-        "FP4 weights": 138,
+        "attention not modelled": 437,
+        "tensor parallel over more than 8 GPUs": 269,
+        "attention data parallel": 169,
+        "INT4 weight-only": 90,
+        "experts split over both tensor and expert parallel groups": 40,
     }
+    agg = [r for r in rows if r.mode == "agg"]
+    assert len(agg) == 3619  # 72 % of the aggregated rows are replayed
 
 
 def test_counts_by_every_reason(rows):
-    every = Counter(x for r in rows for x in r.reasons if not x.startswith("MoE model"))
-    assert every["FP4 weights"] == 1978
+    every = Counter(x for r in rows for x in r.reasons)
     assert every["INT4 weight-only"] == 90
     assert every["attention data parallel"] == 169
-    assert every["b300_sxm (Blackwell) not in the GPU catalog"] == 381
-    assert sum(v for k, v in every.items() if "(Blackwell)" in k) == 381 + 277  # B200 and GB200 are catalogued
+    assert every["attention not modelled (Qwen/Qwen3.5-397B-A17B: linear-attention (Gated DeltaNet) layers)"] == 351
+    assert every["attention not modelled (zhipuai/GLM-5: DeepSeek sparse attention)"] == 108  # 86 aggregated
 
 
 def test_what_capsim_replays(rows):
     rep = representable(rows)
-    assert len(rep) == 925
-    assert Counter(r.engine for r in rep) == {"trtllm": 516, "vllm": 279, "sglang": 130}
-    assert Counter(r.gpu for r in rep) == {"h100-sxm": 579, "h200": 199, "b200": 132, "gb200": 15}
-    assert Counter(r.model for r in rep) == {"qwen3-32b": 372, "llama-3-8b": 244, "llama-3-70b": 309}
-    assert {r.precision for r in rep} == {"fp8", "bf16"}
+    assert len(rep) == 2614
+    assert Counter(r.engine for r in rep) == {"vllm": 1122, "trtllm": 1113, "sglang": 379}
+    assert Counter(r.gpu for r in rep) == {"b200": 1110, "h100-sxm": 791, "h200": 567, "b300": 124, "gb200": 22}
+    assert Counter(r.model for r in rep) == {
+        "minimax-m2.5": 456,
+        "llama-3-70b": 441,
+        "gpt-oss-120b": 386,
+        "qwen3-32b": 378,
+        "deepseek-r1": 315,
+        "llama-3-8b": 244,
+        "qwen3-235b-a22b": 181,
+        "deepseek-v3": 146,
+        "kimi-k2.5": 67,
+    }
+    assert Counter((r.precision, r.compute_dtype) for r in rep) == {
+        ("fp8", "fp8"): 1328,
+        ("fp4", "fp4"): 714,  # NVFP4 on Blackwell
+        ("bf16", "bf16"): 366,
+        ("fp4", "bf16"): 206,  # gpt-oss's FP4 experts on Hopper: weight-only
+    }
+    assert Counter(r.expert_parallel for r in rep) == {1: 2359, 4: 138, 8: 98, 2: 19}
     assert all(r.model in catalog.model_names() and r.gpu in catalog.gpu_names() for r in rep)
-    assert sum(not r.concurrency_stated for r in rep) == 7
 
 
 def test_hand_checked_rows(rows):
@@ -85,15 +104,10 @@ def test_hand_checked_rows(rows):
     assert r.representable and (r.gpu, r.precision, r.concurrency, r.tensor_parallel) == ("gb200", "bf16", 288, 2)
 
     r = by_id(rows, "minimaxm2_5_b300_vllm_fp8_agg_8192x1024_c128_cfg733")
-    assert r.reasons == ("MoE model (MiniMaxAI/MiniMax-M2.5)", "b300_sxm (Blackwell) not in the GPU catalog")
-    assert r.gpu is None
+    assert r.representable and (r.model, r.gpu, r.tensor_parallel, r.expert_parallel) == ("minimax-m2.5", "b300", 4, 1)
 
     r = by_id(rows, "kimik2_5_gb200_trtllm_fp4_disagg_1024x1024_c4_cfg759")
-    assert r.reasons == (
-        "disaggregated prefill/decode",
-        "MoE model (moonshotai/Kimi-K2.5)",
-        "FP4 weights",
-    )
+    assert r.reasons == ("disaggregated prefill/decode",)
 
 
 def test_a_broken_file_names_its_line(tmp_path):

@@ -4,7 +4,7 @@ aiconfigurator (NVIDIA, Apache-2.0) ships, per GPU system and serving engine, ke
 isolation: GEMMs by (m, n, k, dtype), decode ("generation") and prefill ("context") attention by
 batch, sequence length and head layout, and the engine's all-reduce by message size and GPU
 count.  This tool reads those tables from the pinned package and writes, for every dense model of
-capsim's catalog, tensor parallelism 1/2/4/8 and weight dtype BF16/FP8, what one transformer
+capsim's catalog, tensor parallelism 1/2/4/8 and weight dtype BF16/FP8/NVFP4, what one transformer
 step costs on each GPU with each engine, as curves capsim evaluates without the package
 (``sim/data/silicon/perop/<gpu>.json``, read by :mod:`sim.physics.perop`):
 
@@ -16,6 +16,7 @@ step costs on each GPU with each engine, as curves capsim evaluates without the 
   engine's CUDA-graph kernel, log-linear in the message size;
 * ``gen``: decode attention of one layer as ``max(floor, a + b * kv_tokens + c * batch)`` ms
   (least squares over the measured batch x context grid at the model's per-GPU head layout);
+  ``gen_fp8_kv`` the same with an FP8 KV cache, where the database times it;
 * ``ctx``: prefill attention of one layer as ``a + b * pairs`` ms, pairs = query-key pairs.
 
 Run it with the package installed (``make perop-data`` builds a throwaway venv)::
@@ -53,7 +54,7 @@ SYSTEMS = {
 }
 ENGINES = ("vllm", "trtllm", "sglang")
 #: capsim weight dtype -> the GEMM table's dtype and the kernels tried (fastest measured wins).
-DTYPES = {"bf16": ("bfloat16", "float16"), "fp8": ("fp8",)}
+DTYPES = {"bf16": ("bfloat16", "float16"), "fp8": ("fp8",), "fp4": ("nvfp4",)}
 TPS = (1, 2, 4, 8)
 #: The token counts kept from the GEMM tables' grid (a GEMM's time is close to linear between them).
 M_KNOTS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192, 16384)
@@ -129,14 +130,16 @@ def _bilinear(xs: np.ndarray, ys: np.ndarray, v: np.ndarray, x: float, y: float)
 
 
 @functools.cache
-def _attention(path: str) -> Any:
+def _attention(path: str, kv: str = "bf16") -> Any:
     import pandas as pd
 
     d = pd.read_parquet(path)
     if "window_size" in d.columns:  # full attention, not a sliding window
         d = d[d.window_size == 0]
     if "kv_cache_dtype" in d.columns:
-        d = d[d.kv_cache_dtype.isin(["bfloat16", "float16"])]
+        d = d[d.kv_cache_dtype.isin(["fp8"] if kv == "fp8" else ["bfloat16", "float16"])]
+    elif kv == "fp8":
+        return d.iloc[0:0]
     return d
 
 
@@ -156,9 +159,13 @@ def _layout(d: Any, heads: int, kv: int, head_dim: int) -> tuple[Any, float]:
     return same[(same.num_heads == h) & (same.num_key_value_heads == k)], heads / float(h)
 
 
-def gen_law(path: Path, heads: int, kv: int, head_dim: int) -> list[float]:
-    """[floor, a, b, c]: one layer's decode attention, ``max(floor, a + b * kv_tokens + c * batch)`` ms."""
-    d, f = _layout(_attention(str(path)), heads, kv, head_dim)
+def gen_law(path: Path, heads: int, kv: int, head_dim: int, kv_dtype: str = "bf16") -> list[float] | None:
+    """[floor, a, b, c]: one layer's decode attention, ``max(floor, a + b * kv_tokens + c * batch)`` ms,
+    with a BF16 or an FP8 KV cache (None where the latter was not timed)."""
+    rows = _attention(str(path), kv_dtype)
+    if rows.empty:
+        return None
+    d, f = _layout(rows, heads, kv, head_dim)
     d = d.groupby(["batch_size", "step"]).latency.min().reset_index()
     b = d.batch_size.to_numpy(float)
     tokens = b * d.step.to_numpy(float)
@@ -234,6 +241,9 @@ def entry(gemm: Gemm, ar: AllReduce | None, gen: Path, ctx: Path, m: dict[str, A
     else:
         out["allreduce"] = [0.0] * len(ms)
     out["gen"] = gen_law(gen, h // tp, max(1, kv // tp), hd)
+    fp8 = gen_law(gen, h // tp, max(1, kv // tp), hd, "fp8")
+    if fp8 is not None:
+        out["gen_fp8_kv"] = fp8
     out["ctx"] = ctx_law(ctx, h // tp, max(1, kv // tp), hd)
     return out
 

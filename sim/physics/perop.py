@@ -61,7 +61,13 @@ def _document(gpu: str) -> dict[str, Any] | None:
 
 
 def dtype_key(weights_dtype: str | None, compute_dtype: str) -> str:
-    """The GEMM dtype the tables are keyed by: ``fp8`` for FP8 weights or compute, else ``bf16``."""
+    """The GEMM dtype the tables are keyed by: ``fp4`` for FP4 compute (NVFP4 on Blackwell),
+    ``fp8`` for FP8 weights or compute, else ``bf16`` (FP4 weights computing in BF16 included:
+    a weight-only kernel the tables do not time)."""
+    if compute_dtype == "fp4":
+        return "fp4"
+    if weights_dtype == "fp4":
+        return "bf16-weight-only-fp4"
     return "fp8" if "fp8" in (weights_dtype, compute_dtype) else "bf16"
 
 
@@ -110,11 +116,15 @@ class PerOpTable:
     ctx: tuple[float, float]  # a, b (per pair)
 
     @classmethod
-    def from_entry(cls, e: dict[str, Any]) -> PerOpTable:
+    def from_entry(cls, e: dict[str, Any], fp8_kv: bool = False) -> PerOpTable:
+        """The entry's curves; ``fp8_kv``: decode attention over an FP8 KV cache where it was timed
+        (else the BF16 one's law, whose bytes per token are twice as many: halved)."""
         g = e["gemm"]
         layer = np.asarray(g["qkv"]) + np.asarray(g["o"]) + np.asarray(g["gate_up"]) + np.asarray(g["down"])
         layer = layer + 2.0 * np.asarray(e["allreduce"])
         f, a, b, c = e["gen"]
+        if fp8_kv:
+            f, a, b, c = e["gen_fp8_kv"] if "gen_fp8_kv" in e else (f, a, b / 2.0, c)
         return cls(
             m=np.asarray(e["m"], float),
             layer=layer,

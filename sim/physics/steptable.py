@@ -336,5 +336,5 @@ def step_cost(cfg: LLMConfig) -> StepCost:
         return StepTable(cfg, load_table(cfg.step_table))
     entry = cfg.perop_entry
     if entry is not None:
-        return PerOpCost(cfg, PerOpTable.from_entry(entry))
+        return PerOpCost(cfg, PerOpTable.from_entry(entry, fp8_kv=cfg.kv_dtype_bytes <= 1.0))
     return StepCost(cfg)

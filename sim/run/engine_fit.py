@@ -174,7 +174,7 @@ def _named(theta: Sequence[float] | np.ndarray, names: tuple[str, ...] = FITTED)
 
 def perop_covered(row: SiliconRow) -> bool:
     """Whether the per-operation tables cover ``row`` (GPU, engine, model, tensor parallelism, dtype)."""
-    dtype = dtype_key(None, row.compute_dtype)
+    dtype = dtype_key(row.weights_dtype, row.compute_dtype)
     return lookup(row.gpu, row.engine, row.model, row.tensor_parallel, dtype) is not None
 
 

@@ -8,8 +8,9 @@ requests.
 **How a row is replayed.**  aiperf's concurrency mode keeps ``c`` requests in flight: it sends
 ``c`` at once, and each time one finishes it sends the next, with no pause.  That is capsim's
 closed loop with ``users = c`` and ``think_s = 0``, every user starting at t = 0: LLM stage only
-(no cache, no retrieval), one replica of the row's tensor parallelism on the row's GPU and model,
-the row's weight precision (FP8 computes at the GPU's FP8 peak), ``prompt_tokens = isl`` and
+(no cache, no retrieval), one replica of the row's tensor parallelism (and, for a MoE model, its
+expert parallelism) on the row's GPU and model, the row's weight precision (FP8 computes at the
+GPU's FP8 peak, NVFP4 at its FP4 peak on Blackwell), ``prompt_tokens = isl`` and
 ``output_tokens = osl`` constant, no shared prefix.  The run lasts :data:`WARMUP_LIFETIMES` +
 :data:`MEASURED_LIFETIMES` request lifetimes (a lifetime estimated from the step cost,
 :func:`lifetime_s`); the first :data:`WARMUP_LIFETIMES` are cut, as aiperf's warm-up requests
@@ -24,6 +25,10 @@ finish on the same step and their successors prefill together, so every TTFT inc
 wave's prefill.  A real engine drifts out of step a little; ``start="spread"`` brings the users in
 one by one over one lifetime instead (inside the warm-up cut), the other extreme, where each
 prompt is prefilled beside decoders at random phases.  The measured TTFT lies between the two.
+
+**Held out.**  The engine-preset figures use, for each row, the parameters fitted without its
+(model, GPU) group (:mod:`sim.run.engine_fit`); a group the fit never saw (a model or GPU added
+after it) gets the fit's own parameters, which are held out from it by construction.
 
 **Errors** are ``predicted / measured - 1``; the summary gives their mean absolute value (MAPE)
 and their mean (signed: + is capsim too slow) per engine, GPU, model, precision, isl/osl and
@@ -57,6 +62,7 @@ from sim.files import atomic_write_text, data_path, to_json
 from sim.physics.gpu import StepCost, attention_pairs
 from sim.spec.engines import FITTED, FITTED_PEROP
 from sim.spec.engines import fit_document as engine_fit_document
+from sim.spec.engines import preset as engine_preset
 from sim.spec.schema import LLMConfig, Scenario
 from sim.spec.silicon import AICONFIGURATOR_VERSION, SiliconRow, load_rows, reason_counts
 
@@ -87,9 +93,11 @@ def llm_block(row: SiliconRow, overrides: dict[str, Any] | None = None) -> dict[
         "model": row.model,
         "gpu": row.gpu,
         "tensor_parallel": row.tensor_parallel,
+        "weights_dtype": row.weights_dtype,
         "dtype_bytes": row.dtype_bytes,
-        "kv_dtype_bytes": 2.0,
+        "kv_dtype_bytes": row.kv_dtype_bytes,
         "compute_dtype": row.compute_dtype,
+        **({"expert_parallel": row.expert_parallel} if row.moe else {}),
         "prompt_tokens": row.isl,
         "output_tokens": row.osl,
         "prefix_caching": False,
@@ -443,14 +451,27 @@ def held_out_overrides(row: SiliconRow) -> dict[str, Any] | None:
     from sim.run.engine_fit import group, overrides, perop_overrides
 
     e = engine_fit_document().get("engines", {}).get(row.engine, {})
-    p = e.get("held_out_parameters", {}).get(group(row))
+    if row.moe and "parameters" in e:  # as a scenario gets it: the engine's scheduler, published step costs
+        return {**engine_preset(row.engine, with_step_cost=False), "engine": row.engine}
+    p = _held_out(e, group(row))
     if p is None:
         return None
     roofline = [p[k] for k in FITTED]
-    q = e.get("perop", {}).get("held_out_parameters", {}).get(group(row))
+    q = _held_out(e.get("perop", {}), group(row))
     if q is None:  # no per-operation fit without this group: the roofline fit alone
         return overrides(row.engine, roofline)
     return perop_overrides(row.engine, [q[k] for k in FITTED_PEROP], roofline)
+
+
+def _held_out(fit: dict[str, Any], g: str) -> dict[str, float] | None:
+    """The parameters fitted without group ``g``: its own refit when the fit saw ``g``; the fit's
+    parameters when it never saw ``g`` (held out by construction); None without a fit."""
+    if "parameters" not in fit:
+        return None
+    if g in fit.get("groups", ()):
+        p: dict[str, float] | None = fit.get("held_out_parameters", {}).get(g)
+        return p
+    return dict(fit["parameters"])
 
 
 def run_validation(

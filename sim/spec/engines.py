@@ -140,11 +140,16 @@ def validation_summary() -> dict[str, Any]:
     return doc
 
 
-def provenance(engine: str, version: str | None, efficiency_named: bool) -> str:
+def provenance(engine: str, version: str | None, efficiency_named: bool, moe: bool = False) -> str:
     """One line saying where an engine preset's step costs come from, and any fallback."""
     e = fit_document().get("engines", {}).get(engine)
     if efficiency_named:
         return f"llm.engine {engine}: scheduler defaults only; step costs from the llm.efficiency named"
+    if moe:
+        return (
+            f"llm.engine {engine}: scheduler defaults only; its step costs were fitted on dense models, so a "
+            "mixture-of-experts model falls back to the llm.efficiency preset's"
+        )
     if not e or "parameters" not in e:
         return f"llm.engine {engine}: no measured runs of it fitted; step costs fall back to llm.efficiency published"
     block = validation_summary().get("by", {}).get("engine", {}).get(engine, {})

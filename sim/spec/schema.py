@@ -568,6 +568,19 @@ def _catalog_entry(kind: str):
     return convert
 
 
+def _is_moe(model: Any) -> bool:
+    """Whether a scenario's ``llm.model`` (a catalog name or an inline mapping) has routed experts;
+    False for anything the model field's own check will refuse."""
+    if isinstance(model, dict):
+        return bool(model.get("experts"))
+    if isinstance(model, str):
+        try:
+            return bool(catalog.model_entry(model).get("experts"))
+        except ConfigError:
+            return False
+    return False
+
+
 class LLMConfig(Strict):
     enabled: bool = True
     model: Annotated[ModelSpec, BeforeValidator(_catalog_entry("model"))] = "article-8l"  # type: ignore[assignment]
@@ -636,7 +649,9 @@ class LLMConfig(Strict):
             base = preset_parameters(preset)
         engine = data.get("engine")
         if isinstance(engine, str) and engine in ENGINES:  # an unknown engine: the field's own check
-            base.update(engine_preset(engine, with_step_cost="efficiency" not in data))
+            # the engine's roofline fit saw dense models only: a MoE model keeps the efficiency preset's
+            with_cost = "efficiency" not in data and not _is_moe(data.get("model"))
+            base.update(engine_preset(engine, with_step_cost=with_cost))
         return {**base, **data}
 
     @model_validator(mode="before")

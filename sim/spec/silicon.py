@@ -11,19 +11,24 @@ can replay it as a scenario (``reasons`` empty) or why not, every reason that ap
 order:
 
 * ``disaggregated prefill/decode``: capsim runs prefill and decode on the same replica;
-* ``MoE model (...)``: mixture-of-experts models (DeepSeek-V3/R1, gpt-oss, Qwen3-235B-A22B,
-  Qwen3.5-397B-A17B, Kimi-K2.5, MiniMax-M2.5, GLM-5) have no step cost in capsim;
-* ``model not in the catalog``: a dense model capsim has no shapes for;
-* ``<gpu> (Blackwell) not in the GPU catalog``: B300, GB300 (B200 and GB200 are catalogued);
-* ``FP4 weights`` / ``INT4 weight-only``: precisions capsim does not compute in;
-* ``attention data parallel`` / ``pipeline parallel`` / ``expert parallel``: layouts beyond one
-  tensor-parallel replica.
+* ``attention not modelled (...)``: Qwen3.5-397B-A17B (linear-attention layers) and GLM-5
+  (DeepSeek sparse attention);
+* ``model not in the catalog``: a model capsim has no shapes for;
+* ``GPU ... not in the catalog``;
+* ``INT4 weight-only``: a precision capsim does not compute in;
+* ``attention data parallel`` / ``pipeline parallel`` / ``tensor parallel over more than 8
+  GPUs`` / ``experts split over both tensor and expert parallel groups``: layouts beyond one
+  tensor-parallel replica of at most 8 GPUs whose experts are either split over all of them
+  (``llm.expert_parallel: 1``) or spread whole over all of them (``expert_parallel = tp``).
 
 The concurrency is the ``silicon_concurrency=`` the row's ``silicon_data_source`` records; the
 rows that do not record it give it as ``batch_size`` (``concurrency_stated`` False).
 Precision: ``fp8`` (GEMM modes ``fp8`` and ``fp8_block``) is FP8 weights computing at the GPU's
-FP8 peak; rows with no precision and no GEMM quantisation mode name a BF16 checkpoint and are read
-as BF16.  The file does not give the KV-cache dtype; it is taken as 16-bit.
+FP8 peak; ``fp4`` (NVFP4) is FP4 weights computing at the FP4 peak on Blackwell and weight-only
+(BF16 compute) on Hopper; rows with no precision and no GEMM quantisation mode name a BF16
+checkpoint and are read as BF16.  The file does not give the KV-cache dtype: it is taken as FP8
+for FP8 and FP4 checkpoints (as NVIDIA's quantised checkpoints configure it) and 16-bit for BF16
+ones (:attr:`SiliconRow.kv_dtype_bytes`).
 """
 
 from __future__ import annotations
@@ -49,24 +54,36 @@ DENSE_MODELS: dict[str, str] = {
     "Qwen/Qwen3-32B": "qwen3-32b",
     "nvidia/Qwen3-32B-NVFP4": "qwen3-32b",
 }
-#: Mixture-of-experts models of the file (each config.json on Hugging Face names its experts:
-#: n_routed_experts / num_local_experts / num_experts).
-MOE_MODELS: tuple[str, ...] = (
-    "deepseek-ai/DeepSeek-R1",
-    "deepseek-ai/DeepSeek-V3",
-    "nvidia/DeepSeek-R1-NVFP4",
-    "nvidia/DeepSeek-V3.1-NVFP4",
-    "openai/gpt-oss-120b",
-    "Qwen/Qwen3-235B-A22B-FP8",
-    "Qwen/Qwen3.5-397B-A17B",
-    "moonshotai/Kimi-K2.5",
-    "MiniMaxAI/MiniMax-M2.5",
-    "zhipuai/GLM-5",
-)
-#: The file's GPU systems that the catalog holds.
-GPUS: dict[str, str] = {"h100_sxm": "h100-sxm", "h200_sxm": "h200", "b200_sxm": "b200", "gb200": "gb200"}
-#: Blackwell systems the catalog does not hold (no sourced figures read for them).
-BLACKWELL: tuple[str, ...] = ("b300_sxm", "gb300")
+#: Mixture-of-experts models of the file with their catalog entry (DeepSeek-V3.1 keeps V3's shapes;
+#: nvidia/...-NVFP4 are quantised checkpoints of the same shapes).
+MOE_MODELS: dict[str, str] = {
+    "deepseek-ai/DeepSeek-R1": "deepseek-r1",
+    "deepseek-ai/DeepSeek-V3": "deepseek-v3",
+    "nvidia/DeepSeek-R1-NVFP4": "deepseek-r1",
+    "nvidia/DeepSeek-V3.1-NVFP4": "deepseek-v3",
+    "openai/gpt-oss-120b": "gpt-oss-120b",
+    "Qwen/Qwen3-235B-A22B-FP8": "qwen3-235b-a22b",
+    "moonshotai/Kimi-K2.5": "kimi-k2.5",
+    "MiniMaxAI/MiniMax-M2.5": "minimax-m2.5",
+}
+#: Models of the file whose attention capsim does not model, and why.
+UNMODELLED: dict[str, str] = {
+    "Qwen/Qwen3.5-397B-A17B": "linear-attention (Gated DeltaNet) layers",
+    "zhipuai/GLM-5": "DeepSeek sparse attention",
+}
+#: The file's GPU systems and their catalog entries.
+GPUS: dict[str, str] = {
+    "h100_sxm": "h100-sxm",
+    "h200_sxm": "h200",
+    "b200_sxm": "b200",
+    "gb200": "gb200",
+    "b300_sxm": "b300",
+    "gb300": "gb300",
+}
+#: Systems with FP4 tensor cores (NVFP4 weights compute in FP4 there; elsewhere they are weight-only).
+FP4_SYSTEMS: tuple[str, ...] = ("b200_sxm", "gb200", "b300_sxm", "gb300")
+#: The most GPUs of one tensor-parallel replica capsim models (one NVLink node of 8).
+MAX_TP = 8
 ENGINES: tuple[str, ...] = ("vllm", "trtllm", "sglang")
 
 _CONCURRENCY = re.compile(r"silicon_concurrency=(\d+)")
@@ -93,6 +110,7 @@ class SiliconRow:
     model: str | None  # catalog name, None when capsim has none
     gpu: str | None
     reasons: tuple[str, ...]
+    expert_parallel: int = 1  # llm.expert_parallel of a MoE model's row (1 for a dense model)
 
     @property
     def representable(self) -> bool:
@@ -104,11 +122,33 @@ class SiliconRow:
         return self.reasons[0] if self.reasons else ""
 
     @property
+    def moe(self) -> bool:
+        return self.model_path in MOE_MODELS
+
+    @property
+    def weights_dtype(self) -> str:
+        """``llm.weights_dtype``: bf16, fp8 or fp4 (NVFP4 / MXFP4 checkpoints)."""
+        return self.precision if self.precision in ("fp8", "fp4") else "bf16"
+
+    @property
     def dtype_bytes(self) -> float:
-        return 1.0 if self.precision == "fp8" else 2.0
+        return {"fp8": 1.0, "fp4": 0.5625}.get(self.precision, 2.0)
+
+    @property
+    def kv_dtype_bytes(self) -> float:
+        """1 (an FP8 KV cache) for FP8 and FP4 checkpoints, 2 for BF16 ones: NVIDIA's quantised
+        checkpoints of these models name ``kv_cache_quant_algo: FP8`` in their
+        ``hf_quant_config.json`` (nvidia/Llama-3.1-70B-Instruct-FP8, nvidia/MiniMax-M2.5-NVFP4,
+        https://huggingface.co/nvidia/Llama-3.1-70B-Instruct-FP8/blob/main/hf_quant_config.json),
+        and the file does not say otherwise."""
+        return 1.0 if self.precision in ("fp8", "fp4") else 2.0
 
     @property
     def compute_dtype(self) -> str:
+        """FP8 weights compute in FP8; FP4 ones in FP4 where the GPU has FP4 tensor cores, else in
+        BF16 (weight-only, as gpt-oss's MXFP4 experts run on Hopper)."""
+        if self.precision == "fp4":
+            return "fp4" if self.system in FP4_SYSTEMS else "bf16"
         return "fp8" if self.precision == "fp8" else "bf16"
 
 
@@ -127,32 +167,44 @@ def _precision(r: dict[str, str]) -> str:
     return gemm or "bf16"
 
 
+def _expert_parallel(r: dict[str, str]) -> int | None:
+    """The row's ``llm.expert_parallel`` (1: every expert split over the replica; ``tp``: whole
+    experts spread over it), or None for a layout capsim does not model."""
+    tp, moe_tp, ep = _int(r["tp_size"]), max(_int(r["moe_tp_size"]), 1), max(_int(r["moe_ep_size"]), 1)
+    if ep == 1 and moe_tp in (1, tp):
+        return 1
+    if moe_tp == 1 and ep == tp:
+        return ep
+    return None
+
+
 def _reasons(r: dict[str, str], precision: str) -> tuple[str, ...]:
     out: list[str] = []
-    if r["mode"] != "agg":
+    agg = r["mode"] == "agg"
+    if not agg:
         out.append("disaggregated prefill/decode")
     model = r["model_path"]
-    if model in MOE_MODELS:
-        out.append(f"MoE model ({model})")
-    elif model not in DENSE_MODELS:
+    if model in UNMODELLED:
+        out.append(f"attention not modelled ({model}: {UNMODELLED[model]})")
+    elif model not in DENSE_MODELS and model not in MOE_MODELS:
         out.append(f"model not in the catalog ({model})")
     system = r["system"]
-    if system in BLACKWELL:
-        out.append(f"{system} (Blackwell) not in the GPU catalog")
-    elif system not in GPUS:
+    if system not in GPUS:
         out.append(f"GPU {system} not in the catalog")
-    if precision == "fp4":
-        out.append("FP4 weights")
-    elif precision == "int4":
+    if precision == "int4":
         out.append("INT4 weight-only")
-    elif precision not in ("fp8", "bf16"):
+    elif precision not in ("fp8", "bf16", "fp4"):
         out.append(f"precision {precision}")
-    if r["mode"] == "agg":
+    if agg:
         if _int(r["attention_dp_size"]) > 1:
             out.append("attention data parallel")
         if _int(r["pp_size"]) > 1:
             out.append("pipeline parallel")
-        if _int(r["moe_ep_size"]) > 1 and model not in MOE_MODELS:
+        if _int(r["tp_size"]) > MAX_TP:
+            out.append(f"tensor parallel over more than {MAX_TP} GPUs")
+        elif model in MOE_MODELS and _expert_parallel(r) is None:
+            out.append("experts split over both tensor and expert parallel groups")
+        if _int(r["moe_ep_size"]) > 1 and model in DENSE_MODELS:
             out.append("expert parallel")
     if r["backend"] not in ENGINES:
         out.append(f"engine {r['backend']}")
@@ -190,9 +242,10 @@ def load_rows(path: str | Path | None = None) -> list[SiliconRow]:
                         tensor_parallel=_int(r["tp_size"]) if agg else _int(r["decode_tp_size"]),
                         measured_ttft_ms=float(r["silicon_ttft_ms"]),
                         measured_tpot_ms=float(r["silicon_tpot_ms"]),
-                        model=DENSE_MODELS.get(r["model_path"]),
+                        model=DENSE_MODELS.get(r["model_path"]) or MOE_MODELS.get(r["model_path"]),
                         gpu=GPUS.get(r["system"]),
                         reasons=_reasons(r, precision),
+                        expert_parallel=(_expert_parallel(r) or 1) if r["model_path"] in MOE_MODELS else 1,
                     )
                 )
             except (KeyError, ValueError) as e:
@@ -208,19 +261,16 @@ def representable(rows: list[SiliconRow] | None = None) -> list[SiliconRow]:
 def reason_counts(rows: list[SiliconRow]) -> dict[str, int]:
     """Rows by their first reason ("representable" for the rows capsim replays), most first.
 
-    Reasons that carry a name (a model, a GPU) are counted by their kind: ``MoE model``,
-    ``Blackwell GPU``, ``model not in the catalog``.
+    Reasons that carry a name (a model, a GPU) are counted by their kind: ``attention not
+    modelled``, ``model not in the catalog``, ``GPU``.
     """
 
     def kind(reason: str) -> str:
         if not reason:
             return "representable"
-        if reason.startswith("MoE model"):
-            return "MoE model"
-        if "(Blackwell)" in reason:
-            return "Blackwell GPU"
-        if reason.startswith("model not in the catalog"):
-            return "model not in the catalog"
+        for kind_ in ("attention not modelled", "model not in the catalog", "GPU "):
+            if reason.startswith(kind_):
+                return kind_.strip()
         return reason
 
     return dict(Counter(kind(r.reason) for r in rows).most_common())

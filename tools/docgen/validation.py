@@ -129,13 +129,20 @@ def _mape(cell: dict[str, Any]) -> str:
     return f"{cell['mape_pct']:.0f} % ({cell['signed_pct']:+.0f} %)"
 
 
+_GPU_NAMES = {"h100-sxm": "H100", "h200": "H200", "b200": "B200", "gb200": "GB200", "b300": "B300", "gb300": "GB300"}
+
+
+def _gpu_order(g: str) -> int:
+    return list(_GPU_NAMES).index(g) if g in _GPU_NAMES else len(_GPU_NAMES)
+
+
 def _silicon_row(sil: dict[str, Any]) -> tuple[str, str, str, str]:
     a = sil["all"]
     held, aic = a["engine_preset_held_out"], a["aiconfigurator"]
     return (
         "Measured serving runs",
-        f"{a['rows']} of aiconfigurator's {sil['rows_in_file']:,} measured vLLM / TensorRT-LLM / SGLang runs "
-        "(H100, H200, B200, GB200)",
+        f"{a['rows']:,} of aiconfigurator's {sil['rows_in_file']:,} measured vLLM / TensorRT-LLM / SGLang runs "
+        f"({', '.join(_GPU_NAMES.get(g, g) for g in sorted(sil['by']['gpu'], key=_gpu_order))}; dense and MoE)",
         f"engine presets held out by (model, GPU): TPOT MAPE {_mape(held['tpot'])}, TTFT {_mape(held['ttft'])}; "
         f"aiconfigurator on its {aic['tpot']['n']} rows: TPOT {_mape(aic['tpot'])}, TTFT {_mape(aic['ttft'])}",
         "measured-serving-runs",
@@ -148,7 +155,7 @@ def _silicon(sil: dict[str, Any]) -> list[str]:
         "## Measured serving runs",
         "",
         f"`capsim validate` replays the rows of {sil['data']} that capsim can represent "
-        f"({sil['all']['rows']} of {sil['rows_in_file']:,}; the others: "
+        f"({sil['all']['rows']:,} of {sil['rows_in_file']:,}; the others: "
         + ", ".join(f"{reason} {n:,}" for reason, n in sil["rows_by_reason"].items() if reason != "representable")
         + f") as capsim scenarios: {sil['replay']}. Error = {sil['error']}. "
         "`engine preset, held out` fits each engine's step costs without the row's (model, GPU) group and "
