@@ -534,11 +534,12 @@ def wakeup_extra_ms(cold_s: list[float], settled_s: list[float]) -> float:
 
 
 def _searches_together(
-    url: str, k: int, m: int, n: int, timeout_s: float, server: list | None = None
+    url: str, k: int, m: int, n: int, timeout_s: float, server: list | None = None, cpu: list | None = None
 ) -> list[list[float]]:
     """``m`` clients, each on its own keep-alive connection, ``n`` searches back to back, started
     together after 10 warm-up searches each: every client's latencies, ms (``server``, when
-    given, receives ``(latency ms, the service's own ms or None)`` of every search)."""
+    given, receives ``(latency ms, the service's own ms or None)`` of every search; ``cpu`` the
+    service's CPU clock at every answer, :func:`server_cpu_ms`)."""
     times: list[list[float]] = [[] for _ in range(m)]
     gate = threading.Barrier(m)
 
@@ -556,6 +557,8 @@ def _searches_together(
                 times[i].append((time.perf_counter() - t0) * 1e3)
                 if server is not None:
                     server.append((times[i][-1], server_ms(body)))
+                if cpu is not None:
+                    cpu.append(server_cpu_ms(body))
         except (EndpointError, TargetError, threading.BrokenBarrierError) as e:
             errors.append(e)
             gate.abort()
@@ -654,6 +657,7 @@ def probe_contention(
     n: int = 100,
     timeout_s: float | None = None,
     alone_server_ms: Sequence[float | None] = (),
+    alone_cpu_ms: Sequence[float | None] = (),
 ) -> tuple[tuple[float, ...], list[float]]:
     """Isolated: how much slower each search runs with ``m`` in service at once, and how long
     an answer waits for the core a search still running holds.
@@ -665,6 +669,13 @@ def probe_contention(
     (:func:`sim.physics.sharing.contention_from_stretch`): two search threads on one core
     that take 2.3x as long as one alone have contention 1.15.  ``(1, c2, ...)``; empty with
     one worker.
+
+    A service on one core that reports its CPU clock (``alone_cpu_ms``: the clock at each
+    answer of the one-at-a-time probe) is held to its CPU instead: the contention is its CPU
+    per search at ``m`` at once over its CPU per search alone (:func:`contention_from_cpu`).
+    A latency stretch counts every pause of the core (a co-tenant's process on it, the
+    hypervisor's steal) as slowdown; the service's own CPU clock does not, and slowing the
+    search's work is what the contention stands for.
 
     The hand-back samples (ms; empty with one worker, or where the service does not report
     its own search time): at ``m = workers``, each search's time outside the search itself
@@ -681,16 +692,51 @@ def probe_contention(
         return (), []
     base = float(np.mean(alone_ms))
     stretch = [1.0]
+    clocks: list[list[float | None]] = []
     pairs: list[tuple[float, float | None]] = []
     for m in range(2, r.workers + 1):
         pairs = []
-        times = _searches_together(r.url, k, m, n, timeout_s, pairs)
+        clock: list[float | None] = []
+        times = _searches_together(r.url, k, m, n, timeout_s, pairs, clock)
         got = [x for ts in times for x in ts]
         if len(got) < m * n:
             raise CapsimError(f"retrieval endpoint {r.url}: the contention probe at {m} at once did not finish")
         stretch.append(float(np.mean(got)) / base)
-    contention = contention_from_stretch(stretch, len(r.cores) or r.workers)
+        clocks.append(clock)
+    by_cpu = None
+    if len(r.cores) == 1:
+        by_cpu = contention_from_cpu(alone_cpu_ms, clocks, loop_cpu_ms(alone_cpu_ms, alone_server_ms) or 0.0)
+    contention = by_cpu if by_cpu is not None else contention_from_stretch(stretch, len(r.cores) or r.workers)
     return contention, handback_samples([float(x) for x in alone_ms], alone_server_ms, pairs)
+
+
+def cpu_per_request_ms(cpu_ms: Sequence[float | None]) -> float | None:
+    """The service's mean CPU per request, ms, from its CPU clock at each of a run of answers
+    (in any order: answers of clients searching at once): the clock's span over the answers
+    between the first and the last.  None unless every answer reported it, or with fewer than
+    3.  Stamps 100, 112, 106 and 118 ms: 18 ms over 3 answers, 6 ms a request."""
+    if len(cpu_ms) < 3 or any(x is None for x in cpu_ms):
+        return None
+    x = np.asarray(cpu_ms, dtype=float)
+    return float(x.max() - x.min()) / (len(x) - 1)
+
+
+def contention_from_cpu(
+    alone_cpu_ms: Sequence[float | None], together_cpu_ms: Sequence[Sequence[float | None]], loop_ms: float
+) -> tuple[float, ...] | None:
+    """``(1, c2, ...)`` from the service's CPU clock: ``together_cpu_ms[i]`` its clock at the
+    answers of ``m = i + 2`` clients searching at once, ``alone_cpu_ms`` one at a time;
+    ``c_m`` is the CPU per request at ``m`` over that alone (:func:`cpu_per_request_ms`), each
+    less ``loop_ms``, the event loop's CPU per request (:func:`loop_cpu_ms`), which the
+    searches beside it do not slow (the model stretches the search alone); values below 1
+    (noise) read as 1.  None when any clock is missing or the search's CPU alone is not
+    positive.  Alone 5 ms a request, two at once 6, loop 1 ms: ``(1, (6 - 1) / (5 - 1)) =
+    (1, 1.25)``."""
+    alone = cpu_per_request_ms(alone_cpu_ms)
+    together = [cpu_per_request_ms(c) for c in together_cpu_ms]
+    if alone is None or alone - loop_ms <= 0 or any(t is None for t in together):
+        return None
+    return (1.0, *(max(1.0, (float(t) - loop_ms) / (alone - loop_ms)) for t in together if t is not None))
 
 
 def handback_samples(
