@@ -2,7 +2,7 @@
 known wake-up cost, for testing the verify probes.
 
 Not a stand-in for a real engine in any prediction: it lets a test check that
-:mod:`sim.verify.profile` recovers step times it was *told*.  One engine thread
+:mod:`sim.verify.step_profile` recovers step times it was *told*.  One engine thread
 runs steps like llama-server: every step carries one token for each decoding
 slot plus the prompts of every request admitted since the last step (one
 prefill, all prompts together); a step lasts ``prefill_ms(new tokens)`` when

@@ -13,7 +13,7 @@ from sim.errors import CapsimError
 from sim.physics.steptable import TableModel, read_rows
 from sim.spec.target import Target
 from sim.verify.loadgen import probe_retrieval, probe_wakeup
-from sim.verify.profile import lockstep_times, one_step, profile_server
+from sim.verify.step_profile import lockstep_times, one_step, profile_server
 from tests.fake_llm_server import FakeEngine, serve
 from tests.helpers import invoke
 
@@ -147,7 +147,7 @@ def test_a_replayed_load_gets_its_own_profile_file(fake_server, tmp_path):
 
 
 def test_the_batches_profiled_are_every_one_then_doubling_by_hand():
-    from sim.verify.profile import profile_batches
+    from sim.verify.step_profile import profile_batches
 
     assert profile_batches(1) == [1]
     assert profile_batches(4) == [1, 2, 3, 4]

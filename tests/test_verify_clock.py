@@ -1,4 +1,4 @@
-"""The LLM server's own clock (sim/verify/clock.py): llama-server's streamed ``timings``, vLLM's
+"""The LLM server's own clock (sim/verify/server_clock.py): llama-server's streamed ``timings``, vLLM's
 ``/metrics`` request histograms, or none.  The parsing and the deltas by hand; the probes and the
 profile against servers of each kind whose step times are known (tests/fake_llm_server.py)."""
 
@@ -10,8 +10,8 @@ import pytest
 
 from sim.physics.steptable import read_rows
 from sim.spec.target import Target
-from sim.verify.clock import metrics_timings, parse_metrics
 from sim.verify.loadgen import probe_llm
+from sim.verify.server_clock import metrics_timings, parse_metrics
 from tests.fake_llm_server import FakeEngine, serve
 
 DECODE_MS = {1: 20.0, 2: 45.0}

@@ -188,7 +188,7 @@ def verify(
         raise typer.Exit(3)
 
 
-#: How the overhead was measured, by the server's clock (sim/verify/clock.py).
+#: How the overhead was measured, by the server's clock (sim/verify/server_clock.py).
 CLOCK_TEXT = {
     "timings": " (first token less the server's own prompt time, from its streamed timings)",
     "metrics": " (first token less the server's own prefill time, from its /metrics request histograms)",

@@ -6,7 +6,7 @@ closed-loop run it is compared with):
 * the LLM's step times: the scenario's ``llm.step_table`` (``capsim calibrate
   llm``: llama-batched-bench alone on the server's cores, before the server runs),
   or with ``--profile-llm`` a profile of the server itself, alone, taken right
-  before every load (:mod:`sim.verify.profile`: batches of requests sent
+  before every load (:mod:`sim.verify.step_profile`: batches of requests sent
   together, nothing else sending);
 * the server's slots and step budget: the target's ``llm.parallel`` and
   ``llm.n_batch`` (``llm.max_batch``, ``llm.max_batched_tokens``);
@@ -77,7 +77,7 @@ from sim.verify.loadgen import (
     probe_wakeup,
     run_load,
 )
-from sim.verify.profile import describe, profile_batches, profile_mixed, profile_server
+from sim.verify.step_profile import describe, profile_batches, profile_mixed, profile_server
 from sim.verify.wire import EndpointError, RunDeadline
 
 BOUNDS = {
@@ -1003,7 +1003,7 @@ class RetrievalProbe:
 
 @dataclass(frozen=True)
 class ServerProfile:
-    """``--profile-llm``: profile the server alone before every load (:mod:`sim.verify.profile`)."""
+    """``--profile-llm``: profile the server alone before every load (:mod:`sim.verify.step_profile`)."""
 
     folder: Path  # where the per-load tables are written
     npp: tuple[int, ...] = (64, 192)

@@ -42,7 +42,7 @@ from sim.physics.sharing import contention_from_stretch
 from sim.rng import stream
 from sim.spec.schema import Scenario, build_distribution
 from sim.spec.target import LLMTarget, Target
-from sim.verify.clock import bracket, learn_clock, own_timings, server_clock
+from sim.verify.server_clock import bracket, learn_clock, own_timings, server_clock
 from sim.verify.wire import DeadlineConnection, EndpointError, TargetError, connection, finite_number
 
 #: The live run draws from replication 0 of the scenario's streams: the simulated replication 0
@@ -335,7 +335,7 @@ def prompt_ids(rng: np.random.Generator, n: int) -> list[int]:
 def _probe_completion(llm: LLMTarget, ids: list[int], max_tokens: int, timeout_s: float) -> tuple[float, dict]:
     """One isolated completion of a probe: (ms from its send to its first token, the server's own
     account of it in llama-server's ``timings`` keys, from whichever clock the server has
-    (:mod:`sim.verify.clock`); from a server with none, the client's: ``prompt_ms`` the first
+    (:mod:`sim.verify.server_clock`); from a server with none, the client's: ``prompt_ms`` the first
     token less the send, ms per token from the streamed tokens' arrivals).  A failure, or an
     answer without tokens, is one CapsimError."""
     before = bracket(llm)
@@ -370,7 +370,7 @@ def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: fl
     """Isolated, one at a time: the BOS the server adds to a token prompt, and the HTTP + SSE
     overhead (client first token minus the server's own prompt time; 0 from a server that
     reports no time of its own: the client-timed prefill steps then hold it).  ``server_clock``
-    says which clock the server's times came from (:mod:`sim.verify.clock`)."""
+    says which clock the server's times came from (:mod:`sim.verify.server_clock`)."""
     rng = np.random.default_rng(12345)
     llm = target.llm_endpoint()
     over, extra = [], []

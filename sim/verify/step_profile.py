@@ -19,7 +19,7 @@ and then decodes the ``b`` sequences in lockstep, one token each a step:
 
 * **prefill**: the server's own ``prompt_ms`` (llama-server's ``timings``,
   one value for the ``b`` requests of a shared step; vLLM's ``/metrics``
-  histograms, the ``b`` requests' mean: :mod:`sim.verify.clock`) or, from a
+  histograms, the ``b`` requests' mean: :mod:`sim.verify.server_clock`) or, from a
   server that reports neither, the last first token minus the last send;
 * **decode**: the median gap between consecutive streamed tokens while all
   ``b`` sequences decode (after the last first token, up to the first last
@@ -54,8 +54,8 @@ import numpy as np
 
 from sim.errors import CapsimError
 from sim.spec.target import Target
-from sim.verify.clock import bracket, learn_clock, own_timings, server_clock
 from sim.verify.loadgen import complete, connection, prompt_ids
+from sim.verify.server_clock import bracket, learn_clock, own_timings, server_clock
 from sim.verify.wire import TargetError
 
 #: What one request to the server may raise: its failure, or an answer that breaks the API.
@@ -166,7 +166,7 @@ def mixed_step(
 
     ``k`` background requests (``bg_prompt`` tokens, ``bg_tokens`` out) are sent together;
     once each has streamed 3 tokens (all decoding), one more request of ``pp`` tokens is
-    sent.  Its prompt time (the server's own, :mod:`sim.verify.clock`, else its first token
+    sent.  Its prompt time (the server's own, :mod:`sim.verify.server_clock`, else its first token
     minus its send) is the step that prefilled it beside the ``k`` decode tokens.  The row is
     ``(k + 1, context, pp + k, step_ms, k)``; None when a background request had finished
     before the prompt's first token (the step was not mixed with all ``k``)."""
@@ -298,7 +298,7 @@ def profile_mixed(
     return out
 
 
-#: Where a profile's prompt times came from, by the server's clock (:mod:`sim.verify.clock`).
+#: Where a profile's prompt times came from, by the server's clock (:mod:`sim.verify.server_clock`).
 PROMPT_CLOCK = {
     "timings": "the server's streamed timings",
     "metrics": "the server's /metrics histograms",
