@@ -12,7 +12,7 @@ import pytest
 from sim.errors import CapsimError
 from sim.physics.steptable import TableModel, read_rows
 from sim.spec.target import Target
-from sim.verify.loadgen import probe_retrieval, probe_wakeup
+from sim.verify.probes import probe_retrieval, probe_wakeup
 from sim.verify.step_profile import lockstep_times, one_step, profile_server
 from tests.fake_llm_server import FakeEngine, serve
 from tests.helpers import invoke
@@ -136,7 +136,7 @@ def test_wakeup_probe_measures_the_extra_time_after_idle():
 def test_a_replayed_load_gets_its_own_profile_file(fake_server, tmp_path):
     """``verify --profile-llm --confirm``: the replay of a load re-profiles the server into a file of
     its own, so the first play's table (named in verify.json) is not overwritten."""
-    from sim.verify.compare import ServerProfile
+    from sim.verify.step_profile import ServerProfile
 
     prof = ServerProfile(tmp_path, npp=(40,), ntg=6, repeat=1)
     first = prof.table(_target(fake_server, parallel=2), 4)

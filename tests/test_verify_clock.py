@@ -10,7 +10,7 @@ import pytest
 
 from sim.physics.steptable import read_rows
 from sim.spec.target import Target
-from sim.verify.loadgen import probe_llm
+from sim.verify.probes import probe_llm
 from sim.verify.server_clock import metrics_timings, parse_metrics
 from tests.fake_llm_server import FakeEngine, serve
 

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from sim.verify.compare import (
-    RETRIEVAL_BOUNDS,
-    LoadComparison,
-    _row,
-    error_interval,
-    meets,
-    relative_errors,
-    segment_errors,
-    verdict,
-)
-from sim.verify.loadgen import contention_from_cpu, cpu_per_request_ms
+from sim.verify.probes import contention_from_cpu, cpu_per_request_ms
+from sim.verify.segments import relative_errors, segment_errors
+from sim.verify.verdict import RETRIEVAL_BOUNDS, LoadComparison, compared_row, error_interval, meets, verdict
 
 
 def test_the_services_cpu_per_request_is_its_clocks_span_over_the_answers():
@@ -76,7 +68,7 @@ def test_a_segmented_row_is_undecided_when_its_error_moves_across_the_bound_betw
     assert verdict(-0.15, 0.10, 22.1, [25.4, 28.0], [-0.21, -0.11]) == "outside"
     assert verdict(-0.05, 0.10, 24.7, [25.4, 28.0], [-0.5, 0.5]) == "within"  # within by its error first
 
-    row = _row(
+    row = compared_row(
         "retrieval_ms",
         "p95",
         26.0,
@@ -93,7 +85,7 @@ def test_a_segmented_row_is_undecided_when_its_error_moves_across_the_bound_betw
     lc = LoadComparison(6, [row], {}, {}, {}, 0, 100)
     assert lc.misses == [] and lc.undecided == [row["why"]]
 
-    still = _row(
+    still = compared_row(
         "retrieval_ms",
         "p95",
         26.0,
@@ -104,5 +96,5 @@ def test_a_segmented_row_is_undecided_when_its_error_moves_across_the_bound_betw
         segment_errors=[-0.2, -0.21, -0.19, -0.2],
     )
     assert still["verdict"] == "outside" and "why" not in still
-    one_piece = _row("retrieval_ms", "p95", 26.0, 22.1, None, RETRIEVAL_BOUNDS, measured_ci=[25.4, 28.0])
+    one_piece = compared_row("retrieval_ms", "p95", 26.0, 22.1, None, RETRIEVAL_BOUNDS, measured_ci=[25.4, 28.0])
     assert one_piece["verdict"] == "outside" and "error_ci" not in one_piece

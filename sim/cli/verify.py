@@ -22,13 +22,13 @@ from sim.errors import CapsimError
 
 
 def _pct(x: float | None) -> str:
-    from sim.verify.compare import pct_text  # deferred: the verify stack loads the simulator
+    from sim.verify.verdict import pct_text  # deferred: the verify stack loads the simulator
 
     return pct_text(x)
 
 
 def _num(x: float | None, unit: str = "") -> str:
-    from sim.verify.compare import num_text  # deferred: the verify stack loads the simulator
+    from sim.verify.verdict import num_text  # deferred: the verify stack loads the simulator
 
     return "-" if x is None else f"{num_text(x)}{unit}"
 
@@ -84,8 +84,8 @@ def verify(
     from sim.files import to_json
     from sim.spec.scenario import load_scenario
     from sim.spec.target import load_target
-    from sim.verify.compare import ServerProfile
-    from sim.verify.compare import verify as run_verify
+    from sim.verify.run import verify as run_verify
+    from sim.verify.step_profile import ServerProfile
 
     counts = parse_int_list("--users", users)
     if duration_s <= 0 or duration_s > 3600:
@@ -202,7 +202,8 @@ CLOCK_TEXT = {
 def _print(doc: dict, con) -> None:
     from rich.table import Table  # deferred: only when printing
 
-    from sim.verify.compare import pair_text, span_text  # deferred: the verify stack loads the simulator
+    from sim.verify.pairs import pair_text  # deferred: the verify stack loads the simulator
+    from sim.verify.verdict import span_text
 
     c = doc["calibration"]
     if c["llm_overhead_ms"] is not None:

@@ -49,10 +49,13 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from sim.errors import CapsimError
+from sim.physics.steptable import step_rows, write_table
 from sim.spec.target import Target
 from sim.verify.loadgen import complete, connection, prompt_ids
 from sim.verify.server_clock import bracket, learn_clock, own_timings, server_clock
@@ -314,3 +317,30 @@ def describe(target: Target, npp: list[int], ntg: int, npl: list[int], repeat: i
         f"server profile of {llm.url} (isolated, {'/'.join(map(str, npl))} requests sent together): "
         f"npp {npp} ntg {ntg}, median of {repeat} run(s)" + (f"; prompt times from {clock}" if clock else "")
     )
+
+
+@dataclass(frozen=True)
+class ServerProfile:
+    """``--profile-llm``: profile the server alone before every load (:mod:`sim.verify.step_profile`)."""
+
+    folder: Path  # where the per-load tables are written
+    npp: tuple[int, ...] = (64, 192)
+    ntg: int = 24
+    repeat: int = 3
+
+    def table(self, target: Target, users: int, progress=None, replay: bool = False) -> str:
+        npl = profile_batches(target.llm_endpoint().parallel)
+        rows = profile_server(target, list(self.npp), self.ntg, npl, self.repeat)
+        mixed = profile_mixed(target, max(self.npp), npl[:-1], self.repeat)
+        path = self.folder / f"steps_{users}users{'_replay' if replay else ''}.csv"
+        beside = "/".join(map(str, npl[:-1])) or "0"
+        write_table(
+            step_rows(rows) + mixed,
+            path,
+            describe(target, list(self.npp), self.ntg, npl, self.repeat)
+            + f"; mixed steps: {max(self.npp)}-token prompt beside {beside} decoders",
+        )
+        if progress:
+            dec = ", ".join(f"b{r['b']} {r['t_tg_s'] / r['tg'] * 1e3:.1f}" for r in rows if r["pp"] == rows[0]["pp"])
+            progress(f"{users} users: server profiled alone -> {path.name} (decode step ms: {dec})")
+        return str(path.resolve())
