@@ -98,3 +98,23 @@ def test_a_segmented_row_is_undecided_when_its_error_moves_across_the_bound_betw
     assert still["verdict"] == "outside" and "why" not in still
     one_piece = compared_row("retrieval_ms", "p95", 26.0, 22.1, None, RETRIEVAL_BOUNDS, measured_ci=[25.4, 28.0])
     assert one_piece["verdict"] == "outside" and "error_ci" not in one_piece
+
+
+def test_a_runs_exit_code_and_message_from_its_loads():
+    """Failures over 1 % win (exit 1), then rows outside (1), then undecided rows (3), else 0."""
+    from sim.verify.verdict import outcome
+
+    out = {"metric": "e2e_ms", "stat": "p95", "rel_error": -0.2, "bound": 0.1, "verdict": "outside"}
+    und = {**out, "verdict": "undecided", "why": "e2e_ms p95 moves"}
+    ok = {**out, "rel_error": 0.01, "verdict": "within"}
+    assert outcome([LoadComparison(2, [ok], {}, {}, {}, 0, 100)]) == (0, None)
+    assert outcome([LoadComparison(2, [ok], {}, {}, {}, 0, 100), LoadComparison(6, [und], {}, {}, {}, 0, 100)]) == (
+        3,
+        "verify: inconclusive (the data cannot decide these rows): 6 users: e2e_ms p95 moves",
+    )
+    assert outcome([LoadComparison(2, [out, und], {}, {}, {}, 0, 100)]) == (
+        1,
+        "verify: outside the bounds: 2 users: e2e_ms p95 off by -20.0% (bound 10%)",
+    )
+    failing = LoadComparison(2, [out], {}, {}, {}, 2, 100, ["HTTP 500"])
+    assert outcome([failing]) == (1, "verify: 2 of 100 requests failed at 2 users (> 1 %): HTTP 500")

@@ -240,3 +240,21 @@ def verdict(
     if (hi is None or near_lo <= hi) and (lo is None or lo <= near_hi):
         return "undecided"
     return "outside"
+
+
+def outcome(results: Sequence[LoadComparison]) -> tuple[int, str | None]:
+    """A run's exit code and what to say on stderr: 1 with the first load where more than 1 %
+    of the requests failed, else 1 with every row outside its bound, else 3 with every
+    undecided row, else 0 and nothing."""
+    failed = [r for r in results if r.too_many_failures]
+    if failed:
+        r = failed[0]
+        reason = r.failure_reasons[0] if r.failure_reasons else "?"
+        return 1, f"verify: {r.failures} of {r.requests} requests failed at {r.users} users (> 1 %): {reason}"
+    misses = [f"{r.users} users: {m}" for r in results for m in r.misses]
+    if misses:
+        return 1, "verify: outside the bounds: " + "; ".join(misses)
+    undecided = [f"{r.users} users: {m}" for r in results for m in r.undecided]
+    if undecided:
+        return 3, "verify: inconclusive (the data cannot decide these rows): " + "; ".join(undecided)
+    return 0, None
