@@ -113,7 +113,7 @@ VERIFY_DURATION_S ?= 100
 VERIFY_RETRIEVAL_USERS ?= 2,6,11
 VERIFY_RETRIEVAL_DURATION_S ?= 60
 # gate: a row of the retrieval-alone half outside its bound fails make verify; report: printed and
-# recorded only (CI uses it: that half's model misses some hosts, see docs/how-to/verify.md).
+# recorded only.
 RETRIEVAL_ALONE ?= gate
 # Exit 0 when every bounded row is within its bound or undecided (the live loads too short to tell a
 # miss from their own noise; said on stderr, as `make run` passes an inconclusive SLA verdict);

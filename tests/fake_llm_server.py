@@ -2,7 +2,8 @@
 known wake-up cost, for testing the verify probes.
 
 Not a stand-in for a real engine in any prediction: it lets a test check that
-:mod:`sim.verify.profile` recovers step times it was *told*.  One engine thread
+:mod:`sim.verify.step_profile` recovers the step times the engine really took (``steps``: each
+step's own duration, sleep overshoot and a busy box's delays included).  One engine thread
 runs steps like llama-server: every step carries one token for each decoding
 slot plus the prompts of every request admitted since the last step (one
 prefill, all prompts together); a step lasts ``prefill_ms(new tokens)`` when
@@ -19,6 +20,7 @@ without ``--metrics`` does; ``metrics_gets`` counts those requests.
 
 from __future__ import annotations
 
+import itertools
 import json
 import queue
 import socket
@@ -29,6 +31,17 @@ from typing import ClassVar
 
 
 class FakeEngine:
+    def decode_period_ms(self, batch: int, since: int = 0) -> float:
+        """The median time from one step's tokens to the next's, over consecutive decode steps of
+        ``batch`` (steps from index ``since`` on): the gap a client sees between its tokens."""
+        s = self.steps[since:]
+        gaps = [
+            (b[2] - a[2]) * 1e3
+            for a, b in itertools.pairwise(s)
+            if a[0] + a[1] == batch and b[0] == batch and b[1] == 0
+        ]
+        return float(sorted(gaps)[len(gaps) // 2])
+
     def __init__(self, decode_ms: dict[int, float], prefill_ms_per_token: float, prefill_base_ms: float, slots: int):
         self.decode_ms = decode_ms
         self.per_token = prefill_ms_per_token
@@ -36,6 +49,9 @@ class FakeEngine:
         self.slots = slots
         self.inbox: queue.Queue = queue.Queue()
         self.stop = threading.Event()
+        #: every step as it really ran: (decoders, new prompts, when its tokens went out); the sleep
+        #: overshoots on a busy box, and a profile is held to what the server did
+        self.steps: list[tuple[int, int, float]] = []
         self.thread = threading.Thread(target=self.loop, daemon=True)
         self.thread.start()
 
@@ -61,6 +77,7 @@ class FakeEngine:
                 ms = self.decode_ms[len(running)]
             time.sleep(ms / 1e3)
             now = time.perf_counter()
+            self.steps.append((len(running), len(new), now))
             for r in new:
                 r["prompt_ms"] = ms
                 r["t_first"] = now

@@ -160,15 +160,19 @@ def _target(tmp: Path, url: str) -> Path:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_target(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sim.verify.compare
     import sim.verify.loadgen
+    import sim.verify.probes
+    import sim.verify.run
+    import sim.verify.segments
 
     monkeypatch.setattr(sim.verify.loadgen, "SEARCH_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(sim.verify.probes, "SEARCH_TIMEOUT_S", 1.0)
 
     def no_load(*a: Any, **k: Any) -> None:  # every refusal must come before the live load
         raise AssertionError("played a load against a hostile target")
 
-    monkeypatch.setattr(sim.verify.compare, "run_load", no_load)
+    monkeypatch.setattr(sim.verify.run, "run_load", no_load)
+    monkeypatch.setattr(sim.verify.segments, "run_load", no_load)
     scn = case.scenario
     if scn == LLM:  # no step table on disk: the probes run before it is read
         scn = tmp_path / "s.yaml"

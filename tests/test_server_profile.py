@@ -12,8 +12,8 @@ import pytest
 from sim.errors import CapsimError
 from sim.physics.steptable import TableModel, read_rows
 from sim.spec.target import Target
-from sim.verify.loadgen import probe_retrieval, probe_wakeup
-from sim.verify.profile import lockstep_times, one_step, profile_server
+from sim.verify.probes import probe_retrieval, probe_wakeup
+from sim.verify.step_profile import lockstep_times, one_step, profile_server
 from tests.fake_llm_server import FakeEngine, serve
 from tests.helpers import invoke
 
@@ -48,30 +48,39 @@ def test_one_step_by_hand():
 
 
 @pytest.fixture(scope="module")
-def fake_server():
+def fake():
     engine = FakeEngine(DECODE_MS, PREFILL_PER_TOKEN_MS, PREFILL_BASE_MS, slots=4)
     srv, port = serve(engine)
-    yield port
+    yield engine, port
     srv.shutdown()
     engine.stop.set()
+
+
+@pytest.fixture
+def fake_server(fake):
+    return fake[1]
 
 
 def _target(port: int, parallel: int = 4) -> Target:
     return Target.model_validate({"llm": {"url": f"http://127.0.0.1:{port}", "parallel": parallel}})
 
 
-def test_profile_recovers_the_servers_own_step_times(fake_server):
-    rows = profile_server(_target(fake_server), [40], 12, [1, 2, 3, 4], repeat=1)
+def test_profile_recovers_the_servers_own_step_times(fake):
+    """Prefill: the server's own prompt_ms, all b prompts in one step: exactly what it reports.
+    Decode: the step period while all b decode, held to the period the engine really kept (its
+    sleeps overshoot by as much as the box is busy), not to the time it was told."""
+    engine, port = fake
+    rows = []
+    for b in (1, 2, 3, 4):
+        since = len(engine.steps)
+        rows += profile_server(_target(port), [40], 12, [b], repeat=1)
+        step_ms = rows[-1]["t_tg_s"] / rows[-1]["tg"] * 1e3
+        assert step_ms == pytest.approx(engine.decode_period_ms(b, since), rel=0.10), (b, step_ms)
     assert [r["b"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
-        b = r["b"]
         assert r["pp"] == 40 and r["tg"] == 12
-        # decode: the step period while all b decode (sleep overshoot only ever lengthens it)
-        step_ms = r["t_tg_s"] / r["tg"] * 1e3
-        assert DECODE_MS[b] * 0.97 <= step_ms <= DECODE_MS[b] * 1.25, (b, step_ms)
-        # prefill: the server's own prompt_ms, all b prompts in one step
-        want = PREFILL_BASE_MS + PREFILL_PER_TOKEN_MS * 40 * b
-        assert want * 0.97 <= r["t_pp_s"] * 1e3 <= want * 1.25, (b, r["t_pp_s"])
+        want = PREFILL_BASE_MS + PREFILL_PER_TOKEN_MS * 40 * r["b"]
+        assert r["t_pp_s"] * 1e3 == pytest.approx(want, rel=1e-9), (r["b"], r["t_pp_s"])
 
 
 def test_without_server_timings_prefill_is_timed_by_the_client():
@@ -83,12 +92,15 @@ def test_without_server_timings_prefill_is_timed_by_the_client():
         srv.shutdown()
         engine.stop.set()
     want = PREFILL_BASE_MS + PREFILL_PER_TOKEN_MS * 80
-    assert want * 0.97 <= rows[0]["t_pp_s"] * 1e3 <= want * 1.4
+    # the client's clock: the step and the way to the client (no first token before the step is done)
+    assert rows[0]["t_pp_s"] * 1e3 >= want * 0.97
 
 
-def test_calibrate_llm_via_server_writes_a_table_the_simulator_reads(fake_server, tmp_path):
+def test_calibrate_llm_via_server_writes_a_table_the_simulator_reads(fake, tmp_path):
+    engine, port = fake
+    since = len(engine.steps)
     tgt = tmp_path / "target.yaml"
-    tgt.write_text(f"llm: {{url: 'http://127.0.0.1:{fake_server}', parallel: 4}}\n")
+    tgt.write_text(f"llm: {{url: 'http://127.0.0.1:{port}', parallel: 4}}\n")
     out = tmp_path / "steps.csv"
     r = invoke(
         "calibrate", "llm", "--target", str(tgt), "--via", "server", "--out", str(out), "--npp", "40", "--ntg", "6"
@@ -97,7 +109,7 @@ def test_calibrate_llm_via_server_writes_a_table_the_simulator_reads(fake_server
     assert "server profile of" in out.read_text().splitlines()[0]
     table = TableModel(read_rows(out))
     assert table.batches == [1, 2, 3, 4]
-    assert 0.97 * DECODE_MS[3] <= table.decode_ms(3, 3 * 43) <= 1.25 * DECODE_MS[3]
+    assert table.decode_ms(3, 3 * 43) == pytest.approx(engine.decode_period_ms(3, since), rel=0.10)
     assert (tmp_path / "steps.yaml").is_file()
 
 
@@ -128,15 +140,17 @@ def test_wakeup_probe_measures_the_extra_time_after_idle():
         alone = probe_retrieval(tgt, 5, n=30)
     finally:
         srv.shutdown()
-    # the fake wakes slowly only after 20 ms idle: 4 ms then, give or take a busy box's scheduling
-    assert 3.0 <= got[50.0] <= 6.0 and got[2.0] <= 1.5, got
-    assert 4.9 <= float(np.median(alone)) <= 8.0  # back to back: no wake-up
+    # the fake wakes slowly only after 20 ms idle (4 ms more): the extra shows after 50 ms idle, not
+    # after 2 ms; each is measured against the back-to-back searches around it, so a busy box's
+    # slower sleeps cancel
+    assert set(got) == {2.0, 50.0} and got[50.0] - got[2.0] >= 4.0 * 0.75, got
+    assert len(alone) == 30 and float(np.min(alone)) >= 5.0  # back to back: never under the search
 
 
 def test_a_replayed_load_gets_its_own_profile_file(fake_server, tmp_path):
     """``verify --profile-llm --confirm``: the replay of a load re-profiles the server into a file of
     its own, so the first play's table (named in verify.json) is not overwritten."""
-    from sim.verify.compare import ServerProfile
+    from sim.verify.step_profile import ServerProfile
 
     prof = ServerProfile(tmp_path, npp=(40,), ntg=6, repeat=1)
     first = prof.table(_target(fake_server, parallel=2), 4)
@@ -147,7 +161,7 @@ def test_a_replayed_load_gets_its_own_profile_file(fake_server, tmp_path):
 
 
 def test_the_batches_profiled_are_every_one_then_doubling_by_hand():
-    from sim.verify.profile import profile_batches
+    from sim.verify.step_profile import profile_batches
 
     assert profile_batches(1) == [1]
     assert profile_batches(4) == [1, 2, 3, 4]

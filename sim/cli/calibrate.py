@@ -542,7 +542,7 @@ def llm(
             raise CapsimError("--from-output: reads a llama-batched-bench output; not with --via server")
         # deferred: the HTTP profiler loads the load generator's modules
         from sim.verify.loadgen import check_reachable
-        from sim.verify.profile import describe, profile_mixed, profile_server
+        from sim.verify.step_profile import describe, profile_mixed, profile_server
 
         check_reachable(full_target.model_copy(update={"retrieval": None}))  # only the LLM is profiled
         rows = profile_server(full_target, pps, ntg, pls, repeat, progress=lambda m: typer.echo(m, err=True))

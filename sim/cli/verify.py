@@ -22,13 +22,13 @@ from sim.errors import CapsimError
 
 
 def _pct(x: float | None) -> str:
-    from sim.verify.compare import pct_text  # deferred: the verify stack loads the simulator
+    from sim.verify.verdict import pct_text  # deferred: the verify stack loads the simulator
 
     return pct_text(x)
 
 
 def _num(x: float | None, unit: str = "") -> str:
-    from sim.verify.compare import num_text  # deferred: the verify stack loads the simulator
+    from sim.verify.verdict import num_text  # deferred: the verify stack loads the simulator
 
     return "-" if x is None else f"{num_text(x)}{unit}"
 
@@ -84,8 +84,9 @@ def verify(
     from sim.files import to_json
     from sim.spec.scenario import load_scenario
     from sim.spec.target import load_target
-    from sim.verify.compare import ServerProfile
-    from sim.verify.compare import verify as run_verify
+    from sim.verify.run import verify as run_verify
+    from sim.verify.step_profile import ServerProfile
+    from sim.verify.verdict import outcome
 
     counts = parse_int_list("--users", users)
     if duration_s <= 0 or duration_s > 3600:
@@ -162,107 +163,25 @@ def verify(
             frames.append(df)
         pd.concat(frames).to_parquet(out / "live_requests.parquet", index=False)
         (out / "verify.json").write_text(to_json(doc) + "\n")
-    failed = [(r.users, r.failures, r.requests) for r in results if r.too_many_failures]
-    misses = [f"{r.users} users: {m}" for r in results for m in r.misses]
     if json_:
         sys.stdout.write(to_json(doc) + "\n")
     else:
         _print(doc, stdout_console())
-    if failed:
-        u, f, n = failed[0]
-        reasons = next(r.failure_reasons for r in results if r.users == u)
-        err_console.print(
-            f"verify: {f} of {n} requests failed at {u} users (> 1 %): {reasons[0] if reasons else '?'}",
-            markup=False,
-        )
-        raise typer.Exit(1)
-    if misses:
-        err_console.print("verify: outside the bounds: " + "; ".join(misses), markup=False)
-        raise typer.Exit(1)
-    undecided = [f"{r.users} users: {m}" for r in results for m in r.undecided]
-    if undecided:
-        err_console.print(
-            "verify: inconclusive (the data cannot decide these rows): " + "; ".join(undecided),
-            markup=False,
-        )
-        raise typer.Exit(3)
-
-
-#: How the overhead was measured, by the server's clock (sim/verify/clock.py).
-CLOCK_TEXT = {
-    "timings": " (first token less the server's own prompt time, from its streamed timings)",
-    "metrics": " (first token less the server's own prefill time, from its /metrics request histograms)",
-    "none": (
-        ": the server reports no time of its own (neither streamed timings nor vLLM's /metrics), so the "
-        "call's overhead stays inside the prefill steps timed by the client"
-    ),
-}
+    code, why = outcome(results)
+    if why:
+        err_console.print(why, markup=False)
+    if code:
+        raise typer.Exit(code)
 
 
 def _print(doc: dict, con) -> None:
     from rich.table import Table  # deferred: only when printing
 
-    from sim.verify.compare import pair_text, span_text  # deferred: the verify stack loads the simulator
+    from sim.verify.explain import calibration_lines  # deferred: the verify stack loads the simulator
+    from sim.verify.verdict import span_text
 
-    c = doc["calibration"]
-    if c["llm_overhead_ms"] is not None:
-        con.print(
-            f"calibrated (isolated): step table {c['step_table']}; LLM HTTP+SSE overhead {c['llm_overhead_ms']:.2f} ms"
-            + CLOCK_TEXT.get(c.get("llm_server_clock") or "", "")
-        )
-    for n, r in c["retrieval"].items():
-        ri = r["isolated_ms"]
-        parts = [f"one at a time p50 {ri['p50']:.2f} ms p95 {ri['p95']:.2f} ms (n={ri['n']})"]
-        parts.append("wake-up after idle " + ", ".join(f"{x:g} ms: {y:.2f}" for x, y in r["wakeup_ms"]))
-        if r["contention"]:
-            parts.append("contention " + ", ".join(f"{x:.2f}" for x in r["contention"]))
-        hb = r.get("handback_ms")
-        sched = r.get("scheduler")
-        if hb:
-            used = " (measured; the scheduled threads make their own)" if sched else ""
-            parts.append(f"answer waits behind a running search p50 {hb['p50']:.2f} ms p95 {hb['p95']:.2f} ms{used}")
-        ph = r.get("phases_ms")
-        if ph:
-            parts.append(
-                f"a search alone is {ph['search_ms']:.2f} ms searching + {ph['loop_cpu_ms']:.2f} ms of the "
-                f"service's other CPU + {ph['off_core_ms']:.2f} ms off its cores"
-            )
-        if sched:
-            parts.append(
-                f"modelled as the service's event loop and search threads scheduled on one core (slice "
-                f"{sched['slice_ms']:g} ms, tick {sched['tick_ms']:g} ms)"
-            )
-        con.print(f"calibrated around {n} users (isolated, before and after the load): retrieval " + "; ".join(parts))
-    pairs = c.get("retrieval_pairs")
-    if pairs:
-        con.print(
-            f"retrieval pairs (isolated, {pairs['pairs_each']} each after {pairs['pause_ms']:g} ms idle; "
-            "median ms of the first / second sent, and what the pool models): "
-            + "; ".join(pair_text(r) for r in pairs["rows"])
-        )
-    for n, sp in c.get("llm_speed", {}).items():
-        f = sp["segment_factors_prompt_decode"]
-        tok = sp.get("probe_tokens_prompt_output")
-        how = f", {tok[0]}-token prompts after a {sp['probe_pause_s']:g}-s pause" if tok else ""
-        con.print(
-            f"LLM server speed around {n} users (isolated, between segments{how}): step table scaled per segment by "
-            + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in f)
-            + " (prompt/decode)"
-        )
-    sv = c["server_alone_vs_table"]
-    if sv:
-        con.print(
-            f"server alone vs step table (diagnosis, not used): prompt time x{sv['prompt_ratio']:.2f}, "
-            f"decode step at batch 1 x{sv['decode_ratio_batch1']:.2f}"
-        )
-    for load in doc["loads"]:
-        first = load.get("first_attempt")
-        if first is not None:
-            con.print(
-                f"{load['users']} users were played twice (--confirm): the first play had "
-                + "; ".join(first["misses"])
-                + "; the table shows the replay, a row outside only when outside in both"
-            )
+    for line in calibration_lines(doc):
+        con.print(line)
     t = Table(title="capsim verify: measured vs predicted")
     cols = (
         "users",

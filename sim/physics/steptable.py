@@ -211,7 +211,7 @@ class TableModel:
 
 # --------------------------------------------------------------------------- writing a table
 # Rows of a batched benchmark, ``{pp, tg, b, t_pp_s, t_tg_s}`` (llama-batched-bench, or the
-# server profile of sim.verify.profile): b sequences of pp prompt tokens prefilled in one
+# server profile of sim.verify.step_profile): b sequences of pp prompt tokens prefilled in one
 # step taking t_pp_s, then tg decode steps at batch b taking t_tg_s together.
 
 

@@ -19,7 +19,7 @@
 
 Only loopback addresses are accepted: verify never sends load off the machine.  The
 server's own clock (llama-server's streamed timings, vLLM's /metrics, or none) is learnt
-from its first answer: :mod:`sim.verify.clock`.
+from its first answer: :mod:`sim.verify.server_clock`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class LLMTarget(_Strict):
     model_path: Optional[str] = None
     threads: Annotated[int, Field(ge=1)] = 1
     model: str = "capsim"
-    # How the server reports its own time (sim.verify.clock): learnt from its first answer.
+    # How the server reports its own time (sim.verify.server_clock): learnt from its first answer.
     _clock: Optional[str] = PrivateAttr(default=None)
 
     _url = field_validator("url")(classmethod(lambda cls, v: _loopback_url(v)))

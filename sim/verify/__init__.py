@@ -1,1 +1,1 @@
-"""``capsim verify``: hold capsim's prediction against a real serving stack (see :mod:`sim.verify.compare`)."""
+"""``capsim verify``: hold capsim's prediction against a real serving stack (see :mod:`sim.verify.run`)."""

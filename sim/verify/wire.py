@@ -27,7 +27,7 @@ class EndpointError(RuntimeError):
     """A request to the target failed: refused, timed out, cut off, an HTTP error status, a
     reply that is not HTTP.  The message names the endpoint.  The live load records it as
     the request's failure; outside the load (the probes) it is a one-line error about the
-    target (:func:`sim.verify.compare.verify`)."""
+    target (:func:`sim.verify.run.verify`)."""
 
 
 class TargetError(CapsimError):

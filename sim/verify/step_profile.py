@@ -19,7 +19,7 @@ and then decodes the ``b`` sequences in lockstep, one token each a step:
 
 * **prefill**: the server's own ``prompt_ms`` (llama-server's ``timings``,
   one value for the ``b`` requests of a shared step; vLLM's ``/metrics``
-  histograms, the ``b`` requests' mean: :mod:`sim.verify.clock`) or, from a
+  histograms, the ``b`` requests' mean: :mod:`sim.verify.server_clock`) or, from a
   server that reports neither, the last first token minus the last send;
 * **decode**: the median gap between consecutive streamed tokens while all
   ``b`` sequences decode (after the last first token, up to the first last
@@ -49,13 +49,16 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from sim.errors import CapsimError
+from sim.physics.steptable import step_rows, write_table
 from sim.spec.target import Target
-from sim.verify.clock import bracket, learn_clock, own_timings, server_clock
 from sim.verify.loadgen import complete, connection, prompt_ids
+from sim.verify.server_clock import bracket, learn_clock, own_timings, server_clock
 from sim.verify.wire import TargetError
 
 #: What one request to the server may raise: its failure, or an answer that breaks the API.
@@ -166,7 +169,7 @@ def mixed_step(
 
     ``k`` background requests (``bg_prompt`` tokens, ``bg_tokens`` out) are sent together;
     once each has streamed 3 tokens (all decoding), one more request of ``pp`` tokens is
-    sent.  Its prompt time (the server's own, :mod:`sim.verify.clock`, else its first token
+    sent.  Its prompt time (the server's own, :mod:`sim.verify.server_clock`, else its first token
     minus its send) is the step that prefilled it beside the ``k`` decode tokens.  The row is
     ``(k + 1, context, pp + k, step_ms, k)``; None when a background request had finished
     before the prompt's first token (the step was not mixed with all ``k``)."""
@@ -298,7 +301,7 @@ def profile_mixed(
     return out
 
 
-#: Where a profile's prompt times came from, by the server's clock (:mod:`sim.verify.clock`).
+#: Where a profile's prompt times came from, by the server's clock (:mod:`sim.verify.server_clock`).
 PROMPT_CLOCK = {
     "timings": "the server's streamed timings",
     "metrics": "the server's /metrics histograms",
@@ -314,3 +317,30 @@ def describe(target: Target, npp: list[int], ntg: int, npl: list[int], repeat: i
         f"server profile of {llm.url} (isolated, {'/'.join(map(str, npl))} requests sent together): "
         f"npp {npp} ntg {ntg}, median of {repeat} run(s)" + (f"; prompt times from {clock}" if clock else "")
     )
+
+
+@dataclass(frozen=True)
+class ServerProfile:
+    """``--profile-llm``: profile the server alone before every load (:mod:`sim.verify.step_profile`)."""
+
+    folder: Path  # where the per-load tables are written
+    npp: tuple[int, ...] = (64, 192)
+    ntg: int = 24
+    repeat: int = 3
+
+    def table(self, target: Target, users: int, progress=None, replay: bool = False) -> str:
+        npl = profile_batches(target.llm_endpoint().parallel)
+        rows = profile_server(target, list(self.npp), self.ntg, npl, self.repeat)
+        mixed = profile_mixed(target, max(self.npp), npl[:-1], self.repeat)
+        path = self.folder / f"steps_{users}users{'_replay' if replay else ''}.csv"
+        beside = "/".join(map(str, npl[:-1])) or "0"
+        write_table(
+            step_rows(rows) + mixed,
+            path,
+            describe(target, list(self.npp), self.ntg, npl, self.repeat)
+            + f"; mixed steps: {max(self.npp)}-token prompt beside {beside} decoders",
+        )
+        if progress:
+            dec = ", ".join(f"b{r['b']} {r['t_tg_s'] / r['tg'] * 1e3:.1f}" for r in rows if r["pp"] == rows[0]["pp"])
+            progress(f"{users} users: server profiled alone -> {path.name} (decode step ms: {dec})")
+        return str(path.resolve())
