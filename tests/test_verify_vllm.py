@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -205,3 +206,59 @@ def test_the_servers_environment_keeps_everything_local(tmp_path: Path, monkeypa
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "1" and env["HF_HUB_OFFLINE"] == "1"
     assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "vllm-cache")
     assert vs.server_env(1, 2, tmp_path)["VLLM_CPU_KVCACHE_SPACE"] == "2"
+
+
+# ------------------------------------------------------------------------------ scheduler checks
+def test_time_mean_count_by_hand() -> None:
+    from sim.verify.stack.vllm_checks import time_mean_count
+
+    s, e = np.array([0.0, 2.0, 5.0]), np.array([4.0, 3.0, 9.0])
+    assert time_mean_count(s, e, 1.0, 6.0) == pytest.approx(1.0)  # 3 + 1 + 1 s held over 5 s
+    assert time_mean_count(s, e, 10.0, 12.0) == 0.0
+
+
+def test_simulated_occupancy_by_hand() -> None:
+    """Two requests at the LLM at 0 and 1 s; the first admitted at once and running 2 s, the
+    second waiting 1 s then running 2 s.  Over [0, 4): running 2 + 2 = 4 s -> 1.0; waiting 1 s -> 0.25."""
+    import pandas as pd
+
+    from sim.verify.stack.vllm_checks import simulated_occupancy
+
+    rec = pd.DataFrame(
+        {
+            "arrival_s": [0.0, 0.99],
+            "cache_ms": [0.0, 10.0],
+            "retrieval_wait_ms": [0.0, 0.0],
+            "retrieval_service_ms": [0.0, 0.0],
+            "llm_wait_ms": [0.0, 1000.0],
+            "prefill_ms": [500.0, 300.0],
+            "decode_ms": [1500.0, 1700.0],
+        }
+    )
+    occ = simulated_occupancy(rec, 0.0, 4.0)
+    assert occ["running_mean"] == pytest.approx(1.0) and occ["waiting_mean"] == pytest.approx(0.25)
+
+
+def test_the_sampled_gauges_are_read_and_summed() -> None:
+    from sim.verify.stack.vllm_checks import parse_sampled
+
+    page = (
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+        'vllm:num_requests_running{engine="0",model_name="capsim"} 3.0\n'
+        'vllm:num_requests_waiting{engine="0",model_name="capsim"} 2.0\n'
+        'vllm:num_requests_waiting_by_reason{engine="0",model_name="capsim",reason="capacity"} 2.0\n'
+        'vllm:num_preemptions_total{engine="0",model_name="capsim"} 5.0\n'
+        'vllm:num_preemptions_total{engine="1",model_name="capsim"} 1.0\n'
+    )
+    assert parse_sampled(page) == {"running": 3.0, "waiting": 2.0, "preemptions": 6.0}
+
+
+def test_a_check_row_is_within_by_its_relative_or_absolute_bound() -> None:
+    from sim.verify.stack.vllm_checks import row
+
+    assert row("running_mean", 2.0, 2.2)["verdict"] == "within"  # +10 % (bound 15 %)
+    assert row("running_mean", 2.0, 2.4)["verdict"] == "outside"  # +20 %
+    assert row("waiting_mean", 0.02, 0.1)["verdict"] == "within"  # +400 %, but 0.08 requests apart (<= 0.1)
+    assert row("waiting_mean", 1.0, 1.5)["verdict"] == "outside"
+    assert row("tpot_ms p50", 30.0, None)["verdict"] == "undecided"
+    assert row("preemptions_per_request", 0.0, 0.0)["verdict"] == "within"

@@ -11,8 +11,9 @@
 # 3. capsim verify at VLLM_USERS (1,4,8) closed-loop users for VLLM_DURATION_S (90) each, the load
 #    generator on the other core (SEARCH_CORES), the server profiled alone before every load, a load
 #    with a row outside its bound played again (--confirm);
-# 4. the server stopped (also on EXIT, INT and TERM).
-# Exit: capsim verify's (0 within, 3 undecided, 1 outside, ...), or 1 when the server fails to start.
+# 4. the scheduler checks (below), then the server stopped (also on EXIT, INT and TERM).
+# Exit: capsim verify's (0 within, 3 undecided, 1 outside, ...) or, when that passes, the checks'
+# (1: a check outside its bound); 1 when a server fails to start.
 set -euo pipefail
 PY="${1:?python}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -42,5 +43,27 @@ rc=0
 taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$VLLM_WORK/verify_vllm.yaml" --target "$VLLM_WORK/target_vllm.yaml" \
     --users "${VLLM_USERS:-1,4,8}" --duration-s "${VLLM_DURATION_S:-90}" --out "$WORK/out_vllm" \
     --profile-llm --confirm || rc=$?
-echo "make verify: vLLM half exit $rc, $(( $(date +%s) - t0 )) s"
+# 4. scheduler checks (sim/verify/stack/vllm_checks.py; VLLM_CHECKS=0 skips them): running batch,
+# queue length and preemptions from /metrics, TPOT and the chunked prompts' TTFT, against the same
+# load simulated with the last profiled step table; first on this server, then on one restarted with
+# a KV pool of 8 blocks (4 MiB), where vLLM preempts.
+rc_checks=0
+if [[ "${VLLM_CHECKS:-1}" != 0 && -f "$WORK/out_vllm/verify.json" ]]; then
+    users="${VLLM_CHECK_USERS:-8}"
+    taskset -c "$SEARCH_CORES" "$PY" -m sim.verify.stack.vllm_checks --scenario "$VLLM_WORK/verify_vllm.yaml" \
+        --target "$VLLM_WORK/target_vllm.yaml" --verify-json "$WORK/out_vllm/verify.json" --users "$users" \
+        --duration-s 60 --name occupancy --out "$WORK/out_vllm/check_occupancy.json" || rc_checks=$?
+    stop_server
+    VLLM_WORK="$WORK/vllm_small"
+    "$PY" -m sim.verify.stack.vllm_server start --py "$VLLM_PY" --model "$VLLM_MODEL" --work "$VLLM_WORK" \
+        --scenario "$ROOT/scenarios/verify_vllm_preempt.yaml" --core "$LLM_CORES" --port "${VLLM_PORT:-18100}" \
+        --kv-cache-bytes 4194304 --max-num-seqs 4 --max-num-batched-tokens 256 --max-model-len 1024
+    taskset -c "$SEARCH_CORES" "$PY" -m sim.verify.stack.vllm_checks \
+        --scenario "$VLLM_WORK/verify_vllm_preempt.yaml" --target "$VLLM_WORK/target_vllm.yaml" \
+        --verify-json "$WORK/out_vllm/verify.json" --users "$users" --duration-s 60 --name preemption \
+        --out "$WORK/out_vllm/check_preemption.json" || rc_checks=$(( rc_checks > $? ? rc_checks : $? ))
+fi
+echo "make verify: vLLM half exit $rc (checks exit $rc_checks), $(( $(date +%s) - t0 )) s"
+if [[ "$rc" != 0 && "$rc" != 3 ]]; then exit "$rc"; fi
+if [[ "$rc_checks" != 0 ]]; then exit "$rc_checks"; fi
 exit "$rc"
