@@ -9,8 +9,9 @@
 #    sequences and a 256-token budget; its scheduler and KV settings read from its start-up log and
 #    /metrics into the scenario and target (sim/verify/stack/vllm_server.py);
 # 3. capsim verify at VLLM_USERS (1,4,8) closed-loop users for VLLM_DURATION_S (90) each, the load
-#    generator on the other core (SEARCH_CORES), the server profiled alone before every load, a load
-#    with a row outside its bound played again (--confirm);
+#    generator on the other core (SEARCH_CORES), the server profiled alone before every load, each
+#    load in 4 segments with the server's speed probed alone between them (--segments 4: a shared
+#    core's speed moves within a load), a load with a row outside its bound played again (--confirm);
 # 4. the scheduler checks (below), then the server stopped (also on EXIT, INT and TERM).
 # Exit: capsim verify's (0 within, 3 undecided, 1 outside, ...) or, when that passes, the checks'
 # (1: a check outside its bound); 1 when a server fails to start.
@@ -42,7 +43,7 @@ rm -rf "$WORK/out_vllm"
 rc=0
 taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$VLLM_WORK/verify_vllm.yaml" --target "$VLLM_WORK/target_vllm.yaml" \
     --users "${VLLM_USERS:-1,4,8}" --duration-s "${VLLM_DURATION_S:-90}" --out "$WORK/out_vllm" \
-    --profile-llm --confirm || rc=$?
+    --profile-llm --segments 4 --confirm || rc=$?
 # 4. scheduler checks (sim/verify/stack/vllm_checks.py; VLLM_CHECKS=0 skips them): running batch,
 # queue length and preemptions from /metrics, TPOT and the chunked prompts' TTFT, against the same
 # load simulated with the last profiled step table; first on this server, then on one restarted with
