@@ -262,3 +262,72 @@ def test_a_check_row_is_within_by_its_relative_or_absolute_bound() -> None:
     assert row("waiting_mean", 1.0, 1.5)["verdict"] == "outside"
     assert row("tpot_ms p50", 30.0, None)["verdict"] == "undecided"
     assert row("preemptions_per_request", 0.0, 0.0)["verdict"] == "within"
+
+
+def test_a_check_end_to_end_against_a_stand_in_server(tmp_path: Path) -> None:
+    """A stand-in vLLM streams every completion at once and reports 2 running, 1 waiting and a
+    preemption counter that rises by 1 per completion: the check reads those gauges over the
+    load, simulates it with a step table, and writes a row per check."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from sim.verify.stack.vllm_checks import run_check
+
+    done = [0]
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = (
+                'vllm:num_requests_running{engine="0"} 2.0\n'
+                'vllm:num_requests_waiting{engine="0"} 1.0\n'
+                f'vllm:num_preemptions_total{{engine="0"}} {done[0]}.0\n'
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            n = int(req["max_tokens"])
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for _ in range(n):
+                self.wfile.write(b'data: {"choices": [{"text": "w5", "finish_reason": null}]}\n\n')
+            last = {"choices": [{"text": "", "finish_reason": "length"}], "usage": {"completion_tokens": n}}
+            self.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+            done[0] += 1
+            self.close_connection = True
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        target = tmp_path / "target.yaml"
+        target.write_text(f"llm: {{url: 'http://127.0.0.1:{httpd.server_address[1]}', parallel: 4, n_batch: 256}}\n")
+        table = tmp_path / "steps.csv"
+        table.write_text(
+            "batch_size,context_tokens,new_tokens,step_ms\n"
+            "1,64,64,40\n1,192,192,70\n1,200,1,25\n2,400,2,27\n4,800,4,32\n"
+        )
+        base = yaml.safe_load((ROOT / "scenarios" / "verify_vllm.yaml").read_text())
+        base["workload"]["think_s"] = {"dist": "constant", "value": 0.3}
+        scn = tmp_path / "s.yaml"
+        scn.write_text(yaml.safe_dump(base))
+        doc = run_check(scn, target, (table, 1.0, 0), users=2, duration_s=3.0, warmup_s=0.5, drain_s=5.0)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    rows = {r["check"]: r for r in doc["rows"]}
+    assert doc["failures"] == 0 and doc["requests"] >= 6 and doc["samples"] >= 5
+    assert rows["running_mean"]["measured"] == 2.0 and rows["waiting_mean"]["measured"] == 1.0
+    assert rows["preemptions_per_request"]["measured"] == pytest.approx(1.0)  # one per completion
+    assert rows["tpot_ms p50"]["measured"] < 50  # streamed at once
+    assert rows["running_mean"]["predicted"] > 0 and rows["tpot_ms p50"]["predicted"] >= 25  # the table's steps
+    assert {r["verdict"] for r in doc["rows"]} <= {"within", "outside", "undecided"}

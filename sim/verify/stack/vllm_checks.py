@@ -154,21 +154,28 @@ def row(name: str, measured: float | None, predicted: float | None) -> dict[str,
 
 
 def run_check(
-    scenario: Path, target_path: Path, table: Path, overhead_ms: float, users: int, duration_s: float, warmup_s: float
+    scenario: Path,
+    target_path: Path,
+    verify: tuple[Path, float, int],
+    users: int,
+    duration_s: float,
+    warmup_s: float,
+    drain_s: float = 60.0,
 ) -> dict[str, Any]:
-    """Play the load with the sampler running, simulate it, and compare (:data:`BOUNDS`)."""
+    """Play the load with the sampler running, simulate it, and compare (:data:`BOUNDS`).
+    ``verify``: :func:`from_verify`'s step table, HTTP overhead and BOS tokens."""
     from sim.run.sweep import simulate  # deferred: the executor, for the simulated side only
-    from sim.verify.loadgen import probe_llm, run_load  # deferred: the live side
+    from sim.verify.loadgen import run_load  # deferred: the live side
 
+    table, overhead_ms, bos = verify
     scn = load_scenario(scenario)
     target = load_target(target_path)
     llm = target.llm_endpoint()
-    bos = int(probe_llm(target, n=2)["bos_tokens"])
     sampler = Sampler(llm.url)
     sampler.start()
     before = read_metrics(llm.url) or {}
     t_load = time.perf_counter() - sampler.t0
-    live = run_load(scn, target, users, duration_s, 60.0, bos)
+    live = run_load(scn, target, users, duration_s, drain_s, bos)
     after = read_metrics(llm.url) or {}
     sampler.halt.set()
     sampler.join(5.0)
@@ -234,12 +241,13 @@ def run_check(
     }
 
 
-def from_verify(path: Path) -> tuple[Path, float]:
-    """The step table of the last load ``capsim verify`` profiled, and the HTTP overhead it measured."""
+def from_verify(path: Path) -> tuple[Path, float, int]:
+    """The step table of the last load ``capsim verify`` profiled, the HTTP overhead and the BOS
+    tokens the server adds, as it measured them."""
     try:
         cal = json.loads(path.read_text())["calibration"]
         tables = cal["step_tables"]
-        return Path(tables[list(tables)[-1]]), float(cal["llm_overhead_ms"])
+        return Path(tables[list(tables)[-1]]), float(cal["llm_overhead_ms"]), int(cal["llm_bos_tokens"])
     except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
         raise CapsimError(f"--verify-json {path}: no step table and overhead of a profiled run ({e})") from None
 
@@ -276,8 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     try:
-        table, overhead_ms = from_verify(a.verify_json)
-        doc = run_check(a.scenario, a.target, table, overhead_ms, a.users, a.duration_s, a.warmup_s)
+        doc = run_check(a.scenario, a.target, from_verify(a.verify_json), a.users, a.duration_s, a.warmup_s)
     except CapsimError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
