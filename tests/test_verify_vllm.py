@@ -331,3 +331,58 @@ def test_a_check_end_to_end_against_a_stand_in_server(tmp_path: Path) -> None:
     assert rows["tpot_ms p50"]["measured"] < 50  # streamed at once
     assert rows["running_mean"]["predicted"] > 0 and rows["tpot_ms p50"]["predicted"] >= 25  # the table's steps
     assert {r["verdict"] for r in doc["rows"]} <= {"within", "outside", "undecided"}
+
+
+def test_the_prefix_check_against_a_server_that_caches_full_blocks(tmp_path: Path) -> None:
+    """A stand-in that counts, as vLLM does, the prompt's leading full 128-token blocks it has
+    seen before as hit tokens: a 300-token system prompt gives 2 blocks = 256 hit tokens per
+    request after the first, and capsim's cached prefix is the system prompt's full blocks: 256."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from sim.verify.stack.vllm_checks import prefix_check
+
+    seen: set[tuple[int, ...]] = set()
+    hits = [0]
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = f'vllm:prefix_cache_hits_total{{engine="0"}} {hits[0]}.0\n'.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            ids = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))["prompt"]
+            blocks = [tuple(ids[: (i + 1) * 128]) for i in range(len(ids) // 128)]
+            for b in blocks:
+                if b not in seen:
+                    break
+                hits[0] += 128
+            seen.update(blocks)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            last = {"choices": [{"text": "w5", "finish_reason": "length"}], "usage": {"completion_tokens": 1}}
+            self.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+            self.close_connection = True
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        target = tmp_path / "target.yaml"
+        target.write_text(f"llm: {{url: 'http://127.0.0.1:{httpd.server_address[1]}'}}\n")
+        doc = prefix_check(ROOT / "scenarios" / "verify_vllm.yaml", target, 300, 40, n=4)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    (r,) = doc["rows"]
+    assert (r["measured"], r["predicted"], r["verdict"]) == (256.0, 256.0, "within")
+    assert doc["first_request_hits"] == 0

@@ -314,12 +314,22 @@ def _checks(checks: list[dict[str, Any]]) -> list[str]:
     """The vLLM half's scheduler checks (``sim/verify/stack/vllm_checks.py``): one table per check."""
     lines: list[str] = []
     for c in checks:
+        if "users" in c:
+            said = (
+                f"{c['users']} users for {c['duration_s']:.0f} s, {c['requests']} requests ({c['failures']} failed), "
+                f"{c['kv_blocks']} KV blocks, {c['prompts_over_budget']} prompts over the {c['token_budget']}-token "
+                "budget; running batch and queue length time-means of the server's /metrics against the "
+                "simulated requests'"
+            )
+        else:
+            said = (
+                f"{c['requests']} requests one after another sharing a {c['system_tokens']}-token system prompt, "
+                f"each with {c['question_tokens']} question tokens, {c['block_tokens']}-token blocks; the server's "
+                "prefix-cache hit tokens per request after the first against capsim's cached prefix"
+            )
         lines += [
             "",
-            f"Scheduler check *{c['name']}*: {c['users']} users for {c['duration_s']:.0f} s, {c['requests']} requests "
-            f"({c['failures']} failed), {c['kv_blocks']} KV blocks, {c['prompts_over_budget']} prompts over the "
-            f"{c['token_budget']}-token budget; running batch and queue length time-means of the server's "
-            "/metrics against the simulated requests'.",
+            f"Scheduler check *{c['name']}*: {said}.",
             "",
             "| check | measured | predicted | error | verdict |",
             "|---|---|---|---|---|",

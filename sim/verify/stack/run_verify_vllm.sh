@@ -46,14 +46,18 @@ taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$VLLM_WORK/verify_vllm.yaml" --t
     --profile-llm --segments 4 --confirm || rc=$?
 # 4. scheduler checks (sim/verify/stack/vllm_checks.py; VLLM_CHECKS=0 skips them): running batch,
 # queue length and preemptions from /metrics, TPOT and the chunked prompts' TTFT, against the same
-# load simulated with the last profiled step table; first on this server, then on one restarted with
-# a KV pool of 8 blocks (4 MiB), where vLLM preempts.
+# load simulated with the last profiled step table; first on this server (and its prefix-cache hits
+# for a shared 300-token system prompt), then on one restarted with a KV pool of 8 blocks (4 MiB),
+# where vLLM preempts.
 rc_checks=0
 if [[ "${VLLM_CHECKS:-1}" != 0 && -f "$WORK/out_vllm/verify.json" ]]; then
     users="${VLLM_CHECK_USERS:-8}"
     taskset -c "$SEARCH_CORES" "$PY" -m sim.verify.stack.vllm_checks --scenario "$VLLM_WORK/verify_vllm.yaml" \
         --target "$VLLM_WORK/target_vllm.yaml" --verify-json "$WORK/out_vllm/verify.json" --users "$users" \
         --duration-s 60 --name occupancy --out "$WORK/out_vllm/check_occupancy.json" || rc_checks=$?
+    taskset -c "$SEARCH_CORES" "$PY" -m sim.verify.stack.vllm_checks --scenario "$VLLM_WORK/verify_vllm.yaml" \
+        --target "$VLLM_WORK/target_vllm.yaml" --prefix 300 --name prefix --out "$WORK/out_vllm/check_prefix.json" \
+        || rc_checks=$(( rc_checks > $? ? rc_checks : $? ))
     stop_server
     VLLM_WORK="$WORK/vllm_small"
     "$PY" -m sim.verify.stack.vllm_server start --py "$VLLM_PY" --model "$VLLM_MODEL" --work "$VLLM_WORK" \

@@ -18,6 +18,11 @@ Held against each other, over the window after the warm-up:
   ``(e2e - ttft) / (output - 1)`` on the client against the simulated ``tpot_ms``; and the **TTFT
   P50 of the prompts longer than the token budget** (prefilled in chunks over several steps).
 
+**Prefix caching** (:func:`prefix_check`): requests that share a system prompt of ``S`` tokens,
+sent one after another, each with its own question; vLLM counts the prompt tokens it found
+cached (``vllm:prefix_cache_hits_total``), capsim holds the system prompt's *full* blocks once
+per replica (``LLMConfig.prefix_tokens``): each request after the first must hit exactly that many.
+
 A row is ``within`` its bound (relative, or absolute where the quantity is near zero:
 :data:`BOUNDS`), else ``outside``.  The results go to a JSON file and a table on stderr.
 
@@ -49,6 +54,8 @@ SAMPLED = {
     "vllm:num_requests_running": "running",
     "vllm:num_requests_waiting": "waiting",
     "vllm:num_preemptions_total": "preemptions",
+    "vllm:prefix_cache_hits_total": "prefix_hits",
+    "vllm:prefix_cache_queries_total": "prefix_queries",
 }
 #: Per row: (relative bound, absolute bound); a row is within when either holds.
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -58,6 +65,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "tpot_ms p50": (0.10, 0.0),
     "tpot_ms p95": (0.15, 0.0),
     "ttft_ms p50, prompts over the budget": (0.15, 0.0),
+    "prefix-cache hit tokens per request": (0.0, 0.0),
 }
 
 
@@ -241,6 +249,40 @@ def run_check(
     }
 
 
+def prefix_check(
+    scenario: Path, target_path: Path, system_tokens: int, question_tokens: int, n: int = 6, seed: int = 0
+) -> dict[str, Any]:
+    """Shared-system-prompt requests one after another: vLLM's hit tokens per request after the
+    first against capsim's ``prefix_tokens`` for a prompt of ``system_tokens`` + a question."""
+    from sim.spec.scenario import apply_overrides, load_raw  # deferred: this check only
+    from sim.verify.loadgen import complete, prompt_ids  # deferred: the live side
+
+    raw = load_raw(scenario)
+    comp = {"system_tokens": system_tokens, "doc_tokens": 0, "question_tokens": question_tokens}
+    llm_cfg = load_scenario(apply_overrides(raw, {"llm.prompt_tokens": comp})).llm
+    target = load_target(target_path)
+    llm = target.llm_endpoint()
+    rng = np.random.default_rng(seed)
+    system = prompt_ids(rng, system_tokens)
+    before = read_metrics(llm.url) or {}
+    first = read_metrics(llm.url) or {}
+    for i in range(n):
+        complete(llm.url, llm.model, system + prompt_ids(rng, question_tokens), 1, 60.0)
+        if i == 0:
+            first = read_metrics(llm.url) or {}
+    after = read_metrics(llm.url) or {}
+    hits = after.get("prefix_hits", 0.0) - first.get("prefix_hits", 0.0)
+    return {
+        "name": "prefix",
+        "requests": n,
+        "system_tokens": system_tokens,
+        "question_tokens": question_tokens,
+        "block_tokens": llm_cfg.kv_block_tokens,
+        "first_request_hits": first.get("prefix_hits", 0.0) - before.get("prefix_hits", 0.0),
+        "rows": [row("prefix-cache hit tokens per request", hits / (n - 1), float(llm_cfg.prefix_tokens))],
+    }
+
+
 def from_verify(path: Path) -> tuple[Path, float, int]:
     """The step table of the last load ``capsim verify`` profiled, the HTTP overhead and the BOS
     tokens the server adds, as it measured them."""
@@ -253,11 +295,18 @@ def from_verify(path: Path) -> tuple[Path, float, int]:
 
 
 def show(name: str, doc: dict[str, Any]) -> str:
-    lines = [
-        f"vLLM scheduler check '{name}': {doc['users']} users, {doc['requests']} requests "
-        f"({doc['failures']} failed), {doc['kv_blocks']} KV blocks, budget {doc['token_budget']} tokens, "
-        f"{doc['prompts_over_budget']} prompts over it, {doc['samples']} /metrics samples"
-    ]
+    if "users" in doc:
+        head = (
+            f"{doc['users']} users, {doc['requests']} requests ({doc['failures']} failed), {doc['kv_blocks']} KV "
+            f"blocks, budget {doc['token_budget']} tokens, {doc['prompts_over_budget']} prompts over it, "
+            f"{doc['samples']} /metrics samples"
+        )
+    else:
+        head = (
+            f"{doc['requests']} requests of a {doc['system_tokens']}-token system prompt + {doc['question_tokens']} "
+            f"question tokens, {doc['block_tokens']}-token blocks"
+        )
+    lines = [f"vLLM scheduler check '{name}': {head}"]
     for r in doc["rows"]:
         m, p = r["measured"], r["predicted"]
         err = f"{r['error'] * 100:+.1f}%" if r.get("error") is not None else "-"
@@ -274,17 +323,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--verify-json",
         type=Path,
-        required=True,
         help="capsim verify's verify.json against this server: its last step table and HTTP overhead",
     )
     p.add_argument("--users", type=int, default=8)
     p.add_argument("--duration-s", type=float, default=60.0)
     p.add_argument("--warmup-s", type=float, default=10.0)
     p.add_argument("--name", default="occupancy")
+    p.add_argument(
+        "--prefix",
+        type=int,
+        metavar="SYSTEM_TOKENS",
+        help="the prefix-cache check instead: requests sharing a system prompt of this many tokens",
+    )
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     try:
-        doc = run_check(a.scenario, a.target, from_verify(a.verify_json), a.users, a.duration_s, a.warmup_s)
+        if a.prefix is not None:
+            doc = prefix_check(a.scenario, a.target, a.prefix, 40)
+        elif a.verify_json is None:
+            p.error("--verify-json is needed (the step table and overhead the load is simulated with)")
+        else:
+            doc = run_check(a.scenario, a.target, from_verify(a.verify_json), a.users, a.duration_s, a.warmup_s)
     except CapsimError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
