@@ -48,7 +48,7 @@ taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$VLLM_WORK/verify_vllm.yaml" --t
 # queue length and preemptions from /metrics, TPOT and the chunked prompts' TTFT, against the same
 # load simulated with the last profiled step table; first on this server (and its prefix-cache hits
 # for a shared 300-token system prompt), then on one restarted with a KV pool of 8 blocks (4 MiB),
-# where vLLM preempts.
+# where vLLM preempts (one of the 8 is vLLM's null block, so one request holds at most 7: 896 tokens).
 rc_checks=0
 if [[ "${VLLM_CHECKS:-1}" != 0 && -f "$WORK/out_vllm/verify.json" ]]; then
     users="${VLLM_CHECK_USERS:-8}"
@@ -62,7 +62,7 @@ if [[ "${VLLM_CHECKS:-1}" != 0 && -f "$WORK/out_vllm/verify.json" ]]; then
     VLLM_WORK="$WORK/vllm_small"
     "$PY" -m sim.verify.stack.vllm_server start --py "$VLLM_PY" --model "$VLLM_MODEL" --work "$VLLM_WORK" \
         --scenario "$ROOT/scenarios/verify_vllm_preempt.yaml" --core "$LLM_CORES" --port "${VLLM_PORT:-18100}" \
-        --kv-cache-bytes 4194304 --max-num-seqs 4 --max-num-batched-tokens 256 --max-model-len 1024
+        --kv-cache-bytes 4194304 --max-num-seqs 4 --max-num-batched-tokens 256 --max-model-len 896
     taskset -c "$SEARCH_CORES" "$PY" -m sim.verify.stack.vllm_checks \
         --scenario "$VLLM_WORK/verify_vllm_preempt.yaml" --target "$VLLM_WORK/target_vllm.yaml" \
         --verify-json "$WORK/out_vllm/verify.json" --users "$users" --duration-s 60 --name preemption \
