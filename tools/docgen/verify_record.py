@@ -68,7 +68,10 @@ def half(verify_json: Path, setup: str, stamp: dict[str, Any]) -> dict[str, Any]
     out = {
         **stamp,
         "source": f"make verify ({verify_json.parent.name}/verify.json, recorded by tools/docgen/verify_record.py)",
-        "scenario": f"scenarios/{scenario.name}" if scenario.parent.name == "scenarios" else str(scenario),
+        # the vLLM half plays a copy with the server's settings written in, beside its server
+        "scenario": f"scenarios/{scenario.name}"
+        if scenario.parent.name == "scenarios" or (ROOT / "scenarios" / scenario.name).is_file()
+        else str(scenario),
         "setup": setup,
         "loads": loads,
     }
