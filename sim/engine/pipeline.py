@@ -12,6 +12,7 @@ request, and the recorder turns finished requests into one flat row each.
 from __future__ import annotations
 
 import itertools
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -271,9 +272,10 @@ class Model:
             if self.profile is not None and scn.workload.mode == "closed"
             else None
         )
-        self.started_s: list[float] = []
-        self.lookup_t0: list[float] = []
-        self.lookup_hit: list[bool] = []
+        # 8 bytes (1 for a flag) a request, not a list of Python objects.
+        self.started_s = array("d")
+        self.lookup_t0 = array("d")
+        self.lookup_hit = array("b")
         # The stages' callbacks, bound once (a bound method made per request costs time).
         self._cb_route, self._cb_routed = self._route, self._routed
         self._cb_looked_up, self._cb_search, self._cb_searched = self._looked_up, self._search, self._searched

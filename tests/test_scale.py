@@ -1,0 +1,116 @@
+"""What keeps a large shop's run cheap changes no number: the least-outstanding router's
+tree picks what a scan over every replica picks, the recorder's packed blocks give the
+rows it was handed, and a sampler's packed block hands out what ``tolist`` would."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sim.engine.records as records
+from sim import distributions as D
+from sim.engine.llm.routers.least_outstanding import LeastOutstanding
+from sim.engine.pipeline import Model
+from sim.spec.scenario import load_scenario
+
+
+def _scan(replicas):
+    """The definition: fewest waiting + running, lowest index on a tie."""
+    return min(replicas, key=lambda r: len(r.waiting) + len(r.order))
+
+
+def test_least_outstanding_tree_picks_what_a_scan_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    picks = {"n": 0, "spread": set()}
+    pick = LeastOutstanding.pick
+
+    def checked(self):
+        got = pick(self)
+        assert got is _scan(self.replicas)
+        picks["n"] += 1
+        picks["spread"].add(got.index)
+        return got
+
+    monkeypatch.setattr(LeastOutstanding, "pick", checked)
+    scn = load_scenario(
+        {
+            "name": "tree",
+            "run": {"duration_s": 60, "warmup_s": 5, "replications": 1, "seed": 3},
+            "workload": {"mode": "closed", "users": 300, "think_s": {"dist": "exponential", "mean": 2}},
+            "cache": {"enabled": False},
+            "retrieval": {"enabled": False},
+            "llm": {
+                "model": "article-8l",
+                "gpu": "h100-sxm",
+                "replicas": 7,  # not a power of two: padding leaves in the tree
+                "router": "least_outstanding",
+                "max_batch": 8,
+                "prompt_tokens": {"dist": "uniform", "low": 200, "high": 1200},
+                "output_tokens": {"dist": "gamma", "mean": 120, "cv": 0.8},
+            },
+        }
+    )
+    Model(scn, 0).run()
+    assert picks["n"] > 5000 and picks["spread"] == set(range(7))
+
+
+def test_tree_breaks_ties_to_the_lowest_index() -> None:
+    class Rep:
+        def __init__(self, n: int):
+            self.n = n
+
+        def outstanding(self) -> int:
+            return self.n
+
+    reps = [Rep(2), Rep(1), Rep(1), Rep(3), Rep(1)]
+    r = LeastOutstanding(reps, np.random.default_rng(0))
+    assert r.pick() is reps[1]
+    r.update(1, 4)
+    assert r.pick() is reps[2]
+    r.update(2, 2)
+    assert r.pick() is reps[4]
+    r.update(0, 0)
+    assert r.pick() is reps[0]
+
+
+def _small(seed: int = 11):
+    return load_scenario(
+        {
+            "name": "rows",
+            "run": {"duration_s": 120, "warmup_s": 10, "replications": 1, "seed": seed},
+            "workload": {"mode": "closed", "users": 80, "think_s": {"dist": "lognormal", "mean": 2, "cv": 1}},
+            "cache": {"enabled": True, "capacity": 50, "lookup_ms": 1},
+            "retrieval": {"enabled": True, "index": "hnsw", "ef_search": 50, "workers": 2},
+            "llm": {"model": "article-8l", "gpu": "h100-sxm", "prompt_tokens": 300, "output_tokens": 40},
+        }
+    )
+
+
+def test_packed_record_blocks_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    scn = _small()
+    whole = Model(scn, 0).run()
+    monkeypatch.setattr(records, "CHUNK_ROWS", 7)  # many blocks, the last one partial
+    chunked = Model(scn, 0).run()
+    assert len(whole.records["e2e_ms"]) > 1000
+    assert whole.records.keys() == chunked.records.keys()
+    for k, v in whole.records.items():
+        assert v.dtype == chunked.records[k].dtype and np.array_equal(v, chunked.records[k]), k
+    assert np.array_equal(whole.started_s, chunked.started_s)
+    assert np.array_equal(whole.cache_lookups[1], chunked.cache_lookups[1])
+
+
+@pytest.mark.parametrize(
+    "dist",
+    [D.Exponential(2.0), D.Constant(3.0), D.Uniform(0.0, 1.0)],
+    ids=["exponential", "constant", "uniform"],
+)
+def test_sampler_hands_out_what_tolist_gives(dist: D.Distribution) -> None:
+    s = D.Sampler(dist, np.random.default_rng(4), 16)
+    want = dist.sample(np.random.default_rng(4), 16).tolist() + dist.sample(np.random.default_rng(4), 32).tolist()[16:]
+    got = [s() for _ in range(32)]
+    assert got == want and all(type(x) is float for x in got)
+
+
+def test_packed_keeps_integers_exact() -> None:
+    big = np.array([2**62 + 1, -5, 0], dtype=np.int64)
+    assert list(D.packed(big)) == big.tolist()
+    assert list(D.packed(np.array([1.5, 2.25]))) == [1.5, 2.25]
