@@ -114,3 +114,30 @@ def test_packed_keeps_integers_exact() -> None:
     big = np.array([2**62 + 1, -5, 0], dtype=np.int64)
     assert list(D.packed(big)) == big.tolist()
     assert list(D.packed(np.array([1.5, 2.25]))) == [1.5, 2.25]
+
+
+def test_a_single_heavy_task_runs_beside_the_prefetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``prefetch`` and two cores a lone replication goes to a forked worker while this
+    process runs the prefetch; its records are those of the replication run here."""
+    import os
+
+    import sim.run.executors as ex
+
+    where: list[int] = []
+    run = ex.run_replication
+
+    def tagged(scn, r):
+        where.append(os.getpid())
+        rep = run(scn, r)
+        rep.counters["pid"] = os.getpid()
+        return rep
+
+    monkeypatch.setattr(ex, "run_replication", tagged)
+    scn = _small()
+    called: list[bool] = []
+    [(i, rep)] = list(ex.LocalExecutor(2, prefetch=lambda: called.append(True)).as_completed([(scn, 0)]))
+    assert i == 0 and called == [True] and rep.counters["pid"] != os.getpid() and not where
+    [(_, here)] = list(ex.LocalExecutor(2).as_completed([(scn, 0)]))
+    assert here.counters["pid"] == os.getpid()
+    for k, v in here.records.items():
+        assert np.array_equal(v, rep.records[k]), k
