@@ -95,21 +95,25 @@ class Recorder:
         names = COLUMN_NAMES[2:]
         self._pack()
         blocks, self.blocks = self.blocks, []
-        table = np.concatenate(blocks) if blocks else np.empty((0, _FIELDS))
-        del blocks
+
+        def column(j: int) -> np.ndarray:
+            return np.concatenate([b[:, j] for b in blocks]) if blocks else np.empty(0)
+
+        # Column by column from the blocks, each sorted as it is made: the memory held at
+        # once is the blocks plus the columns, never a second copy of every row.
+        order = np.argsort(column(names.index("arrival_s")), kind="stable")
         out: dict[str, np.ndarray] = {}
         for j, name in enumerate(names):
-            col = table[:, j]
+            col = column(j)[order]
             if _KIND[name] == "bool":
                 out[name] = col != 0.0
             elif _KIND[name] == "int":
                 out[name] = col.astype(np.int64)
             elif _KIND[name] == "ms":
-                out[name] = col * 1e3
+                col *= 1e3
+                out[name] = col
             else:
-                out[name] = col.copy()
-        order = np.argsort(out["arrival_s"], kind="stable")
-        out = {k: v[order] for k, v in out.items()}
+                out[name] = col
         n = len(order)
         out = {
             "request": np.arange(n, dtype=np.int64),
