@@ -141,3 +141,20 @@ def test_a_single_heavy_task_runs_beside_the_prefetch(monkeypatch: pytest.Monkey
     assert here.counters["pid"] == os.getpid()
     for k, v in here.records.items():
         assert np.array_equal(v, rep.records[k]), k
+
+
+def test_black_friday_brings_about_100000_shoppers_in_the_hour() -> None:
+    """The rate profile integrates (by hand: 16 x 3,600 + 134 x (60/2 + 240 + 120/2)) to 101,820
+    arrivals, 150 a second at the sale's height."""
+    from pathlib import Path
+
+    from sim.engine.profile import breakpoints, level, peak
+
+    scn = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "black_friday.yaml")
+    prof = scn.workload.profile
+    assert scn.workload.mode == "open" and scn.run.duration_s == 3600
+    ts, vs = breakpoints(prof)
+    ts, vs = [*ts, scn.run.duration_s], [*vs, vs[-1]]
+    total = sum((b - a) * (x + y) / 2 for a, b, x, y in zip(ts, ts[1:], vs, vs[1:]))
+    assert total == pytest.approx(16 * 3600 + 134 * (30 + 240 + 60)) == pytest.approx(101_820)
+    assert peak(prof, 3600) == 150 and float(level(prof, 1000)) == 16
