@@ -74,8 +74,8 @@ PREFETCH_MIN_CPU_S = 1.0
 
 def _load_analysis() -> None:
     """Import what summarising and returning the points needs (scipy, pandas)."""
-    import sim.analysis.summary
-    import sim.run.results  # noqa: F401
+    import sim.analysis.summary  # deferred: scipy, loaded while a worker runs the replication
+    import sim.run.results  # noqa: F401  # deferred: pandas, likewise
 
 
 def iter_completed(executor: Any, tasks: Sequence[Task]) -> Iterator[tuple[int, Replication]]:
