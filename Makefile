@@ -56,9 +56,11 @@ $(BENCH_DEPS)/.stamp: | $(BIN)/python
 	rm -rf $(BENCH_DEPS)/tests
 	touch $@
 
+# BENCH_LONG=1 adds bench_scale's 100,000-shopper point (many minutes on 2 cores).
 bench: $(STAMP) $(BENCH_DEPS)/.stamp
 	$(BIN)/python benchmarks/bench_startup.py --json benchmarks/results/startup.json
 	$(BIN)/python benchmarks/bench_engine.py --json benchmarks/results/engine.json
+	$(BIN)/python benchmarks/bench_scale.py $(if $(BENCH_LONG),--long) --json benchmarks/results/scale.json
 
 # Open the notebooks in JupyterLab (an optional extra, installed on first use).
 notebook: $(STAMP)

@@ -12,6 +12,7 @@ request, and the recorder turns finished requests into one flat row each.
 from __future__ import annotations
 
 import itertools
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +86,12 @@ class TokenCounts:
     """
 
     def __init__(
-        self, scn: Scenario, rng: np.random.Generator, block: int = 256, output_rng: np.random.Generator | None = None
+        self,
+        scn: Scenario,
+        rng: np.random.Generator,
+        block: int = 256,
+        output_rng: np.random.Generator | None = None,
+        build: Callable[[Any], D.Distribution] = build_distribution,
     ):
         llm = scn.llm
         self.off = not llm.enabled  # no LLM stage: no prompt to build, nothing drawn
@@ -93,12 +99,12 @@ class TokenCounts:
         if isinstance(llm.prompt_tokens, PromptComposition):
             c = llm.prompt_tokens
             self.system = c.system_tokens
-            self._doc = D.Sampler(build_distribution(c.doc_tokens), rng, block)
-            self._question = D.Sampler(build_distribution(c.question_tokens), rng, block)
+            self._doc = D.Sampler(build(c.doc_tokens), rng, block)
+            self._question = D.Sampler(build(c.question_tokens), rng, block)
             self._prompt = None
         else:
-            self._prompt = D.Sampler(build_distribution(llm.prompt_tokens), rng, block)
-        self._output = D.Sampler(build_distribution(llm.output_tokens), output_rng or rng, block)
+            self._prompt = D.Sampler(build(llm.prompt_tokens), rng, block)
+        self._output = D.Sampler(build(llm.output_tokens), output_rng or rng, block)
 
     def __call__(self) -> tuple[int, int]:
         if self.off:
@@ -223,6 +229,7 @@ class Model:
         self.drain_s = run.drain_seconds
         seed = run.seed
         self.recorder = Recorder(replication)
+        self._dists: dict[int, tuple[Any, D.Distribution]] = {}
         self.popularity = Popularity(scn.workload.queries)
         self.cache = LRUCache(scn.cache.capacity) if scn.cache.enabled else None
         self.cache_lookup_s = D.Sampler(
@@ -271,13 +278,22 @@ class Model:
             if self.profile is not None and scn.workload.mode == "closed"
             else None
         )
-        self.started_s: list[float] = []
-        self.lookup_t0: list[float] = []
-        self.lookup_hit: list[bool] = []
+        # 8 bytes (1 for a flag) a request, not a list of Python objects.
+        self.started_s = array("d")
+        self.lookup_t0 = array("d")
+        self.lookup_hit = array("b")
         # The stages' callbacks, bound once (a bound method made per request costs time).
         self._cb_route, self._cb_routed = self._route, self._routed
         self._cb_looked_up, self._cb_search, self._cb_searched = self._looked_up, self._search, self._searched
         self._cb_finish = self._finish
+
+    def shared(self, spec: Any) -> D.Distribution:
+        """The distribution of ``spec`` (a part of this model's scenario), built once: every
+        closed-loop user samples the same (immutable) think and token distributions."""
+        held = self._dists.get(id(spec))
+        if held is None or held[0] is not spec:
+            held = self._dists[id(spec)] = (spec, build_distribution(spec))  # holding spec keeps its id unique
+        return held[1]
 
     # ------------------------------------------------------------------ request
     def utterances(self, *purpose: int) -> Utterances | None:
@@ -427,9 +443,15 @@ class Model:
         seed = scn.run.seed
         u = _User(
             uid,
-            D.Sampler(build_distribution(scn.workload.think_s), stream(seed, self.rep, "user", uid), 64),
+            D.Sampler(self.shared(scn.workload.think_s), stream(seed, self.rep, "user", uid), 64),
             QueryKeys(self.popularity, stream(seed, self.rep, "query", uid), 64),
-            TokenCounts(scn, stream(seed, self.rep, "tokens", uid), 64, stream(seed, self.rep, "output_tokens", uid)),
+            TokenCounts(
+                scn,
+                stream(seed, self.rep, "tokens", uid),
+                64,
+                stream(seed, self.rep, "output_tokens", uid),
+                self.shared,
+            ),
             self.utterances(uid),
             self._think,
             self._ask,

@@ -16,8 +16,11 @@ popularity by rank (s = 0 is uniform).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from sim.distributions import packed
 from sim.spec.schema import QueriesConfig
 
 
@@ -60,7 +63,7 @@ class QueryKeys:
         self._cold_cdf = pop.cold_cdf
         self._rng = rng
         self._block = block
-        self._buf: list[int] = []
+        self._buf: Sequence[int] = ()
         self._i = 0
 
     def sample(self, size: int) -> np.ndarray:
@@ -78,7 +81,7 @@ class QueryKeys:
 
     def __call__(self) -> int:
         if self._i >= len(self._buf):
-            self._buf = self.sample(self._block).tolist()
+            self._buf = packed(self.sample(self._block))
             self._i = 0
         k = self._buf[self._i]
         self._i += 1

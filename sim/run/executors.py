@@ -51,15 +51,21 @@ def default_jobs() -> int:
 
 
 class LocalExecutor:
-    """Runs tasks in this process (jobs=1) or a fork-based process pool."""
+    """Runs tasks in this process (jobs=1) or a fork-based process pool.
 
-    def __init__(self, jobs: int | None = None):
+    ``prefetch``: work for this process while the pool runs the tasks (loading the
+    libraries the summaries need).  With it, even a single task goes to a forked worker
+    when there is more than one core, so that loading runs beside the replication
+    instead of after it."""
+
+    def __init__(self, jobs: int | None = None, prefetch: Callable[[], object] | None = None):
         self.jobs = jobs or default_jobs()
+        self.prefetch = prefetch
 
     def as_completed(self, tasks: Sequence[Task]) -> Iterator[tuple[int, Replication]]:
         """``(task index, replication)`` as tasks finish.  Stopping early (Ctrl-C, an
         error) cancels what has not started and kills the workers still running."""
-        if self.jobs <= 1 or len(tasks) <= 1:
+        if self.jobs <= 1 or not tasks or (len(tasks) == 1 and self.prefetch is None):
             for i, t in enumerate(tasks):
                 yield i, _run_task(t)
             return
@@ -72,6 +78,8 @@ class LocalExecutor:
         clean = False
         try:
             futures = {pool.submit(_run_task, t): i for i, t in enumerate(tasks)}
+            if self.prefetch is not None:
+                self.prefetch()
             for f in as_completed(futures):
                 yield futures[f], f.result()
             clean = True

@@ -68,6 +68,16 @@ def nothing_finished_fails(summary: PointSummary, scn: Scenario) -> PointSummary
     return dataclasses.replace(summary, sla=out)
 
 
+#: Estimated CPU seconds from which a run's single replication goes to a forked worker.
+PREFETCH_MIN_CPU_S = 1.0
+
+
+def _load_analysis() -> None:
+    """Import what summarising and returning the points needs (scipy, pandas)."""
+    import sim.analysis.summary  # deferred: scipy, loaded while a worker runs the replication
+    import sim.run.results  # noqa: F401  # deferred: pandas, likewise
+
+
 def iter_completed(executor: Any, tasks: Sequence[Task]) -> Iterator[tuple[int, Replication]]:
     """``(task index, replication)`` as tasks finish, whatever the executor.
 
@@ -112,7 +122,10 @@ def _run_sweep(
     progress: Callable[[int, int], None] | None,
     name: str | None,
 ) -> SweepResult:
-    ex = executor or LocalExecutor(jobs)
+    # A run of a second or more: the summaries' libraries load in this process while a
+    # forked worker runs the replications (a shorter one runs here, without forking).
+    heavy = estimate_run(points).cpu_s >= PREFETCH_MIN_CPU_S
+    ex = executor or LocalExecutor(jobs, prefetch=_load_analysis if heavy else None)
     store = PointStore(out) if out is not None else None
     ids = [point_id(p.scenario) for p in points]
     first: dict[str, int] = {}

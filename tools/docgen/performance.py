@@ -8,7 +8,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
-TITLES = {"startup": "CLI start-up (`benchmarks/bench_startup.py`)", "engine": "Engine (`benchmarks/bench_engine.py`)"}
+TITLES = {
+    "startup": "CLI start-up (`benchmarks/bench_startup.py`)",
+    "engine": "Engine (`benchmarks/bench_engine.py`)",
+    "scale": "Shop size (`benchmarks/bench_scale.py`)",
+}
 
 
 def load(name: str) -> dict[str, Any]:
@@ -45,6 +49,12 @@ def render() -> str:
             extra = ""
             if "first_line_s" in f:
                 extra = f" (first line {f['first_line_s']:.3f} s, CPU {f['cpu_s']:.3f} s)"
+            if "requests_per_cpu_s" in f:
+                extra = (
+                    f" ({f['requests']:,} requests, {f['requests_per_cpu_s']:,} requests and "
+                    f"{f['events_per_cpu_s']:,} events per CPU second; summary {f['summary_cpu_s']:.2f} s CPU; "
+                    f"whole process {f['wall_s']:.1f} s wall, peak {f['peak_mb']:,.0f} MB)"
+                )
             note = f" ({f['note']})" if f.get("note") else ""
             lines.append(f"| {f['name']} | {value(f)}{extra}{note} | {f['target'] or '-'} |")
         src = f" Source: {doc['source']}." if doc.get("source") else ""
@@ -66,6 +76,9 @@ EXPLAIN = """\
 * An LLM replica wakes the event loop once per admission, completion or KV-block shortage,
   never once per token: between two such events a batch does not change and every context
   grows by one token a step, so *k* decode steps have a closed form.
+* The least-outstanding router keeps the replicas' loads in a tournament tree that each
+  replica updates when a request joins or leaves it: a pick reads the root instead of
+  scanning every replica.
 * No reference cycles per request (`tests/test_engine_cycles.py` holds a replication's cyclic
   garbage at zero), and records become columns in one conversion to float64.
 * A parallel sweep forks its workers before the parent imports pandas and scipy, hands out
@@ -75,7 +88,9 @@ EXPLAIN = """\
   and two trips over the wire per search where the shared pool takes one timer, hence its
   lower rate in the last engine row.
 
-Memory grows with requests, about 0.7 kB each in the records plus about 10 kB per closed-loop
-user (measured with tracemalloc for `sim/run/bounds.py`); about 155 MB of the flagship's peak is
-the interpreter and its libraries.
+Memory grows with requests and with closed-loop users. A finished request is packed into a
+float64 block (8 bytes a field, 144 bytes a request) every 4,096 requests, and becomes column
+arrays once at the end; a closed-loop user holds four random streams and their sampler blocks
+(typed arrays, 8 bytes a value). About 155 MB of the flagship's peak is the interpreter and its
+libraries.
 """

@@ -50,6 +50,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
+from collections.abc import Callable
 
 import simpy
 
@@ -142,6 +143,10 @@ class Replica:
         self.pinned = 0  # blocks of the shared prefix, once computed
         self.waiting: deque[Generation] = deque()
         self.order: dict[Generation, None] = {}  # running sequences, in admission order
+        # Called with (index, outstanding) whenever a request joins or leaves the replica:
+        # a router that keeps its own view of the load (least outstanding) hooks in here.
+        self.on_outstanding: Callable[[int, int], object] | None = None
+        self._outstanding = 0
         self.prefilling: list[Generation] = []
         self.prefill_blocks = 0
         self.dec = DecodeBlocks(B)
@@ -190,7 +195,7 @@ class Replica:
         return (self.pinned + self.prefill_blocks + self.dec.blocks(D + j)) * self.B
 
     def outstanding(self) -> int:
-        return len(self.waiting) + len(self.order)
+        return self._outstanding
 
     # totals inside the measurement window
     busy_s = property(lambda self: self.bins["busy_s"].total)
@@ -212,6 +217,9 @@ class Replica:
         seq.replica = self.index
         was_empty = not self.waiting
         self.waiting.append(seq)
+        self._outstanding += 1
+        if self.on_outstanding is not None:
+            self.on_outstanding(self.index, self._outstanding)
         w = self._wake
         if w is not None and was_empty and not w.triggered and len(self.order) < self.max_batch:
             w.succeed()
@@ -246,6 +254,9 @@ class Replica:
         seq.state = DONE
         seq.t_last = now
         del self.order[seq]
+        self._outstanding -= 1
+        if self.on_outstanding is not None:
+            self.on_outstanding(self.index, self._outstanding)
         done, seq.done = seq.done, None  # the event holds the sequence as its value: no cycle back
         assert done is not None  # a sequence finishes once
         done.succeed(seq)
