@@ -24,6 +24,7 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "timeline": "results per time window (for loads that change over time)",
         "cost": "prices in USD per hour; summaries gain cost per hour and per 1,000 answers",
         "sweep": "dotted key -> list of values; every combination is a point",
+        "plan": "dotted key -> list of values: the deployments capsim plan searches for the cheapest that passes",
         "expect": "which sweep points are meant to pass or fail (tests hold the scenario to it)",
     },
     "RunConfig": {

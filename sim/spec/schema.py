@@ -928,6 +928,8 @@ class Scenario(Strict):
     timeline: TimelineConfig = TimelineConfig()
     cost: Optional[CostConfig] = None
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    # The deployment space `capsim plan` searches (sim.run.plan): dotted key -> values to consider.
+    plan: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
     expect: list[Expectation] = []
 
     @property
