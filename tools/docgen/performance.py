@@ -8,7 +8,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
-TITLES = {"startup": "CLI start-up (`benchmarks/bench_startup.py`)", "engine": "Engine (`benchmarks/bench_engine.py`)"}
+TITLES = {
+    "startup": "CLI start-up (`benchmarks/bench_startup.py`)",
+    "engine": "Engine (`benchmarks/bench_engine.py`)",
+    "plan": "Deployment planning (`benchmarks/bench_plan.py`)",
+}
 
 
 def load(name: str) -> dict[str, Any]:
@@ -21,6 +25,8 @@ def value(fig: dict[str, Any]) -> str:
         return f"{v:.2f}x"
     if unit == "MB":
         return f"{v:,.0f} MB"
+    if unit == "configurations":
+        return f"{v:,.0f}"
     return f"{v:.2f} {unit}" if v >= 0.1 else f"{v:.3f} {unit}"
 
 
@@ -45,6 +51,8 @@ def render() -> str:
             extra = ""
             if "first_line_s" in f:
                 extra = f" (first line {f['first_line_s']:.3f} s, CPU {f['cpu_s']:.3f} s)"
+            elif "cpu_s" in f:
+                extra = f" (CPU {f['cpu_s']:.1f} s)"
             note = f" ({f['note']})" if f.get("note") else ""
             lines.append(f"| {f['name']} | {value(f)}{extra}{note} | {f['target'] or '-'} |")
         src = f" Source: {doc['source']}." if doc.get("source") else ""
