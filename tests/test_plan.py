@@ -64,7 +64,7 @@ def test_plan_finds_the_known_optimum(size) -> None:
         assert by_k[k].pruned and by_k[k].pruned.startswith("cannot pass")
         assert by_k[k].bound_ms == pytest.approx((USERS * SERVICE_MS / 1e3 / k - THINK_S) * 1e3)
     assert not by_k[4].pruned and by_k[4].best is not None and by_k[4].best.verdict != "pass"
-    # screened: k = 4 (fails), 5 (passes, then confirmed) and 6 (its knob one step up)
+    # screened: k = 6 first (the group's most workers), then k = 4 (fails) and 5 (passes, confirmed)
     assert res.counts == {"configurations": 6, "pruned": 3, "skipped": 0, "screened": 3, "confirmed": 1}
     # knobs: one worker fewer is slower and $1/h cheaper, one more is faster and $1/h dearer
     knobs = {k.direction: k for k in res.knobs}
@@ -73,6 +73,26 @@ def test_plan_finds_the_known_optimum(size) -> None:
     assert knobs["down"].delta_p95_ms is not None and knobs["down"].delta_p95_ms > 0
     assert knobs["up"].delta_p95_ms is not None and knobs["up"].delta_p95_ms < 0
     assert res.exit_code == 0
+
+
+def test_a_failing_best_resourced_member_skips_its_group() -> None:
+    """Two CPU classes (100 ms and 200 ms searches); no bound prunes (margin 10).  The slow
+    class's best-resourced member, 6 workers (exact MVA mean over 1 s), fails the screen, so
+    its 1 to 5 workers are skipped unsimulated; the fast class still gives k = 5."""
+    d = mva_queue(200, 3)
+    slow = {"dist": "exponential", "mean": 200.0}
+    assert analytic.mva(USERS, THINK_S, [0.2], [6]).response_s * 1e3 > 2 * SLA_MEAN_MS
+    d["plan"] = {"retrieval.service_ms": [d["retrieval"]["service_ms"], slow], "retrieval.workers": [1, 2, 3, 4, 5, 6]}
+    res = plan(d, jobs=2, margin=10.0, knobs=False)
+    by = {(c.params["retrieval.service_ms"]["mean"], c.params["retrieval.workers"]): c for c in res.candidates}
+    assert by[(200.0, 6)].screen is not None and by[(200.0, 6)].screen.verdict == "fail"
+    for k in (3, 4, 5):
+        assert by[(200.0, k)].screen is None
+        assert (by[(200.0, k)].skipped or "").startswith("skipped: even with workers=6 it fails")
+    # the bound N * D / k - Z still exceeds 11 x 350 ms at 1 and 2 slow workers and 1 fast one
+    assert {k for k, c in by.items() if c.pruned} == {(200.0, 1), (200.0, 2), (100.0, 1)}
+    assert res.counts["skipped"] == 3
+    assert res.winner is by[(100.0, 5)]
 
 
 def test_closed_bound_by_hand() -> None:

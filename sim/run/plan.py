@@ -408,6 +408,11 @@ def _order(c: Candidate) -> tuple[float, float, int]:
     return (_cost(c), c.bound_ms if c.bound_ms is not None else 0.0, c.index)
 
 
+def _key(params: Mapping[str, Any]) -> str:
+    """A hashable form of a candidate's values (a value may be a mapping, e.g. a distribution)."""
+    return json.dumps(params, sort_keys=True, default=str)
+
+
 #: Keys of which more never makes a configuration slower: more retrieval workers (each on
 #: its own core, or more cores) and a bigger LRU cache (whose hits only grow with its size).
 MONOTONE = ("retrieval.workers", "retrieval.cpu_cores", "cache.capacity")
@@ -426,20 +431,20 @@ class _Screener:
         self.runner, self.alive, self.reps, self.left = runner, alive, reps, budget
         keys = list(everyone[0].params) if everyone else []
         self.mono = [k for k in keys if k in MONOTONE]
-        by_params = {tuple(c.params.items()): c for c in everyone}
-        tops: dict[tuple, Candidate] = {}
-        self.members: dict[tuple, list[Candidate]] = {}
+        by_params = {_key(c.params): c for c in everyone}
+        tops: dict[str, Candidate] = {}
+        self.members: dict[str, list[Candidate]] = {}
         for c in everyone:
             g = self.group(c)
             self.members.setdefault(g, []).append(c)
         for g, members in self.members.items():
             best = {k: max(m.params[k] for m in members) for k in self.mono}
             top = {k: best.get(k, v) for k, v in members[0].params.items()}
-            tops[g] = by_params[tuple(top.items())]
+            tops[g] = by_params[_key(top)]
         self.tops = tops
 
-    def group(self, c: Candidate) -> tuple:
-        return tuple((k, v) for k, v in c.params.items() if k not in self.mono)
+    def group(self, c: Candidate) -> str:
+        return _key({k: v for k, v in c.params.items() if k not in self.mono})
 
     def skip_group(self, top: Candidate, why: str) -> None:
         for m in self.members[self.group(top)]:
@@ -665,7 +670,7 @@ def _knobs(res: PlanResult, runner: _Runner, reps: int, stage: Callable[[str, in
     """Each planned key one step each way from the winner, on the screen's replications."""
     w = res.winner
     assert w is not None
-    by_params = {tuple(c.params.items()): c for c in res.candidates}
+    by_params = {_key(c.params): c for c in res.candidates}
     moves: list[tuple[str, str, Any, Candidate]] = []
     for key, values in res.keys.items():
         if len(values) < 2:
@@ -674,7 +679,7 @@ def _knobs(res: PlanResult, runner: _Runner, reps: int, stage: Callable[[str, in
         for direction, j in (("down", i - 1), ("up", i + 1)):
             if 0 <= j < len(values):
                 params = {**w.params, key: values[j]}
-                moves.append((key, direction, values[j], by_params[tuple(params.items())]))
+                moves.append((key, direction, values[j], by_params[_key(params)]))
     todo = [c for _, _, _, c in moves if c.scenario is not None and c.screen is None]
     if w.screen is None:
         todo.insert(0, w)
