@@ -630,6 +630,17 @@ def plan(
     return res
 
 
+def audit_pruned(res: PlanResult, n: int, replications: int, jobs: int | None = None) -> list[Candidate]:
+    """Simulate the ``n`` candidates the bound pruned closest to the line (smallest bound), to
+    check that pruning discarded none that passes; returns them with ``screen`` set."""
+    pruned = [c for c in res.candidates if c.scenario is not None and c.pruned and c.bound_ms is not None]
+    pruned.sort(key=lambda c: (c.bound_ms, c.index))
+    chosen = pruned[:n]
+    for c, o in zip(chosen, _Runner(LocalExecutor(jobs)).run(chosen, replications)):
+        c.screen = o
+    return chosen
+
+
 def _runner_ups(res: PlanResult, band: float) -> list[tuple[Candidate, str]]:
     """Every other candidate within ``band`` of the winner's cost (cheaper or dearer), and why it loses."""
     w = res.winner
@@ -707,4 +718,4 @@ def _knobs(res: PlanResult, runner: _Runner, reps: int, stage: Callable[[str, in
     return out
 
 
-__all__ = ["Candidate", "Knob", "Outcome", "PlanResult", "bound_e2e_s", "pareto_front", "plan", "prune"]
+__all__ = ["Candidate", "Knob", "Outcome", "PlanResult", "audit_pruned", "bound_e2e_s", "pareto_front", "plan", "prune"]
