@@ -67,3 +67,11 @@ def test_unpriced_gpu_needs_a_price() -> None:
         sim.load_scenario(SMALL, {"cost": {}, "llm.gpu": "l4"})
     s = sim.load_scenario(SMALL, {"cost": {"gpu_per_hour": 0.8}, "llm.gpu": "l4"})
     assert prices(s)["gpu_per_hour"] == 0.8  # type: ignore[index]
+
+
+def test_the_notes_name_the_price_date() -> None:
+    from sim.present.plots import report_notes
+
+    notes = dict(report_notes([{"cost": {"price_date": "2026-12-07"}, "stability": {"stable": True}}]))
+    assert "read on 2026-12-07" in notes["prices"]
+    assert "prices" not in dict(report_notes([{"cost": {"price_date": None}, "stability": {"stable": True}}]))
