@@ -137,6 +137,15 @@ def test_bad_plan_blocks_exit_2_with_one_line(tmp_path, plan_block, message) -> 
     assert not out.exists()  # nothing half-written
 
 
+def test_a_gpu_without_a_price_is_a_bad_plan_value(tmp_path) -> None:
+    d = mva_queue()
+    d["llm"] = {"enabled": True}
+    d["plan"] = {"llm.gpu": ["h100-sxm", "l4"]}
+    r = invoke("plan", write(tmp_path, d), "--out", tmp_path / "p")
+    assert r.exit_code == 2
+    assert "plan.llm.gpu: 'l4': cost.gpu_per_hour: the price catalog has no price for GPU 'l4'" in r.stderr
+
+
 def test_a_scenario_without_plan_or_sla_is_refused(tmp_path) -> None:
     d = mva_queue()
     del d["plan"]

@@ -279,6 +279,8 @@ def _check_values(raw: dict, keys: Mapping[str, list[Any]]) -> None:
                 msg = str(e)
                 if msg.startswith(f"{key}:") or msg.startswith(f"{key}."):
                     raise ConfigError(f"plan.{key}: {v!r}: {msg.split(': ', 1)[1]}") from None
+                if msg.startswith("cost."):  # e.g. a GPU the price catalog does not price
+                    raise ConfigError(f"plan.{key}: {v!r}: {msg}") from None
 
 
 def _space(raw: dict, keys: Mapping[str, list[Any]]) -> list[Candidate]:
