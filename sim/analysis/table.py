@@ -90,7 +90,6 @@ def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> p
         row["cost_per_hour"] = cost.get("per_hour")
         row["cost_per_1000_answers"] = cost.get("per_1000_answers")
         row["cost_per_million_output_tokens"] = cost.get("per_million_output_tokens")
-        row["cost_price_date"] = cost.get("price_date")
         row["replications"] = s.get("replications")
         row["stable"] = s.get("stability", {}).get("stable")
         row["verdict"] = overall_verdict(s)

@@ -83,9 +83,6 @@ def cost_table(table, keys: list[str], ranked: bool) -> Table:
             _money(r["cost_per_million_output_tokens"], 2),
             mark,
         )
-    dates = sorted({str(d) for d in table.get("cost_price_date", []) if isinstance(d, str)})
-    if dates:
-        t.caption = f"catalog prices read on {', '.join(dates)} (sim/spec/catalog/prices.yaml); cost: overrides them"
     return t
 
 
