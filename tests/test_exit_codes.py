@@ -33,6 +33,7 @@ COMMANDS = {
     "estimate": ("sim.analysis.estimate", "estimate_points", ["estimate", SMALL]),
     "sweep": ("sim.run.loop", "run_sweep", ["sweep", SMALL]),
     "capacity": ("sim.run.capacity", "capacity", ["capacity", SMALL, "--vary", "workload.users"]),
+    "plan": ("sim.run.plan", "plan", ["plan", SMALL, "--out", "{tmp}/plan"]),
     "report": ("sim.present.plots", "write_report", ["report", "{sealed}"]),
     "calibrate retrieval": (
         "sim.calibrate.retrieval",

@@ -1,21 +1,30 @@
 """What a configuration costs, at the throughput the simulation found.
 
-The optional ``cost:`` section prices the hardware by the hour::
+The optional ``cost:`` section prices the hardware by the hour; a price it
+leaves out comes from the price catalog (:mod:`sim.spec.prices`: on-demand
+prices read from public price pages, each with its date)::
 
+    cost: {}                        # every price from the catalog
     cost:
-      gpu_per_hour: 2.50          # USD per GPU-hour
-      cpu_worker_per_hour: 0.05   # USD per retrieval worker-hour
+      gpu_per_hour: 2.50            # USD per GPU-hour (your contract's)
+      cpu_core_per_hour: 0.04       # USD per vCPU-hour
+      cpu_worker_per_hour: 0.05     # or: USD per retrieval worker-hour, whatever its cores
 
-The fleet is ``llm.replicas x llm.tensor_parallel`` GPUs (``tensor_parallel``
-counts as 1 where the schema has no such key) and ``retrieval.workers``
-workers; a disabled stage costs nothing.  From the measured throughput ``X``
-(answers per second) and output-token rate ``T`` (tokens per second)::
+The fleet is ``llm.replicas x llm.tensor_parallel`` GPUs and
+``retrieval.workers`` workers on ``retrieval.cpu_cores`` cores (one per
+worker when unset); a disabled stage costs nothing.  From the measured
+throughput ``X`` (answers per second) and output-token rate ``T`` (tokens per
+second)::
 
-    per_hour                  = gpu_per_hour * GPUs + cpu_worker_per_hour * workers
+    cpu_per_hour              = cpu_worker_per_hour * workers   (when given)
+                              = cpu_core_per_hour * cores        (otherwise)
+    per_hour                  = gpu_per_hour * GPUs + cpu_per_hour
     per_1000_answers          = per_hour / (3600 * X) * 1000
     per_million_output_tokens = per_hour / (3600 * T) * 1e6
 
 so points of a sweep that meet the SLA can be ranked by what an answer costs.
+``price_date`` is the oldest read date of the catalog prices used (None when
+the scenario gives every price).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sim.errors import CapsimError
+from sim.spec.prices import cpu_core_price, gpu_price
 from sim.spec.schema import Scenario
 
 
@@ -37,18 +47,54 @@ def cpu_workers(scn: Scenario) -> int:
     return int(scn.retrieval.workers) if scn.retrieval.enabled else 0
 
 
-def per_hour(scn: Scenario) -> float | None:
-    """USD per hour of the whole fleet, or None without a ``cost:`` section."""
+def cpu_cores(scn: Scenario) -> int:
+    """Cores the retrieval workers run on: ``retrieval.cpu_cores``, else one per worker (0 when disabled)."""
+    if not scn.retrieval.enabled:
+        return 0
+    return int(scn.retrieval.cpu_cores or scn.retrieval.workers)
+
+
+def prices(scn: Scenario) -> dict | None:
+    """The prices a scenario's fleet is charged at, or None without a ``cost:`` section:
+    ``{gpu_per_hour, cpu_per_hour, price_date}`` (``cpu_per_hour`` for the whole retrieval
+    stage), each from the ``cost:`` section or, where it gives none, from the catalog."""
     c = scn.cost
     if c is None:
         return None
-    return c.gpu_per_hour * gpus(scn) + c.cpu_worker_per_hour * cpu_workers(scn)
+    dates: list[str] = []
+    gpu = c.gpu_per_hour
+    if gpu is None and gpus(scn):
+        entry = gpu_price(scn.llm.gpu.name)
+        if entry is None:  # the schema refuses this; a hand-built Scenario may not have been checked
+            raise CapsimError(f"cost.gpu_per_hour: no catalog price for GPU {scn.llm.gpu.name!r}")
+        gpu = entry.usd_per_hour
+        dates.append(entry.read_on)
+    if c.cpu_worker_per_hour is not None:
+        cpu = c.cpu_worker_per_hour * cpu_workers(scn)
+    else:
+        core = c.cpu_core_per_hour
+        if core is None and cpu_cores(scn):
+            entry = cpu_core_price()
+            core = entry.usd_per_hour
+            dates.append(entry.read_on)
+        cpu = (core or 0.0) * cpu_cores(scn)
+    return {"gpu_per_hour": gpu or 0.0, "cpu_per_hour": cpu, "price_date": min(dates) if dates else None}
+
+
+def per_hour(scn: Scenario) -> float | None:
+    """USD per hour of the whole fleet, or None without a ``cost:`` section."""
+    p = prices(scn)
+    if p is None:
+        return None
+    return p["gpu_per_hour"] * gpus(scn) + p["cpu_per_hour"]
 
 
 def cost_figures(scn: Scenario, throughput_per_s: float, output_tokens_per_s: float) -> dict | None:
-    """``{per_hour, per_1000_answers, per_million_output_tokens}`` in USD (None without prices)."""
+    """``{per_hour, per_1000_answers, per_million_output_tokens}`` in USD and the ``price_date`` of the
+    catalog prices used (None without a ``cost:`` section)."""
+    p = prices(scn)
     ph = per_hour(scn)
-    if ph is None:
+    if p is None or ph is None:
         return None
 
     def unit(rate_per_s: float, per: float) -> float | None:
@@ -58,6 +104,7 @@ def cost_figures(scn: Scenario, throughput_per_s: float, output_tokens_per_s: fl
         "per_hour": ph,
         "per_1000_answers": unit(throughput_per_s, 1e3),
         "per_million_output_tokens": unit(output_tokens_per_s, 1e6),
+        "price_date": p["price_date"],
     }
 
 

@@ -186,6 +186,22 @@ def estimate(scn: Scenario) -> dict[str, Any]:
     return out
 
 
+def retrieval_station(scn: Scenario) -> tuple[tuple[float, int] | None, float]:
+    """The retrieval station :func:`estimate` uses, ``(demand s per request, servers)`` (None when
+    disabled), and the delay every request spends in the cache lookup, s."""
+    stations: dict[str, tuple[float, int]] = {}
+    cache_s = _cache_and_retrieval(scn, {}, stations)
+    return stations.get("retrieval"), cache_s
+
+
+def gpu_station(scn: Scenario) -> tuple[tuple[float, int] | None, float]:
+    """The GPU station :func:`estimate` uses, ``(demand s per request, replicas)`` (None when the
+    stage is disabled or a mean request does not fit one replica), and a lone request's decode time, s."""
+    stations: dict[str, tuple[float, int]] = {}
+    delay_s = _gpu_figures(scn, {}, [], stations) if scn.llm.enabled else 0.0
+    return stations.get("gpu"), delay_s
+
+
 def _cache_and_retrieval(scn: Scenario, out: dict[str, Any], stations: dict[str, tuple[float, int]]) -> float:
     """The cache's hit ratio and the retrieval station into ``out`` / ``stations``; returns
     the mean cache lookup, seconds (a delay every request spends)."""

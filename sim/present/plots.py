@@ -648,6 +648,15 @@ def report_notes(points: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
         )
     elif rets and all(r.get("source") for r in rets) and len({r["source"] for r in rets}) == 1:
         out.append(("source", f"search times from {rets[0]['source']}"))
+    dates = sorted({str(d) for p in points if (d := (p.get("cost") or {}).get("price_date"))})
+    if dates:
+        out.append(
+            (
+                "prices",
+                f"costs at the price catalog's on-demand prices read on {', '.join(dates)} "
+                "(sim/spec/catalog/prices.yaml); a cost: section sets your own",
+            )
+        )
     warm = [p.get("warmup") for p in points]
     if warm and all(w and w["method"] == "fixed" and w["cut_s"] > 0 for w in warm):
         w0 = warm[0]

@@ -24,6 +24,7 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "timeline": "results per time window (for loads that change over time)",
         "cost": "prices in USD per hour; summaries gain cost per hour and per 1,000 answers",
         "sweep": "dotted key -> list of values; every combination is a point",
+        "plan": "dotted key -> list of values: the deployments capsim plan searches for the cheapest that passes",
         "expect": "which sweep points are meant to pass or fail (tests hold the scenario to it)",
     },
     "RunConfig": {
@@ -200,8 +201,9 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "sla": "metric -> {statistic: threshold in ms} that must hold in every window",
     },
     "CostConfig": {
-        "gpu_per_hour": "USD per GPU per hour",
-        "cpu_worker_per_hour": "USD per retrieval worker per hour",
+        "gpu_per_hour": "USD per GPU per hour (default: the price catalog's on-demand price of llm.gpu)",
+        "cpu_core_per_hour": "USD per CPU core (vCPU) per hour (default: the price catalog's)",
+        "cpu_worker_per_hour": "USD per retrieval worker-hour, whatever its cores (default: cores x cpu_core_per_hour)",
     },
     "Expectation": {
         "params": "swept key -> value selecting the points ({} is every point)",

@@ -40,7 +40,7 @@ from sim.physics import perop
 from sim.physics.sharing import check_contention
 from sim.physics.steptable import load_table
 from sim.registry import INDEXES, ROUTERS
-from sim.spec import catalog
+from sim.spec import catalog, prices
 from sim.spec import trace as trace_file
 from sim.spec.catalog import param_counts
 from sim.spec.descriptions import FIELD_DESCRIPTIONS
@@ -922,10 +922,14 @@ class TimelineConfig(Strict):
 
 
 class CostConfig(Strict):
-    """Prices in USD per hour (see :mod:`sim.analysis.dollars`): every replica's GPUs and every retrieval worker."""
+    """Prices in USD per hour (see :mod:`sim.analysis.dollars`): every replica's GPUs and every retrieval
+    worker.  A price left out comes from the catalog (:mod:`sim.spec.prices`): ``gpu_per_hour`` the
+    on-demand price of ``llm.gpu``, ``cpu_core_per_hour`` that of one vCPU; ``cpu_worker_per_hour``,
+    when given, prices a retrieval worker whatever its cores."""
 
-    gpu_per_hour: NonNegFloat = 0.0
-    cpu_worker_per_hour: NonNegFloat = 0.0
+    gpu_per_hour: Optional[NonNegFloat] = None
+    cpu_core_per_hour: Optional[NonNegFloat] = None
+    cpu_worker_per_hour: Optional[NonNegFloat] = None
 
 
 class Expectation(Strict):
@@ -964,6 +968,8 @@ class Scenario(Strict):
     timeline: TimelineConfig = TimelineConfig()
     cost: Optional[CostConfig] = None
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    # The deployment space `capsim plan` searches (sim.run.plan): dotted key -> values to consider.
+    plan: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
     expect: list[Expectation] = []
 
     @property
@@ -1018,6 +1024,12 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
+        c = self.cost
+        if c is not None and c.gpu_per_hour is None and self.llm.enabled and not prices.gpu_price(self.llm.gpu.name):
+            raise ValueError(
+                f"cost.gpu_per_hour: the price catalog has no price for GPU {self.llm.gpu.name or '(unnamed)'!r} "
+                f"(priced: {', '.join(prices.priced_gpus())}); give cost.gpu_per_hour in USD"
+            )
         for metric in [*self.sla, *self.timeline.sla]:
             stage = METRIC_STAGE.get(metric)
             if stage and not getattr(self, stage).enabled:

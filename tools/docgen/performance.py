@@ -12,6 +12,7 @@ TITLES = {
     "startup": "CLI start-up (`benchmarks/bench_startup.py`)",
     "engine": "Engine (`benchmarks/bench_engine.py`)",
     "scale": "Shop size (`benchmarks/bench_scale.py`)",
+    "plan": "Deployment planning (`benchmarks/bench_plan.py`)",
 }
 
 
@@ -25,6 +26,8 @@ def value(fig: dict[str, Any]) -> str:
         return f"{v:.2f}x"
     if unit == "MB":
         return f"{v:,.0f} MB"
+    if unit == "configurations":
+        return f"{v:,.0f}"
     return f"{v:.2f} {unit}" if v >= 0.1 else f"{v:.3f} {unit}"
 
 
@@ -49,12 +52,14 @@ def render() -> str:
             extra = ""
             if "first_line_s" in f:
                 extra = f" (first line {f['first_line_s']:.3f} s, CPU {f['cpu_s']:.3f} s)"
-            if "requests_per_cpu_s" in f:
+            elif "requests_per_cpu_s" in f:
                 extra = (
                     f" ({f['requests']:,} requests, {f['requests_per_cpu_s']:,} requests and "
                     f"{f['events_per_cpu_s']:,} events per CPU second; summary {f['summary_cpu_s']:.2f} s CPU; "
                     f"whole process {f['wall_s']:.1f} s wall, peak {f['peak_mb']:,.0f} MB)"
                 )
+            elif "cpu_s" in f:
+                extra = f" (CPU {f['cpu_s']:.1f} s)"
             note = f" ({f['note']})" if f.get("note") else ""
             lines.append(f"| {f['name']} | {value(f)}{extra}{note} | {f['target'] or '-'} |")
         src = f" Source: {doc['source']}." if doc.get("source") else ""
