@@ -191,20 +191,28 @@ def test_load_search_without_bounds_starts_near_the_estimated_saturation():
     assert tried[0].value == round(0.9 * sat)
 
 
-def test_capacity_by_engine_names_each_preset_and_answers_with_the_one_that_asks_most():
-    from sim.run.capacity import capacity_band, conservative
+def test_capacity_by_engine_searches_with_each_engine_preset():
+    from sim.run.capacity import capacity_band
 
-    ov = {"run.duration_s": 40, "run.warmup_s": 5, "run.replications": 2, "llm.model": "llama-3-8b"}
-    res = capacity_band("tests/data/rag_small.yaml", "workload.users", ov, by="engine", low=10, high=400, step=100)
+    ov = {"run.duration_s": 60, "run.warmup_s": 10, "run.replications": 3, "llm.model": "llama-3-8b"}
+    ov |= {"workload.users": 40, "llm.max_batch": 4}
+    res = capacity_band(SMALL, "llm.replicas", ov, by="engine", low=1, high=6)
     assert list(res) == ["vllm", "trtllm", "sglang"]
-    for engine, r in res.items():
-        assert r.tried, engine
-    pick = conservative(res)
-    known = {p: r.capacity for p, r in res.items() if r.capacity is not None}
-    if len(known) == 3:  # the largest load every engine holds
-        assert res[pick].capacity == min(known.values())
+    p95 = {p: r.tried[0].to_dict()["p95_e2e_ms"] for p, r in res.items()}
+    assert len({round(v) for v in p95.values()}) == 3  # each preset's scheduler and step costs tell
     with pytest.raises(ConfigError, match="--engines: it sets llm.engine itself"):
         capacity_band(SMALL, "workload.users", {"llm.engine": "vllm"}, by="engine")
+
+
+def test_the_engine_answer_is_the_one_that_asks_most():
+    from sim.run.capacity import CapacityResult, conservative
+
+    def res(direction, *caps):
+        return {e: CapacityResult("k", direction, c) for e, c in zip(("vllm", "trtllm", "sglang"), caps)}
+
+    assert conservative(res("min", 1, 2, 1)) == "trtllm"  # the most replicas
+    assert conservative(res("max", 900, 700, 800)) == "trtllm"  # the fewest shoppers held
+    assert conservative(res("min", 1, None, 3)) == "trtllm"  # no answer asks most of all
 
 
 def test_band_and_engines_together_is_a_one_line_error():

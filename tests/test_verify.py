@@ -148,7 +148,7 @@ def _small_index(tmp_path: Path) -> tuple[str, Path, Path]:
     reason=f"needs the reference stack: {LLAMA_SERVER} and {MODEL} (make verify builds them)",
 )
 # The unsegmented play against the real pair is the long form's only: its path is also played by
-# the --confirm test (a real search service) and tests/test_verify_clock.py (an LLM server).
+# the threaded retrieval test (a real search service) and tests/test_verify_clock.py (an LLM server).
 @pytest.mark.parametrize(
     "segments",
     [pytest.param(1, marks=pytest.mark.skipif(not LONG, reason="long form only (CAPSIM_LONG=1): 20 s")), 2],
@@ -294,7 +294,15 @@ def _threaded_search_target(tmp_path: Path, cores: tuple[int, ...] = (0, 1)):
             proc.kill()
 
 
-@pytest.mark.parametrize("segments, cores", [(1, (0, 1)), (2, (1,))])
+# The segmented play against the threaded service is the long form's only: segments are played
+# against a real search service by the llama end-to-end test above.
+@pytest.mark.parametrize(
+    "segments, cores",
+    [
+        (1, (0, 1)),
+        pytest.param(2, (1,), marks=pytest.mark.skipif(not LONG, reason="long form only (CAPSIM_LONG=1): 16 s")),
+    ],
+)
 def test_verify_the_retrieval_stage_alone_against_a_real_threaded_search_service(tmp_path, segments, cores):
     """A retrieval-only target (no llm:) and scenario (llm.enabled: false) against the real
     search service with two search threads over one small hnswlib index: the probes run,
@@ -661,6 +669,7 @@ def test_a_row_is_outside_after_a_replay_only_when_both_plays_put_it_outside():
     assert "first_attempt" not in first.to_dict()
 
 
+@pytest.mark.skipif(not LONG, reason="long form only (CAPSIM_LONG=1): 30 s; the stand-in test above is the short form")
 def test_verify_confirm_plays_a_load_with_a_row_outside_again(tmp_path, monkeypatch):
     """``--confirm`` against the real threaded search service: the first play's retrieval P95 is
     marked outside (a stand-in for a slow spell of the host), so the load is played again,
