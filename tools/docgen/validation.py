@@ -10,6 +10,7 @@ Inputs: ``sim/data/published/fit.json`` (``capsim calibrate published``),
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -188,9 +189,36 @@ def _silicon(sil: dict[str, Any]) -> list[str]:
         lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
+        "The same on the rows aiconfigurator predicts (dense models on H100 and H200), so that the three "
+        "predictors are compared on the same runs:",
+        "",
+        "| engine | rows | capsim `published` TPOT | TTFT | engine preset, held out, TPOT | TTFT "
+        "| aiconfigurator TPOT | TTFT |",
+        "|---|---|---|---|---|---|---|---|",
+        *_same_rows(),
+        "",
         "The per-row predictions are in `sim/data/silicon/validation/rows.csv`; `make validate` recomputes them.",
     ]
     return lines
+
+
+def _same_rows() -> list[str]:
+    """One table row per engine (and all): MAPE (signed mean) of each predictor on the rows of
+    ``rows.csv`` that every predictor answered."""
+    with open(ROOT / "sim/data/silicon/validation/rows.csv", newline="") as fh:
+        recs = list(csv.DictReader(fh))
+    cols = ("capsim", "engine", "aic")
+    both = [r for r in recs if all(r[f"{c}_{m}_err"] for c in cols for m in ("tpot", "ttft"))]
+    out = []
+    for name in ("all", *sorted({r["engine"] for r in both})):
+        sel = [r for r in both if name in ("all", r["engine"])]
+        row = [name, str(len(sel))]
+        for c in cols:
+            for m in ("tpot", "ttft"):
+                e = [float(r[f"{c}_{m}_err"]) for r in sel]
+                row.append(_mape({"mape_pct": 100 * sum(map(abs, e)) / len(e), "signed_pct": 100 * sum(e) / len(e)}))
+        out.append("| " + " | ".join(row) + " |")
+    return out
 
 
 def render() -> str:
