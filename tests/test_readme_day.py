@@ -3,7 +3,7 @@ block is executed, in order, in one folder.
 
 Only sizes change, so the suite stays quick: your embeddings are the 4,500 real MiniLM
 vectors shipped for tests (so --docs 20000,50000 becomes 2000,4000), simulations run
-30 s with 2 replications, capacity searches take --low/--high bounds, and a Dask address
+20 s with 2 replications, capacity searches take --low/--high bounds, and a Dask address
 (`tcp://dask:8786`, a placeholder for your cluster) becomes local-dask.  A command may
 answer 0, 1 (an SLA fails) or 3 (inconclusive), never 2 (bad input) or more.
 """
@@ -20,7 +20,7 @@ import pytest
 from tests.helpers import invoke
 
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = ["--set", "run.duration_s=30", "--set", "run.warmup_s=5", "--set", "run.replications=2"]
+SHORT = ["--set", "run.duration_s=20", "--set", "run.warmup_s=4", "--set", "run.replications=2"]
 
 
 def day_commands() -> list[list[str]]:

@@ -274,7 +274,7 @@ def replay_rows(
 # --------------------------------------------------------------------------- the sample and the summary
 
 
-def stratified_sample(rows: Sequence[SiliconRow], per_stratum: int = 3, max_concurrency: int = 64) -> list[SiliconRow]:
+def stratified_sample(rows: Sequence[SiliconRow], per_stratum: int = 2, max_concurrency: int = 64) -> list[SiliconRow]:
     """A few rows of every (engine, GPU, model, precision): the ``per_stratum`` rows nearest the
     stratum's median concurrency among those at most ``max_concurrency`` (fast to replay),
     ties broken by id.  Deterministic."""
