@@ -35,6 +35,7 @@ counted memory-bound.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 from dataclasses import dataclass
@@ -135,10 +136,20 @@ class PerOpTable:
 
     def curve(self, ys: np.ndarray, m: float) -> float:
         """Linear between the timed token counts; flat below the first, proportional above the last."""
-        top = self.m[-1]
+        xs = self._knots
+        top = xs[-1]
         if m > top:
-            return float(ys[-1] * m / top)
-        return float(np.interp(m, self.m, ys))
+            return float(ys[-1]) * m / top
+        if m <= xs[0]:
+            return float(ys[0])
+        i = bisect.bisect_left(xs, m)
+        x0, x1 = xs[i - 1], xs[i]
+        y0, y1 = float(ys[i - 1]), float(ys[i])
+        return y0 + (y1 - y0) * (m - x0) / (x1 - x0)
+
+    @functools.cached_property
+    def _knots(self) -> list[float]:
+        return [float(x) for x in self.m]
 
 
 class PerOpCost(StepCost):
