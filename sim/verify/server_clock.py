@@ -25,6 +25,7 @@ from __future__ import annotations
 import http.client
 import math
 import time
+from collections.abc import Mapping
 
 from sim.spec.target import LLMTarget
 from sim.verify.wire import EndpointError, connection
@@ -39,16 +40,18 @@ VLLM_SAMPLES = {
 }
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """The :data:`VLLM_SAMPLES` in a Prometheus text exposition, each summed over its label
-    sets (one per engine and model); comments, buckets and other samples are skipped."""
+def parse_metrics(text: str, samples: Mapping[str, str] | None = None) -> dict[str, float]:
+    """The ``samples`` (sample name -> key; default :data:`VLLM_SAMPLES`) in a Prometheus text
+    exposition, each summed over its label sets (one per engine and model); comments, buckets
+    and other samples are skipped."""
+    wanted = VLLM_SAMPLES if samples is None else samples
     out: dict[str, float] = {}
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         name = line.split("{", 1)[0].split(" ", 1)[0]
-        key = VLLM_SAMPLES.get(name)
+        key = wanted.get(name)
         if key is None:
             continue
         try:

@@ -46,6 +46,7 @@ import numpy as np
 from sim.errors import CapsimError
 from sim.spec.scenario import load_scenario
 from sim.spec.target import load_target
+from sim.verify.server_clock import parse_metrics
 from sim.verify.wire import EndpointError, connection
 
 SAMPLE_PERIOD_S = 0.2
@@ -71,19 +72,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
 
 def parse_sampled(text: str) -> dict[str, float]:
     """The :data:`SAMPLED` values of a Prometheus text page, each summed over its label sets."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        key = SAMPLED.get(name)
-        if key is None:
-            continue
-        try:
-            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
-        except (IndexError, ValueError):
-            continue
-    return out
+    return parse_metrics(text, SAMPLED)
 
 
 def read_metrics(url: str, timeout_s: float = 2.0) -> dict[str, float] | None:
