@@ -86,7 +86,7 @@ def tornado(res: PlanResult) -> Any:
         return max([v for v in vals if math.isfinite(v)] or [math.inf if vals else 0.0])
 
     keys.sort(key=reach)
-    fig, ax = plt.subplots(figsize=(8, 0.6 * max(len(keys), 1) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.6 * max(len(keys), 1) + 1.8))
     finite = [abs(k.delta_p95_ms) for k in res.knobs if k.delta_p95_ms is not None and math.isfinite(k.delta_p95_ms)]
     cap = max(finite or [1.0]) * 1.15
     for y, key in enumerate(keys):
@@ -104,8 +104,8 @@ def tornado(res: PlanResult) -> Any:
     ax.axvline(0, color="black", lw=1)
     ax.set_yticks(range(len(keys)), keys)
     ax.set_xscale("symlog", linthresh=10.0)  # a +9 s change and a -5 ms one on one axis
-    ax.set_xlim(-cap * 30, cap * 30)
-    ax.set_xlabel("change in e2e P95 from the winner, ms, symmetric log (orange: one value down, blue: one up)")
+    ax.set_xlim(-cap * 300, cap * 300)  # room for each bar's label beyond its end
+    ax.set_xlabel("change in e2e P95 from the winner, ms (symmetric log)\norange: one value down, blue: one value up")
     ax.set_title("which knob matters: each planned key one step each way")
     fig.tight_layout()
     return fig

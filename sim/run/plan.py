@@ -622,11 +622,11 @@ def plan(
                 key=lambda c: (c.confirm.p95_ms if c.confirm and c.confirm.p95_ms is not None else math.inf, c.index),
             )
 
-    res.front = pareto_front(res.candidates)
     if res.winner is not None:
         res.runner_ups = _runner_ups(res, band)
         if knobs:
             res.knobs = _knobs(res, runner, screen_replications, stage)
+    res.front = pareto_front(res.candidates)  # after the knobs: their runs are simulated configurations too
     res.simulations = runner.simulations
     res.wall_s = time.perf_counter() - t0
     return res
