@@ -101,6 +101,7 @@ perop-data:
 	rm -rf $(PEROP_VENV) && $(PYTHON) -m venv $(PEROP_VENV)
 	$(PEROP_VENV)/bin/python -m pip install --quiet 'aiconfigurator==0.12.0' pyyaml packaging
 	$(PEROP_VENV)/bin/python -m tools.perop --out sim/data/silicon/perop
+	$(PEROP_VENV)/bin/python -m tools.perop_moe --out sim/data/silicon/perop
 	rm -rf $(PEROP_VENV)
 
 validate: $(STAMP)

@@ -137,3 +137,14 @@ def test_monitor_sees_kv_grow_inside_a_decode_epoch():
     steps_done = np.floor((t[inside] - start - step_ms(100) * MS) / (2.0 * MS))
     expected = -(-(100 + steps_done) // 16) * 16
     assert np.all(np.abs(kv[inside] - expected) <= 16)
+
+
+def test_engine_frontend_time_delays_the_request_before_its_queue():
+    """llm.frontend_ms: 25 ms outside the GPU steps, counted in the LLM wait, TTFT and end to end."""
+    rec = records(llm__frontend_ms=25)
+    prefill = step_ms(100)
+    decode = step_ms(101) + step_ms(102)
+    assert rec["llm_wait_ms"][0] == pytest.approx(25.0, rel=1e-9)
+    assert rec["prefill_ms"][0] == pytest.approx(prefill, rel=1e-9)
+    assert rec["ttft_ms"][0] == pytest.approx(1 + 10 + 25 + prefill, rel=1e-9)
+    assert rec["e2e_ms"][0] == pytest.approx(1 + 10 + 25 + prefill + decode, rel=1e-9)

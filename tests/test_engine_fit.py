@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 import sim.run.validate as V
@@ -134,3 +135,32 @@ def test_refitting_sglang_gives_the_shipped_parameters():
     rows = [r for r in representable(load_rows()) if r.engine == "sglang"]
     theta = fit(fit_subset(rows), "sglang", None)
     assert tuple(round(float(x), 4) for x in theta) == pytest.approx(PINNED["sglang"], abs=2e-3)
+
+
+def test_frontend_fit_is_the_weighted_median_gap_held_out_by_group() -> None:
+    """Hand-worked: gaps measured - (replayed - frontend used) of 10, 20, 40 ms in group A and
+    100 ms in group B; weights 1 / measured."""
+    from sim.run.engine_fit import fit_frontend, weighted_median
+
+    def rec(model: str, measured: float, replayed: float, used: float = 0.0) -> dict:
+        return {
+            "engine": "vllm",
+            "model": model,
+            "gpu": "h200",
+            "measured_ttft_ms": measured,
+            "engine_ttft_ms": replayed,
+            "engine_frontend_ms": used,
+        }
+
+    # weights 1/100, 1/100, 1/100 (A) and 1/400 (B): cumulative 0.01, 0.02, 0.03, 0.0325 over gaps
+    # 10, 20, 40, 100; half the total (0.01625) is reached at 20
+    rs = [rec("a", 100, 90), rec("a", 100, 85, 5), rec("a", 100, 60), rec("b", 400, 300), rec("x", 1, 1)]
+    rs[-1]["engine"] = "sglang"  # another engine's row stays out
+    fit = fit_frontend(rs, "vllm")
+    assert fit["parameters"] == {"frontend_ms": 20.0} and fit["rows"] == 4
+    assert fit["groups"] == ["a@h200", "b@h200"]
+    assert fit["held_out_parameters"]["a@h200"] == {"frontend_ms": 100.0}  # B's rows alone
+    assert fit["held_out_parameters"]["b@h200"] == {"frontend_ms": 20.0}  # A's: weights equal, median 20
+    # a negative gap (capsim already too slow) never makes a negative frontend
+    assert fit_frontend([rec("a", 100, 150)], "vllm")["parameters"] == {"frontend_ms": 0.0}
+    assert weighted_median(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 10.0])) == 3.0

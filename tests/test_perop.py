@@ -124,11 +124,62 @@ def test_step_cost_perop_where_uncovered_is_a_one_line_error() -> None:
         _cfg(gpu="l4", model="llama-2-7b", step_cost="perop")
 
 
-def test_moe_model_falls_back_to_the_roofline() -> None:
+def test_moe_layout_without_tables_falls_back_to_the_roofline() -> None:
+    # DeepSeek-R1 under vLLM on H200: no measured run of that layout, so no per-operation entry
     cfg = _cfg(model="deepseek-r1", gpu="h200", tensor_parallel=8, weights_dtype="fp8", compute_dtype="fp8")
-    assert cfg.perop_entry is None
-    why = perop.coverage("h200", "vllm", "deepseek-r1", 8, "fp8")
-    assert "dense catalog models only" in why
+    assert cfg.perop_entry is None and not isinstance(step_cost(cfg), PerOpCost)
+    why = perop.coverage("h200", "vllm", "deepseek-r1", 8, "fp8", 8)
+    assert "experts over 8 GPUs" in why and "mixture-of-experts layouts of the measured serving runs" in why
+
+
+# A made-up mixture-of-experts entry: the whole layer curve and MLA's per-token prefill term.
+MOE_ENTRY = {
+    "m": [1, 100],
+    "layer": [0.3, 0.9],
+    "lm_head": [0.05, 0.1],
+    "gen": [0.02, 0.01, 1e-6, 1e-4],
+    "ctx": [0.03, 1e-7, 2e-4],
+}
+
+
+def test_moe_entry_step_by_hand() -> None:
+    t = PerOpTable.from_entry(MOE_ENTRY)
+    assert t.curve(t.layer, 1) == pytest.approx(0.3) and t.ctx == (0.03, 1e-7, 2e-4)
+    cfg = _cfg(perop_overhead_ms=1.0, perop_overhead_per_seq_ms=0.01, perop_prefill_scale=0.5)
+    c = PerOpCost(cfg, t)  # 32 layers (llama-3-8b), the entry's curves
+    # decode, batch 10 at 5,000 KV tokens
+    layer = 0.3 + 0.6 * 9 / 99
+    attn = max(0.02, 0.01 + 1e-6 * 5000 + 1e-4 * 10)
+    want = 32 * (layer + attn) + (0.05 + 0.05 * 9 / 99) + 1.0 + 0.01 * 10
+    assert c.decode_time(10, 5000) * 1e3 == pytest.approx(want)
+    # one prompt of 100 tokens: the per-token term adds 2e-4 * (100 - 1) per layer
+    base = 0.3 + max(0.02, 0.01 + 1e-6 * 100 + 1e-4)
+    more = (0.9 - 0.3) + 0.03 + 1e-7 * (5050 - 100) + 2e-4 * 99
+    assert c.time(100, 100, 5050, 1) * 1e3 == pytest.approx(32 * (base + 0.5 * more) + 0.05 + 1.0 + 0.01)
+
+
+def test_moe_layout_of_a_measured_run_uses_its_per_operation_entry() -> None:
+    """DeepSeek-R1 FP8 on 8 H200s under TensorRT-LLM, experts spread whole (ep 8) and split (ep 1):
+    two entries of the shipped tables, composed by aiconfigurator from its per-operation timings."""
+    kw = dict(model="deepseek-r1", gpu="h200", tensor_parallel=8, weights_dtype="fp8", compute_dtype="fp8")
+    spread = _cfg(engine="trtllm", step_cost="perop", **kw)
+    split = _cfg(engine="trtllm", expert_parallel=1, step_cost="perop", **kw)
+    assert spread.perop_ep == 8 and split.perop_ep == 1
+    assert spread.perop_entry is not None and split.perop_entry is not None
+    assert "per-op composition" in spread.perop_entry["source"]
+    cost = step_cost(spread)
+    assert isinstance(cost, PerOpCost)
+    # a decode step of 8 sequences at 1,000 tokens each: 61 layers of a few tenths of a ms
+    t = cost.decode_time(8, 8000) * 1e3
+    assert 61 * 0.05 < t < 61 * 0.5
+    assert _cfg().perop_ep is None  # a dense model's entry has no expert layout
+    # step_cost auto keeps a MoE model on the roofline, and the estimate says why
+    auto = _cfg(engine="trtllm", **kw)
+    assert auto.perop_entry is None and not isinstance(step_cost(auto), PerOpCost)
+    from sim.analysis.estimate import step_cost_figures
+
+    assert step_cost_figures(auto)["perop_not_used"] == perop.MOE_AUTO
+    assert "per-op composition" in step_cost_figures(spread)["model"]
 
 
 def test_fp4_picks_the_nvfp4_tables_on_blackwell_and_weight_only_fp4_the_roofline() -> None:
@@ -151,16 +202,19 @@ def test_an_fp8_kv_cache_reads_the_fp8_decode_attention_law() -> None:
     assert cost.table.gen == tuple(cfg.perop_entry["gen_fp8_kv"])  # type: ignore[index]
 
 
-def test_a_moe_model_under_an_engine_preset_keeps_the_published_step_costs() -> None:
+def test_a_moe_model_under_an_engine_preset_keeps_the_published_roofline() -> None:
     """The engine presets' roofline parameters were fitted on dense models only: a MoE model gets
-    the engine's scheduler and the efficiency preset's step costs, and the estimate says so."""
+    the engine's scheduler, its per-operation overheads, and the efficiency preset's roofline where
+    no per-operation entry covers it; the estimate says so."""
     from sim.analysis.estimate import _step_cost_source
     from sim.spec.efficiency import preset_parameters
+    from sim.spec.engines import fitted_parameters
 
     moe = _cfg(model="qwen3-235b-a22b", tensor_parallel=4, weights_dtype="fp8", compute_dtype="fp8")
     published = preset_parameters("published")
     assert moe.mfu == published["mfu"] and moe.bw_efficiency == published["bw_efficiency"]
+    assert moe.perop_overhead_ms == fitted_parameters("vllm")["perop_overhead_ms"]
     assert moe.max_batch == 1024  # vLLM's scheduler default stays
     dense = _cfg()
     assert dense.mfu != published["mfu"]  # the engine's fit
-    assert "fitted on dense models" in _step_cost_source(moe)
+    assert "roofline fit saw dense models only" in _step_cost_source(moe)

@@ -158,3 +158,16 @@ def test_cli_bad_flags_exit_2():
     assert res.exit_code == 2 and "--start" in res.output
     res = run_cli("validate", "--list-reasons")
     assert res.exit_code == 0 and "2614  representable" in res.output
+
+
+def test_burst_counts_the_first_requests_sent_and_only_when_all_of_them_finished() -> None:
+    """``--start burst``: the first n sent, by send time; None when one of them never finished."""
+    import numpy as np
+
+    from sim.run.validate import _first_sent
+
+    rec = {"arrival_s": np.array([0.3, 0.0, 0.2, 0.1]), "ttft_ms": np.array([1.0, 2.0, 3.0, 4.0])}
+    assert _first_sent(rec, 3).tolist() == [False, True, True, True]
+    rec["ttft_ms"][2] = np.nan  # the third sent (0.2 s) never finished: a later one may not stand in
+    assert _first_sent(rec, 3) is None
+    assert _first_sent(rec, 4) is None  # fewer finished than asked

@@ -209,11 +209,12 @@ class AllReduce:
         return float(np.interp(np.log(elements), x, g.to_numpy(float)))
 
 
-def catalog_models() -> dict[str, dict[str, Any]]:
+def catalog_models(moe: bool = False) -> dict[str, dict[str, Any]]:
+    """The catalog's dense models (``moe``: its mixture-of-experts models)."""
     import yaml
 
     doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "sim/spec/catalog/models.yaml").read_text())
-    return {k: v for k, v in doc.items() if isinstance(v, dict) and not v.get("experts") and "layers" in v}
+    return {k: v for k, v in doc.items() if isinstance(v, dict) and bool(v.get("experts")) == moe and "layers" in v}
 
 
 def entry(gemm: Gemm, ar: AllReduce | None, gen: Path, ctx: Path, m: dict[str, Any], tp: int) -> dict[str, Any] | None:

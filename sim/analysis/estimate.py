@@ -285,7 +285,7 @@ def _gpu_figures(scn: Scenario, out: dict[str, Any], notes: list[str], stations:
     if cap is None:
         return 0.0
     stations["gpu"] = (cap["gpu_ms_per_request"] / 1e3, llm.replicas)
-    return max(output - 1.0, 0.0) * steps[1][0]
+    return max(output - 1.0, 0.0) * steps[1][0] + llm.frontend_ms / 1e3  # the engine's frontend: a pure delay
 
 
 def step_cost_figures(llm: LLMConfig) -> dict[str, Any]:
@@ -304,6 +304,8 @@ def step_cost_figures(llm: LLMConfig) -> dict[str, Any]:
     entry = llm.perop_entry
     if llm.step_table:
         model = f"table {llm.step_table}"
+    elif entry is not None and "layer" in entry:  # a mixture-of-experts layout: the package's composition
+        model = f"per-operation sum ({entry['source']}, {llm.engine})"
     elif entry is not None:
         v = entry["versions"]
         model = (
@@ -331,7 +333,11 @@ def step_cost_figures(llm: LLMConfig) -> dict[str, Any]:
         doc["perop_not_used"] = (
             "llm.step_cost roofline"
             if llm.step_cost == "roofline"
-            else perop.coverage(llm.gpu.name, llm.engine, llm.model.name, llm.tensor_parallel, llm.perop_dtype)
+            else perop.MOE_AUTO
+            if llm.model.experts and llm.engine and llm.step_cost == "auto"
+            else perop.coverage(
+                llm.gpu.name, llm.engine, llm.model.name, llm.tensor_parallel, llm.perop_dtype, llm.perop_ep
+            )
         )
     if m.kv_lora_rank:
         doc["attention"] = f"MLA: {m.kv_lora_rank} + {m.qk_rope_head_dim} cached values per token and layer"
@@ -404,7 +410,8 @@ def _load(
     scn: Scenario, out: dict[str, Any], stations: dict[str, tuple[float, int]], cache_s: float, gpu_delay_s: float
 ) -> None:
     """Load, utilisation and the first stage to saturate; a closed loop's delay station is the
-    think time plus ``cache_s`` (the lookup) and ``gpu_delay_s`` (a lone request's decode)."""
+    think time plus ``cache_s`` (the lookup) and ``gpu_delay_s`` (a lone request's decode and the
+    engine's frontend time)."""
     names = list(stations)
     demands = [stations[k][0] for k in names]
     servers = [stations[k][1] for k in names]

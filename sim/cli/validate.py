@@ -36,7 +36,10 @@ def validate(
     jobs: Optional[int] = typer.Option(None, "--jobs", help="Processes (default: every core)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Replay every row even if the model code is unchanged."),
     start: Optional[str] = typer.Option(
-        None, "--start", help="together (aiperf's concurrency mode: all users at t = 0; default) or spread."
+        None,
+        "--start",
+        help="together (all users at t = 0, the start cut as warm-up), spread (users join over a lifetime) or "
+        "burst (an idle engine, c requests at once, the first 10 x c sent counted).",
     ),
     fit_engines: Optional[Path] = typer.Option(
         None,
@@ -48,6 +51,12 @@ def validate(
         False,
         "--perop-only",
         help="With --fit-engines: keep the shipped roofline fit and fit only the per-operation step cost.",
+    ),
+    fit_frontend: Optional[Path] = typer.Option(
+        None,
+        "--fit-frontend",
+        help="Replay every row with the shipped fit, fit each engine's frontend time (llm.frontend_ms) to "
+        "TTFT, held out by (model, GPU), and write the shipped fit with it here.",
     ),
     list_reasons: bool = typer.Option(
         False, "--list-reasons", help="Only count the rows by why capsim cannot replay them."
@@ -65,8 +74,8 @@ def validate(
         return
     if jobs is not None and jobs < 1:
         raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
-    if start is not None and start not in ("together", "spread"):
-        raise CapsimError(f"--start: expected together or spread, got {start!r}")
+    if start is not None and start not in ("together", "spread", "burst"):
+        raise CapsimError(f"--start: expected together, spread or burst, got {start!r}")
     if out is not None and out.exists() and not out.is_dir():
         raise CapsimError(f"--out: {str(out)!r} is a file, not a folder")
     if fit_engines is not None:
@@ -82,6 +91,9 @@ def validate(
         fit = run_engine_fit(representable(), jobs=jobs, say=typer.echo, keep_roofline=keep)
         atomic_write_text(fit_engines, json.dumps(fit, indent=1) + "\n")
         typer.echo(f"wrote {fit_engines}")
+        return
+    if fit_frontend is not None:
+        _fit_frontend(fit_frontend, jobs, not no_cache, start)
         return
     doc = run_validation(sample=sample, out=out, jobs=jobs, use_cache=not no_cache, start=start)
     table = Table(box=box.SIMPLE, title=f"{doc['predictor']}: MAPE (signed mean), predicted / measured - 1")
@@ -109,3 +121,24 @@ def validate(
             typer.echo(f"capsim refused {n} row(s): {why}")
     if out is not None:
         typer.echo(f"wrote {out / 'rows.csv'} and {out / 'summary.json'}")
+
+
+def _fit_frontend(dest: Path, jobs: int | None, use_cache: bool, start: str | None) -> None:
+    """``--fit-frontend``: the shipped engine fit with each engine's frontend block refitted."""
+    # deferred: the fit and the replays load numpy and the simulator
+    from sim.files import atomic_write_text
+    from sim.run.engine_fit import fit_frontend
+    from sim.run.validate import validation_records
+    from sim.spec.engines import ENGINES, fit_document
+
+    if dest.is_dir():
+        raise CapsimError(f"--fit-frontend: {str(dest)!r} is a folder; give a file name")
+    records = validation_records(jobs=jobs, use_cache=use_cache, start=start)
+    doc = fit_document()
+    for engine in ENGINES:
+        if engine in doc.get("engines", {}):
+            doc["engines"][engine]["frontend"] = fe = fit_frontend(records, engine)
+            ms = fe.get("parameters", {}).get("frontend_ms", "-")
+            typer.echo(f"{engine}: frontend {ms} ms ({fe.get('rows', 0)} rows)")
+    atomic_write_text(dest, json.dumps(doc, indent=1) + "\n")
+    typer.echo(f"wrote {dest}")

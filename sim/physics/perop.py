@@ -11,12 +11,15 @@ the kernels it runs, each read from what that engine's kernel measured on that G
 
 * ``gemm(m)``: the layer's four projections (QKV, output, gate/up, down; one GPU's shard) for a
   step of ``m`` tokens, linear in ``m`` between the token counts they were timed at, beyond the
-  largest proportional to ``m``;
+  largest proportional to ``m``; for a mixture-of-experts model, everything of its layer but
+  attention as aiconfigurator composes it (router, token dispatch, the grouped expert GEMMs whose
+  active experts grow with ``m``, shared experts, communication), averaged over its layers;
 * ``allreduce(m)``: two all-reduces of ``m * hidden`` BF16 values per layer under tensor
   parallelism (the engine's CUDA-graph kernel);
 * ``attention``: decode attention ``max(floor, a + b * kv_tokens + c * seqs)`` plus, when the
-  step prefills, prefill attention ``a' + b' * (pairs - kv_tokens)`` (the query-key pairs beyond
-  one per cached token are the prompt's own, compute-bound work);
+  step prefills, prefill attention ``a' + b' * (pairs - kv_tokens) + d' * (new - seqs)`` (the
+  query-key pairs beyond one per cached token are the prompt's own, compute-bound work; ``d'``,
+  the per-token projections inside an MLA block, is 0 for the dense models' attention kernel);
 * ``lm_head(seqs)``: the vocabulary projection, one row per sequence that samples;
 * ``overhead`` and ``overhead_per_seq``: what the kernels do not include (scheduling, sampling,
   launch gaps, small elementwise kernels), the engine's fitted constants
@@ -31,6 +34,12 @@ line in the step index (:func:`sim.physics.gpu.sum_max_linear`).
 
 The tables say nothing about which bound a step hits, so, as a measured step table, no step is
 counted memory-bound.
+
+**Mixture-of-experts layouts** of the measured serving runs have entries too (``tools/perop_moe.py``:
+aiconfigurator's own composition of the model's operations), used with ``llm.step_cost: perop``.
+Under ``auto`` a MoE model stays on the roofline: replayed on the measured MoE runs, the
+composition is further from them than the roofline is (``capsim validate``; the kernel a MoE
+layer runs depends on launch flags the runs do not record, and the composition inherits that).
 """
 
 from __future__ import annotations
@@ -50,6 +59,12 @@ if TYPE_CHECKING:  # annotations only: physics sits below the scenario schema
     from sim.spec.schema import LLMConfig
 
 FOLDER = "silicon/perop"
+#: Why ``step_cost: auto`` keeps a mixture-of-experts model on the roofline.
+MOE_AUTO = (
+    "a mixture-of-experts model stays on the roofline under step_cost auto (held out on the measured "
+    "MoE runs it is closer than the per-operation composition); step_cost perop uses the tables where "
+    "they cover the layout"
+)
 
 
 @functools.lru_cache(maxsize=16)
@@ -72,12 +87,17 @@ def dtype_key(weights_dtype: str | None, compute_dtype: str) -> str:
     return "fp8" if "fp8" in (weights_dtype, compute_dtype) else "bf16"
 
 
-def entry_key(model: str, tp: int, dtype: str) -> str:
-    return f"{model}|tp{tp}|{dtype}"
+def entry_key(model: str, tp: int, dtype: str, ep: int | None = None) -> str:
+    """``model|tp<tp>|<dtype>``, and ``|ep<ep>`` for a mixture-of-experts model (``ep``: the GPUs
+    its routed experts are spread over, whole; 1 when every expert is split over the replica)."""
+    return f"{model}|tp{tp}|{dtype}" + (f"|ep{ep}" if ep is not None else "")
 
 
-def lookup(gpu: str | None, engine: str | None, model: str | None, tp: int, dtype: str) -> dict[str, Any] | None:
-    """The per-operation entry for this GPU, engine, model, tensor parallelism and dtype, or None."""
+def lookup(
+    gpu: str | None, engine: str | None, model: str | None, tp: int, dtype: str, ep: int | None = None
+) -> dict[str, Any] | None:
+    """The per-operation entry for this GPU, engine, model, tensor parallelism, dtype (and expert
+    layout, for a MoE model), or None."""
     if not (gpu and engine and model):
         return None
     doc = _document(gpu)
@@ -86,13 +106,13 @@ def lookup(gpu: str | None, engine: str | None, model: str | None, tp: int, dtyp
     eng = doc.get("engines", {}).get(engine)
     if eng is None:
         return None
-    e = eng["entries"].get(entry_key(model, tp, dtype))
+    e = eng["entries"].get(entry_key(model, tp, dtype, ep))
     if e is None:
         return None
-    return {**e, "versions": eng["versions"], "source": doc["source"]}
+    return {"source": doc["source"], **e, "versions": eng["versions"]}
 
 
-def coverage(gpu: str | None, engine: str | None, model: str | None, tp: int, dtype: str) -> str:
+def coverage(gpu: str | None, engine: str | None, model: str | None, tp: int, dtype: str, ep: int | None = None) -> str:
     """Why no per-operation entry applies ("" when one does), for ``capsim estimate``."""
     if not engine:
         return "no llm.engine set"
@@ -101,8 +121,12 @@ def coverage(gpu: str | None, engine: str | None, model: str | None, tp: int, dt
     eng = _document(gpu).get("engines", {}).get(engine)  # type: ignore[union-attr]
     if eng is None:
         return f"no per-operation tables for {engine} on {gpu}"
-    if entry_key(str(model), tp, dtype) not in eng["entries"]:
-        return f"no per-operation entry for {model} at tensor_parallel {tp} in {dtype} (dense catalog models only)"
+    if entry_key(str(model), tp, dtype, ep) not in eng["entries"]:
+        layout = f", experts over {ep} GPUs," if ep is not None else ""
+        return (
+            f"no per-operation entry for {model} at tensor_parallel {tp}{layout} in {dtype} (the dense catalog "
+            f"models, and the mixture-of-experts layouts of the measured serving runs)"
+        )
     return ""
 
 
@@ -114,24 +138,32 @@ class PerOpTable:
     layer: np.ndarray  # one layer's GEMMs + all-reduces at each m
     lm_head: np.ndarray
     gen: tuple[float, float, float, float]  # floor, a, b (per KV token), c (per sequence)
-    ctx: tuple[float, float]  # a, b (per pair)
+    ctx: tuple[float, float, float]  # a, b (per pair), d (per prompt token)
 
     @classmethod
     def from_entry(cls, e: dict[str, Any], fp8_kv: bool = False) -> PerOpTable:
         """The entry's curves; ``fp8_kv``: decode attention over an FP8 KV cache where it was timed
-        (else the BF16 one's law, whose bytes per token are twice as many: halved)."""
-        g = e["gemm"]
-        layer = np.asarray(g["qkv"]) + np.asarray(g["o"]) + np.asarray(g["gate_up"]) + np.asarray(g["down"])
-        layer = layer + 2.0 * np.asarray(e["allreduce"])
+        (else the BF16 one's law, whose bytes per token are twice as many: halved).  A dense entry
+        lists its GEMMs and all-reduce; a mixture-of-experts entry its whole ``layer`` curve
+        (router, dispatch, expert and shared GEMMs, communication) and a prefill attention with a
+        per-token term (MLA's projections)."""
+        if "layer" in e:
+            layer, head = np.asarray(e["layer"], float), np.asarray(e["lm_head"], float)
+        else:
+            g = e["gemm"]
+            layer = np.asarray(g["qkv"]) + np.asarray(g["o"]) + np.asarray(g["gate_up"]) + np.asarray(g["down"])
+            layer = layer + 2.0 * np.asarray(e["allreduce"])
+            head = np.asarray(g["lm_head"], float)
         f, a, b, c = e["gen"]
         if fp8_kv:
             f, a, b, c = e["gen_fp8_kv"] if "gen_fp8_kv" in e else (f, a, b / 2.0, c)
+        ctx = [float(x) for x in e["ctx"]] + [0.0]
         return cls(
             m=np.asarray(e["m"], float),
             layer=layer,
-            lm_head=np.asarray(g["lm_head"], float),
+            lm_head=head,
             gen=(float(f), float(a), float(b), float(c)),
-            ctx=(float(e["ctx"][0]), float(e["ctx"][1])),
+            ctx=(ctx[0], ctx[1], ctx[2]),
         )
 
     def curve(self, ys: np.ndarray, m: float) -> float:
@@ -171,6 +203,7 @@ class PerOpCost(StepCost):
         extra = attn_pairs - ctx_tokens
         if new_tokens > seqs:  # the step prefills: the prompt tokens' GEMM work and their own pairs
             more = t.curve(t.layer, new_tokens) - t.curve(t.layer, seqs) + t.ctx[0] + t.ctx[1] * max(extra, 0.0)
+            more += t.ctx[2] * (new_tokens - seqs)
             step += self.prefill_scale * more
         return L * step + t.curve(t.lm_head, seqs) + self.fixed_ms + self.per_seq_ms * seqs
 

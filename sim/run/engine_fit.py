@@ -71,6 +71,7 @@ def overrides(engine: str, theta: Sequence[float] | np.ndarray) -> dict[str, Any
     o = engine_preset(engine, with_step_cost=False)
     o.update({k: float(v) for k, v in zip(FITTED, theta)})
     o["efficiency"] = "custom"
+    o["frontend_ms"] = 0.0  # the step-cost fits see the GPU steps alone; the frontend is fitted after them
     o["allreduce_latency_us"] = allreduce_latency_us(engine)
     return o
 
@@ -173,7 +174,11 @@ def _named(theta: Sequence[float] | np.ndarray, names: tuple[str, ...] = FITTED)
 
 
 def perop_covered(row: SiliconRow) -> bool:
-    """Whether the per-operation tables cover ``row`` (GPU, engine, model, tensor parallelism, dtype)."""
+    """Whether the engine preset costs ``row`` from the per-operation tables: a dense model whose GPU,
+    engine, tensor parallelism and dtype they cover (a MoE model stays on the roofline under
+    ``step_cost: auto``, :data:`sim.physics.perop.MOE_AUTO`)."""
+    if row.moe:
+        return False
     dtype = dtype_key(row.weights_dtype, row.compute_dtype)
     return lookup(row.gpu, row.engine, row.model, row.tensor_parallel, dtype) is not None
 
@@ -291,3 +296,45 @@ class _NoPool:
 
     def __exit__(self, *a: object) -> None:
         return None
+
+
+def fit_frontend(records: Sequence[dict[str, Any]], engine: str) -> dict[str, Any]:
+    """The engine's frontend time (``frontend_ms``): what a request spends in the engine outside
+    its GPU steps, fitted to TTFT, held out by (model, GPU) group.
+
+    ``records`` are ``capsim validate``'s rows (:func:`sim.run.validate.per_row`): the measured TTFT
+    and the engine preset's replayed TTFT with the frontend time it was replayed with
+    (``engine_frontend_ms``).  The frontend adds to every request's TTFT, so the fit minimises
+    ``sum |replayed - frontend_used + f - measured| / measured`` over ``f >= 0``: the median of
+    ``measured - (replayed - frontend_used)`` weighted by ``1 / measured`` (:func:`weighted_median`).
+    For every group the same median without that group's rows is its held-out value."""
+    rs = [
+        x for x in records if x["engine"] == engine and math.isfinite(x["engine_ttft_ms"]) and x["measured_ttft_ms"] > 0
+    ]
+    if not rs:
+        return {"note": f"no replayed rows of {engine}"}
+    gap = np.array([x["measured_ttft_ms"] - (x["engine_ttft_ms"] - x["engine_frontend_ms"]) for x in rs])
+    w = np.array([1.0 / x["measured_ttft_ms"] for x in rs])
+    groups = np.array([f"{x['model']}@{x['gpu']}" for x in rs])
+
+    def f(mask: np.ndarray) -> dict[str, float]:
+        return {"frontend_ms": round(max(weighted_median(gap[mask], w[mask]), 0.0), 3)}
+
+    every = np.ones(len(rs), bool)
+    names = sorted(set(groups.tolist()))
+    return {
+        "parameters": f(every),
+        "rows": len(rs),
+        "groups": names,
+        "held_out_parameters": {g: f(groups != g) for g in names if (groups != g).any()},
+        "method": "median of measured TTFT - replayed TTFT without the frontend, weighted by 1/measured "
+        "(least relative absolute error of an added constant); held out: the same without the group",
+    }
+
+
+def weighted_median(x: np.ndarray, w: np.ndarray) -> float:
+    """The smallest ``x[i]`` at which the cumulative weight (in ``x``'s order) reaches half the total:
+    a minimiser of ``sum w_i |x_i - m|``."""
+    o = np.argsort(x, kind="stable")
+    c = np.cumsum(w[o])
+    return float(x[o][int(np.searchsorted(c, 0.5 * c[-1]))])

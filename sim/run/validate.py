@@ -25,6 +25,9 @@ finish on the same step and their successors prefill together, so every TTFT inc
 wave's prefill.  A real engine drifts out of step a little; ``start="spread"`` brings the users in
 one by one over one lifetime instead (inside the warm-up cut), the other extreme, where each
 prompt is prefilled beside decoders at random phases.  The measured TTFT lies between the two.
+``start="burst"`` replays a benchmark that starts on an idle engine and counts from its first
+request: ``c`` sent at once, the first :data:`BURST_REQUESTS` ``x c`` sent averaged, the first
+wave's queueing for prefill included (the file does not record how many requests each run sent).
 
 **Held out.**  The engine-preset figures use, for each row, the parameters fitted without its
 (model, GPU) group (:mod:`sim.run.engine_fit`); a group the fit never saw (a model or GPU added
@@ -69,8 +72,12 @@ from sim.spec.silicon import AICONFIGURATOR_VERSION, SiliconRow, load_rows, reas
 #: Request lifetimes cut at the start (the synchronised first wave) and measured after it.
 WARMUP_LIFETIMES = 2.0
 MEASURED_LIFETIMES = 6.0
-#: How the ``c`` users start: "spread" (one by one over a lifetime) or "together" (all at t = 0).
+#: How the ``c`` users start: "spread" (one by one over a lifetime), "together" (all at t = 0, the
+#: start cut as warm-up) or "burst" (all at t = 0, counted from the start).
 START = "together"
+#: Requests per user a ``burst`` replay counts: the benchmark sends ``BURST_REQUESTS x c`` prompts
+#: with at most ``c`` in flight, the first ``c`` at once to an idle engine.
+BURST_REQUESTS = 10
 #: The concurrency bands of the summary (upper bounds, inclusive).
 BANDS: tuple[tuple[str, int], ...] = (("1-4", 4), ("5-16", 16), ("17-64", 64), ("65-256", 256), ("257+", 1 << 30))
 #: Where a summary says what it groups by.
@@ -132,6 +139,10 @@ def scenario(
     life = lifetime_s(row, llm) * scale
     warm = WARMUP_LIFETIMES * life
     c = row.concurrency
+    if (start or START) == "burst":  # an idle engine, c requests at once, BURST_REQUESTS x c counted from t = 0
+        warm, measured = 0.0, BURST_REQUESTS + WARMUP_LIFETIMES
+    else:
+        measured = MEASURED_LIFETIMES
     if (start or START) == "spread" and c > 1:  # users join one by one over a lifetime: their phases spread out
         users: dict[str, Any] = {
             "profile": {"kind": "schedule", "steps": [{"at_s": 0, "value": 1}, {"at_s": 0, "value": c, "ramp_s": life}]}
@@ -142,7 +153,7 @@ def scenario(
         {
             "name": row.id,
             "run": {
-                "duration_s": warm + MEASURED_LIFETIMES * life,
+                "duration_s": warm + measured * life,
                 "warmup_s": warm,
                 "replications": 1,
                 "seed": 1,
@@ -171,11 +182,18 @@ def replay(row: SiliconRow, overrides: dict[str, Any] | None = None) -> dict[str
         if scale > 1.0:
             scn = scenario(row, overrides, scale)
         rec = run_replication(scn, 0).records
+        if START == "burst":  # the first BURST_REQUESTS x c requests sent, all of which must finish
+            sel = _first_sent(rec, BURST_REQUESTS * row.concurrency)
+            if sel is not None or scale > 1.0:
+                break
+            continue
         lo, hi = scn.run.warmup_s, scn.run.duration_s
         assert isinstance(lo, float)
         sel = (rec["arrival_s"] >= lo) & (rec["arrival_s"] < hi) & np.isfinite(rec["ttft_ms"])
         if sel.sum() >= row.concurrency or scale > 1.0:
             break
+    if sel is None:
+        return {"id": row.id, "error": "the first requests did not finish in the run"}
     n = int(sel.sum())
     if n == 0:
         return {"id": row.id, "error": "no request finished in the measured window"}
@@ -189,6 +207,18 @@ def replay(row: SiliconRow, overrides: dict[str, Any] | None = None) -> dict[str
         "preemptions": int(np.sum(rec["preemptions"][sel])),
         "error": "",
     }
+
+
+def _first_sent(rec: dict[str, np.ndarray], n: int) -> np.ndarray | None:
+    """The records of the first ``n`` requests sent, or None when fewer than ``n`` finished or one of
+    the first ``n`` sent did not (a later request finishing in its place)."""
+    done = np.isfinite(rec["ttft_ms"])
+    if done.sum() < n:
+        return None
+    order = np.argsort(rec["arrival_s"], kind="stable")
+    sel = np.zeros(len(done), bool)
+    sel[order[:n]] = True
+    return sel if bool(done[sel].all()) else None
 
 
 # --------------------------------------------------------------------------- many rows, cached
@@ -349,6 +379,7 @@ def per_row(
             "aic_tpot_ms": a.get("tpot_ms", math.nan),
             "engine_ttft_ms": eng.get("ttft_ms", math.nan),
             "engine_tpot_ms": eng.get("tpot_ms", math.nan),
+            "engine_frontend_ms": frontend_used(r) if engine is not None else 0.0,
         }
         for who in ("capsim", "aic", "engine"):
             for m in ("ttft", "tpot"):
@@ -421,6 +452,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "engine_tpot_ms",
     "engine_ttft_err",
     "engine_tpot_err",
+    "engine_frontend_ms",
     "capsim_requests",
     "capsim_preemptions",
     "capsim_error",
@@ -445,22 +477,40 @@ def rows_csv(records: list[dict[str, Any]]) -> str:
 
 
 def held_out_overrides(row: SiliconRow) -> dict[str, Any] | None:
-    """The engine preset with the step costs fitted *without* the row's (model, GPU) group, or
-    None where there are none (no fit, or the engine's only group)."""
+    """The engine preset with the step costs and the frontend time fitted *without* the row's
+    (model, GPU) group, or None where there are none (no fit, or the engine's only group)."""
     # deferred: engine_fit imports scipy, which only the fit needs
     from sim.run.engine_fit import group, overrides, perop_overrides
 
     e = engine_fit_document().get("engines", {}).get(row.engine, {})
-    if row.moe and "parameters" in e:  # as a scenario gets it: the engine's scheduler, published step costs
-        return {**engine_preset(row.engine, with_step_cost=False), "engine": row.engine}
-    p = _held_out(e, group(row))
-    if p is None:
-        return None
-    roofline = [p[k] for k in FITTED]
-    q = _held_out(e.get("perop", {}), group(row))
-    if q is None:  # no per-operation fit without this group: the roofline fit alone
-        return overrides(row.engine, roofline)
-    return perop_overrides(row.engine, [q[k] for k in FITTED_PEROP], roofline)
+    g = group(row)
+    out: dict[str, Any]
+    if row.moe and "parameters" in e:
+        # as a scenario gets it: the engine's scheduler, published roofline step costs, and the
+        # per-operation overheads (fitted without the row's group) where the tables cover the row
+        out = {**engine_preset(row.engine, with_step_cost=False), "engine": row.engine}
+        q = _held_out(e.get("perop", {}), g)
+        if q is not None:
+            out.update({k: q[k] for k in FITTED_PEROP})
+    else:
+        p = _held_out(e, g)
+        if p is None:
+            return None
+        roofline = [p[k] for k in FITTED]
+        q = _held_out(e.get("perop", {}), g)
+        if q is None:  # no per-operation fit without this group: the roofline fit alone
+            out = overrides(row.engine, roofline)
+        else:
+            out = perop_overrides(row.engine, [q[k] for k in FITTED_PEROP], roofline)
+    fe = _held_out(e.get("frontend", {}), g)
+    out["frontend_ms"] = fe["frontend_ms"] if fe is not None else 0.0
+    return out
+
+
+def frontend_used(row: SiliconRow) -> float:
+    """The frontend time the engine-preset replay of ``row`` ran with (0 without a fit)."""
+    o = held_out_overrides(row)
+    return float(o.get("frontend_ms", 0.0)) if o is not None else 0.0
 
 
 def _held_out(fit: dict[str, Any], g: str) -> dict[str, float] | None:
@@ -472,6 +522,25 @@ def _held_out(fit: dict[str, Any], g: str) -> dict[str, float] | None:
         p: dict[str, float] | None = fit.get("held_out_parameters", {}).get(g)
         return p
     return dict(fit["parameters"])
+
+
+def _records(
+    rows: Sequence[SiliconRow], jobs: int | None, use_cache: bool, progress: Callable[[int, int], None] | None = None
+) -> list[dict[str, Any]]:
+    cache = cache_dir() if use_cache else None
+    results = replay_rows(rows, None, jobs, cache, key=f"start={START}", progress=progress)
+    engine = replay_rows(rows, held_out_overrides, jobs, cache, key=f"start={START};engine-held-out")
+    return per_row(rows, results, aiconfigurator_predictions(), engine)
+
+
+def validation_records(
+    jobs: int | None = None, use_cache: bool = True, start: str | None = None
+) -> list[dict[str, Any]]:
+    """Every representable row replayed (published and engine preset held out), one record each."""
+    global START
+    if start is not None:
+        START = start
+    return _records([r for r in load_rows() if r.representable], jobs, use_cache)
 
 
 def run_validation(
@@ -490,13 +559,10 @@ def run_validation(
     if sample:
         rows = stratified_sample(rows)
     if start is not None:
-        if start not in ("spread", "together"):
-            raise ValueError(f"start: expected spread or together, got {start!r}")
+        if start not in ("spread", "together", "burst"):
+            raise ValueError(f"start: expected together, spread or burst, got {start!r}")
         START = start  # the workers inherit it (fork) and the cache key names it
-    cache = cache_dir() if use_cache else None
-    results = replay_rows(rows, None, jobs, cache, key=f"start={START}", progress=progress)
-    engine = replay_rows(rows, held_out_overrides, jobs, cache, key=f"start={START};engine-held-out")
-    records = per_row(rows, results, aiconfigurator_predictions(), engine)
+    records = _records(rows, jobs, use_cache, progress)
     doc = summarize(records, label=f"capsim, efficiency published (start: {START})")
     doc["rows_in_file"] = len(all_rows)
     doc["rows_by_reason"] = reason_counts(all_rows)

@@ -41,6 +41,8 @@ ENGINES: tuple[str, ...] = ("vllm", "trtllm", "sglang")
 FITTED: tuple[str, ...] = ("bw_efficiency", "mfu", "step_overhead_ms", "step_overhead_per_seq_ms")
 #: The keys the per-operation fit fills (what the kernels timed alone leave out of a step).
 FITTED_PEROP: tuple[str, ...] = ("perop_overhead_ms", "perop_overhead_per_seq_ms", "perop_prefill_scale")
+#: The key the frontend fit fills (a request's time outside the GPU steps, from TTFT).
+FITTED_FRONTEND: tuple[str, ...] = ("frontend_ms",)
 
 #: Scheduler and memory defaults per engine, with where each comes from.
 SCHEDULER: dict[str, dict[str, Any]] = {
@@ -120,15 +122,27 @@ def fitted_parameters(engine: str) -> dict[str, float]:
         return {}
     out = {k: float(e["parameters"][k]) for k in FITTED}
     out.update({k: float(v) for k, v in e.get("perop", {}).get("parameters", {}).items() if k in FITTED_PEROP})
+    out.update(frontend_parameters(engine))
     return out
 
 
-def preset(engine: str, with_step_cost: bool = True) -> dict[str, Any]:
-    """The ``llm`` keys ``engine`` fills (scheduler, memory and, when fitted, step cost)."""
+def frontend_parameters(engine: str) -> dict[str, float]:
+    """The engine's fitted frontend time (``frontend_ms``; empty when it has none)."""
+    e = fit_document().get("engines", {}).get(engine, {})
+    return {k: float(v) for k, v in e.get("frontend", {}).get("parameters", {}).items() if k in FITTED_FRONTEND}
+
+
+def preset(engine: str, with_step_cost: bool = True, with_perop: bool | None = None) -> dict[str, Any]:
+    """The ``llm`` keys ``engine`` fills (scheduler, memory and, when fitted, step cost: the roofline's
+    and the per-operation overheads' with ``with_step_cost``, the latter alone with ``with_perop``)."""
     s = {k: v for k, v in SCHEDULER[engine].items() if k != "sources"}
+    fitted = fitted_parameters(engine)
     if with_step_cost:
-        s.update(fitted_parameters(engine))
+        s.update(fitted)
         s["allreduce_latency_us"] = allreduce_latency_us(engine)
+    elif with_perop:
+        s.update({k: v for k, v in fitted.items() if k in FITTED_PEROP})
+    s.update(frontend_parameters(engine))  # the request path, not a step cost: whatever costs the steps
     return s
 
 
@@ -147,8 +161,9 @@ def provenance(engine: str, version: str | None, efficiency_named: bool, moe: bo
         return f"llm.engine {engine}: scheduler defaults only; step costs from the llm.efficiency named"
     if moe:
         return (
-            f"llm.engine {engine}: scheduler defaults only; its step costs were fitted on dense models, so a "
-            "mixture-of-experts model falls back to the llm.efficiency preset's"
+            f"llm.engine {engine}: scheduler defaults and its per-operation overheads; a mixture-of-experts "
+            "model's step is the per-operation sum where the tables cover its layout, elsewhere the "
+            "llm.efficiency preset's roofline (the engine's roofline fit saw dense models only)"
         )
     if not e or "parameters" not in e:
         return f"llm.engine {engine}: no measured runs of it fitted; step costs fall back to llm.efficiency published"

@@ -616,14 +616,18 @@ class LLMConfig(Strict):
     # A measured step-time table (CSV path) replaces the roofline's step times; see sim.physics.steptable.
     step_table: Optional[str] = None
     # How a step is costed without a step_table: "auto" sums kernels timed in isolation
-    # (sim.physics.perop) where the engine, GPU, model, tensor parallelism and dtype are covered and
-    # falls back to the roofline elsewhere; "perop" requires the tables; "roofline" never uses them.
+    # (sim.physics.perop) where the engine, GPU, dense model, tensor parallelism and dtype are covered
+    # and falls back to the roofline elsewhere (a MoE model included); "perop" requires the tables
+    # (a MoE layout's too); "roofline" never uses them.
     step_cost: Literal["auto", "perop", "roofline"] = "auto"
     # What the per-operation sum leaves out (scheduling, sampling, launch gaps), per step and per
     # sequence in it; the engine preset fills its fitted values.
     perop_overhead_ms: NonNegFloat = 0.0
     perop_overhead_per_seq_ms: NonNegFloat = 0.0
     perop_prefill_scale: Annotated[float, Field(gt=0, le=4)] = 1.0
+    # A request's time in the engine outside its GPU steps (API server, tokenisation, handing the
+    # first token back), before it joins a replica's queue; the engine preset fills its fitted value.
+    frontend_ms: Annotated[float, Field(ge=0, le=60_000)] = 0.0
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     tensor_parallel: Annotated[int, Field(ge=1)] = 1
     # What the engine keeps per GPU outside the KV pool: a preset (sim.spec.reserve) or GiB per GPU.
@@ -650,8 +654,10 @@ class LLMConfig(Strict):
         engine = data.get("engine")
         if isinstance(engine, str) and engine in ENGINES:  # an unknown engine: the field's own check
             # the engine's roofline fit saw dense models only: a MoE model keeps the efficiency preset's
-            with_cost = "efficiency" not in data and not _is_moe(data.get("model"))
-            base.update(engine_preset(engine, with_step_cost=with_cost))
+            # roofline, with the engine's per-operation overheads where its tables cover the replica
+            named = "efficiency" in data
+            moe = _is_moe(data.get("model"))
+            base.update(engine_preset(engine, with_step_cost=not named and not moe, with_perop=not named))
         return {**base, **data}
 
     @model_validator(mode="before")
@@ -781,7 +787,17 @@ class LLMConfig(Strict):
         """The per-operation tables the step cost uses, or None (roofline or a step table)."""
         if self.step_cost == "roofline" or self.step_table is not None:
             return None
-        return perop.lookup(self.gpu.name, self.engine, self.model.name, self.tensor_parallel, self.perop_dtype)
+        if self.step_cost == "auto" and self.model.experts:  # MoE tables: opt-in (see sim.physics.perop)
+            return None
+        return perop.lookup(
+            self.gpu.name, self.engine, self.model.name, self.tensor_parallel, self.perop_dtype, self.perop_ep
+        )
+
+    @property
+    def perop_ep(self) -> int | None:
+        """The expert layout the per-operation tables are keyed by: the GPUs a MoE model's routed
+        experts are spread over (None for a dense model)."""
+        return self.expert_parallel_size if self.model.experts else None
 
     @property
     def kv_blocks(self) -> int:
@@ -859,7 +875,7 @@ class LLMConfig(Strict):
             except ConfigError as e:
                 raise ValueError(str(e).replace("llm.step_table: ", "step_table: ", 1)) from None
         if self.step_cost == "perop" and self.step_table is None and self.perop_entry is None:
-            why = perop.coverage(self.gpu.name, self.engine, self.model.name, tp, self.perop_dtype)
+            why = perop.coverage(self.gpu.name, self.engine, self.model.name, tp, self.perop_dtype, self.perop_ep)
             raise ValueError(f"step_cost perop: {why}; use step_cost auto (roofline where uncovered) or roofline")
         if self.kv_blocks < 1:
             gib = gpu_model.GIB

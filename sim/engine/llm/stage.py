@@ -20,8 +20,27 @@ class LLMStage:
         self._pick = self.router.pick if len(self.replicas) > 1 else (lambda: self.replicas[0])
         self.kv_blocks = cfg.kv_blocks
         self.kv_capacity_tokens = cfg.kv_blocks * cfg.kv_block_tokens
+        self.frontend_s = cfg.frontend_ms / 1e3
 
     def submit(self, prompt: int, output: int, req: object = None) -> simpy.Event:
         done = self.env.event()
-        self._pick().submit(Generation(prompt, output, done, req))
+        seq = Generation(prompt, output, done, req)
+        if self.frontend_s > 0.0:  # the engine's frontend first, then a replica's queue
+            self.env.timeout(self.frontend_s).callbacks.append(_Enqueue(self, seq, self.env.now))
+        else:
+            self._pick().submit(seq)
         return done
+
+
+class _Enqueue:
+    """Hands a request to a replica once the engine's frontend is done with it; its queue wait
+    counts from its arrival at the stage, so the frontend time is part of the LLM wait."""
+
+    __slots__ = ("seq", "since", "stage")
+
+    def __init__(self, stage: LLMStage, seq: Generation, since: float):
+        self.stage, self.seq, self.since = stage, seq, since
+
+    def __call__(self, _event: object) -> None:
+        self.stage._pick().submit(self.seq)
+        self.seq.t_queued = self.since
