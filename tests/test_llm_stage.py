@@ -280,7 +280,7 @@ def test_saturated_replica_preempts_and_finishes_every_request(chunked):
 
 
 def test_request_that_can_never_fit_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"needs 11 KV blocks of 16 tokens but a replica holds 10"):
+    with pytest.raises(ConfigError, match=r"needs 11 KV blocks of 16 tokens but a replica holds 9"):
         run(tight(), [(0.0, 150, 20)])
     import yaml
 
@@ -298,7 +298,7 @@ def test_request_that_can_never_fit_is_a_clear_error(tmp_path):
         )
     )
     res = CliRunner().invoke(app, ["run", str(path)])
-    assert res.exit_code == 2 and "needs 257 KV blocks of 16 tokens but a replica holds 35" in res.output
+    assert res.exit_code == 2 and "needs 257 KV blocks of 16 tokens but a replica holds 34" in res.output
 
 
 @pytest.mark.parametrize("chunked, system", [(True, 0), (False, 0), (True, 40), (False, 40)])

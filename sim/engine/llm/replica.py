@@ -6,11 +6,12 @@ as a loop of forward *steps*, scheduled the way vLLM does:
 * **Paged KV cache.**  The HBM that ``gpu_memory_utilization`` leaves after
   the weights (per GPU; with tensor parallelism every GPU holds its shard of
   the weights and of every KV block) is cut into blocks of
-  ``kv_block_tokens`` tokens.  A sequence takes a block when its context
-  grows past the last one, never up front.  When a step cannot get the
-  blocks it needs, the *newest* running sequence is preempted (vLLM's
-  recompute mode): its blocks are freed, it goes back to the front of the
-  waiting queue, and when it is admitted again its prefill recomputes the
+  ``kv_block_tokens`` tokens, one of which is vLLM's null block that no
+  request holds (``LLMConfig.kv_blocks_usable``).  A sequence takes a block
+  when its context grows past the last one, never up front.  When a step
+  cannot get the blocks it needs, the *newest* running sequence is preempted
+  (vLLM's recompute mode): its blocks are freed, it goes back to the front of
+  the waiting queue, and when it is admitted again its prefill recomputes the
   prompt plus every token generated so far.
 * **Prefill scheduling.**  A step processes at most ``max_batched_tokens``
   new tokens.  With ``chunked_prefill`` (vLLM's chunked-prefill policy) every
@@ -22,8 +23,10 @@ as a loop of forward *steps*, scheduled the way vLLM does:
   the first request that carries them, then held once by the replica: later
   admissions skip their prefill and share the blocks.
 * Admission is first come first served: the head of the waiting queue, while
-  ``max_batch``, the token budget and free blocks allow.  No request is
-  admitted in a step that had to preempt.
+  ``max_batch`` and the token budget allow and the free blocks hold its whole
+  prompt (with chunked prefill only the first chunk's blocks are taken, but
+  the rest must be free: vLLM V1's ``scheduler_reserve_full_isl``).  No
+  request is admitted in a step that had to preempt.
 
 A step costs what the roofline says (:mod:`sim.physics.gpu`), per GPU::
 
@@ -51,6 +54,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 import simpy
 
@@ -109,6 +113,19 @@ class Generation:
         self.replica = -1
 
 
+class StepLine(NamedTuple):
+    """One line of a replica's step log: ``steps`` steps from ``start_s`` (1 unless a decode
+    epoch runs several), the tokens each running sequence computes in each (keyed by the
+    sequence's ``req``, in running order: admission order, a readmitted sequence last), the KV
+    blocks held while they run, and the sequences preempted to make room for them."""
+
+    start_s: float
+    steps: int
+    tokens: dict
+    blocks: int
+    preempted: tuple
+
+
 class _WakeAtEnd:
     """A decode epoch's end: succeed the replica's wake event unless an arrival already did."""
 
@@ -128,6 +145,9 @@ class Replica:
     #: Longest decode epoch in steps (None: unbounded).  Tests set 1 to run the
     #: replica step by step and compare with the closed form.
     epoch_cap: int | None = None
+    #: A list to append a :class:`StepLine` to for every step (every epoch), or None.  Tests
+    #: set one on a replica to follow its scheduler step by step.
+    step_log: list[StepLine] | None = None
 
     def __init__(self, env: simpy.Environment, index: int, cfg: LLMConfig, cost: StepCost, window: tuple[float, float]):
         self.env = env
@@ -137,7 +157,7 @@ class Replica:
         self.budget_tokens = cfg.max_batched_tokens
         self.scheduler = SCHEDULERS.load("chunked" if cfg.chunked_prefill else "whole")
         self.B = B = cfg.kv_block_tokens
-        self.num_blocks = cfg.kv_blocks
+        self.num_blocks = cfg.kv_blocks_usable  # the pool less vLLM's null block
         self.prefix_tokens = cfg.prefix_tokens
         self.prefix_ready = False
         self.pinned = 0  # blocks of the shared prefix, once computed
@@ -156,6 +176,7 @@ class Replica:
         self._tie = itertools.count()
         self._wake: simpy.Event | None = None
         self.replan = False  # a step just preempted: the next boundary may admit, so stop there
+        self._preempted: list[object] = []  # since the last step_log line
         self._idle_since: float | None = 0.0
         self._epoch: tuple | None = None  # (start, lines, k, clock) of the decode epoch in progress
         # counters over time (totals inside the window below; any cut later, see Bins)
@@ -293,6 +314,8 @@ class Replica:
         del self.order[seq]
         self.waiting.appendleft(seq)
         self.bins["preemptions"].add(self.env.now, self.env.now, 1)
+        if self.step_log is not None:
+            self._preempted.append(seq.req)
 
     def shared_for(self, seq: Generation) -> int:
         p = self.prefix_tokens
@@ -354,6 +377,10 @@ class Replica:
         mem = cost.memory_bound(new, ctx, pairs)
         batch = len(self.order)
         blocks = self.pinned + self.prefill_blocks + self.dec.blocks(self.D + (1 if n_dec else 0))
+        if self.step_log is not None:
+            chunks = {seq: chunk for seq, chunk, _ in work}
+            tokens = {s.req: chunks.get(s, 1) for s in self.order if s in chunks or (n_dec and s.state == DECODE)}
+            self._log(start, 1, tokens, blocks)
         yield env.timeout(dt)
         end = env.now
         if n_dec:
@@ -411,6 +438,9 @@ class Replica:
         start = env.now
         steps = k
         self._epoch = (start, lines, k, D)
+        if self.step_log is not None:
+            tokens = {s.req: 1 for s in self.order if s.state == DECODE}
+            self._log(start, k, tokens, self.pinned + self.prefill_blocks + dec.blocks(D + 1))
         if not self.waiting and len(self.order) < self.max_batch:  # an arrival could be admitted mid-epoch
             # Wait for the epoch's end or an admissible arrival, whichever comes first: the
             # end's timeout succeeds the same wake event an arrival would (no Condition event).
@@ -433,12 +463,19 @@ class Replica:
             yield env.timeout(total)
         end = env.now
         self._epoch = None
+        if self.step_log is not None and steps != k:  # an admission cut the epoch short
+            self.step_log[-1] = self.step_log[-1]._replace(steps=steps)
         g0 = dec.blocks(D + 1)
         self.D = D + steps
         g1 = dec.blocks(D + steps)
         self._account(start, end, steps, cost.memory_bound_steps(lines, steps), n, self.pinned + (g0 + g1) / 2.0)
         if steps == k:
             self._finish_due(end)
+
+    def _log(self, start: float, steps: int, tokens: dict, blocks: int) -> None:
+        assert self.step_log is not None
+        self.step_log.append(StepLine(start, steps, tokens, blocks, tuple(self._preempted)))
+        self._preempted.clear()
 
     def _steps_to_cover(self, lines, k: int, elapsed: float) -> int:
         """Smallest j in [1, k] whose first j steps take at least ``elapsed``."""

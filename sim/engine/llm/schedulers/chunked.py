@@ -4,6 +4,18 @@ Every running sequence first gets its decode token, then partial prefills and
 newly admitted prompts share what is left of ``max_batched_tokens``, a chunk
 each; when the step's blocks do not fit, the newest sequence is preempted and
 the step planned again, and no request is admitted in a step that preempted.
+A request is admitted only when the free blocks hold its whole prompt (less
+the shared prefix), though it takes only its chunk's blocks.
+
+This is vLLM V1's ``Scheduler.schedule`` (0.32.0, ``vllm/v1/core/sched/scheduler.py``)
+under FCFS: running requests first, in admission order (a partial prefill is
+always the last of them: its chunk used up the budget), then waiting ones;
+when ``allocate_slots`` fails the last running request is preempted
+(``self.running.pop()``) until it fits; admission goes through
+``allocate_slots(..., full_sequence_must_fit=scheduler_reserve_full_isl)``.
+Preempting from the tail until the prefix fits, request by request as vLLM
+does, removes the same requests as preempting from the tail until the whole
+step fits, which is what :func:`plan` does.
 """
 
 from __future__ import annotations
@@ -50,11 +62,11 @@ def plan(rep: Replica, now: float) -> list[tuple[Generation, int, int]] | None:
         while waiting and budget > 0 and len(order) < rep.max_batch:
             head = waiting[0]
             shared = rep.shared_for(head)
+            rep.check_fits(head, shared)
+            if blocks_for_tokens(head.target - shared, B) > free:
+                break  # the whole prompt must fit, not only the first chunk
             chunk = min(head.target - shared, budget)
             nb = blocks_for_tokens(chunk, B)
-            rep.check_fits(head, shared)
-            if nb > free:
-                break
             rep.admit(head, shared, now)
             work.append((head, chunk, nb))
             free -= nb

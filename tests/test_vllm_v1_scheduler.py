@@ -1,0 +1,190 @@
+"""capsim's replica against vLLM V1's scheduler, step by step, on tiny cases worked by hand.
+
+Each test states what vLLM does (the file and function of vLLM 0.32.0, the version the verify
+environment pins) and follows capsim's step log (:class:`sim.engine.llm.replica.StepLine`, one
+line per step with ``Replica.epoch_cap = 1``): the tokens each running sequence computes, the KV
+blocks held and the sequences preempted.
+
+Toy card and model as in ``tests/test_llm_stage.py``: 1e6 KV bytes a token, blocks of 16 tokens
+(16e6 bytes), 2e9 bytes of weights, so ``memory_gb`` 2.17 at utilisation 1 is a pool of
+``(2.17e9 - 2e9) // 16e6 = 10`` blocks, of which 9 are usable beside vLLM's null block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import simpy
+
+import sim
+from sim.engine.llm.replica import Replica
+from sim.engine.llm.stage import LLMStage
+from sim.errors import ConfigError
+from sim.spec.schema import LLMConfig
+
+GPU = {"name": "toy", "hbm_bandwidth_gbps": 1000, "memory_gb": 100, "peak_tflops": 100, "interconnect_gbps": 100}
+MODEL = {
+    "name": "toy",
+    "layers": 1,
+    "hidden": 1000,
+    "heads": 1,
+    "kv_heads": 1,
+    "head_dim": 250_000,
+    "vocab": 1,
+    "params": 1e9,
+}
+
+
+def cfg(memory_gb: float = 100, **kw) -> LLMConfig:
+    gpu = {**GPU, "memory_gb": memory_gb, "memory_exposed_gib": memory_gb * 1e9 / 2**30}
+    base = dict(
+        engine_reserve="none",
+        efficiency="custom",
+        model=MODEL,
+        gpu=gpu,
+        gpu_memory_utilization=1.0,
+        bw_efficiency=1.0,
+        mfu=1.0,
+        step_overhead_ms=0,
+        max_batch=8,
+        max_batched_tokens=128,
+        chunked_prefill=True,
+    )
+    return LLMConfig(**{**base, **kw})
+
+
+def play(c: LLMConfig, arrivals, monkeypatch):
+    """Submit ``(time_s, name, prompt, output)`` requests to one replica run step by step;
+    return the finished sequences by name and the step log as ``(tokens, blocks, preempted)``."""
+    monkeypatch.setattr(Replica, "epoch_cap", 1)
+    env = simpy.Environment()
+    stage = LLMStage(env, c, np.random.default_rng(0), (0.0, 1e9))
+    rep = stage.replicas[0]
+    rep.step_log = []
+    events = {}
+
+    def source():
+        for t, name, p, o in arrivals:
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            events[name] = stage.submit(p, o, name)
+
+    env.process(source())
+    env.run()
+    assert all(ev.triggered for ev in events.values()), "every request finishes"
+    assert all(line.steps == 1 for line in rep.step_log)
+    log = [(line.tokens, line.blocks, line.preempted) for line in rep.step_log]
+    return {k: ev.value for k, ev in events.items()}, log, rep
+
+
+TIGHT = 2.17  # memory_gb: 10 blocks, 9 usable
+
+
+def test_the_null_block_is_not_usable():
+    """vLLM V1 (``vllm/v1/core/block_pool.py``, ``BlockPool.__init__``) takes block 0 of the pool
+    as ``null_block``, never given to a request; the logged ``num_gpu_blocks`` counts it and
+    ``BlockPool.get_usage`` divides by ``num_gpu_blocks - 1``.  A pool of 10 blocks holds a
+    request of 9 blocks (134 + 11 tokens: 144 with KV, the last token's is never written) and
+    refuses one of 10 (150 + 11: 160)."""
+    c = cfg(TIGHT)
+    assert (c.kv_blocks, c.kv_blocks_usable) == (10, 9)
+    _, log, rep = play(c, [(0.0, "A", 134, 11)], pytest.MonkeyPatch())
+    assert rep.num_blocks == 9 and max(b for _, b, _ in log) == 9
+    with pytest.raises(ConfigError, match=r"needs 10 KV blocks of 16 tokens but a replica holds 9;"):
+        play(c, [(0.0, "A", 150, 11)], pytest.MonkeyPatch())
+    # the scenario's own check of the longest request (constant token counts) says the same
+    scn = {"workload": {"mode": "open", "rate_per_s": 1}, "retrieval": {"enabled": False}}
+    llm = {**c.model_dump(mode="json", exclude_unset=True), "prompt_tokens": 150, "output_tokens": 11}
+    with pytest.raises(Exception, match=r"needs 10 KV blocks of 16 tokens but a replica holds 9;"):
+        sim.load_scenario({**scn, "llm": llm})
+    sim.load_scenario({**scn, "llm": {**llm, "prompt_tokens": 134}})
+
+
+def test_admission_needs_room_for_the_whole_prompt_not_only_its_first_chunk(monkeypatch):
+    """vLLM V1 admits a waiting request only when the free blocks hold its whole prompt, though
+    it allocates only the scheduled chunk's blocks: ``Scheduler.schedule`` passes
+    ``full_sequence_must_fit=self.scheduler_reserve_full_isl`` (``SchedulerConfig.
+    scheduler_reserve_full_isl``, True by default) to ``KVCacheManager.allocate_slots``
+    (``vllm/v1/core/kv_cache_manager.py``), which returns None when ``cdiv(request.num_tokens,
+    block_size)`` blocks (less prefix-cache hits) are not free; a waiting request that gets
+    None ends the step's admissions (``break``).
+
+    9 usable blocks of 16, budget 64.  A (100 prompt, 3 output) and B (60, 2) at t = 0:
+      1. A's first chunk, 64 tokens: 4 blocks.  B not admitted: no budget left.
+      2. A's last 36 (7 blocks for 100 tokens); 28 tokens of budget are left and B's first 28
+         would fit the 2 free blocks, but its 60 need 4: B waits.  A's first token.
+      3-4. A decodes (101, 102 tokens: 7 blocks); A has 3 tokens: done, its blocks freed.
+      5. B's 60 tokens: 4 blocks.  6. B decodes: 2 tokens, done.
+    (Admitting on the first chunk alone, B would take the 2 blocks in step 2 and need 2 more in
+    step 3, and be preempted.)"""
+    seqs, log, _ = play(cfg(TIGHT, max_batched_tokens=64), [(0.0, "A", 100, 3), (0.0, "B", 60, 2)], monkeypatch)
+    assert log == [
+        ({"A": 64}, 4, ()),
+        ({"A": 36}, 7, ()),
+        ({"A": 1}, 7, ()),
+        ({"A": 1}, 7, ()),
+        ({"B": 60}, 4, ()),
+        ({"B": 1}, 4, ()),
+    ]
+    assert seqs["A"].preemptions == seqs["B"].preemptions == 0
+
+
+def test_a_sequence_that_cannot_grow_preempts_the_last_admitted_which_recomputes_later(monkeypatch):
+    """vLLM V1, ``Scheduler.schedule`` (``vllm/v1/core/sched/scheduler.py``): the running
+    requests are scheduled first, in order; when ``allocate_slots`` finds no block for one, the
+    last of ``self.running`` is popped (``preempted_req = self.running.pop()`` under FCFS) and
+    ``_preempt_request`` frees its blocks, sets ``num_computed_tokens = 0`` and puts it at the
+    front of the waiting queue (``self.waiting.prepend_request``); a step that preempted admits
+    no waiting request (``if not preempted_reqs``).  Readmitted, its prefill computes
+    ``request.num_tokens``: the prompt and every token generated so far.  Later admissions go
+    through the whole-prompt check of the test above.
+
+    9 usable blocks of 16, budget 128.  A, B, C (40 prompt, 12 output) at t = 0:
+      1. all three prompts (120 tokens), 3 blocks each: 9.  First tokens.
+      2-9. decode steps 1-8: contexts 41..48 fit the 3 blocks each (48 tokens).
+      10. decode step 9 needs a 4th block each and none is free: C, the last admitted, is
+          preempted (its 3 blocks freed: 9 tokens generated, 48 with KV); A and B take one
+          each: 8 blocks.  C is not readmitted in this step.
+      11-12. A and B decode (50, 51 tokens: 4 blocks each); C's 49 tokens need 4 blocks and
+          1 is free: C waits.  A and B have 12 tokens: done.
+      13. C recomputes its 40 + 9 = 49 tokens: 4 blocks, its 10th token.
+      14-15. C decodes (50, 51 tokens): 12 tokens, done."""
+    arrivals = [(0.0, n, 40, 12) for n in "ABC"]
+    seqs, log, rep = play(cfg(TIGHT), arrivals, monkeypatch)
+    all3, two = {"A": 1, "B": 1, "C": 1}, {"A": 1, "B": 1}
+    assert log == [
+        ({"A": 40, "B": 40, "C": 40}, 9, ()),
+        *[(all3, 9, ())] * 8,
+        (two, 8, ("C",)),
+        (two, 8, ()),
+        (two, 8, ()),
+        ({"C": 49}, 4, ()),
+        ({"C": 1}, 4, ()),
+        ({"C": 1}, 4, ()),
+    ]
+    assert [seqs[n].preemptions for n in "ABC"] == [0, 0, 1] and rep.preemptions == 1
+    assert seqs["C"].t_first < seqs["A"].t_last  # its first token came before the preemption
+
+
+def test_decodes_take_the_budget_first_then_partial_prefills_then_admissions(monkeypatch):
+    """vLLM V1, ``Scheduler.schedule``: the running requests in order, each given
+    ``min(num_tokens_with_spec - num_computed_tokens, token_budget)`` tokens (1 for a decode, the
+    next chunk for a partial prefill), then waiting requests while budget is left, the last one
+    cut to a chunk (``num_new_tokens = min(num_new_tokens, request_token_budget)``).  A partial
+    prefill is always the last running request (its chunk used up the budget), so decodes
+    come first.
+
+    Budget 64, blocks plenty.  A (20 prompt, 10 output) at t = 0; B (100) and C (30) arrive
+    during A's prefill:
+      1. A's 20.   2. A decodes, B's first 63.   3. A decodes, B's last 37, C's first 26.
+      4. A and B decode, C's last 4 (B has its 2 tokens).   5. A and C decode."""
+    arrivals = [(0.0, "A", 20, 10), (1e-6, "B", 100, 2), (1e-6, "C", 30, 2)]
+    _, log, _ = play(cfg(max_batched_tokens=64), arrivals, monkeypatch)
+    tokens = [t for t, _, _ in log]
+    assert tokens[:5] == [
+        {"A": 20},
+        {"A": 1, "B": 63},
+        {"A": 1, "B": 37, "C": 26},
+        {"A": 1, "B": 1, "C": 4},
+        {"A": 1, "C": 1},
+    ]
