@@ -17,6 +17,7 @@ import pytest
 import simpy
 
 import sim
+from sim.engine.llm.kv import CachedFree
 from sim.engine.llm.replica import Replica
 from sim.engine.llm.stage import LLMStage
 from sim.errors import ConfigError
@@ -129,7 +130,8 @@ def test_admission_needs_room_for_the_whole_prompt_not_only_its_first_chunk(monk
     assert seqs["A"].preemptions == seqs["B"].preemptions == 0
 
 
-def test_a_sequence_that_cannot_grow_preempts_the_last_admitted_which_recomputes_later(monkeypatch):
+@pytest.mark.parametrize("caching", [False, True])
+def test_a_sequence_that_cannot_grow_preempts_the_last_admitted_which_recomputes_later(monkeypatch, caching):
     """vLLM V1, ``Scheduler.schedule`` (``vllm/v1/core/sched/scheduler.py``): the running
     requests are scheduled first, in order; when ``allocate_slots`` finds no block for one, the
     last of ``self.running`` is popped (``preempted_req = self.running.pop()`` under FCFS) and
@@ -148,9 +150,15 @@ def test_a_sequence_that_cannot_grow_preempts_the_last_admitted_which_recomputes
       11-12. A and B decode (50, 51 tokens: 4 blocks each); C's 49 tokens need 4 blocks and
           1 is free: C waits.  A and B have 12 tokens: done.
       13. C recomputes its 40 + 9 = 49 tokens: 4 blocks, its 10th token.
-      14-15. C decodes (50, 51 tokens): 12 tokens, done."""
+      14-15. C decodes (50, 51 tokens): 12 tokens, done.
+    With prefix caching on (``enable_prefix_caching``), C's 3 full blocks stay cached when freed
+    (``vllm/v1/core/block_pool.py``, ``BlockPool.free_blocks`` appends hashed blocks to the
+    back of the free queue; ``SingleTypeKVCacheManager.free`` frees them last block first) and
+    A and B take the front in step 10 (``BlockPool.get_new_blocks``): C's last two blocks.  In
+    step 13 the prefix-cache lookup (``KVCacheManager.get_computed_blocks``) finds C's first
+    block: C computes 49 - 16 = 33 tokens."""
     arrivals = [(0.0, n, 40, 12) for n in "ABC"]
-    seqs, log, rep = play(cfg(TIGHT), arrivals, monkeypatch)
+    seqs, log, rep = play(cfg(TIGHT, prefix_caching=caching), arrivals, monkeypatch)
     all3, two = {"A": 1, "B": 1, "C": 1}, {"A": 1, "B": 1}
     assert log == [
         ({"A": 40, "B": 40, "C": 40}, 9, ()),
@@ -158,7 +166,7 @@ def test_a_sequence_that_cannot_grow_preempts_the_last_admitted_which_recomputes
         (two, 8, ("C",)),
         (two, 8, ()),
         (two, 8, ()),
-        ({"C": 49}, 4, ()),
+        ({"C": 33 if caching else 49}, 4, ()),
         ({"C": 1}, 4, ()),
         ({"C": 1}, 4, ()),
     ]
@@ -188,3 +196,79 @@ def test_decodes_take_the_budget_first_then_partial_prefills_then_admissions(mon
         {"A": 1, "B": 1, "C": 4},
         {"A": 1, "C": 1},
     ]
+
+
+def test_cached_blocks_freed_longest_ago_are_evicted_first(monkeypatch):
+    """vLLM V1's free block queue (``vllm/v1/core/block_pool.py``): ``BlockPool.free_blocks``
+    puts freed blocks without a hash at the front and hashed (full, cached) ones at the back, so
+    ``BlockPool.get_new_blocks``, taking from the front, uses the never-cached free blocks first
+    and then evicts the cached blocks freed longest ago.
+
+    As the preemption test above with prefix caching on, with 11 usable blocks (``memory_gb``
+    2.2: ``0.2e9 // 16e6 = 12`` blocks) and X (32 prompt, 1 output) served first:
+      1. X's 32 tokens: 2 blocks; X is done, its 2 full blocks stay cached (free).
+      2. A, B, C (40 prompt, 12 output) at 10 ms: 9 blocks, all from the 9 never-cached ones.
+      3-10. decode steps 1-8: 9 blocks.
+      11. decode step 9: 3 blocks needed, 2 free (X's): C is preempted and its 3 blocks are
+          cached behind X's; A and B take X's, the oldest.
+      12-13. A and B decode to 12 tokens, done.
+      14. C finds its 3 blocks (48 tokens) cached and computes its 49th only.
+      15-16. C decodes: 12 tokens, done."""
+    arrivals = [(0.0, "X", 32, 1), *[(0.01, n, 40, 12) for n in "ABC"]]
+    c = cfg(2.2, prefix_caching=True)
+    assert c.kv_blocks_usable == 11
+    seqs, log, rep = play(c, arrivals, monkeypatch)
+    all3, two = {"A": 1, "B": 1, "C": 1}, {"A": 1, "B": 1}
+    assert log == [
+        ({"X": 32}, 2, ()),
+        ({"A": 40, "B": 40, "C": 40}, 9, ()),
+        *[(all3, 9, ())] * 8,
+        (two, 8, ("C",)),
+        (two, 8, ()),
+        (two, 8, ()),
+        ({"C": 1}, 4, ()),
+        ({"C": 1}, 4, ()),
+        ({"C": 1}, 4, ()),
+    ]
+    assert seqs["C"].preemptions == 1
+    # A and B left 3 full blocks each cached; C's 51 tokens, 3 full: 9 of the 11 blocks
+    assert rep.blocks_used() == 0 and rep.cached.blocks == 9
+
+
+def test_the_system_prompt_stays_cached_while_free_and_is_taken_back(monkeypatch):
+    """vLLM V1 keeps a freed block's KV until the block is taken for another request
+    (``BlockPool.get_new_blocks`` evicts it then); meanwhile it counts as free
+    (``BlockPool.get_num_free_blocks``) and a request whose prompt starts with it takes it back
+    (``BlockPool.touch``); the admission check counts such blocks as ones to allocate
+    (``SingleTypeKVCacheManager.get_num_blocks_to_allocate``: ``num_evictable_blocks``).
+
+    11 usable blocks of 16; a 32-token system prompt (2 blocks) on every prompt.
+      1. S (48 prompt, 1 output) computes it all: 3 blocks.  Done: nothing held, 3 cached.
+      2. T (48, 1) at 10 ms takes the 2 system-prompt blocks back and computes 16 tokens.
+      3. U (160, 1) at 20 ms: its 8 private blocks and the prompt's 2 make 10 of the 11 free;
+         7 are never-cached blocks, the 8th evicts the oldest cached one (S's third block).
+    Once U is done every block is free and cached: S's or T's third, U's 8 and the prompt's 2."""
+    comp = {"system_tokens": 32, "question_tokens": 16}
+    arrivals = [(0.0, "S", 48, 1), (0.01, "T", 48, 1), (0.02, "U", 160, 1)]
+    c = cfg(2.2, prompt_tokens=comp)
+    assert c.prefix_tokens == 32 and c.kv_blocks_usable == 11
+    _, log, rep = play(c, arrivals, monkeypatch)
+    assert log == [({"S": 48}, 3, ()), ({"T": 16}, 3, ()), ({"U": 128}, 10, ())]
+    assert rep.blocks_used() == 0 and rep.pinned == 0
+    assert rep.prefix_cached() == 2 and rep.cached.blocks == 11
+
+
+def test_cached_free_blocks_evict_the_oldest_run_from_its_end():
+    """:class:`CachedFree`'s docstring example: runs ``a: 2, b: 3``; 2 free blocks left evict
+    all of ``a`` and one block of ``b``, which keeps its first 2; a run nobody can hit merges."""
+    c = CachedFree()
+    c.push("a", 2)
+    c.push("b", 3)
+    c.evict_to(2)
+    assert (c.blocks, c.held_by("a"), c.held_by("b")) == (2, 0, 2)
+    c.push(None, 4)
+    c.push(None, 1)
+    assert len(c.runs) == 2 and c.blocks == 7
+    assert c.take("b") == 2 and c.blocks == 5 and c.held_by("b") == 0
+    c.evict_to(0)
+    assert c.blocks == 0 and not c.runs

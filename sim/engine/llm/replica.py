@@ -21,7 +21,14 @@ as a loop of forward *steps*, scheduled the way vLLM does:
   of newly admitted requests, or decodes; prefills go first.
 * **Prefix caching.**  The shared system prompt's full blocks are computed by
   the first request that carries them, then held once by the replica: later
-  admissions skip their prefill and share the blocks.
+  admissions skip their prefill and share the blocks.  As in vLLM, a freed
+  full block keeps its KV until another request needs the block
+  (:class:`~sim.engine.llm.kv.CachedFree`: never-cached free blocks go first,
+  then cached ones, freed longest ago first, a request's last block first):
+  it counts as free, the system prompt stays cached while no request holds
+  it, and a preempted request finds its own blocks that are still cached and
+  recomputes only the rest.  capsim knows no other shared content, so the
+  blocks of finished requests are never hit again.
 * Admission is first come first served: the head of the waiting queue, while
   ``max_batch`` and the token budget allow and the free blocks hold its whole
   prompt (with chunked prefill only the first chunk's blocks are taken, but
@@ -58,7 +65,7 @@ from typing import NamedTuple
 
 import simpy
 
-from sim.engine.llm.kv import DecodeBlocks
+from sim.engine.llm.kv import CachedFree, DecodeBlocks
 from sim.engine.records import Bins
 from sim.errors import ConfigError
 from sim.physics.gpu import StepCost, attention_pairs, blocks_for_tokens, kv_misfit
@@ -66,6 +73,8 @@ from sim.registry import SCHEDULERS
 from sim.spec.schema import LLMConfig
 
 WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
+#: Owner of the shared system prompt's cached blocks in :class:`CachedFree`.
+PREFIX = "system prompt"
 
 
 class Generation:
@@ -159,8 +168,10 @@ class Replica:
         self.B = B = cfg.kv_block_tokens
         self.num_blocks = cfg.kv_blocks_usable  # the pool less vLLM's null block
         self.prefix_tokens = cfg.prefix_tokens
-        self.prefix_ready = False
-        self.pinned = 0  # blocks of the shared prefix, once computed
+        self.pinned = 0  # blocks of the shared prefix while running sequences hold them
+        self.sharers = 0  # running sequences that hold them
+        self.cached = CachedFree()  # free blocks that still hold KV a request can hit
+        self.caching = cfg.prefix_caching_enabled  # else a freed block keeps nothing
         self.waiting: deque[Generation] = deque()
         self.order: dict[Generation, None] = {}  # running sequences, in admission order
         # Called with (index, outstanding) whenever a request joins or leaves the replica:
@@ -271,7 +282,20 @@ class Replica:
         seq.heap_gen += 1
         seq.ctx = seq.base + self.D
 
+    def _release(self, seq: Generation, owner: Generation | None) -> None:
+        """``seq``'s blocks are freed (it finished, or was preempted: ``owner`` is then ``seq``,
+        which can hit them again): its full blocks stay cached, the shared prefix's too once no
+        running sequence holds them (freed last: the most recent)."""
+        if self.caching:
+            self.cached.push(owner, (seq.ctx - seq.shared) // self.B)
+        if seq.shared:
+            self.sharers -= 1
+            if not self.sharers:
+                self.cached.push(PREFIX, self.pinned)
+                self.pinned = 0
+
     def _finish(self, seq: Generation, now: float) -> None:
+        self._release(seq, None)
         seq.state = DONE
         seq.t_last = now
         del self.order[seq]
@@ -306,6 +330,7 @@ class Replica:
         else:
             self.prefilling.remove(seq)
             self.prefill_blocks -= seq.held
+        self._release(seq, seq)
         seq.held = 0
         seq.ctx = 0
         seq.target = seq.prompt + seq.gen
@@ -317,9 +342,28 @@ class Replica:
         if self.step_log is not None:
             self._preempted.append(seq.req)
 
-    def shared_for(self, seq: Generation) -> int:
-        p = self.prefix_tokens
-        return p if (self.prefix_ready and seq.target > p) else 0
+    def prefix_cached(self) -> int:
+        """Blocks of the shared prefix with their KV: held, or cached free and not evicted."""
+        return self.pinned or self.cached.held_by(PREFIX)
+
+    def hits_for(self, seq: Generation) -> tuple[int, int]:
+        """Tokens a waiting request finds cached, as vLLM's prefix-cache lookup does it
+        (``KVCacheManager.get_computed_blocks``: the longest run of full blocks whose KV is
+        cached, at most ``num_tokens - 1`` tokens): ``(shared, own)``, the shared prefix's
+        tokens, then those of its own blocks a preemption freed that are not evicted yet
+        (counted only when they follow the same prefix they followed before)."""
+        B = self.B
+        limit = (seq.target - 1) // B
+        shared = min(self.prefix_cached(), limit) * B
+        own = self.cached.held_by(seq)
+        if own and seq.shared == shared:
+            return shared, min(own, limit - shared // B) * B
+        return shared, 0
+
+    def touched_blocks(self, shared: int) -> int:
+        """Free blocks a request admitted with ``shared`` prefix tokens takes back besides its
+        own: the prefix's when no running sequence holds them."""
+        return self.cached.held_by(PREFIX) if shared and not self.pinned else 0
 
     def check_fits(self, seq: Generation, shared: int) -> None:
         """Alone on the replica (with the shared prefix's blocks held) a request must be able to
@@ -328,13 +372,25 @@ class Replica:
         if why is not None:
             raise ConfigError(why)
 
-    def admit(self, seq: Generation, shared: int, now: float) -> None:
+    def admit(self, seq: Generation, shared: int, own: int, now: float) -> None:
+        """Run ``seq`` from the waiting queue's head, with ``shared`` prefix tokens and ``own``
+        tokens of its own blocks found cached (:meth:`hits_for`)."""
         self.waiting.popleft()
         if seq.preemptions == 0:
             seq.t_admitted = now
+        if shared:
+            if not self.pinned:
+                self.pinned = self.cached.take(PREFIX)
+            self.sharers += 1
+        own_blocks = own // self.B
+        if own_blocks:
+            self.cached.take(seq)
+        else:
+            self.cached.disown(seq)
         seq.shared = shared
-        seq.ctx = shared
-        seq.held = 0
+        seq.ctx = shared + own
+        seq.held = own_blocks
+        self.prefill_blocks += own_blocks
         seq.state = PREFILL
         self.order[seq] = None
         self.prefilling.append(seq)
@@ -388,9 +444,11 @@ class Replica:
         p = self.prefix_tokens
         for seq, chunk, _ in work:
             seq.ctx += chunk
-            if p and not self.prefix_ready and seq.shared == 0 and seq.ctx >= p:
+            if seq.shared < p <= seq.ctx and self.prefix_cached() < p // B:
                 # This sequence computed the system prompt: its full blocks become the replica's.
-                self.prefix_ready = True
+                self.cached.disown(PREFIX)
+                if not seq.shared:
+                    self.sharers += 1
                 self.pinned = p // B
                 seq.shared = p
                 held = blocks_for_tokens(seq.ctx - p, B)
@@ -468,6 +526,7 @@ class Replica:
         g0 = dec.blocks(D + 1)
         self.D = D + steps
         g1 = dec.blocks(D + steps)
+        self.cached.evict_to(self.num_blocks - self.pinned - self.prefill_blocks - g1)
         self._account(start, end, steps, cost.memory_bound_steps(lines, steps), n, self.pinned + (g0 + g1) / 2.0)
         if steps == k:
             self._finish_due(end)

@@ -15,7 +15,15 @@ when ``allocate_slots`` fails the last running request is preempted
 ``allocate_slots(..., full_sequence_must_fit=scheduler_reserve_full_isl)``.
 Preempting from the tail until the prefix fits, request by request as vLLM
 does, removes the same requests as preempting from the tail until the whole
-step fits, which is what :func:`plan` does.
+step fits, which is what :func:`plan` does.  (vLLM's requests ahead of the
+one that preempted have taken their blocks before the victim's partial last
+block is freed; here they may take that block instead of the oldest cached
+one: one cached block more or less at most, per preemption.)
+
+An admitted request takes back its cached blocks (the system prompt's, and
+after a preemption its own that are not evicted yet) and computes the rest;
+the running sequences' new blocks are taken, evicting cached ones, before the
+waiting requests look theirs up.
 """
 
 from __future__ import annotations
@@ -56,19 +64,22 @@ def plan(rep: Replica, now: float) -> list[tuple[Generation, int, int]] | None:
         rep.preempt_newest()
         preempted = True
     rep.replan = preempted
+    free -= need
+    rep.cached.evict_to(free)  # the running sequences' new blocks come off the free queue first
     if not preempted:
-        free -= need
         waiting, order = rep.waiting, rep.order
         while waiting and budget > 0 and len(order) < rep.max_batch:
             head = waiting[0]
-            shared = rep.shared_for(head)
+            shared, own = rep.hits_for(head)
             rep.check_fits(head, shared)
-            if blocks_for_tokens(head.target - shared, B) > free:
+            touched = rep.touched_blocks(shared)
+            if blocks_for_tokens(head.target - shared, B) + touched > free:
                 break  # the whole prompt must fit, not only the first chunk
-            chunk = min(head.target - shared, budget)
-            nb = blocks_for_tokens(chunk, B)
-            rep.admit(head, shared, now)
+            rep.admit(head, shared, own, now)
+            chunk = min(head.target - head.ctx, budget)
+            nb = blocks_for_tokens(head.ctx + chunk - shared, B) - head.held
             work.append((head, chunk, nb))
-            free -= nb
+            free -= touched + head.held + nb
+            rep.cached.evict_to(free)
             budget -= chunk
     return work or None
