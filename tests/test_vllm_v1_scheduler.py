@@ -174,6 +174,37 @@ def test_a_sequence_that_cannot_grow_preempts_the_last_admitted_which_recomputes
     assert seqs["C"].t_first < seqs["A"].t_last  # its first token came before the preemption
 
 
+@pytest.mark.parametrize("caching", [False, True])
+def test_the_last_running_request_preempts_itself_when_its_chunk_finds_no_block(monkeypatch, caching):
+    """vLLM V1, ``Scheduler.schedule``: the victim is always ``self.running[-1]``, which may be
+    the request being scheduled: ``if preempted_req == request: break`` (no other left to
+    preempt), then ``if new_blocks is None: break``: it is not scheduled, the requests before it
+    are, and the step admits nobody (``if not preempted_reqs``).
+
+    9 usable blocks of 16, budget 64.  A (63 prompt, 4 output) at t = 0, B (80, 2) during
+    A's prefill:
+      1. A's 63: 4 blocks.
+      2. A decodes (64 tokens, 4 blocks); B's whole 80 need 5 of the 5 free: admitted, its
+         first 63 (4 blocks): 8.
+      3. A's 65th token needs a 5th block and B's last 17 a 5th: 2 needed, 1 free.  B, the
+         last running request, preempts itself; A decodes alone: 5 blocks.
+      4. A decodes (66, 5 blocks): 4 tokens, done.  B's 80 need 5 blocks, 4 free: it waits.
+      5. B computes its 80 tokens again, 64 then 16 (6), or with prefix caching only the 32
+         after its 3 full blocks (48 tokens), still cached: nothing evicted them.
+      then B decodes (81 tokens: 6 blocks): 2 tokens, done."""
+    arrivals = [(0.0, "A", 63, 4), (1e-6, "B", 80, 2)]
+    _, log, _ = play(cfg(TIGHT, max_batched_tokens=64, prefix_caching=caching), arrivals, monkeypatch)
+    again = [({"B": 32}, 5, ())] if caching else [({"B": 64}, 4, ()), ({"B": 16}, 5, ())]
+    assert log == [
+        ({"A": 63}, 4, ()),
+        ({"A": 1, "B": 63}, 8, ()),
+        ({"A": 1}, 5, ("B",)),
+        ({"A": 1}, 5, ()),
+        *again,
+        ({"B": 1}, 6, ()),
+    ]
+
+
 def test_decodes_take_the_budget_first_then_partial_prefills_then_admissions(monkeypatch):
     """vLLM V1, ``Scheduler.schedule``: the running requests in order, each given
     ``min(num_tokens_with_spec - num_computed_tokens, token_budget)`` tokens (1 for a decode, the
