@@ -99,6 +99,10 @@ def test_the_null_block_is_not_usable():
     with pytest.raises(Exception, match=r"needs 10 KV blocks of 16 tokens but a replica holds 9;"):
         sim.load_scenario({**scn, "llm": llm})
     sim.load_scenario({**scn, "llm": {**llm, "prompt_tokens": 134}})
+    # a pool of one block (2.024e9 - 2e9 = 1.5 blocks) is the null block alone
+    with pytest.raises(Exception, match=r"leave no room for one KV block"):
+        cfg(2.024)
+    assert cfg(2.04).kv_blocks_usable == 1
 
 
 def test_admission_needs_room_for_the_whole_prompt_not_only_its_first_chunk(monkeypatch):
