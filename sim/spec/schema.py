@@ -581,6 +581,12 @@ def _is_moe(model: Any) -> bool:
     return False
 
 
+#: KV blocks of the pool no request holds: vLLM V1 keeps block 0 as its null block
+#: (``vllm/v1/core/block_pool.py``, ``BlockPool.__init__``: ``self.null_block =
+#: self.free_block_queue.popleft()``); the logged ``num_gpu_blocks`` counts it.
+NULL_KV_BLOCKS = 1
+
+
 class LLMConfig(Strict):
     enabled: bool = True
     model: Annotated[ModelSpec, BeforeValidator(_catalog_entry("model"))] = "article-8l"  # type: ignore[assignment]
@@ -805,6 +811,14 @@ class LLMConfig(Strict):
         return gpu_model.kv_blocks(self.kv_budget_bytes, self.kv_bytes_per_token_per_gpu, self.kv_block_tokens)
 
     @property
+    def kv_blocks_usable(self) -> int:
+        """Blocks requests can hold: ``kv_blocks`` less the ``NULL_KV_BLOCKS`` the engine keeps
+        as a placeholder (vLLM V1's ``BlockPool.__init__`` takes block 0 of the pool as its
+        ``null_block``, which no request is given; ``BlockPool.get_usage`` divides by
+        ``num_gpu_blocks - 1``)."""
+        return self.kv_blocks - NULL_KV_BLOCKS
+
+    @property
     def kv_tokens(self) -> int:
         """Tokens one replica's KV pool holds (``kv_blocks * kv_block_tokens``), as vLLM logs them."""
         return self.kv_blocks * self.kv_block_tokens
@@ -877,7 +891,7 @@ class LLMConfig(Strict):
         if self.step_cost == "perop" and self.step_table is None and self.perop_entry is None:
             why = perop.coverage(self.gpu.name, self.engine, self.model.name, tp, self.perop_dtype, self.perop_ep)
             raise ValueError(f"step_cost perop: {why}; use step_cost auto (roofline where uncovered) or roofline")
-        if self.kv_blocks < 1:
+        if self.kv_blocks_usable < 1:
             gib = gpu_model.GIB
             usable = self.memory_exposed_bytes * self.gpu_memory_utilization / gib
             per_gpu = self.weights_bytes / tp / gib
@@ -1016,7 +1030,7 @@ class Scenario(Strict):
             round(output),
             llm.prefix_tokens,
             llm.prefix_tokens,
-            llm.kv_blocks,
+            llm.kv_blocks_usable,
             llm.kv_block_tokens,
             longest=True,
         )

@@ -6,11 +6,12 @@ as a loop of forward *steps*, scheduled the way vLLM does:
 * **Paged KV cache.**  The HBM that ``gpu_memory_utilization`` leaves after
   the weights (per GPU; with tensor parallelism every GPU holds its shard of
   the weights and of every KV block) is cut into blocks of
-  ``kv_block_tokens`` tokens.  A sequence takes a block when its context
-  grows past the last one, never up front.  When a step cannot get the
-  blocks it needs, the *newest* running sequence is preempted (vLLM's
-  recompute mode): its blocks are freed, it goes back to the front of the
-  waiting queue, and when it is admitted again its prefill recomputes the
+  ``kv_block_tokens`` tokens, one of which is vLLM's null block that no
+  request holds (``LLMConfig.kv_blocks_usable``).  A sequence takes a block
+  when its context grows past the last one, never up front.  When a step
+  cannot get the blocks it needs, the *newest* running sequence is preempted
+  (vLLM's recompute mode): its blocks are freed, it goes back to the front of
+  the waiting queue, and when it is admitted again its prefill recomputes the
   prompt plus every token generated so far.
 * **Prefill scheduling.**  A step processes at most ``max_batched_tokens``
   new tokens.  With ``chunked_prefill`` (vLLM's chunked-prefill policy) every
@@ -20,10 +21,19 @@ as a loop of forward *steps*, scheduled the way vLLM does:
   of newly admitted requests, or decodes; prefills go first.
 * **Prefix caching.**  The shared system prompt's full blocks are computed by
   the first request that carries them, then held once by the replica: later
-  admissions skip their prefill and share the blocks.
+  admissions skip their prefill and share the blocks.  As in vLLM, a freed
+  full block keeps its KV until another request needs the block
+  (:class:`~sim.engine.llm.kv.CachedFree`: never-cached free blocks go first,
+  then cached ones, freed longest ago first, a request's last block first):
+  it counts as free, the system prompt stays cached while no request holds
+  it, and a preempted request finds its own blocks that are still cached and
+  recomputes only the rest.  capsim knows no other shared content, so the
+  blocks of finished requests are never hit again.
 * Admission is first come first served: the head of the waiting queue, while
-  ``max_batch``, the token budget and free blocks allow.  No request is
-  admitted in a step that had to preempt.
+  ``max_batch`` and the token budget allow and the free blocks hold its whole
+  prompt (with chunked prefill only the first chunk's blocks are taken, but
+  the rest must be free: vLLM V1's ``scheduler_reserve_full_isl``).  No
+  request is admitted in a step that had to preempt.
 
 A step costs what the roofline says (:mod:`sim.physics.gpu`), per GPU::
 
@@ -51,10 +61,11 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 import simpy
 
-from sim.engine.llm.kv import DecodeBlocks
+from sim.engine.llm.kv import CachedFree, DecodeBlocks
 from sim.engine.records import Bins
 from sim.errors import ConfigError
 from sim.physics.gpu import StepCost, attention_pairs, blocks_for_tokens, kv_misfit
@@ -62,6 +73,8 @@ from sim.registry import SCHEDULERS
 from sim.spec.schema import LLMConfig
 
 WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
+#: Owner of the shared system prompt's cached blocks in :class:`CachedFree`.
+PREFIX = "system prompt"
 
 
 class Generation:
@@ -109,6 +122,19 @@ class Generation:
         self.replica = -1
 
 
+class StepLine(NamedTuple):
+    """One line of a replica's step log: ``steps`` steps from ``start_s`` (1 unless a decode
+    epoch runs several), the tokens each running sequence computes in each (keyed by the
+    sequence's ``req``, in running order: admission order, a readmitted sequence last), the KV
+    blocks held while they run, and the sequences preempted to make room for them."""
+
+    start_s: float
+    steps: int
+    tokens: dict
+    blocks: int
+    preempted: tuple
+
+
 class _WakeAtEnd:
     """A decode epoch's end: succeed the replica's wake event unless an arrival already did."""
 
@@ -128,6 +154,9 @@ class Replica:
     #: Longest decode epoch in steps (None: unbounded).  Tests set 1 to run the
     #: replica step by step and compare with the closed form.
     epoch_cap: int | None = None
+    #: A list to append a :class:`StepLine` to for every step (every epoch), or None.  Tests
+    #: set one on a replica to follow its scheduler step by step.
+    step_log: list[StepLine] | None = None
 
     def __init__(self, env: simpy.Environment, index: int, cfg: LLMConfig, cost: StepCost, window: tuple[float, float]):
         self.env = env
@@ -137,10 +166,12 @@ class Replica:
         self.budget_tokens = cfg.max_batched_tokens
         self.scheduler = SCHEDULERS.load("chunked" if cfg.chunked_prefill else "whole")
         self.B = B = cfg.kv_block_tokens
-        self.num_blocks = cfg.kv_blocks
+        self.num_blocks = cfg.kv_blocks_usable  # the pool less vLLM's null block
         self.prefix_tokens = cfg.prefix_tokens
-        self.prefix_ready = False
-        self.pinned = 0  # blocks of the shared prefix, once computed
+        self.pinned = 0  # blocks of the shared prefix while running sequences hold them
+        self.sharers = 0  # running sequences that hold them
+        self.cached = CachedFree()  # free blocks that still hold KV a request can hit
+        self.caching = cfg.prefix_caching_enabled  # else a freed block keeps nothing
         self.waiting: deque[Generation] = deque()
         self.order: dict[Generation, None] = {}  # running sequences, in admission order
         # Called with (index, outstanding) whenever a request joins or leaves the replica:
@@ -156,6 +187,7 @@ class Replica:
         self._tie = itertools.count()
         self._wake: simpy.Event | None = None
         self.replan = False  # a step just preempted: the next boundary may admit, so stop there
+        self._preempted: list[object] = []  # since the last step_log line
         self._idle_since: float | None = 0.0
         self._epoch: tuple | None = None  # (start, lines, k, clock) of the decode epoch in progress
         # counters over time (totals inside the window below; any cut later, see Bins)
@@ -250,7 +282,20 @@ class Replica:
         seq.heap_gen += 1
         seq.ctx = seq.base + self.D
 
+    def _release(self, seq: Generation, owner: Generation | None) -> None:
+        """``seq``'s blocks are freed (it finished, or was preempted: ``owner`` is then ``seq``,
+        which can hit them again): its full blocks stay cached, the shared prefix's too once no
+        running sequence holds them (freed last: the most recent)."""
+        if self.caching:
+            self.cached.push(owner, (seq.ctx - seq.shared) // self.B)
+        if seq.shared:
+            self.sharers -= 1
+            if not self.sharers:
+                self.cached.push(PREFIX, self.pinned)
+                self.pinned = 0
+
     def _finish(self, seq: Generation, now: float) -> None:
+        self._release(seq, None)
         seq.state = DONE
         seq.t_last = now
         del self.order[seq]
@@ -285,6 +330,7 @@ class Replica:
         else:
             self.prefilling.remove(seq)
             self.prefill_blocks -= seq.held
+        self._release(seq, seq)
         seq.held = 0
         seq.ctx = 0
         seq.target = seq.prompt + seq.gen
@@ -293,10 +339,31 @@ class Replica:
         del self.order[seq]
         self.waiting.appendleft(seq)
         self.bins["preemptions"].add(self.env.now, self.env.now, 1)
+        if self.step_log is not None:
+            self._preempted.append(seq.req)
 
-    def shared_for(self, seq: Generation) -> int:
-        p = self.prefix_tokens
-        return p if (self.prefix_ready and seq.target > p) else 0
+    def prefix_cached(self) -> int:
+        """Blocks of the shared prefix with their KV: held, or cached free and not evicted."""
+        return self.pinned or self.cached.held_by(PREFIX)
+
+    def hits_for(self, seq: Generation) -> tuple[int, int]:
+        """Tokens a waiting request finds cached, as vLLM's prefix-cache lookup does it
+        (``KVCacheManager.get_computed_blocks``: the longest run of full blocks whose KV is
+        cached, at most ``num_tokens - 1`` tokens): ``(shared, own)``, the shared prefix's
+        tokens, then those of its own blocks a preemption freed that are not evicted yet
+        (counted only when they follow the same prefix they followed before)."""
+        B = self.B
+        limit = (seq.target - 1) // B
+        shared = min(self.prefix_cached(), limit) * B
+        own = self.cached.held_by(seq)
+        if own and seq.shared == shared:
+            return shared, min(own, limit - shared // B) * B
+        return shared, 0
+
+    def touched_blocks(self, shared: int) -> int:
+        """Free blocks a request admitted with ``shared`` prefix tokens takes back besides its
+        own: the prefix's when no running sequence holds them."""
+        return self.cached.held_by(PREFIX) if shared and not self.pinned else 0
 
     def check_fits(self, seq: Generation, shared: int) -> None:
         """Alone on the replica (with the shared prefix's blocks held) a request must be able to
@@ -305,13 +372,25 @@ class Replica:
         if why is not None:
             raise ConfigError(why)
 
-    def admit(self, seq: Generation, shared: int, now: float) -> None:
+    def admit(self, seq: Generation, shared: int, own: int, now: float) -> None:
+        """Run ``seq`` from the waiting queue's head, with ``shared`` prefix tokens and ``own``
+        tokens of its own blocks found cached (:meth:`hits_for`)."""
         self.waiting.popleft()
         if seq.preemptions == 0:
             seq.t_admitted = now
+        if shared:
+            if not self.pinned:
+                self.pinned = self.cached.take(PREFIX)
+            self.sharers += 1
+        own_blocks = own // self.B
+        if own_blocks:
+            self.cached.take(seq)
+        else:
+            self.cached.disown(seq)
         seq.shared = shared
-        seq.ctx = shared
-        seq.held = 0
+        seq.ctx = shared + own
+        seq.held = own_blocks
+        self.prefill_blocks += own_blocks
         seq.state = PREFILL
         self.order[seq] = None
         self.prefilling.append(seq)
@@ -354,6 +433,10 @@ class Replica:
         mem = cost.memory_bound(new, ctx, pairs)
         batch = len(self.order)
         blocks = self.pinned + self.prefill_blocks + self.dec.blocks(self.D + (1 if n_dec else 0))
+        if self.step_log is not None:
+            chunks = {seq: chunk for seq, chunk, _ in work}
+            tokens = {s.req: chunks.get(s, 1) for s in self.order if s in chunks or (n_dec and s.state == DECODE)}
+            self._log(start, 1, tokens, blocks)
         yield env.timeout(dt)
         end = env.now
         if n_dec:
@@ -361,9 +444,11 @@ class Replica:
         p = self.prefix_tokens
         for seq, chunk, _ in work:
             seq.ctx += chunk
-            if p and not self.prefix_ready and seq.shared == 0 and seq.ctx >= p:
+            if seq.shared < p <= seq.ctx and self.prefix_cached() < p // B:
                 # This sequence computed the system prompt: its full blocks become the replica's.
-                self.prefix_ready = True
+                self.cached.disown(PREFIX)
+                if not seq.shared:
+                    self.sharers += 1
                 self.pinned = p // B
                 seq.shared = p
                 held = blocks_for_tokens(seq.ctx - p, B)
@@ -411,6 +496,9 @@ class Replica:
         start = env.now
         steps = k
         self._epoch = (start, lines, k, D)
+        if self.step_log is not None:
+            tokens = {s.req: 1 for s in self.order if s.state == DECODE}
+            self._log(start, k, tokens, self.pinned + self.prefill_blocks + dec.blocks(D + 1))
         if not self.waiting and len(self.order) < self.max_batch:  # an arrival could be admitted mid-epoch
             # Wait for the epoch's end or an admissible arrival, whichever comes first: the
             # end's timeout succeeds the same wake event an arrival would (no Condition event).
@@ -433,12 +521,20 @@ class Replica:
             yield env.timeout(total)
         end = env.now
         self._epoch = None
+        if self.step_log is not None and steps != k:  # an admission cut the epoch short
+            self.step_log[-1] = self.step_log[-1]._replace(steps=steps)
         g0 = dec.blocks(D + 1)
         self.D = D + steps
         g1 = dec.blocks(D + steps)
+        self.cached.evict_to(self.num_blocks - self.pinned - self.prefill_blocks - g1)
         self._account(start, end, steps, cost.memory_bound_steps(lines, steps), n, self.pinned + (g0 + g1) / 2.0)
         if steps == k:
             self._finish_due(end)
+
+    def _log(self, start: float, steps: int, tokens: dict, blocks: int) -> None:
+        assert self.step_log is not None
+        self.step_log.append(StepLine(start, steps, tokens, blocks, tuple(self._preempted)))
+        self._preempted.clear()
 
     def _steps_to_cover(self, lines, k: int, elapsed: float) -> int:
         """Smallest j in [1, k] whose first j steps take at least ``elapsed``."""

@@ -4,6 +4,26 @@ Every running sequence first gets its decode token, then partial prefills and
 newly admitted prompts share what is left of ``max_batched_tokens``, a chunk
 each; when the step's blocks do not fit, the newest sequence is preempted and
 the step planned again, and no request is admitted in a step that preempted.
+A request is admitted only when the free blocks hold its whole prompt (less
+the shared prefix), though it takes only its chunk's blocks.
+
+This is vLLM V1's ``Scheduler.schedule`` (0.32.0, ``vllm/v1/core/sched/scheduler.py``)
+under FCFS: running requests first, in admission order (a partial prefill is
+always the last of them: its chunk used up the budget), then waiting ones;
+when ``allocate_slots`` fails the last running request is preempted
+(``self.running.pop()``) until it fits; admission goes through
+``allocate_slots(..., full_sequence_must_fit=scheduler_reserve_full_isl)``.
+Preempting from the tail until the prefix fits, request by request as vLLM
+does, removes the same requests as preempting from the tail until the whole
+step fits, which is what :func:`plan` does.  (vLLM's requests ahead of the
+one that preempted have taken their blocks before the victim's partial last
+block is freed; here they may take that block instead of the oldest cached
+one: one cached block more or less at most, per preemption.)
+
+An admitted request takes back its cached blocks (the system prompt's, and
+after a preemption its own that are not evicted yet) and computes the rest;
+the running sequences' new blocks are taken, evicting cached ones, before the
+waiting requests look theirs up.
 """
 
 from __future__ import annotations
@@ -44,19 +64,22 @@ def plan(rep: Replica, now: float) -> list[tuple[Generation, int, int]] | None:
         rep.preempt_newest()
         preempted = True
     rep.replan = preempted
+    free -= need
+    rep.cached.evict_to(free)  # the running sequences' new blocks come off the free queue first
     if not preempted:
-        free -= need
         waiting, order = rep.waiting, rep.order
         while waiting and budget > 0 and len(order) < rep.max_batch:
             head = waiting[0]
-            shared = rep.shared_for(head)
-            chunk = min(head.target - shared, budget)
-            nb = blocks_for_tokens(chunk, B)
+            shared, own = rep.hits_for(head)
             rep.check_fits(head, shared)
-            if nb > free:
-                break
-            rep.admit(head, shared, now)
+            touched = rep.touched_blocks(shared)
+            if blocks_for_tokens(head.target - shared, B) + touched > free:
+                break  # the whole prompt must fit, not only the first chunk
+            rep.admit(head, shared, own, now)
+            chunk = min(head.target - head.ctx, budget)
+            nb = blocks_for_tokens(head.ctx + chunk - shared, B) - head.held
             work.append((head, chunk, nb))
-            free -= nb
+            free -= touched + head.held + nb
+            rep.cached.evict_to(free)
             budget -= chunk
     return work or None

@@ -25,14 +25,16 @@ def plan(rep: Replica, now: float) -> list[tuple[Generation, int, int]] | None:
     waiting, order = rep.waiting, rep.order
     while waiting and len(order) < rep.max_batch:
         head = waiting[0]
-        shared = rep.shared_for(head)
-        chunk = head.target - shared
-        nb = blocks_for_tokens(chunk, B)
+        shared, own = rep.hits_for(head)
+        chunk = head.target - shared - own
+        nb = blocks_for_tokens(head.target - shared, B) - own // B
         rep.check_fits(head, shared)
-        if (work and tokens + chunk > rep.budget_tokens) or nb > free:
+        touched = rep.touched_blocks(shared)
+        if (work and tokens + chunk > rep.budget_tokens) or own // B + nb + touched > free:
             break
-        rep.admit(head, shared, now)
+        rep.admit(head, shared, own, now)
         work.append((head, chunk, nb))
-        free -= nb
+        free -= touched + own // B + nb
+        rep.cached.evict_to(free)
         tokens += chunk
     return work or None
