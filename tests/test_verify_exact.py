@@ -76,7 +76,9 @@ class ExactService:
         return LiveRun(users, duration_s, {c: v[order] for c, v in rec.items()}, duration_s, 0.0, [])
 
 
-def _play(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, svc: ExactService, segments: int) -> tuple[int, dict]:
+def _play(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, svc: ExactService, segments: int, *flags: str
+) -> tuple[int, str]:
     import sim.verify.run as run_mod
     import sim.verify.segments as seg_mod
 
@@ -93,8 +95,8 @@ def _play(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, svc: ExactService, se
         f"extends: {ROOT / 'scenarios' / 'verify_retrieval.yaml'}\nretrieval: {{workers: 1, cpu_cores: null}}\n"
     )
     argv = ["verify", str(scn), "--target", str(tgt), "--users", "3", "--duration-s", "40"]
-    res = invoke(*argv, "--warmup-s", "5", "--json", "--segments", str(segments), "--out", str(tmp_path / "out"))
-    return res.exit_code, json.loads(res.stdout)
+    res = invoke(*argv, "--warmup-s", "5", "--segments", str(segments), "--out", str(tmp_path / "out"), *flags)
+    return res.exit_code, res.stdout
 
 
 def _verdicts(doc: dict) -> dict[tuple[str, str], str | None]:
@@ -106,7 +108,8 @@ def test_a_service_that_behaves_as_probed_is_predicted_within_every_bound(tmp_pa
     """Searches of exactly 8 ms, alone and under load: the prediction replays the live run's
     think times, so every latency and the throughput match (errors under 1e-6), all within."""
     svc = ExactService(8.0, 8.0)
-    code, doc = _play(tmp_path, monkeypatch, svc, segments)
+    code, out = _play(tmp_path, monkeypatch, svc, segments, "--json")
+    doc = json.loads(out)
     assert svc.loads == [3] * segments
     rows = doc["loads"][0]["rows"]
     bounded = [r for r in rows if r["bound"] is not None]
@@ -120,9 +123,26 @@ def test_a_service_slower_under_load_than_probed_is_outside(tmp_path, monkeypatc
     """Probed at 8 ms, serving at 10.4 ms (30 % slower) under load: every search of the live
     run takes 10.4 ms or more, so the predicted P50 (8 ms plus its queueing) is more than 10 %
     under the measured one in every segment; the row is outside and verify exits 1."""
-    code, doc = _play(tmp_path, monkeypatch, ExactService(8.0, 10.4), segments)
+    code, out = _play(tmp_path, monkeypatch, ExactService(8.0, 10.4), segments, "--json")
+    doc = json.loads(out)
     got = _verdicts(doc)
     assert got[("retrieval_ms", "p50")] == "outside" and got[("e2e_ms", "p50")] == "outside", doc["loads"][0]["rows"]
     p50 = next(r for r in doc["loads"][0]["rows"] if (r["metric"], r["stat"]) == ("e2e_ms", "p50"))
     assert p50["measured"] >= 10.4 and p50["rel_error"] < -0.10
     assert code == 1
+
+
+def test_the_table_prints_each_row_with_its_verdict_then_the_loads_health(tmp_path, monkeypatch):
+    """Without --json: one table line per compared statistic (measured, predicted, error,
+    bound, verdict), then the load's utilisation and its requests and failures."""
+    code, out = _play(tmp_path, monkeypatch, ExactService(8.0, 10.4), 1)
+    assert code == 1 and "capsim verify: measured vs predicted" in out
+    lines = [" ".join(line.replace("│", " ").split()) for line in out.splitlines()]
+    doc = json.loads((tmp_path / "out" / "verify.json").read_text())
+    load = doc["loads"][0]
+    for r in load["rows"]:
+        row = next(x for x in lines if x.startswith(f"3 {r['metric']} {r['stat']} "))
+        # the last two columns: the bound and the verdict (a row without a bound has neither)
+        assert row.endswith(" -" if r["bound"] is None else f" {r['bound']:.0%} {r['verdict']}"), row
+    assert any(x.startswith(f"3 requests / failed / loadgen {load['requests']} / 0 ") for x in lines), lines
+    assert any(x.startswith("3 utilisation gpu / retrieval ") for x in lines), lines
