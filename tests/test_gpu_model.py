@@ -219,3 +219,26 @@ def test_kv_pool_by_hand():
     assert gm.kv_pool_bytes(79.19 * gib, 0.9, 14.96 * gib, 1.2 * gib) == pytest.approx(55.111 * gib)
     # vLLM's own sum for Llama-3.1-8B at tp 2 (llm-d-planner's v0.19.0 terms): 75.23 - 7.51 - 1.89 - 2.07
     assert gm.kv_pool_bytes(79.19 * gib, 0.95, 7.51 * gib, 3.96 * gib) / gib == pytest.approx(63.7605)
+
+
+def test_the_schema_llm_config_is_a_replica_config():
+    """Every field the step-cost models read (sim.physics.replica_config) is a field or property of
+    the schema's LLMConfig, its model and its GPU, with the type the protocol gives (mypy checks the
+    same where the engine passes an LLMConfig in)."""
+    import inspect
+    import typing
+
+    from sim.physics import replica_config as rc
+
+    cfg = LLMConfig(model="deepseek-v3", gpu="h200", tensor_parallel=8, weights_dtype="fp8")
+    for proto, obj in ((rc.ReplicaConfig, cfg), (rc.ModelShape, cfg.model), (rc.GPUFigures, cfg.gpu)):
+        members = {n: m for n, m in inspect.getmembers(proto) if isinstance(m, property)}
+        assert len(members) >= 2
+        for name, prop in members.items():
+            want = typing.get_type_hints(prop.fget, vars(rc))["return"]
+            got = getattr(obj, name)
+            if want in (int, float):
+                assert isinstance(got, (int, float)) and not isinstance(got, bool), (proto.__name__, name, got)
+            elif name not in ("model", "gpu"):  # X | None
+                allowed = tuple(typing.get_origin(a) or a for a in typing.get_args(want) if a is not type(None))
+                assert got is None or isinstance(got, allowed), (name, got)

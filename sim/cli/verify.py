@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.table import Table
 
 from sim.cli.app import app, err_console, stdout_console, user_errors
 from sim.cli.calibrate import check_out_file, parse_int_list
@@ -213,8 +214,6 @@ COLUMNS = ("users", "metric", "measured", "its 95 %", "predicted", "capsim 95 %"
 
 def _print(doc: dict, con) -> None:
     """The calibration lines, then one table: per load its rows, utilisation and load-generator health."""
-    from rich.table import Table  # deferred: only when printing
-
     from sim.verify.explain import calibration_lines  # deferred: the verify stack loads the simulator
 
     for line in calibration_lines(doc):

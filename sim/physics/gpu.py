@@ -41,12 +41,11 @@ multi-head latent attention cache one compressed latent per token and layer
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
-if TYPE_CHECKING:  # annotations only: physics sits below the scenario schema
-    from sim.spec.schema import LLMConfig
+from sim.physics.replica_config import ReplicaConfig
 
 #: One step's figures as plain numbers, or many steps' as arrays (element-wise).
 FloatOrArray = TypeVar("FloatOrArray", float, np.ndarray)
@@ -441,7 +440,7 @@ class StepCost:
 
     def __init__(
         self,
-        cfg: LLMConfig,
+        cfg: ReplicaConfig,
         bw_efficiency: float | None = None,
         mfu: float | None = None,
         step_overhead_ms: float | None = None,
