@@ -28,7 +28,7 @@ ARTICLE = dict(layers=8, kv_heads=32, head_dim=128, kv_dtype_bytes=2)
     ],
 )
 def test_article_model_kv_bytes(tokens, expected):
-    assert gm.kv_bytes(tokens, **ARTICLE) == expected
+    assert tokens * gm.kv_bytes_per_token(**ARTICLE) == expected
 
 
 def test_article_catalog_model_kv_per_token():
@@ -39,7 +39,7 @@ def test_article_catalog_model_kv_per_token():
 
 def test_70_layer_mha_model_at_32k():
     # 2 * 70 * 64 * 128 * 2 * 32,768 = 75,161,927,680 bytes = 75.16 GB (the article says 47.2 GB)
-    assert gm.kv_bytes(32_768, layers=70, kv_heads=64, head_dim=128, kv_dtype_bytes=2) == 75_161_927_680
+    assert 32_768 * gm.kv_bytes_per_token(layers=70, kv_heads=64, head_dim=128, kv_dtype_bytes=2) == 75_161_927_680
 
 
 def test_gqa_mqa_and_fp8_kv_shrink_the_cache():
@@ -65,9 +65,7 @@ def test_kv_blocks_and_blocks_for_tokens():
     assert [gm.blocks_for_tokens(t, 16) for t in (0, 1, 16, 17, 32, 33)] == [0, 1, 1, 2, 2, 3]
 
 
-def test_weights_and_transfer_time():
-    # 180 MB at 3.35 TB/s = 180e6 / 3.35e12 = 53.73 us
-    assert gm.transfer_time_s(180e6, 3350) == pytest.approx(53.731343e-6, rel=1e-6)
+def test_weights_bytes():
     assert gm.weights_bytes(8_030_261_248, 2) == 16_060_522_496
 
 

@@ -81,11 +81,6 @@ def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes
     return 2.0 * layers * kv_heads * head_dim * kv_dtype_bytes
 
 
-def kv_bytes(tokens: float, layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes: float) -> float:
-    """KV-cache bytes of ``tokens`` tokens."""
-    return tokens * kv_bytes_per_token(layers, kv_heads, head_dim, kv_dtype_bytes)
-
-
 def mla_kv_bytes_per_token(layers: int, kv_lora_rank: int, qk_rope_head_dim: int, kv_dtype_bytes: float) -> float:
     """KV-cache bytes of one token under multi-head latent attention (DeepSeek-V2/V3):
     ``layers * (kv_lora_rank + qk_rope_head_dim) * kv_dtype_bytes``.
@@ -274,14 +269,6 @@ def tp_allreduce_time_s(
 def arithmetic_intensity(flops: float, n_bytes: float) -> float:
     """FLOPs per byte moved: ``flops / bytes``; compare with :func:`ridge_point_flops_per_byte`."""
     return flops / n_bytes if n_bytes > 0 else math.inf
-
-
-def transfer_time_s(n_bytes: float, bandwidth_gbps: float, efficiency: float = 1.0) -> float:
-    """Seconds to move ``n_bytes`` at ``bandwidth_gbps`` GB/s times ``efficiency``.
-
-    180 MB at 3.35 TB/s: 180e6 / 3.35e12 = 53.7 microseconds.
-    """
-    return n_bytes / (bandwidth_gbps * GB * efficiency)
 
 
 def attention_flops(layers: int, heads: int, head_dim: int, new_tokens: float, past_tokens: float = 0.0) -> float:
