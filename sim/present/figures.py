@@ -244,34 +244,8 @@ def p95_vs_key(
     for j, (c, (name, g)) in enumerate(zip(colors, groups)):
         name = name if isinstance(name, tuple) else (name,)
         label = ", ".join(f"{short(h)}={v}" for h, v in zip(hue, name)) or None
-        g = g.sort_values(key)
-        x = g[key].to_numpy(dtype=float)
-        y = g[f"e2e_{stat}_ms"].to_numpy(dtype=float)
-        lo = g[f"e2e_{stat}_ci_low_ms"].to_numpy(dtype=float)
-        hi = g[f"e2e_{stat}_ci_high_ms"].to_numpy(dtype=float)
-        ys += list(y[np.isfinite(y)])
-        ax.plot(
-            x,
-            y,
-            marker=MARKERS[j % len(MARKERS)],
-            ls=LINESTYLES[j % len(LINESTYLES)],
-            color=c,
-            label=label,
-            ms=7,
-            mfc="white" if j % 2 else c,
-            mew=1.5,
-        )
-        stable = g["stable"].astype(bool).to_numpy() if "stable" in g else np.ones(len(g), bool)
-        # no band where there is no steady state (its interval means nothing), none below 0 ms
-        band = np.where(stable, 1.0, np.nan)
-        ax.fill_between(x, np.clip(lo, 0, None) * band, hi * band, color=c, alpha=0.15, lw=0)
-        if (~stable).any():
-            pending.append((x[~stable], y[~stable]))
-        _mark_knee(ax, x, y, (hi - lo) / 2, stable, f"knee {short(key)}", c)
         cap = capacity.get(label or "") if isinstance(capacity, Mapping) else None
-        if cap is not None:
-            ax.axvline(cap, color=c, ls="-.", lw=1.2)
-            ax.text(cap, ax.get_ylim()[1], f" capacity {cap:g}", color=c, va="top", rotation=90, fontsize=9)
+        ys += _curve(ax, j, c, label, g.sort_values(key), key, stat, cap, pending)
     if sla is not None:
         ys.append(sla)
     pos = [v for v in ys if v > 0]
@@ -299,6 +273,47 @@ def p95_vs_key(
         ax.legend(fontsize=9, handlelength=3, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()
     return fig
+
+
+def _curve(
+    ax,
+    j: int,
+    color,
+    label: str | None,
+    g: pd.DataFrame,
+    key: str,
+    stat: str,
+    capacity: float | None,
+    pending: list[tuple[np.ndarray, np.ndarray]],
+) -> list[float]:
+    """One line of :func:`p95_vs_key` (the ``j``-th): its points, its band where steady, its knee
+    and capacity line; its unstable points go to ``pending``.  Returns its finite values."""
+    x = g[key].to_numpy(dtype=float)
+    y = g[f"e2e_{stat}_ms"].to_numpy(dtype=float)
+    lo = g[f"e2e_{stat}_ci_low_ms"].to_numpy(dtype=float)
+    hi = g[f"e2e_{stat}_ci_high_ms"].to_numpy(dtype=float)
+    ax.plot(
+        x,
+        y,
+        marker=MARKERS[j % len(MARKERS)],
+        ls=LINESTYLES[j % len(LINESTYLES)],
+        color=color,
+        label=label,
+        ms=7,
+        mfc="white" if j % 2 else color,
+        mew=1.5,
+    )
+    stable = g["stable"].astype(bool).to_numpy() if "stable" in g else np.ones(len(g), bool)
+    # no band where there is no steady state (its interval means nothing), none below 0 ms
+    band = np.where(stable, 1.0, np.nan)
+    ax.fill_between(x, np.clip(lo, 0, None) * band, hi * band, color=color, alpha=0.15, lw=0)
+    if (~stable).any():
+        pending.append((x[~stable], y[~stable]))
+    _mark_knee(ax, x, y, (hi - lo) / 2, stable, f"knee {short(key)}", color)
+    if capacity is not None:
+        ax.axvline(capacity, color=color, ls="-.", lw=1.2)
+        ax.text(capacity, ax.get_ylim()[1], f" capacity {capacity:g}", color=color, va="top", rotation=90, fontsize=9)
+    return list(y[np.isfinite(y)])
 
 
 def _mark_knee(ax, x: np.ndarray, y: np.ndarray, half_width: np.ndarray, stable: np.ndarray, text: str, color) -> None:
