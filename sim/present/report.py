@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ from sim.run.store import load_sweep
 Point = Mapping[str, Any]
 #: (file name without .png, caption, PNG bytes)
 Figure = tuple[str, str, bytes]
+#: (file name without .png, caption, the function that draws it)
+Drawing = tuple[str, str, Callable[[], Any]]
 
 CSS = """\
 body { font-family: system-ui, sans-serif; margin: 1em auto; max-width: 1340px; padding: 0 1em; color: #222; }
@@ -181,7 +183,7 @@ def _figures(
     changes over time is answered by P95 per window, so that figure comes first."""
     labels = [point_label(p.get("params", {})) for p in points]
     sla95 = sla_threshold(points)
-    drawn: list[tuple[str, str, Any]] = []
+    drawn: list[Drawing] = []
     if data["records"].is_file():
         drawn += _record_figures(data["records"], points, labels, sla95)
     if key is not None:
@@ -207,9 +209,7 @@ def _figures(
     return figures
 
 
-def _record_figures(
-    path: Path, points: Sequence[Point], labels: Sequence[str], sla95: float | None
-) -> list[tuple[str, str, Any]]:
+def _record_figures(path: Path, points: Sequence[Point], labels: Sequence[str], sla95: float | None) -> list[Drawing]:
     """The latency CDF and the tail breakdown, from the records after each point's warm-up."""
     import pyarrow.parquet as pq  # deferred: pyarrow only to read a schema
 
@@ -232,7 +232,7 @@ def _record_figures(
 
 def _timeseries_figure(
     ts: pd.DataFrame, points: Sequence[Point], labels: Sequence[str], point: int | None
-) -> list[tuple[str, str, Any]]:
+) -> list[Drawing]:
     """Queues, batch and KV over replication 0 of one point (none when nothing was sampled)."""
     if not len(ts):
         return []
