@@ -208,12 +208,6 @@ class Sum:
         return total
 
 
-def quantiles_of(values: Sequence[float]) -> Quantile:
-    """Empirical quantiles p0..p100 of observations, as a :class:`Quantile`."""
-    probs = np.linspace(0.0, 1.0, 101)
-    return Quantile(tuple(probs), tuple(np.quantile(np.asarray(values, float), probs)))
-
-
 def packed(values: np.ndarray) -> Sequence[Any]:
     """``values`` as a compact sequence of Python numbers: an ``array`` of doubles (or of
     64-bit integers) whose items read back exactly as ``values.tolist()`` gives them."""

@@ -52,6 +52,9 @@ class FakeEngine:
         #: every step as it really ran: (decoders, new prompts, when its tokens went out); the sleep
         #: overshoots on a busy box, and a profile is held to what the server did
         self.steps: list[tuple[int, int, float]] = []
+        #: when set to an Event, the engine waits on it after each prefill step (its first tokens
+        #: are out, the next step's are not): a test sees what a client has at that moment
+        self.hold_after_prefill: threading.Event | None = None
         self.thread = threading.Thread(target=self.loop, daemon=True)
         self.thread.start()
 
@@ -86,6 +89,8 @@ class FakeEngine:
                 r["out"].put("tok")
                 r["left"] -= 1
             running = [r for r in running + new if r["left"] > 0]
+            if new and self.hold_after_prefill is not None:
+                self.hold_after_prefill.wait()
 
 
 class _NoDelay(BaseHTTPRequestHandler):

@@ -93,3 +93,16 @@ def invoke(*args):
     from sim.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def verify_exit_code(doc: dict) -> int:
+    """The exit code ``capsim verify`` owes the verdicts of its JSON (``verify.json``): 1 when more
+    than 1 % of a load's requests failed or a row is outside its bound, else 3 when a row is
+    undecided, else 0."""
+    loads = doc["loads"]
+    rows = [r for load in loads for r in load["rows"]]
+    if any(load["failures"] > 0.01 * max(1, load["requests"]) for load in loads):
+        return 1
+    if any(r.get("verdict") == "outside" for r in rows):
+        return 1
+    return 3 if any(r.get("verdict") == "undecided" for r in rows) else 0

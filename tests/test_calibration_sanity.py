@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.calibrate.gpu import fit_gpu, parse_measurements, synthetic_measurements
+from sim.calibrate.gpu import fit_gpu, parse_measurements
 from sim.errors import CalibrationError
 from sim.physics.retrieval import default_calibration_path, load_calibration
 from sim.spec.schema import LLMConfig
+from tests.gpu_steps import synthetic_measurements
 
 SHIPPED = json.loads(default_calibration_path().read_text())
 H = "batch_size,context_tokens,new_tokens,step_ms\n"

@@ -44,9 +44,10 @@ def test_quantile_distribution_mean_and_inverse_cdf():
     assert np.percentile(x, 95) == pytest.approx(9.5, abs=0.05)
 
 
-def test_quantiles_of_reproduces_percentiles():
+def test_a_quantile_table_of_observations_reproduces_their_percentiles():
     obs = np.random.default_rng(2).lognormal(0, 1, 50_000)
-    q = D.quantiles_of(obs)
+    probs = np.linspace(0.0, 1.0, 101)
+    q = D.Quantile(tuple(probs), tuple(np.quantile(obs, probs)))
     x = q.sample(np.random.default_rng(3), 400_000)
     for p in (50, 95, 99):
         assert np.percentile(x, p) == pytest.approx(np.percentile(obs, p), rel=0.02)

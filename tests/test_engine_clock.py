@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import simpy
+from simpy.events import NORMAL
 
-from sim.engine.clock import later
+from sim.engine.clock import Later, later
+
+LAYOUT = (
+    "sim/engine/clock.py pushes (time, priority, event id, event) onto Environment._queue, "
+    "with ids from Environment._eid and the time from Environment._now"
+)
 
 
 def test_laters_and_timeouts_fire_in_time_then_scheduling_order():
@@ -41,3 +49,24 @@ def test_a_later_scheduled_from_a_callback_and_run_until():
 def test_a_negative_delay_is_refused():
     with pytest.raises(ValueError):
         later(simpy.Environment(), -1e-9, print)
+
+
+def test_simpy_keeps_the_event_queue_layout_later_writes_into():
+    """The internals sim.engine.clock relies on (simpy is pinned below 5 for them): a
+    scheduled event sits on ``Environment._queue``, a heap list, as ``(time, priority, id,
+    event)`` with ``id`` drawn from ``Environment._eid``, and ``step`` takes the event's
+    ``callbacks`` and reads its ``_ok``.  A release that moves them fails here, by name."""
+    env = simpy.Environment(initial_time=1.0)
+    why = f"simpy {simpy.__version__} changed its event queue: {LAYOUT}"
+    assert isinstance(getattr(env, "_queue", None), list), why
+    assert getattr(env, "_now", None) == 1.0, why
+    assert isinstance(next(getattr(env, "_eid", iter(())), None), int), why
+    timeout = env.timeout(2.5)
+    assert len(env._queue) == 1 and isinstance(env._queue[0], tuple) and len(env._queue[0]) == 4, why
+    t, priority, eid, event = env._queue[0]
+    assert (t, priority, event) == (3.5, NORMAL, timeout) and isinstance(eid, int), why
+    later(env, 0.5, print)
+    mine = min(env._queue)
+    assert mine[:2] == (1.5, NORMAL) and mine[2] == eid + 1 and isinstance(mine[3], Later), why
+    step = inspect.getsource(simpy.Environment.step)
+    assert "heappop(self._queue)" in step and "event.callbacks" in step and "event._ok" in step, why

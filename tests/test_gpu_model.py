@@ -28,7 +28,7 @@ ARTICLE = dict(layers=8, kv_heads=32, head_dim=128, kv_dtype_bytes=2)
     ],
 )
 def test_article_model_kv_bytes(tokens, expected):
-    assert gm.kv_bytes(tokens, **ARTICLE) == expected
+    assert tokens * gm.kv_bytes_per_token(**ARTICLE) == expected
 
 
 def test_article_catalog_model_kv_per_token():
@@ -39,7 +39,7 @@ def test_article_catalog_model_kv_per_token():
 
 def test_70_layer_mha_model_at_32k():
     # 2 * 70 * 64 * 128 * 2 * 32,768 = 75,161,927,680 bytes = 75.16 GB (the article says 47.2 GB)
-    assert gm.kv_bytes(32_768, layers=70, kv_heads=64, head_dim=128, kv_dtype_bytes=2) == 75_161_927_680
+    assert 32_768 * gm.kv_bytes_per_token(layers=70, kv_heads=64, head_dim=128, kv_dtype_bytes=2) == 75_161_927_680
 
 
 def test_gqa_mqa_and_fp8_kv_shrink_the_cache():
@@ -65,9 +65,7 @@ def test_kv_blocks_and_blocks_for_tokens():
     assert [gm.blocks_for_tokens(t, 16) for t in (0, 1, 16, 17, 32, 33)] == [0, 1, 1, 2, 2, 3]
 
 
-def test_weights_and_transfer_time():
-    # 180 MB at 3.35 TB/s = 180e6 / 3.35e12 = 53.73 us
-    assert gm.transfer_time_s(180e6, 3350) == pytest.approx(53.731343e-6, rel=1e-6)
+def test_weights_bytes():
     assert gm.weights_bytes(8_030_261_248, 2) == 16_060_522_496
 
 
@@ -219,3 +217,26 @@ def test_kv_pool_by_hand():
     assert gm.kv_pool_bytes(79.19 * gib, 0.9, 14.96 * gib, 1.2 * gib) == pytest.approx(55.111 * gib)
     # vLLM's own sum for Llama-3.1-8B at tp 2 (llm-d-planner's v0.19.0 terms): 75.23 - 7.51 - 1.89 - 2.07
     assert gm.kv_pool_bytes(79.19 * gib, 0.95, 7.51 * gib, 3.96 * gib) / gib == pytest.approx(63.7605)
+
+
+def test_the_schema_llm_config_is_a_replica_config():
+    """Every field the step-cost models read (sim.physics.replica_config) is a field or property of
+    the schema's LLMConfig, its model and its GPU, with the type the protocol gives (mypy checks the
+    same where the engine passes an LLMConfig in)."""
+    import inspect
+    import typing
+
+    from sim.physics import replica_config as rc
+
+    cfg = LLMConfig(model="deepseek-v3", gpu="h200", tensor_parallel=8, weights_dtype="fp8")
+    for proto, obj in ((rc.ReplicaConfig, cfg), (rc.ModelShape, cfg.model), (rc.GPUFigures, cfg.gpu)):
+        members = {n: m for n, m in inspect.getmembers(proto) if isinstance(m, property)}
+        assert len(members) >= 2
+        for name, prop in members.items():
+            want = typing.get_type_hints(prop.fget, vars(rc))["return"]
+            got = getattr(obj, name)
+            if want in (int, float):
+                assert isinstance(got, (int, float)) and not isinstance(got, bool), (proto.__name__, name, got)
+            elif name not in ("model", "gpu"):  # X | None
+                allowed = tuple(typing.get_origin(a) or a for a in typing.get_args(want) if a is not type(None))
+                assert got is None or isinstance(got, allowed), (name, got)

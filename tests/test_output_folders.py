@@ -160,20 +160,27 @@ def test_lock_is_reentrant_in_one_process(tmp_path):
         pass
 
 
-def test_two_sweeps_at_once_leave_a_readable_folder(tmp_path):
-    """The issue's trial: two identical sweeps into one folder.  One runs, the other is
-    refused; the folder that remains reads back whole."""
+def test_a_sweep_into_a_folder_another_capsim_writes_is_refused_and_changes_nothing(tmp_path):
+    """Two sweeps into one folder: while one holds it (here a process that took the lock as
+    a sweep does), the second is refused at once with one line naming the holder, and the
+    folder (a finished sweep's) keeps every byte; once the holder is gone it reads back whole."""
     out = tmp_path / "s"
-    cmd = [sys.executable, "-m", "sim", "sweep", str(SMALL), "--grid", "workload.users=20,40", "--out", str(out)]
-    cmd += ["--jobs", "1", *QUICK]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)]
-    time.sleep(0.3)
-    procs.append(subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True))
-    codes = [p.wait(timeout=300) for p in procs]
-    errs = [p.stderr.read() for p in procs]
-    assert "Traceback" not in "".join(errs)
-    assert all(c in (0, 1, 2, 3) for c in codes), (codes, errs)
-    assert any("another capsim" in e for e in errs) or all(c != 2 for c in codes)
+    assert _sweep(out).exit_code in (0, 1, 3)
+    before = {p.relative_to(out): sha256_file(p) for p in out.rglob("*") if p.is_file()}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = _sweep(out)
+        err = r.stderr.strip()
+        assert r.exit_code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+        assert "another capsim" in err and f"pid {holder.pid}" in err, err
+        after = {p.relative_to(out): sha256_file(p) for p in out.rglob("*") if p.is_file() and p.name != LOCK}
+        assert after == before
+    finally:
+        holder.kill()
+        holder.wait()
     verify(out)
     pd.read_parquet(out / "records.parquet")
     assert invoke("report", out).exit_code == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 import sim
 from sim.cli import app
 from sim.engine.pipeline import Model, run_replication
-from sim.present.plots import knee_index, p95_vs_key, tail_breakdown, windowed
+from sim.present.figures import knee_index, p95_vs_key, tail_breakdown, windowed
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "tests" / "data" / "rag_small.yaml"
@@ -65,6 +66,14 @@ def test_report_options_and_errors(swept):
     assert bad.exit_code == 2 and "not a swept key" in bad.stderr
     bad = runner.invoke(app, ["report", str(swept / "nope")])
     assert bad.exit_code == 2 and "does not exist" in bad.stderr
+
+
+def test_a_point_out_of_range_is_refused_before_anything_is_drawn(swept, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(swept, folder, ignore=shutil.ignore_patterns("report", "report.html"))
+    bad = runner.invoke(app, ["report", str(folder), "--point", "8"])
+    assert bad.exit_code == 2 and "--point 8: expected 0..7" in bad.stderr
+    assert not (folder / "report").exists() and not (folder / "report.html").exists()
 
 
 def test_report_of_a_run_folder(tmp_path):
@@ -121,7 +130,7 @@ def test_monitor_samples_and_changes_nothing(monkeypatch):
 
 
 def test_p95_over_time_marks_windows_never_answered():
-    from sim.present.plots import p95_over_time
+    from sim.present.figures import p95_over_time
 
     def window(a: float, p95: float | None, requests: float) -> dict:
         ci = [None, None] if p95 is None else [p95 - 5, p95 + 5]

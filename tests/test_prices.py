@@ -70,7 +70,7 @@ def test_unpriced_gpu_needs_a_price() -> None:
 
 
 def test_the_notes_name_the_price_date() -> None:
-    from sim.present.plots import report_notes
+    from sim.present.headline import report_notes
 
     notes = dict(report_notes([{"cost": {"price_date": "2026-12-07"}, "stability": {"stable": True}}]))
     assert "read on 2026-12-07" in notes["prices"]

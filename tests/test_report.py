@@ -13,17 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from sim.cli import app
-from sim.present.plots import (
-    KV_FLAT,
-    headline,
-    knee_index,
-    latency_cdf,
-    p95_vs_key,
-    report_notes,
-    summary_rows,
-    tail_breakdown,
-    timeseries,
-)
+from sim.present.figures import KV_FLAT, knee_index, latency_cdf, p95_vs_key, tail_breakdown, timeseries
+from sim.present.headline import headline, report_notes
+from sim.present.report import summary_rows
 
 matplotlib.use("Agg")
 runner = CliRunner()

@@ -200,7 +200,7 @@ def test_one_verdict_aggregation_everywhere(verdicts: list[str], want: str) -> N
     """The point's verdict (exit codes, tables), the report's and a windowed SLA's all come
     from :func:`sim.analysis.stats.combine_verdicts`."""
     from sim.analysis.stats import combine_verdicts
-    from sim.present.plots import point_verdict
+    from sim.present.headline import point_verdict
 
     assert combine_verdicts(verdicts) == want
     assert point_verdict({"sla": [{"verdict": v} for v in verdicts]}) == (None if want == "none" else want)

@@ -100,7 +100,7 @@ def test_verify_runs_end_to_end_against_a_server_that_reports_times_only_on_metr
 
     import yaml
 
-    from tests.helpers import invoke
+    from tests.helpers import invoke, verify_exit_code
 
     engine, srv, target = _server(decode_ms={1: 8.0, 2: 12.0}, timings=False, metrics=True)
     try:
@@ -135,9 +135,11 @@ def test_verify_runs_end_to_end_against_a_server_that_reports_times_only_on_metr
     finally:
         srv.shutdown()
         engine.stop.set()
-    assert res.exit_code in (0, 1, 3), res.output  # a verdict, whichever: the fake is no engine to predict
     assert "from its /metrics request histograms" in " ".join(res.stdout.split())  # as rich wraps it
     doc = json.loads((out / "verify.json").read_text())
+    # its steps sleep on a shared box, so the verdicts are not asserted here (an exact service's
+    # are, in test_verify_exact.py); whichever they are, the exit code is theirs
+    assert res.exit_code == verify_exit_code(doc), res.output
     assert doc["calibration"]["llm_server_clock"] == "metrics"
     assert doc["calibration"]["llm_overhead_ms"] >= 0.0
     load = doc["loads"][0]
@@ -146,23 +148,38 @@ def test_verify_runs_end_to_end_against_a_server_that_reports_times_only_on_metr
     assert {r["metric"] for r in load["rows"]} == {"e2e_ms", "ttft_ms", "throughput_per_s"}
 
 
-def test_a_token_streamed_without_text_is_still_the_first_token():
+@pytest.mark.parametrize("kind", [{"timings": False, "metrics": True}, {"timings": True}])
+def test_a_token_streamed_without_text_is_still_the_first_token(kind):
     """vLLM streams a token that ends inside a UTF-8 character as text "" (the fake's first token, in
-    its vLLM shape): the first token is that chunk, not the next one a 60-ms decode step later; and
-    llama-server's closing chunk (text "", finish_reason set) is no token."""
+    its vLLM shape): the first token is that chunk, not the next one; and llama-server's closing
+    chunk (text "", finish_reason set) is no token.  The engine holds its next step until the test
+    has looked: the client has the first token while the second does not exist yet."""
+    import threading
+
     from sim.verify.loadgen import complete
 
-    for kind in ({"timings": False, "metrics": True}, {"timings": True}):
-        engine, srv, target = _server(decode_ms={1: 60.0}, **kind)
-        try:
-            llm = target.llm_endpoint()
-            complete(llm.url, llm.model, [500] * 20, 2, 10.0)  # warm
-            times: list[float] = []
-            t0 = time.perf_counter()
-            first, _end, got, _tim = complete(llm.url, llm.model, [500] * 20, 3, 10.0, times)
-        finally:
-            srv.shutdown()
-            engine.stop.set()
-        # the fake's 10-ms wait for the rest of a burst, then the 20-ms prefill step that makes token 1
-        assert first is not None and (first - t0) * 1e3 < 10 + 20 + 40, (kind, first - t0)
-        assert got == 3 and len(times) == 3 and times[0] == first, kind
+    engine, srv, target = _server(decode_ms={1: 5.0}, **kind)
+    llm = target.llm_endpoint()
+    times: list[float] = []
+    result: list[tuple] = []
+    gate = threading.Event()
+    call = threading.Thread(target=lambda: result.append(complete(llm.url, llm.model, [500] * 20, 3, 30.0, times)))
+    try:
+        complete(llm.url, llm.model, [500] * 20, 2, 10.0)  # warm
+        engine.hold_after_prefill = gate
+        call.start()
+        for _ in range(3000):  # until the first token is in (a bound for a failure, not on a latency)
+            if times or not call.is_alive():
+                break
+            time.sleep(0.01)
+        before_the_second = list(times)
+        gate.set()
+        call.join(30)
+    finally:
+        gate.set()
+        srv.shutdown()
+        engine.stop.set()
+    assert len(before_the_second) == 1, before_the_second
+    first, _end, got, _tim = result[0]
+    assert first == times[0] == before_the_second[0]
+    assert got == 3 and len(times) == 3, times

@@ -18,6 +18,9 @@ import numpy as np
 import pytest
 
 from sim import distributions as D
+from sim.engine.pipeline import TokenCounts
+from sim.physics.gpu import attention_pairs
+from sim.physics.steptable import load_table
 from sim.rng import stream
 from sim.spec.schema import Scenario, build_distribution
 from sim.spec.target import Target
@@ -76,7 +79,9 @@ class ExactService:
         return LiveRun(users, duration_s, {c: v[order] for c, v in rec.items()}, duration_s, 0.0, [])
 
 
-def _play(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, svc: ExactService, segments: int) -> tuple[int, dict]:
+def _play(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, svc: ExactService, segments: int, *flags: str
+) -> tuple[int, str]:
     import sim.verify.run as run_mod
     import sim.verify.segments as seg_mod
 
@@ -93,8 +98,8 @@ def _play(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, svc: ExactService, se
         f"extends: {ROOT / 'scenarios' / 'verify_retrieval.yaml'}\nretrieval: {{workers: 1, cpu_cores: null}}\n"
     )
     argv = ["verify", str(scn), "--target", str(tgt), "--users", "3", "--duration-s", "40"]
-    res = invoke(*argv, "--warmup-s", "5", "--json", "--segments", str(segments), "--out", str(tmp_path / "out"))
-    return res.exit_code, json.loads(res.stdout)
+    res = invoke(*argv, "--warmup-s", "5", "--segments", str(segments), "--out", str(tmp_path / "out"), *flags)
+    return res.exit_code, res.stdout
 
 
 def _verdicts(doc: dict) -> dict[tuple[str, str], str | None]:
@@ -106,7 +111,8 @@ def test_a_service_that_behaves_as_probed_is_predicted_within_every_bound(tmp_pa
     """Searches of exactly 8 ms, alone and under load: the prediction replays the live run's
     think times, so every latency and the throughput match (errors under 1e-6), all within."""
     svc = ExactService(8.0, 8.0)
-    code, doc = _play(tmp_path, monkeypatch, svc, segments)
+    code, out = _play(tmp_path, monkeypatch, svc, segments, "--json")
+    doc = json.loads(out)
     assert svc.loads == [3] * segments
     rows = doc["loads"][0]["rows"]
     bounded = [r for r in rows if r["bound"] is not None]
@@ -120,9 +126,141 @@ def test_a_service_slower_under_load_than_probed_is_outside(tmp_path, monkeypatc
     """Probed at 8 ms, serving at 10.4 ms (30 % slower) under load: every search of the live
     run takes 10.4 ms or more, so the predicted P50 (8 ms plus its queueing) is more than 10 %
     under the measured one in every segment; the row is outside and verify exits 1."""
-    code, doc = _play(tmp_path, monkeypatch, ExactService(8.0, 10.4), segments)
+    code, out = _play(tmp_path, monkeypatch, ExactService(8.0, 10.4), segments, "--json")
+    doc = json.loads(out)
     got = _verdicts(doc)
     assert got[("retrieval_ms", "p50")] == "outside" and got[("e2e_ms", "p50")] == "outside", doc["loads"][0]["rows"]
     p50 = next(r for r in doc["loads"][0]["rows"] if (r["metric"], r["stat"]) == ("e2e_ms", "p50"))
     assert p50["measured"] >= 10.4 and p50["rel_error"] < -0.10
+    assert code == 1
+
+
+def test_the_table_prints_each_row_with_its_verdict_then_the_loads_health(tmp_path, monkeypatch):
+    """Without --json: one table line per compared statistic (measured, predicted, error,
+    bound, verdict), then the load's utilisation and its requests and failures."""
+    code, out = _play(tmp_path, monkeypatch, ExactService(8.0, 10.4), 1)
+    assert code == 1 and "capsim verify: measured vs predicted" in out
+    lines = [" ".join(line.replace("│", " ").split()) for line in out.splitlines()]
+    doc = json.loads((tmp_path / "out" / "verify.json").read_text())
+    load = doc["loads"][0]
+    for r in load["rows"]:
+        row = next(x for x in lines if x.startswith(f"3 {r['metric']} {r['stat']} "))
+        # the last two columns: the bound and the verdict (a row without a bound has neither)
+        assert row.endswith(" -" if r["bound"] is None else f" {r['bound']:.0%} {r['verdict']}"), row
+    assert any(x.startswith(f"3 requests / failed / loadgen {load['requests']} / 0 ") for x in lines), lines
+    assert any(x.startswith("3 utilisation gpu / retrieval ") for x in lines), lines
+
+
+class ExactLLM:
+    """One slot, first come first served, each request's steps exactly as the step table says
+    (``slow`` times that under load): its prompt in one prefill step, which makes the first
+    token, then a decode step per further token, the context growing by one each step."""
+
+    def __init__(self, table: Path, slow: float = 1.0):
+        self.table, self.slow = load_table(table), slow
+
+    def probe_llm(self, target: Target, **kw) -> dict:
+        """Alone: no BOS added, no HTTP overhead, the server's own clock agreeing with the table."""
+        n, out = 96, 24
+        return {
+            "bos_tokens": 0,
+            "overhead_ms": 0.0,
+            "server_clock": "timings",
+            "server_alone": {
+                "prompt_tokens": n,
+                "output_tokens": out,
+                "prompt_ms": self.table.prefill_ms(n, attention_pairs(n, 0)),
+                "decode_ms_per_token": self.table.decode_ms(1, n + out / 2),
+            },
+        }
+
+    def run_load(self, scn: Scenario, target: Target, users: int, duration_s: float, drain_s: float, bos: int):
+        """The closed loop, computed on the load generator's own streams: user ``u`` thinks, asks
+        at ``t`` for the tokens it draws, is served when the slot is free; arrivals stop at
+        ``duration_s``."""
+        seed = scn.run.seed
+        think = [
+            D.Sampler(build_distribution(scn.workload.think_s), stream(seed, LIVE_REP, "user", u), 64)
+            for u in range(users)
+        ]
+        tokens = [
+            TokenCounts(scn, stream(seed, LIVE_REP, "tokens", u), 64, stream(seed, LIVE_REP, "output_tokens", u))
+            for u in range(users)
+        ]
+        due = [think[u]() for u in range(users)]
+        free, rows = 0.0, []
+        while min(due) < duration_s:
+            u = int(np.argmin(due))
+            t = due[u]
+            prompt, output = tokens[u]()
+            prefill_s = self.slow * self.table.prefill_ms(prompt, attention_pairs(prompt, 0)) / 1e3
+            decode_s = self.slow * self.table.epoch_ms(1, prompt + 1, output - 1) / 1e3
+            first = max(t, free) + prefill_s
+            free = first + decode_s
+            rows.append((u, t, first, free, prompt, output))
+            due[u] = free + think[u]()
+        rec = {c: np.zeros(len(rows)) for c in COLUMNS}
+        for c, i in (("user", 0), ("t_start_s", 1), ("llm_sent_s", 1), ("llm_end_s", 3)):
+            rec[c] = np.array([r[i] for r in rows])
+        rec["prompt_tokens"] = np.array([r[4] for r in rows])
+        rec["output_tokens"] = rec["tokens_received"] = np.array([r[5] for r in rows])
+        rec["ttft_ms"] = np.array([(r[2] - r[1]) * 1e3 for r in rows])
+        rec["e2e_ms"] = (rec["llm_end_s"] - rec["t_start_s"]) * 1e3
+        rec["server_prompt_ms"] = rec["server_decode_ms_per_token"] = np.full(len(rows), np.nan)
+        rec["ok"] = np.ones(len(rows), dtype=bool)
+        rec["cache_hit"] = np.zeros(len(rows), dtype=bool)
+        rec["error"] = np.array([""] * len(rows))
+        order = np.argsort(rec["t_start_s"], kind="stable")
+        return LiveRun(users, duration_s, {c: v[order] for c, v in rec.items()}, duration_s, 0.0, [])
+
+
+def _play_llm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llm: ExactLLM) -> tuple[int, dict]:
+    import sim.verify.run as run_mod
+
+    monkeypatch.setattr(run_mod, "run_load", llm.run_load)
+    monkeypatch.setattr(run_mod, "check_reachable", lambda target: None)
+    monkeypatch.setattr(run_mod, "probe_llm", llm.probe_llm)
+    tgt = tmp_path / "target.yaml"
+    tgt.write_text("llm: {url: 'http://127.0.0.1:9', parallel: 1, n_batch: 2048}\n")
+    scn = tmp_path / "s.yaml"
+    scn.write_text(
+        f"extends: {ROOT / 'scenarios' / 'verify_local.yaml'}\n"
+        "workload: {think_s: {dist: lognormal, mean: 1.0, cv: 1.0}}\n"
+        "cache: {enabled: false}\nretrieval: {enabled: false}\n"
+        f"llm: {{step_table: {STEPS}}}\n"
+    )
+    argv = ["verify", str(scn), "--target", str(tgt), "--users", "3", "--duration-s", "60", "--warmup-s", "5"]
+    res = invoke(*argv, "--json")
+    return res.exit_code, json.loads(res.stdout)
+
+
+STEPS = ROOT / "scenarios" / "verify_local_steps.csv"
+
+
+def test_an_llm_server_that_steps_as_its_table_says_is_predicted_within_every_bound(tmp_path, monkeypatch):
+    """One slot whose every step takes what the step table says: the prediction replays the live
+    run's think times and token counts through the same steps, so TTFT, end to end and the
+    throughput match (errors under 1e-6), all within their bounds, exit 0."""
+    code, doc = _play_llm(tmp_path, monkeypatch, ExactLLM(STEPS))
+    rows = doc["loads"][0]["rows"]
+    assert {(r["metric"], r["stat"]) for r in rows} >= {
+        ("ttft_ms", "p95"),
+        ("e2e_ms", "p50"),
+        ("throughput_per_s", "mean"),
+    }
+    bounded = [r for r in rows if r["bound"] is not None]
+    assert len(bounded) == 5 and all(r["verdict"] == "within" for r in bounded), rows
+    assert all(abs(r["rel_error"]) < 1e-6 for r in rows), [(r["metric"], r["stat"], r["rel_error"]) for r in rows]
+    assert code == 0
+
+
+def test_an_llm_server_slower_under_load_than_its_table_is_outside(tmp_path, monkeypatch):
+    """Every step 30 % slower than the table under load: each request's TTFT is 30 % more than its
+    prefill step as the table has it, and more again in the queue, so the predicted TTFT and
+    end-to-end P50 are more than 10 % under the measured ones: outside, exit 1."""
+    code, doc = _play_llm(tmp_path, monkeypatch, ExactLLM(STEPS, slow=1.3))
+    got = _verdicts(doc)
+    assert got[("ttft_ms", "p50")] == "outside" and got[("e2e_ms", "p50")] == "outside", doc["loads"][0]["rows"]
+    p50 = next(r for r in doc["loads"][0]["rows"] if (r["metric"], r["stat"]) == ("e2e_ms", "p50"))
+    assert p50["rel_error"] < -0.10
     assert code == 1

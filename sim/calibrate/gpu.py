@@ -85,6 +85,26 @@ def read_measurements(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.ndarray]:
+    """The four columns of a step-time CSV (``#`` lines and blank lines skipped) as float arrays;
+    bad input raises :class:`CalibrationError` with one line naming the row and the column."""
+    rows = _csv_rows(text, name)
+    header = [h.strip() for h in rows[0]]
+    idx = _column_index(header, name)
+    data: dict[str, list[float]] = {c: [] for c in COLUMNS}
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) > len(header):
+            raise CalibrationError(
+                f"{name}: row {lineno}: {len(row)} fields but the header names {len(header)}; extra fields are not read"
+            )
+        for c in COLUMNS:
+            i = idx[c]
+            data[c].append(_cell(name, lineno, c, row[i].strip() if i < len(row) else ""))
+        _check_step(name, lineno, *(data[c][-1] for c in ("batch_size", "context_tokens", "new_tokens")))
+    _check_enough(name, data)
+    return {c: np.asarray(v, dtype=float) for c, v in data.items()}
+
+
+def _csv_rows(text: str, name: str) -> list[list[str]]:
     reader = csv.reader(io.StringIO(text))
     try:
         rows = [r for r in reader if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
@@ -92,7 +112,11 @@ def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.nd
         raise CalibrationError(f"{name}: line {reader.line_num}: not a CSV row ({e})") from None
     if not rows:
         raise CalibrationError(f"{name}: empty; need a header {','.join(COLUMNS)} and one row per step")
-    header = [h.strip() for h in rows[0]]
+    return rows
+
+
+def _column_index(header: list[str], name: str) -> dict[str, int]:
+    """Where each of :data:`COLUMNS` sits in the header (each once, none missing)."""
     dup = sorted({h for h in header if header.count(h) > 1})
     if dup:
         raise CalibrationError(f"{name}: column {dup[0]!r} appears more than once in the header; give each column once")
@@ -102,48 +126,49 @@ def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.nd
             f"{name}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
             f"(need {', '.join(COLUMNS)}; found {', '.join(header) or 'none'})"
         )
-    idx = {c: header.index(c) for c in COLUMNS}
-    data: dict[str, list[float]] = {c: [] for c in COLUMNS}
-    for lineno, row in enumerate(rows[1:], start=2):
-        if len(row) > len(header):
-            raise CalibrationError(
-                f"{name}: row {lineno}: {len(row)} fields but the header names {len(header)}; extra fields are not read"
-            )
-        for c in COLUMNS:
-            i = idx[c]
-            raw = row[i].strip() if i < len(row) else ""
-            try:
-                v = float(raw)
-            except ValueError:
-                raise CalibrationError(f"{name}: row {lineno}: {c} {raw!r} is not a number") from None
-            if not math.isfinite(v):
-                raise CalibrationError(f"{name}: row {lineno}: {c} {raw!r} is not a finite number")
-            if c == "context_tokens" and v < 0:
-                raise CalibrationError(f"{name}: row {lineno}: context_tokens must be >= 0, got {raw}")
-            if c != "context_tokens" and v <= 0:
-                raise CalibrationError(f"{name}: row {lineno}: {c} must be > 0, got {raw}")
-            if c == "step_ms" and not STEP_MS_RANGE[0] <= v <= STEP_MS_RANGE[1]:
-                raise CalibrationError(
-                    f"{name}: row {lineno}: step_ms {raw} is not a forward step's time "
-                    f"(expected {STEP_MS_RANGE[0]:g} to {STEP_MS_RANGE[1]:g} ms; is the column in ms?)"
-                )
-            if c in ("batch_size", "new_tokens", "context_tokens") and v > MAX_TOKENS:
-                raise CalibrationError(
-                    f"{name}: row {lineno}: {c} {raw} is more than {MAX_TOKENS:.0e}; no step holds that many tokens"
-                )
-            if c in ("batch_size", "new_tokens", "context_tokens") and not v.is_integer():
-                raise CalibrationError(f"{name}: row {lineno}: {c} {raw!r} must be a whole number")
-            data[c].append(v)
-        b, ctx, new = (data[c][-1] for c in ("batch_size", "context_tokens", "new_tokens"))
-        if new < b:
-            raise CalibrationError(
-                f"{name}: row {lineno}: new_tokens {new:g} < batch_size {b:g}; every sequence in a step adds a token"
-            )
-        if ctx < new:
-            raise CalibrationError(
-                f"{name}: row {lineno}: context_tokens {ctx:g} < new_tokens {new:g}"
-                "; the context includes the new tokens"
-            )
+    return {c: header.index(c) for c in COLUMNS}
+
+
+def _cell(name: str, lineno: int, c: str, raw: str) -> float:
+    """One cell of column ``c``: a finite number in the column's range (counts whole)."""
+    try:
+        v = float(raw)
+    except ValueError:
+        raise CalibrationError(f"{name}: row {lineno}: {c} {raw!r} is not a number") from None
+    if not math.isfinite(v):
+        raise CalibrationError(f"{name}: row {lineno}: {c} {raw!r} is not a finite number")
+    if c == "context_tokens" and v < 0:
+        raise CalibrationError(f"{name}: row {lineno}: context_tokens must be >= 0, got {raw}")
+    if c != "context_tokens" and v <= 0:
+        raise CalibrationError(f"{name}: row {lineno}: {c} must be > 0, got {raw}")
+    if c == "step_ms" and not STEP_MS_RANGE[0] <= v <= STEP_MS_RANGE[1]:
+        raise CalibrationError(
+            f"{name}: row {lineno}: step_ms {raw} is not a forward step's time "
+            f"(expected {STEP_MS_RANGE[0]:g} to {STEP_MS_RANGE[1]:g} ms; is the column in ms?)"
+        )
+    if c in ("batch_size", "new_tokens", "context_tokens") and v > MAX_TOKENS:
+        raise CalibrationError(
+            f"{name}: row {lineno}: {c} {raw} is more than {MAX_TOKENS:.0e}; no step holds that many tokens"
+        )
+    if c in ("batch_size", "new_tokens", "context_tokens") and not v.is_integer():
+        raise CalibrationError(f"{name}: row {lineno}: {c} {raw!r} must be a whole number")
+    return v
+
+
+def _check_step(name: str, lineno: int, b: float, ctx: float, new: float) -> None:
+    """A step's counts agree: a token per sequence at least, the context holding the new tokens."""
+    if new < b:
+        raise CalibrationError(
+            f"{name}: row {lineno}: new_tokens {new:g} < batch_size {b:g}; every sequence in a step adds a token"
+        )
+    if ctx < new:
+        raise CalibrationError(
+            f"{name}: row {lineno}: context_tokens {ctx:g} < new_tokens {new:g}; the context includes the new tokens"
+        )
+
+
+def _check_enough(name: str, data: dict[str, list[float]]) -> None:
+    """At least 3 rows, and 3 different steps: the fit has 3 parameters."""
     n = len(data["step_ms"])
     if n < 3:
         raise CalibrationError(
@@ -156,7 +181,6 @@ def parse_measurements(text: str, name: str = "measurements") -> dict[str, np.nd
             f"{name}: only {distinct} distinct (batch_size, context_tokens, new_tokens) step"
             f"{'s' if distinct != 1 else ''}; 3 parameters need at least 3 different steps to be identified"
         )
-    return {c: np.asarray(v, dtype=float) for c, v in data.items()}
 
 
 # --------------------------------------------------------------------------- the model
@@ -308,35 +332,6 @@ def fit_gpu(cfg: LLMConfig, data: dict[str, np.ndarray]) -> GPUFit:
         stderr=stderr,
         notes=notes,
     )
-
-
-# --------------------------------------------------------------------------- synthetic data
-
-
-def synthetic_measurements(
-    cfg: LLMConfig,
-    bw_efficiency: float,
-    mfu: float,
-    step_overhead_ms: float,
-    rng: np.random.Generator,
-    n: int = 200,
-    noise_cv: float = 0.02,
-) -> dict[str, np.ndarray]:
-    """SYNTHETIC steps from known parameters with multiplicative noise (tests only, never a measurement).
-
-    Three quarters decode steps (batch 1..256, 200..4,000 tokens each), one
-    quarter single-sequence prefills of 64..4,096 tokens.
-    """
-    n_dec = (3 * n) // 4
-    batch = np.concatenate([rng.integers(1, 257, n_dec), np.ones(n - n_dec, dtype=int)]).astype(float)
-    per_seq = rng.integers(200, 4001, n).astype(float)
-    prompt = rng.integers(64, 4097, n - n_dec).astype(float)
-    new = np.concatenate([batch[:n_dec], prompt])
-    context = np.concatenate([batch[:n_dec] * per_seq[:n_dec], prompt])
-    work = step_work(cfg, batch, context, new)
-    clean = predict_ms(work, bw_efficiency, mfu, step_overhead_ms)
-    noisy = clean * np.exp(rng.normal(0.0, noise_cv, n))
-    return {"batch_size": batch, "context_tokens": context, "new_tokens": new, "step_ms": noisy}
 
 
 def to_csv(data: dict[str, np.ndarray]) -> str:

@@ -1,6 +1,6 @@
 """``capsim sweep``, ``capsim capacity`` and ``capsim report``: the capacity planner's workbench.
 
-No model logic: parse flags, call :mod:`sim.run.sweep` / :mod:`sim.present.plots`, print.
+No model logic: parse flags, call :mod:`sim.run.sweep` / :mod:`sim.present.report`, print.
 Exit codes as ``capsim run`` (0 pass, 1 an SLA fails or no value meets it,
 2 bad input, 3 inconclusive, 4 internal error), plus 5 when a worker died, 6 on an I/O failure and
 130 on Ctrl-C; in all three cases every finished point is saved and the
@@ -343,10 +343,12 @@ def _print_capacity(vary: str, res: Any, results: dict[str, Any] | None, json_: 
 def report_cmd(
     folder: Path = typer.Argument(..., help="A folder written by capsim sweep --out (or capsim run --out)."),
     key: Optional[str] = typer.Option(None, help="Swept key for the x axis (default: the first numeric one)."),
-    point: Optional[int] = typer.Option(None, help="Point whose time series to draw (default: highest P95)."),
+    point: Optional[int] = typer.Option(
+        None, help="Point whose time series to draw (default: the most loaded point that still reaches a steady state)."
+    ),
 ) -> None:
     """Write PNG plots and one self-contained report.html into FOLDER."""
-    from sim.present.plots import write_report  # deferred: matplotlib, pandas
+    from sim.present.report import write_report  # deferred: matplotlib, pandas
     from sim.run.folder import locked, verify
 
     verify(folder)  # a partial, mixed or foreign folder is named before anything is drawn

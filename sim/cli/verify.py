@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.table import Table
 
 from sim.cli.app import app, err_console, stdout_console, user_errors
 from sim.cli.calibrate import check_out_file, parse_int_list
 from sim.errors import CapsimError
+from sim.files import to_json
 
 
 def _pct(x: float | None) -> str:
@@ -81,56 +83,23 @@ def verify(
 ) -> None:
     """Measure a real stack under the scenario's load and compare with capsim's prediction."""
     # deferred: the simulator loads pandas, scipy and pydantic; `capsim verify --help` needs none
-    from sim.files import to_json
-    from sim.spec.scenario import load_scenario
     from sim.spec.target import load_target
     from sim.verify.run import verify as run_verify
-    from sim.verify.step_profile import ServerProfile
     from sim.verify.verdict import outcome
 
     counts = parse_int_list("--users", users)
-    if duration_s <= 0 or duration_s > 3600:
-        raise CapsimError(f"--duration-s: must be in (0, 3600], got {duration_s:g}")
-    warm = 0.15 * duration_s if warmup_s is None else warmup_s
-    if not 0 <= warm < duration_s:
-        raise CapsimError(f"--warmup-s: must be >= 0 and < --duration-s ({duration_s:g}), got {warm:g}")
-    if not 0.05 <= probe_s <= 60:
-        raise CapsimError(f"--probe-s: must be in [0.05, 60] seconds, got {probe_s:g}")
-    if not 1 <= segments <= 20:
-        raise CapsimError(f"--segments: must be 1 to 20, got {segments}")
-    if segments > 1 and duration_s / segments < 2 * (warm / segments) + 1:
-        raise CapsimError(
-            f"--segments: {segments} segments of {duration_s / segments:g} s leave too little after each warm-up"
-        )
-    if replications < 2:
-        raise CapsimError("--replications: must be >= 2 (the interval needs them)")
-    if seed is not None and not 0 <= seed < 2**32:
-        raise CapsimError(f"--seed: must be an integer in [0, 2^32), got {seed}")
-    if out is not None and out.exists() and not out.is_dir():
-        raise CapsimError(f"--out {out}: is a file; give a folder (it is created if missing)")
+    warm = _check_flags(duration_s, warmup_s, probe_s, segments, replications, seed, out)
     tgt = load_target(target)
-    scn = load_scenario(scenario)
-    if seed is not None:
-        scn = scn.model_copy(update={"run": scn.run.model_copy(update={"seed": seed})})
+    scn = _scenario(scenario, seed)
     if out is not None:  # every path problem before the measurement, not after it
-        from sim.run.folder import make_folders  # deferred: only with --out
-
-        try:
-            make_folders(out)
-        except OSError as e:
-            raise CapsimError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
-        check_out_file(out / "verify.json")
+        _make_out(out)
 
     def say(msg: str) -> None:
         if not json_:
             err_console.print(msg, markup=False, highlight=False)
 
     with tempfile.TemporaryDirectory(prefix="capsim-verify-") as tmp:
-        profile = None
-        if profile_llm:
-            folder = out if out is not None else Path(tmp)
-            folder.mkdir(parents=True, exist_ok=True)
-            profile = ServerProfile(folder)
+        profile = _step_profile(out if out is not None else Path(tmp)) if profile_llm else None
         results, calib, lives = run_verify(
             scn,
             tgt,
@@ -152,17 +121,7 @@ def verify(
         "loads": [r.to_dict() for r in results],
     }
     if out is not None:
-        import pandas as pd  # deferred: heavy, only for --out
-
-        out.mkdir(parents=True, exist_ok=True)
-        frames = []
-        for live in lives:
-            df = pd.DataFrame(live.records)
-            df.insert(0, "users", live.users)
-            df.insert(1, "attempt", live.attempt)
-            frames.append(df)
-        pd.concat(frames).to_parquet(out / "live_requests.parquet", index=False)
-        (out / "verify.json").write_text(to_json(doc) + "\n")
+        _write_out(out, doc, lives)
     if json_:
         sys.stdout.write(to_json(doc) + "\n")
     else:
@@ -174,69 +133,144 @@ def verify(
         raise typer.Exit(code)
 
 
-def _print(doc: dict, con) -> None:
-    from rich.table import Table  # deferred: only when printing
+def _check_flags(
+    duration_s: float,
+    warmup_s: float | None,
+    probe_s: float,
+    segments: int,
+    replications: int,
+    seed: int | None,
+    out: Path | None,
+) -> float:
+    """The flags that need no file checked, one line per mistake; the warm-up cut in seconds."""
+    if duration_s <= 0 or duration_s > 3600:
+        raise CapsimError(f"--duration-s: must be in (0, 3600], got {duration_s:g}")
+    warm = 0.15 * duration_s if warmup_s is None else warmup_s
+    if not 0 <= warm < duration_s:
+        raise CapsimError(f"--warmup-s: must be >= 0 and < --duration-s ({duration_s:g}), got {warm:g}")
+    if not 0.05 <= probe_s <= 60:
+        raise CapsimError(f"--probe-s: must be in [0.05, 60] seconds, got {probe_s:g}")
+    if not 1 <= segments <= 20:
+        raise CapsimError(f"--segments: must be 1 to 20, got {segments}")
+    if segments > 1 and duration_s / segments < 2 * (warm / segments) + 1:
+        raise CapsimError(
+            f"--segments: {segments} segments of {duration_s / segments:g} s leave too little after each warm-up"
+        )
+    if replications < 2:
+        raise CapsimError("--replications: must be >= 2 (the interval needs them)")
+    if seed is not None and not 0 <= seed < 2**32:
+        raise CapsimError(f"--seed: must be an integer in [0, 2^32), got {seed}")
+    if out is not None and out.exists() and not out.is_dir():
+        raise CapsimError(f"--out {out}: is a file; give a folder (it is created if missing)")
+    return warm
 
+
+def _scenario(path: Path, seed: int | None):
+    """The scenario, its ``run.seed`` replaced by ``--seed`` when given."""
+    from sim.spec.scenario import load_scenario  # deferred: pydantic and the schema
+
+    scn = load_scenario(path)
+    if seed is not None:
+        scn = scn.model_copy(update={"run": scn.run.model_copy(update={"seed": seed})})
+    return scn
+
+
+def _make_out(out: Path) -> None:
+    """Create ``--out`` and check ``verify.json`` can be written there."""
+    from sim.run.folder import make_folders  # deferred: only with --out
+
+    try:
+        make_folders(out)
+    except OSError as e:
+        raise CapsimError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    check_out_file(out / "verify.json")
+
+
+def _step_profile(folder: Path):
+    """The LLM server's step profile, its tables written in ``folder``."""
+    from sim.verify.step_profile import ServerProfile  # deferred: the verify stack loads the simulator
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return ServerProfile(folder)
+
+
+def _write_out(out: Path, doc: dict, lives) -> None:
+    """The live requests (one row per request, with its load's users and attempt) and verify.json."""
+    import pandas as pd  # deferred: heavy, only for --out
+
+    out.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for live in lives:
+        df = pd.DataFrame(live.records)
+        df.insert(0, "users", live.users)
+        df.insert(1, "attempt", live.attempt)
+        frames.append(df)
+    pd.concat(frames).to_parquet(out / "live_requests.parquet", index=False)
+    (out / "verify.json").write_text(to_json(doc) + "\n")
+
+
+COLUMNS = ("users", "metric", "measured", "its 95 %", "predicted", "capsim 95 %", "inside", "error", "bound", "verdict")
+
+
+def _print(doc: dict, con) -> None:
+    """The calibration lines, then one table: per load its rows, utilisation and load-generator health."""
     from sim.verify.explain import calibration_lines  # deferred: the verify stack loads the simulator
-    from sim.verify.verdict import span_text
 
     for line in calibration_lines(doc):
         con.print(line)
     t = Table(title="capsim verify: measured vs predicted")
-    cols = (
-        "users",
-        "metric",
-        "measured",
-        "its 95 %",
-        "predicted",
-        "capsim 95 %",
-        "inside",
-        "error",
-        "bound",
-        "verdict",
-    )
-    for col in cols:
+    for col in COLUMNS:
         t.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
     for load in doc["loads"]:
         for r in load["rows"]:
-            lo, hi = r["ci"]
-            mci = r.get("measured_ci", [None, None])
-            t.add_row(
-                str(load["users"]),
-                f"{r['metric']} {r['stat']}",
-                _num(r["measured"]),
-                "-" if mci == [None, None] else span_text(mci),
-                _num(r["predicted"]),
-                "-" if lo is None else span_text([lo, hi]),
-                {True: "yes", False: "no", None: "-"}[r["inside_ci"]],
-                _pct(r["rel_error"]),
-                "-" if r["bound"] is None else f"{r['bound']:.0%}",
-                r.get("verdict") or "",
-            )
-        m, p, g = load["measured"], load["predicted"], load["loadgen"]
-        t.add_row(
-            str(load["users"]),
-            "utilisation gpu / retrieval",
-            f"{m['utilization']['gpu']:.0%} / {m['utilization']['retrieval']:.1%}",
-            "",
-            f"{p['utilization'].get('gpu', 0):.0%} / {p['utilization'].get('retrieval', 0):.1%}",
-            "",
-            "",
-            "",
-            "",
-            "",
-        )
-        t.add_row(
-            str(load["users"]),
-            "requests / failed / loadgen",
-            f"{load['requests']} / {load['failures']}",
-            "",
-            "",
-            f"cpu {g['cpu_ms_per_request']:.1f} ms/req, lag p99 {g['think_timer_lag_p99_ms']:.1f} ms",
-            "",
-            "",
-            "",
-            "",
-            end_section=True,
-        )
+            t.add_row(*_row_cells(load["users"], r))
+        t.add_row(*_utilisation_cells(load))
+        t.add_row(*_loadgen_cells(load), end_section=True)
     con.print(t)
+
+
+def _row_cells(users: int, r: dict) -> list[str]:
+    """One compared statistic: measured and predicted with their intervals, error against its bound."""
+    from sim.verify.verdict import span_text  # deferred: the verify stack loads the simulator
+
+    lo, hi = r["ci"]
+    mci = r.get("measured_ci", [None, None])
+    return [
+        str(users),
+        f"{r['metric']} {r['stat']}",
+        _num(r["measured"]),
+        "-" if mci == [None, None] else span_text(mci),
+        _num(r["predicted"]),
+        "-" if lo is None else span_text([lo, hi]),
+        {True: "yes", False: "no", None: "-"}[r["inside_ci"]],
+        _pct(r["rel_error"]),
+        "-" if r["bound"] is None else f"{r['bound']:.0%}",
+        r.get("verdict") or "",
+    ]
+
+
+def _utilisation_cells(load: dict) -> list[str]:
+    """GPU and retrieval busy shares, measured and predicted."""
+    m, p = load["measured"]["utilization"], load["predicted"]["utilization"]
+    return [
+        str(load["users"]),
+        "utilisation gpu / retrieval",
+        f"{m['gpu']:.0%} / {m['retrieval']:.1%}",
+        "",
+        f"{p.get('gpu', 0):.0%} / {p.get('retrieval', 0):.1%}",
+        *[""] * 5,
+    ]
+
+
+def _loadgen_cells(load: dict) -> list[str]:
+    """Requests, failures and what the load generator cost (CPU per request, lag of its think timers)."""
+    g = load["loadgen"]
+    return [
+        str(load["users"]),
+        "requests / failed / loadgen",
+        f"{load['requests']} / {load['failures']}",
+        "",
+        "",
+        f"cpu {g['cpu_ms_per_request']:.1f} ms/req, lag p99 {g['think_timer_lag_p99_ms']:.1f} ms",
+        *[""] * 4,
+    ]

@@ -41,12 +41,11 @@ multi-head latent attention cache one compressed latent per token and layer
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
-if TYPE_CHECKING:  # annotations only: physics sits below the scenario schema
-    from sim.spec.schema import LLMConfig
+from sim.physics.replica_config import ReplicaConfig
 
 #: One step's figures as plain numbers, or many steps' as arrays (element-wise).
 FloatOrArray = TypeVar("FloatOrArray", float, np.ndarray)
@@ -80,11 +79,6 @@ def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes
     so 1,024 tokens take 134,217,728 bytes (128 MiB), not the article's 8.4 MB.
     """
     return 2.0 * layers * kv_heads * head_dim * kv_dtype_bytes
-
-
-def kv_bytes(tokens: float, layers: int, kv_heads: int, head_dim: int, kv_dtype_bytes: float) -> float:
-    """KV-cache bytes of ``tokens`` tokens."""
-    return tokens * kv_bytes_per_token(layers, kv_heads, head_dim, kv_dtype_bytes)
 
 
 def mla_kv_bytes_per_token(layers: int, kv_lora_rank: int, qk_rope_head_dim: int, kv_dtype_bytes: float) -> float:
@@ -277,14 +271,6 @@ def arithmetic_intensity(flops: float, n_bytes: float) -> float:
     return flops / n_bytes if n_bytes > 0 else math.inf
 
 
-def transfer_time_s(n_bytes: float, bandwidth_gbps: float, efficiency: float = 1.0) -> float:
-    """Seconds to move ``n_bytes`` at ``bandwidth_gbps`` GB/s times ``efficiency``.
-
-    180 MB at 3.35 TB/s: 180e6 / 3.35e12 = 53.7 microseconds.
-    """
-    return n_bytes / (bandwidth_gbps * GB * efficiency)
-
-
 def attention_flops(layers: int, heads: int, head_dim: int, new_tokens: float, past_tokens: float = 0.0) -> float:
     """FLOPs of attention scores and the weighted sum of values, causal.
 
@@ -441,7 +427,7 @@ class StepCost:
 
     def __init__(
         self,
-        cfg: LLMConfig,
+        cfg: ReplicaConfig,
         bw_efficiency: float | None = None,
         mfu: float | None = None,
         step_overhead_ms: float | None = None,

@@ -138,12 +138,6 @@ class MMCResult:
     def _theta_per_s(self) -> float:
         return self.servers * self.service_rate_per_s - self.arrival_rate_per_s
 
-    def wait_cdf(self, t_s: float) -> float:
-        """``P(W_q ≤ t) = 1 - C·exp(-θ t)`` for ``t ≥ 0`` (0 for ``t < 0``)."""
-        if t_s < 0.0:
-            return 0.0
-        return 1.0 - self.p_wait * math.exp(-self._theta_per_s * t_s)
-
     def wait_quantile_s(self, p: float) -> float:
         """``p`` quantile of the waiting time in queue.
 
@@ -181,10 +175,6 @@ class MMCResult:
             spread = -math.expm1(-delta * t_s) / delta
         waited_tail = exp_mu + mu * math.exp(-min(mu, theta) * t_s) * spread
         return (1.0 - self.p_wait) * exp_mu + self.p_wait * waited_tail
-
-    def response_cdf(self, t_s: float) -> float:
-        """``P(T ≤ t) = 1 - response_survival(t)``."""
-        return 1.0 - self.response_survival(t_s)
 
     def response_quantile_s(self, p: float) -> float:
         """``p`` quantile of the response time (wait + service).

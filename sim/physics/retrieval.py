@@ -60,10 +60,6 @@ class RetrievalProfile:
     interpolated: bool
     description: str
 
-    def quantile_ms(self, p: float) -> float:
-        """Latency at probability ``p`` (linear between stored quantiles)."""
-        return float(np.interp(p, self.probs, self.values_ms))
-
 
 def sample_quantiles(
     probs: Sequence[float] | np.ndarray,

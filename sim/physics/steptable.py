@@ -44,7 +44,7 @@ import math
 import os
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -52,9 +52,7 @@ from sim.errors import ConfigError
 from sim.files import atomic_write_text
 from sim.physics.gpu import StepCost, attention_pairs, sum_linear
 from sim.physics.perop import PerOpCost, PerOpTable
-
-if TYPE_CHECKING:  # annotations only: physics sits below the scenario schema
-    from sim.spec.schema import LLMConfig
+from sim.physics.replica_config import ReplicaConfig
 
 COLUMNS = ("batch_size", "context_tokens", "new_tokens", "step_ms")
 #: Optional column: how many of a prefill row's sequences were decoding, one token each (a mixed step).
@@ -297,7 +295,7 @@ def load_table(path: str | Path) -> TableModel:
 class StepTable(StepCost):
     """:class:`StepCost` with step times from a measured table (FLOPs and bytes still from the model)."""
 
-    def __init__(self, cfg: LLMConfig, table: TableModel):
+    def __init__(self, cfg: ReplicaConfig, table: TableModel):
         super().__init__(cfg)
         self.table = table
 
@@ -329,12 +327,14 @@ class StepTable(StepCost):
         return 0
 
 
-def step_cost(cfg: LLMConfig) -> StepCost:
+def step_cost(cfg: ReplicaConfig) -> StepCost:
     """The replica's step-cost model: the measured table when ``llm.step_table`` is set, else the
     per-operation sum where its tables cover the replica (:mod:`sim.physics.perop`), else the roofline."""
     if cfg.step_table:
         return StepTable(cfg, load_table(cfg.step_table))
     entry = cfg.perop_entry
     if entry is not None:
-        return PerOpCost(cfg, PerOpTable.from_entry(entry, fp8_kv=cfg.kv_dtype_bytes <= 1.0))
+        # PerOpCost's annotation names the schema's LLMConfig (sim/physics/perop.py), of which ReplicaConfig is
+        # the part read here
+        return PerOpCost(cfg, PerOpTable.from_entry(entry, fp8_kv=cfg.kv_dtype_bytes <= 1.0))  # type: ignore[arg-type]
     return StepCost(cfg)

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from sim.files import atomic_write_bytes
-from sim.present.plots import _png, _setup
+from sim.present.figures import png_bytes, pyplot
 from sim.run.plan import PlanResult
 
 
 def pareto(res: PlanResult) -> Any:
     """P95 against cost per hour for every simulated candidate; the front, the winner, the SLA."""
-    plt, _ = _setup()
+    plt, _ = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     pts = [c for c in res.candidates if c.best and c.best.p95_ms is not None and math.isfinite(c.best.p95_ms)]
     passed = [c for c in pts if c.best.verdict == "pass"]  # type: ignore[union-attr]
@@ -78,7 +78,7 @@ def pareto(res: PlanResult) -> Any:
 
 def tornado(res: PlanResult) -> Any:
     """Change in P95 from the winner, each planned key one value down and up."""
-    plt, _ = _setup()
+    plt, _ = pyplot()
     keys = list(dict.fromkeys(k.key for k in res.knobs))
 
     def reach(key: str) -> float:
@@ -116,8 +116,8 @@ def write_plan_figures(res: PlanResult, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = [folder / "pareto.png"]
-    atomic_write_bytes(out[0], _png(pareto(res)))
+    atomic_write_bytes(out[0], png_bytes(pareto(res)))
     if res.knobs:
         out.append(folder / "tornado.png")
-        atomic_write_bytes(out[1], _png(tornado(res)))
+        atomic_write_bytes(out[1], png_bytes(tornado(res)))
     return out

@@ -8,11 +8,14 @@ an interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 
+from sim.analysis.summary import PointSummary
 from sim.analysis.table import table_columns
 from sim.run.results import Result
 
@@ -177,56 +180,69 @@ def _recall(r: dict | None) -> str:
 
 
 def print_run(result: Result, console: Console | None = None) -> None:
+    """The run's table, the analytic cross-check where there is one, then the notes: those every
+    point shares, then each point's (warm-up cut, stability, precision, over time, SLA hints)."""
     console = console or Console()
     console.print(run_table(result))
     at = analytic_table(result)
     if at is not None:
         console.print(at)
+    for line in _run_notes(result):
+        console.print(line)
+    for p in result.points:
+        for line in _point_notes(p.params, p.summary):
+            console.print(line)
+
+
+def _run_notes(result: Result) -> list[str]:
+    """Unstable points, where search times came from, a fixed warm-up cut every point shares."""
+    out = []
     if any(not p.summary["stability"]["stable"] for p in result.points):
-        console.print(
+        out.append(
             "↑ no steady state: these percentiles grow with the run length; they are not "
             "what the system would show if left running"
         )
     rets = [p.summary.get("retrieval") or {} for p in result.points]
     if any(r.get("recall_at_k") is not None for r in rets):
         src = next(r["source"] for r in rets if r.get("recall_at_k") is not None)
-        console.print(
+        scaled = any(r.get("extrapolated") for r in rets)
+        out.append(
             f"search times and recall@k measured in {Path(src).name}"
-            + (
-                "; * scaled beyond the measured corpus sizes by the fitted law"
-                if any(r.get("extrapolated") for r in rets)
-                else ""
-            )
+            + ("; * scaled beyond the measured corpus sizes by the fitted law" if scaled else "")
         )
     warm = [p.summary.get("warmup") for p in result.points]
     if warm and all(w and w["method"] == "fixed" for w in warm) and warm[0]["cut_s"] > 0:
-        console.print(
+        out.append(
             f"warm-up: requests that arrived before {warm[0]['cut_s']:g} s dropped "
             f"(run.warmup_s; {warm[0]['dropped_fraction']:.0%} of the requests)"
         )
-    for p in result.points:
-        s = p.summary
-        where = ", ".join(f"{k}={v}" for k, v in p.params.items()) or "the scenario"
-        w = s.get("warmup")
-        if w and w["method"] == "mser5":
-            cuts = w["cut_s_by_replication"]
-            spread = f" (per replication {min(cuts):.1f}-{max(cuts):.1f} s)" if len(cuts) > 1 else ""
-            console.print(
-                f"warm-up at {where}: MSER-5 cut {w['cut_s']:.1f} s{spread}, "
-                f"{w['dropped_fraction']:.0%} of the requests dropped"
-            )
-        if not s["stability"]["stable"]:
-            console.print(f"[red]unstable[/] at {where}: {s['stability']['note']}")
-        elif s["stability"].get("note"):
-            console.print(f"[yellow]note[/] at {where}: {s['stability']['note']}")
-        prec = s.get("precision")
-        if prec and prec.get("note"):
-            console.print(f"[yellow]precision[/] at {where}: {prec['note']}")
-        tl = s.get("timeline")
-        if tl:
-            console.print(f"over time at {where}: {timeline_line(tl)}")
-        for v in s["sla"]:
-            if v.get("window_s") is not None and v.get("hint") and v["verdict"] == "fail":
-                console.print(f"[red]FAIL[/] {v['metric']} {v['stat']} at {where}: {v['hint']}")
-            if v.get("hint") and v["verdict"] == "inconclusive":
-                console.print(f"[yellow]inconclusive[/] {v['metric']} {v['stat']} at {where}: {v['hint']}")
+    return out
+
+
+def _point_notes(params: Mapping[str, Any], s: PointSummary) -> list[str]:
+    """One point's notes (rich markup): MSER-5 cut, stability, precision, over time, SLA hints."""
+    where = ", ".join(f"{k}={v}" for k, v in params.items()) or "the scenario"
+    out = []
+    w = s.get("warmup")
+    if w and w["method"] == "mser5":
+        cuts = w["cut_s_by_replication"]
+        spread = f" (per replication {min(cuts):.1f}-{max(cuts):.1f} s)" if len(cuts) > 1 else ""
+        out.append(
+            f"warm-up at {where}: MSER-5 cut {w['cut_s']:.1f} s{spread}, "
+            f"{w['dropped_fraction']:.0%} of the requests dropped"
+        )
+    if not s["stability"]["stable"]:
+        out.append(f"[red]unstable[/] at {where}: {s['stability']['note']}")
+    elif s["stability"].get("note"):
+        out.append(f"[yellow]note[/] at {where}: {s['stability']['note']}")
+    prec = s.get("precision")
+    if prec and prec.get("note"):
+        out.append(f"[yellow]precision[/] at {where}: {prec['note']}")
+    if s.get("timeline"):
+        out.append(f"over time at {where}: {timeline_line(s['timeline'])}")
+    for v in s["sla"]:
+        if v.get("window_s") is not None and v.get("hint") and v["verdict"] == "fail":
+            out.append(f"[red]FAIL[/] {v['metric']} {v['stat']} at {where}: {v['hint']}")
+        if v.get("hint") and v["verdict"] == "inconclusive":
+            out.append(f"[yellow]inconclusive[/] {v['metric']} {v['stat']} at {where}: {v['hint']}")
+    return out

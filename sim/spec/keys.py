@@ -83,56 +83,22 @@ def _bound(v: object) -> float:
 
 def numeric_field(scn: Scenario, key: str) -> tuple[type, float, float, Any]:
     """(int or float, lowest allowed, highest allowed, current value) of a dotted key."""
-
     check_key(key, "--vary")
-    parts = key.split(".")
-    obj: Any = scn
-    for i, part in enumerate(parts[:-1]):
-        obj = getattr(obj, part, None)
-        if not isinstance(obj, BaseModel):
-            raise ConfigError(
-                f"--vary {key}: {'.'.join(parts[: i + 1])} is not a section with numeric keys in this scenario"
-            )
-    fld = type(obj).model_fields.get(parts[-1])
+    obj, name = _section(scn, key)
+    fld = type(obj).model_fields.get(name)
     if fld is None:
-        raise ConfigError(f"--vary {key}: not a key of {'.'.join(parts[:-1])} in this scenario")
-    current = getattr(obj, parts[-1])
+        raise ConfigError(f"--vary {key}: not a key of {key.rpartition('.')[0]} in this scenario")
+    current = getattr(obj, name)
     kinds: list[type] = []
-    lo, hi = -math.inf, math.inf
-    gt = False
-
-    def walk(ann: Any, meta: list) -> None:
-        nonlocal lo, hi, gt
-
-        origin = typing.get_origin(ann)
-        if origin is typing.Annotated:
-            args = typing.get_args(ann)
-            walk(args[0], meta + list(args[1:]))
-            return
-        if origin is not None and origin is not typing.Literal:
-            for a in typing.get_args(ann):
-                walk(a, meta)
-            return
-        if ann in (int, float):
-            kinds.append(ann)
-            for m in meta + list(fld.metadata):
-                for c in getattr(m, "metadata", [m]):
-                    if isinstance(c, at.Ge):
-                        lo = max(lo, _bound(c.ge))
-                    elif isinstance(c, at.Gt):
-                        lo, gt = max(lo, _bound(c.gt)), True
-                    elif isinstance(c, at.Le):
-                        hi = min(hi, _bound(c.le))
-                    elif isinstance(c, at.Lt):
-                        hi = min(hi, _bound(c.lt))
-
-    walk(fld.annotation, [])
+    bounds = [-math.inf, math.inf, 0.0]  # lowest, highest, 1.0 when the lowest is excluded (gt)
+    _numbers(fld.annotation, list(fld.metadata), kinds, bounds)
     if not kinds:
         shown = f"a {type(current).__name__} section" if isinstance(current, BaseModel) else repr(current)
         raise ConfigError(
             f"--vary {key}: not a numeric key (it holds {shown}); vary an integer or "
             f"float key such as workload.users or llm.replicas"
         )
+    lo, hi, gt = bounds
     kind = int if kinds == [int] or (int in kinds and float not in kinds) else float
     if kind is int:
         lo = math.floor(lo) + 1 if gt else math.ceil(lo)
@@ -141,3 +107,45 @@ def numeric_field(scn: Scenario, key: str) -> tuple[type, float, float, Any]:
     if math.isinf(lo):
         lo = 0 if kind is int else 0.0
     return kind, lo, hi, current
+
+
+def _section(scn: Scenario, key: str) -> tuple[BaseModel, str]:
+    """The section a dotted key's last part names a field of, and that part."""
+    parts = key.split(".")
+    obj: Any = scn
+    for i, part in enumerate(parts[:-1]):
+        obj = getattr(obj, part, None)
+        if not isinstance(obj, BaseModel):
+            raise ConfigError(
+                f"--vary {key}: {'.'.join(parts[: i + 1])} is not a section with numeric keys in this scenario"
+            )
+    return obj, parts[-1]
+
+
+def _numbers(ann: Any, meta: list, kinds: list[type], bounds: list[float]) -> None:
+    """The numeric types in annotation ``ann`` (through ``Annotated``, ``Optional``, unions) into
+    ``kinds``; their ``Ge``/``Gt``/``Le``/``Lt`` constraints tighten ``bounds`` (lowest, highest,
+    lowest excluded)."""
+    origin = typing.get_origin(ann)
+    if origin is typing.Annotated:
+        args = typing.get_args(ann)
+        _numbers(args[0], meta + list(args[1:]), kinds, bounds)
+    elif origin is not None and origin is not typing.Literal:
+        for a in typing.get_args(ann):
+            _numbers(a, meta, kinds, bounds)
+    elif ann in (int, float):
+        kinds.append(ann)
+        for m in meta:
+            for c in getattr(m, "metadata", [m]):
+                _tighten(c, bounds)
+
+
+def _tighten(c: Any, bounds: list[float]) -> None:
+    if isinstance(c, at.Ge):
+        bounds[0] = max(bounds[0], _bound(c.ge))
+    elif isinstance(c, at.Gt):
+        bounds[0], bounds[2] = max(bounds[0], _bound(c.gt)), 1.0
+    elif isinstance(c, at.Le):
+        bounds[1] = min(bounds[1], _bound(c.le))
+    elif isinstance(c, at.Lt):
+        bounds[1] = min(bounds[1], _bound(c.lt))

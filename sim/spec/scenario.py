@@ -143,24 +143,7 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p.name}: a scenario must be a mapping of sections")
-    # A calibration file named in a scenario file is relative to that file, like extends:.
-    for section in ("retrieval", "routing"):
-        sec = data.get(section)
-        if isinstance(sec, dict) and isinstance(sec.get("calibration"), str):
-            cal = Path(sec["calibration"]).expanduser()
-            if not cal.is_absolute():
-                sec["calibration"] = str((p.parent / cal).resolve())
-    wl = data.get("workload")
-    tr = wl.get("trace") if isinstance(wl, dict) else None
-    if isinstance(tr, dict) and isinstance(tr.get("path"), str):  # a trace too, relative to its file
-        tp = Path(tr["path"]).expanduser()
-        if not tp.is_absolute():
-            tr["path"] = str((p.parent / tp).resolve())
-    llm = data.get("llm")
-    if isinstance(llm, dict) and isinstance(llm.get("step_table"), str):  # a step table too
-        tab = Path(llm["step_table"]).expanduser()
-        if not tab.is_absolute():
-            llm["step_table"] = str((p.parent / tab).resolve())
+    _relative_to(data, p.parent)
     base = data.pop("extends", None)
     if base is not None:
         if not isinstance(base, str):
@@ -168,6 +151,23 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         parent = read_yaml(p.parent / base, (*_seen, rp))
         data = _deep_merge(parent, data)
     return data
+
+
+def _relative_to(data: dict, folder: Path) -> None:
+    """The files a scenario file names (calibrations, a trace, a step table) are relative to that
+    file, like ``extends:``: made absolute in place."""
+    wl = data.get("workload")
+    places = [
+        (data.get("retrieval"), "calibration"),
+        (data.get("routing"), "calibration"),
+        (wl.get("trace") if isinstance(wl, dict) else None, "path"),
+        (data.get("llm"), "step_table"),
+    ]
+    for sec, key in places:
+        if isinstance(sec, dict) and isinstance(sec.get(key), str):
+            named = Path(sec[key]).expanduser()
+            if not named.is_absolute():
+                sec[key] = str((folder / named).resolve())
 
 
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")

@@ -152,41 +152,17 @@ def _load(path: str, _size: int, _mtime: int, fmt: str, time_scale: float) -> Tr
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         header = [h.strip() for h in next(reader, [])]
-        if not header:
-            raise TraceError(f"{name}:1: empty file; need a header row and one row per request")
-        dup = next((h for i, h in enumerate(header) if h in header[:i]), None)
-        if dup is not None:
-            raise TraceError(f"{name}:1: column {dup!r} appears more than once; give each column once")
-        if fmt == "auto":
-            fmt = _detect(header, name)
+        fmt, cols = _columns(header, fmt, name)
         tcol, pcol, ocol, kcol = LAYOUTS[fmt]
-        if tcol not in header:
-            raise TraceError(f"{name}:1: missing column {tcol!r} for format {fmt} (found {', '.join(header)})")
-        cols = {c: header.index(c) for c in (tcol, pcol, ocol, kcol) if c is not None and c in header}
-        if fmt in ("azure", "burstgpt"):
-            for c in (pcol, ocol):
-                if c is not None and c not in header:
-                    raise TraceError(f"{name}:1: missing column {c!r} for format {fmt} (found {', '.join(header)})")
         times: list[float] = []
         extra: dict[str, list[float]] = {c: [] for c in cols if c != tcol}
-        prev = -np.inf
         for i, row in enumerate(reader, start=2):
             if not row or all(not x.strip() for x in row):
                 continue
             if len(row) < len(header):
                 missing = header[len(row)]
                 raise TraceError(f"{name}:{i}: column {missing!r}: missing value ({len(row)} of {len(header)} fields)")
-            text = row[cols[tcol]].strip()
-            try:
-                t, is_date = _parse_time(text, fmt)
-            except ValueError:
-                raise TraceError(f"{name}:{i}: column {tcol!r}: {text!r} is not a timestamp") from None
-            if not np.isfinite(t) or (not is_date and t < 0):
-                raise TraceError(f"{name}:{i}: column {tcol!r}: {text!r} must be a finite time >= 0")
-            if t < prev:
-                raise TraceError(f"{name}:{i}: column {tcol!r}: {text!r} is earlier than the row before (unsorted)")
-            prev = t
-            times.append(t)
+            times.append(_time(row[cols[tcol]].strip(), fmt, name, i, tcol, times[-1] if times else -np.inf))
             for c in extra:
                 extra[c].append(_number(row[cols[c]].strip(), name, i, c, integer=True))
     if not times:
@@ -197,3 +173,33 @@ def _load(path: str, _size: int, _mtime: int, fmt: str, time_scale: float) -> Tr
         return np.asarray(extra[c], dtype=np.int64) if c is not None and c in extra else None
 
     return Trace(path, fmt, arr, col(pcol), col(ocol), col(kcol))
+
+
+def _columns(header: list[str], fmt: str, name: str) -> tuple[str, dict[str, int]]:
+    """The trace's format (detected from the header with ``auto``) and where its columns sit."""
+    if not header:
+        raise TraceError(f"{name}:1: empty file; need a header row and one row per request")
+    dup = next((h for i, h in enumerate(header) if h in header[:i]), None)
+    if dup is not None:
+        raise TraceError(f"{name}:1: column {dup!r} appears more than once; give each column once")
+    if fmt == "auto":
+        fmt = _detect(header, name)
+    tcol, pcol, ocol, kcol = LAYOUTS[fmt]
+    needed = [tcol] + ([c for c in (pcol, ocol) if c is not None] if fmt in ("azure", "burstgpt") else [])
+    for c in needed:
+        if c not in header:
+            raise TraceError(f"{name}:1: missing column {c!r} for format {fmt} (found {', '.join(header)})")
+    return fmt, {c: header.index(c) for c in (tcol, pcol, ocol, kcol) if c is not None and c in header}
+
+
+def _time(text: str, fmt: str, name: str, line: int, col: str, prev: float) -> float:
+    """One row's arrival time: a timestamp, >= 0 unless a date, not before ``prev``."""
+    try:
+        t, is_date = _parse_time(text, fmt)
+    except ValueError:
+        raise TraceError(f"{name}:{line}: column {col!r}: {text!r} is not a timestamp") from None
+    if not np.isfinite(t) or (not is_date and t < 0):
+        raise TraceError(f"{name}:{line}: column {col!r}: {text!r} must be a finite time >= 0")
+    if t < prev:
+        raise TraceError(f"{name}:{line}: column {col!r}: {text!r} is earlier than the row before (unsorted)")
+    return t

@@ -8,7 +8,10 @@ import math
 from typing import Any
 
 import numpy as np
+import simpy
 
+from sim.engine.pool import WorkerPool
+from sim.engine.sched import SchedulerPool, scheduler_pool
 from sim.spec.schema import SchedulerSpec
 from sim.spec.target import Target
 from sim.verify.probes import (
@@ -62,11 +65,6 @@ def pair_model(
     Hand-computed: searches of 4 ms, two workers on one core, no wake-up or hand-back,
     sent 1 ms apart: the first runs alone for 1 ms, then the two share the core, the first's
     3 ms left take 6 and it ends at 7; the second, 3 ms done by then, ends at 8: 7 and 7."""
-    import simpy  # deferred: the pool's event loop
-
-    from sim.engine.pool import WorkerPool  # deferred: the simulator's engine
-    from sim.engine.sched import SchedulerPool, scheduler_pool
-
     rng = np.random.default_rng(seed)
     env = simpy.Environment()
     back = list(probe.handback_ms)
