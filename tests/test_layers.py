@@ -132,7 +132,6 @@ def test_no_relative_imports() -> None:
 
 #: Imports the checks below let stand, each with why: (importer, imported) -> reason.
 LEFT_STANDING = {
-    ("sim.physics.perop", "sim.spec.schema"): "PerOpCost's annotation names the schema's LLMConfig (TYPE_CHECKING)",
     ("sim.verify.stack.vllm_checks", "sim.spec.scenario"): "prefix_check imports two of its names in the function",
 }
 

@@ -81,7 +81,7 @@ def play(c: LLMConfig, arrivals, monkeypatch):
 TIGHT = 2.17  # memory_gb: 10 blocks, 9 usable
 
 
-def test_the_null_block_is_not_usable():
+def test_the_null_block_is_not_usable(monkeypatch):
     """vLLM V1 (``vllm/v1/core/block_pool.py``, ``BlockPool.__init__``) takes block 0 of the pool
     as ``null_block``, never given to a request; the logged ``num_gpu_blocks`` counts it and
     ``BlockPool.get_usage`` divides by ``num_gpu_blocks - 1``.  A pool of 10 blocks holds a
@@ -89,10 +89,10 @@ def test_the_null_block_is_not_usable():
     refuses one of 10 (150 + 11: 160)."""
     c = cfg(TIGHT)
     assert (c.kv_blocks, c.kv_blocks_usable) == (10, 9)
-    _, log, rep = play(c, [(0.0, "A", 134, 11)], pytest.MonkeyPatch())
+    _, log, rep = play(c, [(0.0, "A", 134, 11)], monkeypatch)
     assert rep.num_blocks == 9 and max(b for _, b, _ in log) == 9
     with pytest.raises(ConfigError, match=r"needs 10 KV blocks of 16 tokens but a replica holds 9;"):
-        play(c, [(0.0, "A", 150, 11)], pytest.MonkeyPatch())
+        play(c, [(0.0, "A", 150, 11)], monkeypatch)
     # the scenario's own check of the longest request (constant token counts) says the same
     scn = {"workload": {"mode": "open", "rate_per_s": 1}, "retrieval": {"enabled": False}}
     llm = {**c.model_dump(mode="json", exclude_unset=True), "prompt_tokens": 150, "output_tokens": 11}

@@ -48,15 +48,13 @@ import bisect
 import functools
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from sim.files import data_path
 from sim.physics.gpu import StepCost, sum_max_linear
-
-if TYPE_CHECKING:  # annotations only: physics sits below the scenario schema
-    from sim.spec.schema import LLMConfig
+from sim.physics.replica_config import ReplicaConfig
 
 FOLDER = "silicon/perop"
 #: Why ``step_cost: auto`` keeps a mixture-of-experts model on the roofline.
@@ -188,7 +186,7 @@ class PerOpCost(StepCost):
     """:class:`StepCost` whose step times are sums of per-operation timings (FLOPs and bytes,
     for the estimate's figures, still from the model)."""
 
-    def __init__(self, cfg: LLMConfig, table: PerOpTable):
+    def __init__(self, cfg: ReplicaConfig, table: PerOpTable):
         super().__init__(cfg)
         self.table = table
         self.layers = cfg.model.layers

@@ -334,7 +334,5 @@ def step_cost(cfg: ReplicaConfig) -> StepCost:
         return StepTable(cfg, load_table(cfg.step_table))
     entry = cfg.perop_entry
     if entry is not None:
-        # PerOpCost's annotation names the schema's LLMConfig (sim/physics/perop.py), of which ReplicaConfig is
-        # the part read here
-        return PerOpCost(cfg, PerOpTable.from_entry(entry, fp8_kv=cfg.kv_dtype_bytes <= 1.0))  # type: ignore[arg-type]
+        return PerOpCost(cfg, PerOpTable.from_entry(entry, fp8_kv=cfg.kv_dtype_bytes <= 1.0))
     return StepCost(cfg)

@@ -469,9 +469,10 @@ class Replica:
             self._finish_due(end)
         self._account(start, end, 1, int(mem), batch, blocks)
 
-    def _decode_epoch(self):
-        env, cost, dec = self.env, self.cost, self.dec
-        D = self.D
+    def _epoch_steps(self, D: int) -> int | None:
+        """Steps the next decode epoch may run: to the next finish, fewer where the KV blocks run
+        out (preempting the newest until one step fits); None when nothing is left to decode."""
+        dec = self.dec
         k = self._next_finish() - D
         cap = self.num_blocks - self.pinned - self.prefill_blocks
         # G(D + k) <= V + n ((D + k) // B + 1): when that fits, blocks cannot end the epoch.
@@ -481,11 +482,19 @@ class Replica:
                 self.preempt_newest()
                 self.replan = True
                 if not dec.n:
-                    return
+                    return None
                 k = self._next_finish() - D
                 k_blocks = dec.max_clock(cap) - D
-            if k_blocks < k:
-                k = k_blocks
+            k = min(k, k_blocks)
+        return k
+
+    def _decode_epoch(self):
+        env, cost, dec = self.env, self.cost, self.dec
+        D = self.D
+        k_fit = self._epoch_steps(D)
+        if k_fit is None:
+            return
+        k = k_fit
         n = dec.n
         cap = 1 if self.replan else self.epoch_cap
         self.replan = False
