@@ -35,9 +35,9 @@ PINNED_PEROP = {
 #: step cost where its tables cover the row, the roofline elsewhere): (TPOT MAPE, TPOT signed,
 #: TTFT MAPE, TTFT signed), %.
 HELD_OUT = {
-    "vllm": (26.7, 14.0, 48.2, -32.4),
-    "trtllm": (33.0, 15.3, 104.4, -25.0),
-    "sglang": (25.5, 11.0, 66.9, -29.9),
+    "vllm": (26.5, 13.5, 47.9, 0.5),
+    "trtllm": (33.0, 14.4, 90.3, 24.7),
+    "sglang": (25.5, 11.0, 57.6, -5.5),
 }
 #: The same, per-operation fit alone, on the rows its tables cover.
 HELD_OUT_PEROP = {
@@ -46,7 +46,7 @@ HELD_OUT_PEROP = {
     "sglang": (45.5, 36.6, 59.6, -8.3),
 }
 #: The same on the stratified sample (make test): MAPE only.
-SAMPLE = {"vllm": (25.4, 41.1), "trtllm": (73.1, 947.2), "sglang": (18.7, 68.0)}
+SAMPLE = {"vllm": (24.2, 56.8), "trtllm": (69.4, 874.6), "sglang": (18.7, 54.3)}
 SLACK = 0.5  # percentage points: rounding, not a licence to worsen
 
 
