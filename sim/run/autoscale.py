@@ -110,7 +110,8 @@ def _fleet(label: str, replicas: int | None, scn: Scenario, summary: Any) -> Fle
     if any(v["value"] is None and v["verdict"] == "fail" for v in e2e_windowed):
         worst = math.inf
     cost = summary.cost or {}
-    lo, hi = summary.warmup_s if isinstance(summary.warmup_s, float) else 0.0, float(scn.run.duration_s)
+    lo = float(summary.warmup_s) if isinstance(summary.warmup_s, (int, float)) else 0.0
+    hi = float(scn.run.duration_s)
     auto = summary.gpu.get("autoscale")
     if auto is not None:
         gpu_hours = float(auto["gpu_hours"])
