@@ -49,6 +49,7 @@ validation: $(STAMP)
 autoscale-data: $(STAMP)
 	$(BIN)/capsim autoscale scenarios/flash_sale_autoscale.yaml --out docs/data/autoscale/flash_sale; [ $$? -le 3 ]
 	$(BIN)/capsim autoscale scenarios/diurnal_autoscale.yaml --static 1,2 --out docs/data/autoscale/diurnal; [ $$? -le 3 ]
+	$(BIN)/python -m tools.docgen.autoscale
 
 test-long: $(STAMP)
 	CAPSIM_LONG=1 $(BIN)/python -m pytest -q

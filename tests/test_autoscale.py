@@ -321,3 +321,44 @@ def test_cli_autoscale_writes_its_files_and_exits_on_the_autoscaled_verdict(tmp_
     assert math.isfinite(doc["saving_per_hour"])
     r = invoke("autoscale", path, "--out", out, "--static", "two")
     assert r.exit_code == 2 and "--static 'two'" in r.stderr
+
+
+# --------------------------------------------------------------------------- the how-to page
+
+
+@pytest.mark.parametrize(
+    ("name", "scenario"), [("flash_sale", "flash_sale_autoscale"), ("diurnal", "diurnal_autoscale")]
+)
+def test_the_how_to_page_shows_the_committed_comparisons_of_the_shipped_scenarios(name, scenario):
+    from sim.spec.scenario import load_scenario
+    from tools.docgen import autoscale as page
+
+    text = page.render()
+    assert page.PAGE.read_text() == text, "docs/how-to/autoscale.md is stale: python -m tools.docgen.autoscale"
+    c = page.load(name)
+    for f in [c.autoscaled, *c.static]:
+        assert f"| {f.label} |" in text and f"{f.gpu_hours:.3f}" in text
+    if c.cheapest_static is not None:
+        assert f"The cheapest static fleet that passes is {c.cheapest_static.label}" in text
+    # the committed run is of the shipped scenario as the code reads it now
+    scn = load_scenario(f"scenarios/{scenario}.yaml")
+    a = scn.llm.autoscale
+    assert a is not None and c.autoscaled.autoscale is not None
+    assert c.autoscaled.autoscale["cold_start_s"] == pytest.approx(
+        cold_start_s(scn.llm.weights_bytes, a.load_bytes_per_s, a.engine_start_s)
+    )
+    assert c.autoscaled.autoscale["max_replicas"] == a.max_replicas and c.scenario == scn.name
+
+
+# the toy replica's KV pool holds some 1.4e8 tokens: one request's ~104 tokens use ~1e-6 of it
+@pytest.mark.parametrize(("signal", "target"), [("queue", 2), ("kv", 1e-7), ("utilization", 0.5)])
+def test_every_signal_reads_the_ready_replicas_and_scales_up_in_the_spike(signal, target):
+    m = Model(validate_scenario(spike(signal=signal, target=target, engine_start_s=0, load_gbps=1000)), 0)
+    m.run()
+    scaler = m.llm.autoscaler  # type: ignore[union-attr]
+    totals = [total for _, total, _ in scaler.decisions]
+    assert all(x >= 0 for x in totals)
+    if signal != "queue":  # a share per replica: the sum is at most the ready replicas
+        assert max(totals) <= 2.0 + 1e-9
+    in_spike = [want for t, _, want in scaler.decisions if 60 < t <= 150]
+    assert max(in_spike) == 2

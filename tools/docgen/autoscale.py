@@ -1,12 +1,15 @@
-"""The autoscaling how-to page, rendered from the committed comparisons in ``docs/data/autoscale/``.
+"""The autoscaling how-to page, ``docs/how-to/autoscale.md``, rendered from the committed
+comparisons in ``docs/data/autoscale/``.
 
-``make autoscale-data`` writes them (``capsim autoscale`` over the flash sale and the day);
-the tables on the page are those files' figures, so the page cannot drift from them.
+``make autoscale-data`` writes them (``capsim autoscale`` over the flash sale and the day) and
+then the page (``python -m tools.docgen.autoscale``); a test holds the committed page to what
+:func:`render` makes of the committed files, so the page cannot drift from them.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from sim.run.autoscale import Comparison, Fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "docs" / "data" / "autoscale"
+PAGE = ROOT / "docs" / "how-to" / "autoscale.md"
 RUNS = {
     "flash_sale": "scenarios/flash_sale_autoscale.yaml",
     "diurnal": "scenarios/diurnal_autoscale.yaml --static 1,2",
@@ -49,6 +53,15 @@ def _summary(c: Comparison) -> str:
         out += (
             f" The cheapest static fleet that passes is {s.label} ({s.gpu_hours:.3f} GPU-hours, "
             f"${s.cost_per_hour:,.2f} an hour): the autoscaler costs ${abs(c.saving_per_hour):,.2f} an hour {verb}."
+        )
+    wins = auto.get("windows", [])
+    more = next((w for w in wins if w["paid"] > wins[0]["paid"]), None) if wins else None
+    ready = next((w for w in wins if w["ready"] > wins[0]["ready"]), None) if wins else None
+    if more is not None and ready is not None:
+        out += (
+            f" It first pays for more replicas than it started with in the {more['start_s']:,.0f}-"
+            f"{more['end_s']:,.0f} s window; they first serve in the {ready['start_s']:,.0f}-"
+            f"{ready['end_s']:,.0f} s window."
         )
     if c.price_date:
         out += f" Catalog prices read on {c.price_date}."
@@ -185,3 +198,13 @@ def render() -> str:
             PLAN,
         ]
     )
+
+
+def main() -> int:
+    PAGE.write_text(render())
+    sys.stdout.write(f"wrote {PAGE.relative_to(ROOT)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

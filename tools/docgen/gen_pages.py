@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mkdocs_gen_files
 
-from tools.docgen import autoscale, performance, scenario_ref, validation
+from tools.docgen import performance, scenario_ref, validation
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,6 @@ for path, render in (
     ("reference/scenario.md", scenario_ref.render),
     ("validation.md", validation.render),
     ("performance.md", performance.render),
-    ("how-to/autoscale.md", autoscale.render),
 ):
     with mkdocs_gen_files.open(path, "w") as fh:
         fh.write(render())
