@@ -106,7 +106,7 @@ def summary_lines(c: Comparison) -> list[str]:
         lines.append(
             f"cheapest static fleet that passes: {s.label}, {s.gpu_hours:.3f} GPU-hours, "
             f"{_money(s.cost_per_hour)}/hour; the autoscaler {verb} {_money(abs(saving or 0.0))}/hour"
-            + ("" if a.verdict == "pass" else f" but {a.verdict}s the SLA")
+            + ("" if a.verdict == "pass" else f", but its own verdict is {a.verdict}")
         )
     if c.price_date:
         lines.append(f"catalog prices read on {c.price_date}")
