@@ -74,7 +74,7 @@ notebook: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,notebook]'
 	$(BIN)/jupyter lab notebooks/
 
-# Re-execute both notebooks at full scale and save them with their outputs.
+# Re-execute the notebooks at full scale and save them with their outputs.
 notebooks: $(STAMP)
 	cd notebooks && for nb in *.ipynb; do \
 	  CAPSIM_NOTEBOOK_SCALE=full ../$(BIN)/jupyter execute --inplace --timeout=-1 "$$nb" || exit 1; done
