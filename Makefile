@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 SCENARIO ?= scenarios/order_support.yaml
 
-.PHONY: run test lint test-long bench calibration clean venv notebook notebooks verify report-check docs validation validate perop-data
+.PHONY: run test lint test-long autoscale-data bench calibration clean venv notebook notebooks verify report-check docs validation validate perop-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ validation: $(STAMP)
 	$(BIN)/python -m tools.docgen.measure
 	$(MAKE) --no-print-directory docs
 
+# The autoscaling how-to's comparisons (docs/data/autoscale/): the flash sale and a day.
+autoscale-data: $(STAMP)
+	$(BIN)/capsim autoscale scenarios/flash_sale_autoscale.yaml --out docs/data/autoscale/flash_sale; [ $$? -le 3 ]
+	$(BIN)/capsim autoscale scenarios/diurnal_autoscale.yaml --static 1,2 --out docs/data/autoscale/diurnal; [ $$? -le 3 ]
+	$(BIN)/python -m tools.docgen.autoscale
+
 test-long: $(STAMP)
 	CAPSIM_LONG=1 $(BIN)/python -m pytest -q
 
@@ -68,7 +74,7 @@ notebook: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,notebook]'
 	$(BIN)/jupyter lab notebooks/
 
-# Re-execute both notebooks at full scale and save them with their outputs.
+# Re-execute the notebooks at full scale and save them with their outputs.
 notebooks: $(STAMP)
 	cd notebooks && for nb in *.ipynb; do \
 	  CAPSIM_NOTEBOOK_SCALE=full ../$(BIN)/jupyter execute --inplace --timeout=-1 "$$nb" || exit 1; done

@@ -34,6 +34,7 @@ COMMANDS = {
     "sweep": ("sim.run.loop", "run_sweep", ["sweep", SMALL]),
     "capacity": ("sim.run.capacity", "capacity", ["capacity", SMALL, "--vary", "workload.users"]),
     "plan": ("sim.run.plan", "plan", ["plan", SMALL, "--out", "{tmp}/plan"]),
+    "autoscale": ("sim.run.autoscale", "compare", ["autoscale", SMALL, "--out", "{tmp}/autoscale"]),
     "report": ("sim.present.report", "write_report", ["report", "{sealed}"]),
     "calibrate retrieval": (
         "sim.calibrate.retrieval",

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def test_both_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["01_users_sweep.ipynb", "02_what_if.ipynb"]
+def test_the_notebooks_exist():
+    assert [p.name for p in NOTEBOOKS] == ["01_users_sweep.ipynb", "02_what_if.ipynb", "03_plan.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

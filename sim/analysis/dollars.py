@@ -81,19 +81,22 @@ def prices(scn: Scenario) -> dict | None:
     return {"gpu_per_hour": gpu or 0.0, "cpu_per_hour": cpu, "price_date": min(dates) if dates else None}
 
 
-def per_hour(scn: Scenario) -> float | None:
-    """USD per hour of the whole fleet, or None without a ``cost:`` section."""
+def per_hour(scn: Scenario, gpus_held: float | None = None) -> float | None:
+    """USD per hour of the whole fleet, or None without a ``cost:`` section.  ``gpus_held``
+    replaces the static count :func:`gpus` (an autoscaled fleet's mean GPUs paid for)."""
     p = prices(scn)
     if p is None:
         return None
-    return p["gpu_per_hour"] * gpus(scn) + p["cpu_per_hour"]
+    return p["gpu_per_hour"] * (gpus(scn) if gpus_held is None else gpus_held) + p["cpu_per_hour"]
 
 
-def cost_figures(scn: Scenario, throughput_per_s: float, output_tokens_per_s: float) -> dict | None:
+def cost_figures(
+    scn: Scenario, throughput_per_s: float, output_tokens_per_s: float, gpus_held: float | None = None
+) -> dict | None:
     """``{per_hour, per_1000_answers, per_million_output_tokens}`` in USD and the ``price_date`` of the
-    catalog prices used (None without a ``cost:`` section)."""
+    catalog prices used (None without a ``cost:`` section); ``gpus_held`` as in :func:`per_hour`."""
     p = prices(scn)
-    ph = per_hour(scn)
+    ph = per_hour(scn, gpus_held)
     if p is None or ph is None:
         return None
 

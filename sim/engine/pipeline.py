@@ -23,6 +23,7 @@ import simpy
 from sim import distributions as D
 from sim.engine.cache import LRUCache
 from sim.engine.clock import later
+from sim.engine.llm.autoscale import mean_count
 from sim.engine.llm.stage import LLMStage
 from sim.engine.pool import WorkerPool
 from sim.engine.profile import Presence, level, peak
@@ -663,6 +664,12 @@ class Model:
                 gpu_replicas=len(reps),
                 gpu_kv_blocks=self.llm.kv_blocks,
             )
+            scaler = self.llm.autoscaler
+            if scaler is not None:
+                # The fleet changed size: utilisation is busy time over the ready replicas'
+                # time (their mean number in the window); the history prices the fleet.
+                counters["gpu_replicas"] = mean_count(scaler.history, 3, lo, hi)
+                sampled.update(scaler.timeseries())
         timeseries = {k: (v if k == "kv_capacity_tokens" else np.asarray(v, dtype=float)) for k, v in sampled.items()}
         lookups = (np.asarray(self.lookup_t0, dtype=float), np.asarray(self.lookup_hit, dtype=bool))
         return Replication(

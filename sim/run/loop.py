@@ -205,10 +205,12 @@ def _run_sweep(
                 if need[i]:
                     continue
                 reps[i].sort(key=lambda r: r.replication)
+                from sim.analysis.autoscale import with_autoscale  # deferred, as summarize_point
                 from sim.analysis.summary import summarize_point  # deferred: scipy, loaded while the workers run
 
                 p = points[i]
-                summ = normalize(nothing_finished_fails(summarize_point(p.scenario, reps[i], p.params), p.scenario))
+                summ = with_autoscale(summarize_point(p.scenario, reps[i], p.params), p.scenario, reps[i])
+                summ = normalize(nothing_finished_fails(summ, p.scenario))
                 cap = p.scenario.run.max_replications
                 if needs_more(summ, p.scenario) and counts[i] < cap:
                     counts[i] = min(cap, max(counts[i] + 2, math.ceil(counts[i] * 1.5)))

@@ -31,6 +31,11 @@ Every combination is a *candidate*.  :func:`plan` reasons before it simulates:
    the ``plan:`` list), simulated with the screen's replications: the change in P95 and
    in cost.
 
+An autoscaled candidate (``llm.autoscale``, whose keys may be planned too:
+``llm.autoscale.max_replicas``, ``llm.autoscale.target``...) is ordered by what it costs at
+``min_replicas``, the least it can; once simulated, its cost is the fleet it actually paid
+for, on average (:mod:`sim.analysis.autoscale`), and it is ranked on that.
+
 Every simulation uses the scenario's seed: replication ``r`` of every candidate draws the
 same arrivals, questions and lengths (common random numbers), so a difference between two
 candidates is their difference, not noise.  Candidates are screened in batches of a fixed
@@ -250,9 +255,15 @@ class PlanResult:
 # --------------------------------------------------------------------------- the space
 
 
-def check_plan_keys(keys: Mapping[str, list[Any]]) -> None:
-    """Every ``plan:`` key names a deployment choice of the schema (a one-line error otherwise)."""
+def check_plan_keys(keys: Mapping[str, list[Any]], base: Scenario | None = None) -> None:
+    """Every ``plan:`` key names a deployment choice of the schema (a one-line error otherwise);
+    keys inside ``llm.autoscale`` need the scenario's autoscaler (``base``) to set them in."""
     for key in keys:
+        if key.startswith("llm.autoscale.") and base is not None and base.llm.autoscale is None:
+            raise ConfigError(
+                f"plan.{key}: the scenario has no llm.autoscale section to vary; add one "
+                f"(e.g. llm.autoscale: {{max_replicas: 4, target: 4}}), the plan's values replace its keys"
+            )
         try:
             check_key(key, flag="plan")
         except ConfigError as e:
@@ -329,7 +340,8 @@ class _Stations:
             if g_station is None:
                 fits = False
             else:
-                stations["gpu"] = (g_station[0], scn.llm.replicas)
+                a = scn.llm.autoscale  # an autoscaler may hold up to max_replicas: bound with them all
+                stations["gpu"] = (g_station[0], scn.llm.replicas if a is None else a.max_replicas)
         return stations, cache_s + delay_s, fits
 
 
@@ -347,6 +359,15 @@ def bound_e2e_s(scn: Scenario, stations: Mapping[str, tuple[float, int]], extra_
     return sum(demands) + extra_s
 
 
+def cost_floor(scn: Scenario) -> float | None:
+    """USD per hour before simulating: the fleet's; an autoscaled fleet's at ``min_replicas``, the
+    least it can cost (once simulated, its measured mean fleet replaces it: :class:`_Runner`)."""
+    a = scn.llm.autoscale if scn.llm.enabled else None
+    if a is None:
+        return per_hour(scn)
+    return per_hour(scn, a.min_replicas * scn.llm.tensor_parallel)
+
+
 def prune(candidates: list[Candidate], base: Scenario, margin: float) -> None:
     """Set ``pruned`` (and ``bound_ms``, ``cost_per_hour``) on every candidate the analysis rules out."""
     thresholds = [(st, t) for st, t in (base.sla.get("e2e_ms") or {}).items() if st in BOUNDED_STATS]
@@ -356,7 +377,7 @@ def prune(candidates: list[Candidate], base: Scenario, margin: float) -> None:
         scn = c.scenario
         if scn is None:
             continue
-        c.cost_per_hour = per_hour(scn)
+        c.cost_per_hour = cost_floor(scn)
         if not steady:
             continue
         stations, extra_s, fits = memo.of(scn)
@@ -399,7 +420,11 @@ class _Runner:
             points.append(Point(dict(c.params), _validate(data)))
         self.simulations += len(points)
         sr = run_sweep(points, None, executor=self.executor)
-        return [Outcome.of(p.summary) for p in sr.points]
+        out = [Outcome.of(p.summary) for p in sr.points]
+        for c, o in zip(cands, out):
+            if c.scenario is not None and c.scenario.llm.autoscale is not None and o.cost:
+                c.cost_per_hour = o.cost["per_hour"]  # the fleet it held, measured (confirm over screen)
+        return out
 
 
 def _cost(c: Candidate) -> float:
@@ -559,7 +584,7 @@ def plan(
         raise ConfigError("plan: the scenario has no plan: section; add one, e.g. plan: {llm.replicas: [1, 2, 3]}")
     if not base.sla:
         raise ConfigError("plan needs an SLA: add an sla: section or --set sla.e2e_ms.p95=800")
-    check_plan_keys(keys)
+    check_plan_keys(keys, base)
     size = math.prod(len(v) for v in keys.values())
     if size > MAX_CANDIDATES:
         sizes = " x ".join(f"{len(v):,} {k}" for k, v in keys.items())
@@ -720,4 +745,15 @@ def _knobs(res: PlanResult, runner: _Runner, reps: int, stage: Callable[[str, in
     return out
 
 
-__all__ = ["Candidate", "Knob", "Outcome", "PlanResult", "audit_pruned", "bound_e2e_s", "pareto_front", "plan", "prune"]
+__all__ = [
+    "Candidate",
+    "Knob",
+    "Outcome",
+    "PlanResult",
+    "audit_pruned",
+    "bound_e2e_s",
+    "cost_floor",
+    "pareto_front",
+    "plan",
+    "prune",
+]

@@ -157,6 +157,22 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "prefix_caching": "reuse the KV of a shared system prompt (default: on with system_tokens)",
         "prompt_tokens": "prompt length in tokens: a distribution, or system + top_k x doc + question",
         "output_tokens": "answer length in tokens, a distribution",
+        "autoscale": "a replica autoscaler: the replica count follows a signal between min and max (none: static)",
+    },
+    "AutoscaleConfig": {
+        "min_replicas": "fewest replicas the autoscaler keeps",
+        "max_replicas": "most replicas the autoscaler starts",
+        "signal": "what it follows: queue (waiting requests per replica), kv (share of KV blocks in use)"
+        " or utilization (share of batch slots running)",
+        "target": "the signal's value per replica it aims at (kv and utilization: a share, 0 to 1)",
+        "decision_interval_s": "seconds between two decisions (the Kubernetes HPA's default sync period: 15)",
+        "tolerance": "no change while signal / target is within this of 1 (the HPA's default: 0.1)",
+        "cooldown_s": "a scale-down takes the largest count recommended over this many seconds"
+        " (the HPA's default scale-down stabilisation window: 300)",
+        "weights_from": "storage a new replica reads its weights from (sim/spec/catalog/storage.yaml)",
+        "load_gbps": "weight-loading rate of a new replica, GB/s (overrides weights_from)",
+        "engine_start_s": "seconds from a replica's start to serving, besides loading its weights"
+        " (default 58: a vLLM pod scaled up with its compile cache kept, sim.spec.schema.ENGINE_START_S)",
     },
     "ModelSpec": {
         "name": "the model's name",

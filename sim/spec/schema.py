@@ -40,7 +40,7 @@ from sim.physics import perop
 from sim.physics.sharing import check_contention
 from sim.physics.steptable import load_table
 from sim.registry import INDEXES, ROUTERS
-from sim.spec import catalog, prices
+from sim.spec import catalog, prices, storage
 from sim.spec import trace as trace_file
 from sim.spec.catalog import param_counts
 from sim.spec.descriptions import FIELD_DESCRIPTIONS
@@ -587,6 +587,58 @@ def _is_moe(model: Any) -> bool:
 NULL_KV_BLOCKS = 1
 
 
+#: Where a replica's engine-start default comes from: vLLM issue #20264 (a pod scaled up with its
+#: torch.compile cache kept) logs model loading in 0.90 s and the first answer after 59 s in
+#: all; the rest, 58 s, is process start, compilation, CUDA graph capture and the API server.
+#: https://github.com/vllm-project/vllm/issues/20264
+ENGINE_START_S = 58.0
+
+#: Signals an autoscaler may follow, and whether their target is a share (0 to 1).
+AUTOSCALE_SIGNALS = {"queue": False, "kv": True, "utilization": True}
+
+
+class AutoscaleConfig(Strict):
+    """A replica autoscaler (see :mod:`sim.engine.llm.autoscale`): every ``decision_interval_s``
+    it reads ``signal`` off the ready replicas and sets the replica count the Kubernetes
+    HPA way, between ``min_replicas`` and ``max_replicas``; a new replica serves after its cold
+    start (weights read from ``weights_from`` or at ``load_gbps``, plus ``engine_start_s``); a
+    scale-down waits out ``cooldown_s``.  ``llm.replicas`` is the count the run starts with."""
+
+    min_replicas: Annotated[int, Field(ge=1)] = 1
+    max_replicas: Annotated[int, Field(ge=1)]
+    signal: Literal[tuple(AUTOSCALE_SIGNALS)] = "queue"  # type: ignore[valid-type]
+    target: PosFloat
+    decision_interval_s: PosFloat = 15.0
+    tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    cooldown_s: NonNegFloat = 300.0
+    weights_from: Literal[storage.storage_names()] = "ebs-gp3"  # type: ignore[valid-type]
+    load_gbps: Optional[Annotated[float, Field(gt=0, le=1e6)]] = None
+    engine_start_s: Annotated[float, Field(ge=0, le=86_400)] = ENGINE_START_S
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoscaleConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas}); "
+                f"raise llm.autoscale.max_replicas or lower llm.autoscale.min_replicas"
+            )
+        if AUTOSCALE_SIGNALS[self.signal] and self.target > 1:
+            raise ValueError(
+                f"target {self.target:g} for signal {self.signal} is a share of the replica's "
+                f"{'KV blocks' if self.signal == 'kv' else 'batch slots'} in use, above 0 and at most 1 "
+                f"(e.g. 0.8); lower llm.autoscale.target"
+            )
+        return self
+
+    @property
+    def load_bytes_per_s(self) -> float:
+        """How fast a starting replica reads its weights: ``load_gbps`` x 1e9, else the catalog's
+        ``weights_from`` figure."""
+        if self.load_gbps is not None:
+            return self.load_gbps * 1e9
+        return storage.storage(self.weights_from).read_bytes_per_s
+
+
 class LLMConfig(Strict):
     enabled: bool = True
     model: Annotated[ModelSpec, BeforeValidator(_catalog_entry("model"))] = "article-8l"  # type: ignore[assignment]
@@ -644,6 +696,8 @@ class LLMConfig(Strict):
     prefix_caching: Optional[bool] = None  # None: on when prompt_tokens has system_tokens
     prompt_tokens: PromptSpec = 1000  # type: ignore[assignment]
     output_tokens: DistSpec = 100  # type: ignore[assignment]
+    # A replica autoscaler (None: a static fleet of `replicas`).
+    autoscale: Optional[AutoscaleConfig] = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
@@ -903,6 +957,13 @@ class LLMConfig(Strict):
                 f"{usable:.1f} GiB ({self.memory_exposed_bytes / gib:.2f} GiB exposed x gpu_memory_utilization "
                 f"{self.gpu_memory_utilization:g}); raise llm.tensor_parallel, use a bigger GPU or lower dtype_bytes"
             )
+        a = self.autoscale
+        if a is not None and not a.min_replicas <= self.replicas <= a.max_replicas:
+            raise ValueError(
+                f"replicas ({self.replicas}) is the fleet the run starts with and must lie between "
+                f"llm.autoscale.min_replicas ({a.min_replicas}) and max_replicas ({a.max_replicas}); "
+                f"change llm.replicas"
+            )
         if self.max_batched_tokens < self.max_batch:
             raise ValueError(
                 f"max_batched_tokens ({self.max_batched_tokens}) must be >= max_batch "
@@ -1080,6 +1141,11 @@ class Scenario(Strict):
             raise ValueError(
                 "run.warmup_s: auto (MSER-5) assumes the run settles to a steady state, which a load that "
                 "changes over time does not; give a fixed warmup_s (0 to keep every request)"
+            )
+        if self.llm.enabled and self.llm.autoscale is not None and self.run.warmup_s == "auto":
+            raise ValueError(
+                "run.warmup_s: auto (MSER-5) cuts each replication at its own point, but an autoscaled "
+                "fleet is costed over the whole window; give a fixed warmup_s with llm.autoscale"
             )
         if w.mode == "trace":
             assert w.trace is not None  # WorkloadConfig requires it in trace mode

@@ -294,6 +294,13 @@ class Replica:
                 self.cached.push(PREFIX, self.pinned)
                 self.pinned = 0
 
+    def forget_cache(self) -> None:
+        """The engine restarted (an autoscaler's new replica in this slot): no KV is cached, the
+        shared prefix included.  Only between runs of the replica's loop: nothing may hold blocks."""
+        assert not self.order and not self.waiting and not self.sharers, "a running replica keeps its cache"
+        self.cached = CachedFree()
+        self.pinned = 0
+
     def _finish(self, seq: Generation, now: float) -> None:
         self._release(seq, None)
         seq.state = DONE

@@ -19,6 +19,18 @@ import numpy as np
 _EMPTY = (float("inf"), -1)  # the padding leaves past the last replica never win
 
 
+class _AtLeaf:
+    """A replica's hook that reports to leaf ``leaf`` of the tree, not to its own index."""
+
+    __slots__ = ("leaf", "update")
+
+    def __init__(self, update: Any, leaf: int):
+        self.update, self.leaf = update, leaf
+
+    def __call__(self, _index: int, outstanding: int) -> None:
+        self.update(self.leaf, outstanding)
+
+
 class LeastOutstanding:
     def __init__(self, replicas: list[Any], rng: np.random.Generator):
         self.replicas = replicas
@@ -32,8 +44,10 @@ class LeastOutstanding:
         for node in range(size - 1, 0, -1):
             tree[node] = min(tree[2 * node], tree[2 * node + 1])
         self._tree = tree
-        for r in replicas:
-            r.on_outstanding = self.update
+        for i, r in enumerate(replicas):
+            # A replica reports under its own index; over an autoscaler's subset, leaf i is the
+            # i-th replica of the list, whatever its index.
+            r.on_outstanding = self.update if getattr(r, "index", i) == i else _AtLeaf(self.update, i)
 
     def update(self, index: int, outstanding: int) -> None:
         """Replica ``index`` now has ``outstanding`` requests."""
