@@ -6,11 +6,13 @@ Run ONCE, in a throwaway virtual environment that has the pinned package (never 
     /tmp/aic-venv/bin/python tools/aiconfigurator_predict.py sim/data/silicon/silicon_sample.csv \
         sim/data/silicon/aiconfigurator_predictions.csv
 
-For each aggregated row on an H100 SXM or H200 SXM of Llama-3.1-8B, Llama-3.1-70B or Qwen3-32B it
-calls ``aiconfigurator.cli.api.cli_estimate`` (the programmatic form of ``aiconfigurator cli
-estimate``) with the row's model, system, backend, isl, osl, concurrency as batch size, TP and GEMM
-precision, database mode SILICON (its measured per-operation tables), and records its TTFT and TPOT,
-or the error it raised.  The perf-database version is the row's backend version where the package has
+For each aggregated row on an H100 SXM or H200 SXM of Llama-3.1-8B, Llama-3.1-70B or Qwen3-32B
+(with ``--moe-sample``: a fixed-seed sample of up to 4 aggregated rows per mixture-of-experts model,
+system and backend, with the row's expert layout and expert quantisation) it calls
+``aiconfigurator.cli.api.cli_estimate`` (the programmatic form of ``aiconfigurator cli estimate``)
+with the row's model, system, backend, isl, osl, concurrency as batch size, TP and GEMM precision,
+database mode SILICON (its measured per-operation tables), and records its TTFT and TPOT, or the
+error it raised.  The perf-database version is the row's backend version where the package has
 tables for it, else the package's default for that backend (the column says which was used).
 """
 
@@ -57,24 +59,62 @@ def round_robin(rows: list[dict]) -> list[dict]:
     return out
 
 
-def main(src: str, dst: str, skip: set[str] = frozenset()) -> None:
+#: Mixture-of-experts models (``--moe-sample``), with the package's bundled config of each.
+MOE_MODELS = {
+    "deepseek-ai/DeepSeek-R1": "deepseek-ai/DeepSeek-R1",
+    "deepseek-ai/DeepSeek-V3": "deepseek-ai/DeepSeek-V3",
+    "nvidia/DeepSeek-R1-NVFP4": "deepseek-ai/DeepSeek-R1",
+    "nvidia/DeepSeek-V3.1-NVFP4": "deepseek-ai/DeepSeek-V3",
+    "openai/gpt-oss-120b": "openai/gpt-oss-120b",
+    "Qwen/Qwen3-235B-A22B-FP8": "Qwen/Qwen3-235B-A22B",
+    "moonshotai/Kimi-K2.5": "moonshotai/Kimi-K2.5",
+    "MiniMaxAI/MiniMax-M2.5": "MiniMaxAI/MiniMax-M2.5",
+}
+#: Rows per (model, system, backend) stratum of the MoE sample: each call takes seconds.
+MOE_PER_STRATUM = 4
+
+
+def moe_sample(rows: list[dict]) -> list[dict]:
+    """Up to :data:`MOE_PER_STRATUM` aggregated MoE rows of one replica of at most 8 GPUs without
+    attention data parallelism per (model, system, backend), drawn with a fixed seed."""
+    import random
+
+    keep = [
+        r
+        for r in rows
+        if r["mode"] == "agg"
+        and r["model_path"] in MOE_MODELS
+        and 1 <= int(float(r["tp_size"] or 0)) <= 8
+        and int(float(r["attention_dp_size"] or 1)) == 1
+    ]
+    random.Random(0).shuffle(keep)
+    strata: dict[tuple, list[dict]] = {}
+    for r in keep:
+        got = strata.setdefault((r["model_path"], r["system"], r["backend"]), [])
+        if len(got) < MOE_PER_STRATUM:
+            got.append(r)
+    return [r for k in sorted(strata) for r in strata[k]]
+
+
+def main(src: str, dst: str, skip: set[str] = frozenset(), moe: bool = False) -> None:
     with open(src, newline="") as f:
         rows = list(csv.DictReader(f))
-    todo = round_robin(
-        [
-            r
-            for r in rows
-            if r["mode"] == "agg"
-            and r["system"] in ("h100_sxm", "h200_sxm")
-            and r["model_path"] in MODELS
-            and r["id"] not in skip
-        ]
-    )
+    if moe:
+        todo = [r for r in moe_sample(rows) if r["id"] not in skip]
+    else:
+        todo = round_robin(
+            [
+                r
+                for r in rows
+                if r["mode"] == "agg"
+                and r["system"] in ("h100_sxm", "h200_sxm")
+                and r["model_path"] in MODELS
+                and r["id"] not in skip
+            ]
+        )
     out = []
     for i, r in enumerate(todo):
         quant = r["gemm_quant_mode"] or "bfloat16"
-        if quant == "fp8_block":
-            quant = "fp8_block"
         kw = dict(
             backend_name=r["backend"],
             isl=int(r["isl"]),
@@ -84,11 +124,17 @@ def main(src: str, dst: str, skip: set[str] = frozenset()) -> None:
             gemm_quant_mode=quant,
             database_mode="SILICON",
         )
+        if moe:  # the row's expert layout and expert quantisation
+            kw.update(
+                moe_tp_size=max(int(float(r["moe_tp_size"] or 1)), 1),
+                moe_ep_size=max(int(float(r["moe_ep_size"] or 1)), 1),
+                moe_quant_mode=r["moe_quant_mode"] or None,
+            )
         t0 = time.perf_counter()
         res: dict = {"id": r["id"], "aic_ttft_ms": "", "aic_tpot_ms": "", "aic_perf_db_version": "", "aic_error": ""}
         for version in ([r["backend_version"]] if r["backend_version"] else []) + [None]:
             try:
-                e = cli_estimate(MODELS[r["model_path"]], r["system"], backend_version=version, **kw)
+                e = cli_estimate({**MODELS, **MOE_MODELS}[r["model_path"]], r["system"], backend_version=version, **kw)
             except Exception as ex:  # the package's own refusal, recorded per row
                 res["aic_error"] = f"{type(ex).__name__}: {str(ex).splitlines()[0][:200]}"
                 continue
@@ -163,6 +209,8 @@ if __name__ == "__main__":
     if sys.argv[1] == "--from-log":  # --from-log DST LOG [LOG ...]
         from_logs(sys.argv[3:], sys.argv[2])
         sys.exit()
+    moe = "--moe-sample" in sys.argv  # the MoE sample instead of the dense H100/H200 rows
+    args = [a for a in sys.argv[1:] if a != "--moe-sample"]
     # optional third argument: a file of ids already predicted (one per line), skipped
-    skip = set(Path(sys.argv[3]).read_text().split()) if len(sys.argv) > 3 else set()
-    main(sys.argv[1], sys.argv[2], skip)
+    skip = set(Path(args[2]).read_text().split()) if len(args) > 2 else set()
+    main(args[0], args[1], skip, moe)
