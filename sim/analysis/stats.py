@@ -38,6 +38,7 @@ __all__ = [
     "Verdict",
     "batch_means_interval",
     "ci_half_width_ratio",
+    "mser",
     "mser5",
     "quantile_interval",
     "sla_verdict",
@@ -201,17 +202,26 @@ def mser5(series: ArrayLike) -> int:
     k = array.size // 5
     if k < 2:
         return 0
-    z = array[: 5 * k].reshape(k, 5).mean(axis=1)
+    return 5 * mser(array[: 5 * k].reshape(k, 5).mean(axis=1))
+
+
+def mser(batch_means: ArrayLike) -> int:
+    """The MSER cut over batch means ``z_1..z_k`` (see :func:`mser5`): the number of
+    batches ``d*`` to delete, minimising ``MSER(d)`` over ``d = 0..⌊(k-1)/2⌋``; ties go to
+    the smallest ``d``.  Fewer than two batches give 0."""
+    z = _as_1d_float(batch_means)
+    k = z.size
+    if k < 2:
+        return 0
     z = z - z.mean()  # centre to limit cancellation in the sums of squares
     # Tail sums over j = d..k-1 (0-based) for every d at once.
     tail_sum = np.cumsum(z[::-1])[::-1]
     tail_sumsq = np.cumsum((z * z)[::-1])[::-1]
     remaining = np.arange(k, 0, -1, dtype=float)  # k - d
     sse = np.maximum(tail_sumsq - tail_sum * tail_sum / remaining, 0.0)
-    mser = sse / (remaining * remaining)
+    score = sse / (remaining * remaining)
     last_d = (k - 1) // 2
-    d_star = int(np.argmin(mser[: last_d + 1]))
-    return 5 * d_star
+    return int(np.argmin(score[: last_d + 1]))
 
 
 def sla_verdict(value: float, low: float, high: float, threshold: float) -> Verdict:

@@ -55,7 +55,8 @@ def run(
     if out is not None:
         with locked(prepare_out(out, "run") or out):
             with progress_bar("simulating") as bar:
-                result = simulate(scenario, overrides, seed=seed, replications=replications, jobs=jobs, progress=bar)
+                kw = {"seed": seed, "replications": replications, "jobs": jobs, "progress": bar}
+                result = simulate(scenario, overrides, keep_records=True, **kw)  # records.parquet
             write_run(result, out)
     else:
         with progress_bar("simulating") as bar:

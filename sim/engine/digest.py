@@ -279,6 +279,15 @@ def cell_edges(lo_s: float, hi_s: float, extra: Sequence[float] = ()) -> np.ndar
     return edges[(edges >= 0.0) & (edges <= hi_s)]
 
 
+def window_edges(end_s: float, width_s: float) -> np.ndarray:
+    """Edges of windows of ``width_s`` from 0 to ``end_s`` (the last one may be shorter)."""
+    k = max(1, math.ceil(end_s / width_s - 1e-9))
+    return np.minimum(np.arange(k + 1) * width_s, end_s)
+
+
+#: Cells of the e2e series ``warmup_s: auto`` runs MSER-5 over (count and sum each).
+FINE_CELLS = 1000
+
 #: Per-cell counts a Digest keeps beside the histograms (by arrival time unless noted).
 COUNTS = (
     "finished",  # requests finished (arrived in the cell)
@@ -334,13 +343,17 @@ class Digest:
     the counts of :data:`COUNTS`.  ``edges``: the cells' left edges (the last cell runs to
     infinity)."""
 
-    __slots__ = ("counts", "edges", "hist")
+    __slots__ = ("counts", "edges", "fine", "fine_end_s", "hist")
 
-    def __init__(self, edges: np.ndarray) -> None:
+    def __init__(self, edges: np.ndarray, fine_end_s: float | None = None) -> None:
+        """``fine_end_s``: also count e2e latency (count and sum) in :data:`FINE_CELLS` equal
+        cells over ``[0, fine_end_s)``, the series ``warmup_s: auto`` looks for its cut in."""
         self.edges = np.asarray(edges, dtype=float)
         c = len(self.edges)
         self.hist = {m: CellHistograms(c) for m in METRIC_NAMES}
         self.counts = np.zeros((c, len(COUNTS)))
+        self.fine_end_s = fine_end_s
+        self.fine = np.zeros((FINE_CELLS, 2)) if fine_end_s else None
 
     @property
     def cells(self) -> int:
@@ -385,6 +398,12 @@ class Digest:
         self._bump("kept_raw", cell[oc == KEPT_RAW])
         self._bump("wrong", cell[oc == WRONG])
         self._bump("novel_keys", cell[rec["query_key"] < 0])
+        if self.fine is not None and self.fine_end_s:
+            t = rec["arrival_s"]
+            inside = t < self.fine_end_s
+            i = (t[inside] * (FINE_CELLS / self.fine_end_s)).astype(np.int64)
+            self.fine[:, 0] += np.bincount(i, minlength=FINE_CELLS)
+            self.fine[:, 1] += np.bincount(i, weights=rec["e2e_ms"][inside], minlength=FINE_CELLS)
         end = self.cell_of(rec["arrival_s"] + rec["e2e_ms"] / 1e3)
         self._bump("delivered", end)
         self._bump("delivered_tokens", end, rec["output_tokens"].astype(float))

@@ -99,19 +99,31 @@ def run_sweep(
     jobs: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     name: str | None = None,
+    keep_records: bool | None = None,
 ) -> SweepResult:
     """Run every point not already saved under ``out``; save each as it completes.
 
     Replications follow ``run.replications`` and ``run.target_precision``;
     ``capsim run`` and :func:`sim.simulate` run through here too, so a point's
-    summary is the same from either, or from a re-run.
+    summary is the same from either, or from a re-run.  Per-request records are
+    kept where ``run.records`` says so; where it is unset, when ``keep_records``
+    is true (default: when the sweep is written to ``out``, whose records.parquet
+    holds them).  Summaries never need them.
     """
     if not points:
         raise ConfigError("the sweep has no points")
+    keep = out is not None if keep_records is None else keep_records
     if out is None:
-        return _run_sweep(points, None, executor, jobs, progress, name)
+        return _run_sweep(points, None, executor, jobs, progress, name, keep)
     with locked(prepare_out(Path(out), "sweep") or Path(out)):
-        return _run_sweep(points, out, executor, jobs, progress, name)
+        return _run_sweep(points, out, executor, jobs, progress, name, keep)
+
+
+def with_records(scn: Scenario, keep: bool) -> Scenario:
+    """``scn`` with ``run.records`` set to ``keep`` where the scenario leaves it unset."""
+    if scn.run.records is not None or not keep:
+        return scn
+    return scn.model_copy(update={"run": scn.run.model_copy(update={"records": True})})
 
 
 def _run_sweep(
@@ -121,6 +133,7 @@ def _run_sweep(
     jobs: int | None,
     progress: Callable[[int, int], None] | None,
     name: str | None,
+    keep: bool,
 ) -> SweepResult:
     # A run of a second or more: the summaries' libraries load in this process while a
     # forked worker runs the replications (a shorter one runs here, without forking).
@@ -185,7 +198,7 @@ def _run_sweep(
             owners: list[int] = []
             for i in pending:
                 for r in range(len(reps[i]), counts[i]):
-                    tasks.append((points[i].scenario, r))
+                    tasks.append((with_records(points[i].scenario, keep), r))
                     owners.append(i)
             if getattr(ex, "jobs", 1) > 1 and len(tasks) > 1:
                 # Longest first (LPT): the heaviest replications start at once and the light

@@ -29,6 +29,7 @@ class PointResult:
 
     @property
     def records(self) -> pd.DataFrame:
+        """One row per request (raises :class:`~sim.errors.ConfigError` unless kept: ``run.records``)."""
         frames = [pd.DataFrame(r.records) for r in self.replications]
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         for k, v in self.params.items():
@@ -76,7 +77,8 @@ class Result:
 
 
 def rep_frame(reps: Sequence[Replication]) -> pd.DataFrame:
-    frames = [pd.DataFrame(r.records) for r in reps]
+    """The records of the replications that kept them (none kept: an empty frame)."""
+    frames = [pd.DataFrame(r.records) for r in reps if r.has_records]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -119,9 +121,15 @@ class SweepPoint(PointResult):
     computed: bool = False
     folder: Path | None = None
 
-    def _frame(self, name: str) -> pd.DataFrame:
+    def _frame(self, name: str, strict: bool = True) -> pd.DataFrame:
+        """The point's ``records`` or ``timeseries`` frame; ``strict``: records that were not
+        kept raise (else: an empty frame)."""
         if self.replications:
-            return rep_frame(self.replications) if name == "records" else timeseries_frame(self.replications)
+            if name != "records":
+                return timeseries_frame(self.replications)
+            if strict:
+                _ = [r.records for r in self.replications]  # raises, naming run.records, unless kept
+            return rep_frame(self.replications)
         if self.folder is not None and (self.folder / f"{name}.parquet").is_file():
             return pd.read_parquet(self.folder / f"{name}.parquet")
         return pd.DataFrame()

@@ -170,7 +170,7 @@ def replay(row: SiliconRow, overrides: dict[str, Any] | None = None) -> dict[str
     for scale in (1.0, 4.0):
         if scale > 1.0:
             scn = scenario(row, overrides, scale)
-        rec = run_replication(scn, 0).records
+        rec = run_replication(scn, 0, records=True).records
         lo, hi = scn.run.warmup_s, scn.run.duration_s
         assert isinstance(lo, float)
         sel = (rec["arrival_s"] >= lo) & (rec["arrival_s"] < hi) & np.isfinite(rec["ttft_ms"])
