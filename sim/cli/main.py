@@ -51,7 +51,7 @@ def run(
         raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
     overrides = parse_overrides(set_)
     points = expand(scenario, run_overrides(overrides, seed, replications), None)
-    check_bounds(points, max_memory, jobs)
+    check_bounds(points, max_memory, jobs, keep_records=out is not None)
     if out is not None:
         with locked(prepare_out(out, "run") or out):
             with progress_bar("simulating") as bar:
