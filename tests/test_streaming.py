@@ -111,3 +111,83 @@ def test_intervals_from_histograms_keep_their_coverage(size, one_run: bool) -> N
     band = 3.5 * math.sqrt(0.95 * 0.05 / trials)
     for st, c in cov.items():
         assert abs(c - 0.95) <= band, (st, c, cov)
+
+
+# --------------------------------------------------------------------------- through the simulator
+
+
+def test_summary_percentiles_agree_with_the_records_within_the_stated_error() -> None:
+    """The summary (from digests) against numpy on the kept records of the same run: every
+    percentile within the stated error, counts and means exact (to rounding).  A percentile
+    is the mean of the replications' (pooled when a replication is too short for it)."""
+    import sim
+    from sim.analysis.summary import _MIN_PER_REPLICATION
+    from sim.engine.digest import metric_values
+
+    res = sim.simulate("tests/data/rag_small.yaml", {"run.duration_s": 60, "run.warmup_s": 10}, keep_records=True)
+    p = res.points[0]
+    lo, hi = 10.0, 60.0
+    for m, entry in p.summary.metrics.items():
+        per = []
+        for rep in p.replications:
+            rec = rep.records
+            keep = (rec["arrival_s"] >= lo) & (rec["arrival_s"] < hi)
+            per.append(metric_values({k: v[keep] for k, v in rec.items()}, m))
+        assert entry.n == sum(len(v) for v in per), m
+        for st, q in (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99)):
+            if min(len(v) for v in per) >= _MIN_PER_REPLICATION[st]:
+                exact = float(np.mean([np.percentile(v, q) for v in per]))
+            else:
+                exact = float(np.percentile(np.concatenate(per), q))
+            got = entry.values[st]
+            assert got is not None and abs(got - exact) <= TOL * exact + ZERO_MS, (m, st, got, exact)
+        assert entry.values["mean"] == pytest.approx(np.mean([v.mean() for v in per]), rel=1e-9), m
+        maxima = [v.max() for v in per]
+        assert entry.values["max"] in (pytest.approx(np.mean(maxima), rel=1e-12), max(maxima)), m
+
+
+def _peak_bytes(duration_s: float, keep: bool) -> tuple[int, int, int]:
+    """(tracemalloc peak of one replication, requests, the digest's counter bytes) of an open
+    M/M/2 retrieval queue."""
+    import tracemalloc
+
+    from sim.engine.pipeline import Model
+    from sim.spec.scenario import load_scenario
+
+    scn = load_scenario(
+        {
+            "name": "mem",
+            "run": {"duration_s": duration_s, "warmup_s": 5, "replications": 1, "seed": 2},
+            "workload": {"mode": "open", "rate_per_s": 40.0},
+            "cache": {"enabled": False},
+            "llm": {"enabled": False},
+            "retrieval": {"workers": 2, "service_ms": {"dist": "exponential", "mean": 20}},
+        }
+    )
+    model = Model(scn, 0, records=keep)
+    tracemalloc.start()
+    try:
+        rep = model.run()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rep.digest is not None and (rep.kept is not None) == keep
+    return peak, len(model.recorder), sum(h.counts.nbytes for h in rep.digest.hist.values())
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_requests_unless_records_are_kept(size) -> None:
+    """Ten times the requests: without records only the histograms' bucket range may grow
+    (a longer run sees rarer extremes: log-bucket counters, 231 a decade, per cell), twice
+    over for the moment a range is copied to widen; with records, ~100 bytes a request."""
+    short, long = size(100.0, 300.0), size(1000.0, 3000.0)
+    _peak_bytes(short, False)  # modules and caches a first run loads are not the run's memory
+    s1, n1, d1 = _peak_bytes(short, False)
+    s10, n10, d10 = _peak_bytes(long, False)
+    k1, _, _ = _peak_bytes(short, True)
+    k10, _, _ = _peak_bytes(long, True)
+    assert n10 > 9 * n1 > 30_000
+    assert k10 - k1 >= 100 * (n10 - n1), (k1, k10, n1, n10)
+    # + a block's temporaries (4,096 rows as columns and the metrics' masks)
+    assert s10 - s1 <= 2 * (d10 - d1) + 1_000_000, (s1, s10, d1, d10)
+    assert s10 - s1 <= (k10 - k1) / 5, (s1, s10, k1, k10)

@@ -192,14 +192,16 @@ class CellHistograms:
     """One metric's histograms, one per time cell, in one array ``(cells, buckets)``.
 
     The bucket range grows to what has been seen (shared by every cell), so
-    the memory is ``cells × buckets spanned`` counters.
+    the memory is ``cells × buckets spanned`` 4-byte counters: it grows with
+    the logarithm of the latencies' spread (231 buckets a decade), never with
+    the number of requests.
     """
 
     __slots__ = ("counts", "hi", "lo", "n", "offset", "total", "zeros")
 
     def __init__(self, cells: int) -> None:
         self.offset = 0
-        self.counts = np.zeros((cells, 0), dtype=np.int64)
+        self.counts = np.zeros((cells, 0), dtype=np.uint32)  # per cell and bucket: < 2^32 requests
         self.zeros = np.zeros(cells, dtype=np.int64)
         self.n = np.zeros(cells, dtype=np.int64)
         self.total = np.zeros(cells)
@@ -226,10 +228,10 @@ class CellHistograms:
             lo, hi = int(b.min()), int(b.max())
             width = self.counts.shape[1]
             if not width:
-                self.offset, self.counts = lo, np.zeros((c, hi - lo + 1), dtype=np.int64)
+                self.offset, self.counts = lo, np.zeros((c, hi - lo + 1), dtype=np.uint32)
             elif lo < self.offset or hi >= self.offset + width:
                 new_lo, new_hi = min(lo, self.offset), max(hi, self.offset + width - 1)
-                grown = np.zeros((c, new_hi - new_lo + 1), dtype=np.int64)
+                grown = np.zeros((c, new_hi - new_lo + 1), dtype=np.uint32)
                 grown[:, self.offset - new_lo : self.offset - new_lo + width] = self.counts
                 self.offset, self.counts = new_lo, grown
             width = self.counts.shape[1]
@@ -245,7 +247,7 @@ class CellHistograms:
         h.zeros = int(self.zeros[cells].sum())
         h.total = float(self.total[cells].sum())
         h.lo, h.hi = float(self.lo[cells].min()), float(self.hi[cells].max())
-        h.offset, h.counts = self.offset, self.counts[cells].sum(axis=0)
+        h.offset, h.counts = self.offset, self.counts[cells].sum(axis=0, dtype=np.int64)
         return h
 
     def trimmed(self) -> CellHistograms:
@@ -261,12 +263,10 @@ class CellHistograms:
 
     def __getstate__(self):
         t = self.trimmed()
-        counts = t.counts.astype(np.uint32) if t.counts.size and t.counts.max() < 2**32 else t.counts
-        return (t.offset, counts, t.zeros, t.n, t.total, t.lo, t.hi)
+        return (t.offset, t.counts, t.zeros, t.n, t.total, t.lo, t.hi)
 
     def __setstate__(self, state):
-        self.offset, counts, self.zeros, self.n, self.total, self.lo, self.hi = state
-        self.counts = counts.astype(np.int64)
+        self.offset, self.counts, self.zeros, self.n, self.total, self.lo, self.hi = state
 
 
 def cell_edges(lo_s: float, hi_s: float, extra: Sequence[float] = ()) -> np.ndarray:
