@@ -56,6 +56,14 @@ def test_a_constant_is_exact() -> None:
     assert list(h.quantiles(QS)) == [37.25] * len(QS)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_value_that_is_not_finite_is_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        Histogram.of([1.0, bad])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        CellHistograms(2).add(np.array([0, 1]), np.array([1.0, bad]))
+
+
 def test_merging_is_exact_and_order_free() -> None:
     rng = np.random.default_rng(5)
     parts = [rng.lognormal(3 + k, 0.7, 3000) for k in range(4)]

@@ -57,6 +57,11 @@ CELLS = 100
 __all__ = ["CELLS", "GAMMA", "RELATIVE_ERROR", "ZERO_MS", "CellHistograms", "Digest", "Histogram", "cell_edges"]
 
 
+def _check_finite(values: np.ndarray) -> None:
+    if not np.isfinite(values).all():
+        raise ValueError("a latency to count is NaN or infinite (a bug in the stage that recorded it)")
+
+
 def bucket_of(values: np.ndarray) -> np.ndarray:
     """``⌈log_γ x⌉`` of positive values (int64)."""
     return np.ceil(np.log(values) / _LOG_GAMMA).astype(np.int64)
@@ -96,6 +101,7 @@ class Histogram:
         v = np.asarray(values, dtype=float).reshape(-1)
         if not v.size:
             return
+        _check_finite(v)
         self.n += int(v.size)
         self.total += float(v.sum())
         self.lo = min(self.lo, float(v.min()))
@@ -216,6 +222,7 @@ class CellHistograms:
         """Count ``values[j]`` in cell ``cell[j]``."""
         if not len(values):
             return
+        _check_finite(values)
         c = self.cells
         self.n += np.bincount(cell, minlength=c)
         self.total += np.bincount(cell, weights=values, minlength=c)
@@ -401,7 +408,7 @@ class Digest:
         if self.fine is not None and self.fine_end_s:
             t = rec["arrival_s"]
             inside = t < self.fine_end_s
-            i = (t[inside] * (FINE_CELLS / self.fine_end_s)).astype(np.int64)
+            i = np.minimum((t[inside] * (FINE_CELLS / self.fine_end_s)).astype(np.int64), FINE_CELLS - 1)
             self.fine[:, 0] += np.bincount(i, minlength=FINE_CELLS)
             self.fine[:, 1] += np.bincount(i, weights=rec["e2e_ms"][inside], minlength=FINE_CELLS)
         end = self.cell_of(rec["arrival_s"] + rec["e2e_ms"] / 1e3)
