@@ -82,6 +82,33 @@ def test_merging_is_exact_and_order_free() -> None:
     assert math.isnan(CellHistograms(3).select(slice(0, 2)).quantile(0.5))
 
 
+def test_digests_of_two_shards_merge_into_the_digest_of_all() -> None:
+    """A replication's requests split in two shards (odd and even rows), each counted into its
+    own digest: the merged digest is the digest of all of them, counter for counter."""
+    from sim.engine.digest import Digest, cell_edges
+    from sim.engine.pipeline import run_replication
+    from sim.spec.scenario import load_scenario
+
+    scn = load_scenario("tests/data/rag_small.yaml", {"run.duration_s": 40, "run.warmup_s": 5})
+    rec = run_replication(scn, 0, records=True).records
+    edges = cell_edges(5.0, 40.0)
+    whole, a, b = Digest(edges, 40.0), Digest(edges, 40.0), Digest(edges, 40.0)
+    whole.add_records(rec)
+    a.add_records({k: v[::2] for k, v in rec.items()})
+    b.add_records({k: v[1::2] for k, v in rec.items()})
+    merged = a.merge(b)
+    assert np.allclose(merged.counts, whole.counts, rtol=1e-12, atol=0)
+    assert merged.fine is not None and whole.fine is not None and np.allclose(merged.fine, whole.fine, rtol=1e-12)
+    for m, h in whole.hist.items():
+        got = merged.hist[m]
+        assert np.array_equal(got.n, h.n) and np.array_equal(got.lo, h.lo) and np.array_equal(got.hi, h.hi), m
+        assert (
+            np.array_equal(got.trimmed().counts, h.trimmed().counts) and got.trimmed().offset == h.trimmed().offset
+        ), m
+    with pytest.raises(ValueError, match="different time cells"):
+        whole.merge(Digest(cell_edges(0.0, 40.0)))
+
+
 # --------------------------------------------------------------------------- coverage of the intervals
 
 

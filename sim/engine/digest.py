@@ -244,6 +244,29 @@ class CellHistograms:
             width = self.counts.shape[1]
             np.add.at(self.counts.reshape(-1), cell[pos] * width + (b - self.offset), 1)
 
+    def merge(self, other: CellHistograms) -> CellHistograms:
+        """Add ``other``'s counts (the same cells) into these (exact); returns self."""
+        if other.cells != self.cells:
+            raise ValueError(f"cannot merge histograms of {other.cells} cells into {self.cells}")
+        self.n += other.n
+        self.zeros += other.zeros
+        self.total += other.total
+        np.minimum(self.lo, other.lo, out=self.lo)
+        np.maximum(self.hi, other.hi, out=self.hi)
+        width = other.counts.shape[1]
+        if width:
+            mine = self.counts.shape[1]
+            lo = other.offset if not mine else min(self.offset, other.offset)
+            hi = other.offset + width - 1 if not mine else max(self.offset + mine - 1, other.offset + width - 1)
+            if not mine or lo < self.offset or hi >= self.offset + mine:
+                grown = np.zeros((self.cells, hi - lo + 1), dtype=np.uint32)
+                if mine:
+                    grown[:, self.offset - lo : self.offset - lo + mine] = self.counts
+                self.offset, self.counts = lo, grown
+            i = other.offset - self.offset
+            self.counts[:, i : i + width] += other.counts
+        return self
+
     def select(self, cells: np.ndarray | slice) -> Histogram:
         """The histogram of the values in ``cells`` (a boolean mask, indices or a slice)."""
         h = Histogram()
@@ -414,6 +437,18 @@ class Digest:
         end = self.cell_of(rec["arrival_s"] + rec["e2e_ms"] / 1e3)
         self._bump("delivered", end)
         self._bump("delivered_tokens", end, rec["output_tokens"].astype(float))
+
+    def merge(self, other: Digest) -> Digest:
+        """Add ``other`` (a digest over the same cells: another shard of the same replication's
+        requests) into this one, exactly; returns self."""
+        if not np.array_equal(self.edges, other.edges):
+            raise ValueError("cannot merge digests over different time cells")
+        for m, h in self.hist.items():
+            h.merge(other.hist[m])
+        self.counts += other.counts
+        if self.fine is not None and other.fine is not None:
+            self.fine += other.fine
+        return self
 
     def first_cell(self, t_s: float) -> int:
         """The first cell that starts at or after ``t_s``."""
