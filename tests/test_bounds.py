@@ -41,6 +41,12 @@ def test_streaming_holds_one_digest_per_replication_whatever_the_requests():
     assert kept.terms["requests"] == pytest.approx(720 * B.BYTES_PER_REQUEST)
 
 
+def test_a_run_that_would_never_finish_is_refused_even_without_records():
+    # 6 requests/s x 1e10 s x 2 replications x 70 us = 8.4e6 s: 97 days, over 30
+    with pytest.raises(CapsimError, match=r"run\.duration_s=1e\+10: the run would take about .* days of work"):
+        B.check_bounds(_points(run__duration_s=1e10), max_memory="1T", jobs=1, keep_records=False)
+
+
 def test_estimate_by_hand_open_loop_and_jobs():
     pts = expand(
         {

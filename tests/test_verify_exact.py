@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from sim import distributions as D
+from sim.engine.digest import RELATIVE_ERROR
 from sim.rng import stream
 from sim.spec.schema import Scenario, build_distribution
 from sim.spec.target import Target
@@ -104,14 +105,16 @@ def _verdicts(doc: dict) -> dict[tuple[str, str], str | None]:
 @pytest.mark.parametrize("segments", [1, 2])
 def test_a_service_that_behaves_as_probed_is_predicted_within_every_bound(tmp_path, monkeypatch, segments):
     """Searches of exactly 8 ms, alone and under load: the prediction replays the live run's
-    think times, so every latency and the throughput match (errors under 1e-6), all within."""
+    think times, so every latency and the throughput match, all within: to 1e-6, or with one
+    segment (percentiles from the summary's streaming histograms) within their 0.5 %."""
     svc = ExactService(8.0, 8.0)
     code, doc = _play(tmp_path, monkeypatch, svc, segments)
     assert svc.loads == [3] * segments
     rows = doc["loads"][0]["rows"]
     bounded = [r for r in rows if r["bound"] is not None]
     assert len(bounded) == 5 and all(r["verdict"] == "within" for r in bounded), rows
-    assert all(abs(r["rel_error"]) < 1e-6 for r in rows), [(r["metric"], r["stat"], r["rel_error"]) for r in rows]
+    tol = RELATIVE_ERROR * (1 + 1e-6) if segments == 1 else 1e-6
+    assert all(abs(r["rel_error"]) < tol for r in rows), [(r["metric"], r["stat"], r["rel_error"]) for r in rows]
     assert code == 0
 
 

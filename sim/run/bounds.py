@@ -3,8 +3,10 @@
 ``capsim run``, ``sweep`` and ``capacity`` call :func:`check_bounds` before the
 first replication.  A run whose estimated peak memory exceeds the memory
 available now (or ``--max-memory``) is refused with one line naming the key
-that drives it; above half of that, or above :data:`WARN_TIME_S` of estimated
-work, a warning goes to stderr and the run goes ahead.
+that drives it, and so is one estimated at more than :data:`REFUSE_TIME_S` (30
+days) of work, which would never finish; above half of the memory, or above
+:data:`WARN_TIME_S` of estimated work, a warning goes to stderr and the run goes
+ahead.
 
 The model is deliberately simple, linear in what grows:
 
@@ -62,6 +64,7 @@ CPU_S_PER_REQUEST = 70e-6
 CPU_S_PER_USER = 300e-6
 WARN_FRACTION = 0.5
 WARN_TIME_S = 3600.0
+REFUSE_TIME_S = 30 * 86400.0
 _DEFAULTS = {
     "run.duration_s": 600.0,
     "run.replications": 5,
@@ -130,8 +133,10 @@ class Estimate:
     def driver(self) -> str:
         """The key that drives the memory estimate, with its value."""
         key = max(self.terms, key=lambda k: self.terms[k])
-        if key != "requests":
-            return key
+        return key if key != "requests" else self.requests_driver()
+
+    def requests_driver(self) -> str:
+        """The key that drives the number of requests (and the work)."""
         # requests grow with several keys: name the one furthest above its default
         ratios = {k: float(v) / _DEFAULTS[k] for k, v in self.request_keys.items() if k in _DEFAULTS}
         return max(ratios, key=lambda k: ratios[k]) if ratios else "run.duration_s"
@@ -231,14 +236,17 @@ def check_bounds(
     if est.memory_bytes > limit:
         key = est.driver()
         value = est.request_keys.get(key, est.values.get(key, _value(points, key)))
-        said = {
-            "workload.trace.path": f"workload.trace.path: {value:,.0f} requests per replication",
-            "workload.profile": f"workload.profile: a peak level of {value:g}",
-        }.get(key, f"{key}={value:g}")
         raise CapsimError(
-            f"{said}: the run would need about {_gb(est.memory_bytes)} of memory "
+            f"{_said(key, value)}: the run would need about {_gb(est.memory_bytes)} of memory "
             f"({est.requests:,.3g} requests), more than the {_gb(limit)} of {flag}; "
             f"lower {key} (or raise --max-memory if the machine has the room)"
+        )
+    if est.cpu_s > REFUSE_TIME_S:
+        key = est.requests_driver()
+        value = est.request_keys.get(key, est.values.get(key, _value(points, key)))
+        raise CapsimError(
+            f"{_said(key, value)}: the run would take about {_duration(est.cpu_s)} of work "
+            f"({est.requests:,.3g} requests), more than {_duration(REFUSE_TIME_S)}; lower {key}"
         )
     if est.memory_bytes > WARN_FRACTION * limit:
         say(f"warning: this run may use about {_gb(est.memory_bytes)} of the {_gb(limit)} of {flag}")
@@ -248,6 +256,13 @@ def check_bounds(
             f"({est.requests:,.3g} requests); driven by {est.driver()}"
         )
     return est
+
+
+def _said(key: str, value: float) -> str:
+    return {
+        "workload.trace.path": f"workload.trace.path: {value:,.0f} requests per replication",
+        "workload.profile": f"workload.profile: a peak level of {value:g}",
+    }.get(key, f"{key}={value:g}")
 
 
 def check_calibrations(points: Sequence[Point]) -> None:
