@@ -38,7 +38,7 @@ def run(
     6 an I/O failure, 130 Ctrl-C.
     """
     # deferred: the simulator loads pydantic and numpy; `capsim run --help` needs neither.
-    # pandas and scipy (the table below) load after the workers start, beside them.
+    # scipy (the summaries) loads after the workers start, beside them.
     from sim.run.bounds import check_bounds
     from sim.run.folder import locked, prepare_out
     from sim.run.store import write_run
@@ -64,7 +64,7 @@ def run(
     if json_:
         sys.stdout.write(to_json(result.summary) + "\n")
     else:
-        from sim.present.tables import print_run  # deferred: pandas, loaded once the workers run
+        from sim.present.tables import print_run  # deferred: loaded once the workers run
 
         print_run(result, stdout_console())
     raise typer.Exit(result.exit_code)

@@ -73,9 +73,10 @@ PREFETCH_MIN_CPU_S = 1.0
 
 
 def _load_analysis() -> None:
-    """Import what summarising and returning the points needs (scipy, pandas)."""
+    """Import what summarising and returning the points needs (scipy; pandas only where a
+    frame is made)."""
     import sim.analysis.summary  # deferred: scipy, loaded while a worker runs the replication
-    import sim.run.results  # noqa: F401  # deferred: pandas, likewise
+    import sim.run.results  # noqa: F401  # deferred, likewise
 
 
 def iter_completed(executor: Any, tasks: Sequence[Task]) -> Iterator[tuple[int, Replication]]:
@@ -158,7 +159,7 @@ def _run_sweep(
     done = 0
 
     def sweep_point(i: int) -> SweepPoint:
-        from sim.run.results import SweepPoint  # deferred: pandas, loaded while the workers run
+        from sim.run.results import SweepPoint  # deferred: loaded while the workers run
 
         p, pid = points[i], ids[i]
         return SweepPoint(
@@ -230,7 +231,7 @@ def _run_sweep(
                 else:
                     finish(i, summ)
             pending = nxt
-        from sim.run.results import SweepResult  # deferred: pandas (loaded by now unless nothing ran)
+        from sim.run.results import SweepResult  # deferred (loaded by now unless nothing ran)
 
         res = SweepResult(
             name or points[0].scenario.name,
