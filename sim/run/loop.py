@@ -75,7 +75,7 @@ PREFETCH_MIN_CPU_S = 1.0
 def _load_analysis() -> None:
     """Import what summarising and returning the points needs (scipy; pandas only where a
     frame is made)."""
-    import sim.analysis.summary  # deferred: scipy, loaded while a worker runs the replication
+    import sim.analysis.summary  # deferred: loaded while a worker runs the replication
     import sim.run.results  # noqa: F401  # deferred, likewise
 
 
@@ -219,7 +219,7 @@ def _run_sweep(
                 if need[i]:
                     continue
                 reps[i].sort(key=lambda r: r.replication)
-                from sim.analysis.summary import summarize_point  # deferred: scipy, loaded while the workers run
+                from sim.analysis.summary import summarize_point  # deferred: loaded while the workers run
 
                 p = points[i]
                 summ = normalize(nothing_finished_fails(summarize_point(p.scenario, reps[i], p.params), p.scenario))

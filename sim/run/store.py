@@ -61,7 +61,7 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
 
 def normalize(summary: PointSummary) -> PointSummary:
     """The summary as it reads back from JSON, so fresh and reused points compare equal."""
-    from sim.analysis.summary import PointSummary  # deferred: scipy and pandas, loaded while the workers run
+    from sim.analysis.summary import PointSummary  # deferred: loaded while the workers run
 
     return PointSummary.from_dict(json.loads(to_json(summary)))
 
@@ -108,7 +108,7 @@ class PointStore:
             doc = json.loads((self.folder(pid) / "summary.json").read_text())
             if not isinstance(doc, dict) or not doc:
                 return None
-            from sim.analysis.summary import PointSummary  # deferred: scipy and pandas, only to resume
+            from sim.analysis.summary import PointSummary  # deferred: only to resume
 
             return PointSummary.from_dict(doc)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
