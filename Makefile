@@ -67,6 +67,7 @@ bench: $(STAMP) $(BENCH_DEPS)/.stamp
 	$(BIN)/python benchmarks/bench_startup.py --json benchmarks/results/startup.json
 	$(BIN)/python benchmarks/bench_engine.py --json benchmarks/results/engine.json
 	$(BIN)/python benchmarks/bench_scale.py $(if $(BENCH_LONG),--long) --json benchmarks/results/scale.json
+	$(BIN)/python benchmarks/bench_scale.py --memory $(if $(BENCH_LONG),--long) --json benchmarks/results/scale_memory.json
 	$(BIN)/python benchmarks/bench_plan.py --jobs 2 --json benchmarks/results/plan.json
 
 # Open the notebooks in JupyterLab (an optional extra, installed on first use).

@@ -4,9 +4,9 @@ Public API::
 
     import sim
     scn = sim.load_scenario("scenarios/order_support.yaml")
-    res = sim.simulate(scn, {"workload.users": 200})
+    res = sim.simulate(scn, {"workload.users": 200}, keep_records=True)
     res.summary          # the JSON document `capsim run --json` prints
-    res.records          # one row per request, a pandas DataFrame
+    res.records          # one row per request, a pandas DataFrame (kept when asked)
 """
 
 import importlib

@@ -30,6 +30,23 @@ def test_estimate_by_hand_closed_loop():
     assert est.cpu_s == pytest.approx(720 * B.CPU_S_PER_REQUEST + 30 * B.CPU_S_PER_USER * 2)
 
 
+def test_streaming_holds_one_digest_per_replication_whatever_the_requests():
+    # records not kept: 2 replications x one digest, however long the run
+    for duration in (60, 60_000):
+        est = B.estimate_run(_points(run__duration_s=duration), jobs=1, keep_records=False)
+        assert "requests" not in est.terms
+        assert est.terms["run.replications"] == 2 * B.BYTES_PER_DIGEST
+    # run.records: true keeps them whatever the caller's default
+    kept = B.estimate_run(_points(run__records=True), jobs=1, keep_records=False)
+    assert kept.terms["requests"] == pytest.approx(720 * B.BYTES_PER_REQUEST)
+
+
+def test_a_run_that_would_never_finish_is_refused_even_without_records():
+    # 6 requests/s x 1e10 s x 2 replications x 70 us = 8.4e6 s: 97 days, over 30
+    with pytest.raises(CapsimError, match=r"run\.duration_s=1e\+10: the run would take about .* days of work"):
+        B.check_bounds(_points(run__duration_s=1e10), max_memory="1T", jobs=1, keep_records=False)
+
+
 def test_estimate_by_hand_open_loop_and_jobs():
     pts = expand(
         {

@@ -27,7 +27,7 @@ def _cyclic_garbage(path: str, overrides: dict) -> tuple[int, int]:
     gc.collect()
     gc.disable()
     try:
-        model = Model(scn, 0)
+        model = Model(scn, 0, records=True)
         rep = model.run()
         found = gc.collect()
     finally:

@@ -23,7 +23,7 @@ def step_ms(ctx_tokens: int) -> float:
 
 def records(**over):
     scn = sim.load_scenario(exact_scenario(**over))
-    return run_replication(scn, 0).records
+    return run_replication(scn, 0, records=True).records
 
 
 def test_first_request_walks_every_stage_exactly():
@@ -77,7 +77,7 @@ def test_compute_bound_prefill_uses_flops():
 def test_retrieval_queue_is_fifo_with_exact_waits():
     # Two users, one worker, LLM off, cache off: both ask at t=1, the second waits 10 ms.
     scn = sim.load_scenario(exact_scenario(workload__users=2, cache__enabled=False, llm__enabled=False))
-    rec = run_replication(scn, 0).records
+    rec = run_replication(scn, 0, records=True).records
     first_two = sorted(rec["retrieval_wait_ms"][:2])
     assert first_two == pytest.approx([0.0, 10.0])
     assert sorted(rec["e2e_ms"][:2]) == pytest.approx([10.0, 20.0])
@@ -126,7 +126,7 @@ def test_monitor_sees_kv_grow_inside_a_decode_epoch():
     # (2 ms steps) in which the replica's own state does not move.  The sampled KV
     # tokens must still grow with the steps done: 16-token blocks, one more every 32 ms.
     scn = sim.load_scenario(exact_scenario(llm__output_tokens=2000, cache__enabled=False, retrieval__enabled=False))
-    rep = run_replication(scn, 0)
+    rep = run_replication(scn, 0, records=True)
     t = rep.timeseries["t_s"]
     kv = rep.timeseries["kv_tokens"][:, 0]
     start = rep.records["arrival_s"][0]

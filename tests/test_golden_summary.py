@@ -15,7 +15,9 @@ when the KV pool became the engine's own accounting (memory as the card exposes 
 published fit gained two sources (Argonne's LLM-Inference-Bench, TensorRT-LLM 0.9.0): the
 ``published`` preset moved (bw_efficiency 0.752 -> 0.728, mfu 0.470 -> 0.488, per-sequence
 overhead 0.132 -> 0.059 ms, all-reduce latency 47 -> 50 us), so every LLM figure changed
-(TPOT p50 3.47 -> 2.72 ms).  Keys, their order and every value must agree; floats to
+(TPOT p50 3.47 -> 2.72 ms).  Percentiles are read from the streaming histograms
+(``sim.engine.digest``: within 0.5 % of the exact percentile of the same requests; their
+intervals' ends move with them, see docs/explanation/statistics.md).  Keys, their order and every value must agree; floats to
 1e-9 relative, so a change in numpy's last bits does not fail it but any
 change in the model or the statistics does: regenerate it only with a reason.
 """

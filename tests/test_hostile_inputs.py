@@ -147,7 +147,8 @@ def _over(tmp: Path, text: str, name: str = "over.yaml") -> list:
 def _big_trace(tmp: Path) -> list:
     rows = "".join(f"{i * 0.0005:.4f}\n" for i in range(50_000))
     trace = _text(tmp, "big.csv", "arrival_s\n" + rows)
-    return [*_trace_scenario(tmp, trace), "--replications", "5", "--jobs", "1", "--max-memory", "300M"]
+    keep = ["--set", "run.records=true"]  # the records are what a trace's length bounds
+    return [*_trace_scenario(tmp, trace), *keep, "--replications", "5", "--jobs", "1", "--max-memory", "300M"]
 
 
 def _trace_rows(tmp: Path, rows: str) -> list:
@@ -302,7 +303,7 @@ CASES = [
         lambda t: _over(
             t,
             "workload: {mode: open, users: null, think_s: null, rate_per_s: null, "
-            "profile: {kind: sinusoid, mean: 1e6, amplitude: 5e5, period_s: 60}}\nrun: {warmup_s: 0}\n",
+            "profile: {kind: sinusoid, mean: 1e6, amplitude: 5e5, period_s: 60}}\nrun: {warmup_s: 0, records: true}\n",
         ),
         2,
         "workload.profile: a peak level of 1.5e+06",

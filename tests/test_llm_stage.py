@@ -130,7 +130,7 @@ def test_pipeline_decode_step_is_weights_over_bandwidth_exactly():
             },
         }
     )
-    rec = run_replication(scn, 0).records
+    rec = run_replication(scn, 0, records=True).records
     w_ms = 1_881_214_976 * 2 / 3.35e12 * 1e3
     assert len(rec["e2e_ms"]) == 2
     # the 16-token prefill is memory-bound too (FLOPs 16 x 2 x 1.88e9 / 494.5e12 = 0.12 ms)
@@ -437,7 +437,7 @@ def test_summary_reports_gpu_figures_and_preemptions_column():
     scn["run"]["duration_s"] = 60
     scn["run"]["warmup_s"] = 5
     scn["llm"]["gpu_memory_utilization"] = 0.06  # 4.8 GB - 3.76 GB of weights = 1.04 GB of KV: 496 blocks
-    res = sim.simulate(scn, jobs=1)
+    res = sim.simulate(scn, jobs=1, keep_records=True)
     g = res.points[0].summary["gpu"]
     for k in ("memory_bound_share", "mean_batch", "kv_occupancy", "preemptions", "tpot_ms"):
         assert g[k] is not None

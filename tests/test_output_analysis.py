@@ -63,7 +63,7 @@ def rag_open(**over) -> dict:
     "key,values", [("llm.replicas", [1, 2]), ("retrieval.top_k", [2, 8]), ("retrieval.workers", [1, 4])]
 )
 def test_sweep_points_share_arrivals_and_keys_per_replication(key, values):
-    res = sim.simulate(rag_open(sweep={key: values}), jobs=1)
+    res = sim.simulate(rag_open(sweep={key: values}), jobs=1, keep_records=True)
     a, b = res.points
     for r in range(2):
         ra, rb = a.replications[r].records, b.replications[r].records
@@ -80,8 +80,8 @@ def test_sweep_points_share_arrivals_and_keys_per_replication(key, values):
 
 def test_jobs_do_not_change_results_through_the_api():
     d = rag_open(run={"duration_s": 20, "warmup_s": "auto", "replications": 3, "seed": 2}, sla={"e2e_ms": {"p95": 500}})
-    one = sim.simulate(d, jobs=1)
-    two = sim.simulate(d, jobs=2)
+    one = sim.simulate(d, jobs=1, keep_records=True)
+    two = sim.simulate(d, jobs=2, keep_records=True)
     assert one.summary == two.summary
     assert one.records.equals(two.records)
 

@@ -112,7 +112,7 @@ def test_breakdown_parts_add_up_to_the_tail_mean(swept):
 
 def test_monitor_samples_and_changes_nothing(monkeypatch):
     scn = sim.load_scenario(SMALL, {"run.duration_s": 40, "run.warmup_s": 5, "llm.replicas": 2})
-    a = run_replication(scn, 0)
+    a = run_replication(scn, 0, records=True)
     ts = a.timeseries
     assert len(ts["t_s"]) == 201 and ts["t_s"][0] == 0 and ts["t_s"][-1] == pytest.approx(40)
     assert ts["llm_running"].shape == (201, 2) and ts["kv_tokens"].shape == (201, 2)
@@ -123,7 +123,7 @@ def test_monitor_samples_and_changes_nothing(monkeypatch):
         yield
 
     monkeypatch.setattr(Model, "monitor", silent)
-    b = run_replication(scn, 0)
+    b = run_replication(scn, 0, records=True)
     for k in a.records:
         np.testing.assert_array_equal(a.records[k], b.records[k])
     assert a.counters == b.counters

@@ -172,7 +172,7 @@ def test_mser5_finds_the_transient_of_a_run_started_empty_at_high_load():
     # Started empty, the queue fills within a few seconds and the response time rises
     # from ~10 ms to the MVA value N*D - Z = 1,000 ms.
     d = closed_one_server(200, 1.0, 10, 40, "auto", 5, seed=3, confidence=0.95)
-    auto = sim.simulate(d, jobs=2).points[0]
+    auto = sim.simulate(d, jobs=2, keep_records=True).points[0]
     none = sim.simulate(d, {"run.warmup_s": 0}, jobs=2).points[0]
     w = auto.summary["warmup"]
     assert w["method"] == "mser5"

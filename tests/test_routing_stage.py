@@ -165,7 +165,7 @@ def test_routing_sla_needs_the_stage() -> None:
 
 
 def test_default_scenarios_have_no_routing_columns_in_use() -> None:
-    res = sim.simulate({**BASE, "routing": {}, "run": {**BASE["run"], "replications": 1}})
+    res = sim.simulate({**BASE, "routing": {}, "run": {**BASE["run"], "replications": 1}}, keep_records=True)
     rep = res.points[0].replications[0]
     assert (rep.records["routing_outcome"] == -1).all()
     assert (rep.records["question"] == rep.records["query_key"]).all()

@@ -204,3 +204,26 @@ def test_one_verdict_aggregation_everywhere(verdicts: list[str], want: str) -> N
 
     assert combine_verdicts(verdicts) == want
     assert point_verdict({"sla": [{"verdict": v} for v in verdicts]}) == (None if want == "none" else want)
+
+
+def test_t_quantile_by_hand() -> None:
+    from sim.analysis.stats import t_quantile
+
+    # dof 1 (Cauchy): tan(pi (p - 1/2)); dof 2: (2p - 1) / sqrt(2p(1-p)) = 0.95 / sqrt(0.04875)
+    assert t_quantile(0.975, 1) == pytest.approx(12.706204736174698, rel=1e-14)
+    assert t_quantile(0.975, 2) == pytest.approx(0.95 / math.sqrt(0.04875), rel=1e-14)
+    # dof 4 (closed form): a = 4p(1-p) = 0.0975, q = cos(arccos(sqrt a) / 3) / sqrt a, t = 2 sqrt(q - 1)
+    a = 4 * 0.975 * 0.025
+    q = math.cos(math.acos(math.sqrt(a)) / 3) / math.sqrt(a)
+    assert t_quantile(0.975, 4) == pytest.approx(2 * math.sqrt(q - 1), rel=1e-12)
+    assert t_quantile(0.025, 4) == -t_quantile(0.975, 4) and t_quantile(0.5, 7) == 0.0
+
+
+def test_t_quantile_agrees_with_scipy() -> None:
+    from scipy.special import stdtrit
+
+    from sim.analysis.stats import t_quantile
+
+    for dof in [*range(1, 61), 99, 500, 999, 1000, 5000, 10**6]:
+        for p in (0.6, 0.75, 0.9, 0.95, 0.975, 0.99, 0.995, 0.9995):
+            assert t_quantile(p, dof) == pytest.approx(float(stdtrit(dof, p)), rel=1e-11), (dof, p)

@@ -126,10 +126,10 @@ def test_local_and_dask_give_identical_summaries():
     from sim.run.dask import DaskExecutor
 
     grid = {"workload.users": [10, 40], "llm.replicas": [1, 2]}
-    local = sweep(SMALL, QUICK_OV, grid, jobs=1)
+    local = sweep(SMALL, QUICK_OV, grid, jobs=1, keep_records=True)
     with DaskExecutor("local-dask", n_workers=2, processes=False) as ex:
         assert ex.jobs == 2
-        dask = sweep(SMALL, QUICK_OV, grid, executor=ex)
+        dask = sweep(SMALL, QUICK_OV, grid, executor=ex, keep_records=True)
         reps = ex.map([(p.scenario, 1) for p in local.points[:2]])
     assert json.dumps(local.summary) == json.dumps(dask.summary)
     assert [r.replication for r in reps] == [1, 1]
@@ -272,7 +272,9 @@ def test_an_incomplete_point_folder_is_recomputed(tmp_path):
 
 
 def test_cost_figures_by_hand():
-    res = sweep(SMALL, {**QUICK_OV, "run.replications": 1, "llm.replicas": 2, "retrieval.workers": 3}, jobs=1)
+    res = sweep(
+        SMALL, {**QUICK_OV, "run.replications": 1, "llm.replicas": 2, "retrieval.workers": 3}, jobs=1, keep_records=True
+    )
     s = res.points[0].summary
     per_hour = 2.5 * 2 + 0.05 * 3
     assert s["cost"]["per_hour"] == pytest.approx(per_hour)

@@ -62,7 +62,7 @@ def test_open_rate_profile_gives_the_integral_of_the_rate() -> None:
         },
         "timeline": {"window_s": 50},
     }
-    p = sim.simulate(scn).points[0]
+    p = sim.simulate(scn, keep_records=True).points[0]
     recs = p.records
     for _, r in recs.groupby("replication"):
         a = r["arrival_s"].to_numpy()
@@ -103,7 +103,7 @@ def test_closed_users_follow_the_schedule() -> None:
             },
         },
     }
-    p = sim.simulate(scn).points[0]
+    p = sim.simulate(scn, keep_records=True).points[0]
     r = p.records[p.records["replication"] == 0]
     a = r["arrival_s"].to_numpy()
     assert r[a < 100]["user"].max() == 4 and r[(a > 102) & (a < 160)]["user"].max() == 19
@@ -201,7 +201,7 @@ def test_trace_replay_through_the_model_and_the_cli(tmp_path: Path) -> None:
     }
 
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(scn))
-    r = sim.simulate(tmp_path / "s.yaml").points[0].records
+    r = sim.simulate(tmp_path / "s.yaml", keep_records=True).points[0].records
     assert r["arrival_s"].tolist() == pytest.approx((times[times < 100 + 0.5] - 0.5).tolist())
     assert r["prompt_tokens"].tolist()[:3] == [100, 101, 102]
     assert set(r["query_key"]) == {0, 1, 2}

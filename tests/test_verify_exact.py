@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from sim import distributions as D
+from sim.engine.digest import RELATIVE_ERROR
 from sim.engine.pipeline import TokenCounts
 from sim.physics.gpu import attention_pairs
 from sim.physics.steptable import load_table
@@ -109,7 +110,8 @@ def _verdicts(doc: dict) -> dict[tuple[str, str], str | None]:
 @pytest.mark.parametrize("segments", [1, 2])
 def test_a_service_that_behaves_as_probed_is_predicted_within_every_bound(tmp_path, monkeypatch, segments):
     """Searches of exactly 8 ms, alone and under load: the prediction replays the live run's
-    think times, so every latency and the throughput match (errors under 1e-6), all within."""
+    think times, so every latency and the throughput match, all within: to 1e-6, or with one
+    segment (percentiles from the summary's streaming histograms) within their 0.5 %."""
     svc = ExactService(8.0, 8.0)
     code, out = _play(tmp_path, monkeypatch, svc, segments, "--json")
     doc = json.loads(out)
@@ -117,7 +119,8 @@ def test_a_service_that_behaves_as_probed_is_predicted_within_every_bound(tmp_pa
     rows = doc["loads"][0]["rows"]
     bounded = [r for r in rows if r["bound"] is not None]
     assert len(bounded) == 5 and all(r["verdict"] == "within" for r in bounded), rows
-    assert all(abs(r["rel_error"]) < 1e-6 for r in rows), [(r["metric"], r["stat"], r["rel_error"]) for r in rows]
+    tol = RELATIVE_ERROR * (1 + 1e-6) if segments == 1 else 1e-6
+    assert all(abs(r["rel_error"]) < tol for r in rows), [(r["metric"], r["stat"], r["rel_error"]) for r in rows]
     assert code == 0
 
 
@@ -240,7 +243,8 @@ STEPS = ROOT / "scenarios" / "verify_local_steps.csv"
 def test_an_llm_server_that_steps_as_its_table_says_is_predicted_within_every_bound(tmp_path, monkeypatch):
     """One slot whose every step takes what the step table says: the prediction replays the live
     run's think times and token counts through the same steps, so TTFT, end to end and the
-    throughput match (errors under 1e-6), all within their bounds, exit 0."""
+    throughput match (means to 1e-6, percentiles within the streaming histograms' error: the
+    measured side is exact, the predicted one streamed), all within their bounds, exit 0."""
     code, doc = _play_llm(tmp_path, monkeypatch, ExactLLM(STEPS))
     rows = doc["loads"][0]["rows"]
     assert {(r["metric"], r["stat"]) for r in rows} >= {
@@ -250,7 +254,11 @@ def test_an_llm_server_that_steps_as_its_table_says_is_predicted_within_every_bo
     }
     bounded = [r for r in rows if r["bound"] is not None]
     assert len(bounded) == 5 and all(r["verdict"] == "within" for r in bounded), rows
-    assert all(abs(r["rel_error"]) < 1e-6 for r in rows), [(r["metric"], r["stat"], r["rel_error"]) for r in rows]
+    # percentiles from the summary's streaming histograms: within their stated relative error
+    tol = {"mean": 1e-6}
+    assert all(abs(r["rel_error"]) <= tol.get(r["stat"], RELATIVE_ERROR) for r in rows), [
+        (r["metric"], r["stat"], r["rel_error"]) for r in rows
+    ]
     assert code == 0
 
 

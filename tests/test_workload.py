@@ -51,7 +51,7 @@ def test_gamma_arrivals_are_burstier_but_same_rate():
         "retrieval": {"workers": 100, "service_ms": 1},
         "llm": {"enabled": False},
     }
-    rec = sim.simulate(d).records
+    rec = sim.simulate(d, keep_records=True).records
     gaps = np.diff(np.sort(rec["arrival_s"].to_numpy()))
     assert gaps.mean() == pytest.approx(0.1, rel=0.08)
     assert gaps.std() / gaps.mean() == pytest.approx(3, rel=0.15)
@@ -67,8 +67,8 @@ def test_closed_users_see_the_same_think_times_whatever_the_system():
         "llm": {"enabled": False},
         "retrieval": {"workers": 1, "service_ms": 10},
     }
-    a = sim.simulate(base).records
-    b = sim.simulate(base, {"retrieval.service_ms": 300}).records
+    a = sim.simulate(base, keep_records=True).records
+    b = sim.simulate(base, {"retrieval.service_ms": 300}, keep_records=True).records
     for u in range(5):
         ka = a[a.user == u].query_key.to_numpy()
         kb = b[b.user == u].query_key.to_numpy()

@@ -103,10 +103,8 @@ def output_tokens_per_s(reps: list[Replication]) -> float:
     rates = []
     for r in reps:
         lo, hi = r.window_s
-        end_s = r.records["arrival_s"] + r.records["e2e_ms"] / 1e3
-        done = (end_s >= lo) & (end_s < hi)
-        if hi > lo:
-            rates.append(float(r.records["output_tokens"][done].sum()) / (hi - lo))
+        if hi > lo and r.digest is not None:  # the digest counts answers' tokens by end time
+            rates.append(float(r.digest.count("delivered_tokens")[r.digest.between(lo, hi)].sum()) / (hi - lo))
     return float(np.mean(rates)) if rates else 0.0
 
 

@@ -159,22 +159,29 @@ def _row(
     }
 
 
-def waited_fraction(recs: Sequence[dict[str, np.ndarray]], confidence: float) -> tuple[float | None, list]:
+def waited_fraction(
+    parts: Sequence[tuple[float, float]], one_run: bool, confidence: float
+) -> tuple[float | None, list]:
     """Share of retrievals that queued (``retrieval_wait_ms > 0``), with its interval.
 
-    A t interval over replications, or batch means over one replication.
+    ``parts``: ``(retrievals that waited, retrievals)`` per replication, or with
+    ``one_run`` per batch of one replication's window.  A t interval over replications;
+    over one replication, the batch fractions' t half-width around the whole-run share.
     """
-    per = [rec["retrieval_wait_ms"][~rec["cache_hit"]] > 0 for rec in recs]
-    per = [p for p in per if len(p)]
-    if not per:
+    kept = [(float(w), float(n)) for w, n in parts if n > 0]
+    if not kept:
         return None, [None, None]
-    fr = np.array([p.mean() for p in per])
-    if len(per) >= 2:
-        lo, hi = stats.t_interval(fr, confidence)
-    else:
-        lo, hi = stats.batch_means_interval(per[0].astype(float), "mean", confidence)
+    fr = np.array([w / n for w, n in kept])
     f = lambda x: None if not math.isfinite(x) else float(x)  # noqa: E731
-    return float(fr.mean()), [f(lo), f(hi)]
+    if not one_run:
+        lo, hi = stats.t_interval(fr, confidence) if len(fr) >= 2 else (math.nan, math.nan)
+        return float(fr.mean()), [f(lo), f(hi)]
+    share = sum(w for w, _ in kept) / sum(n for _, n in kept)
+    if len(kept) < 2 or min(n for _, n in kept) < 10:
+        return share, [None, None]
+    lo, hi = stats.t_interval(fr, confidence)
+    half = (hi - lo) / 2
+    return share, [f(share - half), f(share + half)]
 
 
 def compare(

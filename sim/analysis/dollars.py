@@ -29,11 +29,14 @@ the scenario gives every price).
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from sim.errors import CapsimError
 from sim.spec.prices import cpu_core_price, gpu_price
 from sim.spec.schema import Scenario
+
+if TYPE_CHECKING:
+    import pandas as pd  # a run that prints its table never needs pandas: imported where a frame is made
 
 
 def gpus(scn: Scenario) -> int:

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.special import stdtrit
 
 from sim.spec.metrics import STATS
 
@@ -38,12 +38,14 @@ __all__ = [
     "Verdict",
     "batch_means_interval",
     "ci_half_width_ratio",
+    "mser",
     "mser5",
     "quantile_interval",
     "sla_verdict",
     "stat_value",
     "summarize",
     "t_interval",
+    "t_quantile",
 ]
 
 
@@ -128,9 +130,82 @@ def t_interval(per_replication: Sequence[float] | ArrayLike, confidence: float =
         return (math.nan, math.nan)
     centre = float(np.mean(y))
     s = float(np.std(y, ddof=1))
-    t_quantile = float(stdtrit(n - 1, (1.0 + confidence) / 2.0))  # Student t quantile
-    half_width = t_quantile * s / math.sqrt(n)
+    half_width = t_quantile((1.0 + confidence) / 2.0, n - 1) * s / math.sqrt(n)
     return (centre - half_width, centre + half_width)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz;
+    Press et al., Numerical Recipes, 3rd ed., §6.4)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-16:
+            break
+    return h
+
+
+def _t_sf(t: float, dof: int) -> float:
+    """``P(T > t)`` for Student's t with ``dof`` degrees of freedom, ``t >= 0``:
+    ``½ I_x(dof/2, 1/2)`` with ``x = dof / (dof + t²)`` and ``1 - x = t² / (dof + t²)``
+    (each computed as written: near ``t = 0`` the second is not ``1 - x`` to full precision)."""
+    a, b = dof / 2.0, 0.5
+    x, y = dof / (dof + t * t), t * t / (dof + t * t)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return 0.5 * front * _betacf(a, b, x) / a
+    return 0.5 * (1.0 - front * _betacf(b, a, y) / b)
+
+
+def t_quantile(p: float, dof: int) -> float:
+    """The ``p`` quantile of Student's t with ``dof`` degrees of freedom.
+
+    Exact forms for ``dof = 1`` (Cauchy: ``tan(π(p - ½))``) and ``dof = 2``
+    (``(2p - 1) / sqrt(2p(1 - p))``); from 1,000 on, the Cornish-Fisher
+    expansion in ``z = Φ⁻¹(p)`` to ``dof⁻⁴`` (Abramowitz & Stegun 26.7.5), within
+    3e-14 of the quantile; between, Newton's method on ``P(T > t)`` (the
+    incomplete beta function) from that expansion, to 1e-12.
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if dof < 1:
+        raise ValueError(f"dof must be >= 1, got {dof}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, dof)
+    if p == 0.5:
+        return 0.0
+    if dof == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if dof == 2:
+        return (2.0 * p - 1.0) / math.sqrt(2.0 * p * (1.0 - p))
+    z = NormalDist().inv_cdf(p)
+    z2 = z * z
+    t = z * (
+        1.0
+        + (z2 + 1.0) / (4.0 * dof)
+        + (5.0 * z2**2 + 16.0 * z2 + 3.0) / (96.0 * dof**2)
+        + (3.0 * z2**3 + 19.0 * z2**2 + 17.0 * z2 - 15.0) / (384.0 * dof**3)
+        + (79.0 * z2**4 + 776.0 * z2**3 + 1482.0 * z2**2 - 1920.0 * z2 - 945.0) / (92160.0 * dof**4)
+    )
+    if dof >= 1000:
+        return t
+    density = math.exp(math.lgamma((dof + 1) / 2.0) - math.lgamma(dof / 2.0)) / math.sqrt(dof * math.pi)
+    for _ in range(50):
+        step = (_t_sf(t, dof) - (1.0 - p)) / (density * (1.0 + t * t / dof) ** (-(dof + 1) / 2.0))
+        t += step
+        if abs(step) <= 1e-15 * abs(t):
+            break
+    return t
 
 
 def batch_means_interval(
@@ -201,17 +276,26 @@ def mser5(series: ArrayLike) -> int:
     k = array.size // 5
     if k < 2:
         return 0
-    z = array[: 5 * k].reshape(k, 5).mean(axis=1)
+    return 5 * mser(array[: 5 * k].reshape(k, 5).mean(axis=1))
+
+
+def mser(batch_means: ArrayLike) -> int:
+    """The MSER cut over batch means ``z_1..z_k`` (see :func:`mser5`): the number of
+    batches ``d*`` to delete, minimising ``MSER(d)`` over ``d = 0..⌊(k-1)/2⌋``; ties go to
+    the smallest ``d``.  Fewer than two batches give 0."""
+    z = _as_1d_float(batch_means)
+    k = z.size
+    if k < 2:
+        return 0
     z = z - z.mean()  # centre to limit cancellation in the sums of squares
     # Tail sums over j = d..k-1 (0-based) for every d at once.
     tail_sum = np.cumsum(z[::-1])[::-1]
     tail_sumsq = np.cumsum((z * z)[::-1])[::-1]
     remaining = np.arange(k, 0, -1, dtype=float)  # k - d
     sse = np.maximum(tail_sumsq - tail_sum * tail_sum / remaining, 0.0)
-    mser = sse / (remaining * remaining)
+    score = sse / (remaining * remaining)
     last_d = (k - 1) // 2
-    d_star = int(np.argmin(mser[: last_d + 1]))
-    return 5 * d_star
+    return int(np.argmin(score[: last_d + 1]))
 
 
 def sla_verdict(value: float, low: float, high: float, threshold: float) -> Verdict:

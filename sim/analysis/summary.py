@@ -1,13 +1,17 @@
 """From replications to the numbers a report prints.
 
 For every metric (a column of the records, in ms) and every statistic
-(mean, p50, p90, p95, p99, max) a point summary holds:
+(mean, p50, p90, p95, p99, max) a point summary holds, read from the
+replications' streaming digests (:mod:`sim.engine.digest`: log-bucket
+histograms by time cell, percentiles within 0.5 % of the exact ones, the
+mean and maximum exact; per-request records are never needed):
 
 * ``value``: the mean over replications of the per-replication statistic
   (with one replication, the statistic itself);
 * ``ci``: a Student t interval over the per-replication statistics, or, with
   one replication, a batch-means half-width around the whole-run statistic
-  (none for ``max``, nor for a percentile with too few values per batch);
+  (20 batches of the window's time cells; none for ``max``, nor for a
+  percentile with too few values per batch);
   ``max`` too is the mean of the per-replication maxima, so every value lies
   inside its interval;
 
@@ -16,7 +20,9 @@ the whole interval is at or under the threshold, ``fail`` when the whole
 interval is above it, ``inconclusive`` otherwise.
 
 Warm-up: ``run.warmup_s`` cuts by arrival time; ``warmup: auto`` picks the
-cut per replication with MSER-5 on the e2e series and reports it
+cut per replication with MSER-5 over the e2e series in arrival order (the
+digest's 1,000 arrival-time cells as batches; the cut moved up to the next of
+the 100 cell edges of the run) and reports it
 (``warmup: {method, cut_s, cut_s_by_replication, dropped_fraction}``).
 
 Stability (:func:`_stability`) says whether a steady state exists for the
@@ -37,26 +43,45 @@ from sim.analysis import crosscheck, stats
 from sim.analysis.dollars import point_cost
 from sim.analysis.estimate import replica_capacity
 from sim.analysis.stats import combine_verdicts
-from sim.analysis.timeline import metric_values, timeline
+from sim.analysis.timeline import timeline
+from sim.engine.digest import Digest, Histogram
 from sim.engine.pipeline import Replication, retrieval_service_distribution
 from sim.engine.records import Bins
-from sim.engine.routing import KEPT_RAW, ROUTED, WRONG, routing_setup
+from sim.engine.routing import routing_setup
 from sim.spec.metrics import METRIC_NAMES, STATS
 from sim.spec.schema import Scenario
 
 
-def window(rep: Replication, scn: Scenario) -> tuple[dict[str, np.ndarray], float]:
-    """Records that arrived inside the measurement window, and the cut used."""
-    rec = rep.records
-    if scn.run.warmup_s == "auto":
-        # MSER-5 on the e2e series in arrival order; cut by the arrival time found.
-        in_run = rec["arrival_s"] < rep.window_s[1]
-        cut_i = stats.mser5(rec["e2e_ms"][in_run]) if in_run.any() else 0
-        cut_s = float(rec["arrival_s"][in_run][cut_i]) if in_run.sum() > cut_i else 0.0
-    else:
-        cut_s = float(scn.run.warmup_s)
-    keep = (rec["arrival_s"] >= cut_s) & (rec["arrival_s"] < rep.window_s[1])
-    return {k: v[keep] for k, v in rec.items()}, cut_s
+def _digest(rep: Replication) -> Digest:
+    if rep.digest is None:
+        raise ValueError(f"replication {rep.replication} carries no digest to summarise")
+    return rep.digest
+
+
+def cut_of(rep: Replication, scn: Scenario) -> float:
+    """Where the measurement window starts: ``run.warmup_s``, or with ``warmup: auto`` the
+    MSER-5 cut over the digest's cells (see :func:`_mser_cut`)."""
+    if scn.run.warmup_s != "auto":
+        return float(scn.run.warmup_s)
+    return _mser_cut(_digest(rep), rep.window_s[1])
+
+
+def _mser_cut(d: Digest, end_s: float) -> float:
+    """MSER-5 over the e2e series in arrival order, as the digest keeps it: the mean e2e
+    latency of each of :data:`~sim.engine.digest.FINE_CELLS` equal cells of arrival time
+    (empty ones skipped) are the batch means (:func:`sim.analysis.stats.mser`).  The cut
+    found is moved up to the next edge of the digest's cells (at most 1 % of the run
+    later), where every statistic of the window is exact."""
+    if d.fine is None or not d.fine_end_s:
+        raise ValueError("warmup_s: auto needs a digest with its fine e2e series")
+    n, total = d.fine[:, 0], d.fine[:, 1]
+    cells = np.flatnonzero(n > 0)
+    if len(cells) < 2:
+        return 0.0
+    k = stats.mser(total[cells] / n[cells])
+    cut = float(cells[k]) * d.fine_end_s / len(n)
+    i = min(d.first_cell(cut), d.first_cell(end_s))
+    return float(d.edges[i]) if i < d.cells else end_s
 
 
 def _finite(x: float) -> float | None:
@@ -68,18 +93,34 @@ _BATCHES = 20
 _MIN_PER_BATCH = {"mean": 10, "p50": 10, "p90": 50, "p95": 100, "p99": 500}
 
 
-def _one_run_interval(values: np.ndarray, stat: str, value: float, conf: float) -> tuple[float, float]:
+def batches(d: Digest, cut_s: float, end_s: float, k: int = _BATCHES) -> list[slice]:
+    """The cells of ``[cut, end)`` in ``k`` contiguous batches of equal whole cells; the
+    leftover cells (fewer than ``k``) are dropped from the *start*, the part of the window
+    nearest the warm-up.  Empty when there are fewer than ``k`` cells."""
+    span = d.between(cut_s, end_s)
+    m = span.stop - span.start
+    b = m // k
+    if b < 1:
+        return []
+    first = span.stop - b * k
+    return [slice(first + j * b, first + (j + 1) * b) for j in range(k)]
+
+
+def _one_run_interval(parts: list[Histogram], stat: str, value: float, n: int, conf: float) -> tuple[float, float]:
     """Batch-means interval for one replication, centred on the whole-run value.
 
-    The half-width comes from the spread of 20 batch statistics; the centre is
-    the statistic of the whole run (a batch percentile is biased towards the
-    centre, so the batch average is not).  Percentiles need batches holding
-    at least ``5 / (1 - q)`` values, else there is no interval; the maximum of
-    one run has none (the batch maxima estimate a shorter run's maximum).
+    The half-width comes from the spread of 20 batch statistics (each batch a stretch of
+    the window's cells, read from their merged histogram); the centre is the statistic of
+    the whole run (a batch percentile is biased towards the centre, so the batch average
+    is not).  Percentiles need batches holding at least ``5 / (1 - q)`` values, else there
+    is no interval; the maximum of one run has none (the batch maxima estimate a shorter
+    run's maximum).
     """
-    if stat == "max" or len(values) < _BATCHES * _MIN_PER_BATCH[stat]:
+    if stat == "max" or n < _BATCHES * _MIN_PER_BATCH[stat] or len(parts) < 2:
         return float("nan"), float("nan")
-    lo, hi = stats.batch_means_interval(values, stat, conf, _BATCHES)
+    if min(p.n for p in parts) < 10:
+        return float("nan"), float("nan")
+    lo, hi = stats.t_interval([hist_stat(p, stat, 0) for p in parts], conf)
     half = (hi - lo) / 2
     return value - half, value + half
 
@@ -95,75 +136,88 @@ _Q = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
 _CENSORED = ("e2e_ms", "ttft_ms")
 
 
-def _stat(values: np.ndarray, stat: str, unfinished: int) -> float:
-    """``stat`` of ``values`` plus ``unfinished`` values known only to be larger than all of them."""
-    if not len(values):
+def hist_stat(h: Histogram, stat: str, unfinished: int) -> float:
+    """``stat`` of the values counted in ``h`` plus ``unfinished`` values known only to be
+    larger than all of them.  Percentiles are numpy's linear ones read from the histogram
+    (within :data:`sim.engine.digest.RELATIVE_ERROR` of the exact value); the mean and the
+    maximum are exact."""
+    n = h.n
+    if not n:
         return float("nan")
-    if not unfinished or stat == "mean":
-        return stats.stat_value(values, stat)
+    if stat == "mean":
+        return h.mean
     if stat == "max":
-        return float("inf")
-    n, total = len(values), len(values) + unfinished
+        return float("inf") if unfinished else h.hi
     # The q-quantile of all `total` values sits at rank q (total - 1); ranks past n - 1 are +inf.
-    rank = _Q[stat] * (total - 1)
+    rank = _Q[stat] * (n + unfinished - 1)
     if rank > n - 1:
         return float("inf")
-    return float(np.percentile(values, 100.0 * rank / (n - 1))) if n > 1 else float(values[0])
+    return h.quantile(rank / (n - 1)) if n > 1 else h.lo
+
+
+def _finished(d: Digest, a_s: float, b_s: float) -> int:
+    return int(d.count("finished")[d.between(a_s, b_s)].sum())
 
 
 def _unfinished(rep: Replication) -> int:
     """Requests that arrived in the window and had not finished when the run ended."""
     lo, hi = rep.window_s
-    arr = rep.records["arrival_s"]
     started = rep.counters.get("started_in_window", 0)
     n = started.total if isinstance(started, Bins) else started
-    return max(0, int(n) - int(((arr >= lo) & (arr < hi)).sum()))
+    return max(0, int(n) - _finished(_digest(rep), lo, hi))
 
 
 def _unfinished_before(rep: Replication, t: float) -> int:
     """Requests that arrived before ``t`` (in the warm-up) and had not finished when the run ended."""
-    started = int((np.asarray(rep.started_s) < t).sum())
-    return max(0, started - int((rep.records["arrival_s"] < t).sum()))
+    d = _digest(rep)
+    span = d.between(0.0, t)
+    return max(0, int(d.count("started")[span].sum()) - int(d.count("finished")[span].sum()))
 
 
 def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, Any] | None = None) -> PointSummary:
     """One point's summary over its replications: the metrics, throughput, utilisation,
-    the GPU's figures, stability, cross-checks and the SLA verdicts."""
+    the GPU's figures, stability, cross-checks and the SLA verdicts; every figure from the
+    replications' digests (:mod:`sim.engine.digest`), never from per-request records."""
     conf = scn.run.confidence
-    windowed = [window(r, scn) for r in reps]
-    recs = [w[0] for w in windowed]
-    cuts = [w[1] for w in windowed]
+    cuts = [cut_of(r, scn) for r in reps]
+    digests = [_digest(r) for r in reps]
+    spans = [d.between(c, r.window_s[1]) for d, c, r in zip(digests, cuts, reps)]
     unfinished = [_unfinished(r) for r in reps]
     metrics: dict[str, dict] = {}
     for m in METRIC_NAMES:
-        per_rep = [metric_values(r, m) for r in recs]
-        if any(len(v) for v in per_rep):
-            metrics[m] = _metric_entry(per_rep, unfinished if m in _CENSORED else [0] * len(reps), conf)
+        per_rep = [d.hist[m].select(s) for d, s in zip(digests, spans)]
+        if any(h.n for h in per_rep):
+            one_run = (
+                [digests[0].hist[m].select(b) for b in batches(digests[0], cuts[0], reps[0].window_s[1])]
+                if len(reps) == 1
+                else []
+            )
+            cens = unfinished if m in _CENSORED else [0] * len(reps)
+            metrics[m] = _metric_entry(per_rep, cens, conf, one_run)
     lengths = [r.window_s[1] - c for r, c in zip(reps, cuts)]
-    throughput, x_ci, tokens_per_s = _delivered(reps, cuts, lengths, conf)
+    throughput, x_ci, tokens_per_s = _delivered(digests, spans, lengths, conf)
     # Stage counters from the same cut as the records (fixed, or MSER-5's per replication).
     c0 = [
         {k: (v.total_from(cut) if isinstance(v, Bins) else v) for k, v in r.counters.items()}
         for r, cut in zip(reps, cuts)
     ]
     util = _utilization(scn, c0, lengths)
-    gpu = _gpu_entry(scn, c0, lengths, recs, metrics, throughput) if scn.llm.enabled else {}
+    completed = int(sum(d.count("finished")[s].sum() for d, s in zip(digests, spans)))
+    gpu = _gpu_entry(scn, c0, lengths, digests, spans, completed, metrics, throughput) if scn.llm.enabled else {}
     started = sum(int(c["started_in_window"]) for c in c0)
-    finished_in_window = sum(
-        int(((r.records["arrival_s"] >= r.window_s[0]) & (r.records["arrival_s"] < r.window_s[1])).sum()) for r in reps
-    )
+    finished_in_window = sum(_finished(d, *r.window_s) for d, r in zip(digests, reps))
     incomplete = max(0, started - finished_in_window)
     # A request that arrived in the warm-up and never finished is cut from the statistics
     # with its warm-up, but it is still a request the system never answered: count it.
     stuck_in_warmup = sum(_unfinished_before(r, r.window_s[0]) for r in reps)
     incomplete += stuck_in_warmup
     started += stuck_in_warmup
-    hit_rate = _cache_hit_rate(reps, cuts) if scn.cache.enabled else None
+    hit_rate = _cache_hit_rate(digests, spans) if scn.cache.enabled else None
     varying = scn.workload.time_varying
     # A load that changes over time has no steady state to test for (sim.analysis.timeline says
     # what is done instead): no offered-load formula at one rate, no trend test.
     offered = {} if varying else crosscheck.offered_load(scn, hit_rate)
-    trend = {} if varying else _trend(recs, cuts, reps, conf)
+    trend = {} if varying else _trend(digests, cuts, reps, conf)
     stability = _stability(scn, started, incomplete, util, offered, trend)
     point: dict[str, Any] = {
         "params": dict(params or {}),
@@ -173,22 +227,30 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
         "cache_hit_rate": hit_rate,
         "utilization": util,
         "gpu": gpu,
-        "completed": int(sum(len(r["e2e_ms"]) for r in recs)),
+        "completed": completed,
         "incomplete": incomplete,
         "replications": len(reps),
         "warmup_s": cuts[0] if len(set(cuts)) == 1 else cuts,
-        "warmup": _warmup_entry(scn, reps, recs, cuts),
+        "warmup": _warmup_entry(scn, reps, completed, cuts),
         "stability": stability,
     }
     model = None if varying else crosscheck.exact_model(scn)
     if model is not None:
-        p_wait = crosscheck.waited_fraction(recs, conf) if model["model"] != "MVA" else None
+        p_wait = None
+        if model["model"] != "MVA":
+            if len(reps) == 1:
+                d = digests[0]
+                cells = batches(d, cuts[0], reps[0].window_s[1])
+                parts = [(d.count("waited")[b].sum(), d.count("misses")[b].sum()) for b in cells]
+            else:
+                parts = [(d.count("waited")[s].sum(), d.count("misses")[s].sum()) for d, s in zip(digests, spans)]
+            p_wait = crosscheck.waited_fraction(parts, len(reps) == 1, conf)
         model["compare"] = crosscheck.compare(model, metrics, (throughput, x_ci), p_wait)
         point["analytic"] = model
     if scn.retrieval.enabled:
         point["retrieval"] = _retrieval_entry(scn)
     if scn.routing.enabled or scn.routing.typed_variants:
-        point["routing"] = _routing_entry(scn, recs)
+        point["routing"] = _routing_entry(scn, digests, spans)
     point["cost"] = point_cost(scn, throughput, tokens_per_s)
     point["sla"] = sla_verdicts(scn, metrics, stability)
     if scn.timeline_on:
@@ -200,49 +262,47 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     return PointSummary.from_dict(point)
 
 
-def _metric_entry(per_rep: list[np.ndarray], cens: list[int], conf: float) -> dict[str, Any]:
-    """One metric's statistics, their intervals and count; ``cens``: unfinished requests per
-    replication counted as +inf (0 for metrics not censored)."""
+def _metric_entry(per_rep: list[Histogram], cens: list[int], conf: float, one_run: list[Histogram]) -> dict[str, Any]:
+    """One metric's statistics, their intervals and count; ``per_rep``: the window's histogram
+    per replication; ``cens``: unfinished requests per replication counted as +inf (0 for
+    metrics not censored); ``one_run``: with one replication, its batches' histograms."""
     values: dict[str, float | None] = {}
     ci: dict[str, list[float | None]] = {}
     pooled_stats = False
+    pooled = Histogram.sum(per_rep)
     for st in STATS:
-        per = np.array([_stat(v, st, u) for v, u in zip(per_rep, cens)])
+        per = np.array([hist_stat(h, st, u) for h, u in zip(per_rep, cens)])
         per = per[~np.isnan(per)]
         val = float(per.mean()) if len(per) else float("nan")
         lo = hi = float("nan")
-        enough = min((len(v) for v in per_rep), default=0) >= _MIN_PER_REPLICATION[st]
+        enough = min((h.n for h in per_rep), default=0) >= _MIN_PER_REPLICATION[st]
         if len(per) >= 2 and np.all(np.isfinite(per)):
             if enough:
                 lo, hi = stats.t_interval(per, conf)
             else:  # too short for per-replication percentiles: pool them, no interval
-                val = _stat(np.concatenate(per_rep), st, sum(cens))
+                val = hist_stat(pooled, st, sum(cens))
                 pooled_stats = pooled_stats or st != "max"
         elif len(per) == 1 and math.isfinite(val):
-            lo, hi = _one_run_interval(next(v for v in per_rep if len(v)), st, val, conf)
+            lo, hi = _one_run_interval(one_run, st, val, pooled.n, conf)
         values[st] = _finite(val)
         ci[st] = [_finite(lo), _finite(hi)]
     if pooled_stats:
         # A pooled percentile sees every replication's tail, so the maximum must too: the
         # mean of per-replication maxima can sit below a pooled p99.
-        values["max"] = _finite(_stat(np.concatenate(per_rep), "max", sum(cens)))
+        values["max"] = _finite(hist_stat(pooled, "max", sum(cens)))
         ci["max"] = [None, None]
-    return {**values, "ci": ci, "n": int(sum(len(v) for v in per_rep))}
+    return {**values, "ci": ci, "n": int(pooled.n)}
 
 
 def _delivered(
-    reps: list[Replication], cuts: list[float], lengths: list[float], conf: float
+    digests: list[Digest], spans: list[slice], lengths: list[float], conf: float
 ) -> tuple[float, list[float | None], float]:
     """(answers per second, its interval, output tokens per second) delivered in the window.
 
     Throughput counts answers *delivered* inside the window (by end time), not requests
     that arrived in it and finished, which overstates a filling system."""
-    delivered, delivered_tokens = [], []
-    for r, c in zip(reps, cuts):
-        end_s = r.records["arrival_s"] + r.records["e2e_ms"] / 1e3
-        done = (end_s >= c) & (end_s < r.window_s[1])
-        delivered.append(int(done.sum()))
-        delivered_tokens.append(float(r.records["output_tokens"][done].sum()))
+    delivered = [float(d.count("delivered")[s].sum()) for d, s in zip(digests, spans)]
+    delivered_tokens = [float(d.count("delivered_tokens")[s].sum()) for d, s in zip(digests, spans)]
     per_rep_x = np.array([n / L for n, L in zip(delivered, lengths) if L > 0])
     tokens_per_s = float(np.mean([t / L for t, L in zip(delivered_tokens, lengths) if L > 0] or [0.0]))
     throughput = float(per_rep_x.mean()) if len(per_rep_x) else 0.0
@@ -252,15 +312,11 @@ def _delivered(
     return throughput, x_ci, tokens_per_s
 
 
-def _cache_hit_rate(reps: list[Replication], cuts: list[float]) -> float | None:
+def _cache_hit_rate(digests: list[Digest], spans: list[slice]) -> float | None:
     """Hits over lookups made inside the window, finished or not: counting finished requests
     alone reads 100 % on an overloaded point where only hits get through."""
-    hits = total = 0
-    for r, c in zip(reps, cuts):
-        t, hit = r.cache_lookups
-        inside = (t >= c) & (t < r.window_s[1])
-        hits += int(hit[inside].sum())
-        total += int(inside.sum())
+    hits = sum(float(d.count("hits")[s].sum()) for d, s in zip(digests, spans))
+    total = sum(float(d.count("lookups")[s].sum()) for d, s in zip(digests, spans))
     return hits / total if total else None
 
 
@@ -279,14 +335,20 @@ def _utilization(scn: Scenario, c0: list[dict], span: list[float]) -> dict[str, 
 
 
 def _gpu_entry(
-    scn: Scenario, c0: list[dict], span: list[float], recs: list[dict], metrics: dict, throughput: float
+    scn: Scenario,
+    c0: list[dict],
+    span: list[float],
+    digests: list[Digest],
+    spans: list[slice],
+    n_req: int,
+    metrics: dict,
+    throughput: float,
 ) -> dict[str, Any]:
     """Per step: memory- or compute-bound, batch size; KV occupancy is blocks in use over
     blocks available, time-weighted over the window (idle time included)."""
     steps = sum(c["gpu_steps"] for c in c0)
     block_time = sum(c["gpu_kv_blocks"] * c["gpu_replicas"] * s for c, s in zip(c0, span))
-    n_req = sum(len(r["e2e_ms"]) for r in recs)
-    pre = [r["preemptions"] for r in recs if "preemptions" in r]
+    preempted = sum(int(d.count("preempted")[s].sum()) for d, s in zip(digests, spans))
     tpot = metrics.get("tpot_ms", {})
     return {
         "steps": steps,
@@ -295,7 +357,7 @@ def _gpu_entry(
         "kv_occupancy": _finite(sum(c["gpu_kv_block_seconds"] for c in c0) / block_time) if block_time else None,
         "kv_blocks": int(c0[0]["gpu_kv_blocks"]) if c0 else None,
         "preemptions": round(sum(c["gpu_preemptions"] for c in c0)),
-        "preempted_share": _finite(sum(int((p > 0).sum()) for p in pre) / n_req) if n_req and pre else None,
+        "preempted_share": _finite(preempted / n_req) if n_req else None,
         "tpot_ms": {st: tpot.get(st) for st in ("p50", "p90", "p95", "p99")} if tpot else None,
         "load": _gpu_load(scn, throughput),
     }
@@ -355,31 +417,31 @@ def _windowed_verdict(v: dict) -> dict:
     return out
 
 
-def _routing_entry(scn: Scenario, recs: list[dict[str, np.ndarray]]) -> dict:
+def _routing_entry(scn: Scenario, digests: list[Digest], spans: list[slice]) -> dict:
     """The routing stage's configuration and calibrated figures, and what it did: the share
     of requests routed to their question, kept on their raw key, or routed to another one,
     and the share that carried a typed variant never seen before (``novel_keys``)."""
     _, _, _, info = routing_setup(scn)
     out = dict(info)
-    n = sum(len(r["routing_outcome"]) for r in recs)
+
+    def total(name: str) -> float:
+        return sum(float(d.count(name)[s].sum()) for d, s in zip(digests, spans))
+
+    n = total("finished")
     if n and scn.routing.enabled:
-        oc = np.concatenate([r["routing_outcome"] for r in recs])
-        keys = np.concatenate([r["query_key"] for r in recs])
         out["outcomes"] = {
-            "routed": float((oc == ROUTED).mean()),
-            "kept_raw": float((oc == KEPT_RAW).mean()),
-            "wrong": float((oc == WRONG).mean()),
+            "routed": total("routed") / n,
+            "kept_raw": total("kept_raw") / n,
+            "wrong": total("wrong") / n,
         }
     if n:
-        keys = np.concatenate([r["query_key"] for r in recs])
-        out["novel_keys"] = float((keys < 0).mean())
+        out["novel_keys"] = total("novel_keys") / n
     return out
 
 
-def _warmup_entry(scn: Scenario, reps: list[Replication], recs: list[dict], cuts: list[float]) -> dict:
+def _warmup_entry(scn: Scenario, reps: list[Replication], kept: int, cuts: list[float]) -> dict:
     """What was cut: ``method`` (``fixed`` or ``mser5``), the cut per replication, the share dropped."""
-    before = sum(int((r.records["arrival_s"] < r.window_s[1]).sum()) for r in reps)
-    kept = sum(len(r["e2e_ms"]) for r in recs)
+    before = sum(_finished(_digest(r), 0.0, r.window_s[1]) for r in reps)
     return {
         "method": "mser5" if scn.run.warmup_s == "auto" else "fixed",
         "cut_s": float(np.mean(cuts)) if cuts else 0.0,
@@ -416,26 +478,29 @@ def _precision(scn: Scenario, sla: list[dict], n_reps: int) -> dict:
     return out
 
 
-def _trend(recs: list[dict], cuts: list[float], reps: list[Replication], conf: float) -> dict:
+def _trend(digests: list[Digest], cuts: list[float], reps: list[Replication], conf: float) -> dict:
     """Does e2e latency keep rising through the measurement window?
 
     Each replication's window (after the warm-up cut) is split into four equal
-    spans of arrival time; ``growth`` is the mean over replications of
-    ``(last-quarter mean - first-quarter mean) / overall mean``.  The series is
-    called growing when growth exceeds 25 %, the four quarter means (averaged
-    over replications) rise monotonically, and, with two or more
+    spans of arrival time (whole cells of the digest: each cell goes to the quarter
+    its start falls in, exact for a fixed warm-up's 100 cells); ``growth`` is the mean
+    over replications of ``(last-quarter mean - first-quarter mean) / overall mean``.
+    The series is called growing when growth exceeds 25 %, the four quarter means
+    (averaged over replications) rise monotonically, and, with two or more
     replications, the t interval of the per-replication growth lies above 0.
     A steady system passes all three only by a rare accident; a queue that
     grows without bound (or has not filled yet) fails all three.
     """
     quarters = []
-    for rec, cut, rep in zip(recs, cuts, reps):
-        t, y = rec["arrival_s"], rec["e2e_ms"]
-        if len(y) < 40:
+    for d, cut, rep in zip(digests, cuts, reps):
+        h = d.hist["e2e_ms"]
+        span = d.between(cut, rep.window_s[1])
+        n, y = h.n[span], h.total[span]
+        if n.sum() < 40:
             continue
         edges = np.linspace(cut, rep.window_s[1], 5)
-        idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, 3)
-        counts = np.bincount(idx, minlength=4)
+        idx = np.clip(np.searchsorted(edges, d.edges[span] + 1e-9 * max(1.0, rep.window_s[1]), side="right") - 1, 0, 3)
+        counts = np.bincount(idx, weights=n, minlength=4)
         if (counts < 10).any():
             continue
         quarters.append(np.bincount(idx, weights=y, minlength=4) / counts)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from sim.analysis.stats import combine_verdicts
 from sim.spec.metrics import METRIC_STAGE, TABLE_COLUMNS
+
+if TYPE_CHECKING:
+    import pandas as pd  # deferred: imported where a frame is made
 
 
 def param_value(v: Any) -> Any:
@@ -36,6 +37,8 @@ def param_columns(params: Sequence[Mapping[str, Any]]) -> dict[str, str]:
 
 
 def with_params(df: pd.DataFrame, params: Mapping[str, Any], dtypes: Mapping[str, str]) -> pd.DataFrame:
+    import pandas as pd  # deferred: ~0.3 s a run printing its table does without
+
     df = df.copy()
     for k, dt in dtypes.items():
         v = param_value(params.get(k))
@@ -58,6 +61,8 @@ def table_columns(points: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
 
 def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> pd.DataFrame:
     """Flatten point summaries (``summary["points"]``) into one row per point."""
+    import pandas as pd  # deferred: ~0.3 s a run printing its table does without
+
     dtypes = param_columns([p.get("params", {}) for p in points])
     routing = any("routing" in p.get("utilization", {}) for p in points)
     columns = table_columns(points)

@@ -24,6 +24,11 @@ What replaces the stationary machinery for a load that changes over time:
 Unfinished requests: a window's percentile counts its arrivals that had not
 finished by the end of the run as +infinity, so a window the system never
 answered reads as infinite, not as its few lucky fast requests.
+
+Every window's statistic comes from the replication's digest
+(:mod:`sim.engine.digest`), whose time cells include the window edges: a
+window's histogram is the sum of its cells', exact, and its percentiles are
+within 0.5 % of those of the window's requests.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from sim.analysis import stats
+from sim.engine.digest import Digest, Histogram, window_edges
 from sim.engine.pipeline import Replication
 from sim.engine.profile import breakpoints
 from sim.engine.records import Bins
@@ -50,24 +56,6 @@ NOTE = (
     "arrival window, averaged over replications with a t interval across them; requests unfinished "
     "at the end count as slower than all in their window"
 )
-
-
-def metric_values(rec: dict[str, np.ndarray], metric: str) -> np.ndarray:
-    """The values of one metric in one replication's (windowed) records."""
-    if metric in ("retrieval_ms", "retrieval_wait_ms", "retrieval_service_ms"):
-        miss = ~rec["cache_hit"]
-        if metric == "retrieval_ms":
-            return (rec["retrieval_wait_ms"] + rec["retrieval_service_ms"])[miss]
-        return rec[metric][miss]
-    if metric in ("routing_ms", "routing_wait_ms", "routing_service_ms"):
-        routed = rec["routing_outcome"] >= 0
-        if metric == "routing_ms":
-            return (rec["routing_wait_ms"] + rec["routing_service_ms"])[routed]
-        return rec[metric][routed]
-    if metric == "tpot_ms":
-        many = rec["output_tokens"] > 1
-        return rec["decode_ms"][many] / (rec["output_tokens"][many] - 1)
-    return rec[metric]
 
 
 def censored_stat(values: np.ndarray, stat: str, unfinished: int) -> float:
@@ -86,29 +74,56 @@ def censored_stat(values: np.ndarray, stat: str, unfinished: int) -> float:
     return float(np.percentile(values, 100.0 * rank / (n - 1))) if n > 1 else float(values[0])
 
 
+def censored_hist_stat(h: Histogram, stat: str, unfinished: int) -> float:
+    """:func:`censored_stat` of the values counted in ``h`` (percentiles read from the
+    histogram, within :data:`sim.engine.digest.RELATIVE_ERROR`; mean and maximum exact)."""
+    n = h.n
+    if stat == "mean":
+        return float("inf") if unfinished else (h.mean if n else float("nan"))
+    if stat == "max":
+        return float("inf") if unfinished else (h.hi if n else float("nan"))
+    total = n + unfinished
+    if total == 0:
+        return float("nan")
+    rank = _Q[stat] * (total - 1)
+    if rank > n - 1:
+        return float("inf")
+    return h.quantile(rank / (n - 1)) if n > 1 else h.lo
+
+
 def _edges(end_s: float, width: float) -> np.ndarray:
-    k = max(1, math.ceil(end_s / width - 1e-9))
-    return np.minimum(np.arange(k + 1) * width, end_s)
+    return window_edges(end_s, width)
+
+
+def _digest(rep: Replication) -> Digest:
+    if rep.digest is None:
+        raise ValueError(f"replication {rep.replication} carries no digest to summarise")
+    return rep.digest
 
 
 def per_window(reps: list[Replication], edges: np.ndarray, metric: str, stat: str) -> np.ndarray:
     """Shape (replications, windows): the statistic of each window's arrivals (nan: none)."""
     out = np.full((len(reps), len(edges) - 1), np.nan)
     for r, rep in enumerate(reps):
-        rec = rep.records
-        idx = np.searchsorted(edges, rec["arrival_s"], side="right") - 1
-        started = np.searchsorted(edges, rep.started_s, side="right") - 1
+        d = _digest(rep)
         for w in range(len(edges) - 1):
-            sel = idx == w
-            v = metric_values({k: c[sel] for k, c in rec.items()}, metric)
-            unf = max(0, int((started == w).sum()) - int(sel.sum())) if metric in ("e2e_ms", "ttft_ms") else 0
-            out[r, w] = censored_stat(v, stat, unf)
+            span = d.between(float(edges[w]), float(edges[w + 1]))
+            h = d.hist[metric].select(span)
+            unf = 0
+            if metric in ("e2e_ms", "ttft_ms"):
+                unf = max(0, int(d.count("started")[span].sum()) - int(d.count("finished")[span].sum()))
+            out[r, w] = censored_hist_stat(h, stat, unf)
     return out
 
 
 def counts(reps: list[Replication], edges: np.ndarray) -> np.ndarray:
     """Requests started per window and replication (finished or not)."""
-    return np.array([np.histogram(rep.started_s, bins=edges)[0] for rep in reps])
+    out = np.zeros((len(reps), len(edges) - 1))
+    for r, rep in enumerate(reps):
+        d = _digest(rep)
+        for w in range(len(edges) - 1):
+            out[r, w] = d.count("started")[d.between(float(edges[w]), float(edges[w + 1]))].sum()
+    return out
 
 
 def combine(per: np.ndarray, n: np.ndarray, stat: str, conf: float) -> tuple[list, list]:

@@ -38,7 +38,7 @@ def run(
     6 an I/O failure, 130 Ctrl-C.
     """
     # deferred: the simulator loads pydantic and numpy; `capsim run --help` needs neither.
-    # pandas and scipy (the table below) load after the workers start, beside them.
+    # scipy (the summaries) loads after the workers start, beside them.
     from sim.run.bounds import check_bounds
     from sim.run.folder import locked, prepare_out
     from sim.run.store import write_run
@@ -51,11 +51,12 @@ def run(
         raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
     overrides = parse_overrides(set_)
     points = expand(scenario, run_overrides(overrides, seed, replications), None)
-    check_bounds(points, max_memory, jobs)
+    check_bounds(points, max_memory, jobs, keep_records=out is not None)
     if out is not None:
         with locked(prepare_out(out, "run") or out):
             with progress_bar("simulating") as bar:
-                result = simulate(scenario, overrides, seed=seed, replications=replications, jobs=jobs, progress=bar)
+                kw = {"seed": seed, "replications": replications, "jobs": jobs, "progress": bar}
+                result = simulate(scenario, overrides, keep_records=True, **kw)  # records.parquet
             write_run(result, out)
     else:
         with progress_bar("simulating") as bar:
@@ -63,7 +64,7 @@ def run(
     if json_:
         sys.stdout.write(to_json(result.summary) + "\n")
     else:
-        from sim.present.tables import print_run  # deferred: pandas, loaded once the workers run
+        from sim.present.tables import print_run  # deferred: loaded once the workers run
 
         print_run(result, stdout_console())
     raise typer.Exit(result.exit_code)

@@ -23,14 +23,16 @@ import simpy
 from sim import distributions as D
 from sim.engine.cache import LRUCache
 from sim.engine.clock import later
+from sim.engine.digest import Digest, cell_edges, window_edges
 from sim.engine.llm.autoscale import mean_count
 from sim.engine.llm.stage import LLMStage
 from sim.engine.pool import WorkerPool
 from sim.engine.profile import Presence, level, peak
-from sim.engine.records import Bins, Recorder
+from sim.engine.records import CHUNK_ROWS, Bins, Recorder
 from sim.engine.routing import OFF, Utterances, routing_setup
 from sim.engine.sched import SchedulerPool, scheduler_pool
 from sim.engine.workload import Popularity, QueryKeys
+from sim.errors import ConfigError
 from sim.physics.retrieval import default_calibration_path, load_calibration
 from sim.rng import stream
 from sim.spec.schema import PromptComposition, Scenario, build_distribution
@@ -123,20 +125,33 @@ class TokenCounts:
 
 @dataclass
 class Replication:
-    """What one replication produced: flat records plus stage counters."""
+    """What one replication produced: its streaming digest, stage counters and, when kept
+    (``run.records``), the flat per-request records (``None`` otherwise)."""
 
     replication: int
-    records: dict[str, np.ndarray]
+    kept: dict[str, np.ndarray] | None  # the records, when kept
     window_s: tuple[float, float]
     # Plain numbers, and per-stage Bins (totals taken after the warm-up cut by the summary).
     counters: dict[str, float | Bins] = field(default_factory=dict)
     # Sampled state (see Model.monitor): t_s, retrieval_queue, retrieval_busy, and per LLM
     # replica (arrays of shape samples x replicas) llm_waiting, llm_running, kv_tokens.
     timeseries: dict[str, np.ndarray] = field(default_factory=dict)
-    # Arrival time of every request started (finished or not), for results over time.
-    started_s: np.ndarray = field(default_factory=lambda: np.empty(0))
-    # Every cache lookup: (arrival time of its request, hit), finished or not.
-    cache_lookups: tuple[np.ndarray, np.ndarray] = field(default_factory=lambda: (np.empty(0), np.empty(0, dtype=bool)))
+    # Histograms and counts by time cell (sim.engine.digest): every summary is computed from it.
+    digest: Digest | None = None
+
+    @property
+    def records(self) -> dict[str, np.ndarray]:
+        """The per-request records (column arrays by arrival); only when they were kept."""
+        if self.kept is None:
+            raise ConfigError(
+                "run.records: the per-request records were not kept; set run.records: true "
+                "(--set run.records=true) to keep one record per request"
+            )
+        return self.kept
+
+    @property
+    def has_records(self) -> bool:
+        return self.kept is not None
 
 
 class _Request:
@@ -219,7 +234,9 @@ class _User:
 class Model:
     """One replication's SimPy model of the whole pipeline."""
 
-    def __init__(self, scn: Scenario, replication: int):
+    def __init__(self, scn: Scenario, replication: int, records: bool | None = None):
+        """``records``: keep every request's record (default ``run.records``); the digest
+        the summaries come from is kept either way."""
         self.scn = scn
         self.rep = replication
         self.env = env = simpy.Environment()
@@ -229,7 +246,9 @@ class Model:
         self.end_arrivals_s = float(run.duration_s)
         self.drain_s = run.drain_seconds
         seed = run.seed
-        self.recorder = Recorder(replication)
+        keep = bool(run.records) if records is None else records
+        self.digest = Digest(digest_edges(scn), float(run.duration_s) if run.warmup_s == "auto" else None)
+        self.recorder = Recorder(replication, self.digest, keep)
         self._dists: dict[int, tuple[Any, D.Distribution]] = {}
         self.popularity = Popularity(scn.workload.queries)
         self.cache = LRUCache(scn.cache.capacity) if scn.cache.enabled else None
@@ -304,6 +323,15 @@ class Model:
         rng = stream(self.scn.run.seed, self.rep, "utterance", *purpose)
         return Utterances(self.novel_share, self.routing_accuracy, self.scn.routing.questions, rng, self.novel_ids)
 
+    def _count_started(self) -> None:
+        self.digest.add_started(np.frombuffer(self.started_s, dtype=float))
+        self.started_s = array("d")
+
+    def _count_lookups(self) -> None:
+        hit = np.frombuffer(self.lookup_hit, dtype=np.int8)
+        self.digest.add_lookups(np.frombuffer(self.lookup_t0, dtype=float), hit)
+        self.lookup_t0, self.lookup_hit = array("d"), array("b")
+
     def request(
         self,
         user: int,
@@ -326,6 +354,8 @@ class Model:
         if self.window[0] <= now < self.window[1]:
             self.started_in_window += 1
         self.started_s.append(now)
+        if len(self.started_s) >= CHUNK_ROWS:
+            self._count_started()
         if self.routing_pool is not None:
             self.routing_pool.acquire(self._cb_route, r)
         else:
@@ -360,6 +390,8 @@ class Model:
         r.hit = self.cache.lookup(r.key)
         self.lookup_t0.append(r.t0)
         self.lookup_hit.append(r.hit)
+        if len(self.lookup_t0) >= CHUNK_ROWS:
+            self._count_lookups()
         self._retrieve(r)
 
     def _retrieve(self, r: _Request) -> None:
@@ -640,7 +672,10 @@ class Model:
         else:
             self.open_arrivals()
         env.run(until=self.end_arrivals_s + self.drain_s)
-        records = self.recorder.arrays()
+        self.recorder.flush()
+        self._count_started()
+        self._count_lookups()
+        records = self.recorder.arrays() if self.recorder.keep else None
         lo, hi = self.window
         counters: dict[str, float | Bins] = {"started_in_window": self.started_in_window}
         # Stage counters are Bins over time (sim.engine.records.Bins): the summary takes their
@@ -671,11 +706,23 @@ class Model:
                 counters["gpu_replicas"] = mean_count(scaler.history, 3, lo, hi)
                 sampled.update(scaler.timeseries())
         timeseries = {k: (v if k == "kv_capacity_tokens" else np.asarray(v, dtype=float)) for k, v in sampled.items()}
-        lookups = (np.asarray(self.lookup_t0, dtype=float), np.asarray(self.lookup_hit, dtype=bool))
-        return Replication(
-            self.rep, records, (lo, hi), counters, timeseries, np.asarray(self.started_s, dtype=float), lookups
-        )
+        return Replication(self.rep, records, (lo, hi), counters, timeseries, self.digest)
 
 
-def run_replication(scn: Scenario, replication: int) -> Replication:
-    return Model(scn, replication).run()
+def digest_edges(scn: Scenario) -> np.ndarray:
+    """The digest's time cells for ``scn``: :func:`sim.engine.digest.cell_edges` over the
+    measurement window, plus the timeline's window edges when results over time are on."""
+    run = scn.run
+    lo = 0.0 if run.warmup_s == "auto" else float(run.warmup_s)
+    end = float(run.duration_s)
+    extra: list[float] = []
+    if scn.timeline_on:
+        for width in (scn.timeline.window_s, scn.timeline.sla_window_s):
+            if width:
+                extra.extend(window_edges(end, width))
+    return cell_edges(lo, end, extra)
+
+
+def run_replication(scn: Scenario, replication: int, records: bool | None = None) -> Replication:
+    """One replication of ``scn``; ``records``: keep every request's record (default ``run.records``)."""
+    return Model(scn, replication, records).run()

@@ -3,14 +3,19 @@
 ``capsim run``, ``sweep`` and ``capacity`` call :func:`check_bounds` before the
 first replication.  A run whose estimated peak memory exceeds the memory
 available now (or ``--max-memory``) is refused with one line naming the key
-that drives it; above half of that, or above :data:`WARN_TIME_S` of estimated
-work, a warning goes to stderr and the run goes ahead.
+that drives it, and so is one estimated at more than :data:`REFUSE_TIME_S` (30
+days) of work, which would never finish; above half of the memory, or above
+:data:`WARN_TIME_S` of estimated work, a warning goes to stderr and the run goes
+ahead.
 
 The model is deliberately simple, linear in what grows:
 
-* every request of every replication of every point is held as a record row
-  until its point is summarised (``BYTES_PER_REQUEST`` including the
-  in-flight objects);
+* where per-request records are kept (``run.records``; by default only for a
+  folder's records.parquet), every request of every replication of every
+  point is held as a record row until its point is written
+  (``BYTES_PER_REQUEST`` including the in-flight objects); otherwise each
+  replication holds one streaming digest (``BYTES_PER_DIGEST``, whatever its
+  number of requests) until the run ends;
 * every closed-loop user is a SimPy process, every GPU replica a scheduler
   with its KV accounting, every distinct query key a popularity entry, in
   each worker process at once (``BYTES_PER_USER``, ``BYTES_PER_REPLICA``,
@@ -19,7 +24,8 @@ The model is deliberately simple, linear in what grows:
 The constants were measured with ``tracemalloc`` on ``tests/data/rag_small.yaml``
 (Python 3.11, x86-64): 731 B per request, 9.8 kB per user (4,000 users at the
 same request rate), 25 kB per replica (200 replicas), 24 B per key (2 M keys),
-and 66 us of CPU per request on one core.  They are rounded up: the estimate is
+and 66 us of CPU per request on one core; a digest's counters came to 2.4 MB
+(``nbytes``) for the flagship at 1,000 shoppers, its widest case here.  They are rounded up: the estimate is
 meant to stop runs that are orders of magnitude too big, not to predict RSS.
 Requests per replication are ``rate_per_s x duration_s`` for open arrivals and
 ``users / mean think time x duration_s`` for a closed loop (an upper bound:
@@ -49,6 +55,7 @@ from sim.spec.schema import Scenario
 from sim.spec.trace import load_trace
 
 BYTES_PER_REQUEST = 1_000
+BYTES_PER_DIGEST = 4_000_000
 BYTES_PER_USER = 12_000
 BYTES_PER_REPLICA = 32_000
 BYTES_PER_KEY = 32
@@ -57,6 +64,7 @@ CPU_S_PER_REQUEST = 70e-6
 CPU_S_PER_USER = 300e-6
 WARN_FRACTION = 0.5
 WARN_TIME_S = 3600.0
+REFUSE_TIME_S = 30 * 86400.0
 _DEFAULTS = {
     "run.duration_s": 600.0,
     "run.replications": 5,
@@ -125,15 +133,18 @@ class Estimate:
     def driver(self) -> str:
         """The key that drives the memory estimate, with its value."""
         key = max(self.terms, key=lambda k: self.terms[k])
-        if key != "requests":
-            return key
+        return key if key != "requests" else self.requests_driver()
+
+    def requests_driver(self) -> str:
+        """The key that drives the number of requests (and the work)."""
         # requests grow with several keys: name the one furthest above its default
         ratios = {k: float(v) / _DEFAULTS[k] for k, v in self.request_keys.items() if k in _DEFAULTS}
         return max(ratios, key=lambda k: ratios[k]) if ratios else "run.duration_s"
 
 
-def estimate_run(points: Sequence[Point], jobs: int = 1) -> Estimate:
-    """Estimate the peak memory and CPU time of running ``points`` (see the module doc)."""
+def estimate_run(points: Sequence[Point], jobs: int = 1, keep_records: bool = True) -> Estimate:
+    """Estimate the peak memory and CPU time of running ``points`` (see the module doc);
+    ``keep_records``: the records are kept where ``run.records`` is unset."""
     est = Estimate()
     worker: dict[str, float] = {}
     biggest = -1.0
@@ -167,7 +178,12 @@ def estimate_run(points: Sequence[Point], jobs: int = 1) -> Estimate:
         n = per_rep * reps
         est.requests += n
         est.cpu_s += n * CPU_S_PER_REQUEST + users * CPU_S_PER_USER * reps
-        est.terms["requests"] = est.terms.get("requests", 0.0) + n * BYTES_PER_REQUEST
+        kept = run.records if run.records is not None else keep_records
+        if kept:
+            est.terms["requests"] = est.terms.get("requests", 0.0) + n * BYTES_PER_REQUEST
+        else:
+            reps_key = "run.max_replications" if run.target_precision is not None else "run.replications"
+            est.terms[reps_key] = est.terms.get(reps_key, 0.0) + reps * BYTES_PER_DIGEST
         if n >= biggest:
             biggest, est.request_keys = n, keys
         per = {
@@ -197,30 +213,40 @@ def _duration(s: float) -> str:
 
 
 def check_bounds(
-    points: Sequence[Point], max_memory: str | int | None = None, jobs: int | None = None, warn: Any = None
+    points: Sequence[Point],
+    max_memory: str | int | None = None,
+    jobs: int | None = None,
+    warn: Any = None,
+    keep_records: bool = True,
 ) -> Estimate:
     """Refuse (one-line :class:`CapsimError`) a run whose estimated memory exceeds the limit;
     warn on stderr above half of it or above :data:`WARN_TIME_S` of work.  Reads every
-    retrieval calibration the points use first, so a bad file is refused before any work."""
+    retrieval calibration the points use first, so a bad file is refused before any work.
+    ``keep_records``: the records are kept where ``run.records`` is unset."""
     check_calibrations(points)
     limit = parse_size(max_memory) if isinstance(max_memory, str) else max_memory
     flag = "--max-memory" if limit is not None else "available memory"
     limit = limit if limit is not None else available_memory_bytes()
     if jobs is None:
         jobs = default_jobs()
-    est = estimate_run(points, jobs=min(jobs, max(1, sum(p.scenario.run.replications for p in points))))
+    est = estimate_run(
+        points, jobs=min(jobs, max(1, sum(p.scenario.run.replications for p in points))), keep_records=keep_records
+    )
     say = warn or (lambda msg: print(msg, file=sys.stderr))
     if est.memory_bytes > limit:
         key = est.driver()
         value = est.request_keys.get(key, est.values.get(key, _value(points, key)))
-        said = {
-            "workload.trace.path": f"workload.trace.path: {value:,.0f} requests per replication",
-            "workload.profile": f"workload.profile: a peak level of {value:g}",
-        }.get(key, f"{key}={value:g}")
         raise CapsimError(
-            f"{said}: the run would need about {_gb(est.memory_bytes)} of memory "
+            f"{_said(key, value)}: the run would need about {_gb(est.memory_bytes)} of memory "
             f"({est.requests:,.3g} requests), more than the {_gb(limit)} of {flag}; "
             f"lower {key} (or raise --max-memory if the machine has the room)"
+        )
+    if est.cpu_s > REFUSE_TIME_S:
+        key = est.requests_driver()
+        value = est.request_keys.get(key, est.values.get(key, _value(points, key)))
+        raise CapsimError(
+            f"{_said(key, value)}: the run would take about {_duration(est.cpu_s)} of work "
+            f"({est.requests:,.3g} requests), more than {_duration(REFUSE_TIME_S)}; lower {key}"
         )
     if est.memory_bytes > WARN_FRACTION * limit:
         say(f"warning: this run may use about {_gb(est.memory_bytes)} of the {_gb(limit)} of {flag}")
@@ -230,6 +256,13 @@ def check_bounds(
             f"({est.requests:,.3g} requests); driven by {est.driver()}"
         )
     return est
+
+
+def _said(key: str, value: float) -> str:
+    return {
+        "workload.trace.path": f"workload.trace.path: {value:,.0f} requests per replication",
+        "workload.profile": f"workload.profile: a peak level of {value:g}",
+    }.get(key, f"{key}={value:g}")
 
 
 def check_calibrations(points: Sequence[Point]) -> None:

@@ -73,9 +73,10 @@ PREFETCH_MIN_CPU_S = 1.0
 
 
 def _load_analysis() -> None:
-    """Import what summarising and returning the points needs (scipy, pandas)."""
-    import sim.analysis.summary  # deferred: scipy, loaded while a worker runs the replication
-    import sim.run.results  # noqa: F401  # deferred: pandas, likewise
+    """Import what summarising and returning the points needs (scipy; pandas only where a
+    frame is made)."""
+    import sim.analysis.summary  # deferred: loaded while a worker runs the replication
+    import sim.run.results  # noqa: F401  # deferred, likewise
 
 
 def iter_completed(executor: Any, tasks: Sequence[Task]) -> Iterator[tuple[int, Replication]]:
@@ -99,19 +100,31 @@ def run_sweep(
     jobs: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     name: str | None = None,
+    keep_records: bool | None = None,
 ) -> SweepResult:
     """Run every point not already saved under ``out``; save each as it completes.
 
     Replications follow ``run.replications`` and ``run.target_precision``;
     ``capsim run`` and :func:`sim.simulate` run through here too, so a point's
-    summary is the same from either, or from a re-run.
+    summary is the same from either, or from a re-run.  Per-request records are
+    kept where ``run.records`` says so; where it is unset, when ``keep_records``
+    is true (default: when the sweep is written to ``out``, whose records.parquet
+    holds them).  Summaries never need them.
     """
     if not points:
         raise ConfigError("the sweep has no points")
+    keep = out is not None if keep_records is None else keep_records
     if out is None:
-        return _run_sweep(points, None, executor, jobs, progress, name)
+        return _run_sweep(points, None, executor, jobs, progress, name, keep)
     with locked(prepare_out(Path(out), "sweep") or Path(out)):
-        return _run_sweep(points, out, executor, jobs, progress, name)
+        return _run_sweep(points, out, executor, jobs, progress, name, keep)
+
+
+def with_records(scn: Scenario, keep: bool) -> Scenario:
+    """``scn`` with ``run.records`` set to ``keep`` where the scenario leaves it unset."""
+    if scn.run.records is not None or not keep:
+        return scn
+    return scn.model_copy(update={"run": scn.run.model_copy(update={"records": True})})
 
 
 def _run_sweep(
@@ -121,6 +134,7 @@ def _run_sweep(
     jobs: int | None,
     progress: Callable[[int, int], None] | None,
     name: str | None,
+    keep: bool,
 ) -> SweepResult:
     # A run of a second or more: the summaries' libraries load in this process while a
     # forked worker runs the replications (a shorter one runs here, without forking).
@@ -145,7 +159,7 @@ def _run_sweep(
     done = 0
 
     def sweep_point(i: int) -> SweepPoint:
-        from sim.run.results import SweepPoint  # deferred: pandas, loaded while the workers run
+        from sim.run.results import SweepPoint  # deferred: loaded while the workers run
 
         p, pid = points[i], ids[i]
         return SweepPoint(
@@ -185,7 +199,7 @@ def _run_sweep(
             owners: list[int] = []
             for i in pending:
                 for r in range(len(reps[i]), counts[i]):
-                    tasks.append((points[i].scenario, r))
+                    tasks.append((with_records(points[i].scenario, keep), r))
                     owners.append(i)
             if getattr(ex, "jobs", 1) > 1 and len(tasks) > 1:
                 # Longest first (LPT): the heaviest replications start at once and the light
@@ -206,7 +220,7 @@ def _run_sweep(
                     continue
                 reps[i].sort(key=lambda r: r.replication)
                 from sim.analysis.autoscale import with_autoscale  # deferred, as summarize_point
-                from sim.analysis.summary import summarize_point  # deferred: scipy, loaded while the workers run
+                from sim.analysis.summary import summarize_point  # deferred: loaded while the workers run
 
                 p = points[i]
                 summ = with_autoscale(summarize_point(p.scenario, reps[i], p.params), p.scenario, reps[i])
@@ -219,7 +233,7 @@ def _run_sweep(
                 else:
                     finish(i, summ)
             pending = nxt
-        from sim.run.results import SweepResult  # deferred: pandas (loaded by now unless nothing ran)
+        from sim.run.results import SweepResult  # deferred (loaded by now unless nothing ran)
 
         res = SweepResult(
             name or points[0].scenario.name,

@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from sim.analysis.stats import combine_verdicts
 from sim.analysis.summary import PointSummary
 from sim.analysis.table import param_columns, summary_table, with_params
 from sim.engine.pipeline import Replication
 from sim.spec.schema import Scenario
+
+if TYPE_CHECKING:
+    import pandas as pd  # deferred where a frame is made: a run that prints its table never needs pandas
 
 
 @dataclass
@@ -29,6 +31,9 @@ class PointResult:
 
     @property
     def records(self) -> pd.DataFrame:
+        """One row per request (raises :class:`~sim.errors.ConfigError` unless kept: ``run.records``)."""
+        import pandas as pd  # deferred: see the module's imports
+
         frames = [pd.DataFrame(r.records) for r in self.replications]
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         for k, v in self.params.items():
@@ -47,6 +52,8 @@ class Result:
     @property
     def records(self) -> pd.DataFrame:
         """Every request of every point and replication (swept keys as columns)."""
+        import pandas as pd  # deferred: see the module's imports
+
         frames = []
         for i, p in enumerate(self.points):
             df = p.records
@@ -76,12 +83,17 @@ class Result:
 
 
 def rep_frame(reps: Sequence[Replication]) -> pd.DataFrame:
-    frames = [pd.DataFrame(r.records) for r in reps]
+    """The records of the replications that kept them (none kept: an empty frame)."""
+    import pandas as pd  # deferred: see the module's imports
+
+    frames = [pd.DataFrame(r.records) for r in reps if r.has_records]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def timeseries_frame(reps: Sequence[Replication]) -> pd.DataFrame:
     """Long format: one row per (replication, sample, LLM replica)."""
+    import pandas as pd  # deferred: see the module's imports
+
     frames = []
     for r in reps:
         ts = r.timeseries
@@ -119,9 +131,17 @@ class SweepPoint(PointResult):
     computed: bool = False
     folder: Path | None = None
 
-    def _frame(self, name: str) -> pd.DataFrame:
+    def _frame(self, name: str, strict: bool = True) -> pd.DataFrame:
+        """The point's ``records`` or ``timeseries`` frame; ``strict``: records that were not
+        kept raise (else: an empty frame)."""
+        import pandas as pd  # deferred: see the module's imports
+
         if self.replications:
-            return rep_frame(self.replications) if name == "records" else timeseries_frame(self.replications)
+            if name != "records":
+                return timeseries_frame(self.replications)
+            if strict:
+                _ = [r.records for r in self.replications]  # raises, naming run.records, unless kept
+            return rep_frame(self.replications)
         if self.folder is not None and (self.folder / f"{name}.parquet").is_file():
             return pd.read_parquet(self.folder / f"{name}.parquet")
         return pd.DataFrame()
@@ -157,6 +177,8 @@ class SweepResult(Result):
     def _concat(self, kind: str) -> pd.DataFrame:
         """Every point's ``kind`` frame, with the point index and swept keys as columns."""
         dt = self._dtypes()
+        import pandas as pd  # deferred: see the module's imports
+
         frames = []
         for i, p in enumerate(self.points):
             df = with_params(p._frame(kind), p.params, dt)

@@ -61,7 +61,7 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
 
 def normalize(summary: PointSummary) -> PointSummary:
     """The summary as it reads back from JSON, so fresh and reused points compare equal."""
-    from sim.analysis.summary import PointSummary  # deferred: scipy and pandas, loaded while the workers run
+    from sim.analysis.summary import PointSummary  # deferred: loaded while the workers run
 
     return PointSummary.from_dict(json.loads(to_json(summary)))
 
@@ -108,7 +108,7 @@ class PointStore:
             doc = json.loads((self.folder(pid) / "summary.json").read_text())
             if not isinstance(doc, dict) or not doc:
                 return None
-            from sim.analysis.summary import PointSummary  # deferred: scipy and pandas, only to resume
+            from sim.analysis.summary import PointSummary  # deferred: only to resume
 
             return PointSummary.from_dict(doc)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
@@ -180,7 +180,7 @@ class SweepFiles:
         if self._dtypes is None:
             self._dtypes = param_columns(self.params)
         for name in self.NAMES:
-            df = with_params(point._frame(name), point.params, self._dtypes)
+            df = with_params(point._frame(name, strict=False), point.params, self._dtypes)
             if df.empty:  # e.g. a point saved before time series existed
                 continue
             df.insert(0, "point", i)
@@ -287,7 +287,7 @@ def load_sweep(out: str | Path) -> dict:
 
 
 def write_run(result: Result, out_dir: str | Path) -> list[Path]:
-    """Write the resolved scenario(s), the summary JSON and the Parquet records."""
+    """Write the resolved scenario(s), the summary JSON and the Parquet records (when kept)."""
     out = Path(out_dir)
     unseal(out)
     written = []
@@ -301,10 +301,12 @@ def write_run(result: Result, out_dir: str | Path) -> list[Path]:
     written.append(out / "scenario.resolved.yaml")
     atomic_write_text(out / "summary.json", to_json(result.summary))
     written.append(out / "summary.json")
-    df = result.records
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(out / "records.parquet", buf.getvalue())
-    written.append(out / "records.parquet")
+    if all(r.has_records for p in result.points for r in p.replications):
+        buf = io.BytesIO()
+        result.records.to_parquet(buf, index=False)
+        atomic_write_bytes(out / "records.parquet", buf.getvalue())
+        written.append(out / "records.parquet")
+    else:  # run.records: false
+        (out / "records.parquet").unlink(missing_ok=True)
     seal(out, "run", written, [point_id(p.scenario) for p in result.points])
     return written

@@ -60,8 +60,10 @@ def sweep(
     jobs: int | None = None,
     executor: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    keep_records: bool | None = None,
 ) -> SweepResult:
-    """Expand ``source``'s ``sweep:`` plus ``grid`` and run it (see :func:`run_sweep`).
+    """Expand ``source``'s ``sweep:`` plus ``grid`` and run it (see :func:`run_sweep`, which
+    says when the per-request records are kept).
 
     ``sim.run.sweep.sweep("s.yaml", grid={"workload.users": [50, 100]}, out="runs/a")``
     """
@@ -69,7 +71,7 @@ def sweep(
     for k in grid or {}:
         check_key(k)
     points = expand(source, ov, dict(grid) if grid else None)
-    return run_sweep(points, out, executor=executor, jobs=jobs, progress=progress)
+    return run_sweep(points, out, executor=executor, jobs=jobs, progress=progress, keep_records=keep_records)
 
 
 def simulate(
@@ -82,12 +84,18 @@ def simulate(
     grid: Mapping[str, list] | None = None,
     executor: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    keep_records: bool = False,
 ) -> Result:
-    """Run a scenario (every sweep point) and return records and summaries.
+    """Run a scenario (every sweep point) and return summaries (and records, when kept).
 
     ``overrides`` are dotted keys (``{"llm.replicas": 2}``); ``seed`` and
-    ``replications`` override ``run.seed`` and ``run.replications``.
+    ``replications`` override ``run.seed`` and ``run.replications``.  Per-request
+    records (``Result.records``) are kept when ``run.records`` is true, or where it is
+    unset when ``keep_records`` is; the summaries come from streaming histograms
+    either way.
     """
     ov = run_overrides(overrides, seed, replications)
 
-    return run_sweep(expand(scenario, ov, grid), executor=executor, jobs=jobs, progress=progress)
+    return run_sweep(
+        expand(scenario, ov, grid), executor=executor, jobs=jobs, progress=progress, keep_records=keep_records
+    )

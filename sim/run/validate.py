@@ -181,7 +181,7 @@ def replay(row: SiliconRow, overrides: dict[str, Any] | None = None) -> dict[str
     for scale in (1.0, 4.0):
         if scale > 1.0:
             scn = scenario(row, overrides, scale)
-        rec = run_replication(scn, 0).records
+        rec = run_replication(scn, 0, records=True).records
         if START == "burst":  # the first BURST_REQUESTS x c requests sent, all of which must finish
             sel = _first_sent(rec, BURST_REQUESTS * row.concurrency)
             if sel is not None or scale > 1.0:

@@ -36,6 +36,8 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "target_precision": "add replications until every SLA statistic's half-width is within this share of it",
         "max_replications": "the most replications target_precision may add up to",
         "drain_s": "seconds in-flight requests may finish after arrivals stop (default max(30, duration/4))",
+        "records": "keep one record per request (records.parquet, Result.records): true or false; default "
+        "only when writing a folder (--out); summaries come from fixed-size histograms either way",
     },
     "WorkloadConfig": {
         "mode": "closed: users who think and ask again; open: arrivals at a rate; trace: replay a file",

@@ -162,6 +162,7 @@ class RunConfig(Strict):
     target_precision: Optional[PosFloat] = None
     max_replications: Annotated[int, Field(ge=1)] = 30
     drain_s: Optional[NonNegFloat] = None
+    records: Optional[bool] = None
 
     @property
     def drain_seconds(self) -> float:

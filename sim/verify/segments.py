@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from sim.analysis.stats import t_interval
+from sim.engine.digest import metric_values
 from sim.physics.steptable import scaled_table
 from sim.run.sweep import simulate
 from sim.spec.schema import Scenario
@@ -97,11 +98,9 @@ def compare_segments(
     segment).  Measured: the segments' windows pooled.  Predicted: per replication, the
     segments' windows pooled; replication 0 (common random numbers) is the prediction, the
     t interval over replications its interval."""
-    from sim.analysis.timeline import metric_values  # deferred: the summary's metric extraction
-
     live = merged_live(parts, warmup_s)
     meas = measured_stats(live, 0.0, workers, rates=segment_rates(parts, warmup_s, workers))
-    runs = [simulate(scn, ov, jobs=1).points[0] for ov in ovs]
+    runs = [simulate(scn, {**ov, "run.records": True}, jobs=1).points[0] for ov in ovs]  # per-request pooling
     reps = min(len(pt.replications) for pt in runs)
     metric_names = compared_metrics(scn)
     pooled: dict[str, list[np.ndarray]] = {m: [] for m in metric_names}

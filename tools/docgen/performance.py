@@ -12,6 +12,7 @@ TITLES = {
     "startup": "CLI start-up (`benchmarks/bench_startup.py`)",
     "engine": "Engine (`benchmarks/bench_engine.py`)",
     "scale": "Shop size (`benchmarks/bench_scale.py`)",
+    "scale_memory": "Memory by shop size and run length (`benchmarks/bench_scale.py --memory`)",
     "plan": "Deployment planning (`benchmarks/bench_plan.py`)",
 }
 
@@ -93,9 +94,11 @@ EXPLAIN = """\
   and two trips over the wire per search where the shared pool takes one timer, hence its
   lower rate in the last engine row.
 
-Memory grows with requests and with closed-loop users. A finished request is packed into a
-float64 block (8 bytes a field, 144 bytes a request) every 4,096 requests, and becomes column
-arrays once at the end; a closed-loop user holds four random streams and their sampler blocks
-(typed arrays, 8 bytes a value). About 155 MB of the flagship's peak is the interpreter and its
-libraries.
+Memory grows with closed-loop users, not with requests. A finished request is counted into its
+replication's digest (`sim/engine/digest.py`: log-bucket histograms per metric and time cell,
+4-byte counters, 231 buckets a decade of latency) and dropped, 4,096 at a time; only where the
+per-request records are kept (`run.records`, or a folder's `records.parquet`) is it packed into
+a float64 block (8 bytes a field, 144 bytes a request) that becomes column arrays at the end. A
+closed-loop user holds four random streams and their sampler blocks (typed arrays, 8 bytes a
+value). About 155 MB of the flagship's peak is the interpreter and its libraries.
 """

@@ -194,7 +194,7 @@ def run_check(
         "llm.replicas": 1,
         "llm.step_table": str(table),
     }
-    point = simulate(scn, ov, jobs=1).points[0]
+    point = simulate(scn, ov, jobs=1, keep_records=True).points[0]  # occupancy and TPOT per request
     rec = point.records
     rec = rec[rec["replication"] == 0]
     sim_in = (rec["arrival_s"] >= lo) & (rec["arrival_s"] < hi)
