@@ -147,12 +147,12 @@ def _small_index(tmp_path: Path) -> tuple[str, Path, Path]:
     not (LLAMA_SERVER.is_file() and MODEL.is_file()),
     reason=f"needs the reference stack: {LLAMA_SERVER} and {MODEL} (make verify builds them)",
 )
-# The unsegmented play against the real pair is the long form's only: its path is also played by
-# the threaded retrieval test (a real search service) and tests/test_verify_clock.py (an LLM server).
-@pytest.mark.parametrize(
-    "segments",
-    [pytest.param(1, marks=pytest.mark.skipif(not LONG, reason="long form only (CAPSIM_LONG=1): 20 s")), 2],
-)
+# The play against the real pair is the long form's only: its plumbing is also played by the
+# threaded retrieval test (a real search service) and tests/test_verify_clock.py (an LLM server),
+# segments and their verdicts against exact services (tests/test_verify_exact.py), and make verify
+# plays the real stack itself.
+@pytest.mark.skipif(not LONG, reason="long form only (CAPSIM_LONG=1): 20-30 s")
+@pytest.mark.parametrize("segments", [1, 2])
 def test_verify_end_to_end_against_real_llama_server_and_search_service(tmp_path, segments):
     """A real llama-server and a real hnswlib service (a small index built here), 1 user for 6 s:
     every request succeeds with exactly the scenario's output tokens, and the table is complete.
