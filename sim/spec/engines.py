@@ -186,6 +186,9 @@ def provenance(engine: str, version: str | None, efficiency_named: bool, moe: bo
         f"{ho.get('ttft', {}).get('mape_pct', float('nan')):.0f}% "
         f"(signed {ho.get('ttft', {}).get('signed_pct', float('nan')):+.0f}%)"
     )
+    fe = frontend_parameters(engine)
+    if fe:
+        line += f"; frontend {fe['frontend_ms']:.0f} ms per request, fitted to the runs' TTFT"
     if version and version not in versions:
         line += f"; version {version} was not measured: the engine's fit stands in"
     return line
