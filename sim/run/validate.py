@@ -486,12 +486,9 @@ def held_out_overrides(row: SiliconRow) -> dict[str, Any] | None:
     g = group(row)
     out: dict[str, Any]
     if row.moe and "parameters" in e:
-        # as a scenario gets it: the engine's scheduler, published roofline step costs, and the
-        # per-operation overheads (fitted without the row's group) where the tables cover the row
+        # as a scenario gets it: the engine's scheduler and the published roofline (a MoE model
+        # stays on the roofline under step_cost auto: sim.physics.perop.MOE_AUTO)
         out = {**engine_preset(row.engine, with_step_cost=False), "engine": row.engine}
-        q = _held_out(e.get("perop", {}), g)
-        if q is not None:
-            out.update({k: q[k] for k in FITTED_PEROP})
     else:
         p = _held_out(e, g)
         if p is None:
