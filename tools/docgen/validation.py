@@ -169,9 +169,9 @@ def _silicon(sil: dict[str, Any]) -> list[str]:
         f"({sil['all']['rows']:,} of {sil['rows_in_file']:,}; the others: "
         + ", ".join(f"{reason} {n:,}" for reason, n in sil["rows_by_reason"].items() if reason != "representable")
         + f") as capsim scenarios: {sil['replay']}. Error = {sil['error']}. "
-        "`engine preset, held out` fits each engine's step costs without the row's (model, GPU) group and "
-        "predicts the group; aiconfigurator's own predictions were computed once with its package and are "
-        "committed beside the rows. MAPE with the signed mean in brackets.",
+        "`engine preset, held out` fits each engine's step costs and frontend time without the row's "
+        "(model, GPU) group and predicts the group; aiconfigurator's own predictions were computed once "
+        "with its package and are committed beside the rows. MAPE with the signed mean in brackets.",
         "",
         "| engine | rows | capsim `published` TPOT | TTFT | engine preset, held out, TPOT | TTFT "
         "| aiconfigurator TPOT | TTFT |",
@@ -189,7 +189,8 @@ def _silicon(sil: dict[str, Any]) -> list[str]:
         lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
-        "The same on the rows aiconfigurator predicts (dense models on H100 and H200), so that the three "
+        "The same on the rows aiconfigurator predicts (the dense models on H100 and H200, and a fixed-seed "
+        "sample of the mixture-of-experts rows, four per model, GPU and engine), so that the three "
         "predictors are compared on the same runs:",
         "",
         "| engine | rows | capsim `published` TPOT | TTFT | engine preset, held out, TPOT | TTFT "
