@@ -133,6 +133,21 @@ def test_closed_load_uses_mva():
     assert e["saturation"]["users"] == pytest.approx(analytic.closed_saturation_users(think, demands, servers))
 
 
+def test_engine_frontend_is_part_of_the_closed_loops_delay_station():
+    """llm.frontend_ms adds to the delay every request spends outside the queues: the MVA's
+    think time is think + lone decode + frontend, and its response includes it."""
+    d = scenario(frontend_ms=250)
+    d["workload"] = {"mode": "closed", "users": 50, "think_s": {"dist": "exponential", "mean": 2.0}}
+    e = estimate(load_scenario(d))
+    names = list(e["demand_ms"])
+    demands = [e["demand_ms"][k] / 1e3 for k in names]
+    servers = [e["servers"][k] for k in names]
+    think = 2.0 + 99 * e["decode_step_ms"]["1"] / 1e3 + 0.25
+    x = analytic.mva(50, think, demands, servers)
+    assert e["load_rate_per_s"] == pytest.approx(x.throughput_per_s)
+    assert e["response_ms"] == pytest.approx((x.response_s + 99 * e["decode_step_ms"]["1"] / 1e3 + 0.25) * 1e3)
+
+
 def test_lru_hit_ratio_che():
     # uniform popularity: T solves n (1 - exp(-T/n)) = C, so the hit ratio is C / n exactly
     assert lru_hit_ratio(np.full(100, 0.01), 30) == pytest.approx(0.3)
