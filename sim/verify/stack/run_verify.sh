@@ -81,7 +81,9 @@ wait_health "http://127.0.0.1:$SEARCH_PORT/health" 120
 # speed moved by up to 30 % within one 100 s load, and each segment's table follows it.  --confirm:
 # a load with a row outside its bound is played once more (re-profiled, re-probed); a row fails
 # only when both plays put it outside (a slow spell of the host passes, a miss of the model repeats).
-rm -rf "$WORK/out" "$WORK/out_retrieval"
+# Every half's results go (the vLLM half's too, when VLLM=0 skips it): the recorder below writes
+# what it finds under $WORK, and a stale half would be recorded as this run's.
+rm -rf "$WORK/out" "$WORK/out_retrieval" "$WORK/out_vllm"
 rc_llm=0
 taskset -c "$SEARCH_CORES" "$PY" -m sim verify "$ROOT/scenarios/verify_local.yaml" --target "$WORK/target.yaml" \
     --users "$USERS" --duration-s "$DURATION" --out "$WORK/out" --profile-llm --segments 4 --confirm || rc_llm=$?
