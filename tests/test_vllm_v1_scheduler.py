@@ -307,3 +307,14 @@ def test_cached_free_blocks_evict_the_oldest_run_from_its_end():
     assert c.take("b") == 2 and c.blocks == 5 and c.held_by("b") == 0
     c.evict_to(0)
     assert c.blocks == 0 and not c.runs
+
+
+def test_the_estimate_fits_requests_in_the_usable_blocks():
+    """capsim estimate's requests in memory count the pool less the null block: 10 blocks hold
+    one request of 5 blocks (70 + 10 tokens of 16-token blocks) beside the null block, not two."""
+    from sim.analysis.estimate import _sequences_in_memory
+
+    c = cfg(TIGHT)
+    assert (c.kv_blocks, c.kv_blocks_usable) == (10, 9)
+    assert _sequences_in_memory(c, 70, 10) == 1
+    assert _sequences_in_memory(c, 38, 10) == 3  # 3 blocks each: 9 // 3

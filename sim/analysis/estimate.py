@@ -136,7 +136,7 @@ def _verdict(memory_bound: bool) -> str:
 def _sequences_in_memory(llm: LLMConfig, prompt: float, output: float) -> int:
     """Mean requests whose KV fits one replica beside the shared prefix's blocks."""
     B, prefix = llm.kv_block_tokens, llm.prefix_tokens
-    room = llm.kv_blocks - prefix // B
+    room = llm.kv_blocks_usable - prefix // B  # vLLM V1 keeps one block as its null block
     return int(room // max(1, gm.blocks_for_tokens(math.ceil(prompt + output - prefix), B)))
 
 
