@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -61,34 +62,44 @@ NOTE = (
 def censored_stat(values: np.ndarray, stat: str, unfinished: int) -> float:
     """``stat`` of ``values`` plus ``unfinished`` values known only to be larger than all of them."""
     n = len(values)
-    if stat == "mean":
-        return float("inf") if unfinished else (float(values.mean()) if n else float("nan"))
-    if stat == "max":
-        return float("inf") if unfinished else (float(values.max()) if n else float("nan"))
-    total = n + unfinished
-    if total == 0:
-        return float("nan")
-    rank = _Q[stat] * (total - 1)
-    if rank > n - 1:
-        return float("inf")
-    return float(np.percentile(values, 100.0 * rank / (n - 1))) if n > 1 else float(values[0])
+    return _censored(
+        stat,
+        n,
+        unfinished,
+        lambda: float(values.mean()),
+        lambda: float(values.max()),
+        lambda q: float(np.percentile(values, 100.0 * q)) if n > 1 else float(values[0]),
+    )
 
 
 def censored_hist_stat(h: Histogram, stat: str, unfinished: int) -> float:
     """:func:`censored_stat` of the values counted in ``h`` (percentiles read from the
     histogram, within :data:`sim.engine.digest.RELATIVE_ERROR`; mean and maximum exact)."""
     n = h.n
-    if stat == "mean":
-        return float("inf") if unfinished else (h.mean if n else float("nan"))
-    if stat == "max":
-        return float("inf") if unfinished else (h.hi if n else float("nan"))
+    return _censored(stat, n, unfinished, lambda: h.mean, lambda: h.hi, lambda q: h.quantile(q) if n > 1 else h.lo)
+
+
+def _censored(
+    stat: str,
+    n: int,
+    unfinished: int,
+    mean: Callable[[], float],
+    top: Callable[[], float],
+    at: Callable[[float], float],
+) -> float:
+    """The censoring rule both read: with unfinished values (larger than every finished one) the
+    mean and maximum are unbounded, and a percentile is too once its rank among all ``n +
+    unfinished`` values falls past the finished ones; else ``at`` reads the finished values at
+    the fraction of their range the rank gives."""
+    if stat in ("mean", "max"):
+        return float("inf") if unfinished else ((mean() if stat == "mean" else top()) if n else float("nan"))
     total = n + unfinished
     if total == 0:
         return float("nan")
     rank = _Q[stat] * (total - 1)
     if rank > n - 1:
         return float("inf")
-    return h.quantile(rank / (n - 1)) if n > 1 else h.lo
+    return at(rank / (n - 1) if n > 1 else 0.0)
 
 
 def _edges(end_s: float, width: float) -> np.ndarray:
