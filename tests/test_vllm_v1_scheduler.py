@@ -22,18 +22,7 @@ from sim.engine.llm.replica import Replica
 from sim.engine.llm.stage import LLMStage
 from sim.errors import ConfigError
 from sim.spec.schema import LLMConfig
-
-GPU = {"name": "toy", "hbm_bandwidth_gbps": 1000, "memory_gb": 100, "peak_tflops": 100, "interconnect_gbps": 100}
-MODEL = {
-    "name": "toy",
-    "layers": 1,
-    "hidden": 1000,
-    "heads": 1,
-    "kv_heads": 1,
-    "head_dim": 250_000,
-    "vocab": 1,
-    "params": 1e9,
-}
+from tests.test_llm_stage import GPU, MODEL  # the toy of test_llm_stage, whose docstring works its steps
 
 
 def cfg(memory_gb: float = 100, **kw) -> LLMConfig:
