@@ -171,3 +171,22 @@ def test_burst_counts_the_first_requests_sent_and_only_when_all_of_them_finished
     rec["ttft_ms"][2] = np.nan  # the third sent (0.2 s) never finished: a later one may not stand in
     assert _first_sent(rec, 3) is None
     assert _first_sent(rec, 4) is None  # fewer finished than asked
+
+
+def test_bad_frontend_time_and_replay_start_are_one_line_errors(tmp_path) -> None:
+    """llm.frontend_ms below 0 and an unknown --start: one line naming the key, exit 2, nothing written."""
+    from pathlib import Path
+
+    from tests.helpers import invoke
+
+    root = Path(__file__).resolve().parents[1]
+    res = invoke(
+        "run", root / "scenarios" / "order_support.yaml", "--set", "llm.frontend_ms=-1", "--out", tmp_path / "o"
+    )
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "error: llm.frontend_ms: input should be greater than or equal to 0, got -1"
+    assert not (tmp_path / "o").exists()
+    res = invoke("validate", "--start", "sideways", "--out", tmp_path / "v")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "error: --start: expected together, spread or burst, got 'sideways'"
+    assert not (tmp_path / "v").exists()
