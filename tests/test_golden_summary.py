@@ -1,23 +1,11 @@
 """``capsim run --json`` of a fixed-seed scenario does not drift.
 
 ``tests/data/golden_rag_small.json`` is ``capsim run tests/data/rag_small.yaml
---json``.  It was first captured with the flat-module layout before the
-restructuring into layers and matched byte for byte after it; it was
-regenerated once, deliberately, when the LLM step-cost defaults became the
-fit to published measurements (``llm.efficiency: published``), which changes
-every LLM figure, and once more when the cache hit rate started counting every
-lookup in the window (not only finished requests) and a pooled percentile's
-maximum became the pooled maximum (a p99 above the reported max was possible), and
-when the gpu section gained ``load`` (answers/s over the replicas' capacity), and
-when the KV pool became the engine's own accounting (memory as the card exposes it,
-79.19 GiB for an H100, less the vLLM reserve of ``llm.engine_reserve``): only
-``gpu.kv_blocks`` (32,538 -> 34,214) and ``gpu.kv_occupancy`` changed; and when the
-published fit gained two sources (Argonne's LLM-Inference-Bench, TensorRT-LLM 0.9.0): the
-``published`` preset moved (bw_efficiency 0.752 -> 0.728, mfu 0.470 -> 0.488, per-sequence
-overhead 0.132 -> 0.059 ms, all-reduce latency 47 -> 50 us), so every LLM figure changed
-(TPOT p50 3.47 -> 2.72 ms).  Percentiles are read from the streaming histograms
-(``sim.engine.digest``: within 0.5 % of the exact percentile of the same requests; their
-intervals' ends move with them, see docs/explanation/statistics.md).  Keys, their order and every value must agree; floats to
+--json``: every figure of a small fixed-seed run, the whole pipeline and the
+LLM stage on the ``published`` step-cost preset.  Percentiles are read from the
+streaming histograms (``sim.engine.digest``: within 0.5 % of the exact
+percentile of the same requests; their intervals' ends move with them, see
+docs/explanation/statistics.md).  Keys, their order and every value must agree; floats to
 1e-9 relative, so a change in numpy's last bits does not fail it but any
 change in the model or the statistics does: regenerate it only with a reason.
 """

@@ -473,3 +473,29 @@ def test_bad_gpu_settings_exit_2_with_one_line(tmp_path, llm, expected):
     assert res.exit_code == 2, res.output
     out = res.output.strip()
     assert expected in out and "\n" not in out and "Traceback" not in out
+
+
+def test_kv_occupancy_divides_by_the_blocks_requests_can_hold():
+    """vLLM's ``BlockPool.get_usage`` divides by ``num_gpu_blocks - 1`` (the null block is
+    never given to a request); the summary does the same.  By hand: 11 blocks per replica,
+    10 usable, 2 replicas over 100 s = 2,000 block-seconds; 500 held -> 0.25 (not 500/2,200)."""
+    import pathlib
+
+    from sim.analysis.summary import _gpu_entry
+    from sim.spec.scenario import load_scenario
+
+    scn = load_scenario(pathlib.Path(__file__).parent / "data" / "rag_small.yaml")
+    c0 = [
+        {
+            "gpu_steps": 4,
+            "gpu_steps_memory_bound": 3,
+            "gpu_batch_step_sum": 8,
+            "gpu_kv_block_seconds": 500.0,
+            "gpu_kv_blocks": 11,
+            "gpu_replicas": 2,
+            "gpu_preemptions": 0,
+        }
+    ]
+    g = _gpu_entry(scn, c0, [100.0], [], [], 10, {}, 0.0)
+    assert g["kv_occupancy"] == pytest.approx(0.25, rel=1e-12)
+    assert g["kv_blocks"] == 11 and g["mean_batch"] == 2 and g["memory_bound_share"] == 0.75

@@ -49,7 +49,7 @@ from sim.engine.pipeline import Replication, retrieval_service_distribution
 from sim.engine.records import Bins
 from sim.engine.routing import routing_setup
 from sim.spec.metrics import METRIC_NAMES, STATS
-from sim.spec.schema import Scenario
+from sim.spec.schema import NULL_KV_BLOCKS, Scenario
 
 
 def _digest(rep: Replication) -> Digest:
@@ -345,9 +345,10 @@ def _gpu_entry(
     throughput: float,
 ) -> dict[str, Any]:
     """Per step: memory- or compute-bound, batch size; KV occupancy is blocks in use over
-    blocks available, time-weighted over the window (idle time included)."""
+    the blocks requests can hold (the pool less the engine's null block, as vLLM's
+    ``BlockPool.get_usage`` divides), time-weighted over the window (idle time included)."""
     steps = sum(c["gpu_steps"] for c in c0)
-    block_time = sum(c["gpu_kv_blocks"] * c["gpu_replicas"] * s for c, s in zip(c0, span))
+    block_time = sum((c["gpu_kv_blocks"] - NULL_KV_BLOCKS) * c["gpu_replicas"] * s for c, s in zip(c0, span))
     preempted = sum(int(d.count("preempted")[s].sum()) for d, s in zip(digests, spans))
     tpot = metrics.get("tpot_ms", {})
     return {
