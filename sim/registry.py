@@ -65,5 +65,6 @@ SCHEDULERS = Registry(
     {
         "chunked": "sim.engine.llm.schedulers.chunked",
         "whole": "sim.engine.llm.schedulers.whole",
+        "mixed_whole": "sim.engine.llm.schedulers.mixed_whole",
     },
 )

@@ -174,6 +174,68 @@ def test_non_chunked_prefill_exact_timeline():
     assert a.t_last == pytest.approx(t4, rel=1e-12)
 
 
+def test_whole_prompts_beside_decodes_exact_timeline():
+    """vLLM V1 with chunked prefill off: decodes first, then whole prompts that fit the budget."""
+    c = cfg(chunked_prefill=False, prefill_steps="mixed")
+    assert c.scheduler == "mixed_whole"
+    a, b = run(c, A_B)[0]
+    # step 1: A's prompt (100); B's 40 > the 28 left, so B waits: memory 2.1 ms.  A's first token.
+    t1 = step_s(100, 100, 5050)
+    assert t1 == pytest.approx(2.1 * MS)
+    # step 2: A decodes (context 101) + B's whole prompt (40 <= 127): N 41, C 141: memory 2.141 ms.
+    t2 = t1 + step_s(41, 141, 101 + 820)
+    assert t2 - t1 == pytest.approx(2.141 * MS)
+    # step 3: both decode, C = 102 + 41 = 143: 2.143 ms.  A has 3 tokens, B 2: both done.
+    t3 = t2 + step_s(2, 143, 143)
+    assert t3 - t2 == pytest.approx(2.143 * MS)
+    assert (a.t_first, b.t_first) == (pytest.approx(t1, rel=1e-12), pytest.approx(t2, rel=1e-12))
+    assert (a.t_last, b.t_last) == (pytest.approx(t3, rel=1e-12), pytest.approx(t3, rel=1e-12))
+
+
+def test_whole_prompts_a_shorter_prompt_goes_past_one_that_does_not_fit():
+    """V1 skips a waiting prompt that does not fit the budget left and admits a later one; the
+    skipped one keeps its place at the head for the next step."""
+    a, b, c = run(cfg(chunked_prefill=False, prefill_steps="mixed"), [(0.0, 100, 3), (0.0, 60, 2), (0.0, 20, 2)])[0]
+    # step 1: A (100) + C (20) = 120 <= 128; B (60) > the 28 left waits.
+    #   compute (2e9 x 120 + 1e6 x (5,050 + 210)) / 1e14 = 2.4526 ms > memory 2.12 ms.
+    t1 = step_s(120, 120, 5050 + 210)
+    assert t1 == pytest.approx(2.4526 * MS)
+    # step 2: A and C decode + B's whole prompt: N 62, C 101 + 21 + 60 = 182: memory 2.182 ms.  C done.
+    t2 = t1 + step_s(62, 182, 101 + 21 + 60 * 61 / 2)
+    assert t2 - t1 == pytest.approx(2.182 * MS)
+    # step 3: A (102) and B (61) decode: 2.163 ms.  A has 3 tokens, B 2.
+    t3 = t2 + step_s(2, 163, 163)
+    assert (a.t_first, b.t_first, c.t_first) == tuple(pytest.approx(t, rel=1e-12) for t in (t1, t2, t1))
+    assert (a.t_last, b.t_last, c.t_last) == tuple(pytest.approx(t, rel=1e-12) for t in (t3, t3, t2))
+
+
+def test_a_prompt_longer_than_the_budget_runs_alone_without_chunking():
+    # 200 > 128: it waits for a step with nothing else in it (B, admitted first, has finished).
+    b, a = run(cfg(chunked_prefill=False, prefill_steps="mixed"), [(0.0, 40, 2), (0.0, 200, 2)])[0]
+    t1 = step_s(40, 40, 820)  # B's prompt: memory 2.04 ms
+    t2 = t1 + step_s(1, 41, 41)  # B decodes its second token (A's 200 never fits beside it): done
+    t3 = t2 + step_s(200, 200, 20100)  # A alone: compute (4e11 + 2.01e10) / 1e14 = 4.201 ms
+    assert t3 - t2 == pytest.approx(4.201 * MS)
+    assert b.t_last == pytest.approx(t2, rel=1e-12) and a.t_first == pytest.approx(t3, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("engine", "steps", "want"),
+    [
+        (None, None, "whole"),
+        ("sglang", None, "whole"),
+        ("vllm", None, "mixed_whole"),
+        ("trtllm", None, "mixed_whole"),
+        (None, "mixed", "mixed_whole"),
+        ("vllm", "separate", "whole"),
+    ],
+)
+def test_prefill_steps_default_follows_the_engine(engine, steps, want):
+    c = LLMConfig(chunked_prefill=False, engine=engine, prefill_steps=steps)
+    assert c.scheduler == want
+    assert LLMConfig(chunked_prefill=True, engine=engine, prefill_steps=steps).scheduler == "chunked"
+
+
 def test_arrival_mid_epoch_is_admitted_at_the_next_step_boundary():
     # A (prompt 200, 10 tokens) decodes from 4.201 ms in steps of 2.201, 2.202, ... ms;
     # B arrives at 6 ms, inside A's first decode step (4.201 .. 6.402 ms), and joins at 6.402 ms.
@@ -304,7 +366,17 @@ def test_request_that_can_never_fit_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize(
     "chunked, system, caching",
-    [(True, 0, None), (False, 0, None), (True, 40, None), (False, 40, None), (True, 0, True), (False, 0, True)],
+    [
+        (True, 0, None),
+        (False, 0, None),
+        ("mixed", 0, None),
+        (True, 40, None),
+        (False, 40, None),
+        ("mixed", 40, None),
+        (True, 0, True),
+        (False, 0, True),
+        ("mixed", 0, True),
+    ],
 )
 @pytest.mark.parametrize("seed", [1, 2])
 def test_epochs_equal_a_step_by_step_loop(monkeypatch, chunked, system, caching, seed):
@@ -316,7 +388,8 @@ def test_epochs_equal_a_step_by_step_loop(monkeypatch, chunked, system, caching,
     c = cfg(
         gpu={**GPU, "memory_gb": 2.25},
         gpu_memory_utilization=1.0,
-        chunked_prefill=chunked,
+        chunked_prefill=chunked is True,
+        prefill_steps="mixed" if chunked == "mixed" else "separate",
         max_batch=6,
         max_batched_tokens=64,
         prompt_tokens=prompt,

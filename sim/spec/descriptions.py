@@ -156,6 +156,8 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "kv_block_tokens": "tokens per paged KV block",
         "max_batched_tokens": "most tokens (prefill and decode) in one step",
         "chunked_prefill": "split long prompts over steps so decodes keep running",
+        "prefill_steps": "without chunked prefill: whole prompts beside the decodes (mixed: vLLM V1, "
+        "TensorRT-LLM) or prefill steps in place of decode steps (separate: SGLang); default by engine",
         "prefix_caching": "reuse the KV of a shared system prompt (default: on with system_tokens)",
         "prompt_tokens": "prompt length in tokens: a distribution, or system + top_k x doc + question",
         "output_tokens": "answer length in tokens, a distribution",

@@ -694,6 +694,10 @@ class LLMConfig(Strict):
     kv_block_tokens: Annotated[int, Field(ge=1)] = 16
     max_batched_tokens: Annotated[int, Field(ge=1)] = 8192
     chunked_prefill: bool = True
+    # Without chunked prefill: whole prompts beside the decodes in one step ("mixed": vLLM V1,
+    # TensorRT-LLM) or prefill steps in place of decode steps ("separate": SGLang without
+    # enable_mixed_chunk).  None: "separate" under engine sglang or no engine, else "mixed".
+    prefill_steps: Optional[Literal["mixed", "separate"]] = None
     prefix_caching: Optional[bool] = None  # None: on when prompt_tokens has system_tokens
     prompt_tokens: PromptSpec = 1000  # type: ignore[assignment]
     output_tokens: DistSpec = 100  # type: ignore[assignment]
@@ -877,6 +881,14 @@ class LLMConfig(Strict):
     def kv_tokens(self) -> int:
         """Tokens one replica's KV pool holds (``kv_blocks * kv_block_tokens``), as vLLM logs them."""
         return self.kv_blocks * self.kv_block_tokens
+
+    @property
+    def scheduler(self) -> str:
+        """The replica's step planner (:data:`sim.registry.SCHEDULERS`)."""
+        if self.chunked_prefill:
+            return "chunked"
+        steps = self.prefill_steps or ("mixed" if self.engine in ("vllm", "trtllm") else "separate")
+        return "mixed_whole" if steps == "mixed" else "whole"
 
     @property
     def prefix_caching_enabled(self) -> bool:

@@ -164,7 +164,9 @@ class Replica:
         self.cost = cost
         self.max_batch = cfg.max_batch
         self.budget_tokens = cfg.max_batched_tokens
-        self.scheduler = SCHEDULERS.load("chunked" if cfg.chunked_prefill else "whole")
+        self.scheduler = SCHEDULERS.load(cfg.scheduler)
+        # Whether a request may be admitted past a waiting one (then any arrival may end an epoch).
+        self._passes = bool(getattr(self.scheduler, "ADMITS_PAST_WAITING", False))
         self.B = B = cfg.kv_block_tokens
         self.num_blocks = cfg.kv_blocks_usable  # the pool less vLLM's null block
         self.prefix_tokens = cfg.prefix_tokens
@@ -253,7 +255,7 @@ class Replica:
         if self.on_outstanding is not None:
             self.on_outstanding(self.index, self._outstanding)
         w = self._wake
-        if w is not None and was_empty and not w.triggered and len(self.order) < self.max_batch:
+        if w is not None and (was_empty or self._passes) and not w.triggered and len(self.order) < self.max_batch:
             w.succeed()
 
     # -- bookkeeping
@@ -515,7 +517,8 @@ class Replica:
         if self.step_log is not None:
             tokens = {s.req: 1 for s in self.order if s.state == DECODE}
             self._log(start, k, tokens, self.pinned + self.prefill_blocks + dec.blocks(D + 1))
-        if not self.waiting and len(self.order) < self.max_batch:  # an arrival could be admitted mid-epoch
+        # an arrival could be admitted mid-epoch
+        if (not self.waiting or self._passes) and len(self.order) < self.max_batch:
             # Wait for the epoch's end or an admissible arrival, whichever comes first: the
             # end's timeout succeeds the same wake event an arrival would (no Condition event).
             wake = self._wake = env.event()

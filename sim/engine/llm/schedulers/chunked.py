@@ -39,10 +39,10 @@ if TYPE_CHECKING:  # annotations only
 DECODES_WITH_PREFILL = True
 
 
-def plan(rep: Replica, now: float) -> list[tuple[Generation, int, int]] | None:
-    """Work of the next step with chunked prefill, or None for a decode-only step."""
-    if not rep.prefilling and not rep.waiting:
-        return None  # the decode epoch makes its own room
+def make_room(rep: Replica) -> tuple[list[tuple[Generation, int, int]], int, int, bool]:
+    """The running sequences' part of the next step: every decoder's token and the partial
+    prefills' chunks, preempting the newest sequence until their blocks fit.  Returns that work,
+    the token budget and the free blocks left, and whether it preempted (then nothing is admitted)."""
     B, dec = rep.B, rep.dec
     preempted = False
     while True:
@@ -66,8 +66,16 @@ def plan(rep: Replica, now: float) -> list[tuple[Generation, int, int]] | None:
     rep.replan = preempted
     free -= need
     rep.cached.evict_to(free)  # the running sequences' new blocks come off the free queue first
+    return work, budget, free, preempted
+
+
+def plan(rep: Replica, now: float) -> list[tuple[Generation, int, int]] | None:
+    """Work of the next step with chunked prefill, or None for a decode-only step."""
+    if not rep.prefilling and not rep.waiting:
+        return None  # the decode epoch makes its own room
+    work, budget, free, preempted = make_room(rep)
     if not preempted:
-        waiting, order = rep.waiting, rep.order
+        B, waiting, order = rep.B, rep.waiting, rep.order
         while waiting and budget > 0 and len(order) < rep.max_batch:
             head = waiting[0]
             shared, own = rep.hits_for(head)
