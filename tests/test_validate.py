@@ -74,12 +74,45 @@ def test_scenario_is_the_aiperf_concurrency_mode():
     assert not scn.cache.enabled and not scn.retrieval.enabled and scn.llm.enabled
     llm = scn.llm
     assert (llm.tensor_parallel, llm.dtype_bytes, llm.compute_dtype, llm.kv_dtype_bytes) == (2, 1.0, "fp8", 1.0)
-    assert llm.max_batch == 300 and llm.max_batched_tokens == 8192 and not llm.prefix_caching_enabled
+    # aiconfigurator's benchmark rule: max_num_batched_tokens = max_batch_size + isl + 1500
+    assert llm.max_batch == 300 and llm.max_batched_tokens == 300 + 1000 + 1500 and not llm.prefix_caching_enabled
     life = V.lifetime_s(r, V.llm_block(r))
     assert scn.run.warmup_s == pytest.approx(2 * life)
     assert scn.run.duration_s == pytest.approx(8 * life)
     spread = V.scenario(r, start="spread").workload
     assert spread.users is None and spread.profile is not None
+
+
+@pytest.mark.parametrize(
+    ("engine", "batch", "want"),
+    [
+        # vLLM: max_batch_size + isl + 1500 = 64 + 4,096 + 1,500, chunked prefill on
+        ("vllm", 64, {"max_batch": 64, "max_batched_tokens": 5660, "chunked_prefill": True}),
+        # TensorRT-LLM: the same rounded up to 32-token blocks (5,660 -> 5,664), whole prompts
+        (
+            "trtllm",
+            64,
+            {
+                "max_batch": 64,
+                "max_batched_tokens": 5664,
+                "chunked_prefill": False,
+                "prefill_steps": "mixed",
+                "kv_block_tokens": 32,
+            },
+        ),
+        # SGLang: max_prefill_tokens = isl + 1500 = 5,596 (under its 8,192 chunk) beside the decodes
+        ("sglang", 64, {"max_batch": 64, "max_batched_tokens": 64 + 5596, "chunked_prefill": True}),
+        # a batch size under the concurrency (per GPU in some rows): the concurrency
+        ("vllm", 16, {"max_batch": 64, "max_batched_tokens": 5660, "chunked_prefill": True}),
+    ],
+)
+def test_replay_uses_the_benchmark_launch_settings(engine, batch, want):
+    r = row(engine=engine, isl=4096, osl=128, concurrency=64, batch_size=batch)
+    assert V.benchmark_scheduler(r) == want
+    llm = V.llm_block(r)
+    assert {k: llm[k] for k in want} == want
+    # SGLang's chunk caps a long prompt's share: 16,000 + 1,500 > 8,192
+    assert V.benchmark_scheduler(row(engine="sglang", isl=16000, concurrency=8))["max_batched_tokens"] == 8 + 8192
 
 
 def test_one_user_is_one_prefill_then_decode_steps():

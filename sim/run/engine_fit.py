@@ -12,9 +12,13 @@ every candidate means replaying the rows.
 
 **Per-operation step costs.**  Where aiconfigurator's kernel timings cover a row
 (:mod:`sim.physics.perop`), a scenario with ``llm.engine`` is costed from them, so each engine has
-a second fit on the rows they cover: ``perop_overhead_ms``, ``perop_overhead_per_seq_ms`` and
-``perop_prefill_scale`` (:func:`perop_space`), judged on TPOT alone, held out the same way
-(``perop`` in each engine's block).  ``--perop-only`` keeps the shipped roofline fit.
+a second fit on the rows they cover: ``perop_overhead_ms``, ``perop_overhead_per_seq_ms``,
+``perop_prefill_scale`` and, beside them, a frontend time (:func:`perop_space`), judged on TPOT
+and TTFT over up to :data:`PEROP_PER_GROUP` rows per group, held out the same way (``perop`` in
+each engine's block).  TPOT alone cannot place the prefill scale (a step's prompt work is a small
+share of a decoder's time) and TTFT alone cannot tell the prefill from the time before the first
+step, so the four are fitted together; the frontend a scenario gets is still the engine-wide fit
+of ``--fit-frontend``.  ``--perop-only`` keeps the shipped roofline fit.
 
 **Held out.**  For every (model, GPU) group of an engine the fit is repeated without that group's
 rows, and *all* the group's rows are replayed with those parameters: the errors reported as the
@@ -41,6 +45,8 @@ from sim.spec.engines import preset as engine_preset
 from sim.spec.silicon import AICONFIGURATOR_VERSION, SiliconRow
 
 PER_GROUP = 6
+#: Rows per (model, GPU) group in the per-operation fit (its replays are cheaper than the roofline's).
+PEROP_PER_GROUP = 12
 LOWER = np.array([0.2, 0.05, 0.0, 0.0])
 UPPER = np.array([1.0, 1.0, 20.0, 2.0])
 START = np.array([0.7, 0.5, 0.5, 0.05])
@@ -100,22 +106,30 @@ class Space:
     scale: np.ndarray
     make: Callable[[str, np.ndarray], dict[str, Any]]
     metrics: tuple[str, ...] = ("tpot", "ttft")
+    per_group: int = PER_GROUP
 
 
 ROOFLINE = Space(FITTED, LOWER, UPPER, START, SCALE, overrides)
 
 
 def perop_space(roofline: Sequence[float]) -> Space:
-    """The per-operation fit: overhead per step, per sequence, and the prefill scale; judged on TPOT
-    (the TTFT of a replay depends on how in step the users stay, which the step cost does not set)."""
+    """The per-operation fit: overhead per step and per sequence, the prefill scale (at least 0.5:
+    kernels timed alone overstate a served step's prefill, not by more than twice) and a frontend
+    time, judged on TPOT and TTFT."""
+    n = len(FITTED_PEROP)
+
+    def make(engine: str, th: np.ndarray) -> dict[str, Any]:
+        return {**perop_overrides(engine, th[:n], roofline), "frontend_ms": float(th[n])}
+
     return Space(
-        FITTED_PEROP,
-        np.array([0.0, 0.0, 0.1]),
-        np.array([20.0, 1.0, 2.0]),
-        np.array([1.0, 0.005, 0.7]),
-        np.array([1.0, 0.005, 0.1]),
-        lambda engine, th: perop_overrides(engine, th, roofline),
-        ("tpot",),
+        (*FITTED_PEROP, "frontend_ms"),
+        np.array([0.0, 0.0, 0.5, 0.0]),
+        np.array([20.0, 1.0, 2.0, 400.0]),
+        np.array([1.0, 0.01, 0.75, 30.0]),
+        np.array([1.0, 0.005, 0.1, 10.0]),
+        make,
+        ("tpot", "ttft"),
+        PEROP_PER_GROUP,
     )
 
 
@@ -201,7 +215,7 @@ def fit_engine(
     """One engine's fit, its held-out errors by (model, GPU) group and every row's held-out prediction."""
     rows = [r for r in rows if r.engine == engine]
     groups = sorted({group(r) for r in rows})
-    sub = fit_subset(rows)
+    sub = fit_subset(rows, space.per_group)
     say(f"{engine} ({', '.join(space.names)}): fitting on {len(sub)} of {len(rows)} rows ({len(groups)} groups)")
     theta = fit(sub, engine, pool, space=space)
     doc: dict[str, Any] = {

@@ -112,7 +112,45 @@ def llm_block(row: SiliconRow, overrides: dict[str, Any] | None = None) -> dict[
     llm.update(overrides or {})
     llm["max_batch"] = max(int(llm.get("max_batch", 256)), row.concurrency)
     llm["max_batched_tokens"] = max(int(llm.get("max_batched_tokens", 8192)), llm["max_batch"])
+    if row.engine in BENCHMARK_ENGINES:
+        llm.update(benchmark_scheduler(row))
     return llm
+
+
+#: The engines whose benchmark launch settings :func:`benchmark_scheduler` knows.
+BENCHMARK_ENGINES = ("vllm", "trtllm", "sglang")
+#: Tokens aiconfigurator's benchmark rules add to the prompt length in the token budget.
+BENCHMARK_SLACK = 1500
+#: SGLang's ``chunked_prefill_size`` on H100 and H200 (``python/sglang/srt/server_args.py``).
+SGLANG_CHUNK = 8192
+
+
+def benchmark_scheduler(row: SiliconRow) -> dict[str, Any]:
+    """The scheduler the measured run was launched with: aiconfigurator's benchmark rules
+    (``aiconfigurator/generator/rule_plugin/benchmark/{vllm,trtllm,sglang}.rule`` in its 0.12.0
+    package), which size the engine for the run's own lengths:
+
+    * vLLM: ``max_num_batched_tokens = max_batch_size + isl + 1500`` (chunked prefill on, as V1
+      always is), so a whole prompt fits beside every decode;
+    * TensorRT-LLM: ``max_num_tokens`` the same rounded up to ``tokens_per_block = 32``, and
+      chunked prefill off (its template's default): whole prompts beside the decodes;
+    * SGLang: ``max_prefill_tokens = isl + 1500`` and ``enable_mixed_chunk``: prompt chunks of at
+      most ``chunked_prefill_size`` beside the decodes.
+
+    ``max_batch_size`` is the row's batch size, or its concurrency where that is larger (the
+    file's batch size is per GPU for some rows)."""
+    batch = max(row.batch_size, row.concurrency)
+    out: dict[str, Any] = {"max_batch": batch}
+    if row.engine == "vllm":
+        out.update(chunked_prefill=True, max_batched_tokens=batch + row.isl + BENCHMARK_SLACK)
+    elif row.engine == "trtllm":
+        block = 32
+        tokens = -(-(batch + row.isl + BENCHMARK_SLACK) // block) * block
+        out.update(chunked_prefill=False, prefill_steps="mixed", max_batched_tokens=tokens, kv_block_tokens=block)
+    else:
+        prefill = min(row.isl + BENCHMARK_SLACK, SGLANG_CHUNK)
+        out.update(chunked_prefill=True, max_batched_tokens=batch + prefill)
+    return out
 
 
 def lifetime_s(row: SiliconRow, llm: dict[str, Any]) -> float:

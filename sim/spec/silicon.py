@@ -111,6 +111,7 @@ class SiliconRow:
     gpu: str | None
     reasons: tuple[str, ...]
     expert_parallel: int = 1  # llm.expert_parallel of a MoE model's row (1 for a dense model)
+    batch_size: int = 0  # the engine's batch limit as the file records it (0 where it does not)
 
     @property
     def representable(self) -> bool:
@@ -246,6 +247,7 @@ def load_rows(path: str | Path | None = None) -> list[SiliconRow]:
                         gpu=GPUS.get(r["system"]),
                         reasons=_reasons(r, precision),
                         expert_parallel=(_expert_parallel(r) or 1) if r["model_path"] in MOE_MODELS else 1,
+                        batch_size=_int(r["batch_size"] if agg else r["decode_batch_size"]),
                     )
                 )
             except (KeyError, ValueError) as e:
