@@ -1,0 +1,130 @@
+"""Disaggregated prefill and decode: the hand-off formula, exact timestamps, the pools, bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import yaml
+
+from sim.engine.pipeline import run_replication
+from sim.physics.handoff import transfer_s
+from sim.spec.links import link, link_names
+from sim.spec.schema import LLMConfig, validate_scenario
+from tests.helpers import exact_scenario, invoke
+
+
+def test_transfer_time_by_hand():
+    # Llama-3-8B, BF16: 2 x 32 layers x 8 KV heads x 128 x 2 bytes = 131,072 bytes a token;
+    # 1,000 tokens over 50 GB/s = 2.62144 ms, plus 20 us of latency.
+    assert transfer_s(1000, 131_072, 5e10, 20e-6) == pytest.approx(2.62144e-3 + 20e-6, rel=1e-12)
+    cfg = LLMConfig.model_validate(
+        {"model": "llama-3-8b", "disaggregated": {"prefill": {}, "decode": {"tensor_parallel": 2}}}
+    )
+    assert cfg.kv_bytes_per_token == 131_072
+    # tensor parallel 2 splits the 8 KV heads: each decode GPU receives half over its own link
+    assert cfg.pool("decode").kv_bytes_per_token_per_gpu == 65_536
+    assert cfg.link_bytes_per_s == 5e10  # the default link: InfiniBand NDR, 400 Gb/s
+    with pytest.raises(ValueError):
+        transfer_s(1, 1, 0.0)
+
+
+def test_link_catalog_figures_match_their_quotes_and_name_a_source():
+    for name in link_names():
+        e = link(name)
+        if e.bytes_per_s is None:
+            assert name == "nvlink"
+            continue
+        assert e.bytes_per_s == e.from_quote and e.source and e.source.startswith("http") and e.read_on
+    # nvlink: the slower pool's GPU interconnect (H100 SXM 450 GB/s per direction, L40S PCIe Gen4 32)
+    cfg = LLMConfig.model_validate(
+        {"model": "llama-3-8b", "disaggregated": {"prefill": {"gpu": "l40s"}, "decode": {}, "link": "nvlink"}}
+    )
+    assert cfg.link_bytes_per_s == 32e9
+
+
+def _exact(disaggregated: dict | None, **over) -> dict:
+    d = exact_scenario(**over)
+    d["cache"] = {"enabled": False}
+    d["retrieval"] = {"enabled": False}
+    d["run"]["duration_s"] = 3.0
+    d["workload"]["think_s"] = 1.0
+    if disaggregated is not None:
+        d["llm"]["disaggregated"] = disaggregated
+    return d
+
+
+def test_one_request_exact_timestamps():
+    """Toy GPU (2 ms of weights a step, 512 KV bytes a token), prompt 100, output 3, a 1 GB/s link
+    with 100 us of latency: prefill 2 ms + 51.2 KV us, hand-off 100 + 51.2 us, first decode step
+    (the prompt's last token) 2 ms + 51.2 ns, then two decode steps reading 101 and 102 tokens."""
+    dis = {"prefill": {}, "decode": {}, "link_gbps": 1.0, "latency_us": 100}
+    rec = run_replication(validate_scenario(_exact(dis)), 0, records=True).records
+    step = lambda ctx: 2e-3 + 512 * ctx / 1e12  # noqa: E731 - memory-bound: (2e9 + 512 ctx) / 1e12
+    prefill, handoff, first = step(100), 100e-6 + 51_200 / 1e9, step(100)
+    assert rec["ttft_ms"][0] == pytest.approx((prefill + handoff + first) * 1e3, rel=1e-9)
+    assert rec["llm_wait_ms"][0] == pytest.approx(0.0, abs=1e-9)
+    assert rec["prefill_ms"][0] == pytest.approx((prefill + handoff + first) * 1e3, rel=1e-9)
+    assert rec["decode_ms"][0] == pytest.approx((step(101) + step(102)) * 1e3, rel=1e-9)
+    # the decode replica is the second of the stage's replicas
+    assert rec["replica"][0] == 1
+    agg = run_replication(validate_scenario(_exact(None)), 0, records=True).records
+    assert agg["ttft_ms"][0] == pytest.approx(prefill * 1e3, rel=1e-9)
+    assert agg["decode_ms"][0] == pytest.approx((step(101) + step(102)) * 1e3, rel=1e-9)
+
+
+def test_prefill_pool_queues_and_decode_pool_batches():
+    """Four users at once on one prefill replica with a 100-token budget: prompts are prefilled one
+    step each, in turn (the k-th waits k - 1 steps), and decoded together on the decode replica."""
+    dis = {"prefill": {"max_batch": 1, "max_batched_tokens": 100}, "decode": {}, "link_gbps": 1.0}
+    d = _exact(dis)
+    d["workload"]["users"] = 4
+    d["run"]["duration_s"] = 1.5  # one request each, all at t = 1 s (after one think time)
+    rec = run_replication(validate_scenario(d), 0, records=True).records
+    order = np.argsort(rec["llm_wait_ms"])
+    waits = rec["llm_wait_ms"][order]
+    step = 2e-3 + 512 * 100 / 1e12
+    assert waits == pytest.approx([0, step * 1e3, 2 * step * 1e3, 3 * step * 1e3], rel=1e-6)
+    assert set(rec["replica"].tolist()) == {1}
+
+
+def test_disaggregated_pools_take_their_own_keys():
+    cfg = LLMConfig.model_validate(
+        {
+            "model": "llama-3-70b",
+            "gpu": "h100-sxm",
+            "tensor_parallel": 4,
+            "prompt_tokens": {"system_tokens": 64, "question_tokens": 10},
+            "disaggregated": {
+                "prefill": {"replicas": 2, "gpu": "h200", "tensor_parallel": 2},
+                "decode": {"replicas": 3, "max_batch": 64},
+            },
+        }
+    )
+    p, dcfg = cfg.pool("prefill"), cfg.pool("decode")
+    assert (p.replicas, p.gpu.name, p.tensor_parallel, p.prefix_caching_enabled) == (2, "h200", 2, True)
+    assert (dcfg.replicas, dcfg.gpu.name, dcfg.tensor_parallel, dcfg.max_batch) == (3, "h100-sxm", 4, 64)
+    assert not dcfg.prefix_caching_enabled  # the prompt's KV arrives whole
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"replicas": 2}, "set llm.disaggregated.prefill.replicas and llm.disaggregated.decode.replicas"),
+        ({"disaggregated": {"prefill": {}, "decode": {}, "link": "carrier-pigeon"}}, "llm.disaggregated.link"),
+        ({"disaggregated": {"prefill": {"tensor_parallel": 3}, "decode": {}}}, "llm.disaggregated.prefill"),
+        ({"disaggregated": {"prefill": {}, "decode": {"replica": 2}}}, "llm.disaggregated.decode.replica"),
+        ({"disaggregated": {"prefill": {}, "decode": {}, "link_gbps": 0}}, "llm.disaggregated.link_gbps"),
+    ],
+)
+def test_bad_disaggregated_keys_exit_2_with_one_line(tmp_path, change, needle):
+    d = _exact({"prefill": {}, "decode": {}})
+    d["llm"].update(copy.deepcopy(change))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(d))
+    r = invoke("run", path, "--out", tmp_path / "out")
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err, err
+    assert not (tmp_path / "out").exists()
