@@ -44,6 +44,15 @@ def test_link_catalog_figures_match_their_quotes_and_name_a_source():
     assert cfg.link_bytes_per_s == 32e9
 
 
+def _write(d: dict):
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "s.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
 def _exact(disaggregated: dict | None, **over) -> dict:
     d = exact_scenario(**over)
     d["cache"] = {"enabled": False}
@@ -128,3 +137,45 @@ def test_bad_disaggregated_keys_exit_2_with_one_line(tmp_path, change, needle):
     err = r.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err and needle in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_disaggregated_fleet_is_priced_per_pool():
+    from sim.analysis.dollars import gpu_fleet, gpus, per_hour
+    from sim.spec.prices import gpu_price
+
+    d = _exact(None)
+    d["llm"] = {
+        "model": "llama-3-8b",
+        "gpu": "h100-sxm",
+        "disaggregated": {"prefill": {"replicas": 2, "gpu": "h200"}, "decode": {"replicas": 3, "tensor_parallel": 2}},
+    }
+    d["cost"] = {"cpu_core_per_hour": 0}
+    scn = validate_scenario(d)
+    assert gpu_fleet(scn) == [("h200", 2), ("h100-sxm", 6)] and gpus(scn) == 8
+    h200, h100 = gpu_price("h200"), gpu_price("h100-sxm")
+    assert h200 is not None and h100 is not None
+    assert per_hour(scn) == pytest.approx(2 * h200.usd_per_hour + 6 * h100.usd_per_hour, rel=1e-12)
+
+
+def test_estimate_gives_each_pool_its_load_and_the_hand_off():
+    """Toy GPU, prompt 100, output 3, open at 100 requests/s: a prefill replica with a 100-token
+    budget takes one prompt a step, 2 ms + 51.2 ns (utilisation 100 x that = 20.0 %); the hand-off
+    of 51,200 bytes at 1 GB/s plus 100 us is 0.1512 ms; two decode replicas."""
+    from sim.analysis.estimate import estimate
+
+    dis = {"prefill": {"max_batch": 1, "max_batched_tokens": 100}, "decode": {"replicas": 2}, "link_gbps": 1.0}
+    d = _exact({**dis, "latency_us": 100})
+    d["workload"] = {"mode": "open", "rate_per_s": 100}
+    est = estimate(validate_scenario(d))
+    dis = est["disaggregated"]
+    step = 2e-3 + 512 * 100 / 1e12
+    assert dis["prefill"]["prefill_ms"] == pytest.approx(step * 1e3, rel=1e-9)
+    assert dis["handoff_ms"] == pytest.approx(0.1512, rel=1e-12)
+    assert dis["handoff_bytes"] == 51_200
+    assert est["utilization"]["gpu_prefill"] == pytest.approx(100 * step, rel=1e-9)
+    assert est["servers"] == {"gpu_prefill": 1, "gpu_decode": 2}
+    assert est["saturation"]["stage"] == "gpu_prefill"  # 2 ms a prompt against ~3 ms / batch a request
+    assert "replica_capacity" not in est
+    r = invoke("estimate", _write(d))
+    assert r.exit_code == 0, r.output
+    assert "KV hand-off" in r.stdout and "first to saturate" in r.stdout and "gpu_prefill" in r.stdout

@@ -1032,7 +1032,6 @@ class LLMConfig(Strict):
             data["prefix_caching"] = False
         if spec.tensor_parallel is not None and spec.expert_parallel is None and self.expert_parallel is not None:
             data["expert_parallel"] = None  # the pool's own layout: experts spread over its GPUs
-        data["max_batched_tokens"] = max(data["max_batched_tokens"], data["max_batch"])
         try:
             return LLMConfig.model_validate(data)
         except ValidationError as e:
@@ -1211,9 +1210,14 @@ class Scenario(Strict):
     @model_validator(mode="after")
     def _check(self) -> Scenario:
         c = self.cost
-        if c is not None and c.gpu_per_hour is None and self.llm.enabled and not prices.gpu_price(self.llm.gpu.name):
+        llm = self.llm
+        names = [llm.gpu.name]
+        if llm.enabled and llm.disaggregated is not None:
+            names = [llm.pool("prefill").gpu.name, llm.pool("decode").gpu.name]
+        unpriced = [n for n in names if not prices.gpu_price(n)]
+        if c is not None and c.gpu_per_hour is None and llm.enabled and unpriced:
             raise ValueError(
-                f"cost.gpu_per_hour: the price catalog has no price for GPU {self.llm.gpu.name or '(unnamed)'!r} "
+                f"cost.gpu_per_hour: the price catalog has no price for GPU {unpriced[0] or '(unnamed)'!r} "
                 f"(priced: {', '.join(prices.priced_gpus())}); give cost.gpu_per_hour in USD"
             )
         for metric in [*self.sla, *self.timeline.sla]:
