@@ -179,3 +179,38 @@ def test_estimate_gives_each_pool_its_load_and_the_hand_off():
     r = invoke("estimate", _write(d))
     assert r.exit_code == 0, r.output
     assert "KV hand-off" in r.stdout and "first to saturate" in r.stdout and "gpu_prefill" in r.stdout
+
+
+def test_a_measured_disaggregated_row_replays_as_its_pools():
+    from sim.run import validate as V
+    from sim.spec.silicon import load_rows, representable_disaggregated
+
+    rows = {r.id: r for r in representable_disaggregated(load_rows())}
+    big = rows["dsr1_gb200_trtllm_fp4_disagg_1024x1024_c564_cfg237"]
+    llm = V.scenario(big).llm
+    assert llm.disaggregated is not None and llm.disaggregated.link == "nvlink"
+    p, d = llm.pool("prefill"), llm.pool("decode")
+    assert (p.replicas, p.tensor_parallel, p.expert_parallel_size) == (1, 4, 4)
+    assert (d.replicas, d.tensor_parallel, d.expert_parallel_size, d.max_batch) == (4, 8, 8, 256)
+    small = min(rows.values(), key=lambda r: (r.concurrency * r.osl, r.id))
+    res = V.replay(small)
+    assert not res["error"] and res["requests"] >= small.concurrency
+    assert res["ttft_ms"] > 0 and 0 < res["tpot_ms"] < res["ttft_ms"] * 10
+
+
+def test_committed_disaggregated_validation_matches_its_rows():
+    """The committed summary's MAPE is the mean |error| of its committed rows (nothing typed)."""
+    import csv
+    import json
+
+    from sim.files import data_path
+
+    folder = data_path("silicon/validation/disaggregated")
+    doc = json.loads((folder / "summary.json").read_text())
+    recs = list(csv.DictReader((folder / "rows.csv").open()))
+    ok = [r for r in recs if not r["capsim_error"]]
+    assert doc["all"]["rows"] == len(recs) == 75
+    for m in ("ttft", "tpot"):
+        e = np.array([float(r[f"capsim_{m}_err"]) for r in ok])
+        assert doc["all"]["capsim"][m]["mape_pct"] == pytest.approx(100 * np.mean(np.abs(e)), abs=0.06)
+    assert doc["rows_by_reason"]["representable (disaggregated)"] == 75
