@@ -214,3 +214,64 @@ def test_committed_disaggregated_validation_matches_its_rows():
         e = np.array([float(r[f"capsim_{m}_err"]) for r in ok])
         assert doc["all"]["capsim"][m]["mape_pct"] == pytest.approx(100 * np.mean(np.abs(e)), abs=0.06)
     assert doc["rows_by_reason"]["representable (disaggregated)"] == 75
+
+
+def _prefill_heavy_plan() -> dict:
+    """Toy GPU, open load of 40 requests/s with 8,000-token prompts and 50-token answers, SLA on
+    the P95 time per output token (2.2 ms; a decode step alone is about 2 ms).  An aggregated
+    replica mixes 16 ms prefill chunks into its decode steps; a disaggregated decode replica does
+    not."""
+    from tests.helpers import TOY_GPU, TOY_MODEL
+
+    return {
+        "name": "prefill_heavy",
+        "run": {"duration_s": 30, "warmup_s": 5, "replications": 3, "seed": 5},
+        "workload": {"mode": "open", "rate_per_s": 40},
+        "cache": {"enabled": False},
+        "retrieval": {"enabled": False},
+        "llm": {
+            "model": copy.deepcopy(TOY_MODEL),
+            "gpu": copy.deepcopy(TOY_GPU),
+            "efficiency": "custom",
+            "bw_efficiency": 1.0,
+            "mfu": 1.0,
+            "step_overhead_ms": 0,
+            "prompt_tokens": 8000,
+            "output_tokens": 50,
+        },
+        "sla": {"tpot_ms": {"p95": 2.2}},
+        "cost": {"gpu_per_hour": 1.0},
+        "plan": {
+            "llm.replicas": [1, 2, 3],
+            "llm.disaggregated": [None, {"prefill": {"replicas": 1}, "decode": {"replicas": 1}}],
+        },
+    }
+
+
+def test_plan_chooses_disaggregated_when_prefills_stall_decodes(tmp_path):
+    from sim.run.plan import plan
+
+    d = _prefill_heavy_plan()
+    res = plan(d, jobs=1, margin=0.5, knobs=False)
+    by = {(c.params["llm.replicas"], c.params["llm.disaggregated"] is not None): c for c in res.candidates}
+    w = res.winner
+    assert w is by[(1, True)] and w.cost_per_hour == pytest.approx(2.0)  # 1 prefill + 1 decode GPU
+    assert w.confirm is not None and w.confirm.verdict == "pass"
+    for k in (1, 2, 3):  # every aggregated fleet up to 3 GPUs misses the TPOT target
+        agg = by[(k, False)]
+        assert agg.best is not None and agg.best.verdict != "pass", (k, agg.best)
+    for k in (2, 3):  # a disaggregated deployment has its pools' replicas: one candidate, not three
+        assert (by[(k, True)].pruned or "").startswith("same deployment as llm.replicas 1")
+    assert res.counts["pruned"] == 2
+    # the tables print a disaggregated candidate's value (a mapping) and the JSON holds it
+    import io
+
+    from rich.console import Console
+
+    from sim.files import to_json
+    from sim.present.plan_tables import print_plan
+
+    buf = io.StringIO()
+    print_plan(res, Console(file=buf, width=200))
+    assert "disaggregated" in buf.getvalue()
+    assert '"prefill"' in to_json(res.to_dict())

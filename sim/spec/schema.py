@@ -1014,9 +1014,9 @@ class LLMConfig(Strict):
             raise ValueError(
                 "llm.autoscale and llm.disaggregated: the autoscaler scales one pool of replicas; leave one of them out"
             )
-        if "replicas" in self.model_fields_set:
+        if self.replicas != 1:
             raise ValueError(
-                "llm.replicas with llm.disaggregated: each pool has its own count; "
+                f"llm.replicas ({self.replicas}) with llm.disaggregated: each pool has its own count; "
                 "set llm.disaggregated.prefill.replicas and llm.disaggregated.decode.replicas instead"
             )
         self._pools = (self._pool_config("prefill"), self._pool_config("decode"))
