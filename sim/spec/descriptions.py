@@ -191,6 +191,8 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         " (the HPA's default scale-down stabilisation window: 300)",
         "weights_from": "storage a new replica reads its weights from (sim/spec/catalog/storage.yaml)",
         "load_gbps": "weight-loading rate of a new replica, GB/s (overrides weights_from)",
+        "max_starting": "most replicas starting at once (none: no limit); the rest of a scale-up waits for "
+        "a later decision, as when the cluster admits one new GPU node at a time",
         "engine_start_s": "seconds from a replica's start to serving, besides loading its weights"
         " (default 58: a vLLM pod scaled up with its compile cache kept, sim.spec.schema.ENGINE_START_S)",
     },

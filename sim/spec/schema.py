@@ -603,8 +603,9 @@ class AutoscaleConfig(Strict):
     """A replica autoscaler (see :mod:`sim.engine.llm.autoscale`): every ``decision_interval_s``
     it reads ``signal`` off the ready replicas and sets the replica count the Kubernetes
     HPA way, between ``min_replicas`` and ``max_replicas``; a new replica serves after its cold
-    start (weights read from ``weights_from`` or at ``load_gbps``, plus ``engine_start_s``); a
-    scale-down waits out ``cooldown_s``.  ``llm.replicas`` is the count the run starts with."""
+    start (weights read from ``weights_from`` or at ``load_gbps``, plus ``engine_start_s``), at most
+    ``max_starting`` at once; a scale-down waits out ``cooldown_s``.  ``llm.replicas`` is the count
+    the run starts with."""
 
     min_replicas: Annotated[int, Field(ge=1)] = 1
     max_replicas: Annotated[int, Field(ge=1)]
@@ -616,6 +617,8 @@ class AutoscaleConfig(Strict):
     weights_from: Literal[storage.storage_names()] = "ebs-gp3"  # type: ignore[valid-type]
     load_gbps: Optional[Annotated[float, Field(gt=0, le=1e6)]] = None
     engine_start_s: Annotated[float, Field(ge=0, le=86_400)] = ENGINE_START_S
+    # Most replicas starting at once (None: no limit); a scale-up beyond it waits for a later decision.
+    max_starting: Optional[Annotated[int, Field(ge=1)]] = None
 
     @model_validator(mode="after")
     def _check(self) -> AutoscaleConfig:
