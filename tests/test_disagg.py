@@ -275,3 +275,15 @@ def test_plan_chooses_disaggregated_when_prefills_stall_decodes(tmp_path):
     print_plan(res, Console(file=buf, width=200))
     assert "disaggregated" in buf.getvalue()
     assert '"prefill"' in to_json(res.to_dict())
+
+
+def test_the_json_schema_takes_a_pool_gpu_by_catalog_name():
+    import jsonschema
+
+    from sim.spec.schema import json_schema
+
+    v = jsonschema.Draft202012Validator(json_schema())
+    d = _exact({"prefill": {"gpu": "h200", "tensor_parallel": 2}, "decode": {"replicas": 2}, "link": "roce-400g"})
+    assert not list(v.iter_errors(d))
+    d["llm"]["disaggregated"]["link"] = "carrier-pigeon"
+    assert list(v.iter_errors(d))

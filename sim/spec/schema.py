@@ -1380,6 +1380,14 @@ def json_schema() -> dict:
             ],
             "default": LLMConfig.model_fields[key].default,
         }
+    schema["$defs"]["PoolConfig"]["properties"]["gpu"] = {
+        "anyOf": [
+            {"type": "string", "enum": catalog.gpu_names(), "description": "a catalog gpu"},
+            {"$ref": "#/$defs/GPUSpec"},
+            {"type": "null"},
+        ],
+        "default": None,
+    }
     llm["engine_reserve"] = {
         "anyOf": [
             {"type": "string", "enum": list(RESERVE_PRESETS), "description": "an engine-version preset"},
