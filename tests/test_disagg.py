@@ -176,6 +176,10 @@ def test_estimate_gives_each_pool_its_load_and_the_hand_off():
     assert est["servers"] == {"gpu_prefill": 1, "gpu_decode": 2}
     assert est["saturation"]["stage"] == "gpu_prefill"  # 2 ms a prompt against ~3 ms / batch a request
     assert "replica_capacity" not in est
+    # a run's "gpu load" of a disaggregated deployment is the busier pool's, at the throughput it delivered
+    from sim.analysis.summary import _gpu_load
+
+    assert _gpu_load(validate_scenario(d), 100.0) == pytest.approx(100 * step, rel=1e-9)
     r = invoke("estimate", _write(d))
     assert r.exit_code == 0, r.output
     assert "KV hand-off" in r.stdout and "first to saturate" in r.stdout and "gpu_prefill" in r.stdout
