@@ -148,7 +148,7 @@ def estimate_table(est: dict[str, Any]) -> Table:
         t.add_row("decode pool", f"{dc['replicas']} x {dc['gpu']} tp {dc['tensor_parallel']}: {d_step}{d_rate}")
         t.add_row(
             "KV hand-off of the mean prompt",
-            f"{_bytes(dis['handoff_bytes'])} ({_bytes(dis['handoff_bytes_per_gpu'])} a decode GPU) over "
+            f"{_bytes(dis['handoff_bytes'])} in all, {_bytes(dis['handoff_bytes_per_gpu'])} a decode GPU, over "
             f"{dis['link']} at {dis['link_gbps']:,.0f} GB/s: {_ms(dis['handoff_ms'])}",
         )
     if est.get("retrieval_service_ms") is not None:
