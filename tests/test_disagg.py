@@ -78,6 +78,10 @@ def test_one_request_exact_timestamps():
     assert rec["decode_ms"][0] == pytest.approx((step(101) + step(102)) * 1e3, rel=1e-9)
     # the decode replica is the second of the stage's replicas
     assert rec["replica"][0] == 1
+    # the engine's frontend comes first: its time is part of the wait for a prefill replica
+    fe = run_replication(validate_scenario(_exact(dis, llm__frontend_ms=5.0)), 0, records=True).records
+    assert fe["llm_wait_ms"][0] == pytest.approx(5.0, rel=1e-9)
+    assert fe["ttft_ms"][0] == pytest.approx(5.0 + (prefill + handoff + first) * 1e3, rel=1e-9)
     agg = run_replication(validate_scenario(_exact(None)), 0, records=True).records
     assert agg["ttft_ms"][0] == pytest.approx(prefill * 1e3, rel=1e-9)
     assert agg["decode_ms"][0] == pytest.approx((step(101) + step(102)) * 1e3, rel=1e-9)
