@@ -133,6 +133,7 @@ def validate(
 
 def _disaggregated(out: Path | None, jobs: int | None, use_cache: bool) -> None:
     """``--disaggregated``: the disaggregated rows capsim represents, by (model, GPU)."""
+    # deferred: the simulator and numpy load only when the command runs
     from sim.run.validate import run_disaggregated_validation
 
     doc = run_disaggregated_validation(out=out, jobs=jobs, use_cache=use_cache)
