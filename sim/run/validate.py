@@ -121,6 +121,8 @@ def llm_block(row: SiliconRow, overrides: dict[str, Any] | None = None) -> dict[
     llm["max_batched_tokens"] = max(int(llm.get("max_batched_tokens", 8192)), llm["max_batch"])
     if row.disaggregated:
         prefill: dict[str, Any] = {"replicas": row.prefill_workers, "tensor_parallel": row.prefill_tp}
+        if row.prefill_batch:  # the prompts a prefill worker takes in one step, as the row configured it
+            prefill["max_batch"] = row.prefill_batch
         if row.moe:
             prefill["expert_parallel"] = row.prefill_expert_parallel
         llm["disaggregated"] = {
