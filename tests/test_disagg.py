@@ -198,7 +198,7 @@ def test_a_measured_disaggregated_row_replays_as_its_pools():
     llm = V.scenario(big).llm
     assert llm.disaggregated is not None and llm.disaggregated.link == "nvlink"
     p, d = llm.pool("prefill"), llm.pool("decode")
-    assert (p.replicas, p.tensor_parallel, p.expert_parallel_size) == (1, 4, 4)
+    assert (p.replicas, p.tensor_parallel, p.expert_parallel_size, p.max_batch) == (1, 4, 4, 1)
     assert (d.replicas, d.tensor_parallel, d.expert_parallel_size, d.max_batch) == (4, 8, 8, 256)
     small = min(rows.values(), key=lambda r: (r.concurrency * r.osl, r.id))
     res = V.replay(small)
