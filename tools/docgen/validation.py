@@ -95,6 +95,7 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
             "llm-step-costs-against-published-measurements",
         ),
         _silicon_row(load("silicon")),
+        *([_disagg_row(load("disaggregated"))] if DISAGG.is_file() else []),
         (
             "KV memory",
             f"{len(kv['rows'])} published vLLM start-up logs",
@@ -158,6 +159,19 @@ def _silicon_row(sil: dict[str, Any]) -> tuple[str, str, str, str]:
         f"engine presets held out by (model, GPU): TPOT MAPE {_mape(held['tpot'])}, TTFT {_mape(held['ttft'])}; "
         f"aiconfigurator on its {aic['tpot']['n']} rows: TPOT {_mape(aic['tpot'])}, TTFT {_mape(aic['ttft'])}",
         "measured-serving-runs",
+    )
+
+
+def _disagg_row(dis: dict[str, Any]) -> tuple[str, str, str, str]:
+    a = dis["all"]
+    cap, held = a["capsim"], a["engine_preset_held_out"]
+    return (
+        "Measured disaggregated runs",
+        f"{a['rows']:,} of aiconfigurator's {dis['disaggregated_rows_in_file']:,} measured runs with prefill and "
+        "decode on separate workers (the others: worker counts not recorded, or layouts capsim does not build)",
+        f"capsim `published`: TPOT MAPE {_mape(cap['tpot'])}, TTFT {_mape(cap['ttft'])}; engine presets held out: "
+        f"TPOT {_mape(held['tpot'])}, TTFT {_mape(held['ttft'])}",
+        "disaggregated-prefill-and-decode",
     )
 
 
