@@ -295,3 +295,27 @@ def test_the_json_schema_takes_a_pool_gpu_by_catalog_name():
     assert not list(v.iter_errors(d))
     d["llm"]["disaggregated"]["link"] = "carrier-pigeon"
     assert list(v.iter_errors(d))
+
+
+def test_a_decode_replica_short_of_kv_preempts_and_recomputes_there():
+    """A decode pool on a card with room for 963 KV blocks (12 requests of 1,000 + 200 tokens) and
+    20 users: the decode replica preempts, recomputes the preempted requests itself (their KV is
+    not handed over again) and every request still gets all its 200 tokens."""
+    tiny = {
+        "name": "tiny",
+        "hbm_bandwidth_gbps": 1000,
+        "memory_gb": 2.0,
+        "memory_exposed_gib": 1.87,
+        "peak_tflops": 1000,
+    }
+    d = _exact({"prefill": {}, "decode": {"gpu": tiny}, "link_gbps": 1.0})
+    d["llm"].update(engine_reserve=0, gpu_memory_utilization=1.0, prompt_tokens=1000, output_tokens=200)
+    d["workload"].update(users=20, think_s=0.0)
+    d["run"]["duration_s"] = 5.0
+    scn = validate_scenario(d)
+    assert scn.llm.pool("decode").kv_blocks_usable == 963 and scn.llm.pool("prefill").kv_blocks_usable > 10_000
+    rec = run_replication(scn, 0, records=True).records
+    assert np.isfinite(rec["ttft_ms"]).all() and (rec["output_tokens"] == 200).all()
+    assert rec["preemptions"].sum() > 0
+    # 199 decode steps of at least the weights' 2 ms each after the first token
+    assert (rec["decode_ms"] >= 199 * 2.0).all()
