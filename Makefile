@@ -113,6 +113,7 @@ perop-data:
 
 validate: $(STAMP)
 	$(BIN)/capsim validate --out sim/data/silicon/validation
+	$(BIN)/capsim validate --disaggregated --out sim/data/silicon/validation/disaggregated
 
 calibration: $(STAMP)
 	$(BIN)/capsim calibrate retrieval --docs 5000,20000,50000 --dim 768 --top-k 5 --queries 500 \

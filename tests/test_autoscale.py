@@ -248,6 +248,7 @@ def test_gpu_hours_follow_the_history():
         ({"weights_from": "floppy"}, "llm.autoscale.weights_from:"),
         ({"decision_interval_s": -1}, "llm.autoscale.decision_interval_s:"),
         ({"max_replica": 3}, "did you mean 'max_replicas'"),
+        ({"max_starting": 0}, "llm.autoscale.max_starting:"),
         ({"min_replicas": 2}, "llm: replicas (1) is the fleet the run starts with"),
     ],
 )
@@ -363,3 +364,27 @@ def test_every_signal_reads_the_ready_replicas_and_scales_up_in_the_spike(signal
         assert max(totals) <= 2.0 + 1e-9
     in_spike = [want for t, _, want in scaler.decisions if 60 < t <= 150]
     assert max(in_spike) == 2
+
+
+def test_max_starting_staggers_a_scale_up():
+    """The spike asks for 3 replicas at once (target 1 waiting request each); with max_starting 1
+    one starts, the rest of the scale-up is deferred, and the next starts only at a decision after
+    the first is ready (a 20 s cold start, decisions every 5 s)."""
+
+    def ups_and_ready(**extra):
+        m = Model(validate_scenario(spike(engine_start_s=20, load_gbps=1000, max_replicas=3, target=1, **extra)), 0)
+        m.run()
+        scaler = m.llm.autoscaler  # type: ignore[union-attr]
+        ups = [(t, i) for t, what, i in scaler.events if what == "up"]
+        ready = {i: t for t, what, i in scaler.events if what == "ready"}
+        deferred = [t for t, what, _ in scaler.events if what == "deferred"]
+        return ups, ready, deferred, scaler
+
+    ups, _, _, _ = ups_and_ready()
+    assert ups[0][0] == ups[1][0]  # no limit: both extra replicas start at the same decision
+    ups, ready, deferred, scaler = ups_and_ready(max_starting=1)
+    (t1, s1), (t2, _) = ups[0], ups[1]
+    assert t2 > t1 and t2 >= ready[s1] and t2 - ready[s1] < 5.0 + 1e-9  # the first decision after it is ready
+    assert deferred and deferred[0] == t1  # the rest of the first scale-up waited
+    # never two replicas starting at once: provisioned - ready <= 1 at every change
+    assert all(row[2] - row[3] <= 1 for row in scaler.history)

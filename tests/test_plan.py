@@ -217,3 +217,21 @@ def test_shipped_answer_is_confirmed_by_capsim_run(tmp_path, size) -> None:
     w, summary = _plan_then_run(tmp_path, [])
     lo, hi = w["confirm"]["ci"]
     assert lo <= summary["metrics"]["e2e_ms"]["p95"] <= hi
+
+
+def test_plan_on_dask_gives_the_local_answer_bit_for_bit() -> None:
+    """The same plan over local processes and over a Dask cluster: the same candidates, screens,
+    confirmations, winner and knobs, every figure identical (only the wall time differs)."""
+    from sim.run.dask import DaskExecutor
+
+    def doc(res) -> str:
+        d = res.to_dict()
+        d.pop("wall_s")  # the only field that may differ: how long it took
+        return json.dumps(d, sort_keys=True, default=str)
+
+    d = mva_queue(60, 2)
+    local = plan(d, jobs=1, margin=0.5)
+    with DaskExecutor("local-dask", n_workers=2, processes=False) as ex:
+        dask = plan(d, executor=ex, margin=0.5)
+    assert local.winner is not None and local.winner.params == dask.winner.params  # type: ignore[union-attr]
+    assert doc(local) == doc(dask)

@@ -34,12 +34,16 @@ def test_counts_by_first_reason(rows):
     assert len(rows) == 5221
     assert reason_counts(rows) == {
         "representable": 2614,
-        "disaggregated prefill/decode": 1602,
-        "attention not modelled": 437,
+        "disaggregated: worker counts not recorded": 1306,
+        "attention not modelled": 459,
         "tensor parallel over more than 8 GPUs": 269,
+        "prefill: attention data parallel": 185,
         "attention data parallel": 169,
         "INT4 weight-only": 90,
+        "representable (disaggregated)": 75,
         "experts split over both tensor and expert parallel groups": 40,
+        "decode: attention data parallel": 11,
+        "decode: tensor parallel over more than 8 GPUs": 3,
     }
     agg = [r for r in rows if r.mode == "agg"]
     assert len(agg) == 3619  # 72 % of the aggregated rows are replayed
@@ -107,7 +111,16 @@ def test_hand_checked_rows(rows):
     assert r.representable and (r.model, r.gpu, r.tensor_parallel, r.expert_parallel) == ("minimax-m2.5", "b300", 4, 1)
 
     r = by_id(rows, "kimik2_5_gb200_trtllm_fp4_disagg_1024x1024_c4_cfg759")
-    assert r.reasons == ("disaggregated prefill/decode",)
+    assert r.reasons == (
+        "prefill: attention data parallel",
+        "prefill: experts split over both tensor and expert parallel groups",
+    )
+    # a disaggregated row's pools: 1 prefill worker of tp 4, 4 decode workers of tp 8 at 141 each
+    r = by_id(rows, "dsr1_gb200_trtllm_fp4_disagg_1024x1024_c564_cfg237")
+    assert r.representable and r.disaggregated and r.model == "deepseek-v3"
+    assert (r.prefill_workers, r.prefill_tp, r.decode_workers, r.tensor_parallel, r.decode_batch) == (1, 4, 4, 8, 141)
+    assert r.concurrency == 564 == r.decode_workers * r.decode_batch
+    assert (r.expert_parallel, r.prefill_expert_parallel) == (8, 4)
 
 
 def test_a_broken_file_names_its_line(tmp_path):

@@ -10,7 +10,8 @@ prices read from public price pages, each with its date)::
       cpu_core_per_hour: 0.04       # USD per vCPU-hour
       cpu_worker_per_hour: 0.05     # or: USD per retrieval worker-hour, whatever its cores
 
-The fleet is ``llm.replicas x llm.tensor_parallel`` GPUs and
+The fleet is ``llm.replicas x llm.tensor_parallel`` GPUs (a disaggregated deployment: each
+pool's ``replicas x tensor_parallel`` GPUs at its own GPU's price) and
 ``retrieval.workers`` workers on ``retrieval.cpu_cores`` cores (one per
 worker when unset); a disabled stage costs nothing.  From the measured
 throughput ``X`` (answers per second) and output-token rate ``T`` (tokens per
@@ -40,10 +41,20 @@ if TYPE_CHECKING:
 
 
 def gpus(scn: Scenario) -> int:
-    """GPUs the LLM stage holds: replicas x tensor_parallel (0 when disabled)."""
-    if not scn.llm.enabled:
-        return 0
-    return int(scn.llm.replicas) * int(getattr(scn.llm, "tensor_parallel", 1) or 1)
+    """GPUs the LLM stage holds: replicas x tensor_parallel, summed over the pools of a
+    disaggregated deployment (0 when disabled)."""
+    return sum(n for _, n in gpu_fleet(scn))
+
+
+def gpu_fleet(scn: Scenario) -> list[tuple[str | None, int]]:
+    """``(GPU name, count)`` of each pool of GPUs: one for a plain fleet, prefill then decode for a
+    disaggregated one (empty when the LLM stage is disabled)."""
+    llm = scn.llm
+    if not llm.enabled:
+        return []
+    if getattr(llm, "disaggregated", None) is not None:
+        return [(p.gpu.name, p.replicas * p.tensor_parallel) for p in (llm.pool("prefill"), llm.pool("decode"))]
+    return [(llm.gpu.name, int(llm.replicas) * int(getattr(llm, "tensor_parallel", 1) or 1))]
 
 
 def cpu_workers(scn: Scenario) -> int:
@@ -66,12 +77,16 @@ def prices(scn: Scenario) -> dict | None:
         return None
     dates: list[str] = []
     gpu = c.gpu_per_hour
+    fleet = gpu_fleet(scn)
     if gpu is None and gpus(scn):
-        entry = gpu_price(scn.llm.gpu.name)
-        if entry is None:  # the schema refuses this; a hand-built Scenario may not have been checked
-            raise CapsimError(f"cost.gpu_per_hour: no catalog price for GPU {scn.llm.gpu.name!r}")
-        gpu = entry.usd_per_hour
-        dates.append(entry.read_on)
+        usd = 0.0
+        for name, n in fleet:
+            entry = gpu_price(name)
+            if entry is None:  # the schema refuses this; a hand-built Scenario may not have been checked
+                raise CapsimError(f"cost.gpu_per_hour: no catalog price for GPU {name!r}")
+            usd += entry.usd_per_hour * n
+            dates.append(entry.read_on)
+        gpu = usd / gpus(scn)  # the fleet's mean price per GPU (one GPU type: its price)
     if c.cpu_worker_per_hour is not None:
         cpu = c.cpu_worker_per_hour * cpu_workers(scn)
     else:

@@ -53,6 +53,7 @@ from sim.physics import gpu as gm
 from sim.physics import perop
 from sim.physics import queueing as analytic
 from sim.physics.gpu import StepCost
+from sim.physics.handoff import transfer_s
 from sim.physics.sharing import contention_at
 from sim.physics.steptable import step_cost
 from sim.spec import catalog
@@ -180,7 +181,10 @@ def estimate(scn: Scenario) -> dict[str, Any]:
     stations: dict[str, tuple[float, int]] = {}  # name -> (demand s per request, servers)
     cache_s = _cache_and_retrieval(scn, out, stations)
     # closed model: decode time a request spends even alone on a replica
-    gpu_delay_s = _gpu_figures(scn, out, notes, stations) if scn.llm.enabled else 0.0
+    gpu_delay_s = 0.0
+    if scn.llm.enabled:
+        figures = _gpu_figures if scn.llm.disaggregated is None else _disaggregated_figures
+        gpu_delay_s = figures(scn, out, notes, stations)
     _load(scn, out, stations, cache_s, gpu_delay_s)
     out["notes"] = notes
     return out
@@ -200,6 +204,88 @@ def gpu_station(scn: Scenario) -> tuple[tuple[float, int] | None, float]:
     stations: dict[str, tuple[float, int]] = {}
     delay_s = _gpu_figures(scn, {}, [], stations) if scn.llm.enabled else 0.0
     return stations.get("gpu"), delay_s
+
+
+def gpu_stations(scn: Scenario) -> tuple[dict[str, tuple[float, int]] | None, float]:
+    """The GPU stations :func:`estimate` uses (``gpu``; a disaggregated deployment's
+    ``gpu_prefill`` and ``gpu_decode``), None when a mean request does not fit a replica, and the
+    delay every request spends besides (a lone request's decode, the hand-off), s."""
+    if not scn.llm.enabled:
+        return {}, 0.0
+    stations: dict[str, tuple[float, int]] = {}
+    figures = _gpu_figures if scn.llm.disaggregated is None else _disaggregated_figures
+    delay_s = figures(scn, {}, [], stations)
+    want = 1 if scn.llm.disaggregated is None else 2
+    return (stations if len(stations) == want else None), delay_s
+
+
+def _disaggregated_figures(
+    scn: Scenario, out: dict[str, Any], notes: list[str], stations: dict[str, tuple[float, int]]
+) -> float:
+    """A disaggregated deployment's figures: the decode pool's memory and steps in the usual keys,
+    and under ``disaggregated`` each pool's capacity and the KV hand-off.  Two stations:
+
+    * ``gpu_prefill``: a request costs a prefill replica its prompt's prefill, shared by the
+      ``k = min(max_batch, max_batched_tokens // prompt)`` prompts one step holds:
+      ``step(k prompts) / k``; servers: the prefill replicas;
+    * ``gpu_decode``: a request costs a decode replica its share of ``output`` steps at the batch
+      that fits (the first one computes the prompt's last token, then ``output - 1`` decode):
+      ``output * step(b) / b``; servers: the decode replicas.
+
+    The delay besides is the hand-off (:func:`sim.physics.handoff.transfer_s`), ``output`` decode
+    steps alone and the engine's frontend time."""
+    llm = scn.llm
+    pc, dc = llm.pool("prefill"), llm.pool("decode")
+    dscn = scn.model_copy(update={"llm": dc})
+    _gpu_figures(dscn, out, notes, {})  # the decode pool's memory, decode steps and batch
+    out.pop("replica_capacity", None)  # an aggregated replica's: each pool's is below
+    prompt, output = mean_prompt_tokens(scn), mean_output_tokens(scn)
+    ctx = prompt + output / 2.0
+    # prefill pool
+    pcost = step_cost(pc)
+    n = max(prompt - pc.prefix_tokens, 1.0)
+    k = int(max(1, min(pc.max_batch, pc.max_batched_tokens // max(1, math.ceil(n)))))
+    if k > 1:  # k whole prompts in one step
+        pairs = k * gm.attention_pairs(n, pc.prefix_tokens)
+        p_s = pcost.time(k * n, k * (n + pc.prefix_tokens), pairs, k) / k
+    else:
+        p_s = _prefill(pcost, n, pc.prefix_tokens, pc.max_batched_tokens)[0]
+    # decode pool
+    dcost = step_cost(dc)
+    fit = _sequences_in_memory(dc, prompt, output)
+    batch = int(min(dc.max_batch, fit))
+    cap = _replica_capacity(dcost, batch, 0.0, ctx, output + 1.0)  # output steps, the first the prompt's last token
+    d = llm.disaggregated
+    assert d is not None
+    link_s = transfer_s(prompt, dc.kv_bytes_per_token_per_gpu, llm.link_bytes_per_s, d.latency_us / 1e6)
+    lone_s = output * _decode_step(dcost, 1, ctx)[0]
+    out["disaggregated"] = {
+        "prefill": {
+            "replicas": pc.replicas,
+            "gpu": pc.gpu.name,
+            "tensor_parallel": pc.tensor_parallel,
+            "prompts_per_step": k,
+            "prefill_ms": p_s * 1e3,
+            "requests_per_s": 1.0 / p_s,
+        },
+        "decode": {
+            "replicas": dc.replicas,
+            "gpu": dc.gpu.name,
+            "tensor_parallel": dc.tensor_parallel,
+            "batch": batch,
+            "decode_step_ms": cap["decode_step_ms"] if cap else None,
+            "requests_per_s": cap["requests_per_s"] if cap else None,
+        },
+        "link": d.link if d.link_gbps is None else "link_gbps",
+        "link_gbps": llm.link_bytes_per_s / 1e9,
+        "handoff_bytes": prompt * llm.kv_bytes_per_token,
+        "handoff_bytes_per_gpu": prompt * dc.kv_bytes_per_token_per_gpu,
+        "handoff_ms": link_s * 1e3,
+    }
+    stations["gpu_prefill"] = (p_s, pc.replicas)
+    if cap is not None:
+        stations["gpu_decode"] = (cap["gpu_ms_per_request"] / 1e3, dc.replicas)
+    return link_s + lone_s + llm.frontend_ms / 1e3
 
 
 def _cache_and_retrieval(scn: Scenario, out: dict[str, Any], stations: dict[str, tuple[float, int]]) -> float:

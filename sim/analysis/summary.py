@@ -41,7 +41,7 @@ import numpy as np
 
 from sim.analysis import crosscheck, stats
 from sim.analysis.dollars import point_cost
-from sim.analysis.estimate import replica_capacity
+from sim.analysis.estimate import gpu_stations, replica_capacity
 from sim.analysis.stats import combine_verdicts
 from sim.analysis.timeline import timeline
 from sim.engine.digest import Digest, Histogram
@@ -368,7 +368,13 @@ def _gpu_load(scn: Scenario, throughput_per_s: float) -> float | None:
     """Answers delivered per second over what the replicas can deliver at a full batch
     (``capsim estimate``'s replica capacity): the GPU's headroom.  The ``gpu`` utilisation
     beside it is the share of time a replica has any request in flight, which continuous
-    batching keeps near 100 % long before the GPU runs out of capacity."""
+    batching keeps near 100 % long before the GPU runs out of capacity.  A disaggregated
+    deployment: the busier pool's (each pool's demand per request from the estimate)."""
+    if scn.llm.enabled and scn.llm.disaggregated is not None:
+        pools, _ = gpu_stations(scn)
+        if not pools:
+            return None
+        return _finite(max(throughput_per_s * d / m for d, m in pools.values()))
     cap = replica_capacity(scn)
     if not cap or not cap.get("requests_per_s"):
         return None

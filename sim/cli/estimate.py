@@ -135,6 +135,22 @@ def estimate_table(est: dict[str, Any]) -> Table:
                 f"{cap['requests_per_s']:,.2f} req/s, {cap['output_tokens_per_s']:,.0f} "
                 f"tokens/s at batch {cap['batch']}",
             )
+    dis = est.get("disaggregated")
+    if dis:
+        pf, dc = dis["prefill"], dis["decode"]
+        t.add_row(
+            "prefill pool",
+            f"{pf['replicas']} x {pf['gpu']} tp {pf['tensor_parallel']}: {_ms(pf['prefill_ms'])} a prompt "
+            f"({pf['prompts_per_step']} a step), {pf['requests_per_s']:,.2f} req/s a replica",
+        )
+        d_rate = f", {dc['requests_per_s']:,.2f} req/s a replica" if dc["requests_per_s"] else ""
+        d_step = f"step {_ms(dc['decode_step_ms'])} at batch {dc['batch']}" if dc["decode_step_ms"] else "no batch fits"
+        t.add_row("decode pool", f"{dc['replicas']} x {dc['gpu']} tp {dc['tensor_parallel']}: {d_step}{d_rate}")
+        t.add_row(
+            "KV hand-off of the mean prompt",
+            f"{_bytes(dis['handoff_bytes'])} in all, {_bytes(dis['handoff_bytes_per_gpu'])} a decode GPU, over "
+            f"{dis['link']} at {dis['link_gbps']:,.0f} GB/s: {_ms(dis['handoff_ms'])}",
+        )
     if est.get("retrieval_service_ms") is not None:
         t.add_row("retrieval mean service time", _ms(est["retrieval_service_ms"]))
     if est.get("cache_hit_ratio") is not None:

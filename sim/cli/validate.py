@@ -61,6 +61,11 @@ def validate(
     list_reasons: bool = typer.Option(
         False, "--list-reasons", help="Only count the rows by why capsim cannot replay them."
     ),
+    disaggregated: bool = typer.Option(
+        False,
+        "--disaggregated",
+        help="Replay the disaggregated rows (separate prefill and decode workers) as llm.disaggregated instead.",
+    ),
 ) -> None:
     """Replay aiconfigurator's measured serving runs as capsim scenarios; TTFT/TPOT error beside aiconfigurator's."""
     # deferred: the simulator and numpy load only when the command runs
@@ -95,6 +100,9 @@ def validate(
     if fit_frontend is not None:
         _fit_frontend(fit_frontend, jobs, not no_cache, start)
         return
+    if disaggregated:
+        _disaggregated(out, jobs, not no_cache)
+        return
     doc = run_validation(sample=sample, out=out, jobs=jobs, use_cache=not no_cache, start=start)
     table = Table(box=box.SIMPLE, title=f"{doc['predictor']}: MAPE (signed mean), predicted / measured - 1")
     cols = ("rows", "capsim TTFT", "capsim TPOT", "engine preset TTFT", "engine preset TPOT", "aiconfigurator TTFT")
@@ -119,6 +127,36 @@ def validate(
     if doc["capsim_refusals"]:
         for why, n in doc["capsim_refusals"].items():
             typer.echo(f"capsim refused {n} row(s): {why}")
+    if out is not None:
+        typer.echo(f"wrote {out / 'rows.csv'} and {out / 'summary.json'}")
+
+
+def _disaggregated(out: Path | None, jobs: int | None, use_cache: bool) -> None:
+    """``--disaggregated``: the disaggregated rows capsim represents, by (model, GPU)."""
+    # deferred: the simulator and numpy load only when the command runs
+    from sim.run.validate import run_disaggregated_validation
+
+    doc = run_disaggregated_validation(out=out, jobs=jobs, use_cache=use_cache)
+    table = Table(box=box.SIMPLE, title=f"{doc['predictor']}: MAPE (signed mean), predicted / measured - 1")
+    for col in ("model on GPU (rows)", "capsim TTFT", "capsim TPOT", "engine preset TTFT", "engine preset TPOT"):
+        table.add_column(col, justify="right")
+    blocks = [("all", doc["all"]), *doc["by"]["model_gpu"].items()]
+    for name, b in blocks:
+        table.add_row(
+            f"{name} ({b['rows'] - b['capsim_refused']})",
+            _cell(b, "capsim", "ttft"),
+            _cell(b, "capsim", "tpot"),
+            _cell(b, "engine_preset_held_out", "ttft"),
+            _cell(b, "engine_preset_held_out", "tpot"),
+        )
+    stdout_console().print(table)
+    n, total = doc["all"]["rows"], doc["disaggregated_rows_in_file"]
+    typer.echo(f"{n} of the file's {total} disaggregated rows replayed; the others:")
+    for reason, k in doc["disaggregated_rows_by_reason"].items():
+        if not reason.startswith("representable"):
+            typer.echo(f"{k:6d}  {reason}")
+    for why, k in doc["capsim_refusals"].items():
+        typer.echo(f"capsim refused {k} row(s): {why}")
     if out is not None:
         typer.echo(f"wrote {out / 'rows.csv'} and {out / 'summary.json'}")
 

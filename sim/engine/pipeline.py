@@ -25,6 +25,7 @@ from sim.engine.cache import LRUCache
 from sim.engine.clock import later
 from sim.engine.digest import Digest, cell_edges, window_edges
 from sim.engine.llm.autoscale import mean_count
+from sim.engine.llm.disagg import DisaggStage
 from sim.engine.llm.stage import LLMStage
 from sim.engine.pool import WorkerPool
 from sim.engine.profile import Presence, level, peak
@@ -289,7 +290,8 @@ class Model:
         else:
             self.pool = None
             self.retrieval_info = {}
-        self.llm = LLMStage(env, scn.llm, stream(seed, replication, "router"), self.window) if scn.llm.enabled else None
+        stage = LLMStage if scn.llm.disaggregated is None else DisaggStage
+        self.llm = stage(env, scn.llm, stream(seed, replication, "router"), self.window) if scn.llm.enabled else None
         self.in_flight = 0
         self.started_in_window = 0
         self.profile = scn.workload.profile

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.analysis.dollars import per_hour
-from sim.analysis.estimate import gpu_station, retrieval_station
+from sim.analysis.estimate import gpu_station, gpu_stations, retrieval_station
 from sim.analysis.summary import PointSummary
 from sim.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, ConfigError
 from sim.physics import queueing as analytic
@@ -285,7 +285,7 @@ def _check_values(raw: dict, keys: Mapping[str, list[Any]]) -> None:
     for key, values in keys.items():
         for v in values:
             try:
-                _validate(apply_overrides(raw, {key: v}))
+                _validate(_deployment(apply_overrides(raw, {key: v}), {}) or raw)
             except ConfigError as e:
                 msg = str(e)
                 if msg.startswith(f"{key}:") or msg.startswith(f"{key}."):
@@ -300,12 +300,33 @@ def _space(raw: dict, keys: Mapping[str, list[Any]]) -> list[Candidate]:
     for i, combo in enumerate(itertools.product(*(keys[k] for k in names))):
         params = dict(zip(names, combo))
         c = Candidate(i, params)
+        data = _deployment(apply_overrides(raw, params), keys)
+        if data is None:  # a disaggregated deployment at another planned llm.replicas: a duplicate
+            c.pruned = (
+                f"same deployment as llm.replicas {keys['llm.replicas'][0]}: "
+                f"a disaggregated deployment's pools have their own replicas"
+            )
+            out.append(c)
+            continue
         try:
-            c.scenario = _validate(apply_overrides(raw, params))
+            c.scenario = _validate(data)
         except ConfigError as e:
             c.pruned = f"does not fit: {e}"
         out.append(c)
     return out
+
+
+def _deployment(data: dict, keys: Mapping[str, list[Any]]) -> dict | None:
+    """``data`` as a candidate deployment: a disaggregated one (``llm.disaggregated`` set) takes
+    its replicas from its pools, so the scenario's ``llm.replicas`` is dropped from it; None when
+    the plan varies ``llm.replicas`` and this is not its first value (a duplicate deployment)."""
+    llm = data.get("llm")
+    if not isinstance(llm, dict) or not isinstance(llm.get("disaggregated"), dict):
+        return data
+    if "llm.replicas" in keys and llm.get("replicas") != keys["llm.replicas"][0]:
+        return None
+    llm.pop("replicas", None)
+    return data
 
 
 # --------------------------------------------------------------------------- the analytic layer
@@ -318,6 +339,7 @@ class _Stations:
     def __init__(self) -> None:
         self.retrieval: dict[str, tuple[tuple[float, int] | None, float]] = {}
         self.gpu: dict[str, tuple[tuple[float, int] | None, float]] = {}
+        self.disagg: dict[str, tuple[dict[str, tuple[float, int]] | None, float]] = {}
 
     def of(self, scn: Scenario) -> tuple[dict[str, tuple[float, int]], float, bool]:
         """``({station: (demand s, servers)}, extra delay s, a mean request fits)``."""
@@ -330,7 +352,16 @@ class _Stations:
             stations["retrieval"] = r_station
         fits = True
         delay_s = 0.0
-        if scn.llm.enabled:
+        if scn.llm.enabled and scn.llm.disaggregated is not None:  # two pools: their own stations
+            gkey = json.dumps([scn.llm.model_dump(mode="json"), scn.retrieval.top_k, scn.retrieval.enabled])
+            if gkey not in self.disagg:
+                self.disagg[gkey] = gpu_stations(scn)
+            pools, delay_s = self.disagg[gkey]
+            if pools is None:
+                fits = False
+            else:
+                stations.update(pools)
+        elif scn.llm.enabled:
             llm = scn.llm.model_dump(mode="json")
             llm.pop("replicas")
             gkey = json.dumps([llm, scn.retrieval.top_k, scn.retrieval.enabled], sort_keys=True)

@@ -67,7 +67,13 @@ from sim.spec.engines import FITTED, FITTED_PEROP
 from sim.spec.engines import fit_document as engine_fit_document
 from sim.spec.engines import preset as engine_preset
 from sim.spec.schema import LLMConfig, Scenario
-from sim.spec.silicon import AICONFIGURATOR_VERSION, SiliconRow, load_rows, reason_counts
+from sim.spec.silicon import (
+    AICONFIGURATOR_VERSION,
+    SiliconRow,
+    load_rows,
+    reason_counts,
+    representable_disaggregated,
+)
 
 #: Request lifetimes cut at the start (the synchronised first wave) and measured after it.
 WARMUP_LIFETIMES = 2.0
@@ -110,9 +116,21 @@ def llm_block(row: SiliconRow, overrides: dict[str, Any] | None = None) -> dict[
         "prefix_caching": False,
     }
     llm.update(overrides or {})
-    llm["max_batch"] = max(int(llm.get("max_batch", 256)), row.concurrency)
+    per_replica = -(-row.concurrency // row.decode_workers) if row.disaggregated else row.concurrency
+    llm["max_batch"] = max(int(llm.get("max_batch", 256)), per_replica)
     llm["max_batched_tokens"] = max(int(llm.get("max_batched_tokens", 8192)), llm["max_batch"])
-    if row.engine in BENCHMARK_ENGINES:
+    if row.disaggregated:
+        prefill: dict[str, Any] = {"replicas": row.prefill_workers, "tensor_parallel": row.prefill_tp}
+        if row.prefill_batch:  # the prompts a prefill worker takes in one step, as the row configured it
+            prefill["max_batch"] = row.prefill_batch
+        if row.moe:
+            prefill["expert_parallel"] = row.prefill_expert_parallel
+        llm["disaggregated"] = {
+            "prefill": prefill,
+            "decode": {"replicas": row.decode_workers},
+            "link": disaggregated_link(row),
+        }
+    elif row.engine in BENCHMARK_ENGINES:
         llm.update(benchmark_scheduler(row))
     return llm
 
@@ -153,6 +171,17 @@ def benchmark_scheduler(row: SiliconRow) -> dict[str, Any]:
     return out
 
 
+#: GPU systems whose racks are one NVLink domain (GB200 / GB300 NVL72): a disaggregated row's KV
+#: moves over NVLink there; elsewhere (8-GPU servers) over InfiniBand NDR between servers.
+NVLINK_RACKS: tuple[str, ...] = ("gb200", "gb300")
+
+
+def disaggregated_link(row: SiliconRow) -> str:
+    """The ``llm.disaggregated.link`` a disaggregated row is replayed with: the file does not
+    record the fabric, so the system's: ``nvlink`` on an NVL72 rack, ``infiniband-ndr`` elsewhere."""
+    return "nvlink" if row.system in NVLINK_RACKS else "infiniband-ndr"
+
+
 def lifetime_s(row: SiliconRow, llm: dict[str, Any]) -> float:
     """A request's expected lifetime in the steady state, for sizing the run (not a result).
 
@@ -161,8 +190,11 @@ def lifetime_s(row: SiliconRow, llm: dict[str, Any]) -> float:
     ``c * (isl + osl / 2)``: ``osl * step``.  8 users, isl 1,000, osl 100: steps of 88 new tokens.
     """
     cfg = LLMConfig.model_validate(llm)
-    cost = StepCost(cfg)
     c, i, o = row.concurrency, row.isl, row.osl
+    if cfg.disaggregated is not None:  # one decode replica's share of the users
+        cfg = cfg.pool("decode")
+        c = -(-c // cfg.replicas)
+    cost = StepCost(cfg)
     new = c + c * i / o
     ctx = c * (i + o / 2.0)
     pairs = ctx + c / o * attention_pairs(i)
@@ -442,19 +474,22 @@ def _block(recs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def summarize(records: list[dict[str, Any]], label: str = "") -> dict[str, Any]:
-    """MAPE and signed mean error of TTFT and TPOT, overall and by each of :data:`GROUPS`."""
+def summarize(
+    records: list[dict[str, Any]], label: str = "", groups: Sequence[str] = GROUPS, replay_line: str | None = None
+) -> dict[str, Any]:
+    """MAPE and signed mean error of TTFT and TPOT, overall and by each of ``groups``."""
     doc: dict[str, Any] = {
         "kind": "capsim.validation_summary",
         "predictor": label,
         "data": f"aiconfigurator {AICONFIGURATOR_VERSION} silicon_sample.csv (sim/data/silicon)",
         "error": "predicted / measured - 1; mape_pct = mean |error|, signed_pct = mean error (+: too slow)",
-        "replay": f"closed loop, users = concurrency, think 0; warm-up {WARMUP_LIFETIMES:g} request lifetimes cut, "
+        "replay": replay_line
+        or f"closed loop, users = concurrency, think 0; warm-up {WARMUP_LIFETIMES:g} request lifetimes cut, "
         f"{MEASURED_LIFETIMES:g} measured",
         "all": _block(records),
         "by": {},
     }
-    for g in GROUPS:
+    for g in groups:
         keys = sorted({str(x[g]) for x in records}, key=lambda s: (len(s), s) if g == "concurrency_band" else (0, s))
         doc["by"][g] = {k: _block([x for x in records if str(x[g]) == k]) for k in keys}
     refused: dict[str, int] = {}
@@ -497,7 +532,7 @@ ROW_COLUMNS: tuple[str, ...] = (
 )
 
 
-def rows_csv(records: list[dict[str, Any]]) -> str:
+def rows_csv(records: list[dict[str, Any]], columns: Sequence[str] = ROW_COLUMNS) -> str:
     """The per-row records as CSV text (numbers to 4 decimals; empty where there is none)."""
 
     def fmt(v: Any) -> str:
@@ -505,9 +540,9 @@ def rows_csv(records: list[dict[str, Any]]) -> str:
             return "" if not math.isfinite(v) else f"{v:.4f}"
         return str(v)
 
-    lines = [",".join(ROW_COLUMNS)]
+    lines = [",".join(columns)]
     for x in records:
-        lines.append(",".join(fmt(x[c]) for c in ROW_COLUMNS))
+        lines.append(",".join(fmt(x[c]) for c in columns))
     return "\n".join(lines) + "\n"
 
 
@@ -575,7 +610,7 @@ def validation_records(
     global START
     if start is not None:
         START = start
-    return _records([r for r in load_rows() if r.representable], jobs, use_cache)
+    return _records([r for r in load_rows() if r.representable and not r.disaggregated], jobs, use_cache)
 
 
 def run_validation(
@@ -590,7 +625,7 @@ def run_validation(
     write ``rows.csv`` and ``summary.json`` into ``out`` (when given).  Returns the summary."""
     global START
     all_rows = load_rows()
-    rows = [r for r in all_rows if r.representable]
+    rows = [r for r in all_rows if r.representable and not r.disaggregated]
     if sample:
         rows = stratified_sample(rows)
     if start is not None:
@@ -604,5 +639,65 @@ def run_validation(
     doc["sample"] = sample
     if out is not None:
         atomic_write_text(out / "rows.csv", rows_csv(records))
+        atomic_write_text(out / "summary.json", json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+# --------------------------------------------------------------------------- disaggregated rows
+
+#: What the disaggregated summary groups by.
+DISAGG_GROUPS: tuple[str, ...] = ("engine", "model_gpu", "isl_osl", "concurrency_band")
+#: Columns of ``disaggregated/rows.csv``: the aggregated rows' and each row's pools and link.
+DISAGG_COLUMNS: tuple[str, ...] = (
+    *ROW_COLUMNS[:10],
+    "prefill_workers",
+    "prefill_tp",
+    "decode_workers",
+    "link",
+    *ROW_COLUMNS[10:],
+)
+
+
+def disaggregated_records(
+    rows: Sequence[SiliconRow], jobs: int | None = None, use_cache: bool = True
+) -> list[dict[str, Any]]:
+    """Each disaggregated row replayed as ``llm.disaggregated`` (published and engine preset held
+    out), one record each with its pools and the link it was replayed over."""
+    records = _records(rows, jobs, use_cache)
+    for rec, r in zip(records, rows):
+        rec.update(
+            model_gpu=f"{r.model} on {r.gpu}",
+            prefill_workers=r.prefill_workers,
+            prefill_tp=r.prefill_tp,
+            decode_workers=r.decode_workers,
+            link=disaggregated_link(r),
+        )
+    return records
+
+
+def run_disaggregated_validation(
+    out: Path | None = None, jobs: int | None = None, use_cache: bool = True
+) -> dict[str, Any]:
+    """Replay every disaggregated row capsim represents (:func:`sim.spec.silicon.representable_disaggregated`),
+    summarise by engine, (model, GPU), isl/osl and concurrency, and write ``rows.csv`` and
+    ``summary.json`` into ``out`` (when given).  Returns the summary."""
+    all_rows = load_rows()
+    rows = representable_disaggregated(all_rows)
+    records = disaggregated_records(rows, jobs, use_cache)
+    doc = summarize(
+        records,
+        label=f"capsim, efficiency published (start: {START}), llm.disaggregated",
+        groups=DISAGG_GROUPS,
+        replay_line=f"llm.disaggregated with the row's prefill and decode workers and tensor parallelism, "
+        f"closed loop, users = concurrency, think 0; the KV over NVLink on GB200 / GB300, InfiniBand NDR "
+        f"elsewhere; warm-up {WARMUP_LIFETIMES:g} request lifetimes cut, {MEASURED_LIFETIMES:g} measured",
+    )
+    doc["rows_in_file"] = len(all_rows)
+    doc["disaggregated_rows_in_file"] = sum(r.disaggregated for r in all_rows)
+    doc["rows_by_reason"] = reason_counts(all_rows)
+    doc["disaggregated_rows_by_reason"] = reason_counts([r for r in all_rows if r.disaggregated])
+    if out is not None:
+        text = rows_csv(records, DISAGG_COLUMNS)
+        atomic_write_text(out / "rows.csv", text)
         atomic_write_text(out / "summary.json", json.dumps(doc, indent=1) + "\n")
     return doc

@@ -162,6 +162,24 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "prompt_tokens": "prompt length in tokens: a distribution, or system + top_k x doc + question",
         "output_tokens": "answer length in tokens, a distribution",
         "autoscale": "a replica autoscaler: the replica count follows a signal between min and max (none: static)",
+        "disaggregated": "separate prefill and decode pools with the KV handed over a link (none: every "
+        "replica prefills and decodes)",
+    },
+    "DisaggConfig": {
+        "prefill": "the pool that prefills prompts: replicas and the llm keys it sets for itself",
+        "decode": "the pool that decodes: replicas and the llm keys it sets for itself",
+        "link": "the link a prompt's KV is handed over, per GPU (sim/spec/catalog/links.yaml; nvlink: "
+        "the GPUs' interconnect_gbps)",
+        "link_gbps": "per-GPU rate of the hand-off link, GB/s (overrides link)",
+        "latency_us": "fixed time added to every hand-off, microseconds (connection set-up, block lookup)",
+    },
+    "PoolConfig": {
+        "replicas": "replicas in this pool",
+        "gpu": "this pool's GPU (default: llm.gpu)",
+        "tensor_parallel": "GPUs per replica of this pool (default: llm.tensor_parallel)",
+        "expert_parallel": "GPUs a MoE model's experts are spread over in this pool (default: its tensor_parallel)",
+        "max_batch": "most running sequences per replica of this pool (default: llm.max_batch)",
+        "max_batched_tokens": "most tokens in one step of this pool (default: llm.max_batched_tokens)",
     },
     "AutoscaleConfig": {
         "min_replicas": "fewest replicas the autoscaler keeps",
@@ -175,6 +193,8 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         " (the HPA's default scale-down stabilisation window: 300)",
         "weights_from": "storage a new replica reads its weights from (sim/spec/catalog/storage.yaml)",
         "load_gbps": "weight-loading rate of a new replica, GB/s (overrides weights_from)",
+        "max_starting": "most replicas starting at once (none: no limit); the rest of a scale-up waits for "
+        "a later decision, as when the cluster admits one new GPU node at a time",
         "engine_start_s": "seconds from a replica's start to serving, besides loading its weights"
         " (default 58: a vLLM pod scaled up with its compile cache kept, sim.spec.schema.ENGINE_START_S)",
     },

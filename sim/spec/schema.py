@@ -27,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationError,
     model_validator,
@@ -40,7 +41,7 @@ from sim.physics import perop
 from sim.physics.sharing import check_contention
 from sim.physics.steptable import load_table
 from sim.registry import INDEXES, ROUTERS
-from sim.spec import catalog, prices, storage
+from sim.spec import catalog, links, prices, storage
 from sim.spec import trace as trace_file
 from sim.spec.catalog import param_counts
 from sim.spec.descriptions import FIELD_DESCRIPTIONS
@@ -602,8 +603,9 @@ class AutoscaleConfig(Strict):
     """A replica autoscaler (see :mod:`sim.engine.llm.autoscale`): every ``decision_interval_s``
     it reads ``signal`` off the ready replicas and sets the replica count the Kubernetes
     HPA way, between ``min_replicas`` and ``max_replicas``; a new replica serves after its cold
-    start (weights read from ``weights_from`` or at ``load_gbps``, plus ``engine_start_s``); a
-    scale-down waits out ``cooldown_s``.  ``llm.replicas`` is the count the run starts with."""
+    start (weights read from ``weights_from`` or at ``load_gbps``, plus ``engine_start_s``), at most
+    ``max_starting`` at once; a scale-down waits out ``cooldown_s``.  ``llm.replicas`` is the count
+    the run starts with."""
 
     min_replicas: Annotated[int, Field(ge=1)] = 1
     max_replicas: Annotated[int, Field(ge=1)]
@@ -615,6 +617,8 @@ class AutoscaleConfig(Strict):
     weights_from: Literal[storage.storage_names()] = "ebs-gp3"  # type: ignore[valid-type]
     load_gbps: Optional[Annotated[float, Field(gt=0, le=1e6)]] = None
     engine_start_s: Annotated[float, Field(ge=0, le=86_400)] = ENGINE_START_S
+    # Most replicas starting at once (None: no limit); a scale-up beyond it waits for a later decision.
+    max_starting: Optional[Annotated[int, Field(ge=1)]] = None
 
     @model_validator(mode="after")
     def _check(self) -> AutoscaleConfig:
@@ -638,6 +642,36 @@ class AutoscaleConfig(Strict):
         if self.load_gbps is not None:
             return self.load_gbps * 1e9
         return storage.storage(self.weights_from).read_bytes_per_s
+
+
+class PoolConfig(Strict):
+    """One pool of a disaggregated deployment (``llm.disaggregated.prefill`` / ``.decode``): its
+    replicas and the keys of the ``llm`` block it sets for itself; a key it leaves out is the
+    ``llm`` block's."""
+
+    replicas: Annotated[int, Field(ge=1)] = 1
+    gpu: Annotated[Optional[GPUSpec], BeforeValidator(_catalog_entry("gpu"))] = None
+    tensor_parallel: Optional[Annotated[int, Field(ge=1)]] = None
+    expert_parallel: Optional[Annotated[int, Field(ge=1)]] = None
+    max_batch: Optional[Annotated[int, Field(ge=1)]] = None
+    max_batched_tokens: Optional[Annotated[int, Field(ge=1)]] = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The ``llm`` keys this pool sets (``replicas`` included)."""
+        return {k: getattr(self, k) for k in type(self).model_fields if getattr(self, k) is not None}
+
+
+class DisaggConfig(Strict):
+    """Prefill and decode on separate pools (see :mod:`sim.engine.llm.disagg`): a request is
+    prefilled on a ``prefill`` replica, its KV handed over ``link`` (per GPU, per direction;
+    ``link_gbps`` overrides the catalog, ``latency_us`` is added to each hand-off), then decoded on
+    a ``decode`` replica."""
+
+    prefill: PoolConfig
+    decode: PoolConfig
+    link: Literal[links.link_names()] = "infiniband-ndr"  # type: ignore[valid-type]
+    link_gbps: Optional[Annotated[float, Field(gt=0, le=1e6)]] = None
+    latency_us: Annotated[float, Field(ge=0, le=1e7)] = 0.0
 
 
 class LLMConfig(Strict):
@@ -703,8 +737,11 @@ class LLMConfig(Strict):
     output_tokens: DistSpec = 100  # type: ignore[assignment]
     # A replica autoscaler (None: a static fleet of `replicas`).
     autoscale: Optional[AutoscaleConfig] = None
+    # Separate prefill and decode pools (None: every replica prefills and decodes).
+    disaggregated: Optional[DisaggConfig] = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+    _pools: Optional[tuple[LLMConfig, LLMConfig]] = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -983,7 +1020,66 @@ class LLMConfig(Strict):
                 f"({self.max_batch}) so every running sequence can decode in one step; "
                 f"raise llm.max_batched_tokens"
             )
+        if self.disaggregated is not None:
+            self._check_disaggregated()
         return self
+
+    def _check_disaggregated(self) -> None:
+        if self.autoscale is not None:
+            raise ValueError(
+                "llm.autoscale and llm.disaggregated: the autoscaler scales one pool of replicas; leave one of them out"
+            )
+        if self.replicas != 1:
+            raise ValueError(
+                f"llm.replicas ({self.replicas}) with llm.disaggregated: each pool has its own count; "
+                "set llm.disaggregated.prefill.replicas and llm.disaggregated.decode.replicas instead"
+            )
+        self._pools = (self._pool_config("prefill"), self._pool_config("decode"))
+        self.link_bytes_per_s  # noqa: B018 - nvlink without the GPUs' figure is refused here
+
+    def _pool_config(self, name: str) -> LLMConfig:
+        d = self.disaggregated
+        assert d is not None
+        spec: PoolConfig = getattr(d, name)
+        data = {k: getattr(self, k) for k in type(self).model_fields if k not in ("disaggregated", "autoscale")}
+        data.update(spec.overrides())
+        if name == "decode":  # the prompt's KV arrives whole: a decode replica never computes a prefix
+            data["prefix_caching"] = False
+        if spec.tensor_parallel is not None and spec.expert_parallel is None and self.expert_parallel is not None:
+            data["expert_parallel"] = None  # the pool's own layout: experts spread over its GPUs
+        try:
+            return LLMConfig.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            where = ".".join(str(x) for x in err["loc"])
+            pool_keys = "|".join(PoolConfig.model_fields)
+            msg = re.sub(rf"\bllm\.({pool_keys})\b", rf"llm.disaggregated.{name}.\1", msg)
+            raise ValueError(f"disaggregated.{name}{'.' + where if where else ''}: {msg}") from None
+
+    def pool(self, name: str) -> LLMConfig:
+        """The ``llm`` block one pool of a disaggregated deployment runs: ``prefill`` or ``decode``
+        (the pool's keys over this block's; a decode pool has no prefix caching)."""
+        if self._pools is None:
+            raise ValueError("llm.disaggregated is not set")
+        return self._pools[0 if name == "prefill" else 1]
+
+    @property
+    def link_bytes_per_s(self) -> float:
+        """Per-GPU rate of the KV hand-off link: ``link_gbps`` x 1e9, the catalog's figure, or for
+        ``nvlink`` the slower of the two pools' GPUs' ``interconnect_gbps``."""
+        d = self.disaggregated
+        if d is None:
+            raise ValueError("llm.disaggregated is not set")
+        if d.link_gbps is not None:
+            return d.link_gbps * 1e9
+        entry = links.link(d.link)
+        if entry.bytes_per_s is not None:
+            return entry.bytes_per_s
+        rates = [self.pool(n).gpu.interconnect_gbps for n in ("prefill", "decode")]
+        if any(r is None for r in rates):
+            raise ValueError("llm.disaggregated.link nvlink needs both pools' gpu.interconnect_gbps; set link_gbps")
+        return min(float(r) for r in rates if r is not None) * 1e9
 
 
 def _check_sla(v: Any) -> Any:
@@ -1129,9 +1225,14 @@ class Scenario(Strict):
     @model_validator(mode="after")
     def _check(self) -> Scenario:
         c = self.cost
-        if c is not None and c.gpu_per_hour is None and self.llm.enabled and not prices.gpu_price(self.llm.gpu.name):
+        llm = self.llm
+        names = [llm.gpu.name]
+        if llm.enabled and llm.disaggregated is not None:
+            names = [llm.pool("prefill").gpu.name, llm.pool("decode").gpu.name]
+        unpriced = [n for n in names if not prices.gpu_price(n)]
+        if c is not None and c.gpu_per_hour is None and llm.enabled and unpriced:
             raise ValueError(
-                f"cost.gpu_per_hour: the price catalog has no price for GPU {self.llm.gpu.name or '(unnamed)'!r} "
+                f"cost.gpu_per_hour: the price catalog has no price for GPU {unpriced[0] or '(unnamed)'!r} "
                 f"(priced: {', '.join(prices.priced_gpus())}); give cost.gpu_per_hour in USD"
             )
         for metric in [*self.sla, *self.timeline.sla]:
@@ -1291,6 +1392,14 @@ def json_schema() -> dict:
             ],
             "default": LLMConfig.model_fields[key].default,
         }
+    schema["$defs"]["PoolConfig"]["properties"]["gpu"] = {
+        "anyOf": [
+            {"type": "string", "enum": catalog.gpu_names(), "description": "a catalog gpu"},
+            {"$ref": "#/$defs/GPUSpec"},
+            {"type": "null"},
+        ],
+        "default": None,
+    }
     llm["engine_reserve"] = {
         "anyOf": [
             {"type": "string", "enum": list(RESERVE_PRESETS), "description": "an engine-version preset"},

@@ -10,7 +10,12 @@ aggregated or disaggregated serving, and the measured mean TTFT and TPOT in mill
 can replay it as a scenario (``reasons`` empty) or why not, every reason that applies, in this
 order:
 
-* ``disaggregated prefill/decode``: capsim runs prefill and decode on the same replica;
+* a disaggregated row (``mode`` disagg) is checked pool by pool: ``prefill:`` or ``decode:``
+  before a layout reason says which pool capsim cannot build (its columns ``prefill_*`` and
+  ``decode_*``: workers, tensor / pipeline / attention-data / expert parallelism, batch per
+  worker); a row whose pools both fit is replayed as ``llm.disaggregated``
+  (:func:`representable_disaggregated`); ``disaggregated: worker counts not recorded`` where the
+  file leaves ``prefill_num_workers`` / ``decode_num_workers`` empty;
 * ``attention not modelled (...)``: Qwen3.5-397B-A17B (linear-attention layers) and GLM-5
   (DeepSeek sparse attention);
 * ``model not in the catalog``: a model capsim has no shapes for;
@@ -22,7 +27,8 @@ order:
   (``llm.expert_parallel: 1``) or spread whole over all of them (``expert_parallel = tp``).
 
 The concurrency is the ``silicon_concurrency=`` the row's ``silicon_data_source`` records; the
-rows that do not record it give it as ``batch_size`` (``concurrency_stated`` False).
+rows that do not record it give it as ``batch_size`` (``concurrency_stated`` False), and a
+disaggregated row as ``decode_batch_size x decode_num_workers`` (every decode worker full).
 Precision: ``fp8`` (GEMM modes ``fp8`` and ``fp8_block``) is FP8 weights computing at the GPU's
 FP8 peak; ``fp4`` (NVFP4) is FP4 weights computing at the FP4 peak on Blackwell and weight-only
 (BF16 compute) on Hopper; rows with no precision and no GEMM quantisation mode name a BF16
@@ -112,6 +118,15 @@ class SiliconRow:
     reasons: tuple[str, ...]
     expert_parallel: int = 1  # llm.expert_parallel of a MoE model's row (1 for a dense model)
     batch_size: int = 0  # the engine's batch limit as the file records it (0 where it does not)
+    # a disaggregated row's pools (0 for an aggregated row): workers, tensor parallelism, the expert
+    # layout (as expert_parallel) and the batch per worker the file records; tensor_parallel and
+    # expert_parallel above are the decode pool's
+    prefill_workers: int = 0
+    prefill_tp: int = 0
+    prefill_expert_parallel: int = 1
+    prefill_batch: int = 0
+    decode_workers: int = 0
+    decode_batch: int = 0
 
     @property
     def representable(self) -> bool:
@@ -121,6 +136,10 @@ class SiliconRow:
     def reason(self) -> str:
         """The first reason capsim cannot replay the row ("" when it can)."""
         return self.reasons[0] if self.reasons else ""
+
+    @property
+    def disaggregated(self) -> bool:
+        return self.mode != "agg"
 
     @property
     def moe(self) -> bool:
@@ -168,10 +187,12 @@ def _precision(r: dict[str, str]) -> str:
     return gemm or "bf16"
 
 
-def _expert_parallel(r: dict[str, str]) -> int | None:
+def _expert_parallel(r: dict[str, str], pool: str = "") -> int | None:
     """The row's ``llm.expert_parallel`` (1: every expert split over the replica; ``tp``: whole
-    experts spread over it), or None for a layout capsim does not model."""
-    tp, moe_tp, ep = _int(r["tp_size"]), max(_int(r["moe_tp_size"]), 1), max(_int(r["moe_ep_size"]), 1)
+    experts spread over it), or None for a layout capsim does not model; ``pool`` "prefill_" or
+    "decode_" reads a disaggregated row's pool."""
+    tp, moe_tp = _int(r[f"{pool}tp_size"]), max(_int(r[f"{pool}moe_tp_size"]), 1)
+    ep = max(_int(r[f"{pool}moe_ep_size"]), 1)
     if ep == 1 and moe_tp in (1, tp):
         return 1
     if moe_tp == 1 and ep == tp:
@@ -182,8 +203,6 @@ def _expert_parallel(r: dict[str, str]) -> int | None:
 def _reasons(r: dict[str, str], precision: str) -> tuple[str, ...]:
     out: list[str] = []
     agg = r["mode"] == "agg"
-    if not agg:
-        out.append("disaggregated prefill/decode")
     model = r["model_path"]
     if model in UNMODELLED:
         out.append(f"attention not modelled ({model}: {UNMODELLED[model]})")
@@ -196,20 +215,31 @@ def _reasons(r: dict[str, str], precision: str) -> tuple[str, ...]:
         out.append("INT4 weight-only")
     elif precision not in ("fp8", "bf16", "fp4"):
         out.append(f"precision {precision}")
-    if agg:
-        if _int(r["attention_dp_size"]) > 1:
-            out.append("attention data parallel")
-        if _int(r["pp_size"]) > 1:
-            out.append("pipeline parallel")
-        if _int(r["tp_size"]) > MAX_TP:
-            out.append(f"tensor parallel over more than {MAX_TP} GPUs")
-        elif model in MOE_MODELS and _expert_parallel(r) is None:
-            out.append("experts split over both tensor and expert parallel groups")
-        if _int(r["moe_ep_size"]) > 1 and model in DENSE_MODELS:
-            out.append("expert parallel")
+    if not agg and not (_int(r["prefill_num_workers"]) and _int(r["decode_num_workers"])):
+        out.append("disaggregated: worker counts not recorded")
+    for pool in ("",) if agg else ("prefill_", "decode_"):
+        out += _layout_reasons(r, pool)
     if r["backend"] not in ENGINES:
         out.append(f"engine {r['backend']}")
     return tuple(out)
+
+
+def _layout_reasons(r: dict[str, str], pool: str) -> list[str]:
+    """Why capsim cannot build the replica of ``pool`` ("" for an aggregated row, "prefill_" or
+    "decode_"), named ``prefill: ...`` / ``decode: ...`` for a disaggregated row's pool."""
+    out: list[str] = []
+    model = r["model_path"]
+    if _int(r[f"{pool}attention_dp_size"]) > 1:
+        out.append("attention data parallel")
+    if _int(r[f"{pool}pp_size"]) > 1:
+        out.append("pipeline parallel")
+    if _int(r[f"{pool}tp_size"]) > MAX_TP:
+        out.append(f"tensor parallel over more than {MAX_TP} GPUs")
+    elif model in MOE_MODELS and _expert_parallel(r, pool) is None:
+        out.append("experts split over both tensor and expert parallel groups")
+    if _int(r[f"{pool}moe_ep_size"]) > 1 and model in DENSE_MODELS:
+        out.append("expert parallel")
+    return [f"{pool.rstrip('_')}: {x}" for x in out] if pool else out
 
 
 def silicon_path() -> Path:
@@ -226,7 +256,23 @@ def load_rows(path: str | Path | None = None) -> list[SiliconRow]:
                 precision = _precision(r)
                 m = _CONCURRENCY.search(r["silicon_data_source"])
                 agg = r["mode"] == "agg"
-                conc = int(m.group(1)) if m else _int(r["batch_size"] if agg else r["decode_batch_size"])
+                if m:
+                    conc = int(m.group(1))
+                elif agg:
+                    conc = _int(r["batch_size"])
+                else:
+                    conc = _int(r["decode_batch_size"]) * max(_int(r["decode_num_workers"]), 1)
+                moe = r["model_path"] in MOE_MODELS
+                pools: dict[str, int] = {}
+                if not agg:
+                    pools = {
+                        "prefill_workers": _int(r["prefill_num_workers"]),
+                        "prefill_tp": _int(r["prefill_tp_size"]),
+                        "prefill_expert_parallel": (_expert_parallel(r, "prefill_") or 1) if moe else 1,
+                        "prefill_batch": _int(r["prefill_batch_size"]),
+                        "decode_workers": _int(r["decode_num_workers"]),
+                        "decode_batch": _int(r["decode_batch_size"]),
+                    }
                 rows.append(
                     SiliconRow(
                         id=r["id"],
@@ -246,8 +292,9 @@ def load_rows(path: str | Path | None = None) -> list[SiliconRow]:
                         model=DENSE_MODELS.get(r["model_path"]) or MOE_MODELS.get(r["model_path"]),
                         gpu=GPUS.get(r["system"]),
                         reasons=_reasons(r, precision),
-                        expert_parallel=(_expert_parallel(r) or 1) if r["model_path"] in MOE_MODELS else 1,
+                        expert_parallel=(_expert_parallel(r, "" if agg else "decode_") or 1) if moe else 1,
                         batch_size=_int(r["batch_size"] if agg else r["decode_batch_size"]),
+                        **pools,
                     )
                 )
             except (KeyError, ValueError) as e:
@@ -256,23 +303,31 @@ def load_rows(path: str | Path | None = None) -> list[SiliconRow]:
 
 
 def representable(rows: list[SiliconRow] | None = None) -> list[SiliconRow]:
-    """The rows capsim can replay."""
-    return [r for r in (load_rows() if rows is None else rows) if r.representable]
+    """The aggregated rows capsim can replay (the engine presets are fitted to these)."""
+    return [r for r in (load_rows() if rows is None else rows) if r.representable and not r.disaggregated]
+
+
+def representable_disaggregated(rows: list[SiliconRow] | None = None) -> list[SiliconRow]:
+    """The disaggregated rows capsim can replay as ``llm.disaggregated``."""
+    return [r for r in (load_rows() if rows is None else rows) if r.representable and r.disaggregated]
 
 
 def reason_counts(rows: list[SiliconRow]) -> dict[str, int]:
-    """Rows by their first reason ("representable" for the rows capsim replays), most first.
+    """Rows by their first reason ("representable" for the aggregated rows capsim replays,
+    "representable (disaggregated)" for the disaggregated ones), most first.
 
     Reasons that carry a name (a model, a GPU) are counted by their kind: ``attention not
-    modelled``, ``model not in the catalog``, ``GPU``.
+    modelled``, ``model not in the catalog``, ``GPU``; a disaggregated pool's layout reason keeps
+    its pool (``decode: attention data parallel``).
     """
 
-    def kind(reason: str) -> str:
+    def kind(row: SiliconRow) -> str:
+        reason = row.reason
         if not reason:
-            return "representable"
+            return "representable (disaggregated)" if row.disaggregated else "representable"
         for kind_ in ("attention not modelled", "model not in the catalog", "GPU "):
             if reason.startswith(kind_):
                 return kind_.strip()
         return reason
 
-    return dict(Counter(kind(r.reason) for r in rows).most_common())
+    return dict(Counter(kind(r) for r in rows).most_common())

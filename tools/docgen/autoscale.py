@@ -111,6 +111,7 @@ llm:
     cooldown_s: 300           # the HPA's default scale-down stabilisation window
     weights_from: ebs-gp3     # sim/spec/catalog/storage.yaml, or load_gbps: 2.0
     engine_start_s: 58        # the default (sim.spec.schema.ENGINE_START_S)
+    max_starting: 1           # at most one replica starting at once (default: no limit)
 ```
 
 **The rule** is the Kubernetes Horizontal Pod Autoscaler's. Every `decision_interval_s` the
@@ -176,7 +177,9 @@ autoscaler again.
 ## What is and is not modelled
 
 * A replica's cold start is the same every time (no image pull or node provisioning beyond
-  what `engine_start_s` holds), and there is no limit on how many start at once.
+  what `engine_start_s` holds). By default any number start at once; `max_starting` caps the
+  replicas starting together (a cluster that admits one new GPU node at a time): the rest of a
+  scale-up is deferred to a later decision.
 * Signals are read at the decision instant, as the HPA reads the latest scraped metric; no
   averaging over a window.
 * A retired replica finishes what it holds (graceful shutdown); its slot cannot start a new

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "docs" / "data"
 FIT = ROOT / "sim" / "data" / "published" / "fit.json"
 SILICON = ROOT / "sim" / "data" / "silicon" / "validation" / "summary.json"
+DISAGG = ROOT / "sim" / "data" / "silicon" / "validation" / "disaggregated" / "summary.json"
 
 METRIC = {"e2e_ms": "e2e", "ttft_ms": "TTFT", "retrieval_ms": "retrieval", "throughput_per_s": "throughput"}
 
@@ -32,7 +33,7 @@ LIVE_HALVES = (
 
 
 def load(name: str) -> dict[str, Any]:
-    path = {"fit": FIT, "silicon": SILICON}.get(name, DATA / f"{name}.json")
+    path = {"fit": FIT, "silicon": SILICON, "disaggregated": DISAGG}.get(name, DATA / f"{name}.json")
     return dict(json.loads(path.read_text()))
 
 
@@ -94,6 +95,7 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
             "llm-step-costs-against-published-measurements",
         ),
         _silicon_row(load("silicon")),
+        *([_disagg_row(load("disaggregated"))] if DISAGG.is_file() else []),
         (
             "KV memory",
             f"{len(kv['rows'])} published vLLM start-up logs",
@@ -160,14 +162,29 @@ def _silicon_row(sil: dict[str, Any]) -> tuple[str, str, str, str]:
     )
 
 
-def _silicon(sil: dict[str, Any]) -> list[str]:
+def _disagg_row(dis: dict[str, Any]) -> tuple[str, str, str, str]:
+    a = dis["all"]
+    cap, held = a["capsim"], a["engine_preset_held_out"]
+    return (
+        "Measured disaggregated runs",
+        f"{a['rows']:,} of aiconfigurator's {dis['disaggregated_rows_in_file']:,} measured runs with prefill and "
+        "decode on separate workers (the others: worker counts not recorded, or layouts capsim does not build)",
+        f"capsim `published`: TPOT MAPE {_mape(cap['tpot'])}, TTFT {_mape(cap['ttft'])}; engine presets held out: "
+        f"TPOT {_mape(held['tpot'])}, TTFT {_mape(held['ttft'])}",
+        "disaggregated-prefill-and-decode",
+    )
+
+
+def _silicon(sil: dict[str, Any], disagg: dict[str, Any] | None = None) -> list[str]:
+    # the reasons are a property of the file and the code: the newer run's count, where there is one
+    reasons = (disagg or sil)["rows_by_reason"]
     lines = [
         "",
         "## Measured serving runs",
         "",
         f"`capsim validate` replays the rows of {sil['data']} that capsim can represent "
         f"({sil['all']['rows']:,} of {sil['rows_in_file']:,}; the others: "
-        + ", ".join(f"{reason} {n:,}" for reason, n in sil["rows_by_reason"].items() if reason != "representable")
+        + ", ".join(f"{reason} {n:,}" for reason, n in reasons.items() if reason != "representable")
         + f") as capsim scenarios: {sil['replay']}. Error = {sil['error']}. "
         "`engine preset, held out` fits each engine's step costs and frontend time without the row's "
         "(model, GPU) group and predicts the group; aiconfigurator's own predictions were computed once "
@@ -199,6 +216,63 @@ def _silicon(sil: dict[str, Any]) -> list[str]:
         *_same_rows(),
         "",
         "The per-row predictions are in `sim/data/silicon/validation/rows.csv`; `make validate` recomputes them.",
+    ]
+    return lines
+
+
+def _agg_by_model_gpu() -> dict[tuple[str, str], list[dict[str, str]]]:
+    with open(ROOT / "sim/data/silicon/validation/rows.csv", newline="") as fh:
+        recs = [r for r in csv.DictReader(fh) if not r["capsim_error"]]
+    out: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for r in recs:
+        out.setdefault((r["model"], r["gpu"]), []).append(r)
+    return out
+
+
+def _mape_of(recs: list[dict[str, str]], col: str) -> str:
+    e = [float(r[col]) for r in recs if r[col]]
+    if not e:
+        return "-"
+    return _mape({"mape_pct": 100 * sum(map(abs, e)) / len(e), "signed_pct": 100 * sum(e) / len(e)})
+
+
+def _disaggregated(dis: dict[str, Any]) -> list[str]:
+    """The disaggregated rows by (model, GPU), beside the aggregated rows of the same model and GPU."""
+    agg = _agg_by_model_gpu()
+    lines = [
+        "",
+        "### Disaggregated prefill and decode",
+        "",
+        f"`capsim validate --disaggregated` replays the disaggregated rows whose pools capsim builds as "
+        f"`llm.disaggregated`: {dis['all']['rows']} of the file's {dis['disaggregated_rows_in_file']:,} "
+        "(the others: "
+        + ", ".join(
+            f"{reason} {n:,}"
+            for reason, n in dis["disaggregated_rows_by_reason"].items()
+            if not reason.startswith("representable")
+        )
+        + f"). Replay: {dis['replay']}. The aggregated rows of the same model and GPU are beside them "
+        "(capsim `published`).",
+        "",
+        "| model on GPU | disaggregated rows | capsim TPOT | TTFT | engine preset, held out, TPOT | TTFT "
+        "| aggregated rows | capsim TPOT | TTFT |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, g in [("all", dis["all"]), *dis["by"]["model_gpu"].items()]:
+        row = [name, str(g["rows"])]
+        for who in ("capsim", "engine_preset_held_out"):
+            for m in ("tpot", "ttft"):
+                row.append(_mape(g[who][m]) if g[who][m]["n"] else "-")
+        if name == "all":
+            same = [r for recs in agg.values() for r in recs]
+        else:
+            model, _, gpu = name.partition(" on ")
+            same = agg.get((model, gpu), [])
+        row += [str(len(same)), _mape_of(same, "capsim_tpot_err"), _mape_of(same, "capsim_ttft_err")]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "The per-row predictions are in `sim/data/silicon/validation/disaggregated/rows.csv`.",
     ]
     return lines
 
@@ -236,7 +310,11 @@ def render() -> str:
     ]
     for check, against, off, anchor in summary_rows():
         lines.append(f"| [{check}](#{anchor}) | {against} | {off} |")
-    lines += _queueing(q) + _fit(fit) + _silicon(load("silicon")) + _kv(kv) + _verify()
+    disagg = load("disaggregated") if DISAGG.is_file() else None
+    lines += _queueing(q) + _fit(fit) + _silicon(load("silicon"), disagg)
+    if disagg is not None:
+        lines += _disaggregated(disagg)
+    lines += _kv(kv) + _verify()
     return "\n".join(lines) + "\n"
 
 

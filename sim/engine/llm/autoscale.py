@@ -35,7 +35,9 @@ ready or draining.  Only ready replicas are routed to (the router is rebuilt ove
 every change).  A scale-down first cancels replicas still starting (latest first), then
 retires the ready replica with the fewest requests in flight: it takes no new request,
 finishes those it holds, and stops costing when it is empty.  A slot still draining
-cannot be started again; a scale-up with no slot free waits for the next decision.
+cannot be started again; a scale-up with no slot free waits for the next decision, and so does
+the part of a scale-up that would have more than ``max_starting`` replicas starting at once
+(a cluster that admits so many new GPU nodes at a time; no limit by default).
 
 **Cost.** A slot is paid from the decision that starts it until it is cancelled or has
 drained; ``history`` holds the paid, provisioned and ready counts at every change, from
@@ -199,10 +201,12 @@ class Autoscaler:
 
     def _scale_up(self, k: int) -> None:
         now = self.env.now
+        room = k if self.a.max_starting is None else max(0, self.a.max_starting - self.count(STARTING))
         for i, s in enumerate(self.state):
-            if k == 0:
+            if k == 0 or room == 0:
                 break
             if s == OFF:
+                room -= 1
                 self.state[i] = STARTING
                 self.events.append((now, "up", i))
                 later(self.env, self.cold_start_s, self._started, (i, self._gen[i]))

@@ -83,7 +83,9 @@ class Generation:
     ``gen`` tokens generated so far; ``ctx`` tokens whose KV is computed;
     ``target`` the context a prefill must reach before the next token
     (prompt + gen: after a preemption the generated tokens are recomputed);
-    ``shared`` the leading tokens whose blocks are the replica's shared prefix.
+    ``shared`` the leading tokens whose blocks are the replica's shared prefix;
+    ``kv_in`` the tokens whose KV arrives computed from elsewhere (a disaggregated deployment's
+    prefill replica, :mod:`sim.engine.llm.disagg`), taken on admission without computing them.
     """
 
     __slots__ = (
@@ -93,6 +95,7 @@ class Generation:
         "gen",
         "heap_gen",
         "held",
+        "kv_in",
         "output",
         "preemptions",
         "prompt",
@@ -114,7 +117,7 @@ class Generation:
         self.done: simpy.Event | None = done  # None once answered
         self.req = req
         self.state = WAITING
-        self.shared = self.ctx = self.gen = self.held = self.base = self.w = 0
+        self.shared = self.ctx = self.gen = self.held = self.base = self.w = self.kv_in = 0
         self.target = prompt
         self.heap_gen = 0
         self.preemptions = 0
@@ -361,6 +364,8 @@ class Replica:
         cached, at most ``num_tokens - 1`` tokens): ``(shared, own)``, the shared prefix's
         tokens, then those of its own blocks a preemption freed that are not evicted yet
         (counted only when they follow the same prefix they followed before)."""
+        if seq.kv_in:  # handed over from a prefill replica: no lookup, no shared prefix
+            return 0, seq.kv_in
         B = self.B
         limit = (seq.target - 1) // B
         shared = min(self.prefix_cached(), limit) * B
@@ -392,7 +397,9 @@ class Replica:
                 self.pinned = self.cached.take(PREFIX)
             self.sharers += 1
         own_blocks = own // self.B
-        if own_blocks:
+        if seq.kv_in:  # the handed-over KV lands in free blocks (the partial last one is the step's)
+            seq.kv_in = 0
+        elif own_blocks:
             self.cached.take(seq)
         else:
             self.cached.disown(seq)
