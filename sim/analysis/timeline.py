@@ -42,8 +42,8 @@ import numpy as np
 
 from sim.analysis import stats
 from sim.engine.digest import Digest, Histogram, window_edges
+from sim.engine.load_profile import breakpoints
 from sim.engine.pipeline import Replication
-from sim.engine.profile import breakpoints
 from sim.engine.records import Bins
 from sim.spec.schema import Scenario, ScheduleProfile
 

@@ -26,8 +26,8 @@ from sim.engine.clock import later
 from sim.engine.digest import Digest, cell_edges, window_edges
 from sim.engine.llm.autoscale import mean_count
 from sim.engine.llm.stage import LLMStage
+from sim.engine.load_profile import Presence, level, peak
 from sim.engine.pool import WorkerPool
-from sim.engine.profile import Presence, level, peak
 from sim.engine.records import CHUNK_ROWS, Bins, Recorder
 from sim.engine.routing import OFF, Utterances, routing_setup
 from sim.engine.sched import SchedulerPool, scheduler_pool
