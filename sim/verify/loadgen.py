@@ -210,6 +210,23 @@ def _complete(
     usage: dict | None,
 ) -> tuple[float | None, float, int, dict]:
     where = f"llm endpoint {conn.url}: POST /v1/completions"
+    r = _post_completion(conn, model, prompt_ids, max_tokens)
+    got = _read_stream(r, where, max_tokens, token_times, usage)
+    for _ in range(16):  # the rest of the stream (the closing chunk), bounded
+        if not r.read(MAX_LINE_BYTES):
+            break
+    else:
+        raise TargetError(f"{where}: more than {16 * MAX_LINE_BYTES:,} bytes after the last token")
+    conn.finish("POST /v1/completions")
+    end = time.perf_counter()
+    n = int(got.usage_tokens) if got.usage_tokens is not None else got.chunks
+    return got.first, end, n, got.timings
+
+
+def _post_completion(
+    conn: DeadlineConnection, model: str, prompt_ids: list[int], max_tokens: int
+) -> http.client.HTTPResponse:
+    """Send the streamed completion request; its response, once it answered HTTP 200."""
     body = {
         "model": model,
         "prompt": prompt_ids,
@@ -230,11 +247,39 @@ def _complete(
     if r.status != 200:
         what = "POST /v1/completions"
         raise EndpointError(f"{conn.endpoint(what)}: {what} answered HTTP {r.status}: {r.read(200)[:100]!r}")
+    return r
+
+
+@dataclass
+class _Streamed:
+    """What a completion's stream has told so far: the first token's time, the tokens counted,
+    the server's own count (``usage``) and its ``timings``."""
+
     first: float | None = None
-    chunks = 0
-    timings: dict = {}
-    usage_tokens = None
-    for _ in range(16 * max_tokens + 64):  # bounded: one line per chunk plus blanks
+    chunks: int = 0
+    usage_tokens: float | None = None
+    timings: dict = field(default_factory=dict)
+
+    def take_tokens(self, d: dict, token_times: list[float] | None) -> None:
+        """Count and time the tokens of one chunk."""
+        for ch in d.get("choices") or []:
+            # a token: text, or none yet (vLLM streams a token that ends inside a UTF-8 character
+            # as ""); llama-server's closing chunk (text "", finish_reason set) carries none
+            if "text" in ch and (ch["text"] or ch.get("finish_reason") is None):
+                self.chunks += 1
+                now = time.perf_counter()
+                if self.first is None:
+                    self.first = now
+                if token_times is not None:
+                    token_times.append(now)
+
+
+def _read_stream(
+    r: http.client.HTTPResponse, where: str, max_tokens: int, token_times: list[float] | None, usage: dict | None
+) -> _Streamed:
+    """Read the server-sent events up to ``[DONE]`` (or the end), bounded: one line per chunk plus blanks."""
+    got = _Streamed()
+    for _ in range(16 * max_tokens + 64):
         line = r.readline(MAX_LINE_BYTES + 1)
         if not line:
             break
@@ -247,19 +292,10 @@ def _complete(
         if payload == b"[DONE]":
             break
         d = _chunk(payload, where)
-        for ch in d.get("choices") or []:
-            # a token: text, or none yet (vLLM streams a token that ends inside a UTF-8 character
-            # as ""); llama-server's closing chunk (text "", finish_reason set) carries none
-            if "text" in ch and (ch["text"] or ch.get("finish_reason") is None):
-                chunks += 1
-                now = time.perf_counter()
-                if first is None:
-                    first = now
-                if token_times is not None:
-                    token_times.append(now)
+        got.take_tokens(d, token_times)
         if d.get("usage"):
-            usage_tokens = finite_number(
-                d["usage"].get("completion_tokens", chunks),
+            got.usage_tokens = finite_number(
+                d["usage"].get("completion_tokens", got.chunks),
                 f"{where}: usage.completion_tokens",
                 integer=True,
                 most=max_tokens,
@@ -267,16 +303,8 @@ def _complete(
             if usage is not None:
                 usage.update(d["usage"])
         if d.get("timings"):
-            timings = d["timings"]
-    for _ in range(16):  # the rest of the stream (the closing chunk), bounded
-        if not r.read(MAX_LINE_BYTES):
-            break
-    else:
-        raise TargetError(f"{where}: more than {16 * MAX_LINE_BYTES:,} bytes after the last token")
-    conn.finish("POST /v1/completions")
-    end = time.perf_counter()
-    got = int(usage_tokens) if usage_tokens is not None else chunks
-    return first, end, got, timings
+            got.timings = d["timings"]
+    return got
 
 
 #: The numbers of llama-server's streamed ``timings`` that verify reads.

@@ -26,7 +26,7 @@ from sim.verify.loadgen import (
     server_ms,
 )
 from sim.verify.server_clock import bracket, learn_clock, own_timings, server_clock
-from sim.verify.wire import EndpointError, TargetError
+from sim.verify.wire import DeadlineConnection, EndpointError, TargetError
 
 
 def _probe_completion(llm: LLMTarget, ids: list[int], max_tokens: int, timeout_s: float) -> tuple[float, dict]:
@@ -301,7 +301,6 @@ def probe_pairs(
     timeout_s = timeout_s or SEARCH_TIMEOUT_S
     r = target.retrieval
     assert r is not None
-    errors: list[str] = []
     conns = [connection(r.url, timeout_s) for _ in range(2)]
     try:
         for i, c in enumerate(conns):
@@ -313,40 +312,49 @@ def probe_pairs(
     for off in offsets_ms:
         rows = []
         for p in range(n):
-            sent = [0.0, 0.0]
-            lat = [0.0, 0.0]
-            gate = threading.Barrier(2)
-
-            def one(i: int, p: int = p, off: float = off, sent: list = sent, lat: list = lat, gate=gate) -> None:
-                try:
-                    gate.wait(timeout_s)
-                    if i:
-                        time.sleep(off / 1e3)
-                    sent[i] = time.perf_counter()
-                    search(conns[i], 500 * i + p % 500, k)
-                    lat[i] = (time.perf_counter() - sent[i]) * 1e3
-                except (OSError, RuntimeError, http.client.HTTPException, threading.BrokenBarrierError) as e:
-                    errors.append(f"{type(e).__name__}: {e}")
-                except TargetError as e:
-                    errors.append(str(e))
-
             time.sleep(pause_s)
-            threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout_s)
-            if errors or any(t.is_alive() for t in threads) or min(lat) <= 0:
-                why = errors[0] if errors else "timed out"
-                raise CapsimError(f"retrieval endpoint {r.url}: a pair of searches did not finish: {why}")
-            a, b = (0, 1) if sent[0] <= sent[1] else (1, 0)
-            rows.append(((sent[b] - sent[a]) * 1e3, lat[a], lat[b]))
+            rows.append(_one_pair(conns, r.url, k, p, off, timeout_s))
         x = np.asarray(rows)
         med = np.median(x, axis=0)
         out.append(dict(offset_ms=float(off), apart_ms=float(med[0]), first_ms=float(med[1]), second_ms=float(med[2])))
     for c in conns:
         c.close()
     return out
+
+
+def _one_pair(
+    conns: list[DeadlineConnection], url: str, k: int, p: int, off: float, timeout_s: float
+) -> tuple[float, float, float]:
+    """Pair ``p``: two searches released together, the second ``off`` ms late; how far apart they
+    left and the latency of the one sent first and the one sent second, ms."""
+    errors: list[str] = []
+    sent = [0.0, 0.0]
+    lat = [0.0, 0.0]
+    gate = threading.Barrier(2)
+
+    def one(i: int) -> None:
+        try:
+            gate.wait(timeout_s)
+            if i:
+                time.sleep(off / 1e3)
+            sent[i] = time.perf_counter()
+            search(conns[i], 500 * i + p % 500, k)
+            lat[i] = (time.perf_counter() - sent[i]) * 1e3
+        except (OSError, RuntimeError, http.client.HTTPException, threading.BrokenBarrierError) as e:
+            errors.append(f"{type(e).__name__}: {e}")
+        except TargetError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    if errors or any(t.is_alive() for t in threads) or min(lat) <= 0:
+        why = errors[0] if errors else "timed out"
+        raise CapsimError(f"retrieval endpoint {url}: a pair of searches did not finish: {why}")
+    a, b = (0, 1) if sent[0] <= sent[1] else (1, 0)
+    return (sent[b] - sent[a]) * 1e3, lat[a], lat[b]
 
 
 def probe_contention(
