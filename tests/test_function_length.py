@@ -22,8 +22,6 @@ STILL_LONG = {
     "sim/calibrate/gpu.py:fit_gpu": 70,
     "sim/calibrate/retrieval.py:run_calibration": 76,
     "sim/calibrate/routing.py:run_routing_calibration": 111,
-    "sim/cli/sweep.py:capacity": 64,
-    "sim/cli/sweep.py:sweep": 64,
     "sim/engine/pipeline.py:__init__": 71,
     "sim/run/loop.py:_run_sweep": 117,
     "sim/run/plan.py:plan": 91,

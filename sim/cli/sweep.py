@@ -151,6 +151,12 @@ def sweep(
         raise typer.Exit(e.exit_code) from None
     finally:
         _close(ex)
+    _print_sweep(result, [k for k in points[0].params], rank, json_, out)
+    raise typer.Exit(result.exit_code)
+
+
+def _print_sweep(result: Any, keys: list[str], rank: Optional[str], json_: bool, out: Optional[Path]) -> None:
+    """What was computed and reused (stderr), then the summary JSON or the tables (ranked by cost with --rank)."""
     n = len({p.id for p in result.points})
     where = f" (saved in {out})" if out is not None else ""
     err_console.print(
@@ -171,8 +177,7 @@ def sweep(
         if table["cost_per_hour"].notna().any():
             if rank == "cost":
                 table = rank_by_cost(table)
-            con.print(cost_table(table, [k for k in points[0].params], rank == "cost"))
-    raise typer.Exit(result.exit_code)
+            con.print(cost_table(table, keys, rank == "cost"))
 
 
 @app.command()
@@ -218,27 +223,10 @@ def capacity(
     4 internal error, 5 a worker died, 6 an I/O failure (disk full, read-only folder), 130 Ctrl-C.
     """
     # deferred: the simulator loads pandas, scipy and pydantic
-    from sim.run.bounds import check_bounds
-    from sim.run.capacity import capacity as find_capacity
-    from sim.run.capacity import capacity_band, conservative
     from sim.run.folder import locked, prepare_out
     from sim.run.loop import SweepInterrupted
-    from sim.spec.keys import check_key
-    from sim.spec.scenario import expand, parse_overrides, run_overrides
 
-    _check_counts(replications, jobs)
-    for flag, v in (("--low", low), ("--high", high)):
-        if v is not None and not math.isfinite(v):
-            raise CapsimError(f"{flag} {v:g}: must be a finite number")
-    ov = parse_overrides(set_)
-    for k in ov:
-        check_key(k, "--set")
-    base_ov = run_overrides(ov, seed, replications)
-    bound_points = expand(scenario, base_ov)
-    if high is not None:  # the largest value tried drives the bound, when it is a valid one
-        with contextlib.suppress(CapsimError):  # the search reports a bad --vary or --high itself
-            bound_points = expand(scenario, {**base_ov, vary: int(high) if float(high).is_integer() else high})
-    check_bounds(bound_points, max_memory, jobs)
+    ov = _capacity_overrides(scenario, vary, set_, seed, replications, jobs, (low, high), max_memory)
     prepare_out(out, "sweep")
     con = stdout_console()
 
@@ -257,25 +245,68 @@ def capacity(
     )
     try:
         with hold:
-            if band and engines:
-                raise CapsimError("--band and --engines: choose one")
-            if band:
-                announce = None if json_ else (lambda p: con.print(f"llm.efficiency {p}:", highlight=False))
-                results = capacity_band(scenario, vary, ov, on_preset=announce, **search)
-                res = results["published"]
-            elif engines:
-                announce = None if json_ else (lambda p: con.print(f"llm.engine {p}:", highlight=False))
-                results = capacity_band(scenario, vary, ov, on_preset=announce, by="engine", **search)
-                res = results[conservative(results)]
-            else:
-                res = find_capacity(scenario, vary, ov, **search)
+            res, results = _search_capacity(scenario, vary, ov, band, engines, None if json_ else con, search)
     except SweepInterrupted as e:
         err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     finally:
         _close(ex)
-    _print_capacity(vary, res, results if (band or engines) else None, json_, con)
+    _print_capacity(vary, res, results, json_, con)
     raise typer.Exit(res.exit_code)
+
+
+def _capacity_overrides(
+    scenario: Path,
+    vary: str,
+    set_: list[str],
+    seed: Optional[int],
+    replications: Optional[int],
+    jobs: Optional[int],
+    low_high: tuple[Optional[float], Optional[float]],
+    max_memory: Optional[str],
+) -> dict[str, Any]:
+    """The --set overrides, checked, once the counts, --low/--high and the memory bound of the
+    largest value tried are."""
+    from sim.run.bounds import check_bounds  # deferred: the simulator loads pandas, scipy and pydantic
+    from sim.spec.keys import check_key
+    from sim.spec.scenario import expand, parse_overrides, run_overrides
+
+    _check_counts(replications, jobs)
+    low, high = low_high
+    for flag, v in (("--low", low), ("--high", high)):
+        if v is not None and not math.isfinite(v):
+            raise CapsimError(f"{flag} {v:g}: must be a finite number")
+    ov = parse_overrides(set_)
+    for k in ov:
+        check_key(k, "--set")
+    base_ov = run_overrides(ov, seed, replications)
+    bound_points = expand(scenario, base_ov)
+    if high is not None:  # the largest value tried drives the bound, when it is a valid one
+        with contextlib.suppress(CapsimError):  # the search reports a bad --vary or --high itself
+            bound_points = expand(scenario, {**base_ov, vary: int(high) if float(high).is_integer() else high})
+    check_bounds(bound_points, max_memory, jobs)
+    return ov
+
+
+def _search_capacity(
+    scenario: Path, vary: str, ov: dict[str, Any], band: bool, engines: bool, con: Any, search: dict[str, Any]
+) -> tuple[Any, dict[str, Any] | None]:
+    """One search, or one per published step-cost preset (--band) or engine preset (--engines): the
+    answer and, for those, every preset's (named on ``con`` as each starts, when it is given)."""
+    from sim.run.capacity import capacity as find_capacity  # deferred: the simulator loads pandas, scipy
+    from sim.run.capacity import capacity_band, conservative
+
+    if band and engines:
+        raise CapsimError("--band and --engines: choose one")
+    if band:
+        announce = None if con is None else (lambda p: con.print(f"llm.efficiency {p}:", highlight=False))
+        results = capacity_band(scenario, vary, ov, on_preset=announce, **search)
+        return results["published"], results
+    if engines:
+        announce = None if con is None else (lambda p: con.print(f"llm.engine {p}:", highlight=False))
+        results = capacity_band(scenario, vary, ov, on_preset=announce, by="engine", **search)
+        return results[conservative(results)], results
+    return find_capacity(scenario, vary, ov, **search), None
 
 
 def _tried_printer(vary: str, console: Any) -> Callable[[Any], None]:
