@@ -301,20 +301,7 @@ def step_cost_figures(llm: LLMConfig) -> dict[str, Any]:
         sources = catalog.gpu_entry(g.name)["sources"] if g.name else {}
     except ConfigError:  # an inline GPU under a name the catalog does not know
         sources = {}
-    entry = llm.perop_entry
-    if llm.step_table:
-        model = f"table {llm.step_table}"
-    elif entry is not None and "layer" in entry:  # a mixture-of-experts layout: the package's composition
-        model = f"per-operation sum ({entry['source']}, {llm.engine})"
-    elif entry is not None:
-        v = entry["versions"]
-        model = (
-            f"per-operation sum (kernels timed alone: {llm.engine} GEMM {v['gemm']}, attention {v['attention']}"
-            + (f", all-reduce {v['allreduce']}" if v.get("allreduce") and llm.tensor_parallel > 1 else "")
-            + "; aiconfigurator 0.12.0 database)"
-        )
-    else:
-        model = "roofline"
+    model = _step_model(llm)
     doc: dict[str, Any] = {
         "model": model,
         "gpu": g.name,
@@ -342,18 +329,42 @@ def step_cost_figures(llm: LLMConfig) -> dict[str, Any]:
     if m.kv_lora_rank:
         doc["attention"] = f"MLA: {m.kv_lora_rank} + {m.qk_rope_head_dim} cached values per token and layer"
     if m.experts:
-        doc["moe"] = {
-            "params": m.param_count,
-            "active_params": m.active_param_count,
-            "experts": m.experts,
-            "experts_per_token": m.experts_per_token,
-            "expert_parallel": llm.expert_parallel_size,
-            "experts_read_at_batch": {
-                str(b): float(gm.expected_distinct_experts(m.experts, m.experts_per_token, float(b)))
-                for b in sorted(set(DECODE_BATCHES) | {llm.max_batch})
-            },
-        }
+        doc["moe"] = _moe_figures(llm)
     return doc
+
+
+def _step_model(llm: LLMConfig) -> str:
+    """Where the step times come from: a measured table, a per-operation sum (which database) or the roofline."""
+    entry = llm.perop_entry
+    if llm.step_table:
+        return f"table {llm.step_table}"
+    if entry is not None and "layer" in entry:  # a mixture-of-experts layout: the package's composition
+        return f"per-operation sum ({entry['source']}, {llm.engine})"
+    if entry is not None:
+        v = entry["versions"]
+        return (
+            f"per-operation sum (kernels timed alone: {llm.engine} GEMM {v['gemm']}, attention {v['attention']}"
+            + (f", all-reduce {v['allreduce']}" if v.get("allreduce") and llm.tensor_parallel > 1 else "")
+            + "; aiconfigurator 0.12.0 database)"
+        )
+    return "roofline"
+
+
+def _moe_figures(llm: LLMConfig) -> dict[str, Any]:
+    """A mixture-of-experts model's parameters, experts and the distinct experts a decode step reads by batch."""
+    m = llm.model
+    assert m.experts is not None  # only asked of a MoE model
+    return {
+        "params": m.param_count,
+        "active_params": m.active_param_count,
+        "experts": m.experts,
+        "experts_per_token": m.experts_per_token,
+        "expert_parallel": llm.expert_parallel_size,
+        "experts_read_at_batch": {
+            str(b): float(gm.expected_distinct_experts(m.experts, m.experts_per_token, float(b)))
+            for b in sorted(set(DECODE_BATCHES) | {llm.max_batch})
+        },
+    }
 
 
 def _step_cost_source(llm: LLMConfig) -> str:
