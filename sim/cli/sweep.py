@@ -19,37 +19,10 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from sim.cli import runs
 from sim.cli.app import MAX_MEMORY_HELP, app, err_console, progress_bar, stdout_console, user_errors
 from sim.errors import CapsimError
 from sim.files import to_json
-
-SCHEDULER_HELP = (
-    "Run on a Dask cluster: tcp://host:8786 (an existing scheduler; gives up after 10 s) "
-    "or local-dask (start a LocalCluster). Default: local processes."
-)
-
-
-def _check_counts(replications: Optional[int], jobs: Optional[int]) -> None:
-    if replications is not None and replications < 1:
-        raise CapsimError(f"--replications: must be >= 1, got {replications}")
-    if jobs is not None and jobs < 1:
-        raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
-
-
-def _executor(scheduler: Optional[str], jobs: Optional[int]) -> Any:
-    from sim.run.executors import LocalExecutor  # deferred: the simulator
-
-    if not scheduler:
-        return LocalExecutor(jobs)
-    from sim.run.dask import DaskExecutor  # deferred: dask is heavy and optional here
-
-    return DaskExecutor(scheduler, n_workers=jobs)
-
-
-def _close(ex: Any) -> None:
-    close = getattr(ex, "close", None)
-    if close:
-        close()
 
 
 def _money(x: Optional[float], digits: int = 3) -> str:
@@ -98,7 +71,7 @@ def sweep(
     out: Optional[Path] = typer.Option(
         None, help="Save every point here as it finishes; re-running the same command computes only the missing points."
     ),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    scheduler: Optional[str] = typer.Option(None, help=runs.SCHEDULER_HELP),
     set_: list[str] = typer.Option([], "--set", help="Override a dotted key: --set llm.replicas=2"),
     jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores) or local-dask workers."),
     replications: Optional[int] = typer.Option(None, help="Override run.replications."),
@@ -119,17 +92,14 @@ def sweep(
     from sim.run.bounds import check_bounds
     from sim.run.folder import locked, prepare_out
     from sim.run.loop import SweepInterrupted, run_sweep
-    from sim.spec.keys import check_key, parse_grid
-    from sim.spec.scenario import expand, parse_overrides, run_overrides
+    from sim.spec.keys import parse_grid
+    from sim.spec.scenario import expand, run_overrides
 
-    _check_counts(replications, jobs)
+    runs.check_counts(replications, jobs)
     if rank not in (None, "cost"):
         raise CapsimError(f"--rank {rank!r}: expected cost")
     g = parse_grid(grid)
-    ov = parse_overrides(set_)
-    for k in ov:
-        check_key(k, "--set")
-    ov = run_overrides(ov, seed, replications)
+    ov = run_overrides(runs.checked_overrides(set_), seed, replications)
     points = expand(scenario, ov, g or None)
     if rank == "cost" and points[0].scenario.cost is None:
         raise CapsimError(
@@ -138,7 +108,7 @@ def sweep(
         )
     check_bounds(points, max_memory, jobs)
     prepare_out(out, "sweep")
-    ex = _executor(scheduler, jobs)
+    ex = runs.executor(scheduler, jobs)
     try:
         with progress_bar(f"sweeping {len(points)} points") as bar:
             if out is not None:
@@ -150,7 +120,7 @@ def sweep(
         err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     finally:
-        _close(ex)
+        runs.close(ex)
     _print_sweep(result, [k for k in points[0].params], rank, json_, out)
     raise typer.Exit(result.exit_code)
 
@@ -200,7 +170,7 @@ def capacity(
     jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores)."),
     replications: Optional[int] = typer.Option(None, help="Override run.replications."),
     seed: Optional[int] = typer.Option(None, help="Override run.seed."),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    scheduler: Optional[str] = typer.Option(None, help=runs.SCHEDULER_HELP),
     out: Optional[Path] = typer.Option(None, help="Save (and reuse) every point tried, as capsim sweep --out."),
     json_: bool = typer.Option(False, "--json", help="Print {key, capacity, tried: [...]} as JSON."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
@@ -230,7 +200,7 @@ def capacity(
     prepare_out(out, "sweep")
     con = stdout_console()
 
-    ex = _executor(scheduler, jobs)
+    ex = runs.executor(scheduler, jobs)
     hold = locked(out) if out is not None else contextlib.nullcontext()
     search = dict(
         low=low,
@@ -250,7 +220,7 @@ def capacity(
         err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     finally:
-        _close(ex)
+        runs.close(ex)
     _print_capacity(vary, res, results, json_, con)
     raise typer.Exit(res.exit_code)
 
@@ -268,17 +238,14 @@ def _capacity_overrides(
     """The --set overrides, checked, once the counts, --low/--high and the memory bound of the
     largest value tried are."""
     from sim.run.bounds import check_bounds  # deferred: the simulator loads pandas, scipy and pydantic
-    from sim.spec.keys import check_key
-    from sim.spec.scenario import expand, parse_overrides, run_overrides
+    from sim.spec.scenario import expand, run_overrides
 
-    _check_counts(replications, jobs)
+    runs.check_counts(replications, jobs)
     low, high = low_high
     for flag, v in (("--low", low), ("--high", high)):
         if v is not None and not math.isfinite(v):
             raise CapsimError(f"{flag} {v:g}: must be a finite number")
-    ov = parse_overrides(set_)
-    for k in ov:
-        check_key(k, "--set")
+    ov = runs.checked_overrides(set_)
     base_ov = run_overrides(ov, seed, replications)
     bound_points = expand(scenario, base_ov)
     if high is not None:  # the largest value tried drives the bound, when it is a valid one
