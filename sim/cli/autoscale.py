@@ -5,16 +5,14 @@ Parse, call :func:`sim.run.autoscale.compare`, print and save; the runs live the
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from sim.cli import runs
-from sim.cli.app import app, err_console, stdout_console, user_errors
+from sim.cli.app import app, err_console, user_errors
 from sim.errors import CapsimError
-from sim.files import to_json
 
 
 @app.command()
@@ -54,20 +52,12 @@ def autoscale(
             raise CapsimError(f"--static {static!r}: expected replica counts such as 1,2,3") from None
     runs.check_out_folder(out)
     ov = runs.checked_overrides(set_)
-    ex = runs.executor(scheduler, jobs)
-    try:
+    with runs.pool(scheduler, jobs) as ex:
         res = compare(scenario, ov, static=counts, replications=replications, seed=seed, executor=ex)
-    finally:
-        runs.close(ex)
     from sim.present.autoscale_figures import write_autoscale_figure  # deferred: matplotlib
     from sim.present.autoscale_tables import print_comparison
 
-    doc = to_json(res.to_dict())
-    files = [runs.save_document(doc, out, "autoscale.json"), *write_autoscale_figure(res, out)]
-    if json_:
-        sys.stdout.write(doc + "\n")
-    else:
-        print_comparison(res, stdout_console(), files)
+    runs.publish(res, out, "autoscale.json", write_autoscale_figure, print_comparison, json_)
     if res.autoscaled.verdict != "pass":
         err_console.print(f"autoscaled fleet: {res.autoscaled.verdict}", markup=False, highlight=False)
     raise typer.Exit(res.exit_code)

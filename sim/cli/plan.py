@@ -5,7 +5,6 @@ Parse, call :func:`sim.run.plan.plan`, print and save; the search lives there.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +13,6 @@ import typer
 from sim.cli import runs
 from sim.cli.app import app, err_console, stdout_console, user_errors
 from sim.errors import CapsimError
-from sim.files import to_json
 
 
 @app.command()
@@ -59,8 +57,7 @@ def plan(
     def stage(name: str, n: int) -> None:
         con.print(f"{name}: {n:,} configurations", markup=False, highlight=False)
 
-    ex = runs.executor(scheduler, jobs)
-    try:
+    with runs.pool(scheduler, jobs) as ex:
         res = find_plan(
             scenario,
             ov,
@@ -74,15 +71,8 @@ def plan(
             knobs=knobs,
             on_stage=stage,
         )
-    finally:
-        runs.close(ex)
     from sim.present.plan_figures import write_plan_figures  # deferred: matplotlib
     from sim.present.plan_tables import print_plan
 
-    doc = to_json(res.to_dict())
-    files = [runs.save_document(doc, out, "plan.json"), *write_plan_figures(res, out)]
-    if json_:
-        sys.stdout.write(doc + "\n")
-    else:
-        print_plan(res, stdout_console(), files)
+    runs.publish(res, out, "plan.json", write_plan_figures, print_plan, json_)
     raise typer.Exit(res.exit_code)

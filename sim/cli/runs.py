@@ -2,16 +2,22 @@
 processes or Dask), the checked ``--set`` overrides, and the output folder a command saves its
 document and figures in.
 
-Only typer-free helpers: the simulator and Dask load inside them, when a command runs.
+The simulator and Dask load inside these helpers, when a command runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
+from rich.console import Console
+
+from sim.cli.app import stdout_console
 from sim.errors import CapsimError
-from sim.files import atomic_write_text
+from sim.files import atomic_write_text, to_json
 
 SCHEDULER_HELP = (
     "Run on a Dask cluster: tcp://host:8786 (an existing scheduler; gives up after 10 s) "
@@ -45,6 +51,16 @@ def close(ex: Any) -> None:
         shut()
 
 
+@contextlib.contextmanager
+def pool(scheduler: Optional[str], jobs: Optional[int]) -> Iterator[Any]:
+    """The executor for the body of a ``with``, shut down when it ends."""
+    ex = executor(scheduler, jobs)
+    try:
+        yield ex
+    finally:
+        close(ex)
+
+
 def checked_overrides(set_: list[str]) -> dict[str, Any]:
     """The ``--set`` overrides, each key one the scenario has."""
     from sim.spec.keys import check_key  # deferred: pydantic
@@ -67,3 +83,21 @@ def save_document(doc: str, out: Path, name: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / name, doc + "\n")
     return out / name
+
+
+def publish(
+    res: Any,
+    out: Path,
+    name: str,
+    draw: Callable[[Any, Path], list[Path]],
+    show: Callable[[Any, Console, list[Path]], None],
+    json_: bool,
+) -> None:
+    """Save ``res.to_dict()`` as ``out/name`` and ``draw`` its figures into ``out``; then print the
+    document (``--json``) or ``show`` the result with the files written."""
+    doc = to_json(res.to_dict())
+    files = [save_document(doc, out, name), *draw(res, out)]
+    if json_:
+        sys.stdout.write(doc + "\n")
+    else:
+        show(res, stdout_console(), files)
