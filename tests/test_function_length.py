@@ -29,7 +29,6 @@ STILL_LONG = {
     "sim/verify/stack/make_model.py:main": 76,
     "sim/verify/stack/vllm_checks.py:run_check": 77,
     "tools/aiconfigurator_predict.py:main": 67,
-    "tools/docgen/validation.py:summary_rows": 64,
 }
 
 
