@@ -28,7 +28,6 @@ STILL_LONG = {
     "sim/verify/segments.py:play_segmented": 88,
     "sim/verify/stack/make_model.py:main": 76,
     "sim/verify/stack/vllm_checks.py:run_check": 77,
-    "tools/aiconfigurator_predict.py:main": 67,
 }
 
 
