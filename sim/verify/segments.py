@@ -101,28 +101,11 @@ def compare_segments(
     live = merged_live(parts, warmup_s)
     meas = measured_stats(live, 0.0, workers, rates=segment_rates(parts, warmup_s, workers))
     runs = [simulate(scn, {**ov, "run.records": True}, jobs=1).points[0] for ov in ovs]  # per-request pooling
-    reps = min(len(pt.replications) for pt in runs)
     metric_names = compared_metrics(scn)
-    pooled: dict[str, list[np.ndarray]] = {m: [] for m in metric_names}
-    done, spans = [], []
-    first: list[dict[str, np.ndarray]] = []  # replication 0 of each segment, windowed: its own prediction
-    for r in range(reps):
-        recs = []
-        for pt in runs:
-            rep = pt.replications[r]
-            lo, hi = rep.window_s
-            a = rep.records["arrival_s"]
-            recs.append({k: v[(a >= lo) & (a < hi)] for k, v in rep.records.items()})
-            end = a + rep.records["e2e_ms"] / 1e3
-            done.append((r, int(((end >= lo) & (end < hi)).sum())))
-            if r == 0:
-                spans.append(hi - lo)
-        for m in metric_names:
-            pooled[m].append(np.concatenate([metric_values(x, m) for x in recs]))
-        if r == 0:
-            first = recs
-    window = float(sum(spans))
-    thr = [sum(c for rr, c in done if rr == r) / window for r in range(reps)]
+    pool = _pool(runs, metric_names)
+    reps = len(pool.done_by_rep)
+    window = float(sum(pool.spans))
+    thr = [sum(by_seg) / window for by_seg in pool.done_by_rep]
     bounds = BOUNDS if scn.llm.enabled else RETRIEVAL_BOUNDS
     live_each = [live_values(p, warmup_s, p.duration_s) for p in parts]
     rows = []
@@ -131,12 +114,12 @@ def compare_segments(
             continue
         for st in STATS:
             q = float(st[1:])
-            per = [float(np.percentile(v, q)) if len(v) else float("nan") for v in pooled[m]]
+            per = [float(np.percentile(v, q)) if len(v) else float("nan") for v in pool.pooled[m]]
             ci = list(t_interval(per)) if reps >= 2 and all(math.isfinite(x) for x in per) else None
-            errs = segment_errors([metric_values(x, m) for x in first], [v[m] for v in live_each], q)
+            errs = segment_errors([metric_values(x, m) for x in pool.first], [v[m] for v in live_each], q)
             pred_m = per[0] if math.isfinite(per[0]) else None
             rows.append(compared_row(m, st, meas[m][st], pred_m, ci, bounds, meas["ci"][m][st], errs))
-    thr_each = [c / s for (rr, c), s in zip(done[: len(runs)], spans)]
+    thr_each = [c / s for c, s in zip(pool.done_by_rep[0], pool.spans)]
     thr_live = [window_rates(p, warmup_s, p.duration_s, workers)["throughput_per_s"] for p in parts]
     rows.append(
         compared_row(
@@ -154,10 +137,46 @@ def compare_segments(
     pred = {
         "throughput_per_s": thr[0],
         "utilization": {k: float(np.mean([u[k] for u in util])) for k in util[0]},
-        "n": len(pooled["e2e_ms"][0]),
+        "n": len(pool.pooled["e2e_ms"][0]),
         "segments": len(parts),
     }
     return load_comparison(live, rows, meas, pred)
+
+
+@dataclass
+class _Pool:
+    """The segments' simulated windows, pooled per replication: each metric's values (one array a
+    replication), replication 0's windowed records per segment (each segment's own prediction),
+    the requests that finished inside each window (per replication, per segment) and the
+    windows' lengths (s)."""
+
+    pooled: dict[str, list[np.ndarray]]
+    first: list[dict[str, np.ndarray]]
+    done_by_rep: list[list[int]]
+    spans: list[float]
+
+
+def _pool(runs: Sequence[Any], metric_names: Sequence[str]) -> _Pool:
+    """Pool the simulated segments' windows, replication by replication (as many as every segment has)."""
+    reps = min(len(pt.replications) for pt in runs)
+    pool = _Pool({m: [] for m in metric_names}, [], [], [])
+    for r in range(reps):
+        recs, done = [], []
+        for pt in runs:
+            rep = pt.replications[r]
+            lo, hi = rep.window_s
+            a = rep.records["arrival_s"]
+            recs.append({k: v[(a >= lo) & (a < hi)] for k, v in rep.records.items()})
+            end = a + rep.records["e2e_ms"] / 1e3
+            done.append(int(((end >= lo) & (end < hi)).sum()))
+            if r == 0:
+                pool.spans.append(hi - lo)
+        for m in metric_names:
+            pool.pooled[m].append(np.concatenate([metric_values(x, m) for x in recs]))
+        pool.done_by_rep.append(done)
+        if r == 0:
+            pool.first = recs
+    return pool
 
 
 def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> list[float]:
