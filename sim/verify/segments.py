@@ -265,6 +265,79 @@ def segment_factors(speeds: Sequence[np.ndarray | None], relative_decode: bool) 
     return [(float(a), float(b)) for a, b in mid]
 
 
+def _play_parts(
+    scn: Scenario, target: Target, plan: SegmentPlan, before: RetrievalProbe | None, seeds: list[int]
+) -> tuple[list[LiveRun], list[np.ndarray | None], list[np.ndarray | None]]:
+    """Play the live segments, one a seed, with 150 searches alone and an LLM speed probe between
+    two (and the speed probed before the first and after the last): the segments, the searches
+    alone on each side (the last side still to come) and the speeds."""
+    duration_s, _warmup_s, drain_s = plan.times
+    retrieves = scn.retrieval.enabled and target.retrieval is not None
+    parts: list[LiveRun] = []
+    sides: list[np.ndarray | None] = [before.alone_ms if before is not None else None]
+    speeds = [_speed(plan.table, target, plan.probe_tokens)]
+    for j, seed in enumerate(seeds):
+        scn_j = scn.model_copy(update={"run": scn.run.model_copy(update={"seed": seed})})
+        parts.append(
+            run_load(scn_j, target, plan.users, duration_s / plan.segments, drain_s, plan.llm_probe["bos_tokens"])
+        )
+        if j < plan.segments - 1:
+            sides.append(probe_retrieval(target, scn.retrieval.top_k, n=150) if retrieves else None)
+            speeds.append(_speed(plan.table, target, plan.probe_tokens))
+    speeds.append(_speed(plan.table, target, plan.probe_tokens))
+    return parts, sides, speeds
+
+
+@dataclass
+class _Probed:
+    """What the probes around and between the segments say: the searches alone on each side,
+    contention, wake-up and hand-back (the full probes pooled), the scheduler they imply, and
+    each segment's step-table factors."""
+
+    sides: list[np.ndarray | None]
+    contention: tuple[float, ...]
+    wakeup_ms: list[tuple[float, float]]
+    handback_ms: list[float]
+    scheduler: dict[str, float] | None
+    factors: list[tuple[float, float]]
+
+
+def _segment_overrides(
+    scn: Scenario, target: Target, plan: SegmentPlan, seeds: list[int], probed: _Probed, tmp: Path
+) -> list[dict[str, Any]]:
+    """Each segment's prediction overrides: from the searches on its two sides, its own seed,
+    and its scaled step table (written under ``tmp``)."""
+    ovs = []
+    for j, seed in enumerate(seeds):
+        got = [x for x in (probed.sides[j], probed.sides[j + 1]) if x is not None]
+        ov = overrides_for(
+            scn,
+            target,
+            plan.users,
+            plan.times[0] / plan.segments,
+            plan.times[1] / plan.segments,
+            np.concatenate(got) if got else None,
+            plan.llm_probe["overhead_ms"],
+            replications=plan.replications,
+            contention=probed.contention,
+            wakeup_ms=probed.wakeup_ms,
+            handback_ms=probed.handback_ms,
+            scheduler=probed.scheduler,
+        )
+        ov["run.seed"] = seed
+        if plan.table is not None and probed.factors:
+            ov["llm.step_table"] = _scaled_segment_table(plan.table, tmp, plan.users, j, probed.factors[j])
+        ovs.append(ov)
+    return ovs
+
+
+def _scaled_segment_table(table: str, tmp: Path, users: int, j: int, f: tuple[float, float]) -> str:
+    """Segment ``j``'s step table: ``table`` scaled by its (prefill, decode) factors, written under ``tmp``."""
+    path = tmp / f"steps_{users}users_segment{j}.csv"
+    scaled_table(table, path, f[0], f[1], f"{table} scaled by {f[0]:.4f} (prefill), {f[1]:.4f} (decode)")
+    return str(path)
+
+
 def play_segmented(
     scn: Scenario,
     target: Target,
@@ -292,56 +365,19 @@ def play_segmented(
     :func:`segment_factors`), its ``warmup_s / segments`` cut, with its
     own seed so the segments draw different think times and keys.  Returns the pooled live
     run, the comparison and the retrieval probe after the load."""
-    duration_s, warmup_s, drain_s = plan.times
     users, segments = plan.users, plan.segments
-    k = scn.retrieval.top_k
-    retrieves = scn.retrieval.enabled and target.retrieval is not None
-    seg_s, warm = duration_s / segments, warmup_s / segments
-    parts: list[LiveRun] = []
-    sides: list[np.ndarray | None] = [before.alone_ms if before is not None else None]
-    speeds = [_speed(plan.table, target, plan.probe_tokens)]
     seeds = [scn.run.seed + SEGMENT_SEED * j for j in range(segments)]
-    for j, seed in enumerate(seeds):
-        scn_j = scn.model_copy(update={"run": scn.run.model_copy(update={"seed": seed})})
-        parts.append(run_load(scn_j, target, users, seg_s, drain_s, plan.llm_probe["bos_tokens"]))
-        if j < segments - 1:
-            sides.append(probe_retrieval(target, k, n=150) if retrieves else None)
-            speeds.append(_speed(plan.table, target, plan.probe_tokens))
-    speeds.append(_speed(plan.table, target, plan.probe_tokens))
+    parts, sides, speeds = _play_parts(scn, target, plan, before, seeds)
     after = probe_search()
     sides.append(after.alone_ms if after is not None else None)
     _r, contention, wakeup_ms, handback_ms = RetrievalProbe.pooled(before, after)
     phases = RetrievalProbe.phases(before, after)
     sched = scheduler_for(target, phases)
     factors = segment_factors(speeds, plan.relative_decode)
-    ovs = []
+    warm = plan.times[1] / segments
     with tempfile.TemporaryDirectory(prefix="capsim-verify-") as tmp:
-        for j, seed in enumerate(seeds):
-            got = [x for x in (sides[j], sides[j + 1]) if x is not None]
-            r_ms = np.concatenate(got) if got else None
-            ov = overrides_for(
-                scn,
-                target,
-                users,
-                seg_s,
-                warm,
-                r_ms,
-                plan.llm_probe["overhead_ms"],
-                replications=plan.replications,
-                contention=contention,
-                wakeup_ms=wakeup_ms,
-                handback_ms=handback_ms,
-                scheduler=sched,
-            )
-            ov["run.seed"] = seed
-            if plan.table is not None and factors:
-                f = factors[j]
-                path = Path(tmp) / f"steps_{users}users_segment{j}.csv"
-                scaled_table(
-                    plan.table, path, f[0], f[1], f"{plan.table} scaled by {f[0]:.4f} (prefill), {f[1]:.4f} (decode)"
-                )
-                ov["llm.step_table"] = str(path)
-            ovs.append(ov)
+        probed = _Probed(sides, contention, wakeup_ms, handback_ms, sched, factors)
+        ovs = _segment_overrides(scn, target, plan, seeds, probed, Path(tmp))
         workers = target.retrieval.workers if target.retrieval else 1
         cmp = compare_segments(parts, scn, ovs, warm, workers)
     alone = [x for x in sides if x is not None]
