@@ -24,7 +24,6 @@ STILL_LONG = {
     "sim/run/plan.py:plan": 91,
     "sim/spec/schema.py:_fits": 77,
     "sim/verify/stack/make_model.py:main": 76,
-    "sim/verify/stack/vllm_checks.py:run_check": 77,
 }
 
 
