@@ -23,7 +23,6 @@ STILL_LONG = {
     "sim/run/loop.py:_run_sweep": 117,
     "sim/run/plan.py:plan": 91,
     "sim/spec/schema.py:_fits": 77,
-    "sim/verify/stack/make_model.py:main": 76,
 }
 
 
