@@ -445,6 +445,40 @@ def _check_ivf(docs: list[int], nlist: int | None, nprobe: list[int]) -> dict[in
     return lists
 
 
+def _corpus(
+    vectors: np.ndarray | str | os.PathLike[str] | None,
+    dim: int | None,
+    s: dict[str, Any],
+    queries_k_seed: tuple[int, int, int],
+    generator_params: dict[str, Any] | None,
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+    """The user's vectors with the queries held out of them (pool, queries, corpus entry), or a
+    synthetic corpus's entry alone (its corpus and queries are drawn per size: the topic count
+    grows with N)."""
+    n_queries, top_k, seed = queries_k_seed
+    if vectors is not None:
+        return _held_out(_user_vectors(vectors, dim), s, n_queries, top_k, seed)
+    return None, None, _synthetic_source(s, dim, seed, generator_params)
+
+
+def _ticker(s: dict[str, Any], progress: Progress | None) -> Callable[[str], None]:
+    """The progress bar's step: per corpus size, the corpus, then each index's build and searches
+    (reported as ``progress(done, total, message)``, starting at 0)."""
+    per_n = 1 + sum(1 + len(kind(ix).knob_values(_Settings(s))) * len(s["threads"]) for ix in s["indexes"])
+    total = per_n * len(s["docs"])
+    done = 0
+
+    def tick(msg: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, msg)
+
+    if progress is not None:
+        progress(0, total, "starting")
+    return tick
+
+
 def run_calibration(
     *,
     docs: list[int] | None,
@@ -490,30 +524,12 @@ def run_calibration(
     load_start = loadavg()
     started = _dt.datetime.now(_dt.timezone.utc)
 
-    pool: np.ndarray | None = None
-    queries: np.ndarray | None = None  # synthetic: drawn per corpus size (the topic count grows with N)
-    if vectors is not None:
-        pool, queries, source = _held_out(_user_vectors(vectors, dim), s, n_queries, top_k, seed)
-        dim = int(source["dim"])
-    else:
-        source = _synthetic_source(s, dim, seed, generator_params)
+    pool, queries, source = _corpus(vectors, dim, s, (n_queries, top_k, seed), generator_params)
+    dim = int(source["dim"]) if vectors is not None else dim
     assert dim is not None  # the vectors' own, or required without them (checked above)
     lists = _check_ivf(s["docs"], nlist, s["nprobe"]) if "ivf" in s["indexes"] else {}
 
-    # the steps for the progress bar: per corpus size, the corpus, then each index's build and searches
-    per_n = 1 + sum(1 + len(kind(ix).knob_values(_Settings(s))) * len(s["threads"]) for ix in s["indexes"])
-    total = per_n * len(s["docs"])
-    done = 0
-
-    def tick(msg: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total, msg)
-
-    if progress is not None:
-        progress(0, total, "starting")
-
+    tick = _ticker(s, progress)
     restore_threads = limit_threads(1)  # builds single-threaded (deterministic); workers inherit it
     try:
         bench = _Bench(
