@@ -179,6 +179,8 @@ def _expert_parallel(r: dict[str, str]) -> int | None:
 
 
 def _reasons(r: dict[str, str], precision: str) -> tuple[str, ...]:
+    """Why capsim cannot replay row ``r`` (none: it can), in a fixed order: the serving mode, the
+    model, the GPU, the precision, the parallel layout, the engine."""
     out: list[str] = []
     agg = r["mode"] == "agg"
     if not agg:
@@ -196,19 +198,26 @@ def _reasons(r: dict[str, str], precision: str) -> tuple[str, ...]:
     elif precision not in ("fp8", "bf16", "fp4"):
         out.append(f"precision {precision}")
     if agg:
-        if _int(r["attention_dp_size"]) > 1:
-            out.append("attention data parallel")
-        if _int(r["pp_size"]) > 1:
-            out.append("pipeline parallel")
-        if _int(r["tp_size"]) > MAX_TP:
-            out.append(f"tensor parallel over more than {MAX_TP} GPUs")
-        elif model in MOE_MODELS and _expert_parallel(r) is None:
-            out.append("experts split over both tensor and expert parallel groups")
-        if _int(r["moe_ep_size"]) > 1 and model in DENSE_MODELS:
-            out.append("expert parallel")
+        out += _layout_reasons(r, model)
     if r["backend"] not in ENGINES:
         out.append(f"engine {r['backend']}")
     return tuple(out)
+
+
+def _layout_reasons(r: dict[str, str], model: str) -> list[str]:
+    """Why the parallel layout of an aggregated row cannot be replayed."""
+    out: list[str] = []
+    if _int(r["attention_dp_size"]) > 1:
+        out.append("attention data parallel")
+    if _int(r["pp_size"]) > 1:
+        out.append("pipeline parallel")
+    if _int(r["tp_size"]) > MAX_TP:
+        out.append(f"tensor parallel over more than {MAX_TP} GPUs")
+    elif model in MOE_MODELS and _expert_parallel(r) is None:
+        out.append("experts split over both tensor and expert parallel groups")
+    if _int(r["moe_ep_size"]) > 1 and model in DENSE_MODELS:
+        out.append("expert parallel")
+    return out
 
 
 def silicon_path() -> Path:
