@@ -56,6 +56,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -385,21 +386,30 @@ def _parse_int_list(name: str, values: Sequence[int]) -> list[int]:
     return sorted(set(out))
 
 
-def validate_settings(
-    *,
-    docs: list[int] | None,
-    dim: int | None,
-    top_k: int,
-    n_queries: int,
-    indexes: list[str],
-    M: int,
-    ef_construction: int,
-    ef: list[int],
-    nlist: int | None,
-    nprobe: list[int],
-    threads: list[int],
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RetrievalOptions:
+    """What ``capsim calibrate retrieval`` is asked to measure, as given: the corpus sizes (None
+    with vectors: all rows left), the dimension, k, the held-out queries, the indexes, HNSW's M,
+    ef_construction and ef values, IVF's nlist and nprobe values, and the query threads.
+    :func:`validate_settings` checks and normalises them."""
+
+    docs: list[int] | None
+    dim: int | None
+    top_k: int
+    n_queries: int
+    indexes: list[str]
+    M: int
+    ef_construction: int
+    ef: list[int]
+    nlist: int | None
+    nprobe: list[int]
+    threads: list[int]
+
+
+def validate_settings(o: RetrievalOptions) -> dict[str, Any]:
     """Check every option before any work; return the normalised settings."""
+    docs, dim, top_k, n_queries, indexes = o.docs, o.dim, o.top_k, o.n_queries, o.indexes
+    M, ef_construction, ef, nlist, nprobe, threads = o.M, o.ef_construction, o.ef, o.nlist, o.nprobe, o.threads
     bad = [i for i in indexes if i not in kinds()]
     if bad or not indexes:
         raise CalibrationError(f"--index: {bad[0] if bad else 'nothing'!r} is not one of {', '.join(kinds())}")
@@ -480,19 +490,9 @@ def _ticker(s: dict[str, Any], progress: Progress | None) -> Callable[[str], Non
 
 
 def run_calibration(
+    o: RetrievalOptions,
     *,
-    docs: list[int] | None,
-    dim: int | None,
-    top_k: int,
-    n_queries: int,
-    indexes: list[str],
-    M: int,
-    ef_construction: int,
-    ef: list[int],
-    nlist: int | None,
-    nprobe: list[int],
     vectors: np.ndarray | str | os.PathLike[str] | None,
-    threads: list[int],
     seed: int,
     progress: Progress | None = None,
     linear_python_docs: int = 2000,
@@ -504,23 +504,12 @@ def run_calibration(
 
     ``vectors`` is ``None`` (synthetic corpus from :func:`make_corpus`), an
     (n, d) float array, or a path to a ``.npy`` file.  Queries are held out:
-    never in any index.  ``docs=None`` with vectors means "all rows left after
+    never in any index.  ``o.docs=None`` with vectors means "all rows left after
     the queries".  ``progress(done, total, message)`` is called as work goes.
     Raises :class:`CalibrationError` for bad input before measuring anything.
     """
-    s = validate_settings(
-        docs=docs,
-        dim=dim,
-        top_k=top_k,
-        n_queries=n_queries,
-        indexes=indexes,
-        M=M,
-        ef_construction=ef_construction,
-        ef=ef,
-        nlist=nlist,
-        nprobe=nprobe,
-        threads=threads,
-    )
+    s = validate_settings(o)
+    dim, top_k, n_queries, nlist = o.dim, o.top_k, o.n_queries, o.nlist
     load_start = loadavg()
     started = _dt.datetime.now(_dt.timezone.utc)
 
@@ -537,8 +526,8 @@ def run_calibration(
             dim=dim,
             top_k=top_k,
             n_queries=n_queries,
-            M=M,
-            ef_construction=ef_construction,
+            M=o.M,
+            ef_construction=o.ef_construction,
             seed=seed,
             lists=lists,
             tick=tick,

@@ -150,7 +150,8 @@ def retrieval(
     python_queries: int = typer.Option(50, "--python-queries", help="Queries timed for linear_python"),
 ) -> None:
     """Measure real hnsw / linear_numpy / linear_python / ivf indexes and write a calibration file."""
-    from sim.calibrate.retrieval import run_calibration, write_calibration  # deferred: numpy, hnswlib, faiss
+    # deferred: numpy, hnswlib, faiss
+    from sim.calibrate.retrieval import RetrievalOptions, run_calibration, write_calibration
 
     err = Console(stderr=True)
     try:
@@ -176,7 +177,7 @@ def retrieval(
     cmd = " ".join(shlex.quote(p) for p in parts)
     try:
         with bar:
-            data = run_calibration(
+            opts = RetrievalOptions(
                 docs=docs_l,
                 dim=dim,
                 top_k=top_k,
@@ -187,8 +188,11 @@ def retrieval(
                 ef=ef_l,
                 nlist=nlist,
                 nprobe=nprobe_l,
-                vectors=vectors,
                 threads=threads_l,
+            )
+            data = run_calibration(
+                opts,
+                vectors=vectors,
                 seed=seed,
                 progress=progress,
                 linear_python_docs=python_docs,
