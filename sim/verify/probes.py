@@ -7,7 +7,8 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -63,7 +64,36 @@ def _probe_completion(llm: LLMTarget, ids: list[int], max_tokens: int, timeout_s
     return (first - t0) * 1e3, tim
 
 
-def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: float = 60.0) -> dict:
+class SpeedTry(TypedDict):
+    """One request of a speed probe: its prompt (as the server counted it) and the server's own times."""
+
+    prompt_tokens: int
+    prompt_ms: float
+    decode_ms_per_token: float
+
+
+class LLMSpeed(TypedDict):
+    """:func:`probe_llm_speed`: the medians of the server's own prompt time and ms per decoded
+    token over requests alone, and every request's (``tries``)."""
+
+    prompt_tokens: int
+    prompt_ms: float
+    decode_ms_per_token: float
+    output_tokens: int
+    tries: list[SpeedTry]
+
+
+class LLMProbe(TypedDict):
+    """:func:`probe_llm`: the BOS tokens the server adds, the HTTP + SSE overhead (ms), which
+    clock the server's times came from, and its speed alone (``server_alone``)."""
+
+    bos_tokens: int
+    overhead_ms: float
+    server_clock: NotRequired[str | None]
+    server_alone: LLMSpeed | None
+
+
+def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: float = 60.0) -> LLMProbe:
     """Isolated, one at a time: the BOS the server adds to a token prompt, and the HTTP + SSE
     overhead (client first token minus the server's own prompt time; 0 from a server that
     reports no time of its own: the client-timed prefill steps then hold it).  ``server_clock``
@@ -101,7 +131,7 @@ def probe_llm_speed(
     output_tokens: int = 24,
     timeout_s: float = 60.0,
     pause_s: float = 0.0,
-) -> dict:
+) -> LLMSpeed:
     """The server's own speed right now, isolated: ``n`` requests one at a time, each a
     ``prompt_tokens`` prompt and ``output_tokens`` decoded alone, each after ``pause_s`` of idle;
     the medians of the server's own ``prompt_ms`` and ms per decoded token (~0.5 s a request for
@@ -472,7 +502,7 @@ def loop_cpu_ms(cpu_ms: Sequence[float | None], search_ms: Sequence[float | None
     return float(np.median(steps) - np.median(np.asarray(search_ms, dtype=float)))
 
 
-def server_vs_table(path: str, alone: dict) -> dict[str, float]:
+def server_vs_table(path: str, alone: Mapping[str, Any]) -> dict[str, float]:
     """The server's own times for one request alone over what the table says for the same work."""
     t = load_table(path)
     n = alone["prompt_tokens"]

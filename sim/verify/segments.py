@@ -28,6 +28,7 @@ from sim.verify.loadgen import (
 from sim.verify.measured import finite_interval, live_values, measured_stats, window_rates
 from sim.verify.probes import (
     PROBE_PAUSE_S,
+    LLMProbe,
     probe_llm_speed,
     probe_retrieval,
     server_vs_table,
@@ -206,7 +207,7 @@ class SegmentPlan:
     times: tuple[float, float, float]  # duration_s, warmup_s, drain_s of the whole load
     replications: int
     segments: int
-    llm_probe: dict[str, Any]  # probe_llm's: overhead_ms, bos_tokens
+    llm_probe: LLMProbe  # probe_llm's: overhead_ms, bos_tokens
     table: str | None  # the load's step table (LLM on)
     relative_decode: bool  # the table was profiled right before the load: it sets the decode level
     probe_tokens: tuple[int, int]  # prompt and output tokens of each speed probe (the scenario's means)
