@@ -154,7 +154,7 @@ def test_black_friday_brings_about_100000_shoppers_in_the_hour() -> None:
     arrivals, 150 a second at the sale's height."""
     from pathlib import Path
 
-    from sim.engine.profile import breakpoints, level, peak
+    from sim.engine.load_profile import breakpoints, level, peak
 
     scn = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "black_friday.yaml")
     prof = scn.workload.profile

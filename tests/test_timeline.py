@@ -11,7 +11,7 @@ import yaml
 
 import sim
 from sim.analysis.timeline import censored_stat, recovery, window_verdict
-from sim.engine.profile import Presence, level, peak
+from sim.engine.load_profile import Presence, level, peak
 from sim.errors import ConfigError
 from sim.spec.schema import ScheduleProfile, SinusoidProfile, validate_scenario
 from sim.spec.trace import TraceError, load_trace

@@ -12,6 +12,7 @@ here whatever the machine's load.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,30 +55,51 @@ class ExactService:
         """The closed loop, computed: user ``u`` thinks, asks at ``t``, its search starts when
         the worker is free and takes ``live_ms``; arrivals stop at ``duration_s``."""
         self.loads.append(users)
-        think = [
-            D.Sampler(build_distribution(scn.workload.think_s), stream(scn.run.seed, LIVE_REP, "user", u), 64)
-            for u in range(users)
-        ]
-        due = [think[u]() for u in range(users)]
-        free, rows = 0.0, []
-        while min(due) < duration_s:
-            u = int(np.argmin(due))
-            t = due[u]
+
+        def serve(u: int, t: float, free: float) -> tuple[tuple, float]:
             end = max(t, free) + self.live_ms / 1e3
-            free = end
-            rows.append((u, t, end))
-            due[u] = end + think[u]()
+            return (u, t, end), end
+
+        rows = closed_loop(scn, users, duration_s, serve)
         rec = {c: np.zeros(len(rows)) for c in COLUMNS}
         rec["user"] = np.array([r[0] for r in rows])
         rec["t_start_s"] = np.array([r[1] for r in rows])
         rec["llm_sent_s"] = rec["llm_end_s"] = np.array([r[2] for r in rows])
         rec["retrieval_ms"] = rec["e2e_ms"] = (rec["llm_end_s"] - rec["t_start_s"]) * 1e3
         rec["ttft_ms"] = np.full(len(rows), np.nan)
-        rec["ok"] = np.ones(len(rows), dtype=bool)
-        rec["cache_hit"] = np.zeros(len(rows), dtype=bool)
-        rec["error"] = np.array([""] * len(rows))
-        order = np.argsort(rec["t_start_s"], kind="stable")
-        return LiveRun(users, duration_s, {c: v[order] for c, v in rec.items()}, duration_s, 0.0, [])
+        return live_run(rec, users, duration_s)
+
+
+def closed_loop(
+    scn: Scenario, users: int, duration_s: float, serve: Callable[[int, float, float], tuple[tuple, float]]
+) -> list[tuple]:
+    """The closed loop, computed on the load generator's own think-time streams: user ``u`` thinks,
+    asks at ``t``; ``serve(u, t, free)`` (``free``: when the server is next free) gives the
+    request's row and when the server is free again, which is when ``u`` thinks anew.  Arrivals
+    stop at ``duration_s``; the rows, in order of service."""
+    think = [
+        D.Sampler(build_distribution(scn.workload.think_s), stream(scn.run.seed, LIVE_REP, "user", u), 64)
+        for u in range(users)
+    ]
+    due = [think[u]() for u in range(users)]
+    free, rows = 0.0, []
+    while min(due) < duration_s:
+        u = int(np.argmin(due))
+        row, free = serve(u, due[u], free)
+        rows.append(row)
+        due[u] = free + think[u]()
+    return rows
+
+
+def live_run(rec: dict[str, np.ndarray], users: int, duration_s: float) -> LiveRun:
+    """The computed records as the load generator returns them: every request answered, no cache
+    hit, in order of arrival."""
+    n = len(rec["t_start_s"])
+    rec["ok"] = np.ones(n, dtype=bool)
+    rec["cache_hit"] = np.zeros(n, dtype=bool)
+    rec["error"] = np.array([""] * n)
+    order = np.argsort(rec["t_start_s"], kind="stable")
+    return LiveRun(users, duration_s, {c: v[order] for c, v in rec.items()}, duration_s, 0.0, [])
 
 
 def _play(
@@ -92,15 +114,22 @@ def _play(
     monkeypatch.setattr(run_mod, "check_reachable", svc.reachable)
     monkeypatch.setattr(run_mod, "probe_wakeup", svc.probe_wakeup)
     monkeypatch.setattr(run_mod, "probe_contention", svc.probe_contention)
-    tgt = tmp_path / "target.yaml"
-    tgt.write_text("retrieval: {url: 'http://127.0.0.1:9', workers: 1}\n")
-    scn = tmp_path / "s.yaml"
-    scn.write_text(
-        f"extends: {ROOT / 'scenarios' / 'verify_retrieval.yaml'}\nretrieval: {{workers: 1, cpu_cores: null}}\n"
+    tgt, scn = _files(
+        tmp_path,
+        "retrieval: {url: 'http://127.0.0.1:9', workers: 1}\n",
+        f"extends: {ROOT / 'scenarios' / 'verify_retrieval.yaml'}\nretrieval: {{workers: 1, cpu_cores: null}}\n",
     )
     argv = ["verify", str(scn), "--target", str(tgt), "--users", "3", "--duration-s", "40"]
     res = invoke(*argv, "--warmup-s", "5", "--segments", str(segments), "--out", str(tmp_path / "out"), *flags)
     return res.exit_code, res.stdout
+
+
+def _files(tmp_path: Path, target: str, scenario: str) -> tuple[Path, Path]:
+    """The target file and the scenario file, written under ``tmp_path``."""
+    tgt, scn = tmp_path / "target.yaml", tmp_path / "s.yaml"
+    tgt.write_text(target)
+    scn.write_text(scenario)
+    return tgt, scn
 
 
 def _verdicts(doc: dict) -> dict[tuple[str, str], str | None]:
@@ -182,26 +211,19 @@ class ExactLLM:
         at ``t`` for the tokens it draws, is served when the slot is free; arrivals stop at
         ``duration_s``."""
         seed = scn.run.seed
-        think = [
-            D.Sampler(build_distribution(scn.workload.think_s), stream(seed, LIVE_REP, "user", u), 64)
-            for u in range(users)
-        ]
         tokens = [
             TokenCounts(scn, stream(seed, LIVE_REP, "tokens", u), 64, stream(seed, LIVE_REP, "output_tokens", u))
             for u in range(users)
         ]
-        due = [think[u]() for u in range(users)]
-        free, rows = 0.0, []
-        while min(due) < duration_s:
-            u = int(np.argmin(due))
-            t = due[u]
+
+        def serve(u: int, t: float, free: float) -> tuple[tuple, float]:
             prompt, output = tokens[u]()
             prefill_s = self.slow * self.table.prefill_ms(prompt, attention_pairs(prompt, 0)) / 1e3
             decode_s = self.slow * self.table.epoch_ms(1, prompt + 1, output - 1) / 1e3
             first = max(t, free) + prefill_s
-            free = first + decode_s
-            rows.append((u, t, first, free, prompt, output))
-            due[u] = free + think[u]()
+            return (u, t, first, first + decode_s, prompt, output), first + decode_s
+
+        rows = closed_loop(scn, users, duration_s, serve)
         rec = {c: np.zeros(len(rows)) for c in COLUMNS}
         for c, i in (("user", 0), ("t_start_s", 1), ("llm_sent_s", 1), ("llm_end_s", 3)):
             rec[c] = np.array([r[i] for r in rows])
@@ -210,11 +232,7 @@ class ExactLLM:
         rec["ttft_ms"] = np.array([(r[2] - r[1]) * 1e3 for r in rows])
         rec["e2e_ms"] = (rec["llm_end_s"] - rec["t_start_s"]) * 1e3
         rec["server_prompt_ms"] = rec["server_decode_ms_per_token"] = np.full(len(rows), np.nan)
-        rec["ok"] = np.ones(len(rows), dtype=bool)
-        rec["cache_hit"] = np.zeros(len(rows), dtype=bool)
-        rec["error"] = np.array([""] * len(rows))
-        order = np.argsort(rec["t_start_s"], kind="stable")
-        return LiveRun(users, duration_s, {c: v[order] for c, v in rec.items()}, duration_s, 0.0, [])
+        return live_run(rec, users, duration_s)
 
 
 def _play_llm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llm: ExactLLM) -> tuple[int, dict]:
@@ -223,14 +241,13 @@ def _play_llm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llm: ExactLLM) ->
     monkeypatch.setattr(run_mod, "run_load", llm.run_load)
     monkeypatch.setattr(run_mod, "check_reachable", lambda target: None)
     monkeypatch.setattr(run_mod, "probe_llm", llm.probe_llm)
-    tgt = tmp_path / "target.yaml"
-    tgt.write_text("llm: {url: 'http://127.0.0.1:9', parallel: 1, n_batch: 2048}\n")
-    scn = tmp_path / "s.yaml"
-    scn.write_text(
+    tgt, scn = _files(
+        tmp_path,
+        "llm: {url: 'http://127.0.0.1:9', parallel: 1, n_batch: 2048}\n",
         f"extends: {ROOT / 'scenarios' / 'verify_local.yaml'}\n"
         "workload: {think_s: {dist: lognormal, mean: 1.0, cv: 1.0}}\n"
         "cache: {enabled: false}\nretrieval: {enabled: false}\n"
-        f"llm: {{step_table: {STEPS}}}\n"
+        f"llm: {{step_table: {STEPS}}}\n",
     )
     argv = ["verify", str(scn), "--target", str(tgt), "--users", "3", "--duration-s", "60", "--warmup-s", "5"]
     res = invoke(*argv, "--json")

@@ -8,10 +8,14 @@ server's own (``make verify``'s settings: 4 sequences, a 256-token budget, 1 GiB
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -264,16 +268,11 @@ def test_a_check_row_is_within_by_its_relative_or_absolute_bound() -> None:
     assert row("preemptions_per_request", 0.0, 0.0)["verdict"] == "within"
 
 
-def test_a_check_end_to_end_against_a_stand_in_server(tmp_path: Path) -> None:
-    """A stand-in vLLM streams every completion at once and reports 2 running, 1 waiting and a
-    preemption counter that rises by 1 per completion: the check reads those gauges over the
-    load, simulates it with a step table, and writes a row per check."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from sim.verify.stack.vllm_checks import run_check
-
-    done = [0]
+@contextlib.contextmanager
+def stand_in_vllm(metrics: Callable[[], str], stream: Callable[[dict], Iterator[bytes]]) -> Iterator[int]:
+    """A stand-in vLLM on a free local port (yielded), stopped on exit: a GET answers the page
+    ``metrics()``; a POST streams the chunks ``stream(request)`` yields as server-sent events, then
+    closes the connection."""
 
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -282,11 +281,7 @@ def test_a_check_end_to_end_against_a_stand_in_server(tmp_path: Path) -> None:
             pass
 
         def do_GET(self) -> None:
-            body = (
-                'vllm:num_requests_running{engine="0"} 2.0\n'
-                'vllm:num_requests_waiting{engine="0"} 1.0\n'
-                f'vllm:num_preemptions_total{{engine="0"}} {done[0]}.0\n'
-            ).encode()
+            body = metrics().encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -294,23 +289,49 @@ def test_a_check_end_to_end_against_a_stand_in_server(tmp_path: Path) -> None:
 
         def do_POST(self) -> None:
             req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            n = int(req["max_tokens"])
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
-            for _ in range(n):
-                self.wfile.write(b'data: {"choices": [{"text": "w5", "finish_reason": null}]}\n\n')
-            last = {"choices": [{"text": "", "finish_reason": "length"}], "usage": {"completion_tokens": n}}
-            self.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
-            done[0] += 1
+            for chunk in stream(req):
+                self.wfile.write(chunk)
             self.close_connection = True
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
+        yield httpd.server_address[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_check_end_to_end_against_a_stand_in_server(tmp_path: Path) -> None:
+    """A stand-in vLLM streams every completion at once and reports 2 running, 1 waiting and a
+    preemption counter that rises by 1 per completion: the check reads those gauges over the
+    load, simulates it with a step table, and writes a row per check."""
+    from sim.verify.stack.vllm_checks import run_check
+
+    done = [0]
+
+    def metrics() -> str:
+        return (
+            'vllm:num_requests_running{engine="0"} 2.0\n'
+            'vllm:num_requests_waiting{engine="0"} 1.0\n'
+            f'vllm:num_preemptions_total{{engine="0"}} {done[0]}.0\n'
+        )
+
+    def stream(req: dict) -> Iterator[bytes]:
+        n = int(req["max_tokens"])
+        for _ in range(n):
+            yield b'data: {"choices": [{"text": "w5", "finish_reason": null}]}\n\n'
+        last = {"choices": [{"text": "", "finish_reason": "length"}], "usage": {"completion_tokens": n}}
+        yield f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode()
+        done[0] += 1
+
+    with stand_in_vllm(metrics, stream) as port:
         target = tmp_path / "target.yaml"
-        target.write_text(f"llm: {{url: 'http://127.0.0.1:{httpd.server_address[1]}', parallel: 4, n_batch: 256}}\n")
+        target.write_text(f"llm: {{url: 'http://127.0.0.1:{port}', parallel: 4, n_batch: 256}}\n")
         table = tmp_path / "steps.csv"
         table.write_text(
             "batch_size,context_tokens,new_tokens,step_ms\n"
@@ -321,9 +342,6 @@ def test_a_check_end_to_end_against_a_stand_in_server(tmp_path: Path) -> None:
         scn = tmp_path / "s.yaml"
         scn.write_text(yaml.safe_dump(base))
         doc = run_check(scn, target, (table, 1.0, 0), users=2, duration_s=3.0, warmup_s=0.5, drain_s=5.0)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     rows = {r["check"]: r for r in doc["rows"]}
     assert doc["failures"] == 0 and doc["requests"] >= 6 and doc["samples"] >= 5
     assert rows["running_mean"]["measured"] == 2.0 and rows["waiting_mean"]["measured"] == 1.0
@@ -337,52 +355,26 @@ def test_the_prefix_check_against_a_server_that_caches_full_blocks(tmp_path: Pat
     """A stand-in that counts, as vLLM does, the prompt's leading full 128-token blocks it has
     seen before as hit tokens: a 300-token system prompt gives 2 blocks = 256 hit tokens per
     request after the first, and capsim's cached prefix is the system prompt's full blocks: 256."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from sim.verify.stack.vllm_checks import prefix_check
 
     seen: set[tuple[int, ...]] = set()
     hits = [0]
 
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def stream(req: dict) -> Iterator[bytes]:
+        ids = req["prompt"]
+        blocks = [tuple(ids[: (i + 1) * 128]) for i in range(len(ids) // 128)]
+        for b in blocks:
+            if b not in seen:
+                break
+            hits[0] += 128
+        seen.update(blocks)
+        last = {"choices": [{"text": "w5", "finish_reason": "length"}], "usage": {"completion_tokens": 1}}
+        yield f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode()
 
-        def log_message(self, *a: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            body = f'vllm:prefix_cache_hits_total{{engine="0"}} {hits[0]}.0\n'.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self) -> None:
-            ids = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))["prompt"]
-            blocks = [tuple(ids[: (i + 1) * 128]) for i in range(len(ids) // 128)]
-            for b in blocks:
-                if b not in seen:
-                    break
-                hits[0] += 128
-            seen.update(blocks)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            last = {"choices": [{"text": "w5", "finish_reason": "length"}], "usage": {"completion_tokens": 1}}
-            self.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
-            self.close_connection = True
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with stand_in_vllm(lambda: f'vllm:prefix_cache_hits_total{{engine="0"}} {hits[0]}.0\n', stream) as port:
         target = tmp_path / "target.yaml"
-        target.write_text(f"llm: {{url: 'http://127.0.0.1:{httpd.server_address[1]}'}}\n")
+        target.write_text(f"llm: {{url: 'http://127.0.0.1:{port}'}}\n")
         doc = prefix_check(ROOT / "scenarios" / "verify_vllm.yaml", target, 300, 40, n=4)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     (r,) = doc["rows"]
     assert (r["measured"], r["predicted"], r["verdict"]) == (256.0, 256.0, "within")
     assert doc["first_request_hits"] == 0

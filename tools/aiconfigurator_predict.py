@@ -99,52 +99,10 @@ def moe_sample(rows: list[dict]) -> list[dict]:
 def main(src: str, dst: str, skip: set[str] = frozenset(), moe: bool = False) -> None:
     with open(src, newline="") as f:
         rows = list(csv.DictReader(f))
-    if moe:
-        todo = [r for r in moe_sample(rows) if r["id"] not in skip]
-    else:
-        todo = round_robin(
-            [
-                r
-                for r in rows
-                if r["mode"] == "agg"
-                and r["system"] in ("h100_sxm", "h200_sxm")
-                and r["model_path"] in MODELS
-                and r["id"] not in skip
-            ]
-        )
     out = []
-    for i, r in enumerate(todo):
-        quant = r["gemm_quant_mode"] or "bfloat16"
-        kw = dict(
-            backend_name=r["backend"],
-            isl=int(r["isl"]),
-            osl=int(r["osl"]),
-            batch_size=concurrency(r),
-            tp_size=int(float(r["tp_size"])),
-            gemm_quant_mode=quant,
-            database_mode="SILICON",
-        )
-        if moe:  # the row's expert layout and expert quantisation
-            kw.update(
-                moe_tp_size=max(int(float(r["moe_tp_size"] or 1)), 1),
-                moe_ep_size=max(int(float(r["moe_ep_size"] or 1)), 1),
-                moe_quant_mode=r["moe_quant_mode"] or None,
-            )
+    for i, r in enumerate(_todo(rows, skip, moe)):
         t0 = time.perf_counter()
-        res: dict = {"id": r["id"], "aic_ttft_ms": "", "aic_tpot_ms": "", "aic_perf_db_version": "", "aic_error": ""}
-        for version in ([r["backend_version"]] if r["backend_version"] else []) + [None]:
-            try:
-                e = cli_estimate({**MODELS, **MOE_MODELS}[r["model_path"]], r["system"], backend_version=version, **kw)
-            except Exception as ex:  # the package's own refusal, recorded per row
-                res["aic_error"] = f"{type(ex).__name__}: {str(ex).splitlines()[0][:200]}"
-                continue
-            res.update(
-                aic_ttft_ms=f"{e.ttft:.4f}",
-                aic_tpot_ms=f"{e.tpot:.4f}",
-                aic_perf_db_version=e.backend_version or "",
-                aic_error="",
-            )
-            break
+        res = predict(r, moe)
         out.append(res)
         print(
             i,
@@ -164,6 +122,58 @@ def main(src: str, dst: str, skip: set[str] = frozenset(), moe: bool = False) ->
         w = csv.DictWriter(fh, fieldnames=list(out[0]))
         w.writeheader()
         w.writerows(out)
+
+
+def _todo(rows: list[dict], skip: set[str], moe: bool) -> list[dict]:
+    """The rows to predict: the MoE sample, or the dense H100/H200 aggregated rows, round robin."""
+    if moe:
+        return [r for r in moe_sample(rows) if r["id"] not in skip]
+    return round_robin(
+        [
+            r
+            for r in rows
+            if r["mode"] == "agg"
+            and r["system"] in ("h100_sxm", "h200_sxm")
+            and r["model_path"] in MODELS
+            and r["id"] not in skip
+        ]
+    )
+
+
+def predict(r: dict, moe: bool) -> dict:
+    """aiconfigurator's TTFT and TPOT for one row (its backend version first, then the package's
+    default database), or the error it refused the row with."""
+    quant = r["gemm_quant_mode"] or "bfloat16"
+    kw = dict(
+        backend_name=r["backend"],
+        isl=int(r["isl"]),
+        osl=int(r["osl"]),
+        batch_size=concurrency(r),
+        tp_size=int(float(r["tp_size"])),
+        gemm_quant_mode=quant,
+        database_mode="SILICON",
+    )
+    if moe:  # the row's expert layout and expert quantisation
+        kw.update(
+            moe_tp_size=max(int(float(r["moe_tp_size"] or 1)), 1),
+            moe_ep_size=max(int(float(r["moe_ep_size"] or 1)), 1),
+            moe_quant_mode=r["moe_quant_mode"] or None,
+        )
+    res: dict = {"id": r["id"], "aic_ttft_ms": "", "aic_tpot_ms": "", "aic_perf_db_version": "", "aic_error": ""}
+    for version in ([r["backend_version"]] if r["backend_version"] else []) + [None]:
+        try:
+            e = cli_estimate({**MODELS, **MOE_MODELS}[r["model_path"]], r["system"], backend_version=version, **kw)
+        except Exception as ex:  # the package's own refusal, recorded per row
+            res["aic_error"] = f"{type(ex).__name__}: {str(ex).splitlines()[0][:200]}"
+            continue
+        res.update(
+            aic_ttft_ms=f"{e.ttft:.4f}",
+            aic_tpot_ms=f"{e.tpot:.4f}",
+            aic_perf_db_version=e.backend_version or "",
+            aic_error="",
+        )
+        break
+    return res
 
 
 def from_logs(logs: list[str], dst: str) -> None:

@@ -97,33 +97,9 @@ def exact_model(scn: Scenario, quantile: float = 0.95) -> dict[str, Any] | None:
     mean_s = service.mean / 1e3
     lookup_s = _lookup_mean_s(scn)
     w = scn.workload
-    pct = f"p{round(quantile * 100)}"
     if w.mode == "open":
         assert w.rate_per_s is not None  # WorkloadConfig requires it in open mode
-        lam = float(w.rate_per_s)
-        rho = lam * mean_s / c
-        out: dict[str, Any] = {
-            "model": f"M/M/{c}" if c > 1 else "M/M/1",
-            "servers": c,
-            "arrival_rate_per_s": lam,
-            "service_mean_ms": mean_s * 1e3,
-            "utilization": rho,
-        }
-        if rho >= 1:
-            out.update(stable=False, note=f"offered load ρ = λ·E[S]/c = {rho:.3g} ≥ 1: no steady state")
-            return out
-        q = analytic.mmc(c, lam, 1.0 / mean_s)
-        out.update(
-            stable=True,
-            p_wait=q.p_wait,
-            mean_wait_ms=q.mean_wait_s * 1e3,
-            **{f"{pct}_wait_ms": q.wait_quantile_s(quantile) * 1e3},
-            mean_response_ms=q.mean_response_s * 1e3,
-            **{f"{pct}_response_ms": q.response_quantile_s(quantile) * 1e3},
-            mean_e2e_ms=(q.mean_response_s + lookup_s) * 1e3,
-            throughput_per_s=lam,
-        )
-        return out
+        return _open_model(float(w.rate_per_s), c, mean_s, lookup_s, quantile)
     assert w.users is not None  # WorkloadConfig requires it in closed mode
     think_s = build_distribution(w.think_s).mean
     z = think_s + lookup_s
@@ -141,6 +117,34 @@ def exact_model(scn: Scenario, quantile: float = 0.95) -> dict[str, Any] | None:
         "mean_e2e_ms": (m.response_s + lookup_s) * 1e3,
         "utilization": m.utilization[0],
     }
+
+
+def _open_model(lam: float, c: int, mean_s: float, lookup_s: float, quantile: float) -> dict[str, Any]:
+    """M/M/c at arrival rate ``lam`` per s: its waits and responses (ms), or why it has no steady state."""
+    pct = f"p{round(quantile * 100)}"
+    rho = lam * mean_s / c
+    out: dict[str, Any] = {
+        "model": f"M/M/{c}" if c > 1 else "M/M/1",
+        "servers": c,
+        "arrival_rate_per_s": lam,
+        "service_mean_ms": mean_s * 1e3,
+        "utilization": rho,
+    }
+    if rho >= 1:
+        out.update(stable=False, note=f"offered load ρ = λ·E[S]/c = {rho:.3g} ≥ 1: no steady state")
+        return out
+    q = analytic.mmc(c, lam, 1.0 / mean_s)
+    out.update(
+        stable=True,
+        p_wait=q.p_wait,
+        mean_wait_ms=q.mean_wait_s * 1e3,
+        **{f"{pct}_wait_ms": q.wait_quantile_s(quantile) * 1e3},
+        mean_response_ms=q.mean_response_s * 1e3,
+        **{f"{pct}_response_ms": q.response_quantile_s(quantile) * 1e3},
+        mean_e2e_ms=(q.mean_response_s + lookup_s) * 1e3,
+        throughput_per_s=lam,
+    )
+    return out
 
 
 def _row(

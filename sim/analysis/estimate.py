@@ -241,15 +241,7 @@ def _disaggregated_figures(
     out.pop("replica_capacity", None)  # an aggregated replica's: each pool's is below
     prompt, output = mean_prompt_tokens(scn), mean_output_tokens(scn)
     ctx = prompt + output / 2.0
-    # prefill pool
-    pcost = step_cost(pc)
-    n = max(prompt - pc.prefix_tokens, 1.0)
-    k = int(max(1, min(pc.max_batch, pc.max_batched_tokens // max(1, math.ceil(n)))))
-    if k > 1:  # k whole prompts in one step
-        pairs = k * gm.attention_pairs(n, pc.prefix_tokens)
-        p_s = pcost.time(k * n, k * (n + pc.prefix_tokens), pairs, k) / k
-    else:
-        p_s = _prefill(pcost, n, pc.prefix_tokens, pc.max_batched_tokens)[0]
+    k, p_s = _prefill_pool(pc, prompt)
     # decode pool
     dcost = step_cost(dc)
     fit = _sequences_in_memory(dc, prompt, output)
@@ -286,6 +278,18 @@ def _disaggregated_figures(
     if cap is not None:
         stations["gpu_decode"] = (cap["gpu_ms_per_request"] / 1e3, dc.replicas)
     return link_s + lone_s + llm.frontend_ms / 1e3
+
+
+def _prefill_pool(pc: LLMConfig, prompt: float) -> tuple[int, float]:
+    """A prefill replica's prompts a step (``k = min(max_batch, max_batched_tokens // prompt)``,
+    at least 1) and its time per prompt, s: ``step(k prompts) / k``."""
+    pcost = step_cost(pc)
+    n = max(prompt - pc.prefix_tokens, 1.0)
+    k = int(max(1, min(pc.max_batch, pc.max_batched_tokens // max(1, math.ceil(n)))))
+    if k == 1:
+        return 1, _prefill(pcost, n, pc.prefix_tokens, pc.max_batched_tokens)[0]
+    pairs = k * gm.attention_pairs(n, pc.prefix_tokens)  # k whole prompts in one step
+    return k, pcost.time(k * n, k * (n + pc.prefix_tokens), pairs, k) / k
 
 
 def _cache_and_retrieval(scn: Scenario, out: dict[str, Any], stations: dict[str, tuple[float, int]]) -> float:
@@ -387,20 +391,7 @@ def step_cost_figures(llm: LLMConfig) -> dict[str, Any]:
         sources = catalog.gpu_entry(g.name)["sources"] if g.name else {}
     except ConfigError:  # an inline GPU under a name the catalog does not know
         sources = {}
-    entry = llm.perop_entry
-    if llm.step_table:
-        model = f"table {llm.step_table}"
-    elif entry is not None and "layer" in entry:  # a mixture-of-experts layout: the package's composition
-        model = f"per-operation sum ({entry['source']}, {llm.engine})"
-    elif entry is not None:
-        v = entry["versions"]
-        model = (
-            f"per-operation sum (kernels timed alone: {llm.engine} GEMM {v['gemm']}, attention {v['attention']}"
-            + (f", all-reduce {v['allreduce']}" if v.get("allreduce") and llm.tensor_parallel > 1 else "")
-            + "; aiconfigurator 0.12.0 database)"
-        )
-    else:
-        model = "roofline"
+    model = _step_model(llm)
     doc: dict[str, Any] = {
         "model": model,
         "gpu": g.name,
@@ -428,18 +419,42 @@ def step_cost_figures(llm: LLMConfig) -> dict[str, Any]:
     if m.kv_lora_rank:
         doc["attention"] = f"MLA: {m.kv_lora_rank} + {m.qk_rope_head_dim} cached values per token and layer"
     if m.experts:
-        doc["moe"] = {
-            "params": m.param_count,
-            "active_params": m.active_param_count,
-            "experts": m.experts,
-            "experts_per_token": m.experts_per_token,
-            "expert_parallel": llm.expert_parallel_size,
-            "experts_read_at_batch": {
-                str(b): float(gm.expected_distinct_experts(m.experts, m.experts_per_token, float(b)))
-                for b in sorted(set(DECODE_BATCHES) | {llm.max_batch})
-            },
-        }
+        doc["moe"] = _moe_figures(llm)
     return doc
+
+
+def _step_model(llm: LLMConfig) -> str:
+    """Where the step times come from: a measured table, a per-operation sum (which database) or the roofline."""
+    entry = llm.perop_entry
+    if llm.step_table:
+        return f"table {llm.step_table}"
+    if entry is not None and "layer" in entry:  # a mixture-of-experts layout: the package's composition
+        return f"per-operation sum ({entry['source']}, {llm.engine})"
+    if entry is not None:
+        v = entry["versions"]
+        return (
+            f"per-operation sum (kernels timed alone: {llm.engine} GEMM {v['gemm']}, attention {v['attention']}"
+            + (f", all-reduce {v['allreduce']}" if v.get("allreduce") and llm.tensor_parallel > 1 else "")
+            + "; aiconfigurator 0.12.0 database)"
+        )
+    return "roofline"
+
+
+def _moe_figures(llm: LLMConfig) -> dict[str, Any]:
+    """A mixture-of-experts model's parameters, experts and the distinct experts a decode step reads by batch."""
+    m = llm.model
+    assert m.experts is not None  # only asked of a MoE model
+    return {
+        "params": m.param_count,
+        "active_params": m.active_param_count,
+        "experts": m.experts,
+        "experts_per_token": m.experts_per_token,
+        "expert_parallel": llm.expert_parallel_size,
+        "experts_read_at_batch": {
+            str(b): float(gm.expected_distinct_experts(m.experts, m.experts_per_token, float(b)))
+            for b in sorted(set(DECODE_BATCHES) | {llm.max_batch})
+        },
+    }
 
 
 def _step_cost_source(llm: LLMConfig) -> str:

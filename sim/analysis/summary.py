@@ -182,18 +182,7 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     cuts = [cut_of(r, scn) for r in reps]
     digests = [_digest(r) for r in reps]
     spans = [d.between(c, r.window_s[1]) for d, c, r in zip(digests, cuts, reps)]
-    unfinished = [_unfinished(r) for r in reps]
-    metrics: dict[str, dict] = {}
-    for m in METRIC_NAMES:
-        per_rep = [d.hist[m].select(s) for d, s in zip(digests, spans)]
-        if any(h.n for h in per_rep):
-            one_run = (
-                [digests[0].hist[m].select(b) for b in batches(digests[0], cuts[0], reps[0].window_s[1])]
-                if len(reps) == 1
-                else []
-            )
-            cens = unfinished if m in _CENSORED else [0] * len(reps)
-            metrics[m] = _metric_entry(per_rep, cens, conf, one_run)
+    metrics = _metrics(reps, cuts, digests, spans, conf)
     lengths = [r.window_s[1] - c for r, c in zip(reps, cuts)]
     throughput, x_ci, tokens_per_s = _delivered(digests, spans, lengths, conf)
     # Stage counters from the same cut as the records (fixed, or MSER-5's per replication).
@@ -204,14 +193,7 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     util = _utilization(scn, c0, lengths)
     completed = int(sum(d.count("finished")[s].sum() for d, s in zip(digests, spans)))
     gpu = _gpu_entry(scn, c0, lengths, digests, spans, completed, metrics, throughput) if scn.llm.enabled else {}
-    started = sum(int(c["started_in_window"]) for c in c0)
-    finished_in_window = sum(_finished(d, *r.window_s) for d, r in zip(digests, reps))
-    incomplete = max(0, started - finished_in_window)
-    # A request that arrived in the warm-up and never finished is cut from the statistics
-    # with its warm-up, but it is still a request the system never answered: count it.
-    stuck_in_warmup = sum(_unfinished_before(r, r.window_s[0]) for r in reps)
-    incomplete += stuck_in_warmup
-    started += stuck_in_warmup
+    started, incomplete = _started_incomplete(reps, digests, c0)
     hit_rate = _cache_hit_rate(digests, spans) if scn.cache.enabled else None
     varying = scn.workload.time_varying
     # A load that changes over time has no steady state to test for (sim.analysis.timeline says
@@ -236,15 +218,7 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     }
     model = None if varying else crosscheck.exact_model(scn)
     if model is not None:
-        p_wait = None
-        if model["model"] != "MVA":
-            if len(reps) == 1:
-                d = digests[0]
-                cells = batches(d, cuts[0], reps[0].window_s[1])
-                parts = [(d.count("waited")[b].sum(), d.count("misses")[b].sum()) for b in cells]
-            else:
-                parts = [(d.count("waited")[s].sum(), d.count("misses")[s].sum()) for d, s in zip(digests, spans)]
-            p_wait = crosscheck.waited_fraction(parts, len(reps) == 1, conf)
+        p_wait = None if model["model"] == "MVA" else _p_wait(reps, cuts, digests, spans, conf)
         model["compare"] = crosscheck.compare(model, metrics, (throughput, x_ci), p_wait)
         point["analytic"] = model
     if scn.retrieval.enabled:
@@ -260,6 +234,50 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     if scn.run.target_precision is not None:
         point["precision"] = _precision(scn, point["sla"], len(reps))
     return PointSummary.from_dict(point)
+
+
+def _metrics(
+    reps: list[Replication], cuts: list[float], digests: list[Digest], spans: list[slice], conf: float
+) -> dict[str, dict]:
+    """Each metric some replication saw inside its window: its statistics with intervals (from the
+    replications, or with one replication from batches of its window)."""
+    unfinished = [_unfinished(r) for r in reps]
+    metrics: dict[str, dict] = {}
+    for m in METRIC_NAMES:
+        per_rep = [d.hist[m].select(s) for d, s in zip(digests, spans)]
+        if any(h.n for h in per_rep):
+            one_run = (
+                [digests[0].hist[m].select(b) for b in batches(digests[0], cuts[0], reps[0].window_s[1])]
+                if len(reps) == 1
+                else []
+            )
+            cens = unfinished if m in _CENSORED else [0] * len(reps)
+            metrics[m] = _metric_entry(per_rep, cens, conf, one_run)
+    return metrics
+
+
+def _started_incomplete(reps: list[Replication], digests: list[Digest], c0: list[dict[str, Any]]) -> tuple[int, int]:
+    """Requests started in the window and those never answered, over the replications."""
+    started = sum(int(c["started_in_window"]) for c in c0)
+    finished_in_window = sum(_finished(d, *r.window_s) for d, r in zip(digests, reps))
+    incomplete = max(0, started - finished_in_window)
+    # A request that arrived in the warm-up and never finished is cut from the statistics
+    # with its warm-up, but it is still a request the system never answered: count it.
+    stuck_in_warmup = sum(_unfinished_before(r, r.window_s[0]) for r in reps)
+    return started + stuck_in_warmup, incomplete + stuck_in_warmup
+
+
+def _p_wait(
+    reps: list[Replication], cuts: list[float], digests: list[Digest], spans: list[slice], conf: float
+) -> tuple[float | None, list]:
+    """The fraction of retrieval misses that waited, with its interval (one replication: from batches)."""
+    if len(reps) == 1:
+        d = digests[0]
+        cells = batches(d, cuts[0], reps[0].window_s[1])
+        parts = [(d.count("waited")[b].sum(), d.count("misses")[b].sum()) for b in cells]
+    else:
+        parts = [(d.count("waited")[s].sum(), d.count("misses")[s].sum()) for d, s in zip(digests, spans)]
+    return crosscheck.waited_fraction(parts, len(reps) == 1, conf)
 
 
 def _metric_entry(per_rep: list[Histogram], cens: list[int], conf: float, one_run: list[Histogram]) -> dict[str, Any]:

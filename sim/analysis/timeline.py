@@ -42,8 +42,8 @@ import numpy as np
 
 from sim.analysis import stats
 from sim.engine.digest import Digest, Histogram, window_edges
+from sim.engine.load_profile import breakpoints
 from sim.engine.pipeline import Replication
-from sim.engine.profile import breakpoints
 from sim.engine.records import Bins
 from sim.spec.schema import Scenario, ScheduleProfile
 
@@ -230,12 +230,11 @@ def recovery(per: np.ndarray, edges: np.ndarray, threshold: float, after_s: floa
     return out
 
 
-def timeline(scn: Scenario, reps: list[Replication]) -> dict:
-    """The ``timeline`` entry of a point summary (see the module docstring)."""
-    conf = scn.run.confidence
-    end = float(scn.run.duration_s)
-    cfg = scn.timeline
-    edges = _edges(end, cfg.window_s)
+_Sla = tuple[str, str, float, float]  # metric, statistic, threshold, window width (s)
+
+
+def _latency_windows(reps: list[Replication], edges: np.ndarray, conf: float) -> list[dict[str, Any]]:
+    """One entry a window: its bounds, the mean requests it saw and the e2e statistics with intervals."""
     n = counts(reps, edges)
     windows: list[dict[str, Any]] = [
         {"start_s": float(a), "end_s": float(b), "requests": float(n[:, i].mean())}
@@ -248,78 +247,105 @@ def timeline(scn: Scenario, reps: list[Replication]) -> dict:
             w.setdefault("e2e_ms", {"ci": {}})
             w["e2e_ms"][st] = v
             w["e2e_ms"]["ci"][st] = c
+    return windows
+
+
+def _window_queues(reps: list[Replication], a: float, b: float) -> dict[str, float]:
+    """Each stage's queue in ``[a, b)``: the mean of the samples inside, averaged over replications."""
+    q: dict[str, float] = {}
+    for name, key in (("routing", "routing_queue"), ("retrieval", "retrieval_queue"), ("llm", "llm_waiting")):
+        vals_q = []
+        for rep in reps:
+            ts = rep.timeseries
+            if key not in ts or "t_s" not in ts:
+                continue
+            t = np.asarray(ts["t_s"])
+            sel = (t >= a) & (t < b)
+            x = np.asarray(ts[key], dtype=float)
+            if x.ndim == 2:
+                x = x.sum(axis=1)
+            if sel.any():
+                vals_q.append(float(x[sel].mean()))
+        if vals_q:
+            q[name] = float(np.mean(vals_q))
+    return q
+
+
+def _window_load_level(reps: list[Replication], a: float, b: float) -> float | None:
+    """The sampled load level in ``[a, b)``, averaged over the replications that sampled it there."""
+    lv = [
+        float(np.asarray(r.timeseries["load_level"])[sel].mean())
+        for r in reps
+        if (sel := (np.asarray(r.timeseries["t_s"]) >= a) & (np.asarray(r.timeseries["t_s"]) < b)).any()
+    ]
+    return float(np.mean(lv)) if lv else None
+
+
+def _window_utilization(reps: list[Replication], a: float, b: float) -> dict[str, float]:
+    """Each stage's busy time in ``[a, b)`` over its servers times the window, averaged over replications."""
+    u: dict[str, float] = {}
+    for name, busy, servers in (
+        ("routing", "routing_busy_s", "routing_workers"),
+        ("retrieval", "retrieval_busy_s", "retrieval_workers"),
+        ("gpu", "gpu_busy_s", "gpu_replicas"),
+    ):
+        vals_u = []
+        for rep in reps:
+            bb, k = rep.counters.get(busy), rep.counters.get(servers)
+            if isinstance(bb, Bins) and isinstance(k, (int, float)) and b > a:
+                vals_u.append(_bins_between(bb, a, b) / (float(k) * (b - a)))
+        if vals_u:
+            u[name] = float(np.mean(vals_u))
+    return u
+
+
+def _windowed_sla(reps: list[Replication], edges: np.ndarray, n: np.ndarray, conf: float, sla: _Sla) -> dict[str, Any]:
+    """One windowed SLA judged in every window of ``edges`` (``n``: the requests each saw): the verdict,
+    the worst window's value and the windows that failed or could not be judged."""
+    metric, st, thr, width = sla
+    per = per_window(reps, edges, metric, st)
+    vals, cis = combine(per, n, st, conf)
+    wv = [window_verdict(per[:, i], c[0], c[1], thr) for i, c in enumerate(cis)]
+    judged = [v for v in wv if v != "none"]  # no window judged: nothing is shown
+    verdict = stats.combine_verdicts(judged) if judged else "inconclusive"
+    worst = max((v for v in vals if v is not None), default=None)
+    if any(v is None and np.any(np.isinf(per[:, i])) for i, v in enumerate(vals)):
+        worst = math.inf
+    return {
+        "metric": metric,
+        "stat": st,
+        "threshold": thr,
+        "window_s": width,
+        "value": None if worst is None or not math.isfinite(worst) else worst,
+        "verdict": verdict,
+        "windows_failed": [float(edges[i]) for i, v in enumerate(wv) if v == "fail"],
+        "windows_inconclusive": [float(edges[i]) for i, v in enumerate(wv) if v == "inconclusive"],
+    }
+
+
+def timeline(scn: Scenario, reps: list[Replication]) -> dict:
+    """The ``timeline`` entry of a point summary (see the module docstring)."""
+    conf = scn.run.confidence
+    end = float(scn.run.duration_s)
+    cfg = scn.timeline
+    edges = _edges(end, cfg.window_s)
+    windows = _latency_windows(reps, edges, conf)
     # queues (sampled state, mean of the samples inside the window) and utilisation (busy time)
     for w in windows:
         a, b = w["start_s"], w["end_s"]
-        q: dict[str, float] = {}
-        for name, key in (("routing", "routing_queue"), ("retrieval", "retrieval_queue"), ("llm", "llm_waiting")):
-            vals_q = []
-            for rep in reps:
-                ts = rep.timeseries
-                if key not in ts or "t_s" not in ts:
-                    continue
-                t = np.asarray(ts["t_s"])
-                sel = (t >= a) & (t < b)
-                x = np.asarray(ts[key], dtype=float)
-                if x.ndim == 2:
-                    x = x.sum(axis=1)
-                if sel.any():
-                    vals_q.append(float(x[sel].mean()))
-            if vals_q:
-                q[name] = float(np.mean(vals_q))
-        w["queue"] = q
+        w["queue"] = _window_queues(reps, a, b)
         if "load_level" in reps[0].timeseries:
-            lv = [
-                float(np.asarray(r.timeseries["load_level"])[sel].mean())
-                for r in reps
-                if (sel := (np.asarray(r.timeseries["t_s"]) >= a) & (np.asarray(r.timeseries["t_s"]) < b)).any()
-            ]
-            w["load_level"] = float(np.mean(lv)) if lv else None
-        u: dict[str, float] = {}
-        for name, busy, servers in (
-            ("routing", "routing_busy_s", "routing_workers"),
-            ("retrieval", "retrieval_busy_s", "retrieval_workers"),
-            ("gpu", "gpu_busy_s", "gpu_replicas"),
-        ):
-            vals_u = []
-            for rep in reps:
-                bb, k = rep.counters.get(busy), rep.counters.get(servers)
-                if isinstance(bb, Bins) and isinstance(k, (int, float)) and b > a:
-                    vals_u.append(_bins_between(bb, a, b) / (float(k) * (b - a)))
-            if vals_u:
-                u[name] = float(np.mean(vals_u))
-        w["utilization"] = u
+            w["load_level"] = _window_load_level(reps, a, b)
+        w["utilization"] = _window_utilization(reps, a, b)
     out: dict[str, Any] = {"window_s": cfg.window_s, "windows": windows, "note": NOTE}
-
-    # windowed SLAs
-    verdicts = []
     sla_width = cfg.sla_window_s or cfg.window_s
     sla_edges = _edges(end, sla_width)
-    sn = counts(reps, sla_edges)
-    for metric, thresholds in cfg.sla.items():
-        for st, thr in thresholds.items():
-            per = per_window(reps, sla_edges, metric, st)
-            vals, cis = combine(per, sn, st, conf)
-            wv = [window_verdict(per[:, i], c[0], c[1], thr) for i, c in enumerate(cis)]
-            judged = [v for v in wv if v != "none"]  # no window judged: nothing is shown
-            verdict = stats.combine_verdicts(judged) if judged else "inconclusive"
-            worst = max((v for v in vals if v is not None), default=None)
-            if any(v is None and np.any(np.isinf(per[:, i])) for i, v in enumerate(vals)):
-                worst = math.inf
-            verdicts.append(
-                {
-                    "metric": metric,
-                    "stat": st,
-                    "threshold": thr,
-                    "window_s": sla_width,
-                    "value": None if worst is None or not math.isfinite(worst) else worst,
-                    "verdict": verdict,
-                    "windows_failed": [float(sla_edges[i]) for i, v in enumerate(wv) if v == "fail"],
-                    "windows_inconclusive": [float(sla_edges[i]) for i, v in enumerate(wv) if v == "inconclusive"],
-                }
-            )
-    out["sla"] = verdicts
-
+    sla_n = counts(reps, sla_edges)
+    out["sla"] = [
+        _windowed_sla(reps, sla_edges, sla_n, conf, (metric, st, thr, sla_width))
+        for metric, thresholds in cfg.sla.items()
+        for st, thr in thresholds.items()
+    ]
     # recovery after the spike, against the e2e P95 threshold (windowed SLA first, else the plain SLA)
     limit: float | None = (cfg.sla.get("e2e_ms") or {}).get("p95") or (scn.sla.get("e2e_ms") or {}).get("p95")
     if limit is not None:

@@ -180,29 +180,42 @@ def route(
     """
     _check_threshold(threshold)
     u = normalize(utterance, placeholder="")
-    absolute = isinstance(threshold, int)
     if impl in ("rapidfuzz", "rapidfuzz_nocutoff"):
-        from rapidfuzz import process  # deferred: compiled package, only for this implementation
-        from rapidfuzz.distance import Levenshtein
-
-        if not canonical:
-            return -1, -1
-        scorer = Levenshtein.distance if absolute else Levenshtein.normalized_distance
-        if impl == "rapidfuzz":
-            hit = process.extractOne(u, canonical, scorer=scorer, score_cutoff=threshold)  # type: ignore[arg-type]  # stubs
-        else:
-            hit = process.extractOne(u, canonical, scorer=scorer)
-            if hit is not None and hit[1] > threshold:
-                hit = None
-        if hit is None:
-            return -1, -1
-        idx = int(hit[2])
-        d = int(hit[1]) if absolute else int(Levenshtein.distance(u, canonical[idx]))
-        return idx, d
+        return _route_rapidfuzz(u, canonical, impl == "rapidfuzz", threshold)
     try:
         dist = DISTANCES[impl]
     except KeyError:
         raise ValueError(f"impl {impl!r} is not one of {', '.join(IMPLS)}") from None
+    return _route_scan(u, canonical, dist, threshold)
+
+
+def _route_rapidfuzz(u: str, canonical: Sequence[str], cutoff: bool, threshold: float | int) -> tuple[int, int]:
+    """:func:`route` by ``rapidfuzz.process.extractOne``, pruning with ``score_cutoff`` when ``cutoff``."""
+    from rapidfuzz import process  # deferred: compiled package, only for this implementation
+    from rapidfuzz.distance import Levenshtein
+
+    if not canonical:
+        return -1, -1
+    absolute = isinstance(threshold, int)
+    scorer = Levenshtein.distance if absolute else Levenshtein.normalized_distance
+    if cutoff:
+        hit = process.extractOne(u, canonical, scorer=scorer, score_cutoff=threshold)  # type: ignore[arg-type]  # stubs
+    else:
+        hit = process.extractOne(u, canonical, scorer=scorer)
+        if hit is not None and hit[1] > threshold:
+            hit = None
+    if hit is None:
+        return -1, -1
+    idx = int(hit[2])
+    d = int(hit[1]) if absolute else int(Levenshtein.distance(u, canonical[idx]))
+    return idx, d
+
+
+def _route_scan(
+    u: str, canonical: Sequence[str], dist: Callable[[str, str], int], threshold: float | int
+) -> tuple[int, int]:
+    """:func:`route` by the full distance to every question (no pruning)."""
+    absolute = isinstance(threshold, int)
     best_i, best_d, best_s = -1, -1, float("inf")
     lu = len(u)
     for i, q in enumerate(canonical):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -261,17 +262,10 @@ MIN_REGIME_ROWS = 3  # fewer steps than this on one side of the ridge leave its 
 UPPER = (1.0, 1.0, np.inf)
 
 
-def fit_gpu(cfg: LLMConfig, data: dict[str, np.ndarray]) -> GPUFit:
-    """Bounded least squares of the roofline on the measured ms (best of several starts)."""
-
-    work = step_work(cfg, data["batch_size"], data["context_tokens"], data["new_tokens"])
-    y = data["step_ms"]
-
-    def residuals(theta: np.ndarray) -> np.ndarray:
-        return predict_ms(work, theta[0], theta[1], theta[2]) - y
-
+def _best_of_starts(residuals: Callable[[np.ndarray], np.ndarray], ovh0: float) -> Any:
+    """Bounded least squares from nine starts (bw_efficiency x mfu, the overhead at ``ovh0``): the
+    result of least cost."""
     best = None
-    ovh0 = float(max(0.0, np.min(y) * 0.1))
     for e0 in (0.3, 0.6, 0.9):
         for m0 in (0.2, 0.5, 0.8):
             res = least_squares(
@@ -288,6 +282,31 @@ def fit_gpu(cfg: LLMConfig, data: dict[str, np.ndarray]) -> GPUFit:
             if best is None or res.cost < best.cost:
                 best = res
     assert best is not None  # the loop above always runs
+    return best
+
+
+def _stderr(best: Any, n: int) -> dict[str, float | None]:
+    """Standard errors from the Jacobian at the optimum: cov = s^2 (J'J)^-1, s^2 = RSS / (n - 3);
+    none with three steps or fewer."""
+    stderr: dict[str, float | None] = {k: None for k in ("bw_efficiency", "mfu", "step_overhead_ms")}
+    if n > 3:
+        jac = np.asarray(best.jac, dtype=float)
+        s2 = float(np.sum(best.fun**2)) / (n - 3)
+        cov = np.linalg.pinv(jac.T @ jac) * s2
+        stderr = {k: float(math.sqrt(max(cov[i, i], 0.0))) for i, k in enumerate(stderr)}
+    return stderr
+
+
+def fit_gpu(cfg: LLMConfig, data: dict[str, np.ndarray]) -> GPUFit:
+    """Bounded least squares of the roofline on the measured ms (best of several starts)."""
+
+    work = step_work(cfg, data["batch_size"], data["context_tokens"], data["new_tokens"])
+    y = data["step_ms"]
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        return predict_ms(work, theta[0], theta[1], theta[2]) - y
+
+    best = _best_of_starts(residuals, float(max(0.0, np.min(y) * 0.1)))
     e, mfu, ovh = (float(v) for v in best.x)
     pred = predict_ms(work, e, mfu, ovh)
     mem = work.memory_bound(e, mfu)
@@ -296,13 +315,7 @@ def fit_gpu(cfg: LLMConfig, data: dict[str, np.ndarray]) -> GPUFit:
         notes.append(f"only {int((~mem).sum())} compute-bound steps: mfu is not identified (add prefill steps)")
     if mem.sum() < MIN_REGIME_ROWS:
         notes.append(f"only {int(mem.sum())} memory-bound steps: bw_efficiency is not identified (add decode steps)")
-    # Standard errors from the Jacobian at the optimum: cov = s^2 (J'J)^-1, s^2 = RSS / (n - 3).
-    stderr: dict[str, float | None] = {k: None for k in ("bw_efficiency", "mfu", "step_overhead_ms")}
-    if len(y) > 3:
-        jac = np.asarray(best.jac, dtype=float)
-        s2 = float(np.sum(best.fun**2)) / (len(y) - 3)
-        cov = np.linalg.pinv(jac.T @ jac) * s2
-        stderr = {k: float(math.sqrt(max(cov[i, i], 0.0))) for i, k in enumerate(stderr)}
+    stderr = _stderr(best, len(y))
     lo_hit = [k for k, v, lo in (("bw_efficiency", e, LOWER[0]), ("mfu", mfu, LOWER[1])) if v <= lo * 1.01]
     if lo_hit and not any(k in n for n in notes for k in lo_hit):
         raise CalibrationError(

@@ -56,6 +56,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -385,21 +386,30 @@ def _parse_int_list(name: str, values: Sequence[int]) -> list[int]:
     return sorted(set(out))
 
 
-def validate_settings(
-    *,
-    docs: list[int] | None,
-    dim: int | None,
-    top_k: int,
-    n_queries: int,
-    indexes: list[str],
-    M: int,
-    ef_construction: int,
-    ef: list[int],
-    nlist: int | None,
-    nprobe: list[int],
-    threads: list[int],
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RetrievalOptions:
+    """What ``capsim calibrate retrieval`` is asked to measure, as given: the corpus sizes (None
+    with vectors: all rows left), the dimension, k, the held-out queries, the indexes, HNSW's M,
+    ef_construction and ef values, IVF's nlist and nprobe values, and the query threads.
+    :func:`validate_settings` checks and normalises them."""
+
+    docs: list[int] | None
+    dim: int | None
+    top_k: int
+    n_queries: int
+    indexes: list[str]
+    M: int
+    ef_construction: int
+    ef: list[int]
+    nlist: int | None
+    nprobe: list[int]
+    threads: list[int]
+
+
+def validate_settings(o: RetrievalOptions) -> dict[str, Any]:
     """Check every option before any work; return the normalised settings."""
+    docs, dim, top_k, n_queries, indexes = o.docs, o.dim, o.top_k, o.n_queries, o.indexes
+    M, ef_construction, ef, nlist, nprobe, threads = o.M, o.ef_construction, o.ef, o.nlist, o.nprobe, o.threads
     bad = [i for i in indexes if i not in kinds()]
     if bad or not indexes:
         raise CalibrationError(f"--index: {bad[0] if bad else 'nothing'!r} is not one of {', '.join(kinds())}")
@@ -445,62 +455,25 @@ def _check_ivf(docs: list[int], nlist: int | None, nprobe: list[int]) -> dict[in
     return lists
 
 
-def run_calibration(
-    *,
-    docs: list[int] | None,
-    dim: int | None,
-    top_k: int,
-    n_queries: int,
-    indexes: list[str],
-    M: int,
-    ef_construction: int,
-    ef: list[int],
-    nlist: int | None,
-    nprobe: list[int],
+def _corpus(
     vectors: np.ndarray | str | os.PathLike[str] | None,
-    threads: list[int],
-    seed: int,
-    progress: Progress | None = None,
-    linear_python_docs: int = 2000,
-    linear_python_queries: int = 50,
-    generator_params: dict[str, Any] | None = None,
-    command: str | None = None,
-) -> dict[str, Any]:
-    """Measure the requested indexes and return the calibration document.
-
-    ``vectors`` is ``None`` (synthetic corpus from :func:`make_corpus`), an
-    (n, d) float array, or a path to a ``.npy`` file.  Queries are held out:
-    never in any index.  ``docs=None`` with vectors means "all rows left after
-    the queries".  ``progress(done, total, message)`` is called as work goes.
-    Raises :class:`CalibrationError` for bad input before measuring anything.
-    """
-    s = validate_settings(
-        docs=docs,
-        dim=dim,
-        top_k=top_k,
-        n_queries=n_queries,
-        indexes=indexes,
-        M=M,
-        ef_construction=ef_construction,
-        ef=ef,
-        nlist=nlist,
-        nprobe=nprobe,
-        threads=threads,
-    )
-    load_start = loadavg()
-    started = _dt.datetime.now(_dt.timezone.utc)
-
-    pool: np.ndarray | None = None
-    queries: np.ndarray | None = None  # synthetic: drawn per corpus size (the topic count grows with N)
+    dim: int | None,
+    s: dict[str, Any],
+    queries_k_seed: tuple[int, int, int],
+    generator_params: dict[str, Any] | None,
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+    """The user's vectors with the queries held out of them (pool, queries, corpus entry), or a
+    synthetic corpus's entry alone (its corpus and queries are drawn per size: the topic count
+    grows with N)."""
+    n_queries, top_k, seed = queries_k_seed
     if vectors is not None:
-        pool, queries, source = _held_out(_user_vectors(vectors, dim), s, n_queries, top_k, seed)
-        dim = int(source["dim"])
-    else:
-        source = _synthetic_source(s, dim, seed, generator_params)
-    assert dim is not None  # the vectors' own, or required without them (checked above)
-    lists = _check_ivf(s["docs"], nlist, s["nprobe"]) if "ivf" in s["indexes"] else {}
+        return _held_out(_user_vectors(vectors, dim), s, n_queries, top_k, seed)
+    return None, None, _synthetic_source(s, dim, seed, generator_params)
 
-    # the steps for the progress bar: per corpus size, the corpus, then each index's build and searches
+
+def _ticker(s: dict[str, Any], progress: Progress | None) -> Callable[[str], None]:
+    """The progress bar's step: per corpus size, the corpus, then each index's build and searches
+    (reported as ``progress(done, total, message)``, starting at 0)."""
     per_n = 1 + sum(1 + len(kind(ix).knob_values(_Settings(s))) * len(s["threads"]) for ix in s["indexes"])
     total = per_n * len(s["docs"])
     done = 0
@@ -513,7 +486,39 @@ def run_calibration(
 
     if progress is not None:
         progress(0, total, "starting")
+    return tick
 
+
+def run_calibration(
+    o: RetrievalOptions,
+    *,
+    vectors: np.ndarray | str | os.PathLike[str] | None,
+    seed: int,
+    progress: Progress | None = None,
+    linear_python_docs: int = 2000,
+    linear_python_queries: int = 50,
+    generator_params: dict[str, Any] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Measure the requested indexes and return the calibration document.
+
+    ``vectors`` is ``None`` (synthetic corpus from :func:`make_corpus`), an
+    (n, d) float array, or a path to a ``.npy`` file.  Queries are held out:
+    never in any index.  ``o.docs=None`` with vectors means "all rows left after
+    the queries".  ``progress(done, total, message)`` is called as work goes.
+    Raises :class:`CalibrationError` for bad input before measuring anything.
+    """
+    s = validate_settings(o)
+    dim, top_k, n_queries, nlist = o.dim, o.top_k, o.n_queries, o.nlist
+    load_start = loadavg()
+    started = _dt.datetime.now(_dt.timezone.utc)
+
+    pool, queries, source = _corpus(vectors, dim, s, (n_queries, top_k, seed), generator_params)
+    dim = int(source["dim"]) if vectors is not None else dim
+    assert dim is not None  # the vectors' own, or required without them (checked above)
+    lists = _check_ivf(s["docs"], nlist, s["nprobe"]) if "ivf" in s["indexes"] else {}
+
+    tick = _ticker(s, progress)
     restore_threads = limit_threads(1)  # builds single-threaded (deterministic); workers inherit it
     try:
         bench = _Bench(
@@ -521,8 +526,8 @@ def run_calibration(
             dim=dim,
             top_k=top_k,
             n_queries=n_queries,
-            M=M,
-            ef_construction=ef_construction,
+            M=o.M,
+            ef_construction=o.ef_construction,
             seed=seed,
             lists=lists,
             tick=tick,

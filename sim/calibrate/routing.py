@@ -394,8 +394,8 @@ def _typo_sweep(
     seed: int,
     threshold: float | int,
     gen_kwargs: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """Routing outcome at each typo rate, on ``canon`` (the largest set)."""
+) -> dict[str, Any]:
+    """Routing outcome at each typo rate, on ``canon`` (the largest set): the file's ``typo_sweep``."""
     out = []
     for tr in typo_rates:
         kw = dict(gen_kwargs, typo_rate=tr)
@@ -403,7 +403,36 @@ def _typo_sweep(
         o = outcome(us, [route(u.text, canon, "rapidfuzz", threshold)[0] for u in us])
         o.pop("counts")
         out.append({"typo_rate": tr, **o})
-    return out
+    return {"questions": len(canon), "utterances": n_utterances, "threshold": threshold, "results": out}
+
+
+def _questions(
+    impls: Sequence[str], questions_path: str | os.PathLike[str], sizes: Sequence[int], seed: int
+) -> tuple[list[str], list[int], list[str]]:
+    """The questions file's questions, the set sizes (sorted, checked against it) and the questions
+    in a seeded order (each size is a prefix); refuses an unknown impl."""
+    for ix in impls:
+        if ix not in IMPLS:
+            raise ValueError(f"impl {ix!r} is not one of {', '.join(IMPLS)}")
+    all_q = load_questions(str(questions_path))
+    sorted_sizes = sorted({int(s) for s in sizes})
+    if not sorted_sizes or sorted_sizes[0] < 1 or sorted_sizes[-1] > len(all_q):
+        raise ValueError(f"sizes must be in 1..{len(all_q)} (questions in {questions_path})")
+    order = np.random.default_rng([seed, 0]).permutation(len(all_q))
+    return all_q, sorted_sizes, [all_q[int(i)] for i in order]
+
+
+def _noise_doc(probe_start: dict[str, Any], probe_end: dict[str, Any]) -> dict[str, Any]:
+    """The file's ``noise``: the probe before and after, and how far it drifted."""
+    return {
+        "probe_start": probe_start,
+        "probe_end": probe_end,
+        "probe_drift_end_over_start": round(probe_end["median_ms"] / probe_start["median_ms"], 4)
+        if probe_start["median_ms"] > 0
+        else None,
+        "note": "cpu_share per record = process CPU time / wall time over its timed loop; "
+        "below 1 means the process waited for the CPU (another process running)",
+    }
 
 
 def _scaling_check(ix: str, n: int, chk: TimedConfig, c: TimedConfig, scale: float) -> dict[str, Any]:
@@ -435,24 +464,35 @@ def _by_threshold(utts: list[Any], texts: list[str], canon: list[str], threshold
     ]
 
 
+@dataclass(frozen=True)
+class _Timing:
+    """How the routing calls are timed: the threshold, the seed, the utterances per set and how
+    they are generated, rapidfuzz's passes, the slow implementations' subsample, the rounds."""
+
+    threshold: float | int
+    seed: int
+    n_utterances: int
+    gen_kwargs: dict[str, Any]
+    rapidfuzz_passes: int
+    slow_max_questions: int
+    slow_utterances: int
+    rounds: int
+
+
 def _timed_configs(
     sizes: list[int],
     shuffled: list[str],
     impls: Sequence[str],
-    *,
-    threshold: float | int,
-    seed: int,
-    n_utterances: int,
-    gen_kwargs: dict[str, Any],
-    rapidfuzz_passes: int,
-    slow_max_questions: int,
-    slow_utterances: int,
+    timing: _Timing,
     scaling_check_size: int | None,
     check_utts: dict[str, int],
 ) -> tuple[list[TimedConfig], dict[int, dict[str, Any]]]:
     """Every timed configuration (one per implementation and set size, plus the slow ones'
     whole-set checks) and, per size, its questions and generated utterances.  rapidfuzz is
     timed on the whole set, the slow implementations on a seeded subsample."""
+    threshold, seed, n_utterances, gen_kwargs = timing.threshold, timing.seed, timing.n_utterances, timing.gen_kwargs
+    rapidfuzz_passes, slow_max_questions = timing.rapidfuzz_passes, timing.slow_max_questions
+    slow_utterances = timing.slow_utterances
     configs: list[TimedConfig] = []
     sets: dict[int, dict[str, Any]] = {}
     for n in sizes:
@@ -502,37 +542,25 @@ def _timed_configs(
 
 
 def _settings(
-    sizes: list[int],
-    impls: Sequence[str],
-    threshold: float | int,
-    seed: int,
-    questions_path: str | os.PathLike[str],
-    n_questions: int,
-    gen_kwargs: dict[str, Any],
-    *,
-    n_utterances: int,
-    slow_max_questions: int,
-    slow_utterances: int,
-    rapidfuzz_passes: int,
-    rounds: int,
+    sizes: list[int], impls: Sequence[str], questions_path: str | os.PathLike[str], n_questions: int, timing: _Timing
 ) -> dict[str, Any]:
     """The calibration file's ``settings``: what was measured, and how."""
     return {
         "sizes": sizes,
-        "utterances": n_utterances,
+        "utterances": timing.n_utterances,
         "impls": list(impls),
-        "threshold": threshold,
+        "threshold": timing.threshold,
         "threshold_rule": "float: accept argmin_q d/max(len(u),len(q)) if <= threshold; "
         "int: accept argmin_q d if d <= threshold",
-        "seed": seed,
+        "seed": timing.seed,
         "questions_file": Path(questions_path).name,
         "questions_available": n_questions,
         "question_sets": "first N of a seeded shuffle (nested sets); utterances generated from those N",
-        "generator": dict(gen_kwargs),
-        "slow_max_questions": slow_max_questions,
-        "slow_utterances": slow_utterances,
-        "rapidfuzz_passes": rapidfuzz_passes,
-        "rounds": rounds,
+        "generator": dict(timing.gen_kwargs),
+        "slow_max_questions": timing.slow_max_questions,
+        "slow_utterances": timing.slow_utterances,
+        "rapidfuzz_passes": timing.rapidfuzz_passes,
+        "rounds": timing.rounds,
         "schedule": "every (impl, size) configuration's calls split into `rounds` chunks; chunks run "
         "round by round, configurations in a seeded random order each round, 1 untimed warm-up call "
         "per chunk -- so CPU contention from other processes spreads over all sizes",
@@ -683,15 +711,7 @@ def run_routing_calibration(
     tick = progress or (lambda msg: None)
     started = _dt.datetime.now(_dt.timezone.utc)
     load_start = loadavg()
-    for ix in impls:
-        if ix not in IMPLS:
-            raise ValueError(f"impl {ix!r} is not one of {', '.join(IMPLS)}")
-    all_q = load_questions(str(questions_path))
-    sizes = sorted({int(s) for s in sizes})
-    if not sizes or sizes[0] < 1 or sizes[-1] > len(all_q):
-        raise ValueError(f"sizes must be in 1..{len(all_q)} (questions in {questions_path})")
-    order = np.random.default_rng([seed, 0]).permutation(len(all_q))
-    shuffled = [all_q[int(i)] for i in order]
+    all_q, sizes, shuffled = _questions(impls, questions_path, sizes, seed)
     gen_kwargs: dict[str, Any] = {
         "typo_rate": typo_rate,
         "order_number_share": order_number_share,
@@ -704,89 +724,44 @@ def run_routing_calibration(
     tick(f"noise probe: median {probe_start['median_ms']} ms, cv {probe_start['cv']}")
 
     # ---- build every timed configuration first, then time them interleaved
-    configs, sets = _timed_configs(
-        sizes,
-        shuffled,
-        impls,
-        threshold=threshold,
-        seed=seed,
-        n_utterances=n_utterances,
-        gen_kwargs=gen_kwargs,
-        rapidfuzz_passes=rapidfuzz_passes,
-        slow_max_questions=slow_max_questions,
-        slow_utterances=slow_utterances,
-        scaling_check_size=scaling_check_size,
-        check_utts=check_utts,
+    timing = _Timing(
+        threshold, seed, n_utterances, gen_kwargs, rapidfuzz_passes, slow_max_questions, slow_utterances, rounds
     )
+    configs, sets = _timed_configs(sizes, shuffled, impls, timing, scaling_check_size, check_utts)
     time_interleaved(configs, rounds, np.random.default_rng([seed, 5]), tick)
     by_key = {c.key: c for c in configs}
 
     per_size = _per_size_results(sizes, impls, sets, by_key, n_utterances, threshold, threshold_sweep, tick)
-    records, per_utt, per_utt_cpu = per_size["records"], per_size["per_utt"], per_size["per_utt_cpu"]
-    accuracy, sweeps, scaling_check = per_size["accuracy"], per_size["sweeps"], per_size["scaling_check"]
+    records = per_size["records"]
 
     # cost of normalize() alone (part of every routed call)
     normalize_cost = _normalize_cost([t for n in sizes for t in sets[n]["texts"]])
 
     # typo-rate sweep at the largest size
-    n_big = sizes[-1]
-    typo_res = _typo_sweep(shuffled[:n_big], typo_sweep, typo_sweep_utterances, seed, threshold, gen_kwargs)
+    typo = _typo_sweep(shuffled[: sizes[-1]], typo_sweep, typo_sweep_utterances, seed, threshold, gen_kwargs)
     tick("typo sweep done")
 
-    cache = key_cardinality(
-        shuffled[: min(cache_questions, len(shuffled))],
-        cache_utterances,
-        np.random.default_rng([seed, 4]),
-        threshold,
-        cache_zipf_s,
-        cache_capacities,
-        gen_kwargs,
-    )
+    cache_q, cache_rng = shuffled[: min(cache_questions, len(shuffled))], np.random.default_rng([seed, 4])
+    cache = key_cardinality(cache_q, cache_utterances, cache_rng, threshold, cache_zipf_s, cache_capacities, gen_kwargs)
     tick("cache key cardinality done")
 
-    fits = [_impl_fits(ix, records, per_utt[ix], per_utt_cpu[ix]) for ix in impls]
+    fits = [_impl_fits(ix, records, per_size["per_utt"][ix], per_size["per_utt_cpu"][ix]) for ix in impls]
 
     probe_end = noise_probe(all_q, noise_probe_repeats)
     return {
         **run_header(
             KIND, VERSION, started, load_start, " ".join(sys.argv) if sys.argv else None, machine_description()
         ),
-        "settings": _settings(
-            sizes,
-            impls,
-            threshold,
-            seed,
-            questions_path,
-            len(all_q),
-            gen_kwargs,
-            n_utterances=n_utterances,
-            slow_max_questions=slow_max_questions,
-            slow_utterances=slow_utterances,
-            rapidfuzz_passes=rapidfuzz_passes,
-            rounds=rounds,
-        ),
-        "noise": {
-            "probe_start": probe_start,
-            "probe_end": probe_end,
-            "probe_drift_end_over_start": round(probe_end["median_ms"] / probe_start["median_ms"], 4)
-            if probe_start["median_ms"] > 0
-            else None,
-            "note": "cpu_share per record = process CPU time / wall time over its timed loop; "
-            "below 1 means the process waited for the CPU (another process running)",
-        },
+        "settings": _settings(sizes, impls, questions_path, len(all_q), timing),
+        "noise": _noise_doc(probe_start, probe_end),
         "probs": list(PROBS),
         "records": records,
         "fits": fits,
-        "scaling_check": scaling_check,
+        "scaling_check": per_size["scaling_check"],
         "normalize_cost": normalize_cost,
-        "routing_accuracy": accuracy,
-        "threshold_sweep": sweeps,
-        "typo_sweep": {
-            "questions": n_big,
-            "utterances": typo_sweep_utterances,
-            "threshold": threshold,
-            "results": typo_res,
-        },
+        "routing_accuracy": per_size["accuracy"],
+        "threshold_sweep": per_size["sweeps"],
+        "typo_sweep": typo,
         "cache_keys": cache,
     }
 

@@ -5,16 +5,14 @@ Parse, call :func:`sim.run.autoscale.compare`, print and save; the runs live the
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from sim.cli.app import app, err_console, stdout_console, user_errors
-from sim.cli.sweep import SCHEDULER_HELP, _check_counts, _close, _executor
+from sim.cli import runs
+from sim.cli.app import app, err_console, user_errors
 from sim.errors import CapsimError
-from sim.files import atomic_write_text, to_json
 
 
 @app.command()
@@ -29,7 +27,7 @@ def autoscale(
     replications: Optional[int] = typer.Option(None, help="Replications per fleet (default run.replications)."),
     seed: Optional[int] = typer.Option(None, help="Override run.seed (every fleet shares it)."),
     jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores) or local-dask workers."),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    scheduler: Optional[str] = typer.Option(None, help=runs.SCHEDULER_HELP),
     json_: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Run the scenario's autoscaled fleet beside static fleets (same seed: the same shoppers).
@@ -44,37 +42,22 @@ def autoscale(
     """
     # deferred: the simulator loads pandas, scipy and pydantic
     from sim.run.autoscale import compare
-    from sim.spec.keys import check_key
-    from sim.spec.scenario import parse_overrides
 
-    _check_counts(replications, jobs)
+    runs.check_counts(replications, jobs)
     counts: list[int] | None = None
     if static is not None:
         try:
             counts = [int(x) for x in static.split(",") if x.strip()]
         except ValueError:
             raise CapsimError(f"--static {static!r}: expected replica counts such as 1,2,3") from None
-    if out.exists() and not out.is_dir():
-        raise CapsimError(f"--out {out}: exists and is not a folder")
-    ov = parse_overrides(set_)
-    for k in ov:
-        check_key(k, "--set")
-    ex = _executor(scheduler, jobs)
-    try:
+    runs.check_out_folder(out)
+    ov = runs.checked_overrides(set_)
+    with runs.pool(scheduler, jobs) as ex:
         res = compare(scenario, ov, static=counts, replications=replications, seed=seed, executor=ex)
-    finally:
-        _close(ex)
     from sim.present.autoscale_figures import write_autoscale_figure  # deferred: matplotlib
     from sim.present.autoscale_tables import print_comparison
 
-    doc = to_json(res.to_dict())
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "autoscale.json", doc + "\n")
-    files = [out / "autoscale.json", *write_autoscale_figure(res, out)]
-    if json_:
-        sys.stdout.write(doc + "\n")
-    else:
-        print_comparison(res, stdout_console(), files)
+    runs.publish(res, out, "autoscale.json", write_autoscale_figure, print_comparison, json_)
     if res.autoscaled.verdict != "pass":
         err_console.print(f"autoscaled fleet: {res.autoscaled.verdict}", markup=False, highlight=False)
     raise typer.Exit(res.exit_code)

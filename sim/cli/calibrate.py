@@ -16,9 +16,10 @@ import math
 import os
 import shlex
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich import box
@@ -29,6 +30,11 @@ from sim.cli.app import app, stdout_console, user_errors
 from sim.errors import CapsimError
 from sim.files import atomic_write_text, regular_file_problem, to_json
 from sim.registry import INDEXES
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from sim.spec.target import LLMTarget, Target
 
 calibrate_app = typer.Typer(
     help="Measure this machine and write calibration files for capsim.",
@@ -144,20 +150,12 @@ def retrieval(
     python_queries: int = typer.Option(50, "--python-queries", help="Queries timed for linear_python"),
 ) -> None:
     """Measure real hnsw / linear_numpy / linear_python / ivf indexes and write a calibration file."""
-    from sim.calibrate.retrieval import run_calibration, write_calibration  # deferred: numpy, hnswlib, faiss
+    # deferred: numpy, hnswlib, faiss
+    from sim.calibrate.retrieval import RetrievalOptions, run_calibration, write_calibration
 
     err = Console(stderr=True)
     try:
-        docs_l = parse_int_list("--docs", docs) if docs is not None else None
-        if docs_l is None and vectors is None:
-            docs_l = parse_int_list("--docs", DEFAULT_DOCS)
-        if dim is None and vectors is None:
-            dim = 768
-        ef_l = parse_int_list("--ef", ef)
-        nprobe_l = parse_int_list("--nprobe", nprobe)
-        threads_l = parse_int_list("--threads", threads)
-        _warn_oversubscribed(max(threads_l))
-        idx_l = _index_list(index)
+        docs_l, dim, ef_l, nprobe_l, threads_l, idx_l = _retrieval_lists(docs, dim, ef, nprobe, threads, index, vectors)
         for flag, v in (("--python-docs", python_docs), ("--python-queries", python_queries)):
             if v <= 0:
                 raise CapsimError(f"{flag}: {v} is not a positive integer")
@@ -171,6 +169,63 @@ def retrieval(
     except CapsimError as exc:
         _fail(str(exc))
 
+    bar, progress = _progress_bar(err)
+    parts = _command_line(docs_l, dim, top_k, queries, idx_l, M, ef_construction, ef_l, nlist, nprobe_l, vectors)
+    parts += ["--threads", ",".join(map(str, threads_l)), "--seed", str(seed), "--out", str(out)]
+    if "linear_python" in idx_l:
+        parts += ["--python-docs", str(python_docs), "--python-queries", str(python_queries)]
+    cmd = " ".join(shlex.quote(p) for p in parts)
+    try:
+        with bar:
+            opts = RetrievalOptions(
+                docs=docs_l,
+                dim=dim,
+                top_k=top_k,
+                n_queries=queries,
+                indexes=idx_l,
+                M=M,
+                ef_construction=ef_construction,
+                ef=ef_l,
+                nlist=nlist,
+                nprobe=nprobe_l,
+                threads=threads_l,
+            )
+            data = run_calibration(
+                opts,
+                vectors=vectors,
+                seed=seed,
+                progress=progress,
+                linear_python_docs=python_docs,
+                linear_python_queries=python_queries,
+                command=cmd,
+            )
+        write_calibration(data, out)
+    except CapsimError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"--out: cannot write {str(out)!r} ({exc.strerror or exc})")
+
+    _summary(data, out)
+
+
+def _retrieval_lists(
+    docs: str | None, dim: int | None, ef: str, nprobe: str, threads: str, index: str, vectors: Path | None
+) -> tuple[list[int] | None, int | None, list[int], list[int], list[int], list[str]]:
+    """The comma lists of ``calibrate retrieval`` parsed, with the corpus defaults where no --vectors is given."""
+    docs_l = parse_int_list("--docs", docs) if docs is not None else None
+    if docs_l is None and vectors is None:
+        docs_l = parse_int_list("--docs", DEFAULT_DOCS)
+    if dim is None and vectors is None:
+        dim = 768
+    ef_l = parse_int_list("--ef", ef)
+    nprobe_l = parse_int_list("--nprobe", nprobe)
+    threads_l = parse_int_list("--threads", threads)
+    _warn_oversubscribed(max(threads_l))
+    return docs_l, dim, ef_l, nprobe_l, threads_l, _index_list(index)
+
+
+def _progress_bar(err: Console) -> tuple[Progress, Callable[[int, int, str], None]]:
+    """The transient progress bar on stderr and the callback the calibration reports to."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # deferred: only when printing
 
     bar = Progress(
@@ -187,39 +242,7 @@ def retrieval(
     def progress(done: int, total: int, msg: str) -> None:
         bar.update(task, completed=done, total=total, description=msg)
 
-    parts = _command_line(docs_l, dim, top_k, queries, idx_l, M, ef_construction, ef_l, nlist, nprobe_l, vectors)
-    parts += ["--threads", ",".join(map(str, threads_l)), "--seed", str(seed), "--out", str(out)]
-    if "linear_python" in idx_l:
-        parts += ["--python-docs", str(python_docs), "--python-queries", str(python_queries)]
-    cmd = " ".join(shlex.quote(p) for p in parts)
-    try:
-        with bar:
-            data = run_calibration(
-                docs=docs_l,
-                dim=dim,
-                top_k=top_k,
-                n_queries=queries,
-                indexes=idx_l,
-                M=M,
-                ef_construction=ef_construction,
-                ef=ef_l,
-                nlist=nlist,
-                nprobe=nprobe_l,
-                vectors=vectors,
-                threads=threads_l,
-                seed=seed,
-                progress=progress,
-                linear_python_docs=python_docs,
-                linear_python_queries=python_queries,
-                command=cmd,
-            )
-        write_calibration(data, out)
-    except CapsimError as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(f"--out: cannot write {str(out)!r} ({exc.strerror or exc})")
-
-    _summary(data, out)
+    return bar, progress
 
 
 def _warn_oversubscribed(threads: int) -> None:
@@ -514,14 +537,7 @@ def llm(
     ),
 ) -> None:
     """Profile the LLM engine's step time over batch size and context (isolated), write a step table."""
-    # deferred: keeps `capsim --help` quick, like the other calibrate commands
-    from sim.calibrate.llm import (
-        median_rows,
-        parse_batched_bench,
-        run_batched_bench,
-        step_rows,
-        write_table,
-    )  # deferred: heavy or only needed by this subcommand
+    from sim.calibrate.llm import step_rows, write_table  # deferred: heavy or only needed by this subcommand
     from sim.spec.target import load_target  # deferred: pydantic
 
     if via not in ("bench", "server"):
@@ -540,43 +556,74 @@ def llm(
     if via == "server":
         if from_output is not None:
             raise CapsimError("--from-output: reads a llama-batched-bench output; not with --via server")
-        # deferred: the HTTP profiler loads the load generator's modules
-        from sim.verify.loadgen import check_reachable
-        from sim.verify.step_profile import describe, profile_mixed, profile_server
-
-        check_reachable(full_target.model_copy(update={"retrieval": None}))  # only the LLM is profiled
-        rows = profile_server(full_target, pps, ntg, pls, repeat, progress=lambda m: typer.echo(m, err=True))
-        extra = profile_mixed(full_target, max(pps), [k for k in pls if k < tgt.parallel], repeat)
-        source = (
-            describe(full_target, pps, ntg, pls, repeat) + f"; mixed steps: {max(pps)}-token prompt beside decoders"
-        )
+        rows, extra, source = _profile_server(full_target, pps, ntg, pls, repeat)
     elif from_output is not None:
-        if not from_output.is_file():
-            raise CapsimError(f"--from-output: {from_output} does not exist")
-        rows = parse_batched_bench(from_output.read_text(errors="replace"))
-        source = f"llama-batched-bench output {from_output.name}"
+        rows, source = _read_bench_output(from_output)
     else:
-        if not tgt.batched_bench or not tgt.model_path:
-            raise CapsimError("--target: llm.batched_bench and llm.model_path are needed to run the benchmark")
-        # The server's KV size when the target gives it (attention reads the KV cache it was given).
-        ctx = max(tgt.ctx_size, max(pls) * (max(pps) + ntg) + 64)
-        runs = [
-            parse_batched_bench(
-                run_batched_bench(tgt.batched_bench, tgt.model_path, tgt.cores, tgt.threads, pps, ntg, pls, ctx)
-            )
-            for _ in range(repeat)
-        ]
-        rows = median_rows(runs)
-        source = (
-            f"llama-batched-bench -t {tgt.threads} on cores {tgt.cores or 'any'}: "
-            f"-c {ctx} npp {pps} ntg {ntg} npl {pls} ({Path(tgt.model_path).name}), median of {repeat} run(s)"
-        )
+        rows, source = _run_bench(tgt, pps, ntg, pls, repeat)
     steps: list[tuple] = step_rows(rows)
     if not steps:
         raise CapsimError("no llama-batched-bench result rows in the output")
     if via == "server":
         steps += extra
     write_table(steps, out, source)
+    frag = _write_llm_fragment(out, target, source, tgt)
+    con = stdout_console()
+    con.print(f"{len(steps)} step rows -> {out}; scenario fragment -> {frag}")
+    for b, c, n, ms, *mix in steps:
+        kind = "mixed  " if mix and mix[0] else ("decode " if n == b else "prefill")
+        con.print(f"  {kind} batch {b:>2}  context {c:>6}  new {n:>6}  {ms:9.3f} ms")
+
+
+def _profile_server(
+    full_target: Target, pps: list[int], ntg: int, pls: list[int], repeat: int
+) -> tuple[list[dict], list[tuple], str]:
+    """``--via server``: batches sent together to the running server, then prompts beside decoders."""
+    # deferred: the HTTP profiler loads the load generator's modules
+    from sim.verify.loadgen import check_reachable
+    from sim.verify.step_profile import describe, profile_mixed, profile_server
+
+    tgt = full_target.llm_endpoint()
+    check_reachable(full_target.model_copy(update={"retrieval": None}))  # only the LLM is profiled
+    rows = profile_server(full_target, pps, ntg, pls, repeat, progress=lambda m: typer.echo(m, err=True))
+    extra = profile_mixed(full_target, max(pps), [k for k in pls if k < tgt.parallel], repeat)
+    source = describe(full_target, pps, ntg, pls, repeat) + f"; mixed steps: {max(pps)}-token prompt beside decoders"
+    return rows, extra, source
+
+
+def _read_bench_output(from_output: Path) -> tuple[list[dict], str]:
+    """``--from-output``: the rows of a captured llama-batched-bench output."""
+    from sim.calibrate.llm import parse_batched_bench  # deferred: only needed by this subcommand
+
+    if not from_output.is_file():
+        raise CapsimError(f"--from-output: {from_output} does not exist")
+    rows = parse_batched_bench(from_output.read_text(errors="replace"))
+    return rows, f"llama-batched-bench output {from_output.name}"
+
+
+def _run_bench(tgt: LLMTarget, pps: list[int], ntg: int, pls: list[int], repeat: int) -> tuple[list[dict], str]:
+    """Run llama-batched-bench ``repeat`` times on the target's cores; each row's median."""
+    from sim.calibrate.llm import median_rows, parse_batched_bench, run_batched_bench  # deferred: subcommand only
+
+    if not tgt.batched_bench or not tgt.model_path:
+        raise CapsimError("--target: llm.batched_bench and llm.model_path are needed to run the benchmark")
+    # The server's KV size when the target gives it (attention reads the KV cache it was given).
+    ctx = max(tgt.ctx_size, max(pls) * (max(pps) + ntg) + 64)
+    runs = [
+        parse_batched_bench(
+            run_batched_bench(tgt.batched_bench, tgt.model_path, tgt.cores, tgt.threads, pps, ntg, pls, ctx)
+        )
+        for _ in range(repeat)
+    ]
+    source = (
+        f"llama-batched-bench -t {tgt.threads} on cores {tgt.cores or 'any'}: "
+        f"-c {ctx} npp {pps} ntg {ntg} npl {pls} ({Path(tgt.model_path).name}), median of {repeat} run(s)"
+    )
+    return median_rows(runs), source
+
+
+def _write_llm_fragment(out: Path, target: Path, source: str, tgt: LLMTarget) -> Path:
+    """The scenario fragment next to the step table: the table and the server's batching settings."""
     frag = out.with_suffix(".yaml")
     frag.write_text(
         f"# capsim calibrate llm --target {target}: {source}\n"
@@ -587,8 +634,4 @@ def llm(
         "  chunked_prefill: true      # llama-server mixes decode tokens and prompt chunks in one step\n"
         "  prefix_caching: false      # verify sends cache_prompt: false\n"
     )
-    con = stdout_console()
-    con.print(f"{len(steps)} step rows -> {out}; scenario fragment -> {frag}")
-    for b, c, n, ms, *mix in steps:
-        kind = "mixed  " if mix and mix[0] else ("decode " if n == b else "prefill")
-        con.print(f"  {kind} batch {b:>2}  context {c:>6}  new {n:>6}  {ms:9.3f} ms")
+    return frag

@@ -69,88 +69,10 @@ def estimate_table(est: dict[str, Any]) -> Table:
     t.add_column("what")
     t.add_column("value", justify="right")
     if "weights_bytes" in est:
-        t.add_row("model / GPU", f"{est['model']} on {est['gpu']} x tp {est['tensor_parallel']}")
-        sc = est["step_cost"]
-        if sc.get("perop"):
-            what = (
-                f"kernels timed alone + overhead {sc['perop_overhead_ms']:.3g} ms + "
-                f"{sc['perop_overhead_per_seq_ms']:.3g} ms/sequence, prefill work x {sc['perop_prefill_scale']:.3g}"
-            )
-        else:
-            what = (
-                f"bw_efficiency {sc['bw_efficiency']:.3g}, mfu {sc['mfu']:.3g}, "
-                f"overhead {sc['step_overhead_ms']:.3g} ms + {sc['step_overhead_per_seq_ms']:.3g} ms/sequence, "
-                f"all-reduce latency {sc['allreduce_latency_us']:.3g} us"
-            )
-        t.add_row(f"step cost ({'engine ' + sc['engine'] if sc.get('engine') else sc['efficiency']})", what)
-        if "step_cost_figures" in est:
-            t.add_row("step cost from", step_figures_line(est["step_cost_figures"]))
-        t.add_row("mean prompt / output tokens", f"{est['mean_prompt_tokens']:,.0f} / {est['mean_output_tokens']:,.0f}")
-        t.add_row("weights", _bytes(est["weights_bytes"]))
-        t.add_row("KV per token", _bytes(est["kv_bytes_per_token"]))
-        t.add_row("KV per request (prompt + output)", _bytes(est["kv_bytes_per_request"]))
-        r = est["engine_reserve"]
-        terms = ", ".join(f"{k.replace('_', '-')} {_gib(v)}" for k, v in r["terms_bytes"].items())
-        t.add_row(
-            f"engine reserve per GPU ({r['setting']})",
-            f"{_gib(est['engine_reserve_bytes_per_gpu'])}: {terms} "
-            f"(max_num_batched_tokens {r['max_batched_tokens']:,}, max_num_seqs {r['max_num_seqs']:,})",
-        )
-        t.add_row(
-            "KV cache per GPU",
-            f"{_gib(est['memory_exposed_bytes_per_gpu'])} exposed x {est['gpu_memory_utilization']:g} - "
-            f"{_gib(est['weights_bytes_per_gpu'])} weights - {_gib(est['engine_reserve_bytes_per_gpu'])} reserve "
-            f"= {_gib(est['kv_budget_bytes_per_gpu'])}",
-        )
-        # The engine's own start-up lines, to hold against a server's log.
-        t.add_row(
-            "vLLM would log (V0)", f"# GPU blocks: {est['kv_blocks']} (blocks of {est['kv_block_tokens']} tokens)"
-        )
-        t.add_row(
-            "vLLM would log (V1)",
-            f"Available KV cache memory: {est['kv_budget_bytes_per_gpu'] / 2**30:.2f} GiB; "
-            f"GPU KV cache size: {est['kv_capacity_tokens']:,} tokens",
-        )
-        t.add_row("sequences that fit in KV memory", f"{est['max_sequences_in_memory']:,}")
-        t.add_row(
-            "prefill of the mean prompt",
-            f"{_ms(est['prefill_ms'])} ({est['prefill_bound']})"
-            + (f", {_ms(est['prefill_ms_uncached'])} without the cached prefix" if est["prefix_cached_tokens"] else ""),
-        )
-        for b, ms in est["decode_step_ms"].items():
-            fits = "" if est["decode_fits"][b] else "  (does not fit in KV memory)"
-            t.add_row(f"decode step at batch {b}", f"{_ms(ms)}, {est['decode_tokens_per_s'][b]:,.0f} tokens/s{fits}")
-        ai = est["arithmetic_intensity"]
-        t.add_row(
-            "ridge point (hardware / with mfu, bw_efficiency)",
-            f"{est['ridge_point_flops_per_byte']:,.1f} / {est['effective_ridge_flops_per_byte']:,.1f} FLOP/B",
-        )
-        for k, label in (("batch_1", "batch 1"), ("max_batch", "max_batch")):
-            t.add_row(f"decode intensity at {label}", f"{ai[k]:,.1f} FLOP/B: {est['bound'][k]}")
-        t.add_row("attention FLOPs at the prompt length", f"{est['attention_flops']:,.3e}")
-        cap = est.get("replica_capacity")
-        if cap:
-            t.add_row(
-                "replica capacity",
-                f"{cap['requests_per_s']:,.2f} req/s, {cap['output_tokens_per_s']:,.0f} "
-                f"tokens/s at batch {cap['batch']}",
-            )
-    dis = est.get("disaggregated")
-    if dis:
-        pf, dc = dis["prefill"], dis["decode"]
-        t.add_row(
-            "prefill pool",
-            f"{pf['replicas']} x {pf['gpu']} tp {pf['tensor_parallel']}: {_ms(pf['prefill_ms'])} a prompt "
-            f"({pf['prompts_per_step']} a step), {pf['requests_per_s']:,.2f} req/s a replica",
-        )
-        d_rate = f", {dc['requests_per_s']:,.2f} req/s a replica" if dc["requests_per_s"] else ""
-        d_step = f"step {_ms(dc['decode_step_ms'])} at batch {dc['batch']}" if dc["decode_step_ms"] else "no batch fits"
-        t.add_row("decode pool", f"{dc['replicas']} x {dc['gpu']} tp {dc['tensor_parallel']}: {d_step}{d_rate}")
-        t.add_row(
-            "KV hand-off of the mean prompt",
-            f"{_bytes(dis['handoff_bytes'])} in all, {_bytes(dis['handoff_bytes_per_gpu'])} a decode GPU, over "
-            f"{dis['link']} at {dis['link_gbps']:,.0f} GB/s: {_ms(dis['handoff_ms'])}",
-        )
+        _step_cost_rows(t, est)
+        _memory_rows(t, est)
+        _step_rows(t, est)
+    _disaggregated_rows(t, est)
     if est.get("retrieval_service_ms") is not None:
         t.add_row("retrieval mean service time", _ms(est["retrieval_service_ms"]))
     if est.get("cache_hit_ratio") is not None:
@@ -166,6 +88,81 @@ def estimate_table(est: dict[str, Any]) -> Table:
     for note in est.get("notes", []):
         t.add_row("note", note)
     return t
+
+
+def _step_cost_rows(t: Table, est: dict[str, Any]) -> None:
+    """The model, the GPU and where the step cost comes from."""
+    t.add_row("model / GPU", f"{est['model']} on {est['gpu']} x tp {est['tensor_parallel']}")
+    sc = est["step_cost"]
+    if sc.get("perop"):
+        what = (
+            f"kernels timed alone + overhead {sc['perop_overhead_ms']:.3g} ms + "
+            f"{sc['perop_overhead_per_seq_ms']:.3g} ms/sequence, prefill work x {sc['perop_prefill_scale']:.3g}"
+        )
+    else:
+        what = (
+            f"bw_efficiency {sc['bw_efficiency']:.3g}, mfu {sc['mfu']:.3g}, "
+            f"overhead {sc['step_overhead_ms']:.3g} ms + {sc['step_overhead_per_seq_ms']:.3g} ms/sequence, "
+            f"all-reduce latency {sc['allreduce_latency_us']:.3g} us"
+        )
+    t.add_row(f"step cost ({'engine ' + sc['engine'] if sc.get('engine') else sc['efficiency']})", what)
+    if "step_cost_figures" in est:
+        t.add_row("step cost from", step_figures_line(est["step_cost_figures"]))
+
+
+def _memory_rows(t: Table, est: dict[str, Any]) -> None:
+    """Tokens, weights, KV and the engine's reserve: what fits in GPU memory."""
+    t.add_row("mean prompt / output tokens", f"{est['mean_prompt_tokens']:,.0f} / {est['mean_output_tokens']:,.0f}")
+    t.add_row("weights", _bytes(est["weights_bytes"]))
+    t.add_row("KV per token", _bytes(est["kv_bytes_per_token"]))
+    t.add_row("KV per request (prompt + output)", _bytes(est["kv_bytes_per_request"]))
+    r = est["engine_reserve"]
+    terms = ", ".join(f"{k.replace('_', '-')} {_gib(v)}" for k, v in r["terms_bytes"].items())
+    t.add_row(
+        f"engine reserve per GPU ({r['setting']})",
+        f"{_gib(est['engine_reserve_bytes_per_gpu'])}: {terms} "
+        f"(max_num_batched_tokens {r['max_batched_tokens']:,}, max_num_seqs {r['max_num_seqs']:,})",
+    )
+    t.add_row(
+        "KV cache per GPU",
+        f"{_gib(est['memory_exposed_bytes_per_gpu'])} exposed x {est['gpu_memory_utilization']:g} - "
+        f"{_gib(est['weights_bytes_per_gpu'])} weights - {_gib(est['engine_reserve_bytes_per_gpu'])} reserve "
+        f"= {_gib(est['kv_budget_bytes_per_gpu'])}",
+    )
+    # The engine's own start-up lines, to hold against a server's log.
+    t.add_row("vLLM would log (V0)", f"# GPU blocks: {est['kv_blocks']} (blocks of {est['kv_block_tokens']} tokens)")
+    t.add_row(
+        "vLLM would log (V1)",
+        f"Available KV cache memory: {est['kv_budget_bytes_per_gpu'] / 2**30:.2f} GiB; "
+        f"GPU KV cache size: {est['kv_capacity_tokens']:,} tokens",
+    )
+    t.add_row("sequences that fit in KV memory", f"{est['max_sequences_in_memory']:,}")
+
+
+def _step_rows(t: Table, est: dict[str, Any]) -> None:
+    """Prefill and decode step times, intensity against the ridge point, and the replica capacity."""
+    t.add_row(
+        "prefill of the mean prompt",
+        f"{_ms(est['prefill_ms'])} ({est['prefill_bound']})"
+        + (f", {_ms(est['prefill_ms_uncached'])} without the cached prefix" if est["prefix_cached_tokens"] else ""),
+    )
+    for b, ms in est["decode_step_ms"].items():
+        fits = "" if est["decode_fits"][b] else "  (does not fit in KV memory)"
+        t.add_row(f"decode step at batch {b}", f"{_ms(ms)}, {est['decode_tokens_per_s'][b]:,.0f} tokens/s{fits}")
+    ai = est["arithmetic_intensity"]
+    t.add_row(
+        "ridge point (hardware / with mfu, bw_efficiency)",
+        f"{est['ridge_point_flops_per_byte']:,.1f} / {est['effective_ridge_flops_per_byte']:,.1f} FLOP/B",
+    )
+    for k, label in (("batch_1", "batch 1"), ("max_batch", "max_batch")):
+        t.add_row(f"decode intensity at {label}", f"{ai[k]:,.1f} FLOP/B: {est['bound'][k]}")
+    t.add_row("attention FLOPs at the prompt length", f"{est['attention_flops']:,.3e}")
+    cap = est.get("replica_capacity")
+    if cap:
+        t.add_row(
+            "replica capacity",
+            f"{cap['requests_per_s']:,.2f} req/s, {cap['output_tokens_per_s']:,.0f} tokens/s at batch {cap['batch']}",
+        )
 
 
 def points_table(points: list[dict[str, Any]]) -> Table:
@@ -232,3 +229,23 @@ def estimate_command(
         )
     if len(points) > 1:
         console.print(points_table(points))
+
+
+def _disaggregated_rows(t: Table, est: dict[str, Any]) -> None:
+    """The pools of a disaggregated fleet and the KV hand-off of the mean prompt."""
+    dis = est.get("disaggregated")
+    if dis:
+        pf, dc = dis["prefill"], dis["decode"]
+        t.add_row(
+            "prefill pool",
+            f"{pf['replicas']} x {pf['gpu']} tp {pf['tensor_parallel']}: {_ms(pf['prefill_ms'])} a prompt "
+            f"({pf['prompts_per_step']} a step), {pf['requests_per_s']:,.2f} req/s a replica",
+        )
+        d_rate = f", {dc['requests_per_s']:,.2f} req/s a replica" if dc["requests_per_s"] else ""
+        d_step = f"step {_ms(dc['decode_step_ms'])} at batch {dc['batch']}" if dc["decode_step_ms"] else "no batch fits"
+        t.add_row("decode pool", f"{dc['replicas']} x {dc['gpu']} tp {dc['tensor_parallel']}: {d_step}{d_rate}")
+        t.add_row(
+            "KV hand-off of the mean prompt",
+            f"{_bytes(dis['handoff_bytes'])} in all, {_bytes(dis['handoff_bytes_per_gpu'])} a decode GPU, over "
+            f"{dis['link']} at {dis['link_gbps']:,.0f} GB/s: {_ms(dis['handoff_ms'])}",
+        )

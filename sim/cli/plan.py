@@ -5,16 +5,14 @@ Parse, call :func:`sim.run.plan.plan`, print and save; the search lives there.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from sim.cli import runs
 from sim.cli.app import app, err_console, stdout_console, user_errors
-from sim.cli.sweep import SCHEDULER_HELP, _check_counts, _close, _executor
 from sim.errors import CapsimError
-from sim.files import atomic_write_text, to_json
 
 
 @app.command()
@@ -27,7 +25,7 @@ def plan(
     replications: Optional[int] = typer.Option(None, help="Replications that confirm (default run.replications)."),
     seed: Optional[int] = typer.Option(None, help="Override run.seed (every candidate shares it)."),
     jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores) or local-dask workers."),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    scheduler: Optional[str] = typer.Option(None, help=runs.SCHEDULER_HELP),
     band: float = typer.Option(0.10, help="Runner-ups: configurations within this fraction of the winner's cost."),
     margin: float = typer.Option(
         0.10, help="Prune only when the analytic lower bound exceeds an SLA threshold by more than this fraction."
@@ -48,24 +46,18 @@ def plan(
     """
     # deferred: the simulator loads pandas, scipy and pydantic
     from sim.run.plan import plan as find_plan
-    from sim.spec.keys import check_key
-    from sim.spec.scenario import parse_overrides
 
-    _check_counts(replications, jobs)
+    runs.check_counts(replications, jobs)
     if max_screen < 1:
         raise CapsimError(f"--max-screen: must be >= 1, got {max_screen}")
-    if out.exists() and not out.is_dir():
-        raise CapsimError(f"--out {out}: exists and is not a folder")
-    ov = parse_overrides(set_)
-    for k in ov:
-        check_key(k, "--set")
+    runs.check_out_folder(out)
+    ov = runs.checked_overrides(set_)
     con = err_console if json_ else stdout_console()
 
     def stage(name: str, n: int) -> None:
         con.print(f"{name}: {n:,} configurations", markup=False, highlight=False)
 
-    ex = _executor(scheduler, jobs)
-    try:
+    with runs.pool(scheduler, jobs) as ex:
         res = find_plan(
             scenario,
             ov,
@@ -79,17 +71,8 @@ def plan(
             knobs=knobs,
             on_stage=stage,
         )
-    finally:
-        _close(ex)
     from sim.present.plan_figures import write_plan_figures  # deferred: matplotlib
     from sim.present.plan_tables import print_plan
 
-    doc = to_json(res.to_dict())
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "plan.json", doc + "\n")
-    files = [out / "plan.json", *write_plan_figures(res, out)]
-    if json_:
-        sys.stdout.write(doc + "\n")
-    else:
-        print_plan(res, stdout_console(), files)
+    runs.publish(res, out, "plan.json", write_plan_figures, print_plan, json_)
     raise typer.Exit(res.exit_code)

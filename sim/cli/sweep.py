@@ -19,37 +19,10 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from sim.cli import runs
 from sim.cli.app import MAX_MEMORY_HELP, app, err_console, progress_bar, stdout_console, user_errors
 from sim.errors import CapsimError
 from sim.files import to_json
-
-SCHEDULER_HELP = (
-    "Run on a Dask cluster: tcp://host:8786 (an existing scheduler; gives up after 10 s) "
-    "or local-dask (start a LocalCluster). Default: local processes."
-)
-
-
-def _check_counts(replications: Optional[int], jobs: Optional[int]) -> None:
-    if replications is not None and replications < 1:
-        raise CapsimError(f"--replications: must be >= 1, got {replications}")
-    if jobs is not None and jobs < 1:
-        raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
-
-
-def _executor(scheduler: Optional[str], jobs: Optional[int]) -> Any:
-    from sim.run.executors import LocalExecutor  # deferred: the simulator
-
-    if not scheduler:
-        return LocalExecutor(jobs)
-    from sim.run.dask import DaskExecutor  # deferred: dask is heavy and optional here
-
-    return DaskExecutor(scheduler, n_workers=jobs)
-
-
-def _close(ex: Any) -> None:
-    close = getattr(ex, "close", None)
-    if close:
-        close()
 
 
 def _money(x: Optional[float], digits: int = 3) -> str:
@@ -98,7 +71,7 @@ def sweep(
     out: Optional[Path] = typer.Option(
         None, help="Save every point here as it finishes; re-running the same command computes only the missing points."
     ),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    scheduler: Optional[str] = typer.Option(None, help=runs.SCHEDULER_HELP),
     set_: list[str] = typer.Option([], "--set", help="Override a dotted key: --set llm.replicas=2"),
     jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores) or local-dask workers."),
     replications: Optional[int] = typer.Option(None, help="Override run.replications."),
@@ -119,17 +92,14 @@ def sweep(
     from sim.run.bounds import check_bounds
     from sim.run.folder import locked, prepare_out
     from sim.run.loop import SweepInterrupted, run_sweep
-    from sim.spec.keys import check_key, parse_grid
-    from sim.spec.scenario import expand, parse_overrides, run_overrides
+    from sim.spec.keys import parse_grid
+    from sim.spec.scenario import expand, run_overrides
 
-    _check_counts(replications, jobs)
+    runs.check_counts(replications, jobs)
     if rank not in (None, "cost"):
         raise CapsimError(f"--rank {rank!r}: expected cost")
     g = parse_grid(grid)
-    ov = parse_overrides(set_)
-    for k in ov:
-        check_key(k, "--set")
-    ov = run_overrides(ov, seed, replications)
+    ov = run_overrides(runs.checked_overrides(set_), seed, replications)
     points = expand(scenario, ov, g or None)
     if rank == "cost" and points[0].scenario.cost is None:
         raise CapsimError(
@@ -138,7 +108,7 @@ def sweep(
         )
     check_bounds(points, max_memory, jobs)
     prepare_out(out, "sweep")
-    ex = _executor(scheduler, jobs)
+    ex = runs.executor(scheduler, jobs)
     try:
         with progress_bar(f"sweeping {len(points)} points") as bar:
             if out is not None:
@@ -150,7 +120,13 @@ def sweep(
         err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     finally:
-        _close(ex)
+        runs.close(ex)
+    _print_sweep(result, [k for k in points[0].params], rank, json_, out)
+    raise typer.Exit(result.exit_code)
+
+
+def _print_sweep(result: Any, keys: list[str], rank: Optional[str], json_: bool, out: Optional[Path]) -> None:
+    """What was computed and reused (stderr), then the summary JSON or the tables (ranked by cost with --rank)."""
     n = len({p.id for p in result.points})
     where = f" (saved in {out})" if out is not None else ""
     err_console.print(
@@ -171,8 +147,7 @@ def sweep(
         if table["cost_per_hour"].notna().any():
             if rank == "cost":
                 table = rank_by_cost(table)
-            con.print(cost_table(table, [k for k in points[0].params], rank == "cost"))
-    raise typer.Exit(result.exit_code)
+            con.print(cost_table(table, keys, rank == "cost"))
 
 
 @app.command()
@@ -195,7 +170,7 @@ def capacity(
     jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: all cores)."),
     replications: Optional[int] = typer.Option(None, help="Override run.replications."),
     seed: Optional[int] = typer.Option(None, help="Override run.seed."),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    scheduler: Optional[str] = typer.Option(None, help=runs.SCHEDULER_HELP),
     out: Optional[Path] = typer.Option(None, help="Save (and reuse) every point tried, as capsim sweep --out."),
     json_: bool = typer.Option(False, "--json", help="Print {key, capacity, tried: [...]} as JSON."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
@@ -218,31 +193,14 @@ def capacity(
     4 internal error, 5 a worker died, 6 an I/O failure (disk full, read-only folder), 130 Ctrl-C.
     """
     # deferred: the simulator loads pandas, scipy and pydantic
-    from sim.run.bounds import check_bounds
-    from sim.run.capacity import capacity as find_capacity
-    from sim.run.capacity import capacity_band, conservative
     from sim.run.folder import locked, prepare_out
     from sim.run.loop import SweepInterrupted
-    from sim.spec.keys import check_key
-    from sim.spec.scenario import expand, parse_overrides, run_overrides
 
-    _check_counts(replications, jobs)
-    for flag, v in (("--low", low), ("--high", high)):
-        if v is not None and not math.isfinite(v):
-            raise CapsimError(f"{flag} {v:g}: must be a finite number")
-    ov = parse_overrides(set_)
-    for k in ov:
-        check_key(k, "--set")
-    base_ov = run_overrides(ov, seed, replications)
-    bound_points = expand(scenario, base_ov)
-    if high is not None:  # the largest value tried drives the bound, when it is a valid one
-        with contextlib.suppress(CapsimError):  # the search reports a bad --vary or --high itself
-            bound_points = expand(scenario, {**base_ov, vary: int(high) if float(high).is_integer() else high})
-    check_bounds(bound_points, max_memory, jobs)
+    ov = _capacity_overrides(scenario, vary, set_, seed, replications, jobs, (low, high), max_memory)
     prepare_out(out, "sweep")
     con = stdout_console()
 
-    ex = _executor(scheduler, jobs)
+    ex = runs.executor(scheduler, jobs)
     hold = locked(out) if out is not None else contextlib.nullcontext()
     search = dict(
         low=low,
@@ -257,25 +215,65 @@ def capacity(
     )
     try:
         with hold:
-            if band and engines:
-                raise CapsimError("--band and --engines: choose one")
-            if band:
-                announce = None if json_ else (lambda p: con.print(f"llm.efficiency {p}:", highlight=False))
-                results = capacity_band(scenario, vary, ov, on_preset=announce, **search)
-                res = results["published"]
-            elif engines:
-                announce = None if json_ else (lambda p: con.print(f"llm.engine {p}:", highlight=False))
-                results = capacity_band(scenario, vary, ov, on_preset=announce, by="engine", **search)
-                res = results[conservative(results)]
-            else:
-                res = find_capacity(scenario, vary, ov, **search)
+            res, results = _search_capacity(scenario, vary, ov, band, engines, None if json_ else con, search)
     except SweepInterrupted as e:
         err_console.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     finally:
-        _close(ex)
-    _print_capacity(vary, res, results if (band or engines) else None, json_, con)
+        runs.close(ex)
+    _print_capacity(vary, res, results, json_, con)
     raise typer.Exit(res.exit_code)
+
+
+def _capacity_overrides(
+    scenario: Path,
+    vary: str,
+    set_: list[str],
+    seed: Optional[int],
+    replications: Optional[int],
+    jobs: Optional[int],
+    low_high: tuple[Optional[float], Optional[float]],
+    max_memory: Optional[str],
+) -> dict[str, Any]:
+    """The --set overrides, checked, once the counts, --low/--high and the memory bound of the
+    largest value tried are."""
+    from sim.run.bounds import check_bounds  # deferred: the simulator loads pandas, scipy and pydantic
+    from sim.spec.scenario import expand, run_overrides
+
+    runs.check_counts(replications, jobs)
+    low, high = low_high
+    for flag, v in (("--low", low), ("--high", high)):
+        if v is not None and not math.isfinite(v):
+            raise CapsimError(f"{flag} {v:g}: must be a finite number")
+    ov = runs.checked_overrides(set_)
+    base_ov = run_overrides(ov, seed, replications)
+    bound_points = expand(scenario, base_ov)
+    if high is not None:  # the largest value tried drives the bound, when it is a valid one
+        with contextlib.suppress(CapsimError):  # the search reports a bad --vary or --high itself
+            bound_points = expand(scenario, {**base_ov, vary: int(high) if float(high).is_integer() else high})
+    check_bounds(bound_points, max_memory, jobs)
+    return ov
+
+
+def _search_capacity(
+    scenario: Path, vary: str, ov: dict[str, Any], band: bool, engines: bool, con: Any, search: dict[str, Any]
+) -> tuple[Any, dict[str, Any] | None]:
+    """One search, or one per published step-cost preset (--band) or engine preset (--engines): the
+    answer and, for those, every preset's (named on ``con`` as each starts, when it is given)."""
+    from sim.run.capacity import capacity as find_capacity  # deferred: the simulator loads pandas, scipy
+    from sim.run.capacity import capacity_band, conservative
+
+    if band and engines:
+        raise CapsimError("--band and --engines: choose one")
+    if band:
+        announce = None if con is None else (lambda p: con.print(f"llm.efficiency {p}:", highlight=False))
+        results = capacity_band(scenario, vary, ov, on_preset=announce, **search)
+        return results["published"], results
+    if engines:
+        announce = None if con is None else (lambda p: con.print(f"llm.engine {p}:", highlight=False))
+        results = capacity_band(scenario, vary, ov, on_preset=announce, by="engine", **search)
+        return results[conservative(results)], results
+    return find_capacity(scenario, vary, ov, **search), None
 
 
 def _tried_printer(vary: str, console: Any) -> Callable[[Any], None]:

@@ -84,18 +84,7 @@ def validate(
     if out is not None and out.exists() and not out.is_dir():
         raise CapsimError(f"--out: {str(out)!r} is a file, not a folder")
     if fit_engines is not None:
-        # deferred: the fit loads scipy and the simulator; only this branch needs them
-        from sim.files import atomic_write_text
-        from sim.run.engine_fit import run_engine_fit
-        from sim.spec.engines import fit_document
-        from sim.spec.silicon import representable
-
-        if fit_engines.is_dir():
-            raise CapsimError(f"--fit-engines: {str(fit_engines)!r} is a folder; give a file name")
-        keep = fit_document() if perop_only else None
-        fit = run_engine_fit(representable(), jobs=jobs, say=typer.echo, keep_roofline=keep)
-        atomic_write_text(fit_engines, json.dumps(fit, indent=1) + "\n")
-        typer.echo(f"wrote {fit_engines}")
+        _fit_engines(fit_engines, jobs, perop_only)
         return
     if fit_frontend is not None:
         _fit_frontend(fit_frontend, jobs, not no_cache, start)
@@ -159,6 +148,22 @@ def _disaggregated(out: Path | None, jobs: int | None, use_cache: bool) -> None:
         typer.echo(f"capsim refused {k} row(s): {why}")
     if out is not None:
         typer.echo(f"wrote {out / 'rows.csv'} and {out / 'summary.json'}")
+
+
+def _fit_engines(dest: Path, jobs: int | None, perop_only: bool) -> None:
+    """``--fit-engines``: each engine's step-cost fit, held out by (model, GPU), written to ``dest``."""
+    # deferred: the fit loads scipy and the simulator; only this branch needs them
+    from sim.files import atomic_write_text
+    from sim.run.engine_fit import run_engine_fit
+    from sim.spec.engines import fit_document
+    from sim.spec.silicon import representable
+
+    if dest.is_dir():
+        raise CapsimError(f"--fit-engines: {str(dest)!r} is a folder; give a file name")
+    keep = fit_document() if perop_only else None
+    fit = run_engine_fit(representable(), jobs=jobs, say=typer.echo, keep_roofline=keep)
+    atomic_write_text(dest, json.dumps(fit, indent=1) + "\n")
+    typer.echo(f"wrote {dest}")
 
 
 def _fit_frontend(dest: Path, jobs: int | None, use_cache: bool, start: str | None) -> None:

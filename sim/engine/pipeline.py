@@ -27,8 +27,8 @@ from sim.engine.digest import Digest, cell_edges, window_edges
 from sim.engine.llm.autoscale import mean_count
 from sim.engine.llm.disagg import DisaggStage
 from sim.engine.llm.stage import LLMStage
+from sim.engine.load_profile import Presence, level, peak
 from sim.engine.pool import WorkerPool
-from sim.engine.profile import Presence, level, peak
 from sim.engine.records import CHUNK_ROWS, Bins, Recorder
 from sim.engine.routing import OFF, Utterances, routing_setup
 from sim.engine.sched import SchedulerPool, scheduler_pool
@@ -36,7 +36,7 @@ from sim.engine.workload import Popularity, QueryKeys
 from sim.errors import ConfigError
 from sim.physics.retrieval import default_calibration_path, load_calibration
 from sim.rng import stream
-from sim.spec.schema import PromptComposition, Scenario, build_distribution
+from sim.spec.schema import LLMConfig, PromptComposition, Scenario, build_distribution
 from sim.spec.trace import load_trace
 
 
@@ -232,6 +232,15 @@ class _User:
         self._think(self)
 
 
+def _llm_stage(
+    env: simpy.Environment, llm: LLMConfig, rng: np.random.Generator, window: tuple[float, float]
+) -> LLMStage | DisaggStage | None:
+    """The LLM stage: one pool of replicas, or prefill and decode pools (``llm.disaggregated``)."""
+    if not llm.enabled:
+        return None
+    return (LLMStage if llm.disaggregated is None else DisaggStage)(env, llm, rng, window)
+
+
 class Model:
     """One replication's SimPy model of the whole pipeline."""
 
@@ -290,8 +299,7 @@ class Model:
         else:
             self.pool = None
             self.retrieval_info = {}
-        stage = LLMStage if scn.llm.disaggregated is None else DisaggStage
-        self.llm = stage(env, scn.llm, stream(seed, replication, "router"), self.window) if scn.llm.enabled else None
+        self.llm = _llm_stage(env, scn.llm, stream(seed, replication, "router"), self.window)
         self.in_flight = 0
         self.started_in_window = 0
         self.profile = scn.workload.profile

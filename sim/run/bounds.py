@@ -45,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from sim.engine.load_profile import peak
 from sim.engine.pipeline import retrieval_service_distribution
-from sim.engine.profile import peak
 from sim.engine.routing import routing_setup
 from sim.errors import CapsimError
 from sim.run.executors import default_jobs

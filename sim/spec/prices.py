@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from sim.spec.quote import Quote, quote_fields
+
 __all__ = ["Price", "cpu_core_price", "gpu_price", "priced_gpus"]
 
 _FILE = Path(__file__).resolve().parent / "catalog" / "prices.yaml"
@@ -31,18 +33,13 @@ _FILE = Path(__file__).resolve().parent / "catalog" / "prices.yaml"
 HOURS_PER_UNIT = {"second": 1 / 3600.0, "hour": 1.0}
 
 
-@dataclass(frozen=True)
-class Price:
+@dataclass(frozen=True, kw_only=True)
+class Price(Quote):
     """One catalog price: ``usd_per_hour`` of one GPU or one CPU core and where it was read."""
 
     usd_per_hour: float
-    quoted: float
-    unit: str
     units_quoted: int
     offer: str
-    source: str
-    read_on: str
-    page_date: str | None = None
 
     @property
     def from_quote(self) -> float:
@@ -53,13 +50,9 @@ class Price:
 def _price(entry: dict[str, Any]) -> Price:
     return Price(
         usd_per_hour=float(entry["usd_per_hour"]),
-        quoted=float(entry["quoted"]),
-        unit=str(entry["unit"]),
         units_quoted=int(entry["units_quoted"]),
         offer=str(entry["offer"]),
-        source=str(entry["source"]),
-        read_on=str(entry["read_on"]),
-        page_date=str(entry["page_date"]) if entry.get("page_date") else None,
+        **quote_fields(entry),
     )
 
 

@@ -946,7 +946,7 @@ class LLMConfig(Strict):
     def _fits(self) -> LLMConfig:
         if not self.enabled:
             return self
-        tp, m = self.tensor_parallel, self.model
+        tp = self.tensor_parallel
         if self.compute_dtype == "fp8" and self.gpu.fp8_tflops is None:
             raise ValueError(
                 f"compute_dtype fp8 needs llm.gpu.fp8_tflops; {self.gpu.name or 'this GPU'} has none in the "
@@ -957,29 +957,7 @@ class LLMConfig(Strict):
                 f"compute_dtype fp4 needs llm.gpu.fp4_tflops; {self.gpu.name or 'this GPU'} has none in the "
                 f"catalog (FP4 tensor cores: b200, b300, gb200, gb300; set it inline, or compute_dtype fp8 / bf16)"
             )
-        if self.expert_parallel is not None:
-            ep = self.expert_parallel
-            if not m.experts and ep > 1:
-                raise ValueError(f"expert_parallel {ep}: the model has no experts; leave llm.expert_parallel out")
-            if tp % ep:
-                raise ValueError(f"expert_parallel ({ep}) must divide tensor_parallel ({tp}); set llm.expert_parallel")
-        if m.experts and m.experts % self.expert_parallel_size:
-            raise ValueError(
-                f"expert_parallel ({self.expert_parallel_size}) must divide the model's experts ({m.experts}); "
-                f"set llm.expert_parallel"
-            )
-        if tp > 1 and self.gpu.interconnect_gbps is None:
-            raise ValueError(f"tensor_parallel {tp} needs llm.gpu.interconnect_gbps (GPU-to-GPU GB/s)")
-        if m.heads % tp:
-            raise ValueError(
-                f"tensor_parallel ({tp}) must divide the model's heads ({m.heads}); "
-                f"set llm.tensor_parallel to a divisor of {m.heads}"
-            )
-        if m.kv_heads % tp and tp % m.kv_heads:
-            raise ValueError(
-                f"tensor_parallel ({tp}) and kv_heads ({m.kv_heads}) must divide one another; "
-                f"change llm.tensor_parallel"
-            )
+        self._check_parallel()
         if self.step_table is not None:
             problem = regular_file_problem(Path(self.step_table).expanduser())
             if problem is not None:  # before opening: a FIFO would block; a folder is not "missing"
@@ -1023,6 +1001,33 @@ class LLMConfig(Strict):
         if self.disaggregated is not None:
             self._check_disaggregated()
         return self
+
+    def _check_parallel(self) -> None:
+        """Tensor and expert parallelism the model and GPU allow."""
+        tp, m = self.tensor_parallel, self.model
+        if self.expert_parallel is not None:
+            ep = self.expert_parallel
+            if not m.experts and ep > 1:
+                raise ValueError(f"expert_parallel {ep}: the model has no experts; leave llm.expert_parallel out")
+            if tp % ep:
+                raise ValueError(f"expert_parallel ({ep}) must divide tensor_parallel ({tp}); set llm.expert_parallel")
+        if m.experts and m.experts % self.expert_parallel_size:
+            raise ValueError(
+                f"expert_parallel ({self.expert_parallel_size}) must divide the model's experts ({m.experts}); "
+                f"set llm.expert_parallel"
+            )
+        if tp > 1 and self.gpu.interconnect_gbps is None:
+            raise ValueError(f"tensor_parallel {tp} needs llm.gpu.interconnect_gbps (GPU-to-GPU GB/s)")
+        if m.heads % tp:
+            raise ValueError(
+                f"tensor_parallel ({tp}) must divide the model's heads ({m.heads}); "
+                f"set llm.tensor_parallel to a divisor of {m.heads}"
+            )
+        if m.kv_heads % tp and tp % m.kv_heads:
+            raise ValueError(
+                f"tensor_parallel ({tp}) and kv_heads ({m.kv_heads}) must divide one another; "
+                f"change llm.tensor_parallel"
+            )
 
     def _check_disaggregated(self) -> None:
         if self.autoscale is not None:
@@ -1383,31 +1388,7 @@ def json_schema() -> dict:
     """
     schema = Scenario.model_json_schema()
     _accept_plain_numbers(schema)
-    llm = schema["$defs"]["LLMConfig"]["properties"]
-    for key, names, ref in (("model", catalog.model_names(), "ModelSpec"), ("gpu", catalog.gpu_names(), "GPUSpec")):
-        llm[key] = {
-            "anyOf": [
-                {"type": "string", "enum": names, "description": f"a catalog {key} (capsim estimate lists them)"},
-                {"$ref": f"#/$defs/{ref}"},
-            ],
-            "default": LLMConfig.model_fields[key].default,
-        }
-    schema["$defs"]["PoolConfig"]["properties"]["gpu"] = {
-        "anyOf": [
-            {"type": "string", "enum": catalog.gpu_names(), "description": "a catalog gpu"},
-            {"$ref": "#/$defs/GPUSpec"},
-            {"type": "null"},
-        ],
-        "default": None,
-    }
-    llm["engine_reserve"] = {
-        "anyOf": [
-            {"type": "string", "enum": list(RESERVE_PRESETS), "description": "an engine-version preset"},
-            {"type": "number", "minimum": 0, "description": "GiB per GPU the engine keeps outside the KV pool"},
-        ],
-        "default": DEFAULT_RESERVE,
-        "description": "what the engine keeps per GPU outside the KV pool (activation, non-torch, NCCL)",
-    }
+    _catalog_names(schema)
     schema["properties"]["extends"] = {
         "type": "string",
         "description": "a base scenario file (relative to this one) whose keys this file overrides",
@@ -1436,6 +1417,36 @@ def json_schema() -> dict:
     _plain_descriptions(schema)
     _derived_files(schema)
     return schema
+
+
+def _catalog_names(schema: dict) -> None:
+    """``llm.model``, ``llm.gpu`` and a pool's ``gpu`` may be catalog names, and
+    ``llm.engine_reserve`` a preset name."""
+    llm = schema["$defs"]["LLMConfig"]["properties"]
+    for key, names, ref in (("model", catalog.model_names(), "ModelSpec"), ("gpu", catalog.gpu_names(), "GPUSpec")):
+        llm[key] = {
+            "anyOf": [
+                {"type": "string", "enum": names, "description": f"a catalog {key} (capsim estimate lists them)"},
+                {"$ref": f"#/$defs/{ref}"},
+            ],
+            "default": LLMConfig.model_fields[key].default,
+        }
+    schema["$defs"]["PoolConfig"]["properties"]["gpu"] = {
+        "anyOf": [
+            {"type": "string", "enum": catalog.gpu_names(), "description": "a catalog gpu"},
+            {"$ref": "#/$defs/GPUSpec"},
+            {"type": "null"},
+        ],
+        "default": None,
+    }
+    llm["engine_reserve"] = {
+        "anyOf": [
+            {"type": "string", "enum": list(RESERVE_PRESETS), "description": "an engine-version preset"},
+            {"type": "number", "minimum": 0, "description": "GiB per GPU the engine keeps outside the KV pool"},
+        ],
+        "default": DEFAULT_RESERVE,
+        "description": "what the engine keeps per GPU outside the KV pool (activation, non-torch, NCCL)",
+    }
 
 
 DERIVED = "Derived"  # prefix of the $defs a file that extends another is checked against

@@ -201,6 +201,8 @@ def _expert_parallel(r: dict[str, str], pool: str = "") -> int | None:
 
 
 def _reasons(r: dict[str, str], precision: str) -> tuple[str, ...]:
+    """Why capsim cannot replay row ``r`` (none: it can), in a fixed order: the serving mode, the
+    model, the GPU, the precision, the parallel layout, the engine."""
     out: list[str] = []
     agg = r["mode"] == "agg"
     model = r["model_path"]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from sim.spec.quote import Quote, quote_fields
+
 __all__ = ["BYTES_PER_UNIT", "Storage", "storage", "storage_names"]
 
 _FILE = Path(__file__).resolve().parent / "catalog" / "storage.yaml"
@@ -30,18 +32,13 @@ _FILE = Path(__file__).resolve().parent / "catalog" / "storage.yaml"
 BYTES_PER_UNIT = {"MiB/s": 2.0**20, "MB/s": 1e6}
 
 
-@dataclass(frozen=True)
-class Storage:
+@dataclass(frozen=True, kw_only=True)
+class Storage(Quote):
     """One catalog entry: ``read_bytes_per_s`` and where the figure was read."""
 
     name: str
     read_bytes_per_s: float
-    quoted: float
-    unit: str
     what: str
-    source: str
-    read_on: str
-    page_date: str | None = None
 
     @property
     def from_quote(self) -> float:
@@ -55,14 +52,7 @@ def _load() -> dict[str, Storage]:
         data = yaml.safe_load(fh)
     return {
         str(name): Storage(
-            name=str(name),
-            read_bytes_per_s=float(e["read_bytes_per_s"]),
-            quoted=float(e["quoted"]),
-            unit=str(e["unit"]),
-            what=str(e["what"]),
-            source=str(e["source"]),
-            read_on=str(e["read_on"]),
-            page_date=str(e["page_date"]) if e.get("page_date") else None,
+            name=str(name), read_bytes_per_s=float(e["read_bytes_per_s"]), what=str(e["what"]), **quote_fields(e)
         )
         for name, e in data["storage"].items()
     }

@@ -19,6 +19,7 @@ from sim.verify.verdict import (
     BOUNDS,
     RETRIEVAL_BOUNDS,
     STATS,
+    ComparedRow,
     LoadComparison,
     compared_row,
 )
@@ -112,7 +113,9 @@ def compare_one(live: LiveRun, scn: Scenario, ov: dict[str, Any], warmup_s: floa
     return load_comparison(live, rows, meas, pred)
 
 
-def load_comparison(live: LiveRun, rows: list, meas: dict[str, Any], pred: dict[str, Any]) -> LoadComparison:
+def load_comparison(
+    live: LiveRun, rows: list[ComparedRow], meas: dict[str, Any], pred: dict[str, Any]
+) -> LoadComparison:
     """Rows, measured and predicted figures with the load generator's own cost."""
     cpu_per_req = live.cpu_s / max(1, live.requests) * 1e3
     lag = live.records["lag_ms"].astype(float) if live.requests else np.zeros(1)

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -46,26 +46,36 @@ from sim.verify.wire import DeadlineConnection, EndpointError, TargetError, conn
 #: replays exactly the same think times, keys and token counts (common random numbers).
 LIVE_REP = 0
 
-COLUMNS = (
-    "user",
-    "t_start_s",
-    "key",
-    "cache_hit",
-    "cache_ms",
-    "retrieval_ms",
-    "ttft_ms",
-    "e2e_ms",
-    "prompt_tokens",
-    "output_tokens",
-    "tokens_received",
-    "llm_sent_s",
-    "llm_end_s",
-    "lag_ms",
-    "server_prompt_ms",
-    "server_decode_ms_per_token",
-    "ok",
-    "error",
-)
+
+@dataclass(kw_only=True)
+class RequestRow:
+    """One live request as the load generator saw it: who asked what when, each stage's time
+    (ms), the LLM's send and end times (s since the load started), the server's own account
+    (llama-server's ``timings``: diagnosis only), and whether it succeeded or why not.  A stage
+    the request did not reach keeps its default."""
+
+    user: int
+    t_start_s: float
+    key: int
+    cache_hit: bool = False
+    cache_ms: float = 0
+    retrieval_ms: float = 0.0
+    ttft_ms: float = math.nan
+    e2e_ms: float = math.nan
+    prompt_tokens: int
+    output_tokens: int
+    tokens_received: int = 0
+    llm_sent_s: float = 0
+    llm_end_s: float = 0
+    lag_ms: float = 0
+    server_prompt_ms: float = math.nan
+    server_decode_ms_per_token: float = math.nan
+    ok: bool = False
+    error: str = ""
+
+
+#: The columns of a load's records, one per :class:`RequestRow` field.
+COLUMNS = tuple(f.name for f in fields(RequestRow))
 
 #: How long one search may take, whole answer, before it counts as failed.
 SEARCH_TIMEOUT_S = 10.0
@@ -210,6 +220,23 @@ def _complete(
     usage: dict | None,
 ) -> tuple[float | None, float, int, dict]:
     where = f"llm endpoint {conn.url}: POST /v1/completions"
+    r = _post_completion(conn, model, prompt_ids, max_tokens)
+    got = _read_stream(r, where, max_tokens, token_times, usage)
+    for _ in range(16):  # the rest of the stream (the closing chunk), bounded
+        if not r.read(MAX_LINE_BYTES):
+            break
+    else:
+        raise TargetError(f"{where}: more than {16 * MAX_LINE_BYTES:,} bytes after the last token")
+    conn.finish("POST /v1/completions")
+    end = time.perf_counter()
+    n = int(got.usage_tokens) if got.usage_tokens is not None else got.chunks
+    return got.first, end, n, got.timings
+
+
+def _post_completion(
+    conn: DeadlineConnection, model: str, prompt_ids: list[int], max_tokens: int
+) -> http.client.HTTPResponse:
+    """Send the streamed completion request; its response, once it answered HTTP 200."""
     body = {
         "model": model,
         "prompt": prompt_ids,
@@ -230,11 +257,39 @@ def _complete(
     if r.status != 200:
         what = "POST /v1/completions"
         raise EndpointError(f"{conn.endpoint(what)}: {what} answered HTTP {r.status}: {r.read(200)[:100]!r}")
+    return r
+
+
+@dataclass
+class _Streamed:
+    """What a completion's stream has told so far: the first token's time, the tokens counted,
+    the server's own count (``usage``) and its ``timings``."""
+
     first: float | None = None
-    chunks = 0
-    timings: dict = {}
-    usage_tokens = None
-    for _ in range(16 * max_tokens + 64):  # bounded: one line per chunk plus blanks
+    chunks: int = 0
+    usage_tokens: float | None = None
+    timings: dict = field(default_factory=dict)
+
+    def take_tokens(self, d: dict, token_times: list[float] | None) -> None:
+        """Count and time the tokens of one chunk."""
+        for ch in d.get("choices") or []:
+            # a token: text, or none yet (vLLM streams a token that ends inside a UTF-8 character
+            # as ""); llama-server's closing chunk (text "", finish_reason set) carries none
+            if "text" in ch and (ch["text"] or ch.get("finish_reason") is None):
+                self.chunks += 1
+                now = time.perf_counter()
+                if self.first is None:
+                    self.first = now
+                if token_times is not None:
+                    token_times.append(now)
+
+
+def _read_stream(
+    r: http.client.HTTPResponse, where: str, max_tokens: int, token_times: list[float] | None, usage: dict | None
+) -> _Streamed:
+    """Read the server-sent events up to ``[DONE]`` (or the end), bounded: one line per chunk plus blanks."""
+    got = _Streamed()
+    for _ in range(16 * max_tokens + 64):
         line = r.readline(MAX_LINE_BYTES + 1)
         if not line:
             break
@@ -247,19 +302,10 @@ def _complete(
         if payload == b"[DONE]":
             break
         d = _chunk(payload, where)
-        for ch in d.get("choices") or []:
-            # a token: text, or none yet (vLLM streams a token that ends inside a UTF-8 character
-            # as ""); llama-server's closing chunk (text "", finish_reason set) carries none
-            if "text" in ch and (ch["text"] or ch.get("finish_reason") is None):
-                chunks += 1
-                now = time.perf_counter()
-                if first is None:
-                    first = now
-                if token_times is not None:
-                    token_times.append(now)
+        got.take_tokens(d, token_times)
         if d.get("usage"):
-            usage_tokens = finite_number(
-                d["usage"].get("completion_tokens", chunks),
+            got.usage_tokens = finite_number(
+                d["usage"].get("completion_tokens", got.chunks),
                 f"{where}: usage.completion_tokens",
                 integer=True,
                 most=max_tokens,
@@ -267,16 +313,8 @@ def _complete(
             if usage is not None:
                 usage.update(d["usage"])
         if d.get("timings"):
-            timings = d["timings"]
-    for _ in range(16):  # the rest of the stream (the closing chunk), bounded
-        if not r.read(MAX_LINE_BYTES):
-            break
-    else:
-        raise TargetError(f"{where}: more than {16 * MAX_LINE_BYTES:,} bytes after the last token")
-    conn.finish("POST /v1/completions")
-    end = time.perf_counter()
-    got = int(usage_tokens) if usage_tokens is not None else chunks
-    return first, end, got, timings
+            got.timings = d["timings"]
+    return got
 
 
 #: The numbers of llama-server's streamed ``timings`` that verify reads.
@@ -363,82 +401,77 @@ class _User(threading.Thread):
             prompt, output = self.tokens()
             key = self.keys()
             row = self.request(ret, key, prompt, output, now)
-            row["lag_ms"] = lag_ms
+            row.lag_ms = lag_ms
             self.rows.append(row)
-            if isinstance(row["error"], str) and any(w in row["error"] for w in TIMED_OUT):
+            if any(w in row.error for w in TIMED_OUT):
                 break
-            if row["error"] and ret is not None:  # reconnect after a failure
+            if row.error and ret is not None:  # reconnect after a failure
                 ret.close()
                 ret = connection(self.target.retrieval.url, SEARCH_TIMEOUT_S)
         if ret is not None:
             ret.close()
 
-    def request(self, ret, key, prompt, output, t_start) -> dict:
-        row: dict[str, Any] = {c: 0 for c in COLUMNS}
-        row.update(
-            user=self.uid,
-            t_start_s=t_start - self.t0,
-            key=key,
-            prompt_tokens=prompt,
-            output_tokens=output,
-            ok=False,
-            error="",
-        )
-        row.update(
-            ttft_ms=np.nan,
-            e2e_ms=np.nan,
-            retrieval_ms=0.0,
-            cache_hit=False,
-            server_prompt_ms=np.nan,
-            server_decode_ms_per_token=np.nan,
+    def request(self, ret, key, prompt, output, t_start) -> RequestRow:
+        row = RequestRow(
+            user=self.uid, t_start_s=t_start - self.t0, key=key, prompt_tokens=prompt, output_tokens=output
         )
         try:
-            hit = False
-            if self.cache is not None:
-                with self.lock:
-                    hit = self.cache.lookup(key)
-            t1 = time.perf_counter()
-            row["cache_ms"] = (t1 - t_start) * 1e3
-            row["cache_hit"] = hit
-            if ret is not None and not hit:
-                search(ret, key, self.top_k)
-                t2 = time.perf_counter()
-                row["retrieval_ms"] = (t2 - t1) * 1e3
-                if self.cache is not None:
-                    with self.lock:
-                        self.cache.insert(key)
-            t3 = time.perf_counter()
-            row["llm_sent_s"] = t3 - self.t0
+            t3 = self._retrieve(row, ret, key, t_start)
+            row.llm_sent_s = t3 - self.t0
             if not self.scn.llm.enabled:  # retrieval only: the answer is the search result
-                row["llm_end_s"] = row["llm_sent_s"]
-                row["e2e_ms"] = (t3 - t_start) * 1e3
-                row["ok"] = True
+                row.llm_end_s = row.llm_sent_s
+                row.e2e_ms = (t3 - t_start) * 1e3
+                row.ok = True
                 return row
-            llm = self.target.llm_endpoint()
-            first, end, got, timings = complete(
-                llm.url,
-                llm.model,
-                prompt_ids(self.ids, prompt - self.bos),
-                output,
-                max(5.0, self.hard_end - time.perf_counter()),
-            )
-            row["llm_end_s"] = end - self.t0
-            row["tokens_received"] = got
-            # The server's own account (llama-server `timings`): diagnosis only, never fed to the prediction.
-            row["server_prompt_ms"] = float(timings.get("prompt_ms", np.nan))
-            row["server_decode_ms_per_token"] = float(timings.get("predicted_per_token_ms", np.nan))
-            row["ttft_ms"] = ((first if first is not None else end) - t_start) * 1e3
-            row["e2e_ms"] = (end - t_start) * 1e3
-            if got != output:
-                row["error"] = f"asked {output} tokens, got {got}"
-            else:
-                row["ok"] = True
+            self._ask_llm(row, prompt, output, t_start)
         except (OSError, RuntimeError, http.client.HTTPException, ValueError) as e:
-            row["error"] = f"{type(e).__name__}: {e}"[:200]
+            row.error = f"{type(e).__name__}: {e}"[:200]
         except TargetError as e:  # garbage from the target: no verdict from this load
-            row["error"] = f"{type(e).__name__}: {e}"[:200]
+            row.error = f"{type(e).__name__}: {e}"[:200]
             self.bad.append(e)
         return row
+
+    def _retrieve(self, row: RequestRow, ret: DeadlineConnection | None, key: int, t_start: float) -> float:
+        """Look ``key`` up in the answer cache and on a miss search for it (then cache it); the
+        time the LLM request goes out."""
+        hit = False
+        if self.cache is not None:
+            with self.lock:
+                hit = self.cache.lookup(key)
+        t1 = time.perf_counter()
+        row.cache_ms = (t1 - t_start) * 1e3
+        row.cache_hit = hit
+        if ret is not None and not hit:
+            search(ret, key, self.top_k)
+            t2 = time.perf_counter()
+            row.retrieval_ms = (t2 - t1) * 1e3
+            if self.cache is not None:
+                with self.lock:
+                    self.cache.insert(key)
+        return time.perf_counter()
+
+    def _ask_llm(self, row: RequestRow, prompt: int, output: int, t_start: float) -> None:
+        """Stream the completion: its first token and end times, the tokens received and the
+        server's own timings; ok when every token asked for came."""
+        llm = self.target.llm_endpoint()
+        first, end, got, timings = complete(
+            llm.url,
+            llm.model,
+            prompt_ids(self.ids, prompt - self.bos),
+            output,
+            max(5.0, self.hard_end - time.perf_counter()),
+        )
+        row.llm_end_s = end - self.t0
+        row.tokens_received = got
+        # The server's own account (llama-server `timings`): diagnosis only, never fed to the prediction.
+        row.server_prompt_ms = float(timings.get("prompt_ms", np.nan))
+        row.server_decode_ms_per_token = float(timings.get("predicted_per_token_ms", np.nan))
+        row.ttft_ms = ((first if first is not None else end) - t_start) * 1e3
+        row.e2e_ms = (end - t_start) * 1e3
+        if got != output:
+            row.error = f"asked {output} tokens, got {got}"
+        else:
+            row.ok = True
 
 
 def run_load(scn: Scenario, target: Target, users: int, duration_s: float, drain_s: float, bos_tokens: int) -> LiveRun:
@@ -446,7 +479,7 @@ def run_load(scn: Scenario, target: Target, users: int, duration_s: float, drain
     pop = Popularity(scn.workload.queries)
     cache = LRUCache(scn.cache.capacity) if scn.cache.enabled else None
     lock = threading.Lock()
-    rows: list[dict] = []
+    rows: list[RequestRow] = []
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     threads = [_User(u, scn, target, pop, cache, lock, t0, duration_s, drain_s, bos_tokens, rows) for u in range(users)]
@@ -460,9 +493,9 @@ def run_load(scn: Scenario, target: Target, users: int, duration_s: float, drain
     bad = [e for t in threads for e in t.bad]
     if bad:
         raise bad[0]
-    failures = [r["error"] for r in rows if r["error"]]
+    failures = [r.error for r in rows if r.error]
     if stuck:
         failures += [f"{stuck} user(s) still waiting after the {drain_s:.0f} s drain"] * stuck
-    rows.sort(key=lambda r: r["t_start_s"])
-    rec = {c: np.asarray([r[c] for r in rows]) for c in COLUMNS}
+    rows.sort(key=lambda r: r.t_start_s)
+    rec = {c: np.asarray([getattr(r, c) for r in rows]) for c in COLUMNS}
     return LiveRun(users, duration_s, rec, wall, cpu, failures)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from sim.verify.loadgen import (
     server_ms,
 )
 from sim.verify.server_clock import bracket, learn_clock, own_timings, server_clock
-from sim.verify.wire import EndpointError, TargetError
+from sim.verify.wire import DeadlineConnection, EndpointError, TargetError
 
 
 def _probe_completion(llm: LLMTarget, ids: list[int], max_tokens: int, timeout_s: float) -> tuple[float, dict]:
@@ -63,7 +64,36 @@ def _probe_completion(llm: LLMTarget, ids: list[int], max_tokens: int, timeout_s
     return (first - t0) * 1e3, tim
 
 
-def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: float = 60.0) -> dict:
+class SpeedTry(TypedDict):
+    """One request of a speed probe: its prompt (as the server counted it) and the server's own times."""
+
+    prompt_tokens: int
+    prompt_ms: float
+    decode_ms_per_token: float
+
+
+class LLMSpeed(TypedDict):
+    """:func:`probe_llm_speed`: the medians of the server's own prompt time and ms per decoded
+    token over requests alone, and every request's (``tries``)."""
+
+    prompt_tokens: int
+    prompt_ms: float
+    decode_ms_per_token: float
+    output_tokens: int
+    tries: list[SpeedTry]
+
+
+class LLMProbe(TypedDict):
+    """:func:`probe_llm`: the BOS tokens the server adds, the HTTP + SSE overhead (ms), which
+    clock the server's times came from, and its speed alone (``server_alone``)."""
+
+    bos_tokens: int
+    overhead_ms: float
+    server_clock: NotRequired[str | None]
+    server_alone: LLMSpeed | None
+
+
+def probe_llm(target: Target, n: int = 5, prompt_tokens: int = 32, timeout_s: float = 60.0) -> LLMProbe:
     """Isolated, one at a time: the BOS the server adds to a token prompt, and the HTTP + SSE
     overhead (client first token minus the server's own prompt time; 0 from a server that
     reports no time of its own: the client-timed prefill steps then hold it).  ``server_clock``
@@ -101,7 +131,7 @@ def probe_llm_speed(
     output_tokens: int = 24,
     timeout_s: float = 60.0,
     pause_s: float = 0.0,
-) -> dict:
+) -> LLMSpeed:
     """The server's own speed right now, isolated: ``n`` requests one at a time, each a
     ``prompt_tokens`` prompt and ``output_tokens`` decoded alone, each after ``pause_s`` of idle;
     the medians of the server's own ``prompt_ms`` and ms per decoded token (~0.5 s a request for
@@ -301,7 +331,6 @@ def probe_pairs(
     timeout_s = timeout_s or SEARCH_TIMEOUT_S
     r = target.retrieval
     assert r is not None
-    errors: list[str] = []
     conns = [connection(r.url, timeout_s) for _ in range(2)]
     try:
         for i, c in enumerate(conns):
@@ -313,40 +342,49 @@ def probe_pairs(
     for off in offsets_ms:
         rows = []
         for p in range(n):
-            sent = [0.0, 0.0]
-            lat = [0.0, 0.0]
-            gate = threading.Barrier(2)
-
-            def one(i: int, p: int = p, off: float = off, sent: list = sent, lat: list = lat, gate=gate) -> None:
-                try:
-                    gate.wait(timeout_s)
-                    if i:
-                        time.sleep(off / 1e3)
-                    sent[i] = time.perf_counter()
-                    search(conns[i], 500 * i + p % 500, k)
-                    lat[i] = (time.perf_counter() - sent[i]) * 1e3
-                except (OSError, RuntimeError, http.client.HTTPException, threading.BrokenBarrierError) as e:
-                    errors.append(f"{type(e).__name__}: {e}")
-                except TargetError as e:
-                    errors.append(str(e))
-
             time.sleep(pause_s)
-            threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout_s)
-            if errors or any(t.is_alive() for t in threads) or min(lat) <= 0:
-                why = errors[0] if errors else "timed out"
-                raise CapsimError(f"retrieval endpoint {r.url}: a pair of searches did not finish: {why}")
-            a, b = (0, 1) if sent[0] <= sent[1] else (1, 0)
-            rows.append(((sent[b] - sent[a]) * 1e3, lat[a], lat[b]))
+            rows.append(_one_pair(conns, r.url, k, p, off, timeout_s))
         x = np.asarray(rows)
         med = np.median(x, axis=0)
         out.append(dict(offset_ms=float(off), apart_ms=float(med[0]), first_ms=float(med[1]), second_ms=float(med[2])))
     for c in conns:
         c.close()
     return out
+
+
+def _one_pair(
+    conns: list[DeadlineConnection], url: str, k: int, p: int, off: float, timeout_s: float
+) -> tuple[float, float, float]:
+    """Pair ``p``: two searches released together, the second ``off`` ms late; how far apart they
+    left and the latency of the one sent first and the one sent second, ms."""
+    errors: list[str] = []
+    sent = [0.0, 0.0]
+    lat = [0.0, 0.0]
+    gate = threading.Barrier(2)
+
+    def one(i: int) -> None:
+        try:
+            gate.wait(timeout_s)
+            if i:
+                time.sleep(off / 1e3)
+            sent[i] = time.perf_counter()
+            search(conns[i], 500 * i + p % 500, k)
+            lat[i] = (time.perf_counter() - sent[i]) * 1e3
+        except (OSError, RuntimeError, http.client.HTTPException, threading.BrokenBarrierError) as e:
+            errors.append(f"{type(e).__name__}: {e}")
+        except TargetError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    if errors or any(t.is_alive() for t in threads) or min(lat) <= 0:
+        why = errors[0] if errors else "timed out"
+        raise CapsimError(f"retrieval endpoint {url}: a pair of searches did not finish: {why}")
+    a, b = (0, 1) if sent[0] <= sent[1] else (1, 0)
+    return (sent[b] - sent[a]) * 1e3, lat[a], lat[b]
 
 
 def probe_contention(
@@ -464,7 +502,7 @@ def loop_cpu_ms(cpu_ms: Sequence[float | None], search_ms: Sequence[float | None
     return float(np.median(steps) - np.median(np.asarray(search_ms, dtype=float)))
 
 
-def server_vs_table(path: str, alone: dict) -> dict[str, float]:
+def server_vs_table(path: str, alone: Mapping[str, Any]) -> dict[str, float]:
     """The server's own times for one request alone over what the table says for the same work."""
     t = load_table(path)
     n = alone["prompt_tokens"]

@@ -64,6 +64,7 @@ from sim.verify.loadgen import (
 )
 from sim.verify.pairs import pair_check
 from sim.verify.probes import (
+    LLMProbe,
     loop_cpu_ms,
     probe_contention,
     probe_llm,
@@ -166,7 +167,7 @@ class VerifyRun:
         self.workers = target.retrieval.workers if target.retrieval else 1
         self.table: str | None = None
         self.before: RetrievalProbe | None = None
-        self.llm_probe: dict[str, Any] = {"overhead_ms": 0.0, "bos_tokens": 0, "server_alone": None}
+        self.llm_probe: LLMProbe = {"overhead_ms": 0.0, "bos_tokens": 0, "server_alone": None}
         self.calib: dict[str, Any] = {}
         self.probe_tokens = (1, 1)
 
@@ -197,13 +198,14 @@ class VerifyRun:
             )
             self.llm_probe = probe_llm(target)
         probe, table = self.llm_probe, self.table
+        alone = probe["server_alone"]  # measured by probe_llm whenever there is a table (the LLM is on)
         self.calib = {
             "llm_overhead_ms": probe["overhead_ms"] if self.llm_on else None,
             "llm_server_clock": probe["server_clock"] if self.llm_on else None,
             "llm_bos_tokens": probe["bos_tokens"] if self.llm_on else None,
             "step_table": table if plan.profile is None else "profiled alone before every load (--profile-llm)",
             "step_tables": {},
-            "server_alone_vs_table": server_vs_table(table, probe["server_alone"]) if table else None,
+            "server_alone_vs_table": server_vs_table(table, alone) if table and alone is not None else None,
             "retrieval": {},
             "llm_speed": {},
         }

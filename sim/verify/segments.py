@@ -28,6 +28,7 @@ from sim.verify.loadgen import (
 from sim.verify.measured import finite_interval, live_values, measured_stats, window_rates
 from sim.verify.probes import (
     PROBE_PAUSE_S,
+    LLMProbe,
     probe_llm_speed,
     probe_retrieval,
     server_vs_table,
@@ -101,28 +102,11 @@ def compare_segments(
     live = merged_live(parts, warmup_s)
     meas = measured_stats(live, 0.0, workers, rates=segment_rates(parts, warmup_s, workers))
     runs = [simulate(scn, {**ov, "run.records": True}, jobs=1).points[0] for ov in ovs]  # per-request pooling
-    reps = min(len(pt.replications) for pt in runs)
     metric_names = compared_metrics(scn)
-    pooled: dict[str, list[np.ndarray]] = {m: [] for m in metric_names}
-    done, spans = [], []
-    first: list[dict[str, np.ndarray]] = []  # replication 0 of each segment, windowed: its own prediction
-    for r in range(reps):
-        recs = []
-        for pt in runs:
-            rep = pt.replications[r]
-            lo, hi = rep.window_s
-            a = rep.records["arrival_s"]
-            recs.append({k: v[(a >= lo) & (a < hi)] for k, v in rep.records.items()})
-            end = a + rep.records["e2e_ms"] / 1e3
-            done.append((r, int(((end >= lo) & (end < hi)).sum())))
-            if r == 0:
-                spans.append(hi - lo)
-        for m in metric_names:
-            pooled[m].append(np.concatenate([metric_values(x, m) for x in recs]))
-        if r == 0:
-            first = recs
-    window = float(sum(spans))
-    thr = [sum(c for rr, c in done if rr == r) / window for r in range(reps)]
+    pool = _pool(runs, metric_names)
+    reps = len(pool.done_by_rep)
+    window = float(sum(pool.spans))
+    thr = [sum(by_seg) / window for by_seg in pool.done_by_rep]
     bounds = BOUNDS if scn.llm.enabled else RETRIEVAL_BOUNDS
     live_each = [live_values(p, warmup_s, p.duration_s) for p in parts]
     rows = []
@@ -131,12 +115,12 @@ def compare_segments(
             continue
         for st in STATS:
             q = float(st[1:])
-            per = [float(np.percentile(v, q)) if len(v) else float("nan") for v in pooled[m]]
+            per = [float(np.percentile(v, q)) if len(v) else float("nan") for v in pool.pooled[m]]
             ci = list(t_interval(per)) if reps >= 2 and all(math.isfinite(x) for x in per) else None
-            errs = segment_errors([metric_values(x, m) for x in first], [v[m] for v in live_each], q)
+            errs = segment_errors([metric_values(x, m) for x in pool.first], [v[m] for v in live_each], q)
             pred_m = per[0] if math.isfinite(per[0]) else None
             rows.append(compared_row(m, st, meas[m][st], pred_m, ci, bounds, meas["ci"][m][st], errs))
-    thr_each = [c / s for (rr, c), s in zip(done[: len(runs)], spans)]
+    thr_each = [c / s for c, s in zip(pool.done_by_rep[0], pool.spans)]
     thr_live = [window_rates(p, warmup_s, p.duration_s, workers)["throughput_per_s"] for p in parts]
     rows.append(
         compared_row(
@@ -154,10 +138,46 @@ def compare_segments(
     pred = {
         "throughput_per_s": thr[0],
         "utilization": {k: float(np.mean([u[k] for u in util])) for k in util[0]},
-        "n": len(pooled["e2e_ms"][0]),
+        "n": len(pool.pooled["e2e_ms"][0]),
         "segments": len(parts),
     }
     return load_comparison(live, rows, meas, pred)
+
+
+@dataclass
+class _Pool:
+    """The segments' simulated windows, pooled per replication: each metric's values (one array a
+    replication), replication 0's windowed records per segment (each segment's own prediction),
+    the requests that finished inside each window (per replication, per segment) and the
+    windows' lengths (s)."""
+
+    pooled: dict[str, list[np.ndarray]]
+    first: list[dict[str, np.ndarray]]
+    done_by_rep: list[list[int]]
+    spans: list[float]
+
+
+def _pool(runs: Sequence[Any], metric_names: Sequence[str]) -> _Pool:
+    """Pool the simulated segments' windows, replication by replication (as many as every segment has)."""
+    reps = min(len(pt.replications) for pt in runs)
+    pool = _Pool({m: [] for m in metric_names}, [], [], [])
+    for r in range(reps):
+        recs, done = [], []
+        for pt in runs:
+            rep = pt.replications[r]
+            lo, hi = rep.window_s
+            a = rep.records["arrival_s"]
+            recs.append({k: v[(a >= lo) & (a < hi)] for k, v in rep.records.items()})
+            end = a + rep.records["e2e_ms"] / 1e3
+            done.append(int(((end >= lo) & (end < hi)).sum()))
+            if r == 0:
+                pool.spans.append(hi - lo)
+        for m in metric_names:
+            pool.pooled[m].append(np.concatenate([metric_values(x, m) for x in recs]))
+        pool.done_by_rep.append(done)
+        if r == 0:
+            pool.first = recs
+    return pool
 
 
 def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> list[float]:
@@ -187,7 +207,7 @@ class SegmentPlan:
     times: tuple[float, float, float]  # duration_s, warmup_s, drain_s of the whole load
     replications: int
     segments: int
-    llm_probe: dict[str, Any]  # probe_llm's: overhead_ms, bos_tokens
+    llm_probe: LLMProbe  # probe_llm's: overhead_ms, bos_tokens
     table: str | None  # the load's step table (LLM on)
     relative_decode: bool  # the table was profiled right before the load: it sets the decode level
     probe_tokens: tuple[int, int]  # prompt and output tokens of each speed probe (the scenario's means)
@@ -246,6 +266,79 @@ def segment_factors(speeds: Sequence[np.ndarray | None], relative_decode: bool) 
     return [(float(a), float(b)) for a, b in mid]
 
 
+def _play_parts(
+    scn: Scenario, target: Target, plan: SegmentPlan, before: RetrievalProbe | None, seeds: list[int]
+) -> tuple[list[LiveRun], list[np.ndarray | None], list[np.ndarray | None]]:
+    """Play the live segments, one a seed, with 150 searches alone and an LLM speed probe between
+    two (and the speed probed before the first and after the last): the segments, the searches
+    alone on each side (the last side still to come) and the speeds."""
+    duration_s, _warmup_s, drain_s = plan.times
+    retrieves = scn.retrieval.enabled and target.retrieval is not None
+    parts: list[LiveRun] = []
+    sides: list[np.ndarray | None] = [before.alone_ms if before is not None else None]
+    speeds = [_speed(plan.table, target, plan.probe_tokens)]
+    for j, seed in enumerate(seeds):
+        scn_j = scn.model_copy(update={"run": scn.run.model_copy(update={"seed": seed})})
+        parts.append(
+            run_load(scn_j, target, plan.users, duration_s / plan.segments, drain_s, plan.llm_probe["bos_tokens"])
+        )
+        if j < plan.segments - 1:
+            sides.append(probe_retrieval(target, scn.retrieval.top_k, n=150) if retrieves else None)
+            speeds.append(_speed(plan.table, target, plan.probe_tokens))
+    speeds.append(_speed(plan.table, target, plan.probe_tokens))
+    return parts, sides, speeds
+
+
+@dataclass
+class _Probed:
+    """What the probes around and between the segments say: the searches alone on each side,
+    contention, wake-up and hand-back (the full probes pooled), the scheduler they imply, and
+    each segment's step-table factors."""
+
+    sides: list[np.ndarray | None]
+    contention: tuple[float, ...]
+    wakeup_ms: list[tuple[float, float]]
+    handback_ms: list[float]
+    scheduler: dict[str, float] | None
+    factors: list[tuple[float, float]]
+
+
+def _segment_overrides(
+    scn: Scenario, target: Target, plan: SegmentPlan, seeds: list[int], probed: _Probed, tmp: Path
+) -> list[dict[str, Any]]:
+    """Each segment's prediction overrides: from the searches on its two sides, its own seed,
+    and its scaled step table (written under ``tmp``)."""
+    ovs = []
+    for j, seed in enumerate(seeds):
+        got = [x for x in (probed.sides[j], probed.sides[j + 1]) if x is not None]
+        ov = overrides_for(
+            scn,
+            target,
+            plan.users,
+            plan.times[0] / plan.segments,
+            plan.times[1] / plan.segments,
+            np.concatenate(got) if got else None,
+            plan.llm_probe["overhead_ms"],
+            replications=plan.replications,
+            contention=probed.contention,
+            wakeup_ms=probed.wakeup_ms,
+            handback_ms=probed.handback_ms,
+            scheduler=probed.scheduler,
+        )
+        ov["run.seed"] = seed
+        if plan.table is not None and probed.factors:
+            ov["llm.step_table"] = _scaled_segment_table(plan.table, tmp, plan.users, j, probed.factors[j])
+        ovs.append(ov)
+    return ovs
+
+
+def _scaled_segment_table(table: str, tmp: Path, users: int, j: int, f: tuple[float, float]) -> str:
+    """Segment ``j``'s step table: ``table`` scaled by its (prefill, decode) factors, written under ``tmp``."""
+    path = tmp / f"steps_{users}users_segment{j}.csv"
+    scaled_table(table, path, f[0], f[1], f"{table} scaled by {f[0]:.4f} (prefill), {f[1]:.4f} (decode)")
+    return str(path)
+
+
 def play_segmented(
     scn: Scenario,
     target: Target,
@@ -273,56 +366,19 @@ def play_segmented(
     :func:`segment_factors`), its ``warmup_s / segments`` cut, with its
     own seed so the segments draw different think times and keys.  Returns the pooled live
     run, the comparison and the retrieval probe after the load."""
-    duration_s, warmup_s, drain_s = plan.times
     users, segments = plan.users, plan.segments
-    k = scn.retrieval.top_k
-    retrieves = scn.retrieval.enabled and target.retrieval is not None
-    seg_s, warm = duration_s / segments, warmup_s / segments
-    parts: list[LiveRun] = []
-    sides: list[np.ndarray | None] = [before.alone_ms if before is not None else None]
-    speeds = [_speed(plan.table, target, plan.probe_tokens)]
     seeds = [scn.run.seed + SEGMENT_SEED * j for j in range(segments)]
-    for j, seed in enumerate(seeds):
-        scn_j = scn.model_copy(update={"run": scn.run.model_copy(update={"seed": seed})})
-        parts.append(run_load(scn_j, target, users, seg_s, drain_s, plan.llm_probe["bos_tokens"]))
-        if j < segments - 1:
-            sides.append(probe_retrieval(target, k, n=150) if retrieves else None)
-            speeds.append(_speed(plan.table, target, plan.probe_tokens))
-    speeds.append(_speed(plan.table, target, plan.probe_tokens))
+    parts, sides, speeds = _play_parts(scn, target, plan, before, seeds)
     after = probe_search()
     sides.append(after.alone_ms if after is not None else None)
     _r, contention, wakeup_ms, handback_ms = RetrievalProbe.pooled(before, after)
     phases = RetrievalProbe.phases(before, after)
     sched = scheduler_for(target, phases)
     factors = segment_factors(speeds, plan.relative_decode)
-    ovs = []
+    warm = plan.times[1] / segments
     with tempfile.TemporaryDirectory(prefix="capsim-verify-") as tmp:
-        for j, seed in enumerate(seeds):
-            got = [x for x in (sides[j], sides[j + 1]) if x is not None]
-            r_ms = np.concatenate(got) if got else None
-            ov = overrides_for(
-                scn,
-                target,
-                users,
-                seg_s,
-                warm,
-                r_ms,
-                plan.llm_probe["overhead_ms"],
-                replications=plan.replications,
-                contention=contention,
-                wakeup_ms=wakeup_ms,
-                handback_ms=handback_ms,
-                scheduler=sched,
-            )
-            ov["run.seed"] = seed
-            if plan.table is not None and factors:
-                f = factors[j]
-                path = Path(tmp) / f"steps_{users}users_segment{j}.csv"
-                scaled_table(
-                    plan.table, path, f[0], f[1], f"{plan.table} scaled by {f[0]:.4f} (prefill), {f[1]:.4f} (decode)"
-                )
-                ov["llm.step_table"] = str(path)
-            ovs.append(ov)
+        probed = _Probed(sides, contention, wakeup_ms, handback_ms, sched, factors)
+        ovs = _segment_overrides(scn, target, plan, seeds, probed, Path(tmp))
         workers = target.retrieval.workers if target.retrieval else 1
         cmp = compare_segments(parts, scn, ovs, warm, workers)
     alone = [x for x in sides if x is not None]

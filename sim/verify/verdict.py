@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -44,10 +44,40 @@ STATS = ("p50", "p95", "p99")
 MAX_FAILURE_FRACTION = 0.01
 
 
+class FirstPlay(TypedDict):
+    """With ``--confirm``: a row's error and verdict in the load's first play."""
+
+    rel_error: float | None
+    verdict: str | None
+
+
+class ComparedRow(TypedDict):
+    """One compared figure of a load, as ``verify.json`` holds it (:func:`compared_row`): the
+    measured and predicted values with their 95 % intervals, the relative error, its bound and
+    the verdict; for a load in segments, each segment's error and their interval; with a reason
+    (``why``) when the verdict is ``undecided`` for a reason the intervals alone do not say; with
+    ``--confirm``, the first play's error and verdict (``first``)."""
+
+    metric: str
+    stat: str
+    measured: float | None
+    predicted: float | None
+    ci: list[float | None]
+    measured_ci: list[float | None]
+    rel_error: float | None
+    inside_ci: bool | None
+    bound: float | None
+    verdict: str | None
+    segment_errors: NotRequired[list[float]]
+    error_ci: NotRequired[list[float] | None]
+    why: NotRequired[str]
+    first: NotRequired[FirstPlay | None]
+
+
 @dataclass
 class LoadComparison:
     users: int
-    rows: list[dict[str, Any]]
+    rows: list[ComparedRow]
     measured: dict[str, Any]
     predicted: dict[str, Any]
     loadgen: dict[str, float]
@@ -113,11 +143,11 @@ def confirmed(first: LoadComparison, again: LoadComparison) -> LoadComparison:
     run after); a miss of the model repeats.  Every row keeps the first play's error and verdict
     (``first``), and the first play whole is kept in ``first_attempt``."""
     before = {(r["metric"], r["stat"]): r for r in first.rows}
-    rows = []
+    rows: list[ComparedRow] = []
     for r in again.rows:
         f = before.get((r["metric"], r["stat"]))
-        a, b = (f or {}).get("verdict"), r.get("verdict")
-        row = {**r, "first": None if f is None else {"rel_error": f["rel_error"], "verdict": a}}
+        a, b = (None if f is None else f["verdict"]), r["verdict"]
+        row: ComparedRow = {**r, "first": None if f is None else {"rel_error": f["rel_error"], "verdict": a}}
         if f is not None and (a == "outside") != (b == "outside"):
             row["verdict"] = "undecided"
             row["why"] = (
@@ -148,7 +178,7 @@ def compared_row(
     bounds: dict = BOUNDS,
     measured_ci: list | None = None,
     segment_errors: Sequence[float] = (),
-) -> dict[str, Any]:
+) -> ComparedRow:
     """One compared figure; ``segment_errors``: its relative error in each segment of the load
     (:func:`error_interval`), none for a load played in one piece."""
     rel = (pred - meas) / meas if (meas not in (None, 0) and pred is not None) else None
@@ -157,7 +187,7 @@ def compared_row(
     bound = bounds.get((metric, stat))
     mlo, mhi = (measured_ci or [None, None])[:2]
     err_ci = error_interval(rel, segment_errors)
-    row = {
+    row: ComparedRow = {
         "metric": metric,
         "stat": stat,
         "measured": meas,

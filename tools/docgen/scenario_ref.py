@@ -70,14 +70,24 @@ def _type(node: dict, defs: dict) -> str:
         return _type(d, defs) if "properties" not in d else "mapping"
     for key in ("anyOf", "oneOf"):
         if key in node:
-            alts = [_type(a, defs) for a in node[key]]
-            if all(a in ("distribution", "number") for a in alts) and "distribution" in alts:
-                return "distribution"
-            out: list[str] = []
-            for a in alts:
-                if a not in out and a != "null":
-                    out.append(a)
-            return " or ".join(out) if out else "null"
+            return _either(node[key], defs)
+    return _plain_type(node, defs)
+
+
+def _either(alternatives: list[dict], defs: dict) -> str:
+    """An ``anyOf``/``oneOf``: a distribution where a number may stand for one, else the types joined by "or"."""
+    alts = [_type(a, defs) for a in alternatives]
+    if all(a in ("distribution", "number") for a in alts) and "distribution" in alts:
+        return "distribution"
+    out: list[str] = []
+    for a in alts:
+        if a not in out and a != "null":
+            out.append(a)
+    return " or ".join(out) if out else "null"
+
+
+def _plain_type(node: dict, defs: dict) -> str:
+    """A JSON Schema ``type`` as the reference names it."""
     t = node.get("type")
     if t == "array":
         items = node.get("items")

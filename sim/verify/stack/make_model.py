@@ -83,6 +83,56 @@ def param_count(a, n_vocab: int) -> dict:
     return dict(total=total, per_layer=per_layer, embd=embd, streamed_per_token=streamed)
 
 
+def _add_tensors(writer, a, n_vocab: int, head_dim: int, wdtype) -> None:
+    """The model's tensors, random normal (std ``a.std``, seed ``a.seed``) but the norms (ones)."""
+    rng = np.random.Generator(np.random.PCG64(a.seed))
+
+    def rand(*shape):
+        # numpy shape is (rows=out_features, cols=in_features); gguf stores it reversed.
+        x = rng.standard_normal(shape, dtype=np.float32)
+        x *= np.float32(a.std)
+        return x.astype(wdtype, copy=False)
+
+    def ones(n):  # norm weights: always f32 (as in converted llama models)
+        return np.ones((n,), dtype=np.float32)
+
+    kv = a.kv_heads * head_dim
+    writer.add_tensor("token_embd.weight", rand(n_vocab, a.hidden))
+    for i in range(a.layers):
+        b = f"blk.{i}."
+        writer.add_tensor(b + "attn_norm.weight", ones(a.hidden))
+        writer.add_tensor(b + "attn_q.weight", rand(a.hidden, a.hidden))
+        writer.add_tensor(b + "attn_k.weight", rand(kv, a.hidden))
+        writer.add_tensor(b + "attn_v.weight", rand(kv, a.hidden))
+        writer.add_tensor(b + "attn_output.weight", rand(a.hidden, a.hidden))
+        writer.add_tensor(b + "ffn_norm.weight", ones(a.hidden))
+        writer.add_tensor(b + "ffn_gate.weight", rand(a.ffn, a.hidden))
+        writer.add_tensor(b + "ffn_up.weight", rand(a.ffn, a.hidden))
+        writer.add_tensor(b + "ffn_down.weight", rand(a.hidden, a.ffn))
+    writer.add_tensor("output_norm.weight", ones(a.hidden))
+    writer.add_tensor("output.weight", rand(n_vocab, a.hidden))
+
+
+def _report(a, name: str, n_vocab: int, t0: float) -> None:
+    """What was written: the model's size, the file's and its SHA-256."""
+    pc = param_count(a, n_vocab)
+    bpp = 2 if a.dtype == "f16" else 4
+    h = hashlib.sha256()
+    with open(a.out, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    print(f"wrote {a.out}: {name}")
+    print(
+        f"  vocab={n_vocab} params={pc['total'] / 1e6:.1f}M "
+        f"(per layer {pc['per_layer'] / 1e6:.2f}M, embd {pc['embd'] / 1e6:.1f}M x2 untied)"
+    )
+    print(
+        f"  file={os.path.getsize(a.out) / 2**20:.1f} MiB, streamed per decoded token "
+        f"~{pc['streamed_per_token'] * bpp / 2**20:.0f} MiB ({a.dtype})"
+    )
+    print(f"  sha256={h.hexdigest()}  ({time.time() - t0:.1f} s)")
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     if a.hidden % a.heads or a.heads % a.kv_heads:
@@ -111,54 +161,13 @@ def main(argv=None) -> int:
     n_vocab = copy_tokenizer(gguf, reader, writer)
     writer.add_vocab_size(n_vocab)
 
-    rng = np.random.Generator(np.random.PCG64(a.seed))
-
-    def rand(*shape):
-        # numpy shape is (rows=out_features, cols=in_features); gguf stores it reversed.
-        x = rng.standard_normal(shape, dtype=np.float32)
-        x *= np.float32(a.std)
-        return x.astype(wdtype, copy=False)
-
-    def ones(n):  # norm weights: always f32 (as in converted llama models)
-        return np.ones((n,), dtype=np.float32)
-
-    kv = a.kv_heads * head_dim
-    writer.add_tensor("token_embd.weight", rand(n_vocab, a.hidden))
-    for i in range(a.layers):
-        b = f"blk.{i}."
-        writer.add_tensor(b + "attn_norm.weight", ones(a.hidden))
-        writer.add_tensor(b + "attn_q.weight", rand(a.hidden, a.hidden))
-        writer.add_tensor(b + "attn_k.weight", rand(kv, a.hidden))
-        writer.add_tensor(b + "attn_v.weight", rand(kv, a.hidden))
-        writer.add_tensor(b + "attn_output.weight", rand(a.hidden, a.hidden))
-        writer.add_tensor(b + "ffn_norm.weight", ones(a.hidden))
-        writer.add_tensor(b + "ffn_gate.weight", rand(a.ffn, a.hidden))
-        writer.add_tensor(b + "ffn_up.weight", rand(a.ffn, a.hidden))
-        writer.add_tensor(b + "ffn_down.weight", rand(a.hidden, a.ffn))
-    writer.add_tensor("output_norm.weight", ones(a.hidden))
-    writer.add_tensor("output.weight", rand(n_vocab, a.hidden))
-
+    _add_tensors(writer, a, n_vocab, head_dim, wdtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
 
-    pc = param_count(a, n_vocab)
-    bpp = 2 if a.dtype == "f16" else 4
-    h = hashlib.sha256()
-    with open(a.out, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    print(f"wrote {a.out}: {name}")
-    print(
-        f"  vocab={n_vocab} params={pc['total'] / 1e6:.1f}M "
-        f"(per layer {pc['per_layer'] / 1e6:.2f}M, embd {pc['embd'] / 1e6:.1f}M x2 untied)"
-    )
-    print(
-        f"  file={os.path.getsize(a.out) / 2**20:.1f} MiB, streamed per decoded token "
-        f"~{pc['streamed_per_token'] * bpp / 2**20:.0f} MiB ({a.dtype})"
-    )
-    print(f"  sha256={h.hexdigest()}  ({time.time() - t0:.1f} s)")
+    _report(a, name, n_vocab, t0)
     return 0
 
 

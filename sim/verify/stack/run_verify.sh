@@ -14,15 +14,12 @@
 # 127.0.0.1 only.  Every process started here is stopped on EXIT, INT and TERM.
 set -euo pipefail
 PY="${1:?python}"
+# shellcheck source=sim/verify/stack/common.sh
+source "$(dirname "$0")/common.sh"
 USERS="${2:-1,4,7}"
 DURATION="${3:-100}"
 RETRIEVAL_USERS="${4:-2,6,11}"
 RETRIEVAL_DURATION="${5:-60}"
-HERE="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$HERE/../../.." && pwd)"
-export CAPSIM_CACHE="${CAPSIM_CACHE:-$HOME/.cache/capsim}"
-LLM_CORES="${LLM_CORES:-1}"
-SEARCH_CORES="${SEARCH_CORES:-0}"
 LLM_PORT="${LLM_PORT:-18080}"
 SEARCH_PORT="${SEARCH_PORT:-18090}"
 WORK="${VERIFY_DIR:-$ROOT/build/verify}"
@@ -39,8 +36,6 @@ cleanup() {
     done
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 wait_health() {  # url, seconds
     for _ in $(seq 1 $(( $2 * 4 ))); do

@@ -17,19 +17,14 @@
 # (1: a check outside its bound); 1 when a server fails to start.
 set -euo pipefail
 PY="${1:?python}"
-HERE="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$HERE/../../.." && pwd)"
-export CAPSIM_CACHE="${CAPSIM_CACHE:-$HOME/.cache/capsim}"
-LLM_CORES="${LLM_CORES:-1}"
-SEARCH_CORES="${SEARCH_CORES:-0}"
+# shellcheck source=sim/verify/stack/common.sh
+source "$(dirname "$0")/common.sh"
 WORK="${WORK:-${VERIFY_DIR:-$ROOT/build/verify}}"
 VLLM_WORK="$WORK/vllm"
 cd "$ROOT"
 
 stop_server() { "$PY" -m sim.verify.stack.vllm_server stop --work "$VLLM_WORK" || true; }
 trap stop_server EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 t0=$(date +%s)
 "$PY" -m sim.verify.stack.prepare_vllm all --env-file "$VLLM_WORK/vllm.env" --times "$VLLM_WORK/setup.json"

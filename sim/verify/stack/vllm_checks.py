@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +48,11 @@ from sim.spec.scenario import load_scenario
 from sim.spec.target import load_target
 from sim.verify.server_clock import parse_metrics
 from sim.verify.wire import EndpointError, connection
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from sim.spec.schema import Scenario
 
 SAMPLE_PERIOD_S = 0.2
 #: The /metrics samples read, each summed over its label sets.
@@ -150,6 +155,34 @@ def row(name: str, measured: float | None, predicted: float | None) -> dict[str,
     }
 
 
+def _pct(v: Any, q: float) -> float | None:
+    """The ``q``-th percentile of ``v``; None when it is empty."""
+    v = np.asarray(v, dtype=float)
+    return float(np.percentile(v, q)) if len(v) else None
+
+
+def _simulated(
+    scn: Scenario, steps: tuple[Path, float], users: int, duration_s: float, warmup_s: float
+) -> pd.DataFrame:
+    """The load simulated once (``steps``: the step table and the HTTP overhead), its per-request
+    records: occupancy and TPOT per request."""
+    from sim.run.sweep import simulate  # deferred: the executor, for the simulated side only
+
+    table, overhead_ms = steps
+    ov: dict[str, Any] = {
+        "workload.users": users,
+        "run.duration_s": duration_s,
+        "run.warmup_s": warmup_s,
+        "run.replications": 1,
+        "run.target_precision": None,
+        "cache.lookup_ms": {"dist": "constant", "value": max(0.0, overhead_ms)},
+        "llm.replicas": 1,
+        "llm.step_table": str(table),
+    }
+    rec = simulate(scn, ov, jobs=1, keep_records=True).points[0].records
+    return rec[rec["replication"] == 0]
+
+
 def run_check(
     scenario: Path,
     target_path: Path,
@@ -161,7 +194,6 @@ def run_check(
 ) -> dict[str, Any]:
     """Play the load with the sampler running, simulate it, and compare (:data:`BOUNDS`).
     ``verify``: :func:`from_verify`'s step table, HTTP overhead and BOS tokens."""
-    from sim.run.sweep import simulate  # deferred: the executor, for the simulated side only
     from sim.verify.loadgen import run_load  # deferred: the live side
 
     table, overhead_ms, bos = verify
@@ -184,27 +216,11 @@ def run_check(
     tpot = ((r["e2e_ms"] - r["ttft_ms"]) / np.maximum(out - 1, 1))[inside & (out > 1)].astype(float)
     long_prompt = inside & (r["prompt_tokens"] > scn.llm.max_batched_tokens)
 
-    ov: dict[str, Any] = {
-        "workload.users": users,
-        "run.duration_s": duration_s,
-        "run.warmup_s": warmup_s,
-        "run.replications": 1,
-        "run.target_precision": None,
-        "cache.lookup_ms": {"dist": "constant", "value": max(0.0, overhead_ms)},
-        "llm.replicas": 1,
-        "llm.step_table": str(table),
-    }
-    point = simulate(scn, ov, jobs=1, keep_records=True).points[0]  # occupancy and TPOT per request
-    rec = point.records
-    rec = rec[rec["replication"] == 0]
+    rec = _simulated(scn, (table, overhead_ms), users, duration_s, warmup_s)
     sim_in = (rec["arrival_s"] >= lo) & (rec["arrival_s"] < hi)
     sim_tpot: Any = (rec["decode_ms"] / np.maximum(rec["output_tokens"] - 1, 1))[sim_in & (rec["output_tokens"] > 1)]
     sim_long = sim_in & (rec["prompt_tokens"] > scn.llm.max_batched_tokens)
     occ = simulated_occupancy(rec, lo, hi)
-
-    def pct(v: Any, q: float) -> float | None:
-        v = np.asarray(v, dtype=float)
-        return float(np.percentile(v, q)) if len(v) else None
 
     n_live = int(ok.sum())
     preempted = after.get("preemptions", 0.0) - before.get("preemptions", 0.0)
@@ -216,12 +232,12 @@ def run_check(
             preempted / n_live if n_live else None,
             float(rec["preemptions"].clip(lower=0).sum() / len(rec)) if len(rec) else None,
         ),
-        row("tpot_ms p50", pct(tpot, 50), pct(sim_tpot, 50)),
-        row("tpot_ms p95", pct(tpot, 95), pct(sim_tpot, 95)),
+        row("tpot_ms p50", _pct(tpot, 50), _pct(sim_tpot, 50)),
+        row("tpot_ms p95", _pct(tpot, 95), _pct(sim_tpot, 95)),
         row(
             "ttft_ms p50, prompts over the budget",
-            pct(r["ttft_ms"][long_prompt], 50),
-            pct(rec["ttft_ms"][sim_long], 50),
+            _pct(r["ttft_ms"][long_prompt], 50),
+            _pct(rec["ttft_ms"][sim_long], 50),
         ),
     ]
     return {
