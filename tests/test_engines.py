@@ -80,3 +80,24 @@ def test_allreduce_latency_is_the_median_of_the_engines_own_kernel_timed_alone()
     assert engines.allreduce_latency_us("sglang") == pytest.approx(3.47, abs=0.005)
     assert engines.preset("vllm")["allreduce_latency_us"] == engines.allreduce_latency_us("vllm")
     assert "allreduce_latency_us" not in engines.preset("vllm", with_step_cost=False)
+
+
+def test_trtllm_memory_fraction_is_of_the_memory_left_free():
+    """TensorRT-LLM's free_gpu_memory_fraction: the KV pool is the fraction of what the weights and
+    the reserve leave, where vLLM's gpu_memory_utilization is a fraction of the whole card."""
+    from sim.physics import gpu as gm
+    from sim.spec.schema import LLMConfig
+
+    v = LLMConfig(model="llama-3-8b", gpu="h100-sxm", engine="vllm", gpu_memory_utilization=0.8)
+    t = LLMConfig(model="llama-3-8b", gpu="h100-sxm", engine="trtllm", gpu_memory_utilization=0.8)
+    for c in (v, t):
+        w = c.weights_bytes / c.tensor_parallel
+        whole = c.memory_exposed_bytes * 0.8 - w - c.reserve_bytes
+        free = 0.8 * (c.memory_exposed_bytes - w - c.reserve_bytes)
+        assert c.kv_budget_bytes == pytest.approx(free if c.engine == "trtllm" else whole, rel=1e-12)
+    assert gm.kv_pool_bytes_of_free(100.0, 0.5, 40.0, 10.0) == 25.0
+    # the key says it outright, whatever the engine
+    assert LLMConfig(model="llama-3-8b", gpu="h100-sxm", memory_fraction_of="free").fraction_of_free
+    assert not LLMConfig(
+        model="llama-3-8b", gpu="h100-sxm", engine="trtllm", memory_fraction_of="card"
+    ).fraction_of_free

@@ -217,6 +217,8 @@ def test_kv_pool_by_hand():
     assert gm.kv_pool_bytes(79.19 * gib, 0.9, 14.96 * gib, 1.2 * gib) == pytest.approx(55.111 * gib)
     # vLLM's own sum for Llama-3.1-8B at tp 2 (llm-d-planner's v0.19.0 terms): 75.23 - 7.51 - 1.89 - 2.07
     assert gm.kv_pool_bytes(79.19 * gib, 0.95, 7.51 * gib, 3.96 * gib) / gib == pytest.approx(63.7605)
+    # TensorRT-LLM's fraction is of what the weights and the reserve leave: 0.9 * (79.19 - 14.96 - 1.2)
+    assert gm.kv_pool_bytes_of_free(79.19 * gib, 0.9, 14.96 * gib, 1.2 * gib) / gib == pytest.approx(56.727)
 
 
 def test_the_schema_llm_config_is_a_replica_config():

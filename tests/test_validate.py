@@ -98,6 +98,8 @@ def test_scenario_is_the_aiperf_concurrency_mode():
                 "chunked_prefill": False,
                 "prefill_steps": "mixed",
                 "kv_block_tokens": 32,
+                "gpu_memory_utilization": 0.8,
+                "memory_fraction_of": "free",
             },
         ),
         # SGLang: max_prefill_tokens = isl + 1500 = 5,596 (under its 8,192 chunk) beside the decodes
@@ -223,3 +225,10 @@ def test_bad_frontend_time_and_replay_start_are_one_line_errors(tmp_path) -> Non
     assert res.exit_code == 2
     assert res.stderr.strip() == "error: --start: expected together, spread or burst, got 'sideways'"
     assert not (tmp_path / "v").exists()
+
+
+def test_rows_csv_quotes_a_refusal_that_holds_commas():
+    rec = {c: "" for c in V.ROW_COLUMNS}
+    rec.update(id="r1", capsim_error="weights do not fit; raise llm.tensor_parallel, use a bigger GPU", capsim_tpot_ms=1.5)
+    back = list(csv.DictReader(V.rows_csv([rec]).splitlines()))
+    assert len(back) == 1 and back[0]["capsim_error"] == rec["capsim_error"] and back[0]["capsim_tpot_ms"] == "1.5000"

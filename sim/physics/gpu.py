@@ -236,6 +236,17 @@ def kv_pool_bytes(
     return exposed_bytes * gpu_memory_utilization - weights_bytes_per_gpu - reserve_bytes
 
 
+def kv_pool_bytes_of_free(
+    exposed_bytes: float, free_fraction: float, weights_bytes_per_gpu: float, reserve_bytes: float
+) -> float:
+    """KV pool of one GPU when the fraction applies to the memory left free after the weights
+    and the engine's reserve, as TensorRT-LLM's ``free_gpu_memory_fraction`` does ("90% of free
+    GPU memory", https://nvidia.github.io/TensorRT-LLM/examples/kvcacheconfig.html):
+    ``free_fraction * (exposed - weights_per_gpu - reserve)``.  A card exposing 178.35 GiB with
+    156.24 GiB of weights and a 3.49 GiB reserve, at 0.9: 0.9 * 18.62 = 16.758 GiB."""
+    return free_fraction * (exposed_bytes - weights_bytes_per_gpu - reserve_bytes)
+
+
 def blocks_for_tokens(tokens: int, block_tokens: int) -> int:
     """Blocks that hold ``tokens`` tokens: ``ceil(tokens / block_tokens)``."""
     return -(-tokens // block_tokens) if tokens > 0 else 0

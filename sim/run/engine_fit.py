@@ -238,7 +238,7 @@ def fit_engine(
     for g in groups:
         train = [r for r in sub if group(r) != g]
         test = [r for r in rows if group(r) == g]
-        th = fit(train, engine, pool, x0=theta, space=space)
+        th = fit(train, engine, pool, space=space)  # from the same start as the fit on all groups, not from it
         params[g] = _named(th, space.names)
         res = predict(test, engine, th, pool, space)
         e = _errors(test, res)

@@ -50,6 +50,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -139,6 +140,8 @@ def llm_block(row: SiliconRow, overrides: dict[str, Any] | None = None) -> dict[
 BENCHMARK_ENGINES = ("vllm", "trtllm", "sglang")
 #: Tokens aiconfigurator's benchmark rules add to the prompt length in the token budget.
 BENCHMARK_SLACK = 1500
+#: TensorRT-LLM's ``free_gpu_memory_fraction`` in aiconfigurator's engine template.
+TRTLLM_FREE_FRACTION = 0.8
 #: SGLang's ``chunked_prefill_size`` on H100 and H200 (``python/sglang/srt/server_args.py``).
 SGLANG_CHUNK = 8192
 
@@ -150,8 +153,10 @@ def benchmark_scheduler(row: SiliconRow) -> dict[str, Any]:
 
     * vLLM: ``max_num_batched_tokens = max_batch_size + isl + 1500`` (chunked prefill on, as V1
       always is), so a whole prompt fits beside every decode;
-    * TensorRT-LLM: ``max_num_tokens`` the same rounded up to ``tokens_per_block = 32``, and
-      chunked prefill off (its template's default): whole prompts beside the decodes;
+    * TensorRT-LLM: ``max_num_tokens`` the same rounded up to ``tokens_per_block = 32``, chunked
+      prefill off and ``free_gpu_memory_fraction`` 0.80 (its template's defaults,
+      ``generator/config/backend_templates/trtllm/extra_engine_args.*.yaml.j2``): whole prompts
+      beside the decodes;
     * SGLang: ``max_prefill_tokens = isl + 1500`` and ``enable_mixed_chunk``: prompt chunks of at
       most ``chunked_prefill_size`` beside the decodes.
 
@@ -165,6 +170,7 @@ def benchmark_scheduler(row: SiliconRow) -> dict[str, Any]:
         block = 32
         tokens = -(-(batch + row.isl + BENCHMARK_SLACK) // block) * block
         out.update(chunked_prefill=False, prefill_steps="mixed", max_batched_tokens=tokens, kv_block_tokens=block)
+        out.update(gpu_memory_utilization=TRTLLM_FREE_FRACTION, memory_fraction_of="free")
     else:
         prefill = min(row.isl + BENCHMARK_SLACK, SGLANG_CHUNK)
         out.update(chunked_prefill=True, max_batched_tokens=batch + prefill)
@@ -485,7 +491,8 @@ def summarize(
         "error": "predicted / measured - 1; mape_pct = mean |error|, signed_pct = mean error (+: too slow)",
         "replay": replay_line
         or f"closed loop, users = concurrency, think 0; warm-up {WARMUP_LIFETIMES:g} request lifetimes cut, "
-        f"{MEASURED_LIFETIMES:g} measured",
+        f"{MEASURED_LIFETIMES:g} measured; each engine's scheduler as aiconfigurator's benchmark rules launch it "
+        f"(token budget = max batch + isl + {BENCHMARK_SLACK})",
         "all": _block(records),
         "by": {},
     }
@@ -540,10 +547,12 @@ def rows_csv(records: list[dict[str, Any]], columns: Sequence[str] = ROW_COLUMNS
             return "" if not math.isfinite(v) else f"{v:.4f}"
         return str(v)
 
-    lines = [",".join(columns)]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")  # quoted where a field holds a comma (a refusal's text)
+    w.writerow(columns)
     for x in records:
-        lines.append(",".join(fmt(x[c]) for c in columns))
-    return "\n".join(lines) + "\n"
+        w.writerow([fmt(x[c]) for c in columns])
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- the whole command

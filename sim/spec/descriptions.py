@@ -151,7 +151,10 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "perop_prefill_scale": "factor on a step's prefill kernels (they overlap when served; engine preset: fitted)",
         "frontend_ms": "per-request time in the engine outside its GPU steps (API server, tokenisation), ms, "
         "before the request joins a replica's queue (engine preset: fitted)",
-        "gpu_memory_utilization": "share of the GPU's exposed memory the engine may use (vLLM's setting)",
+        "gpu_memory_utilization": "share of the GPU's exposed memory the engine may use (vLLM's setting), "
+        "or of the memory the weights and the reserve leave (memory_fraction_of: free)",
+        "memory_fraction_of": "what gpu_memory_utilization is a share of: card (vLLM, SGLang) or free, the memory "
+        "left after the weights and the reserve (TensorRT-LLM's free_gpu_memory_fraction); default by engine",
         "tensor_parallel": "GPUs per replica",
         "kv_block_tokens": "tokens per paged KV block",
         "max_batched_tokens": "most tokens (prefill and decode) in one step",

@@ -587,6 +587,9 @@ def _is_moe(model: Any) -> bool:
 #: (``vllm/v1/core/block_pool.py``, ``BlockPool.__init__``: ``self.null_block =
 #: self.free_block_queue.popleft()``); the logged ``num_gpu_blocks`` counts it.
 NULL_KV_BLOCKS = 1
+#: Engines whose memory fraction is of the memory left after the weights and the reserve
+#: (TensorRT-LLM's ``free_gpu_memory_fraction``), not of the whole card.
+FREE_FRACTION_ENGINES: tuple[str, ...] = ("trtllm",)
 
 
 #: Where a replica's engine-start default comes from: vLLM issue #20264 (a pod scaled up with its
@@ -728,6 +731,10 @@ class LLMConfig(Strict):
     kv_block_tokens: Annotated[int, Field(ge=1)] = 16
     max_batched_tokens: Annotated[int, Field(ge=1)] = 8192
     chunked_prefill: bool = True
+    # What gpu_memory_utilization is a share of: the whole card ("card": vLLM, SGLang) or the memory
+    # the weights and the reserve leave free ("free": TensorRT-LLM's free_gpu_memory_fraction).
+    # None: "free" under engine trtllm, else "card".
+    memory_fraction_of: Optional[Literal["card", "free"]] = None
     # Without chunked prefill: whole prompts beside the decodes in one step ("mixed": vLLM V1,
     # TensorRT-LLM) or prefill steps in place of decode steps ("separate": SGLang without
     # enable_mixed_chunk).  None: "separate" under engine sglang or no engine, else "mixed".
@@ -871,8 +878,12 @@ class LLMConfig(Strict):
 
     @property
     def kv_budget_bytes(self) -> float:
-        """KV pool of each GPU: exposed memory * gpu_memory_utilization - weights / tp - engine reserve."""
-        return gpu_model.kv_pool_bytes(
+        """KV pool of each GPU: exposed memory * gpu_memory_utilization - weights / tp - engine
+        reserve (vLLM, SGLang); with ``memory_fraction_of: free`` (engine trtllm's default) the
+        fraction is of the memory the weights and the reserve leave (TensorRT-LLM's
+        ``free_gpu_memory_fraction``)."""
+        pool = gpu_model.kv_pool_bytes_of_free if self.fraction_of_free else gpu_model.kv_pool_bytes
+        return pool(
             self.memory_exposed_bytes,
             self.gpu_memory_utilization,
             self.weights_bytes / self.tensor_parallel,
@@ -918,6 +929,14 @@ class LLMConfig(Strict):
     def kv_tokens(self) -> int:
         """Tokens one replica's KV pool holds (``kv_blocks * kv_block_tokens``), as vLLM logs them."""
         return self.kv_blocks * self.kv_block_tokens
+
+    @property
+    def fraction_of_free(self) -> bool:
+        """Whether ``gpu_memory_utilization`` is a share of the memory left after the weights and
+        the reserve (``memory_fraction_of``; by default under the engines that size it so)."""
+        if self.memory_fraction_of is not None:
+            return self.memory_fraction_of == "free"
+        return self.engine in FREE_FRACTION_ENGINES
 
     @property
     def scheduler(self) -> str:
@@ -975,15 +994,19 @@ class LLMConfig(Strict):
             raise ValueError(f"step_cost perop: {why}; use step_cost auto (roofline where uncovered) or roofline")
         if self.kv_blocks_usable < 1:
             gib = gpu_model.GIB
-            usable = self.memory_exposed_bytes * self.gpu_memory_utilization / gib
+            exposed = self.memory_exposed_bytes / gib
+            if self.fraction_of_free:  # the fraction is of what is left: the card is the limit
+                usable, how = exposed, f"{exposed:.2f} GiB exposed"
+            else:
+                usable = exposed * self.gpu_memory_utilization
+                how = f"{exposed:.2f} GiB exposed x gpu_memory_utilization {self.gpu_memory_utilization:g}"
             per_gpu = self.weights_bytes / tp / gib
             what = "do not fit" if per_gpu >= usable else "leave no room for one KV block"
             raise ValueError(
                 f"model weights ({per_gpu:.1f} GiB per GPU at dtype_bytes {self.dtype_bytes:g} over "
                 f"llm.tensor_parallel {tp}) and the engine reserve ({self.reserve_bytes / gib:.2f} GiB, "
                 f"llm.engine_reserve {self.engine_reserve}) {what} in {self.gpu.name or 'the GPU'}'s "
-                f"{usable:.1f} GiB ({self.memory_exposed_bytes / gib:.2f} GiB exposed x gpu_memory_utilization "
-                f"{self.gpu_memory_utilization:g}); raise llm.tensor_parallel, use a bigger GPU or lower dtype_bytes"
+                f"{usable:.1f} GiB ({how}); raise llm.tensor_parallel, use a bigger GPU or lower dtype_bytes"
             )
         a = self.autoscale
         if a is not None and not a.min_replicas <= self.replicas <= a.max_replicas:
