@@ -234,42 +234,44 @@ class _User:
 class Model:
     """One replication's SimPy model of the whole pipeline."""
 
-    def __init__(self, scn: Scenario, replication: int, records: bool | None = None):
+    def __init__(self, scn: Scenario, replication: int, records: bool | None = None, part: int = 0):
         """``records``: keep every request's record (default ``run.records``); the digest
-        the summaries come from is kept either way."""
+        the summaries come from is kept either way.  ``part``: which cell of
+        ``run.partitions`` this model is (``scn`` then holds one cell's share of the fleet,
+        :func:`sim.engine.partition.cell_scenario`); its workload is split here."""
         self.scn = scn
         self.rep = replication
+        self.part, self.parts = part, scn.run.partitions
+        # The fleet's and open arrivals' streams are the cell's own; a shopper's are the shop's.
+        self._cell = () if self.parts == 1 else (part,)
         self.env = env = simpy.Environment()
         run = scn.run
         warm = 0.0 if run.warmup_s == "auto" else float(run.warmup_s)
         self.window = (warm, float(run.duration_s))
         self.end_arrivals_s = float(run.duration_s)
         self.drain_s = run.drain_seconds
-        seed = run.seed
         keep = bool(run.records) if records is None else records
         self.digest = Digest(digest_edges(scn), float(run.duration_s) if run.warmup_s == "auto" else None)
         self.recorder = Recorder(replication, self.digest, keep)
         self._dists: dict[int, tuple[Any, D.Distribution]] = {}
         self.popularity = Popularity(scn.workload.queries)
         self.cache = LRUCache(scn.cache.capacity) if scn.cache.enabled else None
-        self.cache_lookup_s = D.Sampler(
-            D.Scaled(build_distribution(scn.cache.lookup_ms), 1e-3), stream(seed, replication, "cache")
-        )
+        self.cache_lookup_s = D.Sampler(D.Scaled(build_distribution(scn.cache.lookup_ms), 1e-3), self.stream("cache"))
         routing_dist, self.novel_share, self.routing_accuracy, self.routing_info = routing_setup(scn)
         self.routing_pool: WorkerPool | None = None
         if routing_dist is not None:
-            self.routing_s = D.Sampler(routing_dist, stream(seed, replication, "routing"))
+            self.routing_s = D.Sampler(routing_dist, self.stream("routing"))
             self.routing_pool = WorkerPool(env, scn.routing.workers, scn.routing.cpu_cores, self.window)
         self.novel_ids = itertools.count(-1, -1)
         self.pool: WorkerPool | SchedulerPool | None
         if scn.retrieval.enabled:
             dist, self.retrieval_info = retrieval_service_distribution(scn)
-            self.retrieval_s = D.Sampler(dist, stream(seed, replication, "retrieval"))
+            self.retrieval_s = D.Sampler(dist, self.stream("retrieval"))
             rc = scn.retrieval
             handback = None
             if rc.handback_ms is not None:
                 handback = D.Sampler(
-                    D.Scaled(build_distribution(rc.handback_ms), 1e-3), stream(seed, replication, "retrieval_handback")
+                    D.Scaled(build_distribution(rc.handback_ms), 1e-3), self.stream("retrieval_handback")
                 )
             self.pool = (
                 WorkerPool(
@@ -281,7 +283,7 @@ class Model:
                     rc.workers,
                     self.window,
                     rc.scheduler,
-                    stream(seed, replication, "retrieval_ticks"),
+                    self.stream("retrieval_ticks"),
                     self.retrieval_info["contention"],
                     rc.wakeup_s,
                 )
@@ -289,7 +291,7 @@ class Model:
         else:
             self.pool = None
             self.retrieval_info = {}
-        self.llm = LLMStage(env, scn.llm, stream(seed, replication, "router"), self.window) if scn.llm.enabled else None
+        self.llm = LLMStage(env, scn.llm, self.stream("router"), self.window) if scn.llm.enabled else None
         self.in_flight = 0
         self.started_in_window = 0
         self.profile = scn.workload.profile
@@ -307,6 +309,10 @@ class Model:
         self._cb_looked_up, self._cb_search, self._cb_searched = self._looked_up, self._search, self._searched
         self._cb_finish = self._finish
 
+    def stream(self, purpose: str) -> np.random.Generator:
+        """The stream for ``purpose`` of this replication (of this cell, in a partitioned run)."""
+        return stream(self.scn.run.seed, self.rep, purpose, *self._cell)
+
     def shared(self, spec: Any) -> D.Distribution:
         """The distribution of ``spec`` (a part of this model's scenario), built once: every
         closed-loop user samples the same (immutable) think and token distributions."""
@@ -320,7 +326,7 @@ class Model:
         """The question -> cache key mapping for one stream (None when routing and variants are off)."""
         if self.routing_accuracy is None and self.novel_share == 0:
             return None
-        rng = stream(self.scn.run.seed, self.rep, "utterance", *purpose)
+        rng = stream(self.scn.run.seed, self.rep, "utterance", *(purpose or self._cell))
         return Utterances(self.novel_share, self.routing_accuracy, self.scn.routing.questions, rng, self.novel_ids)
 
     def _count_started(self) -> None:
@@ -538,6 +544,8 @@ class Model:
         profile = self.profile
         # With a profile: candidates at the peak rate, each kept with probability level / peak (thinning).
         top = peak(profile, self.end_arrivals_s) if profile is not None else float(w.rate_per_s or 0.0)
+        share = 1.0 / self.parts  # a cell's Poisson stream: 1 / N of the rate
+        top *= share
         if top <= 0:
             return
         mean_gap = 1.0 / top
@@ -547,19 +555,17 @@ class Model:
         else:
             assert w.cv is not None  # the schema requires cv for gamma arrivals
             gap_dist = D.Gamma(mean_gap, w.cv)
-        gaps = D.Sampler(gap_dist, stream(scn.run.seed, self.rep, "arrivals"))
-        keep = D.Sampler(D.Uniform(0.0, 1.0), stream(scn.run.seed, self.rep, "thinning")) if profile else None
-        keys = QueryKeys(self.popularity, stream(scn.run.seed, self.rep, "query"))
-        tokens = TokenCounts(
-            scn, stream(scn.run.seed, self.rep, "tokens"), output_rng=stream(scn.run.seed, self.rep, "output_tokens")
-        )
+        gaps = D.Sampler(gap_dist, self.stream("arrivals"))
+        keep = D.Sampler(D.Uniform(0.0, 1.0), self.stream("thinning")) if profile else None
+        keys = QueryKeys(self.popularity, self.stream("query"))
+        tokens = TokenCounts(scn, self.stream("tokens"), output_rng=self.stream("output_tokens"))
         utter = self.utterances()
         env, end, request = self.env, self.end_arrivals_s, self.request
 
         def arrive(_event: object) -> None:
             if env.now >= end:
                 return
-            if keep is None or profile is None or keep() * top < float(level(profile, env.now)):
+            if keep is None or profile is None or keep() * top < float(level(profile, env.now)) * share:
                 prompt, output = tokens()
                 q = keys()
                 if utter is None:
@@ -665,7 +671,7 @@ class Model:
             else:
                 assert scn.workload.users is not None  # WorkloadConfig requires users or a profile
                 users = scn.workload.users
-            for uid in range(users):
+            for uid in range(self.part, users, self.parts):  # a cell's shoppers: its ids modulo N
                 self.closed_user(uid)
         elif scn.workload.mode == "trace":
             env.process(self.trace_arrivals())
@@ -723,6 +729,20 @@ def digest_edges(scn: Scenario) -> np.ndarray:
     return cell_edges(lo, end, extra)
 
 
-def run_replication(scn: Scenario, replication: int, records: bool | None = None) -> Replication:
-    """One replication of ``scn``; ``records``: keep every request's record (default ``run.records``)."""
-    return Model(scn, replication, records).run()
+def run_replication(
+    scn: Scenario, replication: int, records: bool | None = None, part: int | None = None
+) -> Replication:
+    """One replication of ``scn``; ``records``: keep every request's record (default ``run.records``).
+
+    With ``run.partitions`` N > 1: cell ``part`` of it (:mod:`sim.engine.partition`), or, with
+    ``part`` None, its N cells one after the other in this process, merged."""
+    from sim.engine.partition import cell_scenario, merge_cells  # deferred: it imports this module
+
+    n = scn.run.partitions
+    if n == 1:
+        return Model(scn, replication, records).run()
+    cell = cell_scenario(scn)
+    if part is not None:
+        return Model(cell, replication, records, part).run()
+    cells = [Model(cell, replication, records, c).run() for c in range(n)]
+    return merge_cells(cells, cell.llm.replicas)

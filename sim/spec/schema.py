@@ -163,6 +163,7 @@ class RunConfig(Strict):
     max_replications: Annotated[int, Field(ge=1)] = 30
     drain_s: Optional[NonNegFloat] = None
     records: Optional[bool] = None
+    partitions: Annotated[int, Field(ge=1)] = 1
 
     @property
     def drain_seconds(self) -> float:
