@@ -11,9 +11,11 @@ request, and the recorder turns finished requests into one flat row each.
 
 from __future__ import annotations
 
+import gc
 import itertools
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -665,19 +667,21 @@ class Model:
         env, scn = self.env, self.scn
         sampled: dict = {}
         env.process(self.monitor(sampled))
-        if scn.workload.mode == "closed":
-            if self.presence is not None:
-                users = self.presence.max_users
+        with long_lived_model() as built:
+            if scn.workload.mode == "closed":
+                if self.presence is not None:
+                    users = self.presence.max_users
+                else:
+                    assert scn.workload.users is not None  # WorkloadConfig requires users or a profile
+                    users = scn.workload.users
+                for uid in range(self.part, users, self.parts):  # a cell's shoppers: its ids modulo N
+                    self.closed_user(uid)
+            elif scn.workload.mode == "trace":
+                env.process(self.trace_arrivals())
             else:
-                assert scn.workload.users is not None  # WorkloadConfig requires users or a profile
-                users = scn.workload.users
-            for uid in range(self.part, users, self.parts):  # a cell's shoppers: its ids modulo N
-                self.closed_user(uid)
-        elif scn.workload.mode == "trace":
-            env.process(self.trace_arrivals())
-        else:
-            self.open_arrivals()
-        env.run(until=self.end_arrivals_s + self.drain_s)
+                self.open_arrivals()
+            built()
+            env.run(until=self.end_arrivals_s + self.drain_s)
         self.recorder.flush()
         self._count_started()
         self._count_lookups()
@@ -713,6 +717,51 @@ class Model:
                 sampled.update(scaler.timeseries())
         timeseries = {k: (v if k == "kv_capacity_tokens" else np.asarray(v, dtype=float)) for k, v in sampled.items()}
         return Replication(self.rep, records, (lo, hi), counters, timeseries, self.digest)
+
+
+#: Allocations between two young-generation collections of the garbage collector while the
+#: event loop runs (Python's default is 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+@contextmanager
+def long_lived_model() -> Iterator[Callable[[], None]]:
+    """Build and run a model without the garbage collector rescanning what lives all run.
+
+    Every shopper's streams and samplers, the replicas and the pools live for the whole run:
+    with 100,000 shoppers they are millions of objects, which every full collection walked
+    again, while they were built and while the loop ran (the collector's work per request
+    grew with the shop).  Inside this block the collector is off while the model is built;
+    calling what it yields once the model is built freezes everything alive
+    (``gc.freeze``: left out of every collection until the block ends) and turns the
+    collector back on, collecting the young generation every :data:`GC_YOUNG_THRESHOLD`
+    allocations instead of 700 (a request's objects die by reference count; the collector
+    only finds cycles, and a request makes none: tests/test_engine_cycles.py).  Nothing the
+    model computes depends on when the collector runs, so every number is the same.  The
+    collector's settings are restored at the end; where the process froze objects of its own
+    already, nothing more is frozen."""
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    freeze = gc.get_freeze_count() == 0
+    frozen = False
+
+    def built() -> None:
+        nonlocal frozen
+        if freeze and not frozen:
+            gc.freeze()
+            frozen = True
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *threshold[1:])
+        if enabled:
+            gc.enable()
+
+    gc.disable()
+    try:
+        yield built
+    finally:
+        gc.set_threshold(*threshold)
+        if frozen:
+            gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
 def digest_edges(scn: Scenario) -> np.ndarray:

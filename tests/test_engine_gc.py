@@ -1,0 +1,47 @@
+"""A replication leaves the garbage collector as it found it (:func:`long_lived_model`)."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import sim
+from sim.engine.pipeline import GC_YOUNG_THRESHOLD, Model, long_lived_model
+
+SMALL = Path(__file__).parent / "data" / "rag_small.yaml"
+
+
+def test_the_model_is_built_with_the_collector_off_and_runs_frozen() -> None:
+    before = gc.get_threshold()
+    with long_lived_model() as built:
+        assert not gc.isenabled()
+        kept = [object() for _ in range(10)]  # something the model builds
+        built()
+        assert gc.isenabled() and gc.get_freeze_count() >= len(kept)
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    assert gc.isenabled() and gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_a_run_restores_the_collector_and_leaves_frozen_objects_frozen() -> None:
+    scn = sim.load_scenario(SMALL, {"run.duration_s": 30, "run.warmup_s": 5})
+    before = gc.get_threshold()
+    Model(scn, 0).run()
+    assert gc.isenabled() and gc.get_threshold() == before and gc.get_freeze_count() == 0
+    gc.freeze()  # a process that froze its own objects (before forking workers, say)
+    try:
+        n = gc.get_freeze_count()
+        Model(scn, 0).run()
+        # Neither released (0) nor added to; a frozen object freed by reference count leaves it.
+        assert n - 100 < gc.get_freeze_count() <= n
+    finally:
+        gc.unfreeze()
+
+
+def test_a_disabled_collector_stays_disabled() -> None:
+    scn = sim.load_scenario(SMALL, {"run.duration_s": 30, "run.warmup_s": 5})
+    gc.disable()
+    try:
+        Model(scn, 0).run()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
