@@ -24,7 +24,7 @@ import simpy
 
 from sim import distributions as D
 from sim.engine.cache import LRUCache
-from sim.engine.clock import later
+from sim.engine.clock import Calendar, later
 from sim.engine.digest import Digest, cell_edges, window_edges
 from sim.engine.llm.autoscale import mean_count
 from sim.engine.llm.stage import LLMStage
@@ -296,6 +296,7 @@ class Model:
         self.llm = LLMStage(env, scn.llm, self.stream("router"), self.window) if scn.llm.enabled else None
         self.in_flight = 0
         self.started_in_window = 0
+        self.calendar: Calendar | None = None  # where shoppers' think timers wait (many shoppers)
         self.profile = scn.workload.profile
         self.presence = (
             Presence(self.profile, self.end_arrivals_s)
@@ -503,7 +504,10 @@ class Model:
             self._think(u)
 
     def _think(self, u: _User) -> None:
-        later(self.env, u.think(), u.ask)
+        if self.calendar is None:
+            later(self.env, u.think(), u.ask)
+        else:
+            self.calendar.later(u.think(), u.ask)
 
     def _ask(self, u: _User) -> None:
         if self.env.now >= self.end_arrivals_s:
@@ -674,6 +678,9 @@ class Model:
                 else:
                     assert scn.workload.users is not None  # WorkloadConfig requires users or a profile
                     users = scn.workload.users
+                self.calendar = think_calendar(
+                    env, len(range(self.part, users, self.parts)), self.shared(scn.workload.think_s)
+                )
                 for uid in range(self.part, users, self.parts):  # a cell's shoppers: its ids modulo N
                     self.closed_user(uid)
             elif scn.workload.mode == "trace":
@@ -717,6 +724,19 @@ class Model:
                 sampled.update(scaler.timeseries())
         timeseries = {k: (v if k == "kv_capacity_tokens" else np.asarray(v, dtype=float)) for k, v in sampled.items()}
         return Replication(self.rep, records, (lo, hi), counters, timeseries, self.digest)
+
+
+#: Think timers in one bucket of a shop's calendar (about; the queue holds two buckets' worth).
+CALENDAR_TIMERS = 2048
+
+
+def think_calendar(env: simpy.Environment, users: int, think: D.Distribution) -> Calendar | None:
+    """Where ``users`` shoppers' think timers wait: a :class:`~sim.engine.clock.Calendar` whose
+    buckets hold about :data:`CALENDAR_TIMERS` timers each (``users`` timers spread over a
+    mean think time), or None (straight on the event queue) for fewer than twice that."""
+    if users < 2 * CALENDAR_TIMERS or not think.mean > 0:
+        return None
+    return Calendar(env, think.mean * CALENDAR_TIMERS / users)
 
 
 #: Allocations between two young-generation collections of the garbage collector while the

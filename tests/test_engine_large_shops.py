@@ -1,11 +1,17 @@
-"""A replication leaves the garbage collector as it found it (:func:`long_lived_model`)."""
+"""What keeps a large shop's cost per request flat changes no number: think timers waiting in
+a calendar (:func:`think_calendar`), the garbage collector quiet while the model runs
+(:func:`long_lived_model`), which leaves the collector as it found it."""
 
 from __future__ import annotations
 
 import gc
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 import sim
+import sim.engine.pipeline as pipeline
 from sim.engine.pipeline import GC_YOUNG_THRESHOLD, Model, long_lived_model
 
 SMALL = Path(__file__).parent / "data" / "rag_small.yaml"
@@ -45,3 +51,17 @@ def test_a_disabled_collector_stays_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_think_timers_through_a_calendar_give_the_same_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    scn = sim.load_scenario(SMALL, {"run.duration_s": 60, "run.warmup_s": 5})
+    plain = Model(scn, 0, records=True)
+    a = plain.run().records
+    assert plain.calendar is None  # 40 shoppers: their timers go straight on the queue
+    monkeypatch.setattr(pipeline, "CALENDAR_TIMERS", 4)  # buckets of 2 s x 4 / 40 = 0.2 s
+    cal = Model(scn, 0, records=True)
+    b = cal.run().records
+    assert cal.calendar is not None and cal.calendar.width == pytest.approx(0.2)
+    assert len(a["e2e_ms"]) > 1000
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
