@@ -36,7 +36,7 @@ from sim.engine.sched import SchedulerPool, scheduler_pool
 from sim.engine.workload import Popularity, QueryKeys
 from sim.errors import ConfigError
 from sim.physics.retrieval import default_calibration_path, load_calibration
-from sim.rng import stream
+from sim.rng import parked, stream
 from sim.spec.schema import PromptComposition, Scenario, build_distribution
 from sim.spec.trace import load_trace
 
@@ -297,6 +297,7 @@ class Model:
         self.in_flight = 0
         self.started_in_window = 0
         self.calendar: Calendar | None = None  # where shoppers' think timers wait (many shoppers)
+        self.scratch = np.random.Generator(np.random.PCG64(0))  # what parked streams draw through
         self.profile = scn.workload.profile
         self.presence = (
             Presence(self.profile, self.end_arrivals_s)
@@ -482,16 +483,18 @@ class Model:
         scn = self.scn
         # One stream per purpose per user: what user ``uid`` thinks, asks and how long the
         # prompt is do not depend on each other's draws (nor on the system under test).
-        seed = scn.run.seed
+        # Parked (sim.rng.ParkedStream): a shopper's streams hold their state alone and draw
+        # through the model's scratch generator, the same values in a tenth of the memory.
+        seed, scratch = scn.run.seed, self.scratch
         u = _User(
             uid,
-            D.Sampler(self.shared(scn.workload.think_s), stream(seed, self.rep, "user", uid), 64),
-            QueryKeys(self.popularity, stream(seed, self.rep, "query", uid), 64),
+            D.Sampler(self.shared(scn.workload.think_s), parked(scratch, seed, self.rep, "user", uid), 64),
+            QueryKeys(self.popularity, parked(scratch, seed, self.rep, "query", uid), 64),
             TokenCounts(
                 scn,
-                stream(seed, self.rep, "tokens", uid),
+                parked(scratch, seed, self.rep, "tokens", uid),
                 64,
-                stream(seed, self.rep, "output_tokens", uid),
+                parked(scratch, seed, self.rep, "output_tokens", uid),
                 self.shared,
             ),
             self.utterances(uid),
