@@ -681,9 +681,10 @@ class Model:
                 else:
                     assert scn.workload.users is not None  # WorkloadConfig requires users or a profile
                     users = scn.workload.users
-                self.calendar = think_calendar(
-                    env, len(range(self.part, users, self.parts)), self.shared(scn.workload.think_s)
-                )
+                    # (with a profile, shoppers come and go as processes: their timeouts stay on the queue)
+                    self.calendar = think_calendar(
+                        env, len(range(self.part, users, self.parts)), self.shared(scn.workload.think_s)
+                    )
                 for uid in range(self.part, users, self.parts):  # a cell's shoppers: its ids modulo N
                     self.closed_user(uid)
             elif scn.workload.mode == "trace":
