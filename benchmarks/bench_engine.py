@@ -23,6 +23,7 @@ pair one ratio), and the flagship's peak memory with --out.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -93,6 +94,13 @@ def ciw_mmc(c: int, lam: float, mu: float, until: float, seed: int) -> int:
 
 def process_s(args: list[str]) -> float:
     """Wall seconds of a whole `capsim ...` process."""
+    return process_times(args)[0]
+
+
+def process_times(args: list[str]) -> tuple[float, float]:
+    """Wall seconds of a whole `capsim ...` process, and the CPU seconds it and its worker
+    processes used (what it costs when a busy machine inflates the wall time)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "sim", *args],
@@ -101,7 +109,9 @@ def process_s(args: list[str]) -> float:
         stderr=subprocess.DEVNULL,
         check=False,
     )
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 # The process reports its own peak resident set: VmHWM of its address space (ru_maxrss
@@ -250,7 +260,8 @@ def main() -> None:
         "--set",
         "run.warmup_s=60",
     ]
-    whole = [process_s(flag) for _ in range(3)]
+    whole_times = [process_times(flag) for _ in range(3)]
+    whole = [w for w, _ in whole_times]
     peer = [process_s(["run", "scenarios/peer_5000.yaml", "--jobs", "1"]) for _ in range(3)]
     with tempfile.TemporaryDirectory() as td:
         peak = peak_mb([*flag, "--out", str(Path(td) / "out")])
@@ -264,7 +275,11 @@ def main() -> None:
         f"(target <= 2 s)"
     )
     whole_s = statistics.median(whole)
-    print(f"  flagship, whole `capsim run` process                      : {whole_s:6.2f} s (target <= 3 s)")
+    whole_cpu = statistics.median(c for _, c in whole_times)
+    print(
+        f"  flagship, whole `capsim run` process                      : {whole_s:6.2f} s (target <= 3 s; "
+        f"CPU {whole_cpu:.2f} s)"
+    )
     print(
         f"  peer workload (scenarios/peer_5000.yaml), whole process   : {statistics.median(peer):6.2f} s "
         f"(target <= 2 s)"
@@ -283,7 +298,13 @@ def main() -> None:
                 figure("M/M/10 rho 0.9 via sim.simulate / bare SimPy Resource loop", ratio_bare, "x", ">= 1.0"),
                 figure(f"M/M/10 rho 0.9 via sim.simulate / Ciw {_ciw_version()}", ratio_ciw, "x", ">= 2"),
                 figure("flagship 1,000 users x 600 s, event loop, 1 replication", flag_loop, "s", "<= 2 s"),
-                figure("flagship, whole `capsim run` process", whole_s, "s", "<= 3 s"),
+                figure(
+                    "flagship, whole `capsim run` process",
+                    whole_s,
+                    "s",
+                    "<= 3 s",
+                    cpu_s=round(whole_cpu, 3),
+                ),
                 figure("peer workload (scenarios/peer_5000.yaml), whole process", peer_s, "s", "<= 2 s"),
                 figure("sweep of 8 points, 2 local workers / 1 worker speed-up", speedup, "x", ">= 1.8"),
                 figure("peak memory, flagship with --out", peak, "MB", "<= 400 MB"),

@@ -70,3 +70,47 @@ def test_simpy_keeps_the_event_queue_layout_later_writes_into():
     assert mine[:2] == (1.5, NORMAL) and mine[2] == eid + 1 and isinstance(mine[3], Later), why
     step = inspect.getsource(simpy.Environment.step)
     assert "heappop(self._queue)" in step and "event.callbacks" in step and "event._ok" in step, why
+
+
+def test_a_calendar_fires_its_timers_as_laters_would():
+    """Timers through a Calendar (narrow buckets, so most wait in one) fire in the order and at
+    the times the same timers fire through later(), mixed with plain timers and Timeouts."""
+    import random
+
+    from sim.engine.clock import Calendar
+
+    def run(use_calendar: bool) -> list[tuple[int, float]]:
+        env = simpy.Environment()
+        rnd = random.Random(7)
+        cal = Calendar(env, 0.37) if use_calendar else None
+        fired: list[tuple[int, float]] = []
+
+        def fire(i: int) -> None:
+            fired.append((i, env.now))
+            if len(fired) < 3000:
+                # whole-ish delays make exact ties between calendar timers and plain ones
+                delay = rnd.choice([0.0, 1.0, 2.5, rnd.expovariate(0.5)])
+                if cal is not None and i % 2:
+                    cal.later(delay, fire, i + 2)
+                else:
+                    later(env, delay, fire, i + 2)
+                if i % 7 == 0:
+                    env.timeout(1.0).callbacks.append(lambda ev, i=i: fired.append((-i, env.now)))
+
+        for i in range(40):
+            later(env, rnd.uniform(0, 3), fire, i)
+        env.run(until=200.0)
+        return fired
+
+    plain, calendared = run(False), run(True)
+    assert len(plain) > 3000 and calendared == plain
+
+
+def test_a_calendar_refuses_what_a_later_refuses():
+    from sim.engine.clock import Calendar
+
+    env = simpy.Environment()
+    with pytest.raises(ValueError):
+        Calendar(env, 0.0)
+    with pytest.raises(ValueError):
+        Calendar(env, 1.0).later(-1.0, print)

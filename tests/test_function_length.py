@@ -15,8 +15,6 @@ LIMIT = 60
 
 #: "path:function" -> body lines now. This list only shrinks.
 STILL_LONG = {
-    "sim/engine/pipeline.py:__init__": 71,
-    "sim/run/loop.py:_run_sweep": 117,
     "sim/run/plan.py:plan": 91,
 }
 

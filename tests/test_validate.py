@@ -229,6 +229,8 @@ def test_bad_frontend_time_and_replay_start_are_one_line_errors(tmp_path) -> Non
 
 def test_rows_csv_quotes_a_refusal_that_holds_commas():
     rec = {c: "" for c in V.ROW_COLUMNS}
-    rec.update(id="r1", capsim_error="weights do not fit; raise llm.tensor_parallel, use a bigger GPU", capsim_tpot_ms=1.5)
+    rec.update(
+        id="r1", capsim_error="weights do not fit; raise llm.tensor_parallel, use a bigger GPU", capsim_tpot_ms=1.5
+    )
     back = list(csv.DictReader(V.rows_csv([rec]).splitlines()))
     assert len(back) == 1 and back[0]["capsim_error"] == rec["capsim_error"] and back[0]["capsim_tpot_ms"] == "1.5000"

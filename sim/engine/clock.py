@@ -44,3 +44,52 @@ def later(env: simpy.Environment, delay: float, then: Callable[[Any], object], a
     if delay < 0:
         raise ValueError(f"negative delay {delay}")
     heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), Later(then, arg)))  # type: ignore[misc]
+
+
+class Calendar:
+    """Timers far ahead wait outside the event queue, in buckets of ``width_s`` seconds.
+
+    A closed workload keeps one think timer per shopper on SimPy's event queue (a binary
+    heap): with 100,000 shoppers every event of the run pays ~17 levels of a 100,000-entry
+    heap, its entries scattered through memory, where a few thousand due soon would do.
+    ``later(delay, then, arg)`` makes the very key :func:`later` makes (the time, ``NORMAL``,
+    the next event id, taken now), so the order of events, and every number, is the same;
+    only where it waits changes.  A timer due in a bucket not yet opened is appended to that
+    bucket; a pump event at ``k * width_s`` pushes bucket ``k + 1`` onto the queue, a whole
+    bucket before its first timer is due.  Pumps run while the environment runs: one event
+    per ``width_s`` simulated seconds."""
+
+    __slots__ = ("buckets", "env", "next_bucket", "width")
+
+    def __init__(self, env: simpy.Environment, width_s: float):
+        if not width_s > 0:
+            raise ValueError(f"calendar bucket width {width_s} is not positive")
+        self.env, self.width = env, float(width_s)
+        self.buckets: dict[int, list[tuple]] = {}
+        k = int(env.now // self.width)
+        self.next_bucket = k + 1  # buckets before it go straight onto the queue
+        later(env, 0.0, self._pump, k)
+
+    def later(self, delay: float, then: Callable[[Any], object], arg: Any = None) -> None:
+        """``then(arg)`` after ``delay`` seconds, exactly as :func:`later` would."""
+        if delay < 0:
+            raise ValueError(f"negative delay {delay}")
+        env = self.env
+        t = env._now + delay
+        item = (t, NORMAL, next(env._eid), Later(then, arg))
+        k = int(t // self.width)
+        if k < self.next_bucket:
+            heappush(env._queue, item)  # type: ignore[misc]
+        else:
+            bucket = self.buckets.get(k)
+            if bucket is None:
+                self.buckets[k] = [item]
+            else:
+                bucket.append(item)
+
+    def _pump(self, k: int) -> None:
+        queue = self.env._queue
+        for item in self.buckets.pop(k + 1, ()):
+            heappush(queue, item)
+        self.next_bucket = k + 2
+        later(self.env, max(0.0, (k + 1) * self.width - self.env.now), self._pump, k + 1)

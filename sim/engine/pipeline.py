@@ -11,9 +11,11 @@ request, and the recorder turns finished requests into one flat row each.
 
 from __future__ import annotations
 
+import gc
 import itertools
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,7 @@ import simpy
 
 from sim import distributions as D
 from sim.engine.cache import LRUCache
-from sim.engine.clock import later
+from sim.engine.clock import Calendar, later
 from sim.engine.digest import Digest, cell_edges, window_edges
 from sim.engine.llm.autoscale import mean_count
 from sim.engine.llm.disagg import DisaggStage
@@ -35,7 +37,7 @@ from sim.engine.sched import SchedulerPool, scheduler_pool
 from sim.engine.workload import Popularity, QueryKeys
 from sim.errors import ConfigError
 from sim.physics.retrieval import default_calibration_path, load_calibration
-from sim.rng import stream
+from sim.rng import parked, stream
 from sim.spec.schema import LLMConfig, PromptComposition, Scenario, build_distribution
 from sim.spec.trace import load_trace
 
@@ -244,64 +246,41 @@ def _llm_stage(
 class Model:
     """One replication's SimPy model of the whole pipeline."""
 
-    def __init__(self, scn: Scenario, replication: int, records: bool | None = None):
+    def __init__(self, scn: Scenario, replication: int, records: bool | None = None, part: int = 0):
         """``records``: keep every request's record (default ``run.records``); the digest
-        the summaries come from is kept either way."""
+        the summaries come from is kept either way.  ``part``: which cell of
+        ``run.partitions`` this model is (``scn`` then holds one cell's share of the fleet,
+        :func:`sim.engine.partition.cell_scenario`); its workload is split here."""
         self.scn = scn
         self.rep = replication
+        self.part, self.parts = part, scn.run.partitions
+        # The fleet's and open arrivals' streams are the cell's own; a shopper's are the shop's.
+        self._cell = () if self.parts == 1 else (part,)
         self.env = env = simpy.Environment()
         run = scn.run
         warm = 0.0 if run.warmup_s == "auto" else float(run.warmup_s)
         self.window = (warm, float(run.duration_s))
         self.end_arrivals_s = float(run.duration_s)
         self.drain_s = run.drain_seconds
-        seed = run.seed
         keep = bool(run.records) if records is None else records
         self.digest = Digest(digest_edges(scn), float(run.duration_s) if run.warmup_s == "auto" else None)
         self.recorder = Recorder(replication, self.digest, keep)
         self._dists: dict[int, tuple[Any, D.Distribution]] = {}
         self.popularity = Popularity(scn.workload.queries)
         self.cache = LRUCache(scn.cache.capacity) if scn.cache.enabled else None
-        self.cache_lookup_s = D.Sampler(
-            D.Scaled(build_distribution(scn.cache.lookup_ms), 1e-3), stream(seed, replication, "cache")
-        )
+        self.cache_lookup_s = D.Sampler(D.Scaled(build_distribution(scn.cache.lookup_ms), 1e-3), self.stream("cache"))
         routing_dist, self.novel_share, self.routing_accuracy, self.routing_info = routing_setup(scn)
         self.routing_pool: WorkerPool | None = None
         if routing_dist is not None:
-            self.routing_s = D.Sampler(routing_dist, stream(seed, replication, "routing"))
+            self.routing_s = D.Sampler(routing_dist, self.stream("routing"))
             self.routing_pool = WorkerPool(env, scn.routing.workers, scn.routing.cpu_cores, self.window)
         self.novel_ids = itertools.count(-1, -1)
-        self.pool: WorkerPool | SchedulerPool | None
-        if scn.retrieval.enabled:
-            dist, self.retrieval_info = retrieval_service_distribution(scn)
-            self.retrieval_s = D.Sampler(dist, stream(seed, replication, "retrieval"))
-            rc = scn.retrieval
-            handback = None
-            if rc.handback_ms is not None:
-                handback = D.Sampler(
-                    D.Scaled(build_distribution(rc.handback_ms), 1e-3), stream(seed, replication, "retrieval_handback")
-                )
-            self.pool = (
-                WorkerPool(
-                    env, rc.workers, rc.cpu_cores, self.window, self.retrieval_info["contention"], rc.wakeup_s, handback
-                )
-                if rc.scheduler is None
-                else scheduler_pool(
-                    env,
-                    rc.workers,
-                    self.window,
-                    rc.scheduler,
-                    stream(seed, replication, "retrieval_ticks"),
-                    self.retrieval_info["contention"],
-                    rc.wakeup_s,
-                )
-            )
-        else:
-            self.pool = None
-            self.retrieval_info = {}
-        self.llm = _llm_stage(env, scn.llm, stream(seed, replication, "router"), self.window)
+        self.pool, self.retrieval_info = self._retrieval_pool(scn)
+        self.llm = _llm_stage(env, scn.llm, self.stream("router"), self.window)
         self.in_flight = 0
         self.started_in_window = 0
+        self.calendar: Calendar | None = None  # where shoppers' think timers wait (many shoppers)
+        self.scratch = np.random.Generator(np.random.PCG64(0))  # what parked streams draw through
         self.profile = scn.workload.profile
         self.presence = (
             Presence(self.profile, self.end_arrivals_s)
@@ -317,6 +296,31 @@ class Model:
         self._cb_looked_up, self._cb_search, self._cb_searched = self._looked_up, self._search, self._searched
         self._cb_finish = self._finish
 
+    def _retrieval_pool(self, scn: Scenario) -> tuple[WorkerPool | SchedulerPool | None, dict[str, Any]]:
+        """The retrieval workers (a worker pool, or an OS scheduler's run queue) and where their
+        service times come from; (None, {}) without retrieval."""
+        if not scn.retrieval.enabled:
+            return None, {}
+        env = self.env
+        dist, info = retrieval_service_distribution(scn)
+        self.retrieval_s = D.Sampler(dist, self.stream("retrieval"))
+        rc = scn.retrieval
+        handback = None
+        if rc.handback_ms is not None:
+            handback = D.Sampler(D.Scaled(build_distribution(rc.handback_ms), 1e-3), self.stream("retrieval_handback"))
+        if rc.scheduler is None:
+            return WorkerPool(
+                env, rc.workers, rc.cpu_cores, self.window, info["contention"], rc.wakeup_s, handback
+            ), info
+        pool = scheduler_pool(
+            env, rc.workers, self.window, rc.scheduler, self.stream("retrieval_ticks"), info["contention"], rc.wakeup_s
+        )
+        return pool, info
+
+    def stream(self, purpose: str) -> np.random.Generator:
+        """The stream for ``purpose`` of this replication (of this cell, in a partitioned run)."""
+        return stream(self.scn.run.seed, self.rep, purpose, *self._cell)
+
     def shared(self, spec: Any) -> D.Distribution:
         """The distribution of ``spec`` (a part of this model's scenario), built once: every
         closed-loop user samples the same (immutable) think and token distributions."""
@@ -330,7 +334,7 @@ class Model:
         """The question -> cache key mapping for one stream (None when routing and variants are off)."""
         if self.routing_accuracy is None and self.novel_share == 0:
             return None
-        rng = stream(self.scn.run.seed, self.rep, "utterance", *purpose)
+        rng = stream(self.scn.run.seed, self.rep, "utterance", *(purpose or self._cell))
         return Utterances(self.novel_share, self.routing_accuracy, self.scn.routing.questions, rng, self.novel_ids)
 
     def _count_started(self) -> None:
@@ -483,16 +487,18 @@ class Model:
         scn = self.scn
         # One stream per purpose per user: what user ``uid`` thinks, asks and how long the
         # prompt is do not depend on each other's draws (nor on the system under test).
-        seed = scn.run.seed
+        # Parked (sim.rng.ParkedStream): a shopper's streams hold their state alone and draw
+        # through the model's scratch generator, the same values in a tenth of the memory.
+        seed, scratch = scn.run.seed, self.scratch
         u = _User(
             uid,
-            D.Sampler(self.shared(scn.workload.think_s), stream(seed, self.rep, "user", uid), 64),
-            QueryKeys(self.popularity, stream(seed, self.rep, "query", uid), 64),
+            D.Sampler(self.shared(scn.workload.think_s), parked(scratch, seed, self.rep, "user", uid), 64),
+            QueryKeys(self.popularity, parked(scratch, seed, self.rep, "query", uid), 64),
             TokenCounts(
                 scn,
-                stream(seed, self.rep, "tokens", uid),
+                parked(scratch, seed, self.rep, "tokens", uid),
                 64,
-                stream(seed, self.rep, "output_tokens", uid),
+                parked(scratch, seed, self.rep, "output_tokens", uid),
                 self.shared,
             ),
             self.utterances(uid),
@@ -505,7 +511,10 @@ class Model:
             self._think(u)
 
     def _think(self, u: _User) -> None:
-        later(self.env, u.think(), u.ask)
+        if self.calendar is None:
+            later(self.env, u.think(), u.ask)
+        else:
+            self.calendar.later(u.think(), u.ask)
 
     def _ask(self, u: _User) -> None:
         if self.env.now >= self.end_arrivals_s:
@@ -548,6 +557,8 @@ class Model:
         profile = self.profile
         # With a profile: candidates at the peak rate, each kept with probability level / peak (thinning).
         top = peak(profile, self.end_arrivals_s) if profile is not None else float(w.rate_per_s or 0.0)
+        share = 1.0 / self.parts  # a cell's Poisson stream: 1 / N of the rate
+        top *= share
         if top <= 0:
             return
         mean_gap = 1.0 / top
@@ -557,19 +568,17 @@ class Model:
         else:
             assert w.cv is not None  # the schema requires cv for gamma arrivals
             gap_dist = D.Gamma(mean_gap, w.cv)
-        gaps = D.Sampler(gap_dist, stream(scn.run.seed, self.rep, "arrivals"))
-        keep = D.Sampler(D.Uniform(0.0, 1.0), stream(scn.run.seed, self.rep, "thinning")) if profile else None
-        keys = QueryKeys(self.popularity, stream(scn.run.seed, self.rep, "query"))
-        tokens = TokenCounts(
-            scn, stream(scn.run.seed, self.rep, "tokens"), output_rng=stream(scn.run.seed, self.rep, "output_tokens")
-        )
+        gaps = D.Sampler(gap_dist, self.stream("arrivals"))
+        keep = D.Sampler(D.Uniform(0.0, 1.0), self.stream("thinning")) if profile else None
+        keys = QueryKeys(self.popularity, self.stream("query"))
+        tokens = TokenCounts(scn, self.stream("tokens"), output_rng=self.stream("output_tokens"))
         utter = self.utterances()
         env, end, request = self.env, self.end_arrivals_s, self.request
 
         def arrive(_event: object) -> None:
             if env.now >= end:
                 return
-            if keep is None or profile is None or keep() * top < float(level(profile, env.now)):
+            if keep is None or profile is None or keep() * top < float(level(profile, env.now)) * share:
                 prompt, output = tokens()
                 q = keys()
                 if utter is None:
@@ -669,19 +678,25 @@ class Model:
         env, scn = self.env, self.scn
         sampled: dict = {}
         env.process(self.monitor(sampled))
-        if scn.workload.mode == "closed":
-            if self.presence is not None:
-                users = self.presence.max_users
+        with long_lived_model() as built:
+            if scn.workload.mode == "closed":
+                if self.presence is not None:
+                    users = self.presence.max_users
+                else:
+                    assert scn.workload.users is not None  # WorkloadConfig requires users or a profile
+                    users = scn.workload.users
+                    # (with a profile, shoppers come and go as processes: their timeouts stay on the queue)
+                    self.calendar = think_calendar(
+                        env, len(range(self.part, users, self.parts)), self.shared(scn.workload.think_s)
+                    )
+                for uid in range(self.part, users, self.parts):  # a cell's shoppers: its ids modulo N
+                    self.closed_user(uid)
+            elif scn.workload.mode == "trace":
+                env.process(self.trace_arrivals())
             else:
-                assert scn.workload.users is not None  # WorkloadConfig requires users or a profile
-                users = scn.workload.users
-            for uid in range(users):
-                self.closed_user(uid)
-        elif scn.workload.mode == "trace":
-            env.process(self.trace_arrivals())
-        else:
-            self.open_arrivals()
-        env.run(until=self.end_arrivals_s + self.drain_s)
+                self.open_arrivals()
+            built()
+            env.run(until=self.end_arrivals_s + self.drain_s)
         self.recorder.flush()
         self._count_started()
         self._count_lookups()
@@ -719,6 +734,64 @@ class Model:
         return Replication(self.rep, records, (lo, hi), counters, timeseries, self.digest)
 
 
+#: Think timers in one bucket of a shop's calendar (about; the queue holds two buckets' worth).
+CALENDAR_TIMERS = 2048
+
+
+def think_calendar(env: simpy.Environment, users: int, think: D.Distribution) -> Calendar | None:
+    """Where ``users`` shoppers' think timers wait: a :class:`~sim.engine.clock.Calendar` whose
+    buckets hold about :data:`CALENDAR_TIMERS` timers each (``users`` timers spread over a
+    mean think time), or None (straight on the event queue) for fewer than twice that."""
+    if users < 2 * CALENDAR_TIMERS or not think.mean > 0:
+        return None
+    return Calendar(env, think.mean * CALENDAR_TIMERS / users)
+
+
+#: Allocations between two young-generation collections of the garbage collector while the
+#: event loop runs (Python's default is 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+@contextmanager
+def long_lived_model() -> Iterator[Callable[[], None]]:
+    """Build and run a model without the garbage collector rescanning what lives all run.
+
+    Every shopper's streams and samplers, the replicas and the pools live for the whole run:
+    with 100,000 shoppers they are millions of objects, which every full collection walked
+    again, while they were built and while the loop ran (the collector's work per request
+    grew with the shop).  Inside this block the collector is off while the model is built;
+    calling what it yields once the model is built freezes everything alive
+    (``gc.freeze``: left out of every collection until the block ends) and turns the
+    collector back on, collecting the young generation every :data:`GC_YOUNG_THRESHOLD`
+    allocations instead of 700 (a request's objects die by reference count; the collector
+    only finds cycles, and a request makes none: tests/test_engine_cycles.py).  Nothing the
+    model computes depends on when the collector runs, so every number is the same.  The
+    collector's settings are restored at the end; where the process froze objects of its own
+    already, nothing more is frozen."""
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    freeze = gc.get_freeze_count() == 0
+    frozen = False
+
+    def built() -> None:
+        nonlocal frozen
+        if freeze and not frozen:
+            gc.freeze()
+            frozen = True
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *threshold[1:])
+        if enabled:
+            gc.enable()
+
+    gc.disable()
+    try:
+        yield built
+    finally:
+        gc.set_threshold(*threshold)
+        if frozen:
+            gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
 def digest_edges(scn: Scenario) -> np.ndarray:
     """The digest's time cells for ``scn``: :func:`sim.engine.digest.cell_edges` over the
     measurement window, plus the timeline's window edges when results over time are on."""
@@ -733,6 +806,20 @@ def digest_edges(scn: Scenario) -> np.ndarray:
     return cell_edges(lo, end, extra)
 
 
-def run_replication(scn: Scenario, replication: int, records: bool | None = None) -> Replication:
-    """One replication of ``scn``; ``records``: keep every request's record (default ``run.records``)."""
-    return Model(scn, replication, records).run()
+def run_replication(
+    scn: Scenario, replication: int, records: bool | None = None, part: int | None = None
+) -> Replication:
+    """One replication of ``scn``; ``records``: keep every request's record (default ``run.records``).
+
+    With ``run.partitions`` N > 1: cell ``part`` of it (:mod:`sim.engine.partition`), or, with
+    ``part`` None, its N cells one after the other in this process, merged."""
+    from sim.engine.partition import cell_scenario, merge_cells  # deferred: it imports this module
+
+    n = scn.run.partitions
+    if n == 1:
+        return Model(scn, replication, records).run()
+    cell = cell_scenario(scn)
+    if part is not None:
+        return Model(cell, replication, records, part).run()
+    cells = [Model(cell, replication, records, c).run() for c in range(n)]
+    return merge_cells(cells, cell.llm.replicas)

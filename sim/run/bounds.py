@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from sim.engine.load_profile import peak
+from sim.engine.partition import check_partitions
 from sim.engine.pipeline import retrieval_service_distribution
 from sim.engine.routing import routing_setup
 from sim.errors import CapsimError
@@ -222,7 +223,9 @@ def check_bounds(
     """Refuse (one-line :class:`CapsimError`) a run whose estimated memory exceeds the limit;
     warn on stderr above half of it or above :data:`WARN_TIME_S` of work.  Reads every
     retrieval calibration the points use first, so a bad file is refused before any work.
-    ``keep_records``: the records are kept where ``run.records`` is unset."""
+    ``keep_records``: the records are kept where ``run.records`` is unset.  A point that
+    cannot run as its ``run.partitions`` cells is refused here too."""
+    check_partitions([p.scenario for p in points])
     check_calibrations(points)
     limit = parse_size(max_memory) if isinstance(max_memory, str) else max_memory
     flag = "--max-memory" if limit is not None else "available memory"

@@ -20,12 +20,13 @@ from multiprocessing import get_context
 from sim.engine.pipeline import Replication, run_replication
 from sim.spec.schema import Scenario
 
-Task = tuple[Scenario, int]
+#: (scenario, replication), or (scenario, replication, cell) for one cell of a partitioned run.
+Task = tuple[Scenario, int] | tuple[Scenario, int, int]
 
 
 def _run_task(task: Task) -> Replication:
-    scn, rep = task
-    return run_replication(scn, rep)
+    scn, rep, *cell = task
+    return run_replication(scn, rep, part=cell[0]) if cell else run_replication(scn, rep)
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sim.engine.partition import cell_scenario, check_partitions, merge_cells
 from sim.engine.pipeline import Replication
 from sim.errors import EXIT_INTERRUPTED, EXIT_WORKER_DIED, ConfigError, RunStopped
 from sim.run.bounds import estimate_run
@@ -109,10 +110,12 @@ def run_sweep(
     summary is the same from either, or from a re-run.  Per-request records are
     kept where ``run.records`` says so; where it is unset, when ``keep_records``
     is true (default: when the sweep is written to ``out``, whose records.parquet
-    holds them).  Summaries never need them.
+    holds them).  Summaries never need them.  A point with ``run.partitions`` N > 1
+    runs each replication as N cells, each its own task (:mod:`sim.engine.partition`).
     """
     if not points:
         raise ConfigError("the sweep has no points")
+    check_partitions([p.scenario for p in points])
     keep = out is not None if keep_records is None else keep_records
     if out is None:
         return _run_sweep(points, None, executor, jobs, progress, name, keep)
@@ -140,121 +143,172 @@ def _run_sweep(
     # forked worker runs the replications (a shorter one runs here, without forking).
     heavy = estimate_run(points).cpu_s >= PREFETCH_MIN_CPU_S
     ex = executor or LocalExecutor(jobs, prefetch=_load_analysis if heavy else None)
-    store = PointStore(out) if out is not None else None
-    ids = [point_id(p.scenario) for p in points]
-    first: dict[str, int] = {}
-    for i, pid in enumerate(ids):
-        first.setdefault(pid, i)
-    summaries: dict[str, PointSummary] = {}
-    computed: dict[str, list[Replication]] = {}
-    if store is not None:
-        for pid in first:
-            s = store.load_summary(pid)
-            if s is not None:
-                summaries[pid] = s
-    todo = [i for pid, i in first.items() if pid not in summaries]
-    counts = {i: points[i].scenario.run.replications for i in todo}
-    reps: dict[int, list[Replication]] = {i: [] for i in todo}
-    total = sum(counts.values())
-    done = 0
+    sweep = _Sweep(points, out, ex, progress, keep)
+    try:
+        sweep.run()
+        return sweep.result(name)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(sweep.stopped("interrupted"), EXIT_INTERRUPTED) from None
+    except cf.process.BrokenProcessPool:
+        raise SweepInterrupted(sweep.stopped("a worker process died"), EXIT_WORKER_DIED) from None
+    finally:
+        if sweep.files is not None:
+            sweep.files.discard()  # a sweep that stopped keeps its saved points, not half its records
 
-    def sweep_point(i: int) -> SweepPoint:
+
+class _Sweep:
+    """One sweep's bookkeeping: which points are saved, which replications are due, and the
+    cells of partitioned replications still arriving.  A point is identified by its index
+    ``i`` in ``points``; points that resolve to the same scenario share the first one's run."""
+
+    def __init__(
+        self,
+        points: Sequence[Point],
+        out: str | Path | None,
+        ex: Any,
+        progress: Callable[[int, int], None] | None,
+        keep: bool,
+    ):
+        self.points, self.out, self.ex, self.progress, self.keep = points, out, ex, progress, keep
+        self.store = PointStore(out) if out is not None else None
+        self.ids = [point_id(p.scenario) for p in points]
+        self.first: dict[str, int] = {}
+        for i, pid in enumerate(self.ids):
+            self.first.setdefault(pid, i)
+        self.summaries: dict[str, PointSummary] = self._saved()
+        self.computed: dict[str, list[Replication]] = {}
+        todo = [i for pid, i in self.first.items() if pid not in self.summaries]
+        self.pending = todo
+        self.counts = {i: points[i].scenario.run.replications for i in todo}
+        self.reps: dict[int, list[Replication]] = {i: [] for i in todo}
+        self.total = sum(self.counts.values())
+        self.done = 0
+        # The folder-level records and time series grow point by point (in point order) while
+        # the workers compute, rather than all at the end.
+        self.files = SweepFiles(out, [p.params for p in points]) if out is not None else None
+        if out is not None:
+            SweepFiles.clear_stale(out)  # the folder is locked: nobody else is streaming into it
+
+    def _saved(self) -> dict[str, PointSummary]:
+        if self.store is None:
+            return {}
+        found = {pid: self.store.load_summary(pid) for pid in self.first}
+        return {pid: s for pid, s in found.items() if s is not None}
+
+    def sweep_point(self, i: int) -> SweepPoint:
         from sim.run.results import SweepPoint  # deferred: loaded while the workers run
 
-        p, pid = points[i], ids[i]
+        p, pid, store = self.points[i], self.ids[i], self.store
         return SweepPoint(
             dict(p.params),
             p.scenario,
-            computed.get(pid, []) if store is None else [],
-            summaries[pid].with_params(p.params),  # the same scenario may be reached under other swept keys
+            self.computed.get(pid, []) if store is None else [],
+            self.summaries[pid].with_params(p.params),  # the same scenario may be reached under other swept keys
             id=pid,
-            computed=pid in computed and first[pid] == i,
+            computed=pid in self.computed and self.first[pid] == i,
             folder=store.folder(pid) if store is not None else None,
         )
 
-    # The folder-level records and time series grow point by point (in point order) while
-    # the workers compute, rather than all at the end.
-    files = SweepFiles(out, [p.params for p in points]) if out is not None else None
-    if out is not None:
-        SweepFiles.clear_stale(out)  # the folder is locked: nobody else is streaming into it
+    def stream(self) -> None:
+        files = self.files
+        while files is not None and files.added < len(self.points) and self.ids[files.added] in self.summaries:
+            files.add(files.added, self.sweep_point(files.added))
 
-    def stream() -> None:
-        while files is not None and files.added < len(points) and ids[files.added] in summaries:
-            files.add(files.added, sweep_point(files.added))
+    def run(self) -> None:
+        self.stream()
+        while self.pending:
+            self.pending = self._round(self.pending)
 
-    def finish(i: int, summ: PointSummary) -> None:
-        pid = ids[i]
-        summaries[pid] = summ
-        computed[pid] = reps[i]
-        if store is not None:
-            store.save(pid, points[i].scenario, summ, reps[i])
-            computed[pid] = reps[i] = []  # on disk now: the folder-level files read it back from there
-        stream()
+    def _tasks(self, pending: list[int]) -> tuple[list[Task], list[tuple[int, int]]]:
+        """The tasks still due for ``pending`` points and, for each, its (point, replication):
+        one task per replication, or per cell of a partitioned one."""
+        tasks: list[Task] = []
+        owners: list[tuple[int, int]] = []
+        for i in pending:
+            scn = with_records(self.points[i].scenario, self.keep)
+            n = scn.run.partitions
+            for r in range(len(self.reps[i]), self.counts[i]):
+                tasks.extend([(scn, r)] if n == 1 else [(scn, r, c) for c in range(n)])
+                owners.extend([(i, r)] * n)
+        if getattr(self.ex, "jobs", 1) > 1 and len(tasks) > 1:
+            # Longest first (LPT): the heaviest replications start at once and the light
+            # ones fill in behind them, instead of one heavy point running alone at the end.
+            cost = {i: self._task_cpu_s(i) for i, _ in set(owners)}
+            order = sorted(range(len(tasks)), key=lambda j: -cost[owners[j][0]])
+            tasks, owners = [tasks[j] for j in order], [owners[j] for j in order]
+        return tasks, owners
 
-    pending = todo
-    try:
-        stream()
-        while pending:
-            tasks: list[Task] = []
-            owners: list[int] = []
-            for i in pending:
-                for r in range(len(reps[i]), counts[i]):
-                    tasks.append((with_records(points[i].scenario, keep), r))
-                    owners.append(i)
-            if getattr(ex, "jobs", 1) > 1 and len(tasks) > 1:
-                # Longest first (LPT): the heaviest replications start at once and the light
-                # ones fill in behind them, instead of one heavy point running alone at the end.
-                cost = {i: estimate_run([points[i]]).cpu_s / max(1, counts[i]) for i in set(owners)}
-                order = sorted(range(len(tasks)), key=lambda j: -cost[owners[j]])
-                tasks, owners = [tasks[j] for j in order], [owners[j] for j in order]
-            need = {i: counts[i] - len(reps[i]) for i in pending}
-            nxt: list[int] = []
-            for j, rep in iter_completed(ex, tasks):
-                i = owners[j]
-                reps[i].append(rep)
-                done += 1
-                if progress:
-                    progress(done, total)
-                need[i] -= 1
-                if need[i]:
+    def _task_cpu_s(self, i: int) -> float:
+        p = self.points[i]
+        return estimate_run([p]).cpu_s / max(1, self.counts[i]) / p.scenario.run.partitions
+
+    def _round(self, pending: list[int]) -> list[int]:
+        """Run what ``pending`` points still need; the points that need more replications."""
+        tasks, owners = self._tasks(pending)
+        need = {i: self.counts[i] - len(self.reps[i]) for i in pending}
+        cells: dict[tuple[int, int], dict[int, Replication]] = {}
+        nxt: list[int] = []
+        for j, rep in iter_completed(self.ex, tasks):
+            i, r = owners[j]
+            n = self.points[i].scenario.run.partitions
+            if n > 1:
+                got = cells.setdefault((i, r), {})
+                got[tasks[j][2]] = rep  # type: ignore[misc]  # a cell's task carries its index
+                if len(got) < n:
                     continue
-                reps[i].sort(key=lambda r: r.replication)
-                from sim.analysis.autoscale import with_autoscale  # deferred, as summarize_point
-                from sim.analysis.summary import summarize_point  # deferred: loaded while the workers run
+                rep = merge_cells([got[c] for c in range(n)], cell_scenario(self.points[i].scenario).llm.replicas)
+                del cells[(i, r)]
+            self.reps[i].append(rep)
+            self.done += 1
+            if self.progress:
+                self.progress(self.done, self.total)
+            need[i] -= 1
+            if not need[i] and self._summarize(i):
+                nxt.append(i)
+        return nxt
 
-                p = points[i]
-                summ = with_autoscale(summarize_point(p.scenario, reps[i], p.params), p.scenario, reps[i])
-                summ = normalize(nothing_finished_fails(summ, p.scenario))
-                cap = p.scenario.run.max_replications
-                if needs_more(summ, p.scenario) and counts[i] < cap:
-                    counts[i] = min(cap, max(counts[i] + 2, math.ceil(counts[i] * 1.5)))
-                    total += counts[i] - len(reps[i])
-                    nxt.append(i)
-                else:
-                    finish(i, summ)
-            pending = nxt
+    def _summarize(self, i: int) -> bool:
+        """Summarise point ``i`` once its replications are in; True when it needs more."""
+        from sim.analysis.autoscale import with_autoscale  # deferred, as summarize_point
+        from sim.analysis.summary import summarize_point  # deferred: loaded while the workers run
+
+        reps = self.reps[i]
+        reps.sort(key=lambda r: r.replication)
+        p = self.points[i]
+        summ = with_autoscale(summarize_point(p.scenario, reps, p.params), p.scenario, reps)
+        summ = normalize(nothing_finished_fails(summ, p.scenario))
+        cap = p.scenario.run.max_replications
+        if needs_more(summ, p.scenario) and self.counts[i] < cap:
+            self.counts[i] = min(cap, max(self.counts[i] + 2, math.ceil(self.counts[i] * 1.5)))
+            self.total += self.counts[i] - len(reps)
+            return True
+        self._finish(i, summ)
+        return False
+
+    def _finish(self, i: int, summ: PointSummary) -> None:
+        pid = self.ids[i]
+        self.summaries[pid] = summ
+        self.computed[pid] = self.reps[i]
+        if self.store is not None:
+            self.store.save(pid, self.points[i].scenario, summ, self.reps[i])
+            self.computed[pid] = self.reps[i] = []  # on disk now: the folder-level files read it back from there
+        self.stream()
+
+    def result(self, name: str | None) -> SweepResult:
         from sim.run.results import SweepResult  # deferred (loaded by now unless nothing ran)
 
         res = SweepResult(
-            name or points[0].scenario.name,
-            [sweep_point(i) for i in range(len(points))],
-            out=Path(out) if out is not None else None,
+            name or self.points[0].scenario.name,
+            [self.sweep_point(i) for i in range(len(self.points))],
+            out=Path(self.out) if self.out is not None else None,
         )
-        if files is not None:
-            assert out is not None
-            write_sweep(res, out, files)
-    except KeyboardInterrupt:
-        raise SweepInterrupted(
-            _stopped_message("interrupted", len(summaries), len(first), out), EXIT_INTERRUPTED
-        ) from None
-    except cf.process.BrokenProcessPool:
-        raise SweepInterrupted(
-            _stopped_message("a worker process died", len(summaries), len(first), out), EXIT_WORKER_DIED
-        ) from None
-    finally:
-        if files is not None:
-            files.discard()  # a sweep that stopped keeps its saved points, not half its records
-    return res
+        if self.files is not None:
+            assert self.out is not None
+            write_sweep(res, self.out, self.files)
+        return res
+
+    def stopped(self, why: str) -> str:
+        return _stopped_message(why, len(self.summaries), len(self.first), self.out)
 
 
 def _stopped_message(why: str, have: int, total: int, out: Any) -> str:

@@ -38,6 +38,8 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "drain_s": "seconds in-flight requests may finish after arrivals stop (default max(30, duration/4))",
         "records": "keep one record per request (records.parquet, Result.records): true or false; default "
         "only when writing a folder (--out); summaries come from fixed-size histograms either way",
+        "partitions": "run each replication as this many independent cells side by side, each with an equal share "
+        "of the shoppers, replicas, workers and cache (random or round_robin router); 1: one process",
     },
     "WorkloadConfig": {
         "mode": "closed: users who think and ask again; open: arrivals at a rate; trace: replay a file",

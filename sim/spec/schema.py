@@ -164,6 +164,7 @@ class RunConfig(Strict):
     max_replications: Annotated[int, Field(ge=1)] = 30
     drain_s: Optional[NonNegFloat] = None
     records: Optional[bool] = None
+    partitions: Annotated[int, Field(ge=1)] = 1
 
     @property
     def drain_seconds(self) -> float:
@@ -993,21 +994,7 @@ class LLMConfig(Strict):
             why = perop.coverage(self.gpu.name, self.engine, self.model.name, tp, self.perop_dtype, self.perop_ep)
             raise ValueError(f"step_cost perop: {why}; use step_cost auto (roofline where uncovered) or roofline")
         if self.kv_blocks_usable < 1:
-            gib = gpu_model.GIB
-            exposed = self.memory_exposed_bytes / gib
-            if self.fraction_of_free:  # the fraction is of what is left: the card is the limit
-                usable, how = exposed, f"{exposed:.2f} GiB exposed"
-            else:
-                usable = exposed * self.gpu_memory_utilization
-                how = f"{exposed:.2f} GiB exposed x gpu_memory_utilization {self.gpu_memory_utilization:g}"
-            per_gpu = self.weights_bytes / tp / gib
-            what = "do not fit" if per_gpu >= usable else "leave no room for one KV block"
-            raise ValueError(
-                f"model weights ({per_gpu:.1f} GiB per GPU at dtype_bytes {self.dtype_bytes:g} over "
-                f"llm.tensor_parallel {tp}) and the engine reserve ({self.reserve_bytes / gib:.2f} GiB, "
-                f"llm.engine_reserve {self.engine_reserve}) {what} in {self.gpu.name or 'the GPU'}'s "
-                f"{usable:.1f} GiB ({how}); raise llm.tensor_parallel, use a bigger GPU or lower dtype_bytes"
-            )
+            raise ValueError(self._no_kv_room())
         a = self.autoscale
         if a is not None and not a.min_replicas <= self.replicas <= a.max_replicas:
             raise ValueError(
@@ -1024,6 +1011,24 @@ class LLMConfig(Strict):
         if self.disaggregated is not None:
             self._check_disaggregated()
         return self
+
+    def _no_kv_room(self) -> str:
+        """Why the weights and the engine reserve leave no KV block, with the figures."""
+        gib, tp = gpu_model.GIB, self.tensor_parallel
+        exposed = self.memory_exposed_bytes / gib
+        if self.fraction_of_free:  # the fraction is of what is left: the card is the limit
+            usable, how = exposed, f"{exposed:.2f} GiB exposed"
+        else:
+            usable = exposed * self.gpu_memory_utilization
+            how = f"{exposed:.2f} GiB exposed x gpu_memory_utilization {self.gpu_memory_utilization:g}"
+        per_gpu = self.weights_bytes / tp / gib
+        what = "do not fit" if per_gpu >= usable else "leave no room for one KV block"
+        return (
+            f"model weights ({per_gpu:.1f} GiB per GPU at dtype_bytes {self.dtype_bytes:g} over "
+            f"llm.tensor_parallel {tp}) and the engine reserve ({self.reserve_bytes / gib:.2f} GiB, "
+            f"llm.engine_reserve {self.engine_reserve}) {what} in {self.gpu.name or 'the GPU'}'s "
+            f"{usable:.1f} GiB ({how}); raise llm.tensor_parallel, use a bigger GPU or lower dtype_bytes"
+        )
 
     def _check_parallel(self) -> None:
         """Tensor and expert parallelism the model and GPU allow."""
