@@ -473,6 +473,10 @@ def _block(recs: list[dict[str, Any]]) -> dict[str, Any]:
         "capsim": {m: _stats(x[f"capsim_{m}_err"] for x in ok) for m in ("ttft", "tpot")},
         "aiconfigurator": {m: _stats(x[f"aic_{m}_err"] for x in both) for m in ("ttft", "tpot")},
         "capsim_on_aiconfigurator_rows": {m: _stats(x[f"capsim_{m}_err"] for x in both) for m in ("ttft", "tpot")},
+        "engine_preset_on_aiconfigurator_rows": {
+            m: _stats(x[f"engine_{m}_err"] for x in both if math.isfinite(x[f"engine_{m}_err"]))
+            for m in ("ttft", "tpot")
+        },
         "engine_preset_held_out": {
             m: _stats(x[f"engine_{m}_err"] for x in recs if math.isfinite(x[f"engine_{m}_err"]))
             for m in ("ttft", "tpot")

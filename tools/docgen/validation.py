@@ -158,12 +158,14 @@ def _gpu_order(g: str) -> int:
 def _silicon_row(sil: dict[str, Any]) -> tuple[str, str, str, str]:
     a = sil["all"]
     held, aic = a["engine_preset_held_out"], a["aiconfigurator"]
+    same = a.get("engine_preset_on_aiconfigurator_rows")
+    beside = f" (engine presets on them: TPOT {_mape(same['tpot'])}, TTFT {_mape(same['ttft'])})" if same else ""
     return (
         "Measured serving runs",
         f"{a['rows']:,} of aiconfigurator's {sil['rows_in_file']:,} measured vLLM / TensorRT-LLM / SGLang runs "
         f"({', '.join(_GPU_NAMES.get(g, g) for g in sorted(sil['by']['gpu'], key=_gpu_order))}; dense and MoE)",
         f"engine presets held out by (model, GPU): TPOT MAPE {_mape(held['tpot'])}, TTFT {_mape(held['ttft'])}; "
-        f"aiconfigurator on its {aic['tpot']['n']} rows: TPOT {_mape(aic['tpot'])}, TTFT {_mape(aic['ttft'])}",
+        f"aiconfigurator on its {aic['tpot']['n']} rows: TPOT {_mape(aic['tpot'])}, TTFT {_mape(aic['ttft'])}" + beside,
         "measured-serving-runs",
     )
 
