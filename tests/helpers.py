@@ -23,6 +23,20 @@ TOY_MODEL = {
 }
 
 
+def toy_llm(**keys) -> dict:
+    """The toy model on the toy GPU with exact step costs (only the parameters set here): the
+    ``llm`` section of a hand-checked scenario, ``keys`` on top."""
+    return {
+        "model": copy.deepcopy(TOY_MODEL),
+        "gpu": copy.deepcopy(TOY_GPU),
+        "efficiency": "custom",
+        "bw_efficiency": 1.0,
+        "mfu": 1.0,
+        "step_overhead_ms": 0,
+        **keys,
+    }
+
+
 def exact_scenario(**over) -> dict:
     """One user, constant everything: every timestamp is computable by hand."""
     d = {
@@ -36,16 +50,7 @@ def exact_scenario(**over) -> dict:
         },
         "cache": {"enabled": True, "capacity": 10, "lookup_ms": 1},
         "retrieval": {"enabled": True, "workers": 1, "service_ms": 10},
-        "llm": {
-            "model": copy.deepcopy(TOY_MODEL),
-            "gpu": copy.deepcopy(TOY_GPU),
-            "efficiency": "custom",  # exact: only the parameters set here
-            "bw_efficiency": 1.0,
-            "mfu": 1.0,
-            "step_overhead_ms": 0,
-            "prompt_tokens": 100,
-            "output_tokens": 3,
-        },
+        "llm": toy_llm(prompt_tokens=100, output_tokens=3),
     }
     for k, v in over.items():
         node = d

@@ -3,7 +3,6 @@ costs, a spike it misses because replicas start too slowly, bad input, and plan'
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -16,7 +15,7 @@ from sim.engine.pipeline import Model
 from sim.run.autoscale import compare
 from sim.spec.schema import ENGINE_START_S, validate_scenario
 from sim.spec.storage import storage, storage_names
-from tests.helpers import TOY_GPU, TOY_MODEL, invoke
+from tests.helpers import invoke, toy_llm
 
 
 def spike(**autoscale) -> dict:
@@ -37,18 +36,7 @@ def spike(**autoscale) -> dict:
         },
         "cache": {"enabled": False},
         "retrieval": {"enabled": False},
-        "llm": {
-            "model": copy.deepcopy(TOY_MODEL),
-            "gpu": copy.deepcopy(TOY_GPU),
-            "efficiency": "custom",
-            "bw_efficiency": 1.0,
-            "mfu": 1.0,
-            "step_overhead_ms": 23,
-            "max_batch": 1,
-            "prompt_tokens": 100,
-            "output_tokens": 4,
-            "replicas": 1,
-        },
+        "llm": toy_llm(step_overhead_ms=23, max_batch=1, prompt_tokens=100, output_tokens=4, replicas=1),
         "timeline": {"window_s": 30, "sla": {"e2e_ms": {"p95": 1000}}},
         "cost": {"gpu_per_hour": 2.0},
     }

@@ -229,7 +229,7 @@ def _prefill_heavy_plan() -> dict:
     the P95 time per output token (2.2 ms; a decode step alone is about 2 ms).  An aggregated
     replica mixes 16 ms prefill chunks into its decode steps; a disaggregated decode replica does
     not."""
-    from tests.helpers import TOY_GPU, TOY_MODEL
+    from tests.helpers import toy_llm
 
     return {
         "name": "prefill_heavy",
@@ -237,16 +237,7 @@ def _prefill_heavy_plan() -> dict:
         "workload": {"mode": "open", "rate_per_s": 40},
         "cache": {"enabled": False},
         "retrieval": {"enabled": False},
-        "llm": {
-            "model": copy.deepcopy(TOY_MODEL),
-            "gpu": copy.deepcopy(TOY_GPU),
-            "efficiency": "custom",
-            "bw_efficiency": 1.0,
-            "mfu": 1.0,
-            "step_overhead_ms": 0,
-            "prompt_tokens": 8000,
-            "output_tokens": 50,
-        },
+        "llm": toy_llm(prompt_tokens=8000, output_tokens=50),
         "sla": {"tpot_ms": {"p95": 2.2}},
         "cost": {"gpu_per_hour": 1.0},
         "plan": {

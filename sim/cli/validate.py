@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich import box
@@ -93,22 +93,10 @@ def validate(
         _disaggregated(out, jobs, not no_cache)
         return
     doc = run_validation(sample=sample, out=out, jobs=jobs, use_cache=not no_cache, start=start)
-    table = Table(box=box.SIMPLE, title=f"{doc['predictor']}: MAPE (signed mean), predicted / measured - 1")
-    cols = ("rows", "capsim TTFT", "capsim TPOT", "engine preset TTFT", "engine preset TPOT", "aiconfigurator TTFT")
-    for col in (*cols, "aiconfigurator TPOT"):
-        table.add_column(col, justify="right")
     blocks = [("all", doc["all"])] + [(k, v) for k, v in doc["by"]["engine"].items()]
-    for name, b in blocks:
-        table.add_row(
-            f"{name} ({b['rows'] - b['capsim_refused']})",
-            _cell(b, "capsim", "ttft"),
-            _cell(b, "capsim", "tpot"),
-            _cell(b, "engine_preset_held_out", "ttft"),
-            _cell(b, "engine_preset_held_out", "tpot"),
-            _cell(b, "aiconfigurator", "ttft"),
-            _cell(b, "aiconfigurator", "tpot"),
-        )
-    console.print(table)
+    console.print(
+        _error_table(doc["predictor"], "rows", blocks, ("capsim", "engine_preset_held_out", "aiconfigurator"))
+    )
     typer.echo(
         "capsim: llm.efficiency published; engine preset: llm.engine, step costs fitted without the row's "
         "(model, GPU) group (held out); aiconfigurator 0.12.0: its own per-operation database"
@@ -120,24 +108,31 @@ def validate(
         typer.echo(f"wrote {out / 'rows.csv'} and {out / 'summary.json'}")
 
 
+#: How each predictor's columns are headed.
+_PREDICTORS = {"capsim": "capsim", "engine_preset_held_out": "engine preset", "aiconfigurator": "aiconfigurator"}
+
+
+def _error_table(predictor: str, first: str, blocks: list[tuple[str, Any]], predictors: tuple[str, ...]) -> Table:
+    """MAPE (signed mean) of TTFT and TPOT per block of rows, one pair of columns per predictor."""
+    table = Table(box=box.SIMPLE, title=f"{predictor}: MAPE (signed mean), predicted / measured - 1")
+    table.add_column(first, justify="right")
+    for p in predictors:
+        for m in ("TTFT", "TPOT"):
+            table.add_column(f"{_PREDICTORS[p]} {m}", justify="right")
+    for name, b in blocks:
+        cells = [_cell(b, p, m) for p in predictors for m in ("ttft", "tpot")]
+        table.add_row(f"{name} ({b['rows'] - b['capsim_refused']})", *cells)
+    return table
+
+
 def _disaggregated(out: Path | None, jobs: int | None, use_cache: bool) -> None:
     """``--disaggregated``: the disaggregated rows capsim represents, by (model, GPU)."""
     # deferred: the simulator and numpy load only when the command runs
     from sim.run.validate import run_disaggregated_validation
 
     doc = run_disaggregated_validation(out=out, jobs=jobs, use_cache=use_cache)
-    table = Table(box=box.SIMPLE, title=f"{doc['predictor']}: MAPE (signed mean), predicted / measured - 1")
-    for col in ("model on GPU (rows)", "capsim TTFT", "capsim TPOT", "engine preset TTFT", "engine preset TPOT"):
-        table.add_column(col, justify="right")
     blocks = [("all", doc["all"]), *doc["by"]["model_gpu"].items()]
-    for name, b in blocks:
-        table.add_row(
-            f"{name} ({b['rows'] - b['capsim_refused']})",
-            _cell(b, "capsim", "ttft"),
-            _cell(b, "capsim", "tpot"),
-            _cell(b, "engine_preset_held_out", "ttft"),
-            _cell(b, "engine_preset_held_out", "tpot"),
-        )
+    table = _error_table(doc["predictor"], "model on GPU (rows)", blocks, ("capsim", "engine_preset_held_out"))
     stdout_console().print(table)
     n, total = doc["all"]["rows"], doc["disaggregated_rows_in_file"]
     typer.echo(f"{n} of the file's {total} disaggregated rows replayed; the others:")
