@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 	$(MAKE) --no-print-directory docs
 
 # The documentation site; the scenario reference, validation and performance pages are
@@ -52,7 +52,7 @@ autoscale-data: $(STAMP)
 	$(BIN)/python -m tools.docgen.autoscale
 
 test-long: $(STAMP)
-	CAPSIM_LONG=1 $(BIN)/python -m pytest -q
+	CAPSIM_LONG=1 $(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # Ciw (the peer simulator in bench_engine) goes into its own folder: it ships a
 # top-level `tests` package that must not shadow ours in the venv.

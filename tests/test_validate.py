@@ -14,6 +14,7 @@ from sim.physics.gpu import StepCost, attention_pairs
 from sim.spec.schema import LLMConfig
 from sim.spec.silicon import SiliconRow, load_rows, representable
 from tests.helpers import invoke as run_cli
+from tests.test_engine_fit import SAMPLE, SLACK
 
 
 def row(**kw) -> SiliconRow:
@@ -186,6 +187,10 @@ def test_cli_sample_writes_rows_and_summary(tmp_path):
     assert ok and all(math.isfinite(float(r["capsim_tpot_ms"])) for r in ok)
     errs = np.array([float(r["capsim_tpot_err"]) for r in ok])
     assert doc["all"]["capsim"]["tpot"]["mape_pct"] == pytest.approx(100 * np.mean(np.abs(errs)), abs=0.06)
+    # each engine preset, held out, replays the sample no worse than pinned
+    for engine, (tpot, ttft) in SAMPLE.items():
+        ho = doc["by"]["engine"][engine]["engine_preset_held_out"]
+        assert ho["tpot"]["mape_pct"] <= tpot + SLACK and ho["ttft"]["mape_pct"] <= ttft + SLACK, engine
 
 
 def test_cli_bad_flags_exit_2():
