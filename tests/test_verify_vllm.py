@@ -378,3 +378,22 @@ def test_the_prefix_check_against_a_server_that_caches_full_blocks(tmp_path: Pat
     (r,) = doc["rows"]
     assert (r["measured"], r["predicted"], r["verdict"]) == (256.0, 256.0, "within")
     assert doc["first_request_hits"] == 0
+
+
+def test_the_servers_measured_request_path_stands_in_for_the_presets_frontend(tmp_path: Path) -> None:
+    """The vllm preset's ``frontend_ms`` is fitted to the measured GPU serving runs; against a live
+    server capsim measures that server's own request path (first token less its prefill time) and
+    puts it in front of the LLM stage instead, so the preset's is not counted twice."""
+    from sim.spec.scenario import apply_overrides, load_raw
+    from sim.spec.target import load_target
+    from sim.verify.compare import overrides_for
+
+    path = ROOT / "scenarios" / "verify_vllm.yaml"
+    assert load_scenario(path).llm.frontend_ms > 0  # the preset's, fitted on the GPU runs
+    tgt = tmp_path / "target.yaml"
+    tgt.write_text("llm: {url: 'http://127.0.0.1:1', model: m, parallel: 4, n_batch: 256}\n")
+    scn = load_scenario(path)
+    ov = overrides_for(scn, load_target(tgt), 8, 60.0, 10.0, None, 6.5, 2)
+    got = load_scenario(apply_overrides(load_raw(path), ov))
+    assert got.llm.frontend_ms == 0.0
+    assert got.cache.lookup_ms.value == 6.5  # the measured HTTP, tokenising and streaming time

@@ -15,6 +15,7 @@ from sim.verify.loadgen import (
     LiveRun,
 )
 from sim.verify.measured import measured_stats
+from sim.verify.server_clock import request_path
 from sim.verify.verdict import (
     BOUNDS,
     RETRIEVAL_BOUNDS,
@@ -48,7 +49,7 @@ def overrides_for(
         "run.warmup_s": warmup_s,
         "run.replications": replications,
         "run.target_precision": None,
-        "cache.lookup_ms": {"dist": "constant", "value": max(0.0, llm_overhead_ms)},
+        **request_path(llm_overhead_ms),
     }
     if scn.llm.enabled:
         llm = target.llm_endpoint()

@@ -26,6 +26,7 @@ import http.client
 import math
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from sim.spec.target import LLMTarget
 from sim.verify.wire import EndpointError, connection
@@ -150,3 +151,11 @@ def learn_clock(llm: LLMTarget, stream_timings: dict) -> str:
         else:
             llm._clock = "metrics" if metrics_snapshot(llm.url) is not None else "none"
     return llm._clock
+
+
+def request_path(overhead_ms: float) -> dict[str, Any]:
+    """Overrides that put the server's own measured request path (HTTP, tokenising, streaming:
+    first token less the server's prefill time) in front of the LLM stage, in place of an engine
+    preset's fitted ``llm.frontend_ms``, which stands for the engines of the measured serving runs,
+    not for the server under test."""
+    return {"cache.lookup_ms": {"dist": "constant", "value": max(0.0, overhead_ms)}, "llm.frontend_ms": 0.0}

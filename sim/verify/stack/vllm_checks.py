@@ -46,7 +46,7 @@ import numpy as np
 from sim.errors import CapsimError
 from sim.spec.scenario import load_scenario
 from sim.spec.target import load_target
-from sim.verify.server_clock import parse_metrics
+from sim.verify.server_clock import parse_metrics, request_path
 from sim.verify.wire import EndpointError, connection
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def _simulated(
         "run.warmup_s": warmup_s,
         "run.replications": 1,
         "run.target_precision": None,
-        "cache.lookup_ms": {"dist": "constant", "value": max(0.0, overhead_ms)},
+        **request_path(overhead_ms),
         "llm.replicas": 1,
         "llm.step_table": str(table),
     }
