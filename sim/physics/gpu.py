@@ -120,7 +120,8 @@ def expected_distinct_experts(experts: int, experts_per_token: int, tokens: Floa
     fewer.  256 experts, 8 per token: 8 at one token, 256 * (1 - (31/32) ** 32) = 163.31
     at 32 tokens, all 256 by a few thousand.  Works on numpy arrays.
     """
-    return experts * (1.0 - (1.0 - experts_per_token / experts) ** tokens)
+    distinct: FloatOrArray = experts * (1.0 - (1.0 - experts_per_token / experts) ** tokens)
+    return distinct
 
 
 def moe_weights_bytes(
@@ -529,12 +530,13 @@ class StepCost:
     ) -> np.ndarray:
         """:meth:`time` element-wise over arrays of steps."""
         mem, comp = self.terms(new_tokens, ctx_tokens, attn_pairs)
-        return (
+        step_s: np.ndarray = (
             np.maximum(mem, comp)
             + self.overhead_s
             + self.per_seq_s * np.asarray(seqs, float)
             + self.comm_per_token_s * np.asarray(new_tokens, float)
         )
+        return step_s
 
     def memory_bound(self, new_tokens: float, ctx_tokens: float, attn_pairs: float) -> bool:
         mem, comp = self.terms(new_tokens, ctx_tokens, attn_pairs)
