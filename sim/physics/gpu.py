@@ -49,6 +49,9 @@ from sim.physics.replica_config import ReplicaConfig
 
 #: One step's figures as plain numbers, or many steps' as arrays (element-wise).
 FloatOrArray = TypeVar("FloatOrArray", float, np.ndarray)
+#: A decode epoch's step costs as lines, ``(a_mem, b_mem, a_comp, b_comp, const)``: step ``j``
+#: costs ``max(a_mem + b_mem j, a_comp + b_comp j) + const`` (:meth:`StepCost.decode_lines`).
+DecodeLines = tuple[float, float, float, float, float]
 
 GB = 1e9
 GIB = float(2**30)
@@ -542,7 +545,7 @@ class StepCost:
         mem, comp = self.terms(new_tokens, ctx_tokens, attn_pairs)
         return mem >= comp
 
-    def decode_lines(self, batch: int, ctx0: float) -> tuple[float, float, float, float, float]:
+    def decode_lines(self, batch: int, ctx0: float) -> DecodeLines:
         """(a_mem, b_mem, a_comp, b_comp, const): step j of a decode epoch costs
         max(a_mem + b_mem j, a_comp + b_comp j) + const, where ``ctx0`` is the
         batch's total context after step 0 (it grows by ``batch`` per step)."""
@@ -554,12 +557,12 @@ class StepCost:
         return a_m, b_m, a_c, b_c, self.overhead_s + (self.per_seq_s + self.comm_per_token_s) * batch
 
     @staticmethod
-    def epoch_time(lines: tuple[float, float, float, float, float], k: int) -> float:
+    def epoch_time(lines: DecodeLines, k: int) -> float:
         a_m, b_m, a_c, b_c, const = lines
         return sum_max_linear(a_m, b_m, a_c, b_c, k) + const * k
 
     @staticmethod
-    def memory_bound_steps(lines: tuple[float, float, float, float, float], k: int) -> int:
+    def memory_bound_steps(lines: DecodeLines, k: int) -> int:
         """How many of the first ``k`` decode steps are memory-bound."""
         a_m, b_m, a_c, b_c, _ = lines
         if k <= 0:
