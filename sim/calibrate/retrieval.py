@@ -491,7 +491,7 @@ def _corpus(
     dim: int | None,
     s: Settings,
     queries_k_seed: tuple[int, int, int],
-    generator_params: Settings | None,
+    generator_params: dict[str, Any] | None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
     """The user's vectors with the queries held out of them (pool, queries, corpus entry), or a
     synthetic corpus's entry alone (its corpus and queries are drawn per size: the topic count
@@ -528,7 +528,7 @@ def run_calibration(
     progress: Progress | None = None,
     linear_python_docs: int = 2000,
     linear_python_queries: int = 50,
-    generator_params: Settings | None = None,
+    generator_params: dict[str, Any] | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Measure the requested indexes and return the calibration document.
@@ -627,7 +627,9 @@ def _held_out(
     return allv[perm[n_queries:]], allv[perm[:n_queries]], source
 
 
-def _synthetic_source(s: Settings, dim: int | None, seed: int, generator_params: Settings | None) -> dict[str, Any]:
+def _synthetic_source(
+    s: Settings, dim: int | None, seed: int, generator_params: dict[str, Any] | None
+) -> dict[str, Any]:
     """The corpus entry of a synthetic corpus (:func:`make_corpus`), its parameters checked."""
     if dim is None:
         raise CalibrationError("--dim: required without --vectors (e.g. --dim 768)")
