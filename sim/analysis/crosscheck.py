@@ -31,8 +31,8 @@ Exactness conditions (anything else gets no ``analytic`` entry):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -147,9 +147,21 @@ def _open_model(lam: float, c: int, mean_s: float, lookup_s: float, quantile: fl
     return out
 
 
+class CompareRow(TypedDict):
+    """One quantity the formula predicts beside what the simulation measured (its interval),
+    whether the prediction lies in the interval and the relative error."""
+
+    quantity: str
+    analytic: float
+    simulated: float | None
+    ci: list[float | None]
+    within_ci: bool | None
+    rel_error: float | None
+
+
 def _row(
     quantity: str, analytic_value: float, simulated: float | None, ci: Sequence[float | None] | None
-) -> dict[str, Any]:
+) -> CompareRow:
     lo, hi = (ci or [None, None])[:2]
     return {
         "quantity": quantity,
@@ -165,7 +177,7 @@ def _row(
 
 def waited_fraction(
     parts: Sequence[tuple[float, float]], one_run: bool, confidence: float
-) -> tuple[float | None, list]:
+) -> tuple[float | None, list[float | None]]:
     """Share of retrievals that queued (``retrieval_wait_ms > 0``), with its interval.
 
     ``parts``: ``(retrievals that waited, retrievals)`` per replication, or with
@@ -176,7 +188,10 @@ def waited_fraction(
     if not kept:
         return None, [None, None]
     fr = np.array([w / n for w, n in kept])
-    f = lambda x: None if not math.isfinite(x) else float(x)  # noqa: E731
+
+    def f(x: float) -> float | None:
+        return None if not math.isfinite(x) else float(x)
+
     if not one_run:
         lo, hi = stats.t_interval(fr, confidence) if len(fr) >= 2 else (math.nan, math.nan)
         return float(fr.mean()), [f(lo), f(hi)]
@@ -190,16 +205,16 @@ def waited_fraction(
 
 def compare(
     model: dict[str, Any],
-    metrics: dict,
-    throughput: tuple[float, list],
-    p_wait: tuple[float | None, list] | None = None,
+    metrics: Mapping[str, Mapping[str, Any]],
+    throughput: tuple[float, list[float | None]],
+    p_wait: tuple[float | None, list[float | None]] | None = None,
     quantile: float = 0.95,
-) -> list[dict]:
+) -> list[CompareRow]:
     """Rows ``{quantity, analytic, simulated, ci, within_ci, rel_error}`` for a point."""
     if not model.get("stable"):
         return []
     pct = f"p{round(quantile * 100)}"
-    rows: list[dict] = []
+    rows: list[CompareRow] = []
 
     def metric_row(name: str, metric: str, stat: str, key: str) -> None:
         m = metrics.get(metric)
@@ -221,7 +236,16 @@ def compare(
     return rows
 
 
-def offered_load(scn: Scenario, hit_rate: float | None) -> dict[str, dict[str, float]]:
+class OfferedLoad(TypedDict):
+    """A stage's offered load ``ρ`` and what makes it: arrival rate, mean service, servers."""
+
+    offered_load: float
+    arrival_rate_per_s: float
+    service_mean_ms: float
+    servers: int
+
+
+def offered_load(scn: Scenario, hit_rate: float | None) -> dict[str, OfferedLoad]:
     """Open workloads: per-stage offered load ``ρ = λ_stage·E[S] / capacity``.
 
     Retrieval sees the misses: ``λ·(1 - hit rate)``; its capacity is

@@ -30,7 +30,7 @@ the scenario gives every price).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from sim.errors import CapsimError
 from sim.spec.prices import cpu_core_price, gpu_price
@@ -68,7 +68,31 @@ def cpu_cores(scn: Scenario) -> int:
     return int(scn.retrieval.cpu_cores or scn.retrieval.workers)
 
 
-def prices(scn: Scenario) -> dict | None:
+class Prices(TypedDict):
+    """USD per hour a fleet is charged at: per GPU, for the whole retrieval stage's CPUs, and
+    the date the catalog's prices were read (None when the ``cost:`` section gave them all)."""
+
+    gpu_per_hour: float
+    cpu_per_hour: float
+    price_date: str | None
+
+
+class _FleetHours(TypedDict, total=False):
+    gpu_hours: float  # an autoscaled fleet's GPU-hours paid for (sim.analysis.autoscale)
+
+
+class CostFigures(_FleetHours):
+    """A point's ``cost`` entry, USD: per hour, per 1,000 answers and per million output
+    tokens (None at no throughput), and the catalog's ``price_date``; an autoscaled fleet's
+    also its ``gpu_hours``."""
+
+    per_hour: float
+    per_1000_answers: float | None
+    per_million_output_tokens: float | None
+    price_date: str | None
+
+
+def prices(scn: Scenario) -> Prices | None:
     """The prices a scenario's fleet is charged at, or None without a ``cost:`` section:
     ``{gpu_per_hour, cpu_per_hour, price_date}`` (``cpu_per_hour`` for the whole retrieval
     stage), each from the ``cost:`` section or, where it gives none, from the catalog."""
@@ -110,7 +134,7 @@ def per_hour(scn: Scenario, gpus_held: float | None = None) -> float | None:
 
 def cost_figures(
     scn: Scenario, throughput_per_s: float, output_tokens_per_s: float, gpus_held: float | None = None
-) -> dict | None:
+) -> CostFigures | None:
     """``{per_hour, per_1000_answers, per_million_output_tokens}`` in USD and the ``price_date`` of the
     catalog prices used (None without a ``cost:`` section); ``gpus_held`` as in :func:`per_hour`."""
     p = prices(scn)
@@ -129,7 +153,7 @@ def cost_figures(
     }
 
 
-def point_cost(scn: Scenario, answers_per_s: float, output_tokens_per_s: float) -> dict | None:
+def point_cost(scn: Scenario, answers_per_s: float, output_tokens_per_s: float) -> CostFigures | None:
     """Cost figures of one point at the answers and output tokens per second it delivered."""
     if scn.cost is None:
         return None

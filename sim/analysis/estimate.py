@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -141,7 +141,19 @@ def _sequences_in_memory(llm: LLMConfig, prompt: float, output: float) -> int:
     return int(room // max(1, gm.blocks_for_tokens(math.ceil(prompt + output - prefix), B)))
 
 
-def _replica_capacity(cost: StepCost, batch: int, prefill_s: float, ctx: float, output: float) -> dict | None:
+class ReplicaCapacity(TypedDict):
+    """What one replica delivers at a full batch (:func:`replica_capacity`)."""
+
+    batch: int
+    decode_step_ms: float
+    requests_per_s: float
+    output_tokens_per_s: float
+    gpu_ms_per_request: float
+
+
+def _replica_capacity(
+    cost: StepCost, batch: int, prefill_s: float, ctx: float, output: float
+) -> ReplicaCapacity | None:
     """What one replica delivers at a full ``batch``: a request costs its prefill plus its
     share of ``output - 1`` decode steps of the batch (None when no request fits)."""
     if batch < 1:
@@ -157,7 +169,7 @@ def _replica_capacity(cost: StepCost, batch: int, prefill_s: float, ctx: float, 
     }
 
 
-def replica_capacity(scn: Scenario) -> dict | None:
+def replica_capacity(scn: Scenario) -> ReplicaCapacity | None:
     """:func:`estimate`'s ``replica_capacity`` alone (the summary's GPU load uses it per point)."""
     llm = scn.llm
     if not llm.enabled:

@@ -34,12 +34,14 @@ analysable.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from sim.analysis import crosscheck, stats
+from sim.analysis.crosscheck import OfferedLoad
 from sim.analysis.dollars import point_cost
 from sim.analysis.estimate import gpu_stations, replica_capacity
 from sim.analysis.stats import combine_verdicts
@@ -47,7 +49,7 @@ from sim.analysis.timeline import timeline
 from sim.engine.digest import Digest, Histogram
 from sim.engine.pipeline import Replication, retrieval_service_distribution
 from sim.engine.records import Bins
-from sim.engine.routing import routing_setup
+from sim.engine.routing import RoutingInfo, routing_setup
 from sim.spec.metrics import METRIC_NAMES, STATS
 from sim.spec.schema import NULL_KV_BLOCKS, Scenario
 
@@ -174,6 +176,95 @@ def _unfinished_before(rep: Replication, t: float) -> int:
     return max(0, int(d.count("started")[span].sum()) - int(d.count("finished")[span].sum()))
 
 
+# --------------------------------------------------------------------------- the summary's sections
+
+
+class _VerdictExtras(TypedDict, total=False):
+    hint: str  # what to do about a verdict that is not a pass
+    window_s: float  # a windowed SLA's window width
+
+
+class SlaEntry(_VerdictExtras):
+    """One SLA's verdict as the summary document holds it (read back as :class:`Verdict`)."""
+
+    metric: str
+    stat: str
+    threshold: float
+    value: float | None
+    ci: list[float | None]
+    verdict: str
+
+
+class WarmupEntry(TypedDict):
+    """What the warm-up cut: ``method`` (``fixed`` or ``mser5``), the cut, the share dropped."""
+
+    method: str
+    cut_s: float
+    cut_s_by_replication: list[float]
+    dropped_fraction: float
+
+
+class Trend(TypedDict, total=False):
+    """Whether e2e latency rises through the window (:func:`_trend`); empty when the load varies."""
+
+    quarter_means_ms: list[float] | None
+    growth: float | None
+    growing: bool
+
+
+class StabilityEntry(TypedDict):
+    """Is there a steady state whose percentiles the run estimated (:func:`_stability`)?"""
+
+    stable: bool
+    kind: str | None
+    incomplete_fraction: float
+    offered_load: dict[str, float]
+    trend: Trend
+    note: str
+
+
+class _PrecisionNote(TypedDict, total=False):
+    note: str  # why the target was not reached, or had nothing to aim at
+
+
+class PrecisionEntry(_PrecisionNote):
+    """How close the SLA statistics came to ``run.target_precision`` (half-width / value)."""
+
+    target: float
+    worst: float | None
+    reached: bool
+    replications: int
+    max_replications: int
+
+
+class RetrievalEntry(TypedDict):
+    """The index searched and where its times came from, with the recall that buys them."""
+
+    index: str
+    top_k: int
+    docs: int
+    ef_search: int | None
+    nprobe: int | None
+    recall_at_k: float | None
+    mean_service_ms: float | None
+    source: str | None
+    extrapolated: bool
+    interpolated: bool
+    description: str | None
+
+
+class RoutingOutcomes(TypedDict, total=False):
+    """What the routing stage did: the shares of requests routed, kept on their raw key and
+    routed wrong, and the share that carried a typed variant never seen before."""
+
+    outcomes: dict[str, float]
+    novel_keys: float
+
+
+class RoutingEntry(RoutingInfo, RoutingOutcomes):
+    """The routing stage's description (:func:`sim.engine.routing.routing_setup`) and what it did."""
+
+
 def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, Any] | None = None) -> PointSummary:
     """One point's summary over its replications: the metrics, throughput, utilisation,
     the GPU's figures, stability, cross-checks and the SLA verdicts; every figure from the
@@ -199,7 +290,7 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     # A load that changes over time has no steady state to test for (sim.analysis.timeline says
     # what is done instead): no offered-load formula at one rate, no trend test.
     offered = {} if varying else crosscheck.offered_load(scn, hit_rate)
-    trend = {} if varying else _trend(digests, cuts, reps, conf)
+    trend: Trend = {} if varying else _trend(digests, cuts, reps, conf)
     stability = _stability(scn, started, incomplete, util, offered, trend)
     point: dict[str, Any] = {
         "params": dict(params or {}),
@@ -238,11 +329,11 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
 
 def _metrics(
     reps: list[Replication], cuts: list[float], digests: list[Digest], spans: list[slice], conf: float
-) -> dict[str, dict]:
+) -> dict[str, dict[str, Any]]:
     """Each metric some replication saw inside its window: its statistics with intervals (from the
     replications, or with one replication from batches of its window)."""
     unfinished = [_unfinished(r) for r in reps]
-    metrics: dict[str, dict] = {}
+    metrics: dict[str, dict[str, Any]] = {}
     for m in METRIC_NAMES:
         per_rep = [d.hist[m].select(s) for d, s in zip(digests, spans)]
         if any(h.n for h in per_rep):
@@ -256,7 +347,7 @@ def _metrics(
     return metrics
 
 
-def _started_incomplete(reps: list[Replication], digests: list[Digest], c0: list[dict[str, Any]]) -> tuple[int, int]:
+def _started_incomplete(reps: list[Replication], digests: list[Digest], c0: list[dict[str, float]]) -> tuple[int, int]:
     """Requests started in the window and those never answered, over the replications."""
     started = sum(int(c["started_in_window"]) for c in c0)
     finished_in_window = sum(_finished(d, *r.window_s) for d, r in zip(digests, reps))
@@ -269,7 +360,7 @@ def _started_incomplete(reps: list[Replication], digests: list[Digest], c0: list
 
 def _p_wait(
     reps: list[Replication], cuts: list[float], digests: list[Digest], spans: list[slice], conf: float
-) -> tuple[float | None, list]:
+) -> tuple[float | None, list[float | None]]:
     """The fraction of retrieval misses that waited, with its interval (one replication: from batches)."""
     if len(reps) == 1:
         d = digests[0]
@@ -338,7 +429,7 @@ def _cache_hit_rate(digests: list[Digest], spans: list[slice]) -> float | None:
     return hits / total if total else None
 
 
-def _utilization(scn: Scenario, c0: list[dict], span: list[float]) -> dict[str, float]:
+def _utilization(scn: Scenario, c0: list[dict[str, float]], span: list[float]) -> dict[str, float]:
     """Busy share of each enabled stage's servers over the window, mean over replications."""
     util: dict[str, float] = {}
     if scn.routing.enabled:
@@ -354,12 +445,12 @@ def _utilization(scn: Scenario, c0: list[dict], span: list[float]) -> dict[str, 
 
 def _gpu_entry(
     scn: Scenario,
-    c0: list[dict],
+    c0: list[dict[str, float]],
     span: list[float],
     digests: list[Digest],
     spans: list[slice],
     n_req: int,
-    metrics: dict,
+    metrics: Mapping[str, Mapping[str, Any]],
     throughput: float,
 ) -> dict[str, Any]:
     """Per step: memory- or compute-bound, batch size; KV occupancy is blocks in use over
@@ -399,7 +490,7 @@ def _gpu_load(scn: Scenario, throughput_per_s: float) -> float | None:
     return _finite(throughput_per_s / (scn.llm.replicas * cap["requests_per_s"]))
 
 
-def _retrieval_entry(scn: Scenario) -> dict:
+def _retrieval_entry(scn: Scenario) -> RetrievalEntry:
     """Where the search times came from and, when measured, the recall that buys them:
     a fast answer from the wrong documents is worse than a slow right one."""
 
@@ -420,7 +511,7 @@ def _retrieval_entry(scn: Scenario) -> dict:
     }
 
 
-def _windowed_verdict(v: dict) -> dict:
+def _windowed_verdict(v: Mapping[str, Any]) -> SlaEntry:
     """A windowed SLA (``timeline.sla``) as an entry of the point's ``sla`` list."""
     hint = ""
     if v["windows_failed"]:
@@ -428,7 +519,7 @@ def _windowed_verdict(v: dict) -> dict:
     elif v["verdict"] == "inconclusive":
         where = ", ".join(f"{t:g}" for t in v["windows_inconclusive"]) or "all"
         hint = f"undecided in the windows starting at {where} s: add replications or widen timeline.sla_window_s"
-    out = {
+    out: SlaEntry = {
         "metric": v["metric"],
         "stat": v["stat"],
         "threshold": v["threshold"],
@@ -442,29 +533,29 @@ def _windowed_verdict(v: dict) -> dict:
     return out
 
 
-def _routing_entry(scn: Scenario, digests: list[Digest], spans: list[slice]) -> dict:
+def _routing_entry(scn: Scenario, digests: list[Digest], spans: list[slice]) -> RoutingEntry:
     """The routing stage's configuration and calibrated figures, and what it did: the share
     of requests routed to their question, kept on their raw key, or routed to another one,
     and the share that carried a typed variant never seen before (``novel_keys``)."""
     _, _, _, info = routing_setup(scn)
-    out = dict(info)
 
     def total(name: str) -> float:
         return sum(float(d.count(name)[s].sum()) for d, s in zip(digests, spans))
 
     n = total("finished")
+    did: RoutingOutcomes = {}
     if n and scn.routing.enabled:
-        out["outcomes"] = {
+        did["outcomes"] = {
             "routed": total("routed") / n,
             "kept_raw": total("kept_raw") / n,
             "wrong": total("wrong") / n,
         }
     if n:
-        out["novel_keys"] = total("novel_keys") / n
-    return out
+        did["novel_keys"] = total("novel_keys") / n
+    return {**info, **did}
 
 
-def _warmup_entry(scn: Scenario, reps: list[Replication], kept: int, cuts: list[float]) -> dict:
+def _warmup_entry(scn: Scenario, reps: list[Replication], kept: int, cuts: list[float]) -> WarmupEntry:
     """What was cut: ``method`` (``fixed`` or ``mser5``), the cut per replication, the share dropped."""
     before = sum(_finished(_digest(r), 0.0, r.window_s[1]) for r in reps)
     return {
@@ -475,7 +566,7 @@ def _warmup_entry(scn: Scenario, reps: list[Replication], kept: int, cuts: list[
     }
 
 
-def _precision(scn: Scenario, sla: list[dict], n_reps: int) -> dict:
+def _precision(scn: Scenario, sla: list[SlaEntry], n_reps: int) -> PrecisionEntry:
     """How close the SLA statistics came to ``run.target_precision`` (half-width / value)."""
     target = scn.run.target_precision
     worst = 0.0
@@ -486,7 +577,7 @@ def _precision(scn: Scenario, sla: list[dict], n_reps: int) -> dict:
         worst = max(worst, r)
     assert target is not None  # only called when run.target_precision is set
     reached = worst <= target
-    out: dict[str, Any] = {
+    out: PrecisionEntry = {
         "target": target,
         "worst": _finite(worst),
         "reached": reached,
@@ -503,7 +594,7 @@ def _precision(scn: Scenario, sla: list[dict], n_reps: int) -> dict:
     return out
 
 
-def _trend(digests: list[Digest], cuts: list[float], reps: list[Replication], conf: float) -> dict:
+def _trend(digests: list[Digest], cuts: list[float], reps: list[Replication], conf: float) -> Trend:
     """Does e2e latency keep rising through the measurement window?
 
     Each replication's window (after the warm-up cut) is split into four equal
@@ -546,9 +637,9 @@ def _stability(
     started: int,
     incomplete: int,
     util: dict[str, float],
-    offered: dict[str, dict] | None = None,
-    trend: dict | None = None,
-) -> dict:
+    offered: dict[str, OfferedLoad] | None = None,
+    trend: Trend | None = None,
+) -> StabilityEntry:
     """Is there a steady state whose percentiles the run estimated?
 
     ``kind`` is ``"overloaded"`` when arrivals outpace a stage (open workload
@@ -587,8 +678,8 @@ def _stability(
         )
     if growing and kind is None:
         kind = "not_steady"
-        assert trend is not None  # growing implies a trend
-        qm = trend["quarter_means_ms"]
+        qm = trend["quarter_means_ms"] if trend else None
+        assert qm is not None  # growing implies a trend of four quarter means
         notes.append(
             f"e2e latency rises through the window (mean {qm[0]:,.0f} ms in the first quarter, "
             f"{qm[-1]:,.0f} ms in the last): queues are still growing, so percentiles depend on "
@@ -608,8 +699,10 @@ def _stability(
     }
 
 
-def sla_verdicts(scn: Scenario, metrics: dict, stability: dict | None = None) -> list[dict]:
-    out = []
+def sla_verdicts(
+    scn: Scenario, metrics: Mapping[str, Mapping[str, Any]], stability: StabilityEntry | None = None
+) -> list[SlaEntry]:
+    out: list[SlaEntry] = []
     for metric, thresholds in scn.sla.items():
         for st, thr in thresholds.items():
             m = metrics.get(metric)
@@ -656,17 +749,17 @@ def sla_verdicts(scn: Scenario, metrics: dict, stability: dict | None = None) ->
                 hint = (
                     "the interval straddles the threshold: add replications (--replications) or lengthen run.duration_s"
                 )
-            out.append(
-                {
-                    "metric": metric,
-                    "stat": st,
-                    "threshold": thr,
-                    "value": val,
-                    "ci": [lo, hi],
-                    "verdict": verdict,
-                    **({"hint": hint} if hint else {}),
-                }
-            )
+            entry: SlaEntry = {
+                "metric": metric,
+                "stat": st,
+                "threshold": thr,
+                "value": val,
+                "ci": [lo, hi],
+                "verdict": verdict,
+            }
+            if hint:
+                entry["hint"] = hint
+            out.append(entry)
     return out
 
 

@@ -46,7 +46,7 @@ def with_params(df: pd.DataFrame, params: Mapping[str, Any], dtypes: Mapping[str
     return df
 
 
-def overall_verdict(summary: dict) -> str:
+def overall_verdict(summary: Mapping[str, Any]) -> str:
     """``pass`` / ``fail`` / ``inconclusive`` over every SLA of a point summary document."""
     return combine_verdicts([s["verdict"] for s in summary.get("sla", [])])
 
@@ -59,7 +59,7 @@ def table_columns(points: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     return [(m, st) for m, st in TABLE_COLUMNS if METRIC_STAGE.get(m) is None or m in measured]
 
 
-def summary_table(points: Sequence[dict], ids: Sequence[str] | None = None) -> pd.DataFrame:
+def summary_table(points: Sequence[Mapping[str, Any]], ids: Sequence[str] | None = None) -> pd.DataFrame:
     """Flatten point summaries (``summary["points"]``) into one row per point."""
     import pandas as pd  # deferred: ~0.3 s a run printing its table does without
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -137,7 +137,9 @@ def counts(reps: list[Replication], edges: np.ndarray) -> np.ndarray:
     return out
 
 
-def combine(per: np.ndarray, n: np.ndarray, stat: str, conf: float) -> tuple[list, list]:
+def combine(
+    per: np.ndarray, n: np.ndarray, stat: str, conf: float
+) -> tuple[list[float | None], list[list[float | None]]]:
     """Per window: mean over replications and a t interval (None where it cannot be had)."""
     values: list[float | None] = []
     cis: list[list[float | None]] = []
@@ -189,7 +191,29 @@ def spike_end_s(scn: Scenario) -> float | None:
     return end
 
 
-def recovery(per: np.ndarray, edges: np.ndarray, threshold: float, after_s: float | None, conf: float) -> dict:
+class ReplicationRecovery(TypedDict):
+    """One replication's recovery: when its statistic was last over the threshold (None: not
+    within the run), how long it was over in all, and whether it recovered."""
+
+    recovered_at_s: float | None
+    time_over_s: float
+    recovered: bool
+
+
+class Recovery(TypedDict):
+    """:func:`recovery`'s answer over the replications (means with t intervals)."""
+
+    threshold: float
+    spike_end_s: float | None
+    by_replication: list[ReplicationRecovery]
+    recovered: bool
+    time_over_s: float
+    time_over_s_ci: list[float | None]
+    tail_s: float | None
+    tail_s_ci: list[float | None]
+
+
+def recovery(per: np.ndarray, edges: np.ndarray, threshold: float, after_s: float | None, conf: float) -> Recovery:
     """When each replication's windowed statistic was last over ``threshold``.
 
     ``recovered_at_s``: end of the last window over the threshold, per
@@ -197,7 +221,7 @@ def recovery(per: np.ndarray, edges: np.ndarray, threshold: float, after_s: floa
     recovered within the run).  ``tail_s``: ``recovered_at_s - after_s`` (the
     spike's end), at least 0.  ``time_over_s``: total length of windows over.
     """
-    by_rep: list[dict[str, Any]] = []
+    by_rep: list[ReplicationRecovery] = []
     for row in per:
         over = np.flatnonzero(row > threshold)
         have = np.flatnonzero(~np.isnan(row))
@@ -214,20 +238,25 @@ def recovery(per: np.ndarray, edges: np.ndarray, threshold: float, after_s: floa
                 "recovered": recovered,
             }
         )
-    out: dict[str, Any] = {"threshold": threshold, "spike_end_s": after_s, "by_replication": by_rep}
     rec = [b["recovered_at_s"] for b in by_rep]
-    out["recovered"] = all(r is not None for r in rec)
+    recovered = all(r is not None for r in rec)
     over = np.array([b["time_over_s"] for b in by_rep])
-    out["time_over_s"] = float(over.mean())
-    out["time_over_s_ci"] = [float(x) for x in stats.t_interval(over, conf)] if len(over) >= 2 else [None, None]
-    if out["recovered"] and after_s is not None:
+    tail_s: float | None = None
+    tail_s_ci: list[float | None] = [None, None]
+    if recovered and after_s is not None:
         tail = np.array([max(0.0, float(r) - after_s) if r else 0.0 for r in rec])
-        out["tail_s"] = float(tail.mean())
-        out["tail_s_ci"] = [float(x) for x in stats.t_interval(tail, conf)] if len(tail) >= 2 else [None, None]
-    else:
-        out["tail_s"] = None
-        out["tail_s_ci"] = [None, None]
-    return out
+        tail_s = float(tail.mean())
+        tail_s_ci = [float(x) for x in stats.t_interval(tail, conf)] if len(tail) >= 2 else [None, None]
+    return {
+        "threshold": threshold,
+        "spike_end_s": after_s,
+        "by_replication": by_rep,
+        "recovered": recovered,
+        "time_over_s": float(over.mean()),
+        "time_over_s_ci": [float(x) for x in stats.t_interval(over, conf)] if len(over) >= 2 else [None, None],
+        "tail_s": tail_s,
+        "tail_s_ci": tail_s_ci,
+    }
 
 
 _Sla = tuple[str, str, float, float]  # metric, statistic, threshold, window width (s)
@@ -323,7 +352,7 @@ def _windowed_sla(reps: list[Replication], edges: np.ndarray, n: np.ndarray, con
     }
 
 
-def timeline(scn: Scenario, reps: list[Replication]) -> dict:
+def timeline(scn: Scenario, reps: list[Replication]) -> dict[str, Any]:
     """The ``timeline`` entry of a point summary (see the module docstring)."""
     conf = scn.run.confidence
     end = float(scn.run.duration_s)

@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 
 from sim.errors import CapsimError
-from sim.physics.steptable import median_rows, step_rows, write_table
+from sim.physics.steptable import BenchRow, median_rows, step_rows, write_table
 
 __all__ = ["median_rows", "parse_batched_bench", "run_batched_bench", "step_rows", "write_table"]
 
@@ -34,15 +34,15 @@ ROW = re.compile(
 )
 
 
-def parse_batched_bench(text: str) -> list[dict]:
+def parse_batched_bench(text: str) -> list[BenchRow]:
     """Result rows ``{pp, tg, b, t_pp_s, t_tg_s}`` of llama-batched-bench's table or jsonl output."""
-    rows = []
+    rows: list[BenchRow] = []
     for line in text.splitlines():
         s = line.strip()
         m = ROW.match(s)
         if m:
             rows.append(
-                dict(
+                BenchRow(
                     pp=int(m.group(1)),
                     tg=int(m.group(2)),
                     b=int(m.group(3)),
@@ -52,7 +52,7 @@ def parse_batched_bench(text: str) -> list[dict]:
             )
         elif s.startswith("{") and '"pl"' in s:
             d = json.loads(s)
-            rows.append(dict(pp=d["pp"], tg=d["tg"], b=d["pl"], t_pp_s=d["t_pp"], t_tg_s=d["t_tg"]))
+            rows.append(BenchRow(pp=d["pp"], tg=d["tg"], b=d["pl"], t_pp_s=d["t_pp"], t_tg_s=d["t_tg"]))
     return rows
 
 

@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -67,7 +67,7 @@ from sim.calibrate.corpus import GENERATOR_DEFAULTS, make_corpus, make_queries
 from sim.calibrate.machine import cpu_model, loadavg, run_header, usable_cores
 from sim.errors import CalibrationError
 from sim.indexes import kind, kinds
-from sim.indexes.base import MIN_POINTS_PER_LIST, auto_nlist
+from sim.indexes.base import MIN_POINTS_PER_LIST, IndexParams, RetrievalRecord, ScaledFrom, auto_nlist
 
 VERSION = 1
 KIND = "capsim.retrieval_calibration"
@@ -350,11 +350,11 @@ def _record(
     recall: float,
     build_s: float,
     memory_bytes: int,
-    params: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    params: IndexParams,
+    extra: ScaledFrom | None = None,
+) -> RetrievalRecord:
     ms = lat_ns.astype(np.float64) / 1e6 * scale
-    rec: dict[str, Any] = {
+    rec: RetrievalRecord = {
         "index": index,
         "docs": int(docs),
         "dim": int(dim),
@@ -406,7 +406,38 @@ class RetrievalOptions:
     threads: list[int]
 
 
-def validate_settings(o: RetrievalOptions) -> dict[str, Any]:
+class Settings(TypedDict):
+    """The options :func:`validate_settings` checked, normalised: the index kinds in the
+    registry's order, sorted unique knob and thread lists, the corpus sizes (None with
+    vectors until the rows left after the queries fill it)."""
+
+    indexes: list[str]
+    ef: list[int]
+    nprobe: list[int]
+    threads: list[int]
+    docs: list[int] | None
+
+
+class LawFit(TypedDict):
+    """One scaling-law fit of a calibration file's ``fits``: ``time = a + b*x`` per latency
+    quantile (and for the mean) over the corpus sizes of one (index, knob value, threads)
+    series, with each quantile's R² and largest relative error."""
+
+    index: str
+    knob: str | None
+    knob_value: int | None
+    threads: int
+    law: str
+    docs: list[int]
+    x: list[float]
+    mean: dict[str, float]
+    a: list[float]
+    b: list[float]
+    r2: list[float]
+    max_rel_err: list[float]
+
+
+def validate_settings(o: RetrievalOptions) -> Settings:
     """Check every option before any work; return the normalised settings."""
     docs, dim, top_k, n_queries, indexes = o.docs, o.dim, o.top_k, o.n_queries, o.indexes
     M, ef_construction, ef, nlist, nprobe, threads = o.M, o.ef_construction, o.ef, o.nlist, o.nprobe, o.threads
@@ -422,7 +453,7 @@ def validate_settings(o: RetrievalOptions) -> dict[str, Any]:
         raise CalibrationError("--M: must be at least 2")
     if n_queries < 2:
         raise CalibrationError("--queries: must be at least 2")
-    out: dict[str, Any] = {
+    out: Settings = {
         "indexes": [i for i in kinds() if i in indexes],
         "ef": _parse_int_list("--ef", ef) if "hnsw" in indexes else [],
         "nprobe": _parse_int_list("--nprobe", nprobe) if "ivf" in indexes else [],
@@ -458,7 +489,7 @@ def _check_ivf(docs: list[int], nlist: int | None, nprobe: list[int]) -> dict[in
 def _corpus(
     vectors: np.ndarray | str | os.PathLike[str] | None,
     dim: int | None,
-    s: dict[str, Any],
+    s: Settings,
     queries_k_seed: tuple[int, int, int],
     generator_params: dict[str, Any] | None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
@@ -471,11 +502,11 @@ def _corpus(
     return None, None, _synthetic_source(s, dim, seed, generator_params)
 
 
-def _ticker(s: dict[str, Any], progress: Progress | None) -> Callable[[str], None]:
+def _ticker(s: Settings, docs: list[int], progress: Progress | None) -> Callable[[str], None]:
     """The progress bar's step: per corpus size, the corpus, then each index's build and searches
     (reported as ``progress(done, total, message)``, starting at 0)."""
     per_n = 1 + sum(1 + len(kind(ix).knob_values(_Settings(s))) * len(s["threads"]) for ix in s["indexes"])
-    total = per_n * len(s["docs"])
+    total = per_n * len(docs)
     done = 0
 
     def tick(msg: str) -> None:
@@ -516,9 +547,11 @@ def run_calibration(
     pool, queries, source = _corpus(vectors, dim, s, (n_queries, top_k, seed), generator_params)
     dim = int(source["dim"]) if vectors is not None else dim
     assert dim is not None  # the vectors' own, or required without them (checked above)
-    lists = _check_ivf(s["docs"], nlist, s["nprobe"]) if "ivf" in s["indexes"] else {}
+    docs = s["docs"]
+    assert docs is not None  # the rows the vectors leave, or required without them (checked above)
+    lists = _check_ivf(docs, nlist, s["nprobe"]) if "ivf" in s["indexes"] else {}
 
-    tick = _ticker(s, progress)
+    tick = _ticker(s, docs, progress)
     restore_threads = limit_threads(1)  # builds single-threaded (deterministic); workers inherit it
     try:
         bench = _Bench(
@@ -534,7 +567,7 @@ def run_calibration(
             linear_python_docs=linear_python_docs,
             linear_python_queries=linear_python_queries,
         )
-        records = _measure_all(s=s, pool=pool, queries=queries, source=source, bench=bench)
+        records = _measure_all(s=s, docs=docs, pool=pool, queries=queries, source=source, bench=bench)
     finally:
         restore_threads()
     fits = fit_records(records)
@@ -569,7 +602,7 @@ def _user_vectors(vectors: np.ndarray | str | os.PathLike[str], dim: int | None)
 
 
 def _held_out(
-    loaded: tuple[np.ndarray, dict[str, Any]], s: dict[str, Any], n_queries: int, top_k: int, seed: int
+    loaded: tuple[np.ndarray, dict[str, Any]], s: Settings, n_queries: int, top_k: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(documents, held-out queries, corpus entry) from the user's vectors; fills ``s["docs"]``
     (all rows left) when not given."""
@@ -595,7 +628,7 @@ def _held_out(
 
 
 def _synthetic_source(
-    s: dict[str, Any], dim: int | None, seed: int, generator_params: dict[str, Any] | None
+    s: Settings, dim: int | None, seed: int, generator_params: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The corpus entry of a synthetic corpus (:func:`make_corpus`), its parameters checked."""
     if dim is None:
@@ -617,7 +650,7 @@ def _synthetic_source(
     }
 
 
-def _settings_doc(s: dict[str, Any], b: _Bench, nlist: int | None) -> dict[str, Any]:
+def _settings_doc(s: Settings, b: _Bench, nlist: int | None) -> dict[str, Any]:
     """The calibration file's ``settings``: what was measured (on ``b``), and how."""
     return {
         "docs": s["docs"],
@@ -647,7 +680,7 @@ def _settings_doc(s: dict[str, Any], b: _Bench, nlist: int | None) -> dict[str, 
 class _Settings:
     """The knob lists of normalised settings (a :class:`sim.indexes.base.Knobs`)."""
 
-    def __init__(self, s: dict[str, Any]):
+    def __init__(self, s: Settings):
         self.ef, self.nprobe, self.threads = s["ef"], s["nprobe"], s["threads"]
 
 
@@ -656,7 +689,7 @@ class _Bench(_Settings):
 
     def __init__(
         self,
-        s: dict[str, Any],
+        s: Settings,
         *,
         dim: int,
         top_k: int,
@@ -684,8 +717,36 @@ class _Bench(_Settings):
     ) -> tuple[np.ndarray, np.ndarray]:
         return time_queries(factory, n_queries, threads)
 
-    def record(self, **fields: Any) -> dict[str, Any]:
-        return _record(dim=self.dim, top_k=self.top_k, **fields)
+    def record(
+        self,
+        *,
+        index: str,
+        docs: int,
+        knob_value: int | None,
+        threads: int,
+        lat_ns: np.ndarray,
+        scale: float,
+        recall: float,
+        build_s: float,
+        memory_bytes: int,
+        params: IndexParams,
+        extra: ScaledFrom | None = None,
+    ) -> RetrievalRecord:
+        return _record(
+            index=index,
+            docs=docs,
+            dim=self.dim,
+            top_k=self.top_k,
+            knob_value=knob_value,
+            threads=threads,
+            lat_ns=lat_ns,
+            scale=scale,
+            recall=recall,
+            build_s=build_s,
+            memory_bytes=memory_bytes,
+            params=params,
+            extra=extra,
+        )
 
     def recall(self, found: np.ndarray, truth: np.ndarray) -> float:
         return _recall(found, truth)
@@ -695,11 +756,17 @@ class _Bench(_Settings):
 
 
 def _measure_all(
-    *, s: dict[str, Any], pool: np.ndarray | None, queries: np.ndarray | None, source: dict[str, Any], bench: _Bench
-) -> list[dict[str, Any]]:
-    """Every requested index kind measured at every corpus size."""
-    records: list[dict[str, Any]] = []
-    for n in s["docs"]:
+    *,
+    s: Settings,
+    docs: list[int],
+    pool: np.ndarray | None,
+    queries: np.ndarray | None,
+    source: dict[str, Any],
+    bench: _Bench,
+) -> list[RetrievalRecord]:
+    """Every requested index kind measured at every corpus size (``docs``)."""
+    records: list[RetrievalRecord] = []
+    for n in docs:
         if pool is not None:
             corpus = np.ascontiguousarray(pool[:n], dtype=np.float32)
         else:
@@ -714,12 +781,12 @@ def _measure_all(
     return records
 
 
-def fit_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def fit_records(records: list[RetrievalRecord]) -> list[LawFit]:
     """One scaling-law fit per (index, knob_value, threads) series with >= 2 corpus sizes."""
-    groups: dict[tuple[str, int | None, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int | None, int], list[RetrievalRecord]] = {}
     for r in records:
         groups.setdefault((r["index"], r["knob_value"], r["threads"]), []).append(r)
-    fits = []
+    fits: list[LawFit] = []
     for (ix, kv, T), recs in sorted(groups.items(), key=lambda t: (t[0][0], t[0][1] or 0, t[0][2])):
         recs = sorted(recs, key=lambda r: r["docs"])
         if len({r["docs"] for r in recs}) < 2:

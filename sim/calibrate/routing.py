@@ -479,6 +479,19 @@ class _Timing:
     rounds: int
 
 
+@dataclass(frozen=True)
+class _QuestionSet:
+    """One canonical-question set of the calibration: its questions (the first N of the
+    shuffle), their total length, the utterances generated from them, the utterances' text
+    and normalised lengths."""
+
+    canon: list[str]
+    sum_q: int
+    utts: list[Utterance]
+    texts: list[str]
+    len_u: np.ndarray
+
+
 def _timed_configs(
     sizes: list[int],
     shuffled: list[str],
@@ -486,7 +499,7 @@ def _timed_configs(
     timing: _Timing,
     scaling_check_size: int | None,
     check_utts: dict[str, int],
-) -> tuple[list[TimedConfig], dict[int, dict[str, Any]]]:
+) -> tuple[list[TimedConfig], dict[int, _QuestionSet]]:
     """Every timed configuration (one per implementation and set size, plus the slow ones'
     whole-set checks) and, per size, its questions and generated utterances.  rapidfuzz is
     timed on the whole set, the slow implementations on a seeded subsample."""
@@ -494,14 +507,14 @@ def _timed_configs(
     rapidfuzz_passes, slow_max_questions = timing.rapidfuzz_passes, timing.slow_max_questions
     slow_utterances = timing.slow_utterances
     configs: list[TimedConfig] = []
-    sets: dict[int, dict[str, Any]] = {}
+    sets: dict[int, _QuestionSet] = {}
     for n in sizes:
         canon = shuffled[:n]
         sum_q = sum(len(q) for q in canon)
         utts = make_utterances(canon, n_utterances, np.random.default_rng([seed, 1, n]), **gen_kwargs)
         texts = [u.text for u in utts]
         len_u = np.array([len(normalize(t, placeholder="")) for t in texts], dtype=float)
-        sets[n] = {"canon": canon, "sum_q": sum_q, "utts": utts, "texts": texts, "len_u": len_u}
+        sets[n] = _QuestionSet(canon, sum_q, utts, texts, len_u)
         for ix in impls:
             if ix.startswith("rapidfuzz"):
                 passes = max(rapidfuzz_passes, 1)
@@ -573,7 +586,7 @@ def _settings(
 def _impl_record(
     c: TimedConfig,
     ix: str,
-    S: dict[str, Any],
+    S: _QuestionSet,
     base: dict[str, Any],
     n_utterances: int,
     threshold: float | int,
@@ -583,7 +596,7 @@ def _impl_record(
     """The calibration record of implementation ``ix`` on one question set ``S`` (its timed
     configuration ``c``, scaled to the whole set), and the scale; every timed call goes to
     ``per_utt`` / ``per_utt_cpu`` (x = cells, latency) for the pooled law."""
-    n, sum_q, texts, len_u = len(S["canon"]), S["sum_q"], S["texts"], S["len_u"]
+    n, sum_q, texts, len_u = len(S.canon), S.sum_q, S.texts, S.len_u
     lat, cpu_lat = c.lat_ms(), c.cpu_ms()
     sum_t = sum(len(q) for q in c.targets)
     scale = sum_q / sum_t
@@ -621,16 +634,30 @@ def _impl_record(
     return rec, scale
 
 
+@dataclass
+class _PerSize:
+    """What the timed runs give per set size: every implementation's records, every timed call
+    (x = cells, latency; wall and CPU time) per implementation for the pooled laws, the scaling
+    checks, the routing accuracy and the threshold sweep."""
+
+    records: list[dict[str, Any]]
+    per_utt: dict[str, list[tuple[float, float]]]
+    per_utt_cpu: dict[str, list[tuple[float, float]]]
+    accuracy: list[dict[str, Any]]
+    sweeps: list[dict[str, Any]]
+    scaling_check: list[dict[str, Any]]
+
+
 def _per_size_results(
     sizes: Sequence[int],
     impls: Sequence[str],
-    sets: dict[int, dict[str, Any]],
+    sets: dict[int, _QuestionSet],
     by_key: dict[tuple[str, str, int], TimedConfig],
     n_utterances: int,
     threshold: float | int,
     threshold_sweep: Sequence[float],
     tick: Callable[[str], None],
-) -> dict[str, Any]:
+) -> _PerSize:
     """Per canonical-set size: every implementation's timing record, the scaling
     checks, routing accuracy and the threshold sweep (from the timed runs)."""
     records: list[dict[str, Any]] = []
@@ -641,7 +668,7 @@ def _per_size_results(
     scaling_check: list[dict[str, Any]] = []
     for n in sizes:
         S = sets[n]
-        canon, sum_q, utts, texts, len_u = S["canon"], S["sum_q"], S["utts"], S["texts"], S["len_u"]
+        canon, sum_q, utts, texts, len_u = S.canon, S.sum_q, S.utts, S.texts, S.len_u
         cells = len_u * sum_q
         base = {
             "questions": n,
@@ -669,14 +696,7 @@ def _per_size_results(
             routed_full = [route(t, canon, "rapidfuzz", threshold)[0] for t in texts]
         accuracy.append({"questions": n, "threshold": threshold, **outcome(utts, routed_full)})
         sweeps.append({"questions": n, "by_threshold": _by_threshold(utts, texts, canon, threshold_sweep)})
-    return {
-        "records": records,
-        "per_utt": per_utt,
-        "per_utt_cpu": per_utt_cpu,
-        "accuracy": accuracy,
-        "sweeps": sweeps,
-        "scaling_check": scaling_check,
-    }
+    return _PerSize(records, per_utt, per_utt_cpu, accuracy, sweeps, scaling_check)
 
 
 def run_routing_calibration(
@@ -732,10 +752,10 @@ def run_routing_calibration(
     by_key = {c.key: c for c in configs}
 
     per_size = _per_size_results(sizes, impls, sets, by_key, n_utterances, threshold, threshold_sweep, tick)
-    records = per_size["records"]
+    records = per_size.records
 
     # cost of normalize() alone (part of every routed call)
-    normalize_cost = _normalize_cost([t for n in sizes for t in sets[n]["texts"]])
+    normalize_cost = _normalize_cost([t for n in sizes for t in sets[n].texts])
 
     # typo-rate sweep at the largest size
     typo = _typo_sweep(shuffled[: sizes[-1]], typo_sweep, typo_sweep_utterances, seed, threshold, gen_kwargs)
@@ -745,7 +765,7 @@ def run_routing_calibration(
     cache = key_cardinality(cache_q, cache_utterances, cache_rng, threshold, cache_zipf_s, cache_capacities, gen_kwargs)
     tick("cache key cardinality done")
 
-    fits = [_impl_fits(ix, records, per_size["per_utt"][ix], per_size["per_utt_cpu"][ix]) for ix in impls]
+    fits = [_impl_fits(ix, records, per_size.per_utt[ix], per_size.per_utt_cpu[ix]) for ix in impls]
 
     probe_end = noise_probe(all_q, noise_probe_repeats)
     return {
@@ -757,10 +777,10 @@ def run_routing_calibration(
         "probs": list(PROBS),
         "records": records,
         "fits": fits,
-        "scaling_check": per_size["scaling_check"],
+        "scaling_check": per_size.scaling_check,
         "normalize_cost": normalize_cost,
-        "routing_accuracy": per_size["accuracy"],
-        "threshold_sweep": per_size["sweeps"],
+        "routing_accuracy": per_size.accuracy,
+        "threshold_sweep": per_size.sweeps,
         "typo_sweep": typo,
         "cache_keys": cache,
     }

@@ -34,6 +34,7 @@ from sim.registry import INDEXES
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from sim.physics.steptable import BenchRow, StepRow
     from sim.spec.target import LLMTarget, Target
 
 calibrate_app = typer.Typer(
@@ -552,7 +553,7 @@ def llm(
     if out.exists() and out.is_dir():
         raise CapsimError(f"--out {out}: is a folder; give a .csv file")
     check_out_file(out)  # before profiling: a path under a file or in /proc is refused now
-    extra: list[tuple] = []
+    extra: list[tuple[int, int, int, float, int]] = []
     if via == "server":
         if from_output is not None:
             raise CapsimError("--from-output: reads a llama-batched-bench output; not with --via server")
@@ -561,7 +562,7 @@ def llm(
         rows, source = _read_bench_output(from_output)
     else:
         rows, source = _run_bench(tgt, pps, ntg, pls, repeat)
-    steps: list[tuple] = step_rows(rows)
+    steps: list[StepRow] = step_rows(rows)
     if not steps:
         raise CapsimError("no llama-batched-bench result rows in the output")
     if via == "server":
@@ -577,7 +578,7 @@ def llm(
 
 def _profile_server(
     full_target: Target, pps: list[int], ntg: int, pls: list[int], repeat: int
-) -> tuple[list[dict], list[tuple], str]:
+) -> tuple[list[BenchRow], list[tuple[int, int, int, float, int]], str]:
     """``--via server``: batches sent together to the running server, then prompts beside decoders."""
     # deferred: the HTTP profiler loads the load generator's modules
     from sim.verify.loadgen import check_reachable
@@ -591,7 +592,7 @@ def _profile_server(
     return rows, extra, source
 
 
-def _read_bench_output(from_output: Path) -> tuple[list[dict], str]:
+def _read_bench_output(from_output: Path) -> tuple[list[BenchRow], str]:
     """``--from-output``: the rows of a captured llama-batched-bench output."""
     from sim.calibrate.llm import parse_batched_bench  # deferred: only needed by this subcommand
 
@@ -601,7 +602,7 @@ def _read_bench_output(from_output: Path) -> tuple[list[dict], str]:
     return rows, f"llama-batched-bench output {from_output.name}"
 
 
-def _run_bench(tgt: LLMTarget, pps: list[int], ntg: int, pls: list[int], repeat: int) -> tuple[list[dict], str]:
+def _run_bench(tgt: LLMTarget, pps: list[int], ntg: int, pls: list[int], repeat: int) -> tuple[list[BenchRow], str]:
     """Run llama-batched-bench ``repeat`` times on the target's cores; each row's median."""
     from sim.calibrate.llm import median_rows, parse_batched_bench, run_batched_bench  # deferred: subcommand only
 

@@ -65,7 +65,7 @@ class Calendar:
         if not width_s > 0:
             raise ValueError(f"calendar bucket width {width_s} is not positive")
         self.env, self.width = env, float(width_s)
-        self.buckets: dict[int, list[tuple]] = {}
+        self.buckets: dict[int, list[tuple[float, int, int, Later]]] = {}
         k = int(env.now // self.width)
         self.next_bucket = k + 1  # buckets before it go straight onto the queue
         later(env, 0.0, self._pump, k)
@@ -90,6 +90,6 @@ class Calendar:
     def _pump(self, k: int) -> None:
         queue = self.env._queue
         for item in self.buckets.pop(k + 1, ()):
-            heappush(queue, item)
+            heappush(queue, item)  # type: ignore[misc]  # a Later among SimPy's Events, as in later()
         self.next_bucket = k + 2
         later(self.env, max(0.0, (k + 1) * self.width - self.env.now), self._pump, k + 1)

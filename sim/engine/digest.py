@@ -64,7 +64,8 @@ def _check_finite(values: np.ndarray) -> None:
 
 def bucket_of(values: np.ndarray) -> np.ndarray:
     """``⌈log_γ x⌉`` of positive values (int64)."""
-    return np.ceil(np.log(values) / _LOG_GAMMA).astype(np.int64)
+    buckets: np.ndarray = np.ceil(np.log(values) / _LOG_GAMMA).astype(np.int64)
+    return buckets
 
 
 def bucket_value(index: np.ndarray | int) -> np.ndarray:
@@ -172,7 +173,8 @@ class Histogram:
         frac = h - below
         a = self.at_ranks(below)
         b = self.at_ranks(np.minimum(below + 1, self.n - 1))
-        return a + frac * (b - a)
+        between: np.ndarray = a + frac * (b - a)
+        return between
 
     def quantile(self, q: float) -> float:
         return float(self.quantiles([q])[0])
@@ -192,6 +194,10 @@ class Histogram:
         if not nz.size:
             return 0, np.zeros(0, dtype=np.int64)
         return self.offset + int(nz[0]), self.counts[nz[0] : nz[-1] + 1]
+
+
+#: A :class:`CellHistograms` as pickled: ``(offset, counts, zeros, n, total, lo, hi)``.
+_HistogramState = tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class CellHistograms:
@@ -291,11 +297,11 @@ class CellHistograms:
             out.offset, out.counts = 0, self.counts[:, :0]
         return out
 
-    def __getstate__(self):
+    def __getstate__(self) -> _HistogramState:
         t = self.trimmed()
         return (t.offset, t.counts, t.zeros, t.n, t.total, t.lo, t.hi)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: _HistogramState) -> None:
         self.offset, self.counts, self.zeros, self.n, self.total, self.lo, self.hi = state
 
 
@@ -306,13 +312,15 @@ def cell_edges(lo_s: float, hi_s: float, extra: Sequence[float] = ()) -> np.ndar
     grid = np.linspace(lo_s, hi_s, CELLS + 1)
     grid[-1] = hi_s
     edges = np.union1d(np.concatenate([[0.0], grid]), np.asarray(extra, dtype=float))
-    return edges[(edges >= 0.0) & (edges <= hi_s)]
+    inside: np.ndarray = edges[(edges >= 0.0) & (edges <= hi_s)]
+    return inside
 
 
 def window_edges(end_s: float, width_s: float) -> np.ndarray:
     """Edges of windows of ``width_s`` from 0 to ``end_s`` (the last one may be shorter)."""
     k = max(1, math.ceil(end_s / width_s - 1e-9))
-    return np.minimum(np.arange(k + 1) * width_s, end_s)
+    edges: np.ndarray = np.minimum(np.arange(k + 1) * width_s, end_s)
+    return edges
 
 
 #: Cells of the e2e series ``warmup_s: auto`` runs MSER-5 over (count and sum each).
@@ -341,19 +349,25 @@ _COUNT = {name: i for i, name in enumerate(COUNTS)}
 def metric_values(rec: dict[str, np.ndarray], metric: str) -> np.ndarray:
     """The values of one metric in a set of records (columns in ms): retrieval metrics over
     cache misses, routing metrics over routed requests, TPOT over answers of 2+ tokens."""
+    values: np.ndarray
     if metric in ("retrieval_ms", "retrieval_wait_ms", "retrieval_service_ms"):
         miss = ~rec["cache_hit"]
         if metric == "retrieval_ms":
-            return (rec["retrieval_wait_ms"] + rec["retrieval_service_ms"])[miss]
-        return rec[metric][miss]
+            values = (rec["retrieval_wait_ms"] + rec["retrieval_service_ms"])[miss]
+            return values
+        values = rec[metric][miss]
+        return values
     if metric in ("routing_ms", "routing_wait_ms", "routing_service_ms"):
         routed = rec["routing_outcome"] >= 0
         if metric == "routing_ms":
-            return (rec["routing_wait_ms"] + rec["routing_service_ms"])[routed]
-        return rec[metric][routed]
+            values = (rec["routing_wait_ms"] + rec["routing_service_ms"])[routed]
+            return values
+        values = rec[metric][routed]
+        return values
     if metric == "tpot_ms":
         many = rec["output_tokens"] > 1
-        return rec["decode_ms"][many] / (rec["output_tokens"][many] - 1)
+        values = rec["decode_ms"][many] / (rec["output_tokens"][many] - 1)
+        return values
     return rec[metric]
 
 

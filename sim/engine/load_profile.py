@@ -50,7 +50,8 @@ def level(profile: Profile, t: float | np.ndarray) -> np.ndarray:
         return profile.mean + profile.amplitude * np.cos(2 * math.pi * (tt - profile.peak_at_s) / profile.period_s)
     ts, vs = breakpoints(profile)
     # A step is two points at one time: before it the left value holds, after it the right one.
-    return np.interp(tt, ts, vs)
+    held: np.ndarray = np.interp(tt, ts, vs)
+    return held
 
 
 def peak(profile: Profile, until_s: float) -> float:

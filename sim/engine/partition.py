@@ -118,6 +118,16 @@ def cell_scenario(scn: Scenario) -> Scenario:
     return scn.model_copy(update={s: getattr(scn, s).model_copy(update=u) for s, u in parts.items()})
 
 
+def _arrays(cells: Sequence[Replication], key: str) -> list[np.ndarray]:
+    """Every cell's series ``key``: an array (of the samples, only the KV capacity is a number)."""
+    out = []
+    for c in cells:
+        v = c.timeseries[key]
+        assert isinstance(v, np.ndarray), f"series {key} is a number, not samples"
+        out.append(v)
+    return out
+
+
 def merge_cells(cells: Sequence[Replication], replicas_per_cell: int) -> Replication:
     """The shop's replication from its cells' (in cell order): digests, counters and kept
     records add up; per-replica series and record replica numbers follow cell order
@@ -137,14 +147,14 @@ def merge_cells(cells: Sequence[Replication], replicas_per_cell: int) -> Replica
             counters[k] = value
         else:
             counters[k] = sum(c.counters[k] for c in cells)  # type: ignore[misc]
-    series: dict[str, np.ndarray] = {}
+    series: dict[str, np.ndarray | int] = {}
     for k, arr in first.timeseries.items():
         if k in _SAME_SERIES:
             series[k] = arr
         elif k in _PER_REPLICA_SERIES:
-            series[k] = np.concatenate([c.timeseries[k] for c in cells], axis=1)
+            series[k] = np.concatenate(_arrays(cells, k), axis=1)
         else:
-            series[k] = np.sum([c.timeseries[k] for c in cells], axis=0)
+            series[k] = np.sum(_arrays(cells, k), axis=0)
     kept = [c.kept for c in cells if c.kept is not None]
     records = _merge_records(kept, replicas_per_cell) if len(kept) == len(cells) else None
     return Replication(first.replication, records, first.window_s, counters, series, digest)

@@ -17,10 +17,11 @@ from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import simpy
+from simpy.events import ProcessGenerator
 
 from sim import distributions as D
 from sim.engine.cache import LRUCache
@@ -41,8 +42,26 @@ from sim.rng import parked, stream
 from sim.spec.schema import LLMConfig, PromptComposition, Scenario, build_distribution
 from sim.spec.trace import load_trace
 
+#: What :meth:`Model.monitor` samples, by name: lists while the run goes (per LLM replica a list
+#: per sample), the autoscaler's arrays, and the KV capacity (a number).
+Samples = dict[str, list[float] | list[int] | list[list[int]] | np.ndarray | int]
 
-def retrieval_service_distribution(scn: Scenario) -> tuple[D.Distribution, dict]:
+
+class RetrievalInfo(TypedDict, total=False):
+    """Where the retrieval service times come from, as the summary writes it: ``source``
+    (``retrieval.service_ms`` or the calibration file), the contention of searches at once,
+    the mean, and from a calibration its recall and how the profile was found."""
+
+    source: str
+    contention: tuple[float, ...]
+    recall: float | None
+    extrapolated: bool
+    interpolated: bool
+    description: str
+    mean_ms: float
+
+
+def retrieval_service_distribution(scn: Scenario) -> tuple[D.Distribution, RetrievalInfo]:
     """Service time of one search in **seconds**, and what it came from.
 
     An explicit ``retrieval.service_ms`` wins; otherwise the calibration file
@@ -51,7 +70,7 @@ def retrieval_service_distribution(scn: Scenario) -> tuple[D.Distribution, dict]
     ``retrieval.overhead_ms`` is added either way.
     """
     r = scn.retrieval
-    info: dict = {"contention": tuple(r.contention or ())}
+    info: RetrievalInfo = {"contention": tuple(r.contention or ())}
     if r.service_ms is not None:
         base = build_distribution(r.service_ms)
         info["source"] = "retrieval.service_ms"
@@ -137,8 +156,9 @@ class Replication:
     # Plain numbers, and per-stage Bins (totals taken after the warm-up cut by the summary).
     counters: dict[str, float | Bins] = field(default_factory=dict)
     # Sampled state (see Model.monitor): t_s, retrieval_queue, retrieval_busy, and per LLM
-    # replica (arrays of shape samples x replicas) llm_waiting, llm_running, kv_tokens.
-    timeseries: dict[str, np.ndarray] = field(default_factory=dict)
+    # replica (arrays of shape samples x replicas) llm_waiting, llm_running, kv_tokens; and
+    # kv_capacity_tokens, a number.
+    timeseries: dict[str, np.ndarray | int] = field(default_factory=dict)
     # Histograms and counts by time cell (sim.engine.digest): every summary is computed from it.
     digest: Digest | None = None
 
@@ -296,7 +316,7 @@ class Model:
         self._cb_looked_up, self._cb_search, self._cb_searched = self._looked_up, self._search, self._searched
         self._cb_finish = self._finish
 
-    def _retrieval_pool(self, scn: Scenario) -> tuple[WorkerPool | SchedulerPool | None, dict[str, Any]]:
+    def _retrieval_pool(self, scn: Scenario) -> tuple[WorkerPool | SchedulerPool | None, RetrievalInfo]:
         """The retrieval workers (a worker pool, or an OS scheduler's run queue) and where their
         service times come from; (None, {}) without retrieval."""
         if not scn.retrieval.enabled:
@@ -530,7 +550,7 @@ class Model:
             key, outcome = u.utter(q)
             self.request(u.uid, key, prompt, output, q, outcome, on_done=on_done)
 
-    def _present_user(self, u: _User):
+    def _present_user(self, u: _User) -> ProcessGenerator:
         env, end, presence = self.env, self.end_arrivals_s, self.presence
         assert presence is not None
         while True:
@@ -590,7 +610,7 @@ class Model:
 
         later(env, gaps(), arrive)
 
-    def trace_arrivals(self):
+    def trace_arrivals(self) -> ProcessGenerator:
         """Replay a trace: its arrival times (up to ``run.duration_s``), its token counts and
         query keys where it has them, the scenario's distributions where it does not."""
         env, scn = self.env, self.scn
@@ -624,7 +644,7 @@ class Model:
     # ------------------------------------------------------------------ monitor
     MONITOR_SAMPLES = 200
 
-    def monitor(self, out: dict):
+    def monitor(self, out: Samples) -> ProcessGenerator:
         """Sample the state every ``duration / 200`` s (one event per sample, 201 samples).
 
         Reads only: retrieval queue length and busy workers, and per LLM replica the
@@ -676,7 +696,7 @@ class Model:
     # ------------------------------------------------------------------ run
     def run(self) -> Replication:
         env, scn = self.env, self.scn
-        sampled: dict = {}
+        sampled: Samples = {}
         env.process(self.monitor(sampled))
         with long_lived_model() as built:
             if scn.workload.mode == "closed":
@@ -730,7 +750,8 @@ class Model:
                 # time (their mean number in the window); the history prices the fleet.
                 counters["gpu_replicas"] = mean_count(scaler.history, 3, lo, hi)
                 sampled.update(scaler.timeseries())
-        timeseries = {k: (v if k == "kv_capacity_tokens" else np.asarray(v, dtype=float)) for k, v in sampled.items()}
+        # every sample becomes an array of floats but the KV capacity, one int
+        timeseries = {k: (v if isinstance(v, int) else np.asarray(v, dtype=float)) for k, v in sampled.items()}
         return Replication(self.rep, records, (lo, hi), counters, timeseries, self.digest)
 
 

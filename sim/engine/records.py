@@ -22,6 +22,30 @@ _KIND = {c.name: c.kind for c in COLUMNS}
 _FIELDS = len(COLUMN_NAMES) - 2
 #: Rows held as tuples before they are packed into a float64 block.
 CHUNK_ROWS = 4096
+#: One finished request as :meth:`Recorder.add` holds it: the columns of
+#: :data:`sim.spec.metrics.COLUMNS` from ``user`` to ``routing_outcome`` (times in seconds).
+RecordRow = tuple[
+    int,  # user
+    float,  # arrival_s
+    int,  # query_key
+    bool,  # cache_hit
+    float,  # cache
+    float,  # retrieval_wait
+    float,  # retrieval_service
+    float,  # llm_wait
+    float,  # prefill
+    float,  # decode
+    int,  # prompt_tokens
+    int,  # output_tokens
+    int,  # replica
+    float,  # ttft
+    float,  # e2e
+    int,  # preemptions
+    int,  # question
+    float,  # routing_wait
+    float,  # routing_service
+    int,  # routing_outcome
+]
 
 
 class Recorder:
@@ -33,7 +57,7 @@ class Recorder:
         self.replication = replication
         self.digest = digest
         self.keep = keep
-        self.rows: list[tuple] = []
+        self.rows: list[RecordRow] = []
         self.blocks: list[np.ndarray] = []
         self.count = 0
 
@@ -54,26 +78,26 @@ class Recorder:
 
     def add(
         self,
-        user,
-        arrival_s,
-        key,
-        hit,
-        cache_s,
-        r_wait_s,
-        r_service_s,
-        l_wait_s,
-        prefill_s,
-        decode_s,
-        prompt,
-        output,
-        replica,
-        ttft_s,
-        e2e_s,
-        preemptions=-1,
-        question=-1,
-        routing_wait_s=0.0,
-        routing_service_s=0.0,
-        routing_outcome=-1,
+        user: int,
+        arrival_s: float,
+        key: int,
+        hit: bool,
+        cache_s: float,
+        r_wait_s: float,
+        r_service_s: float,
+        l_wait_s: float,
+        prefill_s: float,
+        decode_s: float,
+        prompt: int,
+        output: int,
+        replica: int,
+        ttft_s: float,
+        e2e_s: float,
+        preemptions: int = -1,
+        question: int = -1,
+        routing_wait_s: float = 0.0,
+        routing_service_s: float = 0.0,
+        routing_outcome: int = -1,
     ) -> None:
         """``preemptions``: times the LLM preempted the request (-1 when the LLM stage is off);
         ``question``: the question asked (``key`` is the cache key it became); ``routing_outcome``
@@ -246,8 +270,8 @@ class Bins:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Bins) and (self.lo, self.hi, self.values) == (other.lo, other.hi, other.values)
 
-    def __getstate__(self):
+    def __getstate__(self) -> tuple[float, float, float, list[float]]:
         return (self.lo, self.hi, self.width, self.values)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: tuple[float, float, float, list[float]]) -> None:
         self.lo, self.hi, self.width, self.values = state

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import TypedDict
 
 import numpy as np
 
@@ -41,7 +42,35 @@ from sim.spec.schema import Scenario
 OFF, ROUTED, KEPT_RAW, WRONG = -1, 0, 1, 2
 
 
-def routing_setup(scn: Scenario) -> tuple[D.Distribution | None, float, RoutingAccuracy | None, dict]:
+class RoutingShares(TypedDict):
+    """:class:`RoutingAccuracy` as the summary writes it."""
+
+    correct: float
+    wrong: float
+    none: float
+    false_route: float
+    measured_at_questions: int
+
+
+class RoutingInfo(TypedDict, total=False):
+    """The routing stage in the summary: where its figures came from (always), and with the
+    stage on its configuration, service time and accuracy."""
+
+    source: str
+    novel_share: float
+    variants: bool
+    impl: str
+    questions: int
+    threshold: float
+    workers: int
+    mean_service_ms: float
+    p95_service_ms: float
+    extrapolated: bool
+    description: str
+    accuracy: RoutingShares
+
+
+def routing_setup(scn: Scenario) -> tuple[D.Distribution | None, float, RoutingAccuracy | None, RoutingInfo]:
     """What the routing section asks for, from its calibration.
 
     Returns the service time of one routing call in **seconds** (None when the
@@ -69,25 +98,27 @@ def routing_setup(scn: Scenario) -> tuple[D.Distribution | None, float, RoutingA
             "re-run capsim calibrate routing"
         ) from None
     _check_profile(path, novel, prof, acc)
-    info: dict = {"source": path, "novel_share": novel, "variants": r.typed_variants}
+    info: RoutingInfo = {"source": path, "novel_share": novel, "variants": r.typed_variants}
     if prof is None or acc is None:
         return None, novel, None, info
     info.update(
-        impl=r.impl,
-        questions=r.questions,
-        threshold=r.threshold,
-        workers=r.workers,
-        mean_service_ms=prof.mean_ms,
-        p95_service_ms=float(np.interp(0.95, prof.probs, prof.values_ms)),
-        extrapolated=prof.extrapolated,
-        description=prof.description,
-        accuracy={
-            "correct": acc.correct,
-            "wrong": acc.wrong,
-            "none": acc.none,
-            "false_route": acc.false_route,
-            "measured_at_questions": acc.questions_measured,
-        },
+        {
+            "impl": r.impl,
+            "questions": r.questions,
+            "threshold": r.threshold,
+            "workers": r.workers,
+            "mean_service_ms": prof.mean_ms,
+            "p95_service_ms": float(np.interp(0.95, prof.probs, prof.values_ms)),
+            "extrapolated": prof.extrapolated,
+            "description": prof.description,
+            "accuracy": {
+                "correct": acc.correct,
+                "wrong": acc.wrong,
+                "none": acc.none,
+                "false_route": acc.false_route,
+                "measured_at_questions": acc.questions_measured,
+            },
+        }
     )
     return D.Scaled(D.Quantile(prof.probs, prof.values_ms), 1e-3), novel, acc, info
 
@@ -131,7 +162,7 @@ class Utterances:
         accuracy: RoutingAccuracy | None,
         questions: int,
         rng: np.random.Generator,
-        novel_ids: itertools.count,
+        novel_ids: itertools.count[int],
     ):
         self._novel = novel_share
         self._acc = accuracy

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 
@@ -21,6 +21,54 @@ def auto_nlist(docs: int) -> int:
 
 
 Factory = Callable[[], Callable[[int], Any]]
+
+
+class IndexParams(TypedDict, total=False):
+    """How an index was built, as its records say: HNSW's ``M``, ``ef_construction`` and
+    ``space``; IVF's ``nlist``; faiss's ``metric``."""
+
+    M: int
+    ef_construction: int
+    space: str
+    nlist: int
+    metric: str
+
+
+class ScaledFrom(TypedDict):
+    """A record timed on a subsample and scaled to the corpus: the subsample's size, the factor
+    every latency was multiplied by, and how."""
+
+    scaled_from_docs: int
+    scale_factor: float
+    note: str
+
+
+class _Scaled(TypedDict, total=False):
+    scaled_from_docs: int
+    scale_factor: float
+    note: str
+
+
+class RetrievalRecord(_Scaled):
+    """One measured configuration in a retrieval calibration file's ``records``: the index,
+    corpus size, dimension, k, knob and query threads; the latency quantiles at the file's
+    ``probs`` and mean (ms, from ``samples`` searches), recall@k, build time and memory, the
+    build parameters; and, when timed on a subsample, :class:`ScaledFrom`'s fields."""
+
+    index: str
+    docs: int
+    dim: int
+    top_k: int
+    knob: str | None
+    knob_value: int | None
+    threads: int
+    samples: int
+    mean_ms: float
+    values_ms: list[float]
+    recall: float
+    build_s: float
+    memory_bytes: int
+    params: IndexParams
 
 
 class Knobs(Protocol):
@@ -50,7 +98,23 @@ class Bench(Knobs, Protocol):
         """Latencies (ns) and found ids of ``n_queries`` single searches on ``threads`` workers."""
         ...
 
-    def record(self, **fields: Any) -> dict[str, Any]: ...
+    def record(
+        self,
+        *,
+        index: str,
+        docs: int,
+        knob_value: int | None,
+        threads: int,
+        lat_ns: np.ndarray,
+        scale: float,
+        recall: float,
+        build_s: float,
+        memory_bytes: int,
+        params: IndexParams,
+        extra: ScaledFrom | None = None,
+    ) -> RetrievalRecord:
+        """The record of ``lat_ns`` (single-search latencies, ns, times ``scale``) on this bench."""
+        ...
 
     def recall(self, found: np.ndarray, truth: np.ndarray) -> float: ...
 
@@ -92,8 +156,8 @@ class IndexKind:
         knob_value: int | None = None,
         build_s: float = 0.0,
         memory_bytes: int = 0,
-        params: dict[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:
+        params: IndexParams | None = None,
+    ) -> list[RetrievalRecord]:
         """Time ``bench.n_queries`` single searches at every thread count: one record each."""
         out = []
         for T in bench.threads:
@@ -117,7 +181,7 @@ class IndexKind:
 
     def measure(
         self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray
-    ) -> list[dict[str, Any]]:
+    ) -> list[RetrievalRecord]:
         """Build on ``corpus`` (``docs`` rows) and time single searches: one record per knob and thread count."""
         raise NotImplementedError
 

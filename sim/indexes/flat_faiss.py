@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.indexes.base import Bench, IndexKind
+from sim.indexes.base import Bench, IndexKind, RetrievalRecord
 
 
 class FlatFaiss(IndexKind):
@@ -21,7 +21,7 @@ class FlatFaiss(IndexKind):
 
     def measure(
         self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray
-    ) -> list[dict[str, Any]]:
+    ) -> list[RetrievalRecord]:
         import faiss  # heavy optional library: imported only to build
 
         k = bench.top_k

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.indexes.base import Bench, IndexKind, Knobs
+from sim.indexes.base import Bench, IndexKind, Knobs, RetrievalRecord
 
 
 def build(docs: np.ndarray, M: int, ef_construction: int, seed: int, save_to: str) -> tuple[float, int]:
@@ -56,7 +56,7 @@ class HNSW(IndexKind):
 
     def measure(
         self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray
-    ) -> list[dict[str, Any]]:
+    ) -> list[RetrievalRecord]:
         out = []
         dim, k = bench.dim, bench.top_k
         with tempfile.TemporaryDirectory(prefix="capsim-hnsw-") as td:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import CalibrationError
-from sim.indexes.base import Bench, IndexKind, Knobs
+from sim.indexes.base import Bench, IndexKind, Knobs, RetrievalRecord
 
 
 def build(docs: np.ndarray, nlist: int, seed: int) -> tuple[np.ndarray, float, int]:
@@ -60,7 +60,7 @@ class IVF(IndexKind):
 
     def measure(
         self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray
-    ) -> list[dict[str, Any]]:
+    ) -> list[RetrievalRecord]:
         out = []
         k = bench.top_k
         nl = bench.nlist(docs)

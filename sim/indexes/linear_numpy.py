@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.indexes.base import Bench, IndexKind
+from sim.indexes.base import Bench, IndexKind, RetrievalRecord
 
 
 def scan(q: np.ndarray, docs: np.ndarray, k: int) -> np.ndarray:
@@ -22,7 +22,7 @@ class LinearNumpy(IndexKind):
 
     def measure(
         self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray
-    ) -> list[dict[str, Any]]:
+    ) -> list[RetrievalRecord]:
         k = bench.top_k
 
         def factory(_d: np.ndarray = corpus, _q: np.ndarray = queries) -> Callable[[int], Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.indexes.base import Bench, IndexKind
+from sim.indexes.base import Bench, IndexKind, RetrievalRecord
 
 
 def scan(q: list[float], docs: list[list[float]], k: int) -> list[int]:
@@ -36,7 +36,7 @@ class LinearPython(IndexKind):
 
     def measure(
         self, bench: Bench, docs: int, corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray
-    ) -> list[dict[str, Any]]:
+    ) -> list[RetrievalRecord]:
         k = bench.top_k
         sub = min(docs, bench.linear_python_docs)
         pq = min(bench.n_queries, bench.linear_python_queries)

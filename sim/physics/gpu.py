@@ -49,6 +49,9 @@ from sim.physics.replica_config import ReplicaConfig
 
 #: One step's figures as plain numbers, or many steps' as arrays (element-wise).
 FloatOrArray = TypeVar("FloatOrArray", float, np.ndarray)
+#: A decode epoch's step costs as lines, ``(a_mem, b_mem, a_comp, b_comp, const)``: step ``j``
+#: costs ``max(a_mem + b_mem j, a_comp + b_comp j) + const`` (:meth:`StepCost.decode_lines`).
+DecodeLines = tuple[float, float, float, float, float]
 
 GB = 1e9
 GIB = float(2**30)
@@ -120,7 +123,8 @@ def expected_distinct_experts(experts: int, experts_per_token: int, tokens: Floa
     fewer.  256 experts, 8 per token: 8 at one token, 256 * (1 - (31/32) ** 32) = 163.31
     at 32 tokens, all 256 by a few thousand.  Works on numpy arrays.
     """
-    return experts * (1.0 - (1.0 - experts_per_token / experts) ** tokens)
+    distinct: FloatOrArray = experts * (1.0 - (1.0 - experts_per_token / experts) ** tokens)
+    return distinct
 
 
 def moe_weights_bytes(
@@ -529,18 +533,19 @@ class StepCost:
     ) -> np.ndarray:
         """:meth:`time` element-wise over arrays of steps."""
         mem, comp = self.terms(new_tokens, ctx_tokens, attn_pairs)
-        return (
+        step_s: np.ndarray = (
             np.maximum(mem, comp)
             + self.overhead_s
             + self.per_seq_s * np.asarray(seqs, float)
             + self.comm_per_token_s * np.asarray(new_tokens, float)
         )
+        return step_s
 
     def memory_bound(self, new_tokens: float, ctx_tokens: float, attn_pairs: float) -> bool:
         mem, comp = self.terms(new_tokens, ctx_tokens, attn_pairs)
         return mem >= comp
 
-    def decode_lines(self, batch: int, ctx0: float) -> tuple[float, float, float, float, float]:
+    def decode_lines(self, batch: int, ctx0: float) -> DecodeLines:
         """(a_mem, b_mem, a_comp, b_comp, const): step j of a decode epoch costs
         max(a_mem + b_mem j, a_comp + b_comp j) + const, where ``ctx0`` is the
         batch's total context after step 0 (it grows by ``batch`` per step)."""
@@ -552,12 +557,12 @@ class StepCost:
         return a_m, b_m, a_c, b_c, self.overhead_s + (self.per_seq_s + self.comm_per_token_s) * batch
 
     @staticmethod
-    def epoch_time(lines: tuple[float, float, float, float, float], k: int) -> float:
+    def epoch_time(lines: DecodeLines, k: int) -> float:
         a_m, b_m, a_c, b_c, const = lines
         return sum_max_linear(a_m, b_m, a_c, b_c, k) + const * k
 
     @staticmethod
-    def memory_bound_steps(lines: tuple[float, float, float, float, float], k: int) -> int:
+    def memory_bound_steps(lines: DecodeLines, k: int) -> int:
         """How many of the first ``k`` decode steps are memory-bound."""
         a_m, b_m, a_c, b_c, _ = lines
         if k <= 0:

@@ -80,7 +80,8 @@ def sample_quantiles(
         raise ValueError("probs must rise strictly from 0 to 1")
     if np.any(np.diff(v) < 0):
         raise ValueError("values must be non-decreasing")
-    return np.interp(rng.random(size), p, v)
+    drawn: np.ndarray = np.interp(rng.random(size), p, v)
+    return drawn
 
 
 @dataclass(frozen=True, eq=False)

@@ -44,7 +44,7 @@ import math
 import os
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -208,24 +208,38 @@ class TableModel:
 
 
 # --------------------------------------------------------------------------- writing a table
-# Rows of a batched benchmark, ``{pp, tg, b, t_pp_s, t_tg_s}`` (llama-batched-bench, or the
-# server profile of sim.verify.step_profile): b sequences of pp prompt tokens prefilled in one
-# step taking t_pp_s, then tg decode steps at batch b taking t_tg_s together.
 
 
-def median_rows(runs: list[list[dict]]) -> list[dict]:
+class BenchRow(TypedDict):
+    """One row of a batched benchmark (llama-batched-bench, or the server profile of
+    :mod:`sim.verify.step_profile`): ``b`` sequences of ``pp`` prompt tokens prefilled in one
+    step taking ``t_pp_s``, then ``tg`` decode steps at batch ``b`` taking ``t_tg_s`` together."""
+
+    pp: int
+    tg: int
+    b: int
+    t_pp_s: float
+    t_tg_s: float
+
+
+#: A step table's row: ``(batch_size, context_tokens, new_tokens, step_ms)``, and ``decode_seqs``
+#: after them on a mixed step.
+StepRow = tuple[int, int, int, float] | tuple[int, int, int, float, int]
+
+
+def median_rows(runs: list[list[BenchRow]]) -> list[BenchRow]:
     """One row per (pp, tg, b) with the median of its times over repeated runs (order of the first run).
 
     Two runs timing a prefill at 0.2 s and 0.4 s plus a third at 0.3 s give 0.3 s.
     """
-    keys: dict[tuple[int, int, int], list[dict]] = {}
+    keys: dict[tuple[int, int, int], list[BenchRow]] = {}
     for run in runs:
         for r in run:
             keys.setdefault((r["pp"], r["tg"], r["b"]), []).append(r)
     out = []
     for (pp, tg, b), rs in keys.items():
         out.append(
-            dict(
+            BenchRow(
                 pp=pp,
                 tg=tg,
                 b=b,
@@ -236,9 +250,9 @@ def median_rows(runs: list[list[dict]]) -> list[dict]:
     return out
 
 
-def step_rows(rows: list[dict]) -> list[tuple[int, int, int, float]]:
+def step_rows(rows: list[BenchRow]) -> list[StepRow]:
     """(batch_size, context_tokens, new_tokens, step_ms) rows: a prefill and a decode row per result row."""
-    out = []
+    out: list[StepRow] = []
     for r in rows:
         b, pp, tg = r["b"], r["pp"], r["tg"]
         if pp > 0 and r["t_pp_s"] > 0:
@@ -248,7 +262,7 @@ def step_rows(rows: list[dict]) -> list[tuple[int, int, int, float]]:
     return out
 
 
-def write_table(steps: list[tuple], path: Path, source: str) -> None:
+def write_table(steps: list[StepRow], path: Path, source: str) -> None:
     """Rows ``(batch_size, context_tokens, new_tokens, step_ms[, decode_seqs])``; a ``decode_seqs``
     column is written when any row has one (a mixed step)."""
     mixed = any(len(r) > 4 for r in steps)
@@ -270,11 +284,13 @@ def scaled_table(src: str | Path, dst: Path, prefill_factor: float, decode_facto
     dec = (new == b) & (mixed == 0)
     rows[:, 3] *= np.where(dec, decode_factor, prefill_factor)
     has_mixed = bool((mixed > 0).any())
-    write_table(
-        [(int(r[0]), int(r[1]), int(r[2]), float(r[3])) + ((int(r[4]),) if has_mixed else ()) for r in rows.tolist()],
-        dst,
-        source,
-    )
+    steps: list[StepRow] = [
+        (int(r[0]), int(r[1]), int(r[2]), float(r[3]), int(r[4]))
+        if has_mixed
+        else (int(r[0]), int(r[1]), int(r[2]), float(r[3]))
+        for r in rows.tolist()
+    ]
+    write_table(steps, dst, source)
 
 
 @functools.lru_cache(maxsize=32)

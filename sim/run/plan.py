@@ -600,13 +600,53 @@ def plan(
     confirm; ``screen_replications`` screen and measure the knobs.  ``on_stage(name, n)`` is
     told each stage and how many candidates it takes."""
     t0 = time.perf_counter()
+    _check_options(screen_replications, band, margin)
+    raw, keys = _load_space(source, run_overrides(overrides, seed, replications))
+    base = _validate(raw)
+    res = PlanResult(keys, {m: dict(s) for m, s in base.sla.items()}, _space(raw, keys))
+    res.screen_replications, res.replications, res.band = screen_replications, base.run.replications, band
+
+    def stage(name: str, n: int) -> None:
+        if on_stage is not None:
+            on_stage(name, n)
+
+    stage("prune", len(res.candidates))
+    prune(res.candidates, base, margin)
+    alive = sorted((c for c in res.candidates if not c.pruned), key=_order)
+    runner = _Runner(executor or LocalExecutor(jobs))
+    screener = _Screener(runner, res.candidates, alive, screen_replications, max_screen)
+    stage("screen", len(alive))
+    _screen(screener, alive, band, front_levels)
+    _confirm(res, screener, alive, max(confirm, 1), stage)
+    if res.winner is not None:
+        res.runner_ups = _runner_ups(res, band)
+        if knobs:
+            res.knobs = _knobs(res, runner, screen_replications, stage)
+    res.front = pareto_front(res.candidates)  # after the knobs: their runs are simulated configurations too
+    res.simulations = runner.simulations
+    res.wall_s = time.perf_counter() - t0
+    return res
+
+
+def _check_options(screen_replications: int, band: float, margin: float) -> None:
+    """The plan's own options, each a one-line error naming the flag."""
     if screen_replications < 1:
         raise ConfigError(f"--screen-replications: must be >= 1, got {screen_replications}")
     for name, v in (("--band", band), ("--margin", margin)):
         if not (0 <= v <= 10) or v != v:
             raise ConfigError(f"{name}: must be a fraction between 0 and 10, got {v}")
-    ov = run_overrides(overrides, seed, replications)
-    raw = apply_overrides(load_raw(source.model_dump(mode="json") if isinstance(source, Scenario) else source), ov)
+
+
+def _load_space(
+    source: str | Path | Mapping | Scenario, overrides: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """``(raw, keys)``: the scenario as data without its ``sweep:``, ``expect:`` and ``plan:``
+    sections (every price from the catalog unless ``cost:`` gives one), and the ``plan:`` space,
+    both checked: keys that are deployment choices, values the schema takes, a space of at
+    most :data:`MAX_CANDIDATES`, and an SLA to meet."""
+    raw = apply_overrides(
+        load_raw(source.model_dump(mode="json") if isinstance(source, Scenario) else source), overrides
+    )
     raw.pop("sweep", None)
     raw.pop("expect", None)
     base = expand(raw)[0].scenario
@@ -624,68 +664,61 @@ def plan(
     if raw.get("cost") is None:
         raw["cost"] = {}  # every price from the catalog
     _check_values(raw, keys)
-    base = _validate(raw)
-    full_reps = base.run.replications
-    res = PlanResult(keys, {m: dict(s) for m, s in base.sla.items()}, _space(raw, keys))
-    res.screen_replications, res.replications, res.band = screen_replications, full_reps, band
+    return raw, keys
 
-    def stage(name: str, n: int) -> None:
-        if on_stage is not None:
-            on_stage(name, n)
 
-    stage("prune", size)
-    prune(res.candidates, base, margin)
-    alive = sorted((c for c in res.candidates if not c.pruned), key=_order)
-    runner = _Runner(executor or LocalExecutor(jobs))
-
-    # Screen: in cost order until one does not fail, each group's best-resourced member first.
-    screener = _Screener(runner, res.candidates, alive, screen_replications, max_screen)
-    stage("screen", len(alive))
+def _screen(screener: _Screener, alive: list[Candidate], band: float, front_levels: int) -> None:
+    """Screen in cost order until one does not fail (each group's best-resourced member first),
+    then every group within ``band`` of its cost, then up to ``front_levels`` dearer cost levels
+    (the most promising candidate of each) for the Pareto front."""
     screener.walk(math.inf, until_one=True)
     first = next((c for c in alive if c.screen and c.screen.verdict != "fail"), None)
-    if first is not None:
-        limit = _cost(first) * (1.0 + band)
-        screener.walk(limit, until_one=False)
-        levels: dict[float, Candidate] = {}
-        for c in alive:  # the most promising candidate of each dearer cost level, for the front
-            if _cost(c) > limit and c.skipped is None and _cost(c) not in levels:
-                levels[_cost(c)] = c
-        dear = list(levels.values())
-        take = min(front_levels, screener.left, len(dear))
-        if take > 0:
-            step = len(dear) / take
-            screener.screen([dear[int(i * step)] for i in range(take)])
+    if first is None:
+        return
+    limit = _cost(first) * (1.0 + band)
+    screener.walk(limit, until_one=False)
+    levels: dict[float, Candidate] = {}
+    for c in alive:
+        if _cost(c) > limit and c.skipped is None and _cost(c) not in levels:
+            levels[_cost(c)] = c
+    dear = list(levels.values())
+    take = min(front_levels, screener.left, len(dear))
+    if take > 0:
+        step = len(dear) / take
+        screener.screen([dear[int(i * step)] for i in range(take)])
 
-    # Confirm: the cheapest that did not fail the screen, `confirm` at a time, until one passes.
-    # Each batch: the cheapest candidate left and the next ones from other groups (its neighbours).
+
+def _confirm(
+    res: PlanResult, screener: _Screener, alive: list[Candidate], size: int, stage: Callable[[str, int], None]
+) -> None:
+    """Confirm the cheapest candidates that did not fail the screen, ``size`` at a time, until one
+    passes; sets ``res.winner``.  Each batch: the cheapest candidate left and the next ones from
+    other groups (its neighbours)."""
     hopeful = [c for c in alive if c.screen and c.screen.verdict != "fail" and c.skipped is None]
     while hopeful and res.winner is None:
         batch = [hopeful[0]]
         for c in hopeful[1:]:
-            if len(batch) >= max(confirm, 1):
+            if len(batch) >= size:
                 break
             if all(screener.group(b) != screener.group(c) for b in batch):
                 batch.append(c)
         stage("confirm", len(batch))
-        for c, o in zip(batch, runner.run(batch, full_reps)):
+        for c, o in zip(batch, screener.runner.run(batch, res.replications)):
             c.confirm = o
         hopeful = [c for c in hopeful if c.confirm is None]
-        passing = [c for c in res.candidates if c.confirm and c.confirm.verdict == "pass"]
-        if passing:
-            cheapest = min(_cost(c) for c in passing)
-            res.winner = min(
-                (c for c in passing if _cost(c) == cheapest),
-                key=lambda c: (c.confirm.p95_ms if c.confirm and c.confirm.p95_ms is not None else math.inf, c.index),
-            )
+        res.winner = _cheapest_passing(res.candidates)
 
-    if res.winner is not None:
-        res.runner_ups = _runner_ups(res, band)
-        if knobs:
-            res.knobs = _knobs(res, runner, screen_replications, stage)
-    res.front = pareto_front(res.candidates)  # after the knobs: their runs are simulated configurations too
-    res.simulations = runner.simulations
-    res.wall_s = time.perf_counter() - t0
-    return res
+
+def _cheapest_passing(cands: list[Candidate]) -> Candidate | None:
+    """The cheapest confirmed candidate that passes (the lower confirmed P95 on a tie), or None."""
+    passing = [c for c in cands if c.confirm and c.confirm.verdict == "pass"]
+    if not passing:
+        return None
+    cheapest = min(_cost(c) for c in passing)
+    return min(
+        (c for c in passing if _cost(c) == cheapest),
+        key=lambda c: (c.confirm.p95_ms if c.confirm and c.confirm.p95_ms is not None else math.inf, c.index),
+    )
 
 
 def audit_pruned(res: PlanResult, n: int, replications: int, jobs: int | None = None) -> list[Candidate]:

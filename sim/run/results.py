@@ -97,7 +97,7 @@ def timeseries_frame(reps: Sequence[Replication]) -> pd.DataFrame:
     frames = []
     for r in reps:
         ts = r.timeseries
-        if not ts or not len(ts.get("t_s", ())):
+        if not ts or not np.size(ts.get("t_s", ())):
             continue
         t = np.asarray(ts["t_s"], dtype=float)
         n = len(t)

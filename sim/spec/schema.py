@@ -966,33 +966,9 @@ class LLMConfig(Strict):
     def _fits(self) -> LLMConfig:
         if not self.enabled:
             return self
-        tp = self.tensor_parallel
-        if self.compute_dtype == "fp8" and self.gpu.fp8_tflops is None:
-            raise ValueError(
-                f"compute_dtype fp8 needs llm.gpu.fp8_tflops; {self.gpu.name or 'this GPU'} has none in the "
-                f"catalog (set it inline, or compute_dtype bf16)"
-            )
-        if self.compute_dtype == "fp4" and self.gpu.fp4_tflops is None:
-            raise ValueError(
-                f"compute_dtype fp4 needs llm.gpu.fp4_tflops; {self.gpu.name or 'this GPU'} has none in the "
-                f"catalog (FP4 tensor cores: b200, b300, gb200, gb300; set it inline, or compute_dtype fp8 / bf16)"
-            )
+        self._check_compute_dtype()
         self._check_parallel()
-        if self.step_table is not None:
-            problem = regular_file_problem(Path(self.step_table).expanduser())
-            if problem is not None:  # before opening: a FIFO would block; a folder is not "missing"
-                raise ValueError(f"step_table: file {self.step_table!r} {problem}")
-            try:
-                load_table(self.step_table)
-            except UnicodeDecodeError as e:
-                raise ValueError(
-                    f"step_table: file {self.step_table!r}: not UTF-8 text (byte {e.start}); is it a binary file?"
-                ) from None
-            except ConfigError as e:
-                raise ValueError(str(e).replace("llm.step_table: ", "step_table: ", 1)) from None
-        if self.step_cost == "perop" and self.step_table is None and self.perop_entry is None:
-            why = perop.coverage(self.gpu.name, self.engine, self.model.name, tp, self.perop_dtype, self.perop_ep)
-            raise ValueError(f"step_cost perop: {why}; use step_cost auto (roofline where uncovered) or roofline")
+        self._check_step_cost()
         if self.kv_blocks_usable < 1:
             raise ValueError(self._no_kv_room())
         a = self.autoscale
@@ -1011,6 +987,38 @@ class LLMConfig(Strict):
         if self.disaggregated is not None:
             self._check_disaggregated()
         return self
+
+    def _check_compute_dtype(self) -> None:
+        """A compute dtype the GPU has tensor-core throughput for."""
+        if self.compute_dtype == "fp8" and self.gpu.fp8_tflops is None:
+            raise ValueError(
+                f"compute_dtype fp8 needs llm.gpu.fp8_tflops; {self.gpu.name or 'this GPU'} has none in the "
+                f"catalog (set it inline, or compute_dtype bf16)"
+            )
+        if self.compute_dtype == "fp4" and self.gpu.fp4_tflops is None:
+            raise ValueError(
+                f"compute_dtype fp4 needs llm.gpu.fp4_tflops; {self.gpu.name or 'this GPU'} has none in the "
+                f"catalog (FP4 tensor cores: b200, b300, gb200, gb300; set it inline, or compute_dtype fp8 / bf16)"
+            )
+
+    def _check_step_cost(self) -> None:
+        """A step table that is a readable file of steps; per-operation costs that cover the deployment."""
+        if self.step_table is not None:
+            problem = regular_file_problem(Path(self.step_table).expanduser())
+            if problem is not None:  # before opening: a FIFO would block; a folder is not "missing"
+                raise ValueError(f"step_table: file {self.step_table!r} {problem}")
+            try:
+                load_table(self.step_table)
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"step_table: file {self.step_table!r}: not UTF-8 text (byte {e.start}); is it a binary file?"
+                ) from None
+            except ConfigError as e:
+                raise ValueError(str(e).replace("llm.step_table: ", "step_table: ", 1)) from None
+        if self.step_cost == "perop" and self.step_table is None and self.perop_entry is None:
+            tp = self.tensor_parallel
+            why = perop.coverage(self.gpu.name, self.engine, self.model.name, tp, self.perop_dtype, self.perop_ep)
+            raise ValueError(f"step_cost perop: {why}; use step_cost auto (roofline where uncovered) or roofline")
 
     def _no_kv_room(self) -> str:
         """Why the weights and the engine reserve leave no KV block, with the figures."""
@@ -1257,6 +1265,17 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
+        self._check_priced()
+        self._check_sla_stages()
+        self._check_windows()
+        self._check_warmup()
+        self._check_workload_runs()
+        self._check_longest_request_fits()
+        self._check_expect()
+        return self
+
+    def _check_priced(self) -> None:
+        """A ``cost:`` section needs a price for every GPU it costs (the catalog's or its own)."""
         c = self.cost
         llm = self.llm
         names = [llm.gpu.name]
@@ -1268,6 +1287,9 @@ class Scenario(Strict):
                 f"cost.gpu_per_hour: the price catalog has no price for GPU {unpriced[0] or '(unnamed)'!r} "
                 f"(priced: {', '.join(prices.priced_gpus())}); give cost.gpu_per_hour in USD"
             )
+
+    def _check_sla_stages(self) -> None:
+        """An SLA metric (steady or over time) whose stage runs."""
         for metric in [*self.sla, *self.timeline.sla]:
             stage = METRIC_STAGE.get(metric)
             if stage and not getattr(self, stage).enabled:
@@ -1275,6 +1297,9 @@ class Scenario(Strict):
                     f"sla.{metric}: the {stage} stage is disabled ({stage}.enabled: false), "
                     f"so no request measures {metric}"
                 )
+
+    def _check_windows(self) -> None:
+        """Timeline windows no narrower than the run allows (at most MAX_WINDOWS of them)."""
         for key in ("window_s", "sla_window_s"):
             width = getattr(self.timeline, key)
             if self.timeline_on and width is not None and self.run.duration_s / width > MAX_WINDOWS:
@@ -1283,8 +1308,10 @@ class Scenario(Strict):
                     f"{self.run.duration_s / width:,.3g} windows, more than {MAX_WINDOWS:,}; "
                     f"give {key} >= {self.run.duration_s / MAX_WINDOWS:.3g}"
                 )
-        w = self.workload
-        if w.time_varying and self.run.warmup_s == "auto":
+
+    def _check_warmup(self) -> None:
+        """``run.warmup_s: auto`` only where the run settles and is measured per replication."""
+        if self.workload.time_varying and self.run.warmup_s == "auto":
             raise ValueError(
                 "run.warmup_s: auto (MSER-5) assumes the run settles to a steady state, which a load that "
                 "changes over time does not; give a fixed warmup_s (0 to keep every request)"
@@ -1294,6 +1321,10 @@ class Scenario(Strict):
                 "run.warmup_s: auto (MSER-5) cuts each replication at its own point, but an autoscaled "
                 "fleet is costed over the whole window; give a fixed warmup_s with llm.autoscale"
             )
+
+    def _check_workload_runs(self) -> None:
+        """A trace that loads; a closed load whose users do not all ask at t = 0 forever."""
+        w = self.workload
         if w.mode == "trace":
             assert w.trace is not None  # WorkloadConfig requires it in trace mode
             trace_file.load_trace(w.trace.path, w.trace.format, w.trace.time_scale)
@@ -1302,7 +1333,9 @@ class Scenario(Strict):
                 "workload.think_s: zero think time and no stage that takes time: "
                 "users would ask forever at t = 0; give think_s a positive mean"
             )
-        self._check_longest_request_fits()
+
+    def _check_expect(self) -> None:
+        """Expectations need an SLA to judge against, and name swept keys."""
         if self.expect and not self.sla and not self.timeline.sla:
             raise ValueError("expect: needs an sla (or timeline.sla) section to judge the points against")
         for i, e in enumerate(self.expect):
@@ -1311,7 +1344,6 @@ class Scenario(Strict):
                 raise ValueError(
                     f"expect[{i}].params: {unknown[0]!r} is not a swept key (swept: {', '.join(self.sweep)})"
                 )
-        return self
 
 
 # --------------------------------------------------------------------------- errors

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import CapsimError
-from sim.physics.steptable import step_rows, write_table
+from sim.physics.steptable import BenchRow, StepRow, step_rows, write_table
 from sim.spec.target import Target
 from sim.verify.loadgen import complete, connection, prompt_ids
 from sim.verify.server_clock import bracket, learn_clock, own_timings, server_clock
@@ -238,7 +238,7 @@ def profile_server(
     timeout_s: float = 120.0,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
-) -> list[dict]:
+) -> list[BenchRow]:
     """Rows ``{pp, tg, b, t_pp_s, t_tg_s}``, the median of ``repeat`` runs of every (pp, b)."""
     llm = target.llm_endpoint()
     if max(npl) > llm.parallel:
@@ -267,7 +267,7 @@ def profile_server(
     # A prefill row from the tries that were one step (a batch the server never took as one
     # step keeps its decode row only; batch 1 always is one step, so the law has rows).
     return [
-        dict(
+        BenchRow(
             pp=pp_seen[pp],
             tg=ntg,
             b=b,
@@ -331,11 +331,12 @@ class ServerProfile:
     def table(self, target: Target, users: int, progress=None, replay: bool = False) -> str:
         npl = profile_batches(target.llm_endpoint().parallel)
         rows = profile_server(target, list(self.npp), self.ntg, npl, self.repeat)
-        mixed = profile_mixed(target, max(self.npp), npl[:-1], self.repeat)
+        steps: list[StepRow] = step_rows(rows)
+        steps += profile_mixed(target, max(self.npp), npl[:-1], self.repeat)
         path = self.folder / f"steps_{users}users{'_replay' if replay else ''}.csv"
         beside = "/".join(map(str, npl[:-1])) or "0"
         write_table(
-            step_rows(rows) + mixed,
+            steps,
             path,
             describe(target, list(self.npp), self.ntg, npl, self.repeat)
             + f"; mixed steps: {max(self.npp)}-token prompt beside {beside} decoders",

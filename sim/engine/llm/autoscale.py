@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 import simpy
+from simpy.events import ProcessGenerator
 
 from sim.engine.clock import later
 from sim.registry import ROUTERS
@@ -177,7 +178,7 @@ class Autoscaler:
         return float(sum(r.batch / r.max_batch for r in ready))
 
     # -- decisions
-    def _loop(self):
+    def _loop(self) -> ProcessGenerator:
         while True:
             yield self.env.timeout(self.a.decision_interval_s)
             self.decide()

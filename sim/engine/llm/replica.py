@@ -64,11 +64,12 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import simpy
+from simpy.events import ProcessGenerator
 
 from sim.engine.llm.kv import CachedFree, DecodeBlocks
 from sim.engine.records import Bins
 from sim.errors import ConfigError
-from sim.physics.gpu import StepCost, attention_pairs, blocks_for_tokens, kv_misfit
+from sim.physics.gpu import DecodeLines, StepCost, attention_pairs, blocks_for_tokens, kv_misfit
 from sim.registry import SCHEDULERS
 from sim.spec.schema import LLMConfig
 
@@ -133,9 +134,9 @@ class StepLine(NamedTuple):
 
     start_s: float
     steps: int
-    tokens: dict
+    tokens: dict[object, int]
     blocks: int
-    preempted: tuple
+    preempted: tuple[object, ...]
 
 
 class _WakeAtEnd:
@@ -194,7 +195,9 @@ class Replica:
         self.replan = False  # a step just preempted: the next boundary may admit, so stop there
         self._preempted: list[object] = []  # since the last step_log line
         self._idle_since: float | None = 0.0
-        self._epoch: tuple | None = None  # (start, lines, k, clock) of the decode epoch in progress
+        self._epoch: tuple[float, DecodeLines, int, int] | None = (
+            None  # (start, lines, k, clock) of the decode epoch in progress
+        )
         # counters over time (totals inside the window below; any cut later, see Bins)
         self.bins = {
             k: Bins(*window)
@@ -411,7 +414,7 @@ class Replica:
         self.order[seq] = None
         self.prefilling.append(seq)
 
-    def _loop(self):
+    def _loop(self) -> ProcessGenerator:
         env = self.env
         while True:
             if not self.order and not self.waiting:
@@ -430,7 +433,7 @@ class Replica:
             else:  # pragma: no cover - admit raises first for a request that can never fit
                 raise RuntimeError("LLM replica stalled with requests waiting and nothing running")
 
-    def _step(self, work, advance: bool):
+    def _step(self, work: list[tuple[Generation, int, int]], advance: bool) -> ProcessGenerator:
         """One step that prefills (and, with chunked prefill, decodes every decoder)."""
         env, cost, B = self.env, self.cost, self.B
         start = env.now
@@ -504,7 +507,7 @@ class Replica:
             k = min(k, k_blocks)
         return k
 
-    def _decode_epoch(self):
+    def _decode_epoch(self) -> ProcessGenerator:
         env, cost, dec = self.env, self.cost, self.dec
         D = self.D
         k_fit = self._epoch_steps(D)
@@ -557,12 +560,12 @@ class Replica:
         if steps == k:
             self._finish_due(end)
 
-    def _log(self, start: float, steps: int, tokens: dict, blocks: int) -> None:
+    def _log(self, start: float, steps: int, tokens: dict[object, int], blocks: int) -> None:
         assert self.step_log is not None
         self.step_log.append(StepLine(start, steps, tokens, blocks, tuple(self._preempted)))
         self._preempted.clear()
 
-    def _steps_to_cover(self, lines, k: int, elapsed: float) -> int:
+    def _steps_to_cover(self, lines: DecodeLines, k: int, elapsed: float) -> int:
         """Smallest j in [1, k] whose first j steps take at least ``elapsed``."""
         lo, hi = 1, k
         et = self.cost.epoch_time
