@@ -158,14 +158,16 @@ def _fit_engines(dest: Path, jobs: int | None, perop_only: bool, engine: str | N
     # deferred: the fit loads scipy and the simulator; only this branch needs them
     from sim.files import atomic_write_text
     from sim.run.engine_fit import run_engine_fit
-    from sim.spec.engines import fit_document
+    from sim.spec.engines import ENGINES, fit_document
     from sim.spec.silicon import representable
 
     if dest.is_dir():
         raise CapsimError(f"--fit-engines: {str(dest)!r} is a folder; give a file name")
     keep = fit_document() if perop_only else None
-    only = {"engines": (engine,), "others": fit_document()} if engine else {}
-    fit = run_engine_fit(representable(), jobs=jobs, say=typer.echo, keep_roofline=keep, **only)
+    engines = (engine,) if engine else ENGINES  # one engine: the others' blocks as shipped
+    fit = run_engine_fit(
+        representable(), jobs=jobs, say=typer.echo, keep_roofline=keep, engines=engines, others=fit_document()
+    )
     atomic_write_text(dest, json.dumps(fit, indent=1) + "\n")
     typer.echo(f"wrote {dest}")
 

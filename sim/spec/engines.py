@@ -80,6 +80,7 @@ SCHEDULER: dict[str, dict[str, Any]] = {
         "max_batched_tokens": 8192,
         "chunked_prefill": False,
         "gpu_memory_utilization": 0.88,
+        "perop_overlap": True,
         "sources": {
             "max_batch": "SGLang sizes max_running_requests from the KV pool; 1024 does not bind at the "
             "measured concurrencies (<= 512)",
@@ -88,6 +89,9 @@ SCHEDULER: dict[str, dict[str, Any]] = {
             "chunked_prefill": "same file: enable_mixed_chunk default False: a prefill step runs instead of a "
             "decode step, capsim's whole-prompt scheduler",
             "gpu_memory_utilization": "same file: mem_fraction_static 0.88 at tp 1 (0.87 at tp 2, 0.85 at tp >= 4)",
+            "perop_overlap": "SGLang's overlap scheduler (on by default since 0.4; disable_overlap_schedule off): "
+            "'the scheduler runs one batch ahead and prepares all the metadata required for the next batch', "
+            "https://lmsys.org/blog/2024-12-04-sglang-v0-4/#zero-overhead-batch-scheduler",
         },
     },
 }
