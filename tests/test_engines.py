@@ -101,35 +101,3 @@ def test_trtllm_memory_fraction_is_of_the_memory_left_free():
     assert not LLMConfig(
         model="llama-3-8b", gpu="h100-sxm", engine="trtllm", memory_fraction_of="card"
     ).fraction_of_free
-
-
-@pytest.mark.parametrize(
-    ("mib", "version", "want"),
-    [
-        (79.19 * 1024, "0.5.9", 8192),  # H100: 81,090 MiB < 90 GiB
-        (139.58 * 1024, "0.5.6.post2", 8192),  # H200: < 160 GiB
-        (178.18 * 1024, "0.5.9", 16384),  # B200: above 160 GiB
-        (48 * 1024, "", 4096),  # L40S: < 60 GiB
-        (24 * 1024, "0.5.9", 2048),  # L4: < 35 GiB
-        (178.18 * 1024, "0.5.1.post1", 8192),  # before the memory heuristic: 8,192 from 25,000 MiB
-        (24_000, "0.5.1.post1", 2048),
-    ],
-)
-def test_sglang_chunk_by_gpu_memory(mib, version, want):
-    assert engines.sglang_chunked_prefill_size(mib, version) == want
-
-
-def test_sglang_memory_fraction_by_hand():
-    # H100 (79.19 GiB = 81,090.56 MiB), tp 1, 8,192 chunk, CUDA graphs to 16:
-    # 512 + 1.5 * 8,192 + 2 * 16 + 1/8 * 1,024 = 12,960 MiB; (81,090.56 - 12,960) / 81,090.56 = 0.8402
-    assert engines.sglang_mem_fraction_static(79.19 * 1024, 1, 8192, 16, "0.5.8.post1") == 0.840
-    # B200 (182,456 MiB), tp 8, 16,384 chunk, graphs to 512: 512 + 24,576 + 1,024 + 1,024 = 27,136 MiB
-    assert engines.sglang_mem_fraction_static(182_456.0, 8, 16384, 512, "0.5.9") == round(
-        (182_456 - 27_136) / 182_456, 3
-    )
-    # a small reserve on a > 60 GiB card is raised to 10,240 MiB: 512 + 3,072 + 2 + 128 = 3,714 -> 10,240
-    assert engines.sglang_mem_fraction_static(81_920.0, 1, 2048, 1, "") == round((81_920 - 10_240) / 81_920, 3)
-    # before 0.5.6 the fraction is by tensor parallelism alone
-    got = [engines.sglang_mem_fraction_static(81_090.0, tp, 8192, 64, "0.5.1.post1") for tp in (1, 2, 4, 8, 16)]
-    assert got == [0.88, 0.87, 0.85, 0.81, 0.79]
-    assert engines.sglang_sizes_by_memory("nightly-dev") and not engines.sglang_sizes_by_memory("0.5.3")

@@ -36,7 +36,7 @@ def _cfg(**kw: object) -> LLMConfig:
 
 
 def _cost(**kw: object) -> PerOpCost:
-    cfg = _cfg(**{"perop_overhead_ms": 1.0, "perop_overhead_per_seq_ms": 0.01, "perop_prefill_scale": 0.5, **kw})
+    cfg = _cfg(perop_overhead_ms=1.0, perop_overhead_per_seq_ms=0.01, perop_prefill_scale=0.5, **kw)
     return PerOpCost(cfg, PerOpTable.from_entry(ENTRY))
 
 
@@ -76,23 +76,6 @@ def test_decode_epoch_closed_form_equals_the_sum_of_its_steps() -> None:
         lines = c.decode_lines(batch, ctx0)
         direct = sum(c.decode_time(batch, ctx0 + batch * j) for j in range(k))
         assert c.epoch_time(lines, k) == pytest.approx(direct, rel=1e-12)
-
-
-def test_overlapped_cpu_work_takes_the_longer_of_kernels_and_cpu() -> None:
-    # the decode step by hand above: kernels 32 * (layer + attn) + lm, CPU 1.0 + 0.01 * batch
-    c = _cost(perop_overlap=True)
-    layer = 0.52 + (1.1 - 0.52) * 9 / 99
-    kernels = 32 * (layer + max(0.02, 0.01 + 1e-6 * 5000 + 1e-4 * 10)) + 0.5 + 0.5 * 9 / 99
-    assert c.decode_time(10, 5000) * 1e3 == pytest.approx(max(kernels, 1.0 + 0.1))  # kernels (~19.8 ms)
-    busy = _cost(perop_overlap=True, perop_overhead_ms=30.0)  # CPU 30.1 ms > kernels: the CPU sets the step
-    assert busy.decode_time(10, 5000) * 1e3 == pytest.approx(30.1)
-    # the epoch closed form holds with the max: a CPU-bound start, kernel-bound once the context grows
-    for cost in (c, busy, _cost(perop_overlap=True, perop_overhead_ms=25.0)):
-        for batch, ctx0, k in ((4, 10.0, 7), (64, 20_000.0, 50), (10, 5_000.0, 3000)):
-            direct = sum(cost.decode_time(batch, ctx0 + batch * j) for j in range(k))
-            assert cost.epoch_time(cost.decode_lines(batch, ctx0), k) == pytest.approx(direct, rel=1e-12)
-    assert LLMConfig.model_validate({"model": "llama-3-8b", "gpu": "h200", "engine": "sglang"}).perop_overlap
-    assert not _cfg().perop_overlap  # vLLM's preset adds its overheads to the kernels
 
 
 def test_shipped_table_holds_the_measured_timing() -> None:

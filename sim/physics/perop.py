@@ -28,17 +28,6 @@ the kernels it runs, each read from what that engine's kernel measured on that G
   own attention pairs, times ``llm.perop_prefill_scale`` (fitted per engine: kernels timed one
   at a time overstate a serving step's prefill, whose kernels overlap and fuse).
 
-**Overlapped CPU work** (``llm.perop_overlap``, the SGLang preset's): an engine that schedules the
-next batch on the CPU while the GPU runs this one (SGLang's overlap scheduler, on by default since
-0.4: "the scheduler runs one batch ahead and prepares all the metadata required for the next
-batch", https://lmsys.org/blog/2024-12-04-sglang-v0-4/#zero-overhead-batch-scheduler) takes the
-longer of the two per step instead of their sum::
-
-    step = max(kernels, overhead + overhead_per_seq * seqs)
-
-so the per-sequence CPU cost that sets a small model's large batches hides under a large model's
-kernels.  Kernels of 20 ms and a CPU of 0.5 + 0.06 * 128 = 8.18 ms: 20 ms (the sum: 28.18 ms).
-
 A decode epoch (a fixed batch whose context grows by ``batch`` each step) keeps a closed form:
 everything but the decode attention is constant, and that is the larger of a constant and a
 line in the step index (:func:`sim.physics.gpu.sum_max_linear`).
@@ -204,7 +193,6 @@ class PerOpCost(StepCost):
         self.fixed_ms = cfg.perop_overhead_ms
         self.per_seq_ms = cfg.perop_overhead_per_seq_ms
         self.prefill_scale = cfg.perop_prefill_scale
-        self.overlap = cfg.perop_overlap
 
     def time_ms(self, new_tokens: float, ctx_tokens: float, attn_pairs: float, seqs: float) -> float:
         t, L = self.table, self.layers
@@ -215,9 +203,7 @@ class PerOpCost(StepCost):
             more = t.curve(t.layer, new_tokens) - t.curve(t.layer, seqs) + t.ctx[0] + t.ctx[1] * max(extra, 0.0)
             more += t.ctx[2] * (new_tokens - seqs)
             step += self.prefill_scale * more
-        kernels = L * step + t.curve(t.lm_head, seqs)
-        cpu = self.fixed_ms + self.per_seq_ms * seqs
-        return max(kernels, cpu) if self.overlap else kernels + cpu
+        return L * step + t.curve(t.lm_head, seqs) + self.fixed_ms + self.per_seq_ms * seqs
 
     def time(
         self, new_tokens: float, ctx_tokens: float, attn_pairs: float, seqs: float = 1.0, decode_seqs: float = 0.0
@@ -240,21 +226,10 @@ class PerOpCost(StepCost):
 
     def decode_lines(self, batch: int, ctx0: float) -> tuple[float, float, float, float, float]:
         """Step j of a decode epoch: ``max(a + b j, floor) * layers + const`` (seconds), where the
-        line is the decode attention at context ``ctx0 + batch * j``; with overlapped CPU work
-        ``max(a + b j + gemms, max(floor + gemms, cpu))``, the same closed form."""
+        line is the decode attention at context ``ctx0 + batch * j``."""
         t, L = self.table, self.layers
         floor, a, b, c = t.gen
-        gemms = L * t.curve(t.layer, batch) + t.curve(t.lm_head, batch)
-        cpu = self.fixed_ms + self.per_seq_ms * batch
-        if self.overlap:
-            return (
-                (L * (a + b * ctx0 + c * batch) + gemms) / 1e3,
-                L * b * batch / 1e3,
-                max(L * floor + gemms, cpu) / 1e3,
-                0.0,
-                0.0,
-            )
-        const = gemms + cpu
+        const = L * t.curve(t.layer, batch) + t.curve(t.lm_head, batch) + self.fixed_ms + self.per_seq_ms * batch
         return (
             L * (a + b * ctx0 + c * batch) / 1e3,
             L * b * batch / 1e3,

@@ -64,8 +64,7 @@ from pydantic import ValidationError
 from sim.engine.pipeline import run_replication
 from sim.files import atomic_write_text, data_path, to_json
 from sim.physics.gpu import StepCost, attention_pairs
-from sim.spec import catalog
-from sim.spec.engines import FITTED, FITTED_PEROP, sglang_chunked_prefill_size, sglang_mem_fraction_static
+from sim.spec.engines import FITTED, FITTED_PEROP
 from sim.spec.engines import fit_document as engine_fit_document
 from sim.spec.engines import preset as engine_preset
 from sim.spec.schema import LLMConfig, Scenario
@@ -143,6 +142,8 @@ BENCHMARK_ENGINES = ("vllm", "trtllm", "sglang")
 BENCHMARK_SLACK = 1500
 #: TensorRT-LLM's ``free_gpu_memory_fraction`` in aiconfigurator's engine template.
 TRTLLM_FREE_FRACTION = 0.8
+#: SGLang's ``chunked_prefill_size`` on H100 and H200 (``python/sglang/srt/server_args.py``).
+SGLANG_CHUNK = 8192
 
 
 def benchmark_scheduler(row: SiliconRow) -> dict[str, Any]:
@@ -156,8 +157,8 @@ def benchmark_scheduler(row: SiliconRow) -> dict[str, Any]:
       prefill off and ``free_gpu_memory_fraction`` 0.80 (its template's defaults,
       ``generator/config/backend_templates/trtllm/extra_engine_args.*.yaml.j2``): whole prompts
       beside the decodes;
-    * SGLang: ``max_prefill_tokens = isl + 1500``, ``enable_mixed_chunk`` and CUDA graphs up to
-      ``max_batch_size`` (``cuda_graph_batch_sizes``), the rest SGLang's defaults (:func:`sglang_launch`).
+    * SGLang: ``max_prefill_tokens = isl + 1500`` and ``enable_mixed_chunk``: prompt chunks of at
+      most ``chunked_prefill_size`` beside the decodes.
 
     ``max_batch_size`` is the row's batch size, or its concurrency where that is larger (the
     file's batch size is per GPU for some rows)."""
@@ -171,46 +172,9 @@ def benchmark_scheduler(row: SiliconRow) -> dict[str, Any]:
         out.update(chunked_prefill=False, prefill_steps="mixed", max_batched_tokens=tokens, kv_block_tokens=block)
         out.update(gpu_memory_utilization=TRTLLM_FREE_FRACTION, memory_fraction_of="free")
     else:
-        out.update(sglang_launch(row, batch))
+        prefill = min(row.isl + BENCHMARK_SLACK, SGLANG_CHUNK)
+        out.update(chunked_prefill=True, max_batched_tokens=batch + prefill)
     return out
-
-
-def sglang_launch(row: SiliconRow, batch: int) -> dict[str, Any]:
-    """The ``llm`` keys of SGLang launched by aiconfigurator's benchmark rule with ``max_batch_size``
-    ``batch``: its token budget and its KV pool.
-
-    * **Token budget**: with ``enable_mixed_chunk`` the decodes join the prefill step, and SGLang takes
-      their tokens out of both ``max_prefill_tokens`` and ``chunked_prefill_size``
-      (``PrefillAdder.__init__``'s ``mixed_with_decode_tokens`` in
-      ``python/sglang/srt/managers/schedule_policy.py``, the scheduler passing ``running_bs`` when
-      mixing): a step holds ``min(isl + 1500, chunk)`` tokens, decodes included, which is capsim's
-      chunked scheduler's budget (decodes first).  The chunk is SGLang's default for the GPU's
-      memory (:func:`sim.spec.engines.sglang_chunked_prefill_size`: 8,192 on H100 and H200, 16,384
-      on B200 and B300).
-    * **KV pool**: SGLang's pool is what is free after the weights less ``(1 - mem_fraction_static)``
-      of the memory free before them (``profile_max_num_token`` in
-      ``python/sglang/srt/model_executor/model_runner.py``): ``fraction x card - weights``, the
-      activations and CUDA graphs inside the ``1 - fraction`` it leaves, so no engine reserve beside
-      it; the fraction is SGLang's default for the GPU, tensor parallelism, chunk and CUDA-graph
-      batch (:func:`sim.spec.engines.sglang_mem_fraction_static`).  The card's memory is the one the
-      engine sees (the catalog's exposed memory, for both SGLang's ``gpu_mem`` and its free memory).
-    """
-    mib = _exposed_gib(str(row.gpu)) * 1024
-    chunk = sglang_chunked_prefill_size(mib, row.engine_version)
-    fraction = sglang_mem_fraction_static(mib, row.tensor_parallel, chunk, batch, row.engine_version)
-    return {
-        "chunked_prefill": True,
-        "max_batched_tokens": max(min(row.isl + BENCHMARK_SLACK, chunk), batch),
-        "gpu_memory_utilization": fraction,
-        "engine_reserve": 0.0,
-    }
-
-
-def _exposed_gib(gpu: str) -> float:
-    """What the catalog says ``gpu`` exposes to an engine, GiB (as ``LLMConfig.memory_exposed_bytes``)."""
-    g = catalog.gpu(gpu)
-    exposed = g.get("memory_exposed_gib")
-    return float(exposed) if exposed is not None else float(g["memory_gb"]) * catalog.exposed_fraction()
 
 
 #: GPU systems whose racks are one NVLink domain (GB200 / GB300 NVL72): a disaggregated row's KV

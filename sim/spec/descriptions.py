@@ -151,8 +151,6 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "perop_overhead_ms": "per-step time the kernels timed alone leave out (engine preset: fitted)",
         "perop_overhead_per_seq_ms": "per-sequence time the kernels timed alone leave out (engine preset: fitted)",
         "perop_prefill_scale": "factor on a step's prefill kernels (they overlap when served; engine preset: fitted)",
-        "perop_overlap": "the per-step overheads run on the CPU beside the kernels: a step takes the longer of the "
-        "two, not their sum (engine sglang: its overlap scheduler)",
         "frontend_ms": "per-request time in the engine outside its GPU steps (API server, tokenisation), ms, "
         "before the request joins a replica's queue (engine preset: fitted)",
         "gpu_memory_utilization": "share of the GPU's exposed memory the engine may use (vLLM's setting), "

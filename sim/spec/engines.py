@@ -80,7 +80,6 @@ SCHEDULER: dict[str, dict[str, Any]] = {
         "max_batched_tokens": 8192,
         "chunked_prefill": False,
         "gpu_memory_utilization": 0.88,
-        "perop_overlap": True,
         "sources": {
             "max_batch": "SGLang sizes max_running_requests from the KV pool; 1024 does not bind at the "
             "measured concurrencies (<= 512)",
@@ -89,9 +88,6 @@ SCHEDULER: dict[str, dict[str, Any]] = {
             "chunked_prefill": "same file: enable_mixed_chunk default False: a prefill step runs instead of a "
             "decode step, capsim's whole-prompt scheduler",
             "gpu_memory_utilization": "same file: mem_fraction_static 0.88 at tp 1 (0.87 at tp 2, 0.85 at tp >= 4)",
-            "perop_overlap": "SGLang's overlap scheduler (on by default since 0.4; disable_overlap_schedule off): "
-            "'the scheduler runs one batch ahead and prepares all the metadata required for the next batch', "
-            "https://lmsys.org/blog/2024-12-04-sglang-v0-4/#zero-overhead-batch-scheduler",
         },
     },
 }
@@ -196,68 +192,3 @@ def provenance(engine: str, version: str | None, efficiency_named: bool, moe: bo
     if version and version not in versions:
         line += f"; version {version} was not measured: the engine's fit stands in"
     return line
-
-
-# --------------------------------------------------------------------------- SGLang's launch-time sizing
-
-#: Where SGLang sizes its prefill chunk and its static memory from the GPU's memory.
-SGLANG_MEMORY_SOURCE = (
-    "SGLang python/sglang/srt/server_args.py ServerArgs._handle_gpu_memory_settings "
-    "(https://github.com/sgl-project/sglang/pull/10975)"
-)
-#: ``chunked_prefill_size`` by GPU memory (MiB, exclusive upper bounds) in that function: 2k below
-#: 35 GiB, 4k below 60 GiB (A100 40GB, L40), 8k below 160 GiB (H100, A100 80GB, H20, H200), 16k above
-#: (B200, MI300).
-SGLANG_CHUNK_BUCKETS: tuple[tuple[float, int], ...] = ((35 * 1024, 2048), (60 * 1024, 4096), (160 * 1024, 8192))
-SGLANG_CHUNK_LARGEST = 16384
-#: The first version of the file's SGLang rows that sizes its memory so: 0.5.6 onwards; 0.5.1.post1
-#: (the file's one earlier version) predates that pull request and uses the table below.
-SGLANG_HEURISTIC_FROM = (0, 5, 6)
-#: ``mem_fraction_static`` by tensor parallelism before that pull request (same file, then
-#: ``ServerArgs.__post_init__``): 0.79 at tp >= 16, 0.81 at >= 8, 0.85 at >= 4, 0.87 at >= 2, else 0.88;
-#: and ``chunked_prefill_size`` 2048 below 25,000 MiB, else 8192.
-SGLANG_OLD_FRACTIONS: tuple[tuple[int, float], ...] = ((16, 0.79), (8, 0.81), (4, 0.85), (2, 0.87), (1, 0.88))
-
-
-def _sglang_version(version: str) -> tuple[int, ...] | None:
-    """``"0.5.1.post1"`` -> (0, 5, 1); None for what is not a release number ("", "nightly-dev")."""
-    parts = []
-    for p in version.split(".")[:3]:
-        if not p.isdigit():
-            return None
-        parts.append(int(p))
-    return tuple(parts) if len(parts) == 3 else None
-
-
-def sglang_sizes_by_memory(version: str) -> bool:
-    """Whether SGLang ``version`` sizes its chunk and memory fraction from the GPU's memory (0.5.6 and
-    later, and the unnumbered nightly builds); else by the tensor-parallel table."""
-    v = _sglang_version(version)
-    return v is None or v >= SGLANG_HEURISTIC_FROM
-
-
-def sglang_chunked_prefill_size(gpu_mem_mib: float, version: str = "") -> int:
-    """SGLang's default ``chunked_prefill_size`` on a GPU with ``gpu_mem_mib`` MiB: 8,192 on an H100
-    (81,090 MiB) or H200, 16,384 on a B200 (:data:`SGLANG_CHUNK_BUCKETS`); before 0.5.6, 8,192 from
-    25,000 MiB up."""
-    if not sglang_sizes_by_memory(version):
-        return 2048 if gpu_mem_mib < 25_000 else 8192
-    return next((size for top, size in SGLANG_CHUNK_BUCKETS if gpu_mem_mib < top), SGLANG_CHUNK_LARGEST)
-
-
-def sglang_mem_fraction_static(
-    gpu_mem_mib: float, tensor_parallel: int, chunk: int, cuda_graph_max_bs: int, version: str = ""
-) -> float:
-    """SGLang's default ``mem_fraction_static``: the share of the GPU its weights and KV pool take.
-
-    From 0.5.6 (:data:`SGLANG_MEMORY_SOURCE`): ``round((gpu_mem - reserved) / gpu_mem, 3)`` with
-    ``reserved = 512 + 1.5 * max(chunk, 2048) + 2 * cuda_graph_max_bs + tp / 8 * 1024`` MiB, at least
-    10,240 MiB on a GPU over 60 GiB (no DP attention, no speculative decoding).  An H100 (81,090 MiB)
-    at tp 1 with an 8,192 chunk and CUDA graphs to batch 16: 512 + 12,288 + 32 + 128 = 12,960 MiB
-    reserved, 0.840.  Before 0.5.6, :data:`SGLANG_OLD_FRACTIONS` by tensor parallelism."""
-    if not sglang_sizes_by_memory(version):
-        return next(f for tp, f in SGLANG_OLD_FRACTIONS if tensor_parallel >= tp)
-    reserved = 512 + 1.5 * max(chunk, 2048) + 2 * cuda_graph_max_bs + tensor_parallel / 8 * 1024
-    if gpu_mem_mib > 60 * 1024:
-        reserved = max(reserved, 10 * 1024)
-    return round((gpu_mem_mib - reserved) / gpu_mem_mib, 3)

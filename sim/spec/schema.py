@@ -722,9 +722,6 @@ class LLMConfig(Strict):
     perop_overhead_ms: NonNegFloat = 0.0
     perop_overhead_per_seq_ms: NonNegFloat = 0.0
     perop_prefill_scale: Annotated[float, Field(gt=0, le=4)] = 1.0
-    # The overheads run on the CPU beside the kernels (an overlap scheduler): a step is the longer of
-    # the two, not their sum (sim.physics.perop); the sglang preset sets it.
-    perop_overlap: bool = False
     # A request's time in the engine outside its GPU steps (API server, tokenisation, handing the
     # first token back), before it joins a replica's queue; the engine preset fills its fitted value.
     frontend_ms: Annotated[float, Field(ge=0, le=60_000)] = 0.0
