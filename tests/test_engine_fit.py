@@ -156,3 +156,11 @@ def test_frontend_fit_is_the_weighted_median_gap_held_out_by_group() -> None:
     # a negative gap (capsim already too slow) never makes a negative frontend
     assert fit_frontend([rec("a", 100, 150)], "vllm")["parameters"] == {"frontend_ms": 0.0}
     assert weighted_median(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 10.0])) == 3.0
+
+
+def test_an_engine_filter_fits_that_engine_alone_and_keeps_the_others_blocks():
+    from sim.run.engine_fit import run_engine_fit
+
+    shipped = {"engines": {"vllm": {"parameters": {"mfu": 0.5}, "perop": {"x": 1}, "frontend": {"y": 2}}}}
+    doc = run_engine_fit([], jobs=1, engines=(), others=shipped)
+    assert doc["engines"] == shipped["engines"]  # nothing fitted, the whole block kept as shipped

@@ -118,6 +118,14 @@ def test_replay_uses_the_benchmark_launch_settings(engine, batch, want):
     assert V.benchmark_scheduler(row(engine="sglang", isl=16000, concurrency=8))["max_batched_tokens"] == 8 + 8192
 
 
+def test_engine_filter_keeps_one_engines_rows():
+    rows = [row(id=f"{e}{i}", engine=e) for i, e in enumerate(("vllm", "sglang", "trtllm", "sglang"))]
+    assert [r.id for r in V.validation_rows(rows, "sglang")] == ["sglang1", "sglang3"]
+    assert len(V.validation_rows(rows)) == 4
+    with pytest.raises(ValueError, match="engine: expected one of vllm, trtllm, sglang"):
+        V.validation_rows(rows, "tgi")
+
+
 def test_one_user_is_one_prefill_then_decode_steps():
     """c = 1: TTFT is the prompt's prefill step, TPOT the mean decode step over the growing context."""
     r = row(concurrency=1, isl=512, osl=64)
@@ -196,6 +204,8 @@ def test_cli_sample_writes_rows_and_summary(tmp_path):
 def test_cli_bad_flags_exit_2():
     res = run_cli("validate", "--start", "sideways")
     assert res.exit_code == 2 and "--start" in res.output
+    res = run_cli("validate", "--engine", "tgi")
+    assert res.exit_code == 2 and "--engine: expected vllm, trtllm or sglang, got 'tgi'" in res.output
     res = run_cli("validate", "--list-reasons")
     assert res.exit_code == 0 and "2614  representable" in res.output
 

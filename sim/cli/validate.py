@@ -66,6 +66,12 @@ def validate(
         "--disaggregated",
         help="Replay the disaggregated rows (separate prefill and decode workers) as llm.disaggregated instead.",
     ),
+    engine: Optional[str] = typer.Option(
+        None,
+        "--engine",
+        help="Only this engine's rows (vllm, trtllm or sglang); with --fit-engines / --fit-frontend only its "
+        "fit, the other engines' blocks kept from the shipped fit.",
+    ),
 ) -> None:
     """Replay aiconfigurator's measured serving runs as capsim scenarios; TTFT/TPOT error beside aiconfigurator's."""
     # deferred: the simulator and numpy load only when the command runs
@@ -81,18 +87,20 @@ def validate(
         raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
     if start is not None and start not in ("together", "spread", "burst"):
         raise CapsimError(f"--start: expected together, spread or burst, got {start!r}")
+    if engine is not None and engine not in ("vllm", "trtllm", "sglang"):
+        raise CapsimError(f"--engine: expected vllm, trtllm or sglang, got {engine!r}")
     if out is not None and out.exists() and not out.is_dir():
         raise CapsimError(f"--out: {str(out)!r} is a file, not a folder")
     if fit_engines is not None:
-        _fit_engines(fit_engines, jobs, perop_only)
+        _fit_engines(fit_engines, jobs, perop_only, engine)
         return
     if fit_frontend is not None:
-        _fit_frontend(fit_frontend, jobs, not no_cache, start)
+        _fit_frontend(fit_frontend, jobs, not no_cache, start, engine)
         return
     if disaggregated:
         _disaggregated(out, jobs, not no_cache)
         return
-    doc = run_validation(sample=sample, out=out, jobs=jobs, use_cache=not no_cache, start=start)
+    doc = run_validation(sample=sample, out=out, jobs=jobs, use_cache=not no_cache, start=start, engine=engine)
     blocks = [("all", doc["all"])] + [(k, v) for k, v in doc["by"]["engine"].items()]
     console.print(
         _error_table(doc["predictor"], "rows", blocks, ("capsim", "engine_preset_held_out", "aiconfigurator"))
@@ -145,23 +153,26 @@ def _disaggregated(out: Path | None, jobs: int | None, use_cache: bool) -> None:
         typer.echo(f"wrote {out / 'rows.csv'} and {out / 'summary.json'}")
 
 
-def _fit_engines(dest: Path, jobs: int | None, perop_only: bool) -> None:
+def _fit_engines(dest: Path, jobs: int | None, perop_only: bool, engine: str | None = None) -> None:
     """``--fit-engines``: each engine's step-cost fit, held out by (model, GPU), written to ``dest``."""
     # deferred: the fit loads scipy and the simulator; only this branch needs them
     from sim.files import atomic_write_text
     from sim.run.engine_fit import run_engine_fit
-    from sim.spec.engines import fit_document
+    from sim.spec.engines import ENGINES, fit_document
     from sim.spec.silicon import representable
 
     if dest.is_dir():
         raise CapsimError(f"--fit-engines: {str(dest)!r} is a folder; give a file name")
     keep = fit_document() if perop_only else None
-    fit = run_engine_fit(representable(), jobs=jobs, say=typer.echo, keep_roofline=keep)
+    engines = (engine,) if engine else ENGINES  # one engine: the others' blocks as shipped
+    fit = run_engine_fit(
+        representable(), jobs=jobs, say=typer.echo, keep_roofline=keep, engines=engines, others=fit_document()
+    )
     atomic_write_text(dest, json.dumps(fit, indent=1) + "\n")
     typer.echo(f"wrote {dest}")
 
 
-def _fit_frontend(dest: Path, jobs: int | None, use_cache: bool, start: str | None) -> None:
+def _fit_frontend(dest: Path, jobs: int | None, use_cache: bool, start: str | None, engine: str | None = None) -> None:
     """``--fit-frontend``: the shipped engine fit with each engine's frontend block refitted."""
     # deferred: the fit and the replays load numpy and the simulator
     from sim.files import atomic_write_text
@@ -171,12 +182,12 @@ def _fit_frontend(dest: Path, jobs: int | None, use_cache: bool, start: str | No
 
     if dest.is_dir():
         raise CapsimError(f"--fit-frontend: {str(dest)!r} is a folder; give a file name")
-    records = validation_records(jobs=jobs, use_cache=use_cache, start=start)
+    records = validation_records(jobs=jobs, use_cache=use_cache, start=start, engine=engine)
     doc = fit_document()
-    for engine in ENGINES:
-        if engine in doc.get("engines", {}):
-            doc["engines"][engine]["frontend"] = fe = fit_frontend(records, engine)
+    for name in (engine,) if engine else ENGINES:
+        if name in doc.get("engines", {}):
+            doc["engines"][name]["frontend"] = fe = fit_frontend(records, name)
             ms = fe.get("parameters", {}).get("frontend_ms", "-")
-            typer.echo(f"{engine}: frontend {ms} ms ({fe.get('rows', 0)} rows)")
+            typer.echo(f"{name}: frontend {ms} ms ({fe.get('rows', 0)} rows)")
     atomic_write_text(dest, json.dumps(doc, indent=1) + "\n")
     typer.echo(f"wrote {dest}")

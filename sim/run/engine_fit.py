@@ -278,9 +278,12 @@ def run_engine_fit(
     jobs: int | None = None,
     say: Callable[[str], None] = lambda s: None,
     keep_roofline: dict[str, Any] | None = None,
+    engines: Sequence[str] = ENGINES,
+    others: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole document ``sim/data/silicon/engine_fit.json`` holds: per engine the roofline fit
-    (or ``keep_roofline``'s, unchanged) and the per-operation fit."""
+    (or ``keep_roofline``'s, unchanged) and the per-operation fit.  Only ``engines`` are fitted;
+    the others keep their whole block (per-operation fit and frontend included) from ``others``."""
     doc: dict[str, Any] = {
         "kind": "capsim.engine_step_fit",
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -293,6 +296,11 @@ def run_engine_fit(
     with cf.ProcessPoolExecutor(max_workers=jobs) if (jobs or 2) > 1 else _NoPool() as pool:
         ex = pool if isinstance(pool, cf.Executor) else None
         for engine in ENGINES:
+            if engine not in engines:
+                if others and engine in others.get("engines", {}):
+                    doc["engines"][engine] = others["engines"][engine]
+                    say(f"{engine}: kept from the shipped file")
+                continue
             if keep_roofline and engine in keep_roofline.get("engines", {}):
                 e = {k: v for k, v in keep_roofline["engines"][engine].items() if k != "perop"}
                 say(f"{engine}: roofline fit kept from the shipped file")

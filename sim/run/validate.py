@@ -616,14 +616,22 @@ def _records(
     return per_row(rows, results, aiconfigurator_predictions(), engine)
 
 
+def validation_rows(rows: Sequence[SiliconRow], engine: str | None = None) -> list[SiliconRow]:
+    """The aggregated rows capsim represents, of ``engine`` alone when given (``--engine``)."""
+    if engine is not None and engine not in BENCHMARK_ENGINES:
+        raise ValueError(f"engine: expected one of {', '.join(BENCHMARK_ENGINES)}, got {engine!r}")
+    return [r for r in rows if r.representable and not r.disaggregated and engine in (None, r.engine)]
+
+
 def validation_records(
-    jobs: int | None = None, use_cache: bool = True, start: str | None = None
+    jobs: int | None = None, use_cache: bool = True, start: str | None = None, engine: str | None = None
 ) -> list[dict[str, Any]]:
-    """Every representable row replayed (published and engine preset held out), one record each."""
+    """Every representable row (of ``engine`` when given) replayed (published and engine preset held
+    out), one record each."""
     global START
     if start is not None:
         START = start
-    return _records([r for r in load_rows() if r.representable and not r.disaggregated], jobs, use_cache)
+    return _records(validation_rows(load_rows(), engine), jobs, use_cache)
 
 
 def run_validation(
@@ -633,12 +641,14 @@ def run_validation(
     use_cache: bool = True,
     start: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    engine: str | None = None,
 ) -> dict[str, Any]:
-    """Replay every row capsim represents (``sample``: the stratified sample), summarise, and
-    write ``rows.csv`` and ``summary.json`` into ``out`` (when given).  Returns the summary."""
+    """Replay every row capsim represents (``sample``: the stratified sample; ``engine``: that
+    engine's rows alone), summarise, and write ``rows.csv`` and ``summary.json`` into ``out`` (when
+    given).  Returns the summary."""
     global START
     all_rows = load_rows()
-    rows = [r for r in all_rows if r.representable and not r.disaggregated]
+    rows = validation_rows(all_rows, engine)
     if sample:
         rows = stratified_sample(rows)
     if start is not None:
@@ -650,6 +660,8 @@ def run_validation(
     doc["rows_in_file"] = len(all_rows)
     doc["rows_by_reason"] = reason_counts(all_rows)
     doc["sample"] = sample
+    if engine is not None:
+        doc["engine_filter"] = engine
     if out is not None:
         atomic_write_text(out / "rows.csv", rows_csv(records))
         atomic_write_text(out / "summary.json", json.dumps(doc, indent=1) + "\n")
