@@ -83,14 +83,7 @@ def validate(
         for reason, n in reason_counts(load_rows()).items():
             typer.echo(f"{n:6d}  {reason}")
         return
-    if jobs is not None and jobs < 1:
-        raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
-    if start is not None and start not in ("together", "spread", "burst"):
-        raise CapsimError(f"--start: expected together, spread or burst, got {start!r}")
-    if engine is not None and engine not in ("vllm", "trtllm", "sglang"):
-        raise CapsimError(f"--engine: expected vllm, trtllm or sglang, got {engine!r}")
-    if out is not None and out.exists() and not out.is_dir():
-        raise CapsimError(f"--out: {str(out)!r} is a file, not a folder")
+    _check_options(out, jobs, start, engine)
     if fit_engines is not None:
         _fit_engines(fit_engines, jobs, perop_only, engine)
         return
@@ -114,6 +107,18 @@ def validate(
             typer.echo(f"capsim refused {n} row(s): {why}")
     if out is not None:
         typer.echo(f"wrote {out / 'rows.csv'} and {out / 'summary.json'}")
+
+
+def _check_options(out: Path | None, jobs: int | None, start: str | None, engine: str | None) -> None:
+    """One-line errors (exit 2) for option values the command cannot take."""
+    if jobs is not None and jobs < 1:
+        raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
+    if start is not None and start not in ("together", "spread", "burst"):
+        raise CapsimError(f"--start: expected together, spread or burst, got {start!r}")
+    if engine is not None and engine not in ("vllm", "trtllm", "sglang"):
+        raise CapsimError(f"--engine: expected vllm, trtllm or sglang, got {engine!r}")
+    if out is not None and out.exists() and not out.is_dir():
+        raise CapsimError(f"--out: {str(out)!r} is a file, not a folder")
 
 
 #: How each predictor's columns are headed.
