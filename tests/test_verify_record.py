@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tools.docgen import verify_record
 
 ROW = {
@@ -75,3 +77,18 @@ def test_the_vllm_half_is_recorded_with_its_scheduler_checks(tmp_path: Path) -> 
     assert got["scenario"] == "scenarios/verify_vllm.yaml" and got["checks"] == [check]
     assert "| preemptions_per_request | 0.40 | 0.50 | +25.0 % | within |" in _checks(got["checks"])
     assert "checks" not in json.loads((data / "verify_llm.json").read_text())
+
+
+def test_a_row_without_a_bound_shows_dashes_on_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A p99 row has no bound and no verdict: the validation page shows '-' in both columns."""
+    import tools.docgen.validation as V
+
+    data = tmp_path / "data"
+    p99 = {**ROW, "stat": "p99", "bound": None, "verdict": None}
+    verify_record.main(["--work", str(_work(tmp_path, 0.2)), "--total-s", "900", "--data", str(data)])
+    doc = json.loads((data / "verify_llm.json").read_text())
+    doc["loads"][0]["rows"].append({k: p99[k] for k in verify_record.ROW_KEYS})
+    (data / "verify_llm.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(V, "DATA", data)
+    (row,) = [line for line in V._verify() if "| e2e p99 |" in line]
+    assert row.endswith("| - | - |") and "None" not in row

@@ -494,7 +494,7 @@ def _verify() -> list[str]:
                 lines.append(
                     f"| {load_['users']} | {label} | {_num(r['measured'])}{_ci(r.get('measured_ci'))} | "
                     f"{_num(r['predicted'])} | {pct(r['rel_error'] * 100)} | "
-                    f"{pct(r['bound'] * 100, False) if r.get('bound') is not None else '-'} | {r['verdict']} |"
+                    f"{pct(r['bound'] * 100, False) if r.get('bound') is not None else '-'} | {r['verdict'] or '-'} |"
                 )
         lines += [
             "",
