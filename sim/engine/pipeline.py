@@ -118,10 +118,7 @@ class TokenCounts:
         if self._prompt is not None:
             p = self._prompt()
         else:
-            doc = self._doc
-            docs = 0.0  # summed apart, then added: the same rounding as sum() over them
-            for _ in range(self.top_k):
-                docs += doc()
+            docs = self._doc.add_next(self.top_k)  # summed apart, then added: the same rounding as sum() over them
             p = self.system + docs + self._question()
         return max(1, round(p)), max(1, round(self._output()))
 
