@@ -114,3 +114,30 @@ def test_a_calendar_refuses_what_a_later_refuses():
         Calendar(env, 0.0)
     with pytest.raises(ValueError):
         Calendar(env, 1.0).later(-1.0, print)
+
+
+def test_processes_sleeping_wake_as_they_would_on_timeouts():
+    """Processes that yield sleep() resume in the order and at the times the same processes
+    yielding env.timeout() resume, mixed with laters at equal times; the yield returns None."""
+    from sim.engine.clock import sleep
+
+    def run(use_sleep: bool) -> list[tuple[str, float]]:
+        env = simpy.Environment()
+        seen: list[tuple[str, float]] = []
+
+        def proc(name: str, delays: list[float]):
+            for d in delays:
+                got = yield (sleep(env, d) if use_sleep else env.timeout(d))
+                assert got is None
+                seen.append((name, env.now))
+                later(env, 0.0, lambda a: seen.append((a, env.now)), f"{name}-later")
+
+        env.process(proc("a", [1.0, 0.5, 0.0, 2.0]))
+        env.process(proc("b", [1.5, 0.0, 1.0, 0.5]))
+        env.process(proc("c", [0.0, 1.5, 1.5]))
+        env.run()
+        return seen
+
+    assert run(True) == run(False) and len(run(True)) == 22
+    with pytest.raises(ValueError):
+        sleep(simpy.Environment(), -1.0)

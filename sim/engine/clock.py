@@ -46,6 +46,29 @@ def later(env: simpy.Environment, delay: float, then: Callable[[Any], object], a
     heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), Later(then, arg)))  # type: ignore[misc]
 
 
+class Sleep:
+    """A timer a SimPy process waits on (``yield sleep(env, delay)``), as it would on
+    ``env.timeout(delay)``: a process needs of what it yields only ``callbacks`` (it appends
+    its resumption), ``_ok`` and ``_value`` (what ``yield`` returns: None)."""
+
+    __slots__ = ("callbacks",)
+    _ok = True
+    _value = None
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] | None = []
+
+
+def sleep(env: simpy.Environment, delay: float) -> Sleep:
+    """A :class:`Sleep` of ``delay`` seconds (``delay >= 0``), on the queue with the key a
+    ``Timeout`` made now would get."""
+    if delay < 0:
+        raise ValueError(f"negative delay {delay}")
+    ev = Sleep()
+    heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), ev))  # type: ignore[misc]
+    return ev
+
+
 class Calendar:
     """Timers far ahead wait outside the event queue, in buckets of ``width_s`` seconds.
 
