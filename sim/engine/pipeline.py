@@ -24,7 +24,7 @@ import simpy
 
 from sim import distributions as D
 from sim.engine.cache import LRUCache
-from sim.engine.clock import Calendar, later
+from sim.engine.clock import Calendar, later, run_until
 from sim.engine.digest import Digest, cell_edges, window_edges
 from sim.engine.llm.autoscale import mean_count
 from sim.engine.llm.disagg import DisaggStage
@@ -698,7 +698,7 @@ class Model:
             else:
                 self.open_arrivals()
             built()
-            env.run(until=self.end_arrivals_s + self.drain_s)
+            run_until(env, self.end_arrivals_s + self.drain_s)
         self.recorder.flush()
         self._count_started()
         self._count_lookups()
