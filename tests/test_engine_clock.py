@@ -182,3 +182,30 @@ def test_run_until_processes_what_environment_run_processes():
     assert empty.now == 1.0
     with pytest.raises(ValueError):
         run_until(simpy.Environment(initial_time=3.0), 3.0)
+
+
+def test_a_then_calls_back_where_a_succeeded_event_would():
+    """Then.succeed(v) calls back with v at the place on the queue Event.succeed(v) gives its
+    callbacks: after what is due at that instant already, before what is scheduled after."""
+    from sim.engine.clock import Then
+
+    def run(use_then: bool) -> list[tuple[str, float]]:
+        env = simpy.Environment()
+        seen: list[tuple[str, float]] = []
+
+        def answer(at: float, name: str) -> None:
+            later(env, 0.0, lambda a: seen.append((a, env.now)), f"before-{name}")
+            if use_then:
+                Then(env, lambda v: seen.append((v, env.now))).succeed(name)
+            else:
+                ev = env.event()
+                ev.callbacks.append(lambda e: seen.append((e.value, env.now)))
+                ev.succeed(name)
+            later(env, 0.0, lambda a: seen.append((a, env.now)), f"after-{name}")
+
+        for t, name in ((1.0, "x"), (1.0, "y"), (2.5, "z")):
+            later(env, t, lambda n, t=t: answer(t, n), name)
+        env.run()
+        return seen
+
+    assert run(True) == run(False) and len(run(True)) == 9

@@ -47,6 +47,21 @@ def later(env: simpy.Environment, delay: float, then: Callable[[Any], object], a
     heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), Later(then, arg)))  # type: ignore[misc]
 
 
+class Then:
+    """Where a SimPy event would stand that nothing waits on but one callback:
+    ``succeed(value)`` calls ``then(value)`` at this instant, after what is due now already,
+    under the queue key ``Event.succeed`` gives (the time, ``NORMAL``, the next event id):
+    one :class:`Later` instead of an event, its scheduling and a callback object."""
+
+    __slots__ = ("env", "then")
+
+    def __init__(self, env: simpy.Environment, then: Callable[[Any], object]):
+        self.env, self.then = env, then
+
+    def succeed(self, value: Any = None) -> None:
+        later(self.env, 0.0, self.then, value)
+
+
 def run_until(env: simpy.Environment, until: float) -> None:
     """``env.run(until=until)``: every event due before ``until`` (events at ``until`` itself
     stay on the queue, as SimPy's stop event goes before them), then the clock at ``until``.

@@ -195,15 +195,15 @@ class _Request:
 
 
 class _Answered:
-    """The LLM's done event's callback: ``finish(request, sequence)``."""
+    """What the LLM calls with the finished sequence: ``finish(request, sequence)``."""
 
     __slots__ = ("finish", "r")
 
     def __init__(self, finish: Callable[[_Request, Any], None], r: _Request):
         self.finish, self.r = finish, r
 
-    def __call__(self, event: simpy.Event) -> None:
-        self.finish(self.r, event.value)
+    def __call__(self, seq: Any) -> None:
+        self.finish(self.r, seq)
 
 
 class _User:
@@ -435,8 +435,7 @@ class Model:
         if self.llm is None:
             self._finish(r, None)
             return
-        done = self.llm.submit(r.prompt, r.output)
-        done.callbacks.append(_Answered(self._cb_finish, r))
+        self.llm.submit(r.prompt, r.output, then=_Answered(self._cb_finish, r))
 
     def _finish(self, r: _Request, seq: Any) -> None:
         replica = preemptions = -1

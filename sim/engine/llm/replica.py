@@ -65,7 +65,7 @@ from typing import NamedTuple
 
 import simpy
 
-from sim.engine.clock import later, sleep
+from sim.engine.clock import Then, later, sleep
 from sim.engine.llm.kv import CachedFree, DecodeBlocks
 from sim.engine.records import Bins
 from sim.errors import ConfigError
@@ -112,10 +112,10 @@ class Generation:
         "w",
     )
 
-    def __init__(self, prompt: int, output: int, done: simpy.Event, req: object = None):
+    def __init__(self, prompt: int, output: int, done: simpy.Event | Then, req: object = None):
         self.prompt = prompt
         self.output = output
-        self.done: simpy.Event | None = done  # None once answered
+        self.done: simpy.Event | Then | None = done  # None once answered
         self.req = req
         self.state = WAITING
         self.shared = self.ctx = self.gen = self.held = self.base = self.w = self.kv_in = 0
