@@ -356,7 +356,7 @@ class Model:
         """Start one request for cache ``key`` (``question``: what was asked, default ``key``).
 
         A request is not a SimPy process: each stage schedules the next as a callback
-        (a timeout's callback, a free worker's hand-over, the LLM's done event), so a
+        (a timer's callback, a free worker's hand-over, the LLM's answer), so a
         request costs one event per wait instead of a generator resumed at every step.
         ``on_done`` runs when its answer is complete.
         """
