@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import simpy
-from result_file import figure, write
+from result_file import figure, user_env, write
 
 import sim
 from sim.engine.pipeline import run_replication
@@ -105,6 +105,7 @@ def process_times(args: list[str]) -> tuple[float, float]:
     subprocess.run(
         [sys.executable, "-m", "sim", *args],
         cwd=ROOT,
+        env=user_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         check=False,
@@ -131,6 +132,7 @@ def peak_mb(args: list[str]) -> float:
     r = subprocess.run(
         [sys.executable, "-c", _PEAK, *args],
         cwd=ROOT,
+        env=user_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from result_file import figure, write
+from result_file import figure, user_env, write
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = """
@@ -37,7 +37,7 @@ def timed(cmd: list[str]) -> tuple[float, float, float]:
     its children) of one fresh process.  The CPU time does not count waiting for a core, so on
     a busy machine it says what the command costs when wall times are inflated."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT, env=os.environ.copy())
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT, env=user_env())
     assert p.stdout is not None
     p.stdout.readline()
     first = time.perf_counter() - t0

@@ -244,3 +244,16 @@ class Sampler:
         v = self._buf[self._i]
         self._i += 1
         return v
+
+    def add_next(self, k: int) -> float:
+        """The next ``k`` values added one by one to 0.0: what ``k`` calls and a running sum give."""
+        i, buf = self._i, self._buf
+        total = 0.0
+        if i + k <= len(buf):
+            for v in buf[i : i + k]:
+                total += v
+            self._i = i + k
+            return total
+        for _ in range(k):
+            total += self()
+        return total

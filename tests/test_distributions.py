@@ -61,6 +61,19 @@ def test_sampler_is_the_same_sequence_as_block_draws():
     assert got == pytest.approx(want.tolist())
 
 
+def test_sampler_adds_the_next_values_as_calls_and_a_running_sum_would() -> None:
+    """``add_next(k)``: the next ``k`` values summed in order from 0.0, inside a block or across
+    its end (a block of 7 drawn 5 at a time: 5, then 2 + 3 of the next block)."""
+    a = D.Sampler(D.Lognormal(150.0, 0.4), stream(1, 0, "docs"), block=7)
+    b = D.Sampler(D.Lognormal(150.0, 0.4), stream(1, 0, "docs"), block=7)
+    for _ in range(9):
+        want = 0.0
+        for _ in range(5):
+            want += b()
+        assert a.add_next(5) == want  # exact: the same additions in the same order
+    assert a() == b()  # and the sequence goes on where the calls would have left it
+
+
 def test_streams_are_independent_of_each_other_and_stable():
     a = stream(5, 0, "arrivals").random(3)
     b = stream(5, 0, "arrivals").random(3)

@@ -114,3 +114,98 @@ def test_a_calendar_refuses_what_a_later_refuses():
         Calendar(env, 0.0)
     with pytest.raises(ValueError):
         Calendar(env, 1.0).later(-1.0, print)
+
+
+def test_processes_sleeping_wake_as_they_would_on_timeouts():
+    """Processes that yield sleep() resume in the order and at the times the same processes
+    yielding env.timeout() resume, mixed with laters at equal times; the yield returns None."""
+    from sim.engine.clock import sleep
+
+    def run(use_sleep: bool) -> list[tuple[str, float]]:
+        env = simpy.Environment()
+        seen: list[tuple[str, float]] = []
+
+        def proc(name: str, delays: list[float]):
+            for d in delays:
+                got = yield (sleep(env, d) if use_sleep else env.timeout(d))
+                assert got is None
+                seen.append((name, env.now))
+                later(env, 0.0, lambda a: seen.append((a, env.now)), f"{name}-later")
+
+        env.process(proc("a", [1.0, 0.5, 0.0, 2.0]))
+        env.process(proc("b", [1.5, 0.0, 1.0, 0.5]))
+        env.process(proc("c", [0.0, 1.5, 1.5]))
+        env.run()
+        return seen
+
+    assert run(True) == run(False) and len(run(True)) == 22
+    with pytest.raises(ValueError):
+        sleep(simpy.Environment(), -1.0)
+
+
+def test_run_until_processes_what_environment_run_processes():
+    """run_until(env, t) fires the same events in the same order as env.run(until=t), leaves
+    those at t itself for later (the clock reads t), and a run continued afterwards goes on the
+    same; a failed event nobody handles crashes it as it crashes SimPy's run."""
+    from sim.engine.clock import run_until, sleep
+
+    def build(seen: list[tuple[str, float]]) -> simpy.Environment:
+        env = simpy.Environment()
+
+        def proc(name: str, delays: list[float]):
+            for d in delays:
+                yield sleep(env, d) if d < 1 else env.timeout(d)
+                seen.append((name, env.now))
+                later(env, 0.0, lambda a: seen.append((a, env.now)), f"{name}-then")
+
+        env.process(proc("a", [1.0, 0.5, 0.5, 2.0]))  # one due exactly at 2.0, the stop
+        env.process(proc("b", [2.0, 0.25, 1.0]))
+        later(env, 2.0, lambda a: seen.append((a, env.now)), "at-stop")
+        return env
+
+    mine: list[tuple[str, float]] = []
+    theirs: list[tuple[str, float]] = []
+    env_m, env_t = build(mine), build(theirs)
+    run_until(env_m, 2.0)
+    env_t.run(until=2.0)
+    assert mine == theirs and env_m.now == env_t.now == 2.0 and ("at-stop", 2.0) not in mine
+    env_m.run(until=10.0)
+    env_t.run(until=10.0)
+    assert mine == theirs and ("at-stop", 2.0) in mine and len(mine) == 15
+
+    env = simpy.Environment()
+    env.event().fail(ValueError("boom"))
+    with pytest.raises(ValueError, match="boom"):
+        run_until(env, 1.0)
+    empty = simpy.Environment()
+    run_until(empty, 1.0)  # nothing to do: the clock moves on, as with run(until=1.0)
+    assert empty.now == 1.0
+    with pytest.raises(ValueError):
+        run_until(simpy.Environment(initial_time=3.0), 3.0)
+
+
+def test_a_then_calls_back_where_a_succeeded_event_would():
+    """Then.succeed(v) calls back with v at the place on the queue Event.succeed(v) gives its
+    callbacks: after what is due at that instant already, before what is scheduled after."""
+    from sim.engine.clock import Then
+
+    def run(use_then: bool) -> list[tuple[str, float]]:
+        env = simpy.Environment()
+        seen: list[tuple[str, float]] = []
+
+        def answer(at: float, name: str) -> None:
+            later(env, 0.0, lambda a: seen.append((a, env.now)), f"before-{name}")
+            if use_then:
+                Then(env, lambda v: seen.append((v, env.now))).succeed(name)
+            else:
+                ev = env.event()
+                ev.callbacks.append(lambda e: seen.append((e.value, env.now)))
+                ev.succeed(name)
+            later(env, 0.0, lambda a: seen.append((a, env.now)), f"after-{name}")
+
+        for t, name in ((1.0, "x"), (1.0, "y"), (2.5, "z")):
+            later(env, t, lambda n, t=t: answer(t, n), name)
+        env.run()
+        return seen
+
+    assert run(True) == run(False) and len(run(True)) == 9

@@ -83,3 +83,25 @@ def test_parked_streams_draw_what_their_own_generators_draw() -> None:
                 assert np.array_equal(g.lognormal(1.0, 0.5, size=5), p.lognormal(1.0, 0.5, size=5))
             else:  # 32-bit draws leave half a word in the state (has_uint32): it must carry over
                 assert np.array_equal(g.random(3, dtype=np.float32), p.random(3, dtype=np.float32))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 48291, 2**32 - 1, 2**32, 2**64 + 5, 2**130 + 17])
+def test_shoppers_streams_seeded_together_start_where_numpy_starts_them(seed: int) -> None:
+    """``pcg64_states`` (numpy's SeedSequence and PCG64 seeding, over many sub-streams at once)
+    gives every sub-stream the state numpy's own classes give it, and ``parked_many`` the
+    streams ``parked`` gives one by one: the same draws."""
+    from sim.rng import _compact, parked, parked_many, pcg64_states, spawn_key
+
+    subs = [0, 1, 2, 4095, 4096, 99_999, 2**31, 2**32 - 1]
+    for rep, purpose in ((0, "user"), (7, "output_tokens")):
+        got = pcg64_states(seed, spawn_key(rep, purpose), subs)
+        for sub, state in zip(subs, got):
+            ss = np.random.SeedSequence(seed, spawn_key=spawn_key(rep, purpose, sub))
+            assert state == _compact(np.random.PCG64(ss).state), (seed, rep, purpose, sub)
+    scratch = np.random.Generator(np.random.PCG64(0))
+    together = parked_many(scratch, seed, 3, "tokens", subs)
+    alone = [parked(scratch, seed, 3, "tokens", s) for s in subs]
+    for a, b in zip(together, alone):
+        assert np.array_equal(a.lognormal(1.0, 0.5, size=9), b.lognormal(1.0, 0.5, size=9))
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        pcg64_states(seed, spawn_key(0, "user"), [2**32])

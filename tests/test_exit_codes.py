@@ -28,7 +28,7 @@ SMALL = DATA / "rag_small.yaml"
 # command -> (module, function the command calls, argv).  Forcing the function to raise
 # stands for any bug inside the command.
 COMMANDS = {
-    "run": ("sim.run.sweep", "simulate", ["run", SMALL]),
+    "run": ("sim.run.loop", "run_sweep", ["run", SMALL]),
     "schema": ("sim.spec.schema", "json_schema", ["schema"]),
     "estimate": ("sim.analysis.estimate", "estimate_points", ["estimate", SMALL]),
     "sweep": ("sim.run.loop", "run_sweep", ["sweep", SMALL]),

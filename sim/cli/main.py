@@ -41,8 +41,8 @@ def run(
     # scipy (the summaries) loads after the workers start, beside them.
     from sim.run.bounds import check_bounds
     from sim.run.folder import locked, prepare_out
+    from sim.run.loop import run_sweep
     from sim.run.store import write_run
-    from sim.run.sweep import simulate
     from sim.spec.scenario import expand, parse_overrides, run_overrides
 
     if replications is not None and replications < 1:
@@ -50,17 +50,16 @@ def run(
     if jobs is not None and jobs < 1:
         raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
     overrides = parse_overrides(set_)
-    points = expand(scenario, run_overrides(overrides, seed, replications), None)
+    points = expand(scenario, run_overrides(overrides, seed, replications), None)  # read and checked once
     check_bounds(points, max_memory, jobs, keep_records=out is not None)
     if out is not None:
         with locked(prepare_out(out, "run") or out):
             with progress_bar("simulating") as bar:
-                kw = {"seed": seed, "replications": replications, "jobs": jobs, "progress": bar}
-                result = simulate(scenario, overrides, keep_records=True, **kw)  # records.parquet
+                result = run_sweep(points, jobs=jobs, progress=bar, keep_records=True)  # records.parquet
             write_run(result, out)
     else:
         with progress_bar("simulating") as bar:
-            result = simulate(scenario, overrides, seed=seed, replications=replications, jobs=jobs, progress=bar)
+            result = run_sweep(points, jobs=jobs, progress=bar, keep_records=False)
     if json_:
         sys.stdout.write(to_json(result.summary) + "\n")
     else:

@@ -12,17 +12,18 @@ its own callback: two frames per wait.
 takes and sets to None) and ``_ok`` (True: a timer never fails); this module
 relies on that and on the queue's layout (``_queue``, ``_eid``, ``_now``), which
 every simpy 4 release shares; ``tests/test_engine_clock.py`` holds the order of
-events against ``Timeout``'s.
+events against ``Timeout``'s.  :func:`run_until` is ``Environment.run`` with
+``step`` written into its loop, held against ``run`` there too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from heapq import heappush
+from heapq import heappop, heappush
 from typing import Any
 
 import simpy
-from simpy.events import NORMAL
+from simpy.events import NORMAL, URGENT
 
 
 class Later:
@@ -44,6 +45,71 @@ def later(env: simpy.Environment, delay: float, then: Callable[[Any], object], a
     if delay < 0:
         raise ValueError(f"negative delay {delay}")
     heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), Later(then, arg)))  # type: ignore[misc]
+
+
+class Then:
+    """Where a SimPy event would stand that nothing waits on but one callback:
+    ``succeed(value)`` calls ``then(value)`` at this instant, after what is due now already,
+    under the queue key ``Event.succeed`` gives (the time, ``NORMAL``, the next event id):
+    one :class:`Later` instead of an event, its scheduling and a callback object."""
+
+    __slots__ = ("env", "then")
+
+    def __init__(self, env: simpy.Environment, then: Callable[[Any], object]):
+        self.env, self.then = env, then
+
+    def succeed(self, value: Any = None) -> None:
+        later(self.env, 0.0, self.then, value)
+
+
+def run_until(env: simpy.Environment, until: float) -> None:
+    """``env.run(until=until)``: every event due before ``until`` (events at ``until`` itself
+    stay on the queue, as SimPy's stop event goes before them), then the clock at ``until``.
+    SimPy's ``Environment.step`` is written into the loop (the model spends its run in it):
+    pop the next event, set the clock, take the event's callbacks and call them, crash on a
+    failed event nobody defused."""
+    at = float(until)
+    if at <= env._now:
+        raise ValueError(f"until ({at}) must be greater than the current simulation time")
+    stop = simpy.Event(env)  # what run() schedules: before every other event at `until`
+    stop._ok = True
+    stop._value = None
+    env.schedule(stop, URGENT, at - env._now)
+    queue = env._queue
+    while True:  # the stop event is on the queue until it is popped
+        env._now, _, _, event = heappop(queue)
+        if event is stop:
+            return
+        callbacks, event.callbacks = event.callbacks, None  # type: ignore[assignment]
+        for callback in callbacks:
+            callback(event)
+        if not event._ok and not hasattr(event, "_defused"):
+            exc = type(event._value)(*event._value.args)
+            exc.__cause__ = event._value
+            raise exc
+
+
+class Sleep:
+    """A timer a SimPy process waits on (``yield sleep(env, delay)``), as it would on
+    ``env.timeout(delay)``: a process needs of what it yields only ``callbacks`` (it appends
+    its resumption), ``_ok`` and ``_value`` (what ``yield`` returns: None)."""
+
+    __slots__ = ("callbacks",)
+    _ok = True
+    _value = None
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] | None = []
+
+
+def sleep(env: simpy.Environment, delay: float) -> Sleep:
+    """A :class:`Sleep` of ``delay`` seconds (``delay >= 0``), on the queue with the key a
+    ``Timeout`` made now would get."""
+    if delay < 0:
+        raise ValueError(f"negative delay {delay}")
+    ev = Sleep()
+    heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), ev))  # type: ignore[misc]
+    return ev
 
 
 class Calendar:

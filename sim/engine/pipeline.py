@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import itertools
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -25,7 +25,7 @@ from simpy.events import ProcessGenerator
 
 from sim import distributions as D
 from sim.engine.cache import LRUCache
-from sim.engine.clock import Calendar, later
+from sim.engine.clock import Calendar, later, run_until
 from sim.engine.digest import Digest, cell_edges, window_edges
 from sim.engine.llm.autoscale import mean_count
 from sim.engine.llm.disagg import DisaggStage
@@ -38,7 +38,7 @@ from sim.engine.sched import SchedulerPool, scheduler_pool
 from sim.engine.workload import Popularity, QueryKeys
 from sim.errors import ConfigError
 from sim.physics.retrieval import default_calibration_path, load_calibration
-from sim.rng import parked, stream
+from sim.rng import parked, parked_many, stream
 from sim.spec.schema import LLMConfig, PromptComposition, Scenario, build_distribution
 from sim.spec.trace import load_trace
 
@@ -137,10 +137,7 @@ class TokenCounts:
         if self._prompt is not None:
             p = self._prompt()
         else:
-            doc = self._doc
-            docs = 0.0  # summed apart, then added: the same rounding as sum() over them
-            for _ in range(self.top_k):
-                docs += doc()
+            docs = self._doc.add_next(self.top_k)  # summed apart, then added: the same rounding as sum() over them
             p = self.system + docs + self._question()
         return max(1, round(p)), max(1, round(self._output()))
 
@@ -218,15 +215,15 @@ class _Request:
 
 
 class _Answered:
-    """The LLM's done event's callback: ``finish(request, sequence)``."""
+    """What the LLM calls with the finished sequence: ``finish(request, sequence)``."""
 
     __slots__ = ("finish", "r")
 
     def __init__(self, finish: Callable[[_Request, Any], None], r: _Request):
         self.finish, self.r = finish, r
 
-    def __call__(self, event: simpy.Event) -> None:
-        self.finish(self.r, event.value)
+    def __call__(self, seq: Any) -> None:
+        self.finish(self.r, seq)
 
 
 class _User:
@@ -379,7 +376,7 @@ class Model:
         """Start one request for cache ``key`` (``question``: what was asked, default ``key``).
 
         A request is not a SimPy process: each stage schedules the next as a callback
-        (a timeout's callback, a free worker's hand-over, the LLM's done event), so a
+        (a timer's callback, a free worker's hand-over, the LLM's answer), so a
         request costs one event per wait instead of a generator resumed at every step.
         ``on_done`` runs when its answer is complete.
         """
@@ -458,8 +455,7 @@ class Model:
         if self.llm is None:
             self._finish(r, None)
             return
-        done = self.llm.submit(r.prompt, r.output)
-        done.callbacks.append(_Answered(self._cb_finish, r))
+        self.llm.submit(r.prompt, r.output, then=_Answered(self._cb_finish, r))
 
     def _finish(self, r: _Request, seq: Any) -> None:
         replica = preemptions = -1
@@ -499,28 +495,34 @@ class Model:
             r.on_done()
 
     # ------------------------------------------------------------------ workload
-    def closed_user(self, uid: int) -> None:
+    def closed_users(self, uids: range) -> None:
+        """Users ``uids`` (:meth:`closed_user`), their streams seeded a block at a time."""
+        seed, scratch = self.scn.run.seed, self.scratch
+        for i in range(0, len(uids), USER_BLOCK):
+            block = uids[i : i + USER_BLOCK]
+            per = [parked_many(scratch, seed, self.rep, purpose, block) for purpose in USER_STREAMS]
+            for uid, streams in zip(block, zip(*per)):
+                self.closed_user(uid, streams)
+
+    def closed_user(self, uid: int, streams: Sequence[np.random.Generator] | None = None) -> None:
         """User ``uid``: think, ask, wait for the answer, think again, until arrivals stop.
 
         Driven by callbacks (one timeout per think); a load profile's comings and goings
-        run as a process (:meth:`_present_user`)."""
+        run as a process (:meth:`_present_user`).  ``streams``: the user's streams, one per
+        purpose of :data:`USER_STREAMS` (default: made here)."""
         scn = self.scn
         # One stream per purpose per user: what user ``uid`` thinks, asks and how long the
         # prompt is do not depend on each other's draws (nor on the system under test).
         # Parked (sim.rng.ParkedStream): a shopper's streams hold their state alone and draw
         # through the model's scratch generator, the same values in a tenth of the memory.
-        seed, scratch = scn.run.seed, self.scratch
+        if streams is None:
+            streams = [parked(self.scratch, scn.run.seed, self.rep, purpose, uid) for purpose in USER_STREAMS]
+        think, query, tokens, output = streams
         u = _User(
             uid,
-            D.Sampler(self.shared(scn.workload.think_s), parked(scratch, seed, self.rep, "user", uid), 64),
-            QueryKeys(self.popularity, parked(scratch, seed, self.rep, "query", uid), 64),
-            TokenCounts(
-                scn,
-                parked(scratch, seed, self.rep, "tokens", uid),
-                64,
-                parked(scratch, seed, self.rep, "output_tokens", uid),
-                self.shared,
-            ),
+            D.Sampler(self.shared(scn.workload.think_s), think, 64),
+            QueryKeys(self.popularity, query, 64),
+            TokenCounts(scn, tokens, 64, output, self.shared),
             self.utterances(uid),
             self._think,
             self._ask,
@@ -709,14 +711,13 @@ class Model:
                     self.calendar = think_calendar(
                         env, len(range(self.part, users, self.parts)), self.shared(scn.workload.think_s)
                     )
-                for uid in range(self.part, users, self.parts):  # a cell's shoppers: its ids modulo N
-                    self.closed_user(uid)
+                self.closed_users(range(self.part, users, self.parts))  # a cell's shoppers: its ids modulo N
             elif scn.workload.mode == "trace":
                 env.process(self.trace_arrivals())
             else:
                 self.open_arrivals()
             built()
-            env.run(until=self.end_arrivals_s + self.drain_s)
+            run_until(env, self.end_arrivals_s + self.drain_s)
         self.recorder.flush()
         self._count_started()
         self._count_lookups()
@@ -754,6 +755,11 @@ class Model:
         timeseries = {k: (v if isinstance(v, int) else np.asarray(v, dtype=float)) for k, v in sampled.items()}
         return Replication(self.rep, records, (lo, hi), counters, timeseries, self.digest)
 
+
+#: A shopper's streams, by purpose (sim.rng.stream's ``purpose``).
+USER_STREAMS = ("user", "query", "tokens", "output_tokens")
+#: Shoppers whose streams are seeded together (sim.rng.parked_many).
+USER_BLOCK = 4096
 
 #: Think timers in one bucket of a shop's calendar (about; the queue holds two buckets' worth).
 CALENDAR_TIMERS = 2048

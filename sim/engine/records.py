@@ -251,8 +251,17 @@ class Bins:
             for b, x in zip(bins, amounts):
                 b.add(start, end, x)
             return
-        i = first._index(start)
-        if end <= first._upper(i):  # the usual case: the whole step inside one bin
+        # _index(start) and _upper of it, written out: an LLM step or epoch comes here
+        lo, last = first.lo, len(first.values) - 1
+        if start < lo:
+            i, upper = 0, lo
+        else:
+            i = 1 + int((start - lo) / first.width)
+            if i >= last:
+                i, upper = last, first.hi
+            else:
+                upper = min(first.hi, lo + i * first.width)
+        if end <= upper:  # the usual case: the whole step inside one bin
             for b, x in zip(bins, amounts):
                 b.values[i] += x
             return

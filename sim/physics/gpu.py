@@ -348,10 +348,19 @@ def sum_max_linear(a1: float, b1: float, a2: float, b2: float, k: int) -> float:
         return 0.0
     if b1 == b2:
         return sum_linear(max(a1, a2), b1, 0, k)
-    split, first_wins_late = line_split(a1, b1, a2, b2, k)
-    if first_wins_late:
-        return sum_linear(a2, b2, 0, split) + sum_linear(a1, b1, split, k)
-    return sum_linear(a1, b1, 0, split) + sum_linear(a2, b2, split, k)
+    # line_split and the two sum_linear written out (the same operations): a decode epoch's
+    # time is evaluated several times per event.
+    x = min(max((a2 - a1) / (b1 - b2), -1.0), k + 1.0)
+    if b1 > b2:  # line 2 up to the split, line 1 from it
+        split = min(max(math.ceil(x), 0), k)
+        a_lo, b_lo, a_hi, b_hi = a2, b2, a1, b1
+    else:
+        split = min(max(math.floor(x) + 1, 0), k)
+        a_lo, b_lo, a_hi, b_hi = a1, b1, a2, b2
+    n = k - split
+    low = split * a_lo + b_lo * (split - 1) * split / 2.0 if split > 0 else 0.0
+    high = n * a_hi + b_hi * (split + k - 1) * n / 2.0 if n > 0 else 0.0
+    return low + high
 
 
 def line_split(a1: float, b1: float, a2: float, b2: float, k: int) -> tuple[int, bool]:

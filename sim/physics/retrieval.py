@@ -362,6 +362,26 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
     :class:`CalibrationError` with one line naming the file.
     """
     p = Path(path) if path is not None else default_calibration_path()
+    try:  # the same file, unchanged since it was read: what was read then
+        st = p.stat()
+        key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    held = _LOADED.get(key) if key is not None else None
+    if held is not None:
+        return held
+    cal = _load_calibration(p)
+    if key is not None:
+        _LOADED.clear()  # one file at a time: a run reads one calibration, many times
+        _LOADED[key] = cal
+    return cal
+
+
+#: The calibration last read, by (file, modification time, size).
+_LOADED: dict[tuple[str, int, int], Calibration] = {}
+
+
+def _load_calibration(p: Path) -> Calibration:
     name = p.name
 
     def bad(msg: str) -> CalibrationError:

@@ -13,9 +13,8 @@ import ctypes
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from contextlib import suppress
-from multiprocessing import get_context
 
 from sim.engine.pipeline import Replication, run_replication
 from sim.spec.schema import Scenario
@@ -70,6 +69,10 @@ class LocalExecutor:
             for i, t in enumerate(tasks):
                 yield i, _run_task(t)
             return
+        # deferred: a run in this process (--jobs 1, a short run) never loads multiprocessing
+        from concurrent.futures.process import ProcessPoolExecutor
+        from multiprocessing import get_context
+
         pool = ProcessPoolExecutor(
             max_workers=min(self.jobs, len(tasks)),
             mp_context=get_context("fork"),

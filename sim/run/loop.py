@@ -149,7 +149,7 @@ def _run_sweep(
         return sweep.result(name)
     except KeyboardInterrupt:
         raise SweepInterrupted(sweep.stopped("interrupted"), EXIT_INTERRUPTED) from None
-    except cf.process.BrokenProcessPool:
+    except cf.BrokenExecutor:  # the pool's BrokenProcessPool (a worker process died)
         raise SweepInterrupted(sweep.stopped("a worker process died"), EXIT_WORKER_DIED) from None
     finally:
         if sweep.files is not None:

@@ -20,7 +20,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from sim.files import read_yaml_data
 
 __all__ = ["BYTES_PER_UNIT", "Link", "link", "link_names"]
 
@@ -52,8 +52,7 @@ class Link:
 
 @functools.cache
 def _load() -> dict[str, Link]:
-    with open(_FILE, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    data = read_yaml_data(_FILE)
     out: dict[str, Link] = {}
     for name, e in data["links"].items():
         out[str(name)] = Link(

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from sim.files import read_yaml_data
 from sim.spec.quote import Quote, quote_fields
 
 __all__ = ["Price", "cpu_core_price", "gpu_price", "priced_gpus"]
@@ -58,8 +57,7 @@ def _price(entry: dict[str, Any]) -> Price:
 
 @functools.cache
 def _load() -> tuple[dict[str, Price], Price]:
-    with open(_FILE, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    data = read_yaml_data(_FILE)
     gpus = {str(k).lower(): _price(v) for k, v in data["gpus"].items()}
     return gpus, _price(data["cpu_core"])
 

@@ -20,8 +20,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from sim.files import read_yaml_data
 from sim.spec.quote import Quote, quote_fields
 
 __all__ = ["BYTES_PER_UNIT", "Storage", "storage", "storage_names"]
@@ -48,8 +47,7 @@ class Storage(Quote):
 
 @functools.cache
 def _load() -> dict[str, Storage]:
-    with open(_FILE, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    data = read_yaml_data(_FILE)
     return {
         str(name): Storage(
             name=str(name), read_bytes_per_s=float(e["read_bytes_per_s"]), what=str(e["what"]), **quote_fields(e)

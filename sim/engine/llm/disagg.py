@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from sim.engine.clock import Then
 from sim.engine.llm.replica import Generation, Replica
 from sim.physics.handoff import transfer_s
 from sim.physics.steptable import step_cost
@@ -86,12 +87,15 @@ class DisaggStage:
         """Seconds to hand ``tokens`` tokens of KV to a decode replica."""
         return transfer_s(tokens, self.kv_bytes_per_token_per_gpu, self.link_bytes_per_s, self.latency_s)
 
-    def submit(self, prompt: int, output: int, req: object = None) -> simpy.Event:
+    def submit(
+        self, prompt: int, output: int, req: object = None, then: Callable[[Generation], object] | None = None
+    ) -> simpy.Event | Then:
+        """As :meth:`sim.engine.llm.stage.LLMStage.submit`, through a prefill then a decode replica."""
         env = self.env
-        done = env.event()
+        done: simpy.Event | Then = env.event() if then is None else Then(env, then)
         h = _Handoff(self, Generation(prompt, output, env.event(), req), done, env.now)
         first = Generation(prompt, 1, env.event(), h)
-        assert first.done is not None
+        assert isinstance(first.done, simpy.Event)  # its own event: the stage waits on it
         first.done.callbacks.append(h.prefilled)
         if self.frontend_s > 0.0:
             env.timeout(self.frontend_s).callbacks.append(h.enqueue(first))
@@ -105,7 +109,7 @@ class _Handoff:
 
     __slots__ = ("arrived", "decode", "done", "prefill", "stage")
 
-    def __init__(self, stage: DisaggStage, decode: Generation, done: simpy.Event, arrived: float):
+    def __init__(self, stage: DisaggStage, decode: Generation, done: simpy.Event | Then, arrived: float):
         self.stage, self.decode, self.done, self.arrived = stage, decode, done, arrived
         self.prefill: Generation | None = None
 
@@ -122,7 +126,7 @@ class _Handoff:
         stage = self.stage
         seq = self.decode
         seq.kv_in = seq.prompt - 1  # the last prompt token is recomputed to sample the first output token
-        assert seq.done is not None
+        assert isinstance(seq.done, simpy.Event)
         seq.done.callbacks.append(self.decoded)
         stage.handoffs += 1
         stage.env.timeout(stage.transfer_s(seq.prompt)).callbacks.append(self.arrive)

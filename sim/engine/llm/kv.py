@@ -49,8 +49,8 @@ class DecodeBlocks:
     def blocks(self, x: int) -> int:
         """G(x): blocks the decoders hold at decode clock ``x``."""
         B = self.B
-        m, r = divmod(x, B)
-        return self.V + self.n * m + (sum(self.hist[B - r :]) if r else 0)
+        r = x % B
+        return self.V + self.n * (x // B) + (sum(self.hist[B - r :]) if r else 0)
 
     def max_clock(self, cap: int) -> int:
         """The largest clock ``x`` with ``G(x) <= cap`` (needs ``n >= 1``)."""

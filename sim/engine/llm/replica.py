@@ -66,6 +66,7 @@ from typing import NamedTuple
 import simpy
 from simpy.events import ProcessGenerator
 
+from sim.engine.clock import Then, later, sleep
 from sim.engine.llm.kv import CachedFree, DecodeBlocks
 from sim.engine.records import Bins
 from sim.errors import ConfigError
@@ -112,10 +113,10 @@ class Generation:
         "w",
     )
 
-    def __init__(self, prompt: int, output: int, done: simpy.Event, req: object = None):
+    def __init__(self, prompt: int, output: int, done: simpy.Event | Then, req: object = None):
         self.prompt = prompt
         self.output = output
-        self.done: simpy.Event | None = done  # None once answered
+        self.done: simpy.Event | Then | None = done  # None once answered
         self.req = req
         self.state = WAITING
         self.shared = self.ctx = self.gen = self.held = self.base = self.w = self.kv_in = 0
@@ -139,17 +140,10 @@ class StepLine(NamedTuple):
     preempted: tuple[object, ...]
 
 
-class _WakeAtEnd:
+def _wake_at_end(wake: simpy.Event) -> None:
     """A decode epoch's end: succeed the replica's wake event unless an arrival already did."""
-
-    __slots__ = ("wake",)
-
-    def __init__(self, wake: simpy.Event):
-        self.wake = wake
-
-    def __call__(self, _event: object) -> None:
-        if not self.wake.triggered:
-            self.wake.succeed()
+    if not wake.triggered:
+        wake.succeed()
 
 
 class Replica:
@@ -456,7 +450,7 @@ class Replica:
             chunks = {seq: chunk for seq, chunk, _ in work}
             tokens = {s.req: chunks.get(s, 1) for s in self.order if s in chunks or (n_dec and s.state == DECODE)}
             self._log(start, 1, tokens, blocks)
-        yield env.timeout(dt)
+        yield sleep(env, dt)
         end = env.now
         if n_dec:
             self.D += 1
@@ -530,9 +524,9 @@ class Replica:
         # an arrival could be admitted mid-epoch
         if (not self.waiting or self._passes) and len(self.order) < self.max_batch:
             # Wait for the epoch's end or an admissible arrival, whichever comes first: the
-            # end's timeout succeeds the same wake event an arrival would (no Condition event).
+            # end's timer succeeds the same wake event an arrival would (no Condition event).
             wake = self._wake = env.event()
-            env.timeout(total).callbacks.append(_WakeAtEnd(wake))
+            later(env, total, _wake_at_end, wake)
             yield wake
             self._wake = None
             elapsed = env.now - start
@@ -542,12 +536,12 @@ class Replica:
                 if j < k:
                     t_j = cost.epoch_time(lines, j)
                     if t_j > elapsed:
-                        yield env.timeout(t_j - elapsed)
+                        yield sleep(env, t_j - elapsed)
                     steps = j
                 else:
-                    yield env.timeout(total - elapsed)
+                    yield sleep(env, total - elapsed)
         else:
-            yield env.timeout(total)
+            yield sleep(env, total)
         end = env.now
         self._epoch = None
         if self.step_log is not None and steps != k:  # an admission cut the epoch short

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from sim.engine.clock import Then
 from sim.engine.llm.autoscale import Autoscaler
 from sim.engine.llm.replica import Generation, Replica
 from sim.physics.steptable import step_cost
@@ -34,8 +35,12 @@ class LLMStage:
         self.kv_capacity_tokens = cfg.kv_blocks * cfg.kv_block_tokens
         self.frontend_s = cfg.frontend_ms / 1e3
 
-    def submit(self, prompt: int, output: int, req: object = None) -> simpy.Event:
-        done = self.env.event()
+    def submit(
+        self, prompt: int, output: int, req: object = None, then: Callable[[Generation], object] | None = None
+    ) -> simpy.Event | Then:
+        """Queue a request; what it returns succeeds with the finished :class:`Generation`
+        (``then``: a callback that gets it, at that instant, instead of an event to wait on)."""
+        done: simpy.Event | Then = self.env.event() if then is None else Then(self.env, then)
         seq = Generation(prompt, output, done, req)
         if self.frontend_s > 0.0:  # the engine's frontend first, then a replica's queue
             self.env.timeout(self.frontend_s).callbacks.append(_Enqueue(self, seq, self.env.now))

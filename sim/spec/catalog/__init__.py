@@ -44,9 +44,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sim.errors import ConfigError
+from sim.files import read_yaml_data
 
 __all__ = [
     "exposed_fraction",
@@ -66,8 +65,7 @@ _HERE = Path(__file__).resolve().parent
 @functools.cache
 def _load(filename: str) -> dict[str, dict[str, Any]]:
     """Read one catalog file once; keys lower-cased."""
-    with open(_HERE / filename, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    data = read_yaml_data(_HERE / filename)
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(f"{filename}: expected a mapping of name -> entry")
     return {str(name).lower(): entry for name, entry in data.items()}
