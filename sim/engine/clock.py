@@ -18,7 +18,7 @@ events against ``Timeout``'s.  :func:`run_until` is ``Environment.run`` with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from heapq import heappop, heappush
 from typing import Any
 
@@ -100,6 +100,17 @@ class Sleep:
 
     def __init__(self) -> None:
         self.callbacks: list[Any] | None = []
+
+
+#: A SimPy process that may also wait on a :class:`Sleep` (a process needs of what it yields only
+#: ``callbacks``, ``_ok`` and ``_value``).
+Waits = Generator["simpy.Event | Sleep", Any, Any]
+
+
+def spawn(env: simpy.Environment, process: Waits) -> simpy.Process:
+    """``env.process(process)`` for a process that may wait on a :class:`Sleep` (SimPy's stubs
+    allow only its own events)."""
+    return env.process(process)  # type: ignore[arg-type]
 
 
 def sleep(env: simpy.Environment, delay: float) -> Sleep:

@@ -64,9 +64,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import simpy
-from simpy.events import ProcessGenerator
 
-from sim.engine.clock import Then, later, sleep
+from sim.engine.clock import Then, Waits, later, sleep, spawn
 from sim.engine.llm.kv import CachedFree, DecodeBlocks
 from sim.engine.records import Bins
 from sim.errors import ConfigError
@@ -200,7 +199,7 @@ class Replica:
         self._step_bins = tuple(
             self.bins[k] for k in ("busy_s", "steps", "steps_memory_bound", "batch_step_sum", "kv_block_seconds")
         )
-        env.process(self._loop())
+        spawn(env, self._loop())
 
     # -- views
     @property
@@ -408,7 +407,7 @@ class Replica:
         self.order[seq] = None
         self.prefilling.append(seq)
 
-    def _loop(self) -> ProcessGenerator:
+    def _loop(self) -> Waits:
         env = self.env
         while True:
             if not self.order and not self.waiting:
@@ -427,7 +426,7 @@ class Replica:
             else:  # pragma: no cover - admit raises first for a request that can never fit
                 raise RuntimeError("LLM replica stalled with requests waiting and nothing running")
 
-    def _step(self, work: list[tuple[Generation, int, int]], advance: bool) -> ProcessGenerator:
+    def _step(self, work: list[tuple[Generation, int, int]], advance: bool) -> Waits:
         """One step that prefills (and, with chunked prefill, decodes every decoder)."""
         env, cost, B = self.env, self.cost, self.B
         start = env.now
@@ -501,7 +500,7 @@ class Replica:
             k = min(k, k_blocks)
         return k
 
-    def _decode_epoch(self) -> ProcessGenerator:
+    def _decode_epoch(self) -> Waits:
         env, cost, dec = self.env, self.cost, self.dec
         D = self.D
         k_fit = self._epoch_steps(D)
