@@ -2,11 +2,10 @@
 block is executed, in order, in one folder.
 
 Only sizes change, so the suite stays quick: your embeddings are the 4,500 real MiniLM
-vectors shipped for tests (so --docs 20000,50000 becomes 2000,4000, timed with 100 held-out
-queries instead of 500), simulations run 20 s with 2 replications, capacity searches take
---low/--high bounds, and a Dask address (`tcp://dask:8786`, a placeholder for your cluster)
-becomes local-dask.  A command may answer 0, 1 (an SLA fails) or 3 (inconclusive), never 2
-(bad input) or more.
+vectors shipped for tests (so --docs 20000,50000 becomes 2000,4000), simulations run
+20 s with 2 replications, capacity searches take --low/--high bounds, and a Dask address
+(`tcp://dask:8786`, a placeholder for your cluster) becomes local-dask.  A command may
+answer 0, 1 (an SLA fails) or 3 (inconclusive), never 2 (bad input) or more.
 """
 
 from __future__ import annotations
@@ -41,8 +40,6 @@ def day_commands() -> list[list[str]]:
 def scaled(args: list[str], folder: Path) -> list[str]:
     out = [a.replace("our_embeddings.npy", str(folder / "our_embeddings.npy")) for a in args]
     out = ["2000,4000" if a == "20000,50000" else "local-dask" if a.startswith("tcp://") else a for a in out]
-    if out[:2] == ["calibrate", "retrieval"]:
-        out += ["--queries", "100"]
     if out[0] in ("run", "sweep", "capacity"):
         out += SHORT
     if out[0] == "capacity" and "--low" not in out:
