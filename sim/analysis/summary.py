@@ -36,13 +36,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import numpy as np
 
 from sim.analysis import crosscheck, stats
 from sim.analysis.crosscheck import OfferedLoad
-from sim.analysis.dollars import point_cost
+from sim.analysis.dollars import CostFigures, point_cost
 from sim.analysis.estimate import gpu_stations, replica_capacity
 from sim.analysis.stats import combine_verdicts
 from sim.analysis.timeline import timeline
@@ -237,6 +237,23 @@ class PrecisionEntry(_PrecisionNote):
     max_replications: int
 
 
+class GpuEntry(TypedDict, total=False):
+    """The LLM stage per step (:func:`_gpu_entry`; empty without one): steps, the memory-bound
+    share, the mean batch, KV occupancy and blocks, preemptions, TPOT percentiles, the load
+    against capacity, and for an autoscaled fleet its figures (:func:`sim.analysis.autoscale.fleet`)."""
+
+    steps: float  # in the window, a time bin its edge cuts prorated (sim.engine.records.Bins)
+    memory_bound_share: float | None
+    mean_batch: float | None
+    kv_occupancy: float | None
+    kv_blocks: int | None
+    preemptions: int
+    preempted_share: float | None
+    tpot_ms: dict[str, float | None] | None
+    load: float | None
+    autoscale: dict[str, Any]
+
+
 class RetrievalEntry(TypedDict):
     """The index searched and where its times came from, with the recall that buys them."""
 
@@ -283,7 +300,9 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     ]
     util = _utilization(scn, c0, lengths)
     completed = int(sum(d.count("finished")[s].sum() for d, s in zip(digests, spans)))
-    gpu = _gpu_entry(scn, c0, lengths, digests, spans, completed, metrics, throughput) if scn.llm.enabled else {}
+    gpu = GpuEntry()
+    if scn.llm.enabled:
+        gpu = _gpu_entry(scn, c0, lengths, digests, spans, completed, metrics, throughput)
     started, incomplete = _started_incomplete(reps, digests, c0)
     hit_rate = _cache_hit_rate(digests, spans) if scn.cache.enabled else None
     varying = scn.workload.time_varying
@@ -452,7 +471,7 @@ def _gpu_entry(
     n_req: int,
     metrics: Mapping[str, Mapping[str, Any]],
     throughput: float,
-) -> dict[str, Any]:
+) -> GpuEntry:
     """Per step: memory- or compute-bound, batch size; KV occupancy is blocks in use over
     the blocks requests can hold (the pool less the engine's null block, as vLLM's
     ``BlockPool.get_usage`` divides), time-weighted over the window (idle time included)."""
@@ -837,19 +856,19 @@ class PointSummary:
     throughput_ci: list[float | None]
     cache_hit_rate: float | None
     utilization: dict[str, float]
-    gpu: dict[str, Any]
+    gpu: GpuEntry
     completed: int
     incomplete: int
     replications: int
     warmup_s: float | list[float]
-    warmup: dict[str, Any]
-    stability: dict[str, Any]
-    cost: dict[str, Any] | None
+    warmup: WarmupEntry
+    stability: StabilityEntry
+    cost: CostFigures | None
     sla: list[Verdict]
     analytic: dict[str, Any] | None = None
-    retrieval: dict[str, Any] | None = None
-    precision: dict[str, Any] | None = None
-    routing: dict[str, Any] | None = None
+    retrieval: RetrievalEntry | None = None
+    precision: PrecisionEntry | None = None
+    routing: RoutingEntry | None = None
     timeline: dict[str, Any] | None = None
 
     @property
@@ -902,13 +921,13 @@ class PointSummary:
             throughput_ci=list(d["throughput_ci"]),
             cache_hit_rate=d["cache_hit_rate"],
             utilization=dict(d["utilization"]),
-            gpu=dict(d["gpu"]),
+            gpu=cast(GpuEntry, dict(d["gpu"])),
             completed=int(d["completed"]),
             incomplete=int(d["incomplete"]),
             replications=int(d["replications"]),
             warmup_s=d["warmup_s"],
-            warmup=dict(d["warmup"]),
-            stability=dict(d["stability"]),
+            warmup=cast(WarmupEntry, dict(d["warmup"])),  # the JSON boundary
+            stability=cast(StabilityEntry, dict(d["stability"])),
             cost=d["cost"],
             sla=[Verdict.from_dict(v) for v in d["sla"]],
             analytic=d.get("analytic"),

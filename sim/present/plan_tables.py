@@ -48,7 +48,7 @@ def winner_lines(res: PlanResult) -> list[str]:
     if w is None or w.confirm is None:
         lines.append("no configuration in the plan passes every SLA")
         return lines
-    c = w.confirm.cost or {}
+    c: dict[str, Any] = dict(w.confirm.cost or {})
     lines += [
         f"cheapest passing: {w.label}",
         f"  cost {_money(c.get('per_hour'))}/hour, {_money(c.get('per_1000_answers'), 4)} per 1,000 answers, "

@@ -176,7 +176,7 @@ def compare(
         _fleet(p.params["fleet"], None if i == 0 else counts[i - 1], points[i].scenario, sp.summary)
         for i, (p, sp) in enumerate(zip(points, res.points))
     ]
-    first = res.points[0].summary.cost or {}
+    cost = res.points[0].summary.cost
     tl = base.timeline
     return Comparison(
         scenario=base.name,
@@ -184,7 +184,7 @@ def compare(
         sla_window_s=(tl.sla_window_s or tl.window_s) if tl.sla else None,
         autoscaled=fleets[0],
         static=fleets[1:],
-        price_date=first.get("price_date"),
+        price_date=cost.get("price_date") if cost else None,
         sla_p95_ms=(tl.sla.get("e2e_ms") or {}).get("p95") or (base.sla.get("e2e_ms") or {}).get("p95"),
     )
 

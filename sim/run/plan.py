@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sim.analysis.dollars import per_hour
+from sim.analysis.dollars import CostFigures, per_hour
 from sim.analysis.estimate import gpu_station, gpu_stations, retrieval_station
 from sim.analysis.summary import PointSummary
 from sim.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, ConfigError
@@ -87,7 +87,7 @@ class Outcome:
     ci: list[float | None]
     throughput_per_s: float
     stable: bool
-    cost: dict[str, Any] | None
+    cost: CostFigures | None
     verdicts: list[dict[str, Any]]
 
     @classmethod
@@ -223,7 +223,8 @@ class PlanResult:
     @property
     def price_date(self) -> str | None:
         w = self.winner
-        return (w.confirm.cost or {}).get("price_date") if w and w.confirm else None
+        cost = w.confirm.cost if w and w.confirm else None
+        return cost.get("price_date") if cost else None
 
     @property
     def exit_code(self) -> int:
