@@ -311,39 +311,36 @@ def summarize_point(scn: Scenario, reps: list[Replication], params: dict[str, An
     offered = {} if varying else crosscheck.offered_load(scn, hit_rate)
     trend: Trend = {} if varying else _trend(digests, cuts, reps, conf)
     stability = _stability(scn, started, incomplete, util, offered, trend)
-    point: dict[str, Any] = {
-        "params": dict(params or {}),
-        "metrics": metrics,
-        "throughput_per_s": throughput,
-        "throughput_ci": x_ci,
-        "cache_hit_rate": hit_rate,
-        "utilization": util,
-        "gpu": gpu,
-        "completed": completed,
-        "incomplete": incomplete,
-        "replications": len(reps),
-        "warmup_s": cuts[0] if len(set(cuts)) == 1 else cuts,
-        "warmup": _warmup_entry(scn, reps, completed, cuts),
-        "stability": stability,
-    }
     model = None if varying else crosscheck.exact_model(scn)
     if model is not None:
         p_wait = None if model["model"] == "MVA" else _p_wait(reps, cuts, digests, spans, conf)
         model["compare"] = crosscheck.compare(model, metrics, (throughput, x_ci), p_wait)
-        point["analytic"] = model
-    if scn.retrieval.enabled:
-        point["retrieval"] = _retrieval_entry(scn)
-    if scn.routing.enabled or scn.routing.typed_variants:
-        point["routing"] = _routing_entry(scn, digests, spans)
-    point["cost"] = point_cost(scn, throughput, tokens_per_s)
-    point["sla"] = sla_verdicts(scn, metrics, stability)
-    if scn.timeline_on:
-        tl = timeline(scn, reps)
-        point["timeline"] = tl
-        point["sla"] += [_windowed_verdict(v) for v in tl["sla"]]
-    if scn.run.target_precision is not None:
-        point["precision"] = _precision(scn, point["sla"], len(reps))
-    return PointSummary.from_dict(point)
+    sla = sla_verdicts(scn, metrics, stability)
+    tl = timeline(scn, reps) if scn.timeline_on else None
+    if tl is not None:
+        sla += [_windowed_verdict(v) for v in tl["sla"]]
+    return PointSummary(
+        params=dict(params or {}),
+        metrics={k: MetricSummary.from_dict(m) for k, m in metrics.items()},
+        throughput_per_s=throughput,
+        throughput_ci=x_ci,
+        cache_hit_rate=hit_rate,
+        utilization=util,
+        gpu=gpu,
+        completed=completed,
+        incomplete=incomplete,
+        replications=len(reps),
+        warmup_s=cuts[0] if len(set(cuts)) == 1 else cuts,
+        warmup=_warmup_entry(scn, reps, completed, cuts),
+        stability=stability,
+        cost=point_cost(scn, throughput, tokens_per_s),
+        sla=[Verdict.from_dict(v) for v in sla],
+        analytic=model,
+        retrieval=_retrieval_entry(scn) if scn.retrieval.enabled else None,
+        precision=_precision(scn, sla, len(reps)) if scn.run.target_precision is not None else None,
+        routing=_routing_entry(scn, digests, spans) if scn.routing.enabled or scn.routing.typed_variants else None,
+        timeline=tl,
+    )
 
 
 def _metrics(
@@ -830,7 +827,7 @@ class Verdict:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Verdict:
+    def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
         return cls(
             d["metric"],
             d["stat"],
