@@ -75,7 +75,7 @@ def validate(
 ) -> None:
     """Replay aiconfigurator's measured serving runs as capsim scenarios; TTFT/TPOT error beside aiconfigurator's."""
     # deferred: the simulator and numpy load only when the command runs
-    from sim.run.validate import run_validation
+    from sim.run.validate import BENCHMARK_ENGINES, run_validation
     from sim.spec.silicon import load_rows, reason_counts
 
     console = stdout_console()
@@ -83,7 +83,7 @@ def validate(
         for reason, n in reason_counts(load_rows()).items():
             typer.echo(f"{n:6d}  {reason}")
         return
-    _check_options(out, jobs, start, engine)
+    _check_options(out, jobs, start, engine, BENCHMARK_ENGINES)
     if fit_engines is not None:
         _fit_engines(fit_engines, jobs, perop_only, engine)
         return
@@ -109,14 +109,16 @@ def validate(
         typer.echo(f"wrote {out / 'rows.csv'} and {out / 'summary.json'}")
 
 
-def _check_options(out: Path | None, jobs: int | None, start: str | None, engine: str | None) -> None:
+def _check_options(
+    out: Path | None, jobs: int | None, start: str | None, engine: str | None, engines: tuple[str, ...]
+) -> None:
     """One-line errors (exit 2) for option values the command cannot take."""
     if jobs is not None and jobs < 1:
         raise CapsimError(f"--jobs: must be >= 1, got {jobs}")
     if start is not None and start not in ("together", "spread", "burst"):
         raise CapsimError(f"--start: expected together, spread or burst, got {start!r}")
-    if engine is not None and engine not in ("vllm", "trtllm", "sglang"):
-        raise CapsimError(f"--engine: expected vllm, trtllm or sglang, got {engine!r}")
+    if engine is not None and engine not in engines:
+        raise CapsimError(f"--engine: expected {', '.join(engines[:-1])} or {engines[-1]}, got {engine!r}")
     if out is not None and out.exists() and not out.is_dir():
         raise CapsimError(f"--out: {str(out)!r} is a file, not a folder")
 
